@@ -1,0 +1,38 @@
+# reconciler — `make help` lists the targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint bench schemas clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,lint]'
+	@touch $(STAMP)
+
+demo: $(STAMP) ## run the embedded default: two lanes, five tasks, a local forge, under .demo/
+	$(BIN)/python -m reconciler.demo
+
+test: $(STAMP) ## run the test suite (real git, real processes; Linux users and sshd when root)
+	$(BIN)/pytest -n 2 -q
+
+lint: $(STAMP) ## ruff (lint + format check), mypy --strict, import contracts
+	$(BIN)/ruff check reconciler tests bench
+	$(BIN)/ruff format --check reconciler tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: $(STAMP) ## print the table of measured figures (ratios and counts)
+	$(BIN)/python bench/run.py
+
+schemas: $(STAMP) ## regenerate the committed JSON Schemas under schemas/
+	$(BIN)/reconciler schema --out schemas
+
+clean: ## remove the virtualenv, the demo sandbox and caches
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,309 @@
+"""The manifest kinds (``Lane``, ``Agent``, ``Task``, ``Config``) as strict pydantic models.
+
+Pure: no I/O. Field names are the camelCase names operators write; unknown fields are errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from reconciler.durations import parse_duration
+
+API_VERSION = "reconciler/v1"
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(lambda v: v, return_type=float),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "seconds, or a string such as 30s, 5m, 1h30m",
+        }
+    ),
+]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class Spec(BaseModel):
+    """Base for every manifest object: camelCase names, unknown fields rejected, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        str_strip_whitespace=False,
+    )
+
+
+class Metadata(Spec):
+    name: Name = Field(description="DNS label, unique per kind")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- Lane
+
+
+class Forge(Spec):
+    kind: Literal["local"] = Field(
+        description="local: pull requests kept inside the remote repository itself"
+    )
+
+
+class Repo(Spec):
+    name: Name
+    checkout: str = Field(description="the lane's primary clone; worktrees hang off it")
+    remote: str = Field("origin", description="remote that branches are pushed to")
+    forge: Forge | None = Field(None, description="where pull requests live; omitted: branch only")
+
+
+class LaneSpec(Spec):
+    user: str | None = Field(None, description="Linux user; omitted: the reconciler's own user")
+    host: Literal["local"] = Field("local", description="where the lane runs")
+    max_concurrency: int = Field(1, ge=1, le=10_000, description="slots for this lane")
+    workspace_root: str = Field("~/worktrees", description="worktrees and run directories")
+    repos: list[Repo] = Field(min_length=1)
+    env: dict[EnvName, str] = Field(default_factory=dict, description="added to the agent env")
+
+    @field_validator("repos")
+    @classmethod
+    def _unique_repos(cls, repos: list[Repo]) -> list[Repo]:
+        seen: set[str] = set()
+        for repo in repos:
+            if repo.name in seen:
+                raise ValueError(f"repository name {repo.name!r} is listed twice in this lane")
+            seen.add(repo.name)
+        return repos
+
+    def repo(self, name: str) -> Repo | None:
+        return next((r for r in self.repos if r.name == name), None)
+
+
+# --------------------------------------------------------------------------------------- Agent
+
+
+class AgentSpec(Spec):
+    kind: Literal["claude", "command"] = Field(description="adapter")
+    command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="argv; for kind command the whole command line ({prompt_file} is replaced "
+        "by the prompt's path, otherwise the prompt arrives on stdin); for claude the binary",
+    )
+    args: list[str] = Field(default_factory=list, description="extra arguments")
+    timeout: Duration = Field(3600.0, gt=0, description="whole-run limit")
+    stall_timeout: Duration = Field(300.0, gt=0, description="no new output for this long")
+    env: dict[EnvName, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _command_needed(self) -> AgentSpec:
+        if self.kind == "command" and not self.command:
+            raise ValueError("an Agent of kind command needs spec.command (an argv list)")
+        return self
+
+
+# ---------------------------------------------------------------------------------------- Task
+
+
+def _split_check(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split check {value!r} into arguments: {exc}") from exc
+    return value
+
+
+Check = Annotated[
+    list[str],
+    BeforeValidator(_split_check),
+    Field(min_length=1),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ],
+            "description": "argv list, or a string split like a shell would (no shell runs it)",
+        }
+    ),
+]
+
+
+class Success(Spec):
+    require_commits: bool = Field(True, description="the branch must be ahead of base")
+    markers: list[str] = Field(
+        default_factory=list, description="all must appear in the agent's final output"
+    )
+    checks: list[Check] = Field(
+        default_factory=list, description="commands run in the worktree; all must exit 0"
+    )
+    check_timeout: Duration = Field(600.0, gt=0, description="limit per check")
+
+
+class PullRequestSpec(Spec):
+    title: str | None = Field(None, description="default: the task name")
+    body: str | None = None
+    draft: bool = False
+    labels: list[str] = Field(default_factory=list)
+
+
+class TaskSpec(Spec):
+    lane: Name
+    repo: Name
+    base: str = Field("main", min_length=1)
+    agent: Name
+    prompt: str | None = None
+    prompt_file: str | None = Field(None, description="relative to the control repo")
+    success: Success = Field(default_factory=Success)
+    max_iterations: int = Field(3, ge=1, le=100)
+    max_attempts: int = Field(3, ge=1, le=100)
+    priority: int = 0
+    depends_on: list[Name] = Field(default_factory=list)
+    paused: bool = False
+    pr: PullRequestSpec = Field(default_factory=PullRequestSpec)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> TaskSpec:
+        if (self.prompt is None) == (self.prompt_file is None):
+            raise ValueError("a Task needs exactly one of spec.prompt and spec.promptFile")
+        return self
+
+
+# -------------------------------------------------------------------------------------- Config
+
+
+class Backoff(Spec):
+    base: Duration = Field(30.0, gt=0, description="delay after the first failed attempt")
+    max: Duration = Field(600.0, gt=0, description="cap")
+
+
+class ConfigSpec(Spec):
+    max_concurrency: int | None = Field(None, ge=1, description="global cap on live runs")
+    branch_prefix: str = Field("agent/", pattern=r"^[A-Za-z0-9._-]+/$")
+    backoff: Backoff = Field(default_factory=Backoff)
+
+
+# ----------------------------------------------------------------------------------- Documents
+
+
+class _Document(Spec):
+    api_version: Literal["reconciler/v1"]
+    metadata: Metadata
+
+
+class LaneDoc(_Document):
+    kind: Literal["Lane"]
+    spec: LaneSpec
+
+
+class AgentDoc(_Document):
+    kind: Literal["Agent"]
+    spec: AgentSpec
+
+
+class TaskDoc(_Document):
+    kind: Literal["Task"]
+    spec: TaskSpec
+
+
+class ConfigDoc(_Document):
+    kind: Literal["Config"]
+    spec: ConfigSpec = Field(default_factory=ConfigSpec)
+
+
+DOCUMENT_KINDS: dict[str, type[_Document]] = {
+    "Lane": LaneDoc,
+    "Agent": AgentDoc,
+    "Task": TaskDoc,
+    "Config": ConfigDoc,
+}
+
+
+# ------------------------------------------------------------------------------------- Desired
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a document came from, for messages: ``path:line:col``."""
+
+    path: str
+    line: int = 1
+    column: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A desired task with its prompt resolved and its generation (hash of the spec)."""
+
+    name: str
+    spec: TaskSpec
+    prompt: str
+    generation: str
+    labels: dict[str, str] = field(default_factory=dict)
+    source: Source = Source("<memory>")
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything the control repo asks for at one revision."""
+
+    revision: str
+    config: ConfigSpec = field(default_factory=ConfigSpec)
+    lanes: dict[str, LaneSpec] = field(default_factory=dict)
+    agents: dict[str, AgentSpec] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+
+
+def generation_of(spec: TaskSpec, prompt: str) -> str:
+    """A task's generation: a short hash of its spec with the prompt text resolved."""
+    data: dict[str, Any] = spec.model_dump(mode="json", by_alias=True)
+    data.pop("paused", None)  # pausing and resuming continues the same convergence
+    data.pop("promptFile", None)
+    data["prompt"] = prompt
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def make_task(
+    name: str,
+    spec: TaskSpec,
+    prompt: str | None = None,
+    labels: dict[str, str] | None = None,
+    source: Source | None = None,
+) -> Task:
+    text = prompt if prompt is not None else (spec.prompt or "")
+    return Task(
+        name=name,
+        spec=spec,
+        prompt=text,
+        generation=generation_of(spec, text),
+        labels=labels or {},
+        source=source or Source("<memory>"),
+    )

@@ -1,0 +1,242 @@
+"""The planner's inputs (what was observed) and output (the plan). Pure data, no I/O.
+
+``Observed`` merges the state records (history, decisions) with what the lanes reported (the world
+is the authority: processes, run directories, worktrees, branches, pull requests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from reconciler.protocol import AgentResult, ExitInfo, PreflightCheck, PullRequest
+
+Mark = Literal["crashed", "stalled", "stopped"]
+
+
+@dataclass(frozen=True)
+class RunView:
+    """One run of a task: ``attempt.iteration``, merged from state and the lane's run directory."""
+
+    task: str
+    lane: str
+    repo: str
+    attempt: int
+    iteration: int
+    generation: str
+    started_at: float
+    alive: bool = False
+    exit: ExitInfo | None = None
+    last_output_at: float | None = None
+    result: AgentResult | None = None
+    commits_ahead: int | None = None
+    dirty: tuple[str, ...] = ()
+    mark: Mark | None = None  # a decision recorded in state (mark-crashed, mark-stalled, stop)
+    marked_at: float | None = None
+    seen_by_lane: bool = True  # False: only state knows this run (its directory is gone)
+    outcome: Literal["succeeded", "failed"] | None = None  # evaluation recorded in state
+    failures: tuple[str, ...] = ()  # recorded with a failed outcome
+    session_id: str | None = None
+    cost_usd: float = 0.0
+    tokens: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.attempt}.{self.iteration}"
+
+    @property
+    def ended_at(self) -> float:
+        if self.exit is not None:
+            return self.exit.ended_at
+        if self.marked_at is not None:
+            return self.marked_at
+        return self.last_output_at or self.started_at
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What state remembers of a task beyond its runs."""
+
+    name: str
+    lane: str
+    repo: str
+    first_seen: float
+    done: bool = False  # `complete` recorded (PR merged, or success with no forge)
+    done_generation: str | None = None
+    pr_number: int | None = None
+    pr_intent: bool = False
+
+
+@dataclass(frozen=True)
+class RepoView:
+    worktrees: dict[str, str] = field(default_factory=dict)  # task → worktree path
+    branches: dict[str, str] = field(default_factory=dict)  # branch → sha
+    remote_branches: dict[str, str] = field(default_factory=dict)
+    ahead: dict[str, int] = field(default_factory=dict)  # task → commits ahead of base
+    prs: dict[str, PullRequest] | None = None  # branch → newest PR; None: no forge
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LaneView:
+    name: str
+    reachable: bool
+    error: str | None = None
+    repos: dict[str, RepoView] = field(default_factory=dict)
+    preflight: tuple[PreflightCheck, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observed:
+    revision: str
+    serial: int
+    lanes: dict[str, LaneView] = field(default_factory=dict)
+    records: dict[str, TaskRecord] = field(default_factory=dict)
+    runs: dict[str, tuple[RunView, ...]] = field(default_factory=dict)  # task → sorted runs
+
+
+class ActionKind(StrEnum):
+    START = "start"
+    ITERATE = "iterate"
+    MARK_CRASHED = "mark-crashed"
+    MARK_STALLED = "mark-stalled"
+    RETRY = "retry"
+    OPEN_PR = "open-pr"
+    ADOPT_PR = "adopt-pr"
+    UPDATE_PR = "update-pr"
+    STOP = "stop"
+    CLOSE_PR = "close-pr"
+    CLEANUP = "cleanup"
+    COMPLETE = "complete"
+
+
+SYMBOLS: dict[ActionKind, str] = {
+    ActionKind.START: "+",
+    ActionKind.ITERATE: "~",
+    ActionKind.MARK_CRASHED: "!",
+    ActionKind.MARK_STALLED: "!",
+    ActionKind.RETRY: "~",
+    ActionKind.OPEN_PR: "+",
+    ActionKind.ADOPT_PR: "+",
+    ActionKind.UPDATE_PR: "~",
+    ActionKind.STOP: "-",
+    ActionKind.CLOSE_PR: "-",
+    ActionKind.CLEANUP: "-",
+    ActionKind.COMPLETE: "✓",
+}
+
+
+class Phase(StrEnum):
+    PENDING = "pending"
+    BLOCKED = "blocked"
+    QUEUED = "queued"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    PR_OPEN = "pr-open"
+    DONE = "done"
+    FAILED = "failed"
+    PAUSED = "paused"
+    CLOSING = "closing"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a plan. ``reason`` is for humans only: apply never reads it."""
+
+    kind: ActionKind
+    task: str
+    lane: str
+    reason: str
+    attempt: int = 0  # start/iterate/retry: the run to create; others: the run concerned
+    iteration: int = 0
+    generation: str = ""
+    pr_number: int | None = None
+    resume_session: str | None = None
+    feedback: tuple[str, ...] = ()  # iterate/retry: concrete failures fed back to the agent
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "action": self.kind.value,
+            "task": self.task,
+            "lane": self.lane,
+            "reason": self.reason,
+        }
+        if self.attempt:
+            data["attempt"] = self.attempt
+            data["iteration"] = self.iteration
+        if self.generation:
+            data["generation"] = self.generation
+        if self.pr_number is not None:
+            data["pr"] = self.pr_number
+        if self.resume_session:
+            data["resumeSession"] = self.resume_session
+        if self.feedback:
+            data["feedback"] = list(self.feedback)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Action:
+        return cls(
+            kind=ActionKind(data["action"]),
+            task=data["task"],
+            lane=data["lane"],
+            reason=data["reason"],
+            attempt=int(data.get("attempt", 0)),
+            iteration=int(data.get("iteration", 0)),
+            generation=str(data.get("generation", "")),
+            pr_number=data.get("pr"),
+            resume_session=data.get("resumeSession"),
+            feedback=tuple(data.get("feedback", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Blocked:
+    task: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """A task as the plan sees it after the actions: what ``status`` prints."""
+
+    name: str
+    phase: Phase
+    lane: str
+    repo: str
+    branch: str
+    attempt: int = 0
+    iteration: int = 0
+    reason: str = ""
+    pr: PullRequest | None = None
+    next_attempt_at: float | None = None
+    cost_usd: float = 0.0
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The planner's evaluation of an ended run, for apply to record (no effect on the world)."""
+
+    task: str
+    attempt: int
+    iteration: int
+    outcome: Literal["succeeded", "failed", "crashed"]
+    failures: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    revision: str
+    serial: int
+    now: float
+    actions: tuple[Action, ...] = ()
+    blocked: tuple[Blocked, ...] = ()
+    tasks: tuple[TaskStatus, ...] = ()
+    outcomes: tuple[Outcome, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions

@@ -1,0 +1,664 @@
+"""The planner: ``plan(desired, observed, now) -> Plan``.
+
+Pure: no I/O, no clock reads, no randomness (jitter is a hash of the task and attempt), so the
+same inputs always give the same plan. Reasons are written for humans; apply never reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal as _signal
+from dataclasses import dataclass, field
+
+from reconciler.durations import format_duration
+from reconciler.manifests.models import AgentSpec, ConfigSpec, Desired, LaneSpec, Task
+from reconciler.plan.model import (
+    Action,
+    ActionKind,
+    Blocked,
+    LaneView,
+    Observed,
+    Outcome,
+    Phase,
+    Plan,
+    RepoView,
+    RunView,
+    TaskRecord,
+    TaskStatus,
+)
+from reconciler.protocol import PullRequest
+
+FEEDBACK_TAIL = 2000  # characters of check output / agent message fed back per item
+
+# Order in which actions appear (and are applied): free slots first, then records and the forge,
+# then the slot-filling actions in slot order.
+_KIND_ORDER = {
+    ActionKind.STOP: 0,
+    ActionKind.MARK_CRASHED: 1,
+    ActionKind.MARK_STALLED: 1,
+    ActionKind.COMPLETE: 2,
+    ActionKind.CLOSE_PR: 3,
+    ActionKind.CLEANUP: 4,
+    ActionKind.ADOPT_PR: 5,
+    ActionKind.OPEN_PR: 5,
+    ActionKind.UPDATE_PR: 5,
+}
+
+
+def backoff_delay(config: ConfigSpec, task: str, failed_attempts: int) -> float:
+    """Capped exponential backoff with deterministic "equal jitter" in [delay/2, delay]."""
+    raw = config.backoff.base * (2 ** max(0, failed_attempts - 1))
+    capped = min(config.backoff.max, raw)
+    digest = hashlib.sha256(f"{task}/{failed_attempts}".encode()).digest()
+    jitter = int.from_bytes(digest[:4], "big") / 2**32
+    return float(capped / 2 + capped / 2 * jitter)
+
+
+def branch_of(config: ConfigSpec, task: str) -> str:
+    return f"{config.branch_prefix}{task}"
+
+
+@dataclass
+class _Evaluation:
+    ok: bool
+    failures: list[str] = field(default_factory=list)  # one line each, for reasons
+    feedback: list[str] = field(default_factory=list)  # detailed, for the agent
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return _signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _tail(text: str, limit: int = FEEDBACK_TAIL) -> str:
+    text = text.rstrip()
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+def evaluate(task: Task, run: RunView, ahead: int | None) -> _Evaluation:
+    """Check an ended run (with an exit record, no signal) against the task's success criteria."""
+    assert run.exit is not None
+    ev = _Evaluation(ok=True)
+    success = task.spec.success
+    result = run.result
+    if run.exit.exit_code != 0:
+        ev.failures.append(f"agent exited with status {run.exit.exit_code}")
+    if result is not None and not result.ok and run.exit.exit_code == 0:
+        what = result.subtype or "an error"
+        ev.failures.append(f"agent reported {what}")
+    final_text = result.final_text if result is not None else ""
+    for marker in success.markers:
+        if marker not in final_text:
+            ev.failures.append(f"marker {marker} missing from the agent's final output")
+    for check in run.exit.checks:
+        if check.exit_code == 0:
+            continue
+        cmd = " ".join(check.argv)
+        if check.timed_out:
+            ev.failures.append(f"check `{cmd}` timed out after {format_duration(check.duration)}")
+        elif check.exit_code is None:
+            ev.failures.append(f"check `{cmd}` could not be started")
+        else:
+            ev.failures.append(f"check `{cmd}` failed with status {check.exit_code}")
+        if check.output_tail.strip():
+            ev.feedback.append(f"Output of `{cmd}` (tail):\n```\n{_tail(check.output_tail)}\n```")
+    commits = run.commits_ahead if run.commits_ahead is not None else ahead
+    if success.require_commits and not commits:
+        ev.failures.append("no commits ahead of the base branch; commit your changes")
+    ev.ok = not ev.failures
+    if not ev.ok:
+        if final_text.strip():
+            ev.feedback.append(f"Your last message (tail):\n```\n{_tail(final_text)}\n```")
+        if run.dirty:
+            status = "\n".join(run.dirty)
+            ev.feedback.append(
+                f"Uncommitted changes (`git status --porcelain`):\n```\n{status}\n```"
+            )
+    return ev
+
+
+@dataclass
+class _Candidate:
+    """A slot-needing action waiting for the slot filler."""
+
+    action: Action
+    priority: int
+    first_seen: float
+    phase_with_slot: Phase
+    reason_without_slot: str
+
+
+@dataclass
+class _Planner:
+    desired: Desired
+    observed: Observed
+    now: float
+    actions: list[Action] = field(default_factory=list)
+    candidates: list[_Candidate] = field(default_factory=list)
+    blocked: list[Blocked] = field(default_factory=list)
+    statuses: dict[str, TaskStatus] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+    freed: set[str] = field(default_factory=set)  # run keys stopped or marked this pass
+
+    # ------------------------------------------------------------------ helpers
+
+    def lane(self, name: str) -> LaneView | None:
+        view = self.observed.lanes.get(name)
+        return view if view is not None and view.reachable else None
+
+    def repo_view(self, lane: str, repo: str) -> RepoView:
+        view = self.observed.lanes.get(lane)
+        if view is None:
+            return RepoView()
+        return view.repos.get(repo, RepoView())
+
+    def pr_for(self, lane: str, repo: str, branch: str, task: str) -> PullRequest | None:
+        prs = self.repo_view(lane, repo).prs
+        if not prs:
+            return None
+        pr = prs.get(branch)
+        if pr is not None and pr.task not in (None, task):
+            return None  # a PR from the same branch name but for another task: not ours
+        return pr
+
+    def act(self, kind: ActionKind, task: str, lane: str, reason: str, **kw: object) -> Action:
+        action = Action(kind=kind, task=task, lane=lane, reason=reason, **kw)  # type: ignore[arg-type]
+        self.actions.append(action)
+        if kind in (ActionKind.STOP, ActionKind.MARK_STALLED, ActionKind.MARK_CRASHED):
+            self.freed.add(f"{task}/{action.attempt}.{action.iteration}")
+        return action
+
+    def status(self, task: str, phase: Phase, lane: str, repo: str, **kw: object) -> None:
+        runs = self.observed.runs.get(task, ())
+        latest = runs[-1] if runs else None
+        self.statuses[task] = TaskStatus(
+            name=task,
+            phase=phase,
+            lane=lane,
+            repo=repo,
+            branch=branch_of(self.desired.config, task),
+            attempt=latest.attempt if latest else 0,
+            iteration=latest.iteration if latest else 0,
+            cost_usd=round(sum(r.cost_usd for r in runs), 6),
+            tokens=sum(r.tokens for r in runs),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def first_seen(self, task: str) -> float:
+        record = self.observed.records.get(task)
+        return record.first_seen if record is not None else self.now
+
+    def is_done(self, task: Task) -> bool:
+        spec = task.spec
+        pr = self.pr_for(spec.lane, spec.repo, branch_of(self.desired.config, task.name), task.name)
+        if pr is not None and pr.state == "merged":
+            return True
+        record = self.observed.records.get(task.name)
+        return record is not None and record.done and record.done_generation == task.generation
+
+    # ------------------------------------------------------------------ desired tasks
+
+    def plan_task(self, task: Task, done: set[str]) -> None:
+        spec = task.spec
+        name, lane_name = task.name, spec.lane
+        lane_spec = self.desired.lanes[lane_name]
+        agent = self.desired.agents[spec.agent]
+        branch = branch_of(self.desired.config, name)
+        lane = self.lane(lane_name)
+        if lane is None:
+            error = self.observed.lanes.get(lane_name)
+            why = error.error if error is not None and error.error else "lane not observed"
+            self.status(name, Phase.UNKNOWN, lane_name, spec.repo, reason=why)
+            return
+        runs = self.observed.runs.get(name, ())
+        for run in runs:
+            if run.alive and run.generation != task.generation:
+                self.act(
+                    ActionKind.STOP,
+                    name,
+                    lane_name,
+                    f"spec changed; stopping run {run.attempt}.{run.iteration} of the old spec",
+                    attempt=run.attempt,
+                    iteration=run.iteration,
+                )
+        current = [r for r in runs if r.generation == task.generation]
+        repo = self.repo_view(lane_name, spec.repo)
+        pr = self.pr_for(lane_name, spec.repo, branch, name)
+        record = self.observed.records.get(name)
+        ahead = repo.ahead.get(name)
+
+        if name in done:
+            if pr is not None and pr.state == "merged" and not (record and record.done):
+                self.act(
+                    ActionKind.COMPLETE,
+                    name,
+                    lane_name,
+                    f"PR #{pr.number} was merged",
+                    pr_number=pr.number,
+                    generation=task.generation,
+                )
+            if name in repo.worktrees:
+                self.act(ActionKind.CLEANUP, name, lane_name, "task is done; removing its worktree")
+            self.status(name, Phase.DONE, lane_name, spec.repo, pr=pr)
+            return
+
+        if spec.paused:
+            for run in current:
+                if run.alive:
+                    self.act(
+                        ActionKind.STOP,
+                        name,
+                        lane_name,
+                        "task paused",
+                        attempt=run.attempt,
+                        iteration=run.iteration,
+                    )
+            self.status(name, Phase.PAUSED, lane_name, spec.repo, pr=pr, reason="paused: true")
+            return
+
+        if (
+            pr is not None
+            and pr.state == "closed"
+            and current
+            and all(r.started_at <= (pr.updated_at or 0.0) for r in current)
+        ):
+            self.status(
+                name,
+                Phase.FAILED,
+                lane_name,
+                spec.repo,
+                pr=pr,
+                reason=f"PR #{pr.number} was closed without merging; "
+                "change the task's manifest to try again",
+            )
+            return
+        open_pr = pr if pr is not None and pr.state == "open" else None
+
+        latest = current[-1] if current else None
+        next_attempt = max((r.attempt for r in runs), default=0) + 1
+        if latest is None:
+            reason = self.start_blocker(task, lane, lane_spec, agent, done)
+            if reason:
+                self.blocked.append(Blocked(name, reason))
+                self.status(name, Phase.BLOCKED, lane_name, spec.repo, reason=reason, pr=open_pr)
+                return
+            first = "spec changed; starting again" if runs else "new task"
+            self.candidate(
+                task,
+                ActionKind.START,
+                f"{first} (attempt {next_attempt})",
+                Phase.PENDING,
+                attempt=next_attempt,
+                iteration=1,
+            )
+            return
+
+        if latest.alive:
+            self.plan_live(task, latest, agent, open_pr)
+            return
+
+        # The latest run has ended: crashed, stopped, or exited for evaluation.
+        failure: str | None = None
+        if latest.mark in ("crashed", "stalled"):
+            failure = f"run {latest.attempt}.{latest.iteration} {latest.mark}"
+        elif latest.exit is None or latest.exit.signal is not None:
+            if latest.mark == "stopped":
+                self.candidate(
+                    task,
+                    ActionKind.RETRY,
+                    "its last run was stopped; starting a fresh attempt",
+                    Phase.PENDING,
+                    attempt=next_attempt,
+                    iteration=1,
+                )
+                return
+            if latest.exit is None:
+                why = "its process is gone and it left no exit record"
+            else:
+                assert latest.exit.signal is not None
+                why = f"the agent was killed by {_signal_name(latest.exit.signal)}"
+            self.act(
+                ActionKind.MARK_CRASHED,
+                name,
+                lane_name,
+                f"run {latest.attempt}.{latest.iteration}: {why}",
+                attempt=latest.attempt,
+                iteration=latest.iteration,
+            )
+            self.outcomes.append(Outcome(name, latest.attempt, latest.iteration, "crashed", (why,)))
+            failure = f"run {latest.attempt}.{latest.iteration} crashed: {why}"
+        else:
+            if latest.outcome is not None:
+                ev = _Evaluation(ok=latest.outcome == "succeeded", failures=list(latest.failures))
+            else:
+                ev = evaluate(task, latest, ahead)
+                self.outcomes.append(
+                    Outcome(
+                        name,
+                        latest.attempt,
+                        latest.iteration,
+                        "succeeded" if ev.ok else "failed",
+                        tuple(ev.failures),
+                    )
+                )
+            if ev.ok:
+                self.plan_success(task, latest, repo, open_pr, record)
+                return
+            if latest.iteration < spec.max_iterations:
+                summary = "; ".join(ev.failures) or "success criteria not met"
+                self.candidate(
+                    task,
+                    ActionKind.ITERATE,
+                    f"run {latest.attempt}.{latest.iteration}: {summary}",
+                    Phase.RUNNING,
+                    attempt=latest.attempt,
+                    iteration=latest.iteration + 1,
+                    resume_session=latest.session_id
+                    or (latest.result.session_id if latest.result else None),
+                    feedback=tuple(ev.failures + ev.feedback),
+                )
+                return
+            summary = "; ".join(ev.failures) or "success criteria not met"
+            failure = (
+                f"attempt {latest.attempt} used all {spec.max_iterations} iterations: {summary}"
+            )
+
+        # The attempt failed: back off, retry, or give up.
+        failed_attempts = len({r.attempt for r in current})
+        if failed_attempts >= spec.max_attempts:
+            self.status(
+                name,
+                Phase.FAILED,
+                lane_name,
+                spec.repo,
+                pr=open_pr,
+                reason=f"all {spec.max_attempts} attempts failed; last: {failure}",
+            )
+            return
+        ended = self.now if latest.mark is None and latest.exit is None else latest.ended_at
+        next_at = ended + backoff_delay(self.desired.config, name, failed_attempts)
+        if self.now < next_at:
+            self.status(
+                name,
+                Phase.BACKOFF,
+                lane_name,
+                spec.repo,
+                pr=open_pr,
+                next_attempt_at=next_at,
+                reason=f"{failure}; next attempt in {format_duration(next_at - self.now)}",
+            )
+            return
+        self.candidate(
+            task,
+            ActionKind.RETRY,
+            f"backoff elapsed after: {failure}",
+            Phase.PENDING,
+            attempt=next_attempt,
+            iteration=1,
+            feedback=(f"A previous attempt failed: {failure}",),
+        )
+
+    def start_blocker(
+        self, task: Task, lane: LaneView, lane_spec: LaneSpec, agent: AgentSpec, done: set[str]
+    ) -> str | None:
+        """Why a task cannot start now (dependencies, pre-flight), or None."""
+        for dep in task.spec.depends_on:
+            if dep not in self.desired.tasks:
+                return f"depends on {dep}, which is not a task in the control repo"
+            if dep not in done:
+                return f"waiting for {dep} to be done"
+        repo = self.repo_view(lane.name, task.spec.repo)
+        if repo.error:
+            return f"repository {task.spec.repo}: {repo.error}"
+        agent_cmd = agent.command[0] if agent.command else agent.kind
+        for check in lane.preflight:
+            if check.ok:
+                continue
+            if check.subject in ("", task.spec.repo, agent_cmd):
+                fix = f" ({check.fix})" if check.fix else ""
+                return f"pre-flight {check.name} failed: {check.detail}{fix}"
+        return None
+
+    def plan_live(
+        self, task: Task, run: RunView, agent: AgentSpec, open_pr: PullRequest | None
+    ) -> None:
+        spec = task.spec
+        age = self.now - run.started_at
+        quiet = self.now - (run.last_output_at or run.started_at)
+        why: str | None = None
+        if age > agent.timeout:
+            why = f"running for {format_duration(age)}, past its timeout of "
+            why += format_duration(agent.timeout)
+        elif quiet > agent.stall_timeout:
+            why = f"no output for {format_duration(quiet)} (stallTimeout "
+            why += f"{format_duration(agent.stall_timeout)})"
+        if why is not None:
+            self.act(
+                ActionKind.MARK_STALLED,
+                task.name,
+                spec.lane,
+                f"run {run.attempt}.{run.iteration}: {why}",
+                attempt=run.attempt,
+                iteration=run.iteration,
+            )
+            self.status(task.name, Phase.BACKOFF, spec.lane, spec.repo, pr=open_pr, reason=why)
+            return
+        if run.mark == "stopped":
+            # A stop that did not take yet: ask again rather than count it as running work.
+            self.act(
+                ActionKind.STOP,
+                task.name,
+                spec.lane,
+                "run still alive after a stop",
+                attempt=run.attempt,
+                iteration=run.iteration,
+            )
+            return
+        self.status(
+            task.name,
+            Phase.RUNNING,
+            spec.lane,
+            spec.repo,
+            pr=open_pr,
+            reason=f"run {run.attempt}.{run.iteration} started {format_duration(age)} ago",
+        )
+
+    def plan_success(
+        self,
+        task: Task,
+        run: RunView,
+        repo: RepoView,
+        open_pr: PullRequest | None,
+        record: TaskRecord | None,
+    ) -> None:
+        spec = task.spec
+        name, lane = task.name, spec.lane
+        branch = branch_of(self.desired.config, name)
+        where = f"run {run.attempt}.{run.iteration} met the success criteria"
+        if repo.prs is None:
+            self.act(
+                ActionKind.COMPLETE,
+                name,
+                lane,
+                f"{where}; branch {branch} kept (the repository has no forge)",
+                generation=task.generation,
+                attempt=run.attempt,
+                iteration=run.iteration,
+            )
+            self.status(name, Phase.DONE, lane, spec.repo)
+            return
+        if open_pr is None:
+            self.act(
+                ActionKind.OPEN_PR,
+                name,
+                lane,
+                f"{where}; pushing {branch} and opening its PR",
+                attempt=run.attempt,
+                iteration=run.iteration,
+            )
+            self.status(name, Phase.RUNNING, lane, spec.repo, reason="opening PR")
+            return
+        local = repo.branches.get(branch)
+        pushed = repo.remote_branches.get(branch)
+        if record is None or record.pr_number != open_pr.number:
+            self.act(
+                ActionKind.ADOPT_PR,
+                name,
+                lane,
+                f"{where}; PR #{open_pr.number} already exists for {branch}",
+                pr_number=open_pr.number,
+                attempt=run.attempt,
+                iteration=run.iteration,
+            )
+        elif local is not None and local != pushed:
+            self.act(
+                ActionKind.UPDATE_PR,
+                name,
+                lane,
+                f"{branch} has new commits; pushing to PR #{open_pr.number}",
+                pr_number=open_pr.number,
+                attempt=run.attempt,
+                iteration=run.iteration,
+            )
+        self.status(name, Phase.PR_OPEN, lane, spec.repo, pr=open_pr)
+
+    def candidate(
+        self,
+        task: Task,
+        kind: ActionKind,
+        reason: str,
+        phase: Phase,
+        **kw: object,
+    ) -> None:
+        action = Action(
+            kind=kind,
+            task=task.name,
+            lane=task.spec.lane,
+            reason=reason,
+            generation=task.generation,
+            **kw,  # type: ignore[arg-type]
+        )
+        self.candidates.append(
+            _Candidate(action, task.spec.priority, self.first_seen(task.name), phase, reason)
+        )
+
+    # ------------------------------------------------------------------ removed tasks
+
+    def plan_removed(self, name: str) -> None:
+        record = self.observed.records.get(name)
+        runs = self.observed.runs.get(name, ())
+        if record is not None:
+            lane_name, repo_name = record.lane, record.repo
+        elif runs:
+            lane_name, repo_name = runs[-1].lane, runs[-1].repo
+        else:
+            return
+        if self.lane(lane_name) is None:
+            self.status(name, Phase.UNKNOWN, lane_name, repo_name, reason="lane not observed")
+            return
+        why = "manifest removed"
+        busy = False
+        for run in runs:
+            if run.alive:
+                busy = True
+                self.act(
+                    ActionKind.STOP,
+                    name,
+                    lane_name,
+                    why,
+                    attempt=run.attempt,
+                    iteration=run.iteration,
+                )
+        branch = branch_of(self.desired.config, name)
+        pr = self.pr_for(lane_name, repo_name, branch, name)
+        if pr is not None and pr.state == "open":
+            busy = True
+            self.act(
+                ActionKind.CLOSE_PR,
+                name,
+                lane_name,
+                f"{why}; closing PR #{pr.number}",
+                pr_number=pr.number,
+            )
+        if name in self.repo_view(lane_name, repo_name).worktrees:
+            busy = True
+            self.act(ActionKind.CLEANUP, name, lane_name, f"{why}; removing its worktree")
+        if busy:
+            self.status(name, Phase.CLOSING, lane_name, repo_name, pr=pr, reason=why)
+
+    # ------------------------------------------------------------------ slots
+
+    def fill_slots(self) -> list[Action]:
+        used: dict[str, int] = {}
+        for runs in self.observed.runs.values():
+            for run in runs:
+                if run.alive and run.key not in self.freed:
+                    used[run.lane] = used.get(run.lane, 0) + 1
+        total = sum(used.values())
+        cap = self.desired.config.max_concurrency
+        granted: list[Action] = []
+        order = sorted(self.candidates, key=lambda c: (-c.priority, c.first_seen, c.action.task))
+        for cand in order:
+            action = cand.action
+            task = self.desired.tasks[action.task]
+            lane_slots = self.desired.lanes[action.lane].max_concurrency
+            in_lane = used.get(action.lane, 0)
+            pr = self.pr_for(
+                action.lane,
+                task.spec.repo,
+                branch_of(self.desired.config, task.name),
+                task.name,
+            )
+            open_pr = pr if pr is not None and pr.state == "open" else None
+            if in_lane >= lane_slots:
+                why = f"waiting for a slot in lane {action.lane} ({in_lane}/{lane_slots} in use)"
+            elif cap is not None and total >= cap:
+                why = f"waiting for a slot ({total}/{cap} in use across lanes)"
+            else:
+                used[action.lane] = in_lane + 1
+                total += 1
+                granted.append(action)
+                self.status(
+                    action.task,
+                    cand.phase_with_slot,
+                    action.lane,
+                    task.spec.repo,
+                    pr=open_pr,
+                    reason=cand.reason_without_slot,
+                )
+                continue
+            self.status(
+                action.task, Phase.QUEUED, action.lane, task.spec.repo, pr=open_pr, reason=why
+            )
+        return granted
+
+    # ------------------------------------------------------------------ the whole plan
+
+    def run(self) -> Plan:
+        done = {name for name, task in self.desired.tasks.items() if self.is_done(task)}
+        for name in sorted(self.desired.tasks):
+            self.plan_task(self.desired.tasks[name], done)
+        known = set(self.observed.records) | set(self.observed.runs)
+        for name in sorted(known - set(self.desired.tasks)):
+            self.plan_removed(name)
+        granted = self.fill_slots()
+        ordered = sorted(self.actions, key=lambda a: (_KIND_ORDER[a.kind], a.task))
+        return Plan(
+            revision=self.desired.revision,
+            serial=self.observed.serial,
+            now=self.now,
+            actions=tuple(ordered + granted),
+            blocked=tuple(sorted(self.blocked, key=lambda b: b.task)),
+            tasks=tuple(self.statuses[name] for name in sorted(self.statuses)),
+            outcomes=tuple(self.outcomes),
+        )
+
+
+def plan(desired: Desired, observed: Observed, now: float) -> Plan:
+    """Compare what the control repo asks for with what was observed; return the actions.
+
+    Pure and deterministic: every input is an argument, including ``now``.
+    """
+    return _Planner(desired, observed, now).run()

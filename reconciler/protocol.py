@@ -1,0 +1,382 @@
+"""The lane interface: JSON requests in, JSON results out.
+
+Every transport (in-process, ``runuser``/``setpriv`` to a lane user, SSH with a forced command)
+carries exactly these shapes, so the control plane never knows which one it is talking to. Pure:
+models only, no I/O. Times are UNIX epoch seconds (float, UTC).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+
+class Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------------------ shared pieces
+
+
+class RepoRef(Msg):
+    name: str
+    checkout: str  # may start with ~ (the lane user's home)
+    remote: str = "origin"
+    forge: Literal["local"] | None = None
+
+
+class LaneRef(Msg):
+    """What the node needs to know about its lane to serve any request."""
+
+    name: str
+    workspace_root: str  # may start with ~
+    repos: list[RepoRef]
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class TaskRef(Msg):
+    name: str
+    repo: str
+    base: str
+    branch: str  # e.g. agent/<task>
+
+
+class AgentRef(Msg):
+    kind: Literal["claude", "command"]
+    command: list[str] | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class CheckResult(Msg):
+    argv: list[str]
+    exit_code: int | None  # None: timed out or could not start
+    timed_out: bool = False
+    duration: float = 0.0
+    output_tail: str = ""  # last ~4 KiB of combined stdout/stderr
+
+
+class ExitInfo(Msg):
+    """``exit.json``, written atomically by the run's supervisor when the agent has ended."""
+
+    exit_code: int | None  # None when killed by a signal
+    signal: int | None = None
+    ended_at: float
+    checks: list[CheckResult] = Field(default_factory=list)
+
+
+class AgentResult(Msg):
+    """What the adapter read from the agent's output."""
+
+    ok: bool  # the agent itself reports success (claude: not is_error; command: exit 0)
+    subtype: str | None = None
+    session_id: str | None = None
+    cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    num_turns: int | None = None
+    final_text: str = ""  # final message (claude) or stdout tail (command), ≤ 64 KiB
+
+
+class Fingerprint(Msg):
+    """A process identity that survives pid reuse."""
+
+    boot_id: str
+    pid: int
+    start_time: int  # field 22 of /proc/PID/stat, in clock ticks since boot
+
+
+class RunObs(Msg):
+    """A run directory as the lane sees it: ``<root>/.runs/<task>/<attempt>.<iteration>/``."""
+
+    task: str
+    repo: str
+    attempt: int
+    iteration: int
+    generation: str
+    run_dir: str
+    workspace: str
+    started_at: float
+    supervisor: Fingerprint | None  # None: pid file not written (yet)
+    agent_pid: int | None = None
+    alive: bool  # supervisor fingerprint matches a live process
+    exit: ExitInfo | None = None
+    output_bytes: int = 0
+    last_output_at: float | None = None  # newest mtime of output, stderr and check logs
+    result: AgentResult | None = None  # parsed when the run has ended and inspect was asked
+    commits_ahead: int | None = None  # at inspection time
+    dirty: list[str] = Field(default_factory=list)  # `git status --porcelain` lines, ≤ 50
+
+
+class Worktree(Msg):
+    path: str
+    branch: str | None  # short name, e.g. agent/x; None when detached
+    head: str | None
+    prunable: bool = False
+
+
+class PullRequest(Msg):
+    number: int
+    url: str
+    state: Literal["open", "closed", "merged"]
+    head: str  # branch name
+    base: str
+    title: str
+    body: str = ""
+    task: str | None = None  # from the hidden marker in the body
+    head_sha: str | None = None
+    updated_at: float | None = None  # last change of state (closed/merged time for those)
+
+
+class RepoObs(Msg):
+    name: str
+    ok: bool
+    error: str | None = None
+    worktrees: list[Worktree] = Field(default_factory=list)  # only those under the workspace root
+    branches: dict[str, str] = Field(default_factory=dict)  # local branch (prefix only) → sha
+    remote_branches: dict[str, str] = Field(default_factory=dict)  # pushed branch → sha
+    ahead: dict[str, int] = Field(default_factory=dict)  # task → commits ahead of its base
+    prs: list[PullRequest] | None = None  # None: the repo has no forge
+
+
+class PreflightCheck(Msg):
+    name: str  # e.g. "checkout", "base-branch", "workspace-writable", "disk", "git", "agent"
+    ok: bool
+    subject: str = ""  # repo or agent the check is about ("" = the whole lane)
+    detail: str = ""
+    fix: str = ""
+
+
+# ----------------------------------------------------------------------------------- requests
+
+
+class ObserveRequest(Msg):
+    """Read-only: runs (with liveness), worktrees, branches, ahead counts, forge PRs.
+
+    ``inspect`` names runs (``task/attempt.iteration``) whose ended result should be parsed and
+    whose worktree should be inspected (commits ahead, dirty files).
+    """
+
+    op: Literal["observe"] = "observe"
+    lane: LaneRef
+    branch_prefix: str = "agent/"
+    tasks: list[TaskRef]
+    inspect: list[str] = Field(default_factory=list)
+    agents: dict[str, AgentRef] = Field(default_factory=dict)  # task → adapter, for inspection
+
+
+class PreflightRequest(Msg):
+    op: Literal["preflight"] = "preflight"
+    lane: LaneRef
+    bases: dict[str, list[str]] = Field(default_factory=dict)  # repo → base branches needed
+    agents: list[AgentRef] = Field(default_factory=list)
+    min_free_bytes: int = 1 << 30
+
+
+class PrepareWorkspaceRequest(Msg):
+    """Idempotent: an existing worktree for the task is reused as it is."""
+
+    op: Literal["prepare-workspace"] = "prepare-workspace"
+    lane: LaneRef
+    task: TaskRef
+
+
+class StartRunRequest(Msg):
+    """Idempotent: if the run directory already has a started run, it is returned unchanged."""
+
+    op: Literal["start-run"] = "start-run"
+    lane: LaneRef
+    task: TaskRef
+    attempt: int
+    iteration: int
+    generation: str
+    prompt: str
+    agent: AgentRef
+    resume_session: str | None = None
+    session_id: str | None = None  # a fresh id for adapters that accept one (claude)
+    checks: list[list[str]] = Field(default_factory=list)
+    check_timeout: float = 600.0
+    markers: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)  # run markers (RECONCILER_TASK, …)
+
+
+class StopRunRequest(Msg):
+    """Terminate the run's process group: TERM, ``grace`` seconds, KILL. Idempotent."""
+
+    op: Literal["stop-run"] = "stop-run"
+    lane: LaneRef
+    task: str
+    attempt: int
+    iteration: int
+    grace: float = 5.0
+
+
+class PushRequest(Msg):
+    op: Literal["push"] = "push"
+    lane: LaneRef
+    repo: str
+    branch: str
+    force_with_lease: bool = False
+
+
+class ForgeListRequest(Msg):
+    op: Literal["forge-list"] = "forge-list"
+    lane: LaneRef
+    repo: str
+    head: str | None = None  # only PRs from this branch
+
+
+class ForgeOpenRequest(Msg):
+    """Create a PR unless one exists for ``head`` (then it is returned with created=False)."""
+
+    op: Literal["forge-open"] = "forge-open"
+    lane: LaneRef
+    repo: str
+    task: str
+    head: str
+    base: str
+    title: str
+    body: str
+    draft: bool = False
+    labels: list[str] = Field(default_factory=list)
+
+
+class ForgeUpdateRequest(Msg):
+    op: Literal["forge-update"] = "forge-update"
+    lane: LaneRef
+    repo: str
+    number: int
+    title: str | None = None
+    body: str | None = None
+    comment: str | None = None
+
+
+class ForgeCloseRequest(Msg):
+    op: Literal["forge-close"] = "forge-close"
+    lane: LaneRef
+    repo: str
+    number: int
+    comment: str
+
+
+class ForgeMergeRequest(Msg):
+    """Local forge only (an operator's merge): fast-forward or merge commit into base."""
+
+    op: Literal["forge-merge"] = "forge-merge"
+    lane: LaneRef
+    repo: str
+    number: int
+
+
+class RemoveWorkspaceRequest(Msg):
+    """Remove the task's worktree (``--force``); the branch stays. Idempotent."""
+
+    op: Literal["remove-workspace"] = "remove-workspace"
+    lane: LaneRef
+    task: TaskRef
+
+
+class ReadLogRequest(Msg):
+    """Bytes of a run's output from ``offset`` (for ``logs`` and ``logs -f``)."""
+
+    op: Literal["read-log"] = "read-log"
+    lane: LaneRef
+    task: str
+    attempt: int
+    iteration: int
+    offset: int = 0
+    limit: int = 1 << 20
+
+
+Request = Annotated[
+    ObserveRequest
+    | PreflightRequest
+    | PrepareWorkspaceRequest
+    | StartRunRequest
+    | StopRunRequest
+    | PushRequest
+    | ForgeListRequest
+    | ForgeOpenRequest
+    | ForgeUpdateRequest
+    | ForgeCloseRequest
+    | ForgeMergeRequest
+    | RemoveWorkspaceRequest
+    | ReadLogRequest,
+    Field(discriminator="op"),
+]
+
+
+class Batch(Msg):
+    version: int = PROTOCOL_VERSION
+    requests: list[Request]
+
+
+# ---------------------------------------------------------------------------------- responses
+
+
+class ObserveResult(Msg):
+    repos: dict[str, RepoObs]
+    runs: list[RunObs]
+    boot_id: str
+    now: float  # the lane's clock
+
+
+class PreflightResult(Msg):
+    checks: list[PreflightCheck]
+
+
+class WorkspaceResult(Msg):
+    path: str
+    created: bool
+
+
+class StopResult(Msg):
+    was_alive: bool
+
+
+class PushResult(Msg):
+    sha: str
+
+
+class ForgeListResult(Msg):
+    prs: list[PullRequest]
+
+
+class ForgeOpenResult(Msg):
+    pr: PullRequest
+    created: bool
+
+
+class PRResult(Msg):
+    pr: PullRequest
+
+
+class RemovedResult(Msg):
+    removed: bool
+
+
+class LogResult(Msg):
+    data: str  # decoded with errors="replace"
+    offset: int  # next offset
+    ended: bool
+
+
+class Failure(Msg):
+    """A request that failed. ``temporary``: worth retrying on a later pass."""
+
+    error: str
+    temporary: bool = False
+
+
+class Response(Msg):
+    ok: bool
+    result: dict[str, object] | None = None
+    failure: Failure | None = None
+
+
+class BatchResult(Msg):
+    version: int = PROTOCOL_VERSION
+    responses: list[Response]

@@ -1,0 +1,516 @@
+"""Table tests of the pure planner: (desired, observed, now) → actions and phases."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from reconciler.manifests.models import (
+    AgentSpec,
+    ConfigSpec,
+    Desired,
+    LaneSpec,
+    Repo,
+    TaskSpec,
+    make_task,
+)
+from reconciler.plan import (
+    ActionKind,
+    LaneView,
+    Observed,
+    Phase,
+    Plan,
+    RepoView,
+    RunView,
+    TaskRecord,
+    backoff_delay,
+    plan,
+)
+from reconciler.protocol import AgentResult, CheckResult, ExitInfo, PreflightCheck, PullRequest
+
+NOW = 1_000_000.0
+A = ActionKind
+
+
+def lane(name: str = "web", slots: int = 2, forge: bool = True) -> LaneSpec:
+    return LaneSpec.model_validate(
+        {
+            "maxConcurrency": slots,
+            "repos": [
+                {
+                    "name": "app",
+                    "checkout": "~/app",
+                    **({"forge": {"kind": "local"}} if forge else {}),
+                }
+            ],
+        }
+    )
+
+
+def task_spec(**kw: object) -> TaskSpec:
+    data: dict[str, object] = {"lane": "web", "repo": "app", "agent": "bot", "prompt": "do it"}
+    data.update(kw)
+    return TaskSpec.model_validate(data)
+
+
+def desired(
+    *tasks: tuple[str, TaskSpec],
+    lanes: dict[str, LaneSpec] | None = None,
+    config: ConfigSpec | None = None,
+) -> Desired:
+    return Desired(
+        revision="rev1",
+        config=config or ConfigSpec(),
+        lanes=lanes or {"web": lane()},
+        agents={
+            "bot": AgentSpec.model_validate(
+                {"kind": "command", "command": ["bot"], "stallTimeout": "5m", "timeout": "1h"}
+            )
+        },
+        tasks={name: make_task(name, spec) for name, spec in tasks},
+    )
+
+
+def gen(d: Desired, name: str) -> str:
+    return d.tasks[name].generation
+
+
+def run(
+    d: Desired | None, name: str, attempt: int = 1, iteration: int = 1, **kw: object
+) -> RunView:
+    base: dict[str, object] = {
+        "task": name,
+        "lane": "web",
+        "repo": "app",
+        "attempt": attempt,
+        "iteration": iteration,
+        "generation": gen(d, name) if d else "old",
+        "started_at": NOW - 100,
+        "last_output_at": NOW - 10,
+    }
+    base.update(kw)
+    return RunView(**base)  # type: ignore[arg-type]
+
+
+def exited(
+    code: int = 0,
+    checks: list[CheckResult] | None = None,
+    signal: int | None = None,
+    at: float = NOW - 5,
+) -> ExitInfo:
+    return ExitInfo(
+        exit_code=None if signal else code, signal=signal, ended_at=at, checks=checks or []
+    )
+
+
+def ok_result(text: str = "all done") -> AgentResult:
+    return AgentResult(
+        ok=True,
+        subtype="success",
+        session_id="s-1",
+        cost_usd=0.5,
+        input_tokens=10,
+        output_tokens=5,
+        final_text=text,
+    )
+
+
+def pr(
+    number: int = 1, state: str = "open", task: str = "t", updated: float = NOW - 1
+) -> PullRequest:
+    return PullRequest(
+        number=number,
+        url=f"file:///x#pull/{number}",
+        state=state,
+        head=f"agent/{task}",
+        base="main",
+        title="t",
+        task=task,
+        updated_at=updated,
+    )  # type: ignore[arg-type]
+
+
+def observed(
+    runs: dict[str, list[RunView]] | None = None,
+    records: dict[str, TaskRecord] | None = None,
+    repo: RepoView | None = None,
+    lanes: dict[str, LaneView] | None = None,
+    preflight: tuple[PreflightCheck, ...] = (),
+) -> Observed:
+    return Observed(
+        revision="rev1",
+        serial=7,
+        lanes=lanes
+        or {
+            "web": LaneView(
+                "web", reachable=True, repos={"app": repo or RepoView(prs={})}, preflight=preflight
+            )
+        },
+        records=records or {},
+        runs={k: tuple(v) for k, v in (runs or {}).items()},
+    )
+
+
+def kinds(p: Plan) -> list[tuple[str, str]]:
+    return [(a.kind.value, a.task) for a in p.actions]
+
+
+def phase(p: Plan, name: str) -> Phase:
+    return next(t.phase for t in p.tasks if t.name == name)
+
+
+def test_new_task_starts_with_attempt_one() -> None:
+    d = desired(("t", task_spec()))
+    p = plan(d, observed(), NOW)
+    assert kinds(p) == [("start", "t")]
+    assert p.actions[0].attempt == 1 and p.actions[0].iteration == 1
+    assert p.actions[0].generation == gen(d, "t")
+    assert phase(p, "t") is Phase.PENDING
+    assert p.revision == "rev1" and p.serial == 7
+
+
+def test_plan_is_deterministic_and_empty_after_convergence() -> None:
+    d = desired(("t", task_spec()))
+    r = run(d, "t", exit=exited(0), result=ok_result(), commits_ahead=1, outcome="succeeded")
+    o = observed(
+        runs={"t": [r]},
+        records={"t": TaskRecord("t", "web", "app", NOW - 500, pr_number=1)},
+        repo=RepoView(
+            prs={"agent/t": pr()}, branches={"agent/t": "a"}, remote_branches={"agent/t": "a"}
+        ),
+    )
+    p1, p2 = plan(d, o, NOW), plan(d, o, NOW)
+    assert p1 == p2
+    assert p1.empty
+    assert phase(p1, "t") is Phase.PR_OPEN
+
+
+def test_slots_per_lane_filled_by_priority_then_age_then_name() -> None:
+    d = desired(
+        ("a", task_spec()),
+        ("b", task_spec(priority=5)),
+        ("c", task_spec()),
+        ("d", task_spec()),
+    )
+    records = {
+        "a": TaskRecord("a", "web", "app", NOW - 10),
+        "c": TaskRecord("c", "web", "app", NOW - 50),
+        "d": TaskRecord("d", "web", "app", NOW - 50),
+    }
+    p = plan(d, observed(records=records), NOW)
+    assert kinds(p) == [("start", "b"), ("start", "c")]
+    assert phase(p, "a") is Phase.QUEUED and phase(p, "d") is Phase.QUEUED
+    assert "2/2" in next(t.reason for t in p.tasks if t.name == "a")
+
+
+def test_global_cap_across_lanes() -> None:
+    lanes = {"web": lane("web", 3), "docs": lane("docs", 3)}
+    d = desired(
+        ("a", task_spec()),
+        ("b", task_spec(lane="docs")),
+        ("c", task_spec()),
+        lanes=lanes,
+        config=ConfigSpec(max_concurrency=2),
+    )
+    views = {n: LaneView(n, True, repos={"app": RepoView(prs={})}) for n in lanes}
+    p = plan(d, observed(lanes=views), NOW)
+    assert kinds(p) == [("start", "a"), ("start", "b")]
+    assert phase(p, "c") is Phase.QUEUED
+    assert "2/2 in use across lanes" in next(t.reason for t in p.tasks if t.name == "c")
+
+
+def test_live_runs_hold_slots() -> None:
+    d = desired(("a", task_spec()), ("b", task_spec()), ("c", task_spec()))
+    runs = {"a": [run(d, "a", alive=True)], "b": [run(d, "b", alive=True)]}
+    p = plan(d, observed(runs=runs), NOW)
+    assert p.empty
+    assert phase(p, "a") is Phase.RUNNING and phase(p, "c") is Phase.QUEUED
+
+
+def test_crashed_run_is_marked_and_frees_its_slot_in_the_same_pass() -> None:
+    d = desired(("a", task_spec()), ("b", task_spec()), ("c", task_spec()))
+    runs = {
+        "a": [run(d, "a", alive=True)],
+        "b": [run(d, "b", alive=False)],  # no exit record: gone
+    }
+    p = plan(d, observed(runs=runs), NOW)
+    assert kinds(p) == [("mark-crashed", "b"), ("start", "c")]
+    assert "no exit record" in p.actions[0].reason
+    assert phase(p, "b") is Phase.BACKOFF
+    assert [o.outcome for o in p.outcomes] == ["crashed"]
+
+
+def test_agent_killed_by_signal_is_a_crash() -> None:
+    d = desired(("t", task_spec()))
+    p = plan(d, observed(runs={"t": [run(d, "t", exit=exited(signal=9))]}), NOW)
+    assert kinds(p) == [("mark-crashed", "t")]
+    assert "SIGKILL" in p.actions[0].reason
+
+
+def test_retry_after_backoff_elapses_with_a_new_attempt() -> None:
+    d = desired(("t", task_spec()))
+    crashed = run(d, "t", mark="crashed", marked_at=NOW - 1000)
+    p = plan(d, observed(runs={"t": [crashed]}), NOW)
+    assert kinds(p) == [("retry", "t")]
+    assert p.actions[0].attempt == 2 and p.actions[0].iteration == 1
+
+
+def test_backoff_not_elapsed_keeps_waiting_and_reports_next_attempt() -> None:
+    d = desired(("t", task_spec()))
+    crashed = run(d, "t", mark="crashed", marked_at=NOW - 1)
+    p = plan(d, observed(runs={"t": [crashed]}), NOW)
+    assert p.empty
+    status = p.tasks[0]
+    assert status.phase is Phase.BACKOFF
+    assert status.next_attempt_at == pytest.approx(NOW - 1 + backoff_delay(d.config, "t", 1))
+
+
+def test_backoff_is_capped_exponential_with_bounded_jitter() -> None:
+    cfg = ConfigSpec.model_validate({"backoff": {"base": "10s", "max": "60s"}})
+    delays = [backoff_delay(cfg, "t", n) for n in range(1, 8)]
+    for n, value in enumerate(delays, start=1):
+        full = min(60.0, 10.0 * 2 ** (n - 1))
+        assert full / 2 <= value <= full
+    assert backoff_delay(cfg, "t", 3) == backoff_delay(cfg, "t", 3)
+    assert backoff_delay(cfg, "t", 3) != backoff_delay(cfg, "u", 3)
+
+
+def test_attempts_exhausted_is_failed() -> None:
+    d = desired(("t", task_spec(maxAttempts=2)))
+    runs = [
+        run(d, "t", 1, mark="crashed", marked_at=NOW - 5000),
+        run(d, "t", 2, mark="stalled", marked_at=NOW - 4000),
+    ]
+    p = plan(d, observed(runs={"t": runs}), NOW)
+    assert p.empty
+    assert phase(p, "t") is Phase.FAILED
+    assert "all 2 attempts failed" in p.tasks[0].reason
+
+
+def test_failed_criteria_iterate_with_feedback_and_session() -> None:
+    d = desired(("t", task_spec(success={"checks": ["pytest -q"], "markers": ["DONE"]})))
+    check = CheckResult(argv=["pytest", "-q"], exit_code=1, output_tail="E assert 1 == 2")
+    r = run(
+        d,
+        "t",
+        exit=exited(0, [check]),
+        result=ok_result("nearly"),
+        commits_ahead=1,
+        dirty=(" M a.py",),
+    )
+    p = plan(d, observed(runs={"t": [r]}), NOW)
+    assert kinds(p) == [("iterate", "t")]
+    act = p.actions[0]
+    assert (act.attempt, act.iteration) == (1, 2)
+    assert act.resume_session == "s-1"
+    text = "\n".join(act.feedback)
+    assert "check `pytest -q` failed with status 1" in text
+    assert "E assert 1 == 2" in text
+    assert "marker DONE missing" in text
+    assert " M a.py" in text
+    assert [(o.outcome, o.iteration) for o in p.outcomes] == [("failed", 1)]
+
+
+def test_no_commits_fails_require_commits() -> None:
+    d = desired(("t", task_spec()))
+    r = run(d, "t", exit=exited(0), result=ok_result(), commits_ahead=0)
+    p = plan(d, observed(runs={"t": [r]}), NOW)
+    assert kinds(p) == [("iterate", "t")]
+    assert "no commits ahead" in p.actions[0].reason
+
+
+def test_nonzero_exit_and_agent_error_fail_the_run() -> None:
+    d = desired(("t", task_spec()))
+    bad = AgentResult(ok=False, subtype="error_max_turns", final_text="x")
+    p = plan(
+        d, observed(runs={"t": [run(d, "t", exit=exited(0), result=bad, commits_ahead=3)]}), NOW
+    )
+    assert "agent reported error_max_turns" in p.actions[0].reason
+    p = plan(d, observed(runs={"t": [run(d, "t", exit=exited(2), commits_ahead=3)]}), NOW)
+    assert "agent exited with status 2" in p.actions[0].reason
+
+
+def test_iterations_exhausted_fail_the_attempt_into_backoff() -> None:
+    d = desired(("t", task_spec(maxIterations=2)))
+    runs = [
+        run(d, "t", 1, 1, exit=exited(1, at=NOW - 50), outcome="failed", failures=("x",)),
+        run(d, "t", 1, 2, exit=exited(1, at=NOW - 2), outcome="failed", failures=("y",)),
+    ]
+    p = plan(d, observed(runs={"t": runs}), NOW)
+    assert p.empty
+    assert phase(p, "t") is Phase.BACKOFF
+    assert "used all 2 iterations" in p.tasks[0].reason
+
+
+def test_stalled_and_timed_out_runs_are_marked() -> None:
+    d = desired(("t", task_spec()))
+    quiet = run(d, "t", alive=True, last_output_at=NOW - 301)
+    p = plan(d, observed(runs={"t": [quiet]}), NOW)
+    assert kinds(p) == [("mark-stalled", "t")]
+    assert "no output for 5m" in p.actions[0].reason
+    old = run(d, "t", alive=True, started_at=NOW - 3601, last_output_at=NOW - 1)
+    p = plan(d, observed(runs={"t": [old]}), NOW)
+    assert kinds(p) == [("mark-stalled", "t")]
+    assert "past its timeout of 1h" in p.actions[0].reason
+
+
+def test_success_opens_pr_then_adopts_after_state_loss() -> None:
+    d = desired(("t", task_spec()))
+    r = run(d, "t", exit=exited(0), result=ok_result(), commits_ahead=2)
+    p = plan(d, observed(runs={"t": [r]}), NOW)
+    assert kinds(p) == [("open-pr", "t")]
+    # the PR exists on the forge but state does not know it (crash after create, or lost state)
+    o = observed(runs={"t": [r]}, repo=RepoView(prs={"agent/t": pr(4)}))
+    p = plan(d, o, NOW)
+    assert kinds(p) == [("adopt-pr", "t")]
+    assert p.actions[0].pr_number == 4
+
+
+def test_new_commits_after_pr_update_it() -> None:
+    d = desired(("t", task_spec()))
+    r = run(d, "t", exit=exited(0), outcome="succeeded")
+    repo = RepoView(
+        prs={"agent/t": pr(1)}, branches={"agent/t": "b"}, remote_branches={"agent/t": "a"}
+    )
+    o = observed(
+        runs={"t": [r]}, repo=repo, records={"t": TaskRecord("t", "web", "app", 0.0, pr_number=1)}
+    )
+    assert kinds(plan(d, o, NOW)) == [("update-pr", "t")]
+
+
+def test_no_forge_completes_on_success() -> None:
+    d = desired(("t", task_spec()), lanes={"web": lane(forge=False)})
+    r = run(d, "t", exit=exited(0), result=ok_result(), commits_ahead=1)
+    p = plan(d, observed(runs={"t": [r]}, repo=RepoView(prs=None)), NOW)
+    assert kinds(p) == [("complete", "t")]
+    assert phase(p, "t") is Phase.DONE
+    rec = TaskRecord("t", "web", "app", 0.0, done=True, done_generation=gen(d, "t"))
+    p = plan(d, observed(runs={"t": [r]}, repo=RepoView(prs=None), records={"t": rec}), NOW)
+    assert p.empty and phase(p, "t") is Phase.DONE
+
+
+def test_merged_pr_completes_and_cleans_up() -> None:
+    d = desired(("t", task_spec()))
+    repo = RepoView(prs={"agent/t": pr(1, "merged")}, worktrees={"t": "/w/app/t"})
+    p = plan(
+        d, observed(runs={"t": [run(d, "t", exit=exited(0), outcome="succeeded")]}, repo=repo), NOW
+    )
+    assert kinds(p) == [("complete", "t"), ("cleanup", "t")]
+    assert phase(p, "t") is Phase.DONE
+
+
+def test_closed_pr_fails_until_the_manifest_changes() -> None:
+    d = desired(("t", task_spec()))
+    r = run(d, "t", exit=exited(0), outcome="succeeded", started_at=NOW - 100)
+    repo = RepoView(prs={"agent/t": pr(1, "closed", updated=NOW - 50)})
+    p = plan(d, observed(runs={"t": [r]}, repo=repo), NOW)
+    assert p.empty and phase(p, "t") is Phase.FAILED
+    assert "closed without merging" in p.tasks[0].reason
+    # the manifest changes: runs of the old generation no longer count, convergence restarts
+    d2 = desired(("t", task_spec(prompt="do it better")))
+    p = plan(d2, observed(runs={"t": [r]}, repo=repo), NOW)
+    assert kinds(p) == [("start", "t")]
+    assert p.actions[0].attempt == 2
+
+
+def test_dependencies_block_until_done() -> None:
+    d = desired(
+        ("a", task_spec()), ("b", task_spec(dependsOn=["a"])), ("c", task_spec(dependsOn=["zzz"]))
+    )
+    p = plan(d, observed(), NOW)
+    assert kinds(p) == [("start", "a")]
+    reasons = {b.task: b.reason for b in p.blocked}
+    assert reasons == {
+        "b": "waiting for a to be done",
+        "c": "depends on zzz, which is not a task in the control repo",
+    }
+    assert phase(p, "b") is Phase.BLOCKED
+    repo = RepoView(prs={"agent/a": pr(1, "merged", task="a")})
+    p = plan(d, observed(repo=repo), NOW)
+    assert ("start", "b") in kinds(p)
+
+
+def test_preflight_failure_blocks_with_the_fix() -> None:
+    d = desired(("t", task_spec()))
+    bad = PreflightCheck(
+        name="checkout", ok=False, subject="app", detail="~/app does not exist", fix="clone it"
+    )
+    p = plan(d, observed(preflight=(bad,)), NOW)
+    assert p.empty
+    assert p.blocked[0].reason == "pre-flight checkout failed: ~/app does not exist (clone it)"
+
+
+def test_unreachable_lane_is_unknown_and_nothing_is_pruned() -> None:
+    d = desired(("t", task_spec()))
+    lanes = {"web": LaneView("web", reachable=False, error="ssh: connection refused")}
+    records = {"gone": TaskRecord("gone", "web", "app", 0.0)}
+    p = plan(d, observed(lanes=lanes, records=records), NOW)
+    assert p.empty
+    assert {t.name: t.phase for t in p.tasks} == {"t": Phase.UNKNOWN, "gone": Phase.UNKNOWN}
+
+
+def test_paused_stops_and_keeps_everything() -> None:
+    d = desired(("t", task_spec(paused=True)))
+    p = plan(d, observed(runs={"t": [run(d, "t", alive=True)]}), NOW)
+    assert kinds(p) == [("stop", "t")]
+    assert phase(p, "t") is Phase.PAUSED
+    # pausing does not change the generation
+    assert gen(d, "t") == gen(desired(("t", task_spec())), "t")
+
+
+def test_stopped_run_restarts_when_unpaused() -> None:
+    d = desired(("t", task_spec()))
+    stopped = run(d, "t", mark="stopped", marked_at=NOW - 3, exit=exited(signal=15))
+    p = plan(d, observed(runs={"t": [stopped]}), NOW)
+    assert kinds(p) == [("retry", "t")]
+
+
+def test_spec_change_stops_the_old_run_and_starts_again_keeping_the_pr() -> None:
+    old = desired(("t", task_spec()))
+    new = desired(("t", task_spec(prompt="changed")))
+    r = run(old, "t", alive=True)
+    repo = RepoView(prs={"agent/t": pr(3)})
+    p = plan(new, observed(runs={"t": [r]}, repo=repo), NOW)
+    assert kinds(p) == [("stop", "t"), ("start", "t")]
+    assert p.actions[1].attempt == 2
+    assert p.tasks[0].pr is not None and p.tasks[0].pr.number == 3
+
+
+def test_removed_task_stops_closes_and_cleans_up() -> None:
+    d = desired()
+    gone = RunView(
+        task="old",
+        lane="web",
+        repo="app",
+        attempt=1,
+        iteration=1,
+        generation="g",
+        started_at=0.0,
+        alive=True,
+    )
+    repo = RepoView(prs={"agent/old": pr(2, task="old")}, worktrees={"old": "/w/app/old"})
+    p = plan(d, observed(runs={"old": [gone]}, repo=repo), NOW)
+    assert kinds(p) == [("stop", "old"), ("close-pr", "old"), ("cleanup", "old")]
+    assert phase(p, "old") is Phase.CLOSING
+    # once everything is gone, the task disappears from the plan
+    done = replace(gone, alive=False)
+    p = plan(d, observed(runs={"old": [done]}, repo=RepoView(prs={})), NOW)
+    assert p.empty and not p.tasks
+
+
+def test_pr_of_another_task_on_the_same_branch_is_not_adopted() -> None:
+    d = desired(("t", task_spec()))
+    r = run(d, "t", exit=exited(0), result=ok_result(), commits_ahead=1)
+    repo = RepoView(prs={"agent/t": pr(9, task="someone-else")})
+    assert kinds(plan(d, observed(runs={"t": [r]}, repo=repo), NOW)) == [("open-pr", "t")]
+
+
+def test_action_json_round_trip() -> None:
+    d = desired(("t", task_spec()))
+    r = run(d, "t", exit=exited(1), result=ok_result(), commits_ahead=1)
+    p = plan(d, observed(runs={"t": [r]}), NOW)
+    from reconciler.plan import Action
+
+    for action in p.actions:
+        assert Action.from_json(action.to_json()) == action
