@@ -11,7 +11,6 @@ from reconciler.manifests.models import (
     ConfigSpec,
     Desired,
     LaneSpec,
-    Repo,
     TaskSpec,
     make_task,
 )

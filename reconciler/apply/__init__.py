@@ -1,0 +1,543 @@
+"""Apply: carry out a plan's actions through the lanes and record every outcome in state.
+
+An intent is recorded before each non-idempotent side effect and the result after it, with a
+named crash point between each pair, so that a reconciler killed anywhere converges on the next
+pass without duplicates. Every action is safe to repeat. Reasons in the plan are never read here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from reconciler.faults import crash_point
+from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref
+from reconciler.manifests.models import Desired, Task
+from reconciler.plan import Action, ActionKind, Observed, Plan, branch_of
+from reconciler.protocol import (
+    ForgeCloseRequest,
+    ForgeListRequest,
+    ForgeListResult,
+    ForgeOpenRequest,
+    ForgeOpenResult,
+    ForgeUpdateRequest,
+    PrepareWorkspaceRequest,
+    PRResult,
+    PullRequest,
+    PushRequest,
+    PushResult,
+    RemovedResult,
+    RemoveWorkspaceRequest,
+    RunObs,
+    StartRunRequest,
+    StopResult,
+    StopRunRequest,
+    TaskRef,
+    WorkspaceResult,
+)
+from reconciler.state import RunRow, Store, TaskRow, Transaction
+
+SESSION_NAMESPACE = uuid.UUID("6f1b1d3e-4c55-4d0e-9a57-2b6a4a0c9e01")
+STOP_GRACE = 5.0
+
+
+@dataclass
+class ApplyReport:
+    applied: list[Action] = field(default_factory=list)
+    failed: list[tuple[Action, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def pr_marker(task: str) -> str:
+    return f"<!-- reconciler:task={task} -->"
+
+
+def compose_prompt(task: Task, action: Action) -> str:
+    """The prompt for a run: the task's prompt, plus concrete feedback on later runs."""
+    if not action.feedback:
+        return task.prompt
+    lines = [task.prompt.rstrip("\n"), "", "---", ""]
+    if action.kind is ActionKind.ITERATE:
+        lines.append(
+            f"Your previous run (attempt {action.attempt}, iteration {action.iteration - 1}) "
+            "did not meet the success criteria. Fix the following and try again:"
+        )
+    else:
+        lines.append("Starting a new attempt. What went wrong before:")
+    lines.append("")
+    for item in action.feedback:
+        lines.append(f"- {item}" if "\n" not in item else item)
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+class Applier:
+    """Executes one plan. Errors of one action are recorded and do not stop the others."""
+
+    def __init__(
+        self,
+        desired: Desired,
+        observed: Observed,
+        store: Store,
+        lanes: Mapping[str, Lane],
+        *,
+        log: Callable[[str], None] = lambda _m: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.desired = desired
+        self.observed = observed
+        self.store = store
+        self.lanes = lanes
+        self.log = log
+        self.clock = clock
+        self.revision = desired.revision
+
+    # ------------------------------------------------------------------ entry point
+
+    def apply(self, plan: Plan) -> ApplyReport:
+        report = ApplyReport()
+        self.record_observations(plan)
+        for action in plan.actions:
+            try:
+                self.dispatch(action)
+            except (NodeError, LaneUnavailable) as exc:
+                message = str(exc)
+                report.failed.append((action, message))
+                self.event(action.task, "error", f"{action.kind.value} failed: {message}")
+                self.log(f"{action.kind.value} {action.task}: failed: {message}")
+                continue
+            report.applied.append(action)
+        with self.store.transaction() as tx:
+            tx.set_meta("last_revision", self.revision)
+        return report
+
+    def dispatch(self, action: Action) -> None:
+        handler = {
+            ActionKind.START: self.start_run,
+            ActionKind.RETRY: self.start_run,
+            ActionKind.ITERATE: self.start_run,
+            ActionKind.MARK_CRASHED: self.mark_crashed,
+            ActionKind.MARK_STALLED: self.mark_stalled,
+            ActionKind.STOP: self.stop,
+            ActionKind.OPEN_PR: self.open_pr,
+            ActionKind.ADOPT_PR: self.adopt_pr,
+            ActionKind.UPDATE_PR: self.update_pr,
+            ActionKind.CLOSE_PR: self.close_pr,
+            ActionKind.CLEANUP: self.cleanup,
+            ActionKind.COMPLETE: self.complete,
+        }[action.kind]
+        handler(action)
+
+    # ------------------------------------------------------------------ helpers
+
+    def event(
+        self, task: str | None, kind: str, message: str, tx: Transaction | None = None
+    ) -> None:
+        if tx is not None:
+            tx.add_event(task, kind, message, self.revision, self.clock())
+            return
+        with self.store.transaction() as own:
+            own.add_event(task, kind, message, self.revision, self.clock())
+
+    def lane(self, name: str) -> Lane:
+        lane = self.lanes.get(name)
+        if lane is None:
+            raise LaneUnavailable(f"lane {name} is not configured")
+        return lane
+
+    def task_ref(self, name: str) -> TaskRef:
+        task = self.desired.tasks.get(name)
+        if task is not None:
+            return TaskRef(
+                name=name,
+                repo=task.spec.repo,
+                base=task.spec.base,
+                branch=branch_of(self.desired.config, name),
+            )
+        row = self.store.task(name)
+        if row is not None:
+            repo = row.repo
+        else:
+            runs = self.observed.runs.get(name, ())
+            if not runs:
+                raise NodeError(f"task {name} is unknown to state and to its lane")
+            repo = runs[-1].repo
+        return TaskRef(
+            name=name, repo=repo, base="main", branch=branch_of(self.desired.config, name)
+        )
+
+    def ensure_task_row(self, tx: Transaction, task: Task) -> None:
+        if self.store.task(task.name) is None:
+            tx.upsert_task(
+                TaskRow(
+                    name=task.name,
+                    lane=task.spec.lane,
+                    repo=task.spec.repo,
+                    first_seen=self.clock(),
+                    generation=task.generation,
+                )
+            )
+        else:
+            tx.update_task(
+                task.name,
+                lane=task.spec.lane,
+                repo=task.spec.repo,
+                removed_at=None,
+                generation=task.generation,
+            )
+
+    def record_observations(self, plan: Plan) -> None:
+        """Record what observation revealed: runs state did not know, evaluations, spend."""
+        known = {(r.task, r.attempt, r.iteration): r for r in self.store.runs()}
+        with self.store.transaction() as tx:
+            for task in self.desired.tasks.values():
+                if self.store.task(task.name) is None:
+                    self.ensure_task_row(tx, task)
+            for views in self.observed.runs.values():
+                for view in views:
+                    key = (view.task, view.attempt, view.iteration)
+                    row = known.get(key)
+                    result = view.result
+                    if row is None and view.seen_by_lane:
+                        tx.upsert_run(
+                            RunRow(
+                                task=view.task,
+                                attempt=view.attempt,
+                                iteration=view.iteration,
+                                generation=view.generation,
+                                lane=view.lane,
+                                repo=view.repo,
+                                run_dir="",
+                                started_at=view.started_at,
+                            )
+                        )
+                        tx.add_event(
+                            view.task,
+                            "adopted",
+                            f"found run {view.attempt}.{view.iteration} in the lane "
+                            f"({'alive' if view.alive else 'ended'}) and adopted it",
+                            self.revision,
+                            self.clock(),
+                        )
+                    fields: dict[str, object] = {}
+                    if view.exit is not None and (row is None or row.ended_at is None):
+                        fields.update(
+                            ended_at=view.exit.ended_at,
+                            exit_code=view.exit.exit_code,
+                            signal=view.exit.signal,
+                        )
+                    if result is not None and (row is None or row.cost_usd is None):
+                        fields.update(
+                            session_id=result.session_id or (row.session_id if row else None),
+                            cost_usd=result.cost_usd,
+                            input_tokens=result.input_tokens,
+                            output_tokens=result.output_tokens,
+                        )
+                    if fields:
+                        tx.update_run(view.task, view.attempt, view.iteration, **fields)
+            for outcome in plan.outcomes:
+                if (outcome.task, outcome.attempt, outcome.iteration) not in known and not any(
+                    v.attempt == outcome.attempt and v.iteration == outcome.iteration
+                    for v in self.observed.runs.get(outcome.task, ())
+                ):
+                    continue
+                tx.update_run(
+                    outcome.task,
+                    outcome.attempt,
+                    outcome.iteration,
+                    outcome=outcome.outcome,
+                    failures="\n".join(outcome.failures) or None,
+                )
+                if outcome.outcome != "crashed":
+                    detail = "; ".join(outcome.failures) or "all success criteria met"
+                    tx.add_event(
+                        outcome.task,
+                        "run-" + outcome.outcome,
+                        f"run {outcome.attempt}.{outcome.iteration} {outcome.outcome}: {detail}",
+                        self.revision,
+                        self.clock(),
+                    )
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, action: Action) -> None:
+        task = self.desired.tasks[action.task]
+        lane = self.lane(task.spec.lane)
+        ref = self.task_ref(task.name)
+        now = self.clock()
+        with self.store.transaction() as tx:
+            self.ensure_task_row(tx, task)
+            tx.upsert_run(
+                RunRow(
+                    task=task.name,
+                    attempt=action.attempt,
+                    iteration=action.iteration,
+                    generation=action.generation,
+                    lane=lane.name,
+                    repo=task.spec.repo,
+                    run_dir="",
+                    started_at=now,
+                )
+            )
+            self.event(
+                task.name,
+                action.kind.value,
+                f"{action.kind.value} run {action.attempt}.{action.iteration}",
+                tx,
+            )
+        crash_point("after-run-intent")
+        workspace = lane.one(PrepareWorkspaceRequest(lane=lane.ref, task=ref), WorkspaceResult)
+        if workspace.created:
+            self.event(task.name, "workspace", f"created worktree {workspace.path} on {ref.branch}")
+        crash_point("after-workspace")
+        agent = self.desired.agents[task.spec.agent]
+        session_id = None
+        if action.resume_session is None:
+            session_id = str(
+                uuid.uuid5(
+                    SESSION_NAMESPACE,
+                    f"{task.name}/{action.generation}/{action.attempt}/{action.iteration}",
+                )
+            )
+        request = StartRunRequest(
+            lane=lane.ref,
+            task=ref,
+            attempt=action.attempt,
+            iteration=action.iteration,
+            generation=action.generation,
+            prompt=compose_prompt(task, action),
+            agent=agent_ref(self.desired, task.spec.agent),
+            resume_session=action.resume_session,
+            session_id=session_id,
+            checks=[list(c) for c in task.spec.success.checks],
+            check_timeout=task.spec.success.check_timeout,
+            markers=list(task.spec.success.markers),
+            env={"RECONCILER_REVISION": self.revision, "RECONCILER_GENERATION": action.generation},
+        )
+        run = lane.one(request, RunObs)
+        crash_point("after-spawn")
+        with self.store.transaction() as tx:
+            fp = run.supervisor
+            tx.update_run(
+                task.name,
+                action.attempt,
+                action.iteration,
+                run_dir=run.run_dir,
+                started_at=run.started_at,
+                session_id=action.resume_session or session_id,
+                pid=fp.pid if fp else None,
+                boot_id=fp.boot_id if fp else None,
+                start_time=fp.start_time if fp else None,
+            )
+            self.event(
+                task.name,
+                "spawned",
+                f"agent {agent.kind} started for run {action.attempt}.{action.iteration} "
+                f"(pid {fp.pid if fp else '?'}) in {run.workspace}",
+                tx,
+            )
+        self.log(
+            f"{action.kind.value} {task.name}: run {action.attempt}.{action.iteration} started"
+        )
+
+    def _stop_process(self, action: Action) -> bool:
+        lane = self.lane(action.lane)
+        result = lane.one(
+            StopRunRequest(
+                lane=lane.ref,
+                task=action.task,
+                attempt=action.attempt,
+                iteration=action.iteration,
+                grace=STOP_GRACE,
+            ),
+            StopResult,
+        )
+        return result.was_alive
+
+    def _mark(self, action: Action, mark: str) -> None:
+        now = self.clock()
+        with self.store.transaction() as tx:
+            if not any(
+                (r.attempt, r.iteration) == (action.attempt, action.iteration)
+                for r in self.store.runs(action.task)
+            ):
+                tx.upsert_run(
+                    RunRow(
+                        task=action.task,
+                        attempt=action.attempt,
+                        iteration=action.iteration,
+                        generation="",
+                        lane=action.lane,
+                        repo=self.task_ref(action.task).repo,
+                        run_dir="",
+                        started_at=now,
+                    )
+                )
+            fields: dict[str, object] = {"mark": mark, "marked_at": now}
+            if mark != "stopped":
+                fields["outcome"] = mark
+            tx.update_run(action.task, action.attempt, action.iteration, **fields)
+            self.event(action.task, mark, f"run {action.attempt}.{action.iteration} {mark}", tx)
+
+    def mark_crashed(self, action: Action) -> None:
+        self._mark(action, "crashed")
+
+    def mark_stalled(self, action: Action) -> None:
+        self._mark(action, "stalled")
+        crash_point("after-stop-intent")
+        self._stop_process(action)
+
+    def stop(self, action: Action) -> None:
+        self._mark(action, "stopped")
+        crash_point("after-stop-intent")
+        self._stop_process(action)
+
+    # ------------------------------------------------------------------ pull requests
+
+    def _push(self, lane: Lane, task: TaskRef) -> str:
+        pushed = lane.one(
+            PushRequest(lane=lane.ref, repo=task.repo, branch=task.branch, force_with_lease=True),
+            PushResult,
+        )
+        crash_point("after-push")
+        return pushed.sha
+
+    def _pr_text(self, task: Task) -> tuple[str, str]:
+        spec = task.spec.pr
+        title = spec.title or task.name
+        runs = self.observed.runs.get(task.name, ())
+        attempts = len({r.attempt for r in runs if r.generation == task.generation})
+        iterations = sum(1 for r in runs if r.generation == task.generation)
+        cost = sum(r.cost_usd for r in runs)
+        parts = [spec.body.rstrip() + "\n" if spec.body else ""]
+        parts.append(
+            f"Opened by reconciler for task `{task.name}` at control revision "
+            f"`{self.revision[:12]}`.\n\n"
+            f"Attempts: {attempts} · iterations: {iterations} · cost: ${cost:.2f}\n\n"
+            f"{pr_marker(task.name)}\n"
+        )
+        return title, "\n".join(p for p in parts if p)
+
+    def _record_pr(self, task: str, pr: PullRequest, created: bool) -> None:
+        with self.store.transaction() as tx:
+            tx.update_task(task, pr_number=pr.number, pr_url=pr.url, pr_intent=False)
+            verb = "opened" if created else "adopted"
+            self.event(task, f"pr-{verb}", f"PR #{pr.number} {verb}: {pr.url}", tx)
+        self.log(f"PR #{pr.number} {verb} for {task}")
+
+    def open_pr(self, action: Action) -> None:
+        task = self.desired.tasks[action.task]
+        lane = self.lane(task.spec.lane)
+        ref = self.task_ref(task.name)
+        with self.store.transaction() as tx:
+            self.ensure_task_row(tx, task)
+            tx.update_task(task.name, pr_intent=True)
+            self.event(task.name, "pr-intent", f"opening a PR for {ref.branch}", tx)
+        crash_point("after-pr-intent")
+        self._push(lane, ref)
+        # The forge is the authority: look for the task's PR before creating one.
+        listed = lane.one(
+            ForgeListRequest(lane=lane.ref, repo=ref.repo, head=ref.branch), ForgeListResult
+        )
+        existing = [p for p in listed.prs if p.state == "open" and p.task in (None, task.name)]
+        if existing:
+            self._record_pr(task.name, existing[0], created=False)
+            return
+        title, body = self._pr_text(task)
+        opened = lane.one(
+            ForgeOpenRequest(
+                lane=lane.ref,
+                repo=ref.repo,
+                task=task.name,
+                head=ref.branch,
+                base=ref.base,
+                title=title,
+                body=body,
+                draft=task.spec.pr.draft,
+                labels=list(task.spec.pr.labels),
+            ),
+            ForgeOpenResult,
+        )
+        crash_point("after-pr-create")
+        self._record_pr(task.name, opened.pr, created=opened.created)
+
+    def adopt_pr(self, action: Action) -> None:
+        task = self.desired.tasks[action.task]
+        lane = self.lane(task.spec.lane)
+        ref = self.task_ref(task.name)
+        self._push(lane, ref)
+        assert action.pr_number is not None
+        title, body = self._pr_text(task)
+        updated = lane.one(
+            ForgeUpdateRequest(
+                lane=lane.ref, repo=ref.repo, number=action.pr_number, title=title, body=body
+            ),
+            PRResult,
+        )
+        self._record_pr(task.name, updated.pr, created=False)
+
+    def update_pr(self, action: Action) -> None:
+        task = self.desired.tasks[action.task]
+        lane = self.lane(task.spec.lane)
+        ref = self.task_ref(task.name)
+        sha = self._push(lane, ref)
+        assert action.pr_number is not None
+        title, body = self._pr_text(task)
+        lane.one(
+            ForgeUpdateRequest(
+                lane=lane.ref,
+                repo=ref.repo,
+                number=action.pr_number,
+                title=title,
+                body=body,
+                comment=f"Pushed {sha[:12]} after run {action.attempt}.{action.iteration}.",
+            ),
+            PRResult,
+        )
+        self.event(task.name, "pr-updated", f"pushed {sha[:12]} to PR #{action.pr_number}")
+
+    def close_pr(self, action: Action) -> None:
+        lane = self.lane(action.lane)
+        ref = self.task_ref(action.task)
+        assert action.pr_number is not None
+        lane.one(
+            ForgeCloseRequest(
+                lane=lane.ref,
+                repo=ref.repo,
+                number=action.pr_number,
+                comment=(
+                    f"Closed by reconciler: the manifest of task `{action.task}` was removed at "
+                    f"control revision `{self.revision}`. The branch `{ref.branch}` is kept."
+                ),
+            ),
+            PRResult,
+        )
+        crash_point("after-pr-close")
+        self.event(action.task, "pr-closed", f"PR #{action.pr_number} closed: manifest removed")
+
+    # ------------------------------------------------------------------ endings
+
+    def cleanup(self, action: Action) -> None:
+        lane = self.lane(action.lane)
+        ref = self.task_ref(action.task)
+        removed = lane.one(RemoveWorkspaceRequest(lane=lane.ref, task=ref), RemovedResult)
+        crash_point("after-cleanup")
+        with self.store.transaction() as tx:
+            if action.task not in self.desired.tasks and self.store.task(action.task):
+                tx.update_task(action.task, removed_at=self.clock())
+            if removed.removed:
+                self.event(action.task, "cleanup", f"removed the worktree; {ref.branch} kept", tx)
+
+    def complete(self, action: Action) -> None:
+        task = self.desired.tasks[action.task]
+        with self.store.transaction() as tx:
+            self.ensure_task_row(tx, task)
+            tx.update_task(task.name, done=True, done_generation=task.generation)
+            what = f"PR #{action.pr_number} merged" if action.pr_number else "success, no forge"
+            self.event(task.name, "done", f"task done ({what})", tx)
+        crash_point("after-complete")

@@ -1,0 +1,525 @@
+"""The command line. Parses, calls the engine, renders; never decides.
+
+Exit codes: 0 success; 1 error; 2 ``plan --detailed-exitcode`` with changes; 75 the state lock is
+held by another reconciler. Errors are sentences, never tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from reconciler import __version__
+from reconciler.cli.render import Painter, err, render_plan, render_status, table, use_color
+from reconciler.durations import parse_duration
+from reconciler.engine import Context, Engine, UserError, plan_to_json, read_plan, save_plan
+from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref
+from reconciler.manifests.errors import ManifestErrors
+from reconciler.manifests.models import Desired
+from reconciler.manifests.schema import schema_documents
+from reconciler.plan import Plan, TaskStatus, branch_of
+from reconciler.protocol import (
+    ForgeListRequest,
+    ForgeListResult,
+    ForgeMergeRequest,
+    LogResult,
+    PreflightRequest,
+    PreflightResult,
+    PRResult,
+    ReadLogRequest,
+)
+from reconciler.state import LockHeld, Store
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_LOCKED = 0, 1, 2, 75
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--control",
+        default=argparse.SUPPRESS,
+        help="control repo: a working copy, a bare repository or a URL "
+        "(default: $RECONCILER_CONTROL, then the current directory)",
+    )
+    common.add_argument(
+        "--state",
+        default=argparse.SUPPRESS,
+        help="state directory (default: $RECONCILER_STATE, then <control>/.reconciler)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="reconciler",
+        description="A declarative GitOps reconciler that dispatches coding agents.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, parents=[common])
+
+    command("validate", "check manifests; errors as path:line:col: message")
+    p = command("plan", "show what apply would do")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--out", type=Path, help="save the plan for `apply FILE`")
+    p.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 0 for no changes, 2 for changes, 1 for errors",
+    )
+    for name, help_ in (
+        ("apply", "converge: carry out the plan"),
+        ("run", "reconcile continuously"),
+    ):
+        p = command(name, help_)
+        p.add_argument(
+            "--lock-timeout",
+            type=_duration,
+            default=0.0,
+            help="wait this long for the state lock (default: fail at once, exit 75)",
+        )
+        if name == "apply":
+            p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+            p.add_argument("planfile", nargs="?", type=Path, help="a plan saved by plan --out")
+        else:
+            p.add_argument(
+                "--interval", type=_duration, default=30.0, help="seconds between passes"
+            )
+            p.add_argument("--once", action="store_true", help="one pass, then exit")
+    p = command("status", "one row per task")
+    p.add_argument("--json", action="store_true")
+    p = command("describe", "a task's spec, phase, runs, events and PR")
+    p.add_argument("task")
+    p.add_argument("--json", action="store_true")
+    p = command("logs", "the agent's output for a run")
+    p.add_argument("task")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
+    p.add_argument("--run", help="ATTEMPT.ITERATION (default: the latest run)")
+    command("doctor", "pre-flight checks of every lane, as a table")
+    p = command("schema", "write the JSON Schemas of the manifest kinds")
+    p.add_argument("--out", type=Path, default=Path("schemas"))
+    p = command("pr", "pull requests of the local forge")
+    prsub = p.add_subparsers(dest="pr_command", metavar="ACTION", required=True)
+    m = prsub.add_parser("merge", help="merge a task's open PR (local forge)", parents=[common])
+    m.add_argument("task")
+    command("node", "serve one batch of lane requests: JSON on stdin, JSON on stdout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "node":
+        from reconciler.lanes import serve_node
+
+        return serve_node()
+    ctx = Context.resolve(getattr(args, "control", None), getattr(args, "state", None))
+    handler: Callable[[Engine, argparse.Namespace], int] = COMMANDS[args.command]
+    try:
+        return handler(Engine(ctx), args)
+    except ManifestErrors as exc:
+        for error in exc.errors:
+            print(str(error), file=sys.stderr)
+        n = len(exc.errors)
+        err(f"{n} error{'s' if n != 1 else ''} in the manifests; nothing was planned or applied")
+        return EXIT_ERROR
+    except LockHeld as exc:
+        err(str(exc))
+        return EXIT_LOCKED
+    except (UserError, LaneUnavailable, NodeError) as exc:
+        err(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        err("interrupted")
+        return 130
+
+
+# -------------------------------------------------------------------------------- commands
+
+
+def cmd_validate(engine: Engine, args: argparse.Namespace) -> int:
+    desired = engine.load(worktree=True)
+    print(
+        f"{len(desired.tasks)} tasks, {len(desired.lanes)} lanes, {len(desired.agents)} agents: "
+        "the manifests are valid."
+    )
+    return EXIT_OK
+
+
+def cmd_plan(engine: Engine, args: argparse.Namespace) -> int:
+    desired = engine.load()
+    with engine.reading() as store:
+        plan, _ = engine.observe_and_plan(desired, store)
+    if args.out:
+        save_plan(plan, args.out)
+    if args.json:
+        print(json.dumps(plan_to_json(plan), indent=2))
+    else:
+        sys.stdout.write(render_plan(plan, Painter(use_color(sys.stdout))))
+        if args.out:
+            print(f"\nSaved the plan to {args.out}; apply it with `reconciler apply {args.out}`.")
+    if args.detailed_exitcode and not plan.empty:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def _confirm(plan: Plan) -> bool:
+    sys.stdout.write(render_plan(plan, Painter(use_color(sys.stdout))))
+    if not sys.stdin.isatty():
+        raise UserError("apply needs --yes when not run from a terminal")
+    answer = input("\nDo you want to perform these actions? Only 'yes' will be accepted: ")
+    if answer.strip() != "yes":
+        print("Apply cancelled.")
+        return False
+    return True
+
+
+def cmd_apply(engine: Engine, args: argparse.Namespace) -> int:
+    saved = read_plan(args.planfile) if args.planfile else None
+    desired = engine.load()
+    paint = Painter(use_color(sys.stdout))
+    with engine.locked(args.lock_timeout) as store:
+        confirm = None if args.yes or saved is not None else _confirm
+        result = engine.apply(desired, store, saved=saved, confirm=confirm)
+    if result.report is None:
+        return EXIT_OK
+    if confirm is None:
+        sys.stdout.write(render_plan(result.plan, paint))
+    if result.plan.empty:
+        return EXIT_OK
+    report = result.report
+    print(
+        paint("\nApply complete!", "green", "bold")
+        + f" {len(report.applied)} applied, {len(report.failed)} failed."
+    )
+    for action, message in report.failed:
+        err(f"{action.kind.value} {action.task}: {message}")
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
+    paint = Painter(use_color(sys.stdout))
+    with engine.locked(args.lock_timeout) as store:
+        while True:
+            try:
+                desired = engine.load()
+                result = engine.apply(desired, store, log=lambda m: print(m, flush=True))
+            except ManifestErrors as exc:
+                # keep the last good world: a broken revision plans and prunes nothing
+                for error in exc.errors:
+                    print(str(error), file=sys.stderr)
+                err("manifest errors at this revision; nothing planned, waiting for a fix")
+            else:
+                if not result.plan.empty:
+                    print(paint(_stamp(), "dim") + " " + _summary(result.plan), flush=True)
+            if args.once:
+                return EXIT_OK
+            time.sleep(args.interval)
+
+
+def _stamp() -> str:
+    return time.strftime("%H:%M:%S", time.gmtime())
+
+
+def _summary(plan: Plan) -> str:
+    from reconciler.cli.render import summary_line
+
+    return summary_line(plan)
+
+
+def _statuses(engine: Engine) -> tuple[Desired, Plan, Store]:
+    desired = engine.load()
+    store = Store.open_readonly(engine.ctx.state_dir)
+    plan, _ = engine.observe_and_plan(desired, store)
+    return desired, plan, store
+
+
+def status_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "revision": plan.revision,
+        "tasks": [_task_json(s) for s in plan.tasks],
+    }
+
+
+def _task_json(s: TaskStatus) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "phase": s.phase.value,
+        "lane": s.lane,
+        "repo": s.repo,
+        "branch": s.branch,
+        "attempt": s.attempt,
+        "iteration": s.iteration,
+        "reason": s.reason,
+        "pr": {"number": s.pr.number, "url": s.pr.url, "state": s.pr.state} if s.pr else None,
+        "nextAttemptAt": s.next_attempt_at,
+        "costUsd": s.cost_usd,
+        "tokens": s.tokens,
+    }
+
+
+def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
+    _, plan, store = _statuses(engine)
+    try:
+        ages = {name: row.first_seen for name, row in store.tasks().items()}
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(status_json(plan), indent=2))
+        return EXIT_OK
+    paint = Painter(use_color(sys.stdout))
+    sys.stdout.write(render_status(plan.tasks, paint, ages))
+    total = sum(s.cost_usd for s in plan.tasks)
+    counts: dict[str, int] = {}
+    for s in plan.tasks:
+        counts[s.phase.value] = counts.get(s.phase.value, 0) + 1
+    summary = ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items()))
+    print(f"\nRevision {plan.revision[:12]}: {summary or 'no tasks'}; spend ${total:.2f}.")
+    return EXIT_OK
+
+
+def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
+    desired, plan, store = _statuses(engine)
+    try:
+        status = next((s for s in plan.tasks if s.name == args.task), None)
+        task = desired.tasks.get(args.task)
+        if status is None and task is None and store.task(args.task) is None:
+            raise UserError(f"no task named {args.task}; `reconciler status` lists the tasks")
+        runs = store.runs(args.task)
+        events = store.events(args.task, limit=30)
+        row = store.task(args.task)
+    finally:
+        store.close()
+    data: dict[str, Any] = {
+        "name": args.task,
+        "status": _task_json(status) if status else None,
+        "spec": task.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if task
+        else None,
+        "generation": task.generation if task else None,
+        "source": str(task.source) if task else None,
+        "firstSeen": row.first_seen if row else None,
+        "runs": [
+            {
+                "attempt": r.attempt,
+                "iteration": r.iteration,
+                "generation": r.generation,
+                "startedAt": r.started_at,
+                "endedAt": r.ended_at,
+                "exitCode": r.exit_code,
+                "signal": r.signal,
+                "outcome": r.outcome,
+                "failures": (r.failures or "").splitlines(),
+                "sessionId": r.session_id,
+                "costUsd": r.cost_usd,
+                "tokens": (r.input_tokens or 0) + (r.output_tokens or 0),
+                "runDir": r.run_dir,
+            }
+            for r in runs
+        ],
+        "events": [
+            {"at": e.at, "kind": e.kind, "message": e.message, "revision": e.revision}
+            for e in events
+        ],
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    paint = Painter(use_color(sys.stdout))
+    print(paint(f"Task {args.task}", "bold"))
+    if status:
+        print(
+            f"  phase:      {status.phase.value}" + (f" — {status.reason}" if status.reason else "")
+        )
+        print(f"  lane/repo:  {status.lane}/{status.repo}, branch {status.branch}")
+        if status.pr:
+            print(f"  PR:         #{status.pr.number} ({status.pr.state}) {status.pr.url}")
+        print(f"  spend:      ${status.cost_usd:.2f}, {status.tokens} tokens")
+    if task:
+        print(f"  source:     {task.source} (generation {task.generation})")
+        spec = task.spec
+        print(
+            f"  agent:      {spec.agent}; {spec.max_iterations} iterations x "
+            f"{spec.max_attempts} attempts; priority {spec.priority}"
+        )
+    if runs:
+        print()
+        rows = []
+        for r in runs:
+            ended = (
+                "-" if r.ended_at is None else time.strftime("%H:%M:%S", time.gmtime(r.ended_at))
+            )
+            exit_ = (
+                "-"
+                if r.exit_code is None and r.signal is None
+                else (f"sig {r.signal}" if r.signal else str(r.exit_code))
+            )
+            rows.append(
+                [
+                    f"{r.attempt}.{r.iteration}",
+                    time.strftime("%H:%M:%S", time.gmtime(r.started_at)),
+                    ended,
+                    exit_,
+                    r.outcome or r.mark or "running",
+                    f"${r.cost_usd:.2f}" if r.cost_usd else "-",
+                    "; ".join((r.failures or "").splitlines())[:80],
+                ]
+            )
+        sys.stdout.write(table(rows, ["RUN", "STARTED", "ENDED", "EXIT", "OUTCOME", "COST", "WHY"]))
+    if events:
+        print("\nEvents:")
+        for e in events:
+            stamp = time.strftime("%H:%M:%S", time.gmtime(e.at))
+            print(f"  {paint(stamp, 'dim')} {e.kind:<12} {e.message}")
+    return EXIT_OK
+
+
+def _lane_of(engine: Engine, desired: Desired, task: str) -> Lane:
+    spec = desired.tasks.get(task)
+    lane_name = spec.spec.lane if spec else None
+    if lane_name is None:
+        with engine.reading() as store:
+            row = store.task(task)
+        if row is None:
+            raise UserError(f"no task named {task}; `reconciler status` lists the tasks")
+        lane_name = row.lane
+    if lane_name not in desired.lanes:
+        raise UserError(f"task {task} belongs to lane {lane_name}, which is not in the manifests")
+    return engine.lanes(desired)[lane_name]
+
+
+def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
+    desired = engine.load()
+    lane = _lane_of(engine, desired, args.task)
+    with engine.reading() as store:
+        runs = store.runs(args.task)
+    if args.run:
+        try:
+            attempt, iteration = (int(x) for x in args.run.split("."))
+        except ValueError as exc:
+            raise UserError(f"--run {args.run}: write it as ATTEMPT.ITERATION, e.g. 2.1") from exc
+    elif runs:
+        attempt, iteration = runs[-1].attempt, runs[-1].iteration
+    else:
+        raise UserError(f"task {args.task} has no runs yet")
+    offset = 0
+    while True:
+        chunk = lane.one(
+            ReadLogRequest(
+                lane=lane.ref, task=args.task, attempt=attempt, iteration=iteration, offset=offset
+            ),
+            LogResult,
+        )
+        sys.stdout.write(chunk.data)
+        sys.stdout.flush()
+        moved = chunk.offset != offset
+        offset = chunk.offset
+        if not args.follow or (chunk.ended and not moved):
+            return EXIT_OK
+        if not moved:
+            time.sleep(0.5)
+
+
+def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
+    desired = engine.load()
+    paint = Painter(use_color(sys.stdout))
+    rows = []
+    failed = 0
+    for name, lane in engine.lanes(desired).items():
+        bases: dict[str, set[str]] = {}
+        for task in desired.tasks.values():
+            if task.spec.lane == name:
+                bases.setdefault(task.spec.repo, set()).add(task.spec.base)
+        agents = {
+            agent_ref(desired, t.spec.agent).model_dump_json(): agent_ref(desired, t.spec.agent)
+            for t in desired.tasks.values()
+            if t.spec.lane == name
+        }
+        try:
+            result = lane.one(
+                PreflightRequest(
+                    lane=lane.ref,
+                    bases={r: sorted(b) for r, b in bases.items()},
+                    agents=list(agents.values()),
+                ),
+                PreflightResult,
+            )
+        except (LaneUnavailable, NodeError) as exc:
+            failed += 1
+            rows.append([name, "lane", "", paint("FAIL", "red"), str(exc), ""])
+            continue
+        for c in result.checks:
+            failed += 0 if c.ok else 1
+            rows.append(
+                [
+                    name,
+                    c.name,
+                    c.subject,
+                    paint("ok", "green") if c.ok else paint("FAIL", "red"),
+                    c.detail,
+                    c.fix if not c.ok else "",
+                ]
+            )
+    sys.stdout.write(table(rows, ["LANE", "CHECK", "SUBJECT", "RESULT", "DETAIL", "FIX"]))
+    print(
+        f"\n{failed} check{'s' if failed != 1 else ''} failed."
+        if failed
+        else "\nAll checks passed."
+    )
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def cmd_schema(engine: Engine, args: argparse.Namespace) -> int:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in schema_documents().items():
+        (out / name).write_text(text, encoding="utf-8")
+        print(f"wrote {out / name}")
+    return EXIT_OK
+
+
+def cmd_pr(engine: Engine, args: argparse.Namespace) -> int:
+    desired = engine.load()
+    lane = _lane_of(engine, desired, args.task)
+    task = desired.tasks.get(args.task)
+    if task is None:
+        raise UserError(f"task {args.task} is not in the manifests")
+    branch = branch_of(desired.config, args.task)
+    listed = lane.one(
+        ForgeListRequest(lane=lane.ref, repo=task.spec.repo, head=branch), ForgeListResult
+    )
+    open_prs = [p for p in listed.prs if p.state == "open"]
+    if not open_prs:
+        raise UserError(f"task {args.task} has no open PR; `reconciler status` shows its phase")
+    merged = lane.one(
+        ForgeMergeRequest(lane=lane.ref, repo=task.spec.repo, number=open_prs[0].number), PRResult
+    )
+    print(f"Merged PR #{merged.pr.number} ({branch} into {merged.pr.base}).")
+    print("The next `reconciler apply` marks the task done and removes its worktree.")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "apply": cmd_apply,
+    "run": cmd_run,
+    "status": cmd_status,
+    "describe": cmd_describe,
+    "logs": cmd_logs,
+    "doctor": cmd_doctor,
+    "schema": cmd_schema,
+    "pr": cmd_pr,
+}
+
+__all__ = ["main"]

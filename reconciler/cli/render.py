@@ -1,0 +1,157 @@
+"""Human renderings of plans, statuses and tables. Renders only: decides nothing.
+
+Colour only on a terminal, and never when ``NO_COLOR`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import TextIO
+
+from reconciler.durations import format_duration
+from reconciler.plan import ActionKind, Phase, Plan, TaskStatus
+from reconciler.plan.model import SYMBOLS
+
+_COLORS = {"green": "32", "yellow": "33", "red": "31", "bold": "1", "dim": "2", "cyan": "36"}
+
+_SYMBOL_COLOR = {"+": "green", "~": "yellow", "-": "red", "!": "red", "✓": "green"}
+
+_PHASE_COLOR = {
+    Phase.RUNNING: "cyan",
+    Phase.DONE: "green",
+    Phase.PR_OPEN: "green",
+    Phase.FAILED: "red",
+    Phase.BLOCKED: "yellow",
+    Phase.BACKOFF: "yellow",
+    Phase.UNKNOWN: "red",
+    Phase.CLOSING: "yellow",
+}
+
+# Summary wording, in display order: (kind, singular phrase).
+_SUMMARY = [
+    (ActionKind.START, "to start"),
+    (ActionKind.ITERATE, "to iterate"),
+    (ActionKind.RETRY, "to retry"),
+    (ActionKind.MARK_CRASHED, "to mark crashed"),
+    (ActionKind.MARK_STALLED, "to mark stalled"),
+    (ActionKind.OPEN_PR, "PR to open"),
+    (ActionKind.ADOPT_PR, "PR to adopt"),
+    (ActionKind.UPDATE_PR, "PR to update"),
+    (ActionKind.STOP, "to stop"),
+    (ActionKind.CLOSE_PR, "to close"),
+    (ActionKind.CLEANUP, "to clean up"),
+    (ActionKind.COMPLETE, "to complete"),
+]
+
+
+def use_color(stream: TextIO) -> bool:
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+class Painter:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, text: str, *styles: str) -> str:
+        if not self.enabled or not styles:
+            return text
+        codes = ";".join(_COLORS[s] for s in styles)
+        return f"\033[{codes}m{text}\033[0m"
+
+
+def summary_line(p: Plan) -> str:
+    counts = Counter(a.kind for a in p.actions)
+    parts = []
+    for kind, phrase in _SUMMARY:
+        n = counts.get(kind, 0)
+        if n:
+            plural = phrase.replace("PR ", "PRs ") if n > 1 else phrase
+            parts.append(f"{n} {plural}")
+    return "Plan: " + ", ".join(parts) + "."
+
+
+def render_plan(p: Plan, paint: Painter) -> str:
+    rev = p.revision[:12]
+    if p.empty:
+        lines = [
+            paint("No changes.", "green", "bold")
+            + f" The world matches the control repo (revision {rev})."
+        ]
+        if p.blocked:
+            lines += ["", "Blocked:"]
+            lines += [f"  {b.task}: {b.reason}" for b in p.blocked]
+        return "\n".join(lines) + "\n"
+    lines = [
+        f"reconciler will perform the following actions "
+        f"(control revision {rev}, state serial {p.serial}):",
+        "",
+    ]
+    width_kind = max(len(a.kind.value) for a in p.actions)
+    width_task = max(len(a.task) for a in p.actions)
+    for action in p.actions:
+        symbol = SYMBOLS[action.kind]
+        colored = paint(symbol, _SYMBOL_COLOR[symbol], "bold")
+        lines.append(
+            f"  {colored} {action.kind.value:<{width_kind}}  {action.task:<{width_task}}  "
+            + paint(f"[{action.lane}]", "dim")
+            + f"  {action.reason}"
+        )
+    if p.blocked:
+        lines += ["", "Blocked:"]
+        lines += [f"  {paint('#', 'yellow')} {b.task}: {b.reason}" for b in p.blocked]
+    lines += ["", paint(summary_line(p), "bold")]
+    return "\n".join(lines) + "\n"
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(_strip(c))) for w, c in zip(widths, row, strict=True)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for row in rows:
+        cells = [c + " " * (w - len(_strip(c))) for c, w in zip(row, widths, strict=True)]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out) + "\n"
+
+
+def _strip(text: str) -> str:
+    import re
+
+    return re.sub(r"\033\[[0-9;]*m", "", text)
+
+
+def render_status(statuses: Sequence[TaskStatus], paint: Painter, ages: dict[str, float]) -> str:
+    if not statuses:
+        return "No tasks.\n"
+    now = time.time()
+    rows = []
+    for s in statuses:
+        pr = f"#{s.pr.number} {s.pr.state}" if s.pr else "-"
+        age = format_duration(now - ages[s.name]) if s.name in ages else "-"
+        run = f"{s.attempt}.{s.iteration}" if s.attempt else "-"
+        cost = f"${s.cost_usd:.2f}" if s.cost_usd else "-"
+        rows.append(
+            [
+                s.name,
+                paint(
+                    s.phase.value, *((_PHASE_COLOR[s.phase],) if s.phase in _PHASE_COLOR else ())
+                ),
+                s.lane,
+                run,
+                pr,
+                cost,
+                age,
+                s.reason,
+            ]
+        )
+    return table(rows, ["TASK", "PHASE", "LANE", "RUN", "PR", "COST", "AGE", "REASON"])
+
+
+def err(message: str, stream: TextIO | None = None) -> None:
+    out = stream or sys.stderr
+    paint = Painter(use_color(out))
+    print(paint("error:", "red", "bold") + " " + message, file=out)

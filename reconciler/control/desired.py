@@ -1,0 +1,125 @@
+"""Desired state from the control repo, with an on-disk parse cache keyed by git blob id.
+
+The cache (``<state>/cache/manifests.pickle``) only saves parsing: every load still lists the
+files, runs the cross-file checks and resolves prompt files. It is written atomically, only
+when it changed, and a cache that cannot be read is ignored (it is rebuilt, never trusted).
+It is a pickle, so it must live in the reconciler's own state directory, never in shared places.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import os
+import pickle
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from reconciler.control.repo import WORKTREE_REVISION, ControlError, ControlRepo
+from reconciler.manifests.loader import gc_paused, load
+from reconciler.manifests.models import Desired
+
+CACHE_FILE = Path("cache") / "manifests.pickle"
+
+# The last cache read or written per path, with the file's identity: a long-running
+# reconciler does not unpickle its own cache again on every pass.
+_memo: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+
+def load_desired(control: ControlRepo, state_dir: Path | None, worktree: bool = False) -> Desired:
+    """Load and check every manifest of ``control`` (at HEAD, or on disk with ``worktree``).
+
+    Raises :class:`~reconciler.manifests.errors.ManifestErrors` for invalid manifests and
+    :class:`ControlError` when the repository cannot be read. ``state_dir`` None: no cache.
+    """
+    if control.kind == "directory" and not worktree:
+        raise ControlError(
+            f"{control.location} is not a git repository: only its working tree can be "
+            "validated; commit it to a git repository to plan or apply"
+        )
+    rev = WORKTREE_REVISION if worktree else control.revision()
+    path = state_dir / CACHE_FILE if state_dir is not None else None
+    with gc_paused():  # many small long-lived objects: collections would only cost time
+        files = control.files(worktree, rev=None if worktree else rev)
+        read = control.reader(worktree, rev=None if worktree else rev)
+        entries = _read_cache(path) if path is not None else {}
+        work = dict(entries)
+        try:
+            return load(files, read, rev, work)
+        finally:
+            close = getattr(read, "close", None)
+            if close is not None:
+                close()
+            if path is not None:
+                kept = {f.blob: work[f.blob] for f in files if f.blob in work}
+                if kept.keys() != entries.keys():
+                    _write_cache(path, kept)
+
+
+@functools.cache
+def _fingerprint() -> str:
+    """Changes whenever the cached objects could mean something else: code or library versions."""
+    digest = hashlib.sha256()
+    digest.update(f"{sys.version_info[:2]}|{pydantic.VERSION}".encode())
+    for module in (
+        "reconciler.manifests.models",
+        "reconciler.manifests.loader",
+        "reconciler.durations",
+    ):
+        spec = importlib.util.find_spec(module)
+        origin = spec.origin if spec is not None else None
+        try:
+            digest.update(Path(origin).read_bytes() if origin else module.encode())
+        except OSError:
+            digest.update(module.encode())
+    return digest.hexdigest()
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        st = path.stat()
+    except OSError:
+        return {}
+    memo = _memo.get(path)
+    if memo is not None and memo[0] == _identity(st):
+        return memo[1]
+    try:
+        with gc_paused(), path.open("rb") as f:
+            data = pickle.load(f)  # noqa: S301 - our own file in our own state directory
+    except Exception:  # a damaged cache is rebuilt, whatever the damage
+        return {}
+    if not isinstance(data, dict) or data.get("format") != _fingerprint():
+        return {}
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        return {}
+    _memo[path] = (_identity(st), entries)
+    return entries
+
+
+def _write_cache(path: Path, entries: dict[str, Any]) -> None:
+    tmp = ""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifests.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump({"format": _fingerprint(), "entries": entries}, f, pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+        tmp = ""
+        _memo[path] = (_identity(path.stat()), entries)
+    except OSError:
+        pass  # a cache that cannot be written only costs time on the next load
+    finally:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

@@ -1,0 +1,172 @@
+"""The reconcile pass: load → observe → plan → apply → state, and the saved-plan guard.
+
+This module wires the parts together; it decides nothing itself (the planner decides) and renders
+nothing (the CLI renders).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.apply import Applier, ApplyReport
+from reconciler.control import ControlRepo, load_desired
+from reconciler.lanes import Lane
+from reconciler.manifests.models import Desired
+from reconciler.observe import observe
+from reconciler.plan import Action, Blocked, Observed, Plan, plan
+from reconciler.state import StateLock, Store
+
+PLAN_FORMAT = 1
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message is a sentence (the CLI adds no traceback)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    control: str
+    state_dir: Path
+
+    @classmethod
+    def resolve(cls, control: str | None, state: str | None) -> Context:
+        spec = control or os.environ.get("RECONCILER_CONTROL") or os.getcwd()
+        if state or os.environ.get("RECONCILER_STATE"):
+            state_dir = Path(state or os.environ["RECONCILER_STATE"]).expanduser()
+        elif "://" not in spec and (Path(spec) / ".git").exists():
+            state_dir = Path(spec) / ".reconciler"
+        else:
+            state_dir = Path.cwd() / ".reconciler"
+        return cls(control=spec, state_dir=state_dir.absolute())
+
+
+@dataclass(frozen=True)
+class PassResult:
+    plan: Plan
+    report: ApplyReport | None
+
+
+class Engine:
+    def __init__(self, ctx: Context, clock: Callable[[], float] = time.time) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self._control: ControlRepo | None = None
+
+    @property
+    def control(self) -> ControlRepo:
+        if self._control is None:
+            self._control = ControlRepo.open(self.ctx.control, self.ctx.state_dir)
+        return self._control
+
+    def load(self, worktree: bool = False) -> Desired:
+        """Desired state at the control repo's current revision (raises ManifestErrors)."""
+        return load_desired(self.control, self.ctx.state_dir, worktree=worktree)
+
+    def lanes(self, desired: Desired) -> dict[str, Lane]:
+        return {name: Lane(name, spec) for name, spec in desired.lanes.items()}
+
+    def observe_and_plan(self, desired: Desired, store: Store) -> tuple[Plan, Observed]:
+        observed = observe(desired, store, self.lanes(desired))
+        return plan(desired, observed, self.clock()), observed
+
+    @contextmanager
+    def locked(self, timeout: float | None) -> Iterator[Store]:
+        lock = StateLock(self.ctx.state_dir)
+        self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout)
+        try:
+            store = Store.open(self.ctx.state_dir)
+            try:
+                yield store
+            finally:
+                store.close()
+        finally:
+            lock.release()
+
+    @contextmanager
+    def reading(self) -> Iterator[Store]:
+        store = Store.open_readonly(self.ctx.state_dir)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def apply(
+        self,
+        desired: Desired,
+        store: Store,
+        saved: Plan | None = None,
+        confirm: Callable[[Plan], bool] | None = None,
+        log: Callable[[str], None] = lambda _m: None,
+    ) -> PassResult:
+        """One pass under the lock. With ``saved``, refuse it if stale and apply its actions."""
+        current, observed = self.observe_and_plan(desired, store)
+        if saved is not None:
+            if saved.revision != desired.revision or saved.serial != store.serial():
+                raise UserError(
+                    f"the saved plan is stale: it was computed at control revision "
+                    f"{saved.revision[:12]} and state serial {saved.serial}, but the control repo "
+                    f"is at {desired.revision[:12]} and the state at serial {store.serial()}; "
+                    "run `reconciler plan --out FILE` again"
+                )
+            current = Plan(
+                revision=current.revision,
+                serial=current.serial,
+                now=current.now,
+                actions=saved.actions,
+                blocked=current.blocked,
+                tasks=current.tasks,
+                outcomes=current.outcomes,
+            )
+        if confirm is not None and not current.empty and not confirm(current):
+            return PassResult(current, None)
+        applier = Applier(desired, observed, store, self.lanes(desired), log=log, clock=self.clock)
+        report = applier.apply(current)
+        return PassResult(current, report)
+
+
+# ---------------------------------------------------------------------------- saved plans
+
+
+def plan_to_json(p: Plan) -> dict[str, Any]:
+    """The stable ``plan --json`` shape (design §7), plus the format for saved plans."""
+    return {
+        "format": PLAN_FORMAT,
+        "revision": p.revision,
+        "serial": p.serial,
+        "actions": [a.to_json() for a in p.actions],
+        "blocked": [{"task": b.task, "reason": b.reason} for b in p.blocked],
+    }
+
+
+def save_plan(p: Plan, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(plan_to_json(p), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_plan(path: Path) -> Plan:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != PLAN_FORMAT:
+            raise ValueError(f"unknown plan format {data.get('format')!r}")
+        return Plan(
+            revision=str(data["revision"]),
+            serial=int(data["serial"]),
+            now=0.0,
+            actions=tuple(Action.from_json(a) for a in data["actions"]),
+            blocked=tuple(Blocked(b["task"], b["reason"]) for b in data.get("blocked", [])),
+        )
+    except FileNotFoundError as exc:
+        raise UserError(
+            f"{path}: no such plan file; create one with `reconciler plan --out`"
+        ) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a plan saved by `reconciler plan --out` ({exc})") from exc

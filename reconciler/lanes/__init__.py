@@ -1,0 +1,140 @@
+"""The only door to a project: a lane client sends batches of node requests through a transport.
+
+Transports carry the same JSON (``reconciler.protocol``); the control plane never learns which one
+it talks to. This package must not decide anything: it carries requests and reports failures.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from reconciler.manifests.models import Desired, LaneSpec
+from reconciler.protocol import (
+    AgentRef,
+    Batch,
+    BatchResult,
+    LaneRef,
+    RepoRef,
+    Request,
+    Response,
+)
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class LaneUnavailable(Exception):
+    """The lane could not be reached at all (transport failure): its tasks are ``unknown``."""
+
+
+class NodeError(Exception):
+    """One request failed inside the lane; ``temporary`` failures are worth a later retry."""
+
+    def __init__(self, message: str, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+class Transport(Protocol):
+    def exchange(self, batch_json: str) -> str: ...
+
+
+class InProcessTransport:
+    """The lane user is the reconciler's own user: call the node code directly, through JSON."""
+
+    def exchange(self, batch_json: str) -> str:
+        from reconciler.node import handle_json
+
+        return handle_json(batch_json)
+
+
+def lane_ref(name: str, spec: LaneSpec) -> LaneRef:
+    return LaneRef(
+        name=name,
+        workspace_root=spec.workspace_root,
+        repos=[
+            RepoRef(
+                name=r.name,
+                checkout=r.checkout,
+                remote=r.remote,
+                forge=r.forge.kind if r.forge else None,
+            )
+            for r in spec.repos
+        ],
+        env=dict(spec.env),
+    )
+
+
+def agent_ref(desired: Desired, agent: str) -> AgentRef:
+    spec = desired.agents[agent]
+    return AgentRef(kind=spec.kind, command=spec.command, args=list(spec.args), env=dict(spec.env))
+
+
+class Lane:
+    """A client for one lane: builds its ``LaneRef`` once and exchanges batches."""
+
+    def __init__(self, name: str, spec: LaneSpec, transport: Transport | None = None) -> None:
+        self.name = name
+        self.spec = spec
+        self.ref = lane_ref(name, spec)
+        self.transport = transport or transport_for(name, spec)
+
+    def call(self, requests: Sequence[Request]) -> list[Response]:
+        batch = Batch(requests=list(requests))
+        try:
+            raw = self.transport.exchange(batch.model_dump_json())
+            result = BatchResult.model_validate_json(raw)
+        except LaneUnavailable:
+            raise
+        except (OSError, ValidationError) as exc:
+            raise LaneUnavailable(f"lane {self.name}: {exc}") from exc
+        if len(result.responses) != len(batch.requests):
+            raise LaneUnavailable(
+                f"lane {self.name}: answered {len(result.responses)} of "
+                f"{len(batch.requests)} requests"
+            )
+        return result.responses
+
+    def one(self, request: Request, result_type: type[T]) -> T:
+        """Send one request; return its typed result or raise ``NodeError``."""
+        (response,) = self.call([request])
+        return unwrap(response, result_type)
+
+
+def unwrap(response: Response, result_type: type[T]) -> T:
+    if not response.ok:
+        failure = response.failure
+        raise NodeError(
+            failure.error if failure else "the lane reported a failure without a message",
+            temporary=bool(failure and failure.temporary),
+        )
+    return result_type.model_validate(response.result or {})
+
+
+class _Unavailable:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def exchange(self, batch_json: str) -> str:
+        raise LaneUnavailable(self.reason)
+
+
+def transport_for(name: str, spec: LaneSpec) -> Transport:
+    """Pick the transport a lane needs. Only the in-process transport exists so far."""
+    me = getpass.getuser()
+    if spec.user is None or spec.user == me:
+        return InProcessTransport()
+    return _Unavailable(
+        f"lane {name} runs as user {spec.user}, but the reconciler runs as {me} and per-lane "
+        f"users are not available in this version; remove spec.user or set it to {me}"
+    )
+
+
+def serve_node() -> int:
+    """``reconciler node``: serve one batch on stdin/stdout (the far end of every transport)."""
+    from reconciler.node import main as node_main
+
+    return node_main()

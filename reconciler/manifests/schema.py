@@ -1,0 +1,36 @@
+"""JSON Schemas of the manifest kinds, generated from the models (for editors and reviewers).
+
+Pure: returns text, writes nothing; the CLI's ``schema`` command writes the files to
+``schemas/``, where they are committed (a test fails when they drift from the models).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reconciler.manifests.models import API_VERSION, DOCUMENT_KINDS
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def schema_documents() -> dict[str, str]:
+    """``{"lane.json": text, "agent.json": …, "task.json": …, "config.json": …}``.
+
+    Text is stable (sorted keys, two-space indent, trailing newline), so regenerating the files
+    without a model change produces no diff.
+    """
+    out: dict[str, str] = {}
+    for kind, model in DOCUMENT_KINDS.items():
+        name = f"{kind.lower()}.json"
+        schema: dict[str, Any] = model.model_json_schema(by_alias=True, mode="validation")
+        schema.update(
+            {
+                "$schema": JSON_SCHEMA_DIALECT,
+                "$id": f"urn:reconciler:schema:{API_VERSION.replace('/', ':')}:{kind.lower()}",
+                "title": f"{API_VERSION} {kind}",
+                "description": f"A {kind} manifest document (apiVersion {API_VERSION}).",
+            }
+        )
+        out[name] = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return out

@@ -1,0 +1,37 @@
+"""Agent adapters: how to start one agent CLI headless and how to read its result.
+
+One module per adapter, listed in ``ADAPTERS``. An adapter builds an argv list (never a shell
+string), names the environment variables that must not reach the agent, and parses the agent's
+recorded output after the run. Adapters must not start processes or touch the run directory
+beyond reading the output file they are given.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from reconciler.node.agents.claude import ClaudeAdapter
+from reconciler.node.agents.command import CommandAdapter
+from reconciler.protocol import AgentRef, AgentResult, ExitInfo
+
+
+class Adapter(Protocol):
+    strip_env: frozenset[str]
+
+    def build(
+        self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None
+    ) -> tuple[list[str], bool]:
+        """(argv, prompt_on_stdin) for one run."""
+        ...
+
+    def parse(self, output_path: str, exit: ExitInfo) -> AgentResult:
+        """The agent's own verdict, read from its recorded stdout."""
+        ...
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "claude": ClaudeAdapter(),
+    "command": CommandAdapter(),
+}
+
+__all__ = ["ADAPTERS", "Adapter", "ClaudeAdapter", "CommandAdapter"]

@@ -1,0 +1,93 @@
+"""The ``claude`` adapter: ``claude -p`` with stream-json output, prompt on stdin.
+
+The verdict is the last ``"type": "result"`` object of the stream, cross-checked with the exit
+code (API failures can say ``success`` with ``is_error: true``). Must tolerate any garbage in
+the output and never read more than the last few MiB of it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from reconciler.node.files import tail_bytes
+from reconciler.protocol import AgentRef, AgentResult, ExitInfo
+
+READ_LIMIT = 8 * 1024 * 1024
+FINAL_TEXT_LIMIT = 64 * 1024
+
+
+def _clip(text: str) -> str:
+    """The last 64 KiB (in UTF-8 bytes) of ``text``."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= FINAL_TEXT_LIMIT:
+        return text
+    return data[-FINAL_TEXT_LIMIT:].decode("utf-8", errors="replace")
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def last_result(data: bytes) -> dict[str, object] | None:
+    """The last JSON object with ``"type": "result"`` among the lines of ``data``."""
+    for raw in reversed(data.split(b"\n")):
+        line = raw.strip()
+        if not line.startswith(b"{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue  # a truncated last line or interleaved noise
+        if isinstance(obj, dict) and obj.get("type") == "result":
+            return obj
+    return None
+
+
+class ClaudeAdapter:
+    # Claude Code refuses to start inside another Claude Code session that set these.
+    strip_env: frozenset[str] = frozenset({"CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"})
+
+    def build(
+        self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None
+    ) -> tuple[list[str], bool]:
+        argv = [*(agent.command or ["claude"]), "-p", "--output-format", "stream-json"]
+        argv.append("--verbose")  # stream-json requires it
+        if resume:
+            argv += ["--resume", resume]
+        elif session_id:
+            argv += ["--session-id", session_id]
+        argv += agent.args
+        return argv, True
+
+    def parse(self, output_path: str, exit: ExitInfo) -> AgentResult:
+        data = tail_bytes(output_path, READ_LIMIT)
+        if len(data) == READ_LIMIT:
+            data = data.partition(b"\n")[2]  # the first line was cut by the read window
+        result = last_result(data)
+        if result is None:
+            tail = data[-FINAL_TEXT_LIMIT:].decode("utf-8", errors="replace")
+            return AgentResult(ok=False, subtype=None, final_text=tail)
+        usage = result.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        subtype = _str(result.get("subtype"))
+        is_error = result.get("is_error") is True
+        return AgentResult(
+            ok=exit.exit_code == 0 and not is_error and subtype == "success",
+            subtype=subtype,
+            session_id=_str(result.get("session_id")),
+            cost_usd=_float(result.get("total_cost_usd")),
+            input_tokens=_int(usage.get("input_tokens")),
+            output_tokens=_int(usage.get("output_tokens")),
+            num_turns=_int(result.get("num_turns")),
+            final_text=_clip(_str(result.get("result")) or ""),
+        )

@@ -1,0 +1,34 @@
+"""The ``command`` adapter: any program, prompt by path (``{prompt_file}``) or on stdin.
+
+Success is the exit code alone. Must not interpret the program's output beyond keeping its tail.
+"""
+
+from __future__ import annotations
+
+from reconciler.node.errors import NodeError
+from reconciler.node.files import tail_bytes
+from reconciler.protocol import AgentRef, AgentResult, ExitInfo
+
+PLACEHOLDER = "{prompt_file}"
+FINAL_TEXT_LIMIT = 64 * 1024
+
+
+class CommandAdapter:
+    strip_env: frozenset[str] = frozenset()
+
+    def build(
+        self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None
+    ) -> tuple[list[str], bool]:
+        if not agent.command:
+            raise NodeError(
+                "an agent of kind command needs a command (an argv list); set its command"
+            )
+        argv = [*agent.command, *agent.args]
+        # Plain substring replacement, never formatting: other braces in arguments stay as-is.
+        substituted = [arg.replace(PLACEHOLDER, prompt_file) for arg in argv]
+        on_stdin = not any(PLACEHOLDER in arg for arg in argv)
+        return substituted, on_stdin
+
+    def parse(self, output_path: str, exit: ExitInfo) -> AgentResult:
+        text = tail_bytes(output_path, FINAL_TEXT_LIMIT).decode("utf-8", errors="replace")
+        return AgentResult(ok=exit.exit_code == 0, final_text=text)

@@ -1,0 +1,130 @@
+"""Run-directory layout and crash-safe file writes, shared by the node and the run supervisor.
+
+Kept free of heavy imports because the supervisor loads it at start-up. Must not know about
+requests or git; it only names files and writes them atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+
+RUN_JSON = "run.json"
+PROMPT = "prompt.md"
+ENV_JSON = "env.json"
+PID_JSON = "pid.json"
+OUTPUT_LOG = "output.log"
+STDERR_LOG = "stderr.log"
+CHECKS_LOG = "checks.log"
+EXIT_JSON = "exit.json"
+SUPERVISOR_LOG = "supervisor.log"  # the supervisor's own complaints, never the agent's output
+START_LOCK = ".start.lock"
+
+
+def _temp_beside(path: str, data: bytes, mode: int) -> str:
+    """Write ``data`` to a fresh temporary file in ``path``'s directory and return its name.
+
+    Same directory, so that the final rename or link never crosses a file system.
+    """
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
+    tmp = _temp_beside(path, data, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def create_exclusive(path: str, data: bytes, mode: int = 0o600) -> bool:
+    """Create ``path`` with ``data`` atomically unless it exists; False when it already did.
+
+    A hard link fails when the target exists, which makes "first writer wins" race-free.
+    """
+    tmp = _temp_beside(path, data, mode)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return True
+
+
+def dump_json(obj: object) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_json_atomic(path: str, obj: object, mode: int = 0o600) -> None:
+    write_atomic(path, dump_json(obj), mode)
+
+
+def read_json(path: str) -> dict[str, object] | None:
+    """The JSON object in ``path``; None when the file is missing, unreadable or not an object."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def tail_bytes(path: str, limit: int) -> bytes:
+    """The last ``limit`` bytes of ``path`` (b"" when it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read(limit)
+    except OSError:
+        return b""
+
+
+@contextlib.contextmanager
+def locked(path: str, timeout: float, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the block.
+
+    Polls instead of blocking so that a stuck holder turns into an error, not a hung pass.
+    Raises TimeoutError with a sentence naming ``what`` when the lock stays taken.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"{what} is locked by another process ({path}) for more than "
+                        f"{timeout:.0f}s; retry later, or remove a stuck process holding it"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -1,0 +1,377 @@
+"""The local forge: pull requests kept inside the remote repository itself, like a tiny GitHub.
+
+The records are one JSON document, ``pulls.json``, in a commit on ``refs/reconciler/pulls`` of
+the checkout's remote (a local path or ``file://`` URL). Every change is a compare-and-swap of
+that ref (``update-ref REF NEW OLD``), retried on conflict, so concurrent writers never lose an
+update and the records survive the loss of any control-plane state. Must not touch the lane's
+checkout or worktrees, and must not rewrite a base branch except by an explicit merge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from typing import Literal, TypeVar
+from urllib.parse import unquote, urlparse
+
+from reconciler.node import git as gitops
+from reconciler.node.errors import NodeError
+from reconciler.protocol import PullRequest
+
+PULLS_REF = "refs/reconciler/pulls"
+PULLS_FILE = "pulls.json"
+MARKER = re.compile(r"<!--\s*reconciler:task=([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)\s*-->")
+CAS_ATTEMPTS = 20
+ZERO = "0" * 40
+# commit-tree needs an identity; the lane user's git config may have none.
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "reconciler",
+    "GIT_AUTHOR_EMAIL": "reconciler@localhost",
+    "GIT_COMMITTER_NAME": "reconciler",
+    "GIT_COMMITTER_EMAIL": "reconciler@localhost",
+}
+
+T = TypeVar("T")
+Doc = dict[str, object]
+Record = dict[str, object]
+
+
+class ForgeError(NodeError):
+    """A local-forge request failed; the message names the PR or repository and the fix."""
+
+
+def marker(task: str) -> str:
+    return f"<!-- reconciler:task={task} -->"
+
+
+def task_of(body: str) -> str | None:
+    found = MARKER.findall(body)
+    return found[-1][0] if found else None
+
+
+def remote_path(checkout: str, remote: str) -> str:
+    """The filesystem path of the checkout's remote; ForgeError unless it is local."""
+    url = gitops.remote_url(checkout, remote)
+    if url.startswith("file://"):
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise ForgeError(
+                f"remote {remote} of {checkout} is {url}, on another host; the local forge "
+                "needs a local path or file:// URL (use forge kind github for hosted repos)"
+            )
+        path = unquote(parsed.path)
+    elif "://" in url or re.match(r"^[^/]+:", url):
+        raise ForgeError(
+            f"remote {remote} of {checkout} is {url}, not a local repository; the local forge "
+            "needs a local path or file:// URL (use forge kind github for hosted repos)"
+        )
+    else:
+        path = url
+    path = os.path.normpath(os.path.join(checkout, os.path.expanduser(path)))
+    if not gitops.is_repo(path):
+        raise ForgeError(
+            f"remote {remote} of {checkout} points to {path}, which is not a git repository; "
+            "create it (git init --bare) or fix the remote URL"
+        )
+    return os.path.realpath(path)
+
+
+class LocalForge:
+    """The pull requests of one remote repository."""
+
+    def __init__(self, checkout: str, remote: str) -> None:
+        self.path = remote_path(checkout, remote)
+
+    # ------------------------------------------------------------------ document storage
+
+    def _git(self, args: list[str], *, check: bool = True, stdin: str | None = None) -> str:
+        return gitops.run(args, self.path, check=check, stdin=stdin, env=IDENTITY).stdout.strip()
+
+    def _load(self) -> tuple[str | None, Doc]:
+        old = gitops.resolve(self.path, PULLS_REF)
+        if old is None:
+            return None, {"next": 1, "pulls": []}
+        raw = self._git(["cat-file", "blob", f"{old}:{PULLS_FILE}"])
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise ForgeError(
+                f"{PULLS_FILE} on {PULLS_REF} of {self.path} is not JSON; restore it from the "
+                f"ref's history (git -C {self.path} log {PULLS_REF})"
+            ) from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("pulls"), list):
+            raise ForgeError(f"{PULLS_FILE} on {PULLS_REF} of {self.path} is malformed")
+        return old, doc
+
+    def _store(self, old: str | None, doc: Doc, message: str) -> bool:
+        """Write ``doc`` as the child of ``old``; False when someone else moved the ref first."""
+        text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        blob = self._git(["hash-object", "-w", "--stdin"], stdin=text)
+        tree = self._git(["mktree"], stdin=f"100644 blob {blob}\t{PULLS_FILE}\n")
+        parents = ["-p", old] if old else []
+        commit = self._git(["commit-tree", tree, *parents, "-m", message])
+        proc = gitops.run(
+            ["update-ref", "-m", message, PULLS_REF, commit, old or ZERO], self.path, check=False
+        )
+        return proc.returncode == 0
+
+    def _transact(self, change: Callable[[Doc], tuple[T, str | None]]) -> T:
+        """Apply ``change`` to the current document with compare-and-swap, retrying on races.
+
+        ``change`` returns (result, commit message); a None message means nothing to write.
+        """
+        for _ in range(CAS_ATTEMPTS):
+            old, doc = self._load()
+            result, message = change(doc)
+            if message is None or self._store(old, doc, message):
+                return result
+            time.sleep(random.uniform(0.001, 0.02))  # let the other writer finish
+        raise ForgeError(
+            f"{PULLS_REF} of {self.path} kept changing under {CAS_ATTEMPTS} attempts to update it; "
+            "retry later",
+            temporary=True,
+        )
+
+    # ------------------------------------------------------------------------ helpers
+
+    def url(self, number: int) -> str:
+        return f"file://{self.path}#pull/{number}"
+
+    def _pr(self, rec: Record) -> PullRequest:
+        body = str(rec.get("body", ""))
+        head_sha = rec.get("head_sha")
+        return PullRequest(
+            number=int(str(rec["number"])),
+            url=self.url(int(str(rec["number"]))),
+            state=_state(rec.get("state")),
+            head=str(rec["head"]),
+            base=str(rec["base"]),
+            title=str(rec.get("title", "")),
+            body=body,
+            task=task_of(body),
+            head_sha=head_sha if isinstance(head_sha, str) else None,
+        )
+
+    @staticmethod
+    def _records(doc: Doc) -> list[Record]:
+        pulls = doc["pulls"]
+        assert isinstance(pulls, list)
+        return [p for p in pulls if isinstance(p, dict)]
+
+    def _find(self, doc: Doc, number: int) -> Record:
+        for rec in self._records(doc):
+            if rec.get("number") == number:
+                return rec
+        raise ForgeError(f"pull request #{number} does not exist in {self.path}; list them first")
+
+    def _branch(self, name: str) -> str | None:
+        return gitops.resolve(self.path, f"refs/heads/{name}")
+
+    # ------------------------------------------------------------------------ operations
+
+    def list_pulls(self, head: str | None = None) -> list[PullRequest]:
+        _, doc = self._load()
+        return [
+            self._pr(r)
+            for r in sorted(self._records(doc), key=lambda r: int(str(r.get("number", 0))))
+            if head is None or r.get("head") == head
+        ]
+
+    def open_pull(
+        self,
+        *,
+        task: str,
+        head: str,
+        base: str,
+        title: str,
+        body: str,
+        draft: bool = False,
+        labels: list[str] | None = None,
+    ) -> tuple[PullRequest, bool]:
+        """Create a PR unless an open one from ``head`` exists; (pr, created)."""
+        if head == base:
+            raise ForgeError(f"a pull request needs different head and base, both are {head}")
+        head_sha = self._branch(head)
+        if head_sha is None:
+            raise ForgeError(
+                f"branch {head} does not exist in {self.path}; push it before opening a PR"
+            )
+        if self._branch(base) is None:
+            raise ForgeError(
+                f"base branch {base} does not exist in {self.path}; push it or fix the base"
+            )
+        if task_of(body) is None:
+            body = f"{body.rstrip()}\n\n{marker(task)}".lstrip()
+
+        def change(doc: Doc) -> tuple[tuple[Record, bool], str | None]:
+            for rec in self._records(doc):
+                if rec.get("head") == head and rec.get("state") == "open":
+                    return (rec, False), None  # adopt, as GitHub's 422 would make us do
+            number = int(str(doc.get("next", 1)))
+            now = time.time()
+            new: Record = {
+                "number": number,
+                "title": title,
+                "body": body,
+                "head": head,
+                "base": base,
+                "state": "open",
+                "draft": draft,
+                "labels": list(labels or []),
+                "head_sha": head_sha,
+                "created_at": now,
+                "updated_at": now,
+                "comments": [],
+            }
+            pulls = doc["pulls"]
+            assert isinstance(pulls, list)
+            pulls.append(new)
+            doc["next"] = number + 1
+            return (new, True), f"open #{number} from {head} into {base}"
+
+        rec, created = self._transact(change)
+        return self._pr(rec), created
+
+    def update_pull(
+        self,
+        number: int,
+        *,
+        title: str | None = None,
+        body: str | None = None,
+        comment: str | None = None,
+    ) -> PullRequest:
+        def change(doc: Doc) -> tuple[Record, str | None]:
+            rec = self._find(doc, number)
+            if title is not None:
+                rec["title"] = title
+            if body is not None:
+                task = task_of(str(rec.get("body", "")))
+                # Keep the hidden marker: without it the PR could no longer be found by task.
+                rec["body"] = (
+                    f"{body.rstrip()}\n\n{marker(task)}".lstrip()
+                    if task and task_of(body) is None
+                    else body
+                )
+            if comment is not None:
+                _comment(rec, comment)
+            sha = self._branch(str(rec["head"]))
+            if sha is not None and rec.get("state") == "open":
+                rec["head_sha"] = sha
+            rec["updated_at"] = time.time()
+            return rec, f"update #{number}"
+
+        return self._pr(self._transact(change))
+
+    def close_pull(self, number: int, comment: str) -> PullRequest:
+        def change(doc: Doc) -> tuple[Record, str | None]:
+            rec = self._find(doc, number)
+            if rec.get("state") != "open":
+                return rec, None  # closing twice is a no-op, and a merged PR stays merged
+            if comment:
+                _comment(rec, comment)
+            rec["state"] = "closed"
+            rec["updated_at"] = time.time()
+            return rec, f"close #{number}"
+
+        return self._pr(self._transact(change))
+
+    def merge_pull(self, number: int) -> PullRequest:
+        """Merge head into base in the remote repository: fast-forward, else a merge commit."""
+        _, doc = self._load()
+        rec = self._find(doc, number)
+        if rec.get("state") == "merged":
+            return self._pr(rec)
+        if rec.get("state") != "open":
+            raise ForgeError(f"pull request #{number} in {self.path} is closed; it cannot merge")
+        head, base = str(rec["head"]), str(rec["base"])
+        merged_head = self._merge_branches(number, head, base, str(rec.get("title", "")))
+
+        def change(doc: Doc) -> tuple[Record, str | None]:
+            rec = self._find(doc, number)
+            if rec.get("state") == "merged":
+                return rec, None
+            rec["state"] = "merged"
+            rec["head_sha"] = merged_head
+            rec["updated_at"] = time.time()
+            return rec, f"merge #{number}"
+
+        return self._pr(self._transact(change))
+
+    def _merge_branches(self, number: int, head: str, base: str, title: str) -> str:
+        """Move ``base`` to include ``head``; returns the merged head commit."""
+        for _ in range(CAS_ATTEMPTS):
+            head_sha = self._branch(head)
+            base_sha = self._branch(base)
+            if head_sha is None or base_sha is None:
+                missing = head if head_sha is None else base
+                raise ForgeError(
+                    f"cannot merge #{number}: branch {missing} no longer exists in {self.path}"
+                )
+            if _is_ancestor(self.path, head_sha, base_sha):
+                return head_sha  # already contained (e.g. a merge interrupted before recording)
+            if _is_ancestor(self.path, base_sha, head_sha):
+                new = head_sha
+            else:
+                new = self._merge_commit(
+                    number, head=head, base=base, head_sha=head_sha, base_sha=base_sha, title=title
+                )
+            proc = gitops.run(
+                ["update-ref", f"refs/heads/{base}", new, base_sha], self.path, check=False
+            )
+            if proc.returncode == 0:
+                return head_sha
+        raise ForgeError(
+            f"branch {base} of {self.path} kept moving while merging #{number}; retry later",
+            temporary=True,
+        )
+
+    def _merge_commit(
+        self, number: int, *, head: str, base: str, head_sha: str, base_sha: str, title: str
+    ) -> str:
+        if gitops.version() < (2, 38):
+            raise ForgeError(
+                f"#{number} needs a merge commit, which the local forge makes with "
+                "git merge-tree --write-tree (git 2.38 or newer); upgrade git or rebase the branch"
+            )
+        proc = gitops.run(
+            ["merge-tree", "--write-tree", "--name-only", base_sha, head_sha],
+            self.path,
+            check=False,
+            env=IDENTITY,
+        )
+        if proc.returncode == 1:
+            # Output: the tree, the conflicted paths, a blank line, then informational messages.
+            conflicted = proc.stdout.split("\n\n", 1)[0].splitlines()[1:]
+            files = ", ".join(sorted(set(conflicted))[:10]) or "unknown files"
+            raise ForgeError(
+                f"pull request #{number} ({head} into {base}) conflicts in {files}; "
+                f"rebase {head} on {base}, push, and merge again"
+            )
+        if proc.returncode != 0:
+            raise ForgeError(f"could not merge #{number} in {self.path}: {proc.stderr.strip()}")
+        tree = proc.stdout.split("\n", 1)[0].strip()
+        message = f"Merge pull request #{number} from {head}\n\n{title}".rstrip()
+        return self._git(["commit-tree", tree, "-p", base_sha, "-p", head_sha, "-m", message])
+
+
+def _state(value: object) -> Literal["open", "closed", "merged"]:
+    if value == "merged":
+        return "merged"
+    if value == "closed":
+        return "closed"
+    return "open"
+
+
+def _comment(rec: Record, text: str) -> None:
+    comments = rec.setdefault("comments", [])
+    assert isinstance(comments, list)
+    comments.append({"at": time.time(), "body": text})
+
+
+def _is_ancestor(repo: str, older: str, newer: str) -> bool:
+    proc = gitops.run(["merge-base", "--is-ancestor", older, newer], repo, check=False)
+    return proc.returncode == 0

@@ -1,0 +1,344 @@
+"""Git for the lane: worktrees, branch heads, ahead counts, status and push, all as argv lists.
+
+Worktree add/remove/prune on one repository are serialized with an ``flock`` inside the
+repository's common git dir, because parallel ``git worktree add`` corrupts admin files. Must
+never build a shell string, prompt for credentials, or touch paths its caller did not validate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+from reconciler.node.errors import NodeError
+from reconciler.node.files import locked
+from reconciler.protocol import Worktree
+
+LOCK_NAME = "reconciler-worktrees.lock"
+LOCK_TIMEOUT = 120.0
+
+
+class GitError(NodeError):
+    """A git command failed; the message names the command, the repository and git's reason."""
+
+
+def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    # Never prompt (a hidden prompt hangs a pass) and keep messages in English for parsing.
+    env = dict(os.environ)
+    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _reason(stderr: str) -> str:
+    """git's own explanation, shortened to its meaningful lines."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    important = [ln for ln in lines if ln.startswith(("fatal:", "error:", "!"))]
+    text = "; ".join((important or lines)[-3:])
+    return text.removeprefix("fatal: ").removeprefix("error: ") or "no message"
+
+
+def run(
+    args: list[str],
+    cwd: str,
+    *,
+    check: bool = True,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = 300.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``git -C cwd ARGS``; with ``check`` a non-zero exit raises GitError."""
+    argv = ["git", "-C", cwd, *args]
+    try:
+        proc = subprocess.run(
+            argv,
+            check=False,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            env=git_env(env),
+            timeout=timeout,
+        )
+    except FileNotFoundError:
+        raise GitError(
+            "git is not installed or not on PATH; install git 2.30 or newer for the lane user"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise GitError(
+            f"git {args[0]} in {cwd} did not finish within {timeout:.0f}s; retry later",
+            temporary=True,
+        ) from None
+    if check and proc.returncode != 0:
+        raise GitError(f"git {args[0]} failed in {cwd}: {_reason(proc.stderr)}")
+    return proc
+
+
+def version() -> tuple[int, ...]:
+    """git's version as numbers, e.g. (2, 39, 5); GitError when git cannot run."""
+    try:
+        out = subprocess.run(
+            ["git", "--version"], check=True, capture_output=True, text=True, env=git_env()
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise GitError(
+            "git is not installed or not on PATH; install git 2.30 or newer for the lane user"
+        ) from None
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    if not m:
+        raise GitError(f"could not read git's version from {out.strip()!r}; reinstall git")
+    return tuple(int(g) for g in m.groups() if g is not None)
+
+
+def is_repo(path: str) -> bool:
+    if not os.path.isdir(path):
+        return False
+    proc = run(["rev-parse", "--git-dir"], path, check=False)
+    return proc.returncode == 0
+
+
+def common_dir(checkout: str) -> str:
+    out = run(["rev-parse", "--git-common-dir"], checkout).stdout.strip()
+    return os.path.normpath(os.path.join(checkout, out))
+
+
+@contextlib.contextmanager
+def repo_lock(checkout: str) -> Iterator[None]:
+    """Serialize worktree changes of one repository across threads and processes."""
+    path = os.path.join(common_dir(checkout), LOCK_NAME)
+    try:
+        with locked(path, LOCK_TIMEOUT, f"the worktree list of {checkout}"):
+            yield
+    except TimeoutError as exc:
+        raise GitError(str(exc), temporary=True) from None
+
+
+def resolve(checkout: str, ref: str) -> str | None:
+    """The commit a full ref name points to, or None when it does not exist."""
+    proc = run(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], checkout, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def base_ref(checkout: str, base: str, remote: str) -> str | None:
+    """The ref a task's base names: the remote-tracking branch (what others merged), else the
+    local one."""
+    for ref in (f"refs/remotes/{remote}/{base}", f"refs/heads/{base}"):
+        if resolve(checkout, ref) is not None:
+            return ref
+    return None
+
+
+def list_worktrees(checkout: str) -> list[Worktree]:
+    """Every worktree of the repository (the main checkout first), from the porcelain format."""
+    out = run(["worktree", "list", "--porcelain"], checkout).stdout
+    trees: list[Worktree] = []
+    for block in out.split("\n\n"):
+        path: str | None = None
+        head: str | None = None
+        branch: str | None = None
+        prunable = False
+        for line in block.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "worktree":
+                path = value
+            elif key == "HEAD":
+                head = value
+            elif key == "branch":
+                branch = value.removeprefix("refs/heads/")
+            elif key == "prunable":
+                prunable = True
+        if path is not None:
+            trees.append(Worktree(path=path, branch=branch, head=head, prunable=prunable))
+    return trees
+
+
+def _registered(checkout: str, path: str) -> Worktree | None:
+    real = os.path.realpath(path)
+    for wt in list_worktrees(checkout):
+        if os.path.realpath(wt.path) == real:
+            return wt
+    return None
+
+
+def _checked_out(checkout: str, branch: str) -> bool:
+    return any(wt.branch == branch for wt in list_worktrees(checkout))
+
+
+def _clear_leftover(checkout: str, path: str) -> None:
+    """Remove a directory at ``path`` that is not (or no longer) a registered worktree."""
+    real = os.path.realpath(path)
+    repo = os.path.realpath(checkout)
+    if real == repo or repo.startswith(real + os.sep):
+        raise GitError(f"refusing to remove {path}: it holds the checkout {checkout}")
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def prepare_workspace(checkout: str, path: str, branch: str, base: str, remote: str) -> bool:
+    """Make ``path`` a worktree of ``checkout`` on ``branch``; True when it was created now.
+
+    An existing registered worktree is reused as it is. A new branch starts at ``base``
+    (freshly fetched remote-tracking branch, else the local one) without upstream tracking.
+    """
+    with repo_lock(checkout):
+        existing = _registered(checkout, path)
+        if existing is not None and not existing.prunable and os.path.isdir(path):
+            return False
+        # A prunable entry (its directory is gone) would make `worktree add` refuse the path.
+        run(["worktree", "prune"], checkout)
+        if os.path.isdir(path) and os.listdir(path):
+            raise GitError(
+                f"{path} exists and is not a worktree of {checkout}; move it away or remove "
+                "it (remove-workspace does), then prepare the workspace again"
+            )
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        reason = ""
+        for _ in range(2):
+            branch_existed = resolve(checkout, f"refs/heads/{branch}") is not None
+            if branch_existed:
+                args = ["worktree", "add", path, branch]
+            else:
+                # Start from the base as the remote has it now, not as this clone last saw it;
+                # an unreachable remote is not fatal here (pre-flight reports it).
+                run(
+                    [
+                        "fetch",
+                        "--quiet",
+                        "--no-tags",
+                        remote,
+                        f"+refs/heads/{base}:refs/remotes/{remote}/{base}",
+                    ],
+                    checkout,
+                    check=False,
+                    timeout=60.0,
+                )
+                start = base_ref(checkout, base, remote)
+                if start is None:
+                    raise GitError(
+                        f"base branch {base!r} exists neither as refs/heads/{base} nor as "
+                        f"refs/remotes/{remote}/{base} in {checkout}; fetch it "
+                        f"(git -C {checkout} fetch {remote}) or fix the task's base"
+                    )
+                args = ["worktree", "add", "--no-track", "-b", branch, path, start]
+            proc = run(args, checkout, check=False)
+            if proc.returncode == 0:
+                return True
+            reason = _reason(proc.stderr)
+            # Undo what a failed add can leave behind, so the retry starts clean.
+            run(["worktree", "prune"], checkout, check=False)
+            if _registered(checkout, path) is None and os.path.lexists(path):
+                _clear_leftover(checkout, path)
+            if (
+                not branch_existed
+                and resolve(checkout, f"refs/heads/{branch}") is not None
+                and not _checked_out(checkout, branch)
+            ):
+                run(["branch", "-D", branch], checkout, check=False)
+        raise GitError(
+            f"could not create worktree {path} on branch {branch} of {checkout}: {reason}; "
+            "fix the cause and retry"
+        )
+
+
+def remove_workspace(checkout: str, path: str) -> bool:
+    """Remove the worktree at ``path`` (even if dirty); the branch stays. Idempotent."""
+    with repo_lock(checkout):
+        removed = False
+        if _registered(checkout, path) is not None:
+            proc = run(["worktree", "remove", "--force", path], checkout, check=False)
+            if proc.returncode != 0 and os.path.isdir(path):
+                raise GitError(
+                    f"could not remove worktree {path} of {checkout}: {_reason(proc.stderr)}; "
+                    "unlock it (git worktree unlock) or remove the directory by hand"
+                )
+            removed = True
+        if os.path.lexists(path):
+            _clear_leftover(checkout, path)
+            removed = True
+        run(["worktree", "prune"], checkout)
+        return removed
+
+
+def refs(checkout: str, patterns: list[str]) -> dict[str, str]:
+    """Full ref name → commit for refs matching the ``for-each-ref`` patterns, in one call."""
+    if not patterns:
+        return {}
+    out = run(
+        ["for-each-ref", "--format=%(objectname) %(refname)", "--", *patterns], checkout
+    ).stdout
+    result: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, name = line.partition(" ")
+        if name and not name.endswith("/HEAD"):
+            result[name] = sha
+    return result
+
+
+def commits_ahead(checkout: str, base: str, branch: str) -> int:
+    """Commits reachable from ``branch`` but not from ``base`` (refs or shas)."""
+    out = run(["rev-list", "--count", f"{base}..{branch}", "--"], checkout).stdout
+    return int(out.strip())
+
+
+def ahead_of_base(checkout: str, branch: str, base: str, remote: str) -> int | None:
+    """Commits ``branch`` has over the task's base; None when either does not exist."""
+    if resolve(checkout, f"refs/heads/{branch}") is None:
+        return None
+    ref = base_ref(checkout, base, remote)
+    if ref is None:
+        return None
+    return commits_ahead(checkout, ref, f"refs/heads/{branch}")
+
+
+def status(workspace: str, limit: int = 50) -> list[str]:
+    """``git status --porcelain`` lines of a worktree, at most ``limit``."""
+    # Optional locks off: observing must not fight a running agent for index.lock.
+    proc = run(["status", "--porcelain"], workspace, env={"GIT_OPTIONAL_LOCKS": "0"}, timeout=120.0)
+    return proc.stdout.splitlines()[:limit]
+
+
+def remote_url(checkout: str, remote: str) -> str:
+    proc = run(["remote", "get-url", remote], checkout, check=False)
+    if proc.returncode != 0:
+        raise GitError(
+            f"remote {remote!r} is not configured in {checkout}; add it with "
+            f"git -C {checkout} remote add {remote} URL"
+        )
+    return proc.stdout.strip()
+
+
+def push(checkout: str, remote: str, branch: str, force_with_lease: bool = False) -> str:
+    """Push the local branch to the same name on ``remote``; returns the pushed commit."""
+    sha = resolve(checkout, f"refs/heads/{branch}")
+    if sha is None:
+        raise GitError(
+            f"branch {branch} does not exist in {checkout}; nothing to push (did the run commit?)"
+        )
+    args = ["push"]
+    if force_with_lease:
+        args.append("--force-with-lease")
+    args += [remote, f"refs/heads/{branch}:refs/heads/{branch}"]
+    proc = run(args, checkout, check=False)
+    if proc.returncode != 0:
+        text = proc.stderr
+        if "[rejected]" in text or "non-fast-forward" in text or "stale info" in text:
+            raise GitError(
+                f"push of {branch} to {remote} was rejected: the remote branch has commits "
+                "the local branch lacks; fetch and rebase the branch, or push with "
+                "force_with_lease"
+            )
+        temporary = "Could not read from remote" in text or "unable to access" in text
+        raise GitError(
+            f"push of {branch} to {remote} from {checkout} failed: {_reason(text)}",
+            temporary=temporary,
+        )
+    return sha

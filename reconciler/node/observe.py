@@ -1,0 +1,102 @@
+"""The ``observe`` operation: one read-only snapshot of a lane's repositories and runs.
+
+Per repository: worktrees under the workspace root, branch heads with the task prefix (local and
+pushed), commits ahead of base for each task, and local-forge pull requests. A repository that
+cannot be read is reported with ``ok=False`` and an error sentence instead of failing the whole
+snapshot. Must not change anything: no fetch, no prune, no lock, no process started but git.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from reconciler.node import git as gitops
+from reconciler.node.errors import NodeError
+from reconciler.node.forge_local import LocalForge
+from reconciler.node.lane import Lane, check_name, check_ref_name, is_under, parse_run_key
+from reconciler.node.procs import boot_id
+from reconciler.node.runs import observe_runs
+from reconciler.protocol import ObserveRequest, ObserveResult, RepoObs, RepoRef, TaskRef
+
+
+def observe(lane: Lane, req: ObserveRequest) -> ObserveResult:
+    check_ref_name(req.branch_prefix, "branch prefix", allow_empty=True)
+    for task in req.tasks:
+        lane.task(task)
+    for name in req.agents:
+        check_name(name, "task name")
+    inspect = {parse_run_key(key) for key in req.inspect}
+    repos = {
+        name: _observe_repo(lane, repo, req.branch_prefix, [t for t in req.tasks if t.repo == name])
+        for name, repo in lane.repos.items()
+    }
+    return ObserveResult(
+        repos=repos,
+        runs=observe_runs(lane, inspect, req.agents),
+        boot_id=boot_id(),
+        now=time.time(),
+    )
+
+
+def _observe_repo(lane: Lane, repo: RepoRef, prefix: str, tasks: list[TaskRef]) -> RepoObs:
+    checkout = lane.checkouts[repo.name]
+    if not gitops.is_repo(checkout):
+        what = "does not exist" if not os.path.exists(checkout) else "is not a git repository"
+        return RepoObs(
+            name=repo.name,
+            ok=False,
+            error=f"the checkout {checkout} of repo {repo.name} {what}; clone it there or fix "
+            "the lane's checkout path",
+        )
+    try:
+        return _read_repo(lane, repo, checkout, prefix, tasks)
+    except NodeError as exc:
+        return RepoObs(name=repo.name, ok=False, error=str(exc))
+
+
+def _read_repo(
+    lane: Lane, repo: RepoRef, checkout: str, prefix: str, tasks: list[TaskRef]
+) -> RepoObs:
+    repo_root = os.path.join(lane.root, repo.name)
+    worktrees = [wt for wt in gitops.list_worktrees(checkout) if is_under(repo_root, wt.path)]
+    local_prefix = "refs/heads/"
+    remote_prefix = f"refs/remotes/{repo.remote}/"
+    bases = sorted({t.base for t in tasks})
+    patterns = [f"{local_prefix}{prefix}*", f"{remote_prefix}{prefix}*"]
+    patterns += [f"{p}{b}" for b in bases for p in (local_prefix, remote_prefix)]
+    heads = gitops.refs(checkout, patterns)
+    branches = {
+        ref.removeprefix(local_prefix): sha
+        for ref, sha in heads.items()
+        if ref.startswith(local_prefix + prefix)
+    }
+    remote_branches = {
+        ref.removeprefix(remote_prefix): sha
+        for ref, sha in heads.items()
+        if ref.startswith(remote_prefix + prefix)
+    }
+    ahead: dict[str, int] = {}
+    for task in tasks:
+        branch_sha = heads.get(local_prefix + task.branch)
+        if branch_sha is None:
+            branch_sha = gitops.resolve(checkout, local_prefix + task.branch)
+        if branch_sha is None:
+            continue
+        base_sha = heads.get(local_prefix + task.base) or heads.get(remote_prefix + task.base)
+        if base_sha is None:
+            continue
+        # A branch still at its base is the common case right after dispatch: no git call.
+        ahead[task.name] = (
+            0 if branch_sha == base_sha else gitops.commits_ahead(checkout, base_sha, branch_sha)
+        )
+    prs = LocalForge(checkout, repo.remote).list_pulls() if repo.forge == "local" else None
+    return RepoObs(
+        name=repo.name,
+        ok=True,
+        worktrees=worktrees,
+        branches=branches,
+        remote_branches=remote_branches,
+        ahead=ahead,
+        prs=prs,
+    )

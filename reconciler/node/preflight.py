@@ -1,0 +1,210 @@
+"""Pre-flight checks of a lane before dispatch: repos, bases, remotes, workspace, disk, git, agents.
+
+Each check is one ``PreflightCheck`` with a one-sentence ``detail`` and, when it fails, a concrete
+``fix``. Read-only: it must not create the workspace root, fetch, or start an agent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from reconciler.node import git as gitops
+from reconciler.node.errors import NodeError
+from reconciler.node.lane import Lane, check_branch
+from reconciler.node.runs import agent_env
+from reconciler.protocol import AgentRef, PreflightCheck, PreflightRequest
+
+MIN_GIT = (2, 30)
+
+
+def _ok(name: str, subject: str, detail: str) -> PreflightCheck:
+    return PreflightCheck(name=name, ok=True, subject=subject, detail=detail)
+
+
+def _fail(name: str, subject: str, detail: str, fix: str) -> PreflightCheck:
+    return PreflightCheck(name=name, ok=False, subject=subject, detail=detail, fix=fix)
+
+
+def _existing_ancestor(path: str) -> str:
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
+    checks: list[PreflightCheck] = []
+    for repo_name in req.bases:
+        lane.repo(repo_name)  # a base for a repo the lane lacks is a request error
+    checks.append(_git_version())
+    for name, repo in lane.repos.items():
+        checks.extend(_repo_checks(lane, name, req.bases.get(name, []), repo.remote, repo.forge))
+    checks.extend(_workspace_checks(lane, req.min_free_bytes))
+    for agent in req.agents:
+        checks.append(_agent_check(lane, agent))
+    return checks
+
+
+def _git_version() -> PreflightCheck:
+    try:
+        found = gitops.version()
+    except gitops.GitError as exc:
+        return _fail("git", "", str(exc), "install git 2.30 or newer for the lane user")
+    shown = ".".join(map(str, found))
+    if found < MIN_GIT:
+        return _fail(
+            "git",
+            "",
+            f"git {shown} is older than 2.30.",
+            "upgrade git to 2.30 or newer (worktree handling relies on it)",
+        )
+    return _ok("git", "", f"git {shown} is installed.")
+
+
+def _repo_checks(
+    lane: Lane, name: str, bases: list[str], remote: str, forge: str | None
+) -> list[PreflightCheck]:
+    checkout = lane.checkouts[name]
+    if not os.path.isdir(checkout):
+        return [
+            _fail(
+                "checkout",
+                name,
+                f"The checkout {checkout} of repo {name} does not exist.",
+                f"clone the repository there (git clone URL {checkout}) or fix the lane's "
+                "checkout path",
+            )
+        ]
+    if not gitops.is_repo(checkout):
+        return [
+            _fail(
+                "checkout",
+                name,
+                f"{checkout} exists but is not a git repository.",
+                f"clone the repository into {checkout} or point the lane at the real clone",
+            )
+        ]
+    checks = [_ok("checkout", name, f"{checkout} is a git repository.")]
+    for base in bases:
+        try:
+            check_branch(base, "base branch")
+        except NodeError as exc:
+            checks.append(_fail("base-branch", name, str(exc), "fix the task's base"))
+            continue
+        ref = gitops.base_ref(checkout, base, remote)
+        if ref is None:
+            checks.append(
+                _fail(
+                    "base-branch",
+                    name,
+                    f"Base branch {base} exists neither locally nor as {remote}/{base} "
+                    f"in {checkout}.",
+                    f"fetch it (git -C {checkout} fetch {remote} {base}) or fix the task's base",
+                )
+            )
+        else:
+            checks.append(_ok("base-branch", name, f"Base branch {base} resolves to {ref}."))
+    if forge is not None:
+        try:
+            url = gitops.remote_url(checkout, remote)
+        except gitops.GitError as exc:
+            checks.append(
+                _fail(
+                    "remote",
+                    name,
+                    str(exc),
+                    f"git -C {checkout} remote add {remote} URL, or remove the repo's forge",
+                )
+            )
+        else:
+            checks.append(_ok("remote", name, f"Remote {remote} is {url}."))
+    return checks
+
+
+def _workspace_checks(lane: Lane, min_free: int) -> list[PreflightCheck]:
+    root = lane.root
+    checks: list[PreflightCheck] = []
+    anchor = _existing_ancestor(root)
+    if os.path.exists(root) and not os.path.isdir(root):
+        checks.append(
+            _fail(
+                "workspace-writable",
+                "",
+                f"The workspace root {root} exists but is not a directory.",
+                f"remove {root} or choose another workspaceRoot",
+            )
+        )
+    elif not os.access(anchor, os.W_OK | os.X_OK):
+        what = "is not writable" if anchor == root else f"cannot be created in {anchor}"
+        checks.append(
+            _fail(
+                "workspace-writable",
+                "",
+                f"The workspace root {root} {what} by this user.",
+                f"make {anchor} writable by the lane user (chown/chmod) or choose another "
+                "workspaceRoot",
+            )
+        )
+    else:
+        verb = "is writable" if anchor == root else "can be created"
+        checks.append(_ok("workspace-writable", "", f"The workspace root {root} {verb}."))
+    try:
+        st = os.statvfs(anchor)
+    except OSError as exc:
+        checks.append(
+            _fail("disk", "", f"Free space at {anchor} cannot be read: {exc}.", "check the mount")
+        )
+        return checks
+    free = st.f_bavail * st.f_frsize
+    if free < min_free:
+        checks.append(
+            _fail(
+                "disk",
+                "",
+                f"Only {_human(free)} are free at {anchor}; at least {_human(min_free)} needed.",
+                f"free disk space on the file system holding {anchor} or move the workspace root",
+            )
+        )
+    else:
+        checks.append(_ok("disk", "", f"{_human(free)} free at {anchor}."))
+    return checks
+
+
+def _agent_check(lane: Lane, agent: AgentRef) -> PreflightCheck:
+    command = agent.command or (["claude"] if agent.kind == "claude" else [])
+    if not command:
+        return _fail(
+            "agent",
+            agent.kind,
+            "An agent of kind command has no command to run.",
+            "set the agent's command (an argv list)",
+        )
+    binary = command[0]
+    path = agent_env(lane.ref.env, agent).get("PATH", "")
+    if os.sep in binary:
+        full = os.path.expanduser(binary)
+        found = full if os.path.isfile(full) and os.access(full, os.X_OK) else None
+    else:
+        found = shutil.which(binary, path=path)
+    if found is None:
+        where = "is not an executable file" if os.sep in binary else f"is not on PATH ({path})"
+        return _fail(
+            "agent",
+            binary,
+            f"The agent binary {binary} {where}.",
+            f"install {binary} for the lane user, or set PATH in the lane's or agent's env, "
+            "or give an absolute command",
+        )
+    return _ok("agent", binary, f"{binary} resolves to {found}.")

@@ -1,0 +1,475 @@
+"""Runs on the lane: start (through a detached supervisor), stop, observe, and read logs.
+
+A run is a directory ``<root>/.runs/<task>/<attempt>.<iteration>/`` holding what was asked
+(``run.json``, ``prompt.md``, ``env.json``), who runs it (``pid.json``), what it printed
+(``output.log``, ``stderr.log``, ``checks.log``) and how it ended (``exit.json``). The directory
+is the record: the node keeps no other state, so a restarted reconciler adopts every run. Must
+not run agents in-process, inherit the reconciler's environment into an agent, or signal a
+process whose fingerprint no longer matches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from reconciler.node import files
+from reconciler.node import git as gitops
+from reconciler.node.agents import ADAPTERS, Adapter
+from reconciler.node.errors import NodeError
+from reconciler.node.lane import NAME, Lane, is_under
+from reconciler.node.procs import fingerprint, is_alive, kill_group, kill_processes, pids_with_env
+from reconciler.protocol import (
+    AgentRef,
+    AgentResult,
+    ExitInfo,
+    Fingerprint,
+    LogResult,
+    RunObs,
+    StartRunRequest,
+    StopResult,
+    TaskRef,
+)
+
+AGENT_PATH = "/usr/local/bin:/usr/bin:/bin"
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+REDACTED = "<redacted>"
+START_TIMEOUT = 10.0
+RUN_MARKER = "RECONCILER_RUN_DIR"
+_RUN_NAME = re.compile(r"^(\d+)\.(\d+)$")
+
+
+# ------------------------------------------------------------------------------ environment
+
+
+def base_env() -> dict[str, str]:
+    """The same minimal login-like environment every time, from the password database."""
+    pw = pwd.getpwuid(os.getuid())
+    return {
+        "HOME": pw.pw_dir,
+        "USER": pw.pw_name,
+        "LOGNAME": pw.pw_name,
+        "SHELL": pw.pw_shell or "/bin/sh",
+        "PATH": AGENT_PATH,
+        "LANG": "C.UTF-8",
+    }
+
+
+def agent_env(
+    lane_env: dict[str, str],
+    agent: AgentRef,
+    request_env: dict[str, str] | None = None,
+    markers: dict[str, str] | None = None,
+    strip: frozenset[str] = frozenset(),
+) -> dict[str, str]:
+    """base < lane env < agent env < request env < run markers, minus what the adapter strips."""
+    env = base_env()
+    for layer in (lane_env, agent.env, request_env or {}, markers or {}):
+        env.update(layer)
+    for name in strip:
+        env.pop(name, None)
+    return env
+
+
+def redact(env: dict[str, str]) -> dict[str, str]:
+    """The environment as recorded for humans: secret-looking values replaced."""
+    return {k: (REDACTED if SECRET_NAME.search(k) else v) for k, v in sorted(env.items())}
+
+
+def adapter_for(agent: AgentRef) -> Adapter:
+    try:
+        return ADAPTERS[agent.kind]
+    except KeyError:
+        known = ", ".join(sorted(ADAPTERS))
+        raise NodeError(f"agent kind {agent.kind!r} has no adapter; use one of {known}") from None
+
+
+# ------------------------------------------------------------------------------- reading runs
+
+
+def _fingerprint(record: dict[str, object] | None) -> Fingerprint | None:
+    if record is None:
+        return None
+    try:
+        return Fingerprint.model_validate(
+            {k: record.get(k) for k in ("boot_id", "pid", "start_time")}
+        )
+    except ValueError:
+        return None
+
+
+def _exit(run_dir: str) -> ExitInfo | None:
+    data = files.read_json(os.path.join(run_dir, files.EXIT_JSON))
+    if data is None:
+        return None
+    try:
+        return ExitInfo.model_validate(data)
+    except ValueError:
+        return None
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _num(value: object, default: float = 0.0) -> float:
+    return float(value) if isinstance(value, int | float) else default
+
+
+def read_run(
+    lane: Lane,
+    run_dir: str,
+    *,
+    inspect: bool = False,
+    agents: dict[str, AgentRef] | None = None,
+) -> RunObs | None:
+    """The run in ``run_dir`` as observed now; None when it has no readable ``run.json``.
+
+    With ``inspect`` and an ended run, also the adapter's verdict and the worktree's state.
+    """
+    spec = files.read_json(os.path.join(run_dir, files.RUN_JSON))
+    if spec is None:
+        return None
+    try:
+        task = TaskRef.model_validate(spec["task"])
+        attempt = int(str(spec["attempt"]))
+        iteration = int(str(spec["iteration"]))
+    except (KeyError, ValueError):
+        return None
+    pid_record = files.read_json(os.path.join(run_dir, files.PID_JSON))
+    fp = _fingerprint(pid_record)
+    agent_pid = pid_record.get("agent_pid") if pid_record else None
+    alive = fp is not None and is_alive(fp)
+    exit_info = _exit(run_dir)
+    output = os.path.join(run_dir, files.OUTPUT_LOG)
+    times = [
+        t
+        for t in (
+            _mtime(os.path.join(run_dir, n))
+            for n in (files.OUTPUT_LOG, files.STDERR_LOG, files.CHECKS_LOG)
+        )
+        if t is not None
+    ]
+    last_output = max(times) if times else _mtime(os.path.join(run_dir, files.PID_JSON))
+    workspace = str(spec.get("workspace", ""))
+    obs = RunObs(
+        task=task.name,
+        repo=task.repo,
+        attempt=attempt,
+        iteration=iteration,
+        generation=str(spec.get("generation", "")),
+        run_dir=run_dir,
+        workspace=workspace,
+        started_at=_num(spec.get("started_at")),
+        supervisor=fp,
+        agent_pid=agent_pid if isinstance(agent_pid, int) else None,
+        alive=alive,
+        exit=exit_info,
+        output_bytes=_size(output),
+        last_output_at=last_output,
+    )
+    if not inspect or (alive and exit_info is None):
+        return obs
+    return obs.model_copy(
+        update=_inspection(
+            lane,
+            spec=spec,
+            task=task,
+            workspace=workspace,
+            output=output,
+            exit_info=exit_info,
+            agents=agents,
+        )
+    )
+
+
+def _inspection(
+    lane: Lane,
+    *,
+    spec: dict[str, object],
+    task: TaskRef,
+    workspace: str,
+    output: str,
+    exit_info: ExitInfo | None,
+    agents: dict[str, AgentRef] | None,
+) -> dict[str, object]:
+    update: dict[str, object] = {}
+    if exit_info is not None:
+        agent: AgentRef | None
+        try:
+            agent = AgentRef.model_validate(spec["agent"])
+        except (KeyError, ValueError):
+            agent = (agents or {}).get(task.name)
+        if agent is not None:
+            result: AgentResult = adapter_for(agent).parse(output, exit_info)
+            update["result"] = result
+    if task.repo in lane.repos:
+        repo, checkout = lane.repo(task.repo)
+        try:
+            update["commits_ahead"] = gitops.ahead_of_base(
+                checkout, task.branch, task.base, repo.remote
+            )
+        except gitops.GitError:
+            update["commits_ahead"] = None
+        if workspace and os.path.isdir(workspace) and is_under(lane.root, workspace):
+            with contextlib.suppress(gitops.GitError):
+                update["dirty"] = gitops.status(workspace)
+    return update
+
+
+def observe_runs(
+    lane: Lane, inspect: set[tuple[str, int, int]], agents: dict[str, AgentRef]
+) -> list[RunObs]:
+    """Every run directory under ``<root>/.runs``, oldest attempt first per task."""
+    root = lane.runs_root()
+    try:
+        task_names = sorted(n for n in os.listdir(root) if NAME.match(n))
+    except FileNotFoundError:
+        return []
+    runs: list[RunObs] = []
+    for name in task_names:
+        task_dir = os.path.join(root, name)
+        try:
+            entries = os.listdir(task_dir)
+        except (NotADirectoryError, FileNotFoundError):
+            continue
+        keyed = []
+        for entry in entries:
+            m = _RUN_NAME.match(entry)
+            if m:
+                keyed.append((int(m.group(1)), int(m.group(2)), entry))
+        for attempt, iteration, entry in sorted(keyed):
+            obs = read_run(
+                lane,
+                os.path.join(task_dir, entry),
+                inspect=(name, attempt, iteration) in inspect,
+                agents=agents,
+            )
+            if obs is not None:
+                runs.append(obs)
+    return runs
+
+
+# ------------------------------------------------------------------------------ starting runs
+
+
+def _supervisor_env(run_dir: str) -> dict[str, str]:
+    """The supervisor's own environment: enough to import this package, nothing secret.
+
+    The import path is the node's own, so the supervisor runs the same code however the node
+    was installed. PYTHONSAFEPATH keeps ``-m`` from putting its working directory (the agent's
+    workspace, whose files the agent controls) first on the import path. It carries the run
+    marker so that a stop can find processes that escaped the group.
+    """
+    package_parent = str(Path(__file__).resolve().parents[2])
+    paths = dict.fromkeys([package_parent, *(p for p in sys.path if p and os.path.isabs(p))])
+    return {
+        "PATH": AGENT_PATH,
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": os.pathsep.join(paths),
+        "PYTHONSAFEPATH": "1",
+        "PYTHONNOUSERSITE": "1",
+        RUN_MARKER: run_dir,
+    }
+
+
+def start_run(lane: Lane, req: StartRunRequest) -> RunObs:
+    """Start the run unless its directory already has one; return it as observed."""
+    _repo, _checkout, workspace = lane.task(req.task)
+    if not os.path.isdir(workspace):
+        raise NodeError(
+            f"workspace {workspace} of task {req.task.name} does not exist; "
+            "prepare the workspace before starting a run"
+        )
+    adapter = adapter_for(req.agent)
+    run_dir = lane.run_dir(req.task.name, req.attempt, req.iteration)
+    os.makedirs(lane.runs_root(), mode=0o700, exist_ok=True)
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    os.chmod(run_dir, 0o700)  # makedirs' mode is filtered by the umask
+    lane.contained(run_dir)
+    with files.locked(os.path.join(run_dir, files.START_LOCK), START_TIMEOUT * 3, f"run {run_dir}"):
+        pid_path = os.path.join(run_dir, files.PID_JSON)
+        if not os.path.exists(pid_path):
+            _spawn(lane, req, adapter, run_dir, workspace)
+            _wait_for(pid_path, run_dir)
+        obs = read_run(lane, run_dir)
+    if obs is None:
+        raise NodeError(f"run directory {run_dir} lost its run.json; remove the directory")
+    return obs
+
+
+def _spawn(
+    lane: Lane, req: StartRunRequest, adapter: Adapter, run_dir: str, workspace: str
+) -> None:
+    prompt_path = os.path.join(run_dir, files.PROMPT)
+    try:
+        prompt = req.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NodeError(
+            f"the prompt of task {req.task.name} is not valid Unicode (it holds a lone "
+            "surrogate); fix the prompt text"
+        ) from None
+    files.write_atomic(prompt_path, prompt, 0o600)
+    argv, on_stdin = adapter.build(req.agent, prompt_path, req.session_id, req.resume_session)
+    # `~/bin/agent` names a binary in the lane user's home, as it would in their shell.
+    argv[0] = os.path.expanduser(argv[0])
+    markers = {
+        "RECONCILER_TASK": req.task.name,
+        "RECONCILER_ATTEMPT": str(req.attempt),
+        "RECONCILER_ITERATION": str(req.iteration),
+        RUN_MARKER: run_dir,
+        "RECONCILER_PROMPT_FILE": prompt_path,
+        "RECONCILER_WORKSPACE": workspace,
+    }
+    env = agent_env(lane.ref.env, req.agent, req.env, markers, adapter.strip_env)
+    spec = req.model_dump(mode="json", exclude={"lane", "prompt"})
+    spec.update(
+        {
+            "started_at": time.time(),
+            "workspace": workspace,
+            "repo": req.task.repo,
+            "argv": argv,
+            "prompt_on_stdin": on_stdin,
+            "prompt_file": prompt_path,
+            # The real values, for the supervisor only; run.json is 0600 in a 0700 directory.
+            "agent_env": env,
+        }
+    )
+    files.write_json_atomic(os.path.join(run_dir, files.ENV_JSON), redact(env))
+    files.write_json_atomic(os.path.join(run_dir, files.RUN_JSON), spec)
+    log_path = os.path.join(run_dir, files.SUPERVISOR_LOG)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.node.supervisor", run_dir],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=workspace,
+            env=_supervisor_env(run_dir),
+            close_fds=True,
+            start_new_session=True,
+        )
+    try:
+        # The direct child only forks and exits; reaping it here leaves no zombie behind.
+        code = proc.wait(timeout=START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = -1
+    if code != 0:
+        raise NodeError(
+            f"the supervisor of run {run_dir} failed to start (exit {code}): "
+            f"{_last_line(log_path)}; see {log_path}",
+            temporary=True,
+        )
+
+
+def _last_line(path: str) -> str:
+    lines = files.tail_bytes(path, 2048).decode("utf-8", errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no message"
+
+
+def _wait_for(pid_path: str, run_dir: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    delay = 0.002
+    while not os.path.exists(pid_path):
+        if time.monotonic() >= deadline:
+            log = os.path.join(run_dir, files.SUPERVISOR_LOG)
+            raise NodeError(
+                f"the supervisor of run {run_dir} did not record its pid within "
+                f"{START_TIMEOUT:.0f}s ({_last_line(log)}); see {log}",
+                temporary=True,
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+# ------------------------------------------------------------------------------ stopping runs
+
+
+def stop_run(lane: Lane, task: str, attempt: int, iteration: int, grace: float) -> StopResult:
+    """Terminate the run's process group (TERM, ``grace``, KILL). Idempotent."""
+    run_dir = lane.run_dir(task, attempt, iteration)
+    if not os.path.isdir(run_dir):
+        return StopResult(was_alive=False)
+    fp = _fingerprint(files.read_json(os.path.join(run_dir, files.PID_JSON)))
+    was_alive = False
+    if fp is not None and is_alive(fp):
+        # The supervisor leads the group of itself and the agent; its fingerprint just matched,
+        # so the group id is still this run's.
+        was_alive = kill_group(fp.pid, grace)
+    # Processes that left the group (setsid) still carry the run marker in their environment.
+    strays = [f for f in (fingerprint(p) for p in pids_with_env(RUN_MARKER, run_dir)) if f]
+    if strays and kill_processes(strays, grace):
+        was_alive = True
+    exit_path = os.path.join(run_dir, files.EXIT_JSON)
+    if was_alive and not os.path.exists(exit_path) and (fp is None or not is_alive(fp)):
+        # The supervisor was killed before it could record the end: record the stop, so the
+        # run reads as stopped rather than crashed.
+        info = ExitInfo(exit_code=None, signal=int(signal.SIGKILL), ended_at=time.time())
+        files.write_json_atomic(exit_path, info.model_dump(mode="json"))
+    return StopResult(was_alive=was_alive)
+
+
+# --------------------------------------------------------------------------------- log access
+
+
+def _complete_utf8(data: bytes) -> int:
+    """Length of ``data`` without a trailing, incomplete UTF-8 sequence."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue  # a continuation byte: look further back for the lead byte
+        if byte < 0x80:
+            return len(data)
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4
+        return len(data) if back >= need else len(data) - back
+    return len(data)
+
+
+def read_log(
+    lane: Lane, task: str, attempt: int, iteration: int, *, offset: int, limit: int
+) -> LogResult:
+    """Output from ``offset``; ``ended`` once the run is over and everything has been read."""
+    if offset < 0 or limit <= 0:
+        raise NodeError("offset must be ≥ 0 and limit > 0; fix the read-log request")
+    run_dir = lane.run_dir(task, attempt, iteration)
+    if not os.path.isdir(run_dir):
+        raise NodeError(f"run {task}/{attempt}.{iteration} does not exist on lane {lane.ref.name}")
+    # Decide "over" before reading, so that output written after the check is never skipped.
+    fp = _fingerprint(files.read_json(os.path.join(run_dir, files.PID_JSON)))
+    over = os.path.exists(os.path.join(run_dir, files.EXIT_JSON)) or (
+        fp is not None and not is_alive(fp)
+    )
+    path = os.path.join(run_dir, files.OUTPUT_LOG)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(offset)
+            data = f.read(limit)
+    except FileNotFoundError:
+        size, data = 0, b""
+    end = offset + len(data)
+    if not (over and end >= size):
+        data = data[: _complete_utf8(data)]  # the rest of the character comes next time
+        end = offset + len(data)
+    return LogResult(
+        data=data.decode("utf-8", errors="replace"), offset=end, ended=over and end >= size
+    )

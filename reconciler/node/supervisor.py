@@ -1,0 +1,231 @@
+"""The run supervisor: a small detached process that owns one agent run until ``exit.json``.
+
+Started as ``python -m reconciler.node.supervisor RUN_DIR``. It forks at once so the node can
+reap its direct child (no zombie in a long-running reconciler); the grandchild becomes a session
+and process-group leader, so the run survives the reconciler and is stopped as one group. It
+records its identity in ``pid.json``, runs the agent with exactly the environment in
+``run.json``, runs the success checks, and writes ``exit.json`` atomically. Must not read
+requests, talk to git or the control plane, or pass anything of its own environment on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from types import FrameType
+from typing import IO
+
+from reconciler.node import files
+from reconciler.node.procs import fingerprint
+from reconciler.protocol import CheckResult, ExitInfo
+
+CHECK_TAIL = 4096
+
+
+class _State:
+    """What the signal handler needs to reach: the live child and whether we were stopped."""
+
+    agent: subprocess.Popen[bytes] | None = None
+    check: subprocess.Popen[bytes] | None = None
+    stop_signal: int | None = None
+
+
+_state = _State()
+
+
+def _on_stop(signum: int, frame: FrameType | None) -> None:
+    if _state.stop_signal is not None:
+        return  # our own forwarded signal coming back, or a repeat
+    _state.stop_signal = signum
+    if _state.check is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(_state.check.pid, signal.SIGTERM)
+    # Forward to the whole group (the agent and its children); a group kill already did it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(os.getpgrp(), signum)
+
+
+def _str_list(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings in run.json, got {value!r}")
+    return list(value)
+
+
+def _run_check(
+    argv: list[str], workspace: str, env: dict[str, str], timeout: float, log_path: str
+) -> CheckResult:
+    started = time.monotonic()
+    exit_code: int | None = None
+    timed_out = False
+    with open(log_path, "ab") as log:
+        offset = log.tell()
+        log.write(f"$ {shlex.join(argv)}\n".encode())  # display only, never executed
+        log.flush()
+        try:
+            if not argv:
+                raise FileNotFoundError("the check is an empty argv list")
+            # Own session: a timed-out check is killed with everything it started.
+            proc = subprocess.Popen(
+                argv,
+                cwd=workspace,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.write(f"could not start the check: {exc}\n".encode())
+        else:
+            _state.check = proc
+            try:
+                exit_code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                timed_out = True
+                log.write(f"\ntimed out after {timeout:g}s\n".encode())
+            finally:
+                _state.check = None
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        produced = f.read()
+    return CheckResult(
+        argv=argv,
+        exit_code=exit_code,
+        timed_out=timed_out,
+        duration=round(time.monotonic() - started, 3),
+        output_tail=produced[-CHECK_TAIL:].decode("utf-8", errors="replace"),
+    )
+
+
+def _write_exit(run_dir: str, info: ExitInfo) -> None:
+    files.write_json_atomic(os.path.join(run_dir, files.EXIT_JSON), info.model_dump(mode="json"))
+
+
+def supervise(run_dir: str) -> int:
+    """Run the agent described by ``run_dir/run.json`` to its end; 0 unless the run is broken."""
+    spec = files.read_json(os.path.join(run_dir, files.RUN_JSON))
+    if spec is None:
+        print(f"{run_dir}/run.json is missing or not JSON; nothing to run", file=sys.stderr)
+        return 1
+    workspace = str(spec["workspace"])
+    argv = _str_list(spec["argv"])
+    raw_env = spec["agent_env"]
+    if not isinstance(raw_env, dict):
+        raise ValueError("agent_env in run.json is not an object")
+    env = {str(k): str(v) for k, v in raw_env.items()}
+    checks = [_str_list(c) for c in _str_list_of_lists(spec.get("checks", []))]
+    timeout = spec.get("check_timeout", 600.0)
+    check_timeout = float(timeout) if isinstance(timeout, int | float) else 600.0
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _on_stop)
+
+    me = fingerprint(os.getpid())
+    assert me is not None  # we are running
+    pid_path = os.path.join(run_dir, files.PID_JSON)
+    record: dict[str, object] = {
+        "boot_id": me.boot_id,
+        "pid": me.pid,
+        "start_time": me.start_time,
+        "agent_pid": None,
+    }
+    if not files.create_exclusive(pid_path, files.dump_json(record)):
+        return 0  # a concurrent start already owns this run; starting twice would duplicate it
+
+    if _state.stop_signal is not None:
+        _write_exit(
+            run_dir, ExitInfo(exit_code=None, signal=_state.stop_signal, ended_at=time.time())
+        )
+        return 0
+
+    prompt_path = os.path.join(run_dir, files.PROMPT)
+    stdin: IO[bytes] | int = (
+        open(prompt_path, "rb") if spec.get("prompt_on_stdin") else subprocess.DEVNULL  # noqa: SIM115
+    )
+    try:
+        with (
+            open(os.path.join(run_dir, files.OUTPUT_LOG), "ab") as out,
+            open(os.path.join(run_dir, files.STDERR_LOG), "ab") as err,
+        ):
+            try:
+                # Same process group as the supervisor: one killpg stops both.
+                agent = subprocess.Popen(
+                    argv,
+                    cwd=workspace,
+                    env=env,
+                    stdin=stdin,
+                    stdout=out,
+                    stderr=err,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                err.write(f"reconciler: could not start the agent {argv[:1]}: {exc}\n".encode())
+                _write_exit(run_dir, ExitInfo(exit_code=127, ended_at=time.time()))
+                return 0
+    finally:
+        if not isinstance(stdin, int):
+            stdin.close()
+    _state.agent = agent
+    if _state.stop_signal is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(agent.pid, _state.stop_signal)
+    record["agent_pid"] = agent.pid
+    files.write_json_atomic(pid_path, record)
+
+    code = agent.wait()
+    ended = time.time()
+    if code < 0:
+        _write_exit(run_dir, ExitInfo(exit_code=None, signal=-code, ended_at=ended))
+        return 0
+    if _state.stop_signal is not None:
+        _write_exit(run_dir, ExitInfo(exit_code=code, signal=_state.stop_signal, ended_at=ended))
+        return 0
+
+    results: list[CheckResult] = []
+    log_path = os.path.join(run_dir, files.CHECKS_LOG)
+    for check in checks:
+        if _state.stop_signal is not None:
+            break
+        results.append(_run_check(check, workspace, env, check_timeout, log_path))
+    if _state.stop_signal is not None:
+        _write_exit(run_dir, ExitInfo(exit_code=code, signal=_state.stop_signal, ended_at=ended))
+        return 0
+    _write_exit(run_dir, ExitInfo(exit_code=code, ended_at=ended, checks=results))
+    return 0
+
+
+def _str_list_of_lists(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise ValueError(f"checks in run.json must be a list, got {value!r}")
+    return list(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m reconciler.node.supervisor RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = os.path.abspath(args[0])
+    if os.fork() > 0:
+        os._exit(0)  # the node reaps this child at once; the grandchild carries on
+    os.setsid()
+    try:
+        return supervise(run_dir)
+    except Exception:
+        # supervisor.log is for operators debugging the node itself; a traceback is right here.
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""Observation: read the world through the lanes and merge it with the state records.
+
+Read-only: nothing here changes a lane, a process, a repository or the state. One batched request
+per lane per pass (pre-flight + observe); a lane that cannot be reached is reported unreachable so
+that the planner treats its tasks as ``unknown`` and prunes or restarts nothing of it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Mapping
+from typing import Literal
+
+from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref, unwrap
+from reconciler.manifests.models import Desired
+from reconciler.plan import LaneView, Observed, RepoView, RunView, TaskRecord, branch_of
+from reconciler.protocol import (
+    ObserveRequest,
+    ObserveResult,
+    PreflightRequest,
+    PreflightResult,
+    PullRequest,
+    RepoObs,
+    RunObs,
+    TaskRef,
+)
+from reconciler.state import RunRow, Store, TaskRow
+
+
+def _task_refs(desired: Desired, lane: str, records: Mapping[str, TaskRow]) -> list[TaskRef]:
+    refs: dict[str, TaskRef] = {}
+    for name, row in records.items():
+        if row.lane == lane and name not in desired.tasks:
+            # removed tasks keep their base unknown; `main` only matters for ahead counts
+            refs[name] = TaskRef(
+                name=name, repo=row.repo, base="main", branch=branch_of(desired.config, name)
+            )
+    for name, task in desired.tasks.items():
+        if task.spec.lane == lane:
+            refs[name] = TaskRef(
+                name=name,
+                repo=task.spec.repo,
+                base=task.spec.base,
+                branch=branch_of(desired.config, name),
+            )
+    return [refs[n] for n in sorted(refs)]
+
+
+def _needs_inspection(rows: list[RunRow]) -> str | None:
+    """The latest recorded run of a task, when its outcome has not been recorded yet."""
+    if not rows:
+        return None
+    last = rows[-1]
+    if last.outcome is None and last.mark is None:
+        return f"{last.task}/{last.attempt}.{last.iteration}"
+    return None
+
+
+def _observe_lane(
+    desired: Desired,
+    lane: Lane,
+    records: Mapping[str, TaskRow],
+    runs_by_task: Mapping[str, list[RunRow]],
+) -> tuple[LaneView, list[RunObs]]:
+    spec = lane.spec
+    tasks = _task_refs(desired, lane.name, records)
+    inspect = [k for t in tasks if (k := _needs_inspection(runs_by_task.get(t.name, [])))]
+    bases: dict[str, set[str]] = {}
+    for t in tasks:
+        if t.name in desired.tasks:
+            bases.setdefault(t.repo, set()).add(t.base)
+    agents = {
+        name: agent_ref(desired, task.spec.agent)
+        for name, task in desired.tasks.items()
+        if task.spec.lane == lane.name
+    }
+    used_agents = {a.model_dump_json(): a for a in agents.values()}
+    preflight = PreflightRequest(
+        lane=lane.ref,
+        bases={repo: sorted(b) for repo, b in bases.items()},
+        agents=list(used_agents.values()),
+    )
+    observe = ObserveRequest(
+        lane=lane.ref,
+        branch_prefix=desired.config.branch_prefix,
+        tasks=tasks,
+        inspect=inspect,
+        agents=agents,
+    )
+    try:
+        pre_resp, obs_resp = lane.call([preflight, observe])
+        result = unwrap(obs_resp, ObserveResult)
+        checks = unwrap(pre_resp, PreflightResult).checks
+        # Runs that ended but that state never recorded (a crash between spawn and record, or a
+        # lost state directory) are inspected in a second, rare round trip.
+        inspected = set(inspect)
+        latest: dict[str, RunObs] = {}
+        for run in result.runs:
+            if run.task not in latest or (run.attempt, run.iteration) > (
+                latest[run.task].attempt,
+                latest[run.task].iteration,
+            ):
+                latest[run.task] = run
+        extra = []
+        for run in latest.values():
+            key = f"{run.task}/{run.attempt}.{run.iteration}"
+            recorded = [
+                r
+                for r in runs_by_task.get(run.task, [])
+                if (r.attempt, r.iteration) == (run.attempt, run.iteration)
+            ]
+            done = bool(recorded) and (recorded[0].outcome is not None or recorded[0].mark)
+            if run.exit is not None and key not in inspected and not done:
+                extra.append(key)
+        if extra:
+            again = lane.one(observe.model_copy(update={"inspect": sorted(extra)}), ObserveResult)
+            result = again
+    except (LaneUnavailable, NodeError) as exc:
+        return LaneView(lane.name, reachable=False, error=str(exc)), []
+
+    repos: dict[str, RepoView] = {}
+    for repo in spec.repos:
+        obs = result.repos.get(repo.name)
+        repos[repo.name] = _repo_view(desired, obs) if obs else RepoView(error="not observed")
+    return LaneView(lane.name, reachable=True, repos=repos, preflight=tuple(checks)), result.runs
+
+
+def _repo_view(desired: Desired, obs: RepoObs) -> RepoView:
+    prefix = desired.config.branch_prefix
+    worktrees = {
+        wt.branch[len(prefix) :]: wt.path
+        for wt in obs.worktrees
+        if wt.branch and wt.branch.startswith(prefix)
+    }
+    prs: dict[str, PullRequest] | None = None
+    if obs.prs is not None:
+        prs = {}
+        for pr in sorted(obs.prs, key=lambda p: p.number):
+            prs[pr.head] = pr  # the newest PR of a branch wins
+    return RepoView(
+        worktrees=worktrees,
+        branches=dict(obs.branches),
+        remote_branches=dict(obs.remote_branches),
+        ahead=dict(obs.ahead),
+        prs=prs,
+        error=None if obs.ok else (obs.error or "repository not usable"),
+    )
+
+
+def _merge_runs(
+    world: list[tuple[str, RunObs]], rows: list[RunRow], unreachable: set[str]
+) -> dict[str, tuple[RunView, ...]]:
+    """Runs as the lanes report them, plus the runs only state remembers, by task."""
+    by_key: dict[tuple[str, int, int], RunRow] = {(r.task, r.attempt, r.iteration): r for r in rows}
+    seen: set[tuple[str, int, int]] = set()
+    merged: dict[str, list[RunView]] = {}
+    for lane, obs in world:
+        key = (obs.task, obs.attempt, obs.iteration)
+        seen.add(key)
+        row = by_key.get(key)
+        result = obs.result
+        cost = (result.cost_usd if result and result.cost_usd is not None else None) or (
+            row.cost_usd if row and row.cost_usd is not None else 0.0
+        )
+        tokens = (
+            (result.input_tokens or 0) + (result.output_tokens or 0)
+            if result
+            else ((row.input_tokens or 0) + (row.output_tokens or 0) if row else 0)
+        )
+        merged.setdefault(obs.task, []).append(
+            RunView(
+                task=obs.task,
+                lane=lane,
+                repo=obs.repo,
+                attempt=obs.attempt,
+                iteration=obs.iteration,
+                generation=obs.generation,
+                started_at=obs.started_at,
+                alive=obs.alive,
+                exit=obs.exit,
+                last_output_at=obs.last_output_at,
+                result=result,
+                commits_ahead=obs.commits_ahead,
+                dirty=tuple(obs.dirty),
+                mark=row.mark if row else None,  # type: ignore[arg-type]
+                marked_at=row.marked_at if row else None,
+                seen_by_lane=True,
+                outcome=_outcome(row),
+                failures=tuple(row.failures.splitlines()) if row and row.failures else (),
+                session_id=(row.session_id if row else None)
+                or (result.session_id if result else None),
+                cost_usd=cost,
+                tokens=tokens,
+            )
+        )
+    for row in rows:
+        key = (row.task, row.attempt, row.iteration)
+        if key in seen or row.lane in unreachable:
+            continue
+        # only state knows this run: its directory is gone; it is not alive
+        merged.setdefault(row.task, []).append(
+            RunView(
+                task=row.task,
+                lane=row.lane,
+                repo=row.repo,
+                attempt=row.attempt,
+                iteration=row.iteration,
+                generation=row.generation,
+                started_at=row.started_at,
+                alive=False,
+                mark=row.mark,  # type: ignore[arg-type]
+                marked_at=row.marked_at or row.ended_at,
+                seen_by_lane=False,
+                outcome=_outcome(row),
+                failures=tuple((row.failures or "").splitlines()),
+                session_id=row.session_id,
+                cost_usd=row.cost_usd or 0.0,
+                tokens=(row.input_tokens or 0) + (row.output_tokens or 0),
+            )
+        )
+    return {
+        task: tuple(sorted(views, key=lambda v: (v.attempt, v.iteration)))
+        for task, views in merged.items()
+    }
+
+
+def _outcome(row: RunRow | None) -> Literal["succeeded", "failed"] | None:
+    if row is None:
+        return None
+    if row.outcome == "succeeded":
+        return "succeeded"
+    if row.outcome == "failed":
+        return "failed"
+    return None
+
+
+def observe(desired: Desired, store: Store, lanes: Mapping[str, Lane]) -> Observed:
+    """Observe every lane of ``desired`` (in parallel) and merge with the state records."""
+    records = store.tasks()
+    rows = store.runs()
+    runs_by_task: dict[str, list[RunRow]] = {}
+    for row in rows:
+        runs_by_task.setdefault(row.task, []).append(row)
+    views: dict[str, LaneView] = {}
+    world: list[tuple[str, RunObs]] = []
+    workers = max(1, min(8, len(lanes)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {
+            name: pool.submit(_observe_lane, desired, lane, records, runs_by_task)
+            for name, lane in sorted(lanes.items())
+        }
+        for name, future in futures.items():
+            view, runs = future.result()
+            views[name] = view
+            # a run's lane is the lane whose workspace holds its directory
+            world.extend((name, run) for run in runs)
+    for record in records.values():
+        if record.lane not in views and record.lane not in lanes:
+            views[record.lane] = LaneView(
+                record.lane,
+                reachable=False,
+                error=f"lane {record.lane} is no longer in the manifests",
+            )
+    unreachable = {name for name, view in views.items() if not view.reachable}
+    merged = _merge_runs(world, rows, unreachable)
+    return Observed(
+        revision=desired.revision,
+        serial=store.serial(),
+        lanes=views,
+        records={name: _record(row) for name, row in records.items()},
+        runs=merged,
+    )
+
+
+def _record(row: TaskRow) -> TaskRecord:
+    return TaskRecord(
+        name=row.name,
+        lane=row.lane,
+        repo=row.repo,
+        first_seen=row.first_seen,
+        done=row.done,
+        done_generation=row.done_generation,
+        pr_number=row.pr_number,
+        pr_intent=row.pr_intent,
+    )

@@ -1,0 +1,35 @@
+"""State: the only writer of state is the reconciler holding the state lock.
+
+``StateLock`` (``flock`` on ``<state>/lock``) decides who that is; ``Store`` is the SQLite (WAL)
+database of tasks, runs, the append-only event log and meta values, with a ``serial`` that goes up
+by one on every committed change. This package must not import ``reconciler.node``, ``lanes``,
+``plan``, ``apply``, ``observe`` or ``cli``.
+"""
+
+from reconciler.state.lock import LockHeld, LockHolder, StateLock, argv_summary, read_holder
+from reconciler.state.store import (
+    DB_FILE,
+    SCHEMA_VERSION,
+    EventRow,
+    RunRow,
+    StateError,
+    Store,
+    TaskRow,
+    Transaction,
+)
+
+__all__ = [
+    "DB_FILE",
+    "SCHEMA_VERSION",
+    "EventRow",
+    "LockHeld",
+    "LockHolder",
+    "RunRow",
+    "StateError",
+    "StateLock",
+    "Store",
+    "TaskRow",
+    "Transaction",
+    "argv_summary",
+    "read_holder",
+]

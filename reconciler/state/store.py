@@ -1,0 +1,582 @@
+"""The state database: the reconciler holding the state lock is the only writer of state.
+
+SQLite in WAL mode at ``<state_dir>/state.db``. Rows are frozen dataclasses; the mapping between
+rows and dataclasses is derived once from ``dataclasses.fields`` (``_Table``), so the columns are
+spelt out only in the schema DDL (checked against the dataclasses when a writer opens the store).
+
+Every write happens inside ``with store.transaction() as tx:`` (``BEGIN IMMEDIATE``). When the
+block exits normally the transaction commits and the ``serial`` goes up by exactly one if and only
+if at least one row actually changed: upserts and updates carry a ``WHERE … IS NOT …`` guard, so
+rewriting identical values changes nothing. An exception rolls everything back and propagates.
+
+Readers (``status``, ``describe``, ``plan``) use ``Store.open_readonly``, which never blocks on or
+disturbs the writer; a missing database reads as empty. Each read method is one query; use
+``with store.snapshot():`` to make several reads see one consistent moment.
+
+The state is an inspectable cache of history; the world stays the authority. This module must not
+import ``reconciler.node``, ``lanes``, ``plan``, ``apply``, ``observe`` or ``cli``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import operator
+import sqlite3
+import threading
+import time
+import typing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+DB_FILE = "state.db"
+
+
+class StateError(Exception):
+    """The state database cannot be used as asked (newer schema, read-only store, misuse)."""
+
+
+# --------------------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """One task the reconciler knows of (also after it left the manifests: ``removed_at``)."""
+
+    name: str
+    lane: str
+    repo: str
+    first_seen: float
+    done: bool = False
+    done_generation: str | None = None
+    pr_number: int | None = None
+    pr_url: str | None = None
+    pr_intent: bool = False
+    next_attempt_at: float | None = None
+    removed_at: float | None = None
+    generation: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One agent run: ``(task, attempt, iteration)``; ``pid``/``boot_id``/``start_time`` fingerprint
+    the process. ``outcome`` is succeeded|failed|crashed|stalled|stopped; ``mark`` is
+    crashed|stalled|stopped when the reconciler (not the run) decided its fate."""
+
+    task: str
+    attempt: int
+    iteration: int
+    generation: str
+    lane: str
+    repo: str
+    run_dir: str
+    started_at: float
+    ended_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    outcome: str | None = None
+    mark: str | None = None
+    marked_at: float | None = None
+    session_id: str | None = None
+    cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    pid: int | None = None
+    boot_id: str | None = None
+    start_time: int | None = None
+    failures: str | None = None  # why the run failed its success criteria, one per line
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One entry of the append-only event log."""
+
+    id: int
+    at: float
+    task: str | None
+    kind: str
+    message: str
+    revision: str | None
+
+
+# ------------------------------------------------------------------------------------- schema
+
+# MIGRATIONS[i] takes the database from user_version i to i + 1. Never edit a released entry;
+# append a new one (and bump the dataclasses) instead.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE tasks (
+        name            TEXT PRIMARY KEY,
+        lane            TEXT NOT NULL,
+        repo            TEXT NOT NULL,
+        first_seen      REAL NOT NULL,
+        done            INTEGER NOT NULL DEFAULT 0,
+        done_generation TEXT,
+        pr_number       INTEGER,
+        pr_url          TEXT,
+        pr_intent       INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        removed_at      REAL,
+        generation      TEXT
+    );
+    CREATE TABLE runs (
+        task          TEXT NOT NULL REFERENCES tasks(name) ON DELETE CASCADE,
+        attempt       INTEGER NOT NULL,
+        iteration     INTEGER NOT NULL,
+        generation    TEXT NOT NULL,
+        lane          TEXT NOT NULL,
+        repo          TEXT NOT NULL,
+        run_dir       TEXT NOT NULL,
+        started_at    REAL NOT NULL,
+        ended_at      REAL,
+        exit_code     INTEGER,
+        signal        INTEGER,
+        outcome       TEXT CHECK (outcome IN ('succeeded','failed','crashed','stalled','stopped')),
+        mark          TEXT CHECK (mark IN ('crashed','stalled','stopped')),
+        marked_at     REAL,
+        session_id    TEXT,
+        cost_usd      REAL,
+        input_tokens  INTEGER,
+        output_tokens INTEGER,
+        pid           INTEGER,
+        boot_id       TEXT,
+        start_time    INTEGER,
+        failures      TEXT,
+        PRIMARY KEY (task, attempt, iteration)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        at       REAL NOT NULL,
+        task     TEXT,
+        kind     TEXT NOT NULL,
+        message  TEXT NOT NULL,
+        revision TEXT
+    );
+    CREATE INDEX events_by_task ON events (task, id);
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE serial (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+    );
+    INSERT INTO serial (id, value) VALUES (1, 0);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+R = TypeVar("R")
+
+
+class _Table(Generic[R]):
+    """Row <-> dataclass mapping for one table, derived from ``dataclasses.fields``."""
+
+    def __init__(self, name: str, cls: type[R], key: Sequence[str]) -> None:
+        self.name = name
+        self.cls = cls
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        self.columns: tuple[str, ...] = tuple(f.name for f in fields)
+        self.key: tuple[str, ...] = tuple(key)
+        self.mutable: frozenset[str] = frozenset(self.columns) - frozenset(self.key)
+        self._getter = operator.attrgetter(*self.columns)
+        self._bools = tuple(
+            i
+            for i, f in enumerate(fields)
+            if bool in (typing.get_args(hints[f.name]) or (hints[f.name],))
+        )
+        cols = ", ".join(self.columns)
+        # Identifiers below come from dataclass fields, never from callers: S608 does not apply.
+        self.select = f"SELECT {cols} FROM {name}"  # noqa: S608
+        others = [c for c in self.columns if c not in self.key]
+        self.upsert = (
+            f"INSERT INTO {name} ({cols}) VALUES ({', '.join('?' * len(self.columns))}) "  # noqa: S608
+            f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in others)
+            + " WHERE "
+            + " OR ".join(f"{name}.{c} IS NOT excluded.{c}" for c in others)
+        )
+        self.where_key = " AND ".join(f"{c} = ?" for c in self.key)
+
+    def values(self, row: R) -> tuple[Any, ...]:
+        if type(row) is not self.cls:
+            raise TypeError(f"expected {self.cls.__name__}, got {type(row).__name__}")
+        return tuple(self._getter(row))
+
+    def load(self, raw: Sequence[Any]) -> R:
+        if not self._bools:
+            return self.cls(*raw)
+        vals = list(raw)
+        for i in self._bools:
+            if vals[i] is not None:
+                vals[i] = bool(vals[i])
+        return self.cls(*vals)
+
+    def check_fields(self, fields: dict[str, object]) -> None:
+        unknown = sorted(set(fields) - self.mutable)
+        if unknown:
+            what = "key field" if set(unknown) & set(self.key) else "unexpected field"
+            raise TypeError(
+                f"{self.name}: cannot update {what}(s) {', '.join(unknown)}; "
+                f"updatable: {', '.join(c for c in self.columns if c in self.mutable)}"
+            )
+
+
+_TASKS = _Table("tasks", TaskRow, ("name",))
+_RUNS = _Table("runs", RunRow, ("task", "attempt", "iteration"))
+_EVENTS = _Table("events", EventRow, ("id",))
+
+
+# -------------------------------------------------------------------------------------- store
+
+
+class Store:
+    """The state database. Construct with ``Store.open`` (writer) or ``Store.open_readonly``."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+        self._mutex = threading.RLock()
+        self._tx: Transaction | None = None
+        self._tasks_cache: tuple[tuple[int, int], dict[str, TaskRow]] | None = None
+
+    # ---------------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, state_dir: Path) -> Store:
+        """Open (creating the 0700 directory and database, migrating the schema) for writing.
+
+        The caller is expected to hold the ``StateLock``: the lock, not SQLite, is what makes
+        this process the only writer of state.
+        """
+        state_dir = Path(state_dir)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = state_dir / DB_FILE
+        conn = _connect(str(path), uri=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            _migrate(conn, path)
+            _check_columns(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, readonly=False)
+
+    @classmethod
+    def open_readonly(cls, state_dir: Path) -> Store:
+        """Open for reading only; safe while a writer holds the lock. No database reads as empty."""
+        path = Path(state_dir) / DB_FILE
+        conn: sqlite3.Connection | None = None
+        if path.exists():
+            conn = _connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                version = _user_version(conn)
+                if version > SCHEMA_VERSION:
+                    raise _too_new(path, version)
+                if 0 < version < SCHEMA_VERSION:
+                    raise StateError(
+                        f"{path} has schema version {version}, older than this reconciler's "
+                        f"{SCHEMA_VERSION}; run `reconciler apply` once to migrate it"
+                    )
+                if version == 0:  # created but not yet initialised by a writer: read as empty
+                    conn.close()
+                    conn = None
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+        if conn is None:
+            conn = _connect(":memory:", uri=False)
+            _migrate(conn, None)
+            conn.execute("PRAGMA query_only=ON")
+        return cls(conn, path, readonly=True)
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._tx is not None:
+                raise StateError("cannot close the state store inside a transaction")
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------ reads
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        with self._mutex:
+            return self._conn.execute(sql, params).fetchall()
+
+    def serial(self) -> int:
+        """Goes up by one with every committed transaction that changed something."""
+        return int(self._query("SELECT value FROM serial WHERE id = 1")[0][0])
+
+    def tasks(self) -> dict[str, TaskRow]:
+        """All tasks by name (a fresh dict each call; the rows are immutable).
+
+        The rows are cached until the database changes: this connection's ``total_changes``
+        tracks its own writes (a rollback drops the cache) and ``PRAGMA data_version`` other
+        connections' commits. The key is read before the rows, so a racing commit can only cause
+        a needless re-read, never a stale answer.
+        """
+        with self._mutex:
+            key = (self._conn.total_changes, self._data_version())
+            cached = self._tasks_cache
+            if cached is None or cached[0] != key:
+                load = _TASKS.load
+                rows = {r[0]: load(r) for r in self._conn.execute(_TASKS.select)}
+                cached = self._tasks_cache = (key, rows)
+            return dict(cached[1])
+
+    def _data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def task(self, name: str) -> TaskRow | None:
+        rows = self._query(f"{_TASKS.select} WHERE name = ?", (name,))
+        return _TASKS.load(rows[0]) if rows else None
+
+    def runs(self, task: str | None = None) -> list[RunRow]:
+        """Runs sorted by (task, attempt, iteration), optionally of one task only."""
+        order = " ORDER BY task, attempt, iteration"
+        if task is None:
+            rows = self._query(_RUNS.select + order)
+        else:
+            rows = self._query(f"{_RUNS.select} WHERE task = ?{order}", (task,))
+        return [_RUNS.load(r) for r in rows]
+
+    def events(
+        self, task: str | None = None, limit: int = 100, after_id: int = 0
+    ) -> list[EventRow]:
+        """The newest ``limit`` events with ``id > after_id`` (of ``task``), newest last."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        where = "id > ?"
+        params: list[object] = [after_id]
+        if task is not None:
+            where += " AND task = ?"
+            params.append(task)
+        rows = self._query(
+            f"{_EVENTS.select} WHERE {where} ORDER BY id DESC LIMIT ?", (*params, limit)
+        )
+        return [_EVENTS.load(r) for r in reversed(rows)]
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def totals(self, task: str | None = None) -> tuple[float, int]:
+        """(summed cost_usd, summed input + output tokens) over all runs or one task's runs."""
+        sql = (
+            "SELECT COALESCE(SUM(cost_usd), 0.0),"
+            " COALESCE(SUM(COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0)), 0) FROM runs"
+        )
+        rows = self._query(sql) if task is None else self._query(sql + " WHERE task = ?", (task,))
+        return float(rows[0][0]), int(rows[0][1])
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Self]:
+        """Reads inside the block see one consistent state (a read transaction)."""
+        with self._mutex:
+            if self._tx is not None or self._conn.in_transaction:
+                yield self  # already inside a transaction: reads are consistent anyway
+                return
+            self._conn.execute("BEGIN")
+            try:
+                yield self
+            finally:
+                self._conn.execute("COMMIT")
+
+    # ----------------------------------------------------------------------------- writes
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """``BEGIN IMMEDIATE``; commit (bumping the serial iff a row changed) or roll back."""
+        if self.readonly:
+            raise StateError("the state store was opened read-only")
+        with self._mutex:
+            if self._tx is not None:
+                raise StateError("transactions do not nest")
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            tx = Transaction(conn)
+            self._tx = tx
+            before = conn.total_changes
+            try:
+                yield tx
+                if conn.total_changes != before:
+                    conn.execute("UPDATE serial SET value = value + 1 WHERE id = 1")
+                conn.execute("COMMIT")
+            except BaseException:
+                self._tasks_cache = None  # may hold rows that the rollback just undid
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                tx._closed = True
+                self._tx = None
+
+
+class Transaction:
+    """The write API; valid only inside ``with store.transaction() as tx:``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._closed = False
+
+    def _exec(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        if self._closed:
+            raise StateError("this transaction has already ended")
+        return self._conn.execute(sql, params)
+
+    def _update(
+        self, table: _Table[Any], key: tuple[object, ...], fields: dict[str, object]
+    ) -> None:
+        table.check_fields(fields)
+        if not fields:
+            return
+        names = list(fields)  # validated against the dataclass fields above
+        sql = (
+            f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in names)} "  # noqa: S608
+            f"WHERE {table.where_key} AND ({' OR '.join(f'{c} IS NOT ?' for c in names)})"
+        )
+        values = list(fields.values())
+        cur = self._exec(sql, (*values, *key, *values))
+        if cur.rowcount == 0:
+            exists = self._exec(f"SELECT 1 FROM {table.name} WHERE {table.where_key}", key)  # noqa: S608
+            if exists.fetchone() is None:
+                raise KeyError(f"{table.name}: no row {key!r}")
+
+    def upsert_task(self, row: TaskRow) -> None:
+        self._exec(_TASKS.upsert, _TASKS.values(row))
+
+    def update_task(self, name: str, /, **fields: object) -> None:
+        """Set some fields of an existing task; TypeError for unknown fields, KeyError if absent."""
+        self._update(_TASKS, (name,), fields)
+
+    def delete_task(self, name: str) -> None:
+        """Remove a task and (by cascade) its runs; events stay. Absent task: no-op."""
+        self._exec("DELETE FROM tasks WHERE name = ?", (name,))
+
+    def upsert_run(self, row: RunRow) -> None:
+        """Insert the run or replace all its fields (its task must exist)."""
+        self._exec(_RUNS.upsert, _RUNS.values(row))
+
+    def update_run(self, task: str, attempt: int, iteration: int, /, **fields: object) -> None:
+        """Set some fields of an existing run; TypeError for unknown fields, KeyError if absent."""
+        self._update(_RUNS, (task, attempt, iteration), fields)
+
+    def add_event(
+        self,
+        task: str | None,
+        kind: str,
+        message: str,
+        revision: str | None = None,
+        at: float | None = None,
+    ) -> int:
+        """Append an event (``at`` defaults to now); returns its id."""
+        cur = self._exec(
+            "INSERT INTO events (at, task, kind, message, revision) VALUES (?, ?, ?, ?, ?)",
+            (time.time() if at is None else at, task, kind, message, revision),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set a meta key (``None`` removes it)."""
+        if value is None:
+            self._exec("DELETE FROM meta WHERE key = ?", (key,))
+            return
+        self._exec(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+            " SET value = excluded.value WHERE meta.value IS NOT excluded.value",
+            (key, value),
+        )
+
+
+# ------------------------------------------------------------------------------- internals
+
+
+def _connect(target: str, *, uri: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        target, uri=uri, isolation_level=None, check_same_thread=False, timeout=10.0
+    )
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _too_new(path: Path | None, version: int) -> StateError:
+    return StateError(
+        f"{path} has schema version {version}, newer than this reconciler supports "
+        f"({SCHEMA_VERSION}); upgrade reconciler"
+    )
+
+
+def _migrate(conn: sqlite3.Connection, path: Path | None) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _user_version(conn)
+        if version > SCHEMA_VERSION:
+            raise _too_new(path, version)
+        for step in MIGRATIONS[version:]:
+            for statement in _statements(step):
+                conn.execute(statement)
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration script into statements (``executescript`` would commit for us)."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                yield buf.strip()
+            buf = ""
+    if buf.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {buf.strip()[:60]}")
+
+
+def _check_columns(conn: sqlite3.Connection) -> None:
+    for table in (_TASKS, _RUNS, _EVENTS):
+        cols = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table.name})"))
+        if cols != table.columns:
+            raise StateError(
+                f"state table {table.name} has columns {cols}, expected {table.columns}"
+            )
+
+
+__all__: list[str] = [
+    "DB_FILE",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "EventRow",
+    "RunRow",
+    "StateError",
+    "Store",
+    "TaskRow",
+    "Transaction",
+]

@@ -1,0 +1,334 @@
+"""ControlRepo and load_desired against real git repositories in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import reconciler.control.desired as desired_module
+from reconciler.control import (
+    WORKTREE_REVISION,
+    ControlError,
+    ControlRepo,
+    git_blob_id,
+    load_desired,
+)
+from reconciler.manifests.errors import ManifestErrors
+
+pytestmark = pytest.mark.slow
+
+LANES = """\
+apiVersion: reconciler/v1
+kind: Lane
+metadata: {name: web}
+spec:
+  repos: [{name: webapp, checkout: ~/src/webapp}]
+---
+apiVersion: reconciler/v1
+kind: Agent
+metadata: {name: claude}
+spec: {kind: claude}
+"""
+
+
+def task(name: str, prompt: str = "prompt: fix it") -> str:
+    return (
+        f"apiVersion: reconciler/v1\nkind: Task\nmetadata: {{name: {name}}}\n"
+        f"spec: {{lane: web, repo: webapp, agent: claude, {prompt}}}\n"
+    )
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def commit(root: Path, message: str = "change") -> str:
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", message)
+    return git(root, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    root = tmp_path / "control"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    write(
+        root,
+        {
+            "manifests/lanes.yaml": LANES,
+            "manifests/tasks/a.yaml": task("a"),
+            "manifests/tasks/b.yml": task("b", "promptFile: prompts/b.md"),
+            "manifests/README.md": "not a manifest\n",
+            "prompts/b.md": "Do b.\n",
+            "elsewhere.yaml": "not: under manifests\n",
+        },
+    )
+    commit(root, "initial")
+    return root
+
+
+def counting(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Count every file read through ControlRepo readers."""
+    reads: Counter[str] = Counter()
+    original = ControlRepo.reader
+
+    def reader(
+        self: ControlRepo, worktree: bool = False, *, rev: str | None = None
+    ) -> Callable[[str], bytes | None]:
+        inner = original(self, worktree, rev=rev)
+
+        class Counting:
+            def __call__(self, path: str) -> bytes | None:
+                reads[path] += 1
+                return inner(path)
+
+            def prefetch(self, paths: list[str]) -> None:
+                getattr(inner, "prefetch", lambda _: None)(paths)
+
+            def close(self) -> None:
+                getattr(inner, "close", lambda: None)()
+
+        return Counting()
+
+    monkeypatch.setattr(ControlRepo, "reader", reader)
+    return reads
+
+
+# ------------------------------------------------------------------------- working copy
+
+
+def test_working_copy_files_and_revision(work: Path, tmp_path: Path) -> None:
+    repo = ControlRepo.open(work, tmp_path / "state")
+    assert repo.kind == "worktree"
+    assert repo.revision() == git(work, "rev-parse", "HEAD")
+    files = repo.files()
+    assert [f.path for f in files] == [
+        "manifests/lanes.yaml",
+        "manifests/tasks/a.yaml",
+        "manifests/tasks/b.yml",
+    ]
+    for f in files:
+        data = (work / f.path).read_bytes()
+        assert f.blob == git(work, "rev-parse", f"HEAD:{f.path}") == git_blob_id(data)
+        assert f.size == len(data)
+    assert not (tmp_path / "state").exists()  # a working copy needs no mirror
+
+
+def test_load_desired_from_a_commit(work: Path) -> None:
+    desired = load_desired(ControlRepo.open(work, work / ".state"), None)
+    assert sorted(desired.tasks) == ["a", "b"]
+    assert desired.tasks["b"].prompt == "Do b.\n"
+    assert desired.revision == git(work, "rev-parse", "HEAD")
+
+
+def test_uncommitted_edits_are_visible_only_in_worktree_mode(work: Path) -> None:
+    write(
+        work,
+        {
+            "manifests/tasks/a.yaml": task("a", "prompt: changed"),
+            "manifests/tasks/new.yaml": task("new"),
+            "prompts/b.md": "Do b, differently.\n",
+        },
+    )
+    (work / "manifests/lanes.yaml").rename(work / "manifests/lanes.yml")
+    repo = ControlRepo.open(work, work / ".state")
+    committed = load_desired(repo, None)
+    assert sorted(committed.tasks) == ["a", "b"]
+    assert committed.tasks["a"].prompt == "fix it"
+    assert committed.tasks["b"].prompt == "Do b.\n"
+    on_disk = load_desired(repo, None, worktree=True)
+    assert on_disk.revision == WORKTREE_REVISION
+    assert sorted(on_disk.tasks) == ["a", "b", "new"]
+    assert on_disk.tasks["a"].prompt == "changed"
+    assert on_disk.tasks["b"].prompt == "Do b, differently.\n"
+    assert repo.files(worktree=True)[0].path == "manifests/lanes.yml"
+    assert {f.blob for f in repo.files(worktree=True)} == {
+        git_blob_id(p.read_bytes()) for p in (work / "manifests").rglob("*.y*ml")
+    }
+
+
+def test_broken_commit_raises_manifest_errors(work: Path) -> None:
+    write(work, {"manifests/tasks/a.yaml": task("a") + "  bogus: 1\n"})
+    commit(work)
+    with pytest.raises(ManifestErrors) as info:
+        load_desired(ControlRepo.open(work, work / ".state"), None)
+    assert [e.position for e in info.value.errors] == ["manifests/tasks/a.yaml:5:3"]
+
+
+def test_readers_never_leave_the_repository(work: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.md"
+    secret.write_text("secret\n")
+    os.symlink(secret, work / "prompts/out.md")
+    os.symlink("b.md", work / "prompts/in.md")
+    commit(work)
+    repo = ControlRepo.open(work, tmp_path / "state")
+    for worktree in (False, True):
+        repo.files(worktree)
+        read = repo.reader(worktree)
+        try:
+            assert read("prompts/b.md") == b"Do b.\n"
+            assert read("prompts/in.md") == b"Do b.\n"  # a link inside the repo is followed
+            assert read("prompts/out.md") is None
+            assert read("../secret.md") is None
+            assert read(str(secret)) is None
+            assert read("prompts") is None  # a directory is not a file
+            assert read("prompts/nope.md") is None
+            assert read("prompts/b.md/x") is None
+        finally:
+            read.close()  # type: ignore[attr-defined]
+    assert repo.reader(True)(".git/config") is None
+
+
+def test_unborn_repository_and_missing_paths(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q")
+    repo = ControlRepo.open(empty, tmp_path / "state")
+    with pytest.raises(ControlError, match="has no commits yet"):
+        repo.revision()
+    assert load_desired(repo, None, worktree=True).tasks == {}
+    with pytest.raises(ControlError, match="does not exist"):
+        ControlRepo.open(tmp_path / "nope", tmp_path / "state")
+
+
+def test_plain_directory_is_worktree_only(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    write(plain, {"manifests/lanes.yaml": LANES, "manifests/t.yaml": task("t")})
+    repo = ControlRepo.open(str(plain), tmp_path / "state")
+    assert repo.kind == "directory"
+    assert repo.revision() == WORKTREE_REVISION
+    assert list(load_desired(repo, None, worktree=True).tasks) == ["t"]
+    with pytest.raises(ControlError, match="not a git repository"):
+        load_desired(repo, None)
+
+
+# ------------------------------------------------------------------------------- mirror
+
+
+@pytest.fixture
+def remote(work: Path, tmp_path: Path) -> Path:
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    git(work, "remote", "add", "origin", str(bare))
+    return bare
+
+
+def test_bare_repository_is_mirrored_and_refreshed(
+    work: Path, remote: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    repo = ControlRepo.open(remote, state)
+    assert repo.kind == "mirror"
+    assert (state / "control.git" / "HEAD").is_file()
+    first = git(work, "rev-parse", "HEAD")
+    assert repo.revision() == first
+    assert sorted(load_desired(repo, state).tasks) == ["a", "b"]
+
+    write(work, {"manifests/tasks/c.yaml": task("c")})
+    (work / "manifests/tasks/a.yaml").unlink()
+    second = commit(work)
+    git(work, "push", "-q", "origin", "main")
+    assert repo.revision() == first  # not fetched yet
+    repo.refresh()
+    assert repo.revision() == second
+    assert sorted(load_desired(repo, state).tasks) == ["b", "c"]
+
+    again = ControlRepo.open(str(remote), state)  # reopening fetches, does not clone again
+    assert again.revision() == second
+    with pytest.raises(ControlError, match="no working tree"):
+        load_desired(again, state, worktree=True)
+
+
+def test_url_is_mirrored(remote: Path, tmp_path: Path) -> None:
+    repo = ControlRepo.open(f"file://{remote}", tmp_path / "state")
+    assert repo.kind == "mirror"
+    assert sorted(load_desired(repo, None).tasks) == ["a", "b"]
+
+
+def test_a_different_remote_replaces_the_mirror(work: Path, remote: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    ControlRepo.open(remote, state)
+    other = tmp_path / "other.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(other)], check=True)
+    write(work, {"manifests/tasks/z.yaml": task("z")})
+    commit(work)
+    git(work, "push", "-q", str(other), "main")
+    repo = ControlRepo.open(other, state)
+    assert "z" in load_desired(repo, None).tasks
+
+
+def test_unreachable_remote_is_a_control_error(tmp_path: Path) -> None:
+    with pytest.raises(ControlError, match="cloning the control repository"):
+        ControlRepo.open("file:///nonexistent/repo.git", tmp_path / "state")
+
+
+# -------------------------------------------------------------------------------- cache
+
+
+def test_disk_cache_avoids_reading_manifests_again(
+    work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    reads = counting(monkeypatch)
+    repo = ControlRepo.open(work, state)
+    load_desired(repo, state)
+    cache = state / "cache" / "manifests.pickle"
+    assert cache.is_file()
+    assert reads["manifests/tasks/a.yaml"] == 1
+    stamp = cache.stat().st_mtime_ns
+
+    for forget in (False, True):  # in-process memo, then a fresh process reading the file
+        if forget:
+            desired_module._memo.clear()
+        reads.clear()
+        desired = load_desired(repo, state)
+        assert sorted(desired.tasks) == ["a", "b"]
+        assert not [p for p in reads if p.startswith("manifests/")]
+        assert reads["prompts/b.md"] == 1
+        assert cache.stat().st_mtime_ns == stamp  # unchanged: not rewritten
+
+    write(work, {"manifests/tasks/a.yaml": task("a", "prompt: new")})
+    commit(work)
+    reads.clear()
+    assert load_desired(repo, state).tasks["a"].prompt == "new"
+    assert [p for p in reads if p.startswith("manifests/")] == ["manifests/tasks/a.yaml"]
+
+
+def test_corrupt_cache_is_ignored_and_rebuilt(work: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    cache = state / "cache" / "manifests.pickle"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"\x80\x05 this is not a pickle")
+    repo = ControlRepo.open(work, state)
+    assert sorted(load_desired(repo, state).tasks) == ["a", "b"]
+    desired_module._memo.clear()
+    assert desired_module._read_cache(cache)  # rebuilt with entries
+
+
+def test_invalid_files_are_not_cached_but_valid_ones_are(work: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    write(work, {"manifests/tasks/bad.yaml": "a: [\n"})
+    commit(work)
+    repo = ControlRepo.open(work, state)
+    with pytest.raises(ManifestErrors):
+        load_desired(repo, state)
+    desired_module._memo.clear()
+    entries = desired_module._read_cache(state / "cache" / "manifests.pickle")
+    blobs = {f.path: f.blob for f in repo.files()}
+    assert blobs["manifests/tasks/a.yaml"] in entries
+    assert blobs["manifests/tasks/bad.yaml"] not in entries

@@ -1,0 +1,48 @@
+"""Shared fixtures for the node tests: real git repositories and real processes in tmp_path.
+
+Every test runs with HOME pointing into its tmp_path, so nothing can touch the real home.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from node_support import Env, commit, git, kill_leftover_runs
+
+from reconciler.protocol import LaneRef, RepoRef
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.delenv("GIT_DIR", raising=False)
+    monkeypatch.delenv("GIT_WORK_TREE", raising=False)
+    assert os.path.expanduser("~") == str(home)
+    return home
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    origin = tmp_path / "origin.git"
+    checkout = tmp_path / "src" / "webapp"
+    seed = tmp_path / "seed"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    git(tmp_path, "init", "-q", "-b", "main", str(seed))
+    commit(seed, "README.md", "hello\n", "initial commit")
+    git(seed, "push", "-q", str(origin), "main")
+    git(tmp_path, "clone", "-q", str(origin), str(checkout))
+    root = tmp_path / "worktrees"
+    lane = LaneRef(
+        name="webapp",
+        workspace_root=str(root),
+        repos=[RepoRef(name="webapp", checkout=str(checkout), forge="local")],
+        env={"NODE_ENV": "test"},
+    )
+    yield Env(tmp=tmp_path, origin=origin, checkout=checkout, root=root, lane=lane)
+    kill_leftover_runs(root)

@@ -1,0 +1,138 @@
+"""Helpers for the node tests: git set-up, polling, and a lane with one real repository.
+
+A module with a unique name (not conftest) so test files can import it without a package.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.node import handle, procs
+from reconciler.node.files import EXIT_JSON, PID_JSON, read_json
+from reconciler.protocol import (
+    AgentRef,
+    Batch,
+    ExitInfo,
+    Fingerprint,
+    LaneRef,
+    PrepareWorkspaceRequest,
+    Request,
+    Response,
+    RunObs,
+    StartRunRequest,
+    TaskRef,
+)
+
+IDENTITY = ["-c", "user.name=Test", "-c", "user.email=test@example.invalid"]
+
+
+def git(cwd: Path | str, *args: str) -> str:
+    """Run git for test setup, failing the test with git's message on error."""
+    proc = subprocess.run(
+        ["git", "-C", str(cwd), *IDENTITY, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, f"git {' '.join(args)} failed: {proc.stderr}"
+    return proc.stdout.strip()
+
+
+def commit(cwd: Path | str, name: str, content: str, message: str | None = None) -> str:
+    Path(cwd, name).write_text(content)
+    git(cwd, "add", name)
+    git(cwd, "commit", "-q", "-m", message or f"change {name}")
+    return git(cwd, "rev-parse", "HEAD")
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+@dataclass
+class Env:
+    """One lane with one repository: a bare origin, its clone, and a workspace root."""
+
+    tmp: Path
+    origin: Path
+    checkout: Path
+    root: Path
+    lane: LaneRef
+    scripts: int = 0
+
+    def task(self, name: str, base: str = "main") -> TaskRef:
+        return TaskRef(name=name, repo="webapp", base=base, branch=f"agent/{name}")
+
+    def workspace(self, name: str) -> Path:
+        return self.root / "webapp" / name
+
+    def script(self, name: str, code: str) -> list[str]:
+        path = self.tmp / name
+        path.write_text(code)
+        return [sys.executable, str(path)]
+
+    def agent(self, code: str, *args: str, env: dict[str, str] | None = None) -> AgentRef:
+        self.scripts += 1
+        argv = self.script(f"agent-{self.scripts}.py", code)
+        return AgentRef(kind="command", command=argv, args=list(args), env=env or {})
+
+    def respond(self, req: Request) -> Response:
+        [response] = handle(Batch(requests=[req])).responses
+        return response
+
+    def call(self, req: Request) -> dict[str, object]:
+        """Serve one request through the public entry point; it must succeed."""
+        response = self.respond(req)
+        assert response.ok, response.failure
+        assert response.result is not None
+        return response.result
+
+    def prepare(self, name: str) -> Path:
+        self.call(PrepareWorkspaceRequest(lane=self.lane, task=self.task(name)))
+        return self.workspace(name)
+
+    def start_request(
+        self, name: str, agent: AgentRef, prompt: str = "do it", **kw: object
+    ) -> StartRunRequest:
+        fields: dict[str, object] = {"attempt": 1, "iteration": 1, "generation": "g1"}
+        fields.update(kw)
+        return StartRunRequest.model_validate(
+            {
+                "lane": self.lane,
+                "task": self.task(name),
+                "prompt": prompt,
+                "agent": agent,
+                **fields,
+            }
+        )
+
+    def start(self, name: str, agent: AgentRef, prompt: str = "do it", **kw: object) -> RunObs:
+        self.prepare(name)
+        return RunObs.model_validate(self.call(self.start_request(name, agent, prompt, **kw)))
+
+    def wait_exit(self, run: RunObs, timeout: float = 15.0) -> ExitInfo:
+        path = Path(run.run_dir) / EXIT_JSON
+        wait_for(path.exists, timeout, f"{path}")
+        return ExitInfo.model_validate_json(path.read_text())
+
+
+def kill_leftover_runs(root: Path) -> None:
+    runs = root / ".runs"
+    if not runs.is_dir():
+        return
+    for pid_file in runs.glob(f"*/*/{PID_JSON}"):
+        record = read_json(str(pid_file))
+        if not record:
+            continue
+        fp = Fingerprint.model_validate({k: record[k] for k in ("boot_id", "pid", "start_time")})
+        if procs.is_alive(fp):
+            procs.kill_group(fp.pid, 0.0)

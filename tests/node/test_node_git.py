@@ -1,0 +1,173 @@
+"""Worktrees, branches and pushes against real repositories."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from node_support import Env, commit, git
+
+from reconciler.node import git as gitops
+from reconciler.protocol import (
+    PushRequest,
+    PushResult,
+    RemovedResult,
+    RemoveWorkspaceRequest,
+    WorkspaceResult,
+)
+
+
+def test_prepare_creates_then_reuses(env: Env) -> None:
+    from reconciler.protocol import PrepareWorkspaceRequest
+
+    req = PrepareWorkspaceRequest(lane=env.lane, task=env.task("fix-login"))
+    first = WorkspaceResult.model_validate(env.call(req))
+    assert first.created
+    assert first.path == str(env.workspace("fix-login"))
+    assert git(first.path, "rev-parse", "--abbrev-ref", "HEAD") == "agent/fix-login"
+    assert git(first.path, "rev-parse", "HEAD") == git(env.checkout, "rev-parse", "main")
+    # No upstream: the agent's branch must never track the base.
+    tracking = gitops.run(
+        ["config", "--get", "branch.agent/fix-login.merge"], str(env.checkout), check=False
+    )
+    assert tracking.returncode == 1
+    Path(first.path, "scratch.txt").write_text("dirty")
+    second = WorkspaceResult.model_validate(env.call(req))
+    assert not second.created
+    assert Path(first.path, "scratch.txt").exists()
+
+
+def test_prepare_checks_out_an_existing_branch(env: Env) -> None:
+    git(env.checkout, "branch", "agent/resume", "main")
+    ws = env.prepare("resume")
+    sha = commit(ws, "x.txt", "x\n")
+    env.call(RemoveWorkspaceRequest(lane=env.lane, task=env.task("resume")))
+    assert not ws.exists()
+    ws = env.prepare("resume")
+    assert git(ws, "rev-parse", "HEAD") == sha
+
+
+def test_prepare_from_remote_tracking_base(env: Env) -> None:
+    seed = env.tmp / "seed"
+    commit(seed, "rel.txt", "release\n")
+    git(seed, "push", "-q", str(env.origin), "HEAD:refs/heads/release")
+    git(env.checkout, "fetch", "-q", "origin")
+    ws_req = env.task("on-release", base="release")
+    from reconciler.protocol import PrepareWorkspaceRequest
+
+    env.call(PrepareWorkspaceRequest(lane=env.lane, task=ws_req))
+    ws = env.workspace("on-release")
+    assert (ws / "rel.txt").read_text() == "release\n"
+
+
+def test_prepare_with_missing_base_fails_with_a_fix(env: Env) -> None:
+    from reconciler.protocol import PrepareWorkspaceRequest
+
+    response = env.respond(
+        PrepareWorkspaceRequest(lane=env.lane, task=env.task("nobase", base="develop"))
+    )
+    assert not response.ok
+    assert response.failure is not None
+    assert "develop" in response.failure.error
+    assert "fetch" in response.failure.error
+    assert gitops.resolve(str(env.checkout), "refs/heads/agent/nobase") is None
+
+
+def test_prepare_recreates_a_worktree_whose_directory_vanished(env: Env) -> None:
+    import shutil
+
+    ws = env.prepare("vanished")
+    shutil.rmtree(ws)
+    from reconciler.protocol import PrepareWorkspaceRequest
+
+    result = WorkspaceResult.model_validate(
+        env.call(PrepareWorkspaceRequest(lane=env.lane, task=env.task("vanished")))
+    )
+    assert result.created
+    assert (ws / "README.md").exists()
+
+
+def test_parallel_prepares_on_one_repository_all_succeed(env: Env) -> None:
+    from reconciler.protocol import PrepareWorkspaceRequest
+
+    names = [f"par-{i}" for i in range(8)]
+    results: dict[str, object] = {}
+    barrier = threading.Barrier(len(names))
+
+    def work(name: str) -> None:
+        barrier.wait()
+        results[name] = env.respond(PrepareWorkspaceRequest(lane=env.lane, task=env.task(name)))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for name in names:
+        response = results[name]
+        assert response.ok, response.failure  # type: ignore[attr-defined]
+        assert git(env.workspace(name), "rev-parse", "--abbrev-ref", "HEAD") == f"agent/{name}"
+    listed = {Path(w.path).name for w in gitops.list_worktrees(str(env.checkout))}
+    assert set(names) <= listed
+
+
+def test_remove_workspace_keeps_the_branch_and_is_idempotent(env: Env) -> None:
+    ws = env.prepare("gone")
+    sha = commit(ws, "work.txt", "work\n")
+    Path(ws, "untracked.txt").write_text("dirty")
+    req = RemoveWorkspaceRequest(lane=env.lane, task=env.task("gone"))
+    assert RemovedResult.model_validate(env.call(req)).removed
+    assert not ws.exists()
+    assert gitops.resolve(str(env.checkout), "refs/heads/agent/gone") == sha
+    assert all(Path(w.path).name != "gone" for w in gitops.list_worktrees(str(env.checkout)))
+    assert not RemovedResult.model_validate(env.call(req)).removed
+
+
+def test_list_worktrees_parses_porcelain(env: Env) -> None:
+    ws = env.prepare("listed")
+    git(env.checkout, "worktree", "add", "-q", "--detach", str(env.tmp / "detached"))
+    trees = {Path(w.path).name: w for w in gitops.list_worktrees(str(env.checkout))}
+    assert trees["listed"].branch == "agent/listed"
+    assert trees["listed"].head == git(ws, "rev-parse", "HEAD")
+    assert trees["detached"].branch is None
+    assert trees["webapp"].branch == "main"
+
+
+def test_push_returns_the_sha_and_reports_rejection(env: Env) -> None:
+    ws = env.prepare("pushed")
+    sha = commit(ws, "p.txt", "p\n")
+    req = PushRequest(lane=env.lane, repo="webapp", branch="agent/pushed")
+    assert PushResult.model_validate(env.call(req)).sha == sha
+    assert git(env.origin, "rev-parse", "refs/heads/agent/pushed") == sha
+    # Someone else moves the remote branch: a plain push is refused with a clear sentence.
+    other = env.tmp / "other"
+    git(env.tmp, "clone", "-q", "-b", "agent/pushed", str(env.origin), str(other))
+    commit(other, "theirs.txt", "theirs\n")
+    git(other, "push", "-q", "origin", "agent/pushed")
+    git(ws, "commit", "-q", "--amend", "-m", "rewritten")
+    response = env.respond(req)
+    assert not response.ok
+    assert response.failure is not None
+    assert "rejected" in response.failure.error
+    assert "force_with_lease" in response.failure.error
+    # Our tracking ref is stale, so the lease protects their commit too.
+    lease = PushRequest(lane=env.lane, repo="webapp", branch="agent/pushed", force_with_lease=True)
+    assert not env.respond(lease).ok
+    git(env.checkout, "fetch", "-q", "origin")
+    new_sha = PushResult.model_validate(env.call(lease)).sha
+    assert git(env.origin, "rev-parse", "refs/heads/agent/pushed") == new_sha
+
+
+def test_push_of_a_missing_branch_fails_clearly(env: Env) -> None:
+    response = env.respond(PushRequest(lane=env.lane, repo="webapp", branch="agent/none"))
+    assert not response.ok
+    assert response.failure is not None
+    assert "does not exist" in response.failure.error
+
+
+def test_branch_heads_come_from_one_for_each_ref(env: Env) -> None:
+    ws = env.prepare("heads")
+    sha = commit(ws, "h.txt", "h\n")
+    git(env.checkout, "push", "-q", "origin", "agent/heads")
+    found = gitops.refs(str(env.checkout), ["refs/heads/agent/*", "refs/remotes/origin/agent/*"])
+    assert found == {"refs/heads/agent/heads": sha, "refs/remotes/origin/agent/heads": sha}

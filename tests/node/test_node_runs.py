@@ -1,0 +1,400 @@
+"""Runs with real agent processes: prompts, checks, signals, stop, idempotency, environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from node_support import Env, commit, git, wait_for
+
+from reconciler.node import procs
+from reconciler.node.files import EXIT_JSON, PID_JSON, read_json
+from reconciler.node.runs import agent_env
+from reconciler.protocol import (
+    AgentRef,
+    Fingerprint,
+    LogResult,
+    ObserveRequest,
+    ObserveResult,
+    ReadLogRequest,
+    RunObs,
+    StopResult,
+    StopRunRequest,
+)
+
+TRICKY = (
+    "He said \"don't\" & it's $HOME `uname` $(echo pwned) \\n; rm -rf / #\n"
+    "second line\twith tab\n"
+    "ünïcødé ✓ 日本語 🚀\n"
+    "no trailing newline"
+)
+
+ECHO_STDIN = "import sys\nsys.stdout.buffer.write(sys.stdin.buffer.read())\n"
+ECHO_FILE = (
+    "import sys\n"
+    "data = open(sys.argv[1], 'rb').read()\n"
+    "rest = sys.stdin.buffer.read()\n"
+    "sys.stdout.buffer.write(data)\n"
+    "sys.stderr.write(f'stdin had {len(rest)} bytes')\n"
+)
+SLEEP = "import sys, time\nprint('ready', flush=True)\ntime.sleep(60)\n"
+
+
+def observe(env: Env, *inspect: str) -> ObserveResult:
+    req = ObserveRequest(lane=env.lane, tasks=[], inspect=list(inspect))
+    return ObserveResult.model_validate(env.call(req))
+
+
+def run_obs(env: Env, key: str) -> RunObs:
+    task, rest = key.split("/")
+    a, i = (int(x) for x in rest.split("."))
+    [run] = [r for r in observe(env, key).runs if (r.task, r.attempt, r.iteration) == (task, a, i)]
+    return run
+
+
+def pid_record(run: RunObs) -> dict[str, object]:
+    record = read_json(str(Path(run.run_dir) / PID_JSON))
+    assert record is not None
+    return record
+
+
+def test_prompt_arrives_byte_exact_on_stdin(env: Env) -> None:
+    run = env.start("stdin-prompt", env.agent(ECHO_STDIN), TRICKY)
+    info = env.wait_exit(run)
+    assert info.exit_code == 0
+    assert info.signal is None
+    assert (Path(run.run_dir) / "output.log").read_bytes() == TRICKY.encode("utf-8")
+    prompt = Path(run.run_dir) / "prompt.md"
+    assert prompt.read_bytes() == TRICKY.encode("utf-8")
+    assert stat.S_IMODE(prompt.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(run.run_dir).stat().st_mode) == 0o700
+
+
+def test_prompt_arrives_byte_exact_by_path(env: Env) -> None:
+    agent = env.agent(ECHO_FILE, "{prompt_file}")
+    run = env.start("file-prompt", agent, TRICKY)
+    info = env.wait_exit(run)
+    assert info.exit_code == 0
+    assert (Path(run.run_dir) / "output.log").read_bytes() == TRICKY.encode("utf-8")
+    # With the placeholder in the argv the prompt is not also fed on stdin.
+    assert (Path(run.run_dir) / "stderr.log").read_text() == "stdin had 0 bytes"
+    spec = json.loads((Path(run.run_dir) / "run.json").read_text())
+    assert spec["argv"][-1] == str(Path(run.run_dir) / "prompt.md")
+    assert "prompt" not in spec
+    assert "lane" not in spec
+    assert spec["workspace"] == str(env.workspace("file-prompt"))
+    assert spec["repo"] == "webapp"
+
+
+def test_checks_pass_fail_and_time_out(env: Env) -> None:
+    checks = [
+        [sys.executable, "-c", "import os; print('ok in', os.getcwd())"],
+        [sys.executable, "-c", "import sys; print('bad'); sys.exit(3)"],
+        [sys.executable, "-c", "import time; print('sleeping', flush=True); time.sleep(30)"],
+        ["definitely-not-a-command-xyz"],
+    ]
+    run = env.start("checks", env.agent("print('done')"), checks=checks, check_timeout=1.0)
+    info = env.wait_exit(run)
+    assert info.exit_code == 0
+    passed, failed, slow, missing = info.checks
+    assert passed.exit_code == 0
+    assert not passed.timed_out
+    assert f"ok in {env.workspace('checks')}" in passed.output_tail
+    assert failed.exit_code == 3
+    assert "bad" in failed.output_tail
+    assert slow.timed_out
+    assert slow.exit_code is None
+    assert 0.9 <= slow.duration < 10
+    assert "sleeping" in slow.output_tail
+    assert missing.exit_code is None
+    assert "could not start" in missing.output_tail
+    log = (Path(run.run_dir) / "checks.log").read_text()
+    assert "ok in" in log
+    assert "bad" in log
+
+
+def test_agent_killed_by_signal_records_signal_and_skips_checks(env: Env) -> None:
+    agent = env.agent("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    run = env.start("self-kill", agent, checks=[["true"]])
+    info = env.wait_exit(run)
+    assert info.exit_code is None
+    assert info.signal == 9
+    assert info.checks == []
+
+
+def test_killing_the_whole_group_leaves_no_exit_record(env: Env) -> None:
+    run = env.start("group-kill", env.agent(SLEEP))
+    assert run.supervisor is not None
+    assert run.alive
+    wait_for(lambda: b"ready" in (Path(run.run_dir) / "output.log").read_bytes())
+    os.killpg(run.supervisor.pid, signal.SIGKILL)
+    wait_for(lambda: not run_obs(env, "group-kill/1.1").alive, what="the run to die")
+    time.sleep(0.1)  # a supervisor that survived would write exit.json now
+    seen = run_obs(env, "group-kill/1.1")
+    assert seen.exit is None
+    assert not (Path(run.run_dir) / EXIT_JSON).exists()
+
+
+def test_stop_run_kills_a_hanging_agent_and_is_idempotent(env: Env) -> None:
+    run = env.start("hang", env.agent(SLEEP))
+    wait_for(lambda: b"ready" in (Path(run.run_dir) / "output.log").read_bytes())
+    agent_pid = pid_record(run)["agent_pid"]
+    assert isinstance(agent_pid, int)
+    stop = StopRunRequest(lane=env.lane, task="hang", attempt=1, iteration=1, grace=5)
+    assert StopResult.model_validate(env.call(stop)).was_alive
+    info = env.wait_exit(run, timeout=2)
+    assert info.signal == signal.SIGTERM
+    assert info.checks == []
+    assert procs.start_time(agent_pid) is None or not procs.group_members(agent_pid)
+    assert not run_obs(env, "hang/1.1").alive
+    assert not StopResult.model_validate(env.call(stop)).was_alive
+
+
+def test_stop_run_escalates_to_kill_when_term_is_ignored(env: Env) -> None:
+    code = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    run = env.start("stubborn", env.agent(code))
+    wait_for(lambda: b"ready" in (Path(run.run_dir) / "output.log").read_bytes())
+    started = time.monotonic()
+    stop = StopRunRequest(lane=env.lane, task="stubborn", attempt=1, iteration=1, grace=0.3)
+    assert StopResult.model_validate(env.call(stop)).was_alive
+    assert time.monotonic() - started < 5
+    seen = run_obs(env, "stubborn/1.1")
+    assert not seen.alive
+    assert seen.exit is not None
+    assert seen.exit.signal == signal.SIGKILL
+
+
+def test_stop_run_also_kills_children_that_left_the_group(env: Env) -> None:
+    code = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    run = env.start("escape", env.agent(code))
+    log = Path(run.run_dir) / "output.log"
+    wait_for(lambda: log.read_text().strip().isdigit())
+    child = int(log.read_text())
+    child_fp = procs.fingerprint(child)
+    assert child_fp is not None
+    stop = StopRunRequest(lane=env.lane, task="escape", attempt=1, iteration=1, grace=2)
+    assert StopResult.model_validate(env.call(stop)).was_alive
+    wait_for(lambda: not procs.is_alive(child_fp), timeout=5, what="the escaped child to die")
+
+
+def test_files_in_the_workspace_cannot_hijack_the_supervisor(env: Env) -> None:
+    ws = env.prepare("hijack")
+    for name in ("reconciler", "pydantic"):
+        (ws / name).mkdir()
+        (ws / name / "__init__.py").write_text("raise SystemExit('hijacked')\n")
+    run = env.start("hijack", env.agent("print('fine')"))
+    assert env.wait_exit(run).exit_code == 0
+    assert (Path(run.run_dir) / "output.log").read_text() == "fine\n"
+
+
+def test_start_run_twice_starts_one_process(env: Env) -> None:
+    counter = env.tmp / "starts.txt"
+    code = (
+        f"open({str(counter)!r}, 'a').write('started\\n')\n"
+        "import time\nprint('ready', flush=True)\ntime.sleep(60)\n"
+    )
+    agent = env.agent(code)
+    first = env.start("twice", agent)
+    second = env.start("twice", agent)
+    assert first.supervisor == second.supervisor
+    assert first.started_at == second.started_at
+    wait_for(lambda: b"ready" in (Path(first.run_dir) / "output.log").read_bytes())
+    assert counter.read_text() == "started\n"
+    assert first.supervisor is not None
+    members = procs.group_members(first.supervisor.pid)
+    assert sorted(members) == sorted([first.supervisor.pid, pid_record(first)["agent_pid"]])
+
+
+def test_supervisor_is_detached_and_leaves_no_zombie(env: Env) -> None:
+    run = env.start("detached", env.agent(SLEEP))
+    assert run.supervisor is not None
+    pid = run.supervisor.pid
+    assert os.getsid(pid) == pid  # its own session, so it outlives the reconciler's
+    assert os.getpgid(pid) == pid
+    with open(f"/proc/{pid}/stat") as f:
+        ppid = int(f.read().rpartition(")")[2].split()[1])
+    assert ppid != os.getpid()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            assert not (fields[0] == "Z" and int(fields[1]) == os.getpid()), "zombie child left"
+
+
+def test_tampered_fingerprint_is_not_alive(env: Env) -> None:
+    run = env.start("tamper", env.agent(SLEEP))
+    assert run_obs(env, "tamper/1.1").alive
+    path = Path(run.run_dir) / PID_JSON
+    record = json.loads(path.read_text())
+    record["start_time"] += 1
+    path.write_text(json.dumps(record))
+    seen = run_obs(env, "tamper/1.1")
+    assert not seen.alive
+    assert seen.supervisor is not None
+    assert seen.supervisor.pid == record["pid"]
+    assert procs.start_time(record["pid"]) is not None  # the process itself still runs
+    record["start_time"] -= 1
+    path.write_text(json.dumps(record))  # so the fixture can clean it up
+
+
+def test_agent_environment_is_clean_and_recorded_redacted(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_SECRET_TOKEN", "must-not-leak")
+    monkeypatch.setenv("CLAUDECODE", "1")
+    code = "import json, os\nprint(json.dumps(dict(os.environ)))\n"
+    agent = env.agent(code, env={"AGENT_API_KEY": "sekrit", "AGENT_MODE": "fast"})
+    run = env.start("envcheck", agent, env={"RUN_MARK": "m1"}, attempt=2, iteration=3)
+    env.wait_exit(run)
+    seen = json.loads((Path(run.run_dir) / "output.log").read_text())
+    user = pwd.getpwuid(os.getuid())
+    assert "FAKE_SECRET_TOKEN" not in seen
+    assert "CLAUDECODE" not in seen
+    assert seen["HOME"] == user.pw_dir
+    assert seen["USER"] == user.pw_name
+    assert seen["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+    assert seen["LANG"] == "C.UTF-8"
+    assert seen["NODE_ENV"] == "test"
+    assert seen["AGENT_API_KEY"] == "sekrit"
+    assert seen["RUN_MARK"] == "m1"
+    assert seen["RECONCILER_TASK"] == "envcheck"
+    assert seen["RECONCILER_ATTEMPT"] == "2"
+    assert seen["RECONCILER_ITERATION"] == "3"
+    assert seen["RECONCILER_RUN_DIR"] == run.run_dir
+    assert seen["RECONCILER_WORKSPACE"] == str(env.workspace("envcheck"))
+    assert seen["RECONCILER_PROMPT_FILE"] == str(Path(run.run_dir) / "prompt.md")
+    recorded = json.loads((Path(run.run_dir) / "env.json").read_text())
+    assert recorded["AGENT_API_KEY"] == "<redacted>"
+    assert recorded["AGENT_MODE"] == "fast"
+    assert recorded["NODE_ENV"] == "test"
+    assert "sekrit" not in (Path(run.run_dir) / "env.json").read_text()
+    assert set(recorded) == set(seen) - {"PWD"}  # PWD may be added by nothing but a shell
+
+
+def test_claude_adapter_strips_its_nesting_variables() -> None:
+    agent = AgentRef(kind="claude", env={"CLAUDECODE": "1", "SOME_PASSWORD": "x"})
+    from reconciler.node.agents import ADAPTERS
+
+    env = agent_env({"CLAUDE_CODE_ENTRYPOINT": "cli"}, agent, strip=ADAPTERS["claude"].strip_env)
+    assert "CLAUDECODE" not in env
+    assert "CLAUDE_CODE_ENTRYPOINT" not in env
+    assert env["SOME_PASSWORD"] == "x"
+
+
+def test_missing_agent_binary_ends_with_127(env: Env) -> None:
+    agent = AgentRef(kind="command", command=["no-such-agent-binary-xyz"])
+    run = env.start("nobinary", agent)
+    info = env.wait_exit(run)
+    assert info.exit_code == 127
+    assert "no-such-agent-binary-xyz" in (Path(run.run_dir) / "stderr.log").read_text()
+
+
+def test_start_run_without_workspace_fails_clearly(env: Env) -> None:
+    response = env.respond(env.start_request("noworkspace", env.agent("print(1)")))
+    assert not response.ok
+    assert response.failure is not None
+    assert "prepare the workspace" in response.failure.error
+
+
+def test_observe_inspects_an_ended_run(env: Env) -> None:
+    code = (
+        "import pathlib, subprocess\n"
+        "pathlib.Path('feature.txt').write_text('new\\n')\n"
+        "ident = ['-c', 'user.name=Agent', '-c', 'user.email=agent@example.invalid']\n"
+        "subprocess.run(['git', *ident, 'add', 'feature.txt'], check=True)\n"
+        "subprocess.run(['git', *ident, 'commit', '-q', '-m', 'feature'], check=True)\n"
+        "pathlib.Path('junk.txt').write_text('junk')\n"
+        "print('all done TASK_COMPLETE')\n"
+    )
+    run = env.start("inspected", env.agent(code))
+    env.wait_exit(run)
+    plain = run_obs_plain(env, "inspected")
+    assert plain.result is None
+    assert plain.commits_ahead is None
+    seen = run_obs(env, "inspected/1.1")
+    assert seen.exit is not None
+    assert seen.exit.exit_code == 0
+    assert seen.result is not None
+    assert seen.result.ok
+    assert "TASK_COMPLETE" in seen.result.final_text
+    assert seen.commits_ahead == 1
+    assert seen.dirty == ["?? junk.txt"]
+    assert seen.output_bytes == len("all done TASK_COMPLETE\n")
+    assert seen.last_output_at is not None
+    assert seen.generation == "g1"
+    assert seen.repo == "webapp"
+
+
+def run_obs_plain(env: Env, task: str) -> RunObs:
+    [run] = [r for r in observe(env).runs if r.task == task]
+    return run
+
+
+def test_read_log_streams_whole_characters(env: Env) -> None:
+    text = "héllo wörld ✓\n" * 3
+    run = env.start("logs", env.agent(f"print({text!r}, end='')"))
+    env.wait_exit(run)
+    data, offset, ended = "", 0, False
+    while not ended:
+        req = ReadLogRequest(
+            lane=env.lane, task="logs", attempt=1, iteration=1, offset=offset, limit=5
+        )
+        chunk = LogResult.model_validate(env.call(req))
+        assert "\ufffd" not in chunk.data  # never a split character
+        assert chunk.offset > offset or chunk.ended
+        data, offset, ended = data + chunk.data, chunk.offset, chunk.ended
+    assert data == text
+    assert offset == len(text.encode())
+
+
+def test_read_log_of_a_running_run_is_not_ended(env: Env) -> None:
+    run = env.start("livelog", env.agent(SLEEP))
+    wait_for(lambda: b"ready" in (Path(run.run_dir) / "output.log").read_bytes())
+    req = ReadLogRequest(lane=env.lane, task="livelog", attempt=1, iteration=1)
+    chunk = LogResult.model_validate(env.call(req))
+    assert chunk.data == "ready\n"
+    assert not chunk.ended
+
+
+def test_run_survives_the_fingerprint_of_its_supervisor(env: Env) -> None:
+    run = env.start("fp", env.agent("print('x')"))
+    assert isinstance(run.supervisor, Fingerprint)
+    assert run.supervisor.boot_id == procs.boot_id()
+    env.wait_exit(run)
+    wait_for(lambda: not run_obs(env, "fp/1.1").alive, what="the supervisor to exit")
+
+
+def test_commits_ahead_in_repo_observation(env: Env) -> None:
+    ws = env.prepare("ahead")
+    commit(ws, "a.txt", "a\n")
+    commit(ws, "b.txt", "b\n")
+    env.prepare("level")
+    req = ObserveRequest(lane=env.lane, tasks=[env.task("ahead"), env.task("level")])
+    result = ObserveResult.model_validate(env.call(req))
+    repo = result.repos["webapp"]
+    assert repo.ok
+    assert repo.ahead == {"ahead": 2, "level": 0}
+    assert set(repo.branches) == {"agent/ahead", "agent/level"}
+    assert repo.branches["agent/ahead"] == git(ws, "rev-parse", "HEAD")
+    assert {Path(w.path).name for w in repo.worktrees} == {"ahead", "level"}
+    assert repo.prs == []

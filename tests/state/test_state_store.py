@@ -1,0 +1,469 @@
+"""Store: schema, serial, transactions, events, read-only access, totals."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.state import (
+    SCHEMA_VERSION,
+    EventRow,
+    RunRow,
+    StateError,
+    Store,
+    TaskRow,
+    Transaction,
+)
+
+
+def task(name: str = "t", **kw: Any) -> TaskRow:
+    return dataclasses.replace(TaskRow(name=name, lane="l", repo="r", first_seen=100.0), **kw)
+
+
+def run(name: str = "t", attempt: int = 1, iteration: int = 1, **kw: Any) -> RunRow:
+    base = RunRow(
+        task=name,
+        attempt=attempt,
+        iteration=iteration,
+        generation="g1",
+        lane="l",
+        repo="r",
+        run_dir=f"/runs/{name}/{attempt}.{iteration}",
+        started_at=200.0,
+    )
+    return dataclasses.replace(base, **kw)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "state")
+    yield s
+    s.close()
+
+
+# -------------------------------------------------------------------------------- schema
+
+
+def test_open_creates_private_dir_and_wal_database(tmp_path: Path) -> None:
+    state = tmp_path / "a" / "state"
+    Store.open(state).close()
+    assert state.stat().st_mode & 0o777 == 0o700
+    raw = sqlite3.connect(state / "state.db")
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"tasks", "runs", "events", "meta", "serial"} <= tables
+    finally:
+        raw.close()
+
+
+def test_pragmas_on_the_writer_connection(store: Store) -> None:
+    conn = store._conn
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_columns_follow_the_dataclasses(store: Store) -> None:
+    for table, cls in (("tasks", TaskRow), ("runs", RunRow), ("events", EventRow)):
+        cols = [r[1] for r in store._conn.execute(f"PRAGMA table_info({table})")]
+        assert cols == [f.name for f in dataclasses.fields(cls)]
+
+
+def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s, s.transaction() as tx:
+        tx.upsert_task(task("a"))
+    with Store.open(tmp_path) as s:
+        assert s.task("a") == task("a")
+        assert s.serial() == 1
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    Store.open(tmp_path).close()
+    raw = sqlite3.connect(tmp_path / "state.db")
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StateError, match="newer than this reconciler supports"):
+        Store.open(tmp_path)
+    with pytest.raises(StateError, match="newer than this reconciler supports"):
+        Store.open_readonly(tmp_path)
+
+
+# -------------------------------------------------------------------------------- serial
+
+
+def test_serial_increments_once_per_changed_transaction(store: Store) -> None:
+    assert store.serial() == 0
+    with store.transaction() as tx:
+        tx.upsert_task(task("a"))
+        tx.upsert_task(task("b"))
+        tx.upsert_run(run("a"))
+        tx.set_meta("last_revision", "abc")
+        tx.add_event("a", "started", "run 1.1 started", "abc", 5.0)
+    assert store.serial() == 1
+    with store.transaction() as tx:
+        tx.update_task("a", done=True)
+    assert store.serial() == 2
+
+
+def test_no_op_transactions_leave_the_serial_alone(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.upsert_task(task("a", pr_number=3))
+        tx.upsert_run(run("a", cost_usd=1.5))
+        tx.set_meta("last_revision", "abc")
+    assert store.serial() == 1
+    with store.transaction():
+        pass
+    with store.transaction() as tx:
+        tx.upsert_task(task("a", pr_number=3))
+        tx.upsert_run(run("a", cost_usd=1.5))
+        tx.update_task("a", pr_number=3, done=False)
+        tx.update_run("a", 1, 1, cost_usd=1.5)
+        tx.update_task("a")
+        tx.set_meta("last_revision", "abc")
+        tx.set_meta("absent", None)
+        tx.delete_task("nobody")
+    assert store.serial() == 1
+    with store.transaction() as tx:
+        tx.update_task("a", pr_number=4)
+        tx.update_task("a", pr_number=3)  # changed and changed back: still a change
+    assert store.serial() == 2
+
+
+def test_ten_thousand_unchanged_upserts_do_not_bump_the_serial(store: Store) -> None:
+    rows = [task(f"t{i:05}", generation="g", next_attempt_at=float(i)) for i in range(10_000)]
+    with store.transaction() as tx:
+        for row in rows:
+            tx.upsert_task(row)
+    assert store.serial() == 1
+    with store.transaction() as tx:
+        for row in rows:
+            tx.upsert_task(row)
+    assert store.serial() == 1
+    start = time.perf_counter()
+    tasks = store.tasks()
+    elapsed = time.perf_counter() - start
+    assert len(tasks) == 10_000
+    assert tasks["t00042"] == rows[42]
+    assert elapsed < 2.0  # generous: CI machines vary; typically ~30 ms cold, <1 ms cached
+
+
+def test_rollback_on_exception(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.upsert_task(task("a"))
+    seen: list[Transaction] = []
+
+    def fail() -> None:
+        with store.transaction() as tx:
+            seen.append(tx)
+            tx.update_task("a", done=True)
+            tx.upsert_task(task("b"))
+            tx.add_event("a", "k", "m", None, 1.0)
+            tx.set_meta("last_error", "x")
+            assert store.task("a") == task("a", done=True)  # own writes visible inside
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail()
+    assert store.serial() == 1
+    assert store.tasks() == {"a": task("a")}
+    assert store.events() == []
+    assert store.get_meta("last_error") is None
+    with pytest.raises(StateError, match="already ended"):
+        seen[0].upsert_task(task("c"))
+
+
+def test_transactions_do_not_nest(store: Store) -> None:
+    with store.transaction(), pytest.raises(StateError, match="nest"), store.transaction():
+        pass
+    with store.transaction() as tx:  # still usable afterwards
+        tx.upsert_task(task("a"))
+    assert store.serial() == 1
+
+
+# ---------------------------------------------------------------------------- tasks & runs
+
+
+def test_task_round_trip_keeps_types(store: Store) -> None:
+    row = task(
+        "a",
+        done=True,
+        done_generation="g2",
+        pr_number=12,
+        pr_url="https://forge/pr/12",
+        pr_intent=True,
+        next_attempt_at=1.5,
+        removed_at=2.5,
+        generation="g2",
+    )
+    with store.transaction() as tx:
+        tx.upsert_task(row)
+    got = store.task("a")
+    assert got == row
+    assert got is not None
+    assert got.done is True
+    assert got.pr_intent is True
+    assert store.task("missing") is None
+
+
+def test_update_rejects_unknown_and_key_fields_and_missing_rows(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.upsert_task(task("a"))
+        tx.upsert_run(run("a"))
+        with pytest.raises(TypeError, match="colour"):
+            tx.update_task("a", colour="red")
+        with pytest.raises(TypeError, match="cannot update key field"):
+            tx.update_task("a", name="b")
+        with pytest.raises(TypeError, match="cannot update key field"):
+            tx.update_run("a", 1, 1, attempt=2, outcome="failed")
+        with pytest.raises(KeyError):
+            tx.update_task("nobody", done=True)
+        with pytest.raises(KeyError):
+            tx.update_run("a", 9, 9, outcome="failed")
+        with pytest.raises(TypeError):
+            tx.upsert_task(run("a"))  # type: ignore[arg-type]
+        tx.update_run("a", 1, 1, ended_at=300.0, exit_code=0, outcome="succeeded")
+    assert store.runs("a")[0] == run("a", ended_at=300.0, exit_code=0, outcome="succeeded")
+
+
+def test_upsert_run_replaces_all_fields(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.upsert_task(task("a"))
+        tx.upsert_run(run("a", pid=42, session_id="s", mark="stalled", marked_at=9.0))
+    with store.transaction() as tx:
+        tx.upsert_run(run("a", outcome="failed"))
+    assert store.runs() == [run("a", outcome="failed")]
+    assert store.serial() == 2
+
+
+def test_runs_sorted_and_filtered_and_cascade_on_delete(store: Store) -> None:
+    with store.transaction() as tx:
+        for name in ("b", "a"):
+            tx.upsert_task(task(name))
+        for key in (("b", 1, 1), ("a", 2, 1), ("a", 1, 2), ("a", 1, 10), ("a", 1, 1)):
+            tx.upsert_run(run(*key))
+        tx.add_event("a", "created", "task a created", None, 1.0)
+    keys = [(r.task, r.attempt, r.iteration) for r in store.runs()]
+    assert keys == [("a", 1, 1), ("a", 1, 2), ("a", 1, 10), ("a", 2, 1), ("b", 1, 1)]
+    assert [r.task for r in store.runs("b")] == ["b"]
+    assert store.runs("nobody") == []
+    with store.transaction() as tx:
+        tx.delete_task("a")
+    assert set(store.tasks()) == {"b"}
+    assert [r.task for r in store.runs()] == ["b"]
+    assert len(store.events("a")) == 1  # history stays
+
+
+def test_run_needs_its_task(store: Store) -> None:
+    with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
+        tx.upsert_run(run("ghost"))
+    assert store.serial() == 0
+
+
+def test_run_outcome_is_checked(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.upsert_task(task("a"))
+        with pytest.raises(sqlite3.IntegrityError):
+            tx.upsert_run(run("a", outcome="exploded"))
+    assert store.runs() == []
+
+
+# --------------------------------------------------------------------------------- events
+
+
+def test_events_are_append_only_and_filtered_by_task(store: Store) -> None:
+    with store.transaction() as tx:
+        ids = [
+            tx.add_event("a", "started", "a1", "r1", 1.0),
+            tx.add_event("b", "started", "b1", "r1", 2.0),
+            tx.add_event(None, "pass", "pass done", "r1", 3.0),
+            tx.add_event("a", "exited", "a2", None, 4.0),
+        ]
+    assert ids == sorted(ids)
+    assert [e.message for e in store.events()] == ["a1", "b1", "pass done", "a2"]
+    assert [e.message for e in store.events("a")] == ["a1", "a2"]
+    assert store.events("a")[0] == EventRow(ids[0], 1.0, "a", "started", "a1", "r1")
+    assert [e.message for e in store.events(limit=2)] == ["pass done", "a2"]  # newest last
+    assert [e.message for e in store.events(after_id=ids[1])] == ["pass done", "a2"]
+    assert [e.message for e in store.events("a", after_id=ids[0])] == ["a2"]
+    with pytest.raises(ValueError, match="limit"):
+        store.events(limit=0)
+    # no API to change history, and the database refuses it too
+    assert not [n for n in dir(Transaction) if "event" in n and n != "add_event"]
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        store._conn.execute("UPDATE events SET message = 'x'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        store._conn.execute("DELETE FROM events")
+    assert len(store.events()) == 4
+
+
+def test_event_time_defaults_to_now(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.add_event("a", "k", "m")
+    (event,) = store.events()
+    assert abs(event.at - time.time()) < 60
+    assert event.revision is None
+
+
+# ---------------------------------------------------------------------------- meta & totals
+
+
+def test_meta(store: Store) -> None:
+    assert store.get_meta("last_revision") is None
+    with store.transaction() as tx:
+        tx.set_meta("last_revision", "abc")
+        tx.set_meta("last_error", "bad manifest")
+    assert store.get_meta("last_revision") == "abc"
+    with store.transaction() as tx:
+        tx.set_meta("last_error", None)
+    assert store.get_meta("last_error") is None
+    assert store.serial() == 2
+
+
+def test_totals(store: Store) -> None:
+    assert store.totals() == (0.0, 0)
+    with store.transaction() as tx:
+        tx.upsert_task(task("a"))
+        tx.upsert_task(task("b"))
+        tx.upsert_run(run("a", 1, 1, cost_usd=0.25, input_tokens=100, output_tokens=10))
+        tx.upsert_run(run("a", 1, 2, cost_usd=0.5, input_tokens=200))
+        tx.upsert_run(run("a", 2, 1))  # nothing reported
+        tx.upsert_run(run("b", 1, 1, cost_usd=1.0, output_tokens=5))
+    assert store.totals() == (1.75, 315)  # binary-exact sums
+    assert store.totals("a") == (0.75, 310)
+    assert store.totals("b") == (1.0, 5)
+    assert store.totals("nobody") == (0.0, 0)
+
+
+# ------------------------------------------------------------------------------ read-only
+
+
+def test_readonly_while_a_writer_holds_a_transaction(tmp_path: Path) -> None:
+    writer = Store.open(tmp_path)
+    with writer.transaction() as tx:
+        tx.upsert_task(task("a"))
+    reader = Store.open_readonly(tmp_path)
+    try:
+        assert set(reader.tasks()) == {"a"}
+        with writer.transaction() as tx:
+            tx.upsert_task(task("b"))
+            tx.update_task("a", done=True)
+            # the writer's open transaction neither blocks nor leaks into the reader
+            assert set(reader.tasks()) == {"a"}
+            assert reader.task("a") == task("a")
+            assert reader.serial() == 1
+        assert set(reader.tasks()) == {"a", "b"}  # committed: visible (cache invalidated)
+        assert reader.task("a") == task("a", done=True)
+        assert reader.serial() == 2
+        with pytest.raises(StateError, match="read-only"), reader.transaction():
+            pass
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_readonly_snapshot_is_consistent(tmp_path: Path) -> None:
+    writer = Store.open(tmp_path)
+    reader = Store.open_readonly(tmp_path)
+    try:
+        with reader.snapshot():
+            assert reader.serial() == 0
+            with writer.transaction() as tx:
+                tx.upsert_task(task("a"))
+            assert reader.tasks() == {}
+            assert reader.serial() == 0
+        assert reader.serial() == 1
+        assert set(reader.tasks()) == {"a"}
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_readonly_without_a_database_is_empty_and_creates_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "nothing-here"
+    with Store.open_readonly(state) as reader:
+        assert reader.serial() == 0
+        assert reader.tasks() == {}
+        assert reader.task("a") is None
+        assert reader.runs() == []
+        assert reader.events() == []
+        assert reader.get_meta("last_revision") is None
+        assert reader.totals() == (0.0, 0)
+    assert not state.exists()
+
+
+def test_readonly_after_the_writer_closed(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as writer, writer.transaction() as tx:
+        tx.upsert_task(task("a"))
+    with Store.open_readonly(tmp_path) as reader:
+        assert set(reader.tasks()) == {"a"}
+
+
+def test_tasks_cache_drops_rolled_back_rows(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.upsert_task(task("a"))
+
+    def fail() -> None:
+        with store.transaction() as tx:
+            tx.update_task("a", done=True)
+            assert store.tasks()["a"].done
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        fail()
+    assert not store.tasks()["a"].done
+    mine = store.tasks()
+    mine.clear()  # callers get their own dict
+    assert set(store.tasks()) == {"a"}
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from reconciler.state import StateLock, Store, TaskRow
+    state = Path(sys.argv[1])
+    with StateLock(state), Store.open(state) as store, store.transaction() as tx:
+        tx.upsert_task(TaskRow(name="late", lane="l", repo="r", first_seen=1.0))
+        print("in transaction", flush=True)
+        sys.stdin.read()
+    """
+)
+
+
+def test_readonly_while_another_process_holds_the_lock_and_a_transaction(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s, s.transaction() as tx:
+        tx.upsert_task(task("early"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "in transaction"
+        with Store.open_readonly(tmp_path) as reader:
+            assert set(reader.tasks()) == {"early"}
+            assert reader.serial() == 1
+            proc.communicate("", timeout=20)
+            assert proc.returncode == 0
+            assert set(reader.tasks()) == {"early", "late"}
+            assert reader.serial() == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
