@@ -191,6 +191,15 @@ class Applier:
                 generation=task.generation,
             )
 
+    def ensure_any_task_row(self, tx: Transaction, name: str, lane: str, repo: str) -> None:
+        """A row for a task found only in the world (e.g. after the state directory was lost)."""
+        task = self.desired.tasks.get(name)
+        if task is not None:
+            self.ensure_task_row(tx, task)
+        elif self.store.task(name) is None:
+            now = self.clock()
+            tx.upsert_task(TaskRow(name=name, lane=lane, repo=repo, first_seen=now, removed_at=now))
+
     def record_observations(self, plan: Plan) -> None:
         """Record what observation revealed: runs state did not know, evaluations, spend."""
         known = {(r.task, r.attempt, r.iteration): r for r in self.store.runs()}
@@ -204,6 +213,7 @@ class Applier:
                     row = known.get(key)
                     result = view.result
                     if row is None and view.seen_by_lane:
+                        self.ensure_any_task_row(tx, view.task, view.lane, view.repo)
                         tx.upsert_run(
                             RunRow(
                                 task=view.task,

@@ -142,6 +142,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err("interrupted")
         return 130
+    except Exception as exc:  # a bug: say so in one sentence, keep the traceback in a file
+        where = _save_traceback(ctx.state_dir)
+        err(
+            f"unexpected {type(exc).__name__}: {exc}. This is a bug in reconciler; "
+            f"the traceback is in {where}"
+        )
+        return EXIT_ERROR
+
+
+def _save_traceback(state_dir: Path) -> str:
+    import tempfile
+    import traceback
+
+    text = traceback.format_exc()
+    for directory in (state_dir, Path(tempfile.gettempdir())):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / "last-error.txt"
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+        except OSError:
+            continue
+    return "(nowhere: the state directory is not writable)"
 
 
 # -------------------------------------------------------------------------------- commands

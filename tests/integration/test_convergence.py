@@ -1,0 +1,220 @@
+"""End to end: real git, real agent processes, the real CLI. Every task reaches its phase."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from world import World
+
+
+def test_every_kind_of_agent_reaches_its_phase_and_slots_hold(world: World) -> None:
+    world.lane("web", slots=2)
+    world.lane("ops", slots=1)
+    world.task("ok", "web", "succeed")
+    world.task(
+        "feedback", "web", "needs-feedback", success={"checks": [["test", "-f", "fixed.txt"]]}
+    )
+    world.task("crashy", "web", "sigkill-first")
+    world.task("nocommit", "web", "no-commit", maxIterations=2, maxAttempts=1)
+    world.task("hangs", "ops", "hang", maxAttempts=1)
+    world.task("broken", "ops", "exit-3", maxIterations=2, maxAttempts=2)
+    world.task("later", "ops", "succeed", dependsOn=["ok"])
+    world.commit()
+
+    # Sample the process table while converging: never more live runs in a lane than slots.
+    worst: dict[str, int] = {}
+    stop = threading.Event()
+    lane_of = {name: spec["lane"] for name, spec in world.tasks.items()}
+
+    def sample() -> None:
+        while not stop.is_set():
+            per_lane: dict[str, int] = {}
+            for task in world.live_agents():
+                lane = lane_of.get(task, "?")
+                per_lane[lane] = per_lane.get(lane, 0) + 1
+            for lane, n in per_lane.items():
+                worst[lane] = max(worst.get(lane, 0), n)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        world.converge(timeout=90)
+    finally:
+        stop.set()
+        sampler.join()
+
+    status = world.status()
+    phases = {name: t["phase"] for name, t in status.items()}
+    assert phases == {
+        "ok": "pr-open",
+        "feedback": "pr-open",
+        "crashy": "pr-open",
+        "nocommit": "failed",
+        "hangs": "failed",
+        "broken": "failed",
+        "later": "blocked",
+    }
+    assert status["feedback"]["iteration"] == 2
+    assert status["crashy"]["attempt"] == 2
+    assert "no commits ahead" in status["nocommit"]["reason"]
+    assert "stalled" in status["hangs"]["reason"]
+    assert "agent exited with status 3" in status["broken"]["reason"]
+    assert status["later"]["reason"] == "waiting for ok to be done"
+    assert worst.get("web", 0) <= 2 and worst.get("ops", 0) <= 1
+    assert worst.get("web", 0) >= 1  # the sampler did see runs
+
+    # Converged: a second plan is empty, and --detailed-exitcode says so.
+    assert world.plan_json()["actions"] == []
+    assert world.cli("plan", "--detailed-exitcode").returncode == 0
+
+    # Exactly one PR per successful task, each with the hidden marker.
+    prs = world.prs("web-repo")
+    assert sorted(p["head"] for p in prs) == ["agent/crashy", "agent/feedback", "agent/ok"]
+    assert all(f"<!-- reconciler:task={p['head'][6:]} -->" in p["body"] for p in prs)
+
+    # Merging releases the dependency; the dependent task then converges too.
+    merged = world.cli("pr", "merge", "ok")
+    assert merged.returncode == 0, merged.stderr
+    world.converge(timeout=60)
+    status = world.status()
+    assert status["ok"]["phase"] == "done"
+    assert status["later"]["phase"] == "pr-open"
+    assert not any(p.endswith("/ok") for p in world.worktrees("web-repo"))
+    assert world.live_agents() == {}
+
+
+def test_feedback_reaches_the_agent_with_the_failing_check(world: World) -> None:
+    world.lane("web")
+    world.task(
+        "feedback",
+        "web",
+        "needs-feedback",
+        success={
+            "checks": [["sh", "-c", "test -f fixed.txt || { echo 'missing fixed.txt'; exit 1; }"]]
+        },
+    )
+    world.commit()
+    world.converge()
+    run_dir = world.home / "worktrees" / "web" / ".runs" / "feedback" / "1.2"
+    prompt = (run_dir / "prompt.md").read_text()
+    assert prompt.startswith("Please do feedback.\n")
+    assert "check `sh -c test -f fixed.txt" in prompt
+    assert "missing fixed.txt" in prompt  # the tail of the check's output
+    described = world.cli("describe", "feedback", "--json")
+    import json
+
+    runs = json.loads(described.stdout)["runs"]
+    assert [(r["iteration"], r["outcome"]) for r in runs] == [(1, "failed"), (2, "succeeded")]
+
+
+def test_prompt_reaches_the_agent_byte_exact(world: World) -> None:
+    prompt = (
+        "Quote ' and \" and `ticks` and $HOME and $(rm -rf /) \\n\n  indented\n\tтекст ✓ 日本\n"
+    )
+    world.lane("web")
+    (world.control / "manifests" / "prompts").mkdir(parents=True)
+    (world.control / "manifests" / "prompts" / "p.md").write_bytes(prompt.encode())
+    world.task("echo", "web", "echo-prompt", promptFile="manifests/prompts/p.md")
+    del world.tasks["echo"]["prompt"]
+    world.commit()
+    world.converge()
+    received = (world.home / "worktrees/web/.runs/echo/1.1/received.bin").read_bytes()
+    assert received == prompt.encode()
+
+
+def test_restarting_mid_run_adopts_instead_of_duplicating(world: World) -> None:
+    world.lane("web")
+    world.task("slow", "web", "slow")
+    world.commit()
+    world.extra_env["SLOW_STEPS"] = "12"
+    assert world.cli("apply", "--yes").returncode == 0
+    first = world.live_agents()
+    assert list(first) == ["slow"]
+    # Another reconciler process (a restart) while the agent runs: nothing new is started.
+    again = world.cli("apply", "--yes")
+    assert again.returncode == 0
+    assert "No changes." in again.stdout
+    assert world.status()["slow"]["phase"] == "running"
+    assert world.live_agents() == first
+    world.converge()
+    assert [p["head"] for p in world.prs("web-repo")] == ["agent/slow"]
+
+
+def test_deleting_the_state_directory_duplicates_nothing(world: World) -> None:
+    import shutil
+
+    world.lane("web", slots=3)
+    world.task("a", "web", "succeed")
+    world.task("b", "web", "needs-feedback", success={"checks": [["test", "-f", "fixed.txt"]]})
+    world.commit()
+    world.converge()
+    shutil.rmtree(world.state)
+    plan = world.plan_json()
+    assert {a["action"] for a in plan["actions"]} <= {"adopt-pr"}
+    world.converge()
+    assert sorted(p["head"] for p in world.prs("web-repo")) == ["agent/a", "agent/b"]
+    assert world.status()["a"]["phase"] == "pr-open"
+    # no new runs were started: the run directories are still those of the first life
+    runs = sorted(p.name for p in (world.home / "worktrees/web/.runs/b").iterdir())
+    assert runs == ["1.1", "1.2"]
+
+
+def test_removed_manifest_stops_closes_cleans_and_keeps_the_branch(world: World) -> None:
+    world.lane("web")
+    world.task("keep", "web", "succeed")
+    world.task("drop", "web", "succeed")
+    world.commit()
+    world.converge()
+    del world.tasks["drop"]
+    revision = world.commit("remove drop")
+    world.converge()
+    pr = next(p for p in world.prs("web-repo") if p["head"] == "agent/drop")
+    assert pr["state"] == "closed"
+    assert revision in pr["comments"][-1]["body"]
+    assert not any(p.endswith("/drop") for p in world.worktrees("web-repo"))
+    branches = (Path(world.home / "src/web-repo")).joinpath(".git/refs/heads/agent")
+    assert (branches / "drop").exists() or "agent/drop" in (
+        world.home / "src/web-repo/.git/packed-refs"
+    ).read_text()
+    assert "drop" not in world.status()
+
+
+def test_pause_stops_the_run_and_keeps_the_workspace(world: World) -> None:
+    world.lane("web")
+    world.task("slow", "web", "slow")
+    world.extra_env["SLOW_STEPS"] = "40"
+    world.commit()
+    assert world.cli("apply", "--yes").returncode == 0
+    assert "slow" in world.live_agents()
+    world.tasks["slow"]["paused"] = True
+    world.commit("pause")
+    applied = world.cli("apply", "--yes")
+    assert "- stop" in applied.stdout
+    assert world.live_agents() == {}
+    assert world.status()["slow"]["phase"] == "paused"
+    assert any(p.endswith("/slow") for p in world.worktrees("web-repo"))
+    # resume: a new attempt in the same workspace, then convergence
+    world.tasks["slow"]["paused"] = False
+    world.extra_env["SLOW_STEPS"] = "2"
+    world.commit("resume")
+    world.converge()
+    assert world.status()["slow"]["phase"] == "pr-open"
+
+
+def test_spec_change_restarts_convergence_and_keeps_the_pr(world: World) -> None:
+    world.lane("web")
+    world.task("t", "web", "succeed")
+    world.commit()
+    world.converge()
+    world.tasks["t"]["prompt"] = "Please do t, differently."
+    world.commit("change t")
+    plan = world.plan_json()
+    assert [(a["action"], a["attempt"]) for a in plan["actions"]] == [("start", 2)]
+    world.converge()
+    prs = world.prs("web-repo")
+    assert len(prs) == 1 and prs[0]["state"] == "open"
+    sha = world.git_head("web-repo", "agent/t")
+    assert prs[0]["head_sha"] == sha
