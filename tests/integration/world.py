@@ -6,6 +6,7 @@ Everything lives under one temporary directory, which is also HOME for every chi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -304,14 +305,10 @@ class World:
     def kill_agents(self) -> None:
         for pids in self.live_agents().values():
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 def _pids() -> Iterable[int]:
