@@ -1,0 +1,162 @@
+"""The command-line contract: exit codes, JSON shapes, saved plans, the lock, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from world import World
+
+from reconciler.state import StateLock
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def small_world(world: World) -> World:
+    world.lane("web")
+    world.task("a", "web", "succeed")
+    world.task("b", "web", "succeed", dependsOn=["a"])
+    world.commit()
+    return world
+
+
+def test_plan_json_shape_and_detailed_exitcode(world: World) -> None:
+    small_world(world)
+    proc = world.cli("plan", "--json", "--detailed-exitcode")
+    assert proc.returncode == 2
+    data = json.loads(proc.stdout)
+    revision = (world.control / ".git" / "refs" / "heads" / "main").read_text().strip()
+    assert data["revision"] == revision
+    assert data["serial"] == 0
+    assert data["actions"] == [
+        {
+            "action": "start",
+            "task": "a",
+            "lane": "web",
+            "reason": "new task (attempt 1)",
+            "attempt": 1,
+            "iteration": 1,
+            "generation": data["actions"][0]["generation"],
+        }
+    ]
+    assert data["blocked"] == [{"task": "b", "reason": "waiting for a to be done"}]
+    human = world.cli("plan")
+    assert human.returncode == 0
+    assert "  + start  a  [web]  new task (attempt 1)" in human.stdout
+    assert "Plan: 1 to start." in human.stdout
+    assert "\033[" not in human.stdout  # no colour when not on a terminal
+
+
+def test_saved_plan_applies_once_and_is_refused_when_stale(world: World, tmp_path: Path) -> None:
+    small_world(world)
+    saved = tmp_path / "plan.json"
+    assert world.cli("plan", "--out", str(saved)).returncode == 0
+    applied = world.cli("apply", str(saved))
+    assert applied.returncode == 0, applied.stderr
+    assert "Apply complete! 1 applied, 0 failed." in applied.stdout
+    again = world.cli("apply", str(saved))
+    assert again.returncode == 1
+    assert "the saved plan is stale" in again.stderr
+    assert "Traceback" not in again.stderr
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text("{}")
+    assert "not a plan saved by" in world.cli("apply", str(bogus)).stderr
+
+
+def test_apply_asks_for_yes_when_not_on_a_terminal(world: World) -> None:
+    small_world(world)
+    proc = world.cli("apply")
+    assert proc.returncode == 1
+    assert "apply needs --yes when not run from a terminal" in proc.stderr
+    assert world.live_agents() == {}
+
+
+def test_a_held_lock_exits_75_with_the_holder(world: World) -> None:
+    small_world(world)
+    world.state.mkdir()
+    with StateLock(world.state):
+        started = time.time()
+        proc = world.cli("apply", "--yes", "--lock-timeout", "1s")
+        waited = time.time() - started
+    assert proc.returncode == 75
+    assert "holds the state lock" in proc.stderr
+    assert waited >= 1.0
+    assert world.live_agents() == {}
+
+
+def test_status_json_shape_and_describe_and_logs(world: World) -> None:
+    small_world(world)
+    world.converge()
+    status = json.loads(world.cli("status", "--json").stdout)
+    assert set(status) >= {"revision", "tasks"}
+    a = next(t for t in status["tasks"] if t["name"] == "a")
+    assert {
+        k: a[k] for k in ("name", "phase", "lane", "repo", "branch", "attempt", "iteration")
+    } == {
+        "name": "a",
+        "phase": "pr-open",
+        "lane": "web",
+        "repo": "web-repo",
+        "branch": "agent/a",
+        "attempt": 1,
+        "iteration": 1,
+    }
+    assert a["pr"]["number"] == 1 and a["pr"]["state"] == "open"
+    assert a["pr"]["url"].endswith("#pull/1")
+    described = json.loads(world.cli("describe", "a", "--json").stdout)
+    assert [e["kind"] for e in described["events"]][:3] == ["start", "workspace", "spawned"]
+    assert described["runs"][0]["outcome"] == "succeeded"
+    logs = world.cli("logs", "a")
+    assert logs.returncode == 0 and logs.stdout == "DONE\n"
+    assert world.cli("logs", "a", "--run", "1.1", "-f").stdout == "DONE\n"
+    missing = world.cli("describe", "nope")
+    assert missing.returncode == 1 and "no task named nope" in missing.stderr
+
+
+def test_broken_manifests_plan_nothing_and_prune_nothing(world: World) -> None:
+    small_world(world)
+    world.converge()
+    before = world.prs("web-repo")
+    (world.control / "manifests" / "tasks" / "a.yaml").write_text(
+        "apiVersion: reconciler/v1\nkind: Task\nmetadata: {name: a}\nspec:\n  lane: web\n  maxIteration: 2\n"
+    )
+    validate = world.cli("validate")
+    assert validate.returncode == 1
+    assert "manifests/tasks/a.yaml:6:3: unknown field 'maxIteration'" in validate.stderr
+    assert "Traceback" not in validate.stderr
+    from world import git
+
+    git(world.control, "commit", "-qam", "break a")
+    for command in (["plan"], ["apply", "--yes"], ["status"]):
+        proc = world.cli(*command)
+        assert proc.returncode == 1, command
+        assert "nothing was planned or applied" in proc.stderr
+    assert world.prs("web-repo") == before
+    assert any(p.endswith("/a") for p in world.worktrees("web-repo"))
+
+
+def test_doctor_and_blocked_tasks_name_the_missing_checkout(world: World) -> None:
+    small_world(world)
+    shutil.rmtree(world.home / "src" / "web-repo")
+    doctor = world.cli("doctor")
+    assert doctor.returncode == 1
+    assert "FAIL" in doctor.stdout
+    plan = world.plan_json()
+    assert plan["actions"] == []
+    reasons = {b["task"]: b["reason"] for b in plan["blocked"]}
+    assert "web-repo" in reasons["a"]
+
+
+def test_validate_counts_and_schema_matches_the_committed_files(
+    world: World, tmp_path: Path
+) -> None:
+    small_world(world)
+    proc = world.cli("validate")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("2 tasks, 1 lanes")
+    out = tmp_path / "schemas"
+    assert world.cli("schema", "--out", str(out)).returncode == 0
+    for path in (ROOT / "schemas").glob("*.json"):
+        assert (out / path.name).read_text() == path.read_text()
