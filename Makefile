@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) ## run the embedded default: two lanes, five tasks, a local forge, under .demo/
 	$(BIN)/python -m reconciler.demo
 
-test: $(STAMP) ## run the test suite (real git, real processes; Linux users and sshd when root)
+test: $(STAMP) ## run the test suite (real git repositories, real agent processes, the real CLI)
 	$(BIN)/pytest -n 2 -q
 
 lint: $(STAMP) ## ruff (lint + format check), mypy --strict, import contracts

@@ -16,6 +16,7 @@ from typing import Any
 
 from reconciler import __version__
 from reconciler.cli.render import Painter, err, render_plan, render_status, table, use_color
+from reconciler.control import ControlError
 from reconciler.durations import parse_duration
 from reconciler.engine import Context, Engine, UserError, plan_to_json, read_plan, save_plan
 from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LockHeld as exc:
         err(str(exc))
         return EXIT_LOCKED
-    except (UserError, LaneUnavailable, NodeError) as exc:
+    except (UserError, ControlError, LaneUnavailable, NodeError) as exc:
         err(str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -231,23 +232,43 @@ def cmd_apply(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
+    """Passes at start, then every --interval; SIGHUP asks for a pass now; SIGTERM/SIGINT finish
+    the current pass and exit (agents keep running and are adopted by the next start)."""
+    import signal
+    import threading
+
     paint = Painter(use_color(sys.stdout))
+    wake = threading.Event()
+    stopping = threading.Event()
+
+    def on_term(_sig: int, _frame: object) -> None:
+        stopping.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, lambda _s, _f: wake.set())
     with engine.locked(args.lock_timeout) as store:
-        while True:
+        while not stopping.is_set():
+            wake.clear()
             try:
+                engine.control.refresh()
                 desired = engine.load()
                 result = engine.apply(desired, store, log=lambda m: print(m, flush=True))
             except ManifestErrors as exc:
-                # keep the last good world: a broken revision plans and prunes nothing
+                # keep the world as it is: a broken revision plans and prunes nothing
                 for error in exc.errors:
                     print(str(error), file=sys.stderr)
                 err("manifest errors at this revision; nothing planned, waiting for a fix")
+            except (ControlError, LaneUnavailable, NodeError) as exc:
+                err(f"pass failed: {exc}; trying again in {args.interval:g}s")
             else:
                 if not result.plan.empty:
                     print(paint(_stamp(), "dim") + " " + _summary(result.plan), flush=True)
             if args.once:
-                return EXIT_OK
-            time.sleep(args.interval)
+                break
+            wake.wait(args.interval)
+    return EXIT_OK
 
 
 def _stamp() -> str:

@@ -160,3 +160,34 @@ def test_validate_counts_and_schema_matches_the_committed_files(
     assert world.cli("schema", "--out", str(out)).returncode == 0
     for path in (ROOT / "schemas").glob("*.json"):
         assert (out / path.name).read_text() == path.read_text()
+
+
+def test_run_loops_until_sigterm_and_holds_the_lock(world: World) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    small_world(world)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "run", "--interval", "200ms"],
+        env=world.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if world.status().get("a", {}).get("phase") == "pr-open":
+                break
+            time.sleep(0.2)
+        assert world.status()["a"]["phase"] == "pr-open"
+        cron = world.cli("apply", "--yes")
+        assert cron.returncode == 75
+        assert "reconciler run" in cron.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, errors = proc.communicate(timeout=20)
+    assert proc.returncode == 0, errors
+    assert "Traceback" not in errors
+    assert "to start" in out
