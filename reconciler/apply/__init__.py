@@ -370,24 +370,9 @@ class Applier:
         return result.was_alive
 
     def _mark(self, action: Action, mark: str) -> None:
+        # The run has a row: record_observations wrote one for every run the plan can name.
         now = self.clock()
         with self.store.transaction() as tx:
-            if not any(
-                (r.attempt, r.iteration) == (action.attempt, action.iteration)
-                for r in self.store.runs(action.task)
-            ):
-                tx.upsert_run(
-                    RunRow(
-                        task=action.task,
-                        attempt=action.attempt,
-                        iteration=action.iteration,
-                        generation="",
-                        lane=action.lane,
-                        repo=self.task_ref(action.task).repo,
-                        run_dir="",
-                        started_at=now,
-                    )
-                )
             fields: dict[str, object] = {"mark": mark, "marked_at": now}
             if mark != "stopped":
                 fields["outcome"] = mark
