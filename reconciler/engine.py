@@ -37,14 +37,27 @@ class Context:
 
     @classmethod
     def resolve(cls, control: str | None, state: str | None) -> Context:
-        spec = control or os.environ.get("RECONCILER_CONTROL") or os.getcwd()
+        """``--control``/``--state``, then ``$RECONCILER_CONTROL``/``$RECONCILER_STATE``, then the
+        working copy around the current directory and its ``.reconciler``."""
+        spec = control or os.environ.get("RECONCILER_CONTROL") or _enclosing_repo(Path.cwd())
+        local = Path(spec).expanduser() if "://" not in spec else None
+        if local is not None and local.exists():
+            spec = str(local)
         if state or os.environ.get("RECONCILER_STATE"):
             state_dir = Path(state or os.environ["RECONCILER_STATE"]).expanduser()
-        elif "://" not in spec and (Path(spec) / ".git").exists():
-            state_dir = Path(spec) / ".reconciler"
+        elif local is not None and (local / ".git").exists():
+            state_dir = local / ".reconciler"
         else:
             state_dir = Path.cwd() / ".reconciler"
         return cls(control=spec, state_dir=state_dir.absolute())
+
+
+def _enclosing_repo(cwd: Path) -> str:
+    """The working copy that contains ``cwd`` (like git itself), else ``cwd``."""
+    for directory in (cwd, *cwd.parents):
+        if (directory / ".git").exists():
+            return str(directory)
+    return str(cwd)
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,7 @@ class Engine:
     @contextmanager
     def locked(self, timeout: float | None) -> Iterator[Store]:
         lock = StateLock(self.ctx.state_dir)
-        self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ctx.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock.acquire(timeout)
         try:
             store = Store.open(self.ctx.state_dir)

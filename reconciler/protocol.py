@@ -102,6 +102,7 @@ class RunObs(Msg):
     started_at: float
     supervisor: Fingerprint | None  # None: pid file not written (yet)
     agent_pid: int | None = None
+    session_id: str | None = None  # the agent session the run started (or resumed)
     alive: bool  # supervisor fingerprint matches a live process
     exit: ExitInfo | None = None
     output_bytes: int = 0

@@ -301,19 +301,56 @@ class Applier:
                 tx,
             )
         crash_point("after-run-intent")
+        try:
+            run = self._spawn(action, task, lane, ref)
+        except NodeError as exc:
+            # The run never started: record it as crashed with the lane's reason, so the task
+            # backs off and, if the cause persists, fails with that reason instead of looping.
+            with self.store.transaction() as tx:
+                tx.update_run(
+                    task.name,
+                    action.attempt,
+                    action.iteration,
+                    mark="crashed",
+                    marked_at=self.clock(),
+                    outcome="crashed",
+                    failures=f"could not start: {exc}",
+                )
+            raise
+        agent = self.desired.agents[task.spec.agent]
+        crash_point("after-spawn")
+        with self.store.transaction() as tx:
+            fp = run.supervisor
+            tx.update_run(
+                task.name,
+                action.attempt,
+                action.iteration,
+                run_dir=run.run_dir,
+                started_at=run.started_at,
+                session_id=run.session_id,
+                pid=fp.pid if fp else None,
+                boot_id=fp.boot_id if fp else None,
+                start_time=fp.start_time if fp else None,
+            )
+            self.event(
+                task.name,
+                "spawned",
+                f"agent {agent.kind} started for run {action.attempt}.{action.iteration} "
+                f"(pid {fp.pid if fp else '?'}) in {run.workspace}",
+                tx,
+            )
+        self.log(
+            f"{action.kind.value} {task.name}: run {action.attempt}.{action.iteration} started"
+        )
+
+    def _spawn(self, action: Action, task: Task, lane: Lane, ref: TaskRef) -> RunObs:
         workspace = lane.one(PrepareWorkspaceRequest(lane=lane.ref, task=ref), WorkspaceResult)
         if workspace.created:
             self.event(task.name, "workspace", f"created worktree {workspace.path} on {ref.branch}")
         crash_point("after-workspace")
-        agent = self.desired.agents[task.spec.agent]
-        session_id = None
-        if action.resume_session is None:
-            session_id = str(
-                uuid.uuid5(
-                    SESSION_NAMESPACE,
-                    f"{task.name}/{action.generation}/{action.attempt}/{action.iteration}",
-                )
-            )
+        # A fresh session id per run (agents that accept one refuse to reuse an id); start-run
+        # is idempotent per run directory, so a repeated start keeps the first run's id.
+        session_id = None if action.resume_session else str(uuid.uuid4())
         request = StartRunRequest(
             lane=lane.ref,
             task=ref,
@@ -329,31 +366,7 @@ class Applier:
             markers=list(task.spec.success.markers),
             env={"RECONCILER_REVISION": self.revision, "RECONCILER_GENERATION": action.generation},
         )
-        run = lane.one(request, RunObs)
-        crash_point("after-spawn")
-        with self.store.transaction() as tx:
-            fp = run.supervisor
-            tx.update_run(
-                task.name,
-                action.attempt,
-                action.iteration,
-                run_dir=run.run_dir,
-                started_at=run.started_at,
-                session_id=action.resume_session or session_id,
-                pid=fp.pid if fp else None,
-                boot_id=fp.boot_id if fp else None,
-                start_time=fp.start_time if fp else None,
-            )
-            self.event(
-                task.name,
-                "spawned",
-                f"agent {agent.kind} started for run {action.attempt}.{action.iteration} "
-                f"(pid {fp.pid if fp else '?'}) in {run.workspace}",
-                tx,
-            )
-        self.log(
-            f"{action.kind.value} {task.name}: run {action.attempt}.{action.iteration} started"
-        )
+        return lane.one(request, RunObs)
 
     def _stop_process(self, action: Action) -> bool:
         lane = self.lane(action.lane)
@@ -530,6 +543,9 @@ class Applier:
 
     def complete(self, action: Action) -> None:
         task = self.desired.tasks[action.task]
+        if action.pr_number is None:
+            # No forge: the work is delivered by pushing the branch.
+            self._push(self.lane(task.spec.lane), self.task_ref(task.name))
         with self.store.transaction() as tx:
             self.ensure_task_row(tx, task)
             tx.update_task(task.name, done=True, done_generation=task.generation)

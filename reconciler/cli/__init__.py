@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from reconciler import __version__
 from reconciler.cli.render import Painter, err, render_plan, render_status, table, use_color
@@ -25,6 +25,7 @@ from reconciler.manifests.models import Desired
 from reconciler.manifests.schema import schema_documents
 from reconciler.plan import Plan, TaskStatus, branch_of
 from reconciler.protocol import (
+    ForgeCloseRequest,
     ForgeListRequest,
     ForgeListResult,
     ForgeMergeRequest,
@@ -46,8 +47,17 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1 like every other error (2 means "changes" for plan)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        err(f"{message}; see `{self.prog} --help`")
+        raise SystemExit(EXIT_ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--control",
         default=argparse.SUPPRESS,
@@ -59,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="state directory (default: $RECONCILER_STATE, then <control>/.reconciler)",
     )
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="reconciler",
         description="A declarative GitOps reconciler that dispatches coding agents.",
         parents=[common],
@@ -114,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     prsub = p.add_subparsers(dest="pr_command", metavar="ACTION", required=True)
     m = prsub.add_parser("merge", help="merge a task's open PR (local forge)", parents=[common])
     m.add_argument("task")
+    c = prsub.add_parser(
+        "close", help="close a task's open PR without merging (local forge)", parents=[common]
+    )
+    c.add_argument("task")
+    c.add_argument("--comment", default="Closed by an operator.", help="comment to leave")
     command("node", "serve one batch of lane requests: JSON on stdin, JSON on stdout")
     return parser
 
@@ -173,11 +188,20 @@ def _save_traceback(state_dir: Path) -> str:
 
 def cmd_validate(engine: Engine, args: argparse.Namespace) -> int:
     desired = engine.load(worktree=True)
-    print(
-        f"{len(desired.tasks)} tasks, {len(desired.lanes)} lanes, {len(desired.agents)} agents: "
-        "the manifests are valid."
+    counts = ", ".join(
+        _plural(n, what)
+        for n, what in (
+            (len(desired.tasks), "task"),
+            (len(desired.lanes), "lane"),
+            (len(desired.agents), "agent"),
+        )
     )
+    print(f"{counts}: the manifests are valid.")
     return EXIT_OK
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def cmd_plan(engine: Engine, args: argparse.Namespace) -> int:
@@ -217,7 +241,7 @@ def cmd_apply(engine: Engine, args: argparse.Namespace) -> int:
         result = engine.apply(desired, store, saved=saved, confirm=confirm)
     if result.report is None:
         return EXIT_OK
-    if confirm is None:
+    if confirm is None or result.plan.empty:
         sys.stdout.write(render_plan(result.plan, paint))
     if result.plan.empty:
         return EXIT_OK
@@ -248,9 +272,11 @@ def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, lambda _s, _f: wake.set())
+    healthy = True
     with engine.locked(args.lock_timeout) as store:
         while not stopping.is_set():
             wake.clear()
+            healthy = False
             try:
                 engine.control.refresh()
                 desired = engine.load()
@@ -263,12 +289,14 @@ def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
             except (ControlError, LaneUnavailable, NodeError) as exc:
                 err(f"pass failed: {exc}; trying again in {args.interval:g}s")
             else:
+                healthy = result.report is None or result.report.ok
                 if not result.plan.empty:
                     print(paint(_stamp(), "dim") + " " + _summary(result.plan), flush=True)
             if args.once:
                 break
             wake.wait(args.interval)
-    return EXIT_OK
+    # --once is for scripts: say whether the pass went well; a stopped loop exits 0.
+    return EXIT_ERROR if args.once and not healthy else EXIT_OK
 
 
 def _stamp() -> str:
@@ -414,7 +442,7 @@ def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
                     time.strftime("%H:%M:%S", time.gmtime(r.started_at)),
                     ended,
                     exit_,
-                    r.outcome or r.mark or "running",
+                    r.outcome or r.mark or ("ended" if r.ended_at else "running"),
                     f"${r.cost_usd:.2f}" if r.cost_usd else "-",
                     "; ".join((r.failures or "").splitlines())[:80],
                 ]
@@ -533,6 +561,7 @@ def cmd_schema(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_pr(engine: Engine, args: argparse.Namespace) -> int:
+    """Operator actions on the local forge, which has no web page to click."""
     desired = engine.load()
     lane = _lane_of(engine, desired, args.task)
     task = desired.tasks.get(args.task)
@@ -545,8 +574,19 @@ def cmd_pr(engine: Engine, args: argparse.Namespace) -> int:
     open_prs = [p for p in listed.prs if p.state == "open"]
     if not open_prs:
         raise UserError(f"task {args.task} has no open PR; `reconciler status` shows its phase")
+    number = open_prs[0].number
+    if args.pr_command == "close":
+        lane.one(
+            ForgeCloseRequest(
+                lane=lane.ref, repo=task.spec.repo, number=number, comment=args.comment
+            ),
+            PRResult,
+        )
+        print(f"Closed PR #{number} without merging.")
+        print("The task shows failed until its manifest changes.")
+        return EXIT_OK
     merged = lane.one(
-        ForgeMergeRequest(lane=lane.ref, repo=task.spec.repo, number=open_prs[0].number), PRResult
+        ForgeMergeRequest(lane=lane.ref, repo=task.spec.repo, number=number), PRResult
     )
     print(f"Merged PR #{merged.pr.number} ({branch} into {merged.pr.base}).")
     print("The next `reconciler apply` marks the task done and removes its worktree.")

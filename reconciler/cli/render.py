@@ -92,12 +92,13 @@ def render_plan(p: Plan, paint: Painter) -> str:
     ]
     width_kind = max(len(a.kind.value) for a in p.actions)
     width_task = max(len(a.task) for a in p.actions)
+    width_lane = max(len(a.lane) for a in p.actions) + 2
     for action in p.actions:
         symbol = SYMBOLS[action.kind]
         colored = paint(symbol, _SYMBOL_COLOR[symbol], "bold")
         lines.append(
             f"  {colored} {action.kind.value:<{width_kind}}  {action.task:<{width_task}}  "
-            + paint(f"[{action.lane}]", "dim")
+            + paint(f"{'[' + action.lane + ']':<{width_lane}}", "dim")
             + f"  {action.reason}"
         )
     if p.blocked:

@@ -154,6 +154,7 @@ class LocalForge:
             body=body,
             task=task_of(body),
             head_sha=head_sha if isinstance(head_sha, str) else None,
+            updated_at=_float(rec.get("updated_at")),
         )
 
     @staticmethod
@@ -375,3 +376,7 @@ def _comment(rec: Record, text: str) -> None:
 def _is_ancestor(repo: str, older: str, newer: str) -> bool:
     proc = gitops.run(["merge-base", "--is-ancestor", older, newer], repo, check=False)
     return proc.returncode == 0
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

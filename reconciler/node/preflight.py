@@ -101,21 +101,23 @@ def _repo_checks(
         try:
             check_branch(base, "base branch")
         except NodeError as exc:
-            checks.append(_fail("base-branch", name, str(exc), "fix the task's base"))
+            checks.append(_fail("base-branch", f"{name}:{base}", str(exc), "fix the task's base"))
             continue
         ref = gitops.base_ref(checkout, base, remote)
         if ref is None:
             checks.append(
                 _fail(
                     "base-branch",
-                    name,
+                    f"{name}:{base}",
                     f"Base branch {base} exists neither locally nor as {remote}/{base} "
                     f"in {checkout}.",
                     f"fetch it (git -C {checkout} fetch {remote} {base}) or fix the task's base",
                 )
             )
         else:
-            checks.append(_ok("base-branch", name, f"Base branch {base} resolves to {ref}."))
+            checks.append(
+                _ok("base-branch", f"{name}:{base}", f"Base branch {base} resolves to {ref}.")
+            )
     if forge is not None:
         try:
             url = gitops.remote_url(checkout, remote)

@@ -50,10 +50,14 @@ _RUN_NAME = re.compile(r"^(\d+)\.(\d+)$")
 
 
 def base_env() -> dict[str, str]:
-    """The same minimal login-like environment every time, from the password database."""
+    """The same minimal login-like environment every time, from the password database.
+
+    HOME is where ``~`` resolves for this lane (``$HOME`` of the node process, which for a lane
+    user started with a reset environment is their home), so the agent and the lane's paths agree.
+    """
     pw = pwd.getpwuid(os.getuid())
     return {
-        "HOME": pw.pw_dir,
+        "HOME": os.path.expanduser("~"),
         "USER": pw.pw_name,
         "LOGNAME": pw.pw_name,
         "SHELL": pw.pw_shell or "/bin/sh",
@@ -180,6 +184,7 @@ def read_run(
         started_at=_num(spec.get("started_at")),
         supervisor=fp,
         agent_pid=agent_pid if isinstance(agent_pid, int) else None,
+        session_id=_text(spec.get("resume_session")) or _text(spec.get("session_id")),
         alive=alive,
         exit=exit_info,
         output_bytes=_size(output),
@@ -473,3 +478,7 @@ def read_log(
     return LogResult(
         data=data.decode("utf-8", errors="replace"), offset=end, ended=over and end >= size
     )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

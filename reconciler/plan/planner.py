@@ -303,6 +303,8 @@ class _Planner:
         failure: str | None = None
         if latest.mark in ("crashed", "stalled"):
             failure = f"run {latest.attempt}.{latest.iteration} {latest.mark}"
+            if latest.failures:
+                failure += f": {latest.failures[0]}"
         elif latest.exit is None or latest.exit.signal is not None:
             if latest.mark == "stopped":
                 self.candidate(
@@ -366,7 +368,8 @@ class _Planner:
             )
 
         # The attempt failed: back off, retry, or give up.
-        failed_attempts = len({r.attempt for r in current})
+        # Attempts interrupted by a stop (pause, operator) are not failures.
+        failed_attempts = len({r.attempt for r in current if r.mark != "stopped"})
         if failed_attempts >= spec.max_attempts:
             self.status(
                 name,
@@ -416,7 +419,8 @@ class _Planner:
         for check in lane.preflight:
             if check.ok:
                 continue
-            if check.subject in ("", task.spec.repo, agent_cmd):
+            subjects = ("", task.spec.repo, f"{task.spec.repo}:{task.spec.base}", agent_cmd)
+            if check.subject in subjects:
                 fix = f" ({check.fix})" if check.fix else ""
                 return f"pre-flight {check.name} failed: {check.detail}{fix}"
         return None

@@ -155,7 +155,7 @@ def test_validate_counts_and_schema_matches_the_committed_files(
     small_world(world)
     proc = world.cli("validate")
     assert proc.returncode == 0
-    assert proc.stdout.startswith("2 tasks, 1 lanes")
+    assert proc.stdout.startswith("2 tasks, 1 lane, ")
     out = tmp_path / "schemas"
     assert world.cli("schema", "--out", str(out)).returncode == 0
     for path in (ROOT / "schemas").glob("*.json"):
@@ -191,3 +191,10 @@ def test_run_loops_until_sigterm_and_holds_the_lock(world: World) -> None:
     assert proc.returncode == 0, errors
     assert "Traceback" not in errors
     assert "to start" in out
+
+
+def test_usage_errors_exit_1_with_a_sentence(world: World) -> None:
+    proc = world.cli("plan", "--no-such-flag")
+    assert proc.returncode == 1
+    assert "unrecognized arguments: --no-such-flag" in proc.stderr
+    assert world.cli("apply", "--lock-timeout", "soon").returncode == 1

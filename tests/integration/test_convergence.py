@@ -218,3 +218,45 @@ def test_spec_change_restarts_convergence_and_keeps_the_pr(world: World) -> None
     assert len(prs) == 1 and prs[0]["state"] == "open"
     sha = world.git_head("web-repo", "agent/t")
     assert prs[0]["head_sha"] == sha
+
+
+def test_a_pr_closed_by_hand_fails_the_task_until_its_manifest_changes(world: World) -> None:
+    world.lane("web")
+    world.task("t", "web", "succeed")
+    world.commit()
+    world.converge()
+    closed = world.cli("pr", "close", "t", "--comment", "Not like this.")
+    assert closed.returncode == 0, closed.stderr
+    world.converge()
+    status = world.status()["t"]
+    assert status["phase"] == "failed"
+    assert "closed without merging" in status["reason"]
+    assert len(world.prs("web-repo")) == 1  # not reopened, no second PR
+    world.tasks["t"]["prompt"] = "Please do t, the way the reviewer asked."
+    world.commit("retry t")
+    world.converge()
+    prs = world.prs("web-repo")
+    assert [(p["number"], p["state"]) for p in prs] == [(1, "closed"), (2, "open")]
+    assert world.status()["t"]["phase"] == "pr-open"
+
+
+def test_without_a_forge_success_pushes_the_branch_and_completes(world: World) -> None:
+    world.lane("web", forge=False)
+    world.task("t", "web", "succeed")
+    world.commit()
+    world.converge()
+    assert world.status()["t"]["phase"] == "done"
+    local = world.home / "src/web-repo"
+    from world import git
+
+    assert world.git_head("web-repo", "agent/t") == git(local, "rev-parse", "agent/t").strip()
+
+
+def test_lane_git_ignores_the_callers_git_location(world: World) -> None:
+    """A post-receive hook runs with GIT_DIR set: lane-side git must not follow it."""
+    world.lane("web")
+    world.task("t", "web", "succeed")
+    world.commit()
+    world.extra_env["GIT_DIR"] = str(world.control / ".git")
+    world.converge()
+    assert world.status()["t"]["phase"] == "pr-open"

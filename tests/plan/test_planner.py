@@ -513,3 +513,28 @@ def test_action_json_round_trip() -> None:
 
     for action in p.actions:
         assert Action.from_json(action.to_json()) == action
+
+
+def test_stopped_attempts_do_not_count_towards_max_attempts() -> None:
+    d = desired(("t", task_spec(maxAttempts=2)))
+    runs = [
+        run(d, "t", 1, mark="stopped", marked_at=NOW - 900, exit=exited(signal=15, at=NOW - 900)),
+        run(
+            d, "t", 2, mark="crashed", marked_at=NOW - 500, failures=("could not start: disk full",)
+        ),
+    ]
+    p = plan(d, observed(runs={"t": runs}), NOW)
+    assert kinds(p) == [("retry", "t")]
+    assert p.actions[0].attempt == 3
+    assert "could not start: disk full" in p.actions[0].reason
+
+
+def test_a_missing_base_blocks_only_the_tasks_on_that_base() -> None:
+    d = desired(("a", task_spec(base="main")), ("b", task_spec(base="release")))
+    bad = PreflightCheck(
+        name="base-branch", ok=False, subject="app:release", detail="no release", fix="fetch it"
+    )
+    ok = PreflightCheck(name="base-branch", ok=True, subject="app:main", detail="fine")
+    p = plan(d, observed(preflight=(ok, bad)), NOW)
+    assert kinds(p) == [("start", "a")]
+    assert [b.task for b in p.blocked] == ["b"]
