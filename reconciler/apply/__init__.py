@@ -263,15 +263,14 @@ class Applier:
                     outcome=outcome.outcome,
                     failures="\n".join(outcome.failures) or None,
                 )
-                if outcome.outcome != "crashed":
-                    detail = "; ".join(outcome.failures) or "all success criteria met"
-                    tx.add_event(
-                        outcome.task,
-                        "run-" + outcome.outcome,
-                        f"run {outcome.attempt}.{outcome.iteration} {outcome.outcome}: {detail}",
-                        self.revision,
-                        self.clock(),
-                    )
+                detail = "; ".join(outcome.failures) or "all success criteria met"
+                tx.add_event(
+                    outcome.task,
+                    "run-" + outcome.outcome,
+                    f"run {outcome.attempt}.{outcome.iteration} {outcome.outcome}: {detail}",
+                    self.revision,
+                    self.clock(),
+                )
 
     # ------------------------------------------------------------------ runs
 
@@ -390,7 +389,8 @@ class Applier:
             if mark != "stopped":
                 fields["outcome"] = mark
             tx.update_run(action.task, action.attempt, action.iteration, **fields)
-            self.event(action.task, mark, f"run {action.attempt}.{action.iteration} {mark}", tx)
+            if mark == "stopped":  # crashes and stalls got their event, with the cause, already
+                self.event(action.task, mark, f"run {action.attempt}.{action.iteration} {mark}", tx)
 
     def mark_crashed(self, action: Action) -> None:
         self._mark(action, "crashed")

@@ -223,7 +223,7 @@ class Outcome:
     task: str
     attempt: int
     iteration: int
-    outcome: Literal["succeeded", "failed", "crashed"]
+    outcome: Literal["succeeded", "failed", "crashed", "stalled"]
     failures: tuple[str, ...] = ()
 
 

@@ -439,6 +439,7 @@ class _Planner:
             why = f"no output for {format_duration(quiet)} (stallTimeout "
             why += f"{format_duration(agent.stall_timeout)})"
         if why is not None:
+            self.outcomes.append(Outcome(task.name, run.attempt, run.iteration, "stalled", (why,)))
             self.act(
                 ActionKind.MARK_STALLED,
                 task.name,

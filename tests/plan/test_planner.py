@@ -348,6 +348,9 @@ def test_stalled_and_timed_out_runs_are_marked() -> None:
     p = plan(d, observed(runs={"t": [quiet]}), NOW)
     assert kinds(p) == [("mark-stalled", "t")]
     assert "no output for 5m" in p.actions[0].reason
+    assert [(o.outcome, o.failures) for o in p.outcomes] == [
+        ("stalled", (p.actions[0].reason.split(": ", 1)[1],))
+    ]
     old = run(d, "t", alive=True, started_at=NOW - 3601, last_output_at=NOW - 1)
     p = plan(d, observed(runs={"t": [old]}), NOW)
     assert kinds(p) == [("mark-stalled", "t")]
