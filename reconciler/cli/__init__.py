@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--control",
         default=argparse.SUPPRESS,
         help="control repo: a working copy, a bare repository or a URL "
-        "(default: $RECONCILER_CONTROL, then the current directory)",
+        "(default: $RECONCILER_CONTROL, then the working copy around the current directory)",
     )
     common.add_argument(
         "--state",
@@ -287,7 +287,8 @@ def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
                     print(str(error), file=sys.stderr)
                 err("manifest errors at this revision; nothing planned, waiting for a fix")
             except (ControlError, LaneUnavailable, NodeError) as exc:
-                err(f"pass failed: {exc}; trying again in {args.interval:g}s")
+                again = "" if args.once else f"; trying again in {args.interval:g}s"
+                err(f"pass failed: {exc}{again}")
             else:
                 healthy = result.report is None or result.report.ok
                 if not result.plan.empty:

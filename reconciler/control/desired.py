@@ -110,6 +110,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
 def _write_cache(path: Path, entries: dict[str, Any]) -> None:
     tmp = ""
     try:
+        path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state dir
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifests.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:

@@ -36,6 +36,7 @@ _LOCAL_TIMEOUT = 120.0
 _NETWORK_TIMEOUT = 600.0
 # Variables that would point git at another repository than the one we name.
 _GIT_LOCATION_VARS = (
+    "GIT_QUARANTINE_PATH",
     "GIT_DIR",
     "GIT_WORK_TREE",
     "GIT_INDEX_FILE",
@@ -113,7 +114,7 @@ class ControlRepo:
                     repo.refresh()
                 return repo
             shutil.rmtree(mirror)  # another control repo than last time: start over
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = state_dir / f".control.git.{os.getpid()}.tmp"
         shutil.rmtree(partial, ignore_errors=True)
         try:

@@ -39,16 +39,23 @@ class NodeError(Exception):
 
 
 class Transport(Protocol):
-    def exchange(self, batch_json: str) -> str: ...
+    """Carries one batch to a lane and its results back. Transports that cross a process
+    boundary serialise the batch as JSON (``reconciler node`` reads it on stdin)."""
+
+    def exchange(self, batch: Batch) -> BatchResult: ...
 
 
 class InProcessTransport:
-    """The lane user is the reconciler's own user: call the node code directly, through JSON."""
+    """The lane user is the reconciler's own user: call the node code directly.
 
-    def exchange(self, batch_json: str) -> str:
-        from reconciler.node import handle_json
+    The batch is the same validated value a remote node would parse from JSON, so the node
+    sees exactly what other transports deliver, without the encoding cost.
+    """
 
-        return handle_json(batch_json)
+    def exchange(self, batch: Batch) -> BatchResult:
+        from reconciler.node.server import handle
+
+        return handle(batch)
 
 
 def lane_ref(name: str, spec: LaneSpec) -> LaneRef:
@@ -85,8 +92,7 @@ class Lane:
     def call(self, requests: Sequence[Request]) -> list[Response]:
         batch = Batch(requests=list(requests))
         try:
-            raw = self.transport.exchange(batch.model_dump_json())
-            result = BatchResult.model_validate_json(raw)
+            result = self.transport.exchange(batch)
         except LaneUnavailable:
             raise
         except (OSError, ValidationError) as exc:
@@ -118,7 +124,7 @@ class _Unavailable:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def exchange(self, batch_json: str) -> str:
+    def exchange(self, batch: Batch) -> BatchResult:
         raise LaneUnavailable(self.reason)
 
 
@@ -135,6 +141,6 @@ def transport_for(name: str, spec: LaneSpec) -> Transport:
 
 def serve_node() -> int:
     """``reconciler node``: serve one batch on stdin/stdout (the far end of every transport)."""
-    from reconciler.node import main as node_main
+    from reconciler.node.server import main as node_main
 
     return node_main()

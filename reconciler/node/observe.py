@@ -23,7 +23,11 @@ from reconciler.protocol import ObserveRequest, ObserveResult, RepoObs, RepoRef,
 def observe(lane: Lane, req: ObserveRequest) -> ObserveResult:
     check_ref_name(req.branch_prefix, "branch prefix", allow_empty=True)
     for task in req.tasks:
-        lane.task(task)
+        # Names and refs only: observing touches no task path, so no realpath per task.
+        check_name(task.name, "task name")
+        lane.repo(task.repo)
+        check_ref_name(task.branch, "branch")
+        check_ref_name(task.base, "base branch")
     for name in req.agents:
         check_name(name, "task name")
     inspect = {parse_run_key(key) for key in req.inspect}
@@ -78,12 +82,11 @@ def _read_repo(
     }
     ahead: dict[str, int] = {}
     for task in tasks:
+        # Task branches all carry the prefix, so the one for-each-ref above saw every one.
         branch_sha = heads.get(local_prefix + task.branch)
         if branch_sha is None:
-            branch_sha = gitops.resolve(checkout, local_prefix + task.branch)
-        if branch_sha is None:
             continue
-        base_sha = heads.get(local_prefix + task.base) or heads.get(remote_prefix + task.base)
+        base_sha = heads.get(remote_prefix + task.base) or heads.get(local_prefix + task.base)
         if base_sha is None:
             continue
         # A branch still at its base is the common case right after dispatch: no git call.

@@ -118,20 +118,20 @@ def _repo_checks(
             checks.append(
                 _ok("base-branch", f"{name}:{base}", f"Base branch {base} resolves to {ref}.")
             )
-    if forge is not None:
-        try:
-            url = gitops.remote_url(checkout, remote)
-        except gitops.GitError as exc:
-            checks.append(
-                _fail(
-                    "remote",
-                    name,
-                    str(exc),
-                    f"git -C {checkout} remote add {remote} URL, or remove the repo's forge",
-                )
+    # Every successful task is delivered by a push (with or without a forge).
+    try:
+        url = gitops.remote_url(checkout, remote)
+    except gitops.GitError as exc:
+        checks.append(
+            _fail(
+                "remote",
+                name,
+                str(exc),
+                f"git -C {checkout} remote add {remote} URL, or set the repo's remote",
             )
-        else:
-            checks.append(_ok("remote", name, f"Remote {remote} is {url}."))
+        )
+    else:
+        checks.append(_ok("remote", name, f"Remote {remote} is {url}."))
     return checks
 
 

@@ -13,8 +13,10 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from reconciler.protocol import Fingerprint
+if TYPE_CHECKING:  # the supervisor imports this module and must not pay for pydantic
+    from reconciler.protocol import Fingerprint
 
 _POLL = 0.02
 
@@ -56,6 +58,8 @@ def _state(fields: list[str]) -> str:
 
 def fingerprint(pid: int) -> Fingerprint | None:
     """The identity of a running process, or None when there is no such process."""
+    from reconciler.protocol import Fingerprint
+
     st = start_time(pid)
     if st is None:
         return None

@@ -345,6 +345,8 @@ def _spawn(
     }
     env = agent_env(lane.ref.env, req.agent, req.env, markers, adapter.strip_env)
     spec = req.model_dump(mode="json", exclude={"lane", "prompt"})
+    if not adapter.sessions:  # record no session the agent never had
+        spec.update(session_id=None, resume_session=None)
     spec.update(
         {
             "started_at": time.time(),

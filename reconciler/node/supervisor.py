@@ -22,8 +22,12 @@ from types import FrameType
 from typing import IO
 
 from reconciler.node import files
-from reconciler.node.procs import fingerprint
-from reconciler.protocol import CheckResult, ExitInfo
+from reconciler.node.procs import boot_id, start_time
+
+# Standard library only (and these two stdlib-only modules): the supervisor starts for every
+# run, so its start-up time is dispatch latency. Records are plain dicts in the shapes of
+# protocol.ExitInfo and protocol.CheckResult, which the node validates when it reads them.
+CheckResult = dict[str, object]
 
 CHECK_TAIL = 4096
 
@@ -98,17 +102,30 @@ def _run_check(
     with open(log_path, "rb") as f:
         f.seek(offset)
         produced = f.read()
-    return CheckResult(
-        argv=argv,
-        exit_code=exit_code,
-        timed_out=timed_out,
-        duration=round(time.monotonic() - started, 3),
-        output_tail=produced[-CHECK_TAIL:].decode("utf-8", errors="replace"),
-    )
+    return {
+        "argv": argv,
+        "exit_code": exit_code,
+        "timed_out": timed_out,
+        "duration": round(time.monotonic() - started, 3),
+        "output_tail": produced[-CHECK_TAIL:].decode("utf-8", errors="replace"),
+    }
 
 
-def _write_exit(run_dir: str, info: ExitInfo) -> None:
-    files.write_json_atomic(os.path.join(run_dir, files.EXIT_JSON), info.model_dump(mode="json"))
+def _write_exit(
+    run_dir: str,
+    exit_code: int | None,
+    signal_: int | None = None,
+    ended_at: float | None = None,
+    checks: list[CheckResult] | None = None,
+) -> None:
+    """``exit.json`` (protocol.ExitInfo), atomically: it is the run's record of its end."""
+    info = {
+        "exit_code": exit_code,
+        "signal": signal_,
+        "ended_at": time.time() if ended_at is None else ended_at,
+        "checks": checks or [],
+    }
+    files.write_json_atomic(os.path.join(run_dir, files.EXIT_JSON), info)
 
 
 def supervise(run_dir: str) -> int:
@@ -130,22 +147,18 @@ def supervise(run_dir: str) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, _on_stop)
 
-    me = fingerprint(os.getpid())
-    assert me is not None  # we are running
     pid_path = os.path.join(run_dir, files.PID_JSON)
     record: dict[str, object] = {
-        "boot_id": me.boot_id,
-        "pid": me.pid,
-        "start_time": me.start_time,
+        "boot_id": boot_id(),
+        "pid": os.getpid(),
+        "start_time": start_time(os.getpid()),
         "agent_pid": None,
     }
     if not files.create_exclusive(pid_path, files.dump_json(record)):
         return 0  # a concurrent start already owns this run; starting twice would duplicate it
 
     if _state.stop_signal is not None:
-        _write_exit(
-            run_dir, ExitInfo(exit_code=None, signal=_state.stop_signal, ended_at=time.time())
-        )
+        _write_exit(run_dir, None, _state.stop_signal)
         return 0
 
     prompt_path = os.path.join(run_dir, files.PROMPT)
@@ -170,7 +183,7 @@ def supervise(run_dir: str) -> int:
                 )
             except OSError as exc:
                 err.write(f"reconciler: could not start the agent {argv[:1]}: {exc}\n".encode())
-                _write_exit(run_dir, ExitInfo(exit_code=127, ended_at=time.time()))
+                _write_exit(run_dir, 127)
                 return 0
     finally:
         if not isinstance(stdin, int):
@@ -185,10 +198,10 @@ def supervise(run_dir: str) -> int:
     code = agent.wait()
     ended = time.time()
     if code < 0:
-        _write_exit(run_dir, ExitInfo(exit_code=None, signal=-code, ended_at=ended))
+        _write_exit(run_dir, None, -code, ended)
         return 0
     if _state.stop_signal is not None:
-        _write_exit(run_dir, ExitInfo(exit_code=code, signal=_state.stop_signal, ended_at=ended))
+        _write_exit(run_dir, code, _state.stop_signal, ended)
         return 0
 
     results: list[CheckResult] = []
@@ -198,9 +211,9 @@ def supervise(run_dir: str) -> int:
             break
         results.append(_run_check(check, workspace, env, check_timeout, log_path))
     if _state.stop_signal is not None:
-        _write_exit(run_dir, ExitInfo(exit_code=code, signal=_state.stop_signal, ended_at=ended))
+        _write_exit(run_dir, code, _state.stop_signal, ended)
         return 0
-    _write_exit(run_dir, ExitInfo(exit_code=code, ended_at=ended, checks=results))
+    _write_exit(run_dir, code, None, ended, results)
     return 0
 
 

@@ -69,23 +69,20 @@ def _observe_lane(
     for t in tasks:
         if t.name in desired.tasks:
             bases.setdefault(t.repo, set()).add(t.base)
-    agents = {
-        name: agent_ref(desired, task.spec.agent)
-        for name, task in desired.tasks.items()
-        if task.spec.lane == lane.name
-    }
-    used_agents = {a.model_dump_json(): a for a in agents.values()}
+    agent_names = sorted(
+        {task.spec.agent for task in desired.tasks.values() if task.spec.lane == lane.name}
+    )
     preflight = PreflightRequest(
         lane=lane.ref,
         bases={repo: sorted(b) for repo, b in bases.items()},
-        agents=list(used_agents.values()),
+        agents=[agent_ref(desired, name) for name in agent_names],
     )
+    # Each run directory records the agent it ran, so inspection needs no agent map.
     observe = ObserveRequest(
         lane=lane.ref,
         branch_prefix=desired.config.branch_prefix,
         tasks=tasks,
         inspect=inspect,
-        agents=agents,
     )
     try:
         pre_resp, obs_resp = lane.call([preflight, observe])

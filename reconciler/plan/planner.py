@@ -58,11 +58,18 @@ def branch_of(config: ConfigSpec, task: str) -> str:
     return f"{config.branch_prefix}{task}"
 
 
+_NO_REPO = RepoView()
+
+
 @dataclass
 class _Evaluation:
     ok: bool
     failures: list[str] = field(default_factory=list)  # one line each, for reasons
     feedback: list[str] = field(default_factory=list)  # detailed, for the agent
+
+
+def _attempts(n: int) -> str:
+    return "the only attempt" if n == 1 else f"all {n} attempts"
 
 
 def _signal_name(num: int) -> str:
@@ -151,8 +158,8 @@ class _Planner:
     def repo_view(self, lane: str, repo: str) -> RepoView:
         view = self.observed.lanes.get(lane)
         if view is None:
-            return RepoView()
-        return view.repos.get(repo, RepoView())
+            return _NO_REPO
+        return view.repos.get(repo, _NO_REPO)
 
     def pr_for(self, lane: str, repo: str, branch: str, task: str) -> PullRequest | None:
         prs = self.repo_view(lane, repo).prs
@@ -264,6 +271,16 @@ class _Planner:
             and current
             and all(r.started_at <= (pr.updated_at or 0.0) for r in current)
         ):
+            for run in current:
+                if run.alive:  # its work can no longer land anywhere
+                    self.act(
+                        ActionKind.STOP,
+                        name,
+                        lane_name,
+                        f"PR #{pr.number} was closed without merging",
+                        attempt=run.attempt,
+                        iteration=run.iteration,
+                    )
             self.status(
                 name,
                 Phase.FAILED,
@@ -377,7 +394,7 @@ class _Planner:
                 lane_name,
                 spec.repo,
                 pr=open_pr,
-                reason=f"all {spec.max_attempts} attempts failed; last: {failure}",
+                reason=f"{_attempts(spec.max_attempts)} failed; last: {failure}",
             )
             return
         ended = self.now if latest.mark is None and latest.exit is None else latest.ended_at
@@ -487,7 +504,7 @@ class _Planner:
                 ActionKind.COMPLETE,
                 name,
                 lane,
-                f"{where}; branch {branch} kept (the repository has no forge)",
+                f"{where}; pushing {branch} (the repository has no forge)",
                 generation=task.generation,
                 attempt=run.attempt,
                 iteration=run.iteration,

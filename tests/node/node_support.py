@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.node import handle, procs
+from reconciler.node import procs
 from reconciler.node.files import EXIT_JSON, PID_JSON, read_json
+from reconciler.node.server import handle
 from reconciler.protocol import (
     AgentRef,
     Batch,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from node_support import Env
 
-from reconciler.node import BatchError, handle, handle_json
+from reconciler.node.server import BatchError, handle, handle_json
 from reconciler.protocol import (
     Batch,
     BatchResult,
@@ -125,7 +125,7 @@ def test_unreadable_batches_raise(text: str, message: str) -> None:
 
 def test_main_reads_stdin_and_writes_stdout(env: Env) -> None:
     batch = Batch(requests=[ForgeListRequest(lane=env.lane, repo="webapp")])
-    code = "import sys\nfrom reconciler.node import main\nsys.exit(main())\n"
+    code = "import sys\nfrom reconciler.node.server import main\nsys.exit(main())\n"
     proc = subprocess.run(
         [sys.executable, "-c", code],
         input=batch.model_dump_json(),

@@ -60,7 +60,7 @@ def test_missing_base_branch(env: Env) -> None:
     checks = run(
         env, PreflightRequest(lane=env.lane, bases={"webapp": ["develop"]}, min_free_bytes=1)
     )
-    check = checks[("base-branch", "webapp")]
+    check = checks[("base-branch", "webapp:develop")]
     assert not check.ok
     assert "develop" in check.detail
     assert "fetch" in check.fix

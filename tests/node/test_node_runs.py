@@ -270,7 +270,7 @@ def test_agent_environment_is_clean_and_recorded_redacted(
     user = pwd.getpwuid(os.getuid())
     assert "FAKE_SECRET_TOKEN" not in seen
     assert "CLAUDECODE" not in seen
-    assert seen["HOME"] == user.pw_dir
+    assert seen["HOME"] == os.path.expanduser("~")  # the lane's home, where ~ resolves
     assert seen["USER"] == user.pw_name
     assert seen["PATH"] == "/usr/local/bin:/usr/bin:/bin"
     assert seen["LANG"] == "C.UTF-8"

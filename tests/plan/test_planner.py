@@ -285,6 +285,11 @@ def test_attempts_exhausted_is_failed() -> None:
     assert p.empty
     assert phase(p, "t") is Phase.FAILED
     assert "all 2 attempts failed" in p.tasks[0].reason
+    one = desired(("t", task_spec(maxAttempts=1)))
+    p = plan(
+        one, observed(runs={"t": [run(one, "t", 1, mark="crashed", marked_at=NOW - 5000)]}), NOW
+    )
+    assert "the only attempt failed" in p.tasks[0].reason
 
 
 def test_failed_criteria_iterate_with_feedback_and_session() -> None:
@@ -541,3 +546,12 @@ def test_a_missing_base_blocks_only_the_tasks_on_that_base() -> None:
     p = plan(d, observed(preflight=(ok, bad)), NOW)
     assert kinds(p) == [("start", "a")]
     assert [b.task for b in p.blocked] == ["b"]
+
+
+def test_closing_the_pr_stops_a_live_run_of_the_same_spec() -> None:
+    d = desired(("t", task_spec()))
+    live = run(d, "t", 1, 2, alive=True, started_at=NOW - 100)
+    repo = RepoView(prs={"agent/t": pr(1, "closed", updated=NOW - 10)})
+    p = plan(d, observed(runs={"t": [live]}, repo=repo), NOW)
+    assert kinds(p) == [("stop", "t")]
+    assert phase(p, "t") is Phase.FAILED

@@ -17,6 +17,7 @@ from reconciler.protocol import AgentRef, AgentResult, ExitInfo
 
 class Adapter(Protocol):
     strip_env: frozenset[str]
+    sessions: bool  # the agent keeps sessions that a later run can resume
 
     def build(
         self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None

@@ -56,6 +56,7 @@ def last_result(data: bytes) -> dict[str, object] | None:
 class ClaudeAdapter:
     # Claude Code refuses to start inside another Claude Code session that set these.
     strip_env: frozenset[str] = frozenset({"CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"})
+    sessions: bool = True
 
     def build(
         self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None

@@ -15,6 +15,7 @@ FINAL_TEXT_LIMIT = 64 * 1024
 
 class CommandAdapter:
     strip_env: frozenset[str] = frozenset()
+    sessions: bool = False
 
     def build(
         self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None

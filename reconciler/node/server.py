@@ -1,0 +1,277 @@
+"""The lane side of the control-plane interface: serve a ``Batch`` of requests, return results.
+
+Runs inside the lane, as the lane's user (in-process, through ``runuser``/``setpriv``, or as an
+SSH forced command). Each request is validated (names are names, the repo is the lane's, paths
+stay under the workspace root) and handled on its own: a failure becomes that request's
+``Failure`` sentence and never aborts the batch or shows a traceback. Must not import any
+control-plane module or keep state outside the lane's own files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from reconciler.node import git as gitops
+from reconciler.node.errors import NodeError
+from reconciler.node.forge_local import LocalForge
+from reconciler.node.lane import Lane, check_branch, check_name
+from reconciler.node.observe import observe
+from reconciler.node.preflight import preflight
+from reconciler.node.runs import read_log, start_run, stop_run
+from reconciler.protocol import (
+    PROTOCOL_VERSION,
+    Batch,
+    BatchResult,
+    Failure,
+    ForgeCloseRequest,
+    ForgeListRequest,
+    ForgeListResult,
+    ForgeMergeRequest,
+    ForgeOpenRequest,
+    ForgeOpenResult,
+    ForgeUpdateRequest,
+    ObserveRequest,
+    PreflightRequest,
+    PreflightResult,
+    PrepareWorkspaceRequest,
+    PRResult,
+    PushRequest,
+    PushResult,
+    ReadLogRequest,
+    RemovedResult,
+    RemoveWorkspaceRequest,
+    Request,
+    Response,
+    StartRunRequest,
+    StopRunRequest,
+    WorkspaceResult,
+)
+
+__all__ = ["BatchError", "NodeError", "handle", "handle_json", "handle_request", "main"]
+
+_REQUEST = TypeAdapter[Request](Request)
+
+
+class BatchError(ValueError):
+    """The batch as a whole could not be read (not JSON, wrong shape, other protocol version)."""
+
+
+# ---------------------------------------------------------------------------------- handlers
+
+
+def _observe(lane: Lane, req: ObserveRequest) -> BaseModel:
+    return observe(lane, req)
+
+
+def _preflight(lane: Lane, req: PreflightRequest) -> BaseModel:
+    return PreflightResult(checks=preflight(lane, req))
+
+
+def _prepare(lane: Lane, req: PrepareWorkspaceRequest) -> BaseModel:
+    repo, checkout, path = lane.task(req.task)
+    if not gitops.is_repo(checkout):
+        raise NodeError(
+            f"the checkout {checkout} of repo {repo.name} is missing or not a git repository; "
+            "clone it there or fix the lane's checkout path"
+        )
+    created = gitops.prepare_workspace(checkout, path, req.task.branch, req.task.base, repo.remote)
+    return WorkspaceResult(path=path, created=created)
+
+
+def _remove(lane: Lane, req: RemoveWorkspaceRequest) -> BaseModel:
+    repo, checkout, path = lane.task(req.task)
+    if not gitops.is_repo(checkout):
+        raise NodeError(
+            f"the checkout {checkout} of repo {repo.name} is missing or not a git repository; "
+            "restore it before removing its worktrees"
+        )
+    return RemovedResult(removed=gitops.remove_workspace(checkout, path))
+
+
+def _start(lane: Lane, req: StartRunRequest) -> BaseModel:
+    for layer, what in ((req.env, "the run"), (req.agent.env, "the agent")):
+        for key, value in layer.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise NodeError(f"environment variable {key!r} of {what} is not valid")
+    argvs = [req.agent.command or [], req.agent.args, *req.checks]
+    if any("\0" in arg for argv in argvs for arg in argv):
+        raise NodeError("an agent or check argument contains a NUL byte; remove it")
+    if req.check_timeout <= 0:
+        raise NodeError("check_timeout must be positive; give the seconds a check may take")
+    return start_run(lane, req)
+
+
+def _stop(lane: Lane, req: StopRunRequest) -> BaseModel:
+    if req.grace < 0:
+        raise NodeError("grace must not be negative; give seconds to wait before KILL")
+    return stop_run(lane, req.task, req.attempt, req.iteration, req.grace)
+
+
+def _push(lane: Lane, req: PushRequest) -> BaseModel:
+    repo, checkout = lane.repo(req.repo)
+    check_branch(req.branch)
+    return PushResult(sha=gitops.push(checkout, repo.remote, req.branch, req.force_with_lease))
+
+
+def _forge(lane: Lane, repo_name: str) -> LocalForge:
+    repo, checkout = lane.repo(repo_name)
+    if repo.forge != "local":
+        raise NodeError(
+            f"repo {repo_name} has no local forge on this lane; forge requests for it go "
+            "to its hosted forge (or configure forge: {kind: local})"
+        )
+    return LocalForge(checkout, repo.remote)
+
+
+def _forge_list(lane: Lane, req: ForgeListRequest) -> BaseModel:
+    if req.head is not None:
+        check_branch(req.head, "head branch")
+    return ForgeListResult(prs=_forge(lane, req.repo).list_pulls(req.head))
+
+
+def _forge_open(lane: Lane, req: ForgeOpenRequest) -> BaseModel:
+    check_name(req.task, "task name")
+    check_branch(req.head, "head branch")
+    check_branch(req.base, "base branch")
+    pr, created = _forge(lane, req.repo).open_pull(
+        task=req.task,
+        head=req.head,
+        base=req.base,
+        title=req.title,
+        body=req.body,
+        draft=req.draft,
+        labels=req.labels,
+    )
+    return ForgeOpenResult(pr=pr, created=created)
+
+
+def _forge_update(lane: Lane, req: ForgeUpdateRequest) -> BaseModel:
+    forge = _forge(lane, req.repo)
+    return PRResult(
+        pr=forge.update_pull(req.number, title=req.title, body=req.body, comment=req.comment)
+    )
+
+
+def _forge_close(lane: Lane, req: ForgeCloseRequest) -> BaseModel:
+    return PRResult(pr=_forge(lane, req.repo).close_pull(req.number, req.comment))
+
+
+def _forge_merge(lane: Lane, req: ForgeMergeRequest) -> BaseModel:
+    return PRResult(pr=_forge(lane, req.repo).merge_pull(req.number))
+
+
+def _read_log(lane: Lane, req: ReadLogRequest) -> BaseModel:
+    return read_log(lane, req.task, req.attempt, req.iteration, offset=req.offset, limit=req.limit)
+
+
+_HANDLERS: dict[str, Callable[[Lane, Any], BaseModel]] = {
+    "observe": _observe,
+    "preflight": _preflight,
+    "prepare-workspace": _prepare,
+    "start-run": _start,
+    "stop-run": _stop,
+    "push": _push,
+    "forge-list": _forge_list,
+    "forge-open": _forge_open,
+    "forge-update": _forge_update,
+    "forge-close": _forge_close,
+    "forge-merge": _forge_merge,
+    "remove-workspace": _remove,
+    "read-log": _read_log,
+}
+
+
+# -------------------------------------------------------------------------------- dispatching
+
+
+def _failure(message: str, temporary: bool = False) -> Response:
+    return Response(ok=False, failure=Failure(error=message, temporary=temporary))
+
+
+def handle_request(req: Request) -> Response:
+    """Serve one request; every error becomes a Failure sentence."""
+    op = req.op
+    try:
+        lane = Lane.of(req.lane)
+        result = _HANDLERS[op](lane, req)
+        return Response(ok=True, result=result.model_dump(mode="json"))
+    except NodeError as exc:
+        return _failure(str(exc), exc.temporary)
+    except TimeoutError as exc:
+        return _failure(f"{op} timed out: {exc}", temporary=True)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        reason = exc.strerror or str(exc)
+        return _failure(
+            f"{op} failed on the lane: {reason}{where}; check permissions and free space",
+            temporary=True,
+        )
+    except Exception as exc:  # a bug in the node: report it without a traceback, keep going
+        return _failure(f"{op} failed unexpectedly ({type(exc).__name__}: {exc}); report this bug")
+
+
+def handle(batch: Batch) -> BatchResult:
+    """Serve each request of ``batch`` independently, in order."""
+    return BatchResult(responses=[handle_request(req) for req in batch.requests])
+
+
+def _invalid(index: int, raw: object, exc: ValidationError) -> Response:
+    op = raw.get("op") if isinstance(raw, dict) else None
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ())) or "request"
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return _failure(
+        f"request {index} ({op or 'no op'}) is invalid: {field}: {first.get('msg')}{more}; "
+        "fix the request"
+    )
+
+
+def handle_json(text: str) -> str:
+    """A Batch as JSON text in, a BatchResult as JSON text out.
+
+    Requests are validated one by one, so a malformed request fails alone. Raises BatchError
+    when the text is not a batch at all.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise BatchError(f"the batch is not valid JSON ({exc}); send one JSON object") from None
+    if not isinstance(data, dict) or not isinstance(data.get("requests"), list):
+        raise BatchError('the batch must be a JSON object with a "requests" list')
+    version = data.get("version", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise BatchError(
+            f"the batch speaks protocol version {version!r}, this node speaks "
+            f"{PROTOCOL_VERSION}; install the same reconciler version on both sides"
+        )
+    responses = []
+    for index, raw in enumerate(data["requests"]):
+        try:
+            req = _REQUEST.validate_python(raw)
+        except ValidationError as exc:
+            responses.append(_invalid(index, raw, exc))
+            continue
+        responses.append(handle_request(req))
+    return BatchResult(responses=responses).model_dump_json()
+
+
+def main() -> int:
+    """``reconciler node``: one Batch on stdin, its BatchResult on stdout."""
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError:
+        print("reconciler node: the batch on stdin is not UTF-8; send UTF-8 JSON", file=sys.stderr)
+        return 2
+    try:
+        out = handle_json(text)
+    except BatchError as exc:
+        print(f"reconciler node: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(out + "\n")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,69 @@
+"""The benchmark runs end to end at toy sizes and prints its table (no budgets checked here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+
+
+@pytest.mark.slow
+def test_bench_prints_every_figure(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "TMPDIR": str(tmp_path),
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--sizes",
+            "20,200",
+            "--reps",
+            "1",
+            "--short-tasks",
+            "11",
+            "--agent-seconds",
+            "0.1",
+            "--limit",
+            "120",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        line.split(" | ")[0].strip(): line.split(" | ")
+        for line in proc.stdout.splitlines()
+        if " | " in line
+    }
+    for name in (
+        "plan(20) warm",
+        "plan(200) warm",
+        "plan(20) cold / parse",
+        "plan(200) cold / parse",
+        "plan(200)/plan(20) warm",
+        "plan(200)/plan(20) cold",
+        "`reconciler plan` subprocess, 200 warm",
+        "11 short tasks over 11 slots / ideal",
+        "tasks done / failed / apply errors",
+        "max live runs lane-a (5 tasks)",
+        "agent killed → slot refilled",
+    ):
+        assert name in rows, f"missing row {name!r} in:\n{proc.stdout}"
+    assert rows["tasks done / failed / apply errors"][1].strip() == "11 / 0 / 0", proc.stdout
+    # every sandbox is removed and nothing leaks out of it
+    assert not list(tmp_path.glob("reconciler-bench-*"))
+    assert sorted(p.name for p in home.iterdir()) == []
