@@ -139,7 +139,6 @@ class RepoObs(Msg):
     worktrees: list[Worktree] = Field(default_factory=list)  # only those under the workspace root
     branches: dict[str, str] = Field(default_factory=dict)  # local branch (prefix only) → sha
     remote_branches: dict[str, str] = Field(default_factory=dict)  # pushed branch → sha
-    ahead: dict[str, int] = Field(default_factory=dict)  # task → commits ahead of its base
     prs: list[PullRequest] | None = None  # None: the repo has no forge
 
 
@@ -155,7 +154,7 @@ class PreflightCheck(Msg):
 
 
 class ObserveRequest(Msg):
-    """Read-only: runs (with liveness), worktrees, branches, ahead counts, forge PRs.
+    """Read-only: runs (with liveness), worktrees, branches, forge PRs.
 
     ``inspect`` names runs (``task/attempt.iteration``) whose ended result should be parsed and
     whose worktree should be inspected (commits ahead, dirty files).

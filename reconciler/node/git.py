@@ -210,8 +210,9 @@ def prepare_workspace(checkout: str, path: str, branch: str, base: str, remote: 
         existing = _registered(checkout, path)
         if existing is not None and not existing.prunable and os.path.isdir(path):
             return False
-        # A prunable entry (its directory is gone) would make `worktree add` refuse the path.
-        run(["worktree", "prune"], checkout)
+        if existing is not None:
+            # A stale entry (its directory is gone) would make `worktree add` refuse the path.
+            run(["worktree", "prune"], checkout)
         if os.path.isdir(path) and os.listdir(path):
             raise GitError(
                 f"{path} exists and is not a worktree of {checkout}; move it away or remove "

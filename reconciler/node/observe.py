@@ -1,7 +1,8 @@
 """The ``observe`` operation: one read-only snapshot of a lane's repositories and runs.
 
 Per repository: worktrees under the workspace root, branch heads with the task prefix (local and
-pushed), commits ahead of base for each task, and local-forge pull requests. A repository that
+pushed) and local-forge pull requests, in a constant number of git calls; commits ahead are
+counted only for the runs being inspected (their evaluation needs them). A repository that
 cannot be read is reported with ``ok=False`` and an error sentence instead of failing the whole
 snapshot. Must not change anything: no fetch, no prune, no lock, no process started but git.
 """
@@ -17,7 +18,7 @@ from reconciler.node.forge_local import LocalForge
 from reconciler.node.lane import Lane, check_name, check_ref_name, is_under, parse_run_key
 from reconciler.node.procs import boot_id
 from reconciler.node.runs import observe_runs
-from reconciler.protocol import ObserveRequest, ObserveResult, RepoObs, RepoRef, TaskRef
+from reconciler.protocol import ObserveRequest, ObserveResult, RepoObs, RepoRef
 
 
 def observe(lane: Lane, req: ObserveRequest) -> ObserveResult:
@@ -32,8 +33,7 @@ def observe(lane: Lane, req: ObserveRequest) -> ObserveResult:
         check_name(name, "task name")
     inspect = {parse_run_key(key) for key in req.inspect}
     repos = {
-        name: _observe_repo(lane, repo, req.branch_prefix, [t for t in req.tasks if t.repo == name])
-        for name, repo in lane.repos.items()
+        name: _observe_repo(lane, repo, req.branch_prefix) for name, repo in lane.repos.items()
     }
     return ObserveResult(
         repos=repos,
@@ -43,7 +43,7 @@ def observe(lane: Lane, req: ObserveRequest) -> ObserveResult:
     )
 
 
-def _observe_repo(lane: Lane, repo: RepoRef, prefix: str, tasks: list[TaskRef]) -> RepoObs:
+def _observe_repo(lane: Lane, repo: RepoRef, prefix: str) -> RepoObs:
     checkout = lane.checkouts[repo.name]
     if not gitops.is_repo(checkout):
         what = "does not exist" if not os.path.exists(checkout) else "is not a git repository"
@@ -54,21 +54,17 @@ def _observe_repo(lane: Lane, repo: RepoRef, prefix: str, tasks: list[TaskRef]) 
             "the lane's checkout path",
         )
     try:
-        return _read_repo(lane, repo, checkout, prefix, tasks)
+        return _read_repo(lane, repo, checkout, prefix)
     except NodeError as exc:
         return RepoObs(name=repo.name, ok=False, error=str(exc))
 
 
-def _read_repo(
-    lane: Lane, repo: RepoRef, checkout: str, prefix: str, tasks: list[TaskRef]
-) -> RepoObs:
+def _read_repo(lane: Lane, repo: RepoRef, checkout: str, prefix: str) -> RepoObs:
     repo_root = os.path.join(lane.root, repo.name)
     worktrees = [wt for wt in gitops.list_worktrees(checkout) if is_under(repo_root, wt.path)]
     local_prefix = "refs/heads/"
     remote_prefix = f"refs/remotes/{repo.remote}/"
-    bases = sorted({t.base for t in tasks})
     patterns = [f"{local_prefix}{prefix}*", f"{remote_prefix}{prefix}*"]
-    patterns += [f"{p}{b}" for b in bases for p in (local_prefix, remote_prefix)]
     heads = gitops.refs(checkout, patterns)
     branches = {
         ref.removeprefix(local_prefix): sha
@@ -80,19 +76,6 @@ def _read_repo(
         for ref, sha in heads.items()
         if ref.startswith(remote_prefix + prefix)
     }
-    ahead: dict[str, int] = {}
-    for task in tasks:
-        # Task branches all carry the prefix, so the one for-each-ref above saw every one.
-        branch_sha = heads.get(local_prefix + task.branch)
-        if branch_sha is None:
-            continue
-        base_sha = heads.get(remote_prefix + task.base) or heads.get(local_prefix + task.base)
-        if base_sha is None:
-            continue
-        # A branch still at its base is the common case right after dispatch: no git call.
-        ahead[task.name] = (
-            0 if branch_sha == base_sha else gitops.commits_ahead(checkout, base_sha, branch_sha)
-        )
     prs = LocalForge(checkout, repo.remote).list_pulls() if repo.forge == "local" else None
     return RepoObs(
         name=repo.name,
@@ -100,6 +83,5 @@ def _read_repo(
         worktrees=worktrees,
         branches=branches,
         remote_branches=remote_branches,
-        ahead=ahead,
         prs=prs,
     )

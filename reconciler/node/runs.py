@@ -14,6 +14,7 @@ import contextlib
 import os
 import pwd
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -362,20 +363,39 @@ def _spawn(
     files.write_json_atomic(os.path.join(run_dir, files.ENV_JSON), redact(env))
     files.write_json_atomic(os.path.join(run_dir, files.RUN_JSON), spec)
     log_path = os.path.join(run_dir, files.SUPERVISOR_LOG)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.node.supervisor", run_dir],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            cwd=workspace,
-            env=_supervisor_env(run_dir),
-            close_fds=True,
-            start_new_session=True,
-        )
+    ready_r, ready_w = os.pipe()
     try:
-        # The direct child only forks and exits; reaping it here leaves no zombie behind.
-        code = proc.wait(timeout=START_TIMEOUT)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "reconciler.node.supervisor",
+                    "--ready-fd",
+                    str(ready_w),
+                    run_dir,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=workspace,
+                env=_supervisor_env(run_dir),
+                close_fds=True,
+                pass_fds=(ready_w,),
+                start_new_session=True,
+            )
+        os.close(ready_w)
+        ready_w = -1
+        # The supervisor says "pid.json is written" on the pipe; EOF without it means it died.
+        readable, _, _ = select.select([ready_r], [], [], START_TIMEOUT)
+        signalled = bool(readable) and os.read(ready_r, 1) == b"\n"
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
+    # The direct child only forks and exits; reaping it here leaves no zombie behind.
+    try:
+        code = proc.wait(timeout=START_TIMEOUT if not signalled else None)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

@@ -128,7 +128,18 @@ def _write_exit(
     files.write_json_atomic(os.path.join(run_dir, files.EXIT_JSON), info)
 
 
-def supervise(run_dir: str) -> int:
+def _ready(fd: int | None) -> None:
+    """Tell the node the run has started (agent spawned, pid.json complete) or has already
+    ended or is owned by another start: the node waits on this pipe instead of polling."""
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, b"\n")
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def supervise(run_dir: str, ready_fd: int | None = None) -> int:
     """Run the agent described by ``run_dir/run.json`` to its end; 0 unless the run is broken."""
     spec = files.read_json(os.path.join(run_dir, files.RUN_JSON))
     if spec is None:
@@ -155,10 +166,12 @@ def supervise(run_dir: str) -> int:
         "agent_pid": None,
     }
     if not files.create_exclusive(pid_path, files.dump_json(record)):
+        _ready(ready_fd)
         return 0  # a concurrent start already owns this run; starting twice would duplicate it
 
     if _state.stop_signal is not None:
         _write_exit(run_dir, None, _state.stop_signal)
+        _ready(ready_fd)
         return 0
 
     prompt_path = os.path.join(run_dir, files.PROMPT)
@@ -183,7 +196,9 @@ def supervise(run_dir: str) -> int:
                 )
             except OSError as exc:
                 err.write(f"reconciler: could not start the agent {argv[:1]}: {exc}\n".encode())
+                err.flush()  # the message is on disk before exit.json says the run ended
                 _write_exit(run_dir, 127)
+                _ready(ready_fd)
                 return 0
     finally:
         if not isinstance(stdin, int):
@@ -194,6 +209,7 @@ def supervise(run_dir: str) -> int:
             os.kill(agent.pid, _state.stop_signal)
     record["agent_pid"] = agent.pid
     files.write_json_atomic(pid_path, record)
+    _ready(ready_fd)  # the agent runs and its output files exist: start-run may return
 
     code = agent.wait()
     ended = time.time()
@@ -225,15 +241,18 @@ def _str_list_of_lists(value: object) -> list[object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    ready_fd: int | None = None
+    if len(args) == 3 and args[0] == "--ready-fd" and args[1].isdigit():
+        ready_fd, args = int(args[1]), args[2:]
     if len(args) != 1:
-        print("usage: python -m reconciler.node.supervisor RUN_DIR", file=sys.stderr)
+        print("usage: python -m reconciler.node.supervisor [--ready-fd N] RUN_DIR", file=sys.stderr)
         return 2
     run_dir = os.path.abspath(args[0])
     if os.fork() > 0:
         os._exit(0)  # the node reaps this child at once; the grandchild carries on
     os.setsid()
     try:
-        return supervise(run_dir)
+        return supervise(run_dir, ready_fd)
     except Exception:
         # supervisor.log is for operators debugging the node itself; a traceback is right here.
         traceback.print_exc()

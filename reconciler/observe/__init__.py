@@ -138,7 +138,6 @@ def _repo_view(desired: Desired, obs: RepoObs) -> RepoView:
         worktrees=worktrees,
         branches=dict(obs.branches),
         remote_branches=dict(obs.remote_branches),
-        ahead=dict(obs.ahead),
         prs=prs,
         error=None if obs.ok else (obs.error or "repository not usable"),
     )

@@ -73,7 +73,6 @@ class RepoView:
     worktrees: dict[str, str] = field(default_factory=dict)  # task → worktree path
     branches: dict[str, str] = field(default_factory=dict)  # branch → sha
     remote_branches: dict[str, str] = field(default_factory=dict)
-    ahead: dict[str, int] = field(default_factory=dict)  # task → commits ahead of base
     prs: dict[str, PullRequest] | None = None  # branch → newest PR; None: no forge
     error: str | None = None
 

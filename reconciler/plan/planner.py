@@ -84,7 +84,7 @@ def _tail(text: str, limit: int = FEEDBACK_TAIL) -> str:
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
-def evaluate(task: Task, run: RunView, ahead: int | None) -> _Evaluation:
+def evaluate(task: Task, run: RunView) -> _Evaluation:
     """Check an ended run (with an exit record, no signal) against the task's success criteria."""
     assert run.exit is not None
     ev = _Evaluation(ok=True)
@@ -111,8 +111,7 @@ def evaluate(task: Task, run: RunView, ahead: int | None) -> _Evaluation:
             ev.failures.append(f"check `{cmd}` failed with status {check.exit_code}")
         if check.output_tail.strip():
             ev.feedback.append(f"Output of `{cmd}` (tail):\n```\n{_tail(check.output_tail)}\n```")
-    commits = run.commits_ahead if run.commits_ahead is not None else ahead
-    if success.require_commits and not commits:
+    if success.require_commits and not run.commits_ahead:
         ev.failures.append("no commits ahead of the base branch; commit your changes")
     ev.ok = not ev.failures
     if not ev.ok:
@@ -234,7 +233,6 @@ class _Planner:
         repo = self.repo_view(lane_name, spec.repo)
         pr = self.pr_for(lane_name, spec.repo, branch, name)
         record = self.observed.records.get(name)
-        ahead = repo.ahead.get(name)
 
         if name in done:
             if pr is not None and pr.state == "merged" and not (record and record.done):
@@ -352,7 +350,7 @@ class _Planner:
             if latest.outcome is not None:
                 ev = _Evaluation(ok=latest.outcome == "succeeded", failures=list(latest.failures))
             else:
-                ev = evaluate(task, latest, ahead)
+                ev = evaluate(task, latest)
                 self.outcomes.append(
                     Outcome(
                         name,

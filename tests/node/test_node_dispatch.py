@@ -163,7 +163,9 @@ def test_observe_with_a_missing_checkout_reports_that_repo_only(env: Env) -> Non
     )
     result = ObserveResult.model_validate(env.call(req))
     assert result.repos["webapp"].ok
-    assert result.repos["webapp"].ahead == {"present": 0}
+    assert result.repos["webapp"].branches == {
+        "agent/present": result.repos["webapp"].branches["agent/present"]
+    }
     lost = result.repos["lost"]
     assert not lost.ok
     assert lost.error is not None

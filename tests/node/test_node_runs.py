@@ -384,7 +384,7 @@ def test_run_survives_the_fingerprint_of_its_supervisor(env: Env) -> None:
     wait_for(lambda: not run_obs(env, "fp/1.1").alive, what="the supervisor to exit")
 
 
-def test_commits_ahead_in_repo_observation(env: Env) -> None:
+def test_branches_and_worktrees_in_repo_observation(env: Env) -> None:
     ws = env.prepare("ahead")
     commit(ws, "a.txt", "a\n")
     commit(ws, "b.txt", "b\n")
@@ -393,7 +393,7 @@ def test_commits_ahead_in_repo_observation(env: Env) -> None:
     result = ObserveResult.model_validate(env.call(req))
     repo = result.repos["webapp"]
     assert repo.ok
-    assert repo.ahead == {"ahead": 2, "level": 0}
+    assert repo.branches["agent/level"] == git(env.checkout, "rev-parse", "main")
     assert set(repo.branches) == {"agent/ahead", "agent/level"}
     assert repo.branches["agent/ahead"] == git(ws, "rev-parse", "HEAD")
     assert {Path(w.path).name for w in repo.worktrees} == {"ahead", "level"}
