@@ -157,15 +157,15 @@ class ObserveRequest(Msg):
     """Read-only: runs (with liveness), worktrees, branches, forge PRs.
 
     ``inspect`` names runs (``task/attempt.iteration``) whose ended result should be parsed and
-    whose worktree should be inspected (commits ahead, dirty files).
+    whose worktree should be inspected (commits ahead, dirty files). Each run directory records
+    its task, base and agent, so nothing per task travels: the request's size does not grow with
+    the number of tasks.
     """
 
     op: Literal["observe"] = "observe"
     lane: LaneRef
     branch_prefix: str = "agent/"
-    tasks: list[TaskRef]
     inspect: list[str] = Field(default_factory=list)
-    agents: dict[str, AgentRef] = Field(default_factory=dict)  # task → adapter, for inspection
 
 
 class PreflightRequest(Msg):

@@ -15,7 +15,7 @@ import time
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_local import LocalForge
-from reconciler.node.lane import Lane, check_name, check_ref_name, is_under, parse_run_key
+from reconciler.node.lane import Lane, check_ref_name, is_under, parse_run_key
 from reconciler.node.procs import boot_id
 from reconciler.node.runs import observe_runs
 from reconciler.protocol import ObserveRequest, ObserveResult, RepoObs, RepoRef
@@ -23,21 +23,13 @@ from reconciler.protocol import ObserveRequest, ObserveResult, RepoObs, RepoRef
 
 def observe(lane: Lane, req: ObserveRequest) -> ObserveResult:
     check_ref_name(req.branch_prefix, "branch prefix", allow_empty=True)
-    for task in req.tasks:
-        # Names and refs only: observing touches no task path, so no realpath per task.
-        check_name(task.name, "task name")
-        lane.repo(task.repo)
-        check_ref_name(task.branch, "branch")
-        check_ref_name(task.base, "base branch")
-    for name in req.agents:
-        check_name(name, "task name")
     inspect = {parse_run_key(key) for key in req.inspect}
     repos = {
         name: _observe_repo(lane, repo, req.branch_prefix) for name, repo in lane.repos.items()
     }
     return ObserveResult(
         repos=repos,
-        runs=observe_runs(lane, inspect, req.agents),
+        runs=observe_runs(lane, inspect),
         boot_id=boot_id(),
         now=time.time(),
     )

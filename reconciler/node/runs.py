@@ -143,7 +143,6 @@ def read_run(
     run_dir: str,
     *,
     inspect: bool = False,
-    agents: dict[str, AgentRef] | None = None,
 ) -> RunObs | None:
     """The run in ``run_dir`` as observed now; None when it has no readable ``run.json``.
 
@@ -201,7 +200,6 @@ def read_run(
             workspace=workspace,
             output=output,
             exit_info=exit_info,
-            agents=agents,
         )
     )
 
@@ -214,7 +212,6 @@ def _inspection(
     workspace: str,
     output: str,
     exit_info: ExitInfo | None,
-    agents: dict[str, AgentRef] | None,
 ) -> dict[str, object]:
     update: dict[str, object] = {}
     if exit_info is not None:
@@ -222,7 +219,7 @@ def _inspection(
         try:
             agent = AgentRef.model_validate(spec["agent"])
         except (KeyError, ValueError):
-            agent = (agents or {}).get(task.name)
+            agent = None  # a run.json from no known version: no verdict to read
         if agent is not None:
             result: AgentResult = adapter_for(agent).parse(output, exit_info)
             update["result"] = result
@@ -240,9 +237,7 @@ def _inspection(
     return update
 
 
-def observe_runs(
-    lane: Lane, inspect: set[tuple[str, int, int]], agents: dict[str, AgentRef]
-) -> list[RunObs]:
+def observe_runs(lane: Lane, inspect: set[tuple[str, int, int]]) -> list[RunObs]:
     """Every run directory under ``<root>/.runs``, oldest attempt first per task."""
     root = lane.runs_root()
     try:
@@ -266,7 +261,6 @@ def observe_runs(
                 lane,
                 os.path.join(task_dir, entry),
                 inspect=(name, attempt, iteration) in inspect,
-                agents=agents,
             )
             if obs is not None:
                 runs.append(obs)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref, unwrap
 from reconciler.manifests.models import Desired
-from reconciler.plan import LaneView, Observed, RepoView, RunView, TaskRecord, branch_of
+from reconciler.plan import LaneView, Observed, RepoView, RunView, TaskRecord
 from reconciler.protocol import (
     ObserveRequest,
     ObserveResult,
@@ -22,28 +22,8 @@ from reconciler.protocol import (
     PullRequest,
     RepoObs,
     RunObs,
-    TaskRef,
 )
 from reconciler.state import RunRow, Store, TaskRow
-
-
-def _task_refs(desired: Desired, lane: str, records: Mapping[str, TaskRow]) -> list[TaskRef]:
-    refs: dict[str, TaskRef] = {}
-    for name, row in records.items():
-        if row.lane == lane and name not in desired.tasks:
-            # removed tasks keep their base unknown; `main` only matters for ahead counts
-            refs[name] = TaskRef(
-                name=name, repo=row.repo, base="main", branch=branch_of(desired.config, name)
-            )
-    for name, task in desired.tasks.items():
-        if task.spec.lane == lane:
-            refs[name] = TaskRef(
-                name=name,
-                repo=task.spec.repo,
-                base=task.spec.base,
-                branch=branch_of(desired.config, name),
-            )
-    return [refs[n] for n in sorted(refs)]
 
 
 def _needs_inspection(rows: list[RunRow]) -> str | None:
@@ -63,55 +43,36 @@ def _observe_lane(
     runs_by_task: Mapping[str, list[RunRow]],
 ) -> tuple[LaneView, list[RunObs]]:
     spec = lane.spec
-    tasks = _task_refs(desired, lane.name, records)
-    inspect = [k for t in tasks if (k := _needs_inspection(runs_by_task.get(t.name, [])))]
+    mine = [n for n, t in desired.tasks.items() if t.spec.lane == lane.name]
+    mine += [n for n, r in records.items() if r.lane == lane.name and n not in desired.tasks]
+    inspect = sorted(k for n in mine if (k := _needs_inspection(runs_by_task.get(n, []))))
     bases: dict[str, set[str]] = {}
-    for t in tasks:
-        if t.name in desired.tasks:
-            bases.setdefault(t.repo, set()).add(t.base)
-    agent_names = sorted(
-        {task.spec.agent for task in desired.tasks.values() if task.spec.lane == lane.name}
-    )
+    agent_names: set[str] = set()
+    for name in mine:
+        task = desired.tasks.get(name)
+        if task is not None:
+            bases.setdefault(task.spec.repo, set()).add(task.spec.base)
+            agent_names.add(task.spec.agent)
     preflight = PreflightRequest(
         lane=lane.ref,
         bases={repo: sorted(b) for repo, b in bases.items()},
-        agents=[agent_ref(desired, name) for name in agent_names],
+        agents=[agent_ref(desired, name) for name in sorted(agent_names)],
     )
-    # Each run directory records the agent it ran, so inspection needs no agent map.
-    observe = ObserveRequest(
-        lane=lane.ref,
-        branch_prefix=desired.config.branch_prefix,
-        tasks=tasks,
-        inspect=inspect,
-    )
+
+    def request(keys: list[str]) -> ObserveRequest:
+        return ObserveRequest(
+            lane=lane.ref, branch_prefix=desired.config.branch_prefix, inspect=keys
+        )
+
     try:
-        pre_resp, obs_resp = lane.call([preflight, observe])
+        pre_resp, obs_resp = lane.call([preflight, request(inspect)])
         result = unwrap(obs_resp, ObserveResult)
         checks = unwrap(pre_resp, PreflightResult).checks
         # Runs that ended but that state never recorded (a crash between spawn and record, or a
         # lost state directory) are inspected in a second, rare round trip.
-        inspected = set(inspect)
-        latest: dict[str, RunObs] = {}
-        for run in result.runs:
-            if run.task not in latest or (run.attempt, run.iteration) > (
-                latest[run.task].attempt,
-                latest[run.task].iteration,
-            ):
-                latest[run.task] = run
-        extra = []
-        for run in latest.values():
-            key = f"{run.task}/{run.attempt}.{run.iteration}"
-            recorded = [
-                r
-                for r in runs_by_task.get(run.task, [])
-                if (r.attempt, r.iteration) == (run.attempt, run.iteration)
-            ]
-            done = bool(recorded) and (recorded[0].outcome is not None or recorded[0].mark)
-            if run.exit is not None and key not in inspected and not done:
-                extra.append(key)
+        extra = _unrecorded_ends(result.runs, runs_by_task, set(inspect))
         if extra:
-            again = lane.one(observe.model_copy(update={"inspect": sorted(extra)}), ObserveResult)
-            result = again
+            result = lane.one(request(sorted(set(inspect) | set(extra))), ObserveResult)
     except (LaneUnavailable, NodeError) as exc:
         return LaneView(lane.name, reachable=False, error=str(exc)), []
 
@@ -120,6 +81,32 @@ def _observe_lane(
         obs = result.repos.get(repo.name)
         repos[repo.name] = _repo_view(desired, obs) if obs else RepoView(error="not observed")
     return LaneView(lane.name, reachable=True, repos=repos, preflight=tuple(checks)), result.runs
+
+
+def _unrecorded_ends(
+    runs: list[RunObs], runs_by_task: Mapping[str, list[RunRow]], inspected: set[str]
+) -> list[str]:
+    """Keys of each task's latest run when it has ended and state has no verdict on it."""
+    latest: dict[str, RunObs] = {}
+    for run in runs:
+        best = latest.get(run.task)
+        if best is None or (run.attempt, run.iteration) > (best.attempt, best.iteration):
+            latest[run.task] = run
+    keys = []
+    for run in latest.values():
+        key = f"{run.task}/{run.attempt}.{run.iteration}"
+        recorded = next(
+            (
+                r
+                for r in runs_by_task.get(run.task, [])
+                if (r.attempt, r.iteration) == (run.attempt, run.iteration)
+            ),
+            None,
+        )
+        judged = recorded is not None and (recorded.outcome is not None or bool(recorded.mark))
+        if run.exit is not None and key not in inspected and not judged:
+            keys.append(key)
+    return sorted(keys)
 
 
 def _repo_view(desired: Desired, obs: RepoObs) -> RepoView:

@@ -154,13 +154,8 @@ def test_observe_with_a_missing_checkout_reports_that_repo_only(env: Env) -> Non
             RepoRef(name="lost", checkout=str(env.tmp / "lost"), forge="local"),
         ],
     )
-    req = ObserveRequest(
-        lane=lane,
-        tasks=[
-            env.task("present"),
-            TaskRef(name="orphan", repo="lost", base="main", branch="agent/orphan"),
-        ],
-    )
+    env.prepare("present")
+    req = ObserveRequest(lane=lane)
     result = ObserveResult.model_validate(env.call(req))
     assert result.repos["webapp"].ok
     assert result.repos["webapp"].branches == {
@@ -176,7 +171,7 @@ def test_observe_with_a_missing_checkout_reports_that_repo_only(env: Env) -> Non
 
 
 def test_observe_rejects_a_malformed_inspect_key(env: Env) -> None:
-    error = failure_of(env, ObserveRequest(lane=env.lane, tasks=[], inspect=["nope"]))
+    error = failure_of(env, ObserveRequest(lane=env.lane, inspect=["nope"]))
     assert "task/attempt.iteration" in error
 
 

@@ -48,7 +48,7 @@ SLEEP = "import sys, time\nprint('ready', flush=True)\ntime.sleep(60)\n"
 
 
 def observe(env: Env, *inspect: str) -> ObserveResult:
-    req = ObserveRequest(lane=env.lane, tasks=[], inspect=list(inspect))
+    req = ObserveRequest(lane=env.lane, inspect=list(inspect))
     return ObserveResult.model_validate(env.call(req))
 
 
@@ -389,7 +389,7 @@ def test_branches_and_worktrees_in_repo_observation(env: Env) -> None:
     commit(ws, "a.txt", "a\n")
     commit(ws, "b.txt", "b\n")
     env.prepare("level")
-    req = ObserveRequest(lane=env.lane, tasks=[env.task("ahead"), env.task("level")])
+    req = ObserveRequest(lane=env.lane)
     result = ObserveResult.model_validate(env.call(req))
     repo = result.repos["webapp"]
     assert repo.ok

@@ -1,0 +1,888 @@
+"""``make bench``: the table of measured figures (design §8), each a ratio or a count.
+
+Everything is measured side by side in one run, in a throw-away directory (HOME points there for
+this process and every child), and every process started here is stopped before the end. Absolute
+seconds are printed for information only; the ``ok?`` column compares ratios and counts with the
+targets, except ``plan(10k) warm`` whose target the design states in seconds.
+
+Usage: ``.venv/bin/python bench/run.py [--sizes 1000,10000] [--short-tasks 500] [--keep]``
+(``--help`` lists the options; bench/README.md explains each figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from ruamel.yaml import YAML
+
+import reconciler.control.desired as desired_module
+from reconciler.engine import Context, Engine
+from reconciler.observe import observe
+from reconciler.plan import ActionKind, Phase, plan
+from reconciler.state import Store, TaskRow
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+}
+COLD_TARGET = 1.3
+LINEAR_TARGET = 12.0
+WARM_10K_SECONDS = 0.5
+SCHEDULE_TARGET = 1.3
+EXPENSIVE_PASS = 8.0  # seconds: above this a size gets a single repetition
+T = TypeVar("T")
+SLOT_LANES = (("lane-a", 5), ("lane-b", 4), ("lane-c", 2))
+
+
+# ------------------------------------------------------------------------------------- table
+
+
+@dataclass
+class Row:
+    name: str
+    value: str
+    target: str = "info"
+    ok: bool | None = None
+
+
+@dataclass
+class Table:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, name: str, value: str, target: str = "info", ok: bool | None = None) -> None:
+        self.rows.append(Row(name, value, target, ok))
+        mark = "" if ok is None else (" ok" if ok else " MISS")
+        print(f"  · {name}: {value} (target {target}){mark}", file=sys.stderr, flush=True)
+
+    def render(self) -> str:
+        head = ("name", "value", "target", "ok?")
+        body = [
+            (r.name, r.value, r.target, "-" if r.ok is None else ("yes" if r.ok else "NO"))
+            for r in self.rows
+        ]
+        widths = [max(len(line[i]) for line in [head, *body]) for i in range(4)]
+        lines = [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in body]
+        sep = "-+-".join("-" * w for w in widths)
+        header = " | ".join(c.ljust(w) for c, w in zip(head, widths, strict=True))
+        return "\n".join([header, sep, *lines]) + "\n"
+
+    @property
+    def misses(self) -> list[Row]:
+        return [r for r in self.rows if r.ok is False]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# ------------------------------------------------------------------------------------ sandbox
+
+
+class Sandbox:
+    """A temp directory with its own HOME; knows every lane root so it can stop every run."""
+
+    def __init__(self, keep: bool) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="reconciler-bench-")).resolve()
+        self.home = self.root / "home"
+        self.home.mkdir()
+        self.keep = keep
+        self.lane_roots: list[Path] = []
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TERM", "TMPDIR")},
+            "HOME": str(self.home),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            **GIT_IDENTITY,
+        }
+        # This process runs the in-process lane: its git calls and `~` see the sandbox too.
+        for key in (
+            "XDG_CONFIG_HOME",
+            "GIT_CONFIG_GLOBAL",
+            "GIT_DIR",
+            "GIT_WORK_TREE",
+            "GIT_INDEX_FILE",
+            "RECONCILER_CONTROL",
+            "RECONCILER_STATE",
+        ):
+            os.environ.pop(key, None)
+        os.environ.update({k: v for k, v in self.env.items() if k not in ("PATH", "LANG")})
+
+    def git(self, *args: str, cwd: Path) -> str:
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, env=self.env, check=True, capture_output=True, text=True
+        )
+        return proc.stdout
+
+    def repo(self, path: Path) -> Path:
+        """A clone on ``main`` (one commit) of its own bare ``origin``, as a lane checkout is."""
+        seed = path.with_name(path.name + ".seed")
+        seed.mkdir(parents=True)
+        (seed / "README.md").write_text("# bench\n", encoding="utf-8")
+        self.git("init", "-q", "-b", "main", cwd=seed)
+        self.git("add", "-A", cwd=seed)
+        self.git("commit", "-q", "-m", "Initial commit", cwd=seed)
+        origin = path.with_name(path.name + ".git")
+        self.git("clone", "-q", "--bare", str(seed), str(origin), cwd=seed.parent)
+        self.git("clone", "-q", str(origin), str(path), cwd=seed.parent)
+        shutil.rmtree(seed)
+        return path
+
+    def control(self, path: Path, files: dict[str, str]) -> Path:
+        """A control repo (working copy) holding ``files`` under manifests/, committed."""
+        for rel, text in files.items():
+            target = path / "manifests" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        self.git("init", "-q", "-b", "main", cwd=path)
+        self.git("add", "-A", cwd=path)
+        self.git("commit", "-q", "-m", "Desired tasks", cwd=path)
+        return path
+
+    def stop_all(self) -> int:
+        """Kill every run supervisor (and its group) still alive under a lane root."""
+        stopped = 0
+        for root in self.lane_roots:
+            for pid_json in root.glob(".runs/*/*/pid.json"):
+                fp = read_fingerprint(pid_json)
+                if fp is not None and alive(*fp):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(fp[0], signal.SIGKILL)
+                        stopped += 1
+        return stopped
+
+    def close(self) -> None:
+        stopped = self.stop_all()
+        if stopped:
+            log(f"stopped {stopped} leftover run(s)")
+        if self.keep:
+            log(f"kept the sandbox: {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def read_fingerprint(pid_json: Path) -> tuple[int, int] | None:
+    import json
+
+    try:
+        data = json.loads(pid_json.read_bytes())
+        return int(data["pid"]), int(data["start_time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def alive(pid: int, start_time: int) -> bool:
+    """The process with this pid started at ``start_time`` (clock ticks) and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    fields = raw.rpartition(b")")[2].split()
+    return len(fields) > 19 and int(fields[19]) == start_time and fields[0] not in (b"Z", b"X")
+
+
+# --------------------------------------------------------------------------------- manifests
+
+
+def lane_doc(name: str, slots: int, root: Path, repo: str, checkout: Path, home: Path) -> str:
+    return f"""apiVersion: reconciler/v1
+kind: Lane
+metadata:
+  name: {name}
+spec:
+  maxConcurrency: {slots}
+  workspaceRoot: {root}
+  repos:
+    - name: {repo}
+      checkout: {checkout}
+  env:
+    HOME: {home}
+    GIT_CONFIG_NOSYSTEM: "1"
+    GIT_AUTHOR_NAME: bench
+    GIT_AUTHOR_EMAIL: bench@example.invalid
+    GIT_COMMITTER_NAME: bench
+    GIT_COMMITTER_EMAIL: bench@example.invalid
+"""
+
+
+def agent_doc(name: str, command: list[str]) -> str:
+    argv = ", ".join(f'"{a}"' for a in command)
+    return f"""apiVersion: reconciler/v1
+kind: Agent
+metadata:
+  name: {name}
+spec:
+  kind: command
+  command: [{argv}]
+  timeout: 10m
+  stallTimeout: 5m
+"""
+
+
+def task_doc(name: str, lane: str, repo: str, agent: str, index: int) -> str:
+    return f"""apiVersion: reconciler/v1
+kind: Task
+metadata:
+  name: {name}
+  labels: {{suite: bench}}
+spec:
+  lane: {lane}
+  repo: {repo}
+  agent: {agent}
+  prompt: |
+    Make change number {index} and commit it.
+  success:
+    requireCommits: true
+"""
+
+
+CONFIG_DOC = """apiVersion: reconciler/v1
+kind: Config
+metadata:
+  name: default
+spec:
+  branchPrefix: agent/
+"""
+
+
+# ------------------------------------------------------------------------------ git counting
+
+
+class ProcessCounter:
+    """Counts ``git`` processes started by this process (the in-process lane and the control)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        self._original = subprocess.Popen.__init__
+
+    def install(self) -> None:
+        original = self._original
+        counter = self
+
+        def counting(
+            self_: subprocess.Popen[bytes], args: object, *a: object, **kw: object
+        ) -> None:
+            first = args[0] if isinstance(args, list | tuple) and args else args
+            if isinstance(first, str) and os.path.basename(first) == "git":
+                with counter._lock:
+                    counter.count += 1
+            original(self_, args, *a, **kw)  # type: ignore[arg-type]
+
+        subprocess.Popen.__init__ = counting  # type: ignore[assignment,method-assign]
+
+    def uninstall(self) -> None:
+        subprocess.Popen.__init__ = self._original  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------------- plan pass
+
+
+@dataclass
+class PassTiming:
+    total: float
+    load: float
+    observe: float
+    plan: float
+    git: int
+
+
+def plan_pass(ctx: Context, counter: ProcessCounter, expect: int) -> PassTiming:
+    """What `reconciler plan` does, in-process, with a fresh Engine (and no in-memory cache)."""
+    desired_module._memo.clear()  # a fresh process has not unpickled the cache yet
+    before = counter.count
+    t0 = time.perf_counter()
+    engine = Engine(ctx)
+    desired = engine.load()
+    t1 = time.perf_counter()
+    with engine.reading() as store:
+        observed = observe(desired, store, engine.lanes(desired))  # = engine.observe_and_plan
+        t2 = time.perf_counter()
+        result = plan(desired, observed, engine.clock())
+    t3 = time.perf_counter()
+    if len(desired.tasks) != expect or len(result.tasks) != expect:
+        raise SystemExit(f"plan pass saw {len(desired.tasks)} tasks, planned {len(result.tasks)}")
+    unreachable = [v.error for v in observed.lanes.values() if not v.reachable]
+    if unreachable:
+        raise SystemExit(f"lane not observed: {unreachable}")
+    return PassTiming(t3 - t0, t1 - t0, t2 - t1, t3 - t2, counter.count - before)
+
+
+def parse_only(paths: list[Path]) -> float:
+    """Read and parse the same files with ruamel's C loader, nothing else (gc paused, as the
+    reconciler's loader does, so the baseline is the fastest plain parse)."""
+    yaml = YAML(typ="safe", pure=False)
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        docs = 0
+        for path in paths:
+            with open(path, "rb") as f:
+                docs += len(list(yaml.load_all(f.read())))
+        elapsed = time.perf_counter() - t0
+    finally:
+        gc.enable()
+    if docs != len(paths):
+        raise SystemExit(f"parse baseline read {docs} documents from {len(paths)} files")
+    return elapsed
+
+
+@dataclass
+class SizeResult:
+    n: int
+    parse: list[float]
+    cold: list[PassTiming]
+    warm: list[PassTiming]
+
+    def med(self, which: str, stage: str = "total") -> float:
+        if which == "parse":
+            return median(self.parse)
+        timings: list[PassTiming] = getattr(self, which)
+        return median([getattr(t, stage) for t in timings])
+
+
+def build_plan_sandbox(box: Sandbox, n: int) -> tuple[Context, list[Path]]:
+    base = box.root / f"plan-{n}"
+    checkout = box.repo(base / "src" / "app")
+    lane_root = base / "worktrees"
+    box.lane_roots.append(lane_root)
+    files = {
+        "lanes.yaml": lane_doc("bench", 4, lane_root, "app", checkout, box.home),
+        "agents.yaml": agent_doc("sleeper", ["/bin/true"]),
+    }
+    width = len(str(n))
+    for i in range(n):
+        name = f"task-{i:0{width}d}"
+        files[f"tasks/{name}.yaml"] = task_doc(name, "bench", "app", "sleeper", i)
+    t0 = time.perf_counter()
+    control = box.control(base / "control", files)
+    log(f"  control repo with {n} tasks built in {time.perf_counter() - t0:.1f}s")
+    ctx = Context(control=str(control), state_dir=base / "state")
+    # State as after a first apply: a row for every task (nothing else changes between passes).
+    desired = Engine(ctx).load()
+    now = time.time()
+    with Store.open(ctx.state_dir) as store, store.transaction() as tx:
+        for task in desired.tasks.values():
+            tx.upsert_task(
+                TaskRow(
+                    name=task.name,
+                    lane=task.spec.lane,
+                    repo=task.spec.repo,
+                    first_seen=now,
+                    generation=task.generation,
+                )
+            )
+    paths = sorted((control / "manifests" / "tasks").glob("*.yaml"))
+    paths += [control / "manifests" / "lanes.yaml", control / "manifests" / "agents.yaml"]
+    return ctx, paths
+
+
+def measure_size(
+    box: Sandbox, n: int, counter: ProcessCounter, reps: int, warm_up: bool
+) -> SizeResult:
+    log(f"plan over {n} tasks")
+    ctx, paths = build_plan_sandbox(box, n)
+    cache = ctx.state_dir / "cache"
+    if warm_up:  # once per run: imports, first-use caches (the cold pass warms the next size)
+        plan_pass(ctx, counter, n)
+    result = SizeResult(n, [], [], [])
+    rep = 0
+    while rep < reps:
+        result.parse.append(parse_only(paths))
+        shutil.rmtree(cache, ignore_errors=True)
+        result.cold.append(plan_pass(ctx, counter, n))
+        if not (cache / "manifests.pickle").exists():
+            raise SystemExit("the cold pass wrote no parse cache")
+        result.warm.append(plan_pass(ctx, counter, n))
+        log(
+            f"  rep {rep + 1}: parse {result.parse[-1]:.3f}s cold {result.cold[-1].total:.3f}s "
+            f"warm {result.warm[-1].total:.3f}s (git processes {result.warm[-1].git})"
+        )
+        if rep == 0 and result.cold[0].total + result.warm[0].total > EXPENSIVE_PASS:
+            reps = 1
+        rep += 1
+    return result
+
+
+def cli_plan(box: Sandbox, ctx: Context) -> tuple[float, int]:
+    """One `reconciler plan` subprocess (warm cache): wall seconds and exit status."""
+    env = {
+        **box.env,
+        "RECONCILER_CONTROL": ctx.control,
+        "RECONCILER_STATE": str(ctx.state_dir),
+        "NO_COLOR": "1",
+    }
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "reconciler", "plan"],
+        env=env,
+        cwd=box.root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        log(f"reconciler plan failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return elapsed, proc.returncode
+
+
+def size_label(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def plan_figures(box: Sandbox, table: Table, sizes: list[int], reps: int) -> None:
+    counter = ProcessCounter()
+    counter.install()
+    try:
+        results = [measure_size(box, n, counter, reps, i == 0) for i, n in enumerate(sizes)]
+    finally:
+        counter.uninstall()
+    for r in results:
+        label = size_label(r.n)
+        parse = r.med("parse")
+        warm, cold = r.med("warm"), r.med("cold")
+        reps_note = f"median of {len(r.warm)}" if len(r.warm) > 1 else "1 run"
+        if r.n == 10_000:  # the design states this one in seconds
+            target, ok = f"≤ {WARM_10K_SECONDS}s", warm <= WARM_10K_SECONDS
+        else:
+            target, ok = "info", None
+        table.add(
+            f"plan({label}) warm",
+            f"{warm:.3f}s = {warm / parse:.2f}x parse ({reps_note})",
+            target,
+            ok,
+        )
+        table.add(
+            f"plan({label}) cold / parse",
+            f"{cold / parse:.2f} ({cold:.3f}s / {parse:.3f}s)",
+            f"≤ {COLD_TARGET}",
+            cold / parse <= COLD_TARGET,
+        )
+        for which in ("warm", "cold"):
+            total = r.med(which)
+            stages = "  ".join(
+                f"{stage} {r.med(which, stage):.3f}s ({r.med(which, stage) / total:.0%})"
+                for stage in ("load", "observe", "plan")
+            )
+            table.add(f"  plan({label}) {which} by stage", stages)
+        load_cold = r.med("cold", "load")
+        table.add(f"  plan({label}) cold, load stage only / parse", f"{load_cold / parse:.2f}")
+        table.add(f"  plan({label}) git processes per pass", str(r.warm[-1].git))
+    if len(results) >= 2:
+        small, big = results[0], results[-1]
+        factor = big.n / small.n
+        target = LINEAR_TARGET * factor / 10
+        for which in ("warm", "cold"):
+            ratio = big.med(which) / small.med(which)
+            table.add(
+                f"plan({size_label(big.n)})/plan({size_label(small.n)}) {which}",
+                f"{ratio:.2f} (tasks x{factor:g})",
+                f"≤ {target:g}",
+                ratio <= target,
+            )
+        g_small, g_big = small.warm[-1].git, big.warm[-1].git
+        table.add(
+            f"git processes per pass {size_label(big.n)}/{size_label(small.n)}",
+            f"{g_big / max(1, g_small):.2f} ({g_big} / {g_small})",
+        )
+    big = results[-1]
+    ctx = Context(
+        control=str(box.root / f"plan-{big.n}" / "control"),
+        state_dir=box.root / f"plan-{big.n}" / "state",
+    )
+    log(f"one `reconciler plan` subprocess over {big.n} tasks (warm)")
+    wall, code = cli_plan(box, ctx)
+    table.add(
+        f"`reconciler plan` subprocess, {size_label(big.n)} warm",
+        f"{wall:.3f}s = {wall / big.med('warm'):.2f}x in-process warm"
+        + ("" if code == 0 else f" (exit {code})"),
+    )
+
+
+# ------------------------------------------------------------------------------ slot sampler
+
+
+class SlotSampler:
+    """Samples /proc every ``interval``: live run supervisors per lane (and the maximum seen).
+
+    A run counts from the moment its supervisor recorded itself (``pid.json``) until that process
+    is gone, which is how the planner counts a slot as used. To stay cheap next to the runs, a
+    sample re-reads only the runs not known to have ended and lists the task directories it has
+    not seen yet; every ``rescan``-th sample lists everything (new attempts of known tasks).
+    """
+
+    def __init__(self, lanes: dict[str, Path], interval: float = 0.05, rescan: int = 10) -> None:
+        self.lanes = lanes
+        self.interval = interval
+        self.rescan = rescan
+        self.max_live: Counter[str] = Counter()
+        self.samples = 0
+        self._runs: dict[Path, dict[Path, bool]] = {root: {} for root in lanes.values()}
+        self._listed: set[Path] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="slot-sampler", daemon=True)
+
+    def __enter__(self) -> SlotSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _discover(self, lane_root: Path, full: bool) -> list[Path]:
+        runs = lane_root / ".runs"
+        known = self._runs[lane_root]
+        try:
+            tasks = os.listdir(runs)
+        except FileNotFoundError:
+            return []
+        for task in tasks:
+            task_dir = runs / task
+            if task_dir in self._listed and not full:
+                continue
+            try:
+                entries = os.listdir(task_dir)
+            except OSError:
+                continue
+            self._listed.add(task_dir)
+            for entry in entries:
+                known.setdefault(task_dir / entry, False)
+        return [d for d, ended in known.items() if not ended]
+
+    def live(self, lane_root: Path, full: bool = True) -> int:
+        count = 0
+        for run_dir in self._discover(lane_root, full):
+            fp = read_fingerprint(run_dir / "pid.json")
+            if fp is None:
+                continue  # starting: the supervisor has not recorded itself yet
+            if alive(*fp):
+                count += 1
+            elif (run_dir / "exit.json").exists():
+                self._runs[lane_root][run_dir] = True
+        return count
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            full = self.samples % self.rescan == 0
+            for lane, root in self.lanes.items():
+                self.max_live[lane] = max(self.max_live[lane], self.live(root, full))
+            self.samples += 1
+
+
+# ------------------------------------------------------------------------- 500 short tasks
+
+AGENT_SCRIPT = """#!/bin/sh
+# bench agent: work for a moment, leave one commit, succeed
+sleep {seconds}
+exec git commit --allow-empty --quiet -m "bench change"
+"""
+
+
+def write_agent(path: Path, seconds: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(AGENT_SCRIPT.format(seconds=seconds), encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+def agent_duration(box: Sandbox, script: Path, reps: int = 3) -> float:
+    """The agent's own wall time, run alone in a scratch repository (median)."""
+    scratch = box.repo(box.root / "agent-alone")
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.run([str(script)], cwd=scratch, env=box.env, check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return median(times)
+
+
+def spread(total: int, slots: list[int]) -> list[int]:
+    """``total`` tasks over lanes in proportion to their slots (largest remainder)."""
+    whole = sum(slots)
+    exact = [total * s / whole for s in slots]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(slots)), key=lambda i: exact[i] - counts[i], reverse=True)
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+@dataclass
+class DriveResult:
+    wall: float
+    passes: list[float]
+    phases: Counter[str]
+    failures: list[str]
+    finished: bool
+    starts: int
+
+
+def drive(
+    engine: Engine, n: int, limit: float, stop_when: Callable[[Counter[str]], bool] | None = None
+) -> DriveResult:
+    """`reconciler run` without the interval: apply passes back to back until all tasks end."""
+    passes: list[float] = []
+    failures: list[str] = []
+    phases: Counter[str] = Counter()
+    starts = 0
+    terminal = {Phase.DONE.value, Phase.FAILED.value}
+    with engine.locked(None) as store:
+        t0 = time.perf_counter()
+        while True:
+            p0 = time.perf_counter()
+            desired = engine.load()
+            result = engine.apply(desired, store)
+            passes.append(time.perf_counter() - p0)
+            if result.report is not None:
+                failures += [f"{a.kind.value} {a.task}: {m}" for a, m in result.report.failed]
+            starts += sum(
+                1
+                for a in result.plan.actions
+                if a.kind in (ActionKind.START, ActionKind.RETRY, ActionKind.ITERATE)
+            )
+            phases = Counter(s.phase.value for s in result.plan.tasks)
+            # a task planned as done is only done once its `complete` action went through
+            unrecorded = any(
+                a.kind is ActionKind.COMPLETE
+                for a, _ in (result.report.failed if result.report else [])
+            )
+            finished = sum(phases[p] for p in terminal) == n and not unrecorded
+            if finished or (stop_when is not None and stop_when(phases)):
+                break
+            if time.perf_counter() - t0 > limit:
+                break
+            if result.plan.empty:
+                time.sleep(0.02)  # nothing to do until a run ends: do not spin on 2 cores
+        wall = time.perf_counter() - t0
+    return DriveResult(wall, passes, phases, failures, finished, starts)
+
+
+def slot_figures(box: Sandbox, table: Table, n: int, seconds: float, limit: float) -> None:
+    log(f"{n} short tasks over {sum(s for _, s in SLOT_LANES)} slots")
+    base = box.root / "slots"
+    script = write_agent(base / "bin" / "bench-agent", seconds)
+    duration = agent_duration(box, script)
+    counts = spread(n, [s for _, s in SLOT_LANES])
+    files = {"config.yaml": CONFIG_DOC, "agents.yaml": agent_doc("short", [str(script)])}
+    lane_roots: dict[str, Path] = {}
+    lanes_text = []
+    index = 0
+    for (lane, slots), count in zip(SLOT_LANES, counts, strict=True):
+        checkout = box.repo(base / "src" / lane)
+        root = base / "worktrees" / lane
+        lane_roots[lane] = root
+        box.lane_roots.append(root)
+        lanes_text.append(lane_doc(lane, slots, root, "repo", checkout, box.home))
+        for _ in range(count):
+            name = f"short-{index:04d}"
+            files[f"tasks/{name}.yaml"] = task_doc(name, lane, "repo", "short", index)
+            index += 1
+    files["lanes.yaml"] = "---\n".join(lanes_text)
+    control = box.control(base / "control", files)
+    engine = Engine(Context(control=str(control), state_dir=base / "state"))
+    ideal = max(math.ceil(c / s) for (_, s), c in zip(SLOT_LANES, counts, strict=True)) * duration
+    log(f"  agent alone {duration:.3f}s; ideal schedule {ideal:.1f}s; driving apply passes")
+    with SlotSampler(lane_roots) as sampler:
+        result = drive(engine, n, limit)
+    done = result.phases[Phase.DONE.value]
+    ratio = result.wall / ideal
+    table.add(
+        f"{n} short tasks over {sum(s for _, s in SLOT_LANES)} slots / ideal",
+        f"{ratio:.2f} ({result.wall:.1f}s / {ideal:.1f}s; agent alone {duration:.3f}s)"
+        + ("" if result.finished else f"; STOPPED at {limit:.0f}s, {done}/{n} done"),
+        f"≤ {SCHEDULE_TARGET}",
+        result.finished and ratio <= SCHEDULE_TARGET,
+    )
+    table.add(
+        "  tasks done / failed / apply errors",
+        f"{done} / {result.phases[Phase.FAILED.value]} / {len(result.failures)}",
+        f"{n} / 0 / 0",
+        done == n and not result.failures,
+    )
+    over = False
+    for (lane, slots), count in zip(SLOT_LANES, counts, strict=True):
+        seen = sampler.max_live[lane]
+        over = over or seen > slots
+        table.add(
+            f"  max live runs {lane} ({count} tasks)",
+            f"{seen} of {slots} slots",
+            f"≤ {slots}",
+            seen <= slots,
+        )
+    table.add(
+        "  passes / mean pass / starts",
+        f"{len(result.passes)} / {statistics.mean(result.passes):.3f}s / {result.starts} "
+        f"({sampler.samples} /proc samples)",
+    )
+    per_start = (result.wall - ideal) / max(1, result.starts)
+    table.add(
+        "  wall beyond ideal per run started",
+        f"{per_start:.3f}s = {per_start / duration:.2f}x agent",
+    )
+    for failure in result.failures[:5]:
+        log(f"  apply error: {failure}")
+    if over:
+        log("  a lane ran more runs than its slots")
+
+
+# ------------------------------------------------------------------ agent killed → refilled
+
+
+def refill_figures(box: Sandbox, table: Table) -> None:
+    """One slot, two long tasks: kill the first agent, then apply passes until the second runs."""
+    log("agent killed → slot refilled")
+    base = box.root / "refill"
+    script = base / "bin" / "long-agent"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\nexec sleep 60\n", encoding="utf-8")
+    script.chmod(0o755)
+    checkout = box.repo(base / "src" / "repo")
+    root = base / "worktrees"
+    box.lane_roots.append(root)
+    files = {
+        "lanes.yaml": lane_doc("one", 1, root, "repo", checkout, box.home),
+        "agents.yaml": agent_doc("long", [str(script)]),
+        "tasks/first.yaml": task_doc("first", "one", "repo", "long", 1),
+        "tasks/second.yaml": task_doc("second", "one", "repo", "long", 2),
+    }
+    control = box.control(base / "control", files)
+    engine = Engine(Context(control=str(control), state_dir=base / "state"))
+    started = drive(engine, 2, 20.0, stop_when=lambda p: p[Phase.RUNNING.value] >= 1)
+    run_dir = root / ".runs" / "first" / "1.1"
+    agent_pid = wait_for(lambda: agent_pid_of(run_dir / "pid.json"), 10.0)
+    supervisor = read_fingerprint(run_dir / "pid.json")
+    if not started.passes or agent_pid is None or supervisor is None:
+        table.add("agent killed → slot refilled", "the first run did not start", "≤ 1 pass", False)
+        return
+    second = root / ".runs" / "second" / "1.1" / "pid.json"
+    marks: dict[str, float] = {}
+
+    def watch() -> None:  # when the run's end became visible, and when its supervisor was gone
+        while "gone" not in marks and time.perf_counter() - killed < 20:
+            now = time.perf_counter()
+            if "exit" not in marks and (run_dir / "exit.json").exists():
+                marks["exit"] = now
+            if not alive(*supervisor):
+                marks["gone"] = now
+            time.sleep(0.002)
+
+    pass_starts: list[float] = []
+    killed = time.perf_counter()
+    os.kill(agent_pid, signal.SIGKILL)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    with engine.locked(None) as store:
+        while len(pass_starts) < 100 and not second.exists():
+            pass_starts.append(time.perf_counter())
+            engine.apply(engine.load(), store)
+    refilled = time.perf_counter() - killed
+    watcher.join()
+    gone = marks.get("gone", math.inf)
+    # passes begun after the supervisor was gone; the refilling pass counts even if it began
+    # just before (the exit then happened before that pass looked at the process)
+    after_gone = max(1, sum(1 for t in pass_starts if t >= gone))
+    table.add(
+        "agent killed → slot refilled",
+        f"{after_gone} pass(es) after the supervisor exited "
+        f"({len(pass_starts)} after the kill); {refilled:.3f}s after the kill",
+        "≤ 1 pass",
+        second.exists() and after_gone <= 1,
+    )
+    table.add(
+        "  supervisor lingers after exit.json",
+        f"{gone - marks.get('exit', math.nan):.3f}s (slot still counted as used; exit.json "
+        f"written {marks.get('exit', math.nan) - killed:.3f}s after the kill)",
+    )
+
+
+def agent_pid_of(pid_json: Path) -> int | None:
+    import json
+
+    try:
+        value = json.loads(pid_json.read_bytes()).get("agent_pid")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float) -> T | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value is not None:
+            return value
+        time.sleep(0.01)
+    return None
+
+
+# -------------------------------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def sandbox(keep: bool) -> Iterator[Sandbox]:
+    box = Sandbox(keep)
+    try:
+        yield box
+    finally:
+        box.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="1000,10000", help="task counts for the plan figures")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions where cheap")
+    parser.add_argument("--short-tasks", type=int, default=500, help="tasks for the slot figure")
+    parser.add_argument("--agent-seconds", type=float, default=0.5, help="the short agent's sleep")
+    parser.add_argument("--limit", type=float, default=420.0, help="give up the slot figure after")
+    parser.add_argument("--skip", default="", help="comma list of: plan, slots, refill")
+    parser.add_argument("--keep", action="store_true", help="keep the sandbox directory")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    skip = {s for s in args.skip.split(",") if s}
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    table = Table()
+    started = time.perf_counter()
+    with sandbox(args.keep) as box:
+        log(f"sandbox: {box.root} (HOME for this run and its children)")
+        if "plan" not in skip:
+            plan_figures(box, table, sizes, args.reps)
+        if "slots" not in skip:
+            slot_figures(box, table, args.short_tasks, args.agent_seconds, args.limit)
+        if "refill" not in skip:
+            refill_figures(box, table)
+    elapsed = time.perf_counter() - started
+    print()
+    sys.stdout.write(table.render())
+    misses = table.misses
+    print(
+        f"\n{len(table.rows)} figures, {len(misses)} missed target(s); bench took {elapsed:.0f}s."
+    )
+    return 1 if args.strict and misses else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
