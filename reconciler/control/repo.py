@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Literal
 
+from reconciler.gitenv import git_env
 from reconciler.manifests.loader import MAX_FILE_SIZE, SourceFile, safe_relpath
 
 Kind = Literal["worktree", "directory", "mirror"]
@@ -34,18 +35,6 @@ WORKTREE_REVISION = "worktree"
 
 _LOCAL_TIMEOUT = 120.0
 _NETWORK_TIMEOUT = 600.0
-# Variables that would point git at another repository than the one we name.
-_GIT_LOCATION_VARS = (
-    "GIT_QUARANTINE_PATH",
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-    "GIT_PREFIX",
-)
 
 
 class ControlError(Exception):
@@ -55,13 +44,6 @@ class ControlError(Exception):
 def git_blob_id(data: bytes) -> str:
     """The id git gives a blob with this content."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
-def _git_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
-    env["GIT_TERMINAL_PROMPT"] = "0"  # fail instead of waiting for a password nobody types
-    env["LC_ALL"] = "C"
-    return env
 
 
 def _looks_like_url(spec: str) -> bool:
@@ -272,7 +254,7 @@ def _run(
             argv,
             stdin=subprocess.DEVNULL,
             capture_output=True,
-            env=_git_env(),
+            env=git_env(),
             timeout=timeout,
             check=False,
         )
@@ -414,7 +396,7 @@ class _GitReader:
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
-                    env=_git_env(),
+                    env=git_env(),
                 )
             except FileNotFoundError as exc:
                 raise ControlError("git is not installed (or not on PATH)") from exc

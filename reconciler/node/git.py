@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 
+from reconciler.gitenv import git_env
 from reconciler.node.errors import NodeError
 from reconciler.node.files import locked
 from reconciler.protocol import Worktree
@@ -24,32 +25,6 @@ LOCK_TIMEOUT = 120.0
 
 class GitError(NodeError):
     """A git command failed; the message names the command, the repository and git's reason."""
-
-
-# Set by git for hooks (a post-receive hook running the reconciler): they would point every
-# lane-side git command at the control repository instead of the lane's checkout.
-_LOCATION_VARS = frozenset(
-    {
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-        "GIT_INDEX_FILE",
-        "GIT_OBJECT_DIRECTORY",
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-        "GIT_COMMON_DIR",
-        "GIT_NAMESPACE",
-        "GIT_PREFIX",
-        "GIT_QUARANTINE_PATH",
-    }
-)
-
-
-def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    # Never prompt (a hidden prompt hangs a pass) and keep messages in English for parsing.
-    env = {k: v for k, v in os.environ.items() if k not in _LOCATION_VARS}
-    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
-    if extra:
-        env.update(extra)
-    return env
 
 
 def _reason(stderr: str) -> str:
