@@ -284,6 +284,11 @@ class Applier:
                         )
                     if fields:
                         tx.update_run(view.task, view.attempt, view.iteration, **fields)
+            task_rows = self.store.tasks()
+            for status in plan.tasks:
+                task_row = task_rows.get(status.name)
+                if task_row is not None and task_row.next_attempt_at != status.next_attempt_at:
+                    tx.update_task(status.name, next_attempt_at=status.next_attempt_at)
             for outcome in plan.outcomes:
                 if (outcome.task, outcome.attempt, outcome.iteration) not in known and not any(
                     v.attempt == outcome.attempt and v.iteration == outcome.iteration

@@ -260,3 +260,24 @@ def test_lane_git_ignores_the_callers_git_location(world: World) -> None:
     world.extra_env["GIT_DIR"] = str(world.control / ".git")
     world.converge()
     assert world.status()["t"]["phase"] == "pr-open"
+
+
+def test_backoff_records_the_next_attempt_time(world: World) -> None:
+    from reconciler.state import Store
+
+    world.config = {"backoff": {"base": "30s", "max": "1m"}}
+    world.lane("web")
+    world.task("crashy", "web", "sigkill-first")
+    world.commit()
+    assert world.cli("apply", "--yes").returncode == 0
+    deadline = time.time() + 20
+    while time.time() < deadline and world.status()["crashy"]["phase"] != "backoff":
+        assert world.cli("apply", "--yes").returncode == 0
+        time.sleep(0.1)
+    assert world.cli("apply", "--yes").returncode == 0  # the pass that records the crash
+    status = world.status()["crashy"]
+    assert status["phase"] == "backoff"
+    with Store.open_readonly(world.state) as store:
+        row = store.task("crashy")
+    assert row is not None and row.next_attempt_at == status["nextAttemptAt"]
+    assert 15 <= row.next_attempt_at - time.time() <= 30
