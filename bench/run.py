@@ -34,6 +34,7 @@ from ruamel.yaml import YAML
 
 import reconciler.control.desired as desired_module
 from reconciler.engine import Context, Engine
+from reconciler.manifests.loader import gc_paused
 from reconciler.observe import observe
 from reconciler.plan import ActionKind, Phase, plan
 from reconciler.state import Store, TaskRow
@@ -310,18 +311,22 @@ class PassTiming:
 
 
 def plan_pass(ctx: Context, counter: ProcessCounter, expect: int) -> PassTiming:
-    """What `reconciler plan` does, in-process, with a fresh Engine (and no in-memory cache)."""
+    """What `reconciler plan` does, in-process, with a fresh Engine (and no in-memory cache).
+
+    The CLI runs one-shot commands with the cyclic garbage collector off; so does this pass.
+    """
     desired_module._memo.clear()  # a fresh process has not unpickled the cache yet
     before = counter.count
-    t0 = time.perf_counter()
-    engine = Engine(ctx)
-    desired = engine.load()
-    t1 = time.perf_counter()
-    with engine.reading() as store:
-        observed = observe(desired, store, engine.lanes(desired))  # = engine.observe_and_plan
-        t2 = time.perf_counter()
-        result = plan(desired, observed, engine.clock())
-    t3 = time.perf_counter()
+    with gc_paused():
+        t0 = time.perf_counter()
+        engine = Engine(ctx)
+        desired = engine.load()
+        t1 = time.perf_counter()
+        with engine.reading() as store:
+            observed = observe(desired, store, engine.lanes(desired))  # as observe_and_plan
+            t2 = time.perf_counter()
+            result = plan(desired, observed, engine.clock())
+        t3 = time.perf_counter()
     if len(desired.tasks) != expect or len(result.tasks) != expect:
         raise SystemExit(f"plan pass saw {len(desired.tasks)} tasks, planned {len(result.tasks)}")
     unreachable = [v.error for v in observed.lanes.values() if not v.reachable]
