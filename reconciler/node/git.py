@@ -180,19 +180,21 @@ def prepare_workspace(checkout: str, path: str, branch: str, base: str, remote: 
 
     An existing registered worktree is reused as it is. A new branch starts at ``base``
     (freshly fetched remote-tracking branch, else the local one) without upstream tracking.
+    Only the worktree bookkeeping holds the repository's lock: every git call under it delays
+    every other start and cleanup on the same repository.
     """
+    if resolve(checkout, f"refs/heads/{branch}") is None:
+        _fetch_base(checkout, remote, base)
     with repo_lock(checkout):
-        existing = _registered(checkout, path)
-        if existing is not None and not existing.prunable and os.path.isdir(path):
-            return False
-        if existing is not None:
-            # A stale entry (its directory is gone) would make `worktree add` refuse the path.
-            run(["worktree", "prune"], checkout)
-        if os.path.isdir(path) and os.listdir(path):
-            raise GitError(
-                f"{path} exists and is not a worktree of {checkout}; move it away or remove "
-                "it (remove-workspace does), then prepare the workspace again"
-            )
+        if os.path.isdir(path):
+            existing = _registered(checkout, path)
+            if existing is not None and not existing.prunable:
+                return False
+            if os.listdir(path):
+                raise GitError(
+                    f"{path} exists and is not a worktree of {checkout}; move it away or remove "
+                    "it (remove-workspace does), then prepare the workspace again"
+                )
         os.makedirs(os.path.dirname(path), exist_ok=True)
         reason = ""
         for _ in range(2):
@@ -200,20 +202,6 @@ def prepare_workspace(checkout: str, path: str, branch: str, base: str, remote: 
             if branch_existed:
                 args = ["worktree", "add", path, branch]
             else:
-                # Start from the base as the remote has it now, not as this clone last saw it;
-                # an unreachable remote is not fatal here (pre-flight reports it).
-                run(
-                    [
-                        "fetch",
-                        "--quiet",
-                        "--no-tags",
-                        remote,
-                        f"+refs/heads/{base}:refs/remotes/{remote}/{base}",
-                    ],
-                    checkout,
-                    check=False,
-                    timeout=60.0,
-                )
                 start = base_ref(checkout, base, remote)
                 if start is None:
                     raise GitError(
@@ -226,7 +214,8 @@ def prepare_workspace(checkout: str, path: str, branch: str, base: str, remote: 
             if proc.returncode == 0:
                 return True
             reason = _reason(proc.stderr)
-            # Undo what a failed add can leave behind, so the retry starts clean.
+            # Undo what a failed add can leave behind (or a stale record of a deleted worktree
+            # that made it refuse the path), so the retry starts clean.
             run(["worktree", "prune"], checkout, check=False)
             if _registered(checkout, path) is None and os.path.lexists(path):
                 _clear_leftover(checkout, path)
@@ -240,6 +229,24 @@ def prepare_workspace(checkout: str, path: str, branch: str, base: str, remote: 
             f"could not create worktree {path} on branch {branch} of {checkout}: {reason}; "
             "fix the cause and retry"
         )
+
+
+def _fetch_base(checkout: str, remote: str, base: str) -> None:
+    """Start new branches from the base as the remote has it now, not as this clone last saw
+    it. Best effort: an unreachable remote is reported by pre-flight, and a concurrent fetch of
+    the same ref losing the race leaves the other's result."""
+    run(
+        [
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            remote,
+            f"+refs/heads/{base}:refs/remotes/{remote}/{base}",
+        ],
+        checkout,
+        check=False,
+        timeout=60.0,
+    )
 
 
 def remove_workspace(checkout: str, path: str) -> bool:
@@ -257,7 +264,7 @@ def remove_workspace(checkout: str, path: str) -> bool:
         if os.path.lexists(path):
             _clear_leftover(checkout, path)
             removed = True
-        run(["worktree", "prune"], checkout)
+            run(["worktree", "prune"], checkout)  # the record of what we just deleted by hand
         return removed
 
 
