@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from reconciler import __version__
-from reconciler.cli.render import Painter, err, render_plan, render_status, table, use_color
+from reconciler.cli.render import (
+    Painter,
+    err,
+    render_plan,
+    render_status,
+    summary_line,
+    table,
+    use_color,
+)
 from reconciler.control import ControlError
 from reconciler.durations import parse_duration
 from reconciler.engine import Context, Engine, UserError, plan_to_json, read_plan, save_plan
@@ -298,7 +306,7 @@ def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
             else:
                 healthy = result.report is None or result.report.ok
                 if not result.plan.empty:
-                    print(paint(_stamp(), "dim") + " " + _summary(result.plan), flush=True)
+                    print(paint(_stamp(), "dim") + " " + summary_line(result.plan), flush=True)
             if args.once:
                 break
             wake.wait(args.interval)
@@ -310,16 +318,14 @@ def _stamp() -> str:
     return time.strftime("%H:%M:%S", time.gmtime())
 
 
-def _summary(plan: Plan) -> str:
-    from reconciler.cli.render import summary_line
-
-    return summary_line(plan)
-
-
 def _statuses(engine: Engine) -> tuple[Desired, Plan, Store]:
     desired = engine.load()
     store = Store.open_readonly(engine.ctx.state_dir)
-    plan, _ = engine.observe_and_plan(desired, store)
+    try:
+        plan, _ = engine.observe_and_plan(desired, store)
+    except BaseException:
+        store.close()
+        raise
     return desired, plan, store
 
 
