@@ -1,0 +1,437 @@
+"""The GitHub forge: the pull requests of one GitHub (or GitHub Enterprise) repository.
+
+Mirrors ``LocalForge`` (``list_pulls``, ``open_pull``, ``update_pull``, ``close_pull``) over the
+REST API through PyGithub's requester, with PyGithub's own retry and throttling switched off so
+that exactly one retry layer (tenacity, here) handles transient failures: 5xx, connection errors
+and timeouts, 403/429 secondary limits, honouring ``Retry-After`` and ``x-ratelimit-reset`` and
+giving up after a bounded time. Listing is one paginated call per repository with ``If-None-Match``
+per page URL, so an unchanged repository costs no rate-limit points; writes are serialized per
+token and spaced at least a second apart. Runs inside the lane with the lane's token: it must
+never log, store on disk, return or put the token in an exception (messages go through
+``credentials.redact``), and must never delete branches or reopen PRs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import requests
+from github import Auth, Github
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
+
+from reconciler.node.credentials import redact
+from reconciler.node.errors import NodeError
+from reconciler.node.forge_local import marker, task_of
+from reconciler.protocol import PullRequest
+
+DEFAULT_API_URL = "https://api.github.com"
+WRITE_SPACING = 1.0  # seconds between content-creating requests (secondary-limit guidance)
+MAX_BACKOFF = 30.0
+REPO_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="next"')
+TRANSIENT_NETWORK = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+Json = dict[str, Any]
+
+
+class GitHubError(NodeError):
+    """A GitHub request failed; the message names the repository or PR and the fix."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying; ``wait`` is the server's requested delay, if it named one."""
+
+    def __init__(self, reason: str, wait: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wait = wait
+
+
+@dataclass
+class _Page:
+    etag: str
+    items: list[Json]
+    next_url: str | None
+
+
+class _WriteGate:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last: float | None = None
+
+
+# Shared by every forge in the process. Keys hold a digest of the token, never the token.
+_PAGES: dict[tuple[str, str, str, str], _Page] = {}
+_GATES: dict[str, _WriteGate] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _gate(digest: str) -> _WriteGate:
+    with _SHARED_LOCK:
+        return _GATES.setdefault(digest, _WriteGate())
+
+
+class GitHubForge:
+    """The pull requests of ``repo`` ("OWNER/NAME") as seen by ``token``."""
+
+    def __init__(
+        self,
+        repo: str,
+        token: str,
+        api_url: str | None = None,
+        *,
+        retry_deadline: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        if not REPO_NAME.match(repo):
+            raise GitHubError(f"forge repo {repo!r} is not OWNER/NAME; fix forge.repo")
+        if not token:
+            raise GitHubError("the GitHub token is empty; set GH_TOKEN or fill the token file")
+        self.repo = repo
+        self.owner = repo.split("/", 1)[0]
+        self.api_url = (api_url or DEFAULT_API_URL).rstrip("/")
+        self.retry_deadline = retry_deadline
+        self._token = token
+        self._digest = hashlib.sha256(token.encode()).hexdigest()
+        self._sleep = sleep
+        self._clock = clock
+        self._wall = wall
+        self._gh = Github(
+            auth=Auth.Token(token),
+            base_url=self.api_url,
+            retry=None,
+            seconds_between_requests=None,
+            seconds_between_writes=None,
+            per_page=100,
+        )
+
+    def __repr__(self) -> str:
+        return f"GitHubForge({self.repo!r}, api_url={self.api_url!r})"
+
+    # ------------------------------------------------------------------------ operations
+
+    def list_pulls(self, head: str | None = None) -> list[PullRequest]:
+        """Every PR of the repository (or those from branch ``head``), oldest number first."""
+        params = {"state": "all", "per_page": "100"}
+        if head is not None:
+            params["head"] = f"{self.owner}:{head}"  # a bare branch would be silently ignored
+        url: str | None = f"/repos/{self.repo}/pulls?{urlencode(params)}"
+        items: list[Json] = []
+        seen: set[str] = set()
+        while url is not None and url not in seen:
+            seen.add(url)
+            page = self._page(url)
+            items.extend(page.items)
+            url = page.next_url
+        pulls = [self._pr(item) for item in items]
+        if head is not None:
+            pulls = [p for p in pulls if p.head == head]
+        return sorted(pulls, key=lambda p: p.number)
+
+    def open_pull(
+        self,
+        *,
+        task: str,
+        head: str,
+        base: str,
+        title: str,
+        body: str,
+        draft: bool = False,
+        labels: list[str] | None = None,
+    ) -> tuple[PullRequest, bool]:
+        """Create a PR unless an open one from ``head`` exists; (pr, created)."""
+        if head == base:
+            raise GitHubError(f"a pull request needs different head and base, both are {head}")
+        existing = self._open_from(head)
+        if existing is not None:
+            return existing, False
+        if task_of(body) is None:
+            body = f"{body.rstrip()}\n\n{marker(task)}".lstrip()
+        payload = {"title": title, "body": body, "head": head, "base": base, "draft": draft}
+        status, _, data = self._write("POST", f"/repos/{self.repo}/pulls", payload, allow=(422,))
+        if status == 422:
+            if "already exists" not in _message(data):
+                raise self._error(status, data, "POST", f"/repos/{self.repo}/pulls")
+            adopted = self._open_from(head)
+            if adopted is None:
+                raise GitHubError(
+                    f"GitHub says a pull request from {self.owner}:{head} already exists in "
+                    f"{self.repo}, but no open one was found; retry on the next pass",
+                    temporary=True,
+                )
+            return adopted, False
+        pr = self._pr(_object(data, "the created pull request"))
+        if labels:
+            self._write(
+                "POST", f"/repos/{self.repo}/issues/{pr.number}/labels", {"labels": list(labels)}
+            )
+        return pr, True
+
+    def update_pull(
+        self,
+        number: int,
+        *,
+        title: str | None = None,
+        body: str | None = None,
+        comment: str | None = None,
+    ) -> PullRequest:
+        path = f"/repos/{self.repo}/pulls/{number}"
+        current = self._get_pull(number)
+        if comment is not None:
+            self._comment(number, comment)
+        change: Json = {}
+        if title is not None:
+            change["title"] = title
+        if body is not None:
+            # Keep the hidden marker: without it the PR could no longer be found by task.
+            task = current.task
+            change["body"] = (
+                f"{body.rstrip()}\n\n{marker(task)}".lstrip()
+                if task and task_of(body) is None
+                else body
+            )
+        if not change:
+            return self._get_pull(number) if comment is not None else current
+        _, _, data = self._write("PATCH", path, change)
+        return self._pr(_object(data, f"pull request #{number}"))
+
+    def close_pull(self, number: int, comment: str) -> PullRequest:
+        current = self._get_pull(number)
+        if current.state != "open":
+            return current  # closing twice is a no-op, and a merged PR stays merged
+        if comment:
+            self._comment(number, comment)
+        _, _, data = self._write("PATCH", f"/repos/{self.repo}/pulls/{number}", {"state": "closed"})
+        return self._pr(_object(data, f"pull request #{number}"))
+
+    # ------------------------------------------------------------------------ helpers
+
+    def _open_from(self, head: str) -> PullRequest | None:
+        return next((p for p in self.list_pulls(head) if p.state == "open"), None)
+
+    def _get_pull(self, number: int) -> PullRequest:
+        _, _, data = self._request("GET", f"/repos/{self.repo}/pulls/{number}")
+        return self._pr(_object(data, f"pull request #{number}"))
+
+    def _comment(self, number: int, text: str) -> None:
+        self._write("POST", f"/repos/{self.repo}/issues/{number}/comments", {"body": text})
+
+    def _page(self, url: str) -> _Page:
+        key = (self.api_url, self.repo, self._digest, url)
+        cached = _PAGES.get(key)
+        headers = {"If-None-Match": cached.etag} if cached else None
+        status, response_headers, data = self._request("GET", url, headers=headers)
+        if status == 304 and cached is not None:
+            return cached  # answered from the cache: no rate-limit point spent
+        if not isinstance(data, list):
+            raise GitHubError(
+                f"GitHub answered the pull request list of {self.repo} with something other than "
+                "a list; check forge.apiUrl points at the REST API (…/api/v3 for Enterprise)"
+            )
+        page = _Page(
+            etag=str(response_headers.get("etag", "")),
+            items=[item for item in data if isinstance(item, dict)],
+            next_url=_next_link(response_headers.get("link")),
+        )
+        if page.etag:
+            _PAGES[key] = page
+        return page
+
+    def _pr(self, item: Json) -> PullRequest:
+        head, base = _dict(item.get("head")), _dict(item.get("base"))
+        body = item.get("body") or ""
+        state: Literal["open", "closed", "merged"]
+        if item.get("merged_at"):
+            state, changed = "merged", item.get("merged_at")
+        elif item.get("state") == "closed":
+            state, changed = "closed", item.get("closed_at") or item.get("updated_at")
+        else:
+            state, changed = "open", item.get("updated_at")
+        sha = head.get("sha")
+        return PullRequest(
+            number=int(item["number"]),
+            url=str(item.get("html_url") or ""),
+            state=state,
+            head=str(head.get("ref", "")),
+            base=str(base.get("ref", "")),
+            title=str(item.get("title") or ""),
+            body=str(body),
+            task=task_of(str(body)),
+            head_sha=sha if isinstance(sha, str) else None,
+            updated_at=_epoch(changed),
+        )
+
+    def _write(
+        self, verb: str, url: str, payload: Json, *, allow: tuple[int, ...] = ()
+    ) -> tuple[int, Mapping[str, Any], Any]:
+        """A content-creating request: one at a time per token, at least a second apart."""
+        gate = _gate(self._digest)
+        with gate.lock:
+            if gate.last is not None:
+                wait = gate.last + WRITE_SPACING - self._clock()
+                if wait > 0:
+                    self._sleep(wait)
+            try:
+                return self._request(verb, url, payload=payload, allow=allow)
+            finally:
+                gate.last = self._clock()
+
+    def _request(
+        self,
+        verb: str,
+        url: str,
+        *,
+        payload: Json | None = None,
+        headers: dict[str, str] | None = None,
+        allow: tuple[int, ...] = (),
+    ) -> tuple[int, Mapping[str, Any], Any]:
+        """One REST call with the single retry layer; (status, headers, parsed JSON)."""
+        start = self._clock()
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _Transient) and exc.wait is not None:
+                return max(0.0, exc.wait)
+            return float(min(MAX_BACKOFF, 2 ** (state.attempt_number - 1)))
+
+        def stop(state: RetryCallState) -> bool:
+            return self._clock() - start + state.upcoming_sleep > self.retry_deadline
+
+        retrying = Retrying(
+            sleep=self._sleep,
+            wait=wait,
+            stop=stop,
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        try:
+            status, response_headers, data = retrying(self._once, verb, url, payload, headers)
+        except _Transient as exc:
+            raise GitHubError(
+                self._redact(
+                    f"GitHub kept failing for {verb} {_path(url)} of {self.repo} "
+                    f"({exc.reason}) for {self._clock() - start:.0f} s; gave up, the next pass "
+                    "will try again (check https://www.githubstatus.com or the rate limit)"
+                ),
+                temporary=True,
+            ) from None
+        if 200 <= status < 300 or status == 304 or status in allow:
+            return status, response_headers, data
+        raise self._error(status, data, verb, url)
+
+    def _once(
+        self, verb: str, url: str, payload: Json | None, headers: dict[str, str] | None
+    ) -> tuple[int, Mapping[str, Any], Any]:
+        try:
+            status, response_headers, raw = self._gh.requester.requestJson(
+                verb, url, headers=headers, input=payload
+            )
+        except TRANSIENT_NETWORK as exc:
+            raise _Transient(f"network error: {type(exc).__name__}", None) from None
+        try:
+            data: Any = json.loads(raw) if raw else None
+        except ValueError:
+            data = None
+        if status >= 500 or status == 429:
+            raise _Transient(f"HTTP {status}", self._server_wait(response_headers))
+        if status == 403:
+            wait = self._server_wait(response_headers)
+            if wait is not None or "rate limit" in _message(data).lower():
+                raise _Transient("HTTP 403 rate limit", wait)
+        return status, response_headers, data
+
+    def _server_wait(self, headers: Mapping[str, Any]) -> float | None:
+        """The delay the server asked for: ``Retry-After``, else the rate-limit reset time."""
+        retry_after = headers.get("retry-after")
+        if retry_after is not None:
+            try:
+                return float(retry_after)
+            except ValueError:
+                pass
+        reset = headers.get("x-ratelimit-reset")
+        if str(headers.get("x-ratelimit-remaining", "")) == "0" and reset is not None:
+            try:
+                return max(0.0, float(reset) - self._wall()) + 1.0
+            except ValueError:
+                return None
+        return None
+
+    def _error(self, status: int, data: Any, verb: str, url: str) -> GitHubError:
+        detail = _message(data) or "no message"
+        where = f"{verb} {_path(url)}"
+        if status == 401:
+            text = (
+                f"GitHub rejected the token for {self.repo} (401 {detail}); create a new token "
+                "and put it in the token file or GH_TOKEN/GITHUB_TOKEN"
+            )
+        elif status == 404:
+            text = (
+                f"repository {self.repo} is not visible to this token at {self.api_url} "
+                f"(404 on {where}); check forge.repo, and give the token access to the repository"
+            )
+        elif status == 403:
+            text = (
+                f"GitHub refused {where} (403 {detail}); give the token contents and pull "
+                f"requests read/write permission on {self.repo}"
+            )
+        elif status == 422:
+            text = f"GitHub rejected {where} (422 {detail}); fix the pull request spec"
+        else:
+            text = f"GitHub answered {status} to {where} ({detail}); check the forge settings"
+        return GitHubError(self._redact(text))
+
+    def _redact(self, text: str) -> str:
+        return redact(text, [self._token])
+
+
+def _message(data: Any) -> str:
+    if not isinstance(data, dict):
+        return ""
+    parts = [str(data.get("message", ""))]
+    errors = data.get("errors")
+    if isinstance(errors, list):
+        parts += [str(e.get("message", "")) for e in errors if isinstance(e, dict)]
+    return ": ".join(p for p in parts if p)
+
+
+def _object(data: Any, what: str) -> Json:
+    if not isinstance(data, dict) or "number" not in data:
+        raise GitHubError(f"GitHub returned no JSON object for {what}; retry", temporary=True)
+    return data
+
+
+def _dict(value: Any) -> Json:
+    return value if isinstance(value, dict) else {}
+
+
+def _next_link(link: Any) -> str | None:
+    found = NEXT_LINK.search(str(link)) if link else None
+    return found.group(1) if found else None
+
+
+def _path(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+def _epoch(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -1,0 +1,484 @@
+"""The GitHub forge against a fake GitHub (``responses``), and the lane's token handling.
+
+Payloads follow the shapes of GitHub's REST documentation. Any request no test registered fails
+the test (see the ``github`` fixture), and nothing sleeps for real: the forge gets a fake clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import responses
+from responses import matchers
+
+from reconciler.node import forge_github
+from reconciler.node.credentials import read_token, redact
+from reconciler.node.errors import NodeError
+from reconciler.node.forge_github import GitHubForge
+
+REPO = "acme/webapp"
+# PyGithub's connection names the port explicitly, and responses matches it literally.
+API = "https://api.github.com:443"
+PULLS = f"{API}/repos/{REPO}/pulls"
+TOKEN = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0" * 2
+SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
+
+
+class FakeTime:
+    """A monotonic clock that only moves when the forge sleeps (or a test says so)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def wall(self) -> float:
+        return 1_800_000_000.0 + self.now
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    def no_real_sleep(seconds: float) -> None:
+        raise AssertionError(f"something slept for real ({seconds} s)")
+
+    monkeypatch.setattr(time, "sleep", no_real_sleep)
+    forge_github._PAGES.clear()
+    forge_github._GATES.clear()
+    yield
+    forge_github._PAGES.clear()
+    forge_github._GATES.clear()
+
+
+@pytest.fixture
+def github() -> Iterator[responses.RequestsMock]:
+    """A fake GitHub; a request nobody registered fails the test even if the forge retried it."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+        unmatched = [
+            f"{c.request.method} {c.request.url}"
+            for c in rsps.calls
+            if isinstance(c.response, requests.ConnectionError)
+            and "Connection refused by Responses" in str(c.response)
+        ]
+        assert not unmatched, f"unexpected GitHub requests: {unmatched}"
+
+
+@pytest.fixture
+def fake() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def forge(fake: FakeTime) -> GitHubForge:
+    return GitHubForge(
+        REPO, TOKEN, retry_deadline=60.0, sleep=fake.sleep, clock=fake.clock, wall=fake.wall
+    )
+
+
+def pull(
+    number: int,
+    head: str,
+    *,
+    state: str = "open",
+    merged: bool = False,
+    body: str | None = "",
+    title: str = "Add feature",
+    updated: str = "2026-11-02T10:00:00Z",
+) -> dict[str, Any]:
+    """A pull request as GitHub's REST API returns it (trimmed to the fields that matter)."""
+    closed = state == "closed"
+    repo = {"id": 1296269, "name": "webapp", "full_name": REPO, "private": True}
+    return {
+        "url": f"https://api.github.com/repos/{REPO}/pulls/{number}",
+        "id": 1000 + number,
+        "node_id": f"PR_kwDOABCD{number}",
+        "html_url": f"https://github.com/{REPO}/pull/{number}",
+        "number": number,
+        "state": state,
+        "locked": False,
+        "title": title,
+        "user": {"login": "reconciler-bot", "id": 42, "type": "User"},
+        "body": body,
+        "labels": [],
+        "created_at": "2026-11-01T09:00:00Z",
+        "updated_at": updated,
+        "closed_at": "2026-11-03T12:00:00Z" if closed else None,
+        "merged_at": "2026-11-03T12:00:00Z" if merged else None,
+        "merge_commit_sha": SHA if merged else None,
+        "draft": False,
+        "head": {"label": f"acme:{head}", "ref": head, "sha": SHA, "repo": repo},
+        "base": {
+            "label": "acme:main",
+            "ref": "main",
+            "sha": "e5bd3914e2e596debea16f433f57875b5b90bcd6",
+            "repo": repo,
+        },
+        "author_association": "OWNER",
+    }
+
+
+def list_query(head: str | None = None) -> list[Any]:
+    params = {"state": "all", "per_page": "100"}
+    if head is not None:
+        params["head"] = f"acme:{head}"
+    return [matchers.query_param_matcher(params)]
+
+
+def sent(call: Any) -> dict[str, Any]:
+    body = call.request.body
+    return dict(json.loads(body.decode() if isinstance(body, bytes) else body))
+
+
+MARKED = "Implements the thing.\n\n<!-- reconciler:task=add-login -->"
+
+
+# ------------------------------------------------------------------------------ listing
+
+
+def test_list_maps_states_markers_and_times(
+    github: responses.RequestsMock, forge: GitHubForge
+) -> None:
+    github.get(
+        PULLS,
+        match=list_query(),
+        json=[
+            pull(3, "agent/add-login", body=MARKED),
+            pull(2, "agent/old", state="closed", merged=True, body="<!-- reconciler:task=old -->"),
+            pull(1, "feature/manual", state="closed", body=None),
+        ],
+        headers={"ETag": 'W/"a1"'},
+    )
+    pulls = forge.list_pulls()
+    assert [(p.number, p.state, p.task) for p in pulls] == [
+        (1, "closed", None),
+        (2, "merged", "old"),
+        (3, "open", "add-login"),
+    ]
+    opened = pulls[2]
+    assert opened.url == f"https://github.com/{REPO}/pull/3"
+    assert (opened.head, opened.base, opened.head_sha) == ("agent/add-login", "main", SHA)
+    assert opened.updated_at == 1793613600.0  # 2026-11-02T10:00:00Z
+    assert pulls[1].updated_at == 1793707200.0  # merged_at, 2026-11-03T12:00:00Z
+    assert pulls[0].body == ""
+
+
+def test_unchanged_list_is_a_conditional_request_answered_304(
+    github: responses.RequestsMock, forge: GitHubForge
+) -> None:
+    seen: list[str | bytes | None] = []
+
+    def pulls_endpoint(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        seen.append(request.headers.get("If-None-Match"))
+        if request.headers.get("If-None-Match") == '"etag-1"':
+            return 304, {"ETag": '"etag-1"'}, ""
+        return 200, {"ETag": '"etag-1"'}, json.dumps([pull(7, "agent/x", body=MARKED)])
+
+    github.add_callback(responses.GET, PULLS, callback=pulls_endpoint, match=list_query())
+    first = forge.list_pulls()
+    # A second forge for the same repo and token (the next pass) shares the ETag cache.
+    second = GitHubForge(REPO, TOKEN, sleep=FakeTime().sleep).list_pulls()
+    assert first == second
+    assert [p.number for p in second] == [7]
+    assert seen == [None, '"etag-1"']  # one request per pass; the second cost no rate limit
+
+
+def test_list_follows_pagination(github: responses.RequestsMock, forge: GitHubForge) -> None:
+    page2 = "https://api.github.com/repositories/1296269/pulls?state=all&per_page=100&page=2"
+    github.get(
+        PULLS,
+        match=list_query(),
+        json=[pull(n, f"agent/t{n}") for n in range(200, 100, -1)],
+        headers={"Link": f'<{page2}>; rel="next", <{page2}>; rel="last"', "ETag": '"p1"'},
+    )
+    github.get(
+        f"{API}/repositories/1296269/pulls",
+        match=[matchers.query_param_matcher({"state": "all", "per_page": "100", "page": "2"})],
+        json=[pull(n, f"agent/t{n}") for n in range(100, 0, -1)],
+        headers={"ETag": '"p2"'},
+    )
+    numbers = [p.number for p in forge.list_pulls()]
+    assert numbers == list(range(1, 201))
+    assert len(github.calls) == 2
+
+
+def test_head_filter_sends_owner_prefix(github: responses.RequestsMock, forge: GitHubForge) -> None:
+    github.get(
+        PULLS, match=list_query("agent/add-login"), json=[pull(3, "agent/add-login", body=MARKED)]
+    )
+    assert [p.number for p in forge.list_pulls("agent/add-login")] == [3]
+    assert "head=acme%3Aagent%2Fadd-login" in str(github.calls[0].request.url)
+
+
+# ------------------------------------------------------------------------------ writes
+
+
+def test_open_creates_with_marker_draft_and_labels(
+    github: responses.RequestsMock, forge: GitHubForge
+) -> None:
+    github.get(PULLS, match=list_query("agent/add-login"), json=[])
+    github.post(PULLS, status=201, json=pull(9, "agent/add-login", body=MARKED))
+    github.post(
+        f"{API}/repos/{REPO}/issues/9/labels",
+        json=[{"id": 208045946, "name": "agent", "color": "f29513", "default": False}],
+    )
+    pr, created = forge.open_pull(
+        task="add-login",
+        head="agent/add-login",
+        base="main",
+        title="Add login",
+        body="Implements the thing.",
+        draft=True,
+        labels=["agent"],
+    )
+    assert created
+    assert (pr.number, pr.task, pr.state) == (9, "add-login", "open")
+    create = sent(github.calls[1])
+    assert create == {
+        "title": "Add login",
+        "body": MARKED,
+        "head": "agent/add-login",
+        "base": "main",
+        "draft": True,
+    }
+    assert sent(github.calls[2]) == {"labels": ["agent"]}
+
+
+def test_open_adopts_an_existing_open_pr_without_creating(
+    github: responses.RequestsMock, forge: GitHubForge
+) -> None:
+    github.get(
+        PULLS,
+        match=list_query("agent/add-login"),
+        json=[
+            pull(4, "agent/add-login", state="closed", body=MARKED),
+            pull(5, "agent/add-login", body=MARKED),
+        ],
+    )
+    pr, created = forge.open_pull(
+        task="add-login", head="agent/add-login", base="main", title="t", body="b"
+    )
+    assert (pr.number, created) == (5, False)
+    assert [c.request.method for c in github.calls] == ["GET"]
+
+
+def test_open_422_duplicate_is_resolved_by_searching_again(
+    github: responses.RequestsMock, forge: GitHubForge
+) -> None:
+    github.get(PULLS, match=list_query("agent/add-login"), json=[])
+    github.get(PULLS, match=list_query("agent/add-login"), json=[pull(6, "agent/add-login")])
+    github.post(
+        PULLS,
+        status=422,
+        json={
+            "message": "Validation Failed",
+            "errors": [
+                {
+                    "resource": "PullRequest",
+                    "code": "custom",
+                    "message": "A pull request already exists for acme:agent/add-login.",
+                }
+            ],
+            "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request",
+            "status": "422",
+        },
+    )
+    pr, created = forge.open_pull(
+        task="add-login", head="agent/add-login", base="main", title="t", body="b"
+    )
+    assert (pr.number, created) == (6, False)
+    assert [c.request.method for c in github.calls] == ["GET", "POST", "GET"]
+
+
+def test_close_comments_then_closes(github: responses.RequestsMock, forge: GitHubForge) -> None:
+    github.get(f"{PULLS}/5", json=pull(5, "agent/add-login", body=MARKED))
+    github.post(
+        f"{API}/repos/{REPO}/issues/5/comments",
+        status=201,
+        json={"id": 1, "body": "Task removed at control revision abc123.", "user": {"login": "x"}},
+    )
+    github.patch(
+        f"{PULLS}/5",
+        match=[matchers.json_params_matcher({"state": "closed"})],
+        json=pull(5, "agent/add-login", state="closed", body=MARKED),
+    )
+    pr = forge.close_pull(5, "Task removed at control revision abc123.")
+    assert pr.state == "closed"
+    assert [c.request.method for c in github.calls] == ["GET", "POST", "PATCH"]
+    assert sent(github.calls[1]) == {"body": "Task removed at control revision abc123."}
+
+
+def test_update_keeps_the_marker(github: responses.RequestsMock, forge: GitHubForge) -> None:
+    github.get(f"{PULLS}/5", json=pull(5, "agent/add-login", body=MARKED))
+    github.patch(f"{PULLS}/5", json=pull(5, "agent/add-login", title="New", body=MARKED))
+    pr = forge.update_pull(5, title="New", body="Rewritten.")
+    assert pr.title == "New"
+    assert sent(github.calls[1]) == {
+        "title": "New",
+        "body": "Rewritten.\n\n<!-- reconciler:task=add-login -->",
+    }
+
+
+def test_writes_are_spaced_a_second_apart(
+    github: responses.RequestsMock, forge: GitHubForge, fake: FakeTime
+) -> None:
+    github.get(f"{PULLS}/5", json=pull(5, "agent/add-login", body=MARKED))
+    github.post(f"{API}/repos/{REPO}/issues/5/comments", status=201, json={"id": 1})
+    forge.update_pull(5, comment="first")
+    fake.now += 0.25
+    forge.update_pull(5, comment="second")
+    assert fake.sleeps == [pytest.approx(0.75)]
+
+
+# ------------------------------------------------------------------------------ faults
+
+
+def test_502_is_retried_with_the_injected_sleep(
+    github: responses.RequestsMock, forge: GitHubForge, fake: FakeTime
+) -> None:
+    github.get(PULLS, match=list_query(), status=502, body="<html>Bad gateway</html>")
+    github.get(PULLS, match=list_query(), json=[pull(1, "agent/a")])
+    assert [p.number for p in forge.list_pulls()] == [1]
+    assert fake.sleeps == [1.0]
+
+
+def test_connection_reset_is_retried(
+    github: responses.RequestsMock, forge: GitHubForge, fake: FakeTime
+) -> None:
+    github.get(PULLS, body=requests.ConnectionError("Connection reset by peer"))
+    github.get(PULLS, json=[pull(1, "agent/a")])
+    assert [p.number for p in forge.list_pulls()] == [1]
+    assert fake.sleeps == [1.0]
+
+
+def test_secondary_limit_honours_retry_after(
+    github: responses.RequestsMock, forge: GitHubForge, fake: FakeTime
+) -> None:
+    github.post(
+        f"{API}/repos/{REPO}/issues/5/comments",
+        status=403,
+        headers={"Retry-After": "7"},
+        json={
+            "message": "You have exceeded a secondary rate limit. Please wait a few minutes.",
+            "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
+        },
+    )
+    github.post(f"{API}/repos/{REPO}/issues/5/comments", status=201, json={"id": 1})
+    github.get(f"{PULLS}/5", json=pull(5, "agent/add-login"))
+    forge.update_pull(5, comment="hello")
+    assert fake.sleeps == [7.0]
+
+
+def test_primary_limit_waits_for_the_reset(
+    github: responses.RequestsMock, forge: GitHubForge, fake: FakeTime
+) -> None:
+    reset = int(fake.wall()) + 30
+    github.get(
+        PULLS,
+        status=403,
+        headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)},
+        json={"message": "API rate limit exceeded for user ID 42."},
+    )
+    github.get(PULLS, json=[])
+    assert forge.list_pulls() == []
+    assert fake.sleeps == [31.0]
+
+
+def test_429_gives_up_after_the_deadline(github: responses.RequestsMock, fake: FakeTime) -> None:
+    forge = GitHubForge(REPO, TOKEN, retry_deadline=10.0, sleep=fake.sleep, clock=fake.clock)
+    github.get(PULLS, status=429, json={"message": f"Too many requests for {TOKEN}"})
+    with pytest.raises(NodeError) as caught:
+        forge.list_pulls()
+    assert caught.value.temporary
+    assert fake.sleeps == [1.0, 2.0, 4.0]  # the next wait (8 s) would pass the 10 s deadline
+    text = str(caught.value)
+    assert "gave up" in text
+    assert "429" in text
+    assert TOKEN not in text
+
+
+def test_401_says_the_token_was_rejected(
+    github: responses.RequestsMock, forge: GitHubForge
+) -> None:
+    github.get(
+        PULLS,
+        status=401,
+        json={"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"},
+    )
+    with pytest.raises(NodeError) as caught:
+        forge.list_pulls()
+    assert not caught.value.temporary
+    assert "rejected the token" in str(caught.value)
+    assert len(github.calls) == 1
+
+
+def test_404_says_the_repo_is_not_visible(
+    github: responses.RequestsMock, forge: GitHubForge
+) -> None:
+    github.get(PULLS, status=404, json={"message": "Not Found"})
+    with pytest.raises(NodeError) as caught:
+        forge.list_pulls()
+    assert not caught.value.temporary
+    assert re.search(r"acme/webapp is not visible to this token", str(caught.value))
+
+
+def test_forbidden_message_is_redacted(github: responses.RequestsMock, forge: GitHubForge) -> None:
+    github.post(PULLS, status=403, json={"message": f"Resource not accessible by {TOKEN}"})
+    github.get(PULLS, json=[])
+    with pytest.raises(NodeError) as caught:
+        forge.open_pull(task="t", head="agent/t", base="main", title="t", body="b")
+    assert TOKEN not in str(caught.value)
+    assert "***" in str(caught.value)
+    assert TOKEN not in repr(forge)
+
+
+# ------------------------------------------------------------------------------ credentials
+
+
+def test_token_file_must_not_be_readable_by_others(tmp_path: Path) -> None:
+    path = tmp_path / "github-token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o644)
+    with pytest.raises(NodeError) as caught:
+        read_token(str(path), {"GH_TOKEN": "ignored"})
+    assert f"chmod 600 {path}" in str(caught.value)
+    path.chmod(0o600)
+    assert read_token(str(path), {}) == TOKEN
+
+
+def test_token_file_in_home_and_missing(tmp_path: Path) -> None:
+    config = Path(os.path.expanduser("~/.config/reconciler"))
+    config.mkdir(parents=True)
+    (config / "github-token").write_text(TOKEN)
+    (config / "github-token").chmod(0o600)
+    assert read_token("~/.config/reconciler/github-token", {}) == TOKEN
+    with pytest.raises(NodeError, match="does not exist"):
+        read_token(str(tmp_path / "nope"), {"GH_TOKEN": "x"})
+
+
+def test_token_from_environment() -> None:
+    assert read_token(None, {"GH_TOKEN": "a", "GITHUB_TOKEN": "b"}) == "a"
+    assert read_token(None, {"GITHUB_TOKEN": "b"}) == "b"
+    with pytest.raises(NodeError) as caught:
+        read_token(None, {})
+    assert "GH_TOKEN" in str(caught.value)
+    assert "GITHUB_TOKEN" in str(caught.value)
+
+
+def test_redact() -> None:
+    pat = "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz"
+    text = f"token s3cret-value, {TOKEN} and {pat} and gho_{'q' * 36}"
+    assert redact(text, ["s3cret-value", ""]) == "token ***, *** and *** and ***"
