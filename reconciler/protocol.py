@@ -25,7 +25,9 @@ class RepoRef(Msg):
     name: str
     checkout: str  # may start with ~ (the lane user's home)
     remote: str = "origin"
-    forge: Literal["local"] | None = None
+    forge: Literal["local", "github"] | None = None
+    github_repo: str | None = None  # OWNER/NAME for a github forge
+    api_url: str | None = None  # GitHub Enterprise Server API root
 
 
 class LaneRef(Msg):
@@ -35,6 +37,7 @@ class LaneRef(Msg):
     workspace_root: str  # may start with ~
     repos: list[RepoRef]
     env: dict[str, str] = Field(default_factory=dict)
+    github_token_file: str | None = None  # a path inside the lane; the token never travels
 
 
 class TaskRef(Msg):

@@ -68,10 +68,13 @@ def lane_ref(name: str, spec: LaneSpec) -> LaneRef:
                 checkout=r.checkout,
                 remote=r.remote,
                 forge=r.forge.kind if r.forge else None,
+                github_repo=r.forge.repo if r.forge else None,
+                api_url=r.forge.api_url if r.forge else None,
             )
             for r in spec.repos
         ],
         env=dict(spec.env),
+        github_token_file=spec.credentials.github,
     )
 
 

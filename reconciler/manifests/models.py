@@ -68,8 +68,36 @@ class Metadata(Spec):
 
 
 class Forge(Spec):
-    kind: Literal["local"] = Field(
-        description="local: pull requests kept inside the remote repository itself"
+    kind: Literal["local", "github"] = Field(
+        description="local: pull requests kept inside the remote repository itself; "
+        "github: pull requests on GitHub or GitHub Enterprise Server"
+    )
+    repo: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+        description="github: OWNER/NAME of the repository",
+    )
+    api_url: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        description="github: the REST API root, for GitHub Enterprise Server "
+        "(e.g. https://ghe.example.com/api/v3); default https://api.github.com",
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> Forge:
+        if self.kind == "github" and not self.repo:
+            raise ValueError("a github forge needs repo: OWNER/NAME")
+        if self.kind == "local" and (self.repo or self.api_url):
+            raise ValueError("a local forge takes no repo or apiUrl; remove them")
+        return self
+
+
+class Credentials(Spec):
+    github: str | None = Field(
+        None,
+        description="file holding the lane's GitHub token (mode 0600, read inside the lane); "
+        "omitted: GH_TOKEN or GITHUB_TOKEN in the lane's environment",
     )
 
 
@@ -87,6 +115,9 @@ class LaneSpec(Spec):
     workspace_root: str = Field("~/worktrees", description="worktrees and run directories")
     repos: list[Repo] = Field(min_length=1)
     env: dict[EnvName, str] = Field(default_factory=dict, description="added to the agent env")
+    credentials: Credentials = Field(
+        default_factory=Credentials, description="where the lane keeps its forge tokens"
+    )
 
     @field_validator("repos")
     @classmethod

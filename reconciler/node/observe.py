@@ -14,7 +14,7 @@ import time
 
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
-from reconciler.node.forge_local import LocalForge
+from reconciler.node.forges import forge_for
 from reconciler.node.lane import Lane, check_ref_name, is_under, parse_run_key
 from reconciler.node.procs import boot_id
 from reconciler.node.runs import observe_runs
@@ -68,7 +68,8 @@ def _read_repo(lane: Lane, repo: RepoRef, checkout: str, prefix: str) -> RepoObs
         for ref, sha in heads.items()
         if ref.startswith(remote_prefix + prefix)
     }
-    prs = LocalForge(checkout, repo.remote).list_pulls() if repo.forge == "local" else None
+    forge = forge_for(lane, repo.name)
+    prs = forge.list_pulls() if forge is not None else None
     return RepoObs(
         name=repo.name,
         ok=True,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_local import LocalForge
+from reconciler.node.forges import Forge, forge_for
 from reconciler.node.lane import Lane, check_branch, check_name
 from reconciler.node.observe import observe
 from reconciler.node.preflight import preflight
@@ -118,14 +119,14 @@ def _push(lane: Lane, req: PushRequest) -> BaseModel:
     return PushResult(sha=gitops.push(checkout, repo.remote, req.branch, req.force_with_lease))
 
 
-def _forge(lane: Lane, repo_name: str) -> LocalForge:
-    repo, checkout = lane.repo(repo_name)
-    if repo.forge != "local":
+def _forge(lane: Lane, repo_name: str) -> Forge:
+    forge = forge_for(lane, repo_name)
+    if forge is None:
         raise NodeError(
-            f"repo {repo_name} has no local forge on this lane; forge requests for it go "
-            "to its hosted forge (or configure forge: {kind: local})"
+            f"repo {repo_name} has no forge on this lane; give it forge: {{kind: local}} or "
+            "{kind: github, repo: OWNER/NAME} to have pull requests"
         )
-    return LocalForge(checkout, repo.remote)
+    return forge
 
 
 def _forge_list(lane: Lane, req: ForgeListRequest) -> BaseModel:
@@ -162,7 +163,13 @@ def _forge_close(lane: Lane, req: ForgeCloseRequest) -> BaseModel:
 
 
 def _forge_merge(lane: Lane, req: ForgeMergeRequest) -> BaseModel:
-    return PRResult(pr=_forge(lane, req.repo).merge_pull(req.number))
+    forge = _forge(lane, req.repo)
+    if not isinstance(forge, LocalForge):
+        raise NodeError(
+            f"PR #{req.number} of repo {req.repo} lives on a hosted forge: merge it there; "
+            "the next pass sees the merge and marks the task done"
+        )
+    return PRResult(pr=forge.merge_pull(req.number))
 
 
 def _read_log(lane: Lane, req: ReadLogRequest) -> BaseModel:

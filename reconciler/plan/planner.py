@@ -234,6 +234,12 @@ class _Planner:
         pr = self.pr_for(lane_name, spec.repo, branch, name)
         record = self.observed.records.get(name)
 
+        if repo.error and current:
+            # Its repository (or forge) could not be read this pass: without its PRs, a success
+            # could look like "no forge" and a PR like "none yet". Decide nothing until it can.
+            self.status(name, Phase.UNKNOWN, lane_name, spec.repo, reason=repo.error)
+            return
+
         if name in done:
             if pr is not None and pr.state == "merged" and not (record and record.done):
                 self.act(

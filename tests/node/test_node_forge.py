@@ -207,7 +207,7 @@ def test_remote_must_be_local(env: Env, tmp_path: Path) -> None:
     assert env.respond(ForgeListRequest(lane=env.lane, repo="webapp")).ok
 
 
-def test_forge_requests_need_a_local_forge(env: Env) -> None:
+def test_forge_requests_need_a_forge(env: Env) -> None:
     lane = LaneRef(
         name="plain",
         workspace_root=str(env.root),
@@ -216,4 +216,4 @@ def test_forge_requests_need_a_local_forge(env: Env) -> None:
     response = env.respond(ForgeListRequest(lane=lane, repo="webapp"))
     assert not response.ok
     assert response.failure is not None
-    assert "no local forge" in response.failure.error
+    assert "has no forge on this lane" in response.failure.error

@@ -555,3 +555,13 @@ def test_closing_the_pr_stops_a_live_run_of_the_same_spec() -> None:
     p = plan(d, observed(runs={"t": [live]}, repo=repo), NOW)
     assert kinds(p) == [("stop", "t")]
     assert phase(p, "t") is Phase.FAILED
+
+
+def test_an_unreadable_repository_or_forge_decides_nothing_for_started_tasks() -> None:
+    d = desired(("t", task_spec()), ("new", task_spec()))
+    r = run(d, "t", exit=exited(0), result=ok_result(), commits_ahead=1)
+    repo = RepoView(prs=None, error="GitHub did not answer")
+    p = plan(d, observed(runs={"t": [r]}, repo=repo), NOW)
+    assert p.empty  # no complete as if there were no forge, no start on a repo we cannot read
+    assert phase(p, "t") is Phase.UNKNOWN and phase(p, "new") is Phase.BLOCKED
+    assert p.tasks[1].reason == "GitHub did not answer"

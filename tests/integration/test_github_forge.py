@@ -1,0 +1,248 @@
+"""The whole pass against a GitHub forge: real git pushes to a local remote, real agents, and
+``responses`` standing in for GitHub's HTTP (a small stateful fake of the pulls API).
+
+The engine runs in this process (``responses`` patches this process's HTTP only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import responses
+from world import World
+
+from reconciler.engine import Context, Engine
+from reconciler.node import forge_github
+
+OWNER, NAME = "acme", "app"
+API = r"https://api\.github\.com(:443)?"
+TOKEN = "ghp_" + "A1b2C3d4E5f6G7h8I9j0" * 2
+
+
+class FakeGitHub:
+    """Pull requests of one repository, as GitHub's REST API answers for them."""
+
+    def __init__(self, rsps: responses.RequestsMock) -> None:
+        self.pulls: list[dict[str, Any]] = []
+        self.comments: list[tuple[int, str]] = []
+        self.requests: list[str] = []
+        self.not_modified = 0  # answers that cost no rate-limit points
+        self.version = 0
+        base = f"{API}/repos/{OWNER}/{NAME}"
+        rsps.add_callback(responses.GET, re.compile(base + r"/pulls(\?.*)?$"), self.list)
+        rsps.add_callback(responses.POST, re.compile(base + r"/pulls$"), self.create)
+        rsps.add_callback(responses.GET, re.compile(base + r"/pulls/\d+$"), self.get)
+        rsps.add_callback(responses.PATCH, re.compile(base + r"/pulls/\d+$"), self.patch)
+        rsps.add_callback(responses.POST, re.compile(base + r"/issues/\d+/comments$"), self.comment)
+
+    def _seen(self, request: Any) -> None:
+        assert request.headers.get("Authorization") == f"token {TOKEN}"
+        self.requests.append(f"{request.method} {request.path_url}")
+
+    def _etag(self) -> str:
+        return f'W/"v{self.version}"'
+
+    def list(self, request: Any) -> tuple[int, dict[str, str], str]:
+        self._seen(request)
+        if request.headers.get("If-None-Match") == self._etag():
+            self.not_modified += 1
+            return 304, {"ETag": self._etag()}, ""
+        query = dict(re.findall(r"([a-z_]+)=([^&]*)", request.path_url.split("?", 1)[-1]))
+        items = self.pulls
+        if "head" in query:
+            head = requests.utils.unquote(query["head"])
+            assert head.startswith(f"{OWNER}:"), "the head filter needs the owner prefix"
+            items = [p for p in items if p["head"]["label"] == head]
+        return 200, {"ETag": self._etag()}, json.dumps(items)
+
+    def create(self, request: Any) -> tuple[int, dict[str, str], str]:
+        self._seen(request)
+        data = json.loads(request.body)
+        if any(p["head"]["ref"] == data["head"] and p["state"] == "open" for p in self.pulls):
+            message = f"A pull request already exists for {OWNER}:{data['head']}."
+            body = {"message": "Validation Failed", "errors": [{"message": message}]}
+            return 422, {}, json.dumps(body)
+        number = len(self.pulls) + 1
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        pr = {
+            "number": number,
+            "html_url": f"https://github.com/{OWNER}/{NAME}/pull/{number}",
+            "state": "open",
+            "title": data["title"],
+            "body": data["body"],
+            "draft": data.get("draft", False),
+            "head": {"ref": data["head"], "sha": "0" * 40, "label": f"{OWNER}:{data['head']}"},
+            "base": {"ref": data["base"]},
+            "merged_at": None,
+            "updated_at": now,
+        }
+        self.pulls.append(pr)
+        self.version += 1
+        return 201, {}, json.dumps(pr)
+
+    def _find(self, request: Any) -> dict[str, Any]:
+        number = int(request.path_url.rsplit("/", 1)[1])
+        return self.pulls[number - 1]
+
+    def get(self, request: Any) -> tuple[int, dict[str, str], str]:
+        self._seen(request)
+        return 200, {}, json.dumps(self._find(request))
+
+    def patch(self, request: Any) -> tuple[int, dict[str, str], str]:
+        self._seen(request)
+        pr = self._find(request)
+        pr.update(json.loads(request.body))
+        self.version += 1
+        return 200, {}, json.dumps(pr)
+
+    def comment(self, request: Any) -> tuple[int, dict[str, str], str]:
+        self._seen(request)
+        number = int(request.path_url.split("/")[-2])
+        self.comments.append((number, json.loads(request.body)["body"]))
+        return 201, {}, json.dumps({"id": len(self.comments)})
+
+    def merge(self, number: int) -> None:
+        """What a human clicking "Merge" does."""
+        self.pulls[number - 1].update(
+            state="closed", merged_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        )
+        self.version += 1
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    forge_github._PAGES.clear()
+    forge_github._GATES.clear()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        fake = FakeGitHub(rsps)
+        yield fake
+        refused = [
+            f"{c.request.method} {c.request.url}"
+            for c in rsps.calls
+            if isinstance(c.response, requests.ConnectionError)
+        ]
+        assert not refused, f"requests the fake GitHub does not serve: {refused}"
+
+
+def github_world(world: World) -> Path:
+    world.repo("app")
+    token_file = world.home / ".config" / "reconciler" / "github-token"
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    world.lanes["web"] = {
+        "maxConcurrency": 2,
+        "workspaceRoot": "~/worktrees/web",
+        "credentials": {"github": "~/.config/reconciler/github-token"},
+        "repos": [
+            {
+                "name": "app",
+                "checkout": "~/src/app",
+                "forge": {"kind": "github", "repo": f"{OWNER}/{NAME}"},
+            }
+        ],
+    }
+    world.task("a", "web", "succeed", pr={"title": "Do a", "draft": True})
+    world.task("b", "web", "succeed")
+    world.commit()
+    return token_file
+
+
+def converge(engine: Engine, passes: int = 40) -> None:
+    for _ in range(passes):
+        desired = engine.load()
+        with engine.locked(None) as store:
+            result = engine.apply(desired, store)
+        assert result.report is not None and result.report.ok, result.report
+        phases = {t.phase.value for t in result.plan.tasks}
+        if result.plan.empty and not phases & {"pending", "queued", "running", "backoff"}:
+            return
+        time.sleep(0.1)
+    raise AssertionError("no convergence against the fake GitHub")
+
+
+def test_one_pr_per_task_on_github_and_none_after_losing_state(
+    world: World, github: FakeGitHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GH_TOKEN", raising=False)
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    github_world(world)
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    converge(engine)
+
+    assert sorted(p["head"]["ref"] for p in github.pulls) == ["agent/a", "agent/b"]
+    a = next(p for p in github.pulls if p["head"]["ref"] == "agent/a")
+    assert a["title"] == "Do a" and a["draft"] is True
+    assert "<!-- reconciler:task=a -->" in a["body"]
+    # the branch really went to the remote
+    assert world.git_head("app", "agent/a")
+
+    # Nothing changed: the next pass lists the pulls conditionally and gets 304s.
+    before, cheap = len(github.requests), github.not_modified
+    desired = engine.load()
+    with engine.reading() as store:
+        plan, _ = engine.observe_and_plan(desired, store)
+    assert plan.empty
+    new = github.requests[before:]
+    assert len(new) == 1 and new[0].startswith(f"GET /repos/{OWNER}/{NAME}/pulls?")
+    assert github.not_modified == cheap + 1  # a 304: zero rate-limit points
+
+    # Lose the state: the forge is the authority, the PRs are adopted, none is created.
+    import shutil
+
+    shutil.rmtree(world.state)
+    posts = sum(r.startswith("POST") and r.endswith("/pulls") for r in github.requests)
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    converge(engine)
+    assert sum(r.startswith("POST") and r.endswith("/pulls") for r in github.requests) == posts
+    assert len(github.pulls) == 2
+
+    # A merge on GitHub completes the task and removes its worktree.
+    github.merge(1)
+    converge(engine)
+    with engine.reading() as store:
+        plan, _ = engine.observe_and_plan(engine.load(), store)
+    phases = {t.name: t.phase.value for t in plan.tasks}
+    assert phases[github.pulls[0]["head"]["ref"].split("/")[1]] == "done"
+
+
+def test_the_token_never_leaves_the_lane(
+    world: World, github: FakeGitHub, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    github_world(world)
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    converge(engine)
+    # not in the state database, its events, or the run directories' records
+    db = sqlite3.connect(world.state / "state.db")
+    dump = "\n".join(db.iterdump())
+    db.close()
+    assert TOKEN not in dump
+    for root, _dirs, files in os.walk(world.home / "worktrees"):
+        for name in files:
+            path = Path(root) / name
+            if ".git" not in path.parts:
+                assert TOKEN not in path.read_text(errors="replace"), path
+    assert TOKEN not in capsys.readouterr().out
+
+
+def test_an_unreadable_token_file_blocks_with_the_fix(world: World, github: FakeGitHub) -> None:
+    token_file = github_world(world)
+    token_file.chmod(0o644)
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    desired = engine.load()
+    with engine.reading() as store:
+        plan, _ = engine.observe_and_plan(desired, store)
+    assert plan.empty
+    reasons = {b.task: b.reason for b in plan.blocked}
+    assert "chmod 600" in reasons["a"]
+    assert TOKEN not in reasons["a"]
+    assert github.requests == []
