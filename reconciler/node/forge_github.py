@@ -219,6 +219,37 @@ class GitHubForge:
         _, _, data = self._write("PATCH", f"/repos/{self.repo}/pulls/{number}", {"state": "closed"})
         return self._pr(_object(data, f"pull request #{number}"))
 
+    def access(self) -> tuple[bool, str]:
+        """Whether the token may push and open PRs, and what GitHub says of the repository.
+
+        A conditional request: an unchanged repository answers 304 and costs no points.
+        """
+        url = f"/repos/{self.repo}"
+        key = (self.api_url, self.repo, self._digest, url)
+        cached = _PAGES.get(key)
+        headers = {"If-None-Match": cached.etag} if cached else None
+        status, response_headers, data = self._request("GET", url, headers=headers)
+        if status == 304 and cached is not None:
+            data = cached.items[0]
+        else:
+            if not isinstance(data, dict):
+                raise GitHubError(
+                    f"GitHub answered the repository {self.repo} with something other than an "
+                    "object; check forge.apiUrl points at the REST API (…/api/v3 for Enterprise)"
+                )
+            etag = str(response_headers.get("etag", ""))
+            if etag:
+                _PAGES[key] = _Page(etag=etag, items=[data], next_url=None)
+        perms = _dict(data.get("permissions"))
+        can_write = bool(perms.get("push"))
+        return can_write, str(data.get("full_name") or self.repo)
+
+    def rate_limit(self) -> tuple[int, int]:
+        """(remaining, limit) of the token's core rate limit; this call itself costs nothing."""
+        _, _, data = self._request("GET", "/rate_limit")
+        core = _dict(_dict(_dict(data).get("resources")).get("core"))
+        return int(core.get("remaining", 0)), int(core.get("limit", 0))
+
     # ------------------------------------------------------------------------ helpers
 
     def _open_from(self, head: str) -> PullRequest | None:

@@ -51,6 +51,8 @@ def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
     checks.append(_git_version())
     for name, repo in lane.repos.items():
         checks.extend(_repo_checks(lane, name, req.bases.get(name, []), repo.remote, repo.forge))
+        if repo.forge == "github":
+            checks.extend(_github_checks(lane, name))
     checks.extend(_workspace_checks(lane, req.min_free_bytes))
     for agent in req.agents:
         checks.append(_agent_check(lane, agent))
@@ -210,3 +212,46 @@ def _agent_check(lane: Lane, agent: AgentRef) -> PreflightCheck:
             "or give an absolute command",
         )
     return _ok("agent", binary, f"{binary} resolves to {found}.")
+
+
+def _github_checks(lane: Lane, name: str) -> list[PreflightCheck]:
+    """The token is there and private, GitHub accepts it, sees the repository, lets it push and
+    open PRs, and has rate limit left. Reads only; an unchanged repository costs no points."""
+    from reconciler.node.forge_github import GitHubForge
+    from reconciler.node.forges import forge_for
+
+    try:
+        forge = forge_for(lane, name)
+    except NodeError as exc:
+        return [_fail("forge-token", name, str(exc), "make the lane's GitHub token readable")]
+    assert isinstance(forge, GitHubForge)
+    checks = [_ok("forge-token", name, "The lane's GitHub token is present.")]
+    try:
+        can_write, full_name = forge.access()
+        remaining, limit = forge.rate_limit()
+    except NodeError as exc:
+        checks.append(_fail("forge-access", name, str(exc), "see the message"))
+        return checks
+    if not can_write:
+        checks.append(
+            _fail(
+                "forge-access",
+                name,
+                f"The token can read {full_name} but may not push to it or open pull requests.",
+                "give the token contents and pull requests read/write permission",
+            )
+        )
+    else:
+        checks.append(_ok("forge-access", name, f"The token may push to {full_name}."))
+    if remaining <= 0:
+        checks.append(
+            _fail(
+                "forge-rate-limit",
+                name,
+                f"The token's rate limit is used up (0 of {limit} left).",
+                "wait for the reset, or give the lane its own token",
+            )
+        )
+    else:
+        checks.append(_ok("forge-rate-limit", name, f"{remaining} of {limit} requests left."))
+    return checks

@@ -35,27 +35,50 @@ class FakeGitHub:
         self.pulls: list[dict[str, Any]] = []
         self.comments: list[tuple[int, str]] = []
         self.requests: list[str] = []
-        self.not_modified = 0  # answers that cost no rate-limit points
+        self.points = 0  # rate-limit points spent: 304s and /rate_limit are free
+        self.not_modified = 0
         self.version = 0
+        self.can_push = True
         base = f"{API}/repos/{OWNER}/{NAME}"
         rsps.add_callback(responses.GET, re.compile(base + r"/pulls(\?.*)?$"), self.list)
         rsps.add_callback(responses.POST, re.compile(base + r"/pulls$"), self.create)
         rsps.add_callback(responses.GET, re.compile(base + r"/pulls/\d+$"), self.get)
         rsps.add_callback(responses.PATCH, re.compile(base + r"/pulls/\d+$"), self.patch)
         rsps.add_callback(responses.POST, re.compile(base + r"/issues/\d+/comments$"), self.comment)
+        rsps.add_callback(responses.GET, re.compile(base + r"$"), self.repository)
+        rsps.add_callback(responses.GET, re.compile(API + r"/rate_limit$"), self.rate_limit)
 
-    def _seen(self, request: Any) -> None:
+    def _seen(self, request: Any, free: bool = False) -> None:
         assert request.headers.get("Authorization") == f"token {TOKEN}"
         self.requests.append(f"{request.method} {request.path_url}")
+        self.points += 0 if free else 1
+
+    def repository(self, request: Any) -> tuple[int, dict[str, str], str]:
+        etag = f'W/"repo-{self.can_push}"'
+        if request.headers.get("If-None-Match") == etag:
+            self._seen(request, free=True)
+            return 304, {"ETag": etag}, ""
+        self._seen(request)
+        body = {
+            "full_name": f"{OWNER}/{NAME}",
+            "permissions": {"pull": True, "push": self.can_push, "admin": False},
+        }
+        return 200, {"ETag": etag}, json.dumps(body)
+
+    def rate_limit(self, request: Any) -> tuple[int, dict[str, str], str]:
+        self._seen(request, free=True)
+        core = {"limit": 5000, "remaining": 4999, "reset": 1_800_000_000, "used": 1}
+        return 200, {}, json.dumps({"resources": {"core": core}, "rate": core})
 
     def _etag(self) -> str:
         return f'W/"v{self.version}"'
 
     def list(self, request: Any) -> tuple[int, dict[str, str], str]:
-        self._seen(request)
         if request.headers.get("If-None-Match") == self._etag():
+            self._seen(request, free=True)
             self.not_modified += 1
             return 304, {"ETag": self._etag()}, ""
+        self._seen(request)
         query = dict(re.findall(r"([a-z_]+)=([^&]*)", request.path_url.split("?", 1)[-1]))
         items = self.pulls
         if "head" in query:
@@ -187,14 +210,14 @@ def test_one_pr_per_task_on_github_and_none_after_losing_state(
     assert world.git_head("app", "agent/a")
 
     # Nothing changed: the next pass lists the pulls conditionally and gets 304s.
-    before, cheap = len(github.requests), github.not_modified
+    before, points = len(github.requests), github.points
     desired = engine.load()
     with engine.reading() as store:
         plan, _ = engine.observe_and_plan(desired, store)
     assert plan.empty
     new = github.requests[before:]
-    assert len(new) == 1 and new[0].startswith(f"GET /repos/{OWNER}/{NAME}/pulls?")
-    assert github.not_modified == cheap + 1  # a 304: zero rate-limit points
+    assert sum(r.startswith(f"GET /repos/{OWNER}/{NAME}/pulls?") for r in new) == 1
+    assert github.points == points  # 304s and /rate_limit only: zero rate-limit points
 
     # Lose the state: the forge is the authority, the PRs are adopted, none is created.
     import shutil
@@ -246,3 +269,15 @@ def test_an_unreadable_token_file_blocks_with_the_fix(world: World, github: Fake
     assert "chmod 600" in reasons["a"]
     assert TOKEN not in reasons["a"]
     assert github.requests == []
+
+
+def test_a_token_that_may_not_push_blocks_with_the_fix(world: World, github: FakeGitHub) -> None:
+    github_world(world)
+    github.can_push = False
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    desired = engine.load()
+    with engine.reading() as store:
+        plan, _ = engine.observe_and_plan(desired, store)
+    assert plan.empty
+    reason = {b.task: b.reason for b in plan.blocked}["a"]
+    assert "may not push" in reason and "read/write" in reason
