@@ -245,6 +245,7 @@ class ForgeOpenRequest(Msg):
     body: str
     draft: bool = False
     labels: list[str] = Field(default_factory=list)
+    reviewers: list[str] = Field(default_factory=list)  # users, or ORG/TEAM for teams
 
 
 class ForgeUpdateRequest(Msg):

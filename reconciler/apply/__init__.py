@@ -507,6 +507,7 @@ class Applier:
                 body=body,
                 draft=task.spec.pr.draft,
                 labels=list(task.spec.pr.labels),
+                reviewers=list(task.spec.pr.reviewers),
             ),
             ForgeOpenResult,
         )

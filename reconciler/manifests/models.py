@@ -200,6 +200,12 @@ class PullRequestSpec(Spec):
     body: str | None = None
     draft: bool = False
     labels: list[str] = Field(default_factory=list)
+    reviewers: list[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]+(/[A-Za-z0-9_.-]+)?$")]
+    ] = Field(
+        default_factory=list,
+        description="GitHub users (octocat) or teams (acme/reviewers) asked to review a new PR",
+    )
 
 
 class TaskSpec(Spec):

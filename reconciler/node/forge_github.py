@@ -153,6 +153,7 @@ class GitHubForge:
         body: str,
         draft: bool = False,
         labels: list[str] | None = None,
+        reviewers: list[str] | None = None,
     ) -> tuple[PullRequest, bool]:
         """Create a PR unless an open one from ``head`` exists; (pr, created)."""
         if head == base:
@@ -179,6 +180,14 @@ class GitHubForge:
         if labels:
             self._write(
                 "POST", f"/repos/{self.repo}/issues/{pr.number}/labels", {"labels": list(labels)}
+            )
+        if reviewers:
+            users = [r for r in reviewers if "/" not in r]
+            teams = [r.split("/", 1)[1] for r in reviewers if "/" in r]
+            self._write(
+                "POST",
+                f"/repos/{self.repo}/pulls/{pr.number}/requested_reviewers",
+                {"reviewers": users, "team_reviewers": teams},
             )
         return pr, True
 

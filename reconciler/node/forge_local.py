@@ -192,6 +192,7 @@ class LocalForge:
         body: str,
         draft: bool = False,
         labels: list[str] | None = None,
+        reviewers: list[str] | None = None,
     ) -> tuple[PullRequest, bool]:
         """Create a PR unless an open one from ``head`` exists; (pr, created)."""
         if head == base:
@@ -223,6 +224,7 @@ class LocalForge:
                 "state": "open",
                 "draft": draft,
                 "labels": list(labels or []),
+                "reviewers": list(reviewers or []),
                 "head_sha": head_sha,
                 "created_at": now,
                 "updated_at": now,

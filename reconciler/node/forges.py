@@ -27,6 +27,7 @@ class Forge(Protocol):
         body: str,
         draft: bool = False,
         labels: list[str] | None = None,
+        reviewers: list[str] | None = None,
     ) -> tuple[PullRequest, bool]: ...
 
     def update_pull(

@@ -147,6 +147,7 @@ def _forge_open(lane: Lane, req: ForgeOpenRequest) -> BaseModel:
         body=req.body,
         draft=req.draft,
         labels=req.labels,
+        reviewers=req.reviewers,
     )
     return ForgeOpenResult(pr=pr, created=created)
 

@@ -46,6 +46,9 @@ class FakeGitHub:
         rsps.add_callback(responses.PATCH, re.compile(base + r"/pulls/\d+$"), self.patch)
         rsps.add_callback(responses.POST, re.compile(base + r"/issues/\d+/comments$"), self.comment)
         rsps.add_callback(responses.GET, re.compile(base + r"$"), self.repository)
+        rsps.add_callback(
+            responses.POST, re.compile(base + r"/pulls/\d+/requested_reviewers$"), self.review
+        )
         rsps.add_callback(responses.GET, re.compile(API + r"/rate_limit$"), self.rate_limit)
 
     def _seen(self, request: Any, free: bool = False) -> None:
@@ -127,6 +130,15 @@ class FakeGitHub:
         self.version += 1
         return 200, {}, json.dumps(pr)
 
+    def review(self, request: Any) -> tuple[int, dict[str, str], str]:
+        self._seen(request)
+        pr = self._find_in(request.path_url.split("/")[-2])
+        pr["requested"] = json.loads(request.body)
+        return 201, {}, json.dumps(pr)
+
+    def _find_in(self, number: str) -> dict[str, Any]:
+        return self.pulls[int(number) - 1]
+
     def comment(self, request: Any) -> tuple[int, dict[str, str], str]:
         self._seen(request)
         number = int(request.path_url.split("/")[-2])
@@ -174,7 +186,7 @@ def github_world(world: World) -> Path:
             }
         ],
     }
-    world.task("a", "web", "succeed", pr={"title": "Do a", "draft": True})
+    world.task("a", "web", "succeed", pr={"title": "Do a", "draft": True, "reviewers": ["octocat"]})
     world.task("b", "web", "succeed")
     world.commit()
     return token_file
@@ -206,6 +218,7 @@ def test_one_pr_per_task_on_github_and_none_after_losing_state(
     a = next(p for p in github.pulls if p["head"]["ref"] == "agent/a")
     assert a["title"] == "Do a" and a["draft"] is True
     assert "<!-- reconciler:task=a -->" in a["body"]
+    assert a["requested"] == {"reviewers": ["octocat"], "team_reviewers": []}
     # the branch really went to the remote
     assert world.git_head("app", "agent/a")
 

@@ -257,6 +257,28 @@ def test_open_creates_with_marker_draft_and_labels(
     assert sent(github.calls[2]) == {"labels": ["agent"]}
 
 
+def test_open_requests_reviews_from_users_and_teams(
+    github: responses.RequestsMock, forge: GitHubForge
+) -> None:
+    github.get(PULLS, match=list_query("agent/add-login"), json=[])
+    github.post(PULLS, status=201, json=pull(9, "agent/add-login", body=MARKED))
+    github.post(
+        f"{API}/repos/{REPO}/pulls/9/requested_reviewers",
+        status=201,
+        json=pull(9, "agent/add-login", body=MARKED),
+    )
+    pr, created = forge.open_pull(
+        task="add-login",
+        head="agent/add-login",
+        base="main",
+        title="Add login",
+        body="Implements the thing.",
+        reviewers=["octocat", "acme/web-reviewers"],
+    )
+    assert created and pr.number == 9
+    assert sent(github.calls[2]) == {"reviewers": ["octocat"], "team_reviewers": ["web-reviewers"]}
+
+
 def test_open_adopts_an_existing_open_pr_without_creating(
     github: responses.RequestsMock, forge: GitHubForge
 ) -> None:
