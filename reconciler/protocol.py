@@ -133,6 +133,10 @@ class PullRequest(Msg):
     task: str | None = None  # from the hidden marker in the body
     head_sha: str | None = None
     updated_at: float | None = None  # last change of state (closed/merged time for those)
+    # What reviewers and CI say of head_sha (hosted forges; the local forge has neither):
+    checks: Literal["pending", "success", "failure"] | None = None  # None: no checks reported
+    check_feedback: list[str] = Field(default_factory=list)  # failing checks, with output tails
+    review_feedback: list[str] = Field(default_factory=list)  # change requests, with file:line
 
 
 class RepoObs(Msg):

@@ -195,6 +195,9 @@ class Success(Spec):
     check_timeout: Duration = Field(600.0, gt=0, description="limit per check")
 
 
+_ITERATE_ON: tuple[Literal["checks", "reviews"], ...] = ("checks", "reviews")
+
+
 class PullRequestSpec(Spec):
     title: str | None = Field(None, description="default: the task name")
     body: str | None = None
@@ -205,6 +208,11 @@ class PullRequestSpec(Spec):
     ] = Field(
         default_factory=list,
         description="GitHub users (octocat) or teams (acme/reviewers) asked to review a new PR",
+    )
+    iterate_on: list[Literal["checks", "reviews"]] = Field(
+        default_factory=lambda: list(_ITERATE_ON),
+        description="run the agent again on the PR's branch when its checks fail or a review "
+        "requests changes (while iterations remain); [] to never",
     )
 
 

@@ -47,6 +47,11 @@ TRANSIENT_NETWORK = (
 Json = dict[str, Any]
 
 
+# Check-run conclusions that mean "the change is not good yet" (neutral and skipped do not).
+_FAILED_CONCLUSIONS = frozenset({"failure", "timed_out", "cancelled", "action_required"})
+FEEDBACK_TAIL = 2000
+
+
 class GitHubError(NodeError):
     """A GitHub request failed; the message names the repository or PR and the fix."""
 
@@ -252,6 +257,94 @@ class GitHubForge:
         perms = _dict(data.get("permissions"))
         can_write = bool(perms.get("push"))
         return can_write, str(data.get("full_name") or self.repo)
+
+    def with_feedback(self, pr: PullRequest) -> PullRequest:
+        """The PR with what CI and reviewers say of its head commit (conditional requests: an
+        unchanged PR costs no points). Failing checks carry their output's tail; change
+        requests carry their inline comments as ``path:line``."""
+        if pr.state != "open" or not pr.head_sha:
+            return pr
+        runs = _dict(self._get_cached(f"/repos/{self.repo}/commits/{pr.head_sha}/check-runs"))
+        status = _dict(self._get_cached(f"/repos/{self.repo}/commits/{pr.head_sha}/status"))
+        pending = False
+        failing: list[str] = []
+        seen_any = False
+        for run in map(_dict, runs.get("check_runs") or []):
+            seen_any = True
+            if run.get("status") != "completed":
+                pending = True
+            elif run.get("conclusion") in _FAILED_CONCLUSIONS:
+                output = _dict(run.get("output"))
+                detail = "\n".join(
+                    str(output.get(k) or "") for k in ("title", "summary", "text")
+                ).strip()
+                line = f"check `{run.get('name')}` {run.get('conclusion')}"
+                failing.append(f"{line}:\n```\n{detail[-FEEDBACK_TAIL:]}\n```" if detail else line)
+        for item in map(_dict, status.get("statuses") or []):
+            seen_any = True
+            if item.get("state") == "pending":
+                pending = True
+            elif item.get("state") in ("failure", "error"):
+                failing.append(
+                    f"status `{item.get('context')}` {item.get('state')}: "
+                    f"{item.get('description') or ''}".rstrip(": ")
+                )
+        checks: Literal["pending", "success", "failure"] | None = None
+        if failing:
+            checks = "failure"
+        elif pending:
+            checks = "pending"
+        elif seen_any:
+            checks = "success"
+        return pr.model_copy(
+            update={
+                "checks": checks,
+                "check_feedback": failing,
+                "review_feedback": self._change_requests(pr),
+            }
+        )
+
+    def _change_requests(self, pr: PullRequest) -> list[str]:
+        reviews = self._get_cached(f"/repos/{self.repo}/pulls/{pr.number}/reviews")
+        latest: dict[str, Json] = {}
+        for review in map(_dict, reviews if isinstance(reviews, list) else []):
+            if review.get("commit_id") not in (None, pr.head_sha):
+                continue  # about an older commit: already answered
+            user = str(_dict(review.get("user")).get("login") or "?")
+            if review.get("state") in ("APPROVED", "CHANGES_REQUESTED", "DISMISSED"):
+                latest[user] = review
+        wanted = {
+            review.get("id"): user
+            for user, review in latest.items()
+            if review.get("state") == "CHANGES_REQUESTED"
+        }
+        if not wanted:
+            return []
+        items = [
+            f"review by {user} requests changes: {latest[user].get('body') or '(no summary)'}"
+            for user in sorted(set(wanted.values()))
+        ]
+        comments = self._get_cached(f"/repos/{self.repo}/pulls/{pr.number}/comments")
+        for comment in map(_dict, comments if isinstance(comments, list) else []):
+            if comment.get("pull_request_review_id") in wanted:
+                where = (
+                    f"{comment.get('path')}:{comment.get('line') or comment.get('original_line')}"
+                )
+                items.append(f"{where}: {comment.get('body')}")
+        return items
+
+    def _get_cached(self, url: str) -> Any:
+        """A conditional GET of one document (a 304 answers from the cache, for free)."""
+        key = (self.api_url, self.repo, self._digest, url)
+        cached = _PAGES.get(key)
+        headers = {"If-None-Match": cached.etag} if cached else None
+        status, response_headers, data = self._request("GET", url, headers=headers)
+        if status == 304 and cached is not None:
+            return cached.items[0] if cached.items else None
+        etag = str(response_headers.get("etag", ""))
+        if etag:
+            _PAGES[key] = _Page(etag=etag, items=[data], next_url=None)
+        return data
 
     def rate_limit(self) -> tuple[int, int]:
         """(remaining, limit) of the token's core rate limit; this call itself costs nothing."""

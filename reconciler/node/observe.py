@@ -14,6 +14,7 @@ import time
 
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
+from reconciler.node.forge_github import GitHubForge
 from reconciler.node.forges import forge_for
 from reconciler.node.lane import Lane, check_ref_name, is_under, parse_run_key
 from reconciler.node.procs import boot_id
@@ -70,6 +71,9 @@ def _read_repo(lane: Lane, repo: RepoRef, checkout: str, prefix: str) -> RepoObs
     }
     forge = forge_for(lane, repo.name)
     prs = forge.list_pulls() if forge is not None else None
+    if isinstance(forge, GitHubForge) and prs is not None:
+        # Only the reconciler's own open PRs: CI and review verdicts drive the feedback loop.
+        prs = [forge.with_feedback(p) if p.task and p.state == "open" else p for p in prs]
     return RepoObs(
         name=repo.name,
         ok=True,

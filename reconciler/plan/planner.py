@@ -125,6 +125,23 @@ def evaluate(task: Task, run: RunView) -> _Evaluation:
     return ev
 
 
+def pr_feedback(task: Task, pr: PullRequest, pushed: str | None) -> list[str]:
+    """What the PR's checks and reviewers ask of the commit the reconciler pushed last.
+
+    Feedback on an older commit is stale (the agent already answered it), and pending checks
+    are waited for, so a PR is never iterated on twice for the same news.
+    """
+    if pushed is None or pr.head_sha != pushed:
+        return []
+    wanted = task.spec.pr.iterate_on
+    items: list[str] = []
+    if "checks" in wanted and pr.checks == "failure":
+        items += pr.check_feedback or ["the PR's checks failed"]
+    if "reviews" in wanted:
+        items += pr.review_feedback
+    return items
+
+
 @dataclass
 class _Candidate:
     """A slot-needing action waiting for the slot filler."""
@@ -548,6 +565,32 @@ class _Planner:
                 attempt=run.attempt,
                 iteration=run.iteration,
             )
+        else:
+            feedback = pr_feedback(task, open_pr, pushed)
+            if feedback and run.iteration < spec.max_iterations:
+                self.candidate(
+                    task,
+                    ActionKind.ITERATE,
+                    f"PR #{open_pr.number}: {feedback[0].splitlines()[0]}",
+                    Phase.PR_OPEN,
+                    attempt=run.attempt,
+                    iteration=run.iteration + 1,
+                    resume_session=run.session_id
+                    or (run.result.session_id if run.result else None),
+                    feedback=tuple(feedback),
+                )
+                return
+            if feedback:
+                self.status(
+                    name,
+                    Phase.PR_OPEN,
+                    lane,
+                    spec.repo,
+                    pr=open_pr,
+                    reason=f"PR #{open_pr.number} needs work, but all {spec.max_iterations} "
+                    "iterations are used; raise maxIterations or take it over",
+                )
+                return
         self.status(name, Phase.PR_OPEN, lane, spec.repo, pr=open_pr)
 
     def candidate(

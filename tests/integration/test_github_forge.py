@@ -47,6 +47,15 @@ class FakeGitHub:
         rsps.add_callback(responses.POST, re.compile(base + r"/issues/\d+/comments$"), self.comment)
         rsps.add_callback(responses.GET, re.compile(base + r"$"), self.repository)
         rsps.add_callback(
+            responses.GET, re.compile(base + r"/commits/[0-9a-f]+/check-runs$"), self.check_runs
+        )
+        rsps.add_callback(
+            responses.GET, re.compile(base + r"/commits/[0-9a-f]+/status$"), self.status
+        )
+        rsps.add_callback(
+            responses.GET, re.compile(base + r"/pulls/\d+/(reviews|comments)$"), self.nothing
+        )
+        rsps.add_callback(
             responses.POST, re.compile(base + r"/pulls/\d+/requested_reviewers$"), self.review
         )
         rsps.add_callback(responses.GET, re.compile(API + r"/rate_limit$"), self.rate_limit)
@@ -67,6 +76,23 @@ class FakeGitHub:
             "permissions": {"pull": True, "push": self.can_push, "admin": False},
         }
         return 200, {"ETag": etag}, json.dumps(body)
+
+    def _conditional(self, request: Any, body: Any) -> tuple[int, dict[str, str], str]:
+        etag = f'W/"{len(json.dumps(body))}"'
+        if request.headers.get("If-None-Match") == etag:
+            self._seen(request, free=True)
+            return 304, {"ETag": etag}, ""
+        self._seen(request)
+        return 200, {"ETag": etag}, json.dumps(body)
+
+    def check_runs(self, request: Any) -> tuple[int, dict[str, str], str]:
+        return self._conditional(request, {"total_count": 0, "check_runs": []})
+
+    def status(self, request: Any) -> tuple[int, dict[str, str], str]:
+        return self._conditional(request, {"state": "pending", "statuses": [], "total_count": 0})
+
+    def nothing(self, request: Any) -> tuple[int, dict[str, str], str]:
+        return self._conditional(request, [])
 
     def rate_limit(self, request: Any) -> tuple[int, dict[str, str], str]:
         self._seen(request, free=True)

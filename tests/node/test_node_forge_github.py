@@ -504,3 +504,91 @@ def test_redact() -> None:
     pat = "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz"
     text = f"token s3cret-value, {TOKEN} and {pat} and gho_{'q' * 36}"
     assert redact(text, ["s3cret-value", ""]) == "token ***, *** and *** and ***"
+
+
+def test_feedback_reads_failing_checks_statuses_and_change_requests(
+    github: responses.RequestsMock, forge: GitHubForge
+) -> None:
+    github.get(f"{PULLS}?state=all&per_page=100", json=[pull(7, "agent/add-login", body=MARKED)])
+    (pr,) = forge.list_pulls()
+    assert pr.head_sha == SHA
+    github.get(
+        f"{API}/repos/{REPO}/commits/{SHA}/check-runs",
+        json={
+            "total_count": 2,
+            "check_runs": [
+                {
+                    "id": 1,
+                    "name": "lint",
+                    "status": "completed",
+                    "conclusion": "success",
+                    "output": {"title": None, "summary": None, "text": None},
+                },
+                {
+                    "id": 2,
+                    "name": "test",
+                    "status": "completed",
+                    "conclusion": "failure",
+                    "output": {"title": "1 failed", "summary": "E assert 1 == 2", "text": None},
+                },
+            ],
+        },
+        headers={"ETag": 'W/"runs-1"'},
+    )
+    github.get(
+        f"{API}/repos/{REPO}/commits/{SHA}/status",
+        json={
+            "state": "failure",
+            "total_count": 1,
+            "statuses": [{"context": "ci/legacy", "state": "error", "description": "build broke"}],
+        },
+    )
+    github.get(
+        f"{API}/repos/{REPO}/pulls/7/reviews",
+        json=[
+            {
+                "id": 80,
+                "user": {"login": "alice"},
+                "state": "CHANGES_REQUESTED",
+                "body": "Please rename.",
+                "commit_id": SHA,
+            },
+            {"id": 81, "user": {"login": "bob"}, "state": "APPROVED", "body": "", "commit_id": SHA},
+            {
+                "id": 79,
+                "user": {"login": "carol"},
+                "state": "CHANGES_REQUESTED",
+                "body": "old news",
+                "commit_id": "f" * 40,
+            },
+        ],
+    )
+    github.get(
+        f"{API}/repos/{REPO}/pulls/7/comments",
+        json=[
+            {
+                "id": 1,
+                "pull_request_review_id": 80,
+                "path": "app/login.py",
+                "line": 12,
+                "body": "Call it authenticate().",
+            },
+            {"id": 2, "pull_request_review_id": 79, "path": "x.py", "line": 1, "body": "stale"},
+        ],
+    )
+    seen = forge.with_feedback(pr)
+    assert seen.checks == "failure"
+    assert seen.check_feedback[0].startswith("check `test` failure:")
+    assert "E assert 1 == 2" in seen.check_feedback[0]
+    assert seen.check_feedback[1] == "status `ci/legacy` error: build broke"
+    assert seen.review_feedback == [
+        "review by alice requests changes: Please rename.",
+        "app/login.py:12: Call it authenticate().",
+    ]
+    # unchanged on the next pass: the check runs come back 304 and cost nothing
+    github.get(
+        f"{API}/repos/{REPO}/commits/{SHA}/check-runs", status=304, headers={"ETag": 'W/"runs-1"'}
+    )
+    again = forge.with_feedback(pr)
+    assert again.checks == "failure"
+    assert github.calls[-4].request.headers.get("If-None-Match") == 'W/"runs-1"'

@@ -565,3 +565,48 @@ def test_an_unreadable_repository_or_forge_decides_nothing_for_started_tasks() -
     assert p.empty  # no complete as if there were no forge, no start on a repo we cannot read
     assert phase(p, "t") is Phase.UNKNOWN and phase(p, "new") is Phase.BLOCKED
     assert p.tasks[1].reason == "GitHub did not answer"
+
+
+def _pr_with(checks: str | None, sha: str = "a", **kw: object) -> PullRequest:
+    return pr(1).model_copy(update={"checks": checks, "head_sha": sha, **kw})
+
+
+def _after_success(d: Desired, the_pr: PullRequest, pushed: str = "a", iteration: int = 1) -> Plan:
+    r = run(d, "t", 1, iteration, exit=exited(0), outcome="succeeded", session_id="s-9")
+    repo = RepoView(
+        prs={"agent/t": the_pr}, branches={"agent/t": pushed}, remote_branches={"agent/t": pushed}
+    )
+    rec = TaskRecord("t", "web", "app", 0.0, pr_number=1)
+    return plan(d, observed(runs={"t": [r]}, repo=repo, records={"t": rec}), NOW)
+
+
+def test_failing_pr_checks_iterate_on_the_same_branch_with_their_output() -> None:
+    d = desired(("t", task_spec()))
+    p = _after_success(
+        d, _pr_with("failure", check_feedback=["check `ci / test` failure:\n```\nE boom\n```"])
+    )
+    assert kinds(p) == [("iterate", "t")]
+    act = p.actions[0]
+    assert (act.attempt, act.iteration, act.resume_session) == (1, 2, "s-9")
+    assert "E boom" in "\n".join(act.feedback)
+    assert act.reason == "PR #1: check `ci / test` failure:"
+
+
+def test_change_requests_iterate_and_iterate_on_can_turn_it_off() -> None:
+    review = ["review by octo requests changes: rename it", "app.py:3: not this name"]
+    d = desired(("t", task_spec()))
+    p = _after_success(d, _pr_with("success", review_feedback=review))
+    assert kinds(p) == [("iterate", "t")] and p.actions[0].feedback == tuple(review)
+    checks_only = desired(("t", task_spec(pr={"iterateOn": ["checks"]})))
+    assert _after_success(checks_only, _pr_with("success", review_feedback=review)).empty
+
+
+def test_pending_stale_or_exhausted_feedback_does_not_iterate() -> None:
+    d = desired(("t", task_spec(maxIterations=2)))
+    failing = {"check_feedback": ["check `ci` failure"]}
+    assert _after_success(d, _pr_with("pending")).empty
+    # feedback about a commit that is not the one pushed last was already answered
+    assert _after_success(d, _pr_with("failure", sha="old", **failing)).empty
+    p = _after_success(d, _pr_with("failure", **failing), iteration=2)
+    assert p.empty
+    assert "all 2 iterations are used" in p.tasks[0].reason
