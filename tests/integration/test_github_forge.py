@@ -32,6 +32,8 @@ class FakeGitHub:
     """Pull requests of one repository, as GitHub's REST API answers for them."""
 
     def __init__(self, rsps: responses.RequestsMock) -> None:
+        self.remote: Path | None = None  # the bare repository the lane pushes to
+        self.failing: dict[str, str] = {}  # head sha → output of a failing check
         self.pulls: list[dict[str, Any]] = []
         self.comments: list[tuple[int, str]] = []
         self.requests: list[str] = []
@@ -86,7 +88,33 @@ class FakeGitHub:
         return 200, {"ETag": etag}, json.dumps(body)
 
     def check_runs(self, request: Any) -> tuple[int, dict[str, str], str]:
-        return self._conditional(request, {"total_count": 0, "check_runs": []})
+        sha = request.path_url.split("/")[-2]
+        runs = []
+        if sha in self.failing:
+            output = {"title": "1 failed", "summary": self.failing[sha], "text": None}
+            runs.append(
+                {
+                    "id": 1,
+                    "name": "test",
+                    "status": "completed",
+                    "conclusion": "failure",
+                    "head_sha": sha,
+                    "output": output,
+                }
+            )
+        return self._conditional(request, {"total_count": len(runs), "check_runs": runs})
+
+    def head_sha(self, ref: str) -> str:
+        assert self.remote is not None
+        from world import git
+
+        return git(self.remote, "rev-parse", f"refs/heads/{ref}").strip()
+
+    def _fresh(self, pr: dict[str, Any]) -> dict[str, Any]:
+        """A PR's head sha is whatever its branch points at now, as on GitHub."""
+        if self.remote is not None and pr["state"] == "open":
+            pr["head"]["sha"] = self.head_sha(pr["head"]["ref"])
+        return pr
 
     def status(self, request: Any) -> tuple[int, dict[str, str], str]:
         return self._conditional(request, {"state": "pending", "statuses": [], "total_count": 0})
@@ -114,7 +142,7 @@ class FakeGitHub:
             head = requests.utils.unquote(query["head"])
             assert head.startswith(f"{OWNER}:"), "the head filter needs the owner prefix"
             items = [p for p in items if p["head"]["label"] == head]
-        return 200, {"ETag": self._etag()}, json.dumps(items)
+        return 200, {"ETag": self._etag()}, json.dumps([self._fresh(p) for p in items])
 
     def create(self, request: Any) -> tuple[int, dict[str, str], str]:
         self._seen(request)
@@ -147,7 +175,7 @@ class FakeGitHub:
 
     def get(self, request: Any) -> tuple[int, dict[str, str], str]:
         self._seen(request)
-        return 200, {}, json.dumps(self._find(request))
+        return 200, {}, json.dumps(self._fresh(self._find(request)))
 
     def patch(self, request: Any) -> tuple[int, dict[str, str], str]:
         self._seen(request)
@@ -320,3 +348,24 @@ def test_a_token_that_may_not_push_blocks_with_the_fix(world: World, github: Fak
     assert plan.empty
     reason = {b.task: b.reason for b in plan.blocked}["a"]
     assert "may not push" in reason and "read/write" in reason
+
+
+def test_a_failing_check_on_the_pushed_commit_is_fed_back_and_answered(
+    world: World, github: FakeGitHub
+) -> None:
+    github_world(world)
+    github.remote = world.root / "remotes" / "app.git"
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    converge(engine)
+    first = github.head_sha("agent/a")
+    github.failing[first] = "E   AssertionError: login returns 500"
+    converge(engine)
+    second = github.head_sha("agent/a")
+    assert second != first  # the agent answered with a new commit, pushed to the same PR
+    prompt = (world.home / "worktrees/web/.runs/a/1.2/prompt.md").read_text()
+    assert "check `test` failure" in prompt and "login returns 500" in prompt
+    assert len(github.pulls) == 2  # still one PR per task
+    assert any(number == 1 and "Pushed" in text for number, text in github.comments)
+    with engine.reading() as store:
+        plan, _ = engine.observe_and_plan(engine.load(), store)
+    assert plan.empty  # the new commit has no failing check: nothing more to do
