@@ -369,3 +369,42 @@ def test_a_failing_check_on_the_pushed_commit_is_fed_back_and_answered(
     with engine.reading() as store:
         plan, _ = engine.observe_and_plan(engine.load(), store)
     assert plan.empty  # the new commit has no failing check: nothing more to do
+
+
+class SimulatedCrash(BaseException):
+    """Raised at a crash point: the pass stops there, with nothing after it done or recorded."""
+
+
+@pytest.mark.parametrize("point", ["after-pr-intent", "after-push", "after-pr-create"])
+def test_a_crash_around_pr_creation_leaves_one_pr_per_task(
+    world: World, github: FakeGitHub, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
+    import shutil
+
+    import reconciler.apply as applying
+
+    github_world(world)
+    crashed: list[str] = []
+
+    def crash_point(name: str) -> None:
+        if name == point and not crashed:
+            crashed.append(name)
+            raise SimulatedCrash(name)
+
+    monkeypatch.setattr(applying, "crash_point", crash_point)
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    for _ in range(40):
+        try:
+            converge(engine, passes=1)
+            break
+        except SimulatedCrash:
+            continue
+        except AssertionError:
+            time.sleep(0.1)
+    assert crashed == [point]
+    converge(engine)
+    heads = sorted(p["head"]["ref"] for p in github.pulls)
+    assert heads == ["agent/a", "agent/b"]
+    shutil.rmtree(world.state)
+    converge(Engine(Context(control=str(world.control), state_dir=world.state)))
+    assert sorted(p["head"]["ref"] for p in github.pulls) == heads
