@@ -388,16 +388,12 @@ class _Planner:
                 return
             if latest.iteration < spec.max_iterations:
                 summary = "; ".join(ev.failures) or "success criteria not met"
-                self.candidate(
+                self.iterate(
                     task,
-                    ActionKind.ITERATE,
+                    latest,
                     f"run {latest.attempt}.{latest.iteration}: {summary}",
                     Phase.RUNNING,
-                    attempt=latest.attempt,
-                    iteration=latest.iteration + 1,
-                    resume_session=latest.session_id
-                    or (latest.result.session_id if latest.result else None),
-                    feedback=tuple(ev.failures + ev.feedback),
+                    tuple(ev.failures + ev.feedback),
                 )
                 return
             summary = "; ".join(ev.failures) or "success criteria not met"
@@ -568,16 +564,12 @@ class _Planner:
         else:
             feedback = pr_feedback(task, open_pr, pushed)
             if feedback and run.iteration < spec.max_iterations:
-                self.candidate(
+                self.iterate(
                     task,
-                    ActionKind.ITERATE,
+                    run,
                     f"PR #{open_pr.number}: {feedback[0].splitlines()[0]}",
                     Phase.PR_OPEN,
-                    attempt=run.attempt,
-                    iteration=run.iteration + 1,
-                    resume_session=run.session_id
-                    or (run.result.session_id if run.result else None),
-                    feedback=tuple(feedback),
+                    tuple(feedback),
                 )
                 return
             if feedback:
@@ -592,6 +584,21 @@ class _Planner:
                 )
                 return
         self.status(name, Phase.PR_OPEN, lane, spec.repo, pr=open_pr)
+
+    def iterate(
+        self, task: Task, run: RunView, reason: str, phase: Phase, feedback: tuple[str, ...]
+    ) -> None:
+        """The next run of the same attempt, resuming the agent's session where it has one."""
+        self.candidate(
+            task,
+            ActionKind.ITERATE,
+            reason,
+            phase,
+            attempt=run.attempt,
+            iteration=run.iteration + 1,
+            resume_session=run.session_id or (run.result.session_id if run.result else None),
+            feedback=feedback,
+        )
 
     def candidate(
         self,
