@@ -365,7 +365,8 @@ def test_a_failing_check_on_the_pushed_commit_is_fed_back_and_answered(
     prompt = (world.home / "worktrees/web/.runs/a/1.2/prompt.md").read_text()
     assert "check `test` failure" in prompt and "login returns 500" in prompt
     assert len(github.pulls) == 2  # still one PR per task
-    assert any(number == 1 and "Pushed" in text for number, text in github.comments)
+    number = next(p["number"] for p in github.pulls if p["head"]["ref"] == "agent/a")
+    assert any(n == number and "Pushed" in text for n, text in github.comments)
     with engine.reading() as store:
         plan, _ = engine.observe_and_plan(engine.load(), store)
     assert plan.empty  # the new commit has no failing check: nothing more to do
