@@ -20,8 +20,6 @@ from reconciler.manifests.models import Desired, Task
 from reconciler.plan import Action, ActionKind, Observed, Plan, branch_of
 from reconciler.protocol import (
     ForgeCloseRequest,
-    ForgeListRequest,
-    ForgeListResult,
     ForgeOpenRequest,
     ForgeOpenResult,
     ForgeUpdateRequest,
@@ -238,8 +236,10 @@ class Applier:
         """Record what observation revealed: runs state did not know, evaluations, spend."""
         known = {(r.task, r.attempt, r.iteration): r for r in self.store.runs()}
         with self.store.transaction() as tx:
+            # One read of all task rows, not one query per task: this runs every pass.
+            task_rows = self.store.tasks()
             for task in self.desired.tasks.values():
-                if self.store.task(task.name) is None:
+                if task.name not in task_rows:
                     self.ensure_task_row(tx, task)
             for views in self.observed.runs.values():
                 for view in views:
@@ -284,7 +284,7 @@ class Applier:
                         )
                     if fields:
                         tx.update_run(view.task, view.attempt, view.iteration, **fields)
-            task_rows = self.store.tasks()
+            task_rows = self.store.tasks()  # again: rows were added above
             for status in plan.tasks:
                 task_row = task_rows.get(status.name)
                 if task_row is not None and task_row.next_attempt_at != status.next_attempt_at:
@@ -487,14 +487,8 @@ class Applier:
             self.event(task.name, "pr-intent", f"opening a PR for {ref.branch}", tx)
         crash_point("after-pr-intent")
         self._push(lane, ref)
-        # The forge is the authority: look for the task's PR before creating one.
-        listed = lane.one(
-            ForgeListRequest(lane=lane.ref, repo=ref.repo, head=ref.branch), ForgeListResult
-        )
-        existing = [p for p in listed.prs if p.state == "open" and p.task in (None, task.name)]
-        if existing:
-            self._record_pr(task.name, existing[0], created=False)
-            return
+        # forge-open is the search-then-create of design §4: the forge (the authority) returns
+        # the open PR of this head when there is one (created=False) instead of a second PR.
         title, body = self._pr_text(task)
         opened = lane.one(
             ForgeOpenRequest(
