@@ -84,6 +84,18 @@ _GATES: dict[str, _WriteGate] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+@dataclass
+class Time:
+    """Where the forge reads the time and how it waits; tests put a virtual clock here."""
+
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    wall: Callable[[], float] = time.time
+
+
+TIME = Time()
+
+
 def _gate(digest: str) -> _WriteGate:
     with _SHARED_LOCK:
         return _GATES.setdefault(digest, _WriteGate())
@@ -99,9 +111,9 @@ class GitHubForge:
         api_url: str | None = None,
         *,
         retry_deadline: float = 60.0,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] | None = None,
+        wall: Callable[[], float] | None = None,
     ) -> None:
         if not REPO_NAME.match(repo):
             raise GitHubError(f"forge repo {repo!r} is not OWNER/NAME; fix forge.repo")
@@ -113,9 +125,9 @@ class GitHubForge:
         self.retry_deadline = retry_deadline
         self._token = token
         self._digest = hashlib.sha256(token.encode()).hexdigest()
-        self._sleep = sleep
-        self._clock = clock
-        self._wall = wall
+        self._sleep = sleep or TIME.sleep
+        self._clock = clock or TIME.clock
+        self._wall = wall or TIME.wall
         self._gh = Github(
             auth=Auth.Token(token),
             base_url=self.api_url,

@@ -6,9 +6,7 @@ The engine runs in this process (``responses`` patches this process's HTTP only)
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,210 +14,35 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import responses
+from fake_github import FakeGitHub, VirtualTime, unserved
 from world import World
 
 from reconciler.engine import Context, Engine
 from reconciler.node import forge_github
 
 OWNER, NAME = "acme", "app"
-API = r"https://api\.github\.com(:443)?"
 TOKEN = "ghp_" + "A1b2C3d4E5f6G7h8I9j0" * 2
 
 
-class FakeGitHub:
-    """Pull requests of one repository, as GitHub's REST API answers for them."""
-
-    def __init__(self, rsps: responses.RequestsMock) -> None:
-        self.remote: Path | None = None  # the bare repository the lane pushes to
-        self.failing: dict[str, str] = {}  # head sha → output of a failing check
-        self.pulls: list[dict[str, Any]] = []
-        self.comments: list[tuple[int, str]] = []
-        self.requests: list[str] = []
-        self.points = 0  # rate-limit points spent: 304s and /rate_limit are free
-        self.not_modified = 0
-        self.version = 0
-        self.can_push = True
-        base = f"{API}/repos/{OWNER}/{NAME}"
-        rsps.add_callback(responses.GET, re.compile(base + r"/pulls(\?.*)?$"), self.list)
-        rsps.add_callback(responses.POST, re.compile(base + r"/pulls$"), self.create)
-        rsps.add_callback(responses.GET, re.compile(base + r"/pulls/\d+$"), self.get)
-        rsps.add_callback(responses.PATCH, re.compile(base + r"/pulls/\d+$"), self.patch)
-        rsps.add_callback(responses.POST, re.compile(base + r"/issues/\d+/comments$"), self.comment)
-        rsps.add_callback(responses.GET, re.compile(base + r"$"), self.repository)
-        rsps.add_callback(
-            responses.GET, re.compile(base + r"/commits/[0-9a-f]+/check-runs$"), self.check_runs
-        )
-        rsps.add_callback(
-            responses.GET, re.compile(base + r"/commits/[0-9a-f]+/status$"), self.status
-        )
-        rsps.add_callback(
-            responses.GET, re.compile(base + r"/pulls/\d+/(reviews|comments)$"), self.nothing
-        )
-        rsps.add_callback(
-            responses.POST, re.compile(base + r"/pulls/\d+/requested_reviewers$"), self.review
-        )
-        rsps.add_callback(responses.GET, re.compile(API + r"/rate_limit$"), self.rate_limit)
-
-    def _seen(self, request: Any, free: bool = False) -> None:
-        assert request.headers.get("Authorization") == f"token {TOKEN}"
-        self.requests.append(f"{request.method} {request.path_url}")
-        self.points += 0 if free else 1
-
-    def repository(self, request: Any) -> tuple[int, dict[str, str], str]:
-        etag = f'W/"repo-{self.can_push}"'
-        if request.headers.get("If-None-Match") == etag:
-            self._seen(request, free=True)
-            return 304, {"ETag": etag}, ""
-        self._seen(request)
-        body = {
-            "full_name": f"{OWNER}/{NAME}",
-            "permissions": {"pull": True, "push": self.can_push, "admin": False},
-        }
-        return 200, {"ETag": etag}, json.dumps(body)
-
-    def _conditional(self, request: Any, body: Any) -> tuple[int, dict[str, str], str]:
-        etag = f'W/"{len(json.dumps(body))}"'
-        if request.headers.get("If-None-Match") == etag:
-            self._seen(request, free=True)
-            return 304, {"ETag": etag}, ""
-        self._seen(request)
-        return 200, {"ETag": etag}, json.dumps(body)
-
-    def check_runs(self, request: Any) -> tuple[int, dict[str, str], str]:
-        sha = request.path_url.split("/")[-2]
-        runs = []
-        if sha in self.failing:
-            output = {"title": "1 failed", "summary": self.failing[sha], "text": None}
-            runs.append(
-                {
-                    "id": 1,
-                    "name": "test",
-                    "status": "completed",
-                    "conclusion": "failure",
-                    "head_sha": sha,
-                    "output": output,
-                }
-            )
-        return self._conditional(request, {"total_count": len(runs), "check_runs": runs})
-
-    def head_sha(self, ref: str) -> str:
-        assert self.remote is not None
-        from world import git
-
-        return git(self.remote, "rev-parse", f"refs/heads/{ref}").strip()
-
-    def _fresh(self, pr: dict[str, Any]) -> dict[str, Any]:
-        """A PR's head sha is whatever its branch points at now, as on GitHub."""
-        if self.remote is not None and pr["state"] == "open":
-            pr["head"]["sha"] = self.head_sha(pr["head"]["ref"])
-        return pr
-
-    def status(self, request: Any) -> tuple[int, dict[str, str], str]:
-        return self._conditional(request, {"state": "pending", "statuses": [], "total_count": 0})
-
-    def nothing(self, request: Any) -> tuple[int, dict[str, str], str]:
-        return self._conditional(request, [])
-
-    def rate_limit(self, request: Any) -> tuple[int, dict[str, str], str]:
-        self._seen(request, free=True)
-        core = {"limit": 5000, "remaining": 4999, "reset": 1_800_000_000, "used": 1}
-        return 200, {}, json.dumps({"resources": {"core": core}, "rate": core})
-
-    def _etag(self) -> str:
-        return f'W/"v{self.version}"'
-
-    def list(self, request: Any) -> tuple[int, dict[str, str], str]:
-        if request.headers.get("If-None-Match") == self._etag():
-            self._seen(request, free=True)
-            self.not_modified += 1
-            return 304, {"ETag": self._etag()}, ""
-        self._seen(request)
-        query = dict(re.findall(r"([a-z_]+)=([^&]*)", request.path_url.split("?", 1)[-1]))
-        items = self.pulls
-        if "head" in query:
-            head = requests.utils.unquote(query["head"])
-            assert head.startswith(f"{OWNER}:"), "the head filter needs the owner prefix"
-            items = [p for p in items if p["head"]["label"] == head]
-        return 200, {"ETag": self._etag()}, json.dumps([self._fresh(p) for p in items])
-
-    def create(self, request: Any) -> tuple[int, dict[str, str], str]:
-        self._seen(request)
-        data = json.loads(request.body)
-        if any(p["head"]["ref"] == data["head"] and p["state"] == "open" for p in self.pulls):
-            message = f"A pull request already exists for {OWNER}:{data['head']}."
-            body = {"message": "Validation Failed", "errors": [{"message": message}]}
-            return 422, {}, json.dumps(body)
-        number = len(self.pulls) + 1
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        pr = {
-            "number": number,
-            "html_url": f"https://github.com/{OWNER}/{NAME}/pull/{number}",
-            "state": "open",
-            "title": data["title"],
-            "body": data["body"],
-            "draft": data.get("draft", False),
-            "head": {"ref": data["head"], "sha": "0" * 40, "label": f"{OWNER}:{data['head']}"},
-            "base": {"ref": data["base"]},
-            "merged_at": None,
-            "updated_at": now,
-        }
-        self.pulls.append(pr)
-        self.version += 1
-        return 201, {}, json.dumps(pr)
-
-    def _find(self, request: Any) -> dict[str, Any]:
-        number = int(request.path_url.rsplit("/", 1)[1])
-        return self.pulls[number - 1]
-
-    def get(self, request: Any) -> tuple[int, dict[str, str], str]:
-        self._seen(request)
-        return 200, {}, json.dumps(self._fresh(self._find(request)))
-
-    def patch(self, request: Any) -> tuple[int, dict[str, str], str]:
-        self._seen(request)
-        pr = self._find(request)
-        pr.update(json.loads(request.body))
-        self.version += 1
-        return 200, {}, json.dumps(pr)
-
-    def review(self, request: Any) -> tuple[int, dict[str, str], str]:
-        self._seen(request)
-        pr = self._find_in(request.path_url.split("/")[-2])
-        pr["requested"] = json.loads(request.body)
-        return 201, {}, json.dumps(pr)
-
-    def _find_in(self, number: str) -> dict[str, Any]:
-        return self.pulls[int(number) - 1]
-
-    def comment(self, request: Any) -> tuple[int, dict[str, str], str]:
-        self._seen(request)
-        number = int(request.path_url.split("/")[-2])
-        self.comments.append((number, json.loads(request.body)["body"]))
-        return 201, {}, json.dumps({"id": len(self.comments)})
-
-    def merge(self, number: int) -> None:
-        """What a human clicking "Merge" does."""
-        self.pulls[number - 1].update(
-            state="closed", merged_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        )
-        self.version += 1
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
+    """The forge's waits (write spacing, retries) are virtual: nothing sleeps for real."""
+    fake = VirtualTime()
+    monkeypatch.setattr(
+        forge_github, "TIME", forge_github.Time(clock=fake.clock, sleep=fake.sleep, wall=fake.wall)
+    )
+    return fake
 
 
 @pytest.fixture
-def github() -> Iterator[FakeGitHub]:
+def github(clock: VirtualTime) -> Iterator[FakeGitHub]:
     forge_github._PAGES.clear()
     forge_github._GATES.clear()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        fake = FakeGitHub(rsps)
+        fake = FakeGitHub(rsps, f"{OWNER}/{NAME}", TOKEN)
         yield fake
-        refused = [
-            f"{c.request.method} {c.request.url}"
-            for c in rsps.calls
-            if isinstance(c.response, requests.ConnectionError)
-        ]
-        assert not refused, f"requests the fake GitHub does not serve: {refused}"
+        assert not unserved(rsps), f"requests the fake GitHub does not serve: {unserved(rsps)}"
 
 
 def github_world(world: World) -> Path:

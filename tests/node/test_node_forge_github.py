@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 import responses
+from fake_github import VirtualTime
 from responses import matchers
 
 from reconciler.node import forge_github
@@ -30,24 +31,6 @@ API = "https://api.github.com:443"
 PULLS = f"{API}/repos/{REPO}/pulls"
 TOKEN = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0" * 2
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
-
-
-class FakeTime:
-    """A monotonic clock that only moves when the forge sleeps (or a test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def wall(self) -> float:
-        return 1_800_000_000.0 + self.now
 
 
 @pytest.fixture(autouse=True)
@@ -78,12 +61,12 @@ def github() -> Iterator[responses.RequestsMock]:
 
 
 @pytest.fixture
-def fake() -> FakeTime:
-    return FakeTime()
+def fake() -> VirtualTime:
+    return VirtualTime()
 
 
 @pytest.fixture
-def forge(fake: FakeTime) -> GitHubForge:
+def forge(fake: VirtualTime) -> GitHubForge:
     return GitHubForge(
         REPO, TOKEN, retry_deadline=60.0, sleep=fake.sleep, clock=fake.clock, wall=fake.wall
     )
@@ -190,7 +173,7 @@ def test_unchanged_list_is_a_conditional_request_answered_304(
     github.add_callback(responses.GET, PULLS, callback=pulls_endpoint, match=list_query())
     first = forge.list_pulls()
     # A second forge for the same repo and token (the next pass) shares the ETag cache.
-    second = GitHubForge(REPO, TOKEN, sleep=FakeTime().sleep).list_pulls()
+    second = GitHubForge(REPO, TOKEN, sleep=VirtualTime().sleep).list_pulls()
     assert first == second
     assert [p.number for p in second] == [7]
     assert seen == [None, '"etag-1"']  # one request per pass; the second cost no rate limit
@@ -355,7 +338,7 @@ def test_update_keeps_the_marker(github: responses.RequestsMock, forge: GitHubFo
 
 
 def test_writes_are_spaced_a_second_apart(
-    github: responses.RequestsMock, forge: GitHubForge, fake: FakeTime
+    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
 ) -> None:
     github.get(f"{PULLS}/5", json=pull(5, "agent/add-login", body=MARKED))
     github.post(f"{API}/repos/{REPO}/issues/5/comments", status=201, json={"id": 1})
@@ -369,7 +352,7 @@ def test_writes_are_spaced_a_second_apart(
 
 
 def test_502_is_retried_with_the_injected_sleep(
-    github: responses.RequestsMock, forge: GitHubForge, fake: FakeTime
+    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
 ) -> None:
     github.get(PULLS, match=list_query(), status=502, body="<html>Bad gateway</html>")
     github.get(PULLS, match=list_query(), json=[pull(1, "agent/a")])
@@ -378,7 +361,7 @@ def test_502_is_retried_with_the_injected_sleep(
 
 
 def test_connection_reset_is_retried(
-    github: responses.RequestsMock, forge: GitHubForge, fake: FakeTime
+    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
 ) -> None:
     github.get(PULLS, body=requests.ConnectionError("Connection reset by peer"))
     github.get(PULLS, json=[pull(1, "agent/a")])
@@ -387,7 +370,7 @@ def test_connection_reset_is_retried(
 
 
 def test_secondary_limit_honours_retry_after(
-    github: responses.RequestsMock, forge: GitHubForge, fake: FakeTime
+    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
 ) -> None:
     github.post(
         f"{API}/repos/{REPO}/issues/5/comments",
@@ -405,7 +388,7 @@ def test_secondary_limit_honours_retry_after(
 
 
 def test_primary_limit_waits_for_the_reset(
-    github: responses.RequestsMock, forge: GitHubForge, fake: FakeTime
+    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
 ) -> None:
     reset = int(fake.wall()) + 30
     github.get(
@@ -419,7 +402,7 @@ def test_primary_limit_waits_for_the_reset(
     assert fake.sleeps == [31.0]
 
 
-def test_429_gives_up_after_the_deadline(github: responses.RequestsMock, fake: FakeTime) -> None:
+def test_429_gives_up_after_the_deadline(github: responses.RequestsMock, fake: VirtualTime) -> None:
     forge = GitHubForge(REPO, TOKEN, retry_deadline=10.0, sleep=fake.sleep, clock=fake.clock)
     github.get(PULLS, status=429, json={"message": f"Too many requests for {TOKEN}"})
     with pytest.raises(NodeError) as caught:
