@@ -6,7 +6,7 @@ seconds are printed for information only; the ``ok?`` column compares ratios and
 targets, except ``plan(10k) warm`` whose target the design states in seconds.
 
 Usage: ``.venv/bin/python bench/run.py [--sizes 1000,10000] [--short-tasks 500] [--keep]``
-(``--help`` lists the options; bench/README.md explains each figure).
+``[--only github]`` (``--help`` lists the options; bench/README.md explains each figure).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import hashlib
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -28,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ruamel.yaml import YAML
 
@@ -52,6 +54,7 @@ SCHEDULE_TARGET = 1.3
 EXPENSIVE_PASS = 8.0  # seconds: above this a size gets a single repetition
 T = TypeVar("T")
 SLOT_LANES = (("lane-a", 5), ("lane-b", 4), ("lane-c", 2))
+SECTIONS = ("plan", "slots", "refill", "github")
 
 
 # ------------------------------------------------------------------------------------- table
@@ -844,6 +847,227 @@ def wait_for(probe: Callable[[], T | None], timeout: float) -> T | None:
     return None
 
 
+# ------------------------------------------------------------------------------ GitHub forge
+
+GITHUB_REPOS = 5
+GITHUB_PRS = 120  # per repository: the PR list takes two pages of 100
+GITHUB_OPEN_TASK_PRS = 40  # per repository: open PRs carrying the reconciler's task marker
+GITHUB_OPEN_OTHER_PRS = 10  # per repository: open PRs people opened (no marker)
+GITHUB_DONE_TASK_PRS = 30  # per repository: merged PRs of desired tasks (done)
+GITHUB_TOKEN = "ghp_" + "B3nchT0k3nB3nchT0k3n" * 2
+GITHUB_OWNER = "acme"
+SUPPORT = Path(__file__).resolve().parents[1] / "tests" / "support"
+FEEDBACK_REQUEST = re.compile(
+    r"/commits/[0-9a-f]+/(check-runs|status)$|/pulls/\d+/(reviews|comments)$"
+)
+
+
+def github_lane_doc(
+    name: str, root: Path, repos: list[tuple[str, Path, str]], token_file: Path, home: Path
+) -> str:
+    """One lane, one token file, several repositories each with its own GitHub repository."""
+    entries = "".join(
+        f"""    - name: {repo}
+      checkout: {checkout}
+      forge: {{kind: github, repo: {full_name}}}
+"""
+        for repo, checkout, full_name in repos
+    )
+    return f"""apiVersion: reconciler/v1
+kind: Lane
+metadata:
+  name: {name}
+spec:
+  maxConcurrency: 4
+  workspaceRoot: {root}
+  credentials:
+    github: {token_file}
+  repos:
+{entries}  env:
+    HOME: {home}
+"""
+
+
+def seed_pulls(fake: Any, tasks: list[str]) -> int:
+    """``GITHUB_PRS`` pull requests as a busy repository has them; the open task PRs' count.
+
+    Open task PRs come first (each with its own head commit, so their feedback URLs differ), then
+    open PRs by people, merged PRs of desired tasks, and closed or merged history without marker.
+    """
+    from reconciler.node.forge_local import marker
+
+    stamp = "2025-01-01T00:00:00Z"
+    open_tasks = GITHUB_OPEN_TASK_PRS
+    open_other = open_tasks + GITHUB_OPEN_OTHER_PRS
+    done = open_other + GITHUB_DONE_TASK_PRS
+    for number in range(1, GITHUB_PRS + 1):
+        body = "A change."
+        if number <= open_tasks or open_other < number <= done:
+            task = tasks[number - 1 if number <= open_tasks else number - 1 - GITHUB_OPEN_OTHER_PRS]
+            head, body = f"agent/{task}", f"Task {task}.\n\n{marker(task)}"
+        else:
+            head = f"people/change-{number}"
+        state = "open" if number <= open_other else "closed"
+        # task PRs that were closed are merged; of the history, two in three were merged
+        merged = stamp if open_other < number <= done or (number > done and number % 3) else None
+        sha = hashlib.sha256(f"{fake.owner}/{fake.name}#{number}".encode()).hexdigest()[:40]
+        fake.pulls.append(
+            {
+                "number": number,
+                "html_url": f"https://github.com/{fake.owner}/{fake.name}/pull/{number}",
+                "state": state,
+                "title": f"Change {number}",
+                "body": body,
+                "draft": False,
+                "head": {"ref": head, "sha": sha, "label": f"{fake.owner}:{head}"},
+                "base": {"ref": "main"},
+                "merged_at": merged,
+                "closed_at": None if state == "open" else stamp,
+                "updated_at": stamp,
+                "labels": [],
+            }
+        )
+    fake.version += 1
+    return open_tasks
+
+
+@dataclass
+class ForgePass:
+    requests: int
+    points: int
+    not_modified: int
+    feedback: int  # requests about one PR: its head commit's checks and status, its reviews
+    seconds: float
+
+
+def github_pass(engine: Engine, fakes: list[Any], rsps: Any, expect: int) -> ForgePass:
+    """What `reconciler plan` does (observe + plan, read-only), counted at the fake GitHub."""
+    from fake_github import unserved
+
+    before = [(len(f.requests), f.points, f.not_modified) for f in fakes]
+    t0 = time.perf_counter()
+    desired = engine.load()
+    with engine.reading() as store:
+        result, observed = engine.observe_and_plan(desired, store)
+    seconds = time.perf_counter() - t0
+    refused = unserved(rsps)
+    if refused:
+        raise SystemExit(f"requests the fake GitHub does not serve: {refused[:5]}")
+    if len(result.tasks) != expect:
+        raise SystemExit(f"the GitHub pass planned {len(result.tasks)} tasks, not {expect}")
+    problems = [
+        f"{lane.name}: {lane.error}" for lane in observed.lanes.values() if not lane.reachable
+    ]
+    for lane in observed.lanes.values():
+        problems += [f"{name}: {view.error}" for name, view in lane.repos.items() if view.error]
+        problems += [f"{c.name} {c.subject}: {c.detail}" for c in lane.preflight if not c.ok]
+    if problems:
+        raise SystemExit(f"the GitHub pass did not observe cleanly: {problems[:5]}")
+    new = [r for f, (n, _, _) in zip(fakes, before, strict=True) for r in f.requests[n:]]
+    return ForgePass(
+        requests=len(new),
+        points=sum(f.points - p for f, (_, p, _) in zip(fakes, before, strict=True)),
+        not_modified=sum(f.not_modified - m for f, (_, _, m) in zip(fakes, before, strict=True)),
+        feedback=sum(1 for r in new if FEEDBACK_REQUEST.search(r.split("?", 1)[0])),
+        seconds=seconds,
+    )
+
+
+def push_to_one_pull(fake: Any) -> None:
+    """What a push to an open PR's branch does on GitHub: a new head commit, a new list ETag."""
+    pr = next(p for p in fake.pulls if p["state"] == "open")
+    pr["head"]["sha"] = hashlib.sha256(pr["head"]["sha"].encode()).hexdigest()[:40]
+    pr["updated_at"] = "2025-01-02T00:00:00Z"
+    fake.version += 1
+
+
+def github_figures(box: Sandbox, table: Table, n: int) -> None:
+    """``n`` tasks over ``GITHUB_REPOS`` repositories with GitHub forges, served by one stateful
+    fake per repository through ``responses`` (nothing reaches the network): a first pass with
+    empty ETag caches, then the same pass with nothing changed."""
+    sys.path.insert(0, str(SUPPORT))
+    try:
+        import responses
+        from fake_github import FakeGitHub, VirtualTime
+    except ImportError as exc:
+        raise SystemExit(
+            f"the GitHub figures need {exc.name} (installed by `make`: pip install -e '.[test]')"
+        ) from None
+    from reconciler.node import forge_github
+
+    log(f"{n} tasks over {GITHUB_REPOS} repositories on a fake GitHub")
+    base = box.root / "github"
+    token_file = box.home / ".config" / "reconciler" / "github-token"
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(GITHUB_TOKEN + "\n", encoding="utf-8")
+    token_file.chmod(0o600)
+    root = base / "worktrees"
+    box.lane_roots.append(root)
+    counts = spread(n, [1] * GITHUB_REPOS)
+    repos: list[tuple[str, Path, str]] = []
+    tasks: list[list[str]] = []
+    files = {"config.yaml": CONFIG_DOC, "agents.yaml": agent_doc("noop", ["/bin/true"])}
+    for r, count in enumerate(counts):
+        repo = f"r{r}"
+        repos.append((repo, box.repo(base / "src" / repo), f"{GITHUB_OWNER}/{repo}"))
+        names = [f"{repo}-task-{i:03d}" for i in range(count)]
+        tasks.append(names)
+        for i, name in enumerate(names):
+            files[f"tasks/{name}.yaml"] = task_doc(name, "gh", repo, "noop", i)
+    files["lanes.yaml"] = github_lane_doc("gh", root, repos, token_file, box.home)
+    control = box.control(base / "control", files)
+    engine = Engine(Context(control=str(control), state_dir=base / "state"))
+    clock = VirtualTime()
+    saved_time = forge_github.TIME
+    forge_github.TIME = forge_github.Time(clock=clock.clock, sleep=clock.sleep, wall=clock.wall)
+    forge_github._PAGES.clear()
+    forge_github._GATES.clear()
+    try:
+        with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+            fakes = [FakeGitHub(rsps, full_name, GITHUB_TOKEN) for _, _, full_name in repos]
+            open_prs = sum(
+                seed_pulls(fake, names) for fake, names in zip(fakes, tasks, strict=True)
+            )
+            first = github_pass(engine, fakes, rsps, n)
+            second = github_pass(engine, fakes, rsps, n)
+            push_to_one_pull(fakes[0])
+            third = github_pass(engine, fakes, rsps, n)
+    finally:
+        forge_github.TIME = saved_time
+        forge_github._PAGES.clear()
+        forge_github._GATES.clear()
+    if clock.sleeps:  # a retry or a write waited: something failed or wrote
+        raise SystemExit(f"the forge waited during read-only passes: {clock.sleeps[:5]}")
+    if first.not_modified:
+        raise SystemExit(f"the first pass got {first.not_modified} 304s with empty caches")
+    label = f"{n} tasks / {GITHUB_REPOS} repos"
+    setup = f"{GITHUB_PRS} PRs per repo, {open_prs} open task PRs"
+    table.add(
+        f"GitHub requests, first pass, {label}",
+        f"{first.requests} requests, {first.points} points ({setup}; {first.seconds:.2f}s)",
+    )
+    table.add(
+        "GitHub points, unchanged second pass",
+        f"{second.points} ({second.requests} requests, {second.not_modified} of them 304; "
+        f"{second.seconds:.2f}s)",
+        "0",
+        second.points == 0,
+    )
+    pages = -(-GITHUB_PRS // 100)
+    table.add(
+        "  GitHub points, next pass after one push to one PR",
+        f"{third.points} (expected {pages + 2}: the {pages} PR list pages of its repository, "
+        f"and checks and status of the new head commit; {third.requests} requests)",
+    )
+    per_repo = [(p.requests - p.feedback) / GITHUB_REPOS for p in (first, second)]
+    table.add(
+        "  GitHub requests per open task PR per pass",
+        f"{first.feedback / open_prs:.2f} first, {second.feedback / open_prs:.2f} unchanged "
+        f"({open_prs} open task PRs; plus {per_repo[0]:g} and {per_repo[1]:g} per repo: "
+        "repository, /rate_limit, PR list pages)",
+    )
+
+
 # -------------------------------------------------------------------------------------- main
 
 
@@ -863,11 +1087,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short-tasks", type=int, default=500, help="tasks for the slot figure")
     parser.add_argument("--agent-seconds", type=float, default=0.5, help="the short agent's sleep")
     parser.add_argument("--limit", type=float, default=420.0, help="give up the slot figure after")
-    parser.add_argument("--skip", default="", help="comma list of: plan, slots, refill")
+    parser.add_argument(
+        "--github-tasks", type=int, default=500, help="tasks for the GitHub forge figures"
+    )
+    parser.add_argument("--skip", default="", help=f"comma list of: {', '.join(SECTIONS)}")
+    parser.add_argument("--only", default="", help="comma list of the sections to run alone")
     parser.add_argument("--keep", action="store_true", help="keep the sandbox directory")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
+    only = {s for s in args.only.split(",") if s}
+    unknown = sorted((skip | only) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if only:
+        skip |= set(SECTIONS) - only
+    least = GITHUB_REPOS * (GITHUB_OPEN_TASK_PRS + GITHUB_DONE_TASK_PRS)
+    if "github" not in skip and args.github_tasks < least:
+        parser.error(f"--github-tasks must be at least {least} (the seeded task PRs)")
     sizes = [int(s) for s in args.sizes.split(",") if s]
     table = Table()
     started = time.perf_counter()
@@ -879,6 +1116,8 @@ def main(argv: list[str] | None = None) -> int:
             slot_figures(box, table, args.short_tasks, args.agent_seconds, args.limit)
         if "refill" not in skip:
             refill_figures(box, table)
+        if "github" not in skip:
+            github_figures(box, table, args.github_tasks)
     elapsed = time.perf_counter() - started
     print()
     sys.stdout.write(table.render())

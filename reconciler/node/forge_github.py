@@ -467,14 +467,20 @@ class GitHubForge:
         try:
             status, response_headers, data = retrying(self._once, verb, url, payload, headers)
         except _Transient as exc:
-            raise GitHubError(
-                self._redact(
+            if exc.wait is not None and exc.wait > self.retry_deadline:
+                until = time.strftime("%H:%M:%S UTC", time.gmtime(self._wall() + exc.wait))
+                text = (
+                    f"GitHub asked to wait {exc.wait:.0f} s before {verb} {_path(url)} of "
+                    f"{self.repo} ({exc.reason}), longer than the {self.retry_deadline:.0f} s a "
+                    f"request may take; gave up, passes after {until} will go on"
+                )
+            else:
+                text = (
                     f"GitHub kept failing for {verb} {_path(url)} of {self.repo} "
                     f"({exc.reason}) for {self._clock() - start:.0f} s; gave up, the next pass "
                     "will try again (check https://www.githubstatus.com or the rate limit)"
-                ),
-                temporary=True,
-            ) from None
+                )
+            raise GitHubError(self._redact(text), temporary=True) from None
         if 200 <= status < 300 or status == 304 or status in allow:
             return status, response_headers, data
         raise self._error(status, data, verb, url)
@@ -523,6 +529,11 @@ class GitHubForge:
             text = (
                 f"GitHub rejected the token for {self.repo} (401 {detail}); create a new token "
                 "and put it in the token file or GH_TOKEN/GITHUB_TOKEN"
+            )
+        elif status == 404 and re.search(r"/(pulls|issues)/\d+", url):
+            text = (
+                f"{where} of {self.repo} answered 404 ({detail}): the pull request is gone or "
+                "the token may not see it; check the PR on GitHub and the token's access"
             )
         elif status == 404:
             text = (

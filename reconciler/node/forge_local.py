@@ -141,9 +141,9 @@ class LocalForge:
     def url(self, number: int) -> str:
         return f"file://{self.path}#pull/{number}"
 
-    def _pr(self, rec: Record) -> PullRequest:
+    def _pr(self, rec: Record, head_now: str | None = None) -> PullRequest:
         body = str(rec.get("body", ""))
-        head_sha = rec.get("head_sha")
+        head_sha = head_now or rec.get("head_sha")
         return PullRequest(
             number=int(str(rec["number"])),
             url=self.url(int(str(rec["number"]))),
@@ -175,11 +175,22 @@ class LocalForge:
     # ------------------------------------------------------------------------ operations
 
     def list_pulls(self, head: str | None = None) -> list[PullRequest]:
+        """PRs oldest first; an open PR's head sha is its branch's commit now, as on GitHub
+        (a push without an update must not leave the PR reporting an older commit)."""
         _, doc = self._load()
-        return [
-            self._pr(r)
+        records = [
+            r
             for r in sorted(self._records(doc), key=lambda r: int(str(r.get("number", 0))))
             if head is None or r.get("head") == head
+        ]
+        if not any(r.get("state") == "open" for r in records):
+            return [self._pr(r) for r in records]
+        branches = gitops.refs(self.path, ["refs/heads/"])
+        return [
+            self._pr(
+                r, branches.get(f"refs/heads/{r['head']}") if r.get("state") == "open" else None
+            )
+            for r in records
         ]
 
     def open_pull(

@@ -325,7 +325,10 @@ def push(checkout: str, remote: str, branch: str, force_with_lease: bool = False
         )
     args = ["push"]
     if force_with_lease:
-        args.append("--force-with-lease")
+        # The lease alone trusts the remote-tracking ref, which any fetch moves; with
+        # --force-if-includes a commit someone else pushed is only replaced once the local
+        # branch has seen it (git 2.30, the minimum pre-flight asks for).
+        args += ["--force-with-lease", "--force-if-includes"]
     args += [remote, f"refs/heads/{branch}:refs/heads/{branch}"]
     proc = run(args, checkout, check=False)
     if proc.returncode != 0:
@@ -333,8 +336,9 @@ def push(checkout: str, remote: str, branch: str, force_with_lease: bool = False
         if "[rejected]" in text or "non-fast-forward" in text or "stale info" in text:
             raise GitError(
                 f"push of {branch} to {remote} was rejected: the remote branch has commits "
-                "the local branch lacks; fetch and rebase the branch, or push with "
-                "force_with_lease"
+                "the task's branch has not seen (someone else pushed to it); nothing was "
+                "overwritten. Integrate or drop those commits on the remote branch (or delete "
+                "it to start over), then the next pass pushes again"
             )
         temporary = "Could not read from remote" in text or "unable to access" in text
         raise GitError(

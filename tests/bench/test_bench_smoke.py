@@ -36,6 +36,8 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
             "0.1",
             "--limit",
             "120",
+            "--github-tasks",
+            "350",
         ],
         env=env,
         capture_output=True,
@@ -61,9 +63,12 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         "tasks done / failed / apply errors",
         "max live runs lane-a (5 tasks)",
         "agent killed → slot refilled",
+        "GitHub requests, first pass, 350 tasks / 5 repos",
+        "GitHub points, unchanged second pass",
     ):
         assert name in rows, f"missing row {name!r} in:\n{proc.stdout}"
     assert rows["tasks done / failed / apply errors"][1].strip() == "11 / 0 / 0", proc.stdout
+    assert rows["GitHub points, unchanged second pass"][1].strip().startswith("0 ("), proc.stdout
     # every sandbox is removed and nothing leaks out of it
     assert not list(tmp_path.glob("reconciler-bench-*"))
     assert sorted(p.name for p in home.iterdir()) == []

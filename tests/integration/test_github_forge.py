@@ -9,17 +9,18 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import responses
-from fake_github import FakeGitHub, VirtualTime, unserved
+from fake_github import FakeGitHub, Fault, VirtualTime, unserved
 from world import World
 
 from reconciler.engine import Context, Engine
 from reconciler.node import forge_github
+from reconciler.plan import Plan
 
 OWNER, NAME = "acme", "app"
 TOKEN = "ghp_" + "A1b2C3d4E5f6G7h8I9j0" * 2
@@ -144,7 +145,28 @@ def test_the_token_never_leaves_the_lane(
             path = Path(root) / name
             if ".git" not in path.parts:
                 assert TOKEN not in path.read_text(errors="replace"), path
-    assert TOKEN not in capsys.readouterr().out
+    # nor in anything the CLI prints, including when GitHub refuses the token
+    from reconciler.cli import main
+
+    github.faults.append(Fault(ANY, 401, times=10_000))
+    forge_github._PAGES.clear()  # no cached answers: every command really asks GitHub
+    where = ["--control", str(world.control), "--state", str(world.state)]
+    for argv in (
+        ["plan"],
+        ["plan", "--json"],
+        ["apply", "--yes"],
+        ["status"],
+        ["status", "--json"],
+        ["describe", "a"],
+        ["describe", "a", "--json"],
+        ["logs", "a"],
+        ["doctor"],
+    ):
+        main([*argv, *where])
+        printed = capsys.readouterr()
+        assert TOKEN not in printed.out + printed.err, argv
+        if argv == ["doctor"]:
+            assert "rejected the token" in printed.out + printed.err  # GitHub was asked
 
 
 def test_an_unreadable_token_file_blocks_with_the_fix(world: World, github: FakeGitHub) -> None:
@@ -232,3 +254,166 @@ def test_a_crash_around_pr_creation_leaves_one_pr_per_task(
     shutil.rmtree(world.state)
     converge(Engine(Context(control=str(world.control), state_dir=world.state)))
     assert sorted(p["head"]["ref"] for p in github.pulls) == heads
+
+
+# --------------------------------------------------------------------------- faults
+
+PULLS = rf"^POST /repos/{OWNER}/{NAME}/pulls$"
+LIST = rf"^GET /repos/{OWNER}/{NAME}/pulls\?"
+ANY = r"."
+
+
+def passes(engine: Engine, until: Callable[[Plan, list[str]], bool], most: int = 40) -> list[str]:
+    """Run passes until ``until(plan, errors)`` holds; the apply errors met on the way."""
+    errors: list[str] = []
+    for _ in range(most):
+        desired = engine.load()
+        with engine.locked(None) as store:
+            result = engine.apply(desired, store)
+        assert result.report is not None
+        errors += [f"{a.kind.value} {a.task}: {m}" for a, m in result.report.failed]
+        if until(result.plan, errors):
+            return errors
+        time.sleep(0.1)
+    raise AssertionError(f"no end in {most} passes against the fake GitHub; errors: {errors}")
+
+
+def converged(plan: Plan, _errors: list[str]) -> bool:
+    phases = {t.phase.value for t in plan.tasks}
+    return plan.empty and not phases & {"pending", "queued", "running", "backoff"}
+
+
+def passes_until_converged(engine: Engine) -> list[str]:
+    return passes(engine, converged)
+
+
+def recorded_prs(world: World) -> dict[str, int | None]:
+    db = sqlite3.connect(world.state / "state.db")
+    try:
+        return dict(db.execute("SELECT name, pr_number FROM tasks").fetchall())
+    finally:
+        db.close()
+
+
+def assert_one_pr_each(world: World, github: FakeGitHub) -> None:
+    assert sorted(p["head"]["ref"] for p in github.pulls) == ["agent/a", "agent/b"]
+    numbers = {p["head"]["ref"].split("/")[1]: p["number"] for p in github.pulls}
+    assert recorded_prs(world) == numbers  # the PR artifact is recorded, not lost
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "after"),
+    [
+        (500, {}, False),
+        (502, {}, True),  # GitHub created the PR, the answer was lost
+        (503, {}, False),
+        ("reset", {}, True),
+        ("timeout", {}, True),
+        (403, {"Retry-After": "7"}, False),  # secondary rate limit
+        (429, {"Retry-After": "3"}, False),
+        (403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1800001050"}, False),
+    ],
+    ids=[
+        "500",
+        "502-after-create",
+        "503",
+        "reset-after-create",
+        "timeout-after-create",
+        "403-secondary",
+        "429",
+        "403-primary-exhausted",
+    ],
+)
+def test_a_transient_fault_on_create_is_retried_into_one_pr(
+    world: World,
+    github: FakeGitHub,
+    clock: VirtualTime,
+    status: int | str,
+    headers: dict[str, str],
+    after: bool,
+) -> None:
+    github_world(world)
+    github.faults.append(Fault(PULLS, status, times=2, headers=headers, after=after))
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    errors = passes_until_converged(engine)
+    assert errors == []  # retried within the pass: success, no task error
+    assert github.faults[0].hits == 2
+    assert_one_pr_each(world, github)
+    if "Retry-After" in headers:
+        assert float(headers["Retry-After"]) in clock.sleeps  # the server's delay was honoured
+    if "x-ratelimit-reset" in headers:
+        assert any(s > 20 for s in clock.sleeps)  # waited for the reset, not a blind backoff
+    assert sum(clock.sleeps) < 5 * 60  # bounded
+
+
+def test_a_transient_fault_on_the_list_is_retried(
+    world: World, github: FakeGitHub, clock: VirtualTime
+) -> None:
+    github_world(world)
+    github.faults.append(Fault(LIST, 502, times=2))
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    assert passes_until_converged(engine) == []
+    assert github.faults[0].hits == 2
+    assert_one_pr_each(world, github)
+
+
+def test_github_down_for_longer_than_the_deadline_is_a_task_error_then_heals(
+    world: World, github: FakeGitHub, clock: VirtualTime
+) -> None:
+    github_world(world)
+    outage = Fault(PULLS, 503, times=10_000)
+    github.faults.append(outage)
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    errors = passes(engine, lambda _plan, errors: bool(errors), most=60)
+    assert errors, "the outage never surfaced as a task error"
+    assert "GitHub kept failing" in errors[0] and "HTTP 503" in errors[0], errors[0]
+    assert "gave up" in errors[0]
+    assert TOKEN not in errors[0]
+    assert max(clock.sleeps) <= 60 and outage.hits >= 3  # retried, bounded by the deadline
+    assert github.pulls == []
+    outage.times = outage.hits  # GitHub is back
+    passes_until_converged(engine)
+    assert_one_pr_each(world, github)
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [(401, "rejected the token"), (404, "not visible to this token")],
+)
+def test_a_rejected_token_or_invisible_repo_blocks_with_the_fix_then_heals(
+    world: World, github: FakeGitHub, status: int, words: str
+) -> None:
+    github_world(world)
+    fault = Fault(ANY, status, times=10_000)
+    github.faults.append(fault)
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    desired = engine.load()
+    with engine.locked(None) as store:
+        result = engine.apply(desired, store)
+    assert result.plan.empty  # nothing is dispatched to a lane whose forge refuses it
+    reasons = {b.task: b.reason for b in result.plan.blocked}
+    assert words in reasons["a"] and TOKEN not in reasons["a"], reasons
+    assert fault.hits <= 3  # a definite answer is not retried
+    fault.times = fault.hits
+    passes_until_converged(engine)
+    assert_one_pr_each(world, github)
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [(401, "rejected the token"), (404, "not visible to this token")],
+)
+def test_a_token_revoked_mid_pass_is_a_clear_error_without_a_duplicate(
+    world: World, github: FakeGitHub, status: int, words: str
+) -> None:
+    github_world(world)
+    fault = Fault(PULLS, status, times=10_000)
+    github.faults.append(fault)
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    errors = passes(engine, lambda _plan, errors: len(errors) >= 2, most=60)
+    assert all(e.startswith("open-pr ") and words in e for e in errors), errors
+    assert fault.hits == len(errors)  # definite answers: no retries
+    assert github.pulls == []
+    fault.times = fault.hits
+    passes_until_converged(engine)
+    assert_one_pr_each(world, github)

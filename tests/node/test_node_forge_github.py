@@ -402,6 +402,24 @@ def test_primary_limit_waits_for_the_reset(
     assert fake.sleeps == [31.0]
 
 
+def test_a_reset_beyond_the_deadline_gives_up_at_once_naming_the_time(
+    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
+) -> None:
+    reset = int(fake.wall()) + 3600
+    github.get(
+        PULLS,
+        status=403,
+        headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)},
+        json={"message": "API rate limit exceeded for user ID 42."},
+    )
+    with pytest.raises(NodeError) as caught:
+        forge.list_pulls()
+    assert caught.value.temporary
+    assert fake.sleeps == []  # an hour is not waited out inside one request
+    until = time.strftime("%H:%M:%S UTC", time.gmtime(reset + 1))
+    assert "asked to wait 3601 s" in str(caught.value) and until in str(caught.value)
+
+
 def test_429_gives_up_after_the_deadline(github: responses.RequestsMock, fake: VirtualTime) -> None:
     forge = GitHubForge(REPO, TOKEN, retry_deadline=10.0, sleep=fake.sleep, clock=fake.clock)
     github.get(PULLS, status=429, json={"message": f"Too many requests for {TOKEN}"})
@@ -428,6 +446,17 @@ def test_401_says_the_token_was_rejected(
     assert not caught.value.temporary
     assert "rejected the token" in str(caught.value)
     assert len(github.calls) == 1
+
+
+def test_404_on_a_pull_request_names_the_pr_not_the_repo(
+    github: responses.RequestsMock, forge: GitHubForge
+) -> None:
+    github.get(f"{PULLS}/77", status=404, json={"message": "Not Found"})
+    with pytest.raises(NodeError) as caught:
+        forge.close_pull(77, "bye")
+    assert "GET /repos/acme/webapp/pulls/77" in str(caught.value)
+    assert "pull request is gone" in str(caught.value)
+    assert "not visible" not in str(caught.value)
 
 
 def test_404_says_the_repo_is_not_visible(

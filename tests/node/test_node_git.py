@@ -149,13 +149,20 @@ def test_push_returns_the_sha_and_reports_rejection(env: Env) -> None:
     assert not response.ok
     assert response.failure is not None
     assert "rejected" in response.failure.error
-    assert "force_with_lease" in response.failure.error
+    assert "nothing was overwritten" in response.failure.error
+    theirs = git(env.origin, "rev-parse", "refs/heads/agent/pushed")
     # Our tracking ref is stale, so the lease protects their commit too.
     lease = PushRequest(lane=env.lane, repo="webapp", branch="agent/pushed", force_with_lease=True)
     assert not env.respond(lease).ok
+    # A fetch moves the tracking ref; the branch still has not seen their commit: refused.
     git(env.checkout, "fetch", "-q", "origin")
+    assert not env.respond(lease).ok
+    assert git(env.origin, "rev-parse", "refs/heads/agent/pushed") == theirs
+    # Once the branch is rebased onto their commit, the forced push goes through.
+    git(ws, "rebase", "-q", "origin/agent/pushed")
     new_sha = PushResult.model_validate(env.call(lease)).sha
     assert git(env.origin, "rev-parse", "refs/heads/agent/pushed") == new_sha
+    assert git(env.origin, "merge-base", "--is-ancestor", theirs, new_sha) == ""
 
 
 def test_push_of_a_missing_branch_fails_clearly(env: Env) -> None:

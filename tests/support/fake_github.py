@@ -63,6 +63,10 @@ class Fault:
         return self.status, dict(self.headers), json.dumps(body)
 
 
+class _NotFound(Exception):
+    """An unknown PR number: GitHub answers 404."""
+
+
 class VirtualTime:
     """The forge's clock in tests: it moves only when the forge waits, and nothing sleeps."""
 
@@ -105,7 +109,7 @@ class FakeGitHub:
         self.visible = True
         base = f"{API}/repos/{self.owner}/{self.name}"
         routes: list[tuple[str, str, Callable[[Any], Reply]]] = [
-            (responses.GET, r"/pulls(\?.*)?$", self.list),
+            (responses.GET, r"/pulls(\?.*)?$", self.list_pulls),
             (responses.POST, r"/pulls$", self.create),
             (responses.GET, r"/pulls/\d+$", self.get),
             (responses.PATCH, r"/pulls/\d+$", self.patch),
@@ -130,18 +134,27 @@ class FakeGitHub:
             if self.token is not None:
                 assert request.headers.get("Authorization") == f"token {self.token}"
             line = f"{request.method} {request.path_url}"
-            fault = next(
-                (f for f in self.faults if f.hits < f.times and re.search(f.match, line)), None
-            )
-            if fault is None:
-                return handler(request)
-            fault.hits += 1
-            self.requests.append(f"{line} [{fault.status}]")
-            if fault.after:
-                handler(request)
-            return fault.reply()
+            try:
+                return self._faulty(request, line, handler)
+            except _NotFound:
+                self._seen(request)
+                return 404, {}, json.dumps({"message": "Not Found"})
 
         return serve
+
+    def _faulty(
+        self, request: Any, line: str, handler: Callable[[Any], Reply]
+    ) -> Reply | Exception:
+        fault = next(
+            (f for f in self.faults if f.hits < f.times and re.search(f.match, line)), None
+        )
+        if fault is None:
+            return handler(request)
+        fault.hits += 1
+        self.requests.append(f"{line} [{fault.status}]")
+        if fault.after:
+            handler(request)
+        return fault.reply()
 
     def _seen(self, request: Any, free: bool = False) -> None:
         self.requests.append(f"{request.method} {request.path_url}")
@@ -160,6 +173,8 @@ class FakeGitHub:
         return int(request.path_url.split("?")[0].split("/")[index])
 
     def _find(self, number: int) -> dict[str, Any]:
+        if not 1 <= number <= len(self.pulls):
+            raise _NotFound
         return self.pulls[number - 1]
 
     def head_sha(self, ref: str) -> str:
@@ -217,7 +232,7 @@ class FakeGitHub:
         core = {"limit": 5000, "remaining": 5000 - self.points, "reset": 1_800_003_600}
         return 200, {}, json.dumps({"resources": {"core": core}, "rate": core})
 
-    def list(self, request: Any) -> Reply:
+    def list_pulls(self, request: Any) -> Reply:
         query = dict(re.findall(r"([a-z_]+)=([^&]*)", request.path_url.split("?", 1)[-1]))
         items = self.pulls
         if "head" in query:
@@ -269,7 +284,7 @@ class FakeGitHub:
         }
         self.pulls.append(pr)
         self.version += 1
-        return 201, {}, json.dumps(pr)
+        return 201, {}, json.dumps(self._fresh(pr))
 
     def get(self, request: Any) -> Reply:
         self._seen(request)
@@ -278,7 +293,10 @@ class FakeGitHub:
     def patch(self, request: Any) -> Reply:
         self._seen(request)
         pr = self._find(self._number(request))
-        pr.update(json.loads(request.body))
+        change = json.loads(request.body)
+        if change.get("state") == "closed" and pr["state"] == "open":
+            change["closed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        pr.update(change)
         self.version += 1
         return 200, {}, json.dumps(pr)
 
