@@ -173,6 +173,9 @@ class ObserveRequest(Msg):
     lane: LaneRef
     branch_prefix: str = "agent/"
     inspect: list[str] = Field(default_factory=list)
+    # Branches whose PR feedback is wanted other than in full (checks and reviews): only tasks
+    # whose `pr.iterateOn` says otherwise travel, so the request stays small.
+    feedback: dict[str, list[Literal["checks", "reviews"]]] = Field(default_factory=dict)
 
 
 class PreflightRequest(Msg):

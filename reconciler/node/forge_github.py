@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -36,6 +37,7 @@ from reconciler.protocol import PullRequest
 DEFAULT_API_URL = "https://api.github.com"
 WRITE_SPACING = 1.0  # seconds between content-creating requests (secondary-limit guidance)
 MAX_BACKOFF = 30.0
+RATE_LIMIT_FRESH = 5.0  # seconds a /rate_limit answer serves the other repositories of a pass
 REPO_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="next"')
 TRANSIENT_NETWORK = (
@@ -68,8 +70,82 @@ class _Transient(Exception):
 @dataclass
 class _Page:
     etag: str
-    items: list[Json]
+    items: list[Any]  # a list page's items, or [the document]
     next_url: str | None
+    used: float = 0.0
+
+
+class _Cache:
+    """The ETag'd answers of one repository as one token sees them, per URL.
+
+    Kept in memory for the process and, when the lane gives a directory, in a 0600 file there,
+    so that a new process (one `apply` from cron, a restart) sends ``If-None-Match`` too and an
+    unchanged pass costs no points. Answers unused for a day are dropped (a PR's old head
+    commits). Two processes writing the file race harmlessly: an ETag always matches its items.
+    """
+
+    TTL = 86400.0
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.pages: dict[str, _Page] = {}
+        self.dirty = False
+        self.loaded = path is None
+        self.lock = threading.Lock()
+
+    def get(self, url: str, now: float) -> _Page | None:
+        with self.lock:
+            if not self.loaded:
+                self.loaded = True
+                self.pages = _read_cache(self.path) if self.path else {}
+            page = self.pages.get(url)
+            if page is not None:
+                page.used = now
+            return page
+
+    def put(self, url: str, page: _Page) -> None:
+        with self.lock:
+            self.pages[url] = page
+            self.dirty = True
+
+    def flush(self, now: float) -> None:
+        with self.lock:
+            stale = [url for url, page in self.pages.items() if page.used < now - self.TTL]
+            for url in stale:
+                del self.pages[url]
+            if self.path is None or not (self.dirty or stale):
+                return
+            data = {
+                "version": 1,
+                "pages": {
+                    url: [page.etag, page.items, page.next_url, page.used]
+                    for url, page in self.pages.items()
+                },
+            }
+            _write_private(self.path, json.dumps(data, separators=(",", ":")))
+            self.dirty = False
+
+
+def _read_cache(path: str) -> dict[str, _Page]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return {
+            str(url): _Page(str(etag), list(items), next_url, float(used))
+            for url, (etag, items, next_url, used) in data["pages"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # no cache, or one from another version: start cold
+
+
+def _write_private(path: str, text: str) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 class _WriteGate:
@@ -79,8 +155,9 @@ class _WriteGate:
 
 
 # Shared by every forge in the process. Keys hold a digest of the token, never the token.
-_PAGES: dict[tuple[str, str, str, str], _Page] = {}
+_PAGES: dict[tuple[str, str, str], _Cache] = {}
 _GATES: dict[str, _WriteGate] = {}
+_RATES: dict[tuple[str, str], tuple[float, int, int]] = {}  # (api, token digest) → (at, left, of)
 _SHARED_LOCK = threading.Lock()
 
 
@@ -101,6 +178,17 @@ def _gate(digest: str) -> _WriteGate:
         return _GATES.setdefault(digest, _WriteGate())
 
 
+def _cache(api_url: str, repo: str, digest: str, directory: str | None) -> _Cache:
+    key = (api_url, repo, digest)
+    with _SHARED_LOCK:
+        cache = _PAGES.get(key)
+        if cache is None:
+            name = hashlib.sha256("\0".join(key).encode()).hexdigest()[:32]
+            path = os.path.join(directory, f"{name}.json") if directory else None
+            cache = _PAGES[key] = _Cache(path)
+        return cache
+
+
 class GitHubForge:
     """The pull requests of ``repo`` ("OWNER/NAME") as seen by ``token``."""
 
@@ -114,6 +202,7 @@ class GitHubForge:
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] | None = None,
         wall: Callable[[], float] | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         if not REPO_NAME.match(repo):
             raise GitHubError(f"forge repo {repo!r} is not OWNER/NAME; fix forge.repo")
@@ -128,6 +217,7 @@ class GitHubForge:
         self._sleep = sleep or TIME.sleep
         self._clock = clock or TIME.clock
         self._wall = wall or TIME.wall
+        self._cache = _cache(self.api_url, repo, self._digest, cache_dir)
         self._gh = Github(
             auth=Auth.Token(token),
             base_url=self.api_url,
@@ -152,7 +242,7 @@ class GitHubForge:
         seen: set[str] = set()
         while url is not None and url not in seen:
             seen.add(url)
-            page = self._page(url)
+            page = self._conditional(url, listing=True)
             items.extend(page.items)
             url = page.next_url
         pulls = [self._pr(item) for item in items]
@@ -250,32 +340,26 @@ class GitHubForge:
 
         A conditional request: an unchanged repository answers 304 and costs no points.
         """
-        url = f"/repos/{self.repo}"
-        key = (self.api_url, self.repo, self._digest, url)
-        cached = _PAGES.get(key)
-        headers = {"If-None-Match": cached.etag} if cached else None
-        status, response_headers, data = self._request("GET", url, headers=headers)
-        if status == 304 and cached is not None:
-            data = cached.items[0]
-        else:
-            if not isinstance(data, dict):
-                raise GitHubError(
-                    f"GitHub answered the repository {self.repo} with something other than an "
-                    "object; check forge.apiUrl points at the REST API (…/api/v3 for Enterprise)"
-                )
-            etag = str(response_headers.get("etag", ""))
-            if etag:
-                _PAGES[key] = _Page(etag=etag, items=[data], next_url=None)
+        data = self._get_cached(f"/repos/{self.repo}")
+        if not isinstance(data, dict):
+            raise GitHubError(
+                f"GitHub answered the repository {self.repo} with something other than an "
+                "object; check forge.apiUrl points at the REST API (…/api/v3 for Enterprise)"
+            )
         perms = _dict(data.get("permissions"))
         can_write = bool(perms.get("push"))
         return can_write, str(data.get("full_name") or self.repo)
 
-    def with_feedback(self, pr: PullRequest) -> PullRequest:
-        """The PR with what CI and reviewers say of its head commit (conditional requests: an
-        unchanged PR costs no points). Failing checks carry their output's tail; change
-        requests carry their inline comments as ``path:line``."""
-        if pr.state != "open" or not pr.head_sha:
+    def with_feedback(
+        self, pr: PullRequest, kinds: Collection[str] = ("checks", "reviews")
+    ) -> PullRequest:
+        """The PR with what CI (``checks``) and reviewers (``reviews``) say of its head commit
+        (conditional requests: an unchanged PR costs no points). Failing checks carry their
+        output's tail; change requests carry their inline comments as ``path:line``."""
+        if pr.state != "open" or not pr.head_sha or not kinds:
             return pr
+        if "checks" not in kinds:
+            return pr.model_copy(update={"review_feedback": self._change_requests(pr)})
         runs = _dict(self._get_cached(f"/repos/{self.repo}/commits/{pr.head_sha}/check-runs"))
         status = _dict(self._get_cached(f"/repos/{self.repo}/commits/{pr.head_sha}/status"))
         pending = False
@@ -312,7 +396,7 @@ class GitHubForge:
             update={
                 "checks": checks,
                 "check_feedback": failing,
-                "review_feedback": self._change_requests(pr),
+                "review_feedback": self._change_requests(pr) if "reviews" in kinds else [],
             }
         )
 
@@ -347,22 +431,48 @@ class GitHubForge:
 
     def _get_cached(self, url: str) -> Any:
         """A conditional GET of one document (a 304 answers from the cache, for free)."""
-        key = (self.api_url, self.repo, self._digest, url)
-        cached = _PAGES.get(key)
+        return (self._conditional(url).items or [None])[0]
+
+    def _conditional(self, url: str, *, listing: bool = False) -> _Page:
+        """GET with ``If-None-Match``: an unchanged answer (304) comes from the cache and costs
+        no rate-limit point. ``listing``: the answer is a page of a list."""
+        cached = self._cache.get(url, self._wall())
         headers = {"If-None-Match": cached.etag} if cached else None
         status, response_headers, data = self._request("GET", url, headers=headers)
         if status == 304 and cached is not None:
-            return cached.items[0] if cached.items else None
-        etag = str(response_headers.get("etag", ""))
-        if etag:
-            _PAGES[key] = _Page(etag=etag, items=[data], next_url=None)
-        return data
+            return cached
+        if listing and not isinstance(data, list):
+            raise GitHubError(
+                f"GitHub answered the pull request list of {self.repo} with something other than "
+                "a list; check forge.apiUrl points at the REST API (…/api/v3 for Enterprise)"
+            )
+        page = _Page(
+            etag=str(response_headers.get("etag", "")),
+            items=[item for item in data if isinstance(item, dict)] if listing else [data],
+            next_url=_next_link(response_headers.get("link")) if listing else None,
+            used=self._wall(),
+        )
+        if page.etag:
+            self._cache.put(url, page)
+        return page
+
+    def flush(self) -> None:
+        """Keep the ETag'd answers for the next process (the lane's cache file), if any."""
+        self._cache.flush(self._wall())
 
     def rate_limit(self) -> tuple[int, int]:
-        """(remaining, limit) of the token's core rate limit; this call itself costs nothing."""
+        """(remaining, limit) of the token's core rate limit; this call itself costs nothing,
+        and the repositories of one lane sharing a token ask once per pass, not once each."""
+        key = (self.api_url, self._digest)
+        now = self._clock()
+        known = _RATES.get(key)
+        if known is not None and now - known[0] < RATE_LIMIT_FRESH:
+            return known[1], known[2]
         _, _, data = self._request("GET", "/rate_limit")
         core = _dict(_dict(_dict(data).get("resources")).get("core"))
-        return int(core.get("remaining", 0)), int(core.get("limit", 0))
+        remaining, limit = int(core.get("remaining", 0)), int(core.get("limit", 0))
+        _RATES[key] = (now, remaining, limit)
+        return remaining, limit
 
     # ------------------------------------------------------------------------ helpers
 
@@ -375,27 +485,6 @@ class GitHubForge:
 
     def _comment(self, number: int, text: str) -> None:
         self._write("POST", f"/repos/{self.repo}/issues/{number}/comments", {"body": text})
-
-    def _page(self, url: str) -> _Page:
-        key = (self.api_url, self.repo, self._digest, url)
-        cached = _PAGES.get(key)
-        headers = {"If-None-Match": cached.etag} if cached else None
-        status, response_headers, data = self._request("GET", url, headers=headers)
-        if status == 304 and cached is not None:
-            return cached  # answered from the cache: no rate-limit point spent
-        if not isinstance(data, list):
-            raise GitHubError(
-                f"GitHub answered the pull request list of {self.repo} with something other than "
-                "a list; check forge.apiUrl points at the REST API (…/api/v3 for Enterprise)"
-            )
-        page = _Page(
-            etag=str(response_headers.get("etag", "")),
-            items=[item for item in data if isinstance(item, dict)],
-            next_url=_next_link(response_headers.get("link")),
-        )
-        if page.etag:
-            _PAGES[key] = page
-        return page
 
     def _pr(self, item: Json) -> PullRequest:
         head, base = _dict(item.get("head")), _dict(item.get("base"))

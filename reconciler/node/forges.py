@@ -56,5 +56,6 @@ def forge_for(lane: Lane, repo_name: str) -> Forge | None:
         if not repo.github_repo:
             raise NodeError(f"repo {repo_name} has a github forge without repo: OWNER/NAME")
         token = read_token(lane.ref.github_token_file, os.environ)
-        return GitHubForge(repo.github_repo, token, repo.api_url)
+        cache = os.path.join(lane.root, ".cache", "github")
+        return GitHubForge(repo.github_repo, token, repo.api_url, cache_dir=cache)
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection, Mapping
 
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
@@ -26,7 +27,8 @@ def observe(lane: Lane, req: ObserveRequest) -> ObserveResult:
     check_ref_name(req.branch_prefix, "branch prefix", allow_empty=True)
     inspect = {parse_run_key(key) for key in req.inspect}
     repos = {
-        name: _observe_repo(lane, repo, req.branch_prefix) for name, repo in lane.repos.items()
+        name: _observe_repo(lane, repo, req.branch_prefix, req.feedback)
+        for name, repo in lane.repos.items()
     }
     return ObserveResult(
         repos=repos,
@@ -36,7 +38,9 @@ def observe(lane: Lane, req: ObserveRequest) -> ObserveResult:
     )
 
 
-def _observe_repo(lane: Lane, repo: RepoRef, prefix: str) -> RepoObs:
+def _observe_repo(
+    lane: Lane, repo: RepoRef, prefix: str, feedback: Mapping[str, Collection[str]]
+) -> RepoObs:
     checkout = lane.checkouts[repo.name]
     if not gitops.is_repo(checkout):
         what = "does not exist" if not os.path.exists(checkout) else "is not a git repository"
@@ -47,12 +51,18 @@ def _observe_repo(lane: Lane, repo: RepoRef, prefix: str) -> RepoObs:
             "the lane's checkout path",
         )
     try:
-        return _read_repo(lane, repo, checkout, prefix)
+        return _read_repo(lane, repo, checkout, prefix, feedback)
     except NodeError as exc:
         return RepoObs(name=repo.name, ok=False, error=str(exc))
 
 
-def _read_repo(lane: Lane, repo: RepoRef, checkout: str, prefix: str) -> RepoObs:
+def _read_repo(
+    lane: Lane,
+    repo: RepoRef,
+    checkout: str,
+    prefix: str,
+    feedback: Mapping[str, Collection[str]],
+) -> RepoObs:
     repo_root = os.path.join(lane.root, repo.name)
     worktrees = [wt for wt in gitops.list_worktrees(checkout) if is_under(repo_root, wt.path)]
     local_prefix = "refs/heads/"
@@ -72,8 +82,16 @@ def _read_repo(lane: Lane, repo: RepoRef, checkout: str, prefix: str) -> RepoObs
     forge = forge_for(lane, repo.name)
     prs = forge.list_pulls() if forge is not None else None
     if isinstance(forge, GitHubForge) and prs is not None:
-        # Only the reconciler's own open PRs: CI and review verdicts drive the feedback loop.
-        prs = [forge.with_feedback(p) if p.task and p.state == "open" else p for p in prs]
+        # CI and review verdicts drive the feedback loop, which only acts on them for the
+        # reconciler's own open PRs whose head is the commit it pushed last (the tracking ref
+        # its push moved) and for the kinds the task's `pr.iterateOn` names.
+        prs = [
+            forge.with_feedback(p, feedback.get(p.head, ("checks", "reviews")))
+            if p.task and p.state == "open" and p.head_sha == remote_branches.get(p.head)
+            else p
+            for p in prs
+        ]
+        forge.flush()
     return RepoObs(
         name=repo.name,
         ok=True,

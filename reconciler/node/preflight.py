@@ -228,6 +228,7 @@ def _github_checks(lane: Lane, name: str) -> list[PreflightCheck]:
     checks = [_ok("forge-token", name, "The lane's GitHub token is present.")]
     try:
         can_write, full_name = forge.access()
+        forge.flush()
         remaining, limit = forge.rate_limit()
     except NodeError as exc:
         checks.append(_fail("forge-access", name, str(exc), "see the message"))

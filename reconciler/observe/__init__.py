@@ -59,10 +59,18 @@ def _observe_lane(
         agents=[agent_ref(desired, name) for name in sorted(agent_names)],
     )
 
+    prefix = desired.config.branch_prefix
+    # PR feedback is read in full unless a task's iterateOn asks for less; a removed task's
+    # PR is about to be closed and needs none.
+    feedback: dict[str, list[Literal["checks", "reviews"]]] = {}
+    for name in mine:
+        task = desired.tasks.get(name)
+        wanted = list(task.spec.pr.iterate_on) if task is not None else []
+        if set(wanted) != {"checks", "reviews"}:
+            feedback[f"{prefix}{name}"] = wanted
+
     def request(keys: list[str]) -> ObserveRequest:
-        return ObserveRequest(
-            lane=lane.ref, branch_prefix=desired.config.branch_prefix, inspect=keys
-        )
+        return ObserveRequest(lane=lane.ref, branch_prefix=prefix, inspect=keys, feedback=feedback)
 
     try:
         pre_resp, obs_resp = lane.call([preflight, request(inspect)])

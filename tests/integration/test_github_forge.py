@@ -417,3 +417,50 @@ def test_a_token_revoked_mid_pass_is_a_clear_error_without_a_duplicate(
     fault.times = fault.hits
     passes_until_converged(engine)
     assert_one_pr_each(world, github)
+
+
+def test_feedback_is_read_only_where_the_loop_can_use_it(world: World, github: FakeGitHub) -> None:
+    """Checks and reviews are read for open task PRs on the commit the lane pushed, of the
+    kinds `pr.iterateOn` names: not for a task that never iterates, nor for a head someone
+    else moved."""
+    github_world(world)
+    github.remote = world.root / "remotes" / "app.git"
+    world.tasks["b"]["pr"] = {"iterateOn": []}
+    world.commit()
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    converge(engine)
+    [a, b] = sorted(github.pulls, key=lambda p: p["head"]["ref"])
+
+    def reads(number: int, sha: str) -> list[str]:
+        wanted = (f"/commits/{sha}/", f"/pulls/{number}/reviews", f"/pulls/{number}/comments")
+        return [r for r in github.requests if any(w in r for w in wanted)]
+
+    github.requests.clear()
+    with engine.reading() as store:
+        engine.observe_and_plan(engine.load(), store)
+    sha_a, sha_b = github.head_sha("agent/a"), github.head_sha("agent/b")
+    assert len(reads(a["number"], sha_a)) == 3  # check runs, status, reviews of a's commit
+    assert reads(b["number"], sha_b) == []  # iterateOn: [] needs none
+    # Someone pushes to a's branch on GitHub: its verdicts are not about the reconciler's commit.
+    from world import git
+
+    clone = world.root / "someone"
+    git(world.root, "clone", "-q", "-b", "agent/a", str(github.remote), str(clone))
+    git(
+        clone,
+        "-c",
+        "user.name=x",
+        "-c",
+        "user.email=x@x",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "x",
+    )
+    git(clone, "push", "-q", "origin", "agent/a")
+    github.version += 1
+    github.requests.clear()
+    with engine.reading() as store:
+        engine.observe_and_plan(engine.load(), store)
+    assert reads(a["number"], github.head_sha("agent/a")) == []

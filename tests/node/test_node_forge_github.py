@@ -179,6 +179,52 @@ def test_unchanged_list_is_a_conditional_request_answered_304(
     assert seen == [None, '"etag-1"']  # one request per pass; the second cost no rate limit
 
 
+def test_the_etags_survive_the_process_in_the_lane_cache_file(
+    github: responses.RequestsMock, tmp_path: Path
+) -> None:
+    seen: list[str | bytes | None] = []
+
+    def pulls_endpoint(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        seen.append(request.headers.get("If-None-Match"))
+        if request.headers.get("If-None-Match") == '"etag-1"':
+            return 304, {"ETag": '"etag-1"'}, ""
+        return 200, {"ETag": '"etag-1"'}, json.dumps([pull(7, "agent/x", body=MARKED)])
+
+    github.add_callback(responses.GET, PULLS, callback=pulls_endpoint, match=list_query())
+    cache = tmp_path / "lane" / ".cache" / "github"
+    first = GitHubForge(REPO, TOKEN, sleep=VirtualTime().sleep, cache_dir=str(cache))
+    listed = first.list_pulls()
+    first.flush()
+    [path] = list(cache.iterdir())
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert cache.stat().st_mode & 0o777 == 0o700
+    assert TOKEN not in path.read_text()
+    forge_github._PAGES.clear()  # a new process: nothing in memory
+    second = GitHubForge(REPO, TOKEN, sleep=VirtualTime().sleep, cache_dir=str(cache))
+    assert second.list_pulls() == listed
+    assert seen == [None, '"etag-1"']  # the new process asked conditionally: no point spent
+    # a cache file that is not ours (corrupt, older version) is a cold start, not an error
+    path.write_text("{not json")
+    forge_github._PAGES.clear()
+    third = GitHubForge(REPO, TOKEN, sleep=VirtualTime().sleep, cache_dir=str(cache))
+    assert third.list_pulls() == listed
+    assert seen == [None, '"etag-1"', None]
+
+
+def test_cached_answers_unused_for_a_day_are_dropped(
+    github: responses.RequestsMock, tmp_path: Path
+) -> None:
+    clock = VirtualTime()
+    github.get(PULLS, json=[], headers={"ETag": '"e"'}, match=list_query())
+    forge = GitHubForge(REPO, TOKEN, sleep=clock.sleep, clock=clock.clock, wall=clock.wall)
+    forge.list_pulls()
+    forge.flush()
+    assert len(forge._cache.pages) == 1
+    clock.now += 86400 + 1
+    forge.flush()
+    assert forge._cache.pages == {}  # e.g. the checks of a commit no PR points at any more
+
+
 def test_list_follows_pagination(github: responses.RequestsMock, forge: GitHubForge) -> None:
     page2 = "https://api.github.com/repositories/1296269/pulls?state=all&per_page=100&page=2"
     github.get(
