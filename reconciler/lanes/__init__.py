@@ -6,7 +6,8 @@ it talks to. This package must not decide anything: it carries requests and repo
 
 from __future__ import annotations
 
-import getpass
+import os
+import pwd
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
@@ -123,23 +124,15 @@ def unwrap(response: Response, result_type: type[T]) -> T:
     return result_type.model_validate(response.result or {})
 
 
-class _Unavailable:
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def exchange(self, batch: Batch) -> BatchResult:
-        raise LaneUnavailable(self.reason)
-
-
 def transport_for(name: str, spec: LaneSpec) -> Transport:
-    """Pick the transport a lane needs. Only the in-process transport exists so far."""
-    me = getpass.getuser()
+    """Pick the transport a lane needs: in-process for the reconciler's own user, the
+    local-user transport (``setpriv`` to the lane user) for another user on this machine."""
+    me = pwd.getpwuid(os.geteuid()).pw_name
     if spec.user is None or spec.user == me:
         return InProcessTransport()
-    return _Unavailable(
-        f"lane {name} runs as user {spec.user}, but the reconciler runs as {me} and per-lane "
-        f"users are not available in this version; remove spec.user or set it to {me}"
-    )
+    from reconciler.lanes.local_user import LocalUserTransport
+
+    return LocalUserTransport(name, spec.user)
 
 
 def serve_node() -> int:

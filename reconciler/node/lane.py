@@ -7,6 +7,7 @@ workspace root (or be a configured checkout). Must not create, change or delete 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -137,6 +138,14 @@ class Lane:
         check_branch(task.branch)
         check_branch(task.base, "base branch")
         return repo, checkout, self.workspace(repo.name, task.name)
+
+    def make_root(self) -> None:
+        """Create the workspace root private to the lane user (0700) if it does not exist; an
+        existing one is left as its owner set it."""
+        if not os.path.isdir(self.root):
+            os.makedirs(os.path.dirname(self.root), exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.root, 0o700)
 
     def runs_root(self) -> str:
         return os.path.join(self.root, RUNS_DIR)

@@ -12,6 +12,7 @@ import shutil
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import Lane, check_branch
+from reconciler.node.loginenv import login_env
 from reconciler.node.runs import agent_env
 from reconciler.protocol import AgentRef, PreflightCheck, PreflightRequest
 
@@ -54,6 +55,7 @@ def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
         if repo.forge == "github":
             checks.extend(_github_checks(lane, name))
     checks.extend(_workspace_checks(lane, req.min_free_bytes))
+    checks.append(_login_env_check())
     for agent in req.agents:
         checks.append(_agent_check(lane, agent))
     return checks
@@ -184,6 +186,22 @@ def _workspace_checks(lane: Lane, min_free: int) -> list[PreflightCheck]:
     else:
         checks.append(_ok("disk", "", f"{_human(free)} free at {anchor}."))
     return checks
+
+
+def _login_env_check() -> PreflightCheck:
+    found = login_env()
+    if found.error is not None:
+        return _fail(
+            "login-env",
+            "",
+            f"The login environment of {found.env['USER']} could not be captured: {found.error}.",
+            "make the user's login profile run non-interactively (see docs/troubleshooting.md)",
+        )
+    return _ok(
+        "login-env",
+        "",
+        f"{len(found.env)} variables from `{found.shell} -l`; PATH={found.env.get('PATH', '')}.",
+    )
 
 
 def _agent_check(lane: Lane, agent: AgentRef) -> PreflightCheck:

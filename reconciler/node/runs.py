@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import re
 import select
 import signal
@@ -26,6 +25,7 @@ from reconciler.node import git as gitops
 from reconciler.node.agents import ADAPTERS, Adapter
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import NAME, Lane, is_under
+from reconciler.node.loginenv import DEFAULT_PATH, login_env
 from reconciler.node.procs import fingerprint, is_alive, kill_group, kill_processes, pids_with_env
 from reconciler.protocol import (
     AgentRef,
@@ -39,7 +39,6 @@ from reconciler.protocol import (
     TaskRef,
 )
 
-AGENT_PATH = "/usr/local/bin:/usr/bin:/bin"
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 REDACTED = "<redacted>"
 START_TIMEOUT = 10.0
@@ -51,20 +50,12 @@ _RUN_NAME = re.compile(r"^(\d+)\.(\d+)$")
 
 
 def base_env() -> dict[str, str]:
-    """The same minimal login-like environment every time, from the password database.
+    """The lane user's login environment, captured the same way every time (see ``loginenv``).
 
-    HOME is where ``~`` resolves for this lane (``$HOME`` of the node process, which for a lane
-    user started with a reset environment is their home), so the agent and the lane's paths agree.
+    Never the environment of the process serving the lane: nothing of the reconciler's own
+    environment reaches an agent.
     """
-    pw = pwd.getpwuid(os.getuid())
-    return {
-        "HOME": os.path.expanduser("~"),
-        "USER": pw.pw_name,
-        "LOGNAME": pw.pw_name,
-        "SHELL": pw.pw_shell or "/bin/sh",
-        "PATH": AGENT_PATH,
-        "LANG": "C.UTF-8",
-    }
+    return dict(login_env().env)
 
 
 def agent_env(
@@ -281,7 +272,7 @@ def _supervisor_env(run_dir: str) -> dict[str, str]:
     package_parent = str(Path(__file__).resolve().parents[2])
     paths = dict.fromkeys([package_parent, *(p for p in sys.path if p and os.path.isabs(p))])
     return {
-        "PATH": AGENT_PATH,
+        "PATH": DEFAULT_PATH,
         "LANG": "C.UTF-8",
         "PYTHONPATH": os.pathsep.join(paths),
         "PYTHONSAFEPATH": "1",
@@ -300,6 +291,7 @@ def start_run(lane: Lane, req: StartRunRequest) -> RunObs:
         )
     adapter = adapter_for(req.agent)
     run_dir = lane.run_dir(req.task.name, req.attempt, req.iteration)
+    lane.make_root()
     os.makedirs(lane.runs_root(), mode=0o700, exist_ok=True)
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
     os.chmod(run_dir, 0o700)  # makedirs' mode is filtered by the umask

@@ -80,6 +80,7 @@ def _prepare(lane: Lane, req: PrepareWorkspaceRequest) -> BaseModel:
             f"the checkout {checkout} of repo {repo.name} is missing or not a git repository; "
             "clone it there or fix the lane's checkout path"
         )
+    lane.make_root()
     created = gitops.prepare_workspace(checkout, path, req.task.branch, req.task.base, repo.remote)
     return WorkspaceResult(path=path, created=created)
 

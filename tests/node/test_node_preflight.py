@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
+import pytest
 from node_support import Env
 
 from reconciler.protocol import (
@@ -40,6 +43,7 @@ def test_a_healthy_lane_passes(env: Env) -> None:
         "remote",
         "workspace-writable",
         "disk",
+        "login-env",
         "agent",
     }
     assert not env.root.exists()  # read-only: the root is only checked to be creatable
@@ -105,3 +109,28 @@ def test_forge_without_remote(env: Env) -> None:
     remote = checks[("remote", "webapp")]
     assert not remote.ok
     assert "remote add" in remote.fix
+
+
+def test_login_env_comes_from_the_profile_and_a_hanging_profile_fails_with_the_fix(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.node import loginenv
+
+    home = Path(os.path.expanduser("~"))
+    (home / ".profile").write_text("export FROM_PROFILE=yes\nexport PATH=$HOME/bin:$PATH\n")
+    monkeypatch.setenv("RECONCILER_OWN_SECRET", "must-not-leak")
+    loginenv._CACHE.clear()
+    found = loginenv.login_env()
+    assert found.error is None
+    assert found.env["FROM_PROFILE"] == "yes"
+    assert found.env["PATH"].startswith(f"{home}/bin:")
+    assert "RECONCILER_OWN_SECRET" not in found.env  # never the serving process's environment
+    assert "PWD" not in found.env and "SHLVL" not in found.env
+    # a profile that waits for something: the capture gives up, pre-flight says what to fix
+    (home / ".profile").write_text("sleep 30\n")
+    monkeypatch.setattr(loginenv, "CAPTURE_TIMEOUT", 0.5)
+    loginenv._CACHE.clear()
+    checks = run(env, PreflightRequest(lane=env.lane, min_free_bytes=1))
+    failed = checks["login-env", ""]
+    assert not failed.ok and "did not finish" in failed.detail and "profile" in failed.fix
+    loginenv._CACHE.clear()

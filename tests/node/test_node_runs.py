@@ -272,7 +272,9 @@ def test_agent_environment_is_clean_and_recorded_redacted(
     assert "CLAUDECODE" not in seen
     assert seen["HOME"] == os.path.expanduser("~")  # the lane's home, where ~ resolves
     assert seen["USER"] == user.pw_name
-    assert seen["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+    from reconciler.node.loginenv import login_env
+
+    assert seen["PATH"] == login_env().env["PATH"]  # the lane user's login PATH
     assert seen["LANG"] == "C.UTF-8"
     assert seen["NODE_ENV"] == "test"
     assert seen["AGENT_API_KEY"] == "sekrit"

@@ -1,0 +1,97 @@
+"""The local-user transport: a lane whose Linux user is not the reconciler's, on this machine.
+
+Each batch runs ``reconciler node`` as the lane user through ``setpriv`` with a reset
+environment (HOME, USER, LOGNAME, SHELL and PATH from the password database, nothing of the
+reconciler's own environment), the user's supplementary groups, and the batch as JSON on stdin.
+A bare ``runuser -u`` is not used: it keeps root's environment. Only root can switch users; a
+reconciler running as anyone else reports the lane unavailable with the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+
+from pydantic import ValidationError
+
+from reconciler.lanes import LaneUnavailable
+from reconciler.protocol import Batch, BatchResult
+
+SETPRIV = "setpriv"
+PYTHON = sys.executable  # the lane user must be able to run it: install where every user can read
+BATCH_TIMEOUT = 900.0  # a batch may create worktrees of a large repository
+
+
+class LocalUserTransport:
+    def __init__(self, lane: str, user: str) -> None:
+        self.lane = lane
+        self.user = user
+
+    def argv(self) -> list[str]:
+        try:
+            pw = pwd.getpwnam(self.user)
+        except KeyError:
+            raise LaneUnavailable(
+                f"lane {self.lane}: user {self.user} does not exist on this machine; create it "
+                f"(useradd -m {self.user}) or fix the lane's spec.user"
+            ) from None
+        if os.geteuid() != 0:
+            me = pwd.getpwuid(os.geteuid()).pw_name
+            raise LaneUnavailable(
+                f"lane {self.lane} runs as user {self.user}, but the reconciler runs as {me} and "
+                "only root can switch to a lane's user; run the reconciler as root (it drops to "
+                f"each lane's user for everything that touches the lane), or set spec.user: {me}"
+            )
+        return [
+            SETPRIV,
+            f"--reuid={pw.pw_uid}",
+            f"--regid={pw.pw_gid}",
+            "--init-groups",
+            "--reset-env",
+            "--",
+            PYTHON,
+            "-m",
+            "reconciler",
+            "node",
+        ]
+
+    def exchange(self, batch: Batch) -> BatchResult:
+        argv = self.argv()
+        try:
+            proc = subprocess.run(
+                argv,
+                input=batch.model_dump_json().encode(),
+                capture_output=True,
+                cwd="/",
+                timeout=BATCH_TIMEOUT,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise LaneUnavailable(
+                f"lane {self.lane}: {SETPRIV} is not installed; install util-linux"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise LaneUnavailable(
+                f"lane {self.lane}: the node as {self.user} did not answer in {BATCH_TIMEOUT:.0f} s"
+            ) from None
+        if proc.returncode != 0:
+            said = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise LaneUnavailable(
+                f"lane {self.lane}: `reconciler node` as {self.user} exited {proc.returncode}"
+                + (f": {said[-1][:500]}" if said else "")
+                + (
+                    "; the lane user must be able to read the reconciler's installation "
+                    f"({sys.prefix})"
+                    if proc.returncode in (1, 126, 127)
+                    else ""
+                )
+            )
+        try:
+            return BatchResult.model_validate_json(proc.stdout)
+        except ValidationError as exc:
+            raise LaneUnavailable(
+                f"lane {self.lane}: the node as {self.user} answered something that is not a "
+                f"batch result ({exc.error_count()} problems)"
+            ) from None

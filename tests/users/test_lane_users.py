@@ -1,0 +1,270 @@
+"""Lanes as trust boundaries on one machine: each lane's work runs as its own Linux user.
+
+Real users (created and removed here), real git repositories in their homes, real agent
+processes. Needs root (to create users and switch to them) and ``setpriv``; skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.engine import Context, Engine
+from reconciler.lanes import local_user
+
+if os.geteuid() != 0:
+    pytest.skip("lane users need root to create users and switch to them", allow_module_level=True)
+if not (shutil.which("setpriv") and shutil.which("useradd")):
+    pytest.skip("lane users need setpriv and useradd (util-linux, passwd)", allow_module_level=True)
+
+GIT_ID = ["-c", "user.name=Lane", "-c", "user.email=lane@example.com"]
+# The agent runs as the lane user: the system's Python, which every user can run.
+AGENT_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+
+PROBE = """
+import json, os, subprocess, sys, time
+sys.stdin.read()
+began = time.time()
+other = os.environ["OTHER_HOME"]
+probe = {}
+for path in (other + "/.config/reconciler/github-token", other + "/worktrees", other + "/worktrees/.runs"):
+    try:
+        os.listdir(path) if os.path.isdir(path) else open(path).read()
+        probe[path] = "read"
+    except PermissionError:
+        probe[path] = "denied"
+time.sleep(1.5)  # long enough for the other lane's agent to run at the same time
+with open("work.txt", "w") as f:
+    f.write("done\\n")
+subprocess.run(["git", *GIT_ID, "add", "-A"], check=True)
+subprocess.run(["git", *GIT_ID, "commit", "-qm", "work"], check=True)
+record = {"uid": os.getuid(), "env": dict(os.environ), "probe": probe,
+          "began": began, "ended": time.time()}
+with open(os.path.join(os.environ["RECONCILER_RUN_DIR"], "probe.json"), "w") as f:
+    json.dump(record, f)
+print("DONE")
+"""
+
+
+def run_as(user: str, *argv: str, cwd: str | None = None) -> str:
+    pw = pwd.getpwnam(user)
+    proc = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={pw.pw_uid}",
+            f"--regid={pw.pw_gid}",
+            "--init-groups",
+            "--reset-env",
+            "--",
+            *argv,
+        ],
+        cwd=cwd or pw.pw_dir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture
+def users() -> Iterator[list[str]]:
+    names = [f"rcl{secrets.token_hex(3)}{side}" for side in "ab"]
+    for name in names:
+        subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True)
+    try:
+        yield names
+    finally:
+        for name in names:
+            subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+            time.sleep(0.1)
+            subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A directory every lane user can read: the agent scripts."""
+    path = Path(tempfile.mkdtemp(prefix="reconciler-lanes-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def lane_python(shared: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A Python every lane user can run, seeing this checkout and its dependencies.
+
+    Lane users run ``reconciler node`` (and run supervisors) themselves, so the interpreter
+    must be theirs to run; this test's may live in root's home (e.g. pyenv under /root).
+    """
+    if os.access(sys.executable, os.X_OK) and not sys.executable.startswith("/root/"):
+        real = os.path.realpath(sys.executable)
+        if not real.startswith("/root/"):
+            return sys.executable
+    system = "/usr/bin/python3"
+    version = subprocess.run(
+        [system, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if version != str(sys.version_info[:2]):
+        pytest.skip(f"no Python {sys.version_info[:2]} that lane users can run ({system})")
+    venv = shared / "venv"
+    subprocess.run([system, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    ours = [p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)]
+    package_parent = str(Path(__file__).resolve().parents[2])
+    (site / "reconciler-tests.pth").write_text("\n".join([package_parent, *ours]) + "\n")
+    python = str(venv / "bin" / "python")
+    monkeypatch.setattr(local_user, "PYTHON", python)
+    return python
+
+
+def lane_home(user: str) -> Path:
+    """The lane user's repository (a bare origin and their clone), token and login profile."""
+    home = Path(pwd.getpwnam(user).pw_dir)
+    run_as(user, "git", "init", "-q", "--bare", "-b", "main", str(home / "remotes/app.git"))
+    run_as(user, "git", "clone", "-q", str(home / "remotes/app.git"), str(home / "src/app"))
+    run_as(user, "sh", "-c", "echo '# app' > README.md", cwd=str(home / "src/app"))
+    run_as(user, "git", *GIT_ID, "add", "-A", cwd=str(home / "src/app"))
+    run_as(user, "git", *GIT_ID, "commit", "-qm", "initial", cwd=str(home / "src/app"))
+    run_as(user, "git", "push", "-q", "origin", "main", cwd=str(home / "src/app"))
+    run_as(user, "mkdir", "-p", "-m", "700", str(home / ".config/reconciler"))
+    run_as(user, "sh", "-c", f"umask 077; echo ghp_{user}_secret > .config/reconciler/github-token")
+    # What people put in ~/.profile: it must reach the agent (and be the only source of PATH).
+    run_as(user, "sh", "-c", f"echo 'export FROM_PROFILE=profile-of-{user}' >> .profile")
+    return home
+
+
+def manifests(control: Path, users: list[str], agent: Path) -> None:
+    docs = []
+    for user, other in (users, users[::-1]):
+        docs.append(
+            {
+                "kind": "Lane",
+                "metadata": {"name": user},
+                "spec": {
+                    "user": user,
+                    "maxConcurrency": 1,
+                    "workspaceRoot": "~/worktrees",
+                    "env": {"OTHER_HOME": pwd.getpwnam(other).pw_dir},
+                    "credentials": {"github": "~/.config/reconciler/github-token"},
+                    "repos": [{"name": "app", "checkout": "~/src/app", "forge": {"kind": "local"}}],
+                },
+            }
+        )
+        docs.append(
+            {
+                "kind": "Task",
+                "metadata": {"name": f"task-{user}"},
+                "spec": {
+                    "lane": user,
+                    "repo": "app",
+                    "agent": "probe",
+                    "prompt": "Probe the neighbours.",
+                    "success": {"markers": ["DONE"]},
+                },
+            }
+        )
+    docs.append(
+        {
+            "kind": "Agent",
+            "metadata": {"name": "probe"},
+            "spec": {"kind": "command", "command": [AGENT_PYTHON, str(agent)]},
+        }
+    )
+    text = "\n---\n".join(json.dumps({"apiVersion": "reconciler/v1", **d}) for d in docs)
+    (control / "manifests").mkdir(parents=True)
+    (control / "manifests" / "all.yaml").write_text(text + "\n", encoding="utf-8")
+    subprocess.run(["git", "init", "-q", "-b", "main", str(control)], check=True)
+    subprocess.run(["git", *GIT_ID, "-C", str(control), "add", "-A"], check=True)
+    subprocess.run(["git", *GIT_ID, "-C", str(control), "commit", "-qm", "lanes"], check=True)
+
+
+def converge(engine: Engine, passes: int = 60) -> None:
+    for _ in range(passes):
+        desired = engine.load()
+        with engine.locked(None) as store:
+            result = engine.apply(desired, store)
+        assert result.report is not None and result.report.ok, result.report.failed
+        assert not result.plan.blocked, result.plan.blocked
+        phases = {t.phase.value for t in result.plan.tasks}
+        if result.plan.empty and not phases & {"pending", "queued", "running", "backoff"}:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the lanes did not converge")
+
+
+def test_each_lane_runs_as_its_user_and_cannot_reach_the_other(
+    users: list[str],
+    shared: Path,
+    lane_python: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = shared / "probe.py"
+    agent.write_text(f"GIT_ID = {GIT_ID!r}\n" + textwrap.dedent(PROBE), encoding="utf-8")
+    agent.chmod(0o755)
+    homes = {user: lane_home(user) for user in users}
+    manifests(tmp_path / "control", users, agent)
+    # The reconciler's own secrets must never reach an agent.
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-reconciler-own-key")
+    monkeypatch.setenv("GH_TOKEN", "ghp_reconciler_own_token")
+    engine = Engine(Context(control=str(tmp_path / "control"), state_dir=tmp_path / "state"))
+    converge(engine)
+
+    records = {}
+    for user in users:
+        uid = pwd.getpwnam(user).pw_uid
+        home = homes[user]
+        run_dir = home / "worktrees/.runs" / f"task-{user}" / "1.1"
+        record = json.loads((run_dir / "probe.json").read_text())
+        records[user] = record
+        # the agent ran as the lane user, in files owned by the lane user, private to them
+        assert record["uid"] == uid
+        assert (home / "worktrees").stat().st_uid == uid
+        assert (home / "worktrees").stat().st_mode & 0o077 == 0
+        assert run_dir.stat().st_uid == uid and run_dir.stat().st_mode & 0o077 == 0
+        assert (run_dir / "prompt.md").stat().st_mode & 0o777 == 0o600
+        for path in (home / "worktrees/app" / f"task-{user}").rglob("*"):
+            assert path.lstat().st_uid == uid, path
+        # the PR was written by the lane user into the lane's remote
+        pulls = run_as(
+            user,
+            "git",
+            "-C",
+            str(home / "remotes/app.git"),
+            "show",
+            "refs/reconciler/pulls:pulls.json",
+        )
+        assert [p["head"] for p in json.loads(pulls)["pulls"]] == [f"agent/task-{user}"]
+        objects = [p for p in (home / "remotes/app.git/objects").rglob("*") if p.is_file()]
+        assert objects and all(p.stat().st_uid == uid for p in objects)
+        # the neighbour's token, worktrees and run directories are out of reach: refused
+        assert set(record["probe"].values()) == {"denied"}, record["probe"]
+        # the environment: the login profile and the lane's env, nothing of the reconciler's
+        env = record["env"]
+        assert env["FROM_PROFILE"] == f"profile-of-{user}"
+        assert env["HOME"] == str(home) and env["USER"] == user
+        assert "ANTHROPIC_API_KEY" not in env and "GH_TOKEN" not in env
+        assert "sk-ant-reconciler-own-key" not in json.dumps(env)
+        recorded = json.loads((run_dir / "env.json").read_text())
+        assert "FROM_PROFILE" in json.dumps(recorded) and "ANTHROPIC_API_KEY" not in recorded
+    # the two lanes' agents ran at the same time
+    a, b = (records[u] for u in users)
+    assert a["began"] < b["ended"] and b["began"] < a["ended"]
