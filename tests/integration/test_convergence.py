@@ -128,8 +128,9 @@ def test_prompt_reaches_the_agent_byte_exact(world: World) -> None:
 def test_restarting_mid_run_adopts_instead_of_duplicating(world: World) -> None:
     world.lane("web")
     world.task("slow", "web", "slow")
+    # 10 s: two CLI calls fit even on a busy machine (agents get the lane's env, not ours)
+    world.lanes["web"]["env"] = {"SLOW_STEPS": "40"}
     world.commit()
-    world.extra_env["SLOW_STEPS"] = "40"  # 10 s: two CLI calls fit even on a busy machine
     assert world.cli("apply", "--yes").returncode == 0
     first = world.live_agents()
     assert list(first) == ["slow"]
@@ -185,7 +186,7 @@ def test_removed_manifest_stops_closes_cleans_and_keeps_the_branch(world: World)
 def test_pause_stops_the_run_and_keeps_the_workspace(world: World) -> None:
     world.lane("web")
     world.task("slow", "web", "slow")
-    world.extra_env["SLOW_STEPS"] = "40"
+    world.lanes["web"]["env"] = {"SLOW_STEPS": "40"}
     world.commit()
     assert world.cli("apply", "--yes").returncode == 0
     assert "slow" in world.live_agents()
@@ -198,7 +199,7 @@ def test_pause_stops_the_run_and_keeps_the_workspace(world: World) -> None:
     assert any(p.endswith("/slow") for p in world.worktrees("web-repo"))
     # resume: a new attempt in the same workspace, then convergence
     world.tasks["slow"]["paused"] = False
-    world.extra_env["SLOW_STEPS"] = "2"
+    world.lanes["web"]["env"] = {"SLOW_STEPS": "2"}
     world.commit("resume")
     world.converge()
     assert world.status()["slow"]["phase"] == "pr-open"

@@ -84,7 +84,7 @@ def test_crash_at_every_point_converges_without_duplicates(world: World, point: 
     world.task("d", "web", "succeed")
     world.task("m", "web", "succeed")
     world.task("s", "web", "slow")
-    world.extra_env["SLOW_STEPS"] = "6"
+    world.lanes["web"]["env"] = {"SLOW_STEPS": "6"}
     world.commit()
     driver = CrashOnce(world, point)
 
