@@ -7,6 +7,8 @@ models only, no I/O. Times are UNIX epoch seconds (float, UTC).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +40,20 @@ class LaneRef(Msg):
     repos: list[RepoRef]
     env: dict[str, str] = Field(default_factory=dict)
     github_token_file: str | None = None  # a path inside the lane; the token never travels
+
+
+def lane_pin(lane: LaneRef) -> str:
+    """A digest of what bounds a lane on its host: workspace root, repositories (checkouts,
+    remotes, forges, API URLs) and token file. An ssh lane's authorized_keys line pins its node
+    to it, so a key cannot point the node at other paths, files or hosts."""
+    bounds = {
+        "name": lane.name,
+        "workspace_root": lane.workspace_root,
+        "repos": [r.model_dump(mode="json") for r in lane.repos],
+        "github_token_file": lane.github_token_file,
+    }
+    text = json.dumps(bounds, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 class TaskRef(Msg):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +32,7 @@ from reconciler.durations import parse_duration
 from reconciler.engine import Context, Engine, UserError, plan_to_json, read_plan, save_plan
 from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref
 from reconciler.manifests.errors import ManifestErrors
-from reconciler.manifests.models import Desired
+from reconciler.manifests.models import Desired, LaneSpec, SshTarget
 from reconciler.manifests.schema import schema_documents
 from reconciler.plan import Plan, TaskStatus, branch_of
 from reconciler.protocol import (
@@ -138,8 +140,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("task")
     c.add_argument("--comment", default="Closed by an operator.", help="comment to leave")
-    command("node", "serve one batch of lane requests: JSON on stdin, JSON on stdout")
+    p = command("keys", "ssh lanes: the reconciler's key and the hosts' keys")
+    keysub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    k = keysub.add_parser(
+        "authorize",
+        help="print the authorized_keys line for an ssh lane (creates the key if missing)",
+        parents=[common],
+    )
+    k.add_argument("lane")
+    k = keysub.add_parser(
+        "scan",
+        help="fetch an ssh lane's host keys, show their fingerprints, trust them when you agree",
+        parents=[common],
+    )
+    k.add_argument("lane")
+    k.add_argument("--yes", action="store_true", help="do not ask (compare the fingerprints first)")
+    k.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the keys already trusted for the host (after it was reinstalled)",
+    )
+    p = command("node", "serve one batch of lane requests: JSON on stdin, JSON on stdout")
+    p.add_argument(
+        "--pin",
+        type=_pin,
+        help="serve only the lane configuration with this digest (set by `keys authorize`)",
+    )
     return parser
+
+
+def _pin(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lane pin (32 hex digits)")
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,7 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "node":
         from reconciler.lanes import serve_node
 
-        return serve_node()
+        # Under an ssh forced command the client's wish is in SSH_ORIGINAL_COMMAND: the node
+        # never evaluates it, and nothing it starts inherits it.
+        os.environ.pop("SSH_ORIGINAL_COMMAND", None)
+        return serve_node(args.pin)
     if args.command != "run":
         # A one-shot command builds the desired state and a plan, then exits: reference counting
         # frees what it drops, and the cyclic collector would only rescan thousands of live
@@ -606,6 +642,88 @@ def cmd_pr(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ssh_lane(engine: Engine, name: str) -> LaneSpec:
+    desired = engine.load()
+    spec = desired.lanes.get(name)
+    if spec is None:
+        known = ", ".join(sorted(desired.lanes)) or "none"
+        raise UserError(f"no lane named {name} in the manifests (lanes: {known})")
+    if spec.ssh_target is None:
+        raise UserError(
+            f"lane {name} runs on this machine (host: local); keys are for lanes with "
+            "host: ssh://USER@HOST[:PORT]"
+        )
+    return spec
+
+
+def cmd_keys(engine: Engine, args: argparse.Namespace) -> int:
+    """The two halves of trusting an ssh lane: the host trusts our key, we trust its key."""
+    from reconciler.lanes import ssh
+
+    spec = _ssh_lane(engine, args.lane)
+    target = spec.ssh_target
+    assert target is not None
+    options = spec.ssh_options
+    try:
+        if args.keys_command == "authorize":
+            key = ssh.ensure_key(options.identity_file)
+            made = "created now" if key.created else "existing"
+            err_line = (
+                f"The reconciler's key for lane {args.lane} is {key.path} ({made}; keep it "
+                f"mode 0600). Append this line to ~{target.user}/.ssh/authorized_keys on "
+                f"{target.host}:"
+            )
+            print(err_line, file=sys.stderr)
+            print(ssh.authorized_keys_line(args.lane, spec, key.public))
+            return EXIT_OK
+        return _keys_scan(args, target, options.known_hosts, options.connect_timeout)
+    except ssh.KeyProblem as exc:
+        raise UserError(f"lane {args.lane}: {exc}") from None
+
+
+def _keys_scan(
+    args: argparse.Namespace, target: SshTarget, known_hosts: str, timeout: float
+) -> int:
+    from reconciler.lanes import ssh
+
+    name = target.known_hosts_name
+    scanned = ssh.scan_host(target, timeout)
+    trusted = ssh.known_keys(known_hosts, target)
+    print(f"Host keys of {name} (lane {args.lane}), as the host sent them:")
+    for key in scanned:
+        print(f"  {key.kind:<22} {key.fingerprint}")
+    if set(trusted) == set(scanned):
+        print(f"They are already the trusted keys of {name} in {known_hosts}; nothing changed.")
+        return EXIT_OK
+    if trusted and not args.replace:
+        print(f"Already trusted for {name} in {known_hosts}:")
+        for key in trusted:
+            print(f"  {key.kind:<22} {key.fingerprint}")
+        raise UserError(
+            f"the host keys of {name} differ from the ones already trusted: the host was "
+            "reinstalled, or something is in between. Verify the new fingerprints with the "
+            "host's administrator, then run again with --replace"
+        )
+    print(
+        "Compare these fingerprints with the host's own before you trust them (on the host: "
+        "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub); the reconciler will trust exactly "
+        "these keys for this host, and verifying them is your job."
+    )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(
+                "keys scan needs --yes when not run from a terminal; compare the fingerprints "
+                "above with the host's first"
+            )
+        answer = input(f"Trust these keys for {name}? Only 'yes' will be accepted: ")
+        if answer.strip() != "yes":
+            print("Nothing was trusted.")
+            return EXIT_ERROR
+    path = ssh.trust_host(known_hosts, target, scanned)
+    print(f"Trusted {_plural(len(scanned), 'key')} for {name} in {path}.")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "plan": cmd_plan,
@@ -617,6 +735,7 @@ COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "doctor": cmd_doctor,
     "schema": cmd_schema,
     "pr": cmd_pr,
+    "keys": cmd_keys,
 }
 
 __all__ = ["main"]

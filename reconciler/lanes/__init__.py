@@ -126,7 +126,12 @@ def unwrap(response: Response, result_type: type[T]) -> T:
 
 def transport_for(name: str, spec: LaneSpec) -> Transport:
     """Pick the transport a lane needs: in-process for the reconciler's own user, the
-    local-user transport (``setpriv`` to the lane user) for another user on this machine."""
+    local-user transport (``setpriv`` to the lane user) for another user on this machine, and
+    OpenSSH to a forced ``reconciler node`` for an ``ssh://`` host."""
+    if spec.host != "local":
+        from reconciler.lanes.ssh import SshTransport
+
+        return SshTransport(name, spec)
     me = pwd.getpwuid(os.geteuid()).pw_name
     if spec.user is None or spec.user == me:
         return InProcessTransport()
@@ -135,8 +140,9 @@ def transport_for(name: str, spec: LaneSpec) -> Transport:
     return LocalUserTransport(name, spec.user)
 
 
-def serve_node() -> int:
-    """``reconciler node``: serve one batch on stdin/stdout (the far end of every transport)."""
+def serve_node(pin: str | None = None) -> int:
+    """``reconciler node``: serve one batch on stdin/stdout (the far end of every transport).
+    ``pin``: serve only the lane configuration with this ``lane_pin`` (ssh forced commands)."""
     from reconciler.node.server import main as node_main
 
-    return node_main()
+    return node_main(pin)

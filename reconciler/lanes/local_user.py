@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
 import subprocess
 import sys
 
@@ -43,6 +44,14 @@ class LocalUserTransport:
                 f"lane {self.lane} runs as user {self.user}, but the reconciler runs as {me} and "
                 "only root can switch to a lane's user; run the reconciler as root (it drops to "
                 f"each lane's user for everything that touches the lane), or set spec.user: {me}"
+            )
+        blocked = _unreachable(pw)
+        if blocked is not None:
+            raise LaneUnavailable(
+                f"lane {self.lane}: user {self.user} cannot reach {blocked}, which the "
+                f"reconciler needs to run as that user; install the reconciler where every "
+                "lane user can read it (e.g. python3 -m venv /opt/reconciler), not under a "
+                "private home such as /root"
             )
         return [
             SETPRIV,
@@ -95,3 +104,29 @@ class LocalUserTransport:
                 f"lane {self.lane}: the node as {self.user} answered something that is not a "
                 f"batch result ({exc.error_count()} problems)"
             ) from None
+
+
+def _unreachable(pw: pwd.struct_passwd) -> str | None:
+    """The first path of the interpreter, its standard library or this package that the user
+    cannot reach (judged from permission bits, as the kernel would), or None."""
+    groups = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    paths = [os.path.realpath(PYTHON)]
+    if sys.executable == PYTHON:  # what this interpreter loads, the lane user's will load too
+        paths += [os.path.dirname(os.__file__), os.path.dirname(os.path.dirname(__file__))]
+    for path in paths:
+        parts = path.split(os.sep)
+        for depth in range(2, len(parts) + 1):
+            here = os.sep.join(parts[:depth])
+            try:
+                st = os.stat(here)
+            except OSError:
+                return here
+            if stat.S_ISDIR(st.st_mode) or here == path:
+                need = stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else stat.S_IROTH | stat.S_IXOTH
+                if st.st_uid == pw.pw_uid:
+                    need <<= 6
+                elif st.st_gid in groups:
+                    need <<= 3
+                if st.st_mode & need != need:
+                    return here
+    return None

@@ -255,6 +255,23 @@ def _explain(
                 f"{prefix}{got} is not a valid environment variable name",
                 "use letters, digits and '_', not starting with a digit",
             )
+        if field.endswith("ssh.from"):
+            return (
+                f"{prefix}{got} is not a list of addresses or host patterns",
+                "separate addresses, CIDR ranges or patterns with commas, no spaces "
+                "(e.g. 10.0.0.5,192.168.1.0/24)",
+            )
+        if field.endswith("ssh.command"):
+            return (
+                f"{prefix}{got} is not a program name or path",
+                "name the reconciler on the host without arguments (e.g. "
+                "/usr/local/bin/reconciler); ' node' is added to it",
+            )
+        if field.endswith(("ssh.identityFile", "ssh.knownHosts")):
+            return (
+                f"{prefix}{got} is not an absolute path",
+                "write an absolute path, or one starting with ~ (the reconciler's home)",
+            )
         if field.endswith("branchPrefix"):
             return (
                 f"{prefix}{got} is not a valid branch prefix",
@@ -330,6 +347,12 @@ def _value_hint(text: str, schema: str) -> str:
         return "give each repo of a lane its own name"
     if "cannot split check" in text:
         return "close the quote, or write the check as a list of arguments"
+    if "the ssh block is only for" in text:
+        return "remove spec.ssh, or set host: ssh://USER@HOST[:PORT]"
+    if "ssh://USER@HOST" in text:
+        return "write host: local, or host: ssh://USER@HOST[:PORT] (e.g. ssh://agent@build-2:2222)"
+    if "an ssh lane runs as the user it logs in as" in text:
+        return "remove spec.user: the user in host: ssh://USER@… is the lane's user"
     return f"see {schema} for what this field accepts"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -108,9 +109,103 @@ class Repo(Spec):
     forge: Forge | None = Field(None, description="where pull requests live; omitted: branch only")
 
 
+# Groups: user, host (brackets kept for IPv6), port. Plain groups: the schema is ECMA-262 too.
+SSH_HOST_PATTERN = (
+    r"^ssh://([A-Za-z_][A-Za-z0-9._-]{0,31})@"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)"
+    r"(?::([0-9]{1,5}))?$"
+)
+_SSH_HOST = re.compile(SSH_HOST_PATTERN)
+_HOST_FORMAT = "'local' or ssh://USER@HOST[:PORT]"
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where an SSH lane's node answers: ``ssh://USER@HOST[:PORT]``, parsed."""
+
+    user: str
+    host: str  # without brackets, also for IPv6 addresses
+    port: int = 22
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The host as OpenSSH writes it in a known hosts file (``[host]:port`` off port 22)."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user}@{host}" + (f":{self.port}" if self.port != 22 else "")
+
+
+def parse_ssh_host(value: str) -> SshTarget:
+    """``ssh://USER@HOST[:PORT]`` → ``SshTarget``; ``ValueError`` (a sentence) otherwise."""
+    m = _SSH_HOST.match(value)
+    if m is None:
+        if not value.startswith("ssh://"):
+            why = "is not a host"
+        elif "@" not in value:
+            why = "names no user"
+        else:
+            why = "is not a valid ssh:// host"
+        raise ValueError(f"{value!r} {why}; expected {_HOST_FORMAT}")
+    user, host, port_text = m.groups()
+    port = int(port_text or 22)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{value!r} has port {port}; a port is 1-65535")
+    return SshTarget(user=user, host=host.strip("[]"), port=port)
+
+
+Host = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "anyOf": [{"const": "local"}, {"type": "string", "pattern": SSH_HOST_PATTERN}],
+            "description": "local, or ssh://USER@HOST[:PORT] for a lane on another machine",
+        }
+    ),
+]
+# A path on the control side: absolute, or ~ for the reconciler's home.
+ControlPath = Annotated[str, StringConstraints(pattern=r"^(~|~/.*|/.*)$")]
+
+
+class SshSpec(Spec):
+    identity_file: ControlPath = Field(
+        "~/.config/reconciler/ssh/id_ed25519",
+        description="private key the reconciler logs in with (on the reconciler's machine); "
+        "`reconciler keys authorize LANE` creates it when missing",
+    )
+    known_hosts: ControlPath = Field(
+        "~/.config/reconciler/ssh/known_hosts",
+        description="the only host keys trusted for this lane (on the reconciler's machine); "
+        "`reconciler keys scan LANE` adds the host's",
+    )
+    from_: str | None = Field(
+        None,
+        alias="from",
+        pattern=r"^[A-Za-z0-9.:/*?!_-]+(,[A-Za-z0-9.:/*?!_-]+)*$",
+        description="addresses or host patterns the key may log in from (authorized_keys "
+        'from="…"), e.g. 10.0.0.5 or 10.0.0.0/24',
+    )
+    command: str = Field(
+        "reconciler",
+        pattern=r"^~?[A-Za-z0-9_./+-]+$",
+        description="the reconciler on the host (a name on its PATH or a path); the forced "
+        "command is `<command> node`",
+    )
+    connect_timeout: Duration = Field(10.0, gt=0, description="limit for the connection")
+    timeout: Duration = Field(60.0, gt=0, description="limit for one batch, connection included")
+
+
 class LaneSpec(Spec):
     user: str | None = Field(None, description="Linux user; omitted: the reconciler's own user")
-    host: Literal["local"] = Field("local", description="where the lane runs")
+    host: Host = Field(
+        "local",
+        description="where the lane runs: local, or ssh://USER@HOST[:PORT] for a lane on "
+        "another machine, reached over OpenSSH",
+    )
+    ssh: SshSpec | None = Field(
+        None, description="how to reach an ssh:// host; omitted: the defaults"
+    )
     max_concurrency: int = Field(1, ge=1, le=10_000, description="slots for this lane")
     workspace_root: str = Field("~/worktrees", description="worktrees and run directories")
     repos: list[Repo] = Field(min_length=1)
@@ -128,6 +223,37 @@ class LaneSpec(Spec):
                 raise ValueError(f"repository name {repo.name!r} is listed twice in this lane")
             seen.add(repo.name)
         return repos
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        if host != "local":
+            parse_ssh_host(host)
+        return host
+
+    @model_validator(mode="after")
+    def _ssh_fields(self) -> LaneSpec:
+        target = self.ssh_target
+        if target is None:
+            if self.ssh is not None:
+                raise ValueError(
+                    "the ssh block is only for a lane with host: ssh://USER@HOST[:PORT]"
+                )
+        elif self.user is not None and self.user != target.user:
+            raise ValueError(
+                f"spec.user {self.user!r} differs from the user {target.user!r} of host "
+                f"{self.host}; an ssh lane runs as the user it logs in as"
+            )
+        return self
+
+    @property
+    def ssh_target(self) -> SshTarget | None:
+        """``None`` for a local lane."""
+        return None if self.host == "local" else parse_ssh_host(self.host)
+
+    @property
+    def ssh_options(self) -> SshSpec:
+        return self.ssh or SshSpec()
 
     def repo(self, name: str) -> Repo | None:
         return next((r for r in self.repos if r.name == name), None)

@@ -51,6 +51,7 @@ from reconciler.protocol import (
     StartRunRequest,
     StopRunRequest,
     WorkspaceResult,
+    lane_pin,
 )
 
 __all__ = ["BatchError", "NodeError", "handle", "handle_json", "handle_request", "main"]
@@ -202,9 +203,18 @@ def _failure(message: str, temporary: bool = False) -> Response:
     return Response(ok=False, failure=Failure(error=message, temporary=temporary))
 
 
-def handle_request(req: Request) -> Response:
-    """Serve one request; every error becomes a Failure sentence."""
+def handle_request(req: Request, pin: str | None = None) -> Response:
+    """Serve one request; every error becomes a Failure sentence. With ``pin`` (an ssh lane's
+    forced command), a request for a lane other than the one the key was authorized for is
+    refused before anything is touched."""
     op = req.op
+    if pin is not None and lane_pin(req.lane) != pin:
+        return _failure(
+            f"{op} refused: this node serves lane {req.lane.name} only as it was when its key "
+            "was authorized (workspace root, repositories, token file); the lane spec changed "
+            f"since: run `reconciler keys authorize {req.lane.name}` and replace the line in "
+            "authorized_keys"
+        )
     try:
         lane = Lane.of(req.lane)
         result = _HANDLERS[op](lane, req)
@@ -240,7 +250,7 @@ def _invalid(index: int, raw: object, exc: ValidationError) -> Response:
     )
 
 
-def handle_json(text: str) -> str:
+def handle_json(text: str, pin: str | None = None) -> str:
     """A Batch as JSON text in, a BatchResult as JSON text out.
 
     Requests are validated one by one, so a malformed request fails alone. Raises BatchError
@@ -265,11 +275,11 @@ def handle_json(text: str) -> str:
         except ValidationError as exc:
             responses.append(_invalid(index, raw, exc))
             continue
-        responses.append(handle_request(req))
+        responses.append(handle_request(req, pin))
     return BatchResult(responses=responses).model_dump_json()
 
 
-def main() -> int:
+def main(pin: str | None = None) -> int:
     """``reconciler node``: one Batch on stdin, its BatchResult on stdout."""
     try:
         text = sys.stdin.buffer.read().decode("utf-8")
@@ -277,7 +287,7 @@ def main() -> int:
         print("reconciler node: the batch on stdin is not UTF-8; send UTF-8 JSON", file=sys.stderr)
         return 2
     try:
-        out = handle_json(text)
+        out = handle_json(text, pin)
     except BatchError as exc:
         print(f"reconciler node: {exc}", file=sys.stderr)
         return 2

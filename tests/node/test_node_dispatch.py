@@ -179,3 +179,26 @@ def test_workspace_root_with_tilde_is_the_lane_users_home(env: Env, isolated_hom
     lane = env.lane.model_copy(update={"workspace_root": "~/wt"})
     result = env.call(PrepareWorkspaceRequest(lane=lane, task=env.task("tilde")))
     assert result["path"] == str(isolated_home / "wt" / "webapp" / "tilde")
+
+
+def test_a_pinned_node_serves_only_the_lane_it_was_authorized_for(env: Env) -> None:
+    from reconciler.protocol import lane_pin
+
+    pin = lane_pin(env.lane)
+    batch = Batch(requests=[ObserveRequest(lane=env.lane)]).model_dump_json()
+    (ok,) = BatchResult.model_validate_json(handle_json(batch, pin)).responses
+    assert ok.ok
+    # the lane env is not a bound: changing it keeps the pin
+    same = env.lane.model_copy(update={"env": {"EXTRA": "1"}})
+    assert lane_pin(same) == pin
+    for change in (
+        {"workspace_root": "/"},
+        {"github_token_file": "~/.git-credentials"},
+        {"repos": [RepoRef(name="webapp", checkout="/etc")]},
+    ):
+        moved = env.lane.model_copy(update=change)
+        text = Batch(requests=[ObserveRequest(lane=moved)]).model_dump_json()
+        (refused,) = BatchResult.model_validate_json(handle_json(text, pin)).responses
+        assert not refused.ok and refused.failure is not None, change
+        assert "keys authorize" in refused.failure.error
+    assert not (Path("/") / ".runs").exists()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.engine import Context, Engine
-from reconciler.lanes import local_user
+from reconciler.lanes import LaneUnavailable, local_user
 
 if os.geteuid() != 0:
     pytest.skip("lane users need root to create users and switch to them", allow_module_level=True)
@@ -268,3 +268,23 @@ def test_each_lane_runs_as_its_user_and_cannot_reach_the_other(
     # the two lanes' agents ran at the same time
     a, b = (records[u] for u in users)
     assert a["began"] < b["ended"] and b["began"] < a["ended"]
+
+
+def test_an_installation_the_lane_user_cannot_reach_is_named_with_the_fix(
+    users: list[str], shared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private = shared / "private"
+    (private / "bin").mkdir(parents=True)
+    python = private / "bin" / "python3"
+    python.symlink_to(sys.executable)
+    private.chmod(0o700)
+    monkeypatch.setattr(local_user, "PYTHON", str(private / "bin" / "nothing"))
+    transport = local_user.LocalUserTransport("web", users[0])
+    with pytest.raises(LaneUnavailable) as info:
+        transport.argv()
+    assert str(private) in str(info.value) and "/opt/reconciler" in str(info.value)
+    monkeypatch.setattr(local_user, "PYTHON", "/bin/sh")  # reachable by anyone
+    assert transport.argv()[0] == "setpriv"
+    # a user that does not exist: the fix, not a traceback
+    with pytest.raises(LaneUnavailable, match="useradd -m ghost-user"):
+        local_user.LocalUserTransport("web", "ghost-user").argv()

@@ -1,0 +1,71 @@
+"""Fixtures for the SSH lane tests: a throwaway login user with a git checkout in its home, a real
+``sshd`` on 127.0.0.1 letting only that user in, and the reconciler's side (key, known hosts,
+manifests) under the test's temporary directory, which is also HOME.
+
+The user and the server live for the test session (per worker under xdist) and are removed and
+stopped at its end; tests that need their own server (stopping it) start one and stop it.
+Modules that need root and sshd call ``require_root_and_sshd()`` first, so they skip with the
+reason where those are missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ssh_support import (
+    Installed,
+    Side,
+    Sshd,
+    User,
+    create_user,
+    install_reconciler,
+    make_remote_repo,
+    remove_user,
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Nothing of the tests lands in root's ~/.ssh or ~/.config."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def lane_user() -> Iterator[User]:
+    user = create_user()
+    try:
+        yield user
+    finally:
+        remove_user(user)
+
+
+@pytest.fixture(scope="session")
+def installed(lane_user: User) -> Installed:
+    return install_reconciler(lane_user)
+
+
+@pytest.fixture(scope="session")
+def remote_checkout(lane_user: User) -> Path:
+    return make_remote_repo(lane_user)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory, lane_user: User) -> Iterator[Sshd]:
+    server = Sshd(tmp_path_factory.mktemp("sshd"), lane_user).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def side(
+    tmp_path: Path, lane_user: User, sshd: Sshd, installed: Installed, remote_checkout: Path
+) -> Side:
+    return Side(root=tmp_path, user=lane_user, sshd=sshd, installed=installed)

@@ -1,0 +1,446 @@
+"""A real OpenSSH server on 127.0.0.1 and a throwaway login user, for the SSH lane tests.
+
+Needs root (to create the user and run ``sshd``) and Debian's ``openssh-server``
+(``/usr/sbin/sshd``): ``require_root_and_sshd()`` skips a test module with the reason otherwise.
+Everything started here is stopped by its owner: ``Sshd.stop()`` ends the daemon by its pid,
+``remove_user()`` kills nothing by name and removes the user with its home.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.manifests.models import LaneSpec
+
+SSHD = "/usr/sbin/sshd"
+LANE = "far"
+GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+
+
+def require_root_and_sshd() -> None:
+    """Skip the calling test module unless it can create users and run sshd."""
+    if os.geteuid() != 0:
+        pytest.skip(
+            "the ssh lane tests need root: they create a login user and run sshd "
+            "(CI runs them as root)",
+            allow_module_level=True,
+        )
+    if not os.access(SSHD, os.X_OK):
+        pytest.skip(
+            f"{SSHD} is missing: apt-get install openssh-server to run the ssh lane tests",
+            allow_module_level=True,
+        )
+    for tool in ("ssh", "ssh-keygen", "ssh-keyscan", "setpriv", "useradd", "git"):
+        if shutil.which(tool) is None:
+            pytest.skip(
+                f"{tool} is not installed; the ssh lane tests need it", allow_module_level=True
+            )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# ------------------------------------------------------------------------------ the login user
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    def run(
+        self, argv: list[str], *, input: str | None = None, check: bool = True, cwd: str = "/"
+    ) -> subprocess.CompletedProcess[str]:
+        """``argv`` as this user, with a reset environment (no root variables)."""
+        proc = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={self.uid}",
+                f"--regid={self.gid}",
+                "--init-groups",
+                "--reset-env",
+                "--",
+                *argv,
+            ],
+            input=input,
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=120,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{argv} as {self.name} failed: {proc.stderr}{proc.stdout}")
+        return proc
+
+
+def create_user() -> User:
+    """A fresh login user with a home, unlocked (``*``: no password works, keys do)."""
+    name = f"rcssh{secrets.token_hex(4)}"
+    for attempt in range(20):  # another test process may hold the passwd lock for a moment
+        proc = subprocess.run(
+            ["useradd", "-m", "-s", "/bin/sh", name], capture_output=True, text=True, check=False
+        )
+        if proc.returncode == 0:
+            break
+        if attempt == 19:
+            raise AssertionError(f"useradd {name} failed: {proc.stderr}")
+        time.sleep(0.25)
+    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+    pw = pwd.getpwnam(name)
+    return User(name=name, uid=pw.pw_uid, gid=pw.pw_gid, home=Path(pw.pw_dir))
+
+
+def remove_user(user: User) -> None:
+    for attempt in range(20):
+        proc = subprocess.run(
+            ["userdel", "-r", "-f", user.name], capture_output=True, text=True, check=False
+        )
+        # 12: the home could not be removed (it is gone already); 6: no such user
+        if proc.returncode in (0, 6, 12):
+            return
+        if attempt == 19:
+            raise AssertionError(f"userdel {user.name} failed: {proc.stderr}")
+        time.sleep(0.25)
+
+
+def install_authorized_keys(user: User, *lines: str) -> Path:
+    """``~/.ssh/authorized_keys`` of ``user`` holds exactly ``lines`` (modes sshd accepts)."""
+    ssh_dir = user.home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(ssh_dir, user.uid, user.gid)
+    path = ssh_dir / "authorized_keys"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.chmod(path, 0o600)
+    os.chown(path, user.uid, user.gid)
+    return path
+
+
+# ------------------------------------------------------------------- a reconciler for the user
+
+
+SITE_PACKAGES = sysconfig.get_paths()["purelib"]
+
+
+def _interpreters() -> list[str]:
+    """System Pythons of the test's own version (the one its site-packages was built for)."""
+    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return [
+        path
+        for path in (f"/usr/bin/{minor}", f"/usr/local/bin/{minor}")
+        if os.access(path, os.X_OK) and os.path.realpath(path) != os.path.realpath(sys.executable)
+    ]
+
+
+@dataclass(frozen=True)
+class Installed:
+    """How ``user`` runs this checkout's reconciler: the command for authorized_keys, and the
+    Python it runs on (``sys.executable`` of the node, which starts run supervisors)."""
+
+    command: str
+    python: str
+
+    def python_code(self, code: str) -> list[str]:
+        return [self.python, "-c", "import sys; " + code]
+
+
+def install_reconciler(user: User) -> Installed:
+    """The console script next to ``sys.executable`` when ``user`` can run it. Otherwise (a
+    Python the user cannot reach, e.g. pyenv under /root, mode 0700) a virtualenv ``~/venv`` of
+    a system Python of the same version, owned by root, whose ``.pth`` adds this checkout's
+    site-packages, with a ``reconciler`` console script: an installation on the "remote host".
+    Skips when neither works.
+
+    Probes go through ``/bin/sh -c`` as sshd's forced command does: ``setpriv`` exec'ing a
+    script directly still opens its interpreter with root's capabilities, which hides an
+    interpreter the user cannot reach."""
+    direct = Path(sys.executable).parent / "reconciler"
+    probe = user.run(["/bin/sh", "-c", f"{direct} --version"], check=False)
+    if probe.returncode == 0:
+        return Installed(command=str(direct), python=sys.executable)
+    tried = [f"{direct}: {probe.stderr.strip() or probe.returncode}"]
+    for interp in _interpreters():
+        venv = user.home / "venv"
+        made = subprocess.run(
+            [interp, "-m", "venv", "--without-pip", "--clear", str(venv)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if made.returncode != 0:
+            tried.append(f"{interp} -m venv: {made.stderr.strip()[-200:]}")
+            continue
+        purelib = subprocess.run(
+            [
+                str(venv / "bin" / "python"),
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        Path(purelib, "zz-reconciler-checkout.pth").write_text(
+            f"import site; site.addsitedir({SITE_PACKAGES!r})\n", encoding="utf-8"
+        )
+        script = venv / "bin" / "reconciler"
+        script.write_text(
+            f"#!{venv}/bin/python\nimport sys\nfrom reconciler.cli import main\nsys.exit(main())\n",
+            encoding="utf-8",
+        )
+        script.chmod(0o755)
+        check = user.run(["/bin/sh", "-c", f"{script} --version"], check=False)
+        if check.returncode == 0:
+            return Installed(command=str(script), python=str(venv / "bin" / "python"))
+        tried.append(f"{script}: {check.stderr.strip()[-200:]}")
+    pytest.skip(
+        f"no Python that user {user.name} can run imports this checkout's reconciler "
+        f"({'; '.join(tried)}); put the checkout and its venv where other users can read them"
+    )
+
+
+# -------------------------------------------------------------------------------- the server
+
+
+@dataclass
+class Sshd:
+    """``/usr/sbin/sshd -D -e`` on 127.0.0.1:port, letting only ``user`` in, by key."""
+
+    directory: Path
+    user: User
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host_key(self) -> Path:
+        return self.directory / "host_ed25519"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "sshd.log"
+
+    def public_host_key(self) -> tuple[str, str]:
+        kind, key = self.host_key.with_suffix(".pub").read_text().split()[:2]
+        return kind, key
+
+    def config(self) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.host_key.exists():
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)],
+                check=True,
+                capture_output=True,
+            )
+        cfg = self.directory / "sshd_config"
+        cfg.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.directory / 'sshd.pid'}",
+                    "UsePAM no",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "AuthorizedKeysFile %h/.ssh/authorized_keys",
+                    f"AllowUsers {self.user.name}",
+                    "PermitRootLogin no",
+                    "StrictModes yes",
+                    "PermitUserEnvironment no",
+                    "AllowAgentForwarding no",
+                    "AllowTcpForwarding no",
+                    "X11Forwarding no",
+                    "PrintMotd no",
+                    "MaxStartups 50",
+                    "LogLevel VERBOSE",
+                    "",
+                ]
+            ),
+            encoding="utf-8",
+        )
+        return cfg
+
+    def start(self) -> Sshd:
+        cfg = self.config()
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(cfg)],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sshd exited {self.proc.returncode}: {self.log_text()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+            ):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"sshd did not listen on {self.port}: {self.log_text()}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return "(no log)"
+
+
+# ------------------------------------------------------------------------ the lane's project
+
+
+def make_remote_repo(user: User, name: str = "app") -> Path:
+    """``~/remotes/<name>.git`` and its clone ``~/src/<name>`` (one commit on main), owned by
+    ``user``, made by ``user``."""
+    src = user.home / "src" / name
+    bare = user.home / "remotes" / f"{name}.git"
+    seed = user.home / "seed" / name
+    script = " && ".join(
+        [
+            f"mkdir -p {seed} {bare.parent} {src.parent}",
+            f"git -C {seed} init -q -b main",
+            f"echo '# {name}' > {seed}/README.md",
+            f"git -C {seed} add -A",
+            f"git {' '.join(GIT_ID)} -C {seed} commit -qm initial",
+            f"git clone -q --bare {seed} {bare}",
+            f"git clone -q {bare} {src}",
+        ]
+    )
+    user.run(["/bin/sh", "-c", script])
+    return src
+
+
+def lane_manifest(name: str, spec: dict[str, Any]) -> str:
+    return json.dumps(
+        {"apiVersion": "reconciler/v1", "kind": "Lane", "metadata": {"name": name}, "spec": spec}
+    )
+
+
+# ------------------------------------------------------------------ the reconciler's side
+
+
+@dataclass
+class Side:
+    """The reconciler's side of one test: its key, known hosts file and lane spec."""
+
+    root: Path
+    user: User
+    sshd: Sshd
+    installed: Installed
+
+    @property
+    def identity(self) -> Path:
+        return self.root / "keys" / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "keys" / "known_hosts"
+
+    def spec(self, sshd: Sshd | None = None, **ssh: Any) -> dict[str, Any]:
+        server = sshd or self.sshd
+        home = self.user.home
+        return {
+            "host": f"ssh://{self.user.name}@127.0.0.1:{server.port}",
+            "workspaceRoot": f"{home}/worktrees",
+            "repos": [{"name": "app", "checkout": f"{home}/src/app"}],
+            "ssh": {
+                "identityFile": str(self.identity),
+                "knownHosts": str(self.known_hosts),
+                "command": self.installed.command,
+                "connectTimeout": "5s",
+                "timeout": "60s",
+                **ssh,
+            },
+        }
+
+    def lane_spec(self, sshd: Sshd | None = None, **ssh: Any) -> LaneSpec:
+        return LaneSpec.model_validate(self.spec(sshd, **ssh))
+
+    def trust(self, sshd: Sshd | None = None) -> None:
+        """Put the server's real host key in the known hosts file (as an operator would)."""
+        server = sshd or self.sshd
+        kind, key = server.public_host_key()
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.known_hosts, "a", encoding="utf-8") as f:
+            f.write(f"[127.0.0.1]:{server.port} {kind} {key}\n")
+
+    # ---------------------------------------------------------------- the command line
+
+    def control(self, spec: dict[str, Any], *, task: bool = False) -> Path:
+        """A control repo with the lane (and an agent and a task on it when ``task``)."""
+        control = self.root / "control"
+        (control / "manifests").mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "init", "-q", "-b", "main", str(control)], check=True)
+        docs = [lane_manifest(LANE, spec)]
+        if task:
+            docs.append(
+                '{"apiVersion": "reconciler/v1", "kind": "Agent", "metadata": {"name": "sh"}, '
+                '"spec": {"kind": "command", "command": ["/bin/sh", "-c", "echo DONE"]}}'
+            )
+            docs.append(
+                '{"apiVersion": "reconciler/v1", "kind": "Task", "metadata": {"name": "t1"}, '
+                f'"spec": {{"lane": "{LANE}", "repo": "app", "agent": "sh", "prompt": "hi"}}}}'
+            )
+        (control / "manifests" / "all.yaml").write_text("\n---\n".join(docs) + "\n")
+        subprocess.run(["git", "-C", str(control), "add", "-A"], check=True)
+        subprocess.run(
+            ["git", *GIT_ID, "-C", str(control), "commit", "-qm", "manifests"], check=True
+        )
+        return control
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ["HOME"],
+            "LANG": "C.UTF-8",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "RECONCILER_CONTROL": str(self.root / "control"),
+            "RECONCILER_STATE": str(self.root / "state"),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler", *args],
+            env=env,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
