@@ -570,6 +570,7 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
             result = lane.one(
                 PreflightRequest(
                     lane=lane.ref,
+                    min_free_bytes=int(lane.spec.min_free_disk),
                     bases={r: sorted(b) for r, b in bases.items()},
                     agents=list(agents.values()),
                 ),
@@ -577,7 +578,9 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
             )
         except (LaneUnavailable, NodeError) as exc:
             failed += 1
-            rows.append([name, "lane", "", paint("FAIL", "red"), str(exc), ""])
+            detail, _, fix = str(exc).partition("; ")
+            check = exc.check if isinstance(exc, LaneUnavailable) else "lane"
+            rows.append([name, check, "", paint("FAIL", "red"), detail, fix])
             continue
         for c in result.checks:
             failed += 0 if c.ok else 1

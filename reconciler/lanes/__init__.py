@@ -28,7 +28,14 @@ T = TypeVar("T", bound=BaseModel)
 
 
 class LaneUnavailable(Exception):
-    """The lane could not be reached at all (transport failure): its tasks are ``unknown``."""
+    """The lane could not be reached at all (transport failure): its tasks are ``unknown``.
+
+    ``check`` names what failed for ``doctor`` (``user``, ``install``, ``host``…); the message is
+    "what is wrong; what to do"."""
+
+    def __init__(self, message: str, check: str = "lane") -> None:
+        super().__init__(message)
+        self.check = check
 
 
 class NodeError(Exception):

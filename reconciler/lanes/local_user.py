@@ -36,14 +36,16 @@ class LocalUserTransport:
         except KeyError:
             raise LaneUnavailable(
                 f"lane {self.lane}: user {self.user} does not exist on this machine; create it "
-                f"(useradd -m {self.user}) or fix the lane's spec.user"
+                f"(useradd -m {self.user}) or fix the lane's spec.user",
+                check="user",
             ) from None
         if os.geteuid() != 0:
             me = pwd.getpwuid(os.geteuid()).pw_name
             raise LaneUnavailable(
                 f"lane {self.lane} runs as user {self.user}, but the reconciler runs as {me} and "
                 "only root can switch to a lane's user; run the reconciler as root (it drops to "
-                f"each lane's user for everything that touches the lane), or set spec.user: {me}"
+                f"each lane's user for everything that touches the lane), or set spec.user: {me}",
+                check="user",
             )
         blocked = _unreachable(pw)
         if blocked is not None:
@@ -51,7 +53,8 @@ class LocalUserTransport:
                 f"lane {self.lane}: user {self.user} cannot reach {blocked}, which the "
                 f"reconciler needs to run as that user; install the reconciler where every "
                 "lane user can read it (e.g. python3 -m venv /opt/reconciler), not under a "
-                "private home such as /root"
+                "private home such as /root",
+                check="install",
             )
         return [
             SETPRIV,

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -208,6 +209,11 @@ class LaneSpec(Spec):
     )
     max_concurrency: int = Field(1, ge=1, le=10_000, description="slots for this lane")
     workspace_root: str = Field("~/worktrees", description="worktrees and run directories")
+    min_free_disk: ByteSize = Field(
+        ByteSize(1 << 30),
+        description="pre-flight blocks the lane when less is free at the workspace root "
+        "(e.g. 5GiB, 500MB, or bytes)",
+    )
     repos: list[Repo] = Field(min_length=1)
     env: dict[EnvName, str] = Field(default_factory=dict, description="added to the agent env")
     credentials: Credentials = Field(

@@ -233,8 +233,8 @@ def observe_runs(lane: Lane, inspect: set[tuple[str, int, int]]) -> list[RunObs]
     root = lane.runs_root()
     try:
         task_names = sorted(n for n in os.listdir(root) if NAME.match(n))
-    except FileNotFoundError:
-        return []
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # no runs yet; a workspace root that is not a directory is pre-flight's to say
     runs: list[RunObs] = []
     for name in task_names:
         task_dir = os.path.join(root, name)

@@ -55,6 +55,7 @@ def _observe_lane(
             agent_names.add(task.spec.agent)
     preflight = PreflightRequest(
         lane=lane.ref,
+        min_free_bytes=int(spec.min_free_disk),
         bases={repo: sorted(b) for repo, b in bases.items()},
         agents=[agent_ref(desired, name) for name in sorted(agent_names)],
     )
