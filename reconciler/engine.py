@@ -65,6 +65,7 @@ def _enclosing_repo(cwd: Path) -> str:
 class PassResult:
     plan: Plan
     report: ApplyReport | None
+    observed: Observed | None = None
 
 
 class Engine:
@@ -79,9 +80,10 @@ class Engine:
             self._control = ControlRepo.open(self.ctx.control, self.ctx.state_dir)
         return self._control
 
-    def load(self, worktree: bool = False) -> Desired:
-        """Desired state at the control repo's current revision (raises ManifestErrors)."""
-        return load_desired(self.control, self.ctx.state_dir, worktree=worktree)
+    def load(self, worktree: bool = False, rev: str | None = None) -> Desired:
+        """Desired state at the control repo's current revision, or at ``rev`` (raises
+        ManifestErrors)."""
+        return load_desired(self.control, self.ctx.state_dir, worktree=worktree, rev=rev)
 
     def lanes(self, desired: Desired) -> dict[str, Lane]:
         return {name: Lane(name, spec) for name, spec in desired.lanes.items()}
@@ -143,10 +145,10 @@ class Engine:
                 outcomes=current.outcomes,
             )
         if confirm is not None and not current.empty and not confirm(current):
-            return PassResult(current, None)
+            return PassResult(current, None, observed)
         applier = Applier(desired, observed, store, self.lanes(desired), log=log, clock=self.clock)
         report = applier.apply(current)
-        return PassResult(current, report)
+        return PassResult(current, report, observed)
 
 
 # ---------------------------------------------------------------------------- saved plans

@@ -349,6 +349,7 @@ class ObserveResult(Msg):
     runs: list[RunObs]
     boot_id: str
     now: float  # the lane's clock
+    runs_root: str = ""  # where the lane's run directories are, as the lane sees it
 
 
 class PreflightResult(Msg):

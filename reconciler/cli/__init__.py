@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -116,9 +117,35 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("planfile", nargs="?", type=Path, help="a plan saved by plan --out")
         else:
             p.add_argument(
-                "--interval", type=_duration, default=30.0, help="seconds between passes"
+                "--interval",
+                type=_duration,
+                default=30.0,
+                help="the longest wait between passes (triggers start one sooner)",
             )
             p.add_argument("--once", action="store_true", help="one pass, then exit")
+            p.add_argument(
+                "--log-format",
+                choices=["auto", "text", "json"],
+                default="auto",
+                help="text lines on a terminal, JSON lines otherwise (auto)",
+            )
+    p = command("poke", "ask the running `reconciler run` for a pass now")
+    p.add_argument(
+        "--or-apply",
+        action="store_true",
+        help="when no `run` holds the state, run one apply pass instead (under the lock)",
+    )
+    p.add_argument("--lock-timeout", type=_duration, default=0.0, help=argparse.SUPPRESS)
+    p = command("hook", "git hooks of a control repository")
+    hooksub = p.add_subparsers(dest="hook_command", metavar="ACTION", required=True)
+    h = hooksub.add_parser(
+        "install",
+        help="install a post-receive hook in a bare control repository that pokes `run`",
+        parents=[common],
+    )
+    h.add_argument(
+        "--repo", dest="bare", type=Path, help="the bare repository (default: --control)"
+    )
     p = command("status", "one row per task")
     p.add_argument("--json", action="store_true")
     p = command("describe", "a task's spec, phase, runs, events and PR")
@@ -306,48 +333,37 @@ def cmd_apply(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
-    """Passes at start, then every --interval; SIGHUP asks for a pass now; SIGTERM/SIGINT finish
-    the current pass and exit (agents keep running and are adopted by the next start)."""
-    import signal
-    import threading
+    """Passes at start, on triggers (control repo, run exits, pokes) and every --interval;
+    SIGTERM/SIGINT finish the current pass and exit (agents keep running and are adopted)."""
+    from reconciler.daemon import Daemon, Log
 
-    paint = Painter(use_color(sys.stdout))
-    wake = threading.Event()
-    stopping = threading.Event()
+    daemon = Daemon(
+        engine,
+        args.interval,
+        Log(args.log_format),
+        once=args.once,
+        summary=lambda result: summary_line(result.plan),
+    )
+    return daemon.run(args.lock_timeout)
 
-    def on_term(_sig: int, _frame: object) -> None:
-        stopping.set()
-        wake.set()
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, lambda _s, _f: wake.set())
-    healthy = True
-    with engine.locked(args.lock_timeout) as store:
-        while not stopping.is_set():
-            wake.clear()
-            healthy = False
-            try:
-                engine.control.refresh()
-                desired = engine.load()
-                result = engine.apply(desired, store, log=lambda m: print(m, flush=True))
-            except ManifestErrors as exc:
-                # keep the world as it is: a broken revision plans and prunes nothing
-                for error in exc.errors:
-                    print(str(error), file=sys.stderr)
-                err("manifest errors at this revision; nothing planned, waiting for a fix")
-            except (ControlError, LaneUnavailable, NodeError) as exc:
-                again = "" if args.once else f"; trying again in {args.interval:g}s"
-                err(f"pass failed: {exc}{again}")
-            else:
-                healthy = result.report is None or result.report.ok
-                if not result.plan.empty:
-                    print(paint(_stamp(), "dim") + " " + summary_line(result.plan), flush=True)
-            if args.once:
-                break
-            wake.wait(args.interval)
-    # --once is for scripts: say whether the pass went well; a stopped loop exits 0.
-    return EXIT_ERROR if args.once and not healthy else EXIT_OK
+def cmd_poke(engine: Engine, args: argparse.Namespace) -> int:
+    """Ask the running `reconciler run` for a pass now; with --or-apply, run one pass
+    (under the lock) when none runs."""
+    from reconciler.daemon import poke
+
+    pid = poke(engine.ctx.state_dir)
+    if pid is not None:
+        print(f"poked reconciler run (pid {pid})")
+        return EXIT_OK
+    if not args.or_apply:
+        err(
+            f"no `reconciler run` holds {engine.ctx.state_dir}; start one, or use "
+            "`poke --or-apply` to run one pass instead"
+        )
+        return EXIT_ERROR
+    args.yes, args.planfile = True, None
+    return cmd_apply(engine, args)
 
 
 def _stamp() -> str:
@@ -393,11 +409,19 @@ def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
     _, plan, store = _statuses(engine)
     try:
         ages = {name: row.first_seen for name, row in store.tasks().items()}
+        problems = [p for p in (store.get_meta("control_problem"),) if p]
     finally:
         store.close()
+    fetch = engine.control.fetch_error
+    if fetch and not any("could not be fetched" in p for p in problems):
+        problems.append(f"the control remote could not be fetched ({fetch})")
     if args.json:
-        print(json.dumps(status_json(plan), indent=2))
+        data = status_json(plan)
+        data["controlProblem"] = "; ".join(problems) or None
+        print(json.dumps(data, indent=2))
         return EXIT_OK
+    for problem in problems:
+        err(f"control: {problem}")
     paint = Painter(use_color(sys.stdout))
     sys.stdout.write(render_status(plan.tasks, paint, ages))
     total = sum(s.cost_usd for s in plan.tasks)
@@ -727,11 +751,60 @@ def _keys_scan(
     return EXIT_OK
 
 
+HOOK = """#!/bin/sh
+# Installed by `reconciler hook install`: a push to this control repository asks the running
+# `reconciler run` for a pass now, or runs one `apply` pass (in the background, under the
+# state lock) when none runs. The push itself never waits for agents.
+{exe} poke --or-apply --control {control} --state {state} >>{log} 2>&1 </dev/null &
+exit 0
+"""
+
+
+def cmd_hook(engine: Engine, args: argparse.Namespace) -> int:
+    import shlex
+
+    bare = (args.bare or Path(engine.ctx.control)).expanduser().resolve()
+    hooks = bare / "hooks"
+    if not (bare / "HEAD").is_file() or not (bare / "objects").is_dir() or (bare / ".git").exists():
+        raise UserError(
+            f"{bare} is not a bare git repository; give the repository people push to "
+            "(git init --bare) with --repo, or as --control"
+        )
+    exe = shutil.which("reconciler") or f"{sys.executable} -m reconciler"
+    if os.path.dirname(sys.executable) and os.path.isfile(
+        os.path.join(os.path.dirname(sys.executable), "reconciler")
+    ):
+        exe = shlex.quote(os.path.join(os.path.dirname(sys.executable), "reconciler"))
+    state = engine.ctx.state_dir
+    text = HOOK.format(
+        exe=exe,
+        control=shlex.quote(str(bare)),
+        state=shlex.quote(str(state)),
+        log=shlex.quote(str(state / "hook.log")),
+    )
+    hooks.mkdir(exist_ok=True)
+    target = hooks / "post-receive"
+    if target.exists() and "reconciler hook install" not in target.read_text(errors="replace"):
+        raise UserError(
+            f"{target} exists and was not installed by reconciler; merge this into it by hand:\n"
+            + text
+        )
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    tmp.replace(target)
+    print(f"installed {target}: a push pokes the reconciler using state {state}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "plan": cmd_plan,
     "apply": cmd_apply,
     "run": cmd_run,
+    "poke": cmd_poke,
+    "hook": cmd_hook,
     "status": cmd_status,
     "describe": cmd_describe,
     "logs": cmd_logs,

@@ -32,7 +32,9 @@ CACHE_FILE = Path("cache") / "manifests.pickle"
 _memo: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
 
-def load_desired(control: ControlRepo, state_dir: Path | None, worktree: bool = False) -> Desired:
+def load_desired(
+    control: ControlRepo, state_dir: Path | None, worktree: bool = False, rev: str | None = None
+) -> Desired:
     """Load and check every manifest of ``control`` (at HEAD, or on disk with ``worktree``).
 
     Raises :class:`~reconciler.manifests.errors.ManifestErrors` for invalid manifests and
@@ -43,7 +45,7 @@ def load_desired(control: ControlRepo, state_dir: Path | None, worktree: bool = 
             f"{control.location} is not a git repository: only its working tree can be "
             "validated; commit it to a git repository to plan or apply"
         )
-    rev = WORKTREE_REVISION if worktree else control.revision()
+    rev = WORKTREE_REVISION if worktree else (rev or control.revision())
     path = state_dir / CACHE_FILE if state_dir is not None else None
     with gc_paused():  # many small long-lived objects: collections would only cost time
         files = control.files(worktree, rev=None if worktree else rev)

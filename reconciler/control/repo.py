@@ -58,6 +58,7 @@ class ControlRepo:
         self.kind: Kind = kind
         self.source = source
         self._listing: tuple[str, dict[str, SourceFile]] = ("", {})
+        self.fetch_error: str | None = None
         self._disk: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------------------- opening
@@ -73,6 +74,10 @@ class ControlRepo:
         path = Path(text).expanduser()
         if isinstance(spec, Path) or path.exists() or not _looks_like_url(text):
             path = path.resolve()
+            if not path.exists() and cls._mirrored(str(path), state_dir):
+                # a bare repository that went away (an unmounted disk, a renamed host path):
+                # its mirror is the last good revision, and fetch_error says why it is stale
+                return cls._mirror(str(path), state_dir, fetch=fetch)
             if not path.is_dir():
                 what = "is not a directory" if path.exists() else "does not exist"
                 raise ControlError(f"control repository {text!r} {what}")
@@ -84,6 +89,13 @@ class ControlRepo:
                 return cls._mirror(str(path), state_dir, fetch=fetch)
             return cls(path, "directory", text)
         return cls._mirror(text, state_dir, fetch=fetch)
+
+    @classmethod
+    def _mirrored(cls, url: str, state_dir: Path) -> bool:
+        mirror = cls(state_dir / "control.git", "mirror", url)
+        if not mirror.root.is_dir():
+            return False
+        return mirror._git("config", "--get", "remote.origin.url", check=False).strip() == url
 
     @classmethod
     def _mirror(cls, url: str, state_dir: Path, *, fetch: bool) -> ControlRepo:
@@ -125,9 +137,17 @@ class ControlRepo:
         return repo
 
     def refresh(self) -> None:
-        """Fetch the remote (mirrors only; a working copy is always read as it is)."""
+        """Fetch the remote (mirrors only; a working copy is always read as it is).
+
+        A remote that cannot be fetched leaves the mirror as it was: the last good revision
+        keeps being reconciled, and ``fetch_error`` says why it may be stale."""
         if self.kind == "mirror":
-            self._git("fetch", "--prune", "--quiet", "origin", timeout=_NETWORK_TIMEOUT)
+            try:
+                self._git("fetch", "--prune", "--quiet", "origin", timeout=_NETWORK_TIMEOUT)
+            except ControlError as exc:
+                self.fetch_error = str(exc)
+            else:
+                self.fetch_error = None
 
     @property
     def location(self) -> str:

@@ -34,6 +34,7 @@ def observe(lane: Lane, req: ObserveRequest) -> ObserveResult:
         repos=repos,
         runs=observe_runs(lane, inspect),
         boot_id=boot_id(),
+        runs_root=lane.runs_root(),
         now=time.time(),
     )
 

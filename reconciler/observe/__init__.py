@@ -89,7 +89,14 @@ def _observe_lane(
     for repo in spec.repos:
         obs = result.repos.get(repo.name)
         repos[repo.name] = _repo_view(desired, obs) if obs else RepoView(error="not observed")
-    return LaneView(lane.name, reachable=True, repos=repos, preflight=tuple(checks)), result.runs
+    view = LaneView(
+        lane.name,
+        reachable=True,
+        repos=repos,
+        preflight=tuple(checks),
+        runs_root=result.runs_root,
+    )
+    return view, result.runs
 
 
 def _unrecorded_ends(

@@ -332,3 +332,22 @@ def test_invalid_files_are_not_cached_but_valid_ones_are(work: Path, tmp_path: P
     blobs = {f.path: f.blob for f in repo.files()}
     assert blobs["manifests/tasks/a.yaml"] in entries
     assert blobs["manifests/tasks/bad.yaml"] not in entries
+
+
+def test_an_unreachable_remote_keeps_the_last_fetched_revision(
+    remote: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    repo = ControlRepo.open(str(remote), state)
+    first = repo.revision()
+    moved = tmp_path / "moved.git"
+    remote.rename(moved)  # the remote is gone (network down, host renamed)
+    repo.refresh()
+    assert repo.fetch_error is not None and str(remote) in repo.fetch_error
+    assert repo.revision() == first  # the last good revision is still there to reconcile
+    assert sorted(load_desired(repo, state).tasks) == ["a", "b"]
+    again = ControlRepo.open(str(remote), state)  # a new process: the same, not an error
+    assert again.fetch_error is not None and again.revision() == first
+    moved.rename(remote)
+    again.refresh()
+    assert again.fetch_error is None

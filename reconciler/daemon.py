@@ -1,0 +1,324 @@
+"""`reconciler run`: a pass at start, then whenever something changed, and at least every interval.
+
+Triggers coalesce into one wake-up (a burst of events is one or two passes, never one each):
+
+- the control repository: manifest files of a local working copy, its commits (``.git`` refs),
+  the refs of a local bare repository; a remote one is fetched every pass;
+- the run directories of the lanes on this machine: a supervisor writing ``exit.json`` (an agent
+  ended or was killed) wakes the loop within a fraction of a second;
+- ``reconciler poke`` and SIGHUP from outside (the post-receive hook pokes).
+
+The loop holds the state lock for its whole life (a cron ``apply`` meanwhile exits 75). SIGTERM
+and SIGINT finish the current pass, release the lock and exit; agents keep running and the next
+start adopts them. When the control remote cannot be fetched, or a new revision has manifest
+errors, the last good revision keeps being reconciled (nothing is pruned because of either) and
+the state's ``control_problem`` says so until it is resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from reconciler.control import ControlError
+from reconciler.engine import Engine, PassResult
+from reconciler.lanes import LaneUnavailable, NodeError
+from reconciler.manifests.errors import ManifestErrors
+from reconciler.state import Store
+
+PIDFILE = "run.pid"
+COALESCE = 0.15  # seconds: events arriving this close together make one pass
+CONTROL_PROBLEM = "control_problem"
+GOOD_REVISION = "last_revision"
+
+
+# ------------------------------------------------------------------------------ wake-ups
+
+
+class Wakeup:
+    """A coalescing wake-up: any number of ``fire`` calls between two passes make one."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._reasons: Counter[str] = Counter()
+
+    def fire(self, reason: str) -> None:
+        with self._lock:
+            self._reasons[reason] += 1
+        self._event.set()
+
+    def wait(self, timeout: float) -> Counter[str]:
+        """Block until fired or ``timeout``; then absorb the rest of a burst; the reasons."""
+        if self._event.wait(timeout):
+            time.sleep(COALESCE)
+        with self._lock:
+            reasons, self._reasons = self._reasons, Counter()
+            self._event.clear()
+        return reasons
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, classify: Callable[[str], str | None], wake: Wakeup) -> None:
+        self.classify = classify
+        self.wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            path = os.fsdecode(raw) if raw else ""
+            reason = self.classify(path) if path else None
+            if reason is not None:
+                self.wake.fire(reason)
+                return
+
+
+@dataclass
+class Watches:
+    """File watches (inotify through watchdog), re-pointed after each pass."""
+
+    wake: Wakeup
+    observer: Any = field(default_factory=Observer)
+    watched: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.observer.daemon = True
+        self.observer.start()
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(timeout=5)
+
+    def point(self, wanted: dict[str, Callable[[str], str | None]]) -> None:
+        """Watch exactly the directories in ``wanted`` (recursively), each with its classifier."""
+        for path in list(self.watched):
+            if path not in wanted:
+                self.observer.unschedule(self.watched.pop(path))
+        for path, classify in wanted.items():
+            if path in self.watched or not os.path.isdir(path):
+                continue
+            try:
+                handler = _Handler(classify, self.wake)
+                self.watched[path] = self.observer.schedule(handler, path, recursive=True)
+            except OSError:
+                continue  # e.g. out of inotify watches: the interval still covers it
+
+
+def _control_classifier(root: Path, state_dir: Path, bare: bool) -> Callable[[str], str | None]:
+    state = str(state_dir) + os.sep
+    git_dir = str(root) if bare else str(root / ".git")
+
+    def classify(path: str) -> str | None:
+        if path.startswith(state) or path.endswith(".lock"):
+            return None
+        if path == git_dir or path.startswith(git_dir + os.sep):
+            rel = os.path.relpath(path, git_dir)
+            if rel in {"HEAD", "packed-refs"} or rel.startswith("refs" + os.sep):
+                return "control"
+            return None
+        if not bare and os.path.relpath(path, root).startswith("manifests"):
+            return "manifest"
+        return None
+
+    return classify
+
+
+def _runs_classifier(path: str) -> str | None:
+    return "run-exit" if os.path.basename(path) == "exit.json" else None
+
+
+# ------------------------------------------------------------------------------- poking
+
+
+def pidfile(state_dir: Path) -> Path:
+    return state_dir / PIDFILE
+
+
+def running_pid(state_dir: Path) -> int | None:
+    """The pid of the `reconciler run` holding this state directory, if it is alive."""
+    try:
+        pid = int(pidfile(state_dir).read_text().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if not any(b"reconciler" in part for part in cmdline) or b"run" not in cmdline:
+        return None  # a stale file whose pid now belongs to another process
+    return pid
+
+
+def poke(state_dir: Path) -> int | None:
+    """Ask the running loop for a pass now (SIGHUP); its pid, or None when none runs."""
+    pid = running_pid(state_dir)
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+# -------------------------------------------------------------------------------- logging
+
+
+class Log:
+    """Lines for a terminal, JSON lines for everything else (``--log-format``)."""
+
+    def __init__(self, fmt: str, out: TextIO = sys.stdout) -> None:
+        self.json = fmt == "json" or (fmt == "auto" and not out.isatty())
+        self.out = out
+
+    def __call__(self, event: str, message: str, level: str = "info", **fields: Any) -> None:
+        if self.json:
+            record = {"ts": round(time.time(), 3), "level": level, "event": event, "msg": message}
+            record.update(fields)
+            self.out.write(json.dumps(record, default=str) + "\n")
+        else:
+            stamp = time.strftime("%H:%M:%S", time.gmtime())
+            prefix = "" if level == "info" else f"{level}: "
+            self.out.write(f"{stamp} {prefix}{message}\n")
+        self.out.flush()
+
+
+# --------------------------------------------------------------------------------- the loop
+
+
+class Daemon:
+    def __init__(
+        self,
+        engine: Engine,
+        interval: float,
+        log: Log,
+        *,
+        once: bool = False,
+        summary: Callable[[PassResult], str] = lambda r: "",
+    ) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.log = log
+        self.once = once
+        self.summary = summary
+        self.wake = Wakeup()
+        self.stopping = threading.Event()
+        self.passes = 0
+        self.local_lanes: set[str] = set()  # lanes whose run directories are on this machine
+
+    def _on_term(self, _sig: int, _frame: object) -> None:
+        self.stopping.set()
+        self.wake.fire("stop")
+
+    def run(self, lock_timeout: float) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, lambda _s, _f: self.wake.fire("poke"))
+        healthy = True
+        watches = Watches(self.wake)
+        with self.engine.locked(lock_timeout) as store:
+            pid_path = pidfile(self.engine.ctx.state_dir)
+            pid_path.write_text(f"{os.getpid()}\n")
+            if not self.once:
+                watches.start()
+            self.log("start", f"reconciling {self.engine.ctx.control}", pid=os.getpid())
+            reasons: Counter[str] = Counter({"start": 1})
+            try:
+                while not self.stopping.is_set():
+                    healthy, result = self.one_pass(store, reasons)
+                    if self.once:
+                        break
+                    watches.point(self._watch_list(result))
+                    reasons = self.wake.wait(self.interval)
+                    if not reasons:
+                        reasons = Counter({"interval": 1})
+            finally:
+                if not self.once:
+                    watches.stop()
+                if running_pid(self.engine.ctx.state_dir) in (os.getpid(), None):
+                    pid_path.unlink(missing_ok=True)
+                self.log("stop", f"stopped after {self.passes} passes; agents keep running")
+        return 0 if healthy or not self.once else 1
+
+    def one_pass(self, store: Store, reasons: Counter[str]) -> tuple[bool, PassResult | None]:
+        self.passes += 1
+        why = ", ".join(f"{r} x{n}" if n > 1 else r for r, n in sorted(reasons.items()))
+        problems: list[str] = []
+        control = self.engine.control
+        control.refresh()
+        if control.fetch_error:
+            problems.append(f"the control remote could not be fetched ({control.fetch_error})")
+        try:
+            try:
+                desired = self.engine.load()
+            except ManifestErrors as exc:
+                for error in exc.errors:
+                    self.log("manifest-error", str(error), level="error")
+                good = store.get_meta(GOOD_REVISION)
+                head = control.revision()
+                if good is None or good == head:
+                    self._problem(
+                        store, [f"manifest errors at {head[:12]}; nothing to fall back on"]
+                    )
+                    self.log("pass", "manifest errors and no good revision: waiting", "error")
+                    return False, None
+                problems.append(
+                    f"manifest errors at {head[:12]}; reconciling the last good revision "
+                    f"{good[:12]} until they are fixed"
+                )
+                desired = self.engine.load(rev=good)
+            self.local_lanes = {n for n, s in desired.lanes.items() if s.host == "local"}
+            result = self.engine.apply(desired, store, log=lambda m: self.log("action", m))
+        except (ControlError, LaneUnavailable, NodeError) as exc:
+            self.log("pass", f"pass failed: {exc}", level="error", reasons=why)
+            return False, None
+        self._problem(store, problems)
+        for problem in problems:
+            self.log("control", problem, level="warning")
+        ok = result.report is None or result.report.ok
+        if not result.plan.empty or reasons.keys() - {"interval"}:
+            text = self.summary(result) or f"{len(result.plan.actions)} actions"
+            self.log(
+                "pass",
+                f"pass {self.passes} ({why}): {text}",
+                number=self.passes,
+                reasons=dict(reasons),
+                actions=len(result.plan.actions),
+                failed=len(result.report.failed) if result.report else 0,
+            )
+        return ok, result
+
+    def _problem(self, store: Store, problems: list[str]) -> None:
+        text = "; ".join(problems) or None
+        if store.get_meta(CONTROL_PROBLEM) != text:
+            with store.transaction() as tx:
+                tx.set_meta(CONTROL_PROBLEM, text)
+
+    def _watch_list(self, result: PassResult | None) -> dict[str, Callable[[str], str | None]]:
+        control = self.engine.control
+        wanted: dict[str, Callable[[str], str | None]] = {}
+        state = self.engine.ctx.state_dir
+        if control.kind == "worktree":
+            wanted[str(control.root)] = _control_classifier(control.root, state, bare=False)
+        elif control.kind == "mirror" and os.path.isdir(control.source):
+            source = Path(control.source)
+            wanted[str(source)] = _control_classifier(source, state, bare=True)
+        observed = result.observed if result is not None else None
+        if observed is not None:
+            for name, view in observed.lanes.items():
+                if name not in self.local_lanes or not view.reachable or not view.runs_root:
+                    continue
+                if os.path.isdir(view.runs_root):
+                    wanted[view.runs_root] = _runs_classifier
+        return wanted

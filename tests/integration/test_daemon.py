@@ -1,0 +1,256 @@
+"""`reconciler run` as a service: triggers, coalescing, signals, the lock, the push hook.
+
+The daemon runs as a real process (``python -m reconciler run --log-format json``) with a long
+interval, so anything that happens quickly happened because of a trigger, not the timer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from world import World, git
+
+INTERVAL = "120s"
+LOG = ("--log-format", "json")
+
+
+class Daemon:
+    """A running `reconciler run`, its JSON log lines collected by a thread."""
+
+    def __init__(self, world: World, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "run", "--interval", INTERVAL, *LOG, *args],
+            env=world.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        self.records: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.records.append(json.loads(line))
+            except ValueError:
+                self.records.append({"event": "text", "msg": line})
+
+    def passes(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("event") == "pass" and "number" in r]
+
+    def wait_for(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = probe()
+            if found:
+                return found
+            assert self.proc.poll() is None, f"the daemon exited: {self.stderr()}"
+            time.sleep(0.05)
+        raise AssertionError(f"{what} did not happen in {timeout}s; log: {self.records[-8:]}")
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None:
+            return ""
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            self._reader.join(timeout=5)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+def start(world: World, daemons: list[Daemon], *args: str) -> Daemon:
+    daemon = Daemon(world, *args)
+    daemons.append(daemon)
+    daemon.wait_for(daemon.passes, 30, "the first pass")
+    return daemon
+
+
+def slow_world(world: World, steps: int = 400) -> None:
+    world.lane("web", slots=3)
+    world.lanes["web"]["env"] = {"SLOW_STEPS": str(steps)}
+    world.task("slow", "web", "slow")
+
+
+def test_a_commit_starts_its_agent_at_once_and_a_kill_is_seen_at_once(
+    world: World, daemons: list[Daemon]
+) -> None:
+    slow_world(world)
+    world.commit()
+    daemon = start(world, daemons)
+    first = daemon.wait_for(lambda: world.live_agents().get("slow"), 10, "the slow agent")
+    # A new task committed to the local control checkout: started without waiting 120 s.
+    world.task("quick", "web", "succeed")
+    committed = time.monotonic()
+    world.commit("add quick")
+    daemon.wait_for((world.home / "worktrees/web/.runs/quick/1.1").is_dir, 5, "quick's run")
+    assert time.monotonic() - committed < 5
+    # kill -9 of an agent: its supervisor's exit.json wakes the loop; the retry starts.
+    killed = time.monotonic()
+    os.kill(first[0], signal.SIGKILL)
+    daemon.wait_for((world.home / "worktrees/web/.runs/slow/2.1").is_dir, 8, "slow's retry")
+    assert time.monotonic() - killed < 8
+
+    def reasons() -> list[set[str]]:
+        return [set(p.get("reasons", {})) for p in daemon.passes()]
+
+    daemon.wait_for(lambda: any("run-exit" in r for r in reasons()), 5, "a run-exit pass")
+    assert any(r & {"control", "manifest"} for r in reasons()), reasons()
+    assert daemon.stop() == 0
+
+
+def test_a_burst_of_pokes_is_a_few_passes_and_cron_apply_meanwhile_exits_75(
+    world: World, daemons: list[Daemon]
+) -> None:
+    world.lane("web")
+    world.task("a", "web", "succeed")
+    world.commit()
+    daemon = start(world, daemons)
+    daemon.wait_for(lambda: world.prs("web-repo"), 20, "a's PR")
+    time.sleep(0.5)
+    before = len(daemon.passes())
+    poked = world.cli("poke")
+    assert poked.returncode == 0 and f"pid {daemon.proc.pid}" in poked.stdout
+    for _ in range(50):
+        os.kill(daemon.proc.pid, signal.SIGHUP)
+    time.sleep(1.5)
+    burst = daemon.passes()[before:]
+    assert 1 <= len(burst) <= 4, burst
+    assert all("poke" in p["reasons"] for p in burst), burst
+    cron = world.cli("apply", "--yes")
+    assert cron.returncode == 75, cron.stdout + cron.stderr
+    assert "lock" in cron.stderr
+    assert daemon.stop() == 0
+    assert not (world.state / "run.pid").exists()
+    nobody = world.cli("poke")
+    assert nobody.returncode == 1 and "--or-apply" in nobody.stderr
+
+
+def test_sigterm_leaves_agents_running_and_a_restart_adopts_them(
+    world: World, daemons: list[Daemon]
+) -> None:
+    slow_world(world, steps=40)
+    world.commit()
+    daemon = start(world, daemons)
+    agents = daemon.wait_for(lambda: world.live_agents().get("slow"), 10, "the slow agent")
+    assert daemon.stop() == 0
+    assert world.live_agents().get("slow") == agents  # the agent outlived the loop
+    again = start(world, daemons)
+    time.sleep(1)
+    assert not (world.home / "worktrees/web/.runs/slow/2.1").exists()  # adopted, not restarted
+    again.wait_for(lambda: world.prs("web-repo"), 30, "the slow task's PR")
+    assert [p["head"] for p in world.prs("web-repo")] == ["agent/slow"]
+    assert again.stop() == 0
+
+
+def test_a_broken_revision_keeps_the_last_good_one_and_prunes_nothing(
+    world: World, daemons: list[Daemon]
+) -> None:
+    slow_world(world)
+    world.commit()
+    daemon = start(world, daemons)
+    agents = daemon.wait_for(lambda: world.live_agents().get("slow"), 10, "the slow agent")
+    # The new revision drops the task and breaks a file: nothing may be pruned because of it.
+    del world.tasks["slow"]
+    world.commit("remove slow")
+    broken = world.control / "manifests" / "broken.yaml"
+    broken.write_text("kind: Task\nmetadata: {name: [oops\n")
+    git(world.control, "add", "-A")
+    git(world.control, "commit", "-qm", "broken")
+    daemon.wait_for(
+        lambda: any(r.get("event") == "manifest-error" for r in daemon.records), 5, "the error"
+    )
+    daemon.wait_for(
+        lambda: any("last good revision" in r.get("msg", "") for r in daemon.records),
+        5,
+        "the fallback",
+    )
+    assert world.live_agents().get("slow") == agents
+    with_problem = world.cli("status", "--json")
+    assert with_problem.returncode == 1 and "broken.yaml" in with_problem.stderr
+    # Fixed: the fix is reconciled (the removal now takes effect).
+    broken.unlink()
+    git(world.control, "add", "-A")
+    git(world.control, "commit", "-qm", "fixed")
+    daemon.wait_for(lambda: not world.live_agents().get("slow"), 10, "the removal")
+    status = json.loads(world.cli("status", "--json").stdout)
+    assert status["controlProblem"] is None
+    assert daemon.stop() == 0
+
+
+def test_a_push_to_the_bare_control_repo_starts_the_agent_within_two_seconds(
+    world: World, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    world.lane("web")
+    world.task("a", "web", "succeed")
+    world.commit()
+    bare = tmp_path / "control.git"
+    git(tmp_path, "clone", "-q", "--bare", str(world.control), str(bare))
+    env = {"RECONCILER_CONTROL": str(bare)}
+    installed = world.cli("hook", "install", **env)
+    assert installed.returncode == 0, installed.stderr
+    hook = bare / "hooks" / "post-receive"
+    assert os.access(hook, os.X_OK) and "poke --or-apply" in hook.read_text()
+    world.extra_env.update(env)
+    daemon = start(world, daemons)
+    daemon.wait_for(lambda: world.prs("web-repo"), 20, "a's PR")
+    # An operator pushes a new task.
+    clone = tmp_path / "operator"
+    git(tmp_path, "clone", "-q", str(bare), str(clone))
+    spec = dict(world.tasks["a"], prompt="Do b.")
+    (clone / "manifests" / "tasks" / "b.yaml").write_text(
+        json.dumps({"apiVersion": "reconciler/v1", "kind": "Task", "metadata": {"name": "b"}})[:-1]
+        + f', "spec": {json.dumps(spec)}}}\n'
+    )
+    git(clone, "add", "-A")
+    git(clone, "commit", "-qm", "add b")
+    pushed = time.monotonic()
+    git(clone, "push", "-q", "origin", "HEAD")
+    daemon.wait_for((world.home / "worktrees/web/.runs/b/1.1").is_dir, 5, "b's run")
+    assert time.monotonic() - pushed < 2.0
+    assert daemon.stop() == 0
+    # With no `run` around, the hook runs one apply pass itself.
+    (clone / "manifests" / "tasks" / "c.yaml").write_text(
+        (clone / "manifests" / "tasks" / "b.yaml").read_text().replace('"b"', '"c"')
+    )
+    git(clone, "add", "-A")
+    git(clone, "commit", "-qm", "add c")
+    git(clone, "push", "-q", "origin", "HEAD")
+    deadline = time.monotonic() + 20
+    while not (world.home / "worktrees/web/.runs/c/1.1").is_dir():
+        assert time.monotonic() < deadline, (world.state / "hook.log").read_text()
+        time.sleep(0.1)
