@@ -54,7 +54,7 @@ SCHEDULE_TARGET = 1.3
 EXPENSIVE_PASS = 8.0  # seconds: above this a size gets a single repetition
 T = TypeVar("T")
 SLOT_LANES = (("lane-a", 5), ("lane-b", 4), ("lane-c", 2))
-SECTIONS = ("plan", "slots", "refill", "github")
+SECTIONS = ("plan", "slots", "refill", "github", "transports")
 
 
 # ------------------------------------------------------------------------------------- table
@@ -371,6 +371,23 @@ class SizeResult:
         return median([getattr(t, stage) for t in timings])
 
 
+def seed_task_rows(ctx: Context) -> None:
+    """State as after a first apply: a row for every task (nothing else changes between passes)."""
+    desired = Engine(ctx).load()
+    now = time.time()
+    with Store.open(ctx.state_dir) as store, store.transaction() as tx:
+        for task in desired.tasks.values():
+            tx.upsert_task(
+                TaskRow(
+                    name=task.name,
+                    lane=task.spec.lane,
+                    repo=task.spec.repo,
+                    first_seen=now,
+                    generation=task.generation,
+                )
+            )
+
+
 def build_plan_sandbox(box: Sandbox, n: int) -> tuple[Context, list[Path]]:
     base = box.root / f"plan-{n}"
     checkout = box.repo(base / "src" / "app")
@@ -388,20 +405,7 @@ def build_plan_sandbox(box: Sandbox, n: int) -> tuple[Context, list[Path]]:
     control = box.control(base / "control", files)
     log(f"  control repo with {n} tasks built in {time.perf_counter() - t0:.1f}s")
     ctx = Context(control=str(control), state_dir=base / "state")
-    # State as after a first apply: a row for every task (nothing else changes between passes).
-    desired = Engine(ctx).load()
-    now = time.time()
-    with Store.open(ctx.state_dir) as store, store.transaction() as tx:
-        for task in desired.tasks.values():
-            tx.upsert_task(
-                TaskRow(
-                    name=task.name,
-                    lane=task.spec.lane,
-                    repo=task.spec.repo,
-                    first_seen=now,
-                    generation=task.generation,
-                )
-            )
+    seed_task_rows(ctx)
     paths = sorted((control / "manifests" / "tasks").glob("*.yaml"))
     paths += [control / "manifests" / "lanes.yaml", control / "manifests" / "agents.yaml"]
     return ctx, paths
@@ -1090,6 +1094,248 @@ def github_figures(box: Sandbox, table: Table, n: int) -> None:
     )
 
 
+# -------------------------------------------------------------------------------- transports
+
+TRANSPORT_TASKS = 200
+BATCH_REPS = 7  # each repetition sends the batch through every transport in turn
+PASS_REPS = 5  # each repetition runs the in-process pass and the ssh pass in turn
+ROUND_TRIPS_TARGET = 1.5  # what ssh adds to a pass, in ssh batches: one per lane and pass
+SSHD = "/usr/sbin/sshd"
+SSH_SUPPORT = Path(__file__).resolve().parents[1] / "tests" / "ssh"
+BATCH_ROW = "node batch, in-process / local user / ssh"
+BATCH_SPLIT_ROW = "  ssh batch: connection + node start-up + work"
+
+
+def pass_row(n: int) -> str:
+    return f"pass over {n} tasks, ssh / in-process"
+
+
+def extra_row(n: int) -> str:
+    return f"  pass over {n} tasks, ssh - in-process / one ssh batch"
+
+
+class Recorder:
+    """A transport that keeps the batches a pass sends through it, and sends them on."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.batches: list[Any] = []
+
+    def exchange(self, batch: Any) -> Any:
+        self.batches.append(batch)
+        return self.inner.exchange(batch)
+
+
+def transports_unavailable() -> str | None:
+    """Why this machine cannot host the local-user and ssh lanes, or None."""
+    if os.geteuid() != 0:
+        return "needs root: it creates a login user, switches to it and runs sshd"
+    if not os.access(SSHD, os.X_OK):
+        return f"{SSHD} is missing: apt-get install openssh-server"
+    for tool in ("ssh", "ssh-keygen", "setpriv", "useradd", "userdel", "git"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    sys.path.insert(0, str(SSH_SUPPORT))
+    try:
+        import ssh_support  # noqa: F401
+    except ImportError as exc:
+        return f"needs {exc.name} (installed by `make`: pip install -e '.[test]')"
+    return None
+
+
+@contextlib.contextmanager
+def lane_host(box: Sandbox) -> Iterator[Any]:
+    """A throwaway login user with ``~/src/app`` (a clone of ``~/remotes/app.git``), a
+    reconciler it can run, and an sshd on 127.0.0.1 letting only that user in (the test
+    support's ``Side``). The local-user transport runs the user's Python meanwhile. The user is
+    removed and sshd stopped on the way out, whatever happened."""
+    import ssh_support as ss
+
+    from reconciler.lanes import local_user
+
+    base = box.root / "transports"
+    saved = local_user.PYTHON
+    user = ss.create_user()
+    sshd: Any = None
+    try:
+        sshd = ss.Sshd(base / "sshd", user)
+        installed = ss.install_reconciler(user)  # pytest.skip when the user cannot run it
+        ss.make_remote_repo(user)
+        sshd.start()
+        local_user.PYTHON = installed.python
+        yield ss.Side(root=base, user=user, sshd=sshd, installed=installed)
+    finally:
+        local_user.PYTHON = saved
+        try:
+            if sshd is not None:
+                sshd.stop()
+        finally:
+            ss.remove_user(user)
+
+
+def checked(observed: Any, lanes: int) -> None:
+    """Every lane answered and every repository was observed (else the figures mean nothing)."""
+    problems = [f"{v.name}: {v.error}" for v in observed.lanes.values() if not v.reachable]
+    for view in observed.lanes.values():
+        problems += [f"{view.name} {r}: {rv.error}" for r, rv in view.repos.items() if rv.error]
+    if problems or len(observed.lanes) != lanes:
+        raise SystemExit(f"the transports pass did not observe cleanly: {problems[:5]}")
+
+
+def skipped_transports(table: Table, n: int, reason: str) -> None:
+    log(f"transports: skipped ({reason})")
+    for name in (BATCH_ROW, pass_row(n)):
+        table.add(name, f"skipped: {reason}")
+
+
+def transport_figures(box: Sandbox, table: Table, n: int) -> None:
+    """One pass's batch (pre-flight + observe, one repository) through each transport, and an
+    observe+plan pass over ``n`` tasks with the lane in-process and behind ssh."""
+    reason = transports_unavailable()
+    if reason is not None:
+        skipped_transports(table, n, reason)
+        return
+    import pytest
+
+    log(f"transports: a login user, sshd on 127.0.0.1, {n} tasks per pass")
+    t0 = time.perf_counter()
+    try:
+        with lane_host(box) as side:
+            log(f"  user {side.user.name} and sshd ready in {time.perf_counter() - t0:.1f}s")
+            measure_transports(box, table, side, n)
+    except pytest.skip.Exception as exc:  # install_reconciler: no Python the user can run
+        skipped_transports(table, n, exc.msg or "the lane user cannot run the reconciler")
+    log(f"  transports section took {time.perf_counter() - t0:.1f}s (user removed, sshd stopped)")
+
+
+def measure_transports(box: Sandbox, table: Table, side: Any, n: int) -> None:
+    import ssh_support as ss
+
+    from reconciler.lanes import InProcessTransport
+    from reconciler.lanes.local_user import LocalUserTransport
+    from reconciler.lanes.ssh import SshTransport, authorized_keys_line, ensure_key
+    from reconciler.manifests.models import LaneSpec
+    from reconciler.protocol import Batch
+
+    base = side.root
+    far = ss.LANE
+    home = side.user.home
+    root = base / "worktrees"
+    box.lane_roots.append(root)
+    checkout = box.repo(base / "src" / "app")
+    specs: dict[str, dict[str, Any]] = {
+        "near": {  # the reconciler's own user: in-process
+            "workspaceRoot": str(root),
+            "repos": [{"name": "app", "checkout": str(checkout)}],
+        },
+        "user": {  # another user on this machine: setpriv, `reconciler node` on stdin
+            "user": side.user.name,
+            "workspaceRoot": f"{home}/worktrees",
+            "repos": [{"name": "app", "checkout": f"{home}/src/app"}],
+        },
+        far: side.spec(),  # the same user's home behind sshd: a forced, pinned node
+    }
+    line = authorized_keys_line(
+        far, LaneSpec.model_validate(specs[far]), ensure_key(str(side.identity)).public
+    )
+    ss.install_authorized_keys(side.user, line)
+    side.trust()
+
+    def control(name: str, lanes: list[str], tasks: int) -> Engine:
+        files = {
+            "config.yaml": CONFIG_DOC,
+            "agents.yaml": agent_doc("noop", ["/bin/true"]),
+            "lanes.yaml": "\n---\n".join(ss.lane_manifest(k, specs[k]) for k in lanes) + "\n",
+        }
+        for lane in lanes:
+            for i in range(tasks):
+                task = f"{lane}-task-{i:03d}"
+                files[f"tasks/{task}.yaml"] = task_doc(task, lane, "app", "noop", i)
+        repo = box.control(base / name, files)
+        ctx = Context(control=str(repo), state_dir=base / f"{name}.state")
+        seed_task_rows(ctx)
+        return Engine(ctx)
+
+    # 1. The batch a pass sends each lane (recorded from a real pass), then sent again and again.
+    engine = control("control-batch", ["near", "user", far], 1)
+    desired = engine.load()
+    lanes = engine.lanes(desired)
+    kinds = {"near": InProcessTransport, "user": LocalUserTransport, far: SshTransport}
+    recorders: dict[str, Recorder] = {}
+    for name, lane in lanes.items():
+        if not isinstance(lane.transport, kinds[name]):
+            raise SystemExit(f"lane {name} got {type(lane.transport).__name__}")
+        recorders[name] = Recorder(lane.transport)
+        lane.transport = recorders[name]
+    with engine.reading() as store:
+        checked(observe(desired, store, lanes), 3)
+    batches = {}
+    for name, rec in recorders.items():
+        if len(rec.batches) != 1:
+            raise SystemExit(f"a pass sent lane {name} {len(rec.batches)} batches, not 1")
+        batches[name] = rec.batches[0]
+    ops = "+".join(r.op for r in batches["near"].requests)
+    empty = Batch(requests=[])
+    full: dict[str, list[float]] = {name: [] for name in batches}
+    bare: dict[str, list[float]] = {"user": [], far: []}
+
+    def send(name: str, batch: Any, into: list[float]) -> None:
+        t = time.perf_counter()
+        result = recorders[name].inner.exchange(batch)
+        into.append(time.perf_counter() - t)
+        if len(result.responses) != len(batch.requests) or not all(r.ok for r in result.responses):
+            raise SystemExit(f"lane {name} answered the bench batch with failures: {result}")
+
+    for _ in range(BATCH_REPS):  # a real and an empty batch back to back: paired differences
+        send("near", batches["near"], full["near"])
+        for name in ("user", far):
+            send(name, batches[name], full[name])
+            send(name, empty, bare[name])
+    inproc, user, ssh = (median(full[k]) for k in ("near", "user", far))
+    start, ssh_empty = median(bare["user"]), median(bare[far])
+    connection = median([s - u for s, u in zip(bare[far], bare["user"], strict=True)])
+    work = median([f - e for f, e in zip(full[far], bare[far], strict=True)])
+    table.add(
+        BATCH_ROW,
+        f"{inproc:.3f}s / {user:.3f}s / {ssh:.3f}s; local user/in-process {user / inproc:.1f}, "
+        f"ssh/in-process {ssh / inproc:.1f} ({ops}, 1 repo; median of {BATCH_REPS})",
+    )
+    table.add(
+        BATCH_SPLIT_ROW,
+        f"{connection:.3f}s + {start:.3f}s + {work:.3f}s (an empty batch takes {ssh_empty:.3f}s "
+        f"over ssh, {start:.3f}s as the local user; the work in-process {inproc:.3f}s)",
+    )
+
+    # 2. An observe+plan pass over n tasks, the lane in-process, then the lane behind ssh.
+    engines = {"near": control("control-near", ["near"], n), far: control("control-far", [far], n)}
+    loaded = {name: e.load() for name, e in engines.items()}
+    passes: dict[str, list[float]] = {name: [] for name in engines}
+    for rep in range(PASS_REPS + 1):  # the first round warms up (imports, caches)
+        for name, e in engines.items():
+            t = time.perf_counter()
+            with e.reading() as store:
+                result, observed = e.observe_and_plan(loaded[name], store)
+            elapsed = time.perf_counter() - t
+            checked(observed, 1)
+            if len(result.tasks) != n:
+                raise SystemExit(f"the {name} pass planned {len(result.tasks)} tasks, not {n}")
+            if rep:
+                passes[name].append(elapsed)
+    near_pass, far_pass = median(passes["near"]), median(passes[far])
+    ratio = far_pass / near_pass
+    table.add(
+        pass_row(n),
+        f"{ratio:.2f} ({far_pass:.3f}s / {near_pass:.3f}s; median of {PASS_REPS})",
+    )
+    extra = (far_pass - near_pass) / ssh
+    table.add(
+        extra_row(n),
+        f"{extra:.2f} (ssh adds {far_pass - near_pass:.3f}s to the pass; one ssh batch {ssh:.3f}s)",
+        f"≤ {ROUND_TRIPS_TARGET:g}",
+        extra <= ROUND_TRIPS_TARGET,
+    )
+
+
 # -------------------------------------------------------------------------------------- main
 
 
@@ -1111,6 +1357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=float, default=420.0, help="give up the slot figure after")
     parser.add_argument(
         "--github-tasks", type=int, default=500, help="tasks for the GitHub forge figures"
+    )
+    parser.add_argument(
+        "--transport-tasks", type=int, default=TRANSPORT_TASKS, help="tasks per transport pass"
     )
     parser.add_argument("--skip", default="", help=f"comma list of: {', '.join(SECTIONS)}")
     parser.add_argument("--only", default="", help="comma list of the sections to run alone")
@@ -1140,6 +1389,8 @@ def main(argv: list[str] | None = None) -> int:
             refill_figures(box, table)
         if "github" not in skip:
             github_figures(box, table, args.github_tasks)
+        if "transports" not in skip:
+            transport_figures(box, table, args.transport_tasks)
     elapsed = time.perf_counter() - started
     print()
     sys.stdout.write(table.render())

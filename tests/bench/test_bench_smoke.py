@@ -38,6 +38,8 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
             "120",
             "--github-tasks",
             "350",
+            "--transport-tasks",
+            "20",
         ],
         env=env,
         capture_output=True,
@@ -65,6 +67,9 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         "agent killed → slot refilled",
         "GitHub requests, first pass, 350 tasks / 5 repos",
         "GitHub points, unchanged second pass",
+        # printed as skipped (with the reason) where the bench is not root or sshd is missing
+        "node batch, in-process / local user / ssh",
+        "pass over 20 tasks, ssh / in-process",
     ):
         assert name in rows, f"missing row {name!r} in:\n{proc.stdout}"
     assert rows["tasks done / failed / apply errors"][1].strip() == "11 / 0 / 0", proc.stdout
