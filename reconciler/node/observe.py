@@ -15,7 +15,6 @@ from collections.abc import Collection, Mapping
 
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
-from reconciler.node.forge_github import GitHubForge
 from reconciler.node.forges import forge_for
 from reconciler.node.lane import Lane, check_ref_name, is_under, parse_run_key
 from reconciler.node.procs import boot_id
@@ -82,7 +81,11 @@ def _read_repo(
     }
     forge = forge_for(lane, repo.name)
     prs = forge.list_pulls() if forge is not None else None
-    if isinstance(forge, GitHubForge) and prs is not None:
+    if repo.forge == "github" and prs is not None:
+        # imported here: PyGithub costs a node without GitHub lanes a tenth of a second
+        from reconciler.node.forge_github import GitHubForge
+
+        assert isinstance(forge, GitHubForge)
         # CI and review verdicts drive the feedback loop, which only acts on them for the
         # reconciler's own open PRs whose head is the commit it pushed last (the tracking ref
         # its push moved) and for the kinds the task's `pr.iterateOn` names.
