@@ -23,6 +23,14 @@ class Msg(BaseModel):
 # ------------------------------------------------------------------------------ shared pieces
 
 
+class RepoHooks(Msg):
+    after_create: list[str] | None = None
+    before_run: list[str] | None = None
+    after_run: list[str] | None = None
+    before_remove: list[str] | None = None
+    timeout: float = 600.0
+
+
 class RepoRef(Msg):
     name: str
     checkout: str  # may start with ~ (the lane user's home)
@@ -30,6 +38,9 @@ class RepoRef(Msg):
     forge: Literal["local", "github"] | None = None
     github_repo: str | None = None  # OWNER/NAME for a github forge
     api_url: str | None = None  # GitHub Enterprise Server API root
+    pool: int = 0  # idle worktrees kept per base
+    sparse: list[str] = Field(default_factory=list)
+    hooks: RepoHooks = Field(default_factory=RepoHooks)
 
 
 class LaneRef(Msg):
@@ -85,6 +96,7 @@ class ExitInfo(Msg):
     signal: int | None = None
     ended_at: float
     checks: list[CheckResult] = Field(default_factory=list)
+    after_run: CheckResult | None = None  # the repository's afterRun hook (recorded only)
 
 
 class AgentResult(Msg):
@@ -163,6 +175,7 @@ class RepoObs(Msg):
     branches: dict[str, str] = Field(default_factory=dict)  # local branch (prefix only) → sha
     remote_branches: dict[str, str] = Field(default_factory=dict)  # pushed branch → sha
     prs: list[PullRequest] | None = None  # None: the repo has no forge
+    pool: dict[str, int] = Field(default_factory=dict)  # base → idle pooled worktrees
 
 
 class PreflightCheck(Msg):
@@ -208,6 +221,19 @@ class PrepareWorkspaceRequest(Msg):
     op: Literal["prepare-workspace"] = "prepare-workspace"
     lane: LaneRef
     task: TaskRef
+
+
+class FillPoolRequest(Msg):
+    """Create the idle worktrees the lane's repositories keep ready for these bases."""
+
+    op: Literal["fill-pool"] = "fill-pool"
+    lane: LaneRef
+    bases: dict[str, list[str]] = Field(default_factory=dict)  # repo → bases in use
+
+
+class FillPoolResult(Msg):
+    created: dict[str, int] = Field(default_factory=dict)  # repo → worktrees created now
+    errors: list[str] = Field(default_factory=list)
 
 
 class StartRunRequest(Msg):
@@ -322,6 +348,7 @@ Request = Annotated[
     ObserveRequest
     | PreflightRequest
     | PrepareWorkspaceRequest
+    | FillPoolRequest
     | StartRunRequest
     | StopRunRequest
     | PushRequest

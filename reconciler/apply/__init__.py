@@ -19,6 +19,8 @@ from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref
 from reconciler.manifests.models import Desired, Task
 from reconciler.plan import Action, ActionKind, Observed, Plan, branch_of
 from reconciler.protocol import (
+    FillPoolRequest,
+    FillPoolResult,
     ForgeCloseRequest,
     ForgeOpenRequest,
     ForgeOpenResult,
@@ -45,6 +47,7 @@ STOP_GRACE = 5.0
 
 PARALLEL_TASKS = 8  # tasks applied at once; their lane work is mostly waiting on processes
 _FREEING = frozenset({ActionKind.STOP, ActionKind.MARK_CRASHED, ActionKind.MARK_STALLED})
+_STARTS = frozenset({ActionKind.START, ActionKind.RETRY})
 
 
 @dataclass
@@ -125,9 +128,39 @@ class Applier:
                 ]
                 for future in done:
                     future.result()
+        self.fill_pools(report)
         with self.store.transaction() as tx:
             tx.set_meta("last_revision", self.revision)
         return report
+
+    def fill_pools(self, report: ApplyReport) -> None:
+        """Top up the warm worktree pools where a start used one or fewer are ready than asked:
+        after the pass's starts, so dispatch never waits for it. Failures are logged only."""
+        started = {a.lane for a in report.applied if a.kind in _STARTS}
+        for name, lane in self.lanes.items():
+            view = self.observed.lanes.get(name)
+            if view is None or not view.reachable:
+                continue
+            bases: dict[str, list[str]] = {}
+            for task in self.desired.tasks.values():
+                spec = lane.spec.repo(task.spec.repo) if task.spec.lane == name else None
+                if spec is None or spec.pool <= 0:
+                    continue
+                ready = view.repos.get(spec.name)
+                have = ready.pool.get(task.spec.base, 0) if ready is not None else 0
+                if name in started or have < spec.pool:
+                    bases.setdefault(spec.name, [])
+                    if task.spec.base not in bases[spec.name]:
+                        bases[spec.name].append(task.spec.base)
+            if not bases:
+                continue
+            try:
+                filled = lane.one(FillPoolRequest(lane=lane.ref, bases=bases), FillPoolResult)
+            except (NodeError, LaneUnavailable) as exc:
+                self.log(f"pool of lane {name}: {exc}")
+                continue
+            for error in filled.errors:
+                self.log(f"pool of lane {name}: {error}")
 
     def run_actions(self, actions: list[Action], report: ApplyReport) -> None:
         for action in actions:

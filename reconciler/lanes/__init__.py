@@ -19,6 +19,7 @@ from reconciler.protocol import (
     Batch,
     BatchResult,
     LaneRef,
+    RepoHooks,
     RepoRef,
     Request,
     Response,
@@ -78,6 +79,15 @@ def lane_ref(name: str, spec: LaneSpec) -> LaneRef:
                 forge=r.forge.kind if r.forge else None,
                 github_repo=r.forge.repo if r.forge else None,
                 api_url=r.forge.api_url if r.forge else None,
+                pool=r.pool,
+                sparse=list(r.sparse),
+                hooks=RepoHooks(
+                    after_create=r.hooks.after_create,
+                    before_run=r.hooks.before_run,
+                    after_run=r.hooks.after_run,
+                    before_remove=r.hooks.before_remove,
+                    timeout=r.hooks.timeout,
+                ),
             )
             for r in spec.repos
         ],

@@ -103,11 +103,46 @@ class Credentials(Spec):
     )
 
 
+Argv = Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
+
+
+class Hooks(Spec):
+    after_create: Argv | None = Field(
+        None,
+        description="run in a new worktree (e.g. install dependencies); failing fails the start",
+    )
+    before_run: Argv | None = Field(
+        None, description="run before each agent run; failing fails that run"
+    )
+    after_run: Argv | None = Field(
+        None, description="run after each agent run, before the checks; failures are recorded"
+    )
+    before_remove: Argv | None = Field(
+        None, description="run before a worktree is removed; failures are recorded"
+    )
+    timeout: Duration = Field(600.0, gt=0, description="limit for each hook")
+
+
+SparsePath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@+-][A-Za-z0-9_./@+-]*$")]
+
+
 class Repo(Spec):
     name: Name
     checkout: str = Field(description="the lane's primary clone; worktrees hang off it")
     remote: str = Field("origin", description="remote that branches are pushed to")
     forge: Forge | None = Field(None, description="where pull requests live; omitted: branch only")
+    pool: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="idle worktrees kept ready per base branch: a start switches a branch "
+        "instead of checking out the repository",
+    )
+    sparse: list[SparsePath] = Field(
+        default_factory=list,
+        description="check out only these directories (sparse checkout, cone mode)",
+    )
+    hooks: Hooks = Field(default_factory=Hooks, description="commands run in the worktree")
 
 
 # Groups: user, host (brackets kept for IPv6), port. Plain groups: the schema is ECMA-262 too.

@@ -151,7 +151,7 @@ def list_worktrees(checkout: str) -> list[Worktree]:
     return trees
 
 
-def _registered(checkout: str, path: str) -> Worktree | None:
+def registered(checkout: str, path: str) -> Worktree | None:
     real = os.path.realpath(path)
     for wt in list_worktrees(checkout):
         if os.path.realpath(wt.path) == real:
@@ -175,7 +175,15 @@ def _clear_leftover(checkout: str, path: str) -> None:
         os.unlink(path)
 
 
-def prepare_workspace(checkout: str, path: str, branch: str, base: str, remote: str) -> bool:
+def prepare_workspace(
+    checkout: str,
+    path: str,
+    branch: str,
+    base: str,
+    remote: str,
+    *,
+    sparse: list[str] | None = None,
+) -> bool:
     """Make ``path`` a worktree of ``checkout`` on ``branch``; True when it was created now.
 
     An existing registered worktree is reused as it is. A new branch starts at ``base``
@@ -184,10 +192,10 @@ def prepare_workspace(checkout: str, path: str, branch: str, base: str, remote: 
     every other start and cleanup on the same repository.
     """
     if resolve(checkout, f"refs/heads/{branch}") is None:
-        _fetch_base(checkout, remote, base)
+        fetch_base(checkout, remote, base)
     with repo_lock(checkout):
         if os.path.isdir(path):
-            existing = _registered(checkout, path)
+            existing = registered(checkout, path)
             if existing is not None and not existing.prunable:
                 return False
             if os.listdir(path):
@@ -210,14 +218,18 @@ def prepare_workspace(checkout: str, path: str, branch: str, base: str, remote: 
                         f"(git -C {checkout} fetch {remote}) or fix the task's base"
                     )
                 args = ["worktree", "add", "--no-track", "-b", branch, path, start]
+            if sparse:
+                args.insert(2, "--no-checkout")
             proc = run(args, checkout, check=False)
             if proc.returncode == 0:
+                if sparse:
+                    _sparse_checkout(path, sparse)
                 return True
             reason = _reason(proc.stderr)
             # Undo what a failed add can leave behind (or a stale record of a deleted worktree
             # that made it refuse the path), so the retry starts clean.
             run(["worktree", "prune"], checkout, check=False)
-            if _registered(checkout, path) is None and os.path.lexists(path):
+            if registered(checkout, path) is None and os.path.lexists(path):
                 _clear_leftover(checkout, path)
             if (
                 not branch_existed
@@ -231,7 +243,7 @@ def prepare_workspace(checkout: str, path: str, branch: str, base: str, remote: 
         )
 
 
-def _fetch_base(checkout: str, remote: str, base: str) -> None:
+def fetch_base(checkout: str, remote: str, base: str) -> None:
     """Start new branches from the base as the remote has it now, not as this clone last saw
     it. Best effort: an unreachable remote is reported by pre-flight, and a concurrent fetch of
     the same ref losing the race leaves the other's result."""
@@ -253,7 +265,7 @@ def remove_workspace(checkout: str, path: str) -> bool:
     """Remove the worktree at ``path`` (even if dirty); the branch stays. Idempotent."""
     with repo_lock(checkout):
         removed = False
-        if _registered(checkout, path) is not None:
+        if registered(checkout, path) is not None:
             proc = run(["worktree", "remove", "--force", path], checkout, check=False)
             if proc.returncode != 0 and os.path.isdir(path):
                 raise GitError(
@@ -346,3 +358,56 @@ def push(checkout: str, remote: str, branch: str, force_with_lease: bool = False
             temporary=temporary,
         )
     return sha
+
+
+# ------------------------------------------------------------------------- pooled worktrees
+
+
+def _sparse_checkout(path: str, sparse: list[str]) -> None:
+    """Check out only the ``sparse`` directories (cone mode) of a worktree added without one."""
+    run(["sparse-checkout", "set", "--cone", "--", *sparse], path)
+    run(["reset", "--hard", "--quiet"], path)
+
+
+def add_detached(checkout: str, path: str, start: str, sparse: list[str]) -> None:
+    """A new worktree at ``path`` with a detached HEAD at ``start`` (for the pool)."""
+    args = ["worktree", "add", "--detach", path, start]
+    if sparse:
+        args.insert(2, "--no-checkout")
+    proc = run(args, checkout, check=False)
+    if proc.returncode != 0:
+        run(["worktree", "prune"], checkout, check=False)
+        if os.path.lexists(path):
+            _clear_leftover(checkout, path)
+        raise GitError(f"could not add pooled worktree {path}: {_reason(proc.stderr)}")
+    if sparse:
+        _sparse_checkout(path, sparse)
+
+
+def repoint(path: str, branch: str, start: str) -> None:
+    """Put a pooled worktree on a new ``branch`` at ``start``, with nothing git does not track
+    left over (ignored files, e.g. installed dependencies, stay)."""
+    run(["checkout", "--quiet", "--force", "--detach", start], path)
+    run(["checkout", "--quiet", "--force", "--no-track", "-B", branch, start], path)
+    run(["reset", "--hard", "--quiet", start], path)
+    run(["clean", "-ffd", "--quiet"], path)
+
+
+def dirty(path: str) -> bool:
+    return bool(run(["status", "--porcelain", "--untracked-files=all"], path).stdout.strip())
+
+
+def move_worktree(checkout: str, source: str, target: str) -> None:
+    proc = run(["worktree", "move", source, target], checkout, check=False)
+    if proc.returncode != 0:
+        raise GitError(f"could not move worktree {source} to {target}: {_reason(proc.stderr)}")
+
+
+def drop_worktree(checkout: str, path: str, branch: str | None = None) -> None:
+    """Remove a worktree that must not be used (and the branch it was given, if any)."""
+    run(["worktree", "remove", "--force", path], checkout, check=False)
+    if os.path.lexists(path):
+        _clear_leftover(checkout, path)
+    run(["worktree", "prune"], checkout, check=False)
+    if branch is not None and not _checked_out(checkout, branch):
+        run(["branch", "-D", branch], checkout, check=False)

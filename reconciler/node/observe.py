@@ -14,6 +14,7 @@ import time
 from collections.abc import Collection, Mapping
 
 from reconciler.node import git as gitops
+from reconciler.node import pool
 from reconciler.node.errors import NodeError
 from reconciler.node.forges import forge_for
 from reconciler.node.lane import Lane, check_ref_name, is_under, parse_run_key
@@ -103,4 +104,5 @@ def _read_repo(
         branches=branches,
         remote_branches=remote_branches,
         prs=prs,
+        pool=pool.ready(lane.root, repo.name) if repo.pool > 0 else {},
     )

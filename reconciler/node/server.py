@@ -9,7 +9,9 @@ control-plane module or keep state outside the lane's own files.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +19,11 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from reconciler.node import git as gitops
+from reconciler.node import pool
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_local import LocalForge
 from reconciler.node.forges import Forge, forge_for
+from reconciler.node.hooks import run_hook
 from reconciler.node.lane import Lane, check_branch, check_name
 from reconciler.node.observe import observe
 from reconciler.node.preflight import preflight
@@ -29,6 +33,8 @@ from reconciler.protocol import (
     Batch,
     BatchResult,
     Failure,
+    FillPoolRequest,
+    FillPoolResult,
     ForgeCloseRequest,
     ForgeListRequest,
     ForgeListResult,
@@ -82,8 +88,52 @@ def _prepare(lane: Lane, req: PrepareWorkspaceRequest) -> BaseModel:
             "clone it there or fix the lane's checkout path"
         )
     lane.make_root()
-    created = gitops.prepare_workspace(checkout, path, req.task.branch, req.task.base, repo.remote)
+    task = req.task
+    created = pooled = False
+    if repo.pool > 0 and gitops.resolve(checkout, f"refs/heads/{task.branch}") is None:
+        gitops.fetch_base(checkout, repo.remote, task.base)
+        directory = pool.pool_dir(lane.root, repo.name, task.base)
+        taken = pool.take(
+            checkout, directory, path, branch=task.branch, base=task.base, remote=repo.remote
+        )
+        created = pooled = taken is not None
+    if not created:
+        created = gitops.prepare_workspace(
+            checkout, path, task.branch, task.base, repo.remote, sparse=repo.sparse
+        )
+    if created and not pooled:  # a pooled worktree ran afterCreate when it was made
+        ok, message = run_hook(lane, repo, "after_create", task.name, path)
+        if not ok:
+            gitops.remove_workspace(checkout, path)
+            raise NodeError(f"{message}; the worktree was removed and the start fails")
     return WorkspaceResult(path=path, created=created)
+
+
+def _fill_pool(lane: Lane, req: FillPoolRequest) -> BaseModel:
+    result = FillPoolResult()
+    for name, bases in req.bases.items():
+        repo, checkout = lane.repo(name)
+        if repo.pool <= 0 or not gitops.is_repo(checkout):
+            continue
+        lane.make_root()
+        for base in bases:
+            check_branch(base, "base branch")
+            try:
+                made = pool.fill(
+                    checkout,
+                    pool.pool_dir(lane.root, name, base),
+                    base=base,
+                    remote=repo.remote,
+                    size=repo.pool,
+                    sparse=repo.sparse,
+                    prepared=functools.partial(run_hook, lane, repo, "after_create", ".pool"),
+                )
+            except NodeError as exc:
+                result.errors.append(f"{name}:{base}: {exc}")
+                continue
+            if made:
+                result.created[name] = result.created.get(name, 0) + len(made)
+    return result
 
 
 def _remove(lane: Lane, req: RemoveWorkspaceRequest) -> BaseModel:
@@ -93,6 +143,8 @@ def _remove(lane: Lane, req: RemoveWorkspaceRequest) -> BaseModel:
             f"the checkout {checkout} of repo {repo.name} is missing or not a git repository; "
             "restore it before removing its worktrees"
         )
+    if repo.hooks.before_remove and os.path.isdir(path):
+        run_hook(lane, repo, "before_remove", req.task.name, path)  # recorded, never fatal
     return RemovedResult(removed=gitops.remove_workspace(checkout, path))
 
 
@@ -106,6 +158,12 @@ def _start(lane: Lane, req: StartRunRequest) -> BaseModel:
         raise NodeError("an agent or check argument contains a NUL byte; remove it")
     if req.check_timeout <= 0:
         raise NodeError("check_timeout must be positive; give the seconds a check may take")
+    repo, _checkout, workspace = lane.task(req.task)
+    run_dir = lane.run_dir(req.task.name, req.attempt, req.iteration)
+    if repo.hooks.before_run and not os.path.exists(run_dir) and os.path.isdir(workspace):
+        ok, message = run_hook(lane, repo, "before_run", req.task.name, workspace)
+        if not ok:
+            raise NodeError(f"{message}; the run was not started")
     return start_run(lane, req)
 
 
@@ -183,6 +241,7 @@ _HANDLERS: dict[str, Callable[[Lane, Any], BaseModel]] = {
     "observe": _observe,
     "preflight": _preflight,
     "prepare-workspace": _prepare,
+    "fill-pool": _fill_pool,
     "start-run": _start,
     "stop-run": _stop,
     "push": _push,

@@ -61,7 +61,7 @@ def _str_list(value: object) -> list[str]:
     return list(value)
 
 
-def _run_check(
+def run_check(
     argv: list[str], workspace: str, env: dict[str, str], timeout: float, log_path: str
 ) -> CheckResult:
     started = time.monotonic()
@@ -117,6 +117,8 @@ def _write_exit(
     signal_: int | None = None,
     ended_at: float | None = None,
     checks: list[CheckResult] | None = None,
+    *,
+    after_run: CheckResult | None = None,
 ) -> None:
     """``exit.json`` (protocol.ExitInfo), atomically: it is the run's record of its end."""
     info = {
@@ -124,6 +126,7 @@ def _write_exit(
         "signal": signal_,
         "ended_at": time.time() if ended_at is None else ended_at,
         "checks": checks or [],
+        "after_run": after_run,
     }
     files.write_json_atomic(os.path.join(run_dir, files.EXIT_JSON), info)
 
@@ -220,16 +223,30 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
         _write_exit(run_dir, code, _state.stop_signal, ended)
         return 0
 
+    after_run: CheckResult | None = None
+    if spec.get("after_run"):
+        # The repository's afterRun hook: recorded, never fatal; logged beside the other hooks.
+        hook_log = os.path.join(os.path.dirname(run_dir), "hooks.log")
+        with open(hook_log, "ab") as log:
+            log.write(f"\n# afterRun of run {os.path.basename(run_dir)}\n".encode())
+        hook_timeout = spec.get("hook_timeout", 600.0)
+        after_run = run_check(
+            _str_list(spec["after_run"]),
+            workspace,
+            env,
+            float(hook_timeout) if isinstance(hook_timeout, int | float) else 600.0,
+            hook_log,
+        )
     results: list[CheckResult] = []
     log_path = os.path.join(run_dir, files.CHECKS_LOG)
     for check in checks:
         if _state.stop_signal is not None:
             break
-        results.append(_run_check(check, workspace, env, check_timeout, log_path))
+        results.append(run_check(check, workspace, env, check_timeout, log_path))
     if _state.stop_signal is not None:
         _write_exit(run_dir, code, _state.stop_signal, ended)
         return 0
-    _write_exit(run_dir, code, None, ended, results)
+    _write_exit(run_dir, code, None, ended, results, after_run=after_run)
     return 0
 
 

@@ -143,6 +143,7 @@ def _repo_view(desired: Desired, obs: RepoObs) -> RepoView:
         remote_branches=dict(obs.remote_branches),
         prs=prs,
         error=None if obs.ok else (obs.error or "repository not usable"),
+        pool=dict(obs.pool),
     )
 
 

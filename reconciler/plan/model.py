@@ -75,6 +75,7 @@ class RepoView:
     remote_branches: dict[str, str] = field(default_factory=dict)
     prs: dict[str, PullRequest] | None = None  # branch → newest PR; None: no forge
     error: str | None = None
+    pool: dict[str, int] = field(default_factory=dict)  # base → idle pooled worktrees
 
 
 @dataclass(frozen=True)

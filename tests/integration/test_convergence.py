@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
 
-from world import World
+from world import World, git
 
 
 def test_every_kind_of_agent_reaches_its_phase_and_slots_hold(world: World) -> None:
@@ -282,3 +283,24 @@ def test_backoff_records_the_next_attempt_time(world: World) -> None:
         row = store.task("crashy")
     assert row is not None and row.next_attempt_at == status["nextAttemptAt"]
     assert 15 <= row.next_attempt_at - time.time() <= 30
+
+
+def test_a_lane_with_a_warm_pool_converges_and_keeps_the_pool_full(world: World) -> None:
+    world.lane("web", slots=3)
+    world.lanes["web"]["repos"][0]["pool"] = 2
+    world.lanes["web"]["repos"][0]["hooks"] = {
+        "afterCreate": [sys.executable, "-c", "open('.deps', 'w').write('ok')"]
+    }
+    for name in ("p1", "p2", "p3"):
+        world.task(name, "web", "succeed")
+    world.commit()
+    world.converge()
+    assert sorted(p["head"] for p in world.prs("web-repo")) == ["agent/p1", "agent/p2", "agent/p3"]
+    pool_dir = world.home / "worktrees" / "web" / ".pool" / "web-repo" / "main"
+    assert len(list(pool_dir.iterdir())) == 2  # refilled after the starts used it
+    for entry in pool_dir.iterdir():
+        assert (entry / ".deps").read_text() == "ok"  # afterCreate ran when it was made
+    for name in ("p1", "p2", "p3"):
+        assert (world.home / "worktrees/web/web-repo" / name / ".deps").is_file()
+    listed = git(world.home / "src" / "web-repo", "worktree", "list", "--porcelain")
+    assert listed.count("detached") == 2  # the idle ones; the tasks' are on their branches

@@ -1,0 +1,181 @@
+"""The warm worktree pool, sparse checkouts and workspace hooks, on real repositories."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from node_support import Env, commit, git
+
+from reconciler.node import pool
+from reconciler.protocol import (
+    FillPoolRequest,
+    FillPoolResult,
+    ObserveRequest,
+    ObserveResult,
+    PrepareWorkspaceRequest,
+    RemoveWorkspaceRequest,
+    RepoHooks,
+    WorkspaceResult,
+)
+
+
+def pooled(env: Env, size: int = 2, **repo: object) -> Env:
+    ref = env.lane.repos[0].model_copy(update={"pool": size, **repo})
+    env.lane = env.lane.model_copy(update={"repos": [ref]})
+    return env
+
+
+def fill(env: Env, base: str = "main") -> FillPoolResult:
+    return FillPoolResult.model_validate(
+        env.call(FillPoolRequest(lane=env.lane, bases={"webapp": [base]}))
+    )
+
+
+def tree(path: Path) -> tuple[str, str, str]:
+    """What a worktree is: its index, its status and its HEAD."""
+    return (
+        git(path, "ls-files", "-s"),
+        git(path, "status", "--porcelain", "--untracked-files=all"),
+        git(path, "rev-parse", "HEAD"),
+    )
+
+
+def prepare(env: Env, name: str) -> WorkspaceResult:
+    return WorkspaceResult.model_validate(
+        env.call(PrepareWorkspaceRequest(lane=env.lane, task=env.task(name)))
+    )
+
+
+def test_a_pooled_start_is_the_same_tree_as_a_fresh_worktree(env: Env) -> None:
+    commit(env.checkout, "app.py", "print('hi')\n")
+    git(env.checkout, "push", "-q", "origin", "main")
+    fresh = prepare(env, "fresh")  # no pool yet: a plain worktree add
+    assert fresh.created
+    pooled(env)
+    assert fill(env).created == {"webapp": 2}
+    assert fill(env).created == {}  # already full: nothing to do
+    observed = ObserveResult.model_validate(env.call(ObserveRequest(lane=env.lane)))
+    assert observed.repos["webapp"].pool == {"main": 2}
+    taken = prepare(env, "pooled")
+    assert taken.created and taken.path == str(env.workspace("pooled"))
+    assert len(pool.entries(pool.pool_dir(str(env.root), "webapp", "main"))) == 1
+    assert tree(env.workspace("pooled")) == tree(env.workspace("fresh"))
+    assert git(env.workspace("pooled"), "branch", "--show-current").strip() == "agent/pooled"
+    # the worktree is registered where the task's worktree belongs, and observed as the task's
+    observed = ObserveResult.model_validate(env.call(ObserveRequest(lane=env.lane)))
+    branches = {wt.branch for wt in observed.repos["webapp"].worktrees}
+    assert {"agent/pooled", "agent/fresh"} <= branches
+    assert observed.repos["webapp"].pool == {"main": 1}
+
+
+def test_a_pooled_worktree_is_never_handed_out_dirty_or_stale(env: Env) -> None:
+    pooled(env, size=1)
+    fill(env)
+    [entry] = pool.entries(pool.pool_dir(str(env.root), "webapp", "main"))
+    # someone scribbled in it, and the base moved on since it was made
+    Path(entry, "README.md").write_text("scribbled\n")
+    Path(entry, "junk.txt").write_text("junk\n")
+    Path(entry, "dir").mkdir()
+    Path(entry, "dir", "more.txt").write_text("more\n")
+    other = env.tmp / "other"
+    git(env.tmp, "clone", "-q", str(env.origin), str(other))
+    newer = commit(other, "NEW.md", "new\n")
+    git(other, "push", "-q", "origin", "main")
+    taken = prepare(env, "clean")
+    path = env.workspace("clean")
+    assert taken.created and not Path(path, "junk.txt").exists() and not Path(path, "dir").exists()
+    assert git(path, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(path, "rev-parse", "HEAD").strip() == newer  # the base as the remote has it now
+    assert Path(path, "README.md").read_text() == "hello\n"
+
+
+def test_an_existing_branch_does_not_come_from_the_pool(env: Env) -> None:
+    pooled(env, size=1)
+    first = prepare(env, "again")
+    commit(env.workspace("again"), "work.txt", "work\n")
+    head = git(env.workspace("again"), "rev-parse", "HEAD")
+    shutil.rmtree(env.workspace("again"))
+    git(env.checkout, "worktree", "prune")
+    fill(env)
+    second = prepare(env, "again")
+    assert first.created and second.created
+    assert git(env.workspace("again"), "rev-parse", "HEAD") == head  # its history, not the base
+    assert len(pool.entries(pool.pool_dir(str(env.root), "webapp", "main"))) == 1
+
+
+def test_sparse_checkout_has_only_the_named_directories(env: Env) -> None:
+    (env.checkout / "services" / "api").mkdir(parents=True)
+    (env.checkout / "services" / "web").mkdir(parents=True)
+    commit(env.checkout, "services/api/main.py", "api\n")
+    commit(env.checkout, "services/web/index.js", "web\n")
+    git(env.checkout, "push", "-q", "origin", "main")
+    pooled(env, size=1, sparse=["services/api"])
+    prepare(env, "plain")
+    fill(env)
+    prepare(env, "frompool")
+    for name in ("plain", "frompool"):
+        path = env.workspace(name)
+        assert Path(path, "services/api/main.py").is_file(), name
+        assert not Path(path, "services/web").exists(), name
+        assert Path(path, "README.md").is_file()  # cone mode keeps top-level files
+        assert git(path, "status", "--porcelain") == ""
+
+
+def hook(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_workspace_hooks_run_in_the_worktree_and_fail_as_documented(env: Env) -> None:
+    hooks = RepoHooks(
+        after_create=hook("open('deps.installed', 'w').write('yes')"),
+        before_remove=hook("import sys; print('cleaning up'); sys.exit(3)"),
+        timeout=10,
+    )
+    ref = env.lane.repos[0].model_copy(update={"hooks": hooks})
+    env.lane = env.lane.model_copy(update={"repos": [ref]})
+    prepare(env, "hooked")
+    assert Path(env.workspace("hooked"), "deps.installed").read_text() == "yes"
+    # beforeRemove fails: recorded in the hooks log, the worktree is removed anyway
+    env.call(RemoveWorkspaceRequest(lane=env.lane, task=env.task("hooked")))
+    assert not env.workspace("hooked").exists()
+    log = (env.root / ".runs" / "hooked" / "hooks.log").read_text()
+    assert "beforeRemove" in log and "cleaning up" in log
+    # afterCreate fails (or hangs past its timeout): the start fails, no worktree is left
+    for bad in (
+        hook("import sys; print('npm ERR!'); sys.exit(1)"),
+        hook("import time; time.sleep(30)"),
+    ):
+        failing = hooks.model_copy(update={"after_create": bad, "timeout": 1})
+        ref = env.lane.repos[0].model_copy(update={"hooks": failing})
+        env.lane = env.lane.model_copy(update={"repos": [ref]})
+        response = env.respond(PrepareWorkspaceRequest(lane=env.lane, task=env.task("broken")))
+        assert not response.ok and response.failure is not None
+        assert "afterCreate" in response.failure.error, response.failure.error
+        assert not env.workspace("broken").exists()
+
+
+def test_before_and_after_run_hooks_wrap_each_run(env: Env) -> None:
+    hooks = RepoHooks(
+        before_run=hook("open('.prepared', 'w').write('yes')"),
+        after_run=hook("import sys; print('uploading logs'); sys.exit(4)"),
+        timeout=10,
+    )
+    ref = env.lane.repos[0].model_copy(update={"hooks": hooks})
+    env.lane = env.lane.model_copy(update={"repos": [ref]})
+    agent = env.agent("import os; print('saw', os.path.exists('.prepared'))")
+    run = env.start("wrapped", agent)
+    ended = env.wait_exit(run)
+    assert ended.exit_code == 0  # a failing afterRun is recorded, not fatal
+    assert ended.after_run is not None and ended.after_run.exit_code == 4
+    assert "saw True" in Path(run.run_dir, "output.log").read_text()
+    assert "uploading logs" in (env.root / ".runs" / "wrapped" / "hooks.log").read_text()
+    # beforeRun fails: that run is not started
+    failing = hooks.model_copy(update={"before_run": hook("import sys; sys.exit(2)")})
+    ref = env.lane.repos[0].model_copy(update={"hooks": failing})
+    env.lane = env.lane.model_copy(update={"repos": [ref]})
+    response = env.respond(env.start_request("wrapped", agent, attempt=2))
+    assert not response.ok and response.failure is not None
+    assert "beforeRun exited 2" in response.failure.error
+    assert not (env.root / ".runs" / "wrapped" / "2.1").exists()
