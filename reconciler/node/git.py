@@ -387,9 +387,8 @@ def add_detached(checkout: str, path: str, start: str, sparse: list[str]) -> Non
 def repoint(path: str, branch: str, start: str) -> None:
     """Put a pooled worktree on a new ``branch`` at ``start``, with nothing git does not track
     left over (ignored files, e.g. installed dependencies, stay)."""
-    run(["checkout", "--quiet", "--force", "--detach", start], path)
+    # --force: tracked files back to the commit's content, whatever was done to them
     run(["checkout", "--quiet", "--force", "--no-track", "-B", branch, start], path)
-    run(["reset", "--hard", "--quiet", start], path)
     run(["clean", "-ffd", "--quiet"], path)
 
 

@@ -116,6 +116,29 @@ def pids_with_env(name: str, value: str) -> list[int]:
     return found
 
 
+def pids_by_env(name: str) -> dict[str, list[int]]:
+    """Live processes (readable by us) that carry ``name`` in their environment, by its value:
+    one pass over /proc for any number of values."""
+    prefix = name.encode() + b"="
+    found: dict[str, list[int]] = {}
+    me = os.getpid()
+    for pid in _all_pids():
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                entries = f.read().split(b"\0")
+        except OSError:
+            continue  # another user's process, or gone
+        value = next((e[len(prefix) :] for e in entries if e.startswith(prefix)), None)
+        if value is None:
+            continue
+        fields = _stat_fields(pid)
+        if fields is not None and _state(fields) not in ("Z", "X", "x"):
+            found.setdefault(value.decode("utf-8", "surrogateescape"), []).append(pid)
+    return found
+
+
 def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:

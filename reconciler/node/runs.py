@@ -26,7 +26,14 @@ from reconciler.node.agents import ADAPTERS, Adapter
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import NAME, Lane, is_under
 from reconciler.node.loginenv import DEFAULT_PATH, login_env
-from reconciler.node.procs import fingerprint, is_alive, kill_group, kill_processes, pids_with_env
+from reconciler.node.procs import (
+    fingerprint,
+    is_alive,
+    kill_group,
+    kill_processes,
+    pids_by_env,
+    pids_with_env,
+)
 from reconciler.protocol import (
     AgentRef,
     AgentResult,
@@ -129,15 +136,41 @@ def _num(value: object, default: float = 0.0) -> float:
     return float(value) if isinstance(value, int | float) else default
 
 
+class RunProcesses:
+    """Which run directories still have a live process carrying their run marker, read from
+    /proc once (on first need) for a whole observation."""
+
+    def __init__(self) -> None:
+        self._by_run: dict[str, list[int]] | None = None
+
+    def any_alive(self, run_dir: str) -> bool:
+        if self._by_run is None:
+            self._by_run = pids_by_env(RUN_MARKER)
+        return bool(self._by_run.get(run_dir))
+
+
+def _alive(
+    fp: Fingerprint | None, ended: bool, run_dir: str, processes: RunProcesses | None
+) -> bool:
+    """A run lives while its supervisor does, and, when it recorded no end, while any process
+    carrying its marker does: an agent whose supervisor was killed alone still works in the
+    worktree, and a new run beside it would be a second agent there."""
+    if fp is not None and is_alive(fp):
+        return True
+    return not ended and (processes or RunProcesses()).any_alive(run_dir)
+
+
 def read_run(
     lane: Lane,
     run_dir: str,
     *,
     inspect: bool = False,
+    processes: RunProcesses | None = None,
 ) -> RunObs | None:
     """The run in ``run_dir`` as observed now; None when it has no readable ``run.json``.
 
     With ``inspect`` and an ended run, also the adapter's verdict and the worktree's state.
+    ``processes``: the run markers of live processes, shared by the runs of one observation.
     """
     spec = files.read_json(os.path.join(run_dir, files.RUN_JSON))
     if spec is None:
@@ -151,8 +184,8 @@ def read_run(
     pid_record = files.read_json(os.path.join(run_dir, files.PID_JSON))
     fp = _fingerprint(pid_record)
     agent_pid = pid_record.get("agent_pid") if pid_record else None
-    alive = fp is not None and is_alive(fp)
     exit_info = _exit(run_dir)
+    alive = _alive(fp, exit_info is not None, run_dir, processes)
     output = os.path.join(run_dir, files.OUTPUT_LOG)
     times = [
         t
@@ -236,6 +269,7 @@ def observe_runs(lane: Lane, inspect: set[tuple[str, int, int]]) -> list[RunObs]
     except (FileNotFoundError, NotADirectoryError):
         return []  # no runs yet; a workspace root that is not a directory is pre-flight's to say
     runs: list[RunObs] = []
+    processes = RunProcesses()
     for name in task_names:
         task_dir = os.path.join(root, name)
         try:
@@ -252,6 +286,7 @@ def observe_runs(lane: Lane, inspect: set[tuple[str, int, int]]) -> list[RunObs]
                 lane,
                 os.path.join(task_dir, entry),
                 inspect=(name, attempt, iteration) in inspect,
+                processes=processes,
             )
             if obs is not None:
                 runs.append(obs)
@@ -344,6 +379,9 @@ def _spawn(
             "prompt_file": prompt_path,
             # The real values, for the supervisor only; run.json is 0600 in a 0700 directory.
             "agent_env": env,
+            # The repository's afterRun hook, run by the supervisor before the checks.
+            "after_run": lane.repo(req.task.repo)[0].hooks.after_run,
+            "hook_timeout": lane.repo(req.task.repo)[0].hooks.timeout,
         }
     )
     files.write_json_atomic(os.path.join(run_dir, files.ENV_JSON), redact(env))
@@ -468,9 +506,8 @@ def read_log(
         raise NodeError(f"run {task}/{attempt}.{iteration} does not exist on lane {lane.ref.name}")
     # Decide "over" before reading, so that output written after the check is never skipped.
     fp = _fingerprint(files.read_json(os.path.join(run_dir, files.PID_JSON)))
-    over = os.path.exists(os.path.join(run_dir, files.EXIT_JSON)) or (
-        fp is not None and not is_alive(fp)
-    )
+    ended = os.path.exists(os.path.join(run_dir, files.EXIT_JSON))
+    over = ended or (fp is not None and not _alive(fp, ended, run_dir, None))
     path = os.path.join(run_dir, files.OUTPUT_LOG)
     try:
         with open(path, "rb") as f:

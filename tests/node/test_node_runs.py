@@ -7,6 +7,7 @@ import os
 import pwd
 import signal
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -142,6 +143,29 @@ def test_killing_the_whole_group_leaves_no_exit_record(env: Env) -> None:
     assert not (Path(run.run_dir) / EXIT_JSON).exists()
 
 
+def test_an_agent_outliving_its_killed_supervisor_keeps_the_run_alive(env: Env) -> None:
+    """Only the supervisor is killed: the agent works on in the worktree, so the run is not
+    over (a new run beside it would be a second agent there) until a stop ends the agent."""
+    run = env.start("orphan", env.agent(SLEEP))
+    assert run.supervisor is not None
+    wait_for(lambda: b"ready" in (Path(run.run_dir) / "output.log").read_bytes())
+    agent_pid = pid_record(run)["agent_pid"]
+    assert isinstance(agent_pid, int)
+    os.kill(run.supervisor.pid, signal.SIGKILL)
+    wait_for(lambda: not procs.is_alive(run.supervisor), what="the supervisor to die")
+    seen = run_obs(env, "orphan/1.1")
+    assert seen.alive and seen.exit is None
+    read = ReadLogRequest(lane=env.lane, task="orphan", attempt=1, iteration=1)
+    assert not LogResult.model_validate(env.call(read)).ended
+    stop = StopRunRequest(lane=env.lane, task="orphan", attempt=1, iteration=1, grace=2)
+    assert StopResult.model_validate(env.call(stop)).was_alive
+    agent = procs.fingerprint(agent_pid)
+    assert agent is None or not procs.is_alive(agent)  # gone, or a zombie nobody reaped yet
+    seen = run_obs(env, "orphan/1.1")
+    assert not seen.alive and seen.exit is not None and seen.exit.signal == signal.SIGKILL
+    assert LogResult.model_validate(env.call(read)).ended
+
+
 def test_stop_run_kills_a_hanging_agent_and_is_idempotent(env: Env) -> None:
     run = env.start("hang", env.agent(SLEEP))
     wait_for(lambda: b"ready" in (Path(run.run_dir) / "output.log").read_bytes())
@@ -242,19 +266,28 @@ def test_supervisor_is_detached_and_leaves_no_zombie(env: Env) -> None:
 
 
 def test_tampered_fingerprint_is_not_alive(env: Env) -> None:
+    """A recorded pid now held by another process (a reused pid) is not the run: the start
+    time does not match, and the process does not carry the run's marker."""
     run = env.start("tamper", env.agent(SLEEP))
     assert run_obs(env, "tamper/1.1").alive
     path = Path(run.run_dir) / PID_JSON
     record = json.loads(path.read_text())
-    record["start_time"] += 1
-    path.write_text(json.dumps(record))
-    seen = run_obs(env, "tamper/1.1")
-    assert not seen.alive
-    assert seen.supervisor is not None
-    assert seen.supervisor.pid == record["pid"]
-    assert procs.start_time(record["pid"]) is not None  # the process itself still runs
-    record["start_time"] -= 1
-    path.write_text(json.dumps(record))  # so the fixture can clean it up
+    os.killpg(record["pid"], signal.SIGKILL)  # the run's own processes are gone…
+    wait_for(lambda: not procs.group_members(record["pid"]), what="the run's group to die")
+    other = subprocess.Popen(["sleep", "60"])  # …and its pid went to someone else
+    try:
+        other_start = procs.start_time(other.pid)
+        assert other_start is not None
+        record.update(pid=other.pid, start_time=other_start + 1)
+        path.write_text(json.dumps(record))
+        seen = run_obs(env, "tamper/1.1")
+        assert not seen.alive
+        assert seen.supervisor is not None
+        assert seen.supervisor.pid == other.pid
+        assert procs.start_time(other.pid) is not None  # the process itself still runs
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_agent_environment_is_clean_and_recorded_redacted(

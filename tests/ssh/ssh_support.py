@@ -59,6 +59,25 @@ def free_port() -> int:
         return port
 
 
+def stable_port() -> int:
+    """A free port below the kernel's ephemeral range, for a server that stops and starts
+    again on the same port: no outgoing connection (another test's ssh) can take it meanwhile."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 # ------------------------------------------------------------------------------ the login user
 
 
@@ -444,3 +463,107 @@ class Side:
             timeout=120,
             check=False,
         )
+
+    def commit_manifests(self, docs: list[str], message: str = "manifests") -> str:
+        """Write ``docs`` as the control repo's only manifests and commit them (the repo is made
+        on first use); returns the revision."""
+        control = self.root / "control"
+        if not (control / ".git").exists():
+            subprocess.run(["git", "init", "-q", "-b", "main", str(control)], check=True)
+        (control / "manifests").mkdir(parents=True, exist_ok=True)
+        (control / "manifests" / "all.yaml").write_text("\n---\n".join(docs) + "\n")
+        subprocess.run(["git", "-C", str(control), "add", "-A"], check=True)
+        subprocess.run(
+            ["git", *GIT_ID, "-C", str(control), "commit", "-qm", message, "--allow-empty"],
+            check=True,
+        )
+        return subprocess.run(
+            ["git", "-C", str(control), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+
+def manifest(kind: str, name: str, spec: dict[str, Any]) -> str:
+    """One manifest document (JSON is YAML: no quoting surprises)."""
+    return json.dumps(
+        {"apiVersion": "reconciler/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    )
+
+
+# ------------------------------------------------------------ processes on the "remote" side
+
+
+@dataclass(frozen=True)
+class LaneProcess:
+    """A process of the lane user that belongs to a run: a supervisor (``task`` None: it only
+    carries the run marker) or an agent (with ``RECONCILER_TASK``)."""
+
+    pid: int
+    uid: int
+    pgid: int
+    run_dir: str
+    task: str | None
+
+
+def _proc_environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, process group) of ``pid``; None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[2])
+
+
+def lane_processes(under: Path) -> list[LaneProcess]:
+    """Live processes whose run marker (``RECONCILER_RUN_DIR``) lies under ``under`` (a lane's
+    workspace root as this machine sees it), found in /proc as tests/integration/world.py does."""
+    found = []
+    prefix = str(under).rstrip("/") + "/"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        env = _proc_environ(pid)
+        run_dir = env.get("RECONCILER_RUN_DIR", "")
+        if not run_dir.startswith(prefix):
+            continue
+        stat = _proc_stat(pid)
+        if stat is None or stat[0] in ("Z", "X"):
+            continue
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            continue
+        found.append(LaneProcess(pid, uid, stat[1], run_dir, env.get("RECONCILER_TASK")))
+    return found
+
+
+def lane_agents(under: Path) -> dict[str, list[LaneProcess]]:
+    """The agents alive now under ``under``, by task."""
+    agents: dict[str, list[LaneProcess]] = {}
+    for proc in lane_processes(under):
+        if proc.task:
+            agents.setdefault(proc.task, []).append(proc)
+    return agents
+
+
+def kill_lane_processes(under: Path) -> None:
+    """SIGKILL every supervisor and agent of the runs under ``under``, by pid (fixture cleanup)."""
+    deadline = time.monotonic() + 10
+    while (left := lane_processes(under)) and time.monotonic() < deadline:
+        for proc in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, 9)
+        time.sleep(0.05)
