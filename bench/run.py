@@ -54,7 +54,7 @@ SCHEDULE_TARGET = 1.3
 EXPENSIVE_PASS = 8.0  # seconds: above this a size gets a single repetition
 T = TypeVar("T")
 SLOT_LANES = (("lane-a", 5), ("lane-b", 4), ("lane-c", 2))
-SECTIONS = ("plan", "slots", "refill", "github", "transports")
+SECTIONS = ("plan", "slots", "refill", "github", "transports", "pool")
 
 
 # ------------------------------------------------------------------------------------- table
@@ -1336,6 +1336,64 @@ def measure_transports(box: Sandbox, table: Table, side: Any, n: int) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------- the pool
+
+
+def pool_figures(box: Sandbox, table: Table, files: int, reps: int) -> None:
+    """A start on a large repository: a fresh ``git worktree add`` against a pooled worktree
+    (branch switch, clean, move), median of ``reps`` each, side by side."""
+    from reconciler.node import git as gitops
+    from reconciler.node import pool
+
+    log(f"pool: a repository of {files} files")
+    base = box.root / "pool"
+    seed = base / "seed"
+    seed.mkdir(parents=True)
+    for i in range(files):
+        directory = seed / f"d{i // 500:03d}"
+        directory.mkdir(exist_ok=True)
+        (directory / f"f{i:05d}.txt").write_text(f"file {i}\n" * 20, encoding="utf-8")
+    box.git("init", "-q", "-b", "main", cwd=seed)
+    box.git("add", "-A", cwd=seed)
+    box.git("commit", "-q", "-m", "big", cwd=seed)
+    origin = base / "origin.git"
+    box.git("clone", "-q", "--bare", str(seed), str(origin), cwd=base)
+    checkout = base / "checkout"
+    box.git("clone", "-q", str(origin), str(checkout), cwd=base)
+    shutil.rmtree(seed)
+    root = base / "worktrees"
+    directory = pool.pool_dir(str(root), "big", "main")
+    fresh: list[float] = []
+    pooled: list[float] = []
+    for rep in range(reps):
+        t0 = time.perf_counter()
+        gitops.prepare_workspace(
+            str(checkout), str(root / "big" / f"fresh{rep}"), f"agent/fresh{rep}", "main", "origin"
+        )
+        fresh.append(time.perf_counter() - t0)
+        pool.fill(str(checkout), directory, base="main", remote="origin", size=1, sparse=[])
+        gitops.fetch_base(str(checkout), "origin", "main")  # as the node does before a take
+        t0 = time.perf_counter()
+        taken = pool.take(
+            str(checkout),
+            directory,
+            str(root / "big" / f"pooled{rep}"),
+            branch=f"agent/pooled{rep}",
+            base="main",
+            remote="origin",
+        )
+        pooled.append(time.perf_counter() - t0)
+        if taken is None:
+            raise SystemExit("the pool had no worktree to hand out")
+    ratio = median(pooled) / median(fresh)
+    table.add(
+        f"start on a {files}-file repository, pooled / fresh worktree",
+        f"{ratio:.2f} ({median(pooled):.3f}s / {median(fresh):.3f}s; median of {reps})",
+        "≤ 0.5",
+        ratio <= 0.5,
+    )
+
+
 # -------------------------------------------------------------------------------------- main
 
 
@@ -1360,6 +1418,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--transport-tasks", type=int, default=TRANSPORT_TASKS, help="tasks per transport pass"
+    )
+    parser.add_argument(
+        "--pool-files", type=int, default=10000, help="files in the pool figure's repository"
     )
     parser.add_argument("--skip", default="", help=f"comma list of: {', '.join(SECTIONS)}")
     parser.add_argument("--only", default="", help="comma list of the sections to run alone")
@@ -1391,6 +1452,8 @@ def main(argv: list[str] | None = None) -> int:
             github_figures(box, table, args.github_tasks)
         if "transports" not in skip:
             transport_figures(box, table, args.transport_tasks)
+        if "pool" not in skip:
+            pool_figures(box, table, args.pool_files, args.reps)
     elapsed = time.perf_counter() - started
     print()
     sys.stdout.write(table.render())

@@ -36,6 +36,8 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
             "0.1",
             "--limit",
             "120",
+            "--pool-files",
+            "200",
             "--github-tasks",
             "350",
             "--transport-tasks",
@@ -67,6 +69,7 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         "agent killed → slot refilled",
         "GitHub requests, first pass, 350 tasks / 5 repos",
         "GitHub points, unchanged second pass",
+        "start on a 200-file repository, pooled / fresh worktree",
         # printed as skipped (with the reason) where the bench is not root or sshd is missing
         "node batch, in-process / local user / ssh",
         "pass over 20 tasks, ssh / in-process",
