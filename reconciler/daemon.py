@@ -289,13 +289,22 @@ class Daemon:
         ok = result.report is None or result.report.ok
         if not result.plan.empty or reasons.keys() - {"interval"}:
             text = self.summary(result) or f"{len(result.plan.actions)} actions"
+            running: Counter[str] = Counter(
+                t.lane for t in result.plan.tasks if t.phase.value == "running"
+            )
+            slots = {
+                name: f"{running[name]}/{spec.max_concurrency}"
+                for name, spec in sorted(desired.lanes.items())
+            }
+            shown = " · ".join(f"{n} {v}" for n, v in slots.items())
             self.log(
                 "pass",
-                f"pass {self.passes} ({why}): {text}",
+                f"pass {self.passes} ({why}): {text}" + (f"  [slots {shown}]" if shown else ""),
                 number=self.passes,
                 reasons=dict(reasons),
                 actions=len(result.plan.actions),
                 failed=len(result.report.failed) if result.report else 0,
+                slots=slots,
             )
         return ok, result
 

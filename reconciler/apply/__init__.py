@@ -374,6 +374,14 @@ class Applier:
         crash_point("after-run-intent")
         try:
             run = self._spawn(action, task, lane, ref)
+        except LaneUnavailable:
+            # The lane could not be reached: the start was not carried out (or, if the batch got
+            # there and only its answer was lost, the next pass finds the run and adopts it).
+            # A network blip must not cost an attempt: forget the intent, plan it again.
+            with self.store.transaction() as tx:
+                tx.delete_run(task.name, action.attempt, action.iteration)
+                self.event(task.name, "start-undelivered", "the lane was unreachable", tx)
+            raise
         except NodeError as exc:
             # The run never started: record it as crashed with the lane's reason, so the task
             # backs off and, if the cause persists, fails with that reason instead of looping.
@@ -396,8 +404,7 @@ class Applier:
                 task.name,
                 action.attempt,
                 action.iteration,
-                run_dir=run.run_dir,
-                started_at=run.started_at,
+                run_dir=run.run_dir,  # started_at stays the intent's: the reconciler's clock
                 session_id=run.session_id,
                 pid=fp.pid if fp else None,
                 boot_id=fp.boot_id if fp else None,

@@ -8,6 +8,7 @@ that the planner treats its tasks as ``unknown`` and prunes or restarts nothing 
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Mapping
 from typing import Literal
 
@@ -96,7 +97,26 @@ def _observe_lane(
         preflight=tuple(checks),
         runs_root=result.runs_root,
     )
-    return view, result.runs
+    return view, on_our_clock(result.runs, time.time() - result.now)
+
+
+SKEW_TOLERANCE = 2.0  # seconds: a round trip and ordinary drift
+
+
+def on_our_clock(runs: list[RunObs], skew: float) -> list[RunObs]:
+    """A lane's run timestamps moved onto the reconciler's clock. A host whose clock is off
+    (no NTP) would otherwise make runs look stalled, or never stall, and backoffs wrong."""
+    if abs(skew) < SKEW_TOLERANCE:
+        return runs
+    moved = []
+    for run in runs:
+        update: dict[str, object] = {"started_at": run.started_at + skew}
+        if run.last_output_at is not None:
+            update["last_output_at"] = run.last_output_at + skew
+        if run.exit is not None:
+            update["exit"] = run.exit.model_copy(update={"ended_at": run.exit.ended_at + skew})
+        moved.append(run.model_copy(update=update))
+    return moved
 
 
 def _unrecorded_ends(

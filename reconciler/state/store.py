@@ -480,6 +480,13 @@ class Transaction:
         """Insert the run or replace all its fields (its task must exist)."""
         self._exec(_RUNS.upsert, _RUNS.values(row))
 
+    def delete_run(self, task: str, attempt: int, iteration: int) -> None:
+        """Forget a run whose start never reached its lane (nothing of it exists anywhere)."""
+        self._exec(
+            "DELETE FROM runs WHERE task = ? AND attempt = ? AND iteration = ?",
+            (task, attempt, iteration),
+        )
+
     def update_run(self, task: str, attempt: int, iteration: int, /, **fields: object) -> None:
         """Set some fields of an existing run; TypeError for unknown fields, KeyError if absent."""
         self._update(_RUNS, (task, attempt, iteration), fields)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from world import World, git
+
+from reconciler.engine import Context, Engine
 
 
 def test_every_kind_of_agent_reaches_its_phase_and_slots_hold(world: World) -> None:
@@ -304,3 +309,55 @@ def test_a_lane_with_a_warm_pool_converges_and_keeps_the_pool_full(world: World)
         assert (world.home / "worktrees/web/web-repo" / name / ".deps").is_file()
     listed = git(world.home / "src" / "web-repo", "worktree", "list", "--porcelain")
     assert listed.count("detached") == 2  # the idle ones; the tasks' are on their branches
+
+
+class SkewedTransport:
+    """A lane on a host whose clock is an hour behind: every time it reports is off."""
+
+    def __init__(self, skew: float) -> None:
+        from reconciler.lanes import InProcessTransport
+
+        self.inner = InProcessTransport()
+        self.skew = skew
+
+    def exchange(self, batch: Any) -> Any:
+        from reconciler.protocol import BatchResult
+
+        result = self.inner.exchange(batch)
+        responses = []
+        for response in result.responses:
+            data = response.result
+            if response.ok and data and "runs" in data and "now" in data:
+                data = json.loads(json.dumps(data))
+                data["now"] += self.skew
+                for run in data["runs"]:
+                    run["started_at"] += self.skew
+                    if run.get("last_output_at") is not None:
+                        run["last_output_at"] += self.skew
+                    if run.get("exit"):
+                        run["exit"]["ended_at"] += self.skew
+                responses.append(response.model_copy(update={"result": data}))
+            else:
+                responses.append(response)
+        return BatchResult(responses=responses)
+
+
+def test_a_lane_whose_clock_is_off_is_judged_on_the_reconcilers_clock(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reconciler.lanes as lanes
+
+    world.lane("web")
+    world.lanes["web"]["env"] = {"SLOW_STEPS": "40"}
+    world.task("slow", "web", "slow")
+    world.commit()
+    assert world.cli("apply", "--yes").returncode == 0
+    assert "slow" in world.live_agents()
+    monkeypatch.setattr(lanes, "transport_for", lambda _n, _s: SkewedTransport(-3600.0))
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    desired = engine.load()
+    with engine.reading() as store:
+        plan, _ = engine.observe_and_plan(desired, store)
+    # an hour-old clock would make the busy agent look silent for an hour: stalled
+    assert [a.kind.value for a in plan.actions] == [], plan.actions
+    assert {t.name: t.phase.value for t in plan.tasks}["slow"] == "running"

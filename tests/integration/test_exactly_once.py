@@ -14,7 +14,7 @@ import time
 from collections import Counter
 
 import pytest
-from world import World
+from world import World, _environ
 
 from reconciler.faults import POINTS
 
@@ -48,7 +48,12 @@ class CrashOnce:
 
     def check_invariants(self) -> None:
         live = self.world.live_agents()
-        assert all(len(pids) <= 2 for pids in live.values()), live  # agent (+ a git child)
+        # one live run per task: its processes (agent, git children) all carry one run dir
+        runs = {
+            task: {_environ(pid).get("RECONCILER_RUN_DIR") for pid in pids} - {None}
+            for task, pids in live.items()
+        }
+        assert all(len(dirs) <= 1 for dirs in runs.values()), runs
         heads = Counter(p["head"] for p in self.world.prs("web-repo"))
         assert all(n == 1 for n in heads.values()), heads
         opened = Counter(p["head"] for p in self.world.prs("web-repo") if p["state"] == "open")

@@ -531,12 +531,6 @@ def test_sshd_stopped_mid_run_changes_nothing_and_restarted_it_adopts_the_runs(
         assert rows[task].start_time == rows_before[task].start_time
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: apply records a run before dispatching its start; when the host cannot "
-    "be reached the start never happens, yet the next pass marks that run crashed (its "
-    "process is gone and it left no exit record), which costs an attempt",
-)
 def test_a_start_that_never_reached_the_host_costs_no_attempt(
     outage: Remote, own_sshd: Sshd
 ) -> None:
