@@ -99,21 +99,7 @@ def pids_with_env(name: str, value: str) -> list[int]:
     Children that called ``setsid`` escape their process group but keep the environment the
     supervisor gave them, so this finds what a group kill misses.
     """
-    needle = f"{name}={value}".encode()
-    found = []
-    for pid in _all_pids():
-        if pid == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                entries = f.read().split(b"\0")
-        except OSError:
-            continue  # another user's process, or gone
-        if needle in entries:
-            fields = _stat_fields(pid)
-            if fields is not None and _state(fields) not in ("Z", "X", "x"):
-                found.append(pid)
-    return found
+    return pids_by_env(name).get(value, [])
 
 
 def pids_by_env(name: str) -> dict[str, list[int]]:
