@@ -75,10 +75,11 @@ class TaskRef(Msg):
 
 
 class AgentRef(Msg):
-    kind: Literal["claude", "command"]
+    kind: Literal["claude", "codex", "aider", "gemini", "command"]
     command: list[str] | None = None
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    max_budget_usd: float | None = None  # the run's spending cap, where the agent enforces one
 
 
 class CheckResult(Msg):

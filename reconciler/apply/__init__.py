@@ -436,7 +436,9 @@ class Applier:
             iteration=action.iteration,
             generation=action.generation,
             prompt=compose_prompt(task, action),
-            agent=agent_ref(self.desired, task.spec.agent),
+            agent=agent_ref(self.desired, task.spec.agent).model_copy(
+                update={"max_budget_usd": action.budget_usd}
+            ),
             resume_session=action.resume_session,
             session_id=session_id,
             checks=[list(c) for c in task.spec.success.checks],

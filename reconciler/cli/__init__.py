@@ -405,11 +405,29 @@ def _task_json(s: TaskStatus) -> dict[str, Any]:
     }
 
 
+def _lane_spend(desired: Desired, store: Store, now: float) -> dict[str, dict[str, Any]]:
+    """Per lane: what its runs started since 00:00 UTC spent, and its daily budget."""
+    midnight = now - now % 86400
+    spend: dict[str, dict[str, Any]] = {
+        name: {"todayUsd": 0.0, "todayTokens": 0} for name in desired.lanes
+    }
+    for run in store.runs():
+        if run.lane in spend and run.started_at >= midnight:
+            spend[run.lane]["todayUsd"] += run.cost_usd or 0.0
+            spend[run.lane]["todayTokens"] += (run.input_tokens or 0) + (run.output_tokens or 0)
+    for name, lane in desired.lanes.items():
+        spend[name]["todayUsd"] = round(spend[name]["todayUsd"], 6)
+        spend[name]["budgetUsd"] = lane.budget.max_cost_usd
+        spend[name]["budgetTokens"] = lane.budget.max_tokens
+    return spend
+
+
 def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
-    _, plan, store = _statuses(engine)
+    desired, plan, store = _statuses(engine)
     try:
         ages = {name: row.first_seen for name, row in store.tasks().items()}
         problems = [p for p in (store.get_meta("control_problem"),) if p]
+        lanes = _lane_spend(desired, store, plan.now)
     finally:
         store.close()
     fetch = engine.control.fetch_error
@@ -418,6 +436,8 @@ def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
     if args.json:
         data = status_json(plan)
         data["controlProblem"] = "; ".join(problems) or None
+        data["lanes"] = lanes
+        data["spendUsd"] = round(sum(t.cost_usd for t in plan.tasks), 6)
         print(json.dumps(data, indent=2))
         return EXIT_OK
     for problem in problems:
@@ -430,6 +450,12 @@ def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
         counts[s.phase.value] = counts.get(s.phase.value, 0) + 1
     summary = ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items()))
     print(f"\nRevision {plan.revision[:12]}: {summary or 'no tasks'}; spend ${total:.2f}.")
+    today = [
+        f"{name} ${v['todayUsd']:.2f}" + (f" of ${v['budgetUsd']:.2f}" if v["budgetUsd"] else "")
+        for name, v in sorted(lanes.items())
+    ]
+    if today:
+        print(f"Spend today (UTC) per lane: {', '.join(today)}.")
     return EXIT_OK
 
 

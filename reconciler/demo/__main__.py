@@ -73,6 +73,12 @@ def setup() -> None:
     bin_dir.mkdir(parents=True)
     shutil.copy(AGENT, bin_dir / "demo-agent")
     (bin_dir / "demo-agent").chmod(0o755)
+    # What `claude` leaves after a login, so pre-flight's agent-auth check passes; the demo
+    # agent needs no credentials.
+    login = HOME / ".claude" / ".credentials.json"
+    login.parent.mkdir(mode=0o700)
+    login.write_text('{"demo": "stand-in for a claude login"}\n')
+    login.chmod(0o600)
     CONTROL.mkdir()
     shutil.copytree(MANIFESTS, CONTROL / "manifests")
     git("init", "-q", "-b", "main", cwd=CONTROL)

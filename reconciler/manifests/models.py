@@ -232,6 +232,11 @@ class SshSpec(Spec):
     timeout: Duration = Field(60.0, gt=0, description="limit for one batch, connection included")
 
 
+class Budget(Spec):
+    max_cost_usd: float | None = Field(None, gt=0, description="dollars, as the agent reports")
+    max_tokens: int | None = Field(None, gt=0, description="input plus output tokens")
+
+
 class LaneSpec(Spec):
     user: str | None = Field(None, description="Linux user; omitted: the reconciler's own user")
     host: Host = Field(
@@ -244,6 +249,10 @@ class LaneSpec(Spec):
     )
     max_concurrency: int = Field(1, ge=1, le=10_000, description="slots for this lane")
     workspace_root: str = Field("~/worktrees", description="worktrees and run directories")
+    budget: Budget = Field(
+        default_factory=Budget,
+        description="what the lane's runs may spend per UTC day; no new runs once spent",
+    )
     min_free_disk: ByteSize = Field(
         ByteSize(1 << 30),
         description="pre-flight blocks the lane when less is free at the workspace root "
@@ -304,7 +313,7 @@ class LaneSpec(Spec):
 
 
 class AgentSpec(Spec):
-    kind: Literal["claude", "command"] = Field(description="adapter")
+    kind: Literal["claude", "codex", "aider", "gemini", "command"] = Field(description="adapter")
     command: list[str] | None = Field(
         None,
         min_length=1,
@@ -397,6 +406,10 @@ class TaskSpec(Spec):
     depends_on: list[Name] = Field(default_factory=list)
     paused: bool = False
     pr: PullRequestSpec = Field(default_factory=PullRequestSpec)
+    budget: Budget = Field(
+        default_factory=Budget,
+        description="what the task may spend over all its runs; no further runs once spent",
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> TaskSpec:

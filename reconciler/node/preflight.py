@@ -58,6 +58,9 @@ def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
     checks.append(_login_env_check())
     for agent in req.agents:
         checks.append(_agent_check(lane, agent))
+        auth = _auth_check(lane, agent)
+        if auth is not None:
+            checks.append(auth)
     return checks
 
 
@@ -204,8 +207,80 @@ def _login_env_check() -> PreflightCheck:
     )
 
 
+# Per agent kind: the variables any one of which authenticates it, the files a login leaves in
+# the lane user's home, and how to fix it. Only presence is checked, inside the lane: no value
+# is read into the reconciler or returned by the check.
+AUTH: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "claude": (
+        (
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "CLAUDE_CODE_USE_BEDROCK",
+            "CLAUDE_CODE_USE_VERTEX",
+        ),
+        ("~/.claude/.credentials.json",),
+        "export ANTHROPIC_API_KEY in the lane user's ~/.profile, or run `claude` once as the "
+        "lane user and log in",
+    ),
+    "codex": (
+        ("CODEX_API_KEY", "OPENAI_API_KEY"),
+        ("~/.codex/auth.json",),
+        "export CODEX_API_KEY (or OPENAI_API_KEY) in the lane user's ~/.profile, or run "
+        "`codex login` as the lane user",
+    ),
+    "gemini": (
+        (
+            "GEMINI_API_KEY",
+            "GOOGLE_API_KEY",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_GENAI_USE_VERTEXAI",
+        ),
+        ("~/.gemini/oauth_creds.json",),
+        "export GEMINI_API_KEY in the lane user's ~/.profile, or run `gemini` once as the lane "
+        "user and log in",
+    ),
+    "aider": (
+        (
+            "ANTHROPIC_API_KEY",
+            "OPENAI_API_KEY",
+            "GEMINI_API_KEY",
+            "DEEPSEEK_API_KEY",
+            "OPENROUTER_API_KEY",
+            "AIDER_ANTHROPIC_API_KEY",
+            "AIDER_OPENAI_API_KEY",
+        ),
+        ("~/.aider/oauth-keys.env", "~/.env"),
+        "export the API key of the agent's model (e.g. ANTHROPIC_API_KEY) in the lane user's "
+        "~/.profile",
+    ),
+}
+
+
+def _auth_check(lane: Lane, agent: AgentRef) -> PreflightCheck | None:
+    rule = AUTH.get(agent.kind)
+    if rule is None:
+        return None
+    names, files, fix = rule
+    subject = (agent.command or [agent.kind])[0]  # as the agent check names it: blocks its tasks
+    env = agent_env(lane.ref.env, agent)
+    found = [n for n in names if env.get(n)]
+    if found:
+        return _ok("agent-auth", subject, f"{found[0]} is set for the {agent.kind} agent.")
+    logins = [f for f in files if os.path.isfile(os.path.expanduser(f))]
+    if logins:
+        return _ok("agent-auth", subject, f"{logins[0]} holds a {agent.kind} login.")
+    return _fail(
+        "agent-auth",
+        subject,
+        f"No credentials for the {agent.kind} agent: none of {', '.join(names)} is set in the "
+        f"lane's environment and there is no {' or '.join(files)}.",
+        fix,
+    )
+
+
 def _agent_check(lane: Lane, agent: AgentRef) -> PreflightCheck:
-    command = agent.command or (["claude"] if agent.kind == "claude" else [])
+    command = agent.command or ([agent.kind] if agent.kind != "command" else [])
     if not command:
         return _fail(
             "agent",

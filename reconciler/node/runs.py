@@ -369,6 +369,10 @@ def _spawn(
     spec = req.model_dump(mode="json", exclude={"lane", "prompt"})
     if not adapter.sessions:  # record no session the agent never had
         spec.update(session_id=None, resume_session=None)
+    elif req.session_id and req.session_id not in argv:
+        # the agent picks its own id (codex): the next iteration must resume that one, which
+        # its output reports, not an id it was never given
+        spec.update(session_id=None)
     spec.update(
         {
             "started_at": time.time(),

@@ -156,6 +156,7 @@ class Action:
     pr_number: int | None = None
     resume_session: str | None = None
     feedback: tuple[str, ...] = ()  # iterate/retry: concrete failures fed back to the agent
+    budget_usd: float | None = None  # what the run may still spend (task and lane budgets)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -175,6 +176,8 @@ class Action:
             data["resumeSession"] = self.resume_session
         if self.feedback:
             data["feedback"] = list(self.feedback)
+        if self.budget_usd is not None:
+            data["budgetUsd"] = self.budget_usd
         return data
 
     @classmethod
@@ -190,6 +193,7 @@ class Action:
             pr_number=data.get("pr"),
             resume_session=data.get("resumeSession"),
             feedback=tuple(data.get("feedback", ())),
+            budget_usd=data.get("budgetUsd"),
         )
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import signal as _signal
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from reconciler.durations import format_duration
-from reconciler.manifests.models import AgentSpec, ConfigSpec, Desired, LaneSpec, Task
+from reconciler.manifests.models import AgentSpec, Budget, ConfigSpec, Desired, LaneSpec, Task
 from reconciler.plan.model import (
     Action,
     ActionKind,
@@ -142,6 +143,18 @@ def pr_feedback(task: Task, pr: PullRequest, pushed: str | None) -> list[str]:
     return items
 
 
+def _over_budget(budget: Budget, runs: Iterable[RunView]) -> str | None:
+    """ "$x of $y" (or tokens) when ``runs`` spent ``budget``; None while within it."""
+    spent = list(runs)
+    cost = sum(r.cost_usd for r in spent)
+    tokens = sum(r.tokens for r in spent)
+    if budget.max_cost_usd is not None and cost >= budget.max_cost_usd:
+        return f"${cost:.2f} of ${budget.max_cost_usd:.2f}"
+    if budget.max_tokens is not None and tokens >= budget.max_tokens:
+        return f"{tokens} of {budget.max_tokens} tokens"
+    return None
+
+
 @dataclass
 class _Candidate:
     """A slot-needing action waiting for the slot filler."""
@@ -164,6 +177,7 @@ class _Planner:
     statuses: dict[str, TaskStatus] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     freed: set[str] = field(default_factory=set)  # run keys stopped or marked this pass
+    _lane_spend: dict[str, str | None] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ helpers
 
@@ -208,6 +222,39 @@ class _Planner:
             tokens=sum(r.tokens for r in runs),
             **kw,  # type: ignore[arg-type]
         )
+
+    def budget_left(self, task: Task) -> float | None:
+        """Dollars the next run of ``task`` may spend under its own and its lane's budgets."""
+        left: list[float] = []
+        if task.spec.budget.max_cost_usd is not None:
+            spent = sum(r.cost_usd for r in self.observed.runs.get(task.name, ()))
+            left.append(task.spec.budget.max_cost_usd - spent)
+        lane_budget = self.desired.lanes[task.spec.lane].budget.max_cost_usd
+        if lane_budget is not None:
+            midnight = self.now - self.now % 86400
+            today = sum(
+                r.cost_usd
+                for runs in self.observed.runs.values()
+                for r in runs
+                if r.lane == task.spec.lane and r.started_at >= midnight
+            )
+            left.append(lane_budget - today)
+        return round(max(0.0, min(left)), 4) if left else None
+
+    def lane_spent_today(self, lane: str) -> str | None:
+        """What the lane's runs started since 00:00 UTC spent, when it is past its daily
+        budget; None otherwise."""
+        if lane not in self._lane_spend:
+            budget = self.desired.lanes[lane].budget
+            midnight = self.now - self.now % 86400
+            today = [
+                r
+                for runs in self.observed.runs.values()
+                for r in runs
+                if r.lane == lane and r.started_at >= midnight
+            ]
+            self._lane_spend[lane] = _over_budget(budget, today)
+        return self._lane_spend[lane]
 
     def first_seen(self, task: str) -> float:
         record = self.observed.records.get(task)
@@ -313,6 +360,16 @@ class _Planner:
             )
             return
         open_pr = pr if pr is not None and pr.state == "open" else None
+
+        spent = _over_budget(task.spec.budget, runs)
+        if spent is not None and not any(r.alive for r in current):
+            if open_pr is not None:  # its work stands: a human can still review and merge it
+                why = f"budget exhausted ({spent}): no further iterations; review the PR"
+                self.status(name, Phase.PR_OPEN, lane_name, spec.repo, pr=open_pr, reason=why)
+            else:
+                why = f"budget exhausted ({spent}); raise spec.budget to go on"
+                self.status(name, Phase.FAILED, lane_name, spec.repo, reason=why)
+            return
 
         latest = current[-1] if current else None
         next_attempt = max((r.attempt for r in runs), default=0) + 1
@@ -608,12 +665,22 @@ class _Planner:
         phase: Phase,
         **kw: object,
     ) -> None:
+        spent = self.lane_spent_today(task.spec.lane)
+        if spent is not None:
+            why = (
+                f"lane {task.spec.lane} spent its daily budget ({spent}); new runs wait for "
+                "00:00 UTC, or raise the lane's spec.budget"
+            )
+            self.blocked.append(Blocked(task.name, why))
+            self.status(task.name, Phase.BLOCKED, task.spec.lane, task.spec.repo, reason=why)
+            return
         action = Action(
             kind=kind,
             task=task.name,
             lane=task.spec.lane,
             reason=reason,
             generation=task.generation,
+            budget_usd=self.budget_left(task),
             **kw,  # type: ignore[arg-type]
         )
         self.candidates.append(

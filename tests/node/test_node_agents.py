@@ -166,3 +166,15 @@ def test_command_parse_is_exit_code_and_tail(tmp_path: Path) -> None:
     assert "\ufffd" in result.final_text
     assert len(result.final_text) <= 64 * 1024
     assert not ADAPTERS["command"].parse(str(path), FAILED).ok
+
+
+def test_claude_gets_the_runs_spending_cap() -> None:
+    claude = ADAPTERS["claude"]
+    capped = AgentRef(kind="claude", max_budget_usd=0.375)
+    argv, _ = claude.build(capped, "/p.md", "sid", None)
+    assert argv[argv.index("--max-budget-usd") + 1] == "0.38"
+    own = capped.model_copy(update={"args": ["--max-budget-usd", "5"]})
+    argv, _ = claude.build(own, "/p.md", "sid", None)
+    assert argv.count("--max-budget-usd") == 1  # the agent's own flag wins
+    argv, _ = claude.build(AgentRef(kind="claude"), "/p.md", "sid", None)
+    assert "--max-budget-usd" not in argv

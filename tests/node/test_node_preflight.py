@@ -134,3 +134,60 @@ def test_login_env_comes_from_the_profile_and_a_hanging_profile_fails_with_the_f
     failed = checks["login-env", ""]
     assert not failed.ok and "did not finish" in failed.detail and "profile" in failed.fix
     loginenv._CACHE.clear()
+
+
+@pytest.mark.parametrize(
+    ("kind", "variable", "login"),
+    [
+        ("claude", "ANTHROPIC_API_KEY", ".claude/.credentials.json"),
+        ("codex", "CODEX_API_KEY", ".codex/auth.json"),
+        ("gemini", "GEMINI_API_KEY", ".gemini/oauth_creds.json"),
+        ("aider", "OPENAI_API_KEY", ".aider/oauth-keys.env"),
+    ],
+)
+def test_agent_credentials_are_checked_by_presence_only(
+    env: Env, monkeypatch: pytest.MonkeyPatch, kind: str, variable: str, login: str
+) -> None:
+    from reconciler.node import loginenv
+
+    loginenv._CACHE.clear()
+    home = Path(os.path.expanduser("~"))
+    agent = AgentRef(kind=kind, command=[sys.executable])
+
+    def auth() -> PreflightCheck:
+        return run(env, PreflightRequest(lane=env.lane, agents=[agent], min_free_bytes=1))[
+            "agent-auth", sys.executable
+        ]
+
+    missing = auth()
+    assert not missing.ok and variable in missing.detail and missing.fix
+    # the reconciler's own environment does not count: agents never see it
+    monkeypatch.setenv(variable, "sk-reconciler-own")
+    assert not auth().ok
+    # a key in the lane's env (or the login profile) does; its value never leaves the lane
+    keyed = agent.model_copy(update={"env": {variable: "sk-secret-value"}})
+    check = run(env, PreflightRequest(lane=env.lane, agents=[keyed], min_free_bytes=1))[
+        "agent-auth", sys.executable
+    ]
+    assert check.ok and variable in check.detail and "sk-secret-value" not in check.detail
+    # a login left in the lane user's home does too
+    (home / login).parent.mkdir(parents=True, exist_ok=True)
+    (home / login).write_text("{}")
+    assert auth().ok
+    loginenv._CACHE.clear()
+
+
+def test_an_agent_without_command_is_looked_up_by_its_kind(env: Env) -> None:
+    checks = run(
+        env,
+        PreflightRequest(
+            lane=env.lane,
+            agents=[AgentRef(kind="codex"), AgentRef(kind="command")],
+            min_free_bytes=1,
+        ),
+    )
+    assert (
+        not checks["agent", "codex"].ok
+        and "codex is not on PATH" in checks["agent", "codex"].detail
+    )
+    assert not checks["agent", "command"].ok and "no command" in checks["agent", "command"].detail

@@ -15,6 +15,7 @@ from reconciler.manifests.models import (
     make_task,
 )
 from reconciler.plan import (
+    Action,
     ActionKind,
     LaneView,
     Observed,
@@ -610,3 +611,57 @@ def test_pending_stale_or_exhausted_feedback_does_not_iterate() -> None:
     p = _after_success(d, _pr_with("failure", **failing), iteration=2)
     assert p.empty
     assert "all 2 iterations are used" in p.tasks[0].reason
+
+
+def test_a_spent_task_budget_ends_the_task_without_another_run() -> None:
+    d = desired(("t", task_spec(budget={"maxCostUsd": 1.0})))
+    check = CheckResult(argv=["pytest"], exit_code=1, output_tail="E fail")
+    first = run(d, "t", exit=exited(0, [check]), result=ok_result(), cost_usd=0.4)
+    p = plan(d, observed(runs={"t": [first]}), NOW)
+    assert kinds(p) == [("iterate", "t")]  # $0.40 of $1.00: go on
+    spent = run(d, "t", 1, 2, exit=exited(0, [check]), result=ok_result(), cost_usd=0.7)
+    p = plan(d, observed(runs={"t": [first, spent]}), NOW)
+    assert kinds(p) == []
+    assert phase(p, "t") is Phase.FAILED
+    assert "budget exhausted ($1.10 of $1.00)" in p.tasks[0].reason
+    # with an open PR, the work stands: no further iteration, the PR stays for review
+    tokens = desired(("t", task_spec(budget={"maxTokens": 100})))
+    big = run(tokens, "t", exit=exited(0, [check]), result=ok_result(), tokens=150)
+    p = plan(tokens, observed(runs={"t": [big]}, repo=RepoView(prs={"agent/t": pr()})), NOW)
+    assert kinds(p) == [] and phase(p, "t") is Phase.PR_OPEN
+    assert "150 of 100 tokens" in p.tasks[0].reason
+
+
+def test_a_lane_past_its_daily_budget_starts_nothing_new_until_midnight() -> None:
+    capped = lane()
+    capped = capped.model_copy(
+        update={"budget": capped.budget.model_copy(update={"max_cost_usd": 2.0})}
+    )
+    d = desired(("old", task_spec()), ("new", task_spec()), lanes={"web": capped})
+    today = run(d, "old", exit=exited(0), result=ok_result(), cost_usd=2.5, started_at=NOW - 60)
+    p = plan(d, observed(runs={"old": [today]}), NOW)
+    assert ("start", "new") not in kinds(p)
+    assert phase(p, "new") is Phase.BLOCKED
+    assert "daily budget ($2.50 of $2.00)" in {b.task: b.reason for b in p.blocked}["new"]
+    # what was spent yesterday does not count today
+    yesterday = replace(today, started_at=NOW - NOW % 86400 - 60)
+    p = plan(d, observed(runs={"old": [yesterday]}), NOW)
+    assert ("start", "new") in kinds(p)
+
+
+def test_a_run_is_told_what_it_may_still_spend() -> None:
+    capped = lane()
+    capped = capped.model_copy(
+        update={"budget": capped.budget.model_copy(update={"max_cost_usd": 5.0})}
+    )
+    d = desired(
+        ("t", task_spec(budget={"maxCostUsd": 1.0})), ("u", task_spec()), lanes={"web": capped}
+    )
+    check = CheckResult(argv=["pytest"], exit_code=1, output_tail="E fail")
+    first = run(d, "t", exit=exited(0, [check]), result=ok_result(), cost_usd=0.25)
+    p = plan(d, observed(runs={"t": [first]}), NOW)
+    budgets = {a.task: a.budget_usd for a in p.actions}
+    assert budgets == {"t": 0.75, "u": 4.75}  # the task's own cap, else what the lane has left
+    assert Action.from_json(p.actions[0].to_json()) == p.actions[0]
+    free = desired(("v", task_spec()))
+    assert plan(free, observed(), NOW).actions[0].budget_usd is None

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from reconciler.node.agents.aider import AiderAdapter
 from reconciler.node.agents.claude import ClaudeAdapter
+from reconciler.node.agents.codex import CodexAdapter
 from reconciler.node.agents.command import CommandAdapter
+from reconciler.node.agents.gemini import GeminiAdapter
 from reconciler.protocol import AgentRef, AgentResult, ExitInfo
 
 
@@ -31,8 +34,19 @@ class Adapter(Protocol):
 
 
 ADAPTERS: dict[str, Adapter] = {
+    "aider": AiderAdapter(),
     "claude": ClaudeAdapter(),
+    "codex": CodexAdapter(),
     "command": CommandAdapter(),
+    "gemini": GeminiAdapter(),
 }
 
-__all__ = ["ADAPTERS", "Adapter", "ClaudeAdapter", "CommandAdapter"]
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "AiderAdapter",
+    "ClaudeAdapter",
+    "CodexAdapter",
+    "CommandAdapter",
+    "GeminiAdapter",
+]

@@ -9,33 +9,15 @@ from __future__ import annotations
 
 import json
 
+from reconciler.node.agents.values import FINAL_TEXT_LIMIT
+from reconciler.node.agents.values import clip as _clip
+from reconciler.node.agents.values import float_or_none as _float
+from reconciler.node.agents.values import int_or_none as _int
+from reconciler.node.agents.values import str_or_none as _str
 from reconciler.node.files import tail_bytes
 from reconciler.protocol import AgentRef, AgentResult, ExitInfo
 
 READ_LIMIT = 8 * 1024 * 1024
-FINAL_TEXT_LIMIT = 64 * 1024
-
-
-def _clip(text: str) -> str:
-    """The last 64 KiB (in UTF-8 bytes) of ``text``."""
-    data = text.encode("utf-8", errors="replace")
-    if len(data) <= FINAL_TEXT_LIMIT:
-        return text
-    return data[-FINAL_TEXT_LIMIT:].decode("utf-8", errors="replace")
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def last_result(data: bytes) -> dict[str, object] | None:
@@ -67,6 +49,9 @@ class ClaudeAdapter:
             argv += ["--resume", resume]
         elif session_id:
             argv += ["--session-id", session_id]
+        if agent.max_budget_usd is not None and "--max-budget-usd" not in agent.args:
+            # claude stops itself at the cap (result subtype error_max_budget_usd)
+            argv += ["--max-budget-usd", f"{agent.max_budget_usd:.2f}"]
         argv += agent.args
         return argv, True
 

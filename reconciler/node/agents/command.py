@@ -5,12 +5,12 @@ Success is the exit code alone. Must not interpret the program's output beyond k
 
 from __future__ import annotations
 
+from reconciler.node.agents.values import FINAL_TEXT_LIMIT
 from reconciler.node.errors import NodeError
 from reconciler.node.files import tail_bytes
 from reconciler.protocol import AgentRef, AgentResult, ExitInfo
 
 PLACEHOLDER = "{prompt_file}"
-FINAL_TEXT_LIMIT = 64 * 1024
 
 
 class CommandAdapter:

@@ -1,0 +1,141 @@
+"""The ``aider`` adapter: ``aider --message-file PROMPT --yes-always …``, one message, then exit.
+
+Aider has no machine-readable output: stdout is its human transcript (banner, the model's
+reply, ``Applied edit to …``, ``Commit …``, and one ``Tokens: … sent, … received. Cost: $…
+message, $… session.`` report per model call). Its exit status says little: it exits 0 after an
+API error (bad key, unreachable endpoint) as after a successful edit, so the verdict here is the
+exit status plus "the run did not end on a model error"; whether the work was done is for the
+task's success criteria (commits ahead, checks, markers) to say.
+
+Commits are aider's: ``--auto-commits`` is passed unless ``args`` say ``--no-auto-commits``.
+Under ``--yes-always`` aider declines every shell command the model proposes (``git commit``
+included), and the reconciler never commits for an agent, so without auto-commits a task with
+``requireCommits`` could never succeed. The chat and input histories go to the run directory,
+not into the worktree. No sessions: aider has no resumable session id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from reconciler.node.agents.values import FINAL_TEXT_LIMIT
+from reconciler.node.files import tail_bytes
+from reconciler.protocol import AgentRef, AgentResult, ExitInfo
+
+READ_LIMIT = 8 * 1024 * 1024
+CHAT_HISTORY = "aider.chat.history.md"
+INPUT_HISTORY = "aider.input.history"
+API_ERROR = "api_error"
+
+# Always passed: headless, plain, quiet and private. Aider's options parser reads the command
+# line after config files and AIDER_* variables, so these win over a repository's
+# .aider.conf.yml. --no-analytics turns analytics off for this run only (--analytics-disable
+# would write a permanent opt-out into the lane user's ~/.aider); --no-gitignore stops aider
+# from adding `.aider*` to the repository's .gitignore, a change nobody asked for.
+FIXED_FLAGS = (
+    "--yes-always",
+    "--no-pretty",
+    "--no-stream",
+    "--no-check-update",
+    "--no-show-release-notes",
+    "--no-analytics",
+    "--no-gitignore",
+)
+
+# A count as aider prints it: "672", "1,204" (older versions), "2.3k", "12k".
+_COUNT = r"(\d[\d,]*(?:\.\d+)?[kKmM]?)"
+# Whitespace between words may be a line break: aider prints through rich, which wraps long
+# lines at the console width (80 columns when stdout is not a terminal, unless COLUMNS is set).
+_TOKENS = re.compile(
+    rf"^[ \t]*Tokens:\s+{_COUNT}\s+sent,"
+    rf"(?:\s+{_COUNT}\s+cache\s+write,)?"
+    rf"(?:\s+{_COUNT}\s+cache\s+hit,)?"
+    rf"\s+{_COUNT}\s+received\.",
+    re.MULTILINE,
+)
+# "message" in current aider, "request" in older versions.
+_COST = re.compile(
+    r"Cost:\s+\$(\d+(?:\.\d+)?)\s+(?:message|request),\s+\$(\d+(?:\.\d+)?)\s+session\."
+)
+# Model-call failures as aider prints them (litellm's exception text), at the start of a line.
+_MODEL_ERROR = re.compile(r"^litellm\.[A-Za-z]+(?:Error|Exception)\b", re.MULTILINE)
+# aider's line for a commit it made: "Commit 3f2a1bc fix: …".
+_COMMIT = re.compile(r"^Commit [0-9a-f]{7,40}\b", re.MULTILINE)
+
+
+def _has_flag(args: list[str], *names: str) -> bool:
+    """Whether ``args`` hold one of ``names`` as ``--name`` or ``--name=value``."""
+    return any(arg in names or arg.split("=", 1)[0] in names for arg in args)
+
+
+def count(text: str) -> int:
+    """A token count as aider prints it: ``2.3k`` → 2300, ``1,204`` → 1204."""
+    text = text.replace(",", "")
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
+    if scale != 1:
+        text = text[:-1]
+    return round(float(text) * scale)
+
+
+def _decode_tail(data: bytes) -> str:
+    """``data`` as text, without the partial UTF-8 character a byte window may start with."""
+    skip = 0
+    while skip < min(3, len(data)) and data[skip] & 0xC0 == 0x80:
+        skip += 1
+    return data[skip:].decode("utf-8", errors="replace")
+
+
+class AiderAdapter:
+    # Nothing to strip: the agent's environment is built from the lane user's login environment
+    # (never the reconciler's), and AIDER_* variables in the lane's or agent's env are the
+    # operator's configuration of aider, which it should see.
+    strip_env: frozenset[str] = frozenset()
+    # Aider keeps no session a later process can resume by id (--restore-chat-history replays
+    # a Markdown transcript, all or nothing); every iteration starts a fresh chat.
+    sessions: bool = False
+
+    def build(
+        self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None
+    ) -> tuple[list[str], bool]:
+        args = list(agent.args)
+        argv = [*(agent.command or ["aider"]), "--message-file", prompt_file, *FIXED_FLAGS]
+        if not _has_flag(args, "--auto-commits", "--no-auto-commits"):
+            argv.append("--auto-commits")
+        run_dir = os.path.dirname(prompt_file)
+        if not _has_flag(args, "--chat-history-file"):
+            argv += ["--chat-history-file", os.path.join(run_dir, CHAT_HISTORY)]
+        if not _has_flag(args, "--input-history-file"):
+            argv += ["--input-history-file", os.path.join(run_dir, INPUT_HISTORY)]
+        argv += args
+        return argv, False  # the prompt travels in the file; stdin is /dev/null
+
+    def parse(self, output_path: str, exit: ExitInfo) -> AgentResult:
+        data = tail_bytes(output_path, READ_LIMIT)
+        if len(data) == READ_LIMIT:
+            data = data.partition(b"\n")[2]  # the first line was cut by the read window
+        text = data.decode("utf-8", errors="replace")
+        input_tokens = output_tokens = None
+        last_report = -1
+        for m in _TOKENS.finditer(text):
+            # One report per model call, counting that call only: the run's total is the sum.
+            input_tokens = (input_tokens or 0) + count(m.group(1))
+            output_tokens = (output_tokens or 0) + count(m.group(4))
+            last_report = m.end()
+        costs = _COST.findall(text)
+        cost_usd = float(costs[-1][1]) if costs else None  # the session total so far
+        errors = [m.start() for m in _MODEL_ERROR.finditer(text)]
+        commits = [m.start() for m in _COMMIT.finditer(text)]
+        # A model error after the last usage report: the last call failed (retries exhausted,
+        # a rejected key, …) and aider gave up, yet it exits 0. A transient error that aider
+        # retried successfully is followed by that call's report; a failed commit-message call
+        # (the weak model, which prints no report) is followed by the commit, made anyway.
+        ended_on_error = bool(errors) and errors[-1] > max([last_report, *commits])
+        return AgentResult(
+            ok=exit.exit_code == 0 and not ended_on_error,
+            subtype=API_ERROR if ended_on_error else None,
+            cost_usd=cost_usd,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            final_text=_decode_tail(data[-FINAL_TEXT_LIMIT:]),
+        )
