@@ -392,10 +392,6 @@ def repoint(path: str, branch: str, start: str) -> None:
     run(["clean", "-ffd", "--quiet"], path)
 
 
-def dirty(path: str) -> bool:
-    return bool(run(["status", "--porcelain", "--untracked-files=all"], path).stdout.strip())
-
-
 def move_worktree(checkout: str, source: str, target: str) -> None:
     proc = run(["worktree", "move", source, target], checkout, check=False)
     if proc.returncode != 0:

@@ -2,11 +2,11 @@
 
 A pooled worktree is a detached worktree of the lane's checkout at a base commit, kept under
 ``<workspaceRoot>/.pool/<repo>/<base>/<id>``. Taking one for a task (under the repository's
-worktree lock): bring it to the base as the remote has it now (``checkout --detach``), put the
-task's branch there (``checkout -B``), remove everything git does not track (``clean -ffd``;
-ignored files such as installed dependencies stay), check that ``status`` is clean and HEAD is
-the base, and ``git worktree move`` it into the task's place. A worktree that fails any of that
-is removed, never handed out. Filling creates what is missing, one ``worktree add`` each.
+worktree lock): put the task's branch at the base as the remote has it now, with every tracked
+file back to that commit (``checkout --force -B``), remove everything git does not track
+(``clean -ffd``; ignored files such as installed dependencies stay), check that HEAD is the base,
+and ``git worktree move`` it into the task's place. A worktree that fails any of that is
+removed, never handed out. Filling creates what is missing, one ``worktree add`` each.
 """
 
 from __future__ import annotations
@@ -109,10 +109,10 @@ def take(
             if not _usable(checkout, path):
                 continue
             try:
+                # checkout --force and clean leave it clean by construction: only HEAD is checked
                 gitops.repoint(path, branch, start)
-                head = gitops.resolve(path, "HEAD")
-                if head != base_sha or gitops.dirty(path):
-                    raise NodeError(f"pooled worktree {path} is not clean at {base} after reset")
+                if gitops.resolve(path, "HEAD") != base_sha:
+                    raise NodeError(f"pooled worktree {path} is not at {base} after the reset")
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 gitops.move_worktree(checkout, path, target)
             except NodeError:
