@@ -343,6 +343,7 @@ class ReadLogRequest(Msg):
     iteration: int
     offset: int = 0
     limit: int = 1 << 20
+    render: bool = False  # the agent's events as readable lines (whole lines only)
 
 
 Request = Annotated[

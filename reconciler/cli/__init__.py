@@ -154,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("logs", "the agent's output for a run")
     p.add_argument("task")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="the agent's output as it wrote it (default: its events as readable lines)",
+    )
     p.add_argument("--run", help="ATTEMPT.ITERATION (default: the latest run)")
     command("doctor", "pre-flight checks of every lane, as a table")
     p = command("schema", "write the JSON Schemas of the manifest kinds")
@@ -587,7 +592,12 @@ def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
     while True:
         chunk = lane.one(
             ReadLogRequest(
-                lane=lane.ref, task=args.task, attempt=attempt, iteration=iteration, offset=offset
+                lane=lane.ref,
+                task=args.task,
+                attempt=attempt,
+                iteration=iteration,
+                offset=offset,
+                render=not args.raw,
             ),
             LogResult,
         )

@@ -23,6 +23,7 @@ from pathlib import Path
 from reconciler.node import files
 from reconciler.node import git as gitops
 from reconciler.node.agents import ADAPTERS, Adapter
+from reconciler.node.agents.render import render_line
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import NAME, Lane, is_under
 from reconciler.node.loginenv import DEFAULT_PATH, login_env
@@ -500,7 +501,14 @@ def _complete_utf8(data: bytes) -> int:
 
 
 def read_log(
-    lane: Lane, task: str, attempt: int, iteration: int, *, offset: int, limit: int
+    lane: Lane,
+    task: str,
+    attempt: int,
+    iteration: int,
+    *,
+    offset: int,
+    limit: int,
+    render: bool = False,
 ) -> LogResult:
     """Output from ``offset``; ``ended`` once the run is over and everything has been read."""
     if offset < 0 or limit <= 0:
@@ -523,10 +531,19 @@ def read_log(
     end = offset + len(data)
     if not (over and end >= size):
         data = data[: _complete_utf8(data)]  # the rest of the character comes next time
+        if render and b"\n" in data:
+            data = data[: data.rindex(b"\n") + 1]  # events are whole lines: the rest next time
+        elif render and len(data) < limit:
+            data = b""  # a line still being written (one longer than the window is shown raw)
         end = offset + len(data)
-    return LogResult(
-        data=data.decode("utf-8", errors="replace"), offset=end, ended=over and end >= size
-    )
+    text = data.decode("utf-8", errors="replace")
+    if render:
+        spec = files.read_json(os.path.join(run_dir, files.RUN_JSON)) or {}
+        agent = spec.get("agent")
+        kind = str(agent.get("kind", "")) if isinstance(agent, dict) else ""
+        shown = [out for line in text.splitlines() for out in render_line(kind, line)]
+        text = "".join(f"{line}\n" for line in shown)
+    return LogResult(data=text, offset=end, ended=over and end >= size)
 
 
 def _text(value: object) -> str | None:

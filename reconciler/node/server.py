@@ -234,7 +234,15 @@ def _forge_merge(lane: Lane, req: ForgeMergeRequest) -> BaseModel:
 
 
 def _read_log(lane: Lane, req: ReadLogRequest) -> BaseModel:
-    return read_log(lane, req.task, req.attempt, req.iteration, offset=req.offset, limit=req.limit)
+    return read_log(
+        lane,
+        req.task,
+        req.attempt,
+        req.iteration,
+        offset=req.offset,
+        limit=req.limit,
+        render=req.render,
+    )
 
 
 _HANDLERS: dict[str, Callable[[Lane, Any], BaseModel]] = {
