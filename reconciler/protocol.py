@@ -139,6 +139,8 @@ class RunObs(Msg):
     exit: ExitInfo | None = None
     output_bytes: int = 0
     last_output_at: float | None = None  # newest mtime of output, stderr and check logs
+    progress_offset: int | None = None  # end of the agent's last own event in its output
+    tokens_so_far: int | None = None  # what a running agent's events report spending
     result: AgentResult | None = None  # parsed when the run has ended and inspect was asked
     commits_ahead: int | None = None  # at inspection time
     dirty: list[str] = Field(default_factory=list)  # `git status --porcelain` lines, ≤ 50

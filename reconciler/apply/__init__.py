@@ -308,6 +308,12 @@ class Applier:
                             exit_code=view.exit.exit_code,
                             signal=view.exit.signal,
                         )
+                    if view.progress_offset is not None and (
+                        row is None or row.progress_offset != view.progress_offset
+                    ):
+                        fields.update(
+                            progress_offset=view.progress_offset, progress_at=view.last_progress_at
+                        )
                     if result is not None and (row is None or row.cost_usd is None):
                         fields.update(
                             session_id=result.session_id or (row.session_id if row else None),

@@ -171,6 +171,7 @@ def _merge_runs(
     world: list[tuple[str, RunObs]], rows: list[RunRow], unreachable: set[str]
 ) -> dict[str, tuple[RunView, ...]]:
     """Runs as the lanes report them, plus the runs only state remembers, by task."""
+    now = time.time()
     by_key: dict[tuple[str, int, int], RunRow] = {(r.task, r.attempt, r.iteration): r for r in rows}
     seen: set[tuple[str, int, int]] = set()
     merged: dict[str, list[RunView]] = {}
@@ -187,6 +188,14 @@ def _merge_runs(
             if result
             else ((row.input_tokens or 0) + (row.output_tokens or 0) if row else 0)
         )
+        if result is None and obs.tokens_so_far:
+            tokens = max(tokens, obs.tokens_so_far)  # a running agent's spend, from its events
+        progress_at: float | None = None
+        if obs.progress_offset is not None:
+            moved = row is None or row.progress_offset != obs.progress_offset
+            progress_at = (
+                now if moved or row is None or row.progress_at is None else row.progress_at
+            )
         merged.setdefault(obs.task, []).append(
             RunView(
                 task=obs.task,
@@ -211,6 +220,8 @@ def _merge_runs(
                 or (result.session_id if result else None),
                 cost_usd=cost,
                 tokens=tokens,
+                progress_offset=obs.progress_offset,
+                last_progress_at=progress_at,
             )
         )
     for row in rows:

@@ -40,6 +40,9 @@ class RunView:
     session_id: str | None = None
     cost_usd: float = 0.0
     tokens: int = 0
+    # agents with an event stream: where their last own event ends, and when that last moved
+    progress_offset: int | None = None
+    last_progress_at: float | None = None
 
     @property
     def key(self) -> str:

@@ -521,14 +521,31 @@ class _Planner:
     ) -> None:
         spec = task.spec
         age = self.now - run.started_at
-        quiet = self.now - (run.last_output_at or run.started_at)
+        # An agent with an event stream progresses when it emits its own events; heartbeats and
+        # noise grow the output without that. Others progress when their output grows.
+        by_events = run.last_progress_at is not None
+        quiet = self.now - (run.last_progress_at or run.last_output_at or run.started_at)
+        spent = _over_budget(spec.budget, self.observed.runs.get(task.name, ()))
         why: str | None = None
         if age > agent.timeout:
             why = f"running for {format_duration(age)}, past its timeout of "
             why += format_duration(agent.timeout)
         elif quiet > agent.stall_timeout:
-            why = f"no output for {format_duration(quiet)} (stallTimeout "
+            what = "no agent event" if by_events else "no output"
+            why = f"{what} for {format_duration(quiet)} (stallTimeout "
             why += f"{format_duration(agent.stall_timeout)})"
+        elif spent is not None and run.mark != "stopped":
+            why = f"budget exhausted ({spent}) during the run"
+            self.act(
+                ActionKind.STOP,
+                task.name,
+                spec.lane,
+                f"run {run.attempt}.{run.iteration}: {why}",
+                attempt=run.attempt,
+                iteration=run.iteration,
+            )
+            self.status(task.name, Phase.FAILED, spec.lane, spec.repo, pr=open_pr, reason=why)
+            return
         if why is not None:
             self.outcomes.append(Outcome(task.name, run.attempt, run.iteration, "stalled", (why,)))
             self.act(

@@ -88,6 +88,8 @@ class RunRow:
     boot_id: str | None = None
     start_time: int | None = None
     failures: str | None = None  # why the run failed its success criteria, one per line
+    progress_offset: int | None = None  # where the agent's last own event ended in its output
+    progress_at: float | None = None  # when that offset last moved (the reconciler's clock)
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,10 @@ MIGRATIONS: tuple[str, ...] = (
         value INTEGER NOT NULL
     );
     INSERT INTO serial (id, value) VALUES (1, 0);
+    """,
+    """
+    ALTER TABLE runs ADD COLUMN progress_offset INTEGER;
+    ALTER TABLE runs ADD COLUMN progress_at REAL;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -361,3 +361,46 @@ def test_a_lane_whose_clock_is_off_is_judged_on_the_reconcilers_clock(
     # an hour-old clock would make the busy agent look silent for an hour: stalled
     assert [a.kind.value for a in plan.actions] == [], plan.actions
     assert {t.name: t.phase.value for t in plan.tasks}["slow"] == "running"
+
+
+BEATING = """
+import json, sys, time
+sys.stdin.read()
+print(json.dumps({"type": "system", "subtype": "init", "session_id": "s-1", "model": "m"}))
+print(json.dumps({"type": "assistant", "message": {"content": [{"type": "text", "text": "hi"}]}}))
+sys.stdout.flush()
+for _ in range(600):  # heartbeats: output keeps growing, but no event of the agent's own
+    print("...", flush=True)
+    time.sleep(0.1)
+"""
+
+
+def test_an_agent_that_only_prints_heartbeats_is_marked_stalled(world: World) -> None:
+    world.lane("web")
+    world.lanes["web"]["env"] = {"ANTHROPIC_API_KEY": "not-a-real-key"}
+    script = world.root / "agents" / "beating.py"
+    script.write_text(BEATING)
+    world.task("beat", "web", "succeed", maxAttempts=1)
+    world.tasks["beat"]["agent"] = "beating"
+    world.commit()
+    agent = {
+        "apiVersion": "reconciler/v1",
+        "kind": "Agent",
+        "metadata": {"name": "beating"},
+        "spec": {"kind": "claude", "command": [sys.executable, str(script)], "stallTimeout": "2s"},
+    }
+    (world.control / "manifests" / "beating.yaml").write_text(json.dumps(agent) + "\n")
+    git(world.control, "add", "-A")
+    git(world.control, "commit", "-qm", "a claude agent that only beats")
+    assert world.cli("apply", "--yes").returncode == 0
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        world.cli("apply", "--yes")
+        status = world.status()["beat"]
+        if status["phase"] == "failed":
+            break
+        time.sleep(0.5)
+    assert status["phase"] == "failed", status
+    assert "no agent event" in status["reason"], status
+    output = (world.home / "worktrees/web/.runs/beat/1.1/output.log").read_text()
+    assert output.count("...") > 20  # its output did grow all along

@@ -91,3 +91,25 @@ def test_codex_and_gemini_events_and_other_agents_output() -> None:
     ]
     assert render_line("command", '{"type": "result"}') == ['{"type": "result"}']
     assert render_line("codex", '{"type": "thread.sta') == ['{"type": "thread.sta']  # cut off
+
+
+def test_progress_is_the_last_agent_event_not_the_last_byte(tmp_path: Path) -> None:
+    from reconciler.node.agents.progress import progress
+
+    events = "".join(json.dumps(e) + "\n" for e in STREAM[:3])
+    usage = {
+        "type": "assistant",
+        "message": {
+            "content": [{"type": "text", "text": "more"}],
+            "usage": {"input_tokens": 100, "output_tokens": 20},
+        },
+    }
+    events += json.dumps(usage) + "\n"
+    path = tmp_path / "output.log"
+    path.write_text(
+        events + "heartbeat\n" * 50 + '{"type": "system", "subtype": "ping"}\n' + '{"type": "assi'
+    )
+    offset, tokens = progress("claude", str(path))
+    assert offset == len(events.encode())  # heartbeats, a silent event and a cut line do not count
+    assert tokens == 120
+    assert progress("command", str(path)) == (None, None)

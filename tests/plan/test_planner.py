@@ -643,6 +643,17 @@ def test_a_lane_past_its_daily_budget_starts_nothing_new_until_midnight() -> Non
     assert ("start", "new") not in kinds(p)
     assert phase(p, "new") is Phase.BLOCKED
     assert "daily budget ($2.50 of $2.00)" in {b.task: b.reason for b in p.blocked}["new"]
+    # another lane is not held back by this one's budget
+    both = desired(
+        ("old", task_spec()),
+        ("new", task_spec()),
+        ("elsewhere", task_spec(lane="ops")),
+        lanes={"web": capped, "ops": lane("ops")},
+    )
+    ops_view = LaneView("ops", reachable=True, repos={"app": RepoView(prs={})})
+    web_view = LaneView("web", reachable=True, repos={"app": RepoView(prs={})})
+    p = plan(both, observed(runs={"old": [today]}, lanes={"web": web_view, "ops": ops_view}), NOW)
+    assert ("start", "elsewhere") in kinds(p) and ("start", "new") not in kinds(p)
     # what was spent yesterday does not count today
     yesterday = replace(today, started_at=NOW - NOW % 86400 - 60)
     p = plan(d, observed(runs={"old": [yesterday]}), NOW)
@@ -665,3 +676,25 @@ def test_a_run_is_told_what_it_may_still_spend() -> None:
     assert Action.from_json(p.actions[0].to_json()) == p.actions[0]
     free = desired(("v", task_spec()))
     assert plan(free, observed(), NOW).actions[0].budget_usd is None
+
+
+def test_an_agent_that_only_prints_heartbeats_is_stalled() -> None:
+    d = desired(("t", task_spec()))
+    # output keeps growing (last write 1 s ago), but its last own event was 10 minutes ago
+    beating = run(d, "t", alive=True, last_output_at=NOW - 1, last_progress_at=NOW - 600)
+    p = plan(d, observed(runs={"t": [beating]}), NOW)
+    assert kinds(p) == [("mark-stalled", "t")]
+    assert "no agent event for 10m" in p.actions[0].reason
+    working = replace(beating, last_progress_at=NOW - 5)
+    assert kinds(plan(d, observed(runs={"t": [working]}), NOW)) == []
+
+
+def test_a_run_crossing_its_budget_mid_stream_is_stopped() -> None:
+    d = desired(("t", task_spec(budget={"maxTokens": 1000})))
+    running = run(d, "t", alive=True, tokens=1200, last_progress_at=NOW - 1)
+    p = plan(d, observed(runs={"t": [running]}), NOW)
+    assert kinds(p) == [("stop", "t")]
+    assert phase(p, "t") is Phase.FAILED
+    assert "budget exhausted (1200 of 1000 tokens) during the run" in p.tasks[0].reason
+    within = replace(running, tokens=900)
+    assert kinds(plan(d, observed(runs={"t": [within]}), NOW)) == []

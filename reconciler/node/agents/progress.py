@@ -1,0 +1,70 @@
+"""Where a running agent's last real event is in its output, and what it has spent so far.
+
+An agent that only prints heartbeats (or noise) is not making progress even though its output
+grows: for agents with an event stream (claude, codex, gemini), progress is the end offset of the
+last line that is one of the agent's own events (one ``render`` has something to say about), read
+from the last MiB of the output. The control plane notes when that offset last moved and judges
+stalls by it. Tokens so far let a budget stop a run mid-stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from reconciler.node.agents.render import RENDERERS
+from reconciler.node.agents.values import int_or_none
+
+WINDOW = 1 << 20
+
+
+def progress(kind: str, path: str) -> tuple[int | None, int | None]:
+    """(end offset of the last agent event, tokens spent so far) of a run's output, or Nones."""
+    renderer = RENDERERS.get(kind)
+    if renderer is None:
+        return None, None
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            start = max(0, size - WINDOW)
+            handle.seek(start)
+            data = handle.read(size - start)
+    except OSError:
+        return None, None
+    last: int | None = None
+    tokens: int | None = None
+    position = start
+    for raw in data.split(b"\n")[:-1]:  # whole lines only: the last piece is still being written
+        position += len(raw) + 1
+        line = raw.strip()
+        if not line.startswith(b"{"):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(event, dict) or not renderer(event):
+            continue
+        last = position
+        spent = _tokens(kind, event)
+        if spent is not None:
+            tokens = spent if kind == "codex" else (tokens or 0) + spent
+    return last, tokens
+
+
+def _tokens(kind: str, event: dict[str, object]) -> int | None:
+    """Tokens an event reports: claude per assistant message, codex as a running total."""
+    if kind == "claude" and event.get("type") == "assistant":
+        message = event.get("message")
+        usage = message.get("usage") if isinstance(message, dict) else None
+        if isinstance(usage, dict):
+            return (int_or_none(usage.get("input_tokens")) or 0) + (
+                int_or_none(usage.get("output_tokens")) or 0
+            )
+    if kind == "codex" and event.get("type") == "turn.completed":
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            return (int_or_none(usage.get("input_tokens")) or 0) + (
+                int_or_none(usage.get("output_tokens")) or 0
+            )
+    return None
