@@ -141,6 +141,7 @@ class RunObs(Msg):
     last_output_at: float | None = None  # newest mtime of output, stderr and check logs
     progress_offset: int | None = None  # end of the agent's last own event in its output
     tokens_so_far: int | None = None  # what a running agent's events report spending
+    last_event: str | None = None  # its last own event, as `logs` renders it (≤ 200 chars)
     result: AgentResult | None = None  # parsed when the run has ended and inspect was asked
     commits_ahead: int | None = None  # at inspection time
     dirty: list[str] = Field(default_factory=list)  # `git status --porcelain` lines, ≤ 50

@@ -23,7 +23,7 @@ from pathlib import Path
 from reconciler.node import files
 from reconciler.node import git as gitops
 from reconciler.node.agents import ADAPTERS, Adapter
-from reconciler.node.agents.progress import progress
+from reconciler.node.agents.progress import Progress, progress
 from reconciler.node.agents.render import render_line
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import NAME, Lane, is_under
@@ -199,10 +199,10 @@ def read_run(
     ]
     last_output = max(times) if times else _mtime(os.path.join(run_dir, files.PID_JSON))
     workspace = str(spec.get("workspace", ""))
-    progress_offset = tokens_so_far = None
+    now_at = Progress()
     agent = spec.get("agent")
     if exit_info is None and alive and isinstance(agent, dict):
-        progress_offset, tokens_so_far = progress(str(agent.get("kind", "")), output)
+        now_at = progress(str(agent.get("kind", "")), output)
     obs = RunObs(
         task=task.name,
         repo=task.repo,
@@ -219,8 +219,9 @@ def read_run(
         exit=exit_info,
         output_bytes=_size(output),
         last_output_at=last_output,
-        progress_offset=progress_offset,
-        tokens_so_far=tokens_so_far,
+        progress_offset=now_at.offset,
+        tokens_so_far=now_at.tokens,
+        last_event=now_at.last,
     )
     if not inspect or (alive and exit_info is None):
         return obs

@@ -221,6 +221,7 @@ def _merge_runs(
                 cost_usd=cost,
                 tokens=tokens,
                 progress_offset=obs.progress_offset,
+                last_event=obs.last_event,
                 last_progress_at=progress_at,
             )
         )

@@ -43,6 +43,7 @@ class RunView:
     # agents with an event stream: where their last own event ends, and when that last moved
     progress_offset: int | None = None
     last_progress_at: float | None = None
+    last_event: str | None = None  # what a running agent did last, as `logs` shows it
 
     @property
     def key(self) -> str:

@@ -575,7 +575,9 @@ class _Planner:
             spec.lane,
             spec.repo,
             pr=open_pr,
-            reason=f"run {run.attempt}.{run.iteration} started {format_duration(age)} ago",
+            reason=f"run {run.attempt}.{run.iteration} started {format_duration(age)} ago"
+            + (f", {run.tokens} tokens so far" if run.tokens and run.result is None else "")
+            + (f"; last: {run.last_event}" if run.last_event else ""),
         )
 
     def plan_success(

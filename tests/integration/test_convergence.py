@@ -393,6 +393,9 @@ def test_an_agent_that_only_prints_heartbeats_is_marked_stalled(world: World) ->
     git(world.control, "add", "-A")
     git(world.control, "commit", "-qm", "a claude agent that only beats")
     assert world.cli("apply", "--yes").returncode == 0
+    time.sleep(0.5)
+    running = world.status()["beat"]
+    assert running["phase"] == "running" and "last: assistant: hi" in running["reason"], running
     deadline = time.time() + 30
     while time.time() < deadline:
         world.cli("apply", "--yes")

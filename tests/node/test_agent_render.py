@@ -94,7 +94,7 @@ def test_codex_and_gemini_events_and_other_agents_output() -> None:
 
 
 def test_progress_is_the_last_agent_event_not_the_last_byte(tmp_path: Path) -> None:
-    from reconciler.node.agents.progress import progress
+    from reconciler.node.agents.progress import Progress, progress
 
     events = "".join(json.dumps(e) + "\n" for e in STREAM[:3])
     usage = {
@@ -109,7 +109,8 @@ def test_progress_is_the_last_agent_event_not_the_last_byte(tmp_path: Path) -> N
     path.write_text(
         events + "heartbeat\n" * 50 + '{"type": "system", "subtype": "ping"}\n' + '{"type": "assi'
     )
-    offset, tokens = progress("claude", str(path))
-    assert offset == len(events.encode())  # heartbeats, a silent event and a cut line do not count
-    assert tokens == 120
-    assert progress("command", str(path)) == (None, None)
+    found = progress("claude", str(path))
+    assert found.offset == len(events.encode())  # heartbeats, a silent event, a cut line: no
+    assert found.tokens == 120
+    assert found.last == "assistant: more"
+    assert progress("command", str(path)) == Progress()

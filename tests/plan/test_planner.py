@@ -685,8 +685,14 @@ def test_an_agent_that_only_prints_heartbeats_is_stalled() -> None:
     p = plan(d, observed(runs={"t": [beating]}), NOW)
     assert kinds(p) == [("mark-stalled", "t")]
     assert "no agent event for 10m" in p.actions[0].reason
-    working = replace(beating, last_progress_at=NOW - 5)
-    assert kinds(plan(d, observed(runs={"t": [working]}), NOW)) == []
+    working = replace(
+        beating, last_progress_at=NOW - 5, tokens=4200, last_event="tool Bash: pytest"
+    )
+    p = plan(d, observed(runs={"t": [working]}), NOW)
+    assert kinds(p) == []
+    assert p.tasks[0].reason == (
+        "run 1.1 started 1m40s ago, 4200 tokens so far; last: tool Bash: pytest"
+    )
 
 
 def test_a_run_crossing_its_budget_mid_stream_is_stopped() -> None:

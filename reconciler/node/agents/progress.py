@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 from reconciler.node.agents.render import RENDERERS
 from reconciler.node.agents.values import int_or_none
@@ -18,11 +19,18 @@ from reconciler.node.agents.values import int_or_none
 WINDOW = 1 << 20
 
 
-def progress(kind: str, path: str) -> tuple[int | None, int | None]:
-    """(end offset of the last agent event, tokens spent so far) of a run's output, or Nones."""
+@dataclass(frozen=True)
+class Progress:
+    offset: int | None = None  # end of the agent's last own event in its output
+    tokens: int | None = None  # what its events report spending so far
+    last: str | None = None  # that event, as `reconciler logs` shows it
+
+
+def progress(kind: str, path: str) -> Progress:
+    """Where a running agent is, read from its output (empty for agents without events)."""
     renderer = RENDERERS.get(kind)
     if renderer is None:
-        return None, None
+        return Progress()
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -30,8 +38,9 @@ def progress(kind: str, path: str) -> tuple[int | None, int | None]:
             handle.seek(start)
             data = handle.read(size - start)
     except OSError:
-        return None, None
+        return Progress()
     last: int | None = None
+    shown: str | None = None
     tokens: int | None = None
     position = start
     for raw in data.split(b"\n")[:-1]:  # whole lines only: the last piece is still being written
@@ -43,13 +52,16 @@ def progress(kind: str, path: str) -> tuple[int | None, int | None]:
             event = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(event, dict) or not renderer(event):
+        if not isinstance(event, dict):
             continue
-        last = position
+        lines = renderer(event)
+        if not lines:
+            continue
+        last, shown = position, lines[0].strip()[:200]
         spent = _tokens(kind, event)
         if spent is not None:
             tokens = spent if kind == "codex" else (tokens or 0) + spent
-    return last, tokens
+    return Progress(last, tokens, shown)
 
 
 def _tokens(kind: str, event: dict[str, object]) -> int | None:
