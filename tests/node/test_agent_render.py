@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from node_support import Env
 
 from reconciler.node.agents.render import render_line
@@ -114,3 +115,19 @@ def test_progress_is_the_last_agent_event_not_the_last_byte(tmp_path: Path) -> N
     assert found.tokens == 120
     assert found.last == "assistant: more"
     assert progress("command", str(path)) == Progress()
+
+
+def test_a_window_of_heartbeats_keeps_the_offset_still(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.node.agents import progress as module
+
+    monkeypatch.setattr(module, "WINDOW", 4096)
+    path = tmp_path / "output.log"
+    path.write_text(json.dumps(STREAM[1]) + "\n" + "heartbeat\n" * 1000)
+    first = module.progress("claude", str(path))
+    with path.open("a") as handle:
+        handle.write("heartbeat\n" * 100)
+    # no event in the window: the offset stays put, so the stall clock is not reset
+    assert first.offset == module.progress("claude", str(path)).offset == 0
+    assert first.last is None

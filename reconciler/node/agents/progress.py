@@ -27,7 +27,12 @@ class Progress:
 
 
 def progress(kind: str, path: str) -> Progress:
-    """Where a running agent is, read from its output (empty for agents without events)."""
+    """Where a running agent is, read from its output (empty for agents without events).
+
+    The last event is found scanning back from the end, so a pass pays for the lines after it,
+    not for the whole window. With no event in the window (e.g. a MiB of heartbeats) the offset
+    is 0: it stays put, and the stall clock keeps running from the last event seen.
+    """
     renderer = RENDERERS.get(kind)
     if renderer is None:
         return Progress()
@@ -39,29 +44,49 @@ def progress(kind: str, path: str) -> Progress:
             data = handle.read(size - start)
     except OSError:
         return Progress()
-    last: int | None = None
-    shown: str | None = None
-    tokens: int | None = None
-    position = start
-    for raw in data.split(b"\n")[:-1]:  # whole lines only: the last piece is still being written
-        position += len(raw) + 1
-        line = raw.strip()
-        if not line.startswith(b"{"):
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(event, dict):
-            continue
-        lines = renderer(event)
-        if not lines:
-            continue
-        last, shown = position, lines[0].strip()[:200]
-        spent = _tokens(kind, event)
-        if spent is not None:
-            tokens = spent if kind == "codex" else (tokens or 0) + spent
-    return Progress(last, tokens, shown)
+    lines = data.split(b"\n")[:-1]  # whole lines only: the last piece is still being written
+    end = start + sum(len(line) + 1 for line in lines)
+    last, shown = 0, None
+    for raw in reversed(lines):
+        event = _event(raw)
+        shown_lines = renderer(event) if event is not None else []
+        if shown_lines:
+            last, shown = end, shown_lines[0].strip()[:200]
+            break
+        end -= len(raw) + 1
+    return Progress(last, _spent(kind, lines), shown)
+
+
+def _event(raw: bytes) -> dict[str, object] | None:
+    line = raw.strip()
+    if not line.startswith(b"{"):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _spent(kind: str, lines: list[bytes]) -> int | None:
+    """Tokens so far: codex's last running total; claude's per-message usage, summed. Only
+    lines that can carry usage are parsed."""
+    if kind == "codex":
+        for raw in reversed(lines):
+            if b"turn.completed" in raw and (event := _event(raw)) is not None:
+                spent = _tokens(kind, event)
+                if spent is not None:
+                    return spent
+        return None
+    if kind == "claude":
+        found = [
+            _tokens(kind, event)
+            for raw in lines
+            if b'"usage"' in raw and b"assistant" in raw and (event := _event(raw)) is not None
+        ]
+        counted = [n for n in found if n is not None]
+        return sum(counted) if counted else None
+    return None
 
 
 def _tokens(kind: str, event: dict[str, object]) -> int | None:
