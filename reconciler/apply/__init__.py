@@ -139,7 +139,7 @@ class Applier:
         started = {a.lane for a in report.applied if a.kind in _STARTS}
         for name, lane in self.lanes.items():
             view = self.observed.lanes.get(name)
-            if view is None or not view.reachable:
+            if view is None or not view.reachable or not any(r.pool for r in lane.spec.repos):
                 continue
             bases: dict[str, list[str]] = {}
             for task in self.desired.tasks.values():

@@ -11,7 +11,6 @@ import gc
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -806,11 +805,13 @@ def cmd_hook(engine: Engine, args: argparse.Namespace) -> int:
             f"{bare} is not a bare git repository; give the repository people push to "
             "(git init --bare) with --repo, or as --control"
         )
-    exe = shutil.which("reconciler") or f"{sys.executable} -m reconciler"
-    if os.path.dirname(sys.executable) and os.path.isfile(
-        os.path.join(os.path.dirname(sys.executable), "reconciler")
-    ):
-        exe = shlex.quote(os.path.join(os.path.dirname(sys.executable), "reconciler"))
+    # this very installation: the script beside the interpreter, else the module
+    beside = os.path.join(os.path.dirname(sys.executable), "reconciler")
+    exe = (
+        shlex.quote(beside)
+        if os.path.isfile(beside)
+        else f"{shlex.quote(sys.executable)} -m reconciler"
+    )
     state = engine.ctx.state_dir
     text = HOOK.format(
         exe=exe,

@@ -178,6 +178,7 @@ class _Planner:
     outcomes: list[Outcome] = field(default_factory=list)
     freed: set[str] = field(default_factory=set)  # run keys stopped or marked this pass
     _lane_spend: dict[str, str | None] = field(default_factory=dict)
+    _lane_today: dict[str, tuple[RunView, ...]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ helpers
 
@@ -231,29 +232,28 @@ class _Planner:
             left.append(task.spec.budget.max_cost_usd - spent)
         lane_budget = self.desired.lanes[task.spec.lane].budget.max_cost_usd
         if lane_budget is not None:
-            midnight = self.now - self.now % 86400
-            today = sum(
-                r.cost_usd
-                for runs in self.observed.runs.values()
-                for r in runs
-                if r.lane == task.spec.lane and r.started_at >= midnight
-            )
-            left.append(lane_budget - today)
+            left.append(lane_budget - sum(r.cost_usd for r in self.lane_today(task.spec.lane)))
         return round(max(0.0, min(left)), 4) if left else None
 
-    def lane_spent_today(self, lane: str) -> str | None:
-        """What the lane's runs started since 00:00 UTC spent, when it is past its daily
-        budget; None otherwise."""
-        if lane not in self._lane_spend:
-            budget = self.desired.lanes[lane].budget
+    def lane_today(self, lane: str) -> tuple[RunView, ...]:
+        """The lane's runs started since 00:00 UTC (read once per plan)."""
+        if lane not in self._lane_today:
             midnight = self.now - self.now % 86400
-            today = [
+            self._lane_today[lane] = tuple(
                 r
                 for runs in self.observed.runs.values()
                 for r in runs
                 if r.lane == lane and r.started_at >= midnight
-            ]
-            self._lane_spend[lane] = _over_budget(budget, today)
+            )
+        return self._lane_today[lane]
+
+    def lane_spent_today(self, lane: str) -> str | None:
+        """What the lane's runs of today spent, when it is past its daily budget; else None."""
+        budget = self.desired.lanes[lane].budget
+        if budget.max_cost_usd is None and budget.max_tokens is None:
+            return None
+        if lane not in self._lane_spend:
+            self._lane_spend[lane] = _over_budget(budget, self.lane_today(lane))
         return self._lane_spend[lane]
 
     def first_seen(self, task: str) -> float:
