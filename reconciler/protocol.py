@@ -74,12 +74,22 @@ class TaskRef(Msg):
     branch: str  # e.g. agent/<task>
 
 
+class Pricing(Msg):
+    """USD per million tokens, overriding the built-in prices for every model of an agent."""
+
+    input: float
+    output: float
+    cache_read: float | None = None  # default: a tenth of input
+    cache_write: float | None = None  # default: 1.25x input
+
+
 class AgentRef(Msg):
     kind: Literal["claude", "codex", "aider", "gemini", "command"]
     command: list[str] | None = None
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     max_budget_usd: float | None = None  # the run's spending cap, where the agent enforces one
+    pricing: Pricing | None = None  # prices for estimating spend the agent does not report
 
 
 class CheckResult(Msg):
@@ -107,6 +117,7 @@ class AgentResult(Msg):
     subtype: str | None = None
     session_id: str | None = None
     cost_usd: float | None = None
+    cost_estimated: bool = False  # priced from the tokens it reported; the agent said no cost
     input_tokens: int | None = None
     output_tokens: int | None = None
     num_turns: int | None = None
@@ -141,6 +152,7 @@ class RunObs(Msg):
     last_output_at: float | None = None  # newest mtime of output, stderr and check logs
     progress_offset: int | None = None  # end of the agent's last own event in its output
     tokens_so_far: int | None = None  # what a running agent's events report spending
+    cost_so_far: float | None = None  # its cost so far, as reported or priced from its tokens
     last_event: str | None = None  # its last own event, as `logs` renders it (≤ 200 chars)
     result: AgentResult | None = None  # parsed when the run has ended and inspect was asked
     commits_ahead: int | None = None  # at inspection time

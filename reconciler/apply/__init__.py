@@ -314,13 +314,22 @@ class Applier:
                         fields.update(
                             progress_offset=view.progress_offset, progress_at=view.last_progress_at
                         )
-                    if result is not None and (row is None or row.cost_usd is None):
-                        fields.update(
+                    if result is not None:
+                        spent: dict[str, object] = dict(
                             session_id=result.session_id or (row.session_id if row else None),
                             cost_usd=result.cost_usd,
                             input_tokens=result.input_tokens,
                             output_tokens=result.output_tokens,
                         )
+                    elif view.alive and (view.cost_usd or view.tokens):
+                        # Spend so far, kept in case the run is stopped before its result is
+                        # read (a budget stop, a pause): its cost stays counted.
+                        spent = dict(cost_usd=view.cost_usd, input_tokens=view.tokens)
+                        spent.update(output_tokens=0)
+                    else:
+                        spent = {}
+                    if row is None or any(getattr(row, k) != v for k, v in spent.items()):
+                        fields.update(spent)
                     if fields:
                         tx.update_run(view.task, view.attempt, view.iteration, **fields)
             task_rows = self.store.tasks()  # again: rows were added above
@@ -477,7 +486,8 @@ class Applier:
                 fields["outcome"] = mark
             tx.update_run(action.task, action.attempt, action.iteration, **fields)
             if mark == "stopped":  # crashes and stalls got their event, with the cause, already
-                self.event(action.task, mark, f"run {action.attempt}.{action.iteration} {mark}", tx)
+                what = f"run {action.attempt}.{action.iteration} stopped: {action.reason}"
+                self.event(action.task, mark, what, tx)
 
     def mark_crashed(self, action: Action) -> None:
         self._mark(action, "crashed")

@@ -19,6 +19,7 @@ from reconciler.protocol import (
     Batch,
     BatchResult,
     LaneRef,
+    Pricing,
     RepoHooks,
     RepoRef,
     Request,
@@ -98,7 +99,13 @@ def lane_ref(name: str, spec: LaneSpec) -> LaneRef:
 
 def agent_ref(desired: Desired, agent: str) -> AgentRef:
     spec = desired.agents[agent]
-    return AgentRef(kind=spec.kind, command=spec.command, args=list(spec.args), env=dict(spec.env))
+    return AgentRef(
+        kind=spec.kind,
+        command=spec.command,
+        args=list(spec.args),
+        env=dict(spec.env),
+        pricing=Pricing(**spec.pricing.model_dump()) if spec.pricing else None,
+    )
 
 
 class Lane:

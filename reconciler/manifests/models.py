@@ -312,6 +312,17 @@ class LaneSpec(Spec):
 # --------------------------------------------------------------------------------------- Agent
 
 
+class Pricing(Spec):
+    input: float = Field(ge=0, description="USD per million uncached input tokens")
+    output: float = Field(ge=0, description="USD per million output tokens")
+    cache_read: float | None = Field(
+        None, ge=0, description="USD per million cache-read tokens; omitted: a tenth of input"
+    )
+    cache_write: float | None = Field(
+        None, ge=0, description="USD per million cache-write tokens; omitted: 1.25x input"
+    )
+
+
 class AgentSpec(Spec):
     kind: Literal["claude", "codex", "aider", "gemini", "command"] = Field(description="adapter")
     command: list[str] | None = Field(
@@ -324,6 +335,11 @@ class AgentSpec(Spec):
     timeout: Duration = Field(3600.0, gt=0, description="whole-run limit")
     stall_timeout: Duration = Field(300.0, gt=0, description="no new output for this long")
     env: dict[EnvName, str] = Field(default_factory=dict)
+    pricing: Pricing | None = Field(
+        None,
+        description="prices for estimating spend the agent does not report (codex, gemini, a "
+        "run stopped mid-stream); omitted: the built-in prices of the model it names",
+    )
 
     @model_validator(mode="after")
     def _command_needed(self) -> AgentSpec:

@@ -23,6 +23,7 @@ from pathlib import Path
 from reconciler.node import files
 from reconciler.node import git as gitops
 from reconciler.node.agents import ADAPTERS, Adapter
+from reconciler.node.agents.meter import Spend, spend
 from reconciler.node.agents.progress import Progress, progress
 from reconciler.node.agents.render import render_line
 from reconciler.node.errors import NodeError
@@ -199,10 +200,11 @@ def read_run(
     ]
     last_output = max(times) if times else _mtime(os.path.join(run_dir, files.PID_JSON))
     workspace = str(spec.get("workspace", ""))
-    now_at = Progress()
-    agent = spec.get("agent")
-    if exit_info is None and alive and isinstance(agent, dict):
-        now_at = progress(str(agent.get("kind", "")), output)
+    now_at, spent = Progress(), Spend()
+    agent = _agent(spec)
+    if exit_info is None and alive and agent is not None:
+        now_at = progress(agent.kind, output)
+        spent = spend(agent, run_dir, resumed=_text(spec.get("resume_session")))
     obs = RunObs(
         task=task.name,
         repo=task.repo,
@@ -220,7 +222,8 @@ def read_run(
         output_bytes=_size(output),
         last_output_at=last_output,
         progress_offset=now_at.offset,
-        tokens_so_far=now_at.tokens,
+        tokens_so_far=spent.tokens,
+        cost_so_far=spent.cost_usd,
         last_event=now_at.last,
     )
     if not inspect or (alive and exit_info is None):
@@ -228,6 +231,8 @@ def read_run(
     return obs.model_copy(
         update=_inspection(
             lane,
+            run_dir=run_dir,
+            agent=agent,
             spec=spec,
             task=task,
             workspace=workspace,
@@ -237,9 +242,18 @@ def read_run(
     )
 
 
+def _agent(spec: dict[str, object]) -> AgentRef | None:
+    try:
+        return AgentRef.model_validate(spec["agent"])
+    except (KeyError, ValueError):
+        return None  # a run.json from no known version: no verdict or spend to read
+
+
 def _inspection(
     lane: Lane,
     *,
+    run_dir: str,
+    agent: AgentRef | None,
     spec: dict[str, object],
     task: TaskRef,
     workspace: str,
@@ -247,15 +261,10 @@ def _inspection(
     exit_info: ExitInfo | None,
 ) -> dict[str, object]:
     update: dict[str, object] = {}
-    if exit_info is not None:
-        agent: AgentRef | None
-        try:
-            agent = AgentRef.model_validate(spec["agent"])
-        except (KeyError, ValueError):
-            agent = None  # a run.json from no known version: no verdict to read
-        if agent is not None:
-            result: AgentResult = adapter_for(agent).parse(output, exit_info)
-            update["result"] = result
+    if exit_info is not None and agent is not None:
+        result = adapter_for(agent).parse(output, exit_info)
+        spent = spend(agent, run_dir, final=True, resumed=_text(spec.get("resume_session")))
+        update["result"] = _with_spend(result, spent)
     if task.repo in lane.repos:
         repo, checkout = lane.repo(task.repo)
         try:
@@ -268,6 +277,18 @@ def _inspection(
             with contextlib.suppress(gitops.GitError):
                 update["dirty"] = gitops.status(workspace)
     return update
+
+
+def _with_spend(result: AgentResult, spent: Spend) -> AgentResult:
+    """The adapter's verdict with the meter's spend: tokens counted over the whole output (a
+    resumed codex thread's earlier totals taken out), and a cost priced from them where the
+    agent reported none (an agent killed mid-run reports nothing, yet spent)."""
+    update: dict[str, object] = {}
+    if spent.tokens is not None:
+        update.update(input_tokens=spent.input_tokens, output_tokens=spent.output_tokens)
+    if result.cost_usd is None and spent.cost_usd is not None:
+        update.update(cost_usd=spent.cost_usd, cost_estimated=spent.estimated)
+    return result.model_copy(update=update) if update else result
 
 
 def observe_runs(lane: Lane, inspect: set[tuple[str, int, int]]) -> list[RunObs]:

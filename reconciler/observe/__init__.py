@@ -188,8 +188,9 @@ def _merge_runs(
             if result
             else ((row.input_tokens or 0) + (row.output_tokens or 0) if row else 0)
         )
-        if result is None and obs.tokens_so_far:
-            tokens = max(tokens, obs.tokens_so_far)  # a running agent's spend, from its events
+        if result is None:  # a running agent's spend so far, from its events
+            tokens = max(tokens, obs.tokens_so_far or 0)
+            cost = max(cost, obs.cost_so_far or 0.0)
         progress_at: float | None = None
         if obs.progress_offset is not None:
             moved = row is None or row.progress_offset != obs.progress_offset

@@ -155,6 +155,15 @@ def _over_budget(budget: Budget, runs: Iterable[RunView]) -> str | None:
     return None
 
 
+def _so_far(run: RunView) -> str:
+    """What a running agent's events say it spent, e.g. ", 4200 tokens and $0.06 so far"."""
+    if run.result is not None or not (run.tokens or run.cost_usd):
+        return ""
+    spent = [f"{run.tokens} tokens"] if run.tokens else []
+    spent += [f"${run.cost_usd:.2f}"] if run.cost_usd else []
+    return ", " + " and ".join(spent) + " so far"
+
+
 @dataclass
 class _Candidate:
     """A slot-needing action waiting for the slot filler."""
@@ -540,7 +549,7 @@ class _Planner:
                 ActionKind.STOP,
                 task.name,
                 spec.lane,
-                f"run {run.attempt}.{run.iteration}: {why}",
+                why,
                 attempt=run.attempt,
                 iteration=run.iteration,
             )
@@ -576,7 +585,7 @@ class _Planner:
             spec.repo,
             pr=open_pr,
             reason=f"run {run.attempt}.{run.iteration} started {format_duration(age)} ago"
-            + (f", {run.tokens} tokens so far" if run.tokens and run.result is None else "")
+            + _so_far(run)
             + (f"; last: {run.last_event}" if run.last_event else ""),
         )
 

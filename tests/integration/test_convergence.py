@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -363,6 +364,27 @@ def test_a_lane_whose_clock_is_off_is_judged_on_the_reconcilers_clock(
     assert {t.name: t.phase.value for t in plan.tasks}["slow"] == "running"
 
 
+def claude_script_task(world: World, task: str, script_text: str, **spec: Any) -> None:
+    """A task on lane web whose agent is a claude-kind Agent running ``script_text``."""
+    world.lane("web")
+    world.lanes["web"]["env"] = {"ANTHROPIC_API_KEY": "not-a-real-key"}
+    script = world.root / "agents" / f"{task}.py"
+    script.write_text(script_text)
+    agent_spec = spec.pop("agent_spec", {})
+    world.task(task, "web", "succeed", **spec)
+    world.tasks[task]["agent"] = f"{task}-agent"
+    world.commit()
+    agent = {
+        "apiVersion": "reconciler/v1",
+        "kind": "Agent",
+        "metadata": {"name": f"{task}-agent"},
+        "spec": {"kind": "claude", "command": [sys.executable, str(script)], **agent_spec},
+    }
+    (world.control / "manifests" / f"{task}-agent.yaml").write_text(json.dumps(agent) + "\n")
+    git(world.control, "add", "-A")
+    git(world.control, "commit", "-qm", f"a claude agent for {task}")
+
+
 BEATING = """
 import json, sys, time
 sys.stdin.read()
@@ -376,22 +398,7 @@ for _ in range(600):  # heartbeats: output keeps growing, but no event of the ag
 
 
 def test_an_agent_that_only_prints_heartbeats_is_marked_stalled(world: World) -> None:
-    world.lane("web")
-    world.lanes["web"]["env"] = {"ANTHROPIC_API_KEY": "not-a-real-key"}
-    script = world.root / "agents" / "beating.py"
-    script.write_text(BEATING)
-    world.task("beat", "web", "succeed", maxAttempts=1)
-    world.tasks["beat"]["agent"] = "beating"
-    world.commit()
-    agent = {
-        "apiVersion": "reconciler/v1",
-        "kind": "Agent",
-        "metadata": {"name": "beating"},
-        "spec": {"kind": "claude", "command": [sys.executable, str(script)], "stallTimeout": "2s"},
-    }
-    (world.control / "manifests" / "beating.yaml").write_text(json.dumps(agent) + "\n")
-    git(world.control, "add", "-A")
-    git(world.control, "commit", "-qm", "a claude agent that only beats")
+    claude_script_task(world, "beat", BEATING, maxAttempts=1, agent_spec={"stallTimeout": "2s"})
     assert world.cli("apply", "--yes").returncode == 0
     time.sleep(0.5)
     running = world.status()["beat"]
@@ -407,3 +414,58 @@ def test_an_agent_that_only_prints_heartbeats_is_marked_stalled(world: World) ->
     assert "no agent event" in status["reason"], status
     output = (world.home / "worktrees/web/.runs/beat/1.1/output.log").read_text()
     assert output.count("...") > 20  # its output did grow all along
+
+
+SPENDING = """
+import json, sys, time
+sys.stdin.read()
+print(json.dumps({"type": "system", "subtype": "init", "session_id": "s-1"}), flush=True)
+for n in range(300):  # each message: 1000 tokens in, 1000 out, on claude-sonnet-4-5 ($0.018)
+    message = {
+        "id": f"msg_{n}",
+        "model": "claude-sonnet-4-5-20250929",
+        "content": [{"type": "text", "text": f"step {n}"}],
+        "usage": {"input_tokens": 1000, "output_tokens": 1000},
+    }
+    print(json.dumps({"type": "assistant", "message": message}), flush=True)
+    time.sleep(0.6)
+"""
+
+
+def test_an_agent_whose_spend_crosses_the_budget_mid_run_is_stopped(world: World) -> None:
+    claude_script_task(world, "spend", SPENDING, maxAttempts=3, budget={"maxCostUsd": 0.1})
+    assert world.cli("apply", "--yes").returncode == 0
+    deadline = time.time() + 30
+    seen_running = False
+    while time.time() < deadline:
+        world.cli("apply", "--yes")
+        status = world.status()["spend"]
+        seen_running = seen_running or (
+            status["phase"] == "running" and "so far" in (status["reason"] or "")
+        )
+        if status["phase"] == "failed":
+            break
+        time.sleep(0.3)
+    assert status["phase"] == "failed", status
+    assert "budget exhausted ($0.1" in status["reason"], status
+    assert seen_running  # status showed its spend while it ran
+    assert world.cli("apply", "--yes").returncode == 0  # if status saw it first: apply stops it
+    events = json.loads(world.cli("describe", "spend", "--json").stdout)["events"]
+    [stopped] = [e["message"] for e in events if e["kind"] == "stopped"]
+    assert re.fullmatch(
+        r"run 1\.1 stopped: budget exhausted \(\$0\.1\d of \$0\.10\) during the run", stopped
+    ), stopped
+    deadline = time.time() + 10
+    while "spend" in world.live_agents() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "spend" not in world.live_agents(), world.cli("describe", "spend").stdout
+    output = (world.home / "worktrees/web/.runs/spend/1.1/output.log").read_text()
+    assert '"type": "result"' not in output  # stopped mid-stream, not ended by itself
+    # The stopped run's spend is kept (priced from its tokens): no retry, no second run.
+    for _ in range(3):
+        assert world.cli("apply", "--yes").returncode == 0
+    status = world.status()["spend"]
+    assert status["phase"] == "failed" and "budget exhausted" in status["reason"], status
+    described = json.loads(world.cli("describe", "spend", "--json").stdout)
+    [run] = described["runs"]
+    assert run["costUsd"] >= 0.1 and run["tokens"] >= 10_000, run

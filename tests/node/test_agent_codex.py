@@ -232,7 +232,10 @@ def test_success(env: Env) -> None:
     assert result.session_id == THREAD
     assert result.input_tokens == 24763  # cached_input_tokens (24448) are part of it
     assert result.output_tokens == 1220
-    assert result.cost_usd is None
+    # Codex reports no cost: it is priced from the tokens, at gpt-5-codex's prices per MTok
+    # (1.25 uncached input, 0.125 cached input, 10 output).
+    assert result.cost_usd == pytest.approx((315 * 1.25 + 24448 * 0.125 + 1220 * 10) / 1e6)
+    assert result.cost_estimated
     assert result.num_turns == 1
     assert result.final_text == SUCCESS_TEXT
 
@@ -337,8 +340,9 @@ def test_resume_on_the_next_iteration_from_the_same_worktree(env: Env, tmp_path:
     assert resumed.ok
     assert resumed.session_id == THREAD
     assert resumed.final_text.endswith("TASK_COMPLETE")
-    # Codex's usage is the thread's running total: it includes the first run's tokens.
-    assert resumed.input_tokens == 51020
+    # Codex's usage is the thread's running total (51020 in, 1804 out): the first run's
+    # totals are taken out, so a resumed run counts only what it spent itself.
+    assert (resumed.input_tokens, resumed.output_tokens) == (51020 - 24763, 1804 - 1220)
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     assert len(calls) == 2
     assert "resume" not in calls[0]["argv"]

@@ -112,7 +112,6 @@ def test_progress_is_the_last_agent_event_not_the_last_byte(tmp_path: Path) -> N
     )
     found = progress("claude", str(path))
     assert found.offset == len(events.encode())  # heartbeats, a silent event, a cut line: no
-    assert found.tokens == 120
     assert found.last == "assistant: more"
     assert progress("command", str(path)) == Progress()
 

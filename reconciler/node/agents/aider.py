@@ -47,7 +47,7 @@ FIXED_FLAGS = (
 _COUNT = r"(\d[\d,]*(?:\.\d+)?[kKmM]?)"
 # Whitespace between words may be a line break: aider prints through rich, which wraps long
 # lines at the console width (80 columns when stdout is not a terminal, unless COLUMNS is set).
-_TOKENS = re.compile(
+TOKENS = re.compile(
     rf"^[ \t]*Tokens:\s+{_COUNT}\s+sent,"
     rf"(?:\s+{_COUNT}\s+cache\s+write,)?"
     rf"(?:\s+{_COUNT}\s+cache\s+hit,)?"
@@ -55,7 +55,7 @@ _TOKENS = re.compile(
     re.MULTILINE,
 )
 # "message" in current aider, "request" in older versions.
-_COST = re.compile(
+COST = re.compile(
     r"Cost:\s+\$(\d+(?:\.\d+)?)\s+(?:message|request),\s+\$(\d+(?:\.\d+)?)\s+session\."
 )
 # Model-call failures as aider prints them (litellm's exception text), at the start of a line.
@@ -117,12 +117,12 @@ class AiderAdapter:
         text = data.decode("utf-8", errors="replace")
         input_tokens = output_tokens = None
         last_report = -1
-        for m in _TOKENS.finditer(text):
+        for m in TOKENS.finditer(text):
             # One report per model call, counting that call only: the run's total is the sum.
             input_tokens = (input_tokens or 0) + count(m.group(1))
             output_tokens = (output_tokens or 0) + count(m.group(4))
             last_report = m.end()
-        costs = _COST.findall(text)
+        costs = COST.findall(text)
         cost_usd = float(costs[-1][1]) if costs else None  # the session total so far
         errors = [m.start() for m in _MODEL_ERROR.finditer(text)]
         commits = [m.start() for m in _COMMIT.finditer(text)]

@@ -72,7 +72,7 @@ def _session_id(event: Mapping[str, object]) -> str | None:
     return _str(event.get("session_id")) or _str(event.get("sessionId"))
 
 
-def _tokens(stats: Mapping[str, object]) -> tuple[int | None, int | None]:
+def tokens_of(stats: Mapping[str, object]) -> tuple[int | None, int | None]:
     """(input, output) tokens from a result's ``stats``.
 
     The stream format has flat ``input_tokens``/``output_tokens``; the single-JSON format (and
@@ -221,7 +221,7 @@ class GeminiAdapter:
             return AgentResult(ok=False, subtype=_exit_subtype(exit), final_text=tail)
         status = _str(result.get("status")) if result is not None else None
         stats = result.get("stats") if result is not None else None
-        input_tokens, output_tokens = _tokens(stats if isinstance(stats, dict) else {})
+        input_tokens, output_tokens = tokens_of(stats if isinstance(stats, dict) else {})
         error = result.get("error") if result is not None else None
         error_message = (_str(error.get("message")) if isinstance(error, dict) else None) or (
             reading.last_error

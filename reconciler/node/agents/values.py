@@ -5,6 +5,8 @@ Shared by the adapters that read JSON event streams (claude, codex, gemini).
 
 from __future__ import annotations
 
+import json
+
 FINAL_TEXT_LIMIT = 64 * 1024
 
 
@@ -28,3 +30,15 @@ def float_or_none(value: object) -> float | None:
 
 def str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def json_event(raw: bytes) -> dict[str, object] | None:
+    """The JSON object on one line of output; None for anything else (noise, a cut line)."""
+    line = raw.strip()
+    if not line.startswith(b"{"):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None

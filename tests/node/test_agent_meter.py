@@ -1,0 +1,137 @@
+"""The meter: what a run has spent so far, read incrementally from its output, and priced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reconciler.node.agents.meter import METER_JSON, Spend, spend
+from reconciler.node.agents.pricing import model_in, price_of
+from reconciler.protocol import AgentRef, Pricing
+
+SONNET = "claude-sonnet-4-5-20250929"
+
+
+def message(
+    ident: str, tokens_in: int, tokens_out: int, *, model: str = SONNET, **cache: int
+) -> str:
+    usage = {"input_tokens": tokens_in, "output_tokens": tokens_out, **cache}
+    event = {
+        "type": "assistant",
+        "message": {"id": ident, "model": model, "content": [], "usage": usage},
+    }
+    return json.dumps(event) + "\n"
+
+
+def write(run_dir: Path, text: str) -> None:
+    with open(run_dir / "output.log", "a", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+CLAUDE = AgentRef(kind="claude")
+
+
+def test_claude_usage_is_counted_once_per_message_and_priced_by_its_model(tmp_path: Path) -> None:
+    # A message streamed as two events (text, then a tool call) repeats its usage: once.
+    write(tmp_path, message("m1", 1000, 200) + message("m1", 1000, 200) + "noise\n")
+    write(tmp_path, message("m2", 3000, 500, cache_read_input_tokens=10_000))
+    found = spend(CLAUDE, str(tmp_path))
+    assert (found.input_tokens, found.output_tokens) == (4000, 700)
+    # sonnet 4.5: 3 in, 15 out, 0.30 cache read (USD per million tokens)
+    assert found.cost_usd == pytest.approx((4000 * 3 + 700 * 15 + 10_000 * 0.3) / 1e6)
+    assert found.estimated
+
+
+def test_the_meter_reads_only_what_was_written_since_the_last_pass(tmp_path: Path) -> None:
+    write(tmp_path, message("m1", 1000, 100) + message("m2", 1000, 100)[:40])  # m2 is cut
+    assert spend(CLAUDE, str(tmp_path)).tokens == 1100
+    kept = json.loads((tmp_path / METER_JSON).read_text())
+    assert kept["offset"] == len(message("m1", 1000, 100).encode())  # whole lines only
+    write(tmp_path, message("m2", 1000, 100)[40:] + message("m3", 500, 50))
+    assert spend(CLAUDE, str(tmp_path)).tokens == 2750
+    # A replaced output (shorter than what was read) is read again from its start.
+    (tmp_path / "output.log").write_text(message("x", 10, 1))
+    assert spend(CLAUDE, str(tmp_path)).tokens == 11
+
+
+def test_claude_result_cost_wins_over_the_estimate(tmp_path: Path) -> None:
+    result = {
+        "type": "result",
+        "subtype": "success",
+        "total_cost_usd": 0.0421,
+        "usage": {"input_tokens": 1200, "output_tokens": 300},
+    }
+    write(tmp_path, message("m1", 1000, 200) + json.dumps(result) + "\n")
+    assert spend(CLAUDE, str(tmp_path), final=True) == Spend(1200, 300, 0.0421, estimated=False)
+
+
+def test_an_unknown_model_has_tokens_but_no_cost_unless_the_agent_prices_it(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, message("m1", 1000, 1000, model="claude-unreleased-9"))
+    found = spend(CLAUDE, str(tmp_path))
+    assert (found.tokens, found.cost_usd, found.estimated) == (2000, None, False)
+    priced = AgentRef(kind="claude", pricing=Pricing(input=2.0, output=8.0))
+    assert spend(priced, str(tmp_path)).cost_usd == pytest.approx((2000 + 8000) / 1e6)
+
+
+def test_aider_reports_its_session_cost_as_it_goes(tmp_path: Path) -> None:
+    aider = AgentRef(kind="aider")
+    write(
+        tmp_path,
+        "Aider v0.86\nTokens: 2.3k sent, 150 received. Cost: $0.01 message, $0.01 session.\n",
+    )
+    assert spend(aider, str(tmp_path)) == Spend(2300, 150, 0.01, estimated=False)
+    # rich wraps a long report over two lines; it is read whole
+    write(
+        tmp_path,
+        "Applied edit to a.py\nTokens: 12k sent, 1,204 received. Cost: $0.05 message,\n$0.06 session.\n",
+    )
+    assert spend(aider, str(tmp_path)) == Spend(14300, 1354, 0.06, estimated=False)
+
+
+def test_codex_is_priced_from_its_running_total_with_cached_input_inside_input(
+    tmp_path: Path,
+) -> None:
+    codex = AgentRef(kind="codex", args=["-m", "gpt-5-codex"])
+    usage = {"input_tokens": 10_000, "cached_input_tokens": 8000, "output_tokens": 500}
+    turn = json.dumps({"type": "turn.completed", "usage": usage}) + "\n"
+    write(tmp_path, turn + turn)  # a running total: the last one counts, not the sum
+    found = spend(codex, str(tmp_path))
+    assert found.tokens == 10_500
+    assert found.cost_usd == pytest.approx((2000 * 1.25 + 8000 * 0.125 + 500 * 10) / 1e6)
+
+
+def test_command_agents_report_nothing(tmp_path: Path) -> None:
+    write(tmp_path, "Tokens: 2.3k sent, 150 received.\n")
+    assert spend(AgentRef(kind="command", command=["x"]), str(tmp_path)) == Spend()
+
+
+@pytest.mark.parametrize(
+    ("model", "price_in"),
+    [
+        ("claude-opus-4-5-20251101", 5.0),
+        ("claude-opus-4-20250514", 15.0),
+        ("anthropic/claude-opus-4.1", 15.0),
+        ("claude-haiku-5-5[1m]", 0.1),
+        ("claude-sonnet-4-5@20250929", 3.0),
+        ("gpt-5-2025-08-07", 1.25),
+        ("gpt-5.1-codex-mini", 0.25),
+        ("gemini-2.5-flash-preview-09-2025", 0.3),
+        ("claude-opus-4-9", None),  # unknown: never priced as its older namesake
+        ("my-local-model", None),
+    ],
+)
+def test_model_prices(model: str, price_in: float | None) -> None:
+    found = price_of(model)
+    assert (found.input if found else None) == price_in
+
+
+def test_the_model_an_agents_arguments_choose() -> None:
+    assert model_in(["--model", "opus", "-p"]) == "opus"
+    assert model_in(["--model=gpt-5"]) == "gpt-5"
+    assert model_in(["-m", "gemini-2.5-pro"]) == "gemini-2.5-pro"
+    assert model_in(["--", "--model", "x"]) is None
+    assert model_in(["--verbose"]) is None
