@@ -121,6 +121,7 @@ class AgentResult(Msg):
     input_tokens: int | None = None
     output_tokens: int | None = None
     num_turns: int | None = None
+    tool_calls: int | None = None  # tools, commands and edits the agent ran
     final_text: str = ""  # final message (claude) or stdout tail (command), ≤ 64 KiB
 
 
@@ -153,6 +154,8 @@ class RunObs(Msg):
     progress_offset: int | None = None  # end of the agent's last own event in its output
     tokens_so_far: int | None = None  # what a running agent's events report spending
     cost_so_far: float | None = None  # its cost so far, as reported or priced from its tokens
+    turns_so_far: int | None = None  # model responses so far
+    tool_calls_so_far: int | None = None  # tools, commands and edits it ran so far
     last_event: str | None = None  # its last own event, as `logs` renders it (≤ 200 chars)
     result: AgentResult | None = None  # parsed when the run has ended and inspect was asked
     commits_ahead: int | None = None  # at inspection time

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from reconciler.faults import crash_point
 from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref
 from reconciler.manifests.models import Desired, Task
-from reconciler.plan import Action, ActionKind, Observed, Plan, branch_of
+from reconciler.plan import Action, ActionKind, Observed, Outcome, Plan, RunView, branch_of
 from reconciler.protocol import (
     FillPoolRequest,
     FillPoolResult,
@@ -82,6 +82,15 @@ def compose_prompt(task: Task, action: Action) -> str:
         lines.append(f"- {item}" if "\n" not in item else item)
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _activity(runs: tuple[RunView, ...], outcome: Outcome) -> str:
+    """ " (7 turns, 12 tool calls, 41200 tokens, $0.31)" for the run an outcome judges."""
+    for run in runs:
+        if (run.attempt, run.iteration) == (outcome.attempt, outcome.iteration):
+            words = run.activity()
+            return f" ({', '.join(words)})" if words else ""
+    return ""
 
 
 class Applier:
@@ -320,12 +329,14 @@ class Applier:
                             cost_usd=result.cost_usd,
                             input_tokens=result.input_tokens,
                             output_tokens=result.output_tokens,
+                            turns=result.num_turns,
+                            tool_calls=result.tool_calls,
                         )
-                    elif view.alive and (view.cost_usd or view.tokens):
+                    elif view.alive and (view.cost_usd or view.tokens or view.turns):
                         # Spend so far, kept in case the run is stopped before its result is
                         # read (a budget stop, a pause): its cost stays counted.
                         spent = dict(cost_usd=view.cost_usd, input_tokens=view.tokens)
-                        spent.update(output_tokens=0)
+                        spent.update(output_tokens=0, turns=view.turns, tool_calls=view.tool_calls)
                     else:
                         spent = {}
                     if row is None or any(getattr(row, k) != v for k, v in spent.items()):
@@ -351,6 +362,7 @@ class Applier:
                     failures="\n".join(outcome.failures) or None,
                 )
                 detail = "; ".join(outcome.failures) or "all success criteria met"
+                detail += _activity(self.observed.runs.get(outcome.task, ()), outcome)
                 tx.add_event(
                     outcome.task,
                     "run-" + outcome.outcome,

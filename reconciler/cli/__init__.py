@@ -498,6 +498,8 @@ def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
                 "sessionId": r.session_id,
                 "costUsd": r.cost_usd,
                 "tokens": (r.input_tokens or 0) + (r.output_tokens or 0),
+                "turns": r.turns,
+                "toolCalls": r.tool_calls,
                 "runDir": r.run_dir,
             }
             for r in runs
@@ -546,11 +548,17 @@ def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
                     ended,
                     exit_,
                     r.outcome or r.mark or ("ended" if r.ended_at else "running"),
+                    str(r.turns) if r.turns is not None else "-",
+                    str(r.tool_calls) if r.tool_calls is not None else "-",
+                    str(tokens)
+                    if (tokens := (r.input_tokens or 0) + (r.output_tokens or 0))
+                    else "-",
                     f"${r.cost_usd:.2f}" if r.cost_usd else "-",
                     "; ".join((r.failures or "").splitlines())[:80],
                 ]
             )
-        sys.stdout.write(table(rows, ["RUN", "STARTED", "ENDED", "EXIT", "OUTCOME", "COST", "WHY"]))
+        head = ["RUN", "STARTED", "ENDED", "EXIT", "OUTCOME", "TURNS", "TOOLS", "TOKENS", "COST"]
+        sys.stdout.write(table(rows, [*head, "WHY"]))
     if events:
         print("\nEvents:")
         for e in events:

@@ -224,6 +224,8 @@ def read_run(
         progress_offset=now_at.offset,
         tokens_so_far=spent.tokens,
         cost_so_far=spent.cost_usd,
+        turns_so_far=spent.turns,
+        tool_calls_so_far=spent.tool_calls,
         last_event=now_at.last,
     )
     if not inspect or (alive and exit_info is None):
@@ -286,6 +288,10 @@ def _with_spend(result: AgentResult, spent: Spend) -> AgentResult:
     update: dict[str, object] = {}
     if spent.tokens is not None:
         update.update(input_tokens=spent.input_tokens, output_tokens=spent.output_tokens)
+    if result.num_turns is None and spent.turns is not None:
+        update.update(num_turns=spent.turns)
+    if spent.tool_calls is not None:
+        update.update(tool_calls=spent.tool_calls)
     if result.cost_usd is None and spent.cost_usd is not None:
         update.update(cost_usd=spent.cost_usd, cost_estimated=spent.estimated)
     return result.model_copy(update=update) if update else result

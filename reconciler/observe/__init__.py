@@ -188,9 +188,13 @@ def _merge_runs(
             if result
             else ((row.input_tokens or 0) + (row.output_tokens or 0) if row else 0)
         )
+        turns = result.num_turns if result else (row.turns if row else None)
+        tool_calls = result.tool_calls if result else (row.tool_calls if row else None)
         if result is None:  # a running agent's spend so far, from its events
             tokens = max(tokens, obs.tokens_so_far or 0)
             cost = max(cost, obs.cost_so_far or 0.0)
+            turns = obs.turns_so_far if obs.turns_so_far is not None else turns
+            tool_calls = obs.tool_calls_so_far if obs.tool_calls_so_far is not None else tool_calls
         progress_at: float | None = None
         if obs.progress_offset is not None:
             moved = row is None or row.progress_offset != obs.progress_offset
@@ -221,6 +225,8 @@ def _merge_runs(
                 or (result.session_id if result else None),
                 cost_usd=cost,
                 tokens=tokens,
+                turns=turns,
+                tool_calls=tool_calls,
                 progress_offset=obs.progress_offset,
                 last_event=obs.last_event,
                 last_progress_at=progress_at,
@@ -249,6 +255,8 @@ def _merge_runs(
                 session_id=row.session_id,
                 cost_usd=row.cost_usd or 0.0,
                 tokens=(row.input_tokens or 0) + (row.output_tokens or 0),
+                turns=row.turns,
+                tool_calls=row.tool_calls,
             )
         )
     return {

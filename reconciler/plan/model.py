@@ -40,6 +40,8 @@ class RunView:
     session_id: str | None = None
     cost_usd: float = 0.0
     tokens: int = 0
+    turns: int | None = None  # model responses (so far)
+    tool_calls: int | None = None  # tools, commands and edits the agent ran (so far)
     # agents with an event stream: where their last own event ends, and when that last moved
     progress_offset: int | None = None
     last_progress_at: float | None = None
@@ -48,6 +50,16 @@ class RunView:
     @property
     def key(self) -> str:
         return f"{self.task}/{self.attempt}.{self.iteration}"
+
+    def activity(self) -> list[str]:
+        """What the agent did and spent, as far as its events tell: ["7 turns", "12 tool
+        calls", "41200 tokens", "$0.31"] (only the parts known)."""
+        words = [f"{self.turns} turn" + ("s" if self.turns != 1 else "")] if self.turns else []
+        if self.tool_calls:
+            words.append(f"{self.tool_calls} tool call" + ("s" if self.tool_calls != 1 else ""))
+        words += [f"{self.tokens} tokens"] if self.tokens else []
+        words += [f"${self.cost_usd:.2f}"] if self.cost_usd else []
+        return words
 
     @property
     def ended_at(self) -> float:

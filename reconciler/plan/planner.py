@@ -156,12 +156,10 @@ def _over_budget(budget: Budget, runs: Iterable[RunView]) -> str | None:
 
 
 def _so_far(run: RunView) -> str:
-    """What a running agent's events say it spent, e.g. ", 4200 tokens and $0.06 so far"."""
-    if run.result is not None or not (run.tokens or run.cost_usd):
-        return ""
-    spent = [f"{run.tokens} tokens"] if run.tokens else []
-    spent += [f"${run.cost_usd:.2f}"] if run.cost_usd else []
-    return ", " + " and ".join(spent) + " so far"
+    """What a running agent's events tell, e.g. ", 3 turns, 5 tool calls, 4200 tokens, $0.06
+    so far"."""
+    words = run.activity() if run.result is None else []
+    return ", " + ", ".join(words) + " so far" if words else ""
 
 
 @dataclass

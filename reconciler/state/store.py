@@ -90,6 +90,8 @@ class RunRow:
     failures: str | None = None  # why the run failed its success criteria, one per line
     progress_offset: int | None = None  # where the agent's last own event ended in its output
     progress_at: float | None = None  # when that offset last moved (the reconciler's clock)
+    turns: int | None = None  # model responses (so far, while the run goes on)
+    tool_calls: int | None = None  # tools, commands and edits the agent ran
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN progress_offset INTEGER;
     ALTER TABLE runs ADD COLUMN progress_at REAL;
+    """,
+    """
+    ALTER TABLE runs ADD COLUMN turns INTEGER;
+    ALTER TABLE runs ADD COLUMN tool_calls INTEGER;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

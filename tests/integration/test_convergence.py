@@ -469,3 +469,4 @@ def test_an_agent_whose_spend_crosses_the_budget_mid_run_is_stopped(world: World
     described = json.loads(world.cli("describe", "spend", "--json").stdout)
     [run] = described["runs"]
     assert run["costUsd"] >= 0.1 and run["tokens"] >= 10_000, run
+    assert run["turns"] >= 6 and run["toolCalls"] == 0, run  # one turn per message, no tools

@@ -93,9 +93,11 @@ def finish(env: Env, run: RunObs, exit_code: int) -> AgentResult:
     ]
     assert seen.result is not None
     parsed = gemini.parse(str(Path(run.run_dir) / "output.log"), info)
-    # Gemini reports no cost: the node prices the tokens of its result (estimated).
+    # Gemini reports no cost: the node prices the tokens of its result (estimated), and counts
+    # the tool calls in the stream.
     assert seen.result.cost_estimated is (seen.result.cost_usd is not None)
-    assert seen.result.model_copy(update={"cost_usd": None, "cost_estimated": False}) == parsed
+    metered = {"cost_usd": None, "cost_estimated": False, "tool_calls": None}
+    assert seen.result.model_copy(update=metered) == parsed
     return seen.result
 
 
@@ -117,6 +119,7 @@ def test_success_is_ok_with_session_tokens_and_final_text(env: Env) -> None:
         input_tokens=17210,
         output_tokens=1132,
         num_turns=4,
+        tool_calls=3,
         final_text=FINAL,
     )
 

@@ -64,7 +64,8 @@ def test_claude_result_cost_wins_over_the_estimate(tmp_path: Path) -> None:
         "usage": {"input_tokens": 1200, "output_tokens": 300},
     }
     write(tmp_path, message("m1", 1000, 200) + json.dumps(result) + "\n")
-    assert spend(CLAUDE, str(tmp_path), final=True) == Spend(1200, 300, 0.0421, estimated=False)
+    found = spend(CLAUDE, str(tmp_path), final=True)
+    assert found == Spend(1200, 300, 0.0421, estimated=False, turns=1, tool_calls=0)
 
 
 def test_an_unknown_model_has_tokens_but_no_cost_unless_the_agent_prices_it(
@@ -83,13 +84,13 @@ def test_aider_reports_its_session_cost_as_it_goes(tmp_path: Path) -> None:
         tmp_path,
         "Aider v0.86\nTokens: 2.3k sent, 150 received. Cost: $0.01 message, $0.01 session.\n",
     )
-    assert spend(aider, str(tmp_path)) == Spend(2300, 150, 0.01, estimated=False)
+    assert spend(aider, str(tmp_path)) == Spend(2300, 150, 0.01, False, turns=1)
     # rich wraps a long report over two lines; it is read whole
     write(
         tmp_path,
         "Applied edit to a.py\nTokens: 12k sent, 1,204 received. Cost: $0.05 message,\n$0.06 session.\n",
     )
-    assert spend(aider, str(tmp_path)) == Spend(14300, 1354, 0.06, estimated=False)
+    assert spend(aider, str(tmp_path)) == Spend(14300, 1354, 0.06, False, turns=2)
 
 
 def test_codex_is_priced_from_its_running_total_with_cached_input_inside_input(
@@ -102,6 +103,62 @@ def test_codex_is_priced_from_its_running_total_with_cached_input_inside_input(
     found = spend(codex, str(tmp_path))
     assert found.tokens == 10_500
     assert found.cost_usd == pytest.approx((2000 * 1.25 + 8000 * 0.125 + 500 * 10) / 1e6)
+
+
+def test_turns_and_tool_calls_as_each_agent_reports_them(tmp_path: Path) -> None:
+    def tool(ident: str) -> dict[str, object]:
+        return {"type": "tool_use", "id": ident, "name": "Bash", "input": {"command": "ls"}}
+
+    def claude_event(ident: str, *blocks: dict[str, object]) -> str:
+        usage = {"input_tokens": 10, "output_tokens": 5}
+        msg = {"id": ident, "model": SONNET, "content": list(blocks), "usage": usage}
+        return json.dumps({"type": "assistant", "message": msg}) + "\n"
+
+    claude_dir = tmp_path / "claude"
+    claude_dir.mkdir()
+    # m1 streamed as a text event then a tool event; some versions repeat earlier blocks
+    write(claude_dir, claude_event("m1", {"type": "text", "text": "look"}))
+    write(claude_dir, claude_event("m1", tool("t1")) + claude_event("m1", tool("t1"), tool("t2")))
+    write(claude_dir, '{"type": "user", "message": {"content": []}}\n')
+    write(claude_dir, claude_event("m2", {"type": "text", "text": "done"}))
+    found = spend(CLAUDE, str(claude_dir))
+    assert (found.turns, found.tool_calls, found.tokens) == (2, 2, 30)
+
+    codex_dir = tmp_path / "codex"
+    codex_dir.mkdir()
+    items = [
+        {"type": "item.completed", "item": {"type": "reasoning", "text": "hm"}},
+        {"type": "item.completed", "item": {"type": "command_execution", "command": "ls"}},
+        {"type": "item.completed", "item": {"type": "file_change", "changes": []}},
+        {"type": "item.completed", "item": {"type": "agent_message", "text": "ok"}},
+        {"type": "turn.completed", "usage": {"input_tokens": 5, "output_tokens": 1}},
+    ]
+    write(codex_dir, "".join(json.dumps(i) + "\n" for i in items))
+    found = spend(AgentRef(kind="codex"), str(codex_dir))
+    assert (found.turns, found.tool_calls, found.tokens, found.cost_usd) == (1, 2, 6, None)
+
+    gemini_dir = tmp_path / "gemini"
+    gemini_dir.mkdir()
+    stream = [
+        {"type": "init", "session_id": "s", "model": "gemini-2.5-flash"},
+        {"type": "message", "role": "user", "content": "fix it"},
+        {"type": "message", "role": "assistant", "content": "Let", "delta": True},
+        {"type": "message", "role": "assistant", "content": " me", "delta": True},
+        {"type": "tool_use", "tool_name": "read_file", "tool_id": "a"},
+        {"type": "tool_use", "tool_name": "read_file", "tool_id": "b"},
+        {"type": "tool_result", "tool_id": "a", "status": "success"},
+        {"type": "tool_result", "tool_id": "b", "status": "success"},
+        {"type": "message", "role": "assistant", "content": "Done.", "delta": True},
+        {
+            "type": "result",
+            "status": "success",
+            "stats": {"input_tokens": 900, "output_tokens": 100},
+        },
+    ]
+    write(gemini_dir, "".join(json.dumps(e) + "\n" for e in stream))
+    found = spend(AgentRef(kind="gemini"), str(gemini_dir))
+    assert (found.turns, found.tool_calls, found.tokens) == (2, 2, 1000)
+    assert found.cost_usd == pytest.approx((900 * 0.3 + 100 * 2.5) / 1e6)
 
 
 def test_command_agents_report_nothing(tmp_path: Path) -> None:

@@ -693,6 +693,11 @@ def test_an_agent_that_only_prints_heartbeats_is_stalled() -> None:
     assert p.tasks[0].reason == (
         "run 1.1 started 1m40s ago, 4200 tokens so far; last: tool Bash: pytest"
     )
+    busy = replace(working, turns=1, tool_calls=5, cost_usd=0.061)
+    assert plan(d, observed(runs={"t": [busy]}), NOW).tasks[0].reason == (
+        "run 1.1 started 1m40s ago, 1 turn, 5 tool calls, 4200 tokens, $0.06 so far; "
+        "last: tool Bash: pytest"
+    )
 
 
 def test_a_run_crossing_its_budget_mid_stream_is_stopped() -> None:

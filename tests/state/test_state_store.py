@@ -24,6 +24,7 @@ from reconciler.state import (
     TaskRow,
     Transaction,
 )
+from reconciler.state.store import MIGRATIONS
 
 
 def task(name: str = "t", **kw: Any) -> TaskRow:
@@ -98,6 +99,36 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         Store.open(tmp_path)
     with pytest.raises(StateError, match="newer than this reconciler supports"):
         Store.open_readonly(tmp_path)
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+def test_an_older_database_is_migrated_by_a_writer_and_named_to_readers(
+    tmp_path: Path, version: int
+) -> None:
+    raw = sqlite3.connect(tmp_path / "state.db")
+    for step in MIGRATIONS[:version]:
+        raw.executescript(step)
+    raw.execute(f"PRAGMA user_version = {version}")
+    raw.execute("INSERT INTO tasks (name, lane, repo, first_seen) VALUES ('t', 'l', 'r', 100)")
+    raw.execute(
+        "INSERT INTO runs (task, attempt, iteration, generation, lane, repo, run_dir, started_at,"
+        " cost_usd) VALUES ('t', 1, 1, 'g1', 'l', 'r', '/runs/t/1.1', 200, 0.5)"
+    )
+    raw.commit()
+    raw.close()
+    with pytest.raises(
+        StateError, match=f"schema version {version}, older .* run `reconciler apply` once"
+    ):
+        Store.open_readonly(tmp_path)
+    with Store.open(tmp_path) as migrated:  # a writer migrates, keeping every row
+        assert migrated.runs() == [run(cost_usd=0.5, run_dir="/runs/t/1.1")]
+        with migrated.transaction() as tx:
+            tx.update_run("t", 1, 1, turns=3, tool_calls=4, progress_offset=10)
+        assert migrated.runs()[0].turns == 3
+    assert (
+        sqlite3.connect(tmp_path / "state.db").execute("PRAGMA user_version").fetchone()[0]
+        == SCHEMA_VERSION
+    )
 
 
 # -------------------------------------------------------------------------------- serial

@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field, ValidationError
 
 from reconciler.node import files
 from reconciler.node.agents.aider import COST, TOKENS, count
@@ -43,6 +45,8 @@ class Spend:
     output_tokens: int | None = None
     cost_usd: float | None = None
     estimated: bool = False  # priced from tokens: the agent reported no cost
+    turns: int | None = None  # model responses so far
+    tool_calls: int | None = None  # tools, commands and edits the agent ran so far
 
     @property
     def tokens(self) -> int | None:
@@ -51,75 +55,49 @@ class Spend:
         return (self.input_tokens or 0) + (self.output_tokens or 0)
 
 
-@dataclass
-class _Tally:
+class _Message(BaseModel):
+    """Claude: the assistant message being streamed (one event per content block)."""
+
+    id: str
+    model: str
+    counts: Counts
+    tools: list[str] = Field(default_factory=list)  # its tool_use block ids seen so far
+
+
+class _Tally(BaseModel):
+    """What ``meter.json`` keeps between passes."""
+
     kind: str
     offset: int = 0
-    models: dict[str, Counts] = field(default_factory=dict)  # "" = the model is not named
-    message: tuple[str, str, Counts] | None = None  # claude: the message still streaming
+    models: dict[str, Counts] = Field(default_factory=dict)  # "" = the model is not named
+    message: _Message | None = None
     model: str = ""  # gemini: the init event's model
     reported_usd: float | None = None
     reported_tokens: list[int] | None = None  # claude's final [input, output]
     baseline: Counts | None = None  # codex: the resumed thread's totals before this run
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "offset": self.offset,
-            "models": self.models,
-            "message": list(self.message) if self.message else None,
-            "model": self.model,
-            "reported_usd": self.reported_usd,
-            "reported_tokens": self.reported_tokens,
-            "baseline": self.baseline,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, object] | None, kind: str) -> _Tally:
-        if not data or data.get("kind") != kind:
-            return cls(kind)
-        try:
-            message = data.get("message")
-            models = data.get("models")
-            baseline = data.get("baseline")
-            return cls(
-                kind=kind,
-                offset=int(str(data.get("offset", 0))),
-                models={str(k): _counts(v) for k, v in (models or {}).items()}
-                if isinstance(models, dict)
-                else {},
-                message=(str(message[0]), str(message[1]), _counts(message[2]))
-                if isinstance(message, list) and len(message) == 3
-                else None,
-                model=str(data.get("model") or ""),
-                reported_usd=float_or_none(data.get("reported_usd")),
-                reported_tokens=_pair(data.get("reported_tokens")),
-                baseline=_counts(baseline) if isinstance(baseline, list) else None,
-            )
-        except (TypeError, ValueError):
-            return cls(kind)
+    turns: int = 0
+    tools: int = 0
+    in_turn: bool = False  # gemini: inside a model response
 
     def all_models(self) -> dict[str, Counts]:
         counts = {m: list(c) for m, c in self.models.items()}
         if self.message is not None:
-            _, model, pending = self.message
-            counts[model] = _add(counts.get(model, [0, 0, 0, 0]), pending)
+            pending = self.message
+            counts[pending.model] = _add(counts.get(pending.model, [0, 0, 0, 0]), pending.counts)
         if self.baseline is not None and self.kind == "codex":
             total = counts.get("", [0, 0, 0, 0])
             counts[""] = [max(0, a - b) for a, b in zip(total, self.baseline, strict=True)]
         return counts
 
 
-def _counts(value: object) -> Counts:
-    if not isinstance(value, list) or len(value) != 4:
-        raise ValueError("counts")
-    return [int(v) for v in value]
-
-
-def _pair(value: object) -> list[int] | None:
-    if isinstance(value, list) and len(value) == 2:
-        return [int(value[0]), int(value[1])]
-    return None
+def _load(path: str, kind: str) -> _Tally:
+    data = files.read_json(path)
+    if data is not None and data.get("kind") == kind:
+        try:
+            return _Tally.model_validate(data)
+        except ValidationError:
+            pass  # from another version, or damaged: read the output again
+    return _Tally(kind=kind)
 
 
 def _add(a: Counts, b: Counts) -> Counts:
@@ -135,17 +113,17 @@ def _usage(usage: object, *names: str) -> Counts:
 
 
 def _feed_claude(tally: _Tally, raw: bytes) -> None:
-    if b'"usage"' not in raw and b'"result"' not in raw:
+    if b'"assistant"' not in raw and b'"result"' not in raw:
         return
     event = json_event(raw)
     if event is None:
         return
     if event.get("type") == "assistant":
         message = event.get("message")
-        if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
+        if not isinstance(message, dict):
             return
         counts = _usage(
-            message["usage"],
+            message.get("usage"),
             "input_tokens",
             "output_tokens",
             "cache_read_input_tokens",
@@ -153,13 +131,23 @@ def _feed_claude(tally: _Tally, raw: bytes) -> None:
         )
         ident = str_or_none(message.get("id")) or ""
         model = str_or_none(message.get("model")) or ""
-        if tally.message is not None and ident and tally.message[0] == ident:
-            tally.message = (ident, model, counts)  # the same message again: its latest usage
-            return
-        if tally.message is not None:
-            _, was_model, was = tally.message
-            tally.models[was_model] = _add(tally.models.get(was_model, [0, 0, 0, 0]), was)
-        tally.message = (ident, model, counts)
+        pending = tally.message
+        if pending is None or not ident or pending.id != ident:
+            if pending is not None:
+                tally.models[pending.model] = _add(
+                    tally.models.get(pending.model, [0, 0, 0, 0]), pending.counts
+                )
+            pending = tally.message = _Message(id=ident, model=model, counts=counts)
+            tally.turns += 1
+        elif any(counts):
+            pending.counts = counts  # the same message again: its latest usage
+        content = message.get("content")
+        for block in content if isinstance(content, list) else []:
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                tool = str_or_none(block.get("id")) or f"#{len(pending.tools)}"
+                if tool not in pending.tools:
+                    pending.tools.append(tool)
+                    tally.tools += 1
     elif event.get("type") == "result":
         tally.reported_usd = float_or_none(event.get("total_cost_usd"))
         usage = event.get("usage")
@@ -167,25 +155,45 @@ def _feed_claude(tally: _Tally, raw: bytes) -> None:
             tally.reported_tokens = _usage(usage, "input_tokens", "output_tokens")
 
 
+# Codex items that are the agent acting, not talking or thinking.
+_CODEX_TOOLS = frozenset({"command_execution", "file_change", "mcp_tool_call", "web_search"})
+
+
 def _feed_codex(tally: _Tally, raw: bytes) -> None:
-    if b"turn.completed" not in raw:
-        return
-    event = json_event(raw)
-    if event is not None and event.get("type") == "turn.completed":
-        tally.models[""] = _usage(
-            event.get("usage"), "input_tokens", "output_tokens", "cached_input_tokens", "_"
-        )
-
-
-def _feed_gemini(tally: _Tally, raw: bytes) -> None:
-    if b'"init"' not in raw and b'"result"' not in raw:
+    if b"turn.completed" not in raw and b"item.completed" not in raw:
         return
     event = json_event(raw)
     if event is None:
         return
-    if event.get("type") == "init":
+    if event.get("type") == "turn.completed":
+        tally.turns += 1
+        tally.models[""] = _usage(
+            event.get("usage"), "input_tokens", "output_tokens", "cached_input_tokens", "_"
+        )
+    elif event.get("type") == "item.completed":
+        item = event.get("item")
+        if isinstance(item, dict) and item.get("type") in _CODEX_TOOLS:
+            tally.tools += 1
+
+
+def _feed_gemini(tally: _Tally, raw: bytes) -> None:
+    event = json_event(raw)
+    kind = event.get("type") if event is not None else None
+    if event is None:
+        return
+    if kind == "init":
         tally.model = str_or_none(event.get("model")) or tally.model
-    elif event.get("type") == "result":
+    elif kind in ("message", "tool_use"):
+        if kind == "tool_use" or event.get("role") == "assistant":
+            if not tally.in_turn:  # a model response starts
+                tally.turns += 1
+                tally.in_turn = True
+            tally.tools += kind == "tool_use"
+        else:
+            tally.in_turn = False
+    elif kind == "tool_result":
+        tally.in_turn = False  # the results go back to the model: the next response is a turn
+    elif kind == "result":
         stats = event.get("stats")
         found_in, found_out = gemini_tokens(stats if isinstance(stats, dict) else {})
         if found_in is not None or found_out is not None:
@@ -210,6 +218,7 @@ def _consume_aider(tally: _Tally, data: bytes, final: bool) -> int:
     for m in TOKENS.finditer(text):
         counts = [count(m.group(1)), count(m.group(4)), 0, 0]
         tally.models[""] = _add(tally.models.get("", [0, 0, 0, 0]), counts)
+        tally.turns += 1  # one report per model call
         end_char = m.end()
     for m in COST.finditer(text):
         tally.reported_usd = float(m.group(2))  # the session total so far
@@ -240,7 +249,7 @@ def _read(tally: _Tally, output: str, final: bool) -> tuple[_Tally, bool]:
         with open(output, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size < tally.offset:  # the output was replaced: start over
-                tally = _Tally(tally.kind)
+                tally = _Tally(kind=tally.kind)
             start = tally.offset
             handle.seek(start)
             pending = b""
@@ -260,14 +269,18 @@ def _read(tally: _Tally, output: str, final: bool) -> tuple[_Tally, bool]:
 def _tally(kind: str, run_dir: str, final: bool) -> _Tally:
     path = os.path.join(run_dir, METER_JSON)
     tally, moved = _read(
-        _Tally.from_json(files.read_json(path), kind),
+        _load(path, kind),
         os.path.join(run_dir, files.OUTPUT_LOG),
         final,
     )
     if moved:
-        with contextlib.suppress(OSError):  # a read-only run directory: metered again next time
-            files.write_json_atomic(path, tally.to_json())
+        _save(run_dir, tally)
     return tally
+
+
+def _save(run_dir: str, tally: _Tally) -> None:
+    with contextlib.suppress(OSError):  # a read-only run directory: metered again next time
+        files.write_json_atomic(os.path.join(run_dir, METER_JSON), tally.model_dump(mode="json"))
 
 
 def _codex_baseline(run_dir: str, thread: str) -> Counts:
@@ -311,16 +324,21 @@ def spend(
         except OSError:
             tally.baseline = [0, 0, 0, 0]
         with contextlib.suppress(OSError):
-            files.write_json_atomic(os.path.join(run_dir, METER_JSON), tally.to_json())
+            files.write_json_atomic(
+                os.path.join(run_dir, METER_JSON), tally.model_dump(mode="json")
+            )
     models = tally.all_models()
     tokens = tally.reported_tokens
     if tokens is None and models:
         tokens = [sum(c[0] for c in models.values()), sum(c[1] for c in models.values())]
     found_in, found_out = tokens if tokens is not None else (None, None)
+    turns = tally.turns or None
+    # aider does not tell its edits apart; an agent that never answered ran no tools either
+    tools = tally.tools if agent.kind != "aider" and (tally.turns or tally.tools) else None
     if tally.reported_usd is not None:
-        return Spend(found_in, found_out, round(tally.reported_usd, 6))
+        return Spend(found_in, found_out, round(tally.reported_usd, 6), False, turns, tools)
     cost = _priced(agent, models, cached_in_input=agent.kind == "codex")
-    return Spend(found_in, found_out, cost, estimated=cost is not None)
+    return Spend(found_in, found_out, cost, cost is not None, turns, tools)
 
 
 def _priced(agent: AgentRef, models: dict[str, Counts], *, cached_in_input: bool) -> float | None:
