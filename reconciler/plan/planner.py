@@ -671,7 +671,13 @@ class _Planner:
     def iterate(
         self, task: Task, run: RunView, reason: str, phase: Phase, feedback: tuple[str, ...]
     ) -> None:
-        """The next run of the same attempt, resuming the agent's session where it has one."""
+        """The next run of the same attempt, resuming the agent's session where it has one.
+
+        A run whose agent never answered (no turn: e.g. ``--resume`` of a session the agent
+        does not have, gemini's exit 42) leaves no session worth resuming: the next starts
+        afresh rather than failing the same way until the iterations run out.
+        """
+        session = run.session_id or (run.result.session_id if run.result else None)
         self.candidate(
             task,
             ActionKind.ITERATE,
@@ -679,7 +685,7 @@ class _Planner:
             phase,
             attempt=run.attempt,
             iteration=run.iteration + 1,
-            resume_session=run.session_id or (run.result.session_id if run.result else None),
+            resume_session=session if run.turns != 0 else None,
             feedback=feedback,
         )
 

@@ -317,6 +317,20 @@ def test_failed_criteria_iterate_with_feedback_and_session() -> None:
     assert [(o.outcome, o.iteration) for o in p.outcomes] == [("failed", 1)]
 
 
+def test_a_session_whose_agent_never_answered_is_not_resumed() -> None:
+    # e.g. gemini --resume of a session it does not have: exit 42 before any event
+    d = desired(("t", task_spec(success={"markers": ["DONE"]})))
+    refused = AgentResult(ok=False, subtype="input_error", num_turns=0)
+    r = run(d, "t", exit=exited(42), result=refused, session_id="s-gone", turns=0)
+    p = plan(d, observed(runs={"t": [r]}), NOW)
+    assert kinds(p) == [("iterate", "t")]
+    assert p.actions[0].resume_session is None  # a fresh session, not the same failure again
+    answered = replace(r, turns=2)
+    assert plan(d, observed(runs={"t": [answered]}), NOW).actions[0].resume_session == "s-gone"
+    unknown = replace(r, turns=None)  # an agent whose turns are not counted: resume as told
+    assert plan(d, observed(runs={"t": [unknown]}), NOW).actions[0].resume_session == "s-gone"
+
+
 def test_no_commits_fails_require_commits() -> None:
     d = desired(("t", task_spec()))
     r = run(d, "t", exit=exited(0), result=ok_result(), commits_ahead=0)

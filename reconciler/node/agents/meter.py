@@ -332,7 +332,7 @@ def spend(
     if tokens is None and models:
         tokens = [sum(c[0] for c in models.values()), sum(c[1] for c in models.values())]
     found_in, found_out = tokens if tokens is not None else (None, None)
-    turns = tally.turns or None
+    turns = tally.turns  # 0: the agent never answered (a session that may not exist)
     # aider does not tell its edits apart; an agent that never answered ran no tools either
     tools = tally.tools if agent.kind != "aider" and (tally.turns or tally.tools) else None
     if tally.reported_usd is not None:
