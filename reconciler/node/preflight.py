@@ -7,6 +7,7 @@ Each check is one ``PreflightCheck`` with a one-sentence ``detail`` and, when it
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 from reconciler.node import git as gitops
@@ -219,13 +220,13 @@ AUTH: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
             "CLAUDE_CODE_USE_BEDROCK",
             "CLAUDE_CODE_USE_VERTEX",
         ),
-        ("~/.claude/.credentials.json",),
+        ("${CLAUDE_CONFIG_DIR:-~/.claude}/.credentials.json",),
         "export ANTHROPIC_API_KEY in the lane user's ~/.profile, or run `claude` once as the "
         "lane user and log in",
     ),
     "codex": (
         ("CODEX_API_KEY", "OPENAI_API_KEY"),
-        ("~/.codex/auth.json",),
+        ("${CODEX_HOME:-~/.codex}/auth.json",),
         "export CODEX_API_KEY (or OPENAI_API_KEY) in the lane user's ~/.profile, or run "
         "`codex login` as the lane user",
     ),
@@ -267,16 +268,30 @@ def _auth_check(lane: Lane, agent: AgentRef) -> PreflightCheck | None:
     found = [n for n in names if env.get(n)]
     if found:
         return _ok("agent-auth", subject, f"{found[0]} is set for the {agent.kind} agent.")
-    logins = [f for f in files if os.path.isfile(os.path.expanduser(f))]
+    paths = [_login_path(f, env) for f in files]
+    logins = [p for p in paths if os.path.isfile(p)]
     if logins:
         return _ok("agent-auth", subject, f"{logins[0]} holds a {agent.kind} login.")
     return _fail(
         "agent-auth",
         subject,
         f"No credentials for the {agent.kind} agent: none of {', '.join(names)} is set in the "
-        f"lane's environment and there is no {' or '.join(files)}.",
+        f"lane's environment and there is no {' or '.join(paths)}.",
         fix,
     )
+
+
+_DEFAULTED = re.compile(r"^\$\{(\w+):-([^}]*)\}(.*)$")
+
+
+def _login_path(template: str, env: dict[str, str]) -> str:
+    """Where an agent keeps its login, in the agent's environment: ``${CODEX_HOME:-~/.codex}``
+    is ``$CODEX_HOME`` when that is set, else ``~/.codex``; ``~`` is the agent's ``HOME``."""
+    m = _DEFAULTED.match(template)
+    path = (env.get(m[1]) or m[2]) + m[3] if m else template
+    if path.startswith("~/"):
+        path = os.path.join(env.get("HOME") or os.path.expanduser("~"), path[2:])
+    return path
 
 
 def _agent_check(lane: Lane, agent: AgentRef) -> PreflightCheck:

@@ -177,6 +177,36 @@ def test_agent_credentials_are_checked_by_presence_only(
     loginenv._CACHE.clear()
 
 
+@pytest.mark.parametrize(
+    ("kind", "variable", "login"),
+    [("codex", "CODEX_HOME", "auth.json"), ("claude", "CLAUDE_CONFIG_DIR", ".credentials.json")],
+)
+def test_a_login_is_looked_for_where_the_agents_environment_puts_it(
+    env: Env, tmp_path: Path, kind: str, variable: str, login: str
+) -> None:
+    from reconciler.node import loginenv
+
+    loginenv._CACHE.clear()
+    home = Path(os.path.expanduser("~"))
+    default = home / {"codex": ".codex", "claude": ".claude"}[kind] / login
+    default.parent.mkdir(parents=True, exist_ok=True)
+    default.write_text("{}")  # a login where the agent will not look, once the variable is set
+    config = tmp_path / f"{kind}-config"
+    config.mkdir()
+    agent = AgentRef(kind=kind, command=[sys.executable], env={variable: str(config)})
+
+    def auth() -> PreflightCheck:
+        return run(env, PreflightRequest(lane=env.lane, agents=[agent], min_free_bytes=1))[
+            "agent-auth", sys.executable
+        ]
+
+    missing = auth()
+    assert not missing.ok and str(config / login) in missing.detail, missing
+    (config / login).write_text("{}")
+    assert auth().ok and str(config / login) in auth().detail
+    loginenv._CACHE.clear()
+
+
 def test_an_agent_without_command_is_looked_up_by_its_kind(env: Env) -> None:
     checks = run(
         env,
