@@ -390,7 +390,13 @@ def _spawn(
             "surrogate); fix the prompt text"
         ) from None
     files.write_atomic(prompt_path, prompt, 0o600)
-    argv, on_stdin = adapter.build(req.agent, prompt_path, req.session_id, req.resume_session)
+    argv, on_stdin = adapter.build(
+        req.agent,
+        prompt_path,
+        req.session_id,
+        req.resume_session,
+        git_dir=gitops.common_dir(workspace),
+    )
     # `~/bin/agent` names a binary in the lane user's home, as it would in their shell.
     argv[0] = os.path.expanduser(argv[0])
     markers = {

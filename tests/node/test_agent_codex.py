@@ -147,6 +147,17 @@ def test_argv_does_not_repeat_json_or_read_option_values_as_sandbox() -> None:
     assert argv == ["codex", "exec", "--json", "--sandbox", "workspace-write", *args, "-"]
 
 
+def test_the_repositorys_git_dir_is_writable_under_the_default_sandbox() -> None:
+    def build(*args: str) -> list[str]:
+        agent = AgentRef(kind="codex", args=list(args))
+        return codex.build(agent, "/p", None, None, git_dir="/src/app/.git")[0]
+
+    sandbox = ["--sandbox", "workspace-write", "--add-dir", "/src/app/.git"]
+    assert build() == ["codex", "exec", "--json", *sandbox, "-"]
+    assert build("--add-dir", "/src/app/.git").count("/src/app/.git") == 1  # given: not again
+    assert "/src/app/.git" not in build("--sandbox", "danger-full-access")  # not asked for
+
+
 @pytest.mark.parametrize("bad", ["--dangerously-bypass-approvals-and-sandbox", "-", "a b", ""])
 def test_resume_refuses_what_is_not_a_thread_id(bad: str) -> None:
     if not bad:  # an empty resume is no resume
@@ -173,8 +184,19 @@ def test_the_fake_rejects_a_wrong_command_line(tmp_path: Path) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("CODEX_")}
     expect = {"resume": THREAD, "prompt": PROMPT}
     env = {**base, "RECONCILER_PROMPT_FILE": str(prompt), "FAKE_CODEX_EXPECT": json.dumps(expect)}
-    flags = ["exec", "--json", "--sandbox", "workspace-write"]
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    flags = ["exec", "--json", "--sandbox", "workspace-write", "--add-dir", str(repo / ".git")]
     wrong = {
+        "git dir not writable": [
+            "exec",
+            "--json",
+            "--sandbox",
+            "workspace-write",
+            "resume",
+            THREAD,
+            "-",
+        ],
         "sandbox after resume": ["exec", "--json", "resume", "--sandbox", "workspace-write"],
         "prompt as an argument": [*flags, "resume", THREAD, "fix it"],
         "no --json": ["exec", "--sandbox", "workspace-write", "resume", THREAD, "-"],
@@ -189,6 +211,7 @@ def test_the_fake_rejects_a_wrong_command_line(tmp_path: Path) -> None:
             [sys.executable, str(FAKE), *argv],
             input=PROMPT.encode(),
             env=env,
+            cwd=repo,
             capture_output=True,
             check=False,
         )
@@ -201,6 +224,7 @@ def test_the_fake_rejects_a_wrong_command_line(tmp_path: Path) -> None:
             [sys.executable, str(FAKE), *good],
             input=stdin.encode(),
             env=env,
+            cwd=repo,
             capture_output=True,
             check=False,
         )
@@ -210,6 +234,7 @@ def test_the_fake_rejects_a_wrong_command_line(tmp_path: Path) -> None:
         [sys.executable, str(FAKE), *good],
         input=PROMPT.encode(),
         env=leaked,
+        cwd=repo,
         capture_output=True,
         check=False,
     )

@@ -23,9 +23,16 @@ class Adapter(Protocol):
     sessions: bool  # the agent keeps sessions that a later run can resume
 
     def build(
-        self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None
+        self,
+        agent: AgentRef,
+        prompt_file: str,
+        session_id: str | None,
+        resume: str | None,
+        *,
+        git_dir: str | None = None,
     ) -> tuple[list[str], bool]:
-        """(argv, prompt_on_stdin) for one run."""
+        """(argv, prompt_on_stdin) for one run. ``git_dir``: the repository's git directory,
+        where commits made in the worktree are written (a sandboxing agent must allow it)."""
         ...
 
     def parse(self, output_path: str, exit: ExitInfo) -> AgentResult:

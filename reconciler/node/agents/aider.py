@@ -96,7 +96,13 @@ class AiderAdapter:
     sessions: bool = False
 
     def build(
-        self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None
+        self,
+        agent: AgentRef,
+        prompt_file: str,
+        session_id: str | None,
+        resume: str | None,
+        *,
+        git_dir: str | None = None,
     ) -> tuple[list[str], bool]:
         args = list(agent.args)
         argv = [*(agent.command or ["aider"]), "--message-file", prompt_file, *FIXED_FLAGS]

@@ -41,7 +41,13 @@ class ClaudeAdapter:
     sessions: bool = True
 
     def build(
-        self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None
+        self,
+        agent: AgentRef,
+        prompt_file: str,
+        session_id: str | None,
+        resume: str | None,
+        *,
+        git_dir: str | None = None,
     ) -> tuple[list[str], bool]:
         argv = [*(agent.command or ["claude"]), "-p", "--output-format", "stream-json"]
         argv.append("--verbose")  # stream-json requires it

@@ -1,7 +1,8 @@
 """The ``codex`` adapter: ``codex exec --json`` with the prompt on stdin, resumable by thread id.
 
-The argv is ``codex exec --json --sandbox workspace-write <args…> -`` and, to continue a thread,
-``codex exec --json --sandbox workspace-write <args…> resume <thread id> -``. Every option goes
+The argv is ``codex exec --json --sandbox workspace-write --add-dir <git dir> <args…> -`` and, to
+continue a thread, ``codex exec --json --sandbox workspace-write --add-dir <git dir> <args…>
+resume <thread id> -`` (the git dir: where the worktree's commits go). Every option goes
 before ``resume``: the ``resume`` subcommand rejects ``--sandbox`` (and ``-C``, ``--add-dir``…),
 while the options of ``exec`` itself apply to a resumed thread too.
 
@@ -14,6 +15,7 @@ few MiB of it (plus the first line, where the thread id is).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -72,6 +74,12 @@ def sets_sandbox(args: list[str]) -> bool:
     return False
 
 
+def _adds_dir(args: list[str], path: str) -> bool:
+    """Whether ``args`` already make ``path`` writable with ``--add-dir``."""
+    pairs = itertools.pairwise([*args, ""])
+    return any((a == "--add-dir" and b == path) or a == f"--add-dir={path}" for a, b in pairs)
+
+
 def _events(data: bytes) -> list[dict[str, object]]:
     """The JSON objects with a string ``type`` among the lines of ``data``, in order."""
     events = []
@@ -113,7 +121,13 @@ class CodexAdapter:
     sessions: bool = True
 
     def build(
-        self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None
+        self,
+        agent: AgentRef,
+        prompt_file: str,
+        session_id: str | None,
+        resume: str | None,
+        *,
+        git_dir: str | None = None,
     ) -> tuple[list[str], bool]:
         # `session_id` is not used: codex chooses the thread id itself (see thread.started).
         argv = [*(agent.command or ["codex"]), "exec"]
@@ -121,6 +135,10 @@ class CodexAdapter:
             argv.append("--json")
         if not sets_sandbox(agent.args):
             argv += SANDBOX
+            if git_dir and not _adds_dir(agent.args, git_dir):
+                # The worktree's index, HEAD and objects live in the checkout's git directory,
+                # outside the worktree: without it, workspace-write cannot `git commit`.
+                argv += ["--add-dir", git_dir]
         argv += agent.args
         if resume:
             if not THREAD_ID.match(resume):

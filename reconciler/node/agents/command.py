@@ -18,7 +18,13 @@ class CommandAdapter:
     sessions: bool = False
 
     def build(
-        self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None
+        self,
+        agent: AgentRef,
+        prompt_file: str,
+        session_id: str | None,
+        resume: str | None,
+        *,
+        git_dir: str | None = None,
     ) -> tuple[list[str], bool]:
         if not agent.command:
             raise NodeError(

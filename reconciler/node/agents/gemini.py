@@ -197,7 +197,13 @@ class GeminiAdapter:
     sessions: bool = True
 
     def build(
-        self, agent: AgentRef, prompt_file: str, session_id: str | None, resume: str | None
+        self,
+        agent: AgentRef,
+        prompt_file: str,
+        session_id: str | None,
+        resume: str | None,
+        *,
+        git_dir: str | None = None,
     ) -> tuple[list[str], bool]:
         argv = [*(agent.command or ["gemini"]), "--output-format", "stream-json"]
         if resume:  # the CLI refuses --session-id together with --resume

@@ -12,7 +12,8 @@ Driven by the environment:
 - ``FAKE_CODEX_EXIT``: the exit status afterwards (default 0), or ``SIGKILL`` to die mid-stream.
 - ``FAKE_CODEX_EXPECT``: JSON ``{"resume": ID or null, "sandbox": "workspace-write" |
   "danger-full-access" | "bypass" | ..., "args": [...], "prompt": "..."}``: what reconciler must
-  send; ``args`` must appear, in order and together, among the options of ``exec``.
+  send; ``args`` must appear, in order and together, among the options of ``exec``. Under
+  ``workspace-write`` the repository's git directory must be among the ``--add-dir``s.
 - ``FAKE_CODEX_RECORD``: a file that gets one JSON line per call: argv, cwd and stdin.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -179,6 +181,17 @@ def contract(cmd: dict[str, object], stdin: bytes) -> None:
     wanted_choice = wanted if wanted == "bypass" or "=" in wanted else f"--sandbox {wanted}"
     if choices != [wanted_choice]:
         usage(f"sandbox chosen as {choices}, expected exactly [{wanted_choice!r}]")
+    if wanted == "workspace-write":
+        # The worktree's git metadata lives in the checkout's git directory: it must be
+        # writable, or the agent cannot commit.
+        common = subprocess.run(
+            ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if os.path.realpath(common) not in map(os.path.realpath, seen.get("--add-dir", [])):
+            usage(f"--add-dir {common} missing: the worktree could not commit")
     if cmd["resume"] != expect.get("resume"):
         usage(f"resume {cmd['resume']!r}, expected {expect.get('resume')!r}")
     if cmd["prompt"] != "-":
