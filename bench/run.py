@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import gc
 import hashlib
+import json
 import math
 import os
 import re
@@ -54,7 +55,7 @@ SCHEDULE_TARGET = 1.3
 EXPENSIVE_PASS = 8.0  # seconds: above this a size gets a single repetition
 T = TypeVar("T")
 SLOT_LANES = (("lane-a", 5), ("lane-b", 4), ("lane-c", 2))
-SECTIONS = ("plan", "slots", "refill", "github", "transports", "pool")
+SECTIONS = ("plan", "slots", "refill", "github", "transports", "pool", "meter")
 
 
 # ------------------------------------------------------------------------------------- table
@@ -1406,6 +1407,60 @@ def sandbox(keep: bool) -> Iterator[Sandbox]:
         box.close()
 
 
+def meter_figures(box: Sandbox, table: Table, runs: int, mib: int) -> None:
+    """What a pass pays to know what running agents have spent: ``runs`` claude runs with
+    ``mib`` MiB of stream-json each, metered once from nothing (a naive reader would pay this
+    every pass), then again after each run wrote 64 KiB more (what a pass pays)."""
+    from reconciler.node.agents.meter import spend
+    from reconciler.protocol import AgentRef
+
+    def message(n: int) -> bytes:
+        usage = {"input_tokens": 1200, "output_tokens": 300, "cache_read_input_tokens": 9000}
+        content = [{"type": "text", "text": "x" * 700}]
+        msg = {"id": f"m{n}", "model": "claude-sonnet-4-5", "content": content, "usage": usage}
+        return json.dumps({"type": "assistant", "message": msg}).encode() + b"\n"
+
+    line = message(0)
+    per_mib = (1 << 20) // len(line)
+    base = box.root / "meter"
+    dirs = []
+    for r in range(runs):
+        run_dir = base / f"{r}.1"
+        run_dir.mkdir(parents=True)
+        with open(run_dir / "output.log", "wb") as handle:
+            handle.write(b"".join(message(n) for n in range(per_mib * mib)))
+        dirs.append(run_dir)
+    agent = AgentRef(kind="claude")
+
+    def meter_all() -> float:
+        started = time.perf_counter()
+        for run_dir in dirs:
+            spend(agent, str(run_dir))
+        return time.perf_counter() - started
+
+    first = meter_all()
+    grown = []
+    for step in range(3):
+        for run_dir in dirs:
+            with open(run_dir / "output.log", "ab") as handle:
+                handle.write(
+                    b"".join(message(10**6 + step * 100 + n) for n in range(64 * 1024 // len(line)))
+                )
+        grown.append(meter_all())
+    steady = median(grown)
+    table.add(
+        f"meter: {runs} runs of {mib} MiB, pass after 64 KiB more / first pass",
+        f"{steady / first:.3f} ({steady / runs * 1000:.2f} ms vs "
+        f"{first / runs * 1000:.1f} ms per run)",
+        "<= 0.1",
+        steady / first <= 0.1,
+    )
+    found = spend(agent, str(dirs[0]))
+    expected = per_mib * mib + 3 * (64 * 1024 // len(line))
+    if found.turns != expected:
+        raise SystemExit(f"meter counted {found.turns} messages, expected {expected}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", default="1000,10000", help="task counts for the plan figures")
@@ -1421,6 +1476,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pool-files", type=int, default=10000, help="files in the pool figure's repository"
+    )
+    parser.add_argument(
+        "--meter-mib", type=int, default=4, help="MiB of agent output per metered run"
     )
     parser.add_argument("--skip", default="", help=f"comma list of: {', '.join(SECTIONS)}")
     parser.add_argument("--only", default="", help="comma list of the sections to run alone")
@@ -1454,6 +1512,8 @@ def main(argv: list[str] | None = None) -> int:
             transport_figures(box, table, args.transport_tasks)
         if "pool" not in skip:
             pool_figures(box, table, args.pool_files, args.reps)
+        if "meter" not in skip:
+            meter_figures(box, table, runs=20, mib=args.meter_mib)
     elapsed = time.perf_counter() - started
     print()
     sys.stdout.write(table.render())

@@ -42,6 +42,8 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
             "350",
             "--transport-tasks",
             "20",
+            "--meter-mib",
+            "1",
         ],
         env=env,
         capture_output=True,
@@ -73,6 +75,7 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         # printed as skipped (with the reason) where the bench is not root or sshd is missing
         "node batch, in-process / local user / ssh",
         "pass over 20 tasks, ssh / in-process",
+        "meter: 20 runs of 1 MiB, pass after 64 KiB more / first pass",
     ):
         assert name in rows, f"missing row {name!r} in:\n{proc.stdout}"
     assert rows["tasks done / failed / apply errors"][1].strip() == "11 / 0 / 0", proc.stdout
