@@ -541,8 +541,17 @@ class _Planner:
             what = "no agent event" if by_events else "no output"
             why = f"{what} for {format_duration(quiet)} (stallTimeout "
             why += f"{format_duration(agent.stall_timeout)})"
-        elif spent is not None and run.mark != "stopped":
-            why = f"budget exhausted ({spent}) during the run"
+        elif run.mark != "stopped" and (
+            spent is not None or (lane_spent := self.lane_spent_today(spec.lane)) is not None
+        ):
+            if spent is not None:
+                phase, why = Phase.FAILED, f"budget exhausted ({spent}) during the run"
+            else:
+                phase = Phase.BLOCKED
+                why = (
+                    f"lane {spec.lane} spent its daily budget ({lane_spent}) during the run; "
+                    "the task starts again after 00:00 UTC, or raise the lane's spec.budget"
+                )
             self.act(
                 ActionKind.STOP,
                 task.name,
@@ -551,7 +560,7 @@ class _Planner:
                 attempt=run.attempt,
                 iteration=run.iteration,
             )
-            self.status(task.name, Phase.FAILED, spec.lane, spec.repo, pr=open_pr, reason=why)
+            self.status(task.name, phase, spec.lane, spec.repo, pr=open_pr, reason=why)
             return
         if why is not None:
             self.outcomes.append(Outcome(task.name, run.attempt, run.iteration, "stalled", (why,)))

@@ -674,6 +674,28 @@ def test_a_lane_past_its_daily_budget_starts_nothing_new_until_midnight() -> Non
     assert ("start", "new") in kinds(p)
 
 
+def test_a_lane_crossing_its_daily_budget_mid_run_stops_its_runs() -> None:
+    capped = lane()
+    capped = capped.model_copy(
+        update={"budget": capped.budget.model_copy(update={"max_cost_usd": 2.0})}
+    )
+    d = desired(("a", task_spec()), ("b", task_spec()), lanes={"web": capped})
+    a = run(d, "a", alive=True, cost_usd=1.5, started_at=NOW - 60, last_progress_at=NOW - 1)
+    b = run(d, "b", alive=True, cost_usd=0.4, started_at=NOW - 30, last_progress_at=NOW - 1)
+    within = plan(d, observed(runs={"a": [a], "b": [b]}), NOW)
+    assert kinds(within) == []
+    over = plan(d, observed(runs={"a": [a], "b": [replace(b, cost_usd=0.6)]}), NOW)
+    assert sorted(kinds(over)) == [("stop", "a"), ("stop", "b")]
+    assert phase(over, "a") is Phase.BLOCKED  # not failed: the task goes on another day
+    assert "lane web spent its daily budget ($2.10 of $2.00) during the run" in (
+        over.tasks[0].reason or ""
+    )
+    ended = replace(a, alive=False, exit=exited(signal=15), mark="stopped", marked_at=NOW)
+    again = plan(d, observed(runs={"a": [ended], "b": [replace(b, cost_usd=0.6)]}), NOW + 5)
+    assert ("stop", "a") not in kinds(again) and ("retry", "a") not in kinds(again)
+    assert phase(again, "a") is Phase.BLOCKED  # its next run waits for the lane's next day
+
+
 def test_a_run_is_told_what_it_may_still_spend() -> None:
     capped = lane()
     capped = capped.model_copy(
