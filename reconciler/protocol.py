@@ -90,6 +90,7 @@ class AgentRef(Msg):
     env: dict[str, str] = Field(default_factory=dict)
     max_budget_usd: float | None = None  # the run's spending cap, where the agent enforces one
     pricing: Pricing | None = None  # prices for estimating spend the agent does not report
+    commits: Literal["agent", "reconciler"] = "agent"  # who commits the agent's changes
 
 
 class CheckResult(Msg):
@@ -108,6 +109,7 @@ class ExitInfo(Msg):
     ended_at: float
     checks: list[CheckResult] = Field(default_factory=list)
     after_run: CheckResult | None = None  # the repository's afterRun hook (recorded only)
+    commit: CheckResult | None = None  # the reconciler's commit of the agent's changes
 
 
 class AgentResult(Msg):

@@ -105,6 +105,7 @@ def agent_ref(desired: Desired, agent: str) -> AgentRef:
         args=list(spec.args),
         env=dict(spec.env),
         pricing=Pricing(**spec.pricing.model_dump()) if spec.pricing else None,
+        commits=spec.commits,
     )
 
 

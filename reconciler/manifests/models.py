@@ -335,6 +335,11 @@ class AgentSpec(Spec):
     timeout: Duration = Field(3600.0, gt=0, description="whole-run limit")
     stall_timeout: Duration = Field(300.0, gt=0, description="no new output for this long")
     env: dict[EnvName, str] = Field(default_factory=dict)
+    commits: Literal["agent", "reconciler"] = Field(
+        "agent",
+        description="who commits the agent's changes: the agent itself, or the reconciler "
+        "(git add -A; git commit) after each run in which the agent exited 0",
+    )
     pricing: Pricing | None = Field(
         None,
         description="prices for estimating spend the agent does not report (codex, gemini, a "

@@ -378,6 +378,13 @@ def start_run(lane: Lane, req: StartRunRequest) -> RunObs:
     return obs
 
 
+def _commit_message(req: StartRunRequest) -> str:
+    return (
+        f"{req.task.name}: run {req.attempt}.{req.iteration}\n\n"
+        f"The changes the {req.agent.kind} agent made in this run, committed by reconciler.\n"
+    )
+
+
 def _spawn(
     lane: Lane, req: StartRunRequest, adapter: Adapter, run_dir: str, workspace: str
 ) -> None:
@@ -427,6 +434,7 @@ def _spawn(
             "agent_env": env,
             # The repository's afterRun hook, run by the supervisor before the checks.
             "after_run": lane.repo(req.task.repo)[0].hooks.after_run,
+            "commit_message": _commit_message(req) if req.agent.commits == "reconciler" else None,
             "hook_timeout": lane.repo(req.task.repo)[0].hooks.timeout,
         }
     )

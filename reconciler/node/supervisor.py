@@ -30,6 +30,8 @@ from reconciler.node.procs import boot_id, start_time
 CheckResult = dict[str, object]
 
 CHECK_TAIL = 4096
+COMMIT_TIMEOUT = 300.0
+FALLBACK_IDENTITY = ["-c", "user.name=reconciler", "-c", "user.email=reconciler@localhost.invalid"]
 
 
 class _State:
@@ -119,6 +121,7 @@ def _write_exit(
     checks: list[CheckResult] | None = None,
     *,
     after_run: CheckResult | None = None,
+    commit: CheckResult | None = None,
 ) -> None:
     """``exit.json`` (protocol.ExitInfo), atomically: it is the run's record of its end."""
     info = {
@@ -127,6 +130,7 @@ def _write_exit(
         "ended_at": time.time() if ended_at is None else ended_at,
         "checks": checks or [],
         "after_run": after_run,
+        "commit": commit,
     }
     files.write_json_atomic(os.path.join(run_dir, files.EXIT_JSON), info)
 
@@ -223,6 +227,10 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
         _write_exit(run_dir, code, _state.stop_signal, ended)
         return 0
 
+    commit: CheckResult | None = None
+    message = spec.get("commit_message")
+    if code == 0 and isinstance(message, str) and message:
+        commit = _commit(workspace, env, message, os.path.join(run_dir, files.CHECKS_LOG))
     after_run: CheckResult | None = None
     if spec.get("after_run"):
         # The repository's afterRun hook: recorded, never fatal; logged beside the other hooks.
@@ -246,8 +254,27 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
     if _state.stop_signal is not None:
         _write_exit(run_dir, code, _state.stop_signal, ended)
         return 0
-    _write_exit(run_dir, code, None, ended, results, after_run=after_run)
+    _write_exit(run_dir, code, None, ended, results, after_run=after_run, commit=commit)
     return 0
+
+
+def _commit(workspace: str, env: dict[str, str], message: str, log_path: str) -> CheckResult | None:
+    """The agent's changes as one commit (an Agent with ``commits: reconciler``); None when it
+    left nothing to commit. Without a git identity in the lane, the commit is the reconciler's."""
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=workspace, env=env, capture_output=True, check=False
+    )
+    if status.returncode == 0 and not status.stdout.strip():
+        return None
+    added = run_check(["git", "add", "-A"], workspace, env, COMMIT_TIMEOUT, log_path)
+    if added["exit_code"] != 0:
+        return added
+    who = subprocess.run(
+        ["git", "config", "user.email"], cwd=workspace, env=env, capture_output=True, check=False
+    )
+    identity = [] if who.stdout.strip() or "GIT_AUTHOR_EMAIL" in env else FALLBACK_IDENTITY
+    argv = ["git", *identity, "commit", "-q", "-m", message]
+    return run_check(argv, workspace, env, COMMIT_TIMEOUT, log_path)
 
 
 def _str_list_of_lists(value: object) -> list[object]:

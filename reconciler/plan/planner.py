@@ -96,6 +96,13 @@ def evaluate(task: Task, run: RunView) -> _Evaluation:
     if result is not None and not result.ok and run.exit.exit_code == 0:
         what = result.subtype or "an error"
         ev.failures.append(f"agent reported {what}")
+    commit = run.exit.commit
+    if commit is not None and commit.exit_code != 0:
+        what = "timed out" if commit.timed_out else f"failed with status {commit.exit_code}"
+        ev.failures.append(f"committing the agent's changes {what}")
+        if commit.output_tail.strip():
+            tail = _tail(commit.output_tail)
+            ev.feedback.append(f"Output of the commit (tail):\n```\n{tail}\n```")
     final_text = result.final_text if result is not None else ""
     for marker in success.markers:
         if marker not in final_text:

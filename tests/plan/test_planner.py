@@ -331,6 +331,18 @@ def test_a_session_whose_agent_never_answered_is_not_resumed() -> None:
     assert plan(d, observed(runs={"t": [unknown]}), NOW).actions[0].resume_session == "s-gone"
 
 
+def test_a_refused_commit_of_the_agents_changes_is_a_failure_with_its_output() -> None:
+    d = desired(("t", task_spec()))
+    commit = CheckResult(argv=["git", "commit"], exit_code=1, output_tail="hook: no TODOs")
+    done = exited(0)
+    done = done.model_copy(update={"commit": commit})
+    r = run(d, "t", exit=done, result=ok_result(), commits_ahead=0, dirty=("?? a.py",))
+    p = plan(d, observed(runs={"t": [r]}), NOW)
+    assert kinds(p) == [("iterate", "t")]
+    assert "committing the agent's changes failed with status 1" in p.actions[0].reason
+    assert any("hook: no TODOs" in f for f in p.actions[0].feedback)
+
+
 def test_no_commits_fails_require_commits() -> None:
     d = desired(("t", task_spec()))
     r = run(d, "t", exit=exited(0), result=ok_result(), commits_ahead=0)

@@ -7,10 +7,11 @@ API error (bad key, unreachable endpoint) as after a successful edit, so the ver
 exit status plus "the run did not end on a model error"; whether the work was done is for the
 task's success criteria (commits ahead, checks, markers) to say.
 
-Commits are aider's: ``--auto-commits`` is passed unless ``args`` say ``--no-auto-commits``.
-Under ``--yes-always`` aider declines every shell command the model proposes (``git commit``
-included), and the reconciler never commits for an agent, so without auto-commits a task with
-``requireCommits`` could never succeed. The chat and input histories go to the run directory,
+Commits are aider's: ``--auto-commits`` is passed unless ``args`` choose, or the Agent leaves
+commits to the reconciler (``commits: reconciler``: ``--no-auto-commits``, and the run's
+supervisor commits). Under ``--yes-always`` aider declines every shell command the model
+proposes (``git commit`` included), so with neither a task with ``requireCommits`` could never
+succeed. The chat and input histories go to the run directory,
 not into the worktree. No sessions: aider has no resumable session id.
 """
 
@@ -107,7 +108,8 @@ class AiderAdapter:
         args = list(agent.args)
         argv = [*(agent.command or ["aider"]), "--message-file", prompt_file, *FIXED_FLAGS]
         if not _has_flag(args, "--auto-commits", "--no-auto-commits"):
-            argv.append("--auto-commits")
+            # aider commits, unless the Agent leaves that to the reconciler
+            argv.append("--no-auto-commits" if agent.commits == "reconciler" else "--auto-commits")
         run_dir = os.path.dirname(prompt_file)
         if not _has_flag(args, "--chat-history-file"):
             argv += ["--chat-history-file", os.path.join(run_dir, CHAT_HISTORY)]
