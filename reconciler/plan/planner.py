@@ -94,7 +94,7 @@ def evaluate(task: Task, run: RunView) -> _Evaluation:
     if run.exit.exit_code != 0:
         ev.failures.append(f"agent exited with status {run.exit.exit_code}")
     if result is not None and not result.ok and run.exit.exit_code == 0:
-        what = result.subtype or "an error"
+        what = result.subtype if result.subtype not in (None, "success") else "an error"
         ev.failures.append(f"agent reported {what}")
     commit = run.exit.commit
     if commit is not None and commit.exit_code != 0:
@@ -693,7 +693,9 @@ class _Planner:
         does not have, gemini's exit 42) leaves no session worth resuming: the next starts
         afresh rather than failing the same way until the iterations run out.
         """
-        session = run.session_id or (run.result.session_id if run.result else None)
+        # The session the agent reported wins over the one it was started with: an agent may
+        # answer a resume under a new id, and the next run must continue that one.
+        session = (run.result.session_id if run.result else None) or run.session_id
         self.candidate(
             task,
             ActionKind.ITERATE,

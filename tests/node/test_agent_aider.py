@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from decide import decide
 from node_support import Env, git
 from ruamel.yaml import YAML
 
@@ -294,6 +295,7 @@ def test_success_run_through_the_node(env: Env) -> None:
     assert PROMPT.split("\n", 1)[0] in history
     assert not list(env.workspace("aider-ok").glob(".aider*"))
     assert run.session_id is None  # no session recorded for an adapter without sessions
+    assert decide(run, exit=env.wait_exit(run), result=result) == "complete"
 
 
 def test_failed_run_through_the_node(env: Env) -> None:
@@ -303,6 +305,9 @@ def test_failed_run_through_the_node(env: Env) -> None:
     assert result.subtype is None
     assert (result.input_tokens, result.output_tokens, result.cost_usd) == (1204, 56, 0.004)
     assert "No space left" in (Path(run.run_dir) / STDERR_LOG).read_text()
+    info = env.wait_exit(run)
+    assert decide(run, exit=info, result=result) == "iterate"  # no session to resume
+    assert decide(run, exit=info, result=result, attempt=3, iteration=3) == "failed"
 
 
 def test_run_without_a_cost_line_through_the_node(env: Env) -> None:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from decide import decide
 from node_support import Env
 
 from reconciler.node.agents import ADAPTERS
@@ -263,6 +264,7 @@ def test_success(env: Env) -> None:
     assert result.cost_estimated
     assert result.num_turns == 1
     assert result.final_text == SUCCESS_TEXT
+    assert decide(run, exit=info, result=result) == "complete"
 
 
 def test_turn_failed(env: Env) -> None:
@@ -276,6 +278,8 @@ def test_turn_failed(env: Env) -> None:
     assert result.input_tokens is None
     assert result.output_tokens is None
     assert result.num_turns == 0
+    # no turn completed: nothing worth resuming, the next iteration starts afresh
+    assert decide(run, exit=info, result=result) == "iterate"
 
 
 @pytest.mark.parametrize("exit", ["1", "0"])
@@ -294,11 +298,15 @@ def test_api_error_event(env: Env, exit: str) -> None:
 def test_context_window_exhausted_is_a_failed_turn(env: Env) -> None:
     """Codex has no --max-turns; a turn that runs out of context window is its nearest."""
     run = env.start("too-big", fake_agent("context_window.jsonl", exit="1"), PROMPT)
-    _info, result = finished(env, run)
+    info, result = finished(env, run)
     assert not result.ok
     assert result.subtype == "turn_failed"
     assert "context window" in result.final_text
     assert "TASK_COMPLETE" not in result.final_text
+    # the turn never completed (num_turns 0): the next iteration starts a new thread, as the
+    # error asks, instead of resuming the full one
+    assert decide(run, exit=info, result=result) == "iterate"
+    assert decide(run, exit=info, result=result, attempt=3, iteration=3) == "failed"
 
 
 def test_transient_error_then_completed_turn_is_success(env: Env) -> None:
@@ -319,6 +327,7 @@ def test_stream_cut_off_mid_line(env: Env) -> None:
     assert result.session_id == THREAD  # still resumable
     assert result.input_tokens is None
     assert result.final_text == SUCCESS_TEXT  # the last message it did write
+    assert decide(run, exit=info, result=result) == "retry"  # marked crashed, a new attempt
 
 
 def test_garbage_lines_interleaved(env: Env) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from decide import decide
 from node_support import Env
 
 from reconciler.node.agents import ADAPTERS
@@ -125,6 +126,7 @@ def test_success_is_ok_with_session_tokens_and_final_text(env: Env) -> None:
         tool_calls=3,
         final_text=FINAL,
     )
+    assert decide(run, exit=env.wait_exit(run), result=result) == "complete"
 
 
 def test_api_error_exit_1_is_error_with_the_message(env: Env) -> None:
@@ -162,11 +164,13 @@ def test_unknown_session_exit_42_before_any_event(env: Env) -> None:
     result = finish(env, run, 42)
     # no turn: the planner starts the next iteration afresh instead of resuming "gone" again
     assert result == AgentResult(ok=False, subtype="input_error", num_turns=0, final_text="")
+    assert decide(run, exit=env.wait_exit(run), result=result) == "iterate"
 
 
 def test_turn_limit_exit_53(env: Env) -> None:
     agent = agent_ref(stream="turn_limit.jsonl", argv_tail=fresh_argv(), exit_code=53)
-    result = finish(env, env.start("turns", agent, PROMPT, session_id=SESSION), 53)
+    run = env.start("turns", agent, PROMPT, session_id=SESSION)
+    result = finish(env, run, 53)
     assert not result.ok
     assert result.subtype == "turn_limit"
     assert result.session_id == SESSION
@@ -174,6 +178,9 @@ def test_turn_limit_exit_53(env: Env) -> None:
     assert result.num_turns == 2
     assert result.final_text.startswith("I'll run the test first to reproduce the failure.\n")
     assert TURN_LIMIT in result.final_text
+    info = env.wait_exit(run)
+    assert decide(run, exit=info, result=result) == f"iterate resume={SESSION}"
+    assert decide(run, exit=info, result=result, attempt=3, iteration=3) == "failed"
 
 
 def test_stream_cut_off_mid_line_is_no_verdict(env: Env) -> None:

@@ -44,6 +44,14 @@ def test_claude_usage_is_counted_once_per_message_and_priced_by_its_model(tmp_pa
     assert found.estimated
 
 
+def test_claude_codes_own_synthetic_messages_are_no_turn_and_cost_nothing(tmp_path: Path) -> None:
+    # Claude Code writes an API error's text as an assistant message of model "<synthetic>"
+    write(tmp_path, message("m1", 1000, 100) + message("s1", 0, 0, model="<synthetic>"))
+    found = spend(CLAUDE, str(tmp_path))
+    assert found.turns == 1
+    assert found.cost_usd == pytest.approx((1000 * 3 + 100 * 15) / 1e6)  # still priced
+
+
 def test_the_meter_reads_only_what_was_written_since_the_last_pass(tmp_path: Path) -> None:
     write(tmp_path, message("m1", 1000, 100) + message("m2", 1000, 100)[:40])  # m2 is cut
     assert spend(CLAUDE, str(tmp_path)).tokens == 1100

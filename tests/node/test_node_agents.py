@@ -131,7 +131,7 @@ def test_claude_parse_without_result_gives_the_tail(tmp_path: Path) -> None:
     result = ADAPTERS["claude"].parse(path, FAILED)
     assert not result.ok
     assert result.subtype is None
-    assert result.session_id is None
+    assert result.session_id == "abc-123"  # from the stream, though it never ended
     assert "authentication failed" in result.final_text
     missing = ADAPTERS["claude"].parse(str(tmp_path / "absent.log"), FAILED)
     assert not missing.ok

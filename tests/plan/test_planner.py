@@ -317,6 +317,17 @@ def test_failed_criteria_iterate_with_feedback_and_session() -> None:
     assert [(o.outcome, o.iteration) for o in p.outcomes] == [("failed", 1)]
 
 
+def test_the_next_iteration_resumes_the_session_the_agent_reported() -> None:
+    d = desired(("t", task_spec(success={"markers": ["DONE"]})))
+    # started to resume s-1, the agent answered under a new id (older claude versions do)
+    failed = AgentResult(ok=False, subtype="success", session_id="s-2", final_text="hm")
+    r = run(d, "t", exit=exited(0), result=failed, session_id="s-1", turns=3)
+    p = plan(d, observed(runs={"t": [r]}), NOW)
+    assert p.actions[0].resume_session == "s-2"
+    # an error reported as "success" (is_error) is not called a success
+    assert "agent reported an error" in p.actions[0].reason
+
+
 def test_a_session_whose_agent_never_answered_is_not_resumed() -> None:
     # e.g. gemini --resume of a session it does not have: exit 42 before any event
     d = desired(("t", task_spec(success={"markers": ["DONE"]})))

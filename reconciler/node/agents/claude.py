@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from reconciler.node.agents.values import FINAL_TEXT_LIMIT
+from reconciler.node.agents.values import FINAL_TEXT_LIMIT, json_event
 from reconciler.node.agents.values import clip as _clip
 from reconciler.node.agents.values import float_or_none as _float
 from reconciler.node.agents.values import int_or_none as _int
@@ -32,6 +32,16 @@ def last_result(data: bytes) -> dict[str, object] | None:
             continue  # a truncated last line or interleaved noise
         if isinstance(obj, dict) and obj.get("type") == "result":
             return obj
+    return None
+
+
+def _stream_session(data: bytes) -> str | None:
+    """The session id the stream's events carry (the ``system`` init event names it first)."""
+    for raw in data.split(b"\n"):
+        if b'"session_id"' in raw and (event := json_event(raw)) is not None:
+            found = _str(event.get("session_id"))
+            if found:
+                return found
     return None
 
 
@@ -66,9 +76,9 @@ class ClaudeAdapter:
         if len(data) == READ_LIMIT:
             data = data.partition(b"\n")[2]  # the first line was cut by the read window
         result = last_result(data)
-        if result is None:
+        if result is None:  # killed or cut off: no verdict, but the session it had is known
             tail = data[-FINAL_TEXT_LIMIT:].decode("utf-8", errors="replace")
-            return AgentResult(ok=False, subtype=None, final_text=tail)
+            return AgentResult(ok=False, session_id=_stream_session(data), final_text=tail)
         usage = result.get("usage")
         usage = usage if isinstance(usage, dict) else {}
         subtype = _str(result.get("subtype"))

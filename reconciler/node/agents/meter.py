@@ -131,6 +131,8 @@ def _feed_claude(tally: _Tally, raw: bytes) -> None:
         )
         ident = str_or_none(message.get("id")) or ""
         model = str_or_none(message.get("model")) or ""
+        if model == "<synthetic>":
+            return  # Claude Code's own message (e.g. an API error's text): no model answered
         pending = tally.message
         if pending is None or not ident or pending.id != ident:
             if pending is not None:
@@ -347,6 +349,8 @@ def _priced(agent: AgentRef, models: dict[str, Counts], *, cached_in_input: bool
         return None
     total = 0.0
     for model, (inp, out, cache_read, cache_write) in models.items():
+        if not (inp or out or cache_read or cache_write):
+            continue  # nothing to price, whatever the model
         price: Price | None
         if agent.pricing is not None:
             price = configured(agent.pricing)
