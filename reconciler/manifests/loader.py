@@ -675,9 +675,14 @@ class _Assembler:
 
     def cycles(self, task_docs: dict[str, tuple[str, _Doc]]) -> None:
         graph = {
-            name: [d for d in doc.value.spec.depends_on if d in task_docs]
+            name: edges
             for name, (_, doc) in task_docs.items()
+            if (edges := [d for d in doc.value.spec.depends_on if d in task_docs])
         }
+        if not graph:
+            return  # no task waits for another: no cycle (most control repos)
+        for name in {d for edges in graph.values() for d in edges} - graph.keys():
+            graph[name] = []  # a task waited for that waits for nothing
         for component in _strongly_connected(graph):
             cycle = _cycle_through(min(component), graph, set(component))
             reported = cycle[:-1] if len(cycle) <= 11 else cycle[:1]

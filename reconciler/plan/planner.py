@@ -152,6 +152,8 @@ def pr_feedback(task: Task, pr: PullRequest, pushed: str | None) -> list[str]:
 
 def _over_budget(budget: Budget, runs: Iterable[RunView]) -> str | None:
     """ "$x of $y" (or tokens) when ``runs`` spent ``budget``; None while within it."""
+    if budget.max_cost_usd is None and budget.max_tokens is None:
+        return None  # no budget: nothing to add up
     spent = list(runs)
     cost = sum(r.cost_usd for r in spent)
     tokens = sum(r.tokens for r in spent)
