@@ -69,6 +69,7 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         "tasks done / failed / apply errors",
         "max live runs lane-a (5 tasks)",
         "agent killed → slot refilled",
+        "push of a new manifest → agent running",
         "GitHub requests, first pass, 350 tasks / 5 repos",
         "GitHub points, unchanged second pass",
         "start on a 200-file repository, pooled / fresh worktree",
