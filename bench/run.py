@@ -1537,7 +1537,7 @@ def meter_figures(box: Sandbox, table: Table, runs: int, mib: int) -> None:
         f"meter: {runs} runs of {mib} MiB, pass after 64 KiB more / first pass",
         f"{steady / first:.3f} ({steady / runs * 1000:.2f} ms vs "
         f"{first / runs * 1000:.1f} ms per run)",
-        "<= 0.1",
+        "≤ 0.1",
         steady / first <= 0.1,
     )
     found = spend(agent, str(dirs[0]))
