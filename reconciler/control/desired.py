@@ -1,14 +1,18 @@
-"""Desired state from the control repo, with an on-disk parse cache keyed by git blob id.
+"""Desired state from the control repo, with on-disk caches keyed by git object ids.
 
-The cache (``<state>/cache/manifests.pickle``) only saves parsing: every load still lists the
-files, runs the cross-file checks and resolves prompt files. It is written atomically, only
-when it changed, and a cache that cannot be read is ignored (it is rebuilt, never trusted).
-It is a pickle, so it must live in the reconciler's own state directory, never in shared places.
+Two caches in ``<state>/cache/``: ``manifests.pickle`` maps each manifest's blob id to its
+parsed documents, so a load after a commit parses only the files that changed (it still lists
+the files, runs the cross-file checks and resolves prompt files); ``desired.pickle`` holds the
+whole desired state of the last commit loaded, keyed by the commit's root tree id, so a pass
+over an unchanged tree (the common case: a daemon, cron) does none of that. Both are written
+atomically, only when they changed, and one that cannot be read is ignored (rebuilt, never
+trusted). They are pickles, so they must live in the reconciler's own state directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -26,6 +30,7 @@ from reconciler.manifests.loader import gc_paused, load
 from reconciler.manifests.models import Desired
 
 CACHE_FILE = Path("cache") / "manifests.pickle"
+DESIRED_FILE = Path("cache") / "desired.pickle"
 
 # The last cache read or written per path, with the file's identity: a long-running
 # reconciler does not unpickle its own cache again on every pass.
@@ -47,13 +52,22 @@ def load_desired(
         )
     rev = WORKTREE_REVISION if worktree else (rev or control.revision())
     path = state_dir / CACHE_FILE if state_dir is not None else None
+    whole = state_dir / DESIRED_FILE if state_dir is not None and not worktree else None
+    tree = control.tree(rev) if whole is not None else None
+    if whole is not None and tree is not None:
+        cached = _read_cache(whole).get(tree)
+        if isinstance(cached, Desired):
+            return dataclasses.replace(cached, revision=rev)
     with gc_paused():  # many small long-lived objects: collections would only cost time
         files = control.files(worktree, rev=None if worktree else rev)
         read = control.reader(worktree, rev=None if worktree else rev)
         entries = _read_cache(path) if path is not None else {}
         work = dict(entries)
         try:
-            return load(files, read, rev, work)
+            desired = load(files, read, rev, work)
+            if whole is not None and tree is not None:
+                _write_cache(whole, {tree: desired})
+            return desired
         finally:
             close = getattr(read, "close", None)
             if close is not None:

@@ -165,6 +165,11 @@ class ControlRepo:
             raise ControlError(f"control repository {self.source} has no commits yet")
         return out
 
+    def tree(self, rev: str) -> str | None:
+        """The root tree id of commit ``rev``: equal trees hold equal manifests and prompts."""
+        out = self._git("rev-parse", "--verify", "--quiet", f"{rev}^{{tree}}", check=False)
+        return out.strip() or None
+
     def files(self, worktree: bool = False, *, rev: str | None = None) -> list[SourceFile]:
         """The manifest files (``manifests/**/*.yaml|yml``) at ``rev`` (default HEAD) or on disk."""
         if worktree or self.kind == "directory":

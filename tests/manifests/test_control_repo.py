@@ -286,27 +286,47 @@ def test_disk_cache_avoids_reading_manifests_again(
     state = tmp_path / "state"
     reads = counting(monkeypatch)
     repo = ControlRepo.open(work, state)
-    load_desired(repo, state)
+    first = load_desired(repo, state)
     cache = state / "cache" / "manifests.pickle"
-    assert cache.is_file()
+    whole = state / "cache" / "desired.pickle"
+    assert cache.is_file() and whole.is_file()
     assert reads["manifests/tasks/a.yaml"] == 1
-    stamp = cache.stat().st_mtime_ns
+    stamps = (cache.stat().st_mtime_ns, whole.stat().st_mtime_ns)
 
-    for forget in (False, True):  # in-process memo, then a fresh process reading the file
+    for forget in (False, True):  # in-process memo, then a fresh process reading the files
         if forget:
             desired_module._memo.clear()
         reads.clear()
         desired = load_desired(repo, state)
-        assert sorted(desired.tasks) == ["a", "b"]
-        assert not [p for p in reads if p.startswith("manifests/")]
-        assert reads["prompts/b.md"] == 1
-        assert cache.stat().st_mtime_ns == stamp  # unchanged: not rewritten
+        assert sorted(desired.tasks) == ["a", "b"] and desired.revision == first.revision
+        assert not reads  # an unchanged tree: the whole desired state comes from the cache
+        assert (cache.stat().st_mtime_ns, whole.stat().st_mtime_ns) == stamps  # not rewritten
+
+    # A commit that changes no file (same tree) is the same desired state at a new revision.
+    git(work, "commit", "-q", "--allow-empty", "-m", "nothing")
+    again = load_desired(repo, state)
+    assert again.revision == git(work, "rev-parse", "HEAD") != first.revision
+    assert again.tasks == first.tasks and not reads
+
+    # Without the whole-state cache, the per-file cache spares every manifest; prompts are read.
+    whole.unlink()
+    desired_module._memo.clear()
+    assert sorted(load_desired(repo, state).tasks) == ["a", "b"]
+    assert not [p for p in reads if p.startswith("manifests/")]
+    assert reads["prompts/b.md"] == 1
 
     write(work, {"manifests/tasks/a.yaml": task("a", "prompt: new")})
     commit(work)
     reads.clear()
     assert load_desired(repo, state).tasks["a"].prompt == "new"
     assert [p for p in reads if p.startswith("manifests/")] == ["manifests/tasks/a.yaml"]
+
+    # A prompt file is part of the tree too: changing only it is a new desired state.
+    before = load_desired(repo, state).tasks["b"]
+    write(work, {"prompts/b.md": "Do b differently.\n"})
+    commit(work)
+    after = load_desired(repo, state).tasks["b"]
+    assert after.prompt == "Do b differently.\n" and after.generation != before.generation
 
 
 def test_corrupt_cache_is_ignored_and_rebuilt(work: Path, tmp_path: Path) -> None:
