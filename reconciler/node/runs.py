@@ -163,6 +163,19 @@ def _alive(
     return not ended and (processes or RunProcesses()).any_alive(run_dir)
 
 
+# Ended runs as last observed, by run directory, with the identity of their exit.json: a
+# long-running reconciler (or an in-process lane) does not read finished runs again every pass.
+_ENDED: dict[str, tuple[tuple[int, int, int], RunObs]] = {}
+
+
+def _ended_identity(run_dir: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(os.path.join(run_dir, files.EXIT_JSON))
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def read_run(
     lane: Lane,
     run_dir: str,
@@ -175,6 +188,11 @@ def read_run(
     With ``inspect`` and an ended run, also the adapter's verdict and the worktree's state.
     ``processes``: the run markers of live processes, shared by the runs of one observation.
     """
+    ended = _ended_identity(run_dir)
+    if not inspect and ended is not None:
+        known = _ENDED.get(run_dir)
+        if known is not None and known[0] == ended:
+            return known[1]
     spec = files.read_json(os.path.join(run_dir, files.RUN_JSON))
     if spec is None:
         return None
@@ -228,6 +246,8 @@ def read_run(
         tool_calls_so_far=spent.tool_calls,
         last_event=now_at.last,
     )
+    if not inspect and ended is not None and exit_info is not None and not alive:
+        _ENDED[run_dir] = (ended, obs)  # an ended run's directory changes no more
     if not inspect or (alive and exit_info is None):
         return obs
     return obs.model_copy(

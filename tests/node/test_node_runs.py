@@ -66,6 +66,37 @@ def pid_record(run: RunObs) -> dict[str, object]:
     return record
 
 
+def test_an_ended_run_is_read_once_and_again_only_when_its_exit_record_changes(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.node import runs
+
+    started = env.start("once", AgentRef(kind="command", command=env.script("q.py", "print(1)")))
+    env.wait_exit(started)
+    wait_for(lambda: not procs.is_alive(started.supervisor), 10, "the supervisor's exit")  # type: ignore[arg-type]
+    first = [r for r in observe(env).runs if r.task == "once"]
+    assert [r.exit.exit_code for r in first if r.exit] == [0]
+    reads: list[str] = []
+    original = runs.files.read_json
+
+    def counting(path: str) -> dict[str, object] | None:
+        reads.append(path)
+        return original(path)
+
+    monkeypatch.setattr(runs.files, "read_json", counting)
+    again = [r for r in observe(env).runs if r.task == "once"]
+    assert again == first
+    assert not [p for p in reads if started.run_dir in p]  # nothing of the ended run was read
+    # an inspection reads it (the verdict and the worktree), and a changed exit record is read
+    assert run_obs(env, "once/1.1").result is not None
+    record = Path(started.run_dir) / EXIT_JSON
+    data = json.loads(record.read_text())
+    record.unlink()  # a new file: a new identity
+    record.write_text(json.dumps({**data, "exit_code": 7}))
+    changed = [r for r in observe(env).runs if r.task == "once"]
+    assert [r.exit.exit_code for r in changed if r.exit] == [7]
+
+
 def test_prompt_arrives_byte_exact_on_stdin(env: Env) -> None:
     run = env.start("stdin-prompt", env.agent(ECHO_STDIN), TRICKY)
     info = env.wait_exit(run)
