@@ -22,7 +22,7 @@ from pathlib import Path
 
 from reconciler.node import files
 from reconciler.node import git as gitops
-from reconciler.node.agents import ADAPTERS, Adapter
+from reconciler.node.agents import ADAPTERS, Adapter, Launch
 from reconciler.node.agents.meter import Spend, spend
 from reconciler.node.agents.progress import Progress, progress
 from reconciler.node.agents.render import render_line
@@ -417,13 +417,10 @@ def _spawn(
             "surrogate); fix the prompt text"
         ) from None
     files.write_atomic(prompt_path, prompt, 0o600)
-    argv, on_stdin = adapter.build(
-        req.agent,
-        prompt_path,
-        req.session_id,
-        req.resume_session,
-        git_dir=gitops.common_dir(workspace),
+    launch = Launch(
+        prompt_path, req.session_id, req.resume_session, git_dir=gitops.common_dir(workspace)
     )
+    argv, on_stdin = adapter.build(req.agent, launch)
     # `~/bin/agent` names a binary in the lane user's home, as it would in their shell.
     argv[0] = os.path.expanduser(argv[0])
     markers = {

@@ -16,7 +16,7 @@ from node_support import Env, git
 from ruamel.yaml import YAML
 
 from reconciler.manifests.models import AgentSpec
-from reconciler.node.agents import ADAPTERS
+from reconciler.node.agents import ADAPTERS, Launch
 from reconciler.node.agents.aider import count
 from reconciler.node.files import OUTPUT_LOG, STDERR_LOG
 from reconciler.protocol import (
@@ -85,7 +85,7 @@ def commits_ahead(env: Env, name: str) -> int:
 
 
 def test_argv_with_defaults() -> None:
-    argv, on_stdin = aider.build(aider_ref(), "/r/1.1/prompt.md", None, None)
+    argv, on_stdin = aider.build(aider_ref(), Launch("/r/1.1/prompt.md"))
     assert argv == [
         "aider",
         "--message-file",
@@ -104,7 +104,7 @@ def test_argv_with_defaults() -> None:
 
 def test_argv_keeps_the_command_and_puts_args_last() -> None:
     agent = aider_ref(["~/.local/bin/aider"], ["--model", "sonnet", "--stream"])
-    argv, _ = aider.build(agent, "/r/p.md", "sid", "old-session")
+    argv, _ = aider.build(agent, Launch("/r/p.md", "sid", "old-session"))
     assert argv[:3] == ["~/.local/bin/aider", "--message-file", "/r/p.md"]
     assert argv[-3:] == ["--model", "sonnet", "--stream"]  # last wins over --no-stream
     assert "sid" not in argv
@@ -120,13 +120,13 @@ def test_argv_keeps_the_command_and_puts_args_last() -> None:
     ],
 )
 def test_argv_leaves_commits_to_args_when_they_say(args: list[str]) -> None:
-    argv, _ = aider.build(aider_ref(args=args), "/r/p.md", None, None)
+    argv, _ = aider.build(aider_ref(args=args), Launch("/r/p.md"))
     assert [a for a in argv if "auto-commits" in a] == args
 
 
 def test_argv_leaves_history_files_to_args_when_they_say() -> None:
     args = ["--chat-history-file=/elsewhere/chat.md", "--input-history-file", "/elsewhere/in"]
-    argv, _ = aider.build(aider_ref(args=args), "/r/p.md", None, None)
+    argv, _ = aider.build(aider_ref(args=args), Launch("/r/p.md"))
     assert [a for a in argv if "history" in a] == [args[0], args[1]]
     assert argv[-3:] == args
 
@@ -369,7 +369,7 @@ def test_the_fake_rejects_a_prompt_on_stdin(tmp_path: Path) -> None:
     run_dir.mkdir()
     (run_dir / "prompt.md").write_text("hi")
     argv, _ = aider.build(
-        aider_ref([sys.executable, str(FAKE)]), str(run_dir / "prompt.md"), None, None
+        aider_ref([sys.executable, str(FAKE)]), Launch(str(run_dir / "prompt.md"))
     )
     proc = subprocess.run(
         argv,
@@ -409,7 +409,7 @@ def test_the_documented_manifest_is_valid_and_builds_the_documented_command() ->
     spec = AgentSpec.model_validate(doc["spec"])
     assert spec.kind == "aider"
     agent = aider_ref(spec.command, list(spec.args), **spec.env)
-    argv, _ = aider.build(agent, "/run/prompt.md", None, None)
+    argv, _ = aider.build(agent, Launch("/run/prompt.md"))
     assert argv[0] == "~/.local/bin/aider"
     assert argv[-3:] == ["--model", "sonnet", "--no-suggest-shell-commands"]
     assert spec.env == {"COLUMNS": "1000"}

@@ -18,7 +18,7 @@ import pytest
 from decide import decide
 from node_support import Env
 
-from reconciler.node.agents import ADAPTERS
+from reconciler.node.agents import ADAPTERS, Launch
 from reconciler.node.agents.codex import CodexAdapter
 from reconciler.node.errors import NodeError
 from reconciler.protocol import (
@@ -87,7 +87,7 @@ def finished(env: Env, run: RunObs) -> tuple[ExitInfo, AgentResult]:
 
 def test_argv_first_run_puts_the_prompt_on_stdin() -> None:
     agent = AgentRef(kind="codex", args=["--model", "gpt-5-codex"])
-    argv, on_stdin = codex.build(agent, "/runs/p.md", "5f0c-session", None)
+    argv, on_stdin = codex.build(agent, Launch("/runs/p.md", "5f0c-session"))
     assert argv == [
         "codex",
         "exec",
@@ -104,7 +104,7 @@ def test_argv_first_run_puts_the_prompt_on_stdin() -> None:
 
 def test_argv_resume_keeps_every_option_before_the_subcommand() -> None:
     agent = AgentRef(kind="codex", command=["~/.local/bin/codex"], args=["-m", "o4-mini"])
-    argv, on_stdin = codex.build(agent, "/runs/p.md", None, THREAD)
+    argv, on_stdin = codex.build(agent, Launch("/runs/p.md", None, THREAD))
     assert argv == [
         "~/.local/bin/codex",
         "exec",
@@ -134,24 +134,24 @@ def test_argv_resume_keeps_every_option_before_the_subcommand() -> None:
     ],
 )
 def test_argv_leaves_the_sandbox_to_args_that_choose_one(args: list[str]) -> None:
-    argv, _ = codex.build(AgentRef(kind="codex", args=args), "/p", None, None)
+    argv, _ = codex.build(AgentRef(kind="codex", args=args), Launch("/p"))
     assert argv == ["codex", "exec", "--json", *args, "-"]
 
 
 def test_argv_does_not_repeat_json_or_read_option_values_as_sandbox() -> None:
     args = ["--json", "-c", "model_reasoning_effort=high", "--", "--sandbox"]
-    argv, _ = codex.build(AgentRef(kind="codex", args=args), "/p", None, None)
+    argv, _ = codex.build(AgentRef(kind="codex", args=args), Launch("/p"))
     assert argv == ["codex", "exec", "--sandbox", "workspace-write", *args, "-"]
     # The args of the manifest in docs/agents.md: other sandbox_* settings are no choice.
     args = ["-c", "sandbox_workspace_write.network_access=true", "--add-dir", "/srv/x/.git"]
-    argv, _ = codex.build(AgentRef(kind="codex", args=args), "/p", None, None)
+    argv, _ = codex.build(AgentRef(kind="codex", args=args), Launch("/p"))
     assert argv == ["codex", "exec", "--json", "--sandbox", "workspace-write", *args, "-"]
 
 
 def test_the_repositorys_git_dir_is_writable_under_the_default_sandbox() -> None:
     def build(*args: str) -> list[str]:
         agent = AgentRef(kind="codex", args=list(args))
-        return codex.build(agent, "/p", None, None, git_dir="/src/app/.git")[0]
+        return codex.build(agent, Launch("/p", git_dir="/src/app/.git"))[0]
 
     sandbox = ["--sandbox", "workspace-write", "--add-dir", "/src/app/.git"]
     assert build() == ["codex", "exec", "--json", *sandbox, "-"]
@@ -162,11 +162,11 @@ def test_the_repositorys_git_dir_is_writable_under_the_default_sandbox() -> None
 @pytest.mark.parametrize("bad", ["--dangerously-bypass-approvals-and-sandbox", "-", "a b", ""])
 def test_resume_refuses_what_is_not_a_thread_id(bad: str) -> None:
     if not bad:  # an empty resume is no resume
-        argv, _ = codex.build(AgentRef(kind="codex"), "/p", None, bad)
+        argv, _ = codex.build(AgentRef(kind="codex"), Launch("/p", None, bad))
         assert "resume" not in argv
         return
     with pytest.raises(NodeError, match="not a thread id"):
-        codex.build(AgentRef(kind="codex"), "/p", None, bad)
+        codex.build(AgentRef(kind="codex"), Launch("/p", None, bad))
 
 
 def test_strip_env_names_what_codex_sets_for_its_children() -> None:

@@ -15,7 +15,7 @@ import pytest
 from decide import decide
 from node_support import Env
 
-from reconciler.node.agents import ADAPTERS
+from reconciler.node.agents import ADAPTERS, Launch
 from reconciler.protocol import (
     AgentRef,
     AgentResult,
@@ -246,16 +246,16 @@ def test_ide_companion_variables_never_reach_the_agent(env: Env) -> None:
 
 def test_argv_fresh_resumed_and_without_session() -> None:
     agent = AgentRef(kind="gemini", args=["-m", "x"])
-    argv, on_stdin = gemini.build(agent, "/runs/p.md", "sid-1", None)
+    argv, on_stdin = gemini.build(agent, Launch("/runs/p.md", "sid-1"))
     assert argv == ["gemini", "--output-format", "stream-json", "--session-id", "sid-1", "-m", "x"]
     assert on_stdin
     # Resuming wins: the CLI refuses --session-id together with --resume.
-    argv, _ = gemini.build(agent, "/runs/p.md", "sid-2", "old")
+    argv, _ = gemini.build(agent, Launch("/runs/p.md", "sid-2", "old"))
     assert argv == ["gemini", "--output-format", "stream-json", "--resume", "old", "-m", "x"]
-    argv, _ = gemini.build(agent, "/runs/p.md", None, None)
+    argv, _ = gemini.build(agent, Launch("/runs/p.md"))
     assert argv == ["gemini", "--output-format", "stream-json", "-m", "x"]
     custom = agent.model_copy(update={"command": ["npx", "@google/gemini-cli"]})
-    argv, _ = gemini.build(custom, "/runs/p.md", None, None)
+    argv, _ = gemini.build(custom, Launch("/runs/p.md"))
     assert argv[:4] == ["npx", "@google/gemini-cli", "--output-format", "stream-json"]
     assert "/runs/p.md" not in argv  # the prompt goes on stdin, never as an argument
     assert gemini.sessions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reconciler.node.agents import ADAPTERS
+from reconciler.node.agents import ADAPTERS, Launch
 from reconciler.protocol import AgentRef, ExitInfo
 
 OK = ExitInfo(exit_code=0, ended_at=1.0)
@@ -40,7 +40,7 @@ def write(tmp_path: Path, *lines: object, tail: str = "") -> str:
 def test_claude_argv_with_session_and_resume() -> None:
     claude = ADAPTERS["claude"]
     agent = AgentRef(kind="claude", args=["--model", "sonnet"])
-    argv, on_stdin = claude.build(agent, "/p.md", "sid-1", None)
+    argv, on_stdin = claude.build(agent, Launch("/p.md", "sid-1"))
     assert argv == [
         "claude",
         "-p",
@@ -53,11 +53,13 @@ def test_claude_argv_with_session_and_resume() -> None:
         "sonnet",
     ]
     assert on_stdin
-    argv, _ = claude.build(agent.model_copy(update={"command": ["/opt/claude"]}), "/p", "s", "old")
+    argv, _ = claude.build(
+        agent.model_copy(update={"command": ["/opt/claude"]}), Launch("/p", "s", "old")
+    )
     assert argv[0] == "/opt/claude"
     assert argv[5:7] == ["--resume", "old"]
     assert "--session-id" not in argv
-    argv, _ = claude.build(agent, "/p.md", None, None)
+    argv, _ = claude.build(agent, Launch("/p.md"))
     assert "--session-id" not in argv
     assert "--resume" not in argv
 
@@ -67,10 +69,10 @@ def test_command_argv_substitutes_the_prompt_file_inside_elements() -> None:
     agent = AgentRef(
         kind="command", command=["aider"], args=["--message-file={prompt_file}", "{x}"]
     )
-    argv, on_stdin = command.build(agent, "/runs/p.md", None, None)
+    argv, on_stdin = command.build(agent, Launch("/runs/p.md"))
     assert argv == ["aider", "--message-file=/runs/p.md", "{x}"]
     assert not on_stdin
-    argv, on_stdin = command.build(AgentRef(kind="command", command=["cat"]), "/p", None, None)
+    argv, on_stdin = command.build(AgentRef(kind="command", command=["cat"]), Launch("/p"))
     assert argv == ["cat"]
     assert on_stdin
 
@@ -171,10 +173,10 @@ def test_command_parse_is_exit_code_and_tail(tmp_path: Path) -> None:
 def test_claude_gets_the_runs_spending_cap() -> None:
     claude = ADAPTERS["claude"]
     capped = AgentRef(kind="claude", max_budget_usd=0.375)
-    argv, _ = claude.build(capped, "/p.md", "sid", None)
+    argv, _ = claude.build(capped, Launch("/p.md", "sid"))
     assert argv[argv.index("--max-budget-usd") + 1] == "0.38"
     own = capped.model_copy(update={"args": ["--max-budget-usd", "5"]})
-    argv, _ = claude.build(own, "/p.md", "sid", None)
+    argv, _ = claude.build(own, Launch("/p.md", "sid"))
     assert argv.count("--max-budget-usd") == 1  # the agent's own flag wins
-    argv, _ = claude.build(AgentRef(kind="claude"), "/p.md", "sid", None)
+    argv, _ = claude.build(AgentRef(kind="claude"), Launch("/p.md", "sid"))
     assert "--max-budget-usd" not in argv

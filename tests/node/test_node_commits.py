@@ -7,7 +7,7 @@ from pathlib import Path
 
 from node_support import Env, git
 
-from reconciler.node.agents import ADAPTERS
+from reconciler.node.agents import ADAPTERS, Launch
 from reconciler.protocol import AgentRef, ExitInfo
 
 EDITS = """
@@ -84,7 +84,7 @@ def test_a_refused_commit_is_recorded_with_its_output(env: Env) -> None:
 def test_aider_leaves_commits_to_the_reconciler_when_told() -> None:
     aider = ADAPTERS["aider"]
     told = AgentRef(kind="aider", commits="reconciler")
-    argv, _ = aider.build(told, "/r/p.md", None, None)
+    argv, _ = aider.build(told, Launch("/r/p.md"))
     assert "--no-auto-commits" in argv and "--auto-commits" not in argv
-    argv, _ = aider.build(AgentRef(kind="aider"), "/r/p.md", None, None)
+    argv, _ = aider.build(AgentRef(kind="aider"), Launch("/r/p.md"))
     assert "--auto-commits" in argv and "--no-auto-commits" not in argv

@@ -15,6 +15,7 @@ from reconciler.node.agents.claude import ClaudeAdapter
 from reconciler.node.agents.codex import CodexAdapter
 from reconciler.node.agents.command import CommandAdapter
 from reconciler.node.agents.gemini import GeminiAdapter
+from reconciler.node.agents.launch import Launch
 from reconciler.protocol import AgentRef, AgentResult, ExitInfo
 
 
@@ -22,16 +23,8 @@ class Adapter(Protocol):
     strip_env: frozenset[str]
     sessions: bool  # the agent keeps sessions that a later run can resume
 
-    def build(
-        self,
-        agent: AgentRef,
-        prompt_file: str,
-        session_id: str | None,
-        resume: str | None,
-        *,
-        git_dir: str | None = None,
-    ) -> tuple[list[str], bool]:
-        """(argv, prompt_on_stdin) for one run. ``git_dir``: the repository's git directory,
+    def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
+        """(argv, prompt_on_stdin) for one run. ``run.git_dir``: the repository's git directory,
         where commits made in the worktree are written (a sandboxing agent must allow it)."""
         ...
 
@@ -56,4 +49,5 @@ __all__ = [
     "CodexAdapter",
     "CommandAdapter",
     "GeminiAdapter",
+    "Launch",
 ]

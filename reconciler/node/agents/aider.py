@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 
+from reconciler.node.agents.launch import Launch
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT
 from reconciler.node.files import tail_bytes
 from reconciler.protocol import AgentRef, AgentResult, ExitInfo
@@ -96,21 +97,13 @@ class AiderAdapter:
     # a Markdown transcript, all or nothing); every iteration starts a fresh chat.
     sessions: bool = False
 
-    def build(
-        self,
-        agent: AgentRef,
-        prompt_file: str,
-        session_id: str | None,
-        resume: str | None,
-        *,
-        git_dir: str | None = None,
-    ) -> tuple[list[str], bool]:
+    def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         args = list(agent.args)
-        argv = [*(agent.command or ["aider"]), "--message-file", prompt_file, *FIXED_FLAGS]
+        argv = [*(agent.command or ["aider"]), "--message-file", run.prompt_file, *FIXED_FLAGS]
         if not _has_flag(args, "--auto-commits", "--no-auto-commits"):
             # aider commits, unless the Agent leaves that to the reconciler
             argv.append("--no-auto-commits" if agent.commits == "reconciler" else "--auto-commits")
-        run_dir = os.path.dirname(prompt_file)
+        run_dir = os.path.dirname(run.prompt_file)
         if not _has_flag(args, "--chat-history-file"):
             argv += ["--chat-history-file", os.path.join(run_dir, CHAT_HISTORY)]
         if not _has_flag(args, "--input-history-file"):

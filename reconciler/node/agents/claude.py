@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from reconciler.node.agents.launch import Launch
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT, json_event
 from reconciler.node.agents.values import clip as _clip
 from reconciler.node.agents.values import float_or_none as _float
@@ -50,21 +51,13 @@ class ClaudeAdapter:
     strip_env: frozenset[str] = frozenset({"CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"})
     sessions: bool = True
 
-    def build(
-        self,
-        agent: AgentRef,
-        prompt_file: str,
-        session_id: str | None,
-        resume: str | None,
-        *,
-        git_dir: str | None = None,
-    ) -> tuple[list[str], bool]:
+    def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         argv = [*(agent.command or ["claude"]), "-p", "--output-format", "stream-json"]
         argv.append("--verbose")  # stream-json requires it
-        if resume:
-            argv += ["--resume", resume]
-        elif session_id:
-            argv += ["--session-id", session_id]
+        if run.resume:
+            argv += ["--resume", run.resume]
+        elif run.session_id:
+            argv += ["--session-id", run.session_id]
         if agent.max_budget_usd is not None and "--max-budget-usd" not in agent.args:
             # claude stops itself at the cap (result subtype error_max_budget_usd)
             argv += ["--max-budget-usd", f"{agent.max_budget_usd:.2f}"]

@@ -19,6 +19,7 @@ import itertools
 import json
 import re
 
+from reconciler.node.agents.launch import Launch
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT
 from reconciler.node.agents.values import clip as _clip
 from reconciler.node.agents.values import int_or_none as _int
@@ -120,33 +121,25 @@ class CodexAdapter:
     )
     sessions: bool = True
 
-    def build(
-        self,
-        agent: AgentRef,
-        prompt_file: str,
-        session_id: str | None,
-        resume: str | None,
-        *,
-        git_dir: str | None = None,
-    ) -> tuple[list[str], bool]:
-        # `session_id` is not used: codex chooses the thread id itself (see thread.started).
+    def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
+        # `run.session_id` is not used: codex picks the thread id itself (see thread.started).
         argv = [*(agent.command or ["codex"]), "exec"]
         if not any(arg in _JSON_FLAGS for arg in agent.args):
             argv.append("--json")
         if not sets_sandbox(agent.args):
             argv += SANDBOX
-            if git_dir and not _adds_dir(agent.args, git_dir):
+            if run.git_dir and not _adds_dir(agent.args, run.git_dir):
                 # The worktree's index, HEAD and objects live in the checkout's git directory,
                 # outside the worktree: without it, workspace-write cannot `git commit`.
-                argv += ["--add-dir", git_dir]
+                argv += ["--add-dir", run.git_dir]
         argv += agent.args
-        if resume:
-            if not THREAD_ID.match(resume):
+        if run.resume:
+            if not THREAD_ID.match(run.resume):
                 raise NodeError(
-                    f"cannot resume codex thread {resume!r}: not a thread id; "
+                    f"cannot resume codex thread {run.resume!r}: not a thread id; "
                     "start the task's next attempt instead"
                 )
-            argv += ["resume", resume]
+            argv += ["resume", run.resume]
         argv.append("-")  # the prompt is read from stdin
         return argv, True
 

@@ -5,6 +5,7 @@ Success is the exit code alone. Must not interpret the program's output beyond k
 
 from __future__ import annotations
 
+from reconciler.node.agents.launch import Launch
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT
 from reconciler.node.errors import NodeError
 from reconciler.node.files import tail_bytes
@@ -17,22 +18,14 @@ class CommandAdapter:
     strip_env: frozenset[str] = frozenset()
     sessions: bool = False
 
-    def build(
-        self,
-        agent: AgentRef,
-        prompt_file: str,
-        session_id: str | None,
-        resume: str | None,
-        *,
-        git_dir: str | None = None,
-    ) -> tuple[list[str], bool]:
+    def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         if not agent.command:
             raise NodeError(
                 "an agent of kind command needs a command (an argv list); set its command"
             )
         argv = [*agent.command, *agent.args]
         # Plain substring replacement, never formatting: other braces in arguments stay as-is.
-        substituted = [arg.replace(PLACEHOLDER, prompt_file) for arg in argv]
+        substituted = [arg.replace(PLACEHOLDER, run.prompt_file) for arg in argv]
         on_stdin = not any(PLACEHOLDER in arg for arg in argv)
         return substituted, on_stdin
 

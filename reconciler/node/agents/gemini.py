@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 
+from reconciler.node.agents.launch import Launch
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT
 from reconciler.node.agents.values import clip as _clip
 from reconciler.node.agents.values import int_or_none as _int
@@ -196,20 +197,12 @@ class GeminiAdapter:
     # headless; ``--session-id`` makes the id the reconciler chose the session's own.
     sessions: bool = True
 
-    def build(
-        self,
-        agent: AgentRef,
-        prompt_file: str,
-        session_id: str | None,
-        resume: str | None,
-        *,
-        git_dir: str | None = None,
-    ) -> tuple[list[str], bool]:
+    def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         argv = [*(agent.command or ["gemini"]), "--output-format", "stream-json"]
-        if resume:  # the CLI refuses --session-id together with --resume
-            argv += ["--resume", resume]
-        elif session_id:
-            argv += ["--session-id", session_id]
+        if run.resume:  # the CLI refuses --session-id together with --resume
+            argv += ["--resume", run.resume]
+        elif run.session_id:
+            argv += ["--session-id", run.session_id]
         argv += agent.args
         return argv, True
 
