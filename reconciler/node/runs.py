@@ -24,7 +24,6 @@ from reconciler.node import files
 from reconciler.node import git as gitops
 from reconciler.node.agents import ADAPTERS, Adapter, Launch
 from reconciler.node.agents.meter import Spend, spend
-from reconciler.node.agents.progress import Progress, progress
 from reconciler.node.agents.render import render_line
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import NAME, Lane, is_under
@@ -218,10 +217,9 @@ def read_run(
     ]
     last_output = max(times) if times else _mtime(os.path.join(run_dir, files.PID_JSON))
     workspace = str(spec.get("workspace", ""))
-    now_at, spent = Progress(), Spend()
+    spent = Spend()
     agent = _agent(spec)
     if exit_info is None and alive and agent is not None:
-        now_at = progress(agent.kind, output)
         spent = spend(agent, run_dir, resumed=_text(spec.get("resume_session")))
     obs = RunObs(
         task=task.name,
@@ -239,12 +237,12 @@ def read_run(
         exit=exit_info,
         output_bytes=_size(output),
         last_output_at=last_output,
-        progress_offset=now_at.offset,
+        progress_offset=spent.event_end,
         tokens_so_far=spent.tokens,
         cost_so_far=spent.cost_usd,
         turns_so_far=spent.turns,
         tool_calls_so_far=spent.tool_calls,
-        last_event=now_at.last,
+        last_event=spent.last_event,
     )
     if not inspect and ended is not None and exit_info is not None and not alive:
         _ENDED[run_dir] = (ended, obs)  # an ended run's directory changes no more

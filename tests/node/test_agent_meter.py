@@ -73,7 +73,10 @@ def test_claude_result_cost_wins_over_the_estimate(tmp_path: Path) -> None:
     }
     write(tmp_path, message("m1", 1000, 200) + json.dumps(result) + "\n")
     found = spend(CLAUDE, str(tmp_path), final=True)
-    assert found == Spend(1200, 300, 0.0421, estimated=False, turns=1, tool_calls=0)
+    last = "── result success: $0.0421"  # as `logs` shows a result without num_turns
+    assert found == Spend(
+        1200, 300, 0.0421, False, 1, 0, len((tmp_path / "output.log").read_bytes()), last
+    )
 
 
 def test_an_unknown_model_has_tokens_but_no_cost_unless_the_agent_prices_it(

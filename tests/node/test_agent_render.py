@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 from node_support import Env
 
 from reconciler.node.agents.render import render_line
@@ -95,7 +94,7 @@ def test_codex_and_gemini_events_and_other_agents_output() -> None:
 
 
 def test_progress_is_the_last_agent_event_not_the_last_byte(tmp_path: Path) -> None:
-    from reconciler.node.agents.progress import Progress, progress
+    from reconciler.node.agents.meter import spend
 
     events = "".join(json.dumps(e) + "\n" for e in STREAM[:3])
     usage = {
@@ -110,23 +109,25 @@ def test_progress_is_the_last_agent_event_not_the_last_byte(tmp_path: Path) -> N
     path.write_text(
         events + "heartbeat\n" * 50 + '{"type": "system", "subtype": "ping"}\n' + '{"type": "assi'
     )
-    found = progress("claude", str(path))
-    assert found.offset == len(events.encode())  # heartbeats, a silent event, a cut line: no
-    assert found.last == "assistant: more"
-    assert progress("command", str(path)) == Progress()
+    found = spend(AgentRef(kind="claude"), str(tmp_path))
+    assert found.event_end == len(events.encode())  # heartbeats, a silent event, a cut line: no
+    assert found.last_event == "assistant: more"
+    plain = spend(AgentRef(kind="command", command=["x"]), str(tmp_path))
+    assert (plain.event_end, plain.last_event) == (None, None)  # no events: output growth
 
 
-def test_a_window_of_heartbeats_keeps_the_offset_still(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from reconciler.node.agents import progress as module
+def test_heartbeats_never_move_the_progress_offset(tmp_path: Path) -> None:
+    from reconciler.node.agents.meter import spend
 
-    monkeypatch.setattr(module, "WINDOW", 4096)
     path = tmp_path / "output.log"
-    path.write_text(json.dumps(STREAM[1]) + "\n" + "heartbeat\n" * 1000)
-    first = module.progress("claude", str(path))
+    path.write_text("heartbeat\n" * 1000)
+    assert spend(AgentRef(kind="claude"), str(tmp_path)).event_end == 0  # no event yet
     with path.open("a") as handle:
-        handle.write("heartbeat\n" * 100)
-    # no event in the window: the offset stays put, so the stall clock is not reset
-    assert first.offset == module.progress("claude", str(path)).offset == 0
-    assert first.last is None
+        handle.write(json.dumps(STREAM[1]) + "\n")
+    moved = spend(AgentRef(kind="claude"), str(tmp_path)).event_end
+    assert moved == path.stat().st_size
+    with path.open("a") as handle:
+        handle.write("heartbeat\n" * 100_000)  # more than a MiB of them
+    # the offset stays put, so the stall clock is not reset
+    found = spend(AgentRef(kind="claude"), str(tmp_path))
+    assert found.event_end == moved and found.last_event is not None

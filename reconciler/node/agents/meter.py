@@ -1,4 +1,4 @@
-"""What a run has spent so far, read from its output as it grows.
+"""What a run has spent and done so far, read from its output as it grows.
 
 A pass reads only what the agent wrote since the last one: the reading position and the sums
 are kept beside the output in ``meter.json`` (the node's file, not the agent's), so metering a
@@ -14,6 +14,11 @@ cost). Otherwise it is priced from the tokens its events report (``pricing.py``,
   starts from the totals the run that left it reached, which are subtracted.
 - gemini: the final result's ``stats``, priced by the ``init`` event's model.
 - aider: the ``Tokens: … sent, … received. Cost: … session.`` reports.
+
+The same reading gives progress for agents with an event stream (claude, codex, gemini): the
+end of the last line that is one of the agent's own events. An agent that only prints
+heartbeats (or noise) grows its output but not that offset; the control plane notes when the
+offset last moved and judges stalls by it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from reconciler.node import files
 from reconciler.node.agents.aider import COST, TOKENS, count
 from reconciler.node.agents.gemini import tokens_of as gemini_tokens
 from reconciler.node.agents.pricing import Price, configured, model_in, price_of
+from reconciler.node.agents.render import RENDERERS
 from reconciler.node.agents.values import float_or_none, int_or_none, json_event, str_or_none
 from reconciler.protocol import AgentRef
 
@@ -47,6 +53,10 @@ class Spend:
     estimated: bool = False  # priced from tokens: the agent reported no cost
     turns: int | None = None  # model responses so far
     tool_calls: int | None = None  # tools, commands and edits the agent ran so far
+    # agents with an event stream: where their last own event ends in the output (0: none yet;
+    # heartbeats and noise do not move it, so stalls are judged by it), and what it was
+    event_end: int | None = None
+    last_event: str | None = None
 
     @property
     def tokens(self) -> int | None:
@@ -78,6 +88,8 @@ class _Tally(BaseModel):
     turns: int = 0
     tools: int = 0
     in_turn: bool = False  # gemini: inside a model response
+    event_end: int = 0  # where the agent's last own event ends in its output
+    last_event: str | None = None  # that event, as `reconciler logs` shows it
 
     def all_models(self) -> dict[str, Counts]:
         counts = {m: list(c) for m, c in self.models.items()}
@@ -112,12 +124,7 @@ def _usage(usage: object, *names: str) -> Counts:
 # ---------------------------------------------------------------------------------- feeding
 
 
-def _feed_claude(tally: _Tally, raw: bytes) -> None:
-    if b'"assistant"' not in raw and b'"result"' not in raw:
-        return
-    event = json_event(raw)
-    if event is None:
-        return
+def _feed_claude(tally: _Tally, event: dict[str, object]) -> None:
     if event.get("type") == "assistant":
         message = event.get("message")
         if not isinstance(message, dict):
@@ -161,12 +168,7 @@ def _feed_claude(tally: _Tally, raw: bytes) -> None:
 _CODEX_TOOLS = frozenset({"command_execution", "file_change", "mcp_tool_call", "web_search"})
 
 
-def _feed_codex(tally: _Tally, raw: bytes) -> None:
-    if b"turn.completed" not in raw and b"item.completed" not in raw:
-        return
-    event = json_event(raw)
-    if event is None:
-        return
+def _feed_codex(tally: _Tally, event: dict[str, object]) -> None:
     if event.get("type") == "turn.completed":
         tally.turns += 1
         tally.models[""] = _usage(
@@ -178,11 +180,8 @@ def _feed_codex(tally: _Tally, raw: bytes) -> None:
             tally.tools += 1
 
 
-def _feed_gemini(tally: _Tally, raw: bytes) -> None:
-    event = json_event(raw)
-    kind = event.get("type") if event is not None else None
-    if event is None:
-        return
+def _feed_gemini(tally: _Tally, event: dict[str, object]) -> None:
+    kind = event.get("type")
     if kind == "init":
         tally.model = str_or_none(event.get("model")) or tally.model
     elif kind in ("message", "tool_use"):
@@ -203,12 +202,22 @@ def _feed_gemini(tally: _Tally, raw: bytes) -> None:
 
 
 def _consume_lines(tally: _Tally, data: bytes, final: bool) -> int:
-    """Feed the whole lines of ``data``; return the bytes consumed."""
+    """Feed the whole lines of ``data`` (which starts at ``tally.offset``); return the bytes
+    consumed. Each JSON event is parsed once, for its spend and for progress: the last line
+    that is one of the agent's own events (one ``render`` has something to say about)."""
     end = len(data) if final else data.rfind(b"\n") + 1
     feed = {"claude": _feed_claude, "codex": _feed_codex, "gemini": _feed_gemini}[tally.kind]
+    render = RENDERERS[tally.kind]
+    at = tally.offset
     for raw in data[:end].split(b"\n"):
-        if raw:
-            feed(tally, raw)
+        at += len(raw) + 1
+        event = json_event(raw) if raw else None
+        if event is None:
+            continue  # noise, heartbeats, a cut line: neither spend nor progress
+        feed(tally, event)
+        shown = render(event)
+        if shown:
+            tally.event_end, tally.last_event = min(at, tally.offset + end), shown[0].strip()[:200]
     return end
 
 
@@ -337,10 +346,14 @@ def spend(
     turns = tally.turns  # 0: the agent never answered (a session that may not exist)
     # aider does not tell its edits apart; an agent that never answered ran no tools either
     tools = tally.tools if agent.kind != "aider" and (tally.turns or tally.tools) else None
+    events = (tally.event_end, tally.last_event) if agent.kind in RENDERERS else (None, None)
+    cost: float | None
     if tally.reported_usd is not None:
-        return Spend(found_in, found_out, round(tally.reported_usd, 6), False, turns, tools)
-    cost = _priced(agent, models, cached_in_input=agent.kind == "codex")
-    return Spend(found_in, found_out, cost, cost is not None, turns, tools)
+        cost, estimated = round(tally.reported_usd, 6), False
+    else:
+        cost = _priced(agent, models, cached_in_input=agent.kind == "codex")
+        estimated = cost is not None
+    return Spend(found_in, found_out, cost, estimated, turns, tools, *events)
 
 
 def _priced(agent: AgentRef, models: dict[str, Counts], *, cached_in_input: bool) -> float | None:

@@ -51,10 +51,13 @@ def _claude(event: dict[str, object]) -> list[str]:
         return out
     if kind == "result":
         cost = float_or_none(event.get("total_cost_usd"))
-        spent = f", ${cost:.4f}" if cost is not None else ""
         turns = int_or_none(event.get("num_turns"))
         error = " (is_error)" if event.get("is_error") is True else ""
-        head = f"── result {event.get('subtype')}{error}: {turns} turns{spent}"
+        counted = [f"{turns} turns"] if turns is not None else []
+        counted += [f"${cost:.4f}"] if cost is not None else []
+        head = f"── result {event.get('subtype')}{error}" + (
+            f": {', '.join(counted)}" if counted else ""
+        )
         text = str_or_none(event.get("result"))
         return [head, *([_short(text)] if text else [])]
     return []
