@@ -370,10 +370,6 @@ def cmd_poke(engine: Engine, args: argparse.Namespace) -> int:
     return cmd_apply(engine, args)
 
 
-def _stamp() -> str:
-    return time.strftime("%H:%M:%S", time.gmtime())
-
-
 def _statuses(engine: Engine) -> tuple[Desired, Plan, Store]:
     desired = engine.load()
     store = Store.open_readonly(engine.ctx.state_dir)
