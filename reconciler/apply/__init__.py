@@ -335,8 +335,13 @@ class Applier:
                     elif view.alive and (view.cost_usd or view.tokens or view.turns):
                         # Spend so far, kept in case the run is stopped before its result is
                         # read (a budget stop, a pause): its cost stays counted.
-                        spent = dict(cost_usd=view.cost_usd, input_tokens=view.tokens)
-                        spent.update(output_tokens=0, turns=view.turns, tool_calls=view.tool_calls)
+                        spent = {
+                            "cost_usd": view.cost_usd,
+                            "input_tokens": view.tokens,  # a sum so far: no split yet
+                            "output_tokens": 0,
+                            "turns": view.turns,
+                            "tool_calls": view.tool_calls,
+                        }
                     else:
                         spent = {}
                     if row is None or any(getattr(row, k) != v for k, v in spent.items()):
