@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler import safefile
 from reconciler.apply import Applier, ApplyReport
 from reconciler.control import ControlRepo, load_desired
 from reconciler.lanes import Lane
@@ -166,9 +167,9 @@ def plan_to_json(p: Plan) -> dict[str, Any]:
 
 
 def save_plan(p: Plan, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(plan_to_json(p), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Written through a fresh temporary file (never through a symlink planted at the path or
+    beside it), readable by its owner only: reasons quote what agents printed."""
+    safefile.write_atomic(path, (json.dumps(plan_to_json(p), indent=2) + "\n").encode(), 0o600)
 
 
 def read_plan(path: Path) -> Plan:

@@ -10,9 +10,10 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
+
+from reconciler.safefile import write_atomic
 
 RUN_JSON = "run.json"
 PROMPT = "prompt.md"
@@ -24,52 +25,6 @@ CHECKS_LOG = "checks.log"
 EXIT_JSON = "exit.json"
 SUPERVISOR_LOG = "supervisor.log"  # the supervisor's own complaints, never the agent's output
 START_LOCK = ".start.lock"
-
-
-def _temp_beside(path: str, data: bytes, mode: int) -> str:
-    """Write ``data`` to a fresh temporary file in ``path``'s directory and return its name.
-
-    Same directory, so that the final rename or link never crosses a file system.
-    """
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
-    tmp = _temp_beside(path, data, mode)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def create_exclusive(path: str, data: bytes, mode: int = 0o600) -> bool:
-    """Create ``path`` with ``data`` atomically unless it exists; False when it already did.
-
-    A hard link fails when the target exists, which makes "first writer wins" race-free.
-    """
-    tmp = _temp_beside(path, data, mode)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    return True
 
 
 def dump_json(obj: object) -> bytes:

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from reconciler import safefile
 from reconciler.node import files
 from reconciler.node import git as gitops
 from reconciler.node.agents import ADAPTERS, Adapter, Launch
@@ -414,7 +415,7 @@ def _spawn(
             f"the prompt of task {req.task.name} is not valid Unicode (it holds a lone "
             "surrogate); fix the prompt text"
         ) from None
-    files.write_atomic(prompt_path, prompt, 0o600)
+    safefile.write_atomic(prompt_path, prompt, 0o600)
     launch = Launch(
         prompt_path, req.session_id, req.resume_session, git_dir=gitops.common_dir(workspace)
     )

@@ -21,6 +21,7 @@ import traceback
 from types import FrameType
 from typing import IO
 
+from reconciler import safefile
 from reconciler.node import files
 from reconciler.node.procs import boot_id, start_time
 
@@ -172,7 +173,7 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
         "start_time": start_time(os.getpid()),
         "agent_pid": None,
     }
-    if not files.create_exclusive(pid_path, files.dump_json(record)):
+    if not safefile.create_exclusive(pid_path, files.dump_json(record)):
         _ready(ready_fd)
         return 0  # a concurrent start already owns this run; starting twice would duplicate it
 

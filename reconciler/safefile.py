@@ -1,0 +1,67 @@
+"""Files written so that nothing planted beside them can redirect the write.
+
+Every file the reconciler writes outside its own private directories (``plan --out``, state
+backups, crash reports, known hosts, hooks) and every record a lane writes goes through here: the
+data lands in a fresh temporary file in the target's own directory, created with
+``O_CREAT|O_EXCL|O_NOFOLLOW`` (``tempfile.mkstemp``), and is renamed over the target. A symlink or
+a file someone planted at the target (or at any ``.tmp`` name beside it) is replaced, never
+followed or written through, and readers see the old file or the new one, never half of either.
+Must stay free of heavy imports: the run supervisor loads it at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+
+def temp_beside(path: str, data: bytes, mode: int) -> str:
+    """Write ``data`` to a new temporary file in ``path``'s directory; return its name.
+
+    Same directory, so that the final rename or link never crosses a file system.
+    """
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data``: the old file or the new one, never half, never through a
+    symlink. Raises ``IsADirectoryError`` when ``path`` is a directory."""
+    target = os.fspath(path)
+    if os.path.isdir(target) and not os.path.islink(target):
+        raise IsADirectoryError(21, "Is a directory", target)
+    tmp = temp_beside(target, data, mode)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def create_exclusive(path: str, data: bytes, mode: int = 0o600) -> bool:
+    """Create ``path`` with ``data`` atomically unless it exists; False when it already did.
+
+    A hard link fails when the target exists (also a dangling symlink), which makes "first writer
+    wins" race-free.
+    """
+    tmp = temp_beside(path, data, mode)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return True
