@@ -1,0 +1,57 @@
+"""Fixtures for the security suite: throwaway lane users (removed with their homes and processes
+at the end), a Python they can run, and a control repo driven through the real CLI as root."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from security_support import Control, User, create_user, lane_python, make_repo, remove_user
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Nothing of the suite lands in root's ~/.ssh or ~/.config."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return lane_python()
+
+
+@pytest.fixture(scope="session")
+def agents() -> Iterator[Path]:
+    """A directory every lane user can read, for agent scripts (see ``agent_doc``)."""
+    path = Path(tempfile.mkdtemp(prefix="reconciler-agents-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_user() -> Iterator[Callable[[], User]]:
+    """Lane users with an ``app`` repository (bare remote and clone) in their homes."""
+    made: list[User] = []
+
+    def make() -> User:
+        user = create_user()
+        made.append(user)
+        make_repo(user)
+        return user
+
+    yield make
+    for user in made:
+        remove_user(user)
+
+
+@pytest.fixture
+def control(tmp_path: Path, python: str) -> Control:
+    return Control(tmp_path, python=python)
