@@ -116,10 +116,19 @@ class Sandbox:
         self.home.mkdir()
         self.keep = keep
         self.lane_roots: list[Path] = []
+        # The bench's lanes run as whoever runs the bench (root, in CI): its own policy says so,
+        # as an admin's would; its keys and known hosts live in the sandbox.
+        policy = self.root / "policy.yaml"
+        policy.write_text(
+            "apiVersion: reconciler/v1\nkind: Policy\nspec:\n  reconcilerUser: true\n"
+            f'  sshKeys: ["{self.root}/*"]\n  knownHosts: ["{self.root}/*"]\n',
+            encoding="utf-8",
+        )
         self.env = {
             **{k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TERM", "TMPDIR")},
             "HOME": str(self.home),
             "GIT_CONFIG_NOSYSTEM": "1",
+            "RECONCILER_POLICY": str(policy),
             **GIT_IDENTITY,
         }
         # This process runs the in-process lane: its git calls and `~` see the sandbox too.

@@ -35,6 +35,7 @@ from watchdog.observers import Observer
 from reconciler.control import ControlError
 from reconciler.engine import Engine, PassResult
 from reconciler.lanes import LaneUnavailable, NodeError
+from reconciler.lanes.policy import PolicyError
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.state import Store
 
@@ -280,7 +281,7 @@ class Daemon:
                 desired = self.engine.load(rev=good)
             self.local_lanes = {n for n, s in desired.lanes.items() if s.host == "local"}
             result = self.engine.apply(desired, store, log=lambda m: self.log("action", m))
-        except (ControlError, LaneUnavailable, NodeError) as exc:
+        except (ControlError, LaneUnavailable, NodeError, PolicyError) as exc:
             self.log("pass", f"pass failed: {exc}", level="error", reasons=why)
             return False, None
         self._problem(store, problems)

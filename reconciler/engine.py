@@ -19,8 +19,10 @@ from reconciler import safefile
 from reconciler.apply import Applier, ApplyReport
 from reconciler.control import ControlRepo, load_desired
 from reconciler.lanes import Lane
-from reconciler.manifests.loader import gc_paused
+from reconciler.lanes.policy import load_policy
+from reconciler.manifests.loader import LaneCheck, gc_paused
 from reconciler.manifests.models import Desired
+from reconciler.manifests.policy import Policy
 from reconciler.observe import observe
 from reconciler.plan import Action, Blocked, Observed, Plan, plan
 from reconciler.state import StateLock, Store
@@ -36,9 +38,10 @@ class UserError(Exception):
 class Context:
     control: str
     state_dir: Path
+    policy: str | None = None  # --policy; None: $RECONCILER_POLICY, then /etc/reconciler/…
 
     @classmethod
-    def resolve(cls, control: str | None, state: str | None) -> Context:
+    def resolve(cls, control: str | None, state: str | None, policy: str | None = None) -> Context:
         """``--control``/``--state``, then ``$RECONCILER_CONTROL``/``$RECONCILER_STATE``, then the
         working copy around the current directory and its ``.reconciler``."""
         spec = control or os.environ.get("RECONCILER_CONTROL") or _enclosing_repo(Path.cwd())
@@ -51,7 +54,7 @@ class Context:
             state_dir = local / ".reconciler"
         else:
             state_dir = Path.cwd() / ".reconciler"
-        return cls(control=spec, state_dir=state_dir.absolute())
+        return cls(control=spec, state_dir=state_dir.absolute(), policy=policy)
 
 
 def _enclosing_repo(cwd: Path) -> str:
@@ -81,13 +84,23 @@ class Engine:
             self._control = ControlRepo.open(self.ctx.control, self.ctx.state_dir)
         return self._control
 
-    def load(self, worktree: bool = False, rev: str | None = None) -> Desired:
+    def load(
+        self, worktree: bool = False, rev: str | None = None, lane_check: LaneCheck | None = None
+    ) -> Desired:
         """Desired state at the control repo's current revision, or at ``rev`` (raises
-        ManifestErrors)."""
-        return load_desired(self.control, self.ctx.state_dir, worktree=worktree, rev=rev)
+        ManifestErrors). ``lane_check`` adds lanes' policy problems as errors (``validate``)."""
+        return load_desired(
+            self.control, self.ctx.state_dir, worktree=worktree, rev=rev, lane_check=lane_check
+        )
+
+    def policy(self) -> Policy:
+        """The admin policy in force (read again when its file changed); ``PolicyError``."""
+        return load_policy(self.ctx.policy)
 
     def lanes(self, desired: Desired) -> dict[str, Lane]:
-        return {name: Lane(name, spec) for name, spec in desired.lanes.items()}
+        """A client per lane; the policy decides which of them may be contacted at all."""
+        policy = self.policy()
+        return {name: Lane(name, spec, policy=policy) for name, spec in desired.lanes.items()}
 
     def observe_and_plan(self, desired: Desired, store: Store) -> tuple[Plan, Observed]:
         # A pass allocates a few objects per task and frees them together; with 10k tasks the

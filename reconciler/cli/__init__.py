@@ -31,8 +31,10 @@ from reconciler.control import ControlError
 from reconciler.durations import parse_duration
 from reconciler.engine import Context, Engine, UserError, plan_to_json, read_plan, save_plan
 from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref
+from reconciler.lanes.policy import PolicyError, machine_facts
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired, LaneSpec, SshTarget
+from reconciler.manifests.policy import lane_violations
 from reconciler.manifests.schema import schema_documents
 from reconciler.plan import Plan, TaskStatus, branch_of
 from reconciler.protocol import (
@@ -80,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="state directory (default: $RECONCILER_STATE, then <control>/.reconciler)",
     )
+    common.add_argument(
+        "--policy",
+        default=argparse.SUPPRESS,
+        help="the admin policy: what lanes may be (default: $RECONCILER_POLICY, then "
+        "/etc/reconciler/policy.yaml, then the safe defaults)",
+    )
     parser = _Parser(
         prog="reconciler",
         description="A declarative GitOps reconciler that dispatches coding agents.",
@@ -91,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=help_, parents=[common])
 
-    command("validate", "check manifests; errors as path:line:col: message")
+    command("validate", "check manifests (and the policy); errors as path:line:col: message")
+    p = command("policy", "show the admin policy in force: what lanes may be, and from where")
+    p.add_argument("--json", action="store_true", help="print the policy as JSON")
     p = command("plan", "show what apply would do")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--out", type=Path, help="save the plan for `apply FILE`")
@@ -220,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # frees what it drops, and the cyclic collector would only rescan thousands of live
         # objects (a tenth of a pass over 10k tasks). `run` keeps it, paused per pass.
         gc.disable()
-    ctx = Context.resolve(getattr(args, "control", None), getattr(args, "state", None))
+    ctx = Context.resolve(
+        getattr(args, "control", None), getattr(args, "state", None), getattr(args, "policy", None)
+    )
     handler: Callable[[Engine, argparse.Namespace], int] = COMMANDS[args.command]
     try:
         return handler(Engine(ctx), args)
@@ -233,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LockHeld as exc:
         err(str(exc))
         return EXIT_LOCKED
-    except (UserError, ControlError, LaneUnavailable, NodeError) as exc:
+    except (UserError, ControlError, LaneUnavailable, NodeError, PolicyError) as exc:
         err(str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -268,7 +280,11 @@ def _save_traceback(state_dir: Path) -> str:
 
 
 def cmd_validate(engine: Engine, args: argparse.Namespace) -> int:
-    desired = engine.load(worktree=True)
+    policy = engine.policy()
+    facts = machine_facts()
+    desired = engine.load(
+        worktree=True, lane_check=lambda name, spec: lane_violations(policy, facts, name, spec)
+    )
     counts = ", ".join(
         _plural(n, what)
         for n, what in (
@@ -277,7 +293,44 @@ def cmd_validate(engine: Engine, args: argparse.Namespace) -> int:
             (len(desired.agents), "agent"),
         )
     )
-    print(f"{counts}: the manifests are valid.")
+    print(f"{counts}: the manifests are valid, and {policy.origin} allows every lane.")
+    return EXIT_OK
+
+
+def cmd_policy(engine: Engine, args: argparse.Namespace) -> int:
+    """What the policy in force allows, with every default spelt out."""
+    policy = engine.policy()
+    facts = machine_facts()
+    spec = policy.spec
+    own = spec.reconciler_user if spec.reconciler_user is not None else facts.euid != 0
+    data = {
+        "source": policy.source,
+        "reconcilerUser": own,
+        "users": spec.users,
+        "sshHosts": spec.ssh_hosts,
+        "sshKeys": spec.ssh_keys,
+        "knownHosts": spec.known_hosts,
+        "githubApiUrls": spec.github_api_urls,
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    print(f"In force: {policy.origin}.")
+    who = facts.user + (" (uid 0)" if facts.euid == 0 and facts.user != "root" else "")
+    print(f"  lanes as the reconciler's own user ({who}): {'allowed' if own else 'refused'}")
+    users = (
+        ", ".join(spec.users)
+        if spec.users is not None
+        else f"regular users (uid {facts.uid_min} and up), never root"
+    )
+    print(f"  local lane users:       {users}")
+    hosts = (
+        ", ".join(spec.ssh_hosts) if spec.ssh_hosts is not None else "any host, any user but root"
+    )
+    print(f"  ssh hosts:              {hosts}")
+    print(f"  ssh keys:               {', '.join(spec.ssh_keys)}")
+    print(f"  ssh known hosts files:  {', '.join(spec.known_hosts)}")
+    print(f"  GitHub API URLs:        {', '.join(spec.github_api_urls)}")
     return EXIT_OK
 
 
@@ -730,6 +783,12 @@ def cmd_keys(engine: Engine, args: argparse.Namespace) -> int:
     target = spec.ssh_target
     assert target is not None
     options = spec.ssh_options
+    # The key, the known hosts file and the host are the manifest's words: only what the admin
+    # policy allows is created, read or written (never root's own key, never /etc/passwd).
+    policy = engine.policy()
+    refused = lane_violations(policy, machine_facts(), args.lane, spec)
+    if refused:
+        raise UserError(f"{refused[0].message}; {refused[0].hint}; nothing was read or written")
     try:
         if args.keys_command == "authorize":
             key = ssh.ensure_key(options.identity_file)
@@ -841,6 +900,7 @@ def cmd_hook(engine: Engine, args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "validate": cmd_validate,
+    "policy": cmd_policy,
     "plan": cmd_plan,
     "apply": cmd_apply,
     "run": cmd_run,

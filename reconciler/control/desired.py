@@ -26,7 +26,7 @@ from typing import Any
 import pydantic
 
 from reconciler.control.repo import WORKTREE_REVISION, ControlError, ControlRepo
-from reconciler.manifests.loader import gc_paused, load
+from reconciler.manifests.loader import LaneCheck, gc_paused, load
 from reconciler.manifests.models import Desired
 
 CACHE_FILE = Path("cache") / "manifests.pickle"
@@ -38,9 +38,16 @@ _memo: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
 
 def load_desired(
-    control: ControlRepo, state_dir: Path | None, worktree: bool = False, rev: str | None = None
+    control: ControlRepo,
+    state_dir: Path | None,
+    worktree: bool = False,
+    rev: str | None = None,
+    lane_check: LaneCheck | None = None,
 ) -> Desired:
     """Load and check every manifest of ``control`` (at HEAD, or on disk with ``worktree``).
+
+    ``lane_check`` adds each lane's policy problems as manifest errors (``validate``); a load with
+    it neither reads nor writes the cache of whole desired states.
 
     Raises :class:`~reconciler.manifests.errors.ManifestErrors` for invalid manifests and
     :class:`ControlError` when the repository cannot be read. ``state_dir`` None: no cache.
@@ -52,7 +59,11 @@ def load_desired(
         )
     rev = WORKTREE_REVISION if worktree else (rev or control.revision())
     path = state_dir / CACHE_FILE if state_dir is not None else None
-    whole = state_dir / DESIRED_FILE if state_dir is not None and not worktree else None
+    whole = (
+        state_dir / DESIRED_FILE
+        if state_dir is not None and not worktree and lane_check is None
+        else None
+    )
     tree = control.tree(rev) if whole is not None else None
     if whole is not None and tree is not None:
         cached = _read_cache(whole).get(tree)
@@ -64,7 +75,7 @@ def load_desired(
         entries = _read_cache(path) if path is not None else {}
         work = dict(entries)
         try:
-            desired = load(files, read, rev, work)
+            desired = load(files, read, rev, work, lane_check)
             if whole is not None and tree is not None:
                 _write_cache(whole, {tree: desired})
             return desired

@@ -79,6 +79,8 @@ def setup() -> None:
     login.parent.mkdir(mode=0o700)
     login.write_text('{"demo": "stand-in for a claude login"}\n')
     login.chmod(0o600)
+    POLICY.write_text(POLICY_TEXT, encoding="utf-8")
+    POLICY.chmod(0o644)
     CONTROL.mkdir()
     shutil.copytree(MANIFESTS, CONTROL / "manifests")
     git("init", "-q", "-b", "main", cwd=CONTROL)
@@ -86,11 +88,23 @@ def setup() -> None:
     git("commit", "-q", "-m", "Desired tasks", cwd=CONTROL)
 
 
+POLICY = DEMO / "policy.yaml"
+# The sandbox's lanes name no user: they run as whoever runs the demo. For root, the safe default
+# policy refuses that (a lane's agents would run as root), so the sandbox carries its own policy
+# allowing it, as an admin would write one; on a real host, give each lane its own user.
+POLICY_TEXT = """\
+apiVersion: reconciler/v1
+kind: Policy
+spec:
+  reconcilerUser: true   # the demo's lanes run as the user running `make demo`
+"""
+
 ENV = {
     **{k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TERM", "NO_COLOR")},
     "HOME": str(HOME),
     "RECONCILER_CONTROL": str(CONTROL),
     "RECONCILER_STATE": str(STATE),
+    "RECONCILER_POLICY": str(POLICY),
     "GIT_CONFIG_NOSYSTEM": "1",
 }
 
@@ -148,6 +162,7 @@ def main() -> int:
     reconciler("describe", "write-style-guide")
     print(f"\nDemo finished in {time.time() - started:.0f} s. Explore the sandbox yourself:")
     print(f"  env HOME={HOME} RECONCILER_CONTROL={CONTROL} RECONCILER_STATE={STATE} \\")
+    print(f"    RECONCILER_POLICY={POLICY} \\")
     print("    .venv/bin/reconciler status")
     return 0
 

@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from reconciler.manifests.models import Desired, LaneSpec
+from reconciler.manifests.policy import Policy
 from reconciler.protocol import (
     AgentRef,
     Batch,
@@ -59,13 +60,16 @@ class InProcessTransport:
     """The lane user is the reconciler's own user: call the node code directly.
 
     The batch is the same validated value a remote node would parse from JSON, so the node
-    sees exactly what other transports deliver, without the encoding cost.
+    sees exactly what other transports deliver, without the encoding cost. Such a lane shares
+    the reconciler's environment, so the node is told not to take a token from it: a lane's
+    GitHub token comes from its ``credentials.github`` file, never from the reconciler's own
+    ``GH_TOKEN``.
     """
 
     def exchange(self, batch: Batch) -> BatchResult:
         from reconciler.node.server import handle
 
-        return handle(batch)
+        return handle(batch, env_tokens=False)
 
 
 def lane_ref(name: str, spec: LaneSpec) -> LaneRef:
@@ -112,11 +116,17 @@ def agent_ref(desired: Desired, agent: str) -> AgentRef:
 class Lane:
     """A client for one lane: builds its ``LaneRef`` once and exchanges batches."""
 
-    def __init__(self, name: str, spec: LaneSpec, transport: Transport | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: LaneSpec,
+        transport: Transport | None = None,
+        policy: Policy | None = None,
+    ) -> None:
         self.name = name
         self.spec = spec
         self.ref = lane_ref(name, spec)
-        self.transport = transport or transport_for(name, spec)
+        self.transport = transport or transport_for(name, spec, policy)
 
     def call(self, requests: Sequence[Request]) -> list[Response]:
         batch = Batch(requests=list(requests))
@@ -149,10 +159,18 @@ def unwrap(response: Response, result_type: type[T]) -> T:
     return result_type.model_validate(response.result or {})
 
 
-def transport_for(name: str, spec: LaneSpec) -> Transport:
+def transport_for(name: str, spec: LaneSpec, policy: Policy | None = None) -> Transport:
     """Pick the transport a lane needs: in-process for the reconciler's own user, the
     local-user transport (``setpriv`` to the lane user) for another user on this machine, and
-    OpenSSH to a forced ``reconciler node`` for an ``ssh://`` host."""
+    OpenSSH to a forced ``reconciler node`` for an ``ssh://`` host — unless the admin policy
+    (``policy``, else the one in force on this host) refuses what the lane names: then a
+    transport that contacts nothing and says why."""
+    from reconciler.lanes.policy import RefusedTransport, load_policy, violations
+
+    policy = policy if policy is not None else load_policy()
+    problems = violations(policy, name, spec)
+    if problems:
+        return RefusedTransport(name, policy, problems)
     if spec.host != "local":
         from reconciler.lanes.ssh import SshTransport
 

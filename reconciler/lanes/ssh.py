@@ -27,12 +27,12 @@ import math
 import os
 import socket
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from reconciler import safefile
 from reconciler.lanes import LaneUnavailable, lane_ref
 from reconciler.manifests.models import LaneSpec, SshSpec, SshTarget
 from reconciler.protocol import Batch, BatchResult, lane_pin
@@ -380,8 +380,8 @@ def known_keys(known_hosts: str, target: SshTarget) -> list[HostKey]:
 def trust_host(known_hosts: str, target: SshTarget, keys: Sequence[HostKey]) -> str:
     """Make ``keys`` the only keys trusted for ``target`` in the file; other hosts' lines stay.
 
-    Written atomically, mode 0600, in a directory of mode 0700 when it is created. Returns the
-    file's path.
+    Written atomically through a fresh temporary file (never through a symlink planted at the
+    path), mode 0600, in a directory of mode 0700 when it is created. Returns the file's path.
     """
     path = _control_path(known_hosts)
     directory = os.path.dirname(path)
@@ -402,18 +402,7 @@ def trust_host(known_hosts: str, target: SshTarget, keys: Sequence[HostKey]) -> 
         or not _names_match(raw.split()[0], name)
     ]
     text = "\n".join([*kept, *(k.line(name) for k in keys)]) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".known_hosts.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    safefile.write_atomic(path, text.encode("utf-8"), 0o600)
     return path
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 import posixpath
 import re
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -57,8 +57,10 @@ from reconciler.manifests.models import (
     LaneSpec,
     Source,
     Task,
+    _Document,
     make_task,
 )
+from reconciler.manifests.policy import POLICY_KINDS, PolicySpec, Violation
 
 try:  # the C extension (ruamel.yaml.clib); the pure parser is the fallback
     from _ruamel_yaml import CParser  # type: ignore[import-not-found]
@@ -75,6 +77,7 @@ __all__ = [
     "SourceFile",
     "gc_paused",
     "load",
+    "parse_policy",
 ]
 
 MAX_FILE_SIZE = 1 << 20
@@ -86,9 +89,10 @@ MAX_EXPANDED_NODES = 100_000
 _MAX_FLAT_NESTING = 2_000
 """Above this many ``[ { - ?`` characters a file may nest too deeply for the C parser's stack."""
 
-KINDS = ", ".join(sorted(DOCUMENT_KINDS))
+Kinds = Mapping[str, type[_Document]]
 
 Reader = Callable[[str], bytes | None]
+LaneCheck = Callable[[str, LaneSpec], list[Violation]]
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ def load(
     read: Reader,
     revision: str,
     cache: MutableMapping[str, Any] | None = None,
+    lane_check: LaneCheck | None = None,
 ) -> Desired:
     """Everything the manifests ask for at ``revision``; :class:`ManifestErrors` lists all problems.
 
@@ -126,6 +131,8 @@ def load(
     a blob id to the parsed documents of that file; it is consulted and filled in place.
     If ``read`` has a ``prefetch(paths)`` method, it is told up front which manifest files will
     be read, in order (the cache misses), so that it can batch its requests.
+    ``lane_check(name, spec)`` adds problems of each lane that the documents alone cannot show
+    (what the admin policy allows), reported at the field they concern.
     """
     errors: list[ManifestError] = []
     docs: list[tuple[str, _Doc]] = []
@@ -171,7 +178,7 @@ def load(
             invalid.update(parsed.invalid)
             if cache is not None and not parsed.errors:
                 cache[f.blob] = tuple(parsed.docs)
-        desired = _Assembler(read, revision, errors, invalid).run(docs)
+        desired = _Assembler(read, revision, errors, invalid, lane_check).run(docs)
     if errors:
         raise ManifestErrors(errors)
     return desired
@@ -279,7 +286,7 @@ class _Parsed:
     invalid: set[tuple[str, str]]
 
 
-def _parse_file(path: str, data: bytes) -> _Parsed:
+def _parse_file(path: str, data: bytes, kinds: Kinds = DOCUMENT_KINDS) -> _Parsed:
     out = _Parsed([], [], set())
     try:
         text = data.decode("utf-8")
@@ -305,7 +312,14 @@ def _parse_file(path: str, data: bytes) -> _Parsed:
             node = loader.get_node()
             index += 1
             _parse_document(
-                path, index=index, node=node, loader=loader, text=text, may_alias=may_alias, out=out
+                path,
+                index=index,
+                node=node,
+                loader=loader,
+                text=text,
+                may_alias=may_alias,
+                out=out,
+                kinds=kinds,
             )
     except ReaderError as exc:
         if is_c:
@@ -353,8 +367,17 @@ def _parse_file(path: str, data: bytes) -> _Parsed:
 
 
 def _parse_document(
-    path: str, *, index: int, node: Node, loader: Any, text: str, may_alias: bool, out: _Parsed
+    path: str,
+    *,
+    index: int,
+    node: Node,
+    loader: Any,
+    text: str,
+    may_alias: bool,
+    out: _Parsed,
+    kinds: Kinds,
 ) -> None:
+    names = ", ".join(sorted(kinds))
     if isinstance(node, ScalarNode) and (node.tag or "").endswith(":null") and node.value == "":
         return  # an empty document: `---` alone
     line, col = mark(node)
@@ -395,13 +418,14 @@ def _parse_document(
                 col,
                 "a manifest document must be a mapping with apiVersion, kind, metadata and spec;"
                 f" found {describe(data)}",
-                f"start the document with 'apiVersion: {API_VERSION}' and 'kind: Task' "
-                f"(or another kind: {KINDS})",
+                f"start the document with 'apiVersion: {API_VERSION}' and 'kind: "
+                f"{'Task' if 'Task' in kinds else next(iter(kinds))}' "
+                f"(or another kind: {names})",
             )
         )
         return
     kind = data.get("kind")
-    cls = DOCUMENT_KINDS.get(kind) if isinstance(kind, str) else None
+    cls = kinds.get(kind) if isinstance(kind, str) else None
     if cls is None or not isinstance(kind, str):
         if "kind" not in data:
             out.errors.append(
@@ -410,7 +434,7 @@ def _parse_document(
                     line,
                     col,
                     "missing required field 'kind'",
-                    f"add 'kind:' with one of: {KINDS}",
+                    f"add 'kind:' with one of: {names}",
                 )
             )
         else:
@@ -421,7 +445,8 @@ def _parse_document(
                     kline,
                     kcol,
                     f"unknown kind {show(kind)}",
-                    did_you_mean(str(kind), list(DOCUMENT_KINDS)) + f"the kinds are: {KINDS}",
+                    _misplaced(str(kind), kinds)
+                    or did_you_mean(str(kind), list(kinds)) + f"the kinds are: {names}",
                 )
             )
         return
@@ -447,6 +472,41 @@ def _parse_document(
     else:
         value = doc.spec
     out.docs.append(_Doc(kind, name, index, line, col, value))
+
+
+def _misplaced(kind: str, kinds: Kinds) -> str:
+    """The hint for a kind that exists, but in the other file: a Policy in the control repo."""
+    if kind == "Policy" and kind not in kinds:
+        return (
+            "a Policy is the admin's, not the manifest authors': it lives on the reconciler's "
+            "host (/etc/reconciler/policy.yaml or --policy), never in the control repo; "
+            "remove this document"
+        )
+    return ""
+
+
+def parse_policy(path: str, data: bytes) -> PolicySpec:
+    """The one ``kind: Policy`` document of a policy file; :class:`ManifestErrors` otherwise."""
+    if len(data) > MAX_FILE_SIZE:
+        raise ManifestErrors([_too_big(path, len(data))])
+    parsed = _parse_file(path, data, POLICY_KINDS)
+    if parsed.errors:
+        raise ManifestErrors(parsed.errors)
+    if len(parsed.docs) != 1:
+        where = parsed.docs[1] if len(parsed.docs) > 1 else None
+        raise ManifestErrors(
+            [
+                ManifestError(
+                    path,
+                    where.line if where else 1,
+                    where.column if where else 1,
+                    f"a policy file holds exactly one Policy document; found {len(parsed.docs)}",
+                    "merge the documents into one (apiVersion: reconciler/v1, kind: Policy, spec)",
+                )
+            ]
+        )
+    spec: PolicySpec = parsed.docs[0].value
+    return spec
 
 
 def _compose_nodes(data: bytes) -> list[Node | None]:
@@ -525,11 +585,13 @@ class _Assembler:
         revision: str,
         errors: list[ManifestError],
         invalid: set[tuple[str, str]],
+        lane_check: LaneCheck | None = None,
     ) -> None:
         self.read = read
         self.revision = revision
         self.errors = errors
         self.invalid = invalid
+        self.lane_check = lane_check
         self._nodes: dict[str, list[Node | None]] = {}
 
     def run(self, docs: list[tuple[str, _Doc]]) -> Desired:
@@ -569,6 +631,8 @@ class _Assembler:
             first[key] = (path, doc)
             if doc.kind == "Lane":
                 lanes[doc.name] = doc.value
+                for v in self.lane_check(doc.name, doc.value) if self.lane_check else ():
+                    self.error(path, doc, v.loc, v.message, v.hint)
             elif doc.kind == "Agent":
                 agents[doc.name] = doc.value
             else:

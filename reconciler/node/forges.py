@@ -55,6 +55,13 @@ def forge_for(lane: Lane, repo_name: str) -> Forge | None:
 
         if not repo.github_repo:
             raise NodeError(f"repo {repo_name} has a github forge without repo: OWNER/NAME")
+        if not lane.env_tokens and not lane.ref.github_token_file:
+            raise NodeError(
+                f"lane {lane.ref.name} runs as the reconciler's own user, so its GitHub token "
+                "must come from a file (credentials.github: ~/.config/reconciler/github-token, "
+                "chmod 600): the reconciler's own GH_TOKEN or GITHUB_TOKEN is never used for a "
+                "lane"
+            )
         token = read_token(lane.ref.github_token_file, os.environ)
         cache = os.path.join(lane.root, ".cache", "github")
         return GitHubForge(repo.github_repo, token, repo.api_url, cache_dir=cache)

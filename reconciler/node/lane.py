@@ -86,9 +86,10 @@ class Lane:
     root: str  # realpath of the expanded workspace root
     repos: dict[str, RepoRef]
     checkouts: dict[str, str]  # repo name → expanded checkout path
+    env_tokens: bool = True  # may a token come from this process's environment?
 
     @classmethod
-    def of(cls, ref: LaneRef) -> Lane:
+    def of(cls, ref: LaneRef, *, env_tokens: bool = True) -> Lane:
         check_name(ref.name, "lane name")
         root = os.path.realpath(expand(ref.workspace_root))
         if root == os.sep:
@@ -105,7 +106,7 @@ class Lane:
         for key, value in ref.env.items():
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise NodeError(f"environment name {key!r} of lane {ref.name} is not valid")
-        return cls(ref=ref, root=root, repos=repos, checkouts=checkouts)
+        return cls(ref=ref, root=root, repos=repos, checkouts=checkouts, env_tokens=env_tokens)
 
     def repo(self, name: str) -> tuple[RepoRef, str]:
         check_name(name, "repo name")

@@ -270,10 +270,11 @@ def _failure(message: str, temporary: bool = False) -> Response:
     return Response(ok=False, failure=Failure(error=message, temporary=temporary))
 
 
-def handle_request(req: Request, pin: str | None = None) -> Response:
+def handle_request(req: Request, pin: str | None = None, *, env_tokens: bool = True) -> Response:
     """Serve one request; every error becomes a Failure sentence. With ``pin`` (an ssh lane's
     forced command), a request for a lane other than the one the key was authorized for is
-    refused before anything is touched."""
+    refused before anything is touched. ``env_tokens`` False: this process's environment is the
+    reconciler's own (an in-process lane), so no token is taken from it."""
     op = req.op
     if pin is not None and lane_pin(req.lane) != pin:
         return _failure(
@@ -283,7 +284,7 @@ def handle_request(req: Request, pin: str | None = None) -> Response:
             "authorized_keys"
         )
     try:
-        lane = Lane.of(req.lane)
+        lane = Lane.of(req.lane, env_tokens=env_tokens)
         result = _HANDLERS[op](lane, req)
         return Response(ok=True, result=result.model_dump(mode="json"))
     except NodeError as exc:
@@ -301,9 +302,11 @@ def handle_request(req: Request, pin: str | None = None) -> Response:
         return _failure(f"{op} failed unexpectedly ({type(exc).__name__}: {exc}); report this bug")
 
 
-def handle(batch: Batch) -> BatchResult:
+def handle(batch: Batch, *, env_tokens: bool = True) -> BatchResult:
     """Serve each request of ``batch`` independently, in order."""
-    return BatchResult(responses=[handle_request(req) for req in batch.requests])
+    return BatchResult(
+        responses=[handle_request(req, env_tokens=env_tokens) for req in batch.requests]
+    )
 
 
 def _invalid(index: int, raw: object, exc: ValidationError) -> Response:

@@ -354,7 +354,7 @@ def test_a_lane_whose_clock_is_off_is_judged_on_the_reconcilers_clock(
     world.commit()
     assert world.cli("apply", "--yes").returncode == 0
     assert "slow" in world.live_agents()
-    monkeypatch.setattr(lanes, "transport_for", lambda _n, _s: SkewedTransport(-3600.0))
+    monkeypatch.setattr(lanes, "transport_for", lambda _n, _s, _p=None: SkewedTransport(-3600.0))
     engine = Engine(Context(control=str(world.control), state_dir=world.state))
     desired = engine.load()
     with engine.reading() as store:

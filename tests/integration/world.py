@@ -226,6 +226,7 @@ class World:
             "RECONCILER_CONTROL": str(self.control),
             "RECONCILER_STATE": str(self.state),
             "GIT_CONFIG_NOSYSTEM": "1",
+            "RECONCILER_POLICY": os.environ["RECONCILER_POLICY"],  # tests/conftest.py
         }
         return {**base, **self.extra_env, **extra}
 

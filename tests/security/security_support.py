@@ -234,9 +234,10 @@ class Control:
             "RECONCILER_CONTROL": str(self.repo),
             "RECONCILER_STATE": str(self.state),
         }
-        # the suite's permissive test policy must not leak into an attack: the policy is
-        # exactly what this Control says
-        env["RECONCILER_POLICY"] = str(self.policy) if self.policy else "/nonexistent/policy.yaml"
+        # the suite's permissive test policy (tests/conftest.py) must not leak into an attack:
+        # the policy is exactly what this Control says, else the defaults (no policy file)
+        if self.policy is not None:
+            env["RECONCILER_POLICY"] = str(self.policy)
         env.update(extra)
         return env
 

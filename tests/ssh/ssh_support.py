@@ -452,6 +452,7 @@ class Side:
             "GIT_CONFIG_NOSYSTEM": "1",
             "RECONCILER_CONTROL": str(self.root / "control"),
             "RECONCILER_STATE": str(self.root / "state"),
+            "RECONCILER_POLICY": os.environ["RECONCILER_POLICY"],  # tests/conftest.py
         }
         return subprocess.run(
             [sys.executable, "-m", "reconciler", *args],

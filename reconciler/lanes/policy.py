@@ -1,0 +1,196 @@
+"""The admin policy on this host: read it safely, gather the machine's facts, refuse a lane.
+
+The policy file is ``--policy``, else ``$RECONCILER_POLICY``, else ``/etc/reconciler/policy.yaml``
+(missing: the safe defaults of ``reconciler.manifests.policy``). Whoever can change it decides
+what every manifest may do, so it is refused — every command fails closed — unless it is a
+regular file owned by root (or the reconciler's own user) that no one else can write, in
+directories no one else can write. It is read again when it changes, so a running ``run`` follows
+the admin's edits from its next pass.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import threading
+from pathlib import Path
+
+from reconciler.lanes import LaneUnavailable
+from reconciler.manifests.errors import ManifestErrors
+from reconciler.manifests.loader import parse_policy
+from reconciler.manifests.models import LaneSpec
+from reconciler.manifests.policy import DEFAULT_PATH, Facts, Policy, Violation, lane_violations
+from reconciler.protocol import Batch, BatchResult
+
+ENV = "RECONCILER_POLICY"
+MAX_SIZE = 1 << 20
+
+
+class PolicyError(Exception):
+    """The policy file cannot be trusted or read; the message says which file and the fix."""
+
+
+def policy_path(explicit: str | None = None) -> tuple[str, bool]:
+    """The policy file to use, and whether it was named (a named file must exist)."""
+    if explicit:
+        return os.path.abspath(os.path.expanduser(explicit)), True
+    named = os.environ.get(ENV)
+    if named:
+        return os.path.abspath(os.path.expanduser(named)), True
+    return DEFAULT_PATH, False
+
+
+_cache: dict[str, tuple[tuple[int, int, int, int], Policy]] = {}
+_cache_lock = threading.Lock()
+
+
+def load_policy(explicit: str | None = None) -> Policy:
+    """The policy in force (see the module docstring); ``PolicyError`` when it cannot be
+    trusted. An unchanged file is not parsed again."""
+    path, named = policy_path(explicit)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if named:
+            raise PolicyError(
+                f"there is no policy file at {path}; create it, or leave out --policy and "
+                f"${ENV} to use {DEFAULT_PATH} (or the safe defaults when it does not exist)"
+            ) from None
+        return Policy()
+    except OSError as exc:
+        raise PolicyError(
+            f"cannot read the policy {path} ({exc.strerror}); fix its permissions"
+        ) from None
+    identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    with _cache_lock:
+        hit = _cache.get(path)
+        if hit is not None and hit[0] == identity:
+            return hit[1]
+    policy = _read(path)
+    with _cache_lock:
+        _cache[path] = (identity, policy)
+    return policy
+
+
+def _read(path: str) -> Policy:
+    for place in _chain(path) + _chain(os.path.realpath(path)):
+        _trusted(place, path)
+    real = os.path.realpath(path)
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise PolicyError(
+            f"cannot read the policy {path} ({exc.strerror}); fix its permissions"
+        ) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise PolicyError(f"the policy {path} is not a regular file; make it one")
+        _trusted_stat(info, real, path)
+        data = handle.read(MAX_SIZE + 1)
+    try:
+        return Policy(parse_policy(path, data), path)
+    except ManifestErrors as exc:
+        n = len(exc.errors)
+        raise PolicyError(
+            f"{exc}\nthe policy {path} has {n} error{'s' if n != 1 else ''}: nothing runs "
+            "until it is fixed (the admin decides what lanes may do; a broken policy allows "
+            "nothing)"
+        ) from None
+
+
+def _chain(path: str) -> list[str]:
+    """``path``'s parent directories from the root down, then ``path`` itself."""
+    parts = Path(path).parts
+    return [os.path.join(*parts[: i + 1]) for i in range(len(parts))]
+
+
+def _trusted(place: str, path: str) -> None:
+    try:
+        info = os.lstat(place)
+    except FileNotFoundError:
+        return  # a link's own chain: judged again as the resolved path
+    except OSError as exc:
+        raise PolicyError(f"cannot check {place} for the policy {path} ({exc.strerror})") from None
+    if stat.S_ISLNK(info.st_mode):
+        return  # the resolved path is checked too
+    _trusted_stat(info, place, path)
+
+
+def _trusted_stat(info: os.stat_result, place: str, path: str) -> None:
+    owners = {0, os.geteuid()}
+    mode = stat.S_IMODE(info.st_mode)
+    sticky_dir = stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX
+    what = "the policy" if place == path or not stat.S_ISDIR(info.st_mode) else "the directory"
+    if info.st_uid not in owners:
+        raise PolicyError(
+            f"{what} {place} of the policy {path} belongs to uid {info.st_uid}, not to root: "
+            f"whoever owns it decides what every lane may do; chown root {place}"
+        )
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_dir:
+        raise PolicyError(
+            f"{what} {place} of the policy {path} can be written by others (mode {mode:o}): "
+            f"whoever can change it decides what every lane may do; chmod go-w {place}"
+        )
+
+
+def machine_facts() -> Facts:
+    """Who the reconciler is on this host, and how users and paths resolve here."""
+    euid = os.geteuid()
+    try:
+        user = pwd.getpwuid(euid).pw_name
+    except KeyError:
+        user = str(euid)
+    return Facts(
+        euid=euid,
+        user=user,
+        home=os.path.expanduser("~"),
+        uid_min=_uid_min(),
+        uid_of=_uid_of,
+        realpath=os.path.realpath,
+    )
+
+
+def _uid_of(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def _uid_min(path: str = "/etc/login.defs") -> int:
+    """``UID_MIN`` of login.defs: where regular users start (1000 when unset)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as defs:
+            for line in defs:
+                fields = line.split()
+                if len(fields) >= 2 and fields[0] == "UID_MIN" and fields[1].isdigit():
+                    return int(fields[1])
+    except OSError:
+        pass
+    return 1000
+
+
+def violations(policy: Policy, name: str, spec: LaneSpec) -> list[Violation]:
+    return lane_violations(policy, machine_facts(), name, spec)
+
+
+class RefusedTransport:
+    """A lane the policy refuses: nothing of it is ever contacted; every batch fails with why."""
+
+    def __init__(self, name: str, policy: Policy, problems: list[Violation]) -> None:
+        self.name = name
+        self.policy = policy
+        self.problems = problems
+
+    @property
+    def message(self) -> str:
+        first = self.problems[0]
+        more = len(self.problems) - 1
+        return f"{first.message}; {first.hint}" + (
+            f" (and {more} more problem{'s' if more != 1 else ''}: `reconciler validate`)"
+        ) * bool(more)
+
+    def exchange(self, batch: Batch) -> BatchResult:
+        raise LaneUnavailable(self.message, check="policy")
