@@ -275,9 +275,17 @@ class Applier:
             tx.upsert_task(TaskRow(name=name, lane=lane, repo=repo, first_seen=now, removed_at=now))
 
     def record_observations(self, plan: Plan) -> None:
-        """Record what observation revealed: runs state did not know, evaluations, spend."""
+        """Record what observation revealed: runs state did not know, evaluations, spend, and
+        (once each) what a lane reported of tasks it does not own."""
         known = {(r.task, r.attempt, r.iteration): r for r in self.store.runs()}
         with self.store.transaction() as tx:
+            for foreign in self.observed.foreign:
+                victim = foreign.task if foreign.owner else None
+                if not self.store.has_event("foreign-observation", foreign.message, victim):
+                    tx.add_event(
+                        victim, "foreign-observation", foreign.message, self.revision, self.clock()
+                    )
+                    self.log(f"warning: {foreign.message}")
             # One read of all task rows, not one query per task: this runs every pass.
             task_rows = self.store.tasks()
             for task in self.desired.tasks.values():

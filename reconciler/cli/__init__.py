@@ -341,7 +341,9 @@ def _plural(n: int, word: str) -> str:
 def cmd_plan(engine: Engine, args: argparse.Namespace) -> int:
     desired = engine.load()
     with engine.reading() as store:
-        plan, _ = engine.observe_and_plan(desired, store)
+        plan, observed = engine.observe_and_plan(desired, store)
+    for foreign in observed.foreign:
+        print(f"warning: {foreign.message}", file=sys.stderr)
     if args.out:
         save_plan(plan, args.out)
     if args.json:

@@ -3,18 +3,27 @@
 Read-only: nothing here changes a lane, a process, a repository or the state. One batched request
 per lane per pass (pre-flight + observe); a lane that cannot be reached is reported unreachable so
 that the planner treats its tasks as ``unknown`` and prunes or restarts nothing of it.
+
+Observations are owned: a lane may lie about its own tasks, never about another lane's. A run
+counts only when the lane reporting it is the lane its task is assigned to at this revision
+(or, for a task no longer in the manifests, the lane state last knew it in), in that task's
+repository; anything else becomes a ``Foreign`` entry — reported, never planned on — so no run,
+exit, check output or spend of one lane can stop, complete, open a PR for, or reach the prompt
+of another lane's task. Worktrees, branches and PRs are owned by construction: the planner reads
+them only from the task's own lane and repository.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 from collections.abc import Mapping
 from typing import Literal
 
 from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref, unwrap
-from reconciler.manifests.models import Desired
-from reconciler.plan import LaneView, Observed, RepoView, RunView, TaskRecord
+from reconciler.manifests.models import NAME_PATTERN, Desired
+from reconciler.plan import Foreign, LaneView, Observed, RepoView, RunView, TaskRecord
 from reconciler.protocol import (
     ObserveRequest,
     ObserveResult,
@@ -25,6 +34,8 @@ from reconciler.protocol import (
     RunObs,
 )
 from reconciler.state import RunRow, Store, TaskRow
+
+NAME = re.compile(NAME_PATTERN)
 
 
 def _needs_inspection(rows: list[RunRow]) -> str | None:
@@ -37,12 +48,52 @@ def _needs_inspection(rows: list[RunRow]) -> str | None:
     return None
 
 
+Owners = Mapping[str, tuple[str, str]]  # task → (lane, repo) that may report its runs
+
+
+def owners_of(desired: Desired, records: Mapping[str, TaskRow]) -> dict[str, tuple[str, str]]:
+    """Each task's owning (lane, repo): the manifests', else what state last knew."""
+    owners = {name: (row.lane, row.repo) for name, row in records.items()}
+    owners.update((name, (t.spec.lane, t.spec.repo)) for name, t in desired.tasks.items())
+    return owners
+
+
+def _sort_owned(
+    lane: str, spec_repos: set[str], runs: list[RunObs], owners: Owners
+) -> tuple[list[RunObs], list[Foreign]]:
+    """The runs ``lane`` may report, and the rest as foreign observations. A run of a task no
+    one owns (found only in this lane's world, e.g. after the state was lost) is the lane's own
+    when it names a real task name and one of the lane's repositories."""
+    owned: list[RunObs] = []
+    foreign: list[Foreign] = []
+    for run in runs:
+        owner = owners.get(run.task)
+        if owner is None:
+            ok = bool(NAME.match(run.task)) and run.repo in spec_repos
+        else:
+            ok = owner == (lane, run.repo)
+        if ok:
+            owned.append(run)
+        else:
+            foreign.append(
+                Foreign(
+                    lane=lane,
+                    task=run.task[:100],
+                    run=f"{run.attempt}.{run.iteration}",
+                    repo=run.repo[:100],
+                    owner=owner[0] if owner else "",
+                )
+            )
+    return owned, foreign
+
+
 def _observe_lane(
     desired: Desired,
     lane: Lane,
     records: Mapping[str, TaskRow],
     runs_by_task: Mapping[str, list[RunRow]],
-) -> tuple[LaneView, list[RunObs]]:
+    owners: Owners,
+) -> tuple[LaneView, list[RunObs], list[Foreign]]:
     spec = lane.spec
     mine = [n for n, t in desired.tasks.items() if t.spec.lane == lane.name]
     mine += [n for n, r in records.items() if r.lane == lane.name and n not in desired.tasks]
@@ -74,17 +125,20 @@ def _observe_lane(
     def request(keys: list[str]) -> ObserveRequest:
         return ObserveRequest(lane=lane.ref, branch_prefix=prefix, inspect=keys, feedback=feedback)
 
+    repos_of_lane = {r.name for r in spec.repos}
     try:
         pre_resp, obs_resp = lane.call([preflight, request(inspect)])
         result = unwrap(obs_resp, ObserveResult)
         checks = unwrap(pre_resp, PreflightResult).checks
+        runs, foreign = _sort_owned(lane.name, repos_of_lane, result.runs, owners)
         # Runs that ended but that state never recorded (a crash between spawn and record, or a
         # lost state directory) are inspected in a second, rare round trip.
-        extra = _unrecorded_ends(result.runs, runs_by_task, set(inspect))
+        extra = _unrecorded_ends(runs, runs_by_task, set(inspect))
         if extra:
             result = lane.one(request(sorted(set(inspect) | set(extra))), ObserveResult)
+            runs, foreign = _sort_owned(lane.name, repos_of_lane, result.runs, owners)
     except (LaneUnavailable, NodeError) as exc:
-        return LaneView(lane.name, reachable=False, error=str(exc)), []
+        return LaneView(lane.name, reachable=False, error=str(exc)), [], []
 
     repos: dict[str, RepoView] = {}
     for repo in spec.repos:
@@ -97,7 +151,7 @@ def _observe_lane(
         preflight=tuple(checks),
         runs_root=result.runs_root,
     )
-    return view, on_our_clock(result.runs, time.time() - result.now)
+    return view, on_our_clock(runs, time.time() - result.now), foreign
 
 
 SKEW_TOLERANCE = 2.0  # seconds: a round trip and ordinary drift
@@ -168,9 +222,11 @@ def _repo_view(desired: Desired, obs: RepoObs) -> RepoView:
 
 
 def _merge_runs(
-    world: list[tuple[str, RunObs]], rows: list[RunRow], unreachable: set[str]
+    world: list[tuple[str, RunObs]], rows: list[RunRow], unreachable: set[str], owners: Owners
 ) -> dict[str, tuple[RunView, ...]]:
-    """Runs as the lanes report them, plus the runs only state remembers, by task."""
+    """Runs as the lanes report them, plus the runs only state remembers, by task. A recorded
+    run of another lane than the task's owner (the task moved, or a lane once reported a run of
+    a task before it existed) is history of that lane, not of this task's convergence."""
     now = time.time()
     by_key: dict[tuple[str, int, int], RunRow] = {(r.task, r.attempt, r.iteration): r for r in rows}
     seen: set[tuple[str, int, int]] = set()
@@ -236,6 +292,9 @@ def _merge_runs(
         key = (row.task, row.attempt, row.iteration)
         if key in seen or row.lane in unreachable:
             continue
+        owner = owners.get(row.task)
+        if owner is not None and owner != (row.lane, row.repo):
+            continue
         # only state knows this run: its directory is gone; it is not alive
         merged.setdefault(row.task, []).append(
             RunView(
@@ -284,17 +343,20 @@ def observe(desired: Desired, store: Store, lanes: Mapping[str, Lane]) -> Observ
         runs_by_task.setdefault(row.task, []).append(row)
     views: dict[str, LaneView] = {}
     world: list[tuple[str, RunObs]] = []
+    foreign: list[Foreign] = []
+    owners = owners_of(desired, records)
     workers = max(1, min(8, len(lanes)))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {
-            name: pool.submit(_observe_lane, desired, lane, records, runs_by_task)
+            name: pool.submit(_observe_lane, desired, lane, records, runs_by_task, owners)
             for name, lane in sorted(lanes.items())
         }
         for name, future in futures.items():
-            view, runs = future.result()
+            view, runs, refused = future.result()
             views[name] = view
             # a run's lane is the lane whose workspace holds its directory
             world.extend((name, run) for run in runs)
+            foreign.extend(refused)
     for record in records.values():
         if record.lane not in views and record.lane not in lanes:
             views[record.lane] = LaneView(
@@ -303,13 +365,14 @@ def observe(desired: Desired, store: Store, lanes: Mapping[str, Lane]) -> Observ
                 error=f"lane {record.lane} is no longer in the manifests",
             )
     unreachable = {name for name, view in views.items() if not view.reachable}
-    merged = _merge_runs(world, rows, unreachable)
+    merged = _merge_runs(world, rows, unreachable, owners)
     return Observed(
         revision=desired.revision,
         serial=store.serial(),
         lanes=views,
         records={name: _record(row) for name, row in records.items()},
         runs=merged,
+        foreign=tuple(foreign),
     )
 
 

@@ -105,12 +105,39 @@ class LaneView:
 
 
 @dataclass(frozen=True)
+class Foreign:
+    """Something a lane reported that it does not own — a run of another lane's task, or of a
+    task in a repository not its own. Ignored for planning, never acted on; recorded."""
+
+    lane: str  # the lane that reported it
+    task: str  # the task it named (as the lane wrote it)
+    run: str  # attempt.iteration, e.g. "9.1"
+    repo: str  # the repository it named
+    owner: str  # the lane the task belongs to ("" when no task has that name)
+
+    @property
+    def message(self) -> str:
+        whose = (
+            f"which belongs to lane {self.owner}"
+            if self.owner and self.owner != self.lane
+            else "in a repository that is not the task's"
+            if self.owner
+            else "which is not a task name"
+        )
+        return (
+            f"lane {self.lane} reported run {self.run} of task {self.task} in repo {self.repo}, "
+            f"{whose}; ignored (a lane's observations count only for its own tasks)"
+        )
+
+
+@dataclass(frozen=True)
 class Observed:
     revision: str
     serial: int
     lanes: dict[str, LaneView] = field(default_factory=dict)
     records: dict[str, TaskRecord] = field(default_factory=dict)
     runs: dict[str, tuple[RunView, ...]] = field(default_factory=dict)  # task → sorted runs
+    foreign: tuple[Foreign, ...] = ()  # observations refused: not the reporting lane's
 
 
 class ActionKind(StrEnum):

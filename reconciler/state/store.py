@@ -391,6 +391,14 @@ class Store:
         )
         return [_EVENTS.load(r) for r in reversed(rows)]
 
+    def has_event(self, kind: str, message: str, task: str | None = None) -> bool:
+        """Whether the log already holds this exact event (for once-only warnings)."""
+        rows = self._query(
+            "SELECT 1 FROM events WHERE task IS ? AND kind = ? AND message = ? LIMIT 1",
+            (task, kind, message),
+        )
+        return bool(rows)
+
     def get_meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None

@@ -326,3 +326,66 @@ def task_doc(name: str, lane: str, agent: str = "commit", **extra: Any) -> str:
     }
     spec.update(extra)
     return doc("Task", name, spec)
+
+
+AGENTS["nocommit"] = """
+import sys
+sys.stdin.read()
+print("DONE, but nothing committed")
+"""
+
+
+def fingerprint(pid: int) -> dict[str, Any]:
+    """What a run's ``pid.json`` says of a process: boot id, pid, start time."""
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    start = int(stat.rsplit(")", 1)[1].split()[19])
+    return {"boot_id": boot, "pid": pid, "start_time": start}
+
+
+def alive(record: dict[str, Any]) -> bool:
+    """Is the process a ``pid.json`` names still the one it names?"""
+    try:
+        return fingerprint(int(record["pid"])) == {
+            k: record[k] for k in ("boot_id", "pid", "start_time")
+        }
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def spawn_as(user: User, argv: list[str]) -> subprocess.Popen[bytes]:
+    """A process of ``user`` (e.g. the attacker's own ``sleep``), started detached."""
+    return subprocess.Popen(
+        [
+            "setpriv",
+            f"--reuid={user.uid}",
+            f"--regid={user.gid}",
+            "--init-groups",
+            "--reset-env",
+            "--",
+            *argv,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+        start_new_session=True,
+    )
+
+
+def local_pulls(user: User, repo: str = "app") -> list[dict[str, Any]]:
+    """The local forge's pull requests of ``user``'s ``~/remotes/<repo>.git`` (none: [])."""
+    proc = user.run(
+        [
+            "git",
+            "-C",
+            str(user.home / "remotes" / f"{repo}.git"),
+            "show",
+            "refs/reconciler/pulls:pulls.json",
+        ],
+        check=False,
+    )
+    if proc.returncode != 0:
+        return []
+    pulls: list[dict[str, Any]] = json.loads(proc.stdout)["pulls"]
+    return pulls
