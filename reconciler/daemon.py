@@ -4,8 +4,10 @@ Triggers coalesce into one wake-up (a burst of events is one or two passes, neve
 
 - the control repository: manifest files of a local working copy, its commits (``.git`` refs),
   the refs of a local bare repository; a remote one is fetched every pass;
-- the run directories of the lanes on this machine: a supervisor writing ``exit.json`` (an agent
-  ended or was killed) wakes the loop within a fraction of a second;
+- the directories of the live runs of the lanes on this machine (each one checked to be the lane
+  user's own, never followed through a symlink, never a whole tree: ``reconciler.lanes.paths``):
+  a supervisor writing ``exit.json`` (an agent ended or was killed) wakes the loop within a
+  fraction of a second;
 - ``reconciler poke`` and SIGHUP from outside (the post-receive hook pokes).
 
 The loop holds the state lock for its whole life (a cron ``apply`` meanwhile exits 75). SIGTERM
@@ -17,6 +19,7 @@ the state's ``control_problem`` says so until it is resolved.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,9 +37,11 @@ from watchdog.observers import Observer
 
 from reconciler.control import ControlError
 from reconciler.engine import Engine, PassResult
-from reconciler.lanes import LaneUnavailable, NodeError
+from reconciler.lanes import LaneUnavailable, NodeError, paths
 from reconciler.lanes.policy import PolicyError
 from reconciler.manifests.errors import ManifestErrors
+from reconciler.manifests.models import Desired
+from reconciler.plan import ActionKind
 from reconciler.state import Store
 
 PIDFILE = "run.pid"
@@ -87,6 +92,10 @@ class _Handler(FileSystemEventHandler):
                 return
 
 
+Classifier = Callable[[str], str | None]
+Wanted = dict[str, tuple[Classifier, bool]]  # directory → (classifier, recursive)
+
+
 @dataclass
 class Watches:
     """File watches (inotify through watchdog), re-pointed after each pass."""
@@ -103,19 +112,24 @@ class Watches:
         self.observer.stop()
         self.observer.join(timeout=5)
 
-    def point(self, wanted: dict[str, Callable[[str], str | None]]) -> None:
-        """Watch exactly the directories in ``wanted`` (recursively), each with its classifier."""
+    def point(self, wanted: Wanted) -> list[str]:
+        """Watch exactly the directories in ``wanted``, each with its classifier; the paths
+        newly watched (an event before the watch existed is for the caller to look for)."""
         for path in list(self.watched):
             if path not in wanted:
-                self.observer.unschedule(self.watched.pop(path))
-        for path, classify in wanted.items():
+                with contextlib.suppress(KeyError):  # its directory is gone already
+                    self.observer.unschedule(self.watched.pop(path))
+        added = []
+        for path, (classify, recursive) in wanted.items():
             if path in self.watched or not os.path.isdir(path):
                 continue
             try:
                 handler = _Handler(classify, self.wake)
-                self.watched[path] = self.observer.schedule(handler, path, recursive=True)
+                self.watched[path] = self.observer.schedule(handler, path, recursive=recursive)
             except OSError:
                 continue  # e.g. out of inotify watches: the interval still covers it
+            added.append(path)
+        return added
 
 
 def _control_classifier(root: Path, state_dir: Path, bare: bool) -> Callable[[str], str | None]:
@@ -137,8 +151,11 @@ def _control_classifier(root: Path, state_dir: Path, bare: bool) -> Callable[[st
     return classify
 
 
+EXIT_JSON = "exit.json"
+
+
 def _runs_classifier(path: str) -> str | None:
-    return "run-exit" if os.path.basename(path) == "exit.json" else None
+    return "run-exit" if os.path.basename(path) == EXIT_JSON else None
 
 
 # ------------------------------------------------------------------------------- poking
@@ -216,7 +233,7 @@ class Daemon:
         self.wake = Wakeup()
         self.stopping = threading.Event()
         self.passes = 0
-        self.local_lanes: set[str] = set()  # lanes whose run directories are on this machine
+        self.desired: Desired | None = None  # what the last pass reconciled
 
     def _on_term(self, _sig: int, _frame: object) -> None:
         self.stopping.set()
@@ -240,7 +257,9 @@ class Daemon:
                     healthy, result = self.one_pass(store, reasons)
                     if self.once:
                         break
-                    watches.point(self._watch_list(result))
+                    for path in watches.point(self._watch_list(result)):
+                        if os.path.lexists(os.path.join(path, EXIT_JSON)):
+                            self.wake.fire("run-exit")  # it ended before the watch existed
                     reasons = self.wake.wait(self.interval)
                     if not reasons:
                         reasons = Counter({"interval": 1})
@@ -279,7 +298,7 @@ class Daemon:
                     f"{good[:12]} until they are fixed"
                 )
                 desired = self.engine.load(rev=good)
-            self.local_lanes = {n for n, s in desired.lanes.items() if s.host == "local"}
+            self.desired = desired
             result = self.engine.apply(desired, store, log=lambda m: self.log("action", m))
         except (ControlError, LaneUnavailable, NodeError, PolicyError) as exc:
             self.log("pass", f"pass failed: {exc}", level="error", reasons=why)
@@ -315,20 +334,43 @@ class Daemon:
             with store.transaction() as tx:
                 tx.set_meta(CONTROL_PROBLEM, text)
 
-    def _watch_list(self, result: PassResult | None) -> dict[str, Callable[[str], str | None]]:
+    def _watch_list(self, result: PassResult | None) -> Wanted:
         control = self.engine.control
-        wanted: dict[str, Callable[[str], str | None]] = {}
+        wanted: Wanted = {}
         state = self.engine.ctx.state_dir
         if control.kind == "worktree":
-            wanted[str(control.root)] = _control_classifier(control.root, state, bare=False)
+            wanted[str(control.root)] = (_control_classifier(control.root, state, False), True)
         elif control.kind == "mirror" and os.path.isdir(control.source):
             source = Path(control.source)
-            wanted[str(source)] = _control_classifier(source, state, bare=True)
-        observed = result.observed if result is not None else None
-        if observed is not None:
-            for name, view in observed.lanes.items():
-                if name not in self.local_lanes or not view.reachable or not view.runs_root:
-                    continue
-                if os.path.isdir(view.runs_root):
-                    wanted[view.runs_root] = _runs_classifier
+            wanted[str(source)] = (_control_classifier(source, state, bare=True), True)
+        if result is not None and result.observed is not None and self.desired is not None:
+            for lane, task, attempt, iteration in _live_runs(result):
+                spec = self.desired.lanes.get(lane)
+                found = paths.run_dir(spec, task, attempt, iteration) if spec else None
+                if found is not None:
+                    wanted[found] = (_runs_classifier, False)
         return wanted
+
+
+def _live_runs(result: PassResult) -> set[tuple[str, str, int, int]]:
+    """(lane, task, attempt, iteration) of every run alive after the pass: observed running and
+    not stopped by it, or started by it."""
+    assert result.observed is not None
+    stopped = {
+        (a.task, a.attempt, a.iteration)
+        for a in result.plan.actions
+        if a.kind in (ActionKind.STOP, ActionKind.MARK_STALLED, ActionKind.MARK_CRASHED)
+    }
+    live = {
+        (run.lane, run.task, run.attempt, run.iteration)
+        for runs in result.observed.runs.values()
+        for run in runs
+        if run.alive and run.exit is None and (run.task, run.attempt, run.iteration) not in stopped
+    }
+    if result.report is not None:
+        live |= {
+            (a.lane, a.task, a.attempt, a.iteration)
+            for a in result.report.applied
+            if a.kind in (ActionKind.START, ActionKind.RETRY, ActionKind.ITERATE)
+        }
+    return live

@@ -149,7 +149,6 @@ def _observe_lane(
         reachable=True,
         repos=repos,
         preflight=tuple(checks),
-        runs_root=result.runs_root,
     )
     return view, on_our_clock(runs, time.time() - result.now), foreign
 

@@ -101,7 +101,6 @@ class LaneView:
     error: str | None = None
     repos: dict[str, RepoView] = field(default_factory=dict)
     preflight: tuple[PreflightCheck, ...] = ()
-    runs_root: str = ""  # the lane's run directories (a local path for local lanes)
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,13 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -389,3 +392,81 @@ def local_pulls(user: User, repo: str = "app") -> list[dict[str, Any]]:
         return []
     pulls: list[dict[str, Any]] = json.loads(proc.stdout)["pulls"]
     return pulls
+
+
+class Daemon:
+    """``reconciler run`` as root, its JSON log lines collected by a thread."""
+
+    def __init__(self, control: Control, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [control.python, "-m", "reconciler", "run", "--log-format", "json", *args],
+            env=control.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        self.records: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.records.append(json.loads(line))
+            except ValueError:
+                self.records.append({"event": "text", "msg": line})
+
+    def passes(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("event") == "pass" and "number" in r]
+
+    def wait_for(self, probe: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+        """Wait for a condition of the world (never a fixed sleep), failing with the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = probe()
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                assert self.proc.stderr is not None
+                raise AssertionError(f"the daemon exited: {self.proc.stderr.read()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{what} did not happen in {timeout}s; log: {self.records[-8:]}")
+
+    def poke(self) -> int:
+        """A pass now (SIGHUP), waited for; returns the number of passes logged."""
+        self.wait_for(self.passes, "the first pass")  # a pass under way ends before the poke's
+        before = len(self.passes())
+        self.proc.send_signal(signal.SIGHUP)
+        self.wait_for(lambda: len(self.passes()) > before, "the poked pass")
+        return len(self.passes())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        finally:
+            self._reader.join(timeout=5)
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+
+
+def inotify_watches(pid: int) -> list[tuple[int, int]]:
+    """(device, inode) of every inotify watch the process holds (from /proc/PID/fdinfo)."""
+    found: list[tuple[int, int]] = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            if line.startswith("inotify wd:"):
+                fields = dict(part.split(":", 1) for part in line.split()[1:])
+                dev = int(fields["sdev"], 16)
+                found.append((os.makedev(dev >> 20, dev & 0xFFFFF), int(fields["ino"], 16)))
+    return found
