@@ -4,12 +4,18 @@ at the end), a Python they can run, and a control repo driven through the real C
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from security_support import Control, User, create_user, lane_python, make_repo, remove_user
+
+# The ssh attacks use the ssh suite's real sshd on loopback (tests/ssh/ssh_support.py).
+SSH_SUPPORT = str(Path(__file__).parents[1] / "ssh")
+if SSH_SUPPORT not in sys.path:
+    sys.path.append(SSH_SUPPORT)
 
 
 @pytest.fixture(autouse=True)
