@@ -5,10 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint bench schemas clean
+.PHONY: help demo test test-fast lint bench schemas clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP) ## run the embedded default: two lanes, five tasks, a local forge
 
 test: $(STAMP) ## run the test suite (real git repositories, real agent processes, the real CLI)
 	$(BIN)/pytest -n 2 -q
+
+# The pure layers and the parsers: planner tables, manifests, the admin policy, state, agents.
+FAST := tests/plan tests/manifests tests/state tests/node/test_agent_*.py tests/node/test_forge_contract.py
+
+test-fast: $(STAMP) ## the quick subset (under a minute): planner, manifests, policy, state, agent parsers
+	$(BIN)/pytest -n 2 -q $(FAST)
 
 lint: $(STAMP) ## ruff (lint + format check), mypy --strict, import contracts
 	$(BIN)/ruff check reconciler tests bench
