@@ -9,6 +9,9 @@ import pytest
 from ruamel.yaml import YAML
 
 from reconciler.manifests.models import DOCUMENT_KINDS
+from reconciler.manifests.policy import POLICY_KINDS
+
+KINDS = {**DOCUMENT_KINDS, **POLICY_KINDS}  # manifests, and the admin's policy (security.md)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 README = DOCS.parent / "README.md"
@@ -35,7 +38,7 @@ EXAMPLES = examples()
 
 
 def test_the_docs_show_manifests_of_every_kind() -> None:
-    assert {str(doc["kind"]) for _, _, doc in EXAMPLES} == set(DOCUMENT_KINDS)
+    assert {str(doc["kind"]) for _, _, doc in EXAMPLES} == set(KINDS)
 
 
 @pytest.mark.parametrize(
@@ -43,4 +46,4 @@ def test_the_docs_show_manifests_of_every_kind() -> None:
     [pytest.param(doc, id=f"{name}#{number}-{doc.get('kind')}") for name, number, doc in EXAMPLES],
 )
 def test_a_documented_manifest_is_valid(doc: dict[str, object]) -> None:
-    DOCUMENT_KINDS[str(doc["kind"])].model_validate(doc)
+    KINDS[str(doc["kind"])].model_validate(doc)
