@@ -10,18 +10,20 @@ import json
 from typing import Any
 
 from reconciler.manifests.models import API_VERSION, DOCUMENT_KINDS
+from reconciler.manifests.policy import POLICY_KINDS
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def schema_documents() -> dict[str, str]:
-    """``{"lane.json": text, "agent.json": …, "task.json": …, "config.json": …}``.
+    """``{"lane.json": text, "agent.json": …, "task.json": …, "config.json": …}``, and
+    ``policy.json`` for the admin's policy file.
 
     Text is stable (sorted keys, two-space indent, trailing newline), so regenerating the files
     without a model change produces no diff.
     """
     out: dict[str, str] = {}
-    for kind, model in DOCUMENT_KINDS.items():
+    for kind, model in {**DOCUMENT_KINDS, **POLICY_KINDS}.items():
         name = f"{kind.lower()}.json"
         schema: dict[str, Any] = model.model_json_schema(by_alias=True, mode="validation")
         schema.update(
@@ -29,7 +31,9 @@ def schema_documents() -> dict[str, str]:
                 "$schema": JSON_SCHEMA_DIALECT,
                 "$id": f"urn:reconciler:schema:{API_VERSION.replace('/', ':')}:{kind.lower()}",
                 "title": f"{API_VERSION} {kind}",
-                "description": f"A {kind} manifest document (apiVersion {API_VERSION}).",
+                "description": f"A {kind} document (apiVersion {API_VERSION})."
+                if kind in POLICY_KINDS
+                else f"A {kind} manifest document (apiVersion {API_VERSION}).",
             }
         )
         out[name] = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
