@@ -35,6 +35,7 @@ from typing import Any, TextIO
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from reconciler import safefile
 from reconciler.control import ControlError
 from reconciler.engine import Engine, PassResult
 from reconciler.lanes import LaneUnavailable, NodeError, paths
@@ -247,7 +248,7 @@ class Daemon:
         watches = Watches(self.wake)
         with self.engine.locked(lock_timeout) as store:
             pid_path = pidfile(self.engine.ctx.state_dir)
-            pid_path.write_text(f"{os.getpid()}\n")
+            safefile.write_atomic(pid_path, f"{os.getpid()}\n".encode(), 0o644)
             if not self.once:
                 watches.start()
             self.log("start", f"reconciling {self.engine.ctx.control}", pid=os.getpid())

@@ -26,6 +26,7 @@ from reconciler.manifests.policy import Policy
 from reconciler.observe import observe
 from reconciler.plan import Action, Blocked, Observed, Plan, plan
 from reconciler.state import StateLock, Store
+from reconciler.trust import untrusted
 
 PLAN_FORMAT = 1
 
@@ -77,11 +78,29 @@ class Engine:
         self.ctx = ctx
         self.clock = clock
         self._control: ControlRepo | None = None
+        self._state_trusted = False
+
+    @property
+    def state_dir(self) -> Path:
+        """The state directory, once it is known that no one else can write it: its caches are
+        pickles and its database decides what the reconciler does, so a directory another user
+        can change (say ``.reconciler`` inside someone else's working copy) would be theirs to
+        run code as the reconciler."""
+        if not self._state_trusted:
+            why = untrusted(self.ctx.state_dir)
+            if why is not None:
+                raise UserError(
+                    f"the state directory {self.ctx.state_dir} cannot be trusted: {why}. Whoever "
+                    "can write it could make the reconciler run code as you; use a directory "
+                    "only you can write (--state DIR or $RECONCILER_STATE; mkdir -m 700 DIR)"
+                )
+            self._state_trusted = True
+        return self.ctx.state_dir
 
     @property
     def control(self) -> ControlRepo:
         if self._control is None:
-            self._control = ControlRepo.open(self.ctx.control, self.ctx.state_dir)
+            self._control = ControlRepo.open(self.ctx.control, self.state_dir)
         return self._control
 
     def load(
@@ -90,7 +109,7 @@ class Engine:
         """Desired state at the control repo's current revision, or at ``rev`` (raises
         ManifestErrors). ``lane_check`` adds lanes' policy problems as errors (``validate``)."""
         return load_desired(
-            self.control, self.ctx.state_dir, worktree=worktree, rev=rev, lane_check=lane_check
+            self.control, self.state_dir, worktree=worktree, rev=rev, lane_check=lane_check
         )
 
     def policy(self) -> Policy:
@@ -111,11 +130,11 @@ class Engine:
 
     @contextmanager
     def locked(self, timeout: float | None) -> Iterator[Store]:
-        lock = StateLock(self.ctx.state_dir)
-        self.ctx.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = StateLock(self.state_dir)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock.acquire(timeout)
         try:
-            store = Store.open(self.ctx.state_dir)
+            store = Store.open(self.state_dir)
             try:
                 yield store
             finally:
@@ -125,7 +144,7 @@ class Engine:
 
     @contextmanager
     def reading(self) -> Iterator[Store]:
-        store = Store.open_readonly(self.ctx.state_dir)
+        store = Store.open_readonly(self.state_dir)
         try:
             yield store
         finally:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from reconciler import __version__
+from reconciler import __version__, safefile
 from reconciler.cli.render import (
     Painter,
     err,
@@ -411,13 +411,13 @@ def cmd_poke(engine: Engine, args: argparse.Namespace) -> int:
     (under the lock) when none runs."""
     from reconciler.daemon import poke
 
-    pid = poke(engine.ctx.state_dir)
+    pid = poke(engine.state_dir)
     if pid is not None:
         print(f"poked reconciler run (pid {pid})")
         return EXIT_OK
     if not args.or_apply:
         err(
-            f"no `reconciler run` holds {engine.ctx.state_dir}; start one, or use "
+            f"no `reconciler run` holds {engine.state_dir}; start one, or use "
             "`poke --or-apply` to run one pass instead"
         )
         return EXIT_ERROR
@@ -725,7 +725,7 @@ def cmd_schema(engine: Engine, args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     for name, text in schema_documents().items():
-        (out / name).write_text(text, encoding="utf-8")
+        safefile.write_atomic(out / name, text.encode("utf-8"), 0o644)
         print(f"wrote {out / name}")
     return EXIT_OK
 
@@ -877,7 +877,7 @@ def cmd_hook(engine: Engine, args: argparse.Namespace) -> int:
         if os.path.isfile(beside)
         else f"{shlex.quote(sys.executable)} -m reconciler"
     )
-    state = engine.ctx.state_dir
+    state = engine.state_dir
     text = HOOK.format(
         exe=exe,
         control=shlex.quote(str(bare)),
@@ -892,10 +892,7 @@ def cmd_hook(engine: Engine, args: argparse.Namespace) -> int:
             + text
         )
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    tmp.replace(target)
+    safefile.write_atomic(target, text.encode(), 0o755)
     print(f"installed {target}: a push pokes the reconciler using state {state}")
     return EXIT_OK
 

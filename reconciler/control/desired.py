@@ -28,6 +28,7 @@ import pydantic
 from reconciler.control.repo import WORKTREE_REVISION, ControlError, ControlRepo
 from reconciler.manifests.loader import LaneCheck, gc_paused, load
 from reconciler.manifests.models import Desired
+from reconciler.trust import private_file
 
 CACHE_FILE = Path("cache") / "manifests.pickle"
 DESIRED_FILE = Path("cache") / "desired.pickle"
@@ -122,6 +123,8 @@ def _read_cache(path: Path) -> dict[str, Any]:
         return memo[1]
     try:
         with gc_paused(), path.open("rb") as f:
+            if not private_file(f.fileno()):
+                return {}  # written by someone else: never unpickled, rebuilt instead
             data = pickle.load(f)  # noqa: S301 - our own file in our own state directory
     except Exception:  # a damaged cache is rebuilt, whatever the damage
         return {}

@@ -14,7 +14,6 @@ import os
 import pwd
 import stat
 import threading
-from pathlib import Path
 
 from reconciler.lanes import LaneUnavailable
 from reconciler.manifests.errors import ManifestErrors
@@ -22,6 +21,7 @@ from reconciler.manifests.loader import parse_policy
 from reconciler.manifests.models import LaneSpec
 from reconciler.manifests.policy import DEFAULT_PATH, Facts, Policy, Violation, lane_violations
 from reconciler.protocol import Batch, BatchResult
+from reconciler.trust import private_file, untrusted
 
 ENV = "RECONCILER_POLICY"
 MAX_SIZE = 1 << 20
@@ -74,20 +74,24 @@ def load_policy(explicit: str | None = None) -> Policy:
 
 
 def _read(path: str) -> Policy:
-    for place in _chain(path) + _chain(os.path.realpath(path)):
-        _trusted(place, path)
-    real = os.path.realpath(path)
+    why = untrusted(path)
+    if why is not None:
+        raise PolicyError(
+            f"the policy {path} cannot be trusted: {why}. Whoever can change it decides what "
+            "every lane may do, so nothing runs until only root can"
+        )
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(os.path.realpath(path), flags)
     except OSError as exc:
         raise PolicyError(
             f"cannot read the policy {path} ({exc.strerror}); fix its permissions"
         ) from None
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise PolicyError(f"the policy {path} is not a regular file; make it one")
-        _trusted_stat(info, real, path)
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode) or not private_file(fd):
+            raise PolicyError(
+                f"the policy {path} is not a regular file that only root can write; make it one"
+            )
         data = handle.read(MAX_SIZE + 1)
     try:
         return Policy(parse_policy(path, data), path)
@@ -98,41 +102,6 @@ def _read(path: str) -> Policy:
             "until it is fixed (the admin decides what lanes may do; a broken policy allows "
             "nothing)"
         ) from None
-
-
-def _chain(path: str) -> list[str]:
-    """``path``'s parent directories from the root down, then ``path`` itself."""
-    parts = Path(path).parts
-    return [os.path.join(*parts[: i + 1]) for i in range(len(parts))]
-
-
-def _trusted(place: str, path: str) -> None:
-    try:
-        info = os.lstat(place)
-    except FileNotFoundError:
-        return  # a link's own chain: judged again as the resolved path
-    except OSError as exc:
-        raise PolicyError(f"cannot check {place} for the policy {path} ({exc.strerror})") from None
-    if stat.S_ISLNK(info.st_mode):
-        return  # the resolved path is checked too
-    _trusted_stat(info, place, path)
-
-
-def _trusted_stat(info: os.stat_result, place: str, path: str) -> None:
-    owners = {0, os.geteuid()}
-    mode = stat.S_IMODE(info.st_mode)
-    sticky_dir = stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX
-    what = "the policy" if place == path or not stat.S_ISDIR(info.st_mode) else "the directory"
-    if info.st_uid not in owners:
-        raise PolicyError(
-            f"{what} {place} of the policy {path} belongs to uid {info.st_uid}, not to root: "
-            f"whoever owns it decides what every lane may do; chown root {place}"
-        )
-    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_dir:
-        raise PolicyError(
-            f"{what} {place} of the policy {path} can be written by others (mode {mode:o}): "
-            f"whoever can change it decides what every lane may do; chmod go-w {place}"
-        )
 
 
 def machine_facts() -> Facts:
