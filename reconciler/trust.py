@@ -44,7 +44,8 @@ def _judge(place: str) -> str | None:
         return None  # judged again as part of the resolved path
     mode = stat.S_IMODE(info.st_mode)
     if info.st_uid not in (0, os.geteuid()):
-        return f"{place} belongs to uid {info.st_uid}: chown it to {_me()} or root"
+        owner = _me() if os.geteuid() == 0 else f"{_me()} (or root)"
+        return f"{place} belongs to uid {info.st_uid}: chown it to {owner}"
     sticky = stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX
     if mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky:
         return f"{place} can be written by others (mode {mode:o}): chmod go-w {place}"
