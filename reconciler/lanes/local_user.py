@@ -17,7 +17,7 @@ import sys
 
 from pydantic import ValidationError
 
-from reconciler.lanes import LaneUnavailable
+from reconciler.lanes import LaneUnavailable, process
 from reconciler.protocol import Batch, BatchResult
 
 SETPRIV = "setpriv"
@@ -72,14 +72,12 @@ class LocalUserTransport:
     def exchange(self, batch: Batch) -> BatchResult:
         argv = self.argv()
         try:
-            proc = subprocess.run(
-                argv,
-                input=batch.model_dump_json().encode(),
-                capture_output=True,
-                cwd="/",
-                timeout=BATCH_TIMEOUT,
-                check=False,
-            )
+            proc = process.exchange(argv, batch.model_dump_json().encode(), timeout=BATCH_TIMEOUT)
+        except process.AnswerTooLarge as exc:
+            raise LaneUnavailable(
+                f"lane {self.lane}: the node as {self.user} answered {exc}, more than any batch "
+                "needs; it was stopped and nothing of its answer was used"
+            ) from None
         except FileNotFoundError:
             raise LaneUnavailable(
                 f"lane {self.lane}: {SETPRIV} is not installed; install util-linux"

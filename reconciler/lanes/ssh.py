@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from reconciler import safefile
-from reconciler.lanes import LaneUnavailable, lane_ref
+from reconciler.lanes import LaneUnavailable, lane_ref, process
 from reconciler.manifests.models import LaneSpec, SshSpec, SshTarget
 from reconciler.protocol import Batch, BatchResult, lane_pin
 
@@ -130,15 +130,14 @@ class SshTransport:
             )
         timeout = self.options.timeout
         try:
-            proc = subprocess.run(
-                self.argv(),
-                input=batch.model_dump_json().encode(),
-                capture_output=True,
-                cwd="/",
-                env=_client_env(),
-                timeout=timeout,
-                check=False,
+            proc = process.exchange(
+                self.argv(), batch.model_dump_json().encode(), timeout=timeout, env=_client_env()
             )
+        except process.AnswerTooLarge as exc:
+            raise LaneUnavailable(
+                f"lane {self.name}: {self.target} answered {exc}, more than any batch needs; "
+                "the connection was closed and nothing of its answer was used"
+            ) from None
         except FileNotFoundError:
             raise LaneUnavailable(
                 f"lane {self.name}: the ssh client is not installed on this machine; install "
