@@ -26,7 +26,7 @@ from reconciler.manifests.policy import Policy
 from reconciler.observe import observe
 from reconciler.plan import Action, Blocked, Observed, Plan, plan
 from reconciler.state import StateLock, Store
-from reconciler.trust import untrusted
+from reconciler.trust import private_file, untrusted
 
 PLAN_FORMAT = 1
 
@@ -205,8 +205,17 @@ def save_plan(p: Plan, path: Path) -> None:
 
 
 def read_plan(path: Path) -> Plan:
+    """A plan saved by ``plan --out``. Its actions are what ``apply`` does, so a file someone
+    else could have written (say, in /tmp) is refused."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            if not private_file(handle.fileno()):
+                raise UserError(
+                    f"{path}: the plan file can be written by someone else (it belongs to "
+                    f"uid {os.fstat(handle.fileno()).st_uid}, or others may write it), and a "
+                    "plan decides what apply does; save the plan where only you can write"
+                )
+            data = json.loads(handle.read().decode("utf-8"))
         if data.get("format") != PLAN_FORMAT:
             raise ValueError(f"unknown plan format {data.get('format')!r}")
         return Plan(

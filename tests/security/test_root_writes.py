@@ -57,3 +57,20 @@ def test_plan_out_never_writes_through_a_planted_symlink(
     # …and the plan saved that way applies
     assert control.cli("apply", str(out)).returncode == 0
     assert os.path.exists(a.home / "worktrees/.runs/t/1.1/run.json")
+
+
+def test_apply_refuses_a_plan_file_someone_else_could_have_written(
+    make_user: Callable[[], User], control: Control, agents: Path, shared_tmp: Path
+) -> None:
+    """A saved plan's actions are what apply does: a lane user who swaps in its own plan (say, a
+    `stop` of another lane's task) must not have it applied."""
+    a = make_user()
+    control.commit(lane_doc(a, "lane-a"), agent_doc(agents, "commit"), task_doc("t", "lane-a"))
+    mine = shared_tmp / "mine.json"
+    assert control.cli("plan", "--out", str(mine)).returncode == 0
+    theirs = shared_tmp / "theirs.json"
+    a.write(theirs, mine.read_text(), 0o644)  # the same plan, but the lane user's file
+    proc = control.cli("apply", str(theirs))
+    assert proc.returncode == 1
+    assert "can be written by someone else" in proc.stderr, proc.stderr
+    assert not (a.home / "worktrees/.runs").exists()
