@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 
+from reconciler.diskspace import existing_ancestor, human_bytes
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import Lane, check_branch
@@ -26,24 +27,6 @@ def _ok(name: str, subject: str, detail: str) -> PreflightCheck:
 
 def _fail(name: str, subject: str, detail: str, fix: str) -> PreflightCheck:
     return PreflightCheck(name=name, ok=False, subject=subject, detail=detail, fix=fix)
-
-
-def _existing_ancestor(path: str) -> str:
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
-
-
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
@@ -146,7 +129,7 @@ def _repo_checks(
 def _workspace_checks(lane: Lane, min_free: int) -> list[PreflightCheck]:
     root = lane.root
     checks: list[PreflightCheck] = []
-    anchor = _existing_ancestor(root)
+    anchor = existing_ancestor(root)
     if os.path.exists(root) and not os.path.isdir(root):
         checks.append(
             _fail(
@@ -183,12 +166,13 @@ def _workspace_checks(lane: Lane, min_free: int) -> list[PreflightCheck]:
             _fail(
                 "disk",
                 "",
-                f"Only {_human(free)} are free at {anchor}; at least {_human(min_free)} needed.",
+                f"Only {human_bytes(free)} are free at {anchor}; "
+                f"at least {human_bytes(min_free)} needed.",
                 f"free disk space on the file system holding {anchor} or move the workspace root",
             )
         )
     else:
-        checks.append(_ok("disk", "", f"{_human(free)} free at {anchor}."))
+        checks.append(_ok("disk", "", f"{human_bytes(free)} free at {anchor}."))
     return checks
 
 
