@@ -46,7 +46,7 @@ from reconciler.protocol import (
     PRResult,
     ReadLogRequest,
 )
-from reconciler.state import LockHeld, Store
+from reconciler.state import LockHeld, StateError, Store, state_dir_problem
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_LOCKED = 0, 1, 2, 75
 
@@ -233,19 +233,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LockHeld as exc:
         err(str(exc))
         return EXIT_LOCKED
-    except (UserError, ControlError, LaneUnavailable, NodeError) as exc:
+    except (UserError, ControlError, LaneUnavailable, NodeError, StateError) as exc:
         err(str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:
         err("interrupted")
         return 130
-    except Exception as exc:  # a bug: say so in one sentence, keep the traceback in a file
-        where = _save_traceback(ctx.state_dir)
-        err(
-            f"unexpected {type(exc).__name__}: {exc}. This is a bug in reconciler; "
-            f"the traceback is in {where}"
-        )
+    except OSError as exc:
+        if (problem := state_dir_problem(exc, ctx.state_dir)) is None:
+            return _bug(exc, ctx.state_dir)
+        err(str(problem))
         return EXIT_ERROR
+    except Exception as exc:
+        return _bug(exc, ctx.state_dir)
+
+
+def _bug(exc: Exception, state_dir: Path) -> int:
+    """Say so in one sentence; keep the traceback in a file."""
+    where = _save_traceback(state_dir)
+    err(
+        f"unexpected {type(exc).__name__}: {exc}. This is a bug in reconciler; "
+        f"the traceback is in {where}"
+    )
+    return EXIT_ERROR
 
 
 def _save_traceback(state_dir: Path) -> str:

@@ -6,13 +6,20 @@ by one on every committed change. This package must not import ``reconciler.node
 ``plan``, ``apply``, ``observe`` or ``cli``.
 """
 
+from reconciler.state.damage import (
+    StateBusy,
+    StateDamaged,
+    StateDenied,
+    StateError,
+    StateFull,
+    state_dir_problem,
+)
 from reconciler.state.lock import LockHeld, LockHolder, StateLock, argv_summary, read_holder
 from reconciler.state.store import (
     DB_FILE,
     SCHEMA_VERSION,
     EventRow,
     RunRow,
-    StateError,
     Store,
     TaskRow,
     Transaction,
@@ -25,11 +32,16 @@ __all__ = [
     "LockHeld",
     "LockHolder",
     "RunRow",
+    "StateBusy",
+    "StateDamaged",
+    "StateDenied",
     "StateError",
+    "StateFull",
     "StateLock",
     "Store",
     "TaskRow",
     "Transaction",
     "argv_summary",
     "read_holder",
+    "state_dir_problem",
 ]
