@@ -8,6 +8,8 @@ pass without duplicates. Every action is safe to repeat. Reasons in the plan are
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import sqlite3
 import threading
 import time
 import uuid
@@ -39,7 +41,7 @@ from reconciler.protocol import (
     TaskRef,
     WorkspaceResult,
 )
-from reconciler.state import RunRow, Store, TaskRow, Transaction
+from reconciler.state import RunRow, StateError, Store, TaskRow, Transaction
 
 SESSION_NAMESPACE = uuid.UUID("6f1b1d3e-4c55-4d0e-9a57-2b6a4a0c9e01")
 STOP_GRACE = 5.0
@@ -179,11 +181,18 @@ class Applier:
     def run_action(self, action: Action, report: ApplyReport) -> bool:
         try:
             self.dispatch(action)
-        except (NodeError, LaneUnavailable) as exc:
+        except (NodeError, LaneUnavailable, StateError, sqlite3.Error) as exc:
             message = str(exc)
+            if isinstance(exc, sqlite3.Error):  # not about the file: say where it happened
+                message = (
+                    f"recording it in the state database {self.store.path} failed ({exc}); "
+                    "the next pass tries again"
+                )
             with report.lock:
                 report.failed.append((action, message))
-            self.event(action.task, "error", f"{action.kind.value} failed: {message}")
+            # When the state cannot take even that, the report still lists the failure.
+            with contextlib.suppress(StateError, sqlite3.Error):
+                self.event(action.task, "error", f"{action.kind.value} failed: {message}")
             self.log(f"{action.kind.value} {action.task}: failed: {message}")
             return False
         with report.lock:
