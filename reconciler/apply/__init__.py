@@ -292,6 +292,17 @@ class Applier:
             for task in self.desired.tasks.values():
                 if task.name not in task_rows:
                     self.ensure_task_row(tx, task)
+            for never in self.observed.unstarted:
+                tx.delete_run(never.task, never.attempt, never.iteration)
+                tx.add_event(
+                    never.task,
+                    "start-lost",
+                    f"the start of run {never.attempt}.{never.iteration} was recorded but never "
+                    f"happened (lane {never.lane} has no trace of it: the reconciler stopped "
+                    "before spawning the agent); it costs no attempt and is started again",
+                    self.revision,
+                    self.clock(),
+                )
             for views in self.observed.runs.values():
                 for view in views:
                     key = (view.task, view.attempt, view.iteration)
@@ -307,7 +318,7 @@ class Applier:
                                 generation=view.generation,
                                 lane=view.lane,
                                 repo=view.repo,
-                                run_dir="",
+                                run_dir=view.run_dir,
                                 started_at=view.started_at,
                             )
                         )
@@ -320,6 +331,8 @@ class Applier:
                             self.clock(),
                         )
                     fields: dict[str, object] = {}
+                    if row is not None and not row.run_dir and view.run_dir:
+                        fields["run_dir"] = view.run_dir  # spawned, but not recorded as such
                     if view.exit is not None and (row is None or row.ended_at is None):
                         fields.update(
                             ended_at=view.exit.ended_at,
@@ -419,11 +432,19 @@ class Applier:
             # The lane could not be reached: the start was not carried out (or, if the batch got
             # there and only its answer was lost, the next pass finds the run and adopts it).
             # A network blip must not cost an attempt: forget the intent, plan it again.
-            with self.store.transaction() as tx:
-                tx.delete_run(task.name, action.attempt, action.iteration)
-                self.event(task.name, "start-undelivered", "the lane was unreachable", tx)
+            self._forget_start(action, "start-undelivered", "the lane was unreachable")
             raise
         except NodeError as exc:
+            if exc.temporary:
+                # A cause that passes (a full disk, a lock held too long, a timeout): the run
+                # did not start, so it costs no attempt; the next pass starts it again.
+                self._forget_start(
+                    action,
+                    "start-deferred",
+                    f"run {action.attempt}.{action.iteration} did not start, for a reason that "
+                    f"passes: {exc}; it costs no attempt and is started again",
+                )
+                raise
             # The run never started: record it as crashed with the lane's reason, so the task
             # backs off and, if the cause persists, fails with that reason instead of looping.
             with self.store.transaction() as tx:
@@ -461,6 +482,11 @@ class Applier:
         self.log(
             f"{action.kind.value} {task.name}: run {action.attempt}.{action.iteration} started"
         )
+
+    def _forget_start(self, action: Action, kind: str, why: str) -> None:
+        with self.store.transaction() as tx:
+            tx.delete_run(action.task, action.attempt, action.iteration)
+            self.event(action.task, kind, why, tx)
 
     def _spawn(self, action: Action, task: Task, lane: Lane, ref: TaskRef) -> RunObs:
         workspace = lane.one(PrepareWorkspaceRequest(lane=lane.ref, task=ref), WorkspaceResult)

@@ -1,12 +1,19 @@
-"""One action that fails, fails alone: the state refusing a write, a start that fails for good."""
+"""One action that fails, fails alone: the state refusing a write, a start that fails for good,
+and a start the lane could not carry out for now (a full disk), which costs no attempt."""
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
 from world import World
 
 from reconciler.state import Store
@@ -80,3 +87,56 @@ def test_a_start_that_fails_for_good_is_charged_and_ends_failed_with_the_reason(
     assert "all 2 attempts failed" in status["reason"] and "could not start" in status["reason"]
     runs = describe(world, "a")["runs"]
     assert [(r["attempt"], r["outcome"]) for r in runs] == [(1, "crashed"), (2, "crashed")]
+
+
+@contextmanager
+def full_tmpfs(where: Path) -> Iterator[Path]:
+    """``where`` on a small tmpfs with no space left; skipped where mounting is not allowed."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        with open(where / "ballast", "wb", buffering=0) as out:
+            while True:
+                try:
+                    out.write(b"\0" * 65536)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_start_the_lane_could_not_carry_out_for_now_costs_no_attempt(world: World) -> None:
+    world.lane("web")
+    world.task("a", "web", "succeed", maxAttempts=1)
+    world.commit()
+    runs = world.home / "worktrees" / "web" / ".runs"
+    with full_tmpfs(runs) as disk:
+        for _ in range(2):  # however often it is tried, it is never charged
+            proc = world.cli("apply", "--yes")
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert "error: start a: start-run failed on the lane: No space left on device" in (
+                proc.stderr
+            ), proc.stderr
+            assert str(runs / "a" / "1.1") in proc.stderr and " free on " in proc.stderr
+        a = describe(world, "a")
+        assert a["runs"] == []
+        deferred = [e for e in a["events"] if e["kind"] == "start-deferred"]
+        assert len(deferred) == 2 and "costs no attempt" in deferred[0]["message"]
+        assert world.status()["a"]["phase"] == "pending"
+        (disk / "ballast").unlink()
+        world.converge()
+        status = world.status()["a"]
+        assert (status["phase"], status["attempt"], status["iteration"]) == ("pr-open", 1, 1)
+        assert [(r["attempt"], r["outcome"]) for r in describe(world, "a")["runs"]] == [
+            (1, "succeeded")
+        ]
