@@ -3,17 +3,12 @@ and a start the lane could not carry out for now (a full disk), which costs no a
 
 from __future__ import annotations
 
-import errno
 import json
 import sqlite3
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-import pytest
+from disks import fill, tmpfs
 from world import World
 
 from reconciler.state import Store
@@ -89,38 +84,13 @@ def test_a_start_that_fails_for_good_is_charged_and_ends_failed_with_the_reason(
     assert [(r["attempt"], r["outcome"]) for r in runs] == [(1, "crashed"), (2, "crashed")]
 
 
-@contextmanager
-def full_tmpfs(where: Path) -> Iterator[Path]:
-    """``where`` on a small tmpfs with no space left; skipped where mounting is not allowed."""
-    where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        with open(where / "ballast", "wb", buffering=0) as out:
-            while True:
-                try:
-                    out.write(b"\0" * 65536)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
-
-
 def test_a_start_the_lane_could_not_carry_out_for_now_costs_no_attempt(world: World) -> None:
     world.lane("web")
     world.task("a", "web", "succeed", maxAttempts=1)
     world.commit()
     runs = world.home / "worktrees" / "web" / ".runs"
-    with full_tmpfs(runs) as disk:
+    with tmpfs(runs) as disk:
+        fill(disk)
         for _ in range(2):  # however often it is tried, it is never charged
             proc = world.cli("apply", "--yes")
             assert proc.returncode == 1, proc.stdout + proc.stderr

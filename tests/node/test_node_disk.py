@@ -3,47 +3,12 @@ full disk, the space left there; a full disk passes (temporary), a read-only one
 
 from __future__ import annotations
 
-import errno
 import os
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-import pytest
+from disks import fill, tmpfs
 from node_support import Env
 
 from reconciler.protocol import RunObs
-
-
-@contextmanager
-def tmpfs(where: Path, options: str) -> Iterator[Path]:
-    """A small tmpfs mounted at ``where`` for the block; skipped where mounting is not allowed."""
-    where.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
-
-
-def fill(directory: Path) -> None:
-    """Write until the file system is full."""
-    with open(directory / "ballast", "wb", buffering=0) as out:
-        while True:
-            try:
-                out.write(b"\0" * 65536)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    return
-                raise
 
 
 def test_a_full_disk_fails_the_start_naming_the_path_and_the_space_left(env: Env) -> None:
