@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from reconciler import __version__
+from reconciler.cli import state as state_cli
 from reconciler.cli.render import (
     Painter,
     err,
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_pin,
         help="serve only the lane configuration with this digest (set by `keys authorize`)",
     )
+    state_cli.add_parser(command, common)
     return parser
 
 
@@ -667,6 +669,8 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
                     c.fix if not c.ok else "",
                 ]
             )
+    state_rows, state_failed = state_cli.doctor_rows(engine.ctx.state_dir, paint)
+    rows, failed = rows + state_rows, failed + state_failed
     sys.stdout.write(table(rows, ["LANE", "CHECK", "SUBJECT", "RESULT", "DETAIL", "FIX"]))
     print(
         f"\n{failed} check{'s' if failed != 1 else ''} failed."
@@ -863,6 +867,7 @@ COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "schema": cmd_schema,
     "pr": cmd_pr,
     "keys": cmd_keys,
+    "state": state_cli.cmd_state,
 }
 
 __all__ = ["main"]

@@ -14,6 +14,7 @@ from reconciler.state.damage import (
     StateFull,
     state_dir_problem,
 )
+from reconciler.state.health import MIN_FREE, DirCheck, Health, check, check_dir
 from reconciler.state.lock import LockHeld, LockHolder, StateLock, argv_summary, read_holder
 from reconciler.state.store import (
     DB_FILE,
@@ -27,8 +28,11 @@ from reconciler.state.store import (
 
 __all__ = [
     "DB_FILE",
+    "MIN_FREE",
     "SCHEMA_VERSION",
+    "DirCheck",
     "EventRow",
+    "Health",
     "LockHeld",
     "LockHolder",
     "RunRow",
@@ -42,6 +46,8 @@ __all__ = [
     "TaskRow",
     "Transaction",
     "argv_summary",
+    "check",
+    "check_dir",
     "read_holder",
     "state_dir_problem",
 ]

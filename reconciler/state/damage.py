@@ -58,12 +58,12 @@ class StateBusy(StateError):
     temporary = True
 
 
-def move_aside(db: Path) -> str:
+def move_aside(db: Path, *, check: bool = True) -> str:
     """The fix for a damaged database: what to run and what it costs."""
+    first = "Check it with `reconciler state check`; to go on, move" if check else "to go on, move"
     return (
-        f"Check it with `reconciler state check`; to go on, move it aside (mv {db} {db}.damaged) "
-        "and run `reconciler apply`: the state is rebuilt from the lanes and forges without "
-        "duplicate runs or PRs (its history is lost)"
+        f"{first} it aside (mv {db} {db}.damaged) and run `reconciler apply`: the state is "
+        "rebuilt from the lanes and forges without duplicate runs or PRs (its history is lost)"
     )
 
 
@@ -170,7 +170,7 @@ def _denied(
     verb = "written" if writing else "read"
     return StateDenied(
         f"{what} {path} cannot be {verb} by user {me} ({reason}: {blocker} is in the way; "
-        f"{whose}); run the reconciler as {owner}, or give {me} access to the state directory "
+        f"{whose}); run the reconciler as {owner}, or give {me} access "
         f"(chown -R {me} {path.parent})"
     )
 

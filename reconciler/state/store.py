@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+from reconciler import safefile
 from reconciler.state.damage import StateError, damaged, raise_named
 
 DB_FILE = "state.db"
@@ -425,6 +426,39 @@ class Store:
                 yield self
             finally:
                 self._query("COMMIT")
+
+    def backup(self, target: Path) -> int:
+        """Write a consistent copy of the database to ``target``; return its size in bytes.
+
+        SQLite's online backup reads one moment of the database, so a writer may go on working
+        meanwhile. The copy is taken in memory and lands in ``target`` through a fresh temporary
+        file beside it (``O_EXCL|O_NOFOLLOW``, mode 0600) and a rename: a symlink or file
+        planted at ``target`` is replaced, never written through.
+        """
+        with self._mutex:
+            if not self._query("PRAGMA database_list")[0][2]:
+                raise StateError(
+                    f"there is no state database at {self.path} to back up (nothing was "
+                    "recorded yet, or it was moved aside)"
+                )
+            copy = sqlite3.connect(":memory:")
+            try:
+                self._conn.backup(copy)
+                data = copy.serialize()
+            except sqlite3.Error as exc:
+                raise_named(exc, self.path, writing=False)
+                raise
+            finally:
+                copy.close()
+        try:
+            safefile.write_atomic(target, data, 0o600)
+        except OSError as exc:
+            raise_named(exc, Path(target), writing=True, what="the backup")
+            raise StateError(
+                f"the backup {target} cannot be written ({exc.strerror or exc}); give a FILE "
+                "in a directory that exists and that you may write"
+            ) from exc
+        return len(data)
 
     # ----------------------------------------------------------------------------- writes
 
