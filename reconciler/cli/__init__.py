@@ -666,7 +666,7 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
                     c.subject,
                     paint("ok", "green") if c.ok else paint("FAIL", "red"),
                     c.detail,
-                    c.fix if not c.ok else "",
+                    "" if c.ok else c.fix + (" (tasks are still dispatched)" * c.advisory),
                 ]
             )
     state_rows, state_failed = state_cli.doctor_rows(engine.ctx.state_dir, paint)

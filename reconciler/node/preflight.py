@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 
 from reconciler.diskspace import existing_ancestor, human_bytes
 from reconciler.node import git as gitops
@@ -39,6 +40,7 @@ def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
         if repo.forge == "github":
             checks.extend(_github_checks(lane, name))
     checks.extend(_workspace_checks(lane, req.min_free_bytes))
+    checks.append(_home_check(lane))
     checks.append(_login_env_check())
     for agent in req.agents:
         checks.append(_agent_check(lane, agent))
@@ -174,6 +176,35 @@ def _workspace_checks(lane: Lane, min_free: int) -> list[PreflightCheck]:
     else:
         checks.append(_ok("disk", "", f"{human_bytes(free)} free at {anchor}."))
     return checks
+
+
+def _home_check(lane: Lane) -> PreflightCheck:
+    """The lane user's home keeps other users out: its checkouts, worktrees, tokens and agent
+    logins are usually inside. Advisory: it is reported, but tasks are still dispatched."""
+    home = os.path.expanduser("~")
+    try:
+        mode = stat.S_IMODE(os.stat(home).st_mode)
+    except OSError as exc:
+        return _fail("home", "", f"The home {home} cannot be examined: {exc}.", "check it")
+    if not mode & 0o005:
+        return _ok("home", "", f"The home {home} is mode {mode:o}: other users cannot enter it.")
+    under = home.rstrip("/") + "/"
+    inside = [
+        f"{kind} ~/{path[len(under) :]}"
+        for kind, path in (
+            *(("checkout", c) for c in lane.checkouts.values()),
+            ("worktrees", lane.root),
+        )
+        if path.startswith(under)
+    ]
+    what = f"the lane's {', '.join(inside)}" if inside else "what the lane keeps there"
+    return PreflightCheck(
+        name="home",
+        ok=False,
+        detail=f"The home {home} is mode {mode:o}: every user on this host can read {what}.",
+        fix=f"chmod 700 {home}",
+        advisory=True,
+    )
 
 
 def _login_env_check() -> PreflightCheck:

@@ -136,6 +136,7 @@ class World:
 
     def setup(self) -> World:
         self.home.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o700)  # as a careful admin sets a lane user's home (doctor checks it)
         (self.root / "agents").mkdir(exist_ok=True)
         for name, source in AGENTS.items():
             body = f"GIT_ID = {GIT_ID!r}\n" + textwrap.dedent(source)
