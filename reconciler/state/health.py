@@ -97,10 +97,15 @@ def _examine(conn: sqlite3.Connection, path: Path, size: int, thorough: bool) ->
             size=size,
         )
     pragma = "integrity_check" if thorough else "quick_check"
-    found = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}({_SHOWN + 1})")]
-    problems = [] if found == ["ok"] else found[:_SHOWN]
+    found = [
+        line
+        for row in conn.execute(f"PRAGMA {pragma}(100)")
+        for line in str(row[0]).splitlines()
+        if line != "ok" and not line.startswith("*** in database")
+    ]
+    problems = found[:_SHOWN]
     if len(found) > _SHOWN:
-        problems.append("… and more")
+        problems.append(f"… and {len(found) - _SHOWN} more")
     notes: list[str] = []
     if version == 0:
         notes.append("it was created but never initialised: the next apply does that")
