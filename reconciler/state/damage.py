@@ -167,11 +167,13 @@ def _denied(
         owner = _user(st.st_uid)
     except OSError:
         whose, owner = "it cannot be examined", "its owner"
-    verb = "written" if writing else "read"
+    if writing:  # the state belongs to whoever runs apply and run
+        verb, fix = "written", f"or make {me} its owner (chown -R {me} {path.parent})"
+    else:  # a reader of someone else's state: be that someone, rather than take it over
+        verb, fix = "read", f"or let {me} read {blocker}"
     return StateDenied(
         f"{what} {path} cannot be {verb} by user {me} ({reason}: {blocker} is in the way; "
-        f"{whose}); run the reconciler as {owner}, or give {me} access "
-        f"(chown -R {me} {path.parent})"
+        f"{whose}); run the reconciler as {owner} (sudo -u {owner} reconciler …), {fix}"
     )
 
 

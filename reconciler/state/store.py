@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import operator
 import os
 import sqlite3
@@ -277,6 +278,7 @@ class Store:
         conn: sqlite3.Connection | None = None
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _may_write(path)
             conn = _connect(str(path), uri=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -650,6 +652,15 @@ def _schema_problems(conn: sqlite3.Connection) -> list[str]:
                 f"table {table.name} has columns ({have}), expected ({', '.join(table.columns)})"
             )
     return problems
+
+
+def _may_write(path: Path) -> None:
+    """SQLite quietly opens a database it may not write read-only, and only the first write
+    fails; a writer must know at once. Its directory takes the -wal and -shm files."""
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (
+        os.path.lexists(path) and not os.access(path, os.R_OK | os.W_OK)
+    ):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
 def _exists(path: Path) -> bool:

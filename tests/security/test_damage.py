@@ -146,8 +146,29 @@ def check_as_another_user(control: Control, operator: User) -> None:
     db = control.state / "state.db"
     assert f"the state database {db} cannot be read by user {operator.name}" in proc.stderr
     assert f"{control.state} is in the way; it belongs to root and is mode 700" in proc.stderr
-    assert "run the reconciler as root" in proc.stderr, proc.stderr
+    assert "run the reconciler as root (sudo -u root reconciler …)" in proc.stderr, proc.stderr
+    assert f"or let {operator.name} read {control.state}" in proc.stderr
     assert "no database yet" not in proc.stdout  # not mistaken for an empty state
+    # the same user as the writer (an apply of its own): the state belongs to whoever runs it
+    control.state.chmod(0o755)
+    proc = operator.run([control.python, "-c", OPEN_AS_WRITER, str(control.state)], check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"the state database {db} cannot be written by user "), proc
+    assert f"{control.state} is in the way; it belongs to root and is mode 755" in proc.stdout
+    assert f"or make {operator.name} its owner (chown -R {operator.name} {control.state})" in (
+        proc.stdout
+    )
+
+
+OPEN_AS_WRITER = """
+import sys
+from pathlib import Path
+from reconciler.state import StateDenied, Store
+try:
+    Store.open(Path(sys.argv[1]))
+except StateDenied as exc:
+    print(exc)
+"""
 
 
 # ------------------------------------------------------------------------------------ full disk
