@@ -102,7 +102,8 @@ def state_dir_problem(exc: OSError, state_dir: Path) -> StateError | None:
         return full(name or state_dir, "the state directory file" if inside else "the file")
     if not inside or name is None:
         return None
-    return _os(exc, name, writing=True, what="the state directory file")
+    what = "the state directory" if name == state_dir else "the state directory file"
+    return _os(exc, name, writing=True, what=what)
 
 
 # ------------------------------------------------------------------------------- internals
@@ -143,11 +144,14 @@ def _os(
         return full(path, what)
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return _denied(path, writing=writing, reason=exc.strerror or str(exc), what=what)
-    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and not path.parent.is_dir():
-        return StateError(
-            f"the state directory {path.parent} is not a directory; move it aside or give "
-            "another --state"
-        )
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        # a file where the state directory (or one above it) should be
+        for candidate in (path, *path.parents) if what == "the state directory" else path.parents:
+            if candidate.exists() and not candidate.is_dir():
+                return StateError(
+                    f"{candidate} is not a directory, but the state directory is to be there "
+                    "or below it; move it aside, or give another --state"
+                )
     return None
 
 

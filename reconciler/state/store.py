@@ -667,7 +667,7 @@ def _exists(path: Path) -> bool:
     """Whether ``path`` exists; a permission problem on the way is an error, not a "no"."""
     try:
         os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return False
     except OSError as exc:
         raise_named(exc, path, writing=False)

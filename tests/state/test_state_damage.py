@@ -176,3 +176,16 @@ def test_os_errors_in_the_state_directory_are_sentences(tmp_path: Path) -> None:
     assert named is not None and f"the state directory file {state / 'daemon.pid'}" in str(named)
     # elsewhere, and not about space: not the state's business
     assert state_dir_problem(OSError(errno.EACCES, "denied", "/etc/shadow"), state) is None
+
+
+def test_a_file_where_the_state_directory_should_be(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("not a directory\n")
+    for opening in (Store.open, Store.open_readonly):
+        with pytest.raises(StateError) as info:
+            opening(tmp_path / "state")
+        assert f"{tmp_path / 'state'} is not a directory" in str(info.value)
+        assert "give another --state" in str(info.value)
+    lock = state_dir_problem(
+        FileExistsError(errno.EEXIST, "File exists", str(tmp_path / "state")), tmp_path / "state"
+    )
+    assert lock is not None and f"{tmp_path / 'state'} is not a directory" in str(lock)
