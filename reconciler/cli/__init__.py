@@ -241,23 +241,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err("interrupted")
         return 130
-    except OSError as exc:
-        if (problem := state_dir_problem(exc, ctx.state_dir)) is None:
-            return _bug(exc, ctx.state_dir)
-        err(str(problem))
+    except Exception as exc:  # a bug: say so in one sentence, keep the traceback in a file
+        if isinstance(exc, OSError) and (problem := state_dir_problem(exc, ctx.state_dir)):
+            err(str(problem))  # not a bug: the state directory's disk or permissions
+            return EXIT_ERROR
+        where = _save_traceback(ctx.state_dir)
+        err(
+            f"unexpected {type(exc).__name__}: {exc}. This is a bug in reconciler; "
+            f"the traceback is in {where}"
+        )
         return EXIT_ERROR
-    except Exception as exc:
-        return _bug(exc, ctx.state_dir)
-
-
-def _bug(exc: Exception, state_dir: Path) -> int:
-    """Say so in one sentence; keep the traceback in a file."""
-    where = _save_traceback(state_dir)
-    err(
-        f"unexpected {type(exc).__name__}: {exc}. This is a bug in reconciler; "
-        f"the traceback is in {where}"
-    )
-    return EXIT_ERROR
 
 
 def _save_traceback(state_dir: Path) -> str:

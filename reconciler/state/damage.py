@@ -99,7 +99,9 @@ def state_dir_problem(exc: OSError, state_dir: Path) -> StateError | None:
     name = Path(os.fsdecode(exc.filename)) if exc.filename else None
     inside = name is not None and (name == state_dir or state_dir in name.parents)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return full(name or state_dir, "the state directory file" if inside else "the file")
+        if name is None:  # a failed write() names no file: most likely one of the state's
+            return full(state_dir, "a file in the state directory")
+        return full(name, "the state directory file" if inside else "the file")
     if not inside or name is None:
         return None
     what = "the state directory" if name == state_dir else "the state directory file"

@@ -169,7 +169,8 @@ def test_os_errors_in_the_state_directory_are_sentences(tmp_path: Path) -> None:
     state.mkdir()
     full = state_dir_problem(OSError(errno.ENOSPC, "No space left on device"), state)
     assert full is not None and isinstance(full, StateFull)
-    assert str(state) in str(full) and " free on " in str(full)
+    assert str(full).startswith(f"a file in the state directory {state} cannot be written")
+    assert " free on " in str(full)
     named = state_dir_problem(
         OSError(errno.ENOSPC, "No space left on device", str(state / "daemon.pid")), state
     )
