@@ -43,7 +43,7 @@ from reconciler.lanes.policy import PolicyError
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired
 from reconciler.plan import ActionKind
-from reconciler.state import Store
+from reconciler.state import StateError, Store
 
 PIDFILE = "run.pid"
 COALESCE = 0.15  # seconds: events arriving this close together make one pass
@@ -255,7 +255,15 @@ class Daemon:
             reasons: Counter[str] = Counter({"start": 1})
             try:
                 while not self.stopping.is_set():
-                    healthy, result = self.one_pass(store, reasons)
+                    try:
+                        healthy, result = self.one_pass(store, reasons)
+                    except StateError as exc:
+                        # A full disk or a lock held by another program passes: say so and go
+                        # on. Damage or a permission problem needs a person: stop, saying why.
+                        if not exc.temporary or self.once:
+                            raise
+                        self.log("pass", f"pass failed: {exc}", level="error")
+                        healthy, result = False, None
                     if self.once:
                         break
                     for path in watches.point(self._watch_list(result)):

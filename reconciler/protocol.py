@@ -205,6 +205,7 @@ class PreflightCheck(Msg):
     subject: str = ""  # repo or agent the check is about ("" = the whole lane)
     detail: str = ""
     fix: str = ""
+    advisory: bool = False  # a failure doctor reports (exit 1) but that does not block dispatch
 
 
 # ----------------------------------------------------------------------------------- requests

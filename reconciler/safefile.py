@@ -28,9 +28,12 @@ def temp_beside(path: str, data: bytes, mode: int) -> str:
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, mode)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # a failed write() names no file (a full disk): name the one being written
+            raise OSError(exc.errno, exc.strerror, path) from exc
         raise
     return tmp
 

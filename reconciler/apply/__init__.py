@@ -8,6 +8,8 @@ pass without duplicates. Every action is safe to repeat. Reasons in the plan are
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import sqlite3
 import threading
 import time
 import uuid
@@ -39,7 +41,7 @@ from reconciler.protocol import (
     TaskRef,
     WorkspaceResult,
 )
-from reconciler.state import RunRow, Store, TaskRow, Transaction
+from reconciler.state import RunRow, StateError, Store, TaskRow, Transaction
 
 SESSION_NAMESPACE = uuid.UUID("6f1b1d3e-4c55-4d0e-9a57-2b6a4a0c9e01")
 STOP_GRACE = 5.0
@@ -179,11 +181,18 @@ class Applier:
     def run_action(self, action: Action, report: ApplyReport) -> bool:
         try:
             self.dispatch(action)
-        except (NodeError, LaneUnavailable) as exc:
+        except (NodeError, LaneUnavailable, StateError, sqlite3.Error) as exc:
             message = str(exc)
+            if isinstance(exc, sqlite3.Error):  # not about the file: say where it happened
+                message = (
+                    f"recording it in the state database {self.store.path} failed ({exc}); "
+                    "the next pass tries again"
+                )
             with report.lock:
                 report.failed.append((action, message))
-            self.event(action.task, "error", f"{action.kind.value} failed: {message}")
+            # When the state cannot take even that, the report still lists the failure.
+            with contextlib.suppress(StateError, sqlite3.Error):
+                self.event(action.task, "error", f"{action.kind.value} failed: {message}")
             self.log(f"{action.kind.value} {action.task}: failed: {message}")
             return False
         with report.lock:
@@ -291,6 +300,17 @@ class Applier:
             for task in self.desired.tasks.values():
                 if task.name not in task_rows:
                     self.ensure_task_row(tx, task)
+            for never in self.observed.unstarted:
+                tx.delete_run(never.task, never.attempt, never.iteration)
+                tx.add_event(
+                    never.task,
+                    "start-lost",
+                    f"the start of run {never.attempt}.{never.iteration} was recorded but never "
+                    f"happened (lane {never.lane} has no trace of it: the reconciler stopped "
+                    "before spawning the agent); it costs no attempt and is started again",
+                    self.revision,
+                    self.clock(),
+                )
             for views in self.observed.runs.values():
                 for view in views:
                     key = (view.task, view.attempt, view.iteration)
@@ -306,7 +326,7 @@ class Applier:
                                 generation=view.generation,
                                 lane=view.lane,
                                 repo=view.repo,
-                                run_dir="",
+                                run_dir=view.run_dir,
                                 started_at=view.started_at,
                             )
                         )
@@ -319,6 +339,8 @@ class Applier:
                             self.clock(),
                         )
                     fields: dict[str, object] = {}
+                    if row is not None and not row.run_dir and view.run_dir:
+                        fields["run_dir"] = view.run_dir  # spawned, but not recorded as such
                     if view.exit is not None and (row is None or row.ended_at is None):
                         fields.update(
                             ended_at=view.exit.ended_at,
@@ -418,11 +440,19 @@ class Applier:
             # The lane could not be reached: the start was not carried out (or, if the batch got
             # there and only its answer was lost, the next pass finds the run and adopts it).
             # A network blip must not cost an attempt: forget the intent, plan it again.
-            with self.store.transaction() as tx:
-                tx.delete_run(task.name, action.attempt, action.iteration)
-                self.event(task.name, "start-undelivered", "the lane was unreachable", tx)
+            self._forget_start(action, "start-undelivered", "the lane was unreachable")
             raise
         except NodeError as exc:
+            if exc.temporary:
+                # A cause that passes (a full disk, a lock held too long, a timeout): the run
+                # did not start, so it costs no attempt; the next pass starts it again.
+                self._forget_start(
+                    action,
+                    "start-deferred",
+                    f"run {action.attempt}.{action.iteration} did not start, for a reason that "
+                    f"passes: {exc}; it costs no attempt and is started again",
+                )
+                raise
             # The run never started: record it as crashed with the lane's reason, so the task
             # backs off and, if the cause persists, fails with that reason instead of looping.
             with self.store.transaction() as tx:
@@ -460,6 +490,11 @@ class Applier:
         self.log(
             f"{action.kind.value} {task.name}: run {action.attempt}.{action.iteration} started"
         )
+
+    def _forget_start(self, action: Action, kind: str, why: str) -> None:
+        with self.store.transaction() as tx:
+            tx.delete_run(action.task, action.attempt, action.iteration)
+            self.event(action.task, kind, why, tx)
 
     def _spawn(self, action: Action, task: Task, lane: Lane, ref: TaskRef) -> RunObs:
         workspace = lane.one(PrepareWorkspaceRequest(lane=lane.ref, task=ref), WorkspaceResult)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from reconciler import __version__, safefile
+from reconciler.cli import state as state_cli
 from reconciler.cli.render import (
     Painter,
     err,
@@ -48,7 +49,7 @@ from reconciler.protocol import (
     PRResult,
     ReadLogRequest,
 )
-from reconciler.state import LockHeld, Store
+from reconciler.state import LockHeld, StateError, Store, state_dir_problem
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_LOCKED = 0, 1, 2, 75
 
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_pin,
         help="serve only the lane configuration with this digest (set by `keys authorize`)",
     )
+    state_cli.add_parser(command, common)
     return parser
 
 
@@ -245,13 +247,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LockHeld as exc:
         err(str(exc))
         return EXIT_LOCKED
-    except (UserError, ControlError, LaneUnavailable, NodeError, PolicyError) as exc:
+    except (UserError, ControlError, LaneUnavailable, NodeError, PolicyError, StateError) as exc:
         err(str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:
         err("interrupted")
         return 130
     except Exception as exc:  # a bug: say so in one sentence, keep the traceback in a file
+        if isinstance(exc, OSError) and (problem := state_dir_problem(exc, ctx.state_dir)):
+            err(str(problem))  # not a bug: the state directory's disk or permissions
+            return EXIT_ERROR
         where = _save_traceback(ctx.state_dir)
         err(
             f"unexpected {type(exc).__name__}: {exc}. This is a bug in reconciler; "
@@ -709,9 +714,11 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
                     c.subject,
                     paint("ok", "green") if c.ok else paint("FAIL", "red"),
                     c.detail,
-                    c.fix if not c.ok else "",
+                    "" if c.ok else c.fix + (" (tasks are still dispatched)" * c.advisory),
                 ]
             )
+    state_rows, state_failed = state_cli.doctor_rows(engine.ctx.state_dir, paint)
+    rows, failed = rows + state_rows, failed + state_failed
     sys.stdout.write(table(rows, ["LANE", "CHECK", "SUBJECT", "RESULT", "DETAIL", "FIX"]))
     print(
         f"\n{failed} check{'s' if failed != 1 else ''} failed."
@@ -912,6 +919,7 @@ COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "schema": cmd_schema,
     "pr": cmd_pr,
     "keys": cmd_keys,
+    "state": state_cli.cmd_state,
 }
 
 __all__ = ["main"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 
+from reconciler.diskspace import existing_ancestor, human_bytes
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import Lane, check_branch
@@ -28,24 +30,6 @@ def _fail(name: str, subject: str, detail: str, fix: str) -> PreflightCheck:
     return PreflightCheck(name=name, ok=False, subject=subject, detail=detail, fix=fix)
 
 
-def _existing_ancestor(path: str) -> str:
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
-
-
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
 def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
     checks: list[PreflightCheck] = []
     for repo_name in req.bases:
@@ -56,6 +40,7 @@ def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
         if repo.forge == "github":
             checks.extend(_github_checks(lane, name))
     checks.extend(_workspace_checks(lane, req.min_free_bytes))
+    checks.append(_home_check(lane))
     checks.append(_login_env_check())
     for agent in req.agents:
         checks.append(_agent_check(lane, agent))
@@ -146,7 +131,7 @@ def _repo_checks(
 def _workspace_checks(lane: Lane, min_free: int) -> list[PreflightCheck]:
     root = lane.root
     checks: list[PreflightCheck] = []
-    anchor = _existing_ancestor(root)
+    anchor = existing_ancestor(root)
     if os.path.exists(root) and not os.path.isdir(root):
         checks.append(
             _fail(
@@ -183,13 +168,43 @@ def _workspace_checks(lane: Lane, min_free: int) -> list[PreflightCheck]:
             _fail(
                 "disk",
                 "",
-                f"Only {_human(free)} are free at {anchor}; at least {_human(min_free)} needed.",
+                f"Only {human_bytes(free)} are free at {anchor}; "
+                f"at least {human_bytes(min_free)} needed.",
                 f"free disk space on the file system holding {anchor} or move the workspace root",
             )
         )
     else:
-        checks.append(_ok("disk", "", f"{_human(free)} free at {anchor}."))
+        checks.append(_ok("disk", "", f"{human_bytes(free)} free at {anchor}."))
     return checks
+
+
+def _home_check(lane: Lane) -> PreflightCheck:
+    """The lane user's home keeps other users out: its checkouts, worktrees, tokens and agent
+    logins are usually inside. Advisory: it is reported, but tasks are still dispatched."""
+    home = os.path.expanduser("~")
+    try:
+        mode = stat.S_IMODE(os.stat(home).st_mode)
+    except OSError as exc:
+        return _fail("home", "", f"The home {home} cannot be examined: {exc}.", "check it")
+    if not mode & 0o005:
+        return _ok("home", "", f"The home {home} is mode {mode:o}: other users cannot enter it.")
+    under = home.rstrip("/") + "/"
+    inside = [
+        f"{kind} ~/{path[len(under) :]}"
+        for kind, path in (
+            *(("checkout", c) for c in lane.checkouts.values()),
+            ("worktrees", lane.root),
+        )
+        if path.startswith(under)
+    ]
+    what = f"the lane's {', '.join(inside)}" if inside else "what the lane keeps there"
+    return PreflightCheck(
+        name="home",
+        ok=False,
+        detail=f"The home {home} is mode {mode:o}: every user on this host can read {what}.",
+        fix=f"chmod 700 {home}",
+        advisory=True,
+    )
 
 
 def _login_env_check() -> PreflightCheck:

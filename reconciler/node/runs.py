@@ -495,10 +495,11 @@ def _spawn(
         proc.wait()
         code = -1
     if code != 0:
+        # Not temporary: a broken installation or an unwritable run directory stays broken, so
+        # the start is recorded crashed and a persistent cause ends the task failed, with it.
         raise NodeError(
             f"the supervisor of run {run_dir} failed to start (exit {code}): "
-            f"{_last_line(log_path)}; see {log_path}",
-            temporary=True,
+            f"{_last_line(log_path)}; see {log_path}"
         )
 
 

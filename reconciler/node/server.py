@@ -9,6 +9,7 @@ control-plane module or keep state outside the lane's own files.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from reconciler.diskspace import space_left
 from reconciler.node import git as gitops
 from reconciler.node import pool
 from reconciler.node.errors import NodeError
@@ -42,6 +44,7 @@ from reconciler.protocol import (
     ForgeOpenRequest,
     ForgeOpenResult,
     ForgeUpdateRequest,
+    LaneRef,
     ObserveRequest,
     PreflightRequest,
     PreflightResult,
@@ -270,6 +273,31 @@ def _failure(message: str, temporary: bool = False) -> Response:
     return Response(ok=False, failure=Failure(error=message, temporary=temporary))
 
 
+# Failures that pass without anyone repairing anything: a later pass may simply succeed.
+TRANSIENT = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.EBUSY,
+        errno.ETIMEDOUT,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.ETXTBSY,
+    }
+)
+
+
+def _os_fix(exc: OSError, lane: LaneRef) -> str:
+    """What to do about a failed file operation; for a full disk, where and how much is left."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return "check permissions and free space"
+    where = os.fsdecode(exc.filename) if exc.filename else os.path.expanduser(lane.workspace_root)
+    return f"{space_left(where)}; free some space there, then run again"
+
+
 def handle_request(req: Request, pin: str | None = None, *, env_tokens: bool = True) -> Response:
     """Serve one request; every error becomes a Failure sentence. With ``pin`` (an ssh lane's
     forced command), a request for a lane other than the one the key was authorized for is
@@ -295,8 +323,8 @@ def handle_request(req: Request, pin: str | None = None, *, env_tokens: bool = T
         where = f" ({exc.filename})" if exc.filename else ""
         reason = exc.strerror or str(exc)
         return _failure(
-            f"{op} failed on the lane: {reason}{where}; check permissions and free space",
-            temporary=True,
+            f"{op} failed on the lane: {reason}{where}; {_os_fix(exc, req.lane)}",
+            temporary=exc.errno in TRANSIENT,
         )
     except Exception as exc:  # a bug in the node: report it without a traceback, keep going
         return _failure(f"{op} failed unexpectedly ({type(exc).__name__}: {exc}); report this bug")

@@ -220,16 +220,32 @@ def _repo_view(desired: Desired, obs: RepoObs) -> RepoView:
     )
 
 
+def never_started(row: RunRow) -> bool:
+    """A run that state recorded as about to start (the intent) and nothing more: no process,
+    no run directory, no end, no verdict. When its reachable lane does not report it either,
+    the start never happened (the reconciler died before spawning it)."""
+    return (
+        row.pid is None
+        and not row.run_dir
+        and row.ended_at is None
+        and row.outcome is None
+        and row.mark is None
+    )
+
+
 def _merge_runs(
     world: list[tuple[str, RunObs]], rows: list[RunRow], unreachable: set[str], owners: Owners
-) -> dict[str, tuple[RunView, ...]]:
-    """Runs as the lanes report them, plus the runs only state remembers, by task. A recorded
-    run of another lane than the task's owner (the task moved, or a lane once reported a run of
-    a task before it existed) is history of that lane, not of this task's convergence."""
+) -> tuple[dict[str, tuple[RunView, ...]], tuple[RunView, ...]]:
+    """Runs as the lanes report them, plus the runs only state remembers, by task; and apart,
+    the recorded starts that never happened (which cost no attempt: they are planned again).
+    A recorded run of another lane than the task's owner (the task moved, or a lane once
+    reported a run of a task before it existed) is history of that lane, not of this task's
+    convergence."""
     now = time.time()
     by_key: dict[tuple[str, int, int], RunRow] = {(r.task, r.attempt, r.iteration): r for r in rows}
     seen: set[tuple[str, int, int]] = set()
     merged: dict[str, list[RunView]] = {}
+    unstarted: list[RunView] = []
     for lane, obs in world:
         key = (obs.task, obs.attempt, obs.iteration)
         seen.add(key)
@@ -265,6 +281,7 @@ def _merge_runs(
                 iteration=obs.iteration,
                 generation=obs.generation,
                 started_at=obs.started_at,
+                run_dir=obs.run_dir,
                 alive=obs.alive,
                 exit=obs.exit,
                 last_output_at=obs.last_output_at,
@@ -294,8 +311,8 @@ def _merge_runs(
         owner = owners.get(row.task)
         if owner is not None and owner != (row.lane, row.repo):
             continue
-        # only state knows this run: its directory is gone; it is not alive
-        merged.setdefault(row.task, []).append(
+        # only state knows this run: its directory is gone (or never was); it is not alive
+        (unstarted if never_started(row) else merged.setdefault(row.task, [])).append(
             RunView(
                 task=row.task,
                 lane=row.lane,
@@ -304,6 +321,7 @@ def _merge_runs(
                 iteration=row.iteration,
                 generation=row.generation,
                 started_at=row.started_at,
+                run_dir=row.run_dir,
                 alive=False,
                 mark=row.mark,  # type: ignore[arg-type]
                 marked_at=row.marked_at or row.ended_at,
@@ -317,10 +335,11 @@ def _merge_runs(
                 tool_calls=row.tool_calls,
             )
         )
-    return {
+    by_task = {
         task: tuple(sorted(views, key=lambda v: (v.attempt, v.iteration)))
         for task, views in merged.items()
     }
+    return by_task, tuple(unstarted)
 
 
 def _outcome(row: RunRow | None) -> Literal["succeeded", "failed"] | None:
@@ -364,7 +383,7 @@ def observe(desired: Desired, store: Store, lanes: Mapping[str, Lane]) -> Observ
                 error=f"lane {record.lane} is no longer in the manifests",
             )
     unreachable = {name for name, view in views.items() if not view.reachable}
-    merged = _merge_runs(world, rows, unreachable, owners)
+    merged, unstarted = _merge_runs(world, rows, unreachable, owners)
     return Observed(
         revision=desired.revision,
         serial=store.serial(),
@@ -372,6 +391,7 @@ def observe(desired: Desired, store: Store, lanes: Mapping[str, Lane]) -> Observ
         records={name: _record(row) for name, row in records.items()},
         runs=merged,
         foreign=tuple(foreign),
+        unstarted=unstarted,
     )
 
 

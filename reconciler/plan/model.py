@@ -46,6 +46,7 @@ class RunView:
     progress_offset: int | None = None
     last_progress_at: float | None = None
     last_event: str | None = None  # what a running agent did last, as `logs` shows it
+    run_dir: str = ""  # where the lane keeps it ("" while only state knows it)
 
     @property
     def key(self) -> str:
@@ -137,6 +138,9 @@ class Observed:
     records: dict[str, TaskRecord] = field(default_factory=dict)
     runs: dict[str, tuple[RunView, ...]] = field(default_factory=dict)  # task → sorted runs
     foreign: tuple[Foreign, ...] = ()  # observations refused: not the reporting lane's
+    # Starts that state recorded but that never happened (no process, no run directory): not
+    # runs at all, so they cost no attempt; apply forgets them and the planner starts them again.
+    unstarted: tuple[RunView, ...] = ()
 
 
 class ActionKind(StrEnum):

@@ -524,7 +524,7 @@ class _Planner:
             return f"repository {task.spec.repo}: {repo.error}"
         agent_cmd = agent.command[0] if agent.command else agent.kind
         for check in lane.preflight:
-            if check.ok:
+            if check.ok or check.advisory:  # advisory: doctor's to report, not a reason to wait
                 continue
             subjects = ("", task.spec.repo, f"{task.spec.repo}:{task.spec.base}", agent_cmd)
             if check.subject in subjects:

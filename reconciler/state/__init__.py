@@ -6,13 +6,21 @@ by one on every committed change. This package must not import ``reconciler.node
 ``plan``, ``apply``, ``observe`` or ``cli``.
 """
 
+from reconciler.state.damage import (
+    StateBusy,
+    StateDamaged,
+    StateDenied,
+    StateError,
+    StateFull,
+    state_dir_problem,
+)
+from reconciler.state.health import MIN_FREE, DirCheck, Health, check, check_dir
 from reconciler.state.lock import LockHeld, LockHolder, StateLock, argv_summary, read_holder
 from reconciler.state.store import (
     DB_FILE,
     SCHEMA_VERSION,
     EventRow,
     RunRow,
-    StateError,
     Store,
     TaskRow,
     Transaction,
@@ -20,16 +28,26 @@ from reconciler.state.store import (
 
 __all__ = [
     "DB_FILE",
+    "MIN_FREE",
     "SCHEMA_VERSION",
+    "DirCheck",
     "EventRow",
+    "Health",
     "LockHeld",
     "LockHolder",
     "RunRow",
+    "StateBusy",
+    "StateDamaged",
+    "StateDenied",
     "StateError",
+    "StateFull",
     "StateLock",
     "Store",
     "TaskRow",
     "Transaction",
     "argv_summary",
+    "check",
+    "check_dir",
     "read_holder",
+    "state_dir_problem",
 ]

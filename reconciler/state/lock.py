@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import ClassVar, Self
 
 from reconciler.durations import format_duration
+from reconciler.state.damage import raise_named
 
 LOCK_FILE = "lock"
 _POLL_SECONDS = 0.05
@@ -119,8 +120,12 @@ class StateLock:
         """Take the lock. ``timeout`` None or <= 0: fail at once; else poll until the deadline."""
         if self._fd is not None:
             raise RuntimeError(f"state lock {self.path} is already held by this process")
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise_named(exc, self.path, writing=True, what="the state lock")
+            raise
         try:
             deadline = None if not timeout or timeout <= 0 else time.monotonic() + timeout
             while not self._try_lock(fd):
@@ -133,8 +138,11 @@ class StateLock:
             raise
         self._fd = fd
         record = {"pid": os.getpid(), "argv": self._argv, "started_at": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
+        # A courtesy: on a full disk the lock still holds, and the write that matters (the
+        # database's) says what is wrong.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
         return self
 
     @staticmethod

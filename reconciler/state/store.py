@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import operator
+import os
 import sqlite3
 import threading
 import time
@@ -32,11 +34,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+from reconciler import safefile
+from reconciler.state.damage import StateError, damaged, raise_named
+
 DB_FILE = "state.db"
-
-
-class StateError(Exception):
-    """The state database cannot be used as asked (newer schema, read-only store, misuse)."""
 
 
 # --------------------------------------------------------------------------------------- rows
@@ -273,16 +274,21 @@ class Store:
         this process the only writer of state.
         """
         state_dir = Path(state_dir)
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = state_dir / DB_FILE
-        conn = _connect(str(path), uri=False)
+        conn: sqlite3.Connection | None = None
         try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _may_write(path)
+            conn = _connect(str(path), uri=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             _migrate(conn, path)
-            _check_columns(conn)
-        except BaseException:
-            conn.close()
+            _check_columns(conn, path)
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise_named(exc, path, writing=True)
             raise
         return cls(conn, path, readonly=False)
 
@@ -291,9 +297,9 @@ class Store:
         """Open for reading only; safe while a writer holds the lock. No database reads as empty."""
         path = Path(state_dir) / DB_FILE
         conn: sqlite3.Connection | None = None
-        if path.exists():
-            conn = _connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        if _exists(path):
             try:
+                conn = _connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
                 version = _user_version(conn)
                 if version > SCHEMA_VERSION:
                     raise _too_new(path, version)
@@ -305,9 +311,11 @@ class Store:
                 if version == 0:  # created but not yet initialised by a writer: read as empty
                     conn.close()
                     conn = None
-            except BaseException:
+            except BaseException as exc:
                 if conn is not None:
                     conn.close()
+                if isinstance(exc, sqlite3.Error | OSError):
+                    raise_named(exc, path, writing=False)
                 raise
         if conn is None:
             conn = _connect(":memory:", uri=False)
@@ -336,7 +344,11 @@ class Store:
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         with self._mutex:
-            return self._conn.execute(sql, params).fetchall()
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise_named(exc, self.path, writing=not self.readonly)
+                raise
 
     def serial(self) -> int:
         """Goes up by one with every committed transaction that changed something."""
@@ -355,12 +367,12 @@ class Store:
             cached = self._tasks_cache
             if cached is None or cached[0] != key:
                 load = _TASKS.load
-                rows = {r[0]: load(r) for r in self._conn.execute(_TASKS.select)}
+                rows = {r[0]: load(r) for r in self._query(_TASKS.select)}
                 cached = self._tasks_cache = (key, rows)
             return dict(cached[1])
 
     def _data_version(self) -> int:
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return int(self._query("PRAGMA data_version")[0][0])
 
     def task(self, name: str) -> TaskRow | None:
         rows = self._query(f"{_TASKS.select} WHERE name = ?", (name,))
@@ -419,11 +431,44 @@ class Store:
             if self._tx is not None or self._conn.in_transaction:
                 yield self  # already inside a transaction: reads are consistent anyway
                 return
-            self._conn.execute("BEGIN")
+            self._query("BEGIN")
             try:
                 yield self
             finally:
-                self._conn.execute("COMMIT")
+                self._query("COMMIT")
+
+    def backup(self, target: Path) -> int:
+        """Write a consistent copy of the database to ``target``; return its size in bytes.
+
+        SQLite's online backup reads one moment of the database, so a writer may go on working
+        meanwhile. The copy is taken in memory and lands in ``target`` through a fresh temporary
+        file beside it (``O_EXCL|O_NOFOLLOW``, mode 0600) and a rename: a symlink or file
+        planted at ``target`` is replaced, never written through.
+        """
+        with self._mutex:
+            if not self._query("PRAGMA database_list")[0][2]:
+                raise StateError(
+                    f"there is no state database at {self.path} to back up (nothing was "
+                    "recorded yet, or it was moved aside)"
+                )
+            copy = sqlite3.connect(":memory:")
+            try:
+                self._conn.backup(copy)
+                data = copy.serialize()
+            except sqlite3.Error as exc:
+                raise_named(exc, self.path, writing=False)
+                raise
+            finally:
+                copy.close()
+        try:
+            safefile.write_atomic(target, data, 0o600)
+        except OSError as exc:
+            raise_named(exc, Path(target), writing=True, what="the backup")
+            raise StateError(
+                f"the backup {target} cannot be written ({exc.strerror or exc}); give a FILE "
+                "in a directory that exists and that you may write"
+            ) from exc
+        return len(data)
 
     # ----------------------------------------------------------------------------- writes
 
@@ -436,7 +481,7 @@ class Store:
             if self._tx is not None:
                 raise StateError("transactions do not nest")
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
+            self._query("BEGIN IMMEDIATE")
             tx = Transaction(conn)
             self._tx = tx
             before = conn.total_changes
@@ -445,10 +490,18 @@ class Store:
                 if conn.total_changes != before:
                     conn.execute("UPDATE serial SET value = value + 1 WHERE id = 1")
                 conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 self._tasks_cache = None  # may hold rows that the rollback just undid
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        if not isinstance(exc, sqlite3.Error):
+                            raise
+                        # the first error says what went wrong; SQLite has given up the
+                        # transaction on its own when it cannot even roll back
+                if isinstance(exc, sqlite3.Error):
+                    raise_named(exc, self.path, writing=True)
                 raise
             finally:
                 tx._closed = True
@@ -591,13 +644,43 @@ def _statements(script: str) -> Iterator[str]:
         raise ValueError(f"incomplete SQL statement in migration: {buf.strip()[:60]}")
 
 
-def _check_columns(conn: sqlite3.Connection) -> None:
+def _check_columns(conn: sqlite3.Connection, path: Path) -> None:
+    for problem in _schema_problems(conn):
+        raise damaged(path, problem)
+
+
+def _schema_problems(conn: sqlite3.Connection) -> list[str]:
+    """How the tables differ from the ones this reconciler's schema makes (none: [])."""
+    problems = []
     for table in (_TASKS, _RUNS, _EVENTS):
         cols = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table.name})"))
         if cols != table.columns:
-            raise StateError(
-                f"state table {table.name} has columns {cols}, expected {table.columns}"
+            have = ", ".join(cols) if cols else "no such table"
+            problems.append(
+                f"table {table.name} has columns ({have}), expected ({', '.join(table.columns)})"
             )
+    return problems
+
+
+def _may_write(path: Path) -> None:
+    """SQLite quietly opens a database it may not write read-only, and only the first write
+    fails; a writer must know at once. Its directory takes the -wal and -shm files."""
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (
+        os.path.lexists(path) and not os.access(path, os.R_OK | os.W_OK)
+    ):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; a permission problem on the way is an error, not a "no"."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise_named(exc, path, writing=False)
+        raise
+    return True
 
 
 __all__: list[str] = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from disks import tmpfs
 from world import World, git
 
 INTERVAL = "120s"
@@ -254,3 +256,33 @@ def test_a_push_to_the_bare_control_repo_pokes_run_or_applies_once_itself(
     while not (world.home / "worktrees/web/.runs/c/1.1").is_dir():
         assert time.monotonic() < deadline, (world.state / "hook.log").read_text()
         time.sleep(0.1)
+
+
+def test_a_full_state_disk_fails_a_pass_and_the_next_one_goes_on(
+    world: World, daemons: list[Daemon]
+) -> None:
+    world.lane("web")
+    world.task("early", "web", "succeed")
+    world.commit()
+    with tmpfs(world.state, "size=2m,mode=700"):
+        daemon = start(world, daemons)
+        db = world.state / "state.db"
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute(  # recording the task `late` needs more room than the disk has
+            "CREATE TRIGGER ballast AFTER INSERT ON tasks WHEN NEW.name = 'late' BEGIN"
+            " INSERT INTO meta (key, value) VALUES ('ballast', zeroblob(8000000)); END"
+        )
+        world.task("late", "web", "succeed")
+        world.commit("add late")
+
+        def full() -> list[dict[str, Any]]:
+            return [r for r in daemon.records if "no space left on the device" in r.get("msg", "")]
+
+        failed = daemon.wait_for(full, 20, "a pass failing on the full disk")[0]
+        assert failed["level"] == "error" and f"{db} cannot be written" in failed["msg"], failed
+        assert daemon.proc.poll() is None  # it goes on
+        conn.execute("DROP TRIGGER ballast")
+        conn.close()
+        assert world.cli("poke").returncode == 0
+        daemon.wait_for((world.home / "worktrees/web/.runs/late/1.1").is_dir, 20, "late's run")
+        assert daemon.stop() == 0

@@ -126,3 +126,34 @@ def test_old_git_and_a_broken_login_profile_are_reported(world: World, tmp_path:
     proc = world.cli("doctor")
     assert ("web", "login-env") not in doctor_rows(proc.stdout)
     assert "PATH=/opt/tools/bin:" in proc.stdout
+
+
+def test_doctor_checks_the_state_and_the_home_without_blocking_dispatch(world: World) -> None:
+    lane_of(world, "web")
+    world.task("a", "web", "succeed")
+    world.commit()
+    assert world.cli("doctor").returncode == 0
+    # a state directory others can write is refused by every command, doctor included
+    world.state.chmod(0o777)
+    refused = world.cli("doctor")
+    assert refused.returncode == 1 and "cannot be trusted" in refused.stderr
+    assert f"chmod go-w {world.state}" in refused.stderr
+    world.state.chmod(0o755)  # readable by others: doctor's row says so, nothing refuses
+    world.home.chmod(0o755)
+    (world.state / "state.db").write_bytes(b"not a database, and never was one\n" * 200)
+    proc = world.cli("doctor")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    failed = doctor_rows(proc.stdout)
+    assert f"chmod 700 {world.state}" in failed[("(control)", "state-dir")]
+    db = world.state / "state.db"
+    assert f"mv {db} {db}.damaged" in failed[("(control)", "state-db")]
+    home = failed[("web", "home")]
+    assert "mode 755" in home and f"chmod 700 {world.home}" in home
+    assert "tasks are still dispatched" in home
+    assert "3 checks failed." in proc.stdout
+    # the home is advisory: the plan still starts the task (the state aside, as doctor says)
+    db.rename(world.state / "state.db.damaged")
+    world.state.chmod(0o700)
+    plan = world.plan_json()
+    assert [(a["action"], a["task"]) for a in plan["actions"]] == [("start", "a")], plan
+    assert plan["blocked"] == []

@@ -7,6 +7,7 @@ one live run per task, no leaked worktree — and the same again after deleting 
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -112,3 +113,35 @@ def test_crash_at_every_point_converges_without_duplicates(world: World, point: 
     shutil.rmtree(world.state)
     driver.converge()
     final_checks(world)
+
+
+@pytest.mark.parametrize("point", ["after-run-intent", "after-workspace"])
+def test_a_start_that_never_happened_costs_no_attempt(world: World, point: str) -> None:
+    """Killed between recording the start and spawning the agent: the next pass finds no trace of
+    the run in its lane, says so, and starts the same run again instead of charging a crash."""
+    world.lane("web")
+    world.task("a", "web", "succeed", maxAttempts=1)
+    world.commit()
+    killed = world.cli("apply", "--yes", RECONCILER_CRASH_AT=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+
+    plan = world.plan_json()
+    assert [(a["action"], a["attempt"], a["iteration"]) for a in plan["actions"]] == [
+        ("start", 1, 1)
+    ], plan
+    first = world.cli("apply", "--yes")
+    assert first.returncode == 0, first.stdout + first.stderr
+    world.converge()
+
+    status = world.status()["a"]
+    assert (status["phase"], status["attempt"], status["iteration"]) == ("pr-open", 1, 1)
+    described = json.loads(world.cli("describe", "a", "--json").stdout)
+    assert [(r["attempt"], r["iteration"], r["outcome"]) for r in described["runs"]] == [
+        (1, 1, "succeeded")
+    ]
+    kinds = [e["kind"] for e in described["events"]]
+    assert "start-lost" in kinds and "run-crashed" not in kinds, kinds
+    lost = next(e for e in described["events"] if e["kind"] == "start-lost")
+    assert "run 1.1 was recorded but never happened" in lost["message"]
+    assert "costs no attempt" in lost["message"]
+    assert len(world.prs("web-repo")) == 1

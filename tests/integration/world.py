@@ -84,6 +84,18 @@ AGENTS: dict[str, str] = {
         subprocess.run(["git", *GIT_ID, "commit", "-qm", "slow work"], check=True)
         print("DONE")
     """,
+    "until-released": """
+        import os, subprocess, sys, time
+        sys.stdin.read()
+        while not os.path.exists(os.environ["RELEASE_FILE"]):  # set in the lane's env
+            print("working", flush=True)
+            time.sleep(0.1)
+        task = os.environ["RECONCILER_TASK"]
+        open(f"{task}.txt", "a").write("released\\n")
+        subprocess.run(["git", *GIT_ID, "add", "-A"], check=True)
+        subprocess.run(["git", *GIT_ID, "commit", "-qm", f"work on {task}"], check=True)
+        print("DONE")
+    """,
     "echo-prompt": """
         import os, subprocess, sys
         data = sys.stdin.buffer.read()
@@ -136,6 +148,7 @@ class World:
 
     def setup(self) -> World:
         self.home.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o700)  # as a careful admin sets a lane user's home (doctor checks it)
         (self.root / "agents").mkdir(exist_ok=True)
         for name, source in AGENTS.items():
             body = f"GIT_ID = {GIT_ID!r}\n" + textwrap.dedent(source)

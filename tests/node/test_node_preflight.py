@@ -43,6 +43,7 @@ def test_a_healthy_lane_passes(env: Env) -> None:
         "remote",
         "workspace-writable",
         "disk",
+        "home",
         "login-env",
         "agent",
     }
@@ -221,3 +222,28 @@ def test_an_agent_without_command_is_looked_up_by_its_kind(env: Env) -> None:
         and "codex is not on PATH" in checks["agent", "codex"].detail
     )
     assert not checks["agent", "command"].ok and "no command" in checks["agent", "command"].detail
+
+
+def test_a_home_others_can_enter_is_reported_but_advisory(env: Env, isolated_home: Path) -> None:
+    req = PreflightRequest(lane=env.lane, min_free_bytes=1)
+    assert run(env, req)[("home", "")].ok
+    isolated_home.chmod(0o755)  # what `useradd -m` makes on Debian
+    home_check = run(env, req)[("home", "")]
+    assert not home_check.ok and home_check.advisory
+    assert f"The home {isolated_home} is mode 755: every user on this host can read" in (
+        home_check.detail
+    )
+    assert home_check.fix == f"chmod 700 {isolated_home}"
+    # the lane's own files under the home are named the way the manifest names them
+    inside = env.lane.model_copy(
+        update={
+            "workspace_root": "~/worktrees",
+            "repos": [env.lane.repos[0].model_copy(update={"checkout": "~/src/webapp"})],
+        }
+    )
+    detail = run(env, PreflightRequest(lane=inside, min_free_bytes=1))[("home", "")].detail
+    assert "the lane's checkout ~/src/webapp, worktrees ~/worktrees." in detail, detail
+    isolated_home.chmod(0o750)  # its group may enter; other users may not
+    assert run(env, req)[("home", "")].ok
+    # no other check is advisory: they block dispatch when they fail
+    assert not any(c.advisory for c in run(env, req).values())

@@ -486,6 +486,23 @@ def test_preflight_failure_blocks_with_the_fix() -> None:
     assert p.blocked[0].reason == "pre-flight checkout failed: ~/app does not exist (clone it)"
 
 
+def test_an_advisory_preflight_failure_does_not_block_dispatch() -> None:
+    d = desired(("t", task_spec()))
+    home = PreflightCheck(
+        name="home",
+        ok=False,
+        detail="The home /home/x is mode 755: every user on this host can read it.",
+        fix="chmod 700 /home/x",
+        advisory=True,
+    )
+    p = plan(d, observed(preflight=(home,)), NOW)
+    assert kinds(p) == [("start", "t")] and not p.blocked
+    # the same failure, not advisory, blocks the lane's tasks with its fix
+    blocking = home.model_copy(update={"advisory": False})
+    p = plan(d, observed(preflight=(home, blocking)), NOW)
+    assert p.empty and "chmod 700 /home/x" in p.blocked[0].reason
+
+
 def test_unreachable_lane_is_unknown_and_nothing_is_pruned() -> None:
     d = desired(("t", task_spec()))
     lanes = {"web": LaneView("web", reachable=False, error="ssh: connection refused")}
