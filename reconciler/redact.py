@@ -54,18 +54,33 @@ def _openai(match: re.Match[str]) -> str:
     return found
 
 
+def _with_at(text: str) -> bool:
+    return "@" in text  # a URL with user information; most URLs have none
+
+
+def _at_word_start(text: str) -> bool:
+    """``sk-`` starts a word somewhere: not ``task-``, ``disk-``, ``risk-``."""
+    at = text.find("sk-")
+    while at >= 0:
+        if at == 0 or not (text[at - 1].isalnum() or text[at - 1] in "_-"):
+            return True
+        at = text.find("sk-", at + 3)
+    return False
+
+
 _Replacement = str | Callable[[re.Match[str]], str]
 
-# (hints, shape, replacement): a shape is looked for only when the text holds one of its hints
-# (CPython's substring search, far faster than any regex), and every shape starts with a literal,
-# so that the regex engine skips from one occurrence to the next; what must come before that
-# literal is checked by a lookbehind after it. Shapes are compiled when first needed (most
-# processes, a lane's node among them, never need one).
-_RULES: tuple[tuple[tuple[str, ...], str, _Replacement], ...] = (
-    (("://",), r"://(?<=[A-Za-z0-9+.-]://)([^\s/?#@\"'<>\\]+)@", _url),
+# (hints, also, shape, replacement): a shape is looked for only when the text holds one of its
+# hints (CPython's substring search, far faster than any regex) and ``also`` holds for it; every
+# shape starts with a literal, so that the regex engine skips from one occurrence to the next, and
+# what must come before that literal is checked by a lookbehind after it. Shapes are compiled when
+# first needed (most processes, a lane's node among them, never need one).
+_RULES: tuple[tuple[tuple[str, ...], Callable[[str], bool] | None, str, _Replacement], ...] = (
+    (("://",), _with_at, r"://(?<=[A-Za-z0-9+.-]://)([^\s/?#@\"'<>\\]+)@", _url),
     *(
         (
             (literal,),
+            None,
             rf"({literal}(?<=\b{first}{literal})[\"']?\s*[:=]\s*[\"']?"
             r"(?i:(?:bearer|token|basic)\s+)?)[^\s\"'\\,;]+",
             _kept_prefix,
@@ -75,23 +90,27 @@ _RULES: tuple[tuple[tuple[str, ...], str, _Replacement], ...] = (
     *(
         (
             (literal,),
+            None,
             rf"({literal}(?<=\b{first}{literal})\s+)[A-Za-z0-9._~+/-]{{16,}}=*",
             _kept_prefix,
         )
         for first, literal in (("[Bb]", "earer"), ("B", "EARER"))
     ),
-    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), r"gh[pousr]_[A-Za-z0-9]{20,}", MASK),
-    (("github_pat_",), r"github_pat_[A-Za-z0-9_]{20,}", MASK),
-    (("sk-",), r"sk-(?<![A-Za-z0-9_-]sk-)[A-Za-z0-9_-]{20,}", _openai),
-    (("AIza",), r"AIza[A-Za-z0-9_-]{35}", MASK),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), None, r"gh[pousr]_[A-Za-z0-9]{20,}", MASK),
+    (("github_pat_",), None, r"github_pat_[A-Za-z0-9_]{20,}", MASK),
+    (("sk-",), _at_word_start, r"sk-(?<![A-Za-z0-9_-]sk-)[A-Za-z0-9_-]{20,}", _openai),
+    (("AIza",), None, r"AIza[A-Za-z0-9_-]{35}", MASK),
     *(
-        ((key,), rf"{key}(?<![A-Z0-9]{key})[A-Z0-9]{{16}}(?![A-Z0-9])", MASK)
+        ((key,), None, rf"{key}(?<![A-Z0-9]{key})[A-Z0-9]{{16}}(?![A-Z0-9])", MASK)
         for key in ("AKIA", "ASIA")
     ),
-    (("xox",), r"xox[abposre]-[A-Za-z0-9-]{10,}", MASK),
-    (("glpat-",), r"glpat-[A-Za-z0-9_-]{20,}", MASK),
+    (("xox",), None, r"xox[abposre]-[A-Za-z0-9-]{10,}", MASK),
+    (("glpat-",), None, r"glpat-[A-Za-z0-9_-]{20,}", MASK),
 )
-_HINTS = tuple(hint for hints, _shape, _replacement in _RULES for hint in hints)
+_HINTS = tuple(
+    hint for hints, also, _shape, _replacement in _RULES if also is None for hint in hints
+)
+_HINTS_WITH_ALSO = tuple((hints, also) for hints, also, _shape, _replacement in _RULES if also)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -104,15 +123,16 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for hint in _HINTS:
         if hint in text:
             return _shapes(text)
+    for hints, also in _HINTS_WITH_ALSO:
+        if any(hint in text for hint in hints) and also(text):
+            return _shapes(text)
     return text
 
 
 def _shapes(text: str) -> str:
-    for hints, shape, replacement in _RULES:
-        for hint in hints:
-            if hint in text:
-                text = _compiled(shape).sub(replacement, text)
-                break
+    for hints, also, shape, replacement in _RULES:
+        if any(hint in text for hint in hints) and (also is None or also(text)):
+            text = _compiled(shape).sub(replacement, text)
     return text
 
 
