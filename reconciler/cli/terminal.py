@@ -27,6 +27,7 @@ import io
 import re
 import secrets as random
 import sys
+import threading
 from collections.abc import Iterator
 from typing import TextIO, cast
 
@@ -76,21 +77,23 @@ class GuardedStream(io.TextIOBase):
             self.terminal = False
         self._held: list[str] = []
         self._held_size = 0
+        self._lock = threading.Lock()  # apply's lane threads log through it too
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         written = len(text)
         head, newline, tail = text.rpartition("\n")
-        if newline:
-            self._emit("".join([*self._held, head, newline]))
-            self._held, self._held_size = [], 0
-            text = tail
-        if text:
-            self._held.append(text)
-            self._held_size += len(text)
-            if self._held_size > _HOLD_LIMIT:
-                self._release()
+        with self._lock:
+            if newline:
+                self._emit("".join([*self._held, head, newline]))
+                self._held, self._held_size = [], 0
+                text = tail
+            if text:
+                self._held.append(text)
+                self._held_size += len(text)
+                if self._held_size > _HOLD_LIMIT:
+                    self._release()
         return written
 
     def _release(self) -> None:
@@ -112,9 +115,10 @@ class GuardedStream(io.TextIOBase):
         self.inner.write(text)
 
     def flush(self) -> None:
-        if self._held:
-            held, self._held, self._held_size = "".join(self._held), [], 0
-            self._emit(held)
+        with self._lock:
+            if self._held:
+                held, self._held, self._held_size = "".join(self._held), [], 0
+                self._emit(held)
         self.inner.flush()
 
     def isatty(self) -> bool:
