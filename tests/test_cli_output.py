@@ -169,3 +169,15 @@ def test_a_crash_report_is_private_redacted_and_only_in_the_state_directory(
     assert "written nowhere else" in message
     assert victim.read_text() == "precious\n"
     assert sorted(os.listdir(shared)) == ["last-error.txt"]
+
+
+def test_the_daemons_log_writes_through_the_stream_of_the_moment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from reconciler.daemon import Log
+
+    with guarded():
+        log = Log("text")
+        log("pass", f"lane web: {ATTACK} {GHP}")
+    out = capsys.readouterr().out
+    assert out.endswith(f"lane web: {ATTACK} ***\n")  # piped: redacted, otherwise as written
