@@ -43,6 +43,7 @@ from reconciler.lanes.policy import PolicyError
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired
 from reconciler.plan import ActionKind
+from reconciler.redact import redact
 from reconciler.state import StateError, Store
 
 PIDFILE = "run.pid"
@@ -197,9 +198,11 @@ def poke(state_dir: Path) -> int | None:
 class Log:
     """Lines for a terminal, JSON lines for everything else (``--log-format``)."""
 
-    def __init__(self, fmt: str, out: TextIO = sys.stdout) -> None:
+    def __init__(self, fmt: str, out: TextIO | None = None) -> None:
+        # sys.stdout as it is now, not as it was at import: the CLI wraps it (redaction, the
+        # terminal's safety) before it builds the log
+        self.out = out = sys.stdout if out is None else out
         self.json = fmt == "json" or (fmt == "auto" and not out.isatty())
-        self.out = out
 
     def __call__(self, event: str, message: str, level: str = "info", **fields: Any) -> None:
         if self.json:
@@ -338,7 +341,7 @@ class Daemon:
         return ok, result
 
     def _problem(self, store: Store, problems: list[str]) -> None:
-        text = "; ".join(problems) or None
+        text = redact("; ".join(problems)) or None  # as the store keeps it: compared below
         if store.get_meta(CONTROL_PROBLEM) != text:
             with store.transaction() as tx:
                 tx.set_meta(CONTROL_PROBLEM, text)

@@ -1,7 +1,10 @@
 """The command line. Parses, calls the engine, renders; never decides.
 
 Exit codes: 0 success; 1 error; 2 ``plan --detailed-exitcode`` with changes; 75 the state lock is
-held by another reconciler. Errors are sentences, never tracebacks.
+held by another reconciler. Errors are sentences, never tracebacks (a bug's traceback goes,
+redacted, to ``<state>/last-error.txt``). Everything a command writes goes through one
+chokepoint, ``terminal.guarded``: redacted everywhere, and on a terminal with every control
+character shown rather than obeyed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from reconciler.cli.render import (
     table,
     use_color,
 )
+from reconciler.cli.terminal import guarded, unguarded
 from reconciler.control import ControlError
 from reconciler.durations import parse_duration
 from reconciler.engine import Context, Engine, UserError, plan_to_json, read_plan, save_plan
@@ -49,6 +53,7 @@ from reconciler.protocol import (
     PRResult,
     ReadLogRequest,
 )
+from reconciler.redact import redact, secrets_of_url
 from reconciler.state import LockHeld, StateError, Store, state_dir_problem
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_LOCKED = 0, 1, 2, 75
@@ -219,6 +224,11 @@ def _pin(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with guarded() as secrets:
+        return _main(argv, secrets)
+
+
+def _main(argv: Sequence[str] | None, secrets: set[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "node":
         from reconciler.lanes import serve_node
@@ -226,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Under an ssh forced command the client's wish is in SSH_ORIGINAL_COMMAND: the node
         # never evaluates it, and nothing it starts inherits it.
         os.environ.pop("SSH_ORIGINAL_COMMAND", None)
-        return serve_node(args.pin)
+        with unguarded():  # a protocol: its JSON goes out as the node wrote it
+            return serve_node(args.pin)
     if args.command != "run":
         # A one-shot command builds the desired state and a plan, then exits: reference counting
         # frees what it drops, and the cyclic collector would only rescan thousands of live
@@ -235,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context.resolve(
         getattr(args, "control", None), getattr(args, "state", None), getattr(args, "policy", None)
     )
+    secrets.update(secrets_of_url(ctx.control))  # git may quote a control URL's password alone
     handler: Callable[[Engine, argparse.Namespace], int] = COMMANDS[args.command]
     try:
         return handler(Engine(ctx), args)
@@ -257,28 +269,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, OSError) and (problem := state_dir_problem(exc, ctx.state_dir)):
             err(str(problem))  # not a bug: the state directory's disk or permissions
             return EXIT_ERROR
-        where = _save_traceback(ctx.state_dir)
         err(
             f"unexpected {type(exc).__name__}: {exc}. This is a bug in reconciler; "
-            f"the traceback is in {where}"
+            + _save_traceback(ctx.state_dir, secrets)
         )
         return EXIT_ERROR
 
 
-def _save_traceback(state_dir: Path) -> str:
-    import tempfile
+CRASH_REPORT = "last-error.txt"
+
+
+def _save_traceback(state_dir: Path, secrets: set[str]) -> str:
+    """Write the current exception's traceback, redacted, to ``<state>/last-error.txt`` (mode
+    0600, through a fresh temporary file renamed over it: nothing planted there is followed);
+    say where. Only there: a shared directory such as /tmp is anyone's to plant links in."""
     import traceback
 
-    text = traceback.format_exc()
-    for directory in (state_dir, Path(tempfile.gettempdir())):
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            path = directory / "last-error.txt"
-            path.write_text(text, encoding="utf-8")
-            return str(path)
-        except OSError:
-            continue
-    return "(nowhere: the state directory is not writable)"
+    from reconciler.safefile import write_atomic
+
+    text = redact(traceback.format_exc(), secrets)
+    path = state_dir / CRASH_REPORT
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(path, text.encode("utf-8"), 0o600)
+    except OSError as exc:
+        return (
+            f"its traceback was not saved: the state directory {state_dir} cannot be written "
+            f"({exc.strerror or exc}), and it is written nowhere else"
+        )
+    return f"the traceback is in {path}"
 
 
 # -------------------------------------------------------------------------------- commands
@@ -664,13 +683,15 @@ def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
             ),
             LogResult,
         )
+        # no flush between chunks: a line (and a token in it) cut by a chunk's end is written,
+        # and redacted, whole
         sys.stdout.write(chunk.data)
-        sys.stdout.flush()
         moved = chunk.offset != offset
         offset = chunk.offset
         if not args.follow or (chunk.ended and not moved):
             return EXIT_OK
         if not moved:
+            sys.stdout.flush()  # what there is, while the agent writes on
             time.sleep(0.5)
 
 

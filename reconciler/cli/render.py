@@ -1,6 +1,8 @@
 """Human renderings of plans, statuses and tables. Renders only: decides nothing.
 
-Colour only on a terminal, and never when ``NO_COLOR`` is set.
+Colour only on a terminal, and never when ``NO_COLOR`` is set. ``Painter`` writes no escape
+itself: it writes the CLI's colour markers (``terminal.sgr``), which only the guarded stream turns
+into escapes, after it has neutralised every control character the text carried.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TextIO
 
+from reconciler.cli.terminal import sgr, visible
 from reconciler.durations import format_duration
 from reconciler.plan import ActionKind, Phase, Plan, TaskStatus
 from reconciler.plan.model import SYMBOLS
@@ -60,7 +63,7 @@ class Painter:
         if not self.enabled or not styles:
             return text
         codes = ";".join(_COLORS[s] for s in styles)
-        return f"\033[{codes}m{text}\033[0m"
+        return f"{sgr(codes)}{text}{sgr('0')}"
 
 
 def summary_line(p: Plan) -> str:
@@ -111,18 +114,12 @@ def render_plan(p: Plan, paint: Painter) -> str:
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     widths = [len(h) for h in header]
     for row in rows:
-        widths = [max(w, len(_strip(c))) for w, c in zip(widths, row, strict=True)]
+        widths = [max(w, len(visible(c))) for w, c in zip(widths, row, strict=True)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     for row in rows:
-        cells = [c + " " * (w - len(_strip(c))) for c, w in zip(row, widths, strict=True)]
+        cells = [c + " " * (w - len(visible(c))) for c, w in zip(row, widths, strict=True)]
         out.append("  ".join(cells).rstrip())
     return "\n".join(out) + "\n"
-
-
-def _strip(text: str) -> str:
-    import re
-
-    return re.sub(r"\033\[[0-9;]*m", "", text)
 
 
 def render_status(statuses: Sequence[TaskStatus], paint: Painter, ages: dict[str, float]) -> str:

@@ -7,7 +7,9 @@ read as it is on disk (``validate``).
 
 Git runs through argv lists, never a shell. Nothing here writes to the operator's repository;
 the only thing written is the mirror under the state directory. Paths that would leave the
-repository read as missing.
+repository read as missing. A URL may carry credentials (``https://bot:TOKEN@host/x.git``): git
+is given it as it is, but no message built here (``ControlError``, ``fetch_error``,
+``location``) shows them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import IO, Literal
 
 from reconciler.gitenv import git_env
 from reconciler.manifests.loader import MAX_FILE_SIZE, SourceFile, safe_relpath
+from reconciler.redact import redact
 
 Kind = Literal["worktree", "directory", "mirror"]
 
@@ -38,7 +41,11 @@ _NETWORK_TIMEOUT = 600.0
 
 
 class ControlError(Exception):
-    """The control repo cannot be opened or read; the message is a sentence for users."""
+    """The control repo cannot be opened or read; the message is a sentence for users, with any
+    credentials (of the control URL, or quoted by git) masked."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 def git_blob_id(data: bytes) -> str:
@@ -151,8 +158,8 @@ class ControlRepo:
 
     @property
     def location(self) -> str:
-        """What the operator named, for messages."""
-        return self.source
+        """What the operator named, for messages (credentials in a URL masked)."""
+        return redact(self.source)
 
     # ------------------------------------------------------------------------------- reading
 

@@ -2,6 +2,8 @@
 
 Transports carry the same JSON (``reconciler.protocol``); the control plane never learns which one
 it talks to. This package must not decide anything: it carries requests and reports failures.
+A lane's words are untrusted: the messages of ``LaneUnavailable`` and ``NodeError`` have anything
+shaped like a credential masked before they travel further (to state, logs, the terminal).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from reconciler.protocol import (
     Request,
     Response,
 )
+from reconciler.redact import redact
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -37,7 +40,7 @@ class LaneUnavailable(Exception):
     "what is wrong; what to do"."""
 
     def __init__(self, message: str, check: str = "lane") -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.check = check
 
 
@@ -45,7 +48,7 @@ class NodeError(Exception):
     """One request failed inside the lane; ``temporary`` failures are worth a later retry."""
 
     def __init__(self, message: str, temporary: bool = False) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.temporary = temporary
 
 

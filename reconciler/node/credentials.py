@@ -1,24 +1,38 @@
 """Forge credentials inside the lane: read the lane's token and keep it out of every message.
 
 The token comes from a file named in the lane spec (which must not be group- or world-readable)
-or from ``GH_TOKEN``/``GITHUB_TOKEN`` in the lane's captured login environment. This module must
-never log, print or embed a token in an exception; callers pass any text that may have touched a
-token through ``redact`` before it leaves the lane.
+or from ``GH_TOKEN``/``GITHUB_TOKEN`` in the lane's captured login environment. A token with
+white space inside (a file of two lines, a pasted "token ghp_…") is refused before it is ever
+sent: an HTTP library would quote it back in its error. Every token read, refused or not, is
+remembered for the life of the process, and ``scrub`` masks them (and every piece of one) in any
+text; the node passes every failure it returns through it. This module must never log, print or
+embed a token in an exception.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from reconciler.node.errors import NodeError
+from reconciler.redact import redact
 
 ENV_NAMES = ("GH_TOKEN", "GITHUB_TOKEN")
-MASK = "***"
-# Shapes of GitHub tokens: classic/OAuth/user/server/refresh (gh?_) and fine-grained PATs.
-TOKEN_SHAPES = re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}")
+_SECRETS: set[str] = set()
+"""Every token this process has read: masked in every message the node returns."""
+
+
+def remember(secret: str) -> None:
+    """Mask ``secret`` (and every piece of it) in everything ``scrub`` sees from now on."""
+    if secret.strip():
+        _SECRETS.add(secret)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every token this process read, and anything shaped like a credential,
+    masked."""
+    return redact(text, _SECRETS)
 
 
 def read_token(path: str | None, env: Mapping[str, str]) -> str:
@@ -28,6 +42,8 @@ def read_token(path: str | None, env: Mapping[str, str]) -> str:
     for name in ENV_NAMES:
         value = env.get(name, "").strip()
         if value:
+            remember(value)
+            _refuse_inner_space(value, f"{name} in the lane's login environment")
             return value
     raise NodeError(
         "no GitHub token: name a token file in the lane spec (credentials.github: "
@@ -66,11 +82,23 @@ def _read_file(path: str) -> str:
         ) from None
     if not token:
         raise NodeError(f"token file {path} is empty; write the GitHub token into it")
+    remember(token)
+    _refuse_inner_space(token, f"token file {path}")
     return token
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret and anything shaped like a GitHub token replaced by ``***``."""
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return TOKEN_SHAPES.sub(MASK, text)
+def _refuse_inner_space(token: str, where: str) -> None:
+    """A token is one word: refuse one with white space inside, without ever quoting it."""
+    lines = token.splitlines()
+    if len(lines) > 1:
+        raise NodeError(f"{where} holds {len(lines)} lines; write only the token, on one line")
+    if any(c.isspace() for c in token):
+        raise NodeError(
+            f"{where} holds white space inside the token; write only the token, on one line "
+            '(no "token " or "Bearer " before it)'
+        )
+    if not (token.isascii() and token.isprintable()):
+        raise NodeError(
+            f"{where} holds characters no token has (control characters or non-ASCII); write "
+            "only the token, on one line"
+        )

@@ -8,7 +8,7 @@ giving up after a bounded time. Listing is one paginated call per repository wit
 per page URL, so an unchanged repository costs no rate-limit points; writes are serialized per
 token and spaced at least a second apart. Runs inside the lane with the lane's token: it must
 never log, store on disk, return or put the token in an exception (messages go through
-``credentials.redact``), and must never delete branches or reopen PRs.
+``reconciler.redact``), and must never delete branches or reopen PRs.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import requests
 from github import Auth, Github
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
-from reconciler.node.credentials import redact
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_local import marker, task_of
 from reconciler.protocol import PullRequest
+from reconciler.redact import redact
 
 DEFAULT_API_URL = "https://api.github.com"
 WRITE_SPACING = 1.0  # seconds between content-creating requests (secondary-limit guidance)

@@ -3,8 +3,10 @@
 Runs inside the lane, as the lane's user (in-process, through ``runuser``/``setpriv``, or as an
 SSH forced command). Each request is validated (names are names, the repo is the lane's, paths
 stay under the workspace root) and handled on its own: a failure becomes that request's
-``Failure`` sentence and never aborts the batch or shows a traceback. Must not import any
-control-plane module or keep state outside the lane's own files.
+``Failure`` sentence and never aborts the batch or shows a traceback. Every failure sentence
+leaves through ``_failure``, which masks the tokens this process read and anything shaped like a
+credential (``credentials.scrub``): an exception's text may quote whatever it touched. Must not
+import any control-plane module or keep state outside the lane's own files.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from reconciler.diskspace import space_left
 from reconciler.node import git as gitops
 from reconciler.node import pool
+from reconciler.node.credentials import scrub
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_local import LocalForge
 from reconciler.node.forges import Forge, forge_for
@@ -132,7 +135,7 @@ def _fill_pool(lane: Lane, req: FillPoolRequest) -> BaseModel:
                     prepared=functools.partial(run_hook, lane, repo, "after_create", ".pool"),
                 )
             except NodeError as exc:
-                result.errors.append(f"{name}:{base}: {exc}")
+                result.errors.append(scrub(f"{name}:{base}: {exc}"))
                 continue
             if made:
                 result.created[name] = result.created.get(name, 0) + len(made)
@@ -270,7 +273,8 @@ _HANDLERS: dict[str, Callable[[Lane, Any], BaseModel]] = {
 
 
 def _failure(message: str, temporary: bool = False) -> Response:
-    return Response(ok=False, failure=Failure(error=message, temporary=temporary))
+    """The one way a failure leaves the node: its sentence with every secret masked."""
+    return Response(ok=False, failure=Failure(error=scrub(message), temporary=temporary))
 
 
 # Failures that pass without anyone repairing anything: a later pass may simply succeed.

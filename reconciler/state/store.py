@@ -13,8 +13,10 @@ Readers (``status``, ``describe``, ``plan``) use ``Store.open_readonly``, which 
 disturbs the writer; a missing database reads as empty. Each read method is one query; use
 ``with store.snapshot():`` to make several reads see one consistent moment.
 
-The state is an inspectable cache of history; the world stays the authority. This module must not
-import ``reconciler.node``, ``lanes``, ``plan``, ``apply``, ``observe`` or ``cli``.
+The state is an inspectable cache of history; the world stays the authority. Its free text
+(event messages, meta values, a run's failures) quotes agents, lanes and git, so the write API
+masks anything shaped like a credential in it (``reconciler.redact``) before it is stored. This
+module must not import ``reconciler.node``, ``lanes``, ``plan``, ``apply``, ``observe`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 from reconciler import safefile
+from reconciler.redact import redact
 from reconciler.state.damage import StateError, damaged, raise_named
 
 DB_FILE = "state.db"
@@ -248,6 +251,7 @@ class _Table(Generic[R]):
 _TASKS = _Table("tasks", TaskRow, ("name",))
 _RUNS = _Table("runs", RunRow, ("task", "attempt", "iteration"))
 _EVENTS = _Table("events", EventRow, ("id",))
+_RUN_FAILURES = _RUNS.columns.index("failures")
 
 
 # -------------------------------------------------------------------------------------- store
@@ -551,7 +555,14 @@ class Transaction:
 
     def upsert_run(self, row: RunRow) -> None:
         """Insert the run or replace all its fields (its task must exist)."""
-        self._exec(_RUNS.upsert, _RUNS.values(row))
+        values = _RUNS.values(row)
+        if row.failures:
+            values = (
+                *values[:_RUN_FAILURES],
+                redact(row.failures),
+                *values[_RUN_FAILURES + 1 :],
+            )
+        self._exec(_RUNS.upsert, values)
 
     def delete_run(self, task: str, attempt: int, iteration: int) -> None:
         """Forget a run whose start never reached its lane (nothing of it exists anywhere)."""
@@ -562,6 +573,9 @@ class Transaction:
 
     def update_run(self, task: str, attempt: int, iteration: int, /, **fields: object) -> None:
         """Set some fields of an existing run; TypeError for unknown fields, KeyError if absent."""
+        failures = fields.get("failures")
+        if isinstance(failures, str):
+            fields["failures"] = redact(failures)
         self._update(_RUNS, (task, attempt, iteration), fields)
 
     def add_event(
@@ -575,7 +589,7 @@ class Transaction:
         """Append an event (``at`` defaults to now); returns its id."""
         cur = self._exec(
             "INSERT INTO events (at, task, kind, message, revision) VALUES (?, ?, ?, ?, ?)",
-            (time.time() if at is None else at, task, kind, message, revision),
+            (time.time() if at is None else at, task, kind, redact(message), revision),
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
@@ -588,7 +602,7 @@ class Transaction:
         self._exec(
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
             " SET value = excluded.value WHERE meta.value IS NOT excluded.value",
-            (key, value),
+            (key, redact(value)),
         )
 
 

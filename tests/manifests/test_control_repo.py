@@ -277,6 +277,26 @@ def test_unreachable_remote_is_a_control_error(tmp_path: Path) -> None:
         ControlRepo.open("file:///nonexistent/repo.git", tmp_path / "state")
 
 
+SECRET_URL = "https://bot:s3cr3t-Passw0rd@127.0.0.1:9/x.git"
+
+
+def test_credentials_in_a_control_url_never_reach_a_message(remote: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with pytest.raises(ControlError) as caught:
+        ControlRepo.open(SECRET_URL, state)  # nothing listens on port 9: the clone fails
+    assert "s3cr3t-Passw0rd" not in str(caught.value)
+    assert "cloning the control repository https://***@127.0.0.1:9/x.git" in str(caught.value)
+    # a mirror cloned while the host answered, whose host is now down
+    ControlRepo.open(remote, state)
+    git(state / "control.git", "config", "remote.origin.url", SECRET_URL)
+    repo = ControlRepo.open(SECRET_URL, state)
+    assert repo.fetch_error is not None
+    assert "s3cr3t-Passw0rd" not in repo.fetch_error
+    assert "https://***@127.0.0.1:9/x.git" in repo.fetch_error
+    assert repo.location == "https://***@127.0.0.1:9/x.git"
+    assert sorted(load_desired(repo, state).tasks) == ["a", "b"]  # the last good revision
+
+
 # -------------------------------------------------------------------------------- cache
 
 

@@ -202,3 +202,61 @@ def test_a_pinned_node_serves_only_the_lane_it_was_authorized_for(env: Env) -> N
         assert not refused.ok and refused.failure is not None, change
         assert "keys authorize" in refused.failure.error
     assert not (Path("/") / ".runs").exists()
+
+
+# ------------------------------------------------------------------------------ secrets
+
+
+MALFORMED = "ghp_" + "Q1w2E3r4T5y6U7i8O9p0" * 2 + "\nsecondhalf" + "Z" * 20
+
+
+def github_lane(env: Env, token_file: Path) -> LaneRef:
+    repo = RepoRef(
+        name="webapp", checkout=str(env.checkout), forge="github", github_repo="acme/webapp"
+    )
+    return env.lane.model_copy(update={"repos": [repo], "github_token_file": str(token_file)})
+
+
+def test_a_token_file_of_two_lines_is_refused_and_never_quoted(env: Env) -> None:
+    token_file = env.tmp / "github-token"
+    token_file.write_text(MALFORMED + "\n")
+    token_file.chmod(0o600)
+    error = failure_of(env, ForgeListRequest(lane=github_lane(env, token_file), repo="webapp"))
+    assert error == (f"token file {token_file} holds 2 lines; write only the token, on one line")
+    for piece in MALFORMED.split():
+        assert piece not in error
+
+
+def test_every_failure_branch_masks_the_tokens_the_node_read(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import requests
+
+    from reconciler.node import credentials, server
+
+    token = "opaque-lane-token-with-no-known-shape"
+    credentials.remember(token)
+    first, second = MALFORMED.split()
+    credentials.remember(MALFORMED)
+    header = f"token {MALFORMED}"
+    raised: list[BaseException] = [
+        # what requests raised for a token file with a newline: an OSError quoting the header
+        requests.exceptions.InvalidHeader(
+            "Invalid leading whitespace, reserved character(s), or return character(s) in "
+            f"header value: {header!r}"
+        ),
+        OSError(13, f"denied with {token}", f"/home/x/{token}"),
+        RuntimeError(f"a bug that quoted {token} and {first}"),
+        server.NodeError(f"git said https://bot:{token}@example.com/x.git: {second}"),
+        TimeoutError(f"slow {token}"),
+    ]
+    for exc in raised:
+
+        def boom(lane: object, req: object, exc: BaseException = exc) -> None:
+            raise exc
+
+        monkeypatch.setitem(server._HANDLERS, "forge-list", boom)
+        error = failure_of(env, ForgeListRequest(lane=env.lane, repo="webapp"))
+        for secret in (token, first, second):
+            assert secret not in error, (type(exc).__name__, error)
+        assert "***" in error, error

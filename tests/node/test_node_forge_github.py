@@ -20,8 +20,8 @@ import responses
 from fake_github import VirtualTime
 from responses import matchers
 
-from reconciler.node import forge_github
-from reconciler.node.credentials import read_token, redact
+from reconciler.node import credentials, forge_github
+from reconciler.node.credentials import read_token
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_github import GitHubForge
 
@@ -558,10 +558,31 @@ def test_token_from_environment() -> None:
     assert "GITHUB_TOKEN" in str(caught.value)
 
 
-def test_redact() -> None:
-    pat = "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz"
-    text = f"token s3cret-value, {TOKEN} and {pat} and gho_{'q' * 36}"
-    assert redact(text, ["s3cret-value", ""]) == "token ***, *** and *** and ***"
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (f"{TOKEN}\nsecondhalf-of-it\n", "holds 2 lines; write only the token, on one line"),
+        (f"token {TOKEN}", "holds white space inside the token; write only the token"),
+        (f"{TOKEN}\x00tail-of-it", "holds characters no token has"),
+    ],
+)
+def test_a_token_that_is_not_one_word_is_refused_without_quoting_it(
+    tmp_path: Path, content: str, says: str
+) -> None:
+    path = tmp_path / "github-token"
+    path.write_text(content)
+    path.chmod(0o600)
+    with pytest.raises(NodeError) as caught:
+        read_token(str(path), {})
+    message = str(caught.value)
+    assert message.startswith(f"token file {path} {says}")
+    assert TOKEN not in message and "half" not in message and "tail" not in message
+    # remembered all the same: any message that quotes a piece of it is masked
+    for piece in content.replace("\x00", " ").split():
+        if len(piece) >= 6:
+            assert credentials.scrub(f"said {piece}.") == "said ***."
+    with pytest.raises(NodeError, match="GH_TOKEN in the lane's login environment holds 2 lines"):
+        read_token(None, {"GH_TOKEN": f"{TOKEN}\nmore"})
 
 
 def test_feedback_reads_failing_checks_statuses_and_change_requests(

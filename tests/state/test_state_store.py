@@ -498,3 +498,26 @@ def test_readonly_while_another_process_holds_the_lock_and_a_transaction(tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+
+
+def test_free_text_is_stored_with_credentials_masked(store: Store, tmp_path: Path) -> None:
+    token = "ghp_" + "K9j8H7g6F5d4S3a2P1o0" * 2
+    said = f"push to https://bot:s3cr3t-Passw0rd@host/x.git failed; agent printed {token}"
+    sha = "3f2a9c0e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a39"
+    with store.transaction() as tx:
+        tx.upsert_task(task("t"))
+        tx.upsert_run(run("t", 1, 1, failures=f"{said}\nmarker DONE missing"))
+        tx.upsert_run(run("t", 1, 2, session_id="0d0c5e1e-7c2b-4d1e-9a3f-5b6c7d8e9f01"))
+        tx.update_run("t", 1, 2, failures=said)
+        tx.add_event("t", "failed", said, revision=sha)
+        tx.set_meta("control_problem", said)
+        tx.set_meta("last_revision", sha)
+    masked = "push to https://***@host/x.git failed; agent printed ***"
+    assert [r.failures for r in store.runs("t")] == [f"{masked}\nmarker DONE missing", masked]
+    assert store.runs("t")[1].session_id == "0d0c5e1e-7c2b-4d1e-9a3f-5b6c7d8e9f01"
+    [event] = store.events("t")
+    assert (event.message, event.revision) == (masked, sha)
+    assert store.get_meta("control_problem") == masked
+    assert store.get_meta("last_revision") == sha
+    dump = "\n".join(sqlite3.connect(tmp_path / "state" / "state.db").iterdump())
+    assert "s3cr3t" not in dump and token not in dump
