@@ -10,15 +10,14 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_log import RunLog
 from disks import tmpfs
 from world import World, git
 
@@ -26,65 +25,12 @@ INTERVAL = "120s"
 LOG = ("--log-format", "json")
 
 
-class Daemon:
-    """A running `reconciler run`, its JSON log lines collected by a thread."""
+class Daemon(RunLog):
+    """A running `reconciler run` of the world, with a JSON log."""
 
     def __init__(self, world: World, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "run", "--interval", INTERVAL, *LOG, *args],
-            env=world.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        self.records: list[dict[str, Any]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.records.append(json.loads(line))
-            except ValueError:
-                self.records.append({"event": "text", "msg": line})
-
-    def passes(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("event") == "pass" and "number" in r]
-
-    def wait_for(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = probe()
-            if found:
-                return found
-            assert self.proc.poll() is None, f"the daemon exited: {self.stderr()}"
-            time.sleep(0.05)
-        raise AssertionError(f"{what} did not happen in {timeout}s; log: {self.records[-8:]}")
-
-    def stderr(self) -> str:
-        if self.proc.poll() is None:
-            return ""
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=20)
-        finally:
-            self._reader.join(timeout=5)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        argv = [sys.executable, "-m", "reconciler", "run", "--interval", INTERVAL, *LOG, *args]
+        super().__init__(argv, world.env())
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from security_support import Control, User, create_user, lane_python, make_repo, remove_user
+from linux_users import make_repo, remove_user, shared_python
+from security_support import Control, User, create_user
 
 # The ssh attacks use the ssh suite's real sshd on loopback (tests/ssh/ssh_support.py).
 SSH_SUPPORT = str(Path(__file__).parents[1] / "ssh")
@@ -30,7 +31,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def python() -> str:
-    return lane_python()
+    return shared_python()
 
 
 @pytest.fixture(scope="session")

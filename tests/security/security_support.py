@@ -10,26 +10,22 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import linux_users
 import pytest
+from daemon_log import RunLog
+from linux_users import User
 
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
 # The agents run as lane users: a Python every user can run.
 AGENT_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
-WRITE_STDIN = "import sys; open(sys.argv[1], 'w').write(sys.stdin.read())"
 
 
 def require_root() -> None:
@@ -46,133 +42,9 @@ def require_root() -> None:
             )
 
 
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-    home: Path
-
-    def run(
-        self,
-        argv: list[str],
-        *,
-        input: str | None = None,
-        check: bool = True,
-        cwd: str | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """``argv`` as this user, with a reset environment (nothing of root's)."""
-        proc = subprocess.run(
-            [
-                "setpriv",
-                f"--reuid={self.uid}",
-                f"--regid={self.gid}",
-                "--init-groups",
-                "--reset-env",
-                "--",
-                *argv,
-            ],
-            input=input,
-            capture_output=True,
-            text=True,
-            cwd=cwd or str(self.home),
-            timeout=120,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{argv} as {self.name} failed: {proc.stderr}{proc.stdout}")
-        return proc
-
-    def sh(self, script: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(["/bin/sh", "-c", script], check=check)
-
-    def write(self, path: Path | str, text: str, mode: int = 0o644) -> None:
-        """Write a file as this user (creating its directories), so the kernel judges it."""
-        self.run(["mkdir", "-p", str(Path(path).parent)])
-        self.run(
-            [AGENT_PYTHON, "-c", WRITE_STDIN, str(path)],
-            input=text,
-        )
-        self.run(["chmod", f"{mode:o}", str(path)])
-
-
-def create_user(prefix: str = "rcsec") -> User:
-    """A fresh login user with a home (unlocked for ssh: ``*`` lets keys in, no password)."""
-    name = f"{prefix}{secrets.token_hex(3)}"
-    for attempt in range(20):  # another test process may hold the passwd lock for a moment
-        proc = subprocess.run(
-            ["useradd", "-m", "-s", "/bin/sh", name], capture_output=True, text=True, check=False
-        )
-        if proc.returncode == 0:
-            break
-        if attempt == 19:
-            raise AssertionError(f"useradd {name} failed: {proc.stderr}")
-        time.sleep(0.25)
-    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
-    pw = pwd.getpwnam(name)
-    home = Path(pw.pw_dir)
-    home.chmod(0o700)  # as a careful admin sets it (doctor flags anything else)
-    return User(name=name, uid=pw.pw_uid, gid=pw.pw_gid, home=home)
-
-
-def remove_user(user: User) -> None:
-    subprocess.run(["pkill", "-KILL", "-u", user.name], check=False)
-    for attempt in range(20):
-        proc = subprocess.run(
-            ["userdel", "-r", "-f", user.name], capture_output=True, text=True, check=False
-        )
-        if proc.returncode in (0, 6, 12):  # 6: no such user; 12: the home was gone already
-            return
-        if attempt == 19:
-            raise AssertionError(f"userdel {user.name} failed: {proc.stderr}")
-        time.sleep(0.25)
-
-
-def make_repo(user: User, name: str = "app") -> Path:
-    """``~/remotes/<name>.git`` and its clone ``~/src/<name>`` (one commit on main), made by the
-    user; returns the clone."""
-    src = user.home / "src" / name
-    bare = user.home / "remotes" / f"{name}.git"
-    seed = user.home / "seed" / name
-    user.sh(
-        " && ".join(
-            [
-                f"mkdir -p {seed} {bare.parent} {src.parent}",
-                f"git -C {seed} init -q -b main",
-                f"echo '# {name}' > {seed}/README.md",
-                f"git -C {seed} add -A",
-                f"git {' '.join(GIT_ID)} -C {seed} commit -qm initial",
-                f"git clone -q --bare {seed} {bare}",
-                f"git clone -q {bare} {src}",
-                f"git -C {src} config user.name {user.name}",
-                f"git -C {src} config user.email {user.name}@example.invalid",
-            ]
-        )
-    )
-    return src
-
-
-def lane_python() -> str:
-    """A Python every lane user can run that imports this checkout (and its dependencies).
-
-    This test's interpreter may live in root's private home (pyenv under /root): then a
-    throwaway virtualenv of the system Python of the same version, owned by root and readable by
-    all, with a ``.pth`` to this checkout and its site-packages."""
-    real = os.path.realpath(sys.executable)
-    if not real.startswith("/root/") and not sys.executable.startswith("/root/"):
-        return sys.executable
-    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    if not os.access(system, os.X_OK):
-        pytest.skip(f"no Python {sys.version_info[:2]} that lane users can run ({system})")
-    shared = Path(tempfile.mkdtemp(prefix="reconciler-security-"))
-    shared.chmod(0o755)
-    venv = shared / "venv"
-    subprocess.run([system, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    ours = [p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)]
-    checkout = str(Path(__file__).resolve().parents[2])
-    (site / "reconciler-tests.pth").write_text("\n".join([checkout, *ours]) + "\n")
-    return str(venv / "bin" / "python")
+def create_user() -> User:
+    """A fresh lane user with a private home (0700), as a careful admin makes one."""
+    return linux_users.create_user("rcsec", private_home=True)
 
 
 def doc(kind: str, name: str, spec: dict[str, Any]) -> str:
@@ -199,7 +71,7 @@ class Control:
     """A control repo and a state directory under ``root``, and the CLI run against them as root."""
 
     root: Path
-    python: str = sys.executable  # runs the CLI; lane_python() when lane users must run it too
+    python: str = sys.executable  # runs the CLI; shared_python() when lane users must run it too
     policy: Path | None = None  # $RECONCILER_POLICY; None: the safe defaults (no policy file)
 
     @property
@@ -245,12 +117,19 @@ class Control:
         return env
 
     def cli(
-        self, *args: str, stdin: str | None = None, timeout: float = 180, **env: str
+        self,
+        *args: str,
+        stdin: str | None = None,
+        timeout: float = 180,
+        cwd: Path | None = None,
+        **env: str,
     ) -> subprocess.CompletedProcess[str]:
-        """``reconciler ARGS`` as root, as an operator runs it."""
+        """``reconciler ARGS`` as root, as an operator runs it (in ``cwd``; ``env`` on top of
+        this Control's, where an empty value stands for "not set")."""
         return subprocess.run(
             [self.python, "-m", "reconciler", *args],
             env=self.env(**env),
+            cwd=cwd,
             input=stdin,
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
@@ -394,64 +273,12 @@ def local_pulls(user: User, repo: str = "app") -> list[dict[str, Any]]:
     return pulls
 
 
-class Daemon:
-    """``reconciler run`` as root, its JSON log lines collected by a thread."""
+class Daemon(RunLog):
+    """``reconciler run`` as root, with a JSON log."""
 
     def __init__(self, control: Control, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [control.python, "-m", "reconciler", "run", "--log-format", "json", *args],
-            env=control.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        self.records: list[dict[str, Any]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.records.append(json.loads(line))
-            except ValueError:
-                self.records.append({"event": "text", "msg": line})
-
-    def passes(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("event") == "pass" and "number" in r]
-
-    def wait_for(self, probe: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-        """Wait for a condition of the world (never a fixed sleep), failing with the log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = probe()
-            if found:
-                return found
-            if self.proc.poll() is not None:
-                assert self.proc.stderr is not None
-                raise AssertionError(f"the daemon exited: {self.proc.stderr.read()}")
-            time.sleep(0.05)
-        raise AssertionError(f"{what} did not happen in {timeout}s; log: {self.records[-8:]}")
-
-    def poke(self) -> int:
-        """A pass now (SIGHUP), waited for; returns the number of passes logged."""
-        self.wait_for(self.passes, "the first pass")  # a pass under way ends before the poke's
-        before = len(self.passes())
-        self.proc.send_signal(signal.SIGHUP)
-        self.wait_for(lambda: len(self.passes()) > before, "the poked pass")
-        return len(self.passes())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        finally:
-            self._reader.join(timeout=5)
-            for pipe in (self.proc.stdout, self.proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+        argv = [control.python, "-m", "reconciler", "run", "--log-format", "json", *args]
+        super().__init__(argv, control.env())
 
 
 def inotify_watches(pid: int) -> list[tuple[int, int]]:

@@ -105,19 +105,10 @@ def test_a_state_directory_someone_else_can_write_is_never_read(
     for name in ("desired.pickle", "manifests.pickle"):
         author.write(owned / ".reconciler" / "cache" / name, "", 0o644)
         (owned / ".reconciler" / "cache" / name).write_bytes(poisoned)  # content only
-    env = control.env()
-    del env["RECONCILER_STATE"]
-    env["RECONCILER_CONTROL"] = str(owned)
+    # no --state: the default, <control>/.reconciler, the author's
+    theirs = {"RECONCILER_STATE": "", "RECONCILER_CONTROL": str(owned)}
     for args in (("validate",), ("plan",), ("status",), ("apply", "--yes")):
-        proc = subprocess.run(
-            [control.python, "-m", "reconciler", *args],
-            env=env,
-            cwd=owned,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        proc = control.cli(*args, cwd=owned, **theirs)
         assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
         assert "the state directory" in proc.stderr and "cannot be trusted" in proc.stderr
         assert f"belongs to uid {author.uid}" in proc.stderr
@@ -125,21 +116,11 @@ def test_a_state_directory_someone_else_can_write_is_never_read(
     assert not (a.home / "worktrees").exists()
 
     # In a state directory of root's own, a cache file someone else wrote is not unpickled.
-    env["RECONCILER_STATE"] = str(tmp_path / "state")
-    env["RECONCILER_CONTROL"] = str(control.repo)
-    (tmp_path / "state" / "cache").mkdir(parents=True)
-    planted = tmp_path / "state" / "cache" / "desired.pickle"
+    (control.state / "cache").mkdir(parents=True)
+    planted = control.state / "cache" / "desired.pickle"
     planted.write_bytes(poisoned)
     os.chown(planted, author.uid, author.gid)
-    proc = subprocess.run(
-        [control.python, "-m", "reconciler", "plan"],
-        env=env,
-        cwd=owned,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = control.cli("plan", cwd=owned)
     assert proc.returncode == 0, proc.stderr
     assert "+ start" in proc.stdout
     assert not proof.exists()

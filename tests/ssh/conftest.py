@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from linux_users import remove_user
 from ssh_support import (
     Installed,
     Side,
@@ -22,7 +23,6 @@ from ssh_support import (
     create_user,
     install_reconciler,
     make_remote_repo,
-    remove_user,
 )
 
 

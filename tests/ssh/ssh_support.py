@@ -3,7 +3,7 @@
 Needs root (to create the user and run ``sshd``) and Debian's ``openssh-server``
 (``/usr/sbin/sshd``): ``require_root_and_sshd()`` skips a test module with the reason otherwise.
 Everything started here is stopped by its owner: ``Sshd.stop()`` ends the daemon by its pid,
-``remove_user()`` kills nothing by name and removes the user with its home.
+``linux_users.remove_user()`` removes the user with its home and what it left running.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import secrets
 import shutil
 import socket
@@ -23,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import linux_users
 import pytest
+from linux_users import User
 
 from reconciler.manifests.models import LaneSpec
 
@@ -81,67 +82,9 @@ def stable_port() -> int:
 # ------------------------------------------------------------------------------ the login user
 
 
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-    home: Path
-
-    def run(
-        self, argv: list[str], *, input: str | None = None, check: bool = True, cwd: str = "/"
-    ) -> subprocess.CompletedProcess[str]:
-        """``argv`` as this user, with a reset environment (no root variables)."""
-        proc = subprocess.run(
-            [
-                "setpriv",
-                f"--reuid={self.uid}",
-                f"--regid={self.gid}",
-                "--init-groups",
-                "--reset-env",
-                "--",
-                *argv,
-            ],
-            input=input,
-            capture_output=True,
-            text=True,
-            cwd=cwd,
-            timeout=120,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{argv} as {self.name} failed: {proc.stderr}{proc.stdout}")
-        return proc
-
-
 def create_user() -> User:
     """A fresh login user with a home, unlocked (``*``: no password works, keys do)."""
-    name = f"rcssh{secrets.token_hex(4)}"
-    for attempt in range(20):  # another test process may hold the passwd lock for a moment
-        proc = subprocess.run(
-            ["useradd", "-m", "-s", "/bin/sh", name], capture_output=True, text=True, check=False
-        )
-        if proc.returncode == 0:
-            break
-        if attempt == 19:
-            raise AssertionError(f"useradd {name} failed: {proc.stderr}")
-        time.sleep(0.25)
-    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
-    pw = pwd.getpwnam(name)
-    return User(name=name, uid=pw.pw_uid, gid=pw.pw_gid, home=Path(pw.pw_dir))
-
-
-def remove_user(user: User) -> None:
-    for attempt in range(20):
-        proc = subprocess.run(
-            ["userdel", "-r", "-f", user.name], capture_output=True, text=True, check=False
-        )
-        # 12: the home could not be removed (it is gone already); 6: no such user
-        if proc.returncode in (0, 6, 12):
-            return
-        if attempt == 19:
-            raise AssertionError(f"userdel {user.name} failed: {proc.stderr}")
-        time.sleep(0.25)
+    return linux_users.create_user("rcssh")
 
 
 def install_authorized_keys(user: User, *lines: str) -> Path:
@@ -345,25 +288,7 @@ class Sshd:
 # ------------------------------------------------------------------------ the lane's project
 
 
-def make_remote_repo(user: User, name: str = "app") -> Path:
-    """``~/remotes/<name>.git`` and its clone ``~/src/<name>`` (one commit on main), owned by
-    ``user``, made by ``user``."""
-    src = user.home / "src" / name
-    bare = user.home / "remotes" / f"{name}.git"
-    seed = user.home / "seed" / name
-    script = " && ".join(
-        [
-            f"mkdir -p {seed} {bare.parent} {src.parent}",
-            f"git -C {seed} init -q -b main",
-            f"echo '# {name}' > {seed}/README.md",
-            f"git -C {seed} add -A",
-            f"git {' '.join(GIT_ID)} -C {seed} commit -qm initial",
-            f"git clone -q --bare {seed} {bare}",
-            f"git clone -q {bare} {src}",
-        ]
-    )
-    user.run(["/bin/sh", "-c", script])
-    return src
+make_remote_repo = linux_users.make_repo
 
 
 def lane_manifest(name: str, spec: dict[str, Any]) -> str:

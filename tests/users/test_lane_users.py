@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from linux_users import shared_python
 
 from reconciler.engine import Context, Engine
 from reconciler.lanes import LaneUnavailable, local_user
@@ -111,26 +112,7 @@ def lane_python(shared: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     Lane users run ``reconciler node`` (and run supervisors) themselves, so the interpreter
     must be theirs to run; this test's may live in root's home (e.g. pyenv under /root).
     """
-    if os.access(sys.executable, os.X_OK) and not sys.executable.startswith("/root/"):
-        real = os.path.realpath(sys.executable)
-        if not real.startswith("/root/"):
-            return sys.executable
-    system = "/usr/bin/python3"
-    version = subprocess.run(
-        [system, "-c", "import sys; print(sys.version_info[:2])"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    if version != str(sys.version_info[:2]):
-        pytest.skip(f"no Python {sys.version_info[:2]} that lane users can run ({system})")
-    venv = shared / "venv"
-    subprocess.run([system, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    ours = [p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)]
-    package_parent = str(Path(__file__).resolve().parents[2])
-    (site / "reconciler-tests.pth").write_text("\n".join([package_parent, *ours]) + "\n")
-    python = str(venv / "bin" / "python")
+    python = shared_python()
     monkeypatch.setattr(local_user, "PYTHON", python)
     return python
 
