@@ -1150,7 +1150,7 @@ def transports_unavailable() -> str | None:
     for tool in ("ssh", "ssh-keygen", "setpriv", "useradd", "userdel", "git"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
-    sys.path.insert(0, str(SSH_SUPPORT))
+    sys.path[:0] = [str(SSH_SUPPORT), str(SUPPORT)]
     try:
         import ssh_support  # noqa: F401
     except ImportError as exc:
@@ -1164,6 +1164,7 @@ def lane_host(box: Sandbox) -> Iterator[Any]:
     reconciler it can run, and an sshd on 127.0.0.1 letting only that user in (the test
     support's ``Side``). The local-user transport runs the user's Python meanwhile. The user is
     removed and sshd stopped on the way out, whatever happened."""
+    import linux_users
     import ssh_support as ss
 
     from reconciler.lanes import local_user
@@ -1185,7 +1186,7 @@ def lane_host(box: Sandbox) -> Iterator[Any]:
             if sshd is not None:
                 sshd.stop()
         finally:
-            ss.remove_user(user)
+            linux_users.remove_user(user)
 
 
 def checked(observed: Any, lanes: int) -> None:
