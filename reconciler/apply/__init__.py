@@ -283,34 +283,43 @@ class Applier:
             now = self.clock()
             tx.upsert_task(TaskRow(name=name, lane=lane, repo=repo, first_seen=now, removed_at=now))
 
+    def record_foreign(self, tx: Transaction) -> None:
+        """Once each, on the victim task's log: what a lane reported of a task it does not own
+        (observation ignored it; the operator should know someone tried)."""
+        for foreign in self.observed.foreign:
+            victim = foreign.task if foreign.owner else None
+            if not self.store.has_event("foreign-observation", foreign.message, victim):
+                tx.add_event(
+                    victim, "foreign-observation", foreign.message, self.revision, self.clock()
+                )
+                self.log(f"warning: {foreign.message}")
+
+    def forget_unstarted(self, tx: Transaction) -> None:
+        """Drop the recorded starts that never happened: they cost no attempt."""
+        for never in self.observed.unstarted:
+            tx.delete_run(never.task, never.attempt, never.iteration)
+            tx.add_event(
+                never.task,
+                "start-lost",
+                f"the start of run {never.attempt}.{never.iteration} was recorded but never "
+                f"happened (lane {never.lane} has no trace of it: the reconciler stopped "
+                "before spawning the agent); it costs no attempt and is started again",
+                self.revision,
+                self.clock(),
+            )
+
     def record_observations(self, plan: Plan) -> None:
         """Record what observation revealed: runs state did not know, evaluations, spend, and
         (once each) what a lane reported of tasks it does not own."""
         known = {(r.task, r.attempt, r.iteration): r for r in self.store.runs()}
         with self.store.transaction() as tx:
-            for foreign in self.observed.foreign:
-                victim = foreign.task if foreign.owner else None
-                if not self.store.has_event("foreign-observation", foreign.message, victim):
-                    tx.add_event(
-                        victim, "foreign-observation", foreign.message, self.revision, self.clock()
-                    )
-                    self.log(f"warning: {foreign.message}")
+            self.record_foreign(tx)
             # One read of all task rows, not one query per task: this runs every pass.
             task_rows = self.store.tasks()
             for task in self.desired.tasks.values():
                 if task.name not in task_rows:
                     self.ensure_task_row(tx, task)
-            for never in self.observed.unstarted:
-                tx.delete_run(never.task, never.attempt, never.iteration)
-                tx.add_event(
-                    never.task,
-                    "start-lost",
-                    f"the start of run {never.attempt}.{never.iteration} was recorded but never "
-                    f"happened (lane {never.lane} has no trace of it: the reconciler stopped "
-                    "before spawning the agent); it costs no attempt and is started again",
-                    self.revision,
-                    self.clock(),
-                )
+            self.forget_unstarted(tx)
             for views in self.observed.runs.values():
                 for view in views:
                     key = (view.task, view.attempt, view.iteration)
