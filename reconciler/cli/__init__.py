@@ -36,7 +36,7 @@ from reconciler.control import ControlError
 from reconciler.durations import parse_duration
 from reconciler.engine import Context, Engine, UserError, plan_to_json, read_plan, save_plan
 from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref
-from reconciler.lanes.policy import PolicyError, machine_facts
+from reconciler.lanes.policy import PolicyError, machine_facts, violations
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired, LaneSpec, SshTarget
 from reconciler.manifests.policy import lane_violations
@@ -815,8 +815,7 @@ def cmd_keys(engine: Engine, args: argparse.Namespace) -> int:
     options = spec.ssh_options
     # The key, the known hosts file and the host are the manifest's words: only what the admin
     # policy allows is created, read or written (never root's own key, never /etc/passwd).
-    policy = engine.policy()
-    refused = lane_violations(policy, machine_facts(), args.lane, spec)
+    refused = violations(engine.policy(), args.lane, spec)
     if refused:
         raise UserError(f"{refused[0].message}; {refused[0].hint}; nothing was read or written")
     try:

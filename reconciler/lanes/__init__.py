@@ -173,7 +173,7 @@ def transport_for(name: str, spec: LaneSpec, policy: Policy | None = None) -> Tr
     policy = policy if policy is not None else load_policy()
     problems = violations(policy, name, spec)
     if problems:
-        return RefusedTransport(name, policy, problems)
+        return RefusedTransport(name, problems)
     if spec.host != "local":
         from reconciler.lanes.ssh import SshTransport
 

@@ -10,6 +10,7 @@ the admin's edits from its next pass.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import stat
@@ -41,7 +42,7 @@ def policy_path(explicit: str | None = None) -> tuple[str, bool]:
     return DEFAULT_PATH, False
 
 
-_cache: dict[str, tuple[tuple[int, int, int, int], Policy]] = {}
+_cache: dict[str, tuple[tuple[int, ...], Policy]] = {}
 _cache_lock = threading.Lock()
 
 
@@ -62,7 +63,15 @@ def load_policy(explicit: str | None = None) -> Policy:
         raise PolicyError(
             f"cannot read the policy {path} ({exc.strerror}); fix its permissions"
         ) from None
-    identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    # Trust is judged on every load (a few lstat calls): a chmod of the file or of a directory
+    # above it changes no content, yet must take effect at once. Only the parse is cached.
+    why = untrusted(path)
+    if why is not None:
+        raise PolicyError(
+            f"the policy {path} cannot be trusted: {why}. Whoever can change it decides what "
+            "every lane may do, so nothing runs until only root can"
+        )
+    identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
     with _cache_lock:
         hit = _cache.get(path)
         if hit is not None and hit[0] == identity:
@@ -74,12 +83,6 @@ def load_policy(explicit: str | None = None) -> Policy:
 
 
 def _read(path: str) -> Policy:
-    why = untrusted(path)
-    if why is not None:
-        raise PolicyError(
-            f"the policy {path} cannot be trusted: {why}. Whoever can change it decides what "
-            "every lane may do, so nothing runs until only root can"
-        )
     try:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         fd = os.open(os.path.realpath(path), flags)
@@ -128,6 +131,7 @@ def _uid_of(name: str) -> int | None:
         return None
 
 
+@functools.cache
 def _uid_min(path: str = "/etc/login.defs") -> int:
     """``UID_MIN`` of login.defs: where regular users start (1000 when unset)."""
     try:
@@ -148,9 +152,8 @@ def violations(policy: Policy, name: str, spec: LaneSpec) -> list[Violation]:
 class RefusedTransport:
     """A lane the policy refuses: nothing of it is ever contacted; every batch fails with why."""
 
-    def __init__(self, name: str, policy: Policy, problems: list[Violation]) -> None:
+    def __init__(self, name: str, problems: list[Violation]) -> None:
         self.name = name
-        self.policy = policy
         self.problems = problems
 
     @property

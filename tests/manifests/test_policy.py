@@ -2,7 +2,7 @@
 
 Tables, no I/O: the facts (who the reconciler is, which uid a user has, how paths resolve) are
 given, so every rule is shown on both sides of its line. Reading the file is tested in
-``tests/security/test_policy_file.py``; the attacks in ``tests/security/test_manifest_author.py``.
+``tests/security/test_trusted_files.py``; the attacks in ``tests/security/test_manifest_author.py``.
 """
 
 from __future__ import annotations
