@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from reconciler import safefile
@@ -73,15 +74,42 @@ def agent_env(
     agent: AgentRef,
     request_env: dict[str, str] | None = None,
     markers: dict[str, str] | None = None,
+    *,
     strip: frozenset[str] = frozenset(),
+    defaults: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """base < lane env < agent env < request env < run markers, minus what the adapter strips."""
+    """base < adapter defaults < lane env < agent env < request env < run markers, minus what
+    the adapter strips."""
     env = base_env()
-    for layer in (lane_env, agent.env, request_env or {}, markers or {}):
+    for layer in (defaults or {}, lane_env, agent.env, request_env or {}, markers or {}):
         env.update(layer)
     for name in strip:
         env.pop(name, None)
     return env
+
+
+_IDENTITY = {
+    "user.name": ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"),
+    "user.email": ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"),
+}
+
+
+def git_identity(workspace: str, env: dict[str, str]) -> dict[str, str]:
+    """The lane user's git identity (as git sees it in ``workspace``) as GIT_AUTHOR_* and
+    GIT_COMMITTER_* variables, for the names ``env`` does not set already.
+
+    An agent may run git with its own configuration hidden (Gemini CLI's shell tool sets
+    ``GIT_CONFIG_GLOBAL=/dev/null``): the identity in the environment still reaches the commit.
+    """
+    found: dict[str, str] = {}
+    for key, names in _IDENTITY.items():
+        if all(name in env for name in names):
+            continue
+        proc = gitops.run(["config", "--get", key], workspace, check=False, env=env)
+        value = proc.stdout.strip()
+        if proc.returncode == 0 and value:
+            found.update({name: value for name in names if name not in env})
+    return found
 
 
 def redact(env: dict[str, str]) -> dict[str, str]:
@@ -416,12 +444,6 @@ def _spawn(
             "surrogate); fix the prompt text"
         ) from None
     safefile.write_atomic(prompt_path, prompt, 0o600)
-    launch = Launch(
-        prompt_path, req.session_id, req.resume_session, git_dir=gitops.common_dir(workspace)
-    )
-    argv, on_stdin = adapter.build(req.agent, launch)
-    # `~/bin/agent` names a binary in the lane user's home, as it would in their shell.
-    argv[0] = os.path.expanduser(argv[0])
     markers = {
         "RECONCILER_TASK": req.task.name,
         "RECONCILER_ATTEMPT": str(req.attempt),
@@ -430,7 +452,25 @@ def _spawn(
         "RECONCILER_PROMPT_FILE": prompt_path,
         "RECONCILER_WORKSPACE": workspace,
     }
-    env = agent_env(lane.ref.env, req.agent, req.env, markers, adapter.strip_env)
+    env = agent_env(
+        lane.ref.env,
+        req.agent,
+        req.env,
+        markers,
+        strip=adapter.strip_env,
+        defaults=adapter.env_defaults,
+    )
+    env.update(git_identity(workspace, env))
+    launch = Launch(
+        prompt_path,
+        req.session_id,
+        req.resume_session,
+        git_dir=gitops.common_dir(workspace),
+        env=env,
+    )
+    argv, on_stdin = adapter.build(req.agent, launch)
+    # `~/bin/agent` names a binary in the lane user's home, as it would in their shell.
+    argv[0] = os.path.expanduser(argv[0])
     spec = req.model_dump(mode="json", exclude={"lane", "prompt"})
     if not adapter.sessions:  # record no session the agent never had
         spec.update(session_id=None, resume_session=None)

@@ -8,6 +8,7 @@ beyond reading the output file they are given.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from reconciler.node.agents.aider import AiderAdapter
@@ -21,11 +22,14 @@ from reconciler.protocol import AgentRef, AgentResult, ExitInfo
 
 class Adapter(Protocol):
     strip_env: frozenset[str]
+    # the adapter's defaults, under the lane's and the Agent's env (which may override them)
+    env_defaults: Mapping[str, str]
     sessions: bool  # the agent keeps sessions that a later run can resume
 
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         """(argv, prompt_on_stdin) for one run. ``run.git_dir``: the repository's git directory,
-        where commits made in the worktree are written (a sandboxing agent must allow it)."""
+        where commits made in the worktree are written (a sandboxing agent must allow it);
+        ``run.env``: the environment the agent gets (after ``env_defaults``)."""
         ...
 
     def parse(self, output_path: str, exit: ExitInfo) -> AgentResult:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from reconciler.node.agents.launch import Launch
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT
@@ -96,6 +98,7 @@ class AiderAdapter:
     # Aider keeps no session a later process can resume by id (--restore-chat-history replays
     # a Markdown transcript, all or nothing); every iteration starts a fresh chat.
     sessions: bool = False
+    env_defaults: Mapping[str, str] = MappingProxyType({})
 
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         args = list(agent.args)

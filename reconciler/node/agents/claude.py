@@ -8,6 +8,8 @@ the output and never read more than the last few MiB of it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from reconciler.node.agents.launch import Launch
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT, json_event
@@ -50,6 +52,13 @@ class ClaudeAdapter:
     # Claude Code refuses to start inside another Claude Code session that set these.
     strip_env: frozenset[str] = frozenset({"CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"})
     sessions: bool = True
+    env_defaults: Mapping[str, str] = MappingProxyType(
+        {
+            # The reconciler's fleet runs the version its operator installed: a headless run
+            # must not update the CLI under the other runs of the lane.
+            "DISABLE_AUTOUPDATER": "1",
+        }
+    )
 
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         argv = [*(agent.command or ["claude"]), "-p", "--output-format", "stream-json"]

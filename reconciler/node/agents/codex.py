@@ -18,6 +18,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from reconciler.node.agents.launch import Launch
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT
@@ -120,6 +122,7 @@ class CodexAdapter:
         {"CODEX_SANDBOX", "CODEX_SANDBOX_NETWORK_DISABLED", "CODEX_THREAD_ID"}
     )
     sessions: bool = True
+    env_defaults: Mapping[str, str] = MappingProxyType({})
 
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         # `run.session_id` is not used: codex picks the thread id itself (see thread.started).

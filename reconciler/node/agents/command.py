@@ -5,6 +5,9 @@ Success is the exit code alone. Must not interpret the program's output beyond k
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from reconciler.node.agents.launch import Launch
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT
 from reconciler.node.errors import NodeError
@@ -17,6 +20,7 @@ PLACEHOLDER = "{prompt_file}"
 class CommandAdapter:
     strip_env: frozenset[str] = frozenset()
     sessions: bool = False
+    env_defaults: Mapping[str, str] = MappingProxyType({})
 
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         if not agent.command:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 
 from reconciler.node.agents.launch import Launch
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT
@@ -196,6 +197,7 @@ class GeminiAdapter:
     # ``--resume <uuid>`` resumes a session of the same project (the same worktree path)
     # headless; ``--session-id`` makes the id the reconciler chose the session's own.
     sessions: bool = True
+    env_defaults: Mapping[str, str] = MappingProxyType({})
 
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         argv = [*(agent.command or ["gemini"]), "--output-format", "stream-json"]

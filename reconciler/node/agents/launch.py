@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -11,3 +12,5 @@ class Launch:
     session_id: str | None = None  # the id of a new session, for agents that take one
     resume: str | None = None  # the session to continue
     git_dir: str | None = None  # the repository's git directory, where worktree commits go
+    # the environment the agent will run with (its endpoint and key variables decide flags)
+    env: Mapping[str, str] = field(default_factory=dict)

@@ -1,0 +1,121 @@
+"""The whole reconciler driving a real agent CLI: a lane user whose login environment points the
+agent at the scripted model API, a task whose check fails once (its output asks the model for
+``fixed.txt``), and the operator's commands in the order an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from linux_users import User
+from model_api import ModelServer
+from security_support import Control, doc, lane_doc
+
+# The check fails until the agent wrote fixed.txt, and says so in words the scripted model reads.
+CHECK = ["sh", "-c", "test -f fixed.txt || { echo 'fixed.txt is missing: @write fixed.txt'; exit 1; }"]
+PROMPT = "Start the feature: @write first.txt"
+# Nothing leaves the machine: no telemetry, update checks or "nonessential" traffic.
+QUIET = {
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "GEMINI_TELEMETRY_ENABLED": "false",
+    "NO_UPDATE_NOTIFIER": "1",
+}
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip(
+            "the real agent CLIs run as lane users: the suite needs root (CI runs it as root)",
+            allow_module_level=True,
+        )
+    for tool in ("setpriv", "useradd", "userdel", "git"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed", allow_module_level=True)
+
+
+@dataclass
+class Scenario:
+    control: Control
+    user: User
+    api: ModelServer
+
+    def profile(self, exports: dict[str, str]) -> None:
+        """The lane user's ``~/.profile``: where an admin puts an agent's key and endpoint."""
+        lines = [f"export {k}='{v}'" for k, v in {**QUIET, **exports}.items()]
+        self.user.write(self.user.home / ".profile", "\n".join(lines) + "\n", 0o600)
+
+    def manifests(self, agent_kind: str, binary: Path, **agent: Any) -> None:
+        spec: dict[str, Any] = {"kind": agent_kind, "command": [str(binary)], **agent}
+        task = {
+            "lane": self.user.name,
+            "repo": "app",
+            "agent": "real",
+            "prompt": PROMPT,
+            "success": {"checks": [CHECK]},
+            "maxIterations": 3,
+        }
+        self.control.commit(
+            lane_doc(self.user, maxConcurrency=1),
+            doc("Agent", "real", spec),
+            doc("Task", "feature", task),
+        )
+
+    def cli(self, *args: str) -> Any:
+        return self.control.cli(*args)
+
+    def task(self) -> dict[str, Any]:
+        return next(t for t in self.control.status()["tasks"] if t["name"] == "feature")
+
+    def describe(self) -> dict[str, Any]:
+        proc = self.control.cli("describe", "feature", "--json")
+        assert proc.returncode == 0, proc.stderr
+        data: dict[str, Any] = json.loads(proc.stdout)
+        return data
+
+    def converge(self, phase: str, timeout: float = 240) -> dict[str, Any]:
+        """Apply until the task reaches ``phase`` (each pass observes what the agent did)."""
+        deadline = time.monotonic() + timeout
+        task: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            proc = self.control.apply()
+            assert proc.returncode in (0, 1), proc.stderr
+            task = self.task()
+            if task["phase"] == phase:
+                return task
+            if task["phase"] in ("failed",) and phase != "failed":
+                break
+            time.sleep(0.3)
+        raise AssertionError(
+            f"task did not reach {phase}: {task}\n{self.describe_text()}\n{self.run_logs()}"
+        )
+
+    def describe_text(self) -> str:
+        return str(self.control.cli("describe", "feature").stdout)
+
+    def run_logs(self) -> str:
+        """Every run's output and stderr, for a failure message."""
+        out = []
+        for path in sorted((self.user.home / "worktrees" / ".runs").glob("*/*/*")):
+            if path.name in ("output.log", "stderr.log", "checks.log", "supervisor.log"):
+                text = self.user.run(["tail", "-c", "3000", str(path)], check=False).stdout
+                out.append(f"--- {path}\n{text}")
+        return "\n".join(out)
+
+    def runs_dirs(self) -> list[Path]:
+        listing = self.user.run(
+            ["find", str(self.user.home / "worktrees" / ".runs"), "-mindepth", "2", "-maxdepth", "2"],
+            check=False,
+        ).stdout.split()
+        return sorted(Path(p) for p in listing)
+
+    def read(self, path: Path) -> str:
+        return str(self.user.run(["cat", str(path)]).stdout)
