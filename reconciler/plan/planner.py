@@ -150,6 +150,9 @@ def pr_feedback(task: Task, pr: PullRequest, pushed: str | None) -> list[str]:
     return items
 
 
+MIN_RUN_USD = 0.01  # the least budget a run starts with; below it the budget is exhausted
+
+
 def _over_budget(budget: Budget, runs: Iterable[RunView]) -> str | None:
     """ "$x of $y" (or tokens) when ``runs`` spent ``budget``; None while within it."""
     if budget.max_cost_usd is None and budget.max_tokens is None:
@@ -157,7 +160,9 @@ def _over_budget(budget: Budget, runs: Iterable[RunView]) -> str | None:
     spent = list(runs)
     cost = sum(r.cost_usd for r in spent)
     tokens = sum(r.tokens for r in spent)
-    if budget.max_cost_usd is not None and cost >= budget.max_cost_usd:
+    if budget.max_cost_usd is not None and cost > budget.max_cost_usd - MIN_RUN_USD:
+        if cost < budget.max_cost_usd:  # a run cannot start with less (claude refuses it)
+            return f"${cost:.3f} of ${budget.max_cost_usd:.2f}, less than a cent left"
         return f"${cost:.2f} of ${budget.max_cost_usd:.2f}"
     if budget.max_tokens is not None and tokens >= budget.max_tokens:
         return f"{tokens} of {budget.max_tokens} tokens"
@@ -550,6 +555,8 @@ class _Planner:
             what = "no agent event" if by_events else "no output"
             why = f"{what} for {format_duration(quiet)} (stallTimeout "
             why += f"{format_duration(agent.stall_timeout)})"
+            if run.last_event:  # e.g. "retrying: 401 authentication_failed (attempt 6 of 10)"
+                why += f"; last: {run.last_event}"
         elif run.mark != "stopped" and (
             spent is not None or (lane_spent := self.lane_spent_today(spec.lane)) is not None
         ):

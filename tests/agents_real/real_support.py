@@ -18,7 +18,11 @@ from model_api import ModelServer
 from security_support import Control, doc, lane_doc
 
 # The check fails until the agent wrote fixed.txt, and says so in words the scripted model reads.
-CHECK = ["sh", "-c", "test -f fixed.txt || { echo 'fixed.txt is missing: @write fixed.txt'; exit 1; }"]
+CHECK = [
+    "sh",
+    "-c",
+    "test -f fixed.txt || { echo 'fixed.txt is missing: @write fixed.txt'; exit 1; }",
+]
 PROMPT = "Start the feature: @write first.txt"
 # Nothing leaves the machine: no telemetry, update checks or "nonessential" traffic.
 QUIET = {
@@ -53,7 +57,11 @@ class Scenario:
         lines = [f"export {k}='{v}'" for k, v in {**QUIET, **exports}.items()]
         self.user.write(self.user.home / ".profile", "\n".join(lines) + "\n", 0o600)
 
-    def manifests(self, agent_kind: str, binary: Path, **agent: Any) -> None:
+    def manifests(
+        self, agent_kind: str, binary: Path, task: dict[str, Any] | None = None, **agent: Any
+    ) -> None:
+        """One lane (the user's), the Agent ``real`` of ``agent_kind`` running ``binary`` with
+        ``agent``'s spec, and the task ``feature`` (``task``: more of its spec)."""
         spec: dict[str, Any] = {"kind": agent_kind, "command": [str(binary)], **agent}
         task = {
             "lane": self.user.name,
@@ -62,6 +70,7 @@ class Scenario:
             "prompt": PROMPT,
             "success": {"checks": [CHECK]},
             "maxIterations": 3,
+            **(task or {}),
         }
         self.control.commit(
             lane_doc(self.user, maxConcurrency=1),
@@ -72,6 +81,26 @@ class Scenario:
     def cli(self, *args: str) -> Any:
         return self.control.cli(*args)
 
+    def ready(self) -> None:
+        """What an operator runs before the first apply: all three must pass."""
+        for args in (("validate",), ("doctor",), ("plan",)):
+            proc = self.control.cli(*args)
+            assert proc.returncode == 0, f"reconciler {args[0]}: {proc.stdout}{proc.stderr}"
+        plan = self.control.cli("plan")
+        assert "feature" in plan.stdout, plan.stdout
+
+    def branch_authors(self) -> list[str]:
+        """The authors of the commits the task's branch has over main, in the lane's remote."""
+        remote = self.user.home / "remotes" / "app.git"
+        log = ["git", "-C", str(remote), "log", "--format=%an", "main..agent/feature"]
+        return self.user.run(log).stdout.split()
+
+    def merge_and_finish(self) -> None:
+        """Merge the task's PR as a reviewer would, then converge to done."""
+        merged = self.control.cli("pr", "merge", "feature")
+        assert merged.returncode == 0, merged.stdout + merged.stderr
+        self.converge("done")
+
     def task(self) -> dict[str, Any]:
         return next(t for t in self.control.status()["tasks"] if t["name"] == "feature")
 
@@ -81,21 +110,23 @@ class Scenario:
         data: dict[str, Any] = json.loads(proc.stdout)
         return data
 
-    def converge(self, phase: str, timeout: float = 240) -> dict[str, Any]:
-        """Apply until the task reaches ``phase`` (each pass observes what the agent did)."""
+    def converge(self, phase: str, reason: str = "", timeout: float = 240) -> dict[str, Any]:
+        """Apply until the task reaches ``phase`` with ``reason`` in its reason (each pass
+        observes what the agent did); fails at once on a task failed unexpectedly."""
         deadline = time.monotonic() + timeout
         task: dict[str, Any] = {}
         while time.monotonic() < deadline:
             proc = self.control.apply()
             assert proc.returncode in (0, 1), proc.stderr
             task = self.task()
-            if task["phase"] == phase:
+            if task["phase"] == phase and reason in task["reason"]:
                 return task
-            if task["phase"] in ("failed",) and phase != "failed":
+            if task["phase"] == "failed" and phase != "failed":
                 break
             time.sleep(0.3)
         raise AssertionError(
-            f"task did not reach {phase}: {task}\n{self.describe_text()}\n{self.run_logs()}"
+            f"task did not reach {phase} ({reason!r}): {task}\n{self.describe_text()}\n"
+            f"{self.run_logs()}"
         )
 
     def describe_text(self) -> str:
@@ -112,7 +143,14 @@ class Scenario:
 
     def runs_dirs(self) -> list[Path]:
         listing = self.user.run(
-            ["find", str(self.user.home / "worktrees" / ".runs"), "-mindepth", "2", "-maxdepth", "2"],
+            [
+                "find",
+                str(self.user.home / "worktrees" / ".runs"),
+                "-mindepth",
+                "2",
+                "-maxdepth",
+                "2",
+            ],
             check=False,
         ).stdout.split()
         return sorted(Path(p) for p in listing)

@@ -17,11 +17,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from decide import decide
 from node_support import Env
 
-from reconciler.node.agents import ADAPTERS
-from reconciler.protocol import AgentRef, AgentResult, ObserveRequest, ObserveResult, RunObs
+from reconciler.node.agents import ADAPTERS, Launch
+from reconciler.protocol import (
+    AgentRef,
+    AgentResult,
+    ExitInfo,
+    ObserveRequest,
+    ObserveResult,
+    RunObs,
+)
 
 FIXTURES = Path(__file__).parent / "agents_fixtures" / "claude"
 FAKE = FIXTURES / "fake_claude.py"
@@ -39,7 +47,7 @@ API_ERROR = (
     'API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},'
     '"request_id":null}'
 )
-HEAD = ["-p", "--output-format", "stream-json", "--verbose"]
+HEAD = ["-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
 
 claude = ADAPTERS["claude"]
 
@@ -300,7 +308,7 @@ def test_second_iteration_resumes_the_session_from_the_same_worktree(
 
 def test_the_runs_budget_becomes_max_budget_usd(env: Env, tmp_path: Path) -> None:
     record = tmp_path / "claude-calls.jsonl"
-    argv = [*HEAD, "--session-id", SESSION, "--max-budget-usd", "0.50", *ARGS]
+    argv = [*HEAD, "--session-id", SESSION, "--max-budget-usd", "0.5", *ARGS]
     agent = fake_agent("success.jsonl", argv, record=record, max_budget_usd=0.5)
     seen = finished(env, env.start("capped", agent, PROMPT, session_id=SESSION))
     assert verdict(seen).ok
@@ -383,3 +391,50 @@ def test_the_fake_rejects_a_wrong_command_line(tmp_path: Path) -> None:
     assert ok.stdout.startswith(b'{"type":"system","subtype":"init"')
     assert SESSION.encode() in ok.stdout
     assert b"@SESSION_ID@" not in ok.stdout
+
+
+def test_a_headless_run_may_use_its_tools_unless_the_agent_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Nobody answers a permission prompt: without a mode every Bash call (git commit too) is
+    # denied. The lane user is the boundary; Claude refuses bypassPermissions as root.
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    argv, _ = claude.build(AgentRef(kind="claude"), Launch("/p.md", SESSION))
+    assert argv[-2:] == ["--permission-mode", "bypassPermissions"]
+    for chosen in (
+        ["--permission-mode", "acceptEdits"],
+        ["--permission-mode=plan"],
+        ["--allowedTools", "Bash(git commit:*)"],
+        ["--dangerously-skip-permissions"],
+    ):
+        argv, _ = claude.build(AgentRef(kind="claude", args=chosen), Launch("/p.md", SESSION))
+        assert "bypassPermissions" not in argv, chosen
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    argv, _ = claude.build(AgentRef(kind="claude"), Launch("/p.md", SESSION))
+    assert "--permission-mode" not in argv
+
+
+def test_a_budget_under_a_cent_is_still_a_positive_cap() -> None:
+    for budget, shown in ((0.5, "0.5"), (0.013, "0.013"), (0.004, "0.004"), (1e-05, "0.0001")):
+        agent = AgentRef(kind="claude", max_budget_usd=budget, args=ARGS)
+        argv, _ = claude.build(agent, Launch("/p.md", SESSION))
+        assert argv[argv.index("--max-budget-usd") + 1] == shown
+
+
+def test_denied_tool_calls_are_named_in_the_final_text(tmp_path: Path) -> None:
+    result = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": False,
+        "result": "Done.",
+        "session_id": SESSION,
+        "permission_denials": [
+            {"tool_name": "Bash", "tool_input": {"command": "git commit -m x"}},
+        ],
+    }
+    out = tmp_path / "output.log"
+    out.write_text(json.dumps(result) + "\n")
+    parsed = claude.parse(str(out), ExitInfo(exit_code=0, ended_at=0.0))
+    assert parsed.ok
+    assert "Claude Code denied 1 tool call(s)" in parsed.final_text
+    assert "Bash: git commit -m x" in parsed.final_text

@@ -203,3 +203,67 @@ def test_the_model_an_agents_arguments_choose() -> None:
     assert model_in(["-m", "gemini-2.5-pro"]) == "gemini-2.5-pro"
     assert model_in(["--", "--model", "x"]) is None
     assert model_in(["--verbose"]) is None
+
+
+REAL_CLAUDE = Path(__file__).parent / "agents_fixtures" / "claude"
+
+
+def test_claude_mid_run_spend_is_the_final_figure_before_the_result(tmp_path: Path) -> None:
+    # Claude Code 2.1.197 with --include-partial-messages against the scripted API: each
+    # assistant event repeats message_start's usage (1 output token); message_delta carries
+    # the whole output. Metered before the result arrives, the run has spent what the result
+    # then reports.
+    lines = (REAL_CLAUDE / "real-2.1.197-partial.jsonl").read_text().splitlines(keepends=True)
+    result = json.loads(lines[-1])
+    assert result["type"] == "result"
+    write(tmp_path, "".join(lines[:-1]))
+    mid = spend(CLAUDE, str(tmp_path))
+    assert mid.estimated  # priced from tokens: no result yet
+    assert (mid.input_tokens, mid.output_tokens) == (
+        result["usage"]["input_tokens"],
+        result["usage"]["output_tokens"],
+    )
+    assert mid.cost_usd == pytest.approx(result["total_cost_usd"], rel=0.02)
+    write(tmp_path, lines[-1])
+    final = spend(CLAUDE, str(tmp_path), final=True)
+    assert (final.cost_usd, final.estimated) == (round(result["total_cost_usd"], 6), False)
+
+
+def test_a_budget_stopped_claude_run_keeps_its_tokens(tmp_path: Path) -> None:
+    # error_max_budget_usd results report usage all zero; the counts are in modelUsage
+    result = {
+        "type": "result",
+        "subtype": "error_max_budget_usd",
+        "is_error": True,
+        "total_cost_usd": 0.0312,
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+        "modelUsage": {
+            "claude-opus-4-8": {"inputTokens": 2400, "outputTokens": 600, "costUSD": 0.027},
+            "claude-haiku-4-5": {"inputTokens": 100, "outputTokens": 20, "costUSD": 0.0042},
+        },
+    }
+    write(tmp_path, json.dumps(result) + "\n")
+    found = spend(CLAUDE, str(tmp_path), final=True)
+    assert (found.input_tokens, found.output_tokens, found.cost_usd) == (2500, 620, 0.0312)
+
+
+def test_api_retries_are_what_the_run_is_on_not_progress(tmp_path: Path) -> None:
+    # Claude Code 2.1.197 with a rejected key: one system/api_retry event per retry
+    write(tmp_path, (REAL_CLAUDE / "real-2.1.197-api-retry.jsonl").read_text())
+    found = spend(CLAUDE, str(tmp_path))
+    first_line = (REAL_CLAUDE / "real-2.1.197-api-retry.jsonl").read_bytes().split(b"\n")[0]
+    assert found.event_end == len(first_line) + 1  # the init event: nothing since
+    assert found.last_event == "retrying: 401 authentication_failed (attempt 6 of 10)"
+
+
+def test_codex_reconnecting_is_not_progress(tmp_path: Path) -> None:
+    started = '{"type":"thread.started","thread_id":"t-1"}\n{"type":"turn.started"}\n'
+    write(tmp_path, started)
+    for n in (1, 2):
+        message = f"Reconnecting... {n}/5 (stream disconnected before completion)"
+        write(tmp_path, json.dumps({"type": "error", "message": message}) + "\n")
+    found = spend(AgentRef(kind="codex"), str(tmp_path))
+    assert found.event_end == len(started.splitlines()[0]) + 1
+    assert found.last_event == (
+        "retrying: Reconnecting... 2/5 (stream disconnected before completion)"
+    )

@@ -47,6 +47,7 @@ def test_claude_argv_with_session_and_resume() -> None:
         "--output-format",
         "stream-json",
         "--verbose",
+        "--include-partial-messages",
         "--session-id",
         "sid-1",
         "--model",
@@ -57,7 +58,7 @@ def test_claude_argv_with_session_and_resume() -> None:
         agent.model_copy(update={"command": ["/opt/claude"]}), Launch("/p", "s", "old")
     )
     assert argv[0] == "/opt/claude"
-    assert argv[5:7] == ["--resume", "old"]
+    assert argv[6:8] == ["--resume", "old"]
     assert "--session-id" not in argv
     argv, _ = claude.build(agent, Launch("/p.md"))
     assert "--session-id" not in argv

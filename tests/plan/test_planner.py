@@ -678,6 +678,17 @@ def test_a_spent_task_budget_ends_the_task_without_another_run() -> None:
     assert kinds(p) == []
     assert phase(p, "t") is Phase.FAILED
     assert "budget exhausted ($1.10 of $1.00)" in p.tasks[0].reason
+
+
+def test_a_budget_with_less_than_a_cent_left_is_exhausted_not_a_failed_start() -> None:
+    # claude refuses --max-budget-usd 0.00: a run with nothing to spend never starts
+    d = desired(("t", task_spec(budget={"maxCostUsd": 1.0})))
+    check = CheckResult(argv=["pytest"], exit_code=1, output_tail="E fail")
+    almost = run(d, "t", exit=exited(0, [check]), result=ok_result(), cost_usd=0.996)
+    p = plan(d, observed(runs={"t": [almost]}), NOW)
+    assert kinds(p) == []
+    assert phase(p, "t") is Phase.FAILED
+    assert "budget exhausted ($0.996 of $1.00, less than a cent left)" in p.tasks[0].reason
     # with an open PR, the work stands: no further iteration, the PR stays for review
     tokens = desired(("t", task_spec(budget={"maxTokens": 100})))
     big = run(tokens, "t", exit=exited(0, [check]), result=ok_result(), tokens=150)

@@ -8,6 +8,7 @@ the output and never read more than the last few MiB of it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -63,13 +64,22 @@ class ClaudeAdapter:
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         argv = [*(agent.command or ["claude"]), "-p", "--output-format", "stream-json"]
         argv.append("--verbose")  # stream-json requires it
+        # Each message's final usage is only in the partial-message events (message_delta):
+        # without them the meter sees one output token per message until the run's result.
+        argv.append("--include-partial-messages")
         if run.resume:
             argv += ["--resume", run.resume]
         elif run.session_id:
             argv += ["--session-id", run.session_id]
+        if not _chooses_permissions(agent.args) and os.geteuid() != 0:
+            # Nobody answers a permission prompt in a headless run: a denied tool (every
+            # Bash command, git commit included) only shows up as permission_denials in the
+            # result. The lane's own user is the boundary (Claude refuses this as root).
+            argv += ["--permission-mode", "bypassPermissions"]
         if agent.max_budget_usd is not None and "--max-budget-usd" not in agent.args:
-            # claude stops itself at the cap (result subtype error_max_budget_usd)
-            argv += ["--max-budget-usd", f"{agent.max_budget_usd:.2f}"]
+            # claude stops itself at the cap (result subtype error_max_budget_usd); it rejects
+            # 0.00, and the planner starts no run with less than a cent left
+            argv += ["--max-budget-usd", _dollars(agent.max_budget_usd)]
         argv += agent.args
         return argv, True
 
@@ -81,17 +91,78 @@ class ClaudeAdapter:
         if result is None:  # killed or cut off: no verdict, but the session it had is known
             tail = data[-FINAL_TEXT_LIMIT:].decode("utf-8", errors="replace")
             return AgentResult(ok=False, session_id=_stream_session(data), final_text=tail)
-        usage = result.get("usage")
-        usage = usage if isinstance(usage, dict) else {}
+        input_tokens, output_tokens = result_tokens(result)
         subtype = _str(result.get("subtype"))
         is_error = result.get("is_error") is True
+        text = _str(result.get("result")) or ""
+        denied = denials(result)
+        if denied:
+            text = f"{text}\n\n{denied}" if text else denied
         return AgentResult(
             ok=exit.exit_code == 0 and not is_error and subtype == "success",
             subtype=subtype,
             session_id=_str(result.get("session_id")),
             cost_usd=_float(result.get("total_cost_usd")),
-            input_tokens=_int(usage.get("input_tokens")),
-            output_tokens=_int(usage.get("output_tokens")),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             num_turns=_int(result.get("num_turns")),
-            final_text=_clip(_str(result.get("result")) or ""),
+            final_text=_clip(text),
         )
+
+
+def _chooses_permissions(args: list[str]) -> bool:
+    """Whether ``args`` decide what the agent may do without asking (then they are kept)."""
+    names = {a.split("=", 1)[0] for a in args}
+    return bool(names & _PERMISSION_FLAGS)
+
+
+def _dollars(value: float) -> str:
+    """A budget as ``--max-budget-usd`` takes it: positive, to a hundredth of a cent."""
+    return f"{max(value, 0.0001):.4f}".rstrip("0").rstrip(".")
+
+
+def result_tokens(result: dict[str, object]) -> tuple[int | None, int | None]:
+    """(input, output) tokens of a ``result`` event: its ``usage``, else (a run stopped by
+    ``error_max_budget_usd`` reports ``usage`` all zero) the sums of its ``modelUsage``."""
+    usage = result.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    found = (_int(usage.get("input_tokens")), _int(usage.get("output_tokens")))
+    models = result.get("modelUsage")
+    if any(found) or not isinstance(models, dict):
+        return found
+    per_model = [m for m in models.values() if isinstance(m, dict)]
+    inputs = [_int(m.get("inputTokens")) for m in per_model]
+    outputs = [_int(m.get("outputTokens")) for m in per_model]
+    if not any(x is not None for x in inputs + outputs):
+        return found
+    return sum(x or 0 for x in inputs), sum(x or 0 for x in outputs)
+
+
+def denials(result: dict[str, object]) -> str:
+    """The tool calls Claude Code refused to run (no one approves them headless), in words."""
+    raw = result.get("permission_denials")
+    items = [d for d in raw if isinstance(d, dict)] if isinstance(raw, list) else []
+    if not items:
+        return ""
+    shown = []
+    for item in items[:3]:
+        tool = _str(item.get("tool_name")) or "a tool"
+        given = item.get("tool_input")
+        command = _str(given.get("command")) if isinstance(given, dict) else None
+        shown.append(f"{tool}: {command[:120]}" if command else tool)
+    more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+    return (
+        f"Claude Code denied {len(items)} tool call(s) for want of permission "
+        f"({'; '.join(shown)}{more}); allow them with --permission-mode or --allowedTools "
+        "in the Agent's args"
+    )
+
+
+_PERMISSION_FLAGS = frozenset(
+    {
+        "--permission-mode",
+        "--dangerously-skip-permissions",
+        "--allowedTools",
+        "--allowed-tools",
+    }
+)

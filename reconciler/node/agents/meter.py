@@ -26,12 +26,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field, ValidationError
 
 from reconciler.node import files
 from reconciler.node.agents.aider import COST, TOKENS, count
+from reconciler.node.agents.claude import result_tokens as claude_tokens
 from reconciler.node.agents.gemini import tokens_of as gemini_tokens
 from reconciler.node.agents.pricing import Price, configured, model_in, price_of
 from reconciler.node.agents.render import RENDERERS
@@ -124,32 +126,56 @@ def _usage(usage: object, *names: str) -> Counts:
 # ---------------------------------------------------------------------------------- feeding
 
 
+_CLAUDE_USAGE = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
+def _claude_message(tally: _Tally, message: dict[str, object]) -> _Message | None:
+    """The message being streamed, after ``message``'s usage (the pending one when it is the
+    same message again): its counts only ever grow, whichever event reports them."""
+    counts = _usage(message.get("usage"), *_CLAUDE_USAGE)
+    ident = str_or_none(message.get("id")) or ""
+    model = str_or_none(message.get("model")) or ""
+    if model == "<synthetic>":
+        return None  # Claude Code's own message (e.g. an API error's text): no model answered
+    pending = tally.message
+    if pending is None or not ident or pending.id != ident:
+        if pending is not None:
+            tally.models[pending.model] = _add(
+                tally.models.get(pending.model, [0, 0, 0, 0]), pending.counts
+            )
+        pending = tally.message = _Message(id=ident, model=model, counts=counts)
+        tally.turns += 1
+    else:
+        pending.counts = [max(a, b) for a, b in zip(pending.counts, counts, strict=True)]
+    return pending
+
+
 def _feed_claude(tally: _Tally, event: dict[str, object]) -> None:
+    if event.get("type") == "stream_event":
+        # --include-partial-messages: the API's own events. message_start opens a message
+        # with its input usage; message_delta closes it with the whole output count (the
+        # assistant events repeat message_start's usage: one output token).
+        raw = event.get("event")
+        api = raw if isinstance(raw, dict) else {}
+        if api.get("type") == "message_start" and isinstance(api.get("message"), dict):
+            _claude_message(tally, api["message"])
+        elif api.get("type") == "message_delta" and tally.message is not None:
+            counts = _usage(api.get("usage"), *_CLAUDE_USAGE)
+            current = tally.message
+            current.counts = [max(a, b) for a, b in zip(current.counts, counts, strict=True)]
+        return
     if event.get("type") == "assistant":
         message = event.get("message")
         if not isinstance(message, dict):
             return
-        counts = _usage(
-            message.get("usage"),
-            "input_tokens",
-            "output_tokens",
-            "cache_read_input_tokens",
-            "cache_creation_input_tokens",
-        )
-        ident = str_or_none(message.get("id")) or ""
-        model = str_or_none(message.get("model")) or ""
-        if model == "<synthetic>":
-            return  # Claude Code's own message (e.g. an API error's text): no model answered
-        pending = tally.message
-        if pending is None or not ident or pending.id != ident:
-            if pending is not None:
-                tally.models[pending.model] = _add(
-                    tally.models.get(pending.model, [0, 0, 0, 0]), pending.counts
-                )
-            pending = tally.message = _Message(id=ident, model=model, counts=counts)
-            tally.turns += 1
-        elif any(counts):
-            pending.counts = counts  # the same message again: its latest usage
+        pending = _claude_message(tally, message)
+        if pending is None:
+            return
         content = message.get("content")
         for block in content if isinstance(content, list) else []:
             if isinstance(block, dict) and block.get("type") == "tool_use":
@@ -159,9 +185,9 @@ def _feed_claude(tally: _Tally, event: dict[str, object]) -> None:
                     tally.tools += 1
     elif event.get("type") == "result":
         tally.reported_usd = float_or_none(event.get("total_cost_usd"))
-        usage = event.get("usage")
-        if isinstance(usage, dict):
-            tally.reported_tokens = _usage(usage, "input_tokens", "output_tokens")
+        found_in, found_out = claude_tokens(event)
+        if found_in is not None or found_out is not None:
+            tally.reported_tokens = [found_in or 0, found_out or 0]
 
 
 # Codex items that are the agent acting, not talking or thinking.
@@ -201,6 +227,35 @@ def _feed_gemini(tally: _Tally, event: dict[str, object]) -> None:
             tally.models = {tally.model: [found_in or 0, found_out or 0, 0, 0]}
 
 
+def _claude_retry(event: dict[str, object]) -> str | None:
+    if event.get("type") != "system" or event.get("subtype") != "api_retry":
+        return None
+    status = int_or_none(event.get("error_status"))
+    error = str_or_none(event.get("error")) or "API error"
+    attempt, most = int_or_none(event.get("attempt")), int_or_none(event.get("max_retries"))
+    count = f" (attempt {attempt} of {most})" if attempt is not None and most else ""
+    return f"retrying: {status or ''} {error}{count}".replace("  ", " ")
+
+
+def _codex_retry(event: dict[str, object]) -> str | None:
+    message = str_or_none(event.get("message")) if event.get("type") == "error" else None
+    if message is None or not message.startswith("Reconnecting"):
+        return None
+    return f"retrying: {message}"
+
+
+def _no_retry(event: dict[str, object]) -> str | None:
+    return None
+
+
+# An agent waiting on its model API announces each retry; that is not progress (a bad key or
+# an unreachable provider would otherwise never stall), but it is what the run is stuck on.
+_RETRIES: dict[str, Callable[[dict[str, object]], str | None]] = {
+    "claude": _claude_retry,
+    "codex": _codex_retry,
+}
+
+
 def _consume_lines(tally: _Tally, data: bytes, final: bool) -> int:
     """Feed the whole lines of ``data`` (which starts at ``tally.offset``); return the bytes
     consumed. Each JSON event is parsed once, for its spend and for progress: the last line
@@ -208,6 +263,7 @@ def _consume_lines(tally: _Tally, data: bytes, final: bool) -> int:
     end = len(data) if final else data.rfind(b"\n") + 1
     feed = {"claude": _feed_claude, "codex": _feed_codex, "gemini": _feed_gemini}[tally.kind]
     render = RENDERERS[tally.kind]
+    retry = _RETRIES.get(tally.kind, _no_retry)
     at = tally.offset
     for raw in data[:end].split(b"\n"):
         at += len(raw) + 1
@@ -215,6 +271,10 @@ def _consume_lines(tally: _Tally, data: bytes, final: bool) -> int:
         if event is None:
             continue  # noise, heartbeats, a cut line: neither spend nor progress
         feed(tally, event)
+        waiting = retry(event)
+        if waiting is not None:
+            tally.last_event = waiting[:200]  # shown as what the run is on, not progress
+            continue
         shown = render(event)
         if shown:
             tally.event_end, tally.last_event = min(at, tally.offset + end), shown[0].strip()[:200]
