@@ -175,7 +175,7 @@ def test_claude_gets_the_runs_spending_cap() -> None:
     claude = ADAPTERS["claude"]
     capped = AgentRef(kind="claude", max_budget_usd=0.375)
     argv, _ = claude.build(capped, Launch("/p.md", "sid"))
-    assert argv[argv.index("--max-budget-usd") + 1] == "0.38"
+    assert argv[argv.index("--max-budget-usd") + 1] == "0.375"  # never rounded past the budget
     own = capped.model_copy(update={"args": ["--max-budget-usd", "5"]})
     argv, _ = claude.build(own, Launch("/p.md", "sid"))
     assert argv.count("--max-budget-usd") == 1  # the agent's own flag wins
