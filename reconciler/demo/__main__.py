@@ -68,6 +68,9 @@ def setup() -> None:
         bare = DEMO / "remotes" / f"{name}.git"
         git("clone", "-q", "--bare", str(seed), str(bare))
         git("clone", "-q", str(bare), str(HOME / "src" / name))
+        # the lane user's identity, as its ~/.gitconfig would give it (doctor checks it)
+        git("config", "user.name", "demo", cwd=HOME / "src" / name)
+        git("config", "user.email", "demo@example.invalid", cwd=HOME / "src" / name)
     shutil.rmtree(DEMO / "seed")
     bin_dir = HOME / ".local" / "bin"
     bin_dir.mkdir(parents=True)

@@ -13,6 +13,7 @@ import stat
 
 from reconciler.diskspace import existing_ancestor, human_bytes
 from reconciler.node import git as gitops
+from reconciler.node.agents import ADAPTERS
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import Lane, check_branch
 from reconciler.node.loginenv import login_env
@@ -89,7 +90,7 @@ def _repo_checks(
                 f"clone the repository into {checkout} or point the lane at the real clone",
             )
         ]
-    checks = [_ok("checkout", name, f"{checkout} is a git repository.")]
+    checks = [_ok("checkout", name, f"{checkout} is a git repository."), _identity(name, checkout)]
     for base in bases:
         try:
             check_branch(base, "base branch")
@@ -126,6 +127,29 @@ def _repo_checks(
     else:
         checks.append(_ok("remote", name, f"Remote {remote} is {url}."))
     return checks
+
+
+def _identity(name: str, checkout: str) -> PreflightCheck:
+    """Whether commits in the repo's worktrees have an author: the identity git finds in the
+    checkout, which runs export to every agent (some agents hide ~/.gitconfig from git)."""
+    found = {}
+    for key in ("user.name", "user.email"):
+        proc = gitops.run(["config", "--get", key], checkout, check=False)
+        found[key] = proc.stdout.strip() if proc.returncode == 0 else ""
+    if all(found.values()):
+        who = f"{found['user.name']} <{found['user.email']}>"
+        return _ok("git-identity", name, f"Commits in {name} are authored by {who}.")
+    missing = " and ".join(k for k, v in found.items() if not v)
+    return PreflightCheck(
+        name="git-identity",
+        ok=False,
+        subject=name,
+        detail=f"git has no {missing} in {checkout}: an agent's `git commit` fails with "
+        '"Author identity unknown" (commits: reconciler falls back to its own identity).',
+        fix="as the lane user, git config --global user.name NAME and "
+        "git config --global user.email ADDRESS",
+        advisory=True,  # doctor says it; the tasks whose agent commits will say it too
+    )
 
 
 def _workspace_checks(lane: Lane, min_free: int) -> list[PreflightCheck]:
@@ -279,10 +303,14 @@ def _auth_check(lane: Lane, agent: AgentRef) -> PreflightCheck | None:
         return None
     names, files, fix = rule
     subject = (agent.command or [agent.kind])[0]  # as the agent check names it: blocks its tasks
-    env = agent_env(lane.ref.env, agent)
+    adapter = ADAPTERS[agent.kind]
+    env = agent_env(lane.ref.env, agent, strip=adapter.strip_env, defaults=adapter.env_defaults)
     found = [n for n in names if env.get(n)]
     if found:
-        return _ok("agent-auth", subject, f"{found[0]} is set for the {agent.kind} agent.")
+        endpoint = next((f"; it talks to {env[v]} ({v})" for v in ENDPOINTS if env.get(v)), "")
+        return _ok(
+            "agent-auth", subject, f"{found[0]} is set for the {agent.kind} agent{endpoint}."
+        )
     paths = [_login_path(f, env) for f in files]
     logins = [p for p in paths if os.path.isfile(p)]
     if logins:
@@ -295,6 +323,14 @@ def _auth_check(lane: Lane, agent: AgentRef) -> PreflightCheck | None:
         fix,
     )
 
+
+# Where an agent's model API is, when not the provider's own (as the CLIs read them).
+ENDPOINTS = (
+    "ANTHROPIC_BASE_URL",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_BASE",
+    "GOOGLE_GEMINI_BASE_URL",
+)
 
 _DEFAULTED = re.compile(r"^\$\{(\w+):-([^}]*)\}(.*)$")
 

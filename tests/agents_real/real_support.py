@@ -129,6 +129,19 @@ class Scenario:
             f"{self.run_logs()}"
         )
 
+    def start_and_finish(self, count: int, timeout: float = 120) -> None:
+        """Apply until the task's ``count``-th run has started, then wait, without another
+        pass, until it has ended: no pass observes it mid-run (a pass could stop it)."""
+        deadline = time.monotonic() + timeout
+        while len(self.runs_dirs()) < count:
+            assert time.monotonic() < deadline, f"run {count} never started\n{self.run_logs()}"
+            proc = self.control.apply()
+            assert proc.returncode in (0, 1), proc.stderr
+        ended = self.runs_dirs()[count - 1] / "exit.json"
+        while self.user.run(["test", "-e", str(ended)], check=False).returncode != 0:
+            assert time.monotonic() < deadline, f"run {count} never ended\n{self.run_logs()}"
+            time.sleep(0.1)
+
     def describe_text(self) -> str:
         return str(self.control.cli("describe", "feature").stdout)
 

@@ -46,6 +46,7 @@ def test_a_claude_run_stopped_by_its_budget_keeps_its_tokens_and_ends_the_task(
     claude = real_agents.cli("claude")
     scenario.profile({"ANTHROPIC_BASE_URL": scenario.api.url, "ANTHROPIC_API_KEY": "sk-ant-test"})
     scenario.manifests("claude", claude, task={"budget": {"maxCostUsd": 0.04}})
+    scenario.start_and_finish(2)  # the CLI stops itself: no pass sees the run over budget
     task = scenario.converge("failed", reason="budget exhausted")
     runs = scenario.describe()["runs"]
     assert len(runs) == 2, runs

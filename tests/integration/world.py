@@ -170,6 +170,8 @@ class World:
         git(self.root, "clone", "-q", "--bare", str(seed), str(bare))
         checkout = self.home / "src" / name
         git(self.root, "clone", "-q", str(bare), str(checkout))
+        git(checkout, "config", "user.name", "Lane User")  # the lane user's identity
+        git(checkout, "config", "user.email", "lane@example.invalid")
         return checkout
 
     def lane(self, name: str, slots: int = 2, forge: bool = True, repo: str | None = None) -> None:

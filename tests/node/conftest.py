@@ -37,6 +37,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
     commit(seed, "README.md", "hello\n", "initial commit")
     git(seed, "push", "-q", str(origin), "main")
     git(tmp_path, "clone", "-q", str(origin), str(checkout))
+    git(checkout, "config", "user.name", "Lane User")  # as the lane user's ~/.gitconfig would
+    git(checkout, "config", "user.email", "lane@example.invalid")
     root = tmp_path / "worktrees"
     lane = LaneRef(
         name="webapp",

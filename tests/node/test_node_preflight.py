@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from node_support import Env
+from node_support import Env, git
 
 from reconciler.protocol import (
     AgentRef,
@@ -39,6 +39,7 @@ def test_a_healthy_lane_passes(env: Env) -> None:
     assert {name for name, _ in checks} == {
         "git",
         "checkout",
+        "git-identity",
         "base-branch",
         "remote",
         "workspace-writable",
@@ -247,3 +248,14 @@ def test_a_home_others_can_enter_is_reported_but_advisory(env: Env, isolated_hom
     assert run(env, req)[("home", "")].ok
     # no other check is advisory: they block dispatch when they fail
     assert not any(c.advisory for c in run(env, req).values())
+
+
+def test_a_checkout_without_a_git_identity_is_reported_not_blocking(env: Env) -> None:
+    git(env.checkout, "config", "--unset", "user.email")
+    checks = run(env, PreflightRequest(lane=env.lane, bases={}, agents=[], min_free_bytes=1))
+    found = checks["git-identity", "webapp"]
+    assert not found.ok
+    assert found.advisory  # commits: reconciler still works; doctor says it
+    assert "no user.email" in found.detail
+    assert "Author identity unknown" in found.detail
+    assert "git config --global user.email" in (found.fix or "")
