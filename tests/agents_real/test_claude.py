@@ -67,3 +67,6 @@ def test_a_rejected_key_is_retrying_not_progress_and_the_run_stalls(scenario: Sc
     assert "last: retrying: 401 authentication_failed (attempt" in running["reason"]
     stalled = scenario.converge("backoff", reason="no agent event")
     assert "retrying: 401 authentication_failed" in stalled["reason"]
+    scenario.control.apply()  # status plans ahead of the last apply: now it is recorded
+    events = [e["message"] for e in scenario.describe()["events"]]
+    assert any("last: retrying: 401 authentication_failed" in e for e in events), events
