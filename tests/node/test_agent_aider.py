@@ -29,6 +29,7 @@ from reconciler.protocol import (
 )
 
 FAKE = Path(__file__).parent / "agents_fixtures" / "aider" / "fake_aider.py"
+REAL = Path(__file__).parent / "agents_fixtures" / "aider" / "real-0.86.2"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "agents.md"
 OK = ExitInfo(exit_code=0, ended_at=1.0)
 FAILED = ExitInfo(exit_code=1, ended_at=1.0)
@@ -41,6 +42,8 @@ FIXED = [
     "--no-show-release-notes",
     "--no-analytics",
     "--no-gitignore",
+    "--no-show-model-warnings",
+    "--no-detect-urls",
 ]
 PROMPT = (
     "--model gpt-4 is not an option here: it is prompt text.\n"
@@ -100,6 +103,8 @@ def test_argv_with_defaults() -> None:
     assert not on_stdin
     assert aider.sessions is False
     assert aider.strip_env == frozenset()
+    # litellm's price-list download at every start, off (aider's own has no switch)
+    assert aider.env_defaults == {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 
 
 def test_argv_keeps_the_command_and_puts_args_last() -> None:
@@ -157,6 +162,37 @@ Tokens: 3.2k sent, 1.0k cache write, 2.1k cache hit, 80 received.
 Cost: $0.02 message, $0.03 session.
 Fixed. TASK_COMPLETE
 """
+
+
+@pytest.mark.parametrize(
+    ("capture", "ok", "tokens", "cost"),
+    [
+        # one edit in the whole format, committed; a model without prices: no cost
+        ("edit-no-price", True, (1200, 300), None),
+        # the same with the model's prices in ~/.aider.model.metadata.json
+        ("edit-with-price", True, (1200, 300), 0.0081),
+        # two 529s (litellm.APIError, "Retrying in 0.2 seconds..."), then the edit
+        ("overloaded-then-edit", True, (1200, 300), None),
+        # 401: one litellm.AuthenticationError, no retry, exit 0
+        ("rejected-key", False, (None, None), None),
+        # 500 every time: 9 litellm.InternalServerError over ~76 s, the last without a retry
+        ("server-error", False, (None, None), None),
+        # nothing listening: the same, "Connection error." wrapped onto the next line
+        ("unreachable", False, (None, None), None),
+    ],
+)
+def test_parse_what_aider_0_86_2_printed(
+    capture: str, ok: bool, tokens: tuple[int | None, int | None], cost: float | None
+) -> None:
+    """Output of the real aider 0.86.2 against the scripted model API (1200 input and 300
+    output tokens per call); see agents_fixtures/aider/real-0.86.2/README.md."""
+    path = REAL / f"{capture}.out"
+    result = aider.parse(str(path), OK)
+    assert result.ok is ok
+    assert result.subtype == (None if ok else "api_error")
+    assert (result.input_tokens, result.output_tokens) == tokens
+    assert result.cost_usd == cost
+    assert result.final_text == path.read_text()
 
 
 def test_parse_sums_tokens_and_takes_the_session_cost(tmp_path: Path) -> None:
@@ -376,7 +412,11 @@ def test_the_fake_rejects_a_prompt_on_stdin(tmp_path: Path) -> None:
         input=b"the prompt again",
         capture_output=True,
         cwd=tmp_path,
-        env={"RECONCILER_RUN_DIR": str(run_dir), "RECONCILER_WORKSPACE": str(tmp_path)},
+        env={
+            **aider.env_defaults,
+            "RECONCILER_RUN_DIR": str(run_dir),
+            "RECONCILER_WORKSPACE": str(tmp_path),
+        },
         check=False,
     )
     assert proc.returncode == 2

@@ -83,12 +83,27 @@ def _run(argv: list[str], env: dict[str, str], pin: Pinned) -> None:
         )
 
 
+def _check_venv(pin: Pinned, home: Path) -> None:
+    """A virtualenv runs the Python it was made with: one made by another Python (root's pyenv,
+    in a home lane users cannot enter) fails every run with "Permission denied"."""
+    if pin.registry != "pypi":
+        return
+    cfg = (home / "pyvenv.cfg").read_text()
+    wanted = f"home = {os.path.dirname(SYSTEM_PYTHON)}"
+    if wanted not in cfg.splitlines():
+        raise AssertionError(
+            f"{home} was not made with {SYSTEM_PYTHON}, which lane users can run (pyvenv.cfg: "
+            f"{cfg.splitlines()[0]!r}); remove it, and the next test installs it again"
+        )
+
+
 def cli(name: str) -> Path:
     """The pinned ``name`` CLI (claude, codex, gemini, aider), installed on first use."""
     pin = VERSIONS[name]
     home = _home(pin)
     binary = _binary(pin, home)
     if binary.exists():
+        _check_venv(pin, home)
         return binary
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)

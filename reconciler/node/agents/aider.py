@@ -37,6 +37,11 @@ API_ERROR = "api_error"
 # .aider.conf.yml. --no-analytics turns analytics off for this run only (--analytics-disable
 # would write a permanent opt-out into the lane user's ~/.aider); --no-gitignore stops aider
 # from adding `.aider*` to the repository's .gitignore, a change nobody asked for.
+# --yes-always also says yes to aider's offers to open a web page, so two more are off: the
+# warnings about a model aider has no metadata for (any `openai/<name>` behind a private
+# endpoint) end in "Open documentation url?", which starts the node's web browser; and URLs in
+# the prompt (or in a check's output fed back) are scraped, after installing Playwright and
+# Chromium into aider's own environment (checked with aider 0.86.2).
 FIXED_FLAGS = (
     "--yes-always",
     "--no-pretty",
@@ -45,6 +50,8 @@ FIXED_FLAGS = (
     "--no-show-release-notes",
     "--no-analytics",
     "--no-gitignore",
+    "--no-show-model-warnings",
+    "--no-detect-urls",
 )
 
 # A count as aider prints it: "672", "1,204" (older versions), "2.3k", "12k".
@@ -98,7 +105,14 @@ class AiderAdapter:
     # Aider keeps no session a later process can resume by id (--restore-chat-history replays
     # a Markdown transcript, all or nothing); every iteration starts a fresh chat.
     sessions: bool = False
-    env_defaults: Mapping[str, str] = MappingProxyType({})
+    env_defaults: Mapping[str, str] = MappingProxyType(
+        {
+            # litellm (aider's model client) downloads its model price list from GitHub at
+            # every start unless told to use the copy it ships; aider's own daily download of
+            # that list has no switch (see docs/agents.md).
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        }
+    )
 
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         args = list(agent.args)

@@ -48,8 +48,14 @@ class Conversation:
         return [text for kind, text in self.events if kind == "user"]
 
 
+def file_content(name: str) -> str:
+    """What the scripted model writes into file ``name``: its own name, one line. An agent that
+    edits files without a shell (aider) writes this content itself."""
+    return f"{name}\n"
+
+
 def write_command(names: tuple[str, ...], commit: bool = True) -> str:
-    """The shell command that writes each file (its own name as content) and commits them."""
+    """The shell command that writes each file (``file_content``) and commits them."""
     parts = [f"printf '%s\\n' {shlex.quote(n)} > {shlex.quote(n)}" for n in names]
     if commit:
         quoted = " ".join(shlex.quote(n) for n in names)

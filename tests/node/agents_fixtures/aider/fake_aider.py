@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input-history-file")
     p.add_argument("--show-release-notes", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--analytics", action=argparse.BooleanOptionalAction, default=None)
-    for name in ("pretty", "stream", "check-update", "gitignore", "auto-commits"):
+    booleans = ("pretty", "stream", "check-update", "gitignore", "auto-commits")
+    for name in (*booleans, "show-model-warnings", "detect-urls"):
         p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--no-suggest-shell-commands", action="store_true")
     return p
@@ -69,6 +70,8 @@ def check(args: argparse.Namespace, run_dir: str) -> bytes:
         "show_release_notes": False,
         "analytics": False,
         "gitignore": False,
+        "show_model_warnings": False,
+        "detect_urls": False,
         "auto_commits": os.environ.get("FAKE_AIDER_AUTO_COMMITS", "1") == "1",
     }
     for name, value in wanted.items():
@@ -83,6 +86,8 @@ def check(args: argparse.Namespace, run_dir: str) -> bytes:
         fail(f"--model is {args.model!r}, expected {model!r}")
     if os.path.realpath(os.getcwd()) != os.path.realpath(os.environ["RECONCILER_WORKSPACE"]):
         fail(f"working directory {os.getcwd()} is not the task's workspace")
+    if os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP") != "True":
+        fail("LITELLM_LOCAL_MODEL_COST_MAP is not True: litellm would fetch its price list")
     if sys.stdin.buffer.read():
         fail("stdin is not empty: the prompt must travel in the message file only")
     return message.read_bytes()
