@@ -95,13 +95,23 @@ def test_aider_reports_its_session_cost_as_it_goes(tmp_path: Path) -> None:
         tmp_path,
         "Aider v0.86\nTokens: 2.3k sent, 150 received. Cost: $0.01 message, $0.01 session.\n",
     )
-    assert spend(aider, str(tmp_path)) == Spend(2300, 150, 0.01, False, turns=1)
+    text = "Aider v0.86\nTokens: 2.3k sent, 150 received. Cost: $0.01 message, $0.01 session.\n"
+    assert spend(aider, str(tmp_path)) == Spend(
+        2300, 150, 0.01, False, turns=1, event_end=len(text), last_event=text.splitlines()[1]
+    )
     # rich wraps a long report over two lines; it is read whole
     write(
         tmp_path,
         "Applied edit to a.py\nTokens: 12k sent, 1,204 received. Cost: $0.05 message,\n$0.06 session.\n",
     )
-    assert spend(aider, str(tmp_path)) == Spend(14300, 1354, 0.06, False, turns=2)
+    found = spend(aider, str(tmp_path))
+    assert (found.input_tokens, found.output_tokens, found.cost_usd, found.turns) == (
+        14300,
+        1354,
+        0.06,
+        2,
+    )
+    assert found.last_event == "$0.06 session."  # every transcript line is progress
 
 
 def test_codex_is_priced_from_its_running_total_with_cached_input_inside_input(
@@ -267,3 +277,29 @@ def test_codex_reconnecting_is_not_progress(tmp_path: Path) -> None:
     assert found.last_event == (
         "retrying: Reconnecting... 2/5 (stream disconnected before completion)"
     )
+
+
+REAL_AIDER = Path(__file__).parent / "agents_fixtures" / "aider" / "real-0.86.2"
+
+
+def test_aider_retrying_its_model_is_not_progress(tmp_path: Path) -> None:
+    # aider 0.86.2 against a failing endpoint: minutes of error, explanation and "Retrying in"
+    # lines after its banner, all no progress; what it is on is the retried error
+    text = (REAL_AIDER / "unreachable.out").read_text()
+    write(tmp_path, text)
+    found = spend(AgentRef(kind="aider"), str(tmp_path))
+    banner = text.index("Repo-map: using 1024 tokens, auto refresh\n")
+    assert found.event_end == len(text[:banner].encode()) + len(
+        "Repo-map: using 1024 tokens, auto refresh\n"
+    )
+    assert found.last_event == (
+        "retrying: litellm.InternalServerError: InternalServerError: OpenAIException - Connection"
+    )
+
+
+def test_aider_after_a_retried_error_progresses_again(tmp_path: Path) -> None:
+    text = (REAL_AIDER / "overloaded-then-edit.out").read_text()
+    write(tmp_path, text)
+    found = spend(AgentRef(kind="aider"), str(tmp_path))
+    assert found.event_end == len(text.encode())
+    assert found.last_event is not None and found.last_event.startswith("Commit ")

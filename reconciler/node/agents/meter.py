@@ -28,6 +28,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -92,6 +93,8 @@ class _Tally(BaseModel):
     in_turn: bool = False  # gemini: inside a model response
     event_end: int = 0  # where the agent's last own event ends in its output
     last_event: str | None = None  # that event, as `reconciler logs` shows it
+    lines_at: int = 0  # aider: where its transcript has been read line by line
+    error_lines: int = 0  # aider: lines still to come of a model-call error it may retry
 
     def all_models(self) -> dict[str, Counts]:
         counts = {m: list(c) for m, c in self.models.items()}
@@ -332,9 +335,43 @@ def _read(tally: _Tally, output: str, final: bool) -> tuple[_Tally, bool]:
                 if len(pending) > 4 * CHUNK:  # a line that never ends is nobody's event
                     used, pending = len(data), b""
                 tally.offset += used
-            return tally, tally.offset != start
+            moved = tally.offset != start
+            if tally.kind == "aider":
+                moved = _aider_lines(tally, handle, size) or moved
+            return tally, moved
     except OSError:
         return tally, False
+
+
+_LITELLM_ERROR = re.compile(r"^litellm\.\w+")
+_AIDER_RETRY = re.compile(r"^Retrying in [\d.]+ seconds\.\.\.$")
+_ERROR_TAIL = 3  # lines after litellm's error line that still belong to it
+
+
+def _aider_lines(tally: _Tally, handle: BinaryIO, size: int) -> bool:
+    """Aider's progress: the end of its last transcript line that is not a model-call error
+    being retried (litellm's error line, its rest wrapped at the console width, aider's
+    explanation and ``Retrying in N seconds...``: minutes of output that are no progress)."""
+    handle.seek(tally.lines_at)
+    data = handle.read(min(size - tally.lines_at, 4 * CHUNK))
+    end = data.rfind(b"\n") + 1
+    if end == 0:
+        return False
+    at = tally.lines_at
+    for raw in data[:end].split(b"\n")[:-1]:
+        at += len(raw) + 1
+        line = raw.decode("utf-8", errors="replace").strip()
+        if _LITELLM_ERROR.match(line):
+            tally.error_lines = _ERROR_TAIL
+            tally.last_event = f"retrying: {line[:180]}"
+        elif _AIDER_RETRY.match(line):
+            tally.error_lines = 0  # what follows is the retried call's
+        elif line and tally.error_lines:
+            tally.error_lines -= 1  # the error's wrapped rest, or aider's explanation of it
+        elif line:
+            tally.event_end, tally.last_event = at, line[:200]
+    tally.lines_at += end
+    return True
 
 
 def _tally(kind: str, run_dir: str, final: bool) -> _Tally:
@@ -406,7 +443,8 @@ def spend(
     turns = tally.turns  # 0: the agent never answered (a session that may not exist)
     # aider does not tell its edits apart; an agent that never answered ran no tools either
     tools = tally.tools if agent.kind != "aider" and (tally.turns or tally.tools) else None
-    events = (tally.event_end, tally.last_event) if agent.kind in RENDERERS else (None, None)
+    by_events = agent.kind in RENDERERS or agent.kind == "aider"
+    events = (tally.event_end, tally.last_event) if by_events else (None, None)
     cost: float | None
     if tally.reported_usd is not None:
         cost, estimated = round(tally.reported_usd, 6), False
