@@ -125,6 +125,7 @@ class AgentResult(Msg):
     num_turns: int | None = None
     tool_calls: int | None = None  # tools, commands and edits the agent ran
     final_text: str = ""  # final message (claude) or stdout tail (command), ≤ 64 KiB
+    error: str | None = None  # the agent's own one-line account of a failure (≤ 300 chars)
 
 
 class Fingerprint(Msg):

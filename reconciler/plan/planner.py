@@ -91,11 +91,12 @@ def evaluate(task: Task, run: RunView) -> _Evaluation:
     ev = _Evaluation(ok=True)
     success = task.spec.success
     result = run.result
+    said = f": {result.error}" if result is not None and result.error else ""
     if run.exit.exit_code != 0:
-        ev.failures.append(f"agent exited with status {run.exit.exit_code}")
+        ev.failures.append(f"agent exited with status {run.exit.exit_code}{said}")
     if result is not None and not result.ok and run.exit.exit_code == 0:
         what = result.subtype if result.subtype not in (None, "success") else "an error"
-        ev.failures.append(f"agent reported {what}")
+        ev.failures.append(f"agent reported {what}{said}")
     commit = run.exit.commit
     if commit is not None and commit.exit_code != 0:
         what = "timed out" if commit.timed_out else f"failed with status {commit.exit_code}"

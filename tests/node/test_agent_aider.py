@@ -193,6 +193,15 @@ def test_parse_what_aider_0_86_2_printed(
     assert (result.input_tokens, result.output_tokens) == tokens
     assert result.cost_usd == cost
     assert result.final_text == path.read_text()
+    errors = {
+        "rejected-key": "litellm.AuthenticationError: AuthenticationError: OpenAIException - "
+        "invalid key",
+        "server-error": "litellm.InternalServerError: InternalServerError: OpenAIException - "
+        "invalid key",
+        "unreachable": "litellm.InternalServerError: InternalServerError: OpenAIException - "
+        "Connection error.",  # rich wrapped it; the error is read whole
+    }
+    assert result.error == errors.get(capture)
 
 
 def test_parse_sums_tokens_and_takes_the_session_cost(tmp_path: Path) -> None:

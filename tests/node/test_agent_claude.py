@@ -147,6 +147,7 @@ def test_error_during_execution(env: Env) -> None:
     assert verdict(seen) == AgentResult(
         ok=False,
         subtype="error_during_execution",
+        error="Error: Request was aborted.",
         session_id=SESSION,
         cost_usd=0.0366621,
         input_tokens=12,
@@ -167,6 +168,7 @@ def test_max_turns(env: Env) -> None:
     assert verdict(seen) == AgentResult(
         ok=False,
         subtype="error_max_turns",
+        error="error_max_turns",
         session_id=SESSION,
         cost_usd=0.0404928,
         input_tokens=9,
@@ -190,6 +192,7 @@ def test_api_error_reported_as_success_with_is_error(env: Env) -> None:
     assert result == AgentResult(
         ok=False,
         subtype="success",
+        error=API_ERROR,
         session_id=SESSION,
         cost_usd=0.0213999,
         input_tokens=4,

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from reconciler.node.agents.launch import Launch
-from reconciler.node.agents.values import FINAL_TEXT_LIMIT
+from reconciler.node.agents.values import FINAL_TEXT_LIMIT, one_line
 from reconciler.node.files import tail_bytes
 from reconciler.protocol import AgentRef, AgentResult, ExitInfo
 
@@ -152,8 +152,19 @@ class AiderAdapter:
         return AgentResult(
             ok=exit.exit_code == 0 and not ended_on_error,
             subtype=API_ERROR if ended_on_error else None,
+            error=_error_at(text, errors[-1]) if ended_on_error else None,
             cost_usd=cost_usd,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             final_text=_decode_tail(data[-FINAL_TEXT_LIMIT:]),
         )
+
+
+def _error_at(text: str, start: int) -> str | None:
+    """litellm's error line at ``start``, with its rest when rich wrapped it (a wrapped line
+    keeps its trailing space)."""
+    lines = text[start:].split("\n", 2)
+    line = lines[0]
+    if line.endswith(" ") and len(lines) > 1:
+        line += lines[1]
+    return one_line(line)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from reconciler.node.agents.launch import Launch
-from reconciler.node.agents.values import FINAL_TEXT_LIMIT, json_event
+from reconciler.node.agents.values import FINAL_TEXT_LIMIT, json_event, one_line
 from reconciler.node.agents.values import clip as _clip
 from reconciler.node.agents.values import float_or_none as _float
 from reconciler.node.agents.values import int_or_none as _int
@@ -98,8 +98,10 @@ class ClaudeAdapter:
         denied = denials(result)
         if denied:
             text = f"{text}\n\n{denied}" if text else denied
+        ok = exit.exit_code == 0 and not is_error and subtype == "success"
         return AgentResult(
-            ok=exit.exit_code == 0 and not is_error and subtype == "success",
+            ok=ok,
+            error=None if ok else _error(result, subtype),
             subtype=subtype,
             session_id=_str(result.get("session_id")),
             cost_usd=_float(result.get("total_cost_usd")),
@@ -108,6 +110,14 @@ class ClaudeAdapter:
             num_turns=_int(result.get("num_turns")),
             final_text=_clip(text),
         )
+
+
+def _error(result: dict[str, object], subtype: str | None) -> str | None:
+    """What went wrong, as Claude Code says it: its ``errors``, else the result text (an API
+    error's), else the subtype (``error_max_turns``)."""
+    raw = result.get("errors")
+    errors = [e for e in raw if isinstance(e, str) and e.strip()] if isinstance(raw, list) else []
+    return one_line("; ".join(errors) or _str(result.get("result")) or subtype)
 
 
 def _chooses_permissions(args: list[str]) -> bool:

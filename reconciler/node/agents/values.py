@@ -42,3 +42,14 @@ def json_event(raw: bytes) -> dict[str, object] | None:
     except ValueError:
         return None
     return event if isinstance(event, dict) else None
+
+
+ERROR_LIMIT = 300
+
+
+def one_line(text: str | None) -> str | None:
+    """An agent's error message as one line of at most ERROR_LIMIT characters (None: none)."""
+    if not text or not text.strip():
+        return None
+    line = " ".join(text.split())
+    return line if len(line) <= ERROR_LIMIT else line[: ERROR_LIMIT - 1] + "…"
