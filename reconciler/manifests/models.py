@@ -323,6 +323,18 @@ class Pricing(Spec):
     )
 
 
+# Who commits an Agent's changes when its manifest does not say, by kind. Codex (0.171) runs
+# the agent's commands with every .git read-only under its default workspace-write sandbox,
+# a worktree's git directory included, so its `git commit` always fails: the reconciler
+# commits for it, and the sandbox stays as it is.
+DEFAULT_COMMITS: dict[object, Literal["agent", "reconciler"]] = {"codex": "reconciler"}
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """A field whose default depends on another field: its schema names none."""
+    schema.pop("default", None)
+
+
 class AgentSpec(Spec):
     kind: Literal["claude", "codex", "aider", "gemini", "command"] = Field(description="adapter")
     command: list[str] | None = Field(
@@ -336,15 +348,24 @@ class AgentSpec(Spec):
     stall_timeout: Duration = Field(300.0, gt=0, description="no new output for this long")
     env: dict[EnvName, str] = Field(default_factory=dict)
     commits: Literal["agent", "reconciler"] = Field(
-        "agent",
+        "agent",  # never used: _default_commits fills it in per kind
         description="who commits the agent's changes: the agent itself, or the reconciler "
-        "(git add -A; git commit) after each run in which the agent exited 0",
+        "(git add -A; git commit) after each run in which the agent exited 0; omitted: "
+        "reconciler for kind codex (its sandbox keeps .git read-only), agent otherwise",
+        json_schema_extra=_no_default,
     )
     pricing: Pricing | None = Field(
         None,
         description="prices for estimating spend the agent does not report (codex, gemini, a "
         "run stopped mid-stream); omitted: the built-in prices of the model it names",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_commits(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "commits" not in data:
+            return {**data, "commits": DEFAULT_COMMITS.get(data.get("kind"), "agent")}
+        return data
 
     @model_validator(mode="after")
     def _command_needed(self) -> AgentSpec:

@@ -345,3 +345,25 @@ def test_error_text_and_sorting() -> None:
 )
 def test_safe_relpath(path: str, expected: str | None) -> None:
     assert safe_relpath(path) == expected
+
+
+def test_who_commits_defaults_by_kind_and_an_explicit_choice_stays() -> None:
+    """Codex's sandbox keeps .git read-only, so a codex Agent that does not say is committed
+    for by the reconciler; claude commits itself; what a manifest says is kept."""
+    agents = "".join(
+        f"---\napiVersion: reconciler/v1\nkind: Agent\nmetadata: {{name: {name}}}\n"
+        f"spec: {{kind: {kind}{extra}}}\n"
+        for name, kind, extra in [
+            ("codex", "codex", ""),
+            ("codex-commits", "codex", ", commits: agent"),
+            ("aider-reconciler", "aider", ", commits: reconciler"),
+        ]
+    )
+    desired = load_files({"manifests/agents.yaml": agents})
+    commits = {name: spec.commits for name, spec in desired.agents.items()}
+    assert commits == {
+        "claude": "agent",
+        "codex": "reconciler",
+        "codex-commits": "agent",
+        "aider-reconciler": "reconciler",
+    }

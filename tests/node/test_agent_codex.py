@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from decide import decide
 from node_support import Env
 
 from reconciler.node.agents import ADAPTERS, Launch
-from reconciler.node.agents.codex import CodexAdapter
+from reconciler.node.agents.codex import CodexAdapter, retry_notice
 from reconciler.node.errors import NodeError
 from reconciler.protocol import (
     AgentRef,
@@ -40,6 +41,16 @@ SUCCESS_TEXT = (
     "Froze the clock in `tests/test_clock.py`; the test passes 50 times in a row. TASK_COMPLETE"
 )
 codex = ADAPTERS["codex"]
+# What every run gets unless its args choose otherwise: no analytics, no update check, and a
+# failing turn (not "Reconnecting..." forever) when the model API cannot be reached.
+DEFAULTS = [
+    "-c",
+    "analytics.enabled=false",
+    "-c",
+    "check_for_update_on_startup=false",
+    "--disable",
+    "unbounded_connection_retries",
+]
 
 
 def fake_agent(
@@ -94,6 +105,7 @@ def test_argv_first_run_puts_the_prompt_on_stdin() -> None:
         "--json",
         "--sandbox",
         "workspace-write",
+        *DEFAULTS,
         "--model",
         "gpt-5-codex",
         "-",
@@ -111,6 +123,7 @@ def test_argv_resume_keeps_every_option_before_the_subcommand() -> None:
         "--json",
         "--sandbox",
         "workspace-write",
+        *DEFAULTS,
         "-m",
         "o4-mini",
         "resume",
@@ -135,28 +148,125 @@ def test_argv_resume_keeps_every_option_before_the_subcommand() -> None:
 )
 def test_argv_leaves_the_sandbox_to_args_that_choose_one(args: list[str]) -> None:
     argv, _ = codex.build(AgentRef(kind="codex", args=args), Launch("/p"))
-    assert argv == ["codex", "exec", "--json", *args, "-"]
+    assert argv == ["codex", "exec", "--json", *DEFAULTS, *args, "-"]
 
 
 def test_argv_does_not_repeat_json_or_read_option_values_as_sandbox() -> None:
     args = ["--json", "-c", "model_reasoning_effort=high", "--", "--sandbox"]
     argv, _ = codex.build(AgentRef(kind="codex", args=args), Launch("/p"))
-    assert argv == ["codex", "exec", "--sandbox", "workspace-write", *args, "-"]
+    assert argv == ["codex", "exec", "--sandbox", "workspace-write", *DEFAULTS, *args, "-"]
     # The args of the manifest in docs/agents.md: other sandbox_* settings are no choice.
-    args = ["-c", "sandbox_workspace_write.network_access=true", "--add-dir", "/srv/x/.git"]
+    args = ["-c", "sandbox_workspace_write.network_access=true", "--add-dir", "/srv/x/data"]
     argv, _ = codex.build(AgentRef(kind="codex", args=args), Launch("/p"))
-    assert argv == ["codex", "exec", "--json", "--sandbox", "workspace-write", *args, "-"]
+    sandbox = ["--sandbox", "workspace-write"]
+    assert argv == ["codex", "exec", "--json", *sandbox, *DEFAULTS, *args, "-"]
 
 
-def test_the_repositorys_git_dir_is_writable_under_the_default_sandbox() -> None:
-    def build(*args: str) -> list[str]:
-        agent = AgentRef(kind="codex", args=list(args))
-        return codex.build(agent, Launch("/p", git_dir="/src/app/.git"))[0]
+def test_the_git_dir_is_never_offered_to_the_sandbox() -> None:
+    """Codex 0.171 keeps every .git read-only under workspace-write, --add-dir or not: the
+    reconciler commits for codex (AgentSpec.commits) and the git dir stays out of reach."""
+    agent = AgentRef(kind="codex", commits="reconciler")
+    argv = codex.build(agent, Launch("/p", git_dir="/src/app/.git"))[0]
+    assert "/src/app/.git" not in argv
+    assert "--add-dir" not in argv
 
-    sandbox = ["--sandbox", "workspace-write", "--add-dir", "/src/app/.git"]
-    assert build() == ["codex", "exec", "--json", *sandbox, "-"]
-    assert build("--add-dir", "/src/app/.git").count("/src/app/.git") == 1  # given: not again
-    assert "/src/app/.git" not in build("--sandbox", "danger-full-access")  # not asked for
+
+@pytest.mark.parametrize(
+    ("args", "left_out"),
+    [
+        (["-c", "analytics.enabled=true"], ["-c", "analytics.enabled=false"]),
+        (["--config", "analytics={enabled=true}"], ["-c", "analytics.enabled=false"]),
+        (["-ccheck_for_update_on_startup=true"], ["-c", "check_for_update_on_startup=false"]),
+        (["--enable", "unbounded_connection_retries"], DEFAULTS[-2:]),
+        (["--disable=unbounded_connection_retries"], DEFAULTS[-2:]),
+        (["-c", "features.unbounded_connection_retries=true"], DEFAULTS[-2:]),
+        (["-c", "features={unbounded_connection_retries=true}"], DEFAULTS[-2:]),
+    ],
+)
+def test_args_that_make_a_default_choice_replace_it(args: list[str], left_out: list[str]) -> None:
+    """Each default is the adapter's only while ``args`` say nothing about it."""
+    argv, _ = codex.build(AgentRef(kind="codex", args=args), Launch("/p"))
+    prefix = ["codex", "exec", "--json", "--sandbox", "workspace-write"]
+    kept = [*DEFAULTS]
+    at = next(i for i in range(len(kept)) if kept[i : i + 2] == left_out)
+    del kept[at : at + 2]
+    assert argv == [*prefix, *kept, *args, "-"]
+
+
+def test_other_settings_in_args_keep_the_defaults() -> None:
+    args = ["-c", "features.plugins=false", "--disable", "plugins", "-c", "analytics_x=1"]
+    argv, _ = codex.build(AgentRef(kind="codex", args=args), Launch("/p"))
+    assert argv == [
+        "codex",
+        "exec",
+        "--json",
+        "--sandbox",
+        "workspace-write",
+        *DEFAULTS,
+        *args,
+        "-",
+    ]
+
+
+def _provider(argv: list[str]) -> dict[str, object]:
+    """The ``-c`` settings of ``argv`` about the model provider, parsed as codex parses them."""
+    values = [argv[i + 1] for i, a in enumerate(argv) if a == "-c"]
+    found = {}
+    for value in values:
+        key, _, raw = value.partition("=")
+        if key.startswith("model_provider"):
+            found[key] = tomllib.loads(f"v = {raw}")["v"]
+    return found
+
+
+def test_openai_base_url_becomes_a_model_provider() -> None:
+    """Codex ignores OPENAI_BASE_URL: the adapter configures a provider with it, so that an
+    admin only exports the URL and a key in the lane user's profile."""
+    env = {"OPENAI_BASE_URL": "http://127.0.0.1:8080/v1", "OPENAI_API_KEY": "sk-x"}
+    argv, _ = codex.build(AgentRef(kind="codex", args=["-m", "o4"]), Launch("/p", env=env))
+    assert _provider(argv) == {
+        "model_provider": "reconciler",
+        "model_providers.reconciler": {
+            "name": "OPENAI_BASE_URL",
+            "base_url": "http://127.0.0.1:8080/v1",
+            "env_key": "OPENAI_API_KEY",
+            "wire_api": "responses",
+        },
+    }
+    assert argv[-3:] == ["-m", "o4", "-"]  # before the args, which may still override it
+    # codex's own variable wins over OpenAI's when both are set
+    both = {**env, "CODEX_API_KEY": "sk-y"}
+    argv, _ = codex.build(AgentRef(kind="codex"), Launch("/p", None, THREAD, env=both))
+    assert _provider(argv)["model_providers.reconciler"]["env_key"] == "CODEX_API_KEY"  # type: ignore[index]
+    assert argv[-3:] == ["resume", THREAD, "-"]
+    # any URL arrives intact, as a TOML string
+    odd = 'http://gw.example/v1?team="a\\b"&x=\u00e9'
+    argv, _ = codex.build(AgentRef(kind="codex"), Launch("/p", env={"OPENAI_BASE_URL": odd}))
+    table = _provider(argv)["model_providers.reconciler"]
+    assert table["base_url"] == odd  # type: ignore[index]
+    assert table["env_key"] == "OPENAI_API_KEY"  # type: ignore[index]  # none set: codex says so
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-c", 'model_provider="azure"'],
+        ["--config=model_provider=ollama"],
+        ["--oss"],
+        ["--local-provider", "lmstudio"],
+    ],
+)
+def test_a_provider_chosen_in_args_is_kept(args: list[str]) -> None:
+    env = {"OPENAI_BASE_URL": "http://127.0.0.1:8080/v1"}
+    argv, _ = codex.build(AgentRef(kind="codex", args=args), Launch("/p", env=env))
+    assert "model_providers.reconciler" not in " ".join(argv)
+    assert argv[-1 - len(args) : -1] == args
+
+
+def test_no_provider_without_openai_base_url() -> None:
+    for env in ({}, {"OPENAI_BASE_URL": " "}, {"OPENAI_API_KEY": "sk-x"}):
+        argv, _ = codex.build(AgentRef(kind="codex"), Launch("/p", env=env))
+        assert _provider(argv) == {}
 
 
 @pytest.mark.parametrize("bad", ["--dangerously-bypass-approvals-and-sandbox", "-", "a b", ""])
@@ -182,22 +292,13 @@ def test_the_fake_rejects_a_wrong_command_line(tmp_path: Path) -> None:
     """What makes the node tests below worth something: a wrong argv exits 2 with a reason."""
     prompt = tmp_path / "prompt.md"
     prompt.write_text(PROMPT)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CODEX_")}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "OPENAI_"))}
     expect = {"resume": THREAD, "prompt": PROMPT}
     env = {**base, "RECONCILER_PROMPT_FILE": str(prompt), "FAKE_CODEX_EXPECT": json.dumps(expect)}
     repo = tmp_path / "repo"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    flags = ["exec", "--json", "--sandbox", "workspace-write", "--add-dir", str(repo / ".git")]
+    flags = ["exec", "--json", "--sandbox", "workspace-write"]
     wrong = {
-        "git dir not writable": [
-            "exec",
-            "--json",
-            "--sandbox",
-            "workspace-write",
-            "resume",
-            THREAD,
-            "-",
-        ],
         "sandbox after resume": ["exec", "--json", "resume", "--sandbox", "workspace-write"],
         "prompt as an argument": [*flags, "resume", THREAD, "fix it"],
         "no --json": ["exec", "--sandbox", "workspace-write", "resume", THREAD, "-"],
@@ -241,6 +342,24 @@ def test_the_fake_rejects_a_wrong_command_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert b"outer Codex session" in proc.stderr
+    # OPENAI_BASE_URL alone is ignored by codex: the run needs a provider that uses it.
+    url = {**env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "sk-x"}
+    table = 'model_providers.p={base_url="%s", env_key="OPENAI_API_KEY", wire_api="responses"}'
+    for provider, code in (
+        ([], 2),
+        (["-c", 'model_provider="p"', "-c", table % "http://127.0.0.1:9/v1"], 0),
+        (["-c", 'model_provider="p"', "-c", table % "https://api.openai.com/v1"], 2),
+    ):
+        argv = [*flags, *provider, "resume", THREAD, "-"]
+        proc = subprocess.run(
+            [sys.executable, str(FAKE), *argv],
+            input=PROMPT.encode(),
+            env=url,
+            cwd=repo,
+            capture_output=True,
+            check=False,
+        )
+        assert proc.returncode == code, (provider, proc.stderr)
 
 
 # ------------------------------------------------------------------- runs through the node
@@ -293,6 +412,46 @@ def test_api_error_event(env: Env, exit: str) -> None:
     assert result.session_id == "0199a4d0-77aa-7c01-9e55-0a1b2c3d4e5f"
     assert "401 Unauthorized" in result.final_text
     assert result.num_turns == 0
+
+
+def test_unauthorized_fails_the_turn_after_five_retries(env: Env) -> None:
+    """Codex 0.171 on a 401 (recorded): five "Reconnecting... n/5" notices, then the cause as
+    an error and a failed turn, exit 1. The notices are not the verdict; the cause is."""
+    run = env.start("bad-key", fake_agent("unauthorized.jsonl", exit="1"), PROMPT)
+    info, result = finished(env, run)
+    assert info.exit_code == 1
+    assert not result.ok
+    assert result.subtype == "turn_failed"
+    assert result.session_id == "01a24410-aace-7342-b2c1-f38952d0e03c"
+    assert result.final_text.startswith("unexpected status 401 Unauthorized: Incorrect API key")
+    assert result.num_turns == 0
+    assert decide(run, exit=info, result=result) == "iterate"
+
+
+def test_stopped_while_reconnecting(env: Env) -> None:
+    """Codex 0.171 with unbounded retries and no route to the API (recorded): "Reconnecting...
+    waiting for network" until it is stopped (SIGTERM: exit 143). The run ended mid-retry:
+    subtype retrying, with what codex was retrying, and the thread still resumable."""
+    run = env.start("offline", fake_agent("reconnecting.jsonl", exit="143"), PROMPT)
+    info, result = finished(env, run)
+    assert info.exit_code == 143
+    assert not result.ok
+    assert result.subtype == "retrying"
+    assert result.session_id == "01a24410-ce76-7fa0-8627-06ec2c64cbc4"
+    assert result.final_text == (
+        "ended while codex was retrying the model API: Reconnecting... waiting for network "
+        "(Connection failed: error sending request)"
+    )
+    assert result.input_tokens is None
+    assert result.num_turns == 0
+
+
+def test_openai_base_url_reaches_codex_as_its_provider(env: Env) -> None:
+    """The fake, like codex, ignores OPENAI_BASE_URL unless a provider uses it (it checks)."""
+    endpoint = {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "CODEX_API_KEY": "sk-test"}
+    run = env.start("gateway", fake_agent("success.jsonl", env=endpoint), PROMPT)
+    _info, result = finished(env, run)
+    assert result.ok
 
 
 def test_context_window_exhausted_is_a_failed_turn(env: Env) -> None:
@@ -444,6 +603,37 @@ def test_parse_error_after_a_completed_turn_is_not_ok(tmp_path: Path) -> None:
     assert not result.ok
     assert result.subtype == "error"
     assert result.final_text == "boom"
+
+
+def _jsonl(*events: dict[str, object]) -> bytes:
+    return b"".join(json.dumps(e).encode() + b"\n" for e in events)
+
+
+def test_retry_notices_are_not_the_end_of_a_turn(tmp_path: Path) -> None:
+    notice = {"type": "error", "message": "Reconnecting... 2/5 (stream disconnected)"}
+    assert retry_notice(notice) == "Reconnecting... 2/5 (stream disconnected)"
+    assert retry_notice({**notice, "message": "Reconnecting… 1/5 (x)"}) is not None
+    assert retry_notice({"type": "error", "message": "unexpected status 401"}) is None
+    assert retry_notice({"type": "turn.failed", "message": "Reconnecting... 1/5"}) is None
+    assert retry_notice({"type": "error", "message": None}) is None
+    start = {"type": "thread.started", "thread_id": THREAD}
+    done = {"type": "turn.completed", "usage": {"input_tokens": 9, "output_tokens": 2}}
+    said = {"type": "item.completed", "item": {"type": "agent_message", "text": "hi"}}
+    # a later turn that retried and then was stopped: retrying, with the earlier turn's usage
+    stopped = codex.parse(
+        write(tmp_path, _jsonl(start, said, done, {"type": "turn.started"}, notice)), OK
+    )
+    assert not stopped.ok
+    assert stopped.subtype == "retrying"
+    assert stopped.final_text.endswith("Reconnecting... 2/5 (stream disconnected)")
+    assert (stopped.input_tokens, stopped.output_tokens, stopped.num_turns) == (9, 2, 1)
+    # retried, then went on: the retry is forgotten
+    item = {"type": "item.started", "item": {"type": "command_execution"}}
+    cut = codex.parse(write(tmp_path, _jsonl(start, notice, item)), FAILED)
+    assert cut.subtype is None
+    recovered = codex.parse(write(tmp_path, _jsonl(start, notice, said, done)), OK)
+    assert recovered.ok
+    assert recovered.final_text == "hi"
 
 
 def test_parse_without_events_gives_the_tail(tmp_path: Path) -> None:

@@ -1,21 +1,34 @@
 """The ``codex`` adapter: ``codex exec --json`` with the prompt on stdin, resumable by thread id.
 
-The argv is ``codex exec --json --sandbox workspace-write --add-dir <git dir> <args…> -`` and, to
-continue a thread, ``codex exec --json --sandbox workspace-write --add-dir <git dir> <args…>
-resume <thread id> -`` (the git dir: where the worktree's commits go). Every option goes
-before ``resume``: the ``resume`` subcommand rejects ``--sandbox`` (and ``-C``, ``--add-dir``…),
-while the options of ``exec`` itself apply to a resumed thread too.
+The argv is ``codex exec --json --sandbox workspace-write <defaults…> <args…> -`` and, to
+continue a thread, ``codex exec --json --sandbox workspace-write <defaults…> <args…> resume
+<thread id> -``. Every option goes before ``resume``: the ``resume`` subcommand rejects
+``--sandbox`` (and ``-C``, ``--add-dir``…), while the options of ``exec`` itself apply to a
+resumed thread too. The defaults, each left out when ``args`` make the same choice:
+
+- analytics and the update check off (``-c analytics.enabled=false``,
+  ``-c check_for_update_on_startup=false``);
+- ``--disable unbounded_connection_retries``: an unreachable model API fails the turn after
+  five reconnects (about 25 s) instead of printing "Reconnecting..." forever;
+- when the agent's environment sets ``OPENAI_BASE_URL``, which codex ignores, a model provider
+  with that base URL (``-c model_provider=… -c model_providers.…``), keyed by ``CODEX_API_KEY``
+  or ``OPENAI_API_KEY``.
+
+Under ``workspace-write`` codex keeps every ``.git`` read-only (0.171: ``--add-dir`` of a
+worktree's git directory does not change that), so a codex Agent's commits are the
+reconciler's by default (``AgentSpec.commits``); the git directory is never made writable.
 
 The verdict is read from the JSONL events (``codex-rs/exec/src/exec_events.rs``): the thread id
 from ``thread.started``, the last turn's end (``turn.completed``, ``turn.failed`` or a top-level
 ``error``), the token usage of ``turn.completed`` and the text of the last ``agent_message`` item.
-Codex reports no cost. Must tolerate any garbage in the output and never read more than the last
-few MiB of it (plus the first line, where the thread id is).
+An ``error`` event saying "Reconnecting..." is a retry notice, not an end: a run whose last event
+is one ended while codex was still retrying (subtype ``retrying``). Codex reports no cost. Must
+tolerate any garbage in the output and never read more than the last few MiB of it (plus the
+first line, where the thread id is).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -38,13 +51,29 @@ _SANDBOX_FLAGS = frozenset(
     {"--sandbox", "-s", "--dangerously-bypass-approvals-and-sandbox", "--yolo"}
 )
 _JSON_FLAGS = frozenset({"--json", "--experimental-json"})
+# Options that pick a local model provider instead of the configured one.
+_PROVIDER_FLAGS = frozenset({"--oss", "--local-provider"})
+# Settings sent unless `args` set them: nothing is reported to OpenAI, no update is looked for.
+QUIET = {
+    "analytics": "analytics.enabled=false",
+    "check_for_update_on_startup": "check_for_update_on_startup=false",
+}
+# On by default in 0.171: with it, an unreachable API is retried forever ("Reconnecting...
+# waiting for network" every minute or so); without it, five reconnects and the turn fails.
+UNBOUNDED_RETRIES = "unbounded_connection_retries"
+# The provider made from OPENAI_BASE_URL, and the key variables it may read (the first set wins).
+PROVIDER = "reconciler"
+KEY_VARIABLES = ("CODEX_API_KEY", "OPENAI_API_KEY")
 # Thread ids are UUIDs. Anything else (above all a value starting with "-", which codex would
 # read as an option) is never passed on as the thread to resume.
 THREAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# "Reconnecting... 2/5 (cause)", "Reconnecting... waiting for network (cause)": codex retrying.
+_RETRY = re.compile(r"^Reconnecting(?:\.\.\.|…)")
 
 SUCCESS = "success"
 TURN_FAILED = "turn_failed"
 ERROR = "error"
+RETRYING = "retrying"
 
 
 def _dict(value: object) -> dict[str, object]:
@@ -55,32 +84,100 @@ def _thread_id(value: object) -> str | None:
     return value if isinstance(value, str) and THREAD_ID.match(value) else None
 
 
+def _option_values(args: list[str], long: str, short: str | None = None) -> list[str]:
+    """The values of option ``long`` (or ``short``) in ``args``, in any spelling clap accepts:
+    ``--opt V``, ``--opt=V``, ``-o V``, ``-oV``; none after ``--``."""
+    values = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg in (long, short) and i + 1 < len(args):
+            values.append(args[i + 1])
+        elif arg.startswith(long + "="):
+            values.append(arg[len(long) + 1 :])
+        elif short and arg.startswith(short) and len(arg) > len(short):
+            values.append(arg[len(short) :])
+    return values
+
+
+def _config_keys(args: list[str]) -> list[str]:
+    """The dotted keys that ``-c key=value`` options in ``args`` set."""
+    return [v.split("=", 1)[0].strip() for v in _option_values(args, "--config", "-c")]
+
+
+def _sets(args: list[str], key: str) -> bool:
+    """Whether ``args`` set config ``key`` or something inside it (``key.…``)."""
+    return any(k == key or k.startswith(key + ".") for k in _config_keys(args))
+
+
 def sets_sandbox(args: list[str]) -> bool:
     """Whether ``args`` already choose the sandbox (a second ``--sandbox`` is a usage error, and
     ``--sandbox`` would override a ``-c sandbox_mode=…``)."""
-    for i, arg in enumerate(args):
+    for arg in args:
         if arg == "--":
-            return False
+            break
         name = arg.split("=", 1)[0]
         if name in _SANDBOX_FLAGS or (arg.startswith("-s") and not arg.startswith("--")):
             return True
-        if arg in ("-c", "--config") and i + 1 < len(args):
-            value = args[i + 1]
-        elif name == "--config":
-            value = arg.split("=", 1)[1]
-        elif arg.startswith("-c") and not arg.startswith("--"):
-            value = arg[2:]
-        else:
-            continue
-        if value.strip().startswith("sandbox_mode"):
-            return True
-    return False
+    return _sets(args, "sandbox_mode")
 
 
-def _adds_dir(args: list[str], path: str) -> bool:
-    """Whether ``args`` already make ``path`` writable with ``--add-dir``."""
-    pairs = itertools.pairwise([*args, ""])
-    return any((a == "--add-dir" and b == path) or a == f"--add-dir={path}" for a, b in pairs)
+def _names_feature(args: list[str], feature: str) -> bool:
+    toggled = _option_values(args, "--enable") + _option_values(args, "--disable")
+    keys = _config_keys(args)
+    return feature in toggled or f"features.{feature}" in keys or "features" in keys
+
+
+def _chooses_provider(args: list[str]) -> bool:
+    before = args[: args.index("--")] if "--" in args else args
+    flags = any(a.split("=", 1)[0] in _PROVIDER_FLAGS for a in before)
+    return flags or "model_provider" in _config_keys(args)
+
+
+def _toml_string(text: str) -> str:
+    # A JSON string is a TOML basic string: the same quotes and escapes (\uXXXX included).
+    return json.dumps(text)
+
+
+def provider_config(args: list[str], env: Mapping[str, str]) -> list[str]:
+    """``-c`` options that send codex to ``OPENAI_BASE_URL`` (which codex ignores) when the
+    agent's environment sets it and ``args`` choose no provider; else nothing.
+
+    The provider speaks the Responses API (``POST <base>/responses``, over HTTP: codex's own
+    OpenAI provider first tries a WebSocket, whose failure shows as "Reconnecting..." errors)
+    with the key in ``CODEX_API_KEY`` or ``OPENAI_API_KEY`` (the first one set; none set:
+    ``OPENAI_API_KEY``, which codex then reports missing)."""
+    base = env.get("OPENAI_BASE_URL", "").strip()
+    if not base or _chooses_provider(args):
+        return []
+    key = next((name for name in KEY_VARIABLES if env.get(name)), KEY_VARIABLES[-1])
+    table = (
+        f"{{name = {_toml_string('OPENAI_BASE_URL')}, base_url = {_toml_string(base)}, "
+        f'env_key = "{key}", wire_api = "responses"}}'
+    )
+    return ["-c", f'model_provider="{PROVIDER}"', "-c", f"model_providers.{PROVIDER}={table}"]
+
+
+def defaults(args: list[str], env: Mapping[str, str]) -> list[str]:
+    """The options the adapter adds before ``args`` (see the module docstring)."""
+    options: list[str] = []
+    for key, setting in QUIET.items():
+        if not _sets(args, key):
+            options += ["-c", setting]
+    if not _names_feature(args, UNBOUNDED_RETRIES):
+        options += ["--disable", UNBOUNDED_RETRIES]
+    return options + provider_config(args, env)
+
+
+def retry_notice(event: Mapping[str, object]) -> str | None:
+    """The message of a codex retry notice, else None. While a request to the model API fails,
+    codex 0.171 prints ``{"type":"error","message":"Reconnecting... 2/5 (<cause>)"}`` per retry
+    (five, a few seconds apart, for HTTP errors such as 401 or 5xx), or ``"Reconnecting...
+    waiting for network (<cause>)"`` with growing pauses up to about a minute, forever, when the
+    API cannot be reached and unbounded retries are on. The retries end in a completed turn or
+    in ``error`` + ``turn.failed`` carrying the cause without the prefix."""
+    message = event.get("message") if event.get("type") == "error" else None
+    return message if isinstance(message, str) and _RETRY.match(message) else None
 
 
 def _events(data: bytes) -> list[dict[str, object]]:
@@ -126,15 +223,13 @@ class CodexAdapter:
 
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         # `run.session_id` is not used: codex picks the thread id itself (see thread.started).
+        # Nor is `run.git_dir`: codex's sandbox keeps it read-only whatever it is told.
         argv = [*(agent.command or ["codex"]), "exec"]
         if not any(arg in _JSON_FLAGS for arg in agent.args):
             argv.append("--json")
         if not sets_sandbox(agent.args):
             argv += SANDBOX
-            if run.git_dir and not _adds_dir(agent.args, run.git_dir):
-                # The worktree's index, HEAD and objects live in the checkout's git directory,
-                # outside the worktree: without it, workspace-write cannot `git commit`.
-                argv += ["--add-dir", run.git_dir]
+        argv += defaults(agent.args, run.env)
         argv += agent.args
         if run.resume:
             if not THREAD_ID.match(run.resume):
@@ -158,8 +253,13 @@ class CodexAdapter:
         message: str | None = None
         usage: dict[str, object] | None = None
         turns = 0
+        retrying: str | None = None  # the retry notice that is the last event so far
         for event in events:
             kind = event["type"]
+            notice = retry_notice(event)
+            retrying = notice
+            if notice is not None:
+                continue  # a retry: the turn goes on
             if kind == "thread.started":
                 thread = _thread_id(event.get("thread_id")) or thread
             elif kind == "turn.started":
@@ -181,6 +281,17 @@ class CodexAdapter:
                     message = text
         if thread is None and cut:
             thread = _head_thread_id(output_path)
+        if retrying is not None:
+            # The run ended (killed, stalled, stopped) while codex was still retrying.
+            return AgentResult(
+                ok=False,
+                subtype=RETRYING,
+                session_id=thread,
+                input_tokens=_int((usage or {}).get("input_tokens")),
+                output_tokens=_int((usage or {}).get("output_tokens")),
+                num_turns=turns,
+                final_text=_clip(f"ended while codex was retrying the model API: {retrying}"),
+            )
         if last_turn is None:
             # No turn ended in what was read (killed, cut off, or not codex at all).
             if message is None:

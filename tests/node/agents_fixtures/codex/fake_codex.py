@@ -12,8 +12,10 @@ Driven by the environment:
 - ``FAKE_CODEX_EXIT``: the exit status afterwards (default 0), or ``SIGKILL`` to die mid-stream.
 - ``FAKE_CODEX_EXPECT``: JSON ``{"resume": ID or null, "sandbox": "workspace-write" |
   "danger-full-access" | "bypass" | ..., "args": [...], "prompt": "..."}``: what reconciler must
-  send; ``args`` must appear, in order and together, among the options of ``exec``. Under
-  ``workspace-write`` the repository's git directory must be among the ``--add-dir``s.
+  send; ``args`` must appear, in order and together, among the options of ``exec``.
+  ``OPENAI_BASE_URL`` in the environment, which the real codex ignores, must be configured as
+  the model provider (``-c model_provider=NAME -c model_providers.NAME={base_url=…, …}``), or
+  the run would go to api.openai.com.
 - ``FAKE_CODEX_RECORD``: a file that gets one JSON line per call: argv, cwd and stdin.
 """
 
@@ -22,9 +24,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import NoReturn
 
 # Options of `codex exec` (before any subcommand): flags, and options that take a value.
 EXEC_FLAGS = {
@@ -98,7 +101,7 @@ SANDBOX_MODES = {"read-only", "workspace-write", "danger-full-access"}
 OUTER_SESSION = ("CODEX_SANDBOX", "CODEX_SANDBOX_NETWORK_DISABLED", "CODEX_THREAD_ID")
 
 
-def usage(message: str) -> None:
+def usage(message: str) -> NoReturn:
     sys.stderr.write(f"error: {message}\n\nUsage: codex exec [OPTIONS] [PROMPT]\n")
     sys.stderr.write(f"fake codex got: {json.dumps(sys.argv[1:])}\n")
     sys.exit(2)
@@ -181,17 +184,9 @@ def contract(cmd: dict[str, object], stdin: bytes) -> None:
     wanted_choice = wanted if wanted == "bypass" or "=" in wanted else f"--sandbox {wanted}"
     if choices != [wanted_choice]:
         usage(f"sandbox chosen as {choices}, expected exactly [{wanted_choice!r}]")
-    if wanted == "workspace-write":
-        # The worktree's git metadata lives in the checkout's git directory: it must be
-        # writable, or the agent cannot commit.
-        common = subprocess.run(
-            ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        if os.path.realpath(common) not in map(os.path.realpath, seen.get("--add-dir", [])):
-            usage(f"--add-dir {common} missing: the worktree could not commit")
+    base_url = os.environ.get("OPENAI_BASE_URL")
+    if base_url:
+        provider(seen.get("--config", []), base_url)
     if cmd["resume"] != expect.get("resume"):
         usage(f"resume {cmd['resume']!r}, expected {expect.get('resume')!r}")
     if cmd["prompt"] != "-":
@@ -211,6 +206,26 @@ def contract(cmd: dict[str, object], stdin: bytes) -> None:
     leaked = [name for name in OUTER_SESSION if name in os.environ]
     if leaked:
         usage(f"variables of an outer Codex session reached the agent: {leaked}")
+
+
+def provider(configs: list[str], base_url: str) -> None:
+    """The provider the ``-c`` options choose must send requests to ``base_url`` with a key
+    from a variable that is set; exits 2 otherwise."""
+    values: dict[str, object] = {}
+    for config in configs:
+        key, _, raw = config.partition("=")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = raw  # codex takes what is not TOML as a string
+    name = values.get("model_provider")
+    table = values.get(f"model_providers.{name}")
+    if not isinstance(table, dict):
+        usage(f"OPENAI_BASE_URL={base_url} is set but no model provider uses it (codex ignores it)")
+    if table.get("base_url") != base_url or table.get("wire_api") != "responses":
+        usage(f"model provider {name} is {table}, expected base_url {base_url}, wire_api responses")
+    if not os.environ.get(str(table.get("env_key"))):
+        usage(f"the key variable {table.get('env_key')} of provider {name} is not set")
 
 
 def main() -> None:
