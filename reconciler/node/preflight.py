@@ -313,6 +313,16 @@ def _auth_check(lane: Lane, agent: AgentRef) -> PreflightCheck | None:
         )
     paths = [_login_path(f, env) for f in files]
     logins = [p for p in paths if os.path.isfile(p)]
+    keyed = KEY_ONLY.get(agent.kind)
+    if keyed is not None and env.get(keyed):
+        return _fail(
+            "agent-auth",
+            subject,
+            f"The {agent.kind} agent talks to {env[keyed]} ({keyed}), which takes an API key, "
+            f"but none of {', '.join(names)} is set"
+            + (f" ({logins[0]} is a login for the vendor's own service)." if logins else "."),
+            fix,
+        )
     if logins:
         return _ok("agent-auth", subject, f"{logins[0]} holds a {agent.kind} login.")
     return _fail(
@@ -331,6 +341,10 @@ ENDPOINTS = (
     "OPENAI_API_BASE",
     "GOOGLE_GEMINI_BASE_URL",
 )
+
+# An agent pointed at its own endpoint by this variable authenticates with a key variable only:
+# a login file is for the vendor's service (codex's provider for OPENAI_BASE_URL reads a key).
+KEY_ONLY = {"codex": "OPENAI_BASE_URL"}
 
 _DEFAULTED = re.compile(r"^\$\{(\w+):-([^}]*)\}(.*)$")
 

@@ -163,7 +163,10 @@ def test_aider_with_a_rejected_key_fails_its_run_though_it_exits_0(
     run = first_run(scenario)
     assert run["exitCode"] == 0
     assert run["outcome"] == "failed"
-    assert run["failures"][0] == "agent reported api_error"
+    assert run["failures"][0] == (
+        "agent reported api_error: litellm.AuthenticationError: AuthenticationError: "
+        "OpenAIException - invalid key"
+    )
     output = scenario.read(Path(run["runDir"]) / "output.log")
     # aider does not retry a rejected key: one error, no "Retrying in …", then exit 0
     assert output.count("litellm.AuthenticationError: AuthenticationError: OpenAIException") == 1

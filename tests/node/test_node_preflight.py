@@ -259,3 +259,25 @@ def test_a_checkout_without_a_git_identity_is_reported_not_blocking(env: Env) ->
     assert "no user.email" in found.detail
     assert "Author identity unknown" in found.detail
     assert "git config --global user.email" in (found.fix or "")
+
+
+def test_codex_at_its_own_endpoint_needs_a_key_not_a_login(env: Env, tmp_path: Path) -> None:
+    codex_home = tmp_path / "codex-home"
+    codex_home.mkdir()
+    (codex_home / "auth.json").write_text("{}")
+    agent = AgentRef(
+        kind="codex",
+        command=[sys.executable],
+        env={"CODEX_HOME": str(codex_home), "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"},
+    )
+    lane = env.lane.model_copy(update={"env": {"OPENAI_API_KEY": "", "CODEX_API_KEY": ""}})
+    req = PreflightRequest(lane=lane, bases={}, agents=[agent], min_free_bytes=1)
+    found = run(env, req)["agent-auth", sys.executable]
+    assert not found.ok
+    assert "talks to http://127.0.0.1:9/v1 (OPENAI_BASE_URL)" in found.detail
+    assert "auth.json is a login for the vendor's own service" in found.detail
+    keyed = agent.model_copy(update={"env": {**agent.env, "CODEX_API_KEY": "sk-x"}})
+    req = PreflightRequest(lane=lane, bases={}, agents=[keyed], min_free_bytes=1)
+    found = run(env, req)["agent-auth", sys.executable]
+    assert found.ok
+    assert "it talks to http://127.0.0.1:9/v1 (OPENAI_BASE_URL)" in found.detail

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from reconciler.node.agents.launch import Launch
-from reconciler.node.agents.values import FINAL_TEXT_LIMIT
+from reconciler.node.agents.values import FINAL_TEXT_LIMIT, one_line
 from reconciler.node.agents.values import clip as _clip
 from reconciler.node.agents.values import int_or_none as _int
 from reconciler.node.agents.values import str_or_none as _str
@@ -291,6 +291,7 @@ class CodexAdapter:
                 output_tokens=_int((usage or {}).get("output_tokens")),
                 num_turns=turns,
                 final_text=_clip(f"ended while codex was retrying the model API: {retrying}"),
+                error=one_line(retrying),
             )
         if last_turn is None:
             # No turn ended in what was read (killed, cut off, or not codex at all).
@@ -302,8 +303,10 @@ class CodexAdapter:
         # Codex's usage is the thread's running total (restored on resume), so the last
         # turn.completed holds every turn before it: the figures are taken, not summed.
         totals = usage or {}
+        ok = exit.exit_code == 0 and subtype == SUCCESS
         return AgentResult(
-            ok=exit.exit_code == 0 and subtype == SUCCESS,
+            ok=ok,
+            error=None if ok else one_line(error or subtype),
             subtype=subtype,
             session_id=thread,
             cost_usd=None,  # codex reports no cost

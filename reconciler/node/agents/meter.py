@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field, ValidationError
 from reconciler.node import files
 from reconciler.node.agents.aider import COST, TOKENS, count
 from reconciler.node.agents.claude import result_tokens as claude_tokens
+from reconciler.node.agents.codex import retry_notice as codex_retry
 from reconciler.node.agents.gemini import tokens_of as gemini_tokens
 from reconciler.node.agents.pricing import Price, configured, model_in, price_of
 from reconciler.node.agents.render import RENDERERS
@@ -241,10 +242,8 @@ def _claude_retry(event: dict[str, object]) -> str | None:
 
 
 def _codex_retry(event: dict[str, object]) -> str | None:
-    message = str_or_none(event.get("message")) if event.get("type") == "error" else None
-    if message is None or not message.startswith("Reconnecting"):
-        return None
-    return f"retrying: {message}"
+    message = codex_retry(event)
+    return f"retrying: {message}" if message is not None else None
 
 
 def _no_retry(event: dict[str, object]) -> str | None:
