@@ -18,7 +18,11 @@ from model_api import ModelServer
 from security_support import Control, doc, lane_doc
 
 # The check fails until the agent wrote fixed.txt, and says so in words the scripted model reads.
-CHECK = ["sh", "-c", "test -f fixed.txt || { echo 'fixed.txt is missing: @write fixed.txt'; exit 1; }"]
+CHECK = [
+    "sh",
+    "-c",
+    "test -f fixed.txt || { echo 'fixed.txt is missing: @write fixed.txt'; exit 1; }",
+]
 PROMPT = "Start the feature: @write first.txt"
 # Nothing leaves the machine: no telemetry, update checks or "nonessential" traffic.
 QUIET = {
@@ -112,7 +116,14 @@ class Scenario:
 
     def runs_dirs(self) -> list[Path]:
         listing = self.user.run(
-            ["find", str(self.user.home / "worktrees" / ".runs"), "-mindepth", "2", "-maxdepth", "2"],
+            [
+                "find",
+                str(self.user.home / "worktrees" / ".runs"),
+                "-mindepth",
+                "2",
+                "-maxdepth",
+                "2",
+            ],
             check=False,
         ).stdout.split()
         return sorted(Path(p) for p in listing)
