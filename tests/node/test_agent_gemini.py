@@ -16,6 +16,7 @@ from decide import decide
 from node_support import Env
 
 from reconciler.node.agents import ADAPTERS, Launch
+from reconciler.node.agents.gemini import pin_settings, settings_path, settings_pins
 from reconciler.protocol import (
     AgentRef,
     AgentResult,
@@ -241,24 +242,150 @@ def test_ide_companion_variables_never_reach_the_agent(env: Env) -> None:
     assert not any(name.startswith("GEMINI_CLI_IDE_") for name in recorded)
 
 
+def test_the_worktree_is_trusted_unless_the_lane_says_otherwise(env: Env, tmp_path: Path) -> None:
+    agent = agent_ref(stream="success.jsonl", argv_tail=fresh_argv())
+    run = env.start("trusted", agent, PROMPT, session_id=SESSION)
+    assert finish(env, run, 0).ok  # the fake exits 55 as the CLI does in an untrusted folder
+    recorded = json.loads((Path(run.run_dir) / "env.json").read_text())
+    assert recorded["GEMINI_CLI_TRUST_WORKSPACE"] == "true"
+    # The run's settings: usage statistics off, and nothing else (no endpoint in this lane).
+    settings = json.loads((tmp_path / "home" / ".gemini" / "settings.json").read_text())
+    assert settings == {"privacy": {"usageStatisticsEnabled": False}}
+
+    env.lane = env.lane.model_copy(
+        update={"env": {**env.lane.env, "GEMINI_CLI_TRUST_WORKSPACE": "false"}}
+    )
+    run = env.start("untrusted", agent, PROMPT, session_id=SESSION)
+    result = finish(env, run, 55)
+    assert result == AgentResult(
+        ok=False, subtype="untrusted_workspace", num_turns=0, final_text=""
+    )
+
+
 # ------------------------------------------------------------------------- argv
 
 
 def test_argv_fresh_resumed_and_without_session() -> None:
     agent = AgentRef(kind="gemini", args=["-m", "x"])
+    yolo = "--approval-mode=yolo"
     argv, on_stdin = gemini.build(agent, Launch("/runs/p.md", "sid-1"))
-    assert argv == ["gemini", "--output-format", "stream-json", "--session-id", "sid-1", "-m", "x"]
+    assert argv == [
+        *("gemini", "--output-format", "stream-json", "--session-id", "sid-1", yolo, "-m", "x")
+    ]
     assert on_stdin
     # Resuming wins: the CLI refuses --session-id together with --resume.
     argv, _ = gemini.build(agent, Launch("/runs/p.md", "sid-2", "old"))
-    assert argv == ["gemini", "--output-format", "stream-json", "--resume", "old", "-m", "x"]
+    assert argv == ["gemini", "--output-format", "stream-json", "--resume", "old", yolo, "-m", "x"]
     argv, _ = gemini.build(agent, Launch("/runs/p.md"))
-    assert argv == ["gemini", "--output-format", "stream-json", "-m", "x"]
+    assert argv == ["gemini", "--output-format", "stream-json", yolo, "-m", "x"]
     custom = agent.model_copy(update={"command": ["npx", "@google/gemini-cli"]})
     argv, _ = gemini.build(custom, Launch("/runs/p.md"))
     assert argv[:4] == ["npx", "@google/gemini-cli", "--output-format", "stream-json"]
     assert "/runs/p.md" not in argv  # the prompt goes on stdin, never as an argument
     assert gemini.sessions
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--approval-mode", "auto_edit"],
+        ["--approval-mode=plan"],
+        ["--yolo"],
+        ["-y", "-m", "x"],
+    ],
+)
+def test_args_that_choose_the_approval_mode_get_no_other(args: list[str]) -> None:
+    argv, _ = gemini.build(AgentRef(kind="gemini", args=args), Launch("/runs/p.md"))
+    assert argv == ["gemini", "--output-format", "stream-json", *args]
+
+
+def test_env_defaults_trust_the_worktree() -> None:
+    assert dict(gemini.env_defaults) == {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
+
+
+# ------------------------------------------------------------------------- user settings
+
+KEY = {"GEMINI_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": "http://127.0.0.1:9"}
+QUIET = {"privacy": {"usageStatisticsEnabled": False}}
+API_KEY = {"security": {"auth": {"selectedType": "gemini-api-key"}}}
+
+
+def test_settings_pins_follow_what_the_cli_would_infer() -> None:
+    usage = ("privacy", "usageStatisticsEnabled")
+    auth = ("security", "auth", "selectedType")
+    assert settings_pins({}) == {usage: False}
+    assert settings_pins({"GEMINI_API_KEY": "k"}) == {usage: False}  # the CLI picks the key
+    assert settings_pins(KEY) == {usage: False, auth: "gemini-api-key"}  # it would pick gateway
+    for chosen in ("GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_GCA"):
+        assert settings_pins({**KEY, chosen: "true"}) == {usage: False}
+    assert settings_pins({**KEY, "GEMINI_API_KEY": ""}) == {usage: False}
+
+
+def test_build_writes_the_missing_settings_once(tmp_path: Path) -> None:
+    home = tmp_path / "lane-home"
+    home.mkdir()
+    launch = Launch("/runs/p.md", "sid", env={"HOME": str(home), **KEY})
+    gemini.build(AgentRef(kind="gemini"), launch)
+    path = home / ".gemini" / "settings.json"
+    assert json.loads(path.read_text()) == {**API_KEY, **QUIET}
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    before = path.stat().st_mtime_ns
+    gemini.build(AgentRef(kind="gemini"), launch)
+    assert path.stat().st_mtime_ns == before  # nothing missing: not rewritten
+    assert settings_path({"HOME": "/h", "GEMINI_CLI_HOME": "/g"}) == "/g/.gemini/settings.json"
+    assert settings_path({}) is None
+
+
+def test_what_the_user_set_wins_and_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    mine = {
+        "security": {"auth": {"selectedType": "oauth-personal"}},
+        "privacy": {"usageStatisticsEnabled": True},
+        "model": {"name": "gemini-2.5-pro"},
+    }
+    path.write_text(json.dumps(mine))
+    path.chmod(0o640)
+    assert pin_settings(str(path), settings_pins(KEY)) == []
+    assert json.loads(path.read_text()) == mine
+    path.write_text(json.dumps({"model": {"name": "m"}, "security": {"folderTrust": {}}}))
+    assert pin_settings(str(path), settings_pins(KEY)) == [
+        "privacy.usageStatisticsEnabled",
+        "security.auth.selectedType",
+    ]
+    assert json.loads(path.read_text()) == {
+        "model": {"name": "m"},
+        "security": {"folderTrust": {}, "auth": {"selectedType": "gemini-api-key"}},
+        **QUIET,
+    }
+    assert path.stat().st_mode & 0o777 == 0o640  # the file keeps its mode
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"model": {"name": "m"}} // comments are Gemini CLI settings, not JSON',
+        "[]",
+        "",
+        '{"privacy": "off"}',
+    ],
+)
+def test_settings_the_reconciler_cannot_read_are_left_alone(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(text)
+    pins = {("privacy", "usageStatisticsEnabled"): False}
+    assert pin_settings(str(path), pins) == []
+    assert path.read_text() == text
+
+
+def test_a_linked_settings_file_is_left_alone(tmp_path: Path) -> None:
+    target = tmp_path / "dotfiles-settings.json"
+    target.write_text("{}")
+    link = tmp_path / "settings.json"
+    link.symlink_to(target)
+    assert pin_settings(str(link), settings_pins(KEY)) == []
+    assert link.is_symlink()
+    assert target.read_text() == "{}"
 
 
 # ------------------------------------------------------------------------- parsing
@@ -293,7 +420,14 @@ def write(tmp_path: Path, *lines: object, tail: str = "") -> str:
         (52, None, "config_error"),
         (53, None, "turn_limit"),
         (54, None, "tool_error"),
+        (44, None, "sandbox_error"),
+        (55, None, "untrusted_workspace"),
         (130, None, "cancelled"),
+        (145, None, "auth_error"),  # an HTTP 401, cut to 8 bits
+        (147, None, "auth_error"),  # 403
+        (173, None, "rate_limited"),  # 429
+        (144, None, "api_error"),  # 400
+        (247, None, "api_error"),  # 503 after the retries
         (3, None, "error"),
         (None, 9, "error"),
     ],

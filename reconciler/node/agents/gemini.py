@@ -2,11 +2,16 @@
 
 Command line (see docs/agents.md)::
 
-    gemini --output-format stream-json [--session-id ID | --resume ID] <args...>  < prompt
+    gemini --output-format stream-json [--session-id ID | --resume ID] [--approval-mode=yolo]
+           <args...>  < prompt
 
 Gemini CLI runs headless whenever stdin or stdout is not a terminal, and reads the whole of a
 non-terminal stdin as the prompt (up to 8 MiB), so the prompt never travels as an argument and
-``-p`` is not needed (``-p ""`` would only append two newlines to it).
+``-p`` is not needed (``-p ""`` would only append two newlines to it). Headless, the default
+approval mode offers the model no tool that edits or runs anything, so the adapter asks for
+``yolo`` unless the Agent's ``args`` choose a mode; ``GEMINI_CLI_TRUST_WORKSPACE=true`` (an
+environment default, which a lane or Agent may set to ``false``) trusts the worktree, without
+which a headless run exits 55 at once.
 
 The stream is JSON lines with a ``type``: ``init`` (``session_id``, ``model``), ``message``
 (``role``, ``content``, ``delta``), ``tool_use``, ``tool_result``, ``error`` (``severity``,
@@ -15,14 +20,24 @@ with ``input_tokens``/``output_tokens``/``total_tokens``/``tool_calls``/``durati
 verdict is the exit code together with the last ``result`` object: ``ok`` only for exit 0 and
 ``status: success``. Anything else in the output (credential notices, warnings, a line cut off
 by a kill) is skipped, and never more than the last few MiB of it is read.
+
+What no flag or variable can say goes in the user's ``~/.gemini/settings.json``
+(``pin_settings``): usage statistics off, and the API-key auth type when
+``GOOGLE_GEMINI_BASE_URL`` is set (else 0.61 picks a "gateway" type that headless mode refuses).
+``build`` writes those keys there when they are missing; it is the only file an adapter writes
+outside the run directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 
+from reconciler import safefile
 from reconciler.node.agents.launch import Launch
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT
 from reconciler.node.agents.values import clip as _clip
@@ -34,17 +49,35 @@ from reconciler.protocol import AgentRef, AgentResult, ExitInfo
 READ_LIMIT = 8 * 1024 * 1024
 HEAD_LIMIT = 64 * 1024  # where the init event (the session id) is, when the tail lost it
 
-# Gemini CLI's documented headless exit codes. 0, 1, 42 and 53 are the long-standing ones;
-# 41, 52, 54 and 130 are documented by later versions (JSON modes use them instead of 1).
+# Gemini CLI's headless exit codes: 0, 1, 42 and 53 are the long-standing ones; 41, 44, 52, 54,
+# 55 and 130 are its FatalError kinds (0.61), which the JSON modes use instead of 1.
 EXIT_SUBTYPES: dict[int, str] = {
-    1: "error",  # general error or API failure
-    41: "auth_error",
+    1: "error",  # general error, or an API failure without an HTTP status (unreachable)
+    41: "auth_error",  # no usable credentials, or an auth type headless mode refuses
     42: "input_error",  # invalid prompt or arguments, or a session that cannot be resumed
-    52: "config_error",
+    44: "sandbox_error",  # --sandbox without a usable container runtime
+    52: "config_error",  # invalid settings, or yolo refused by security.disableYoloMode
     53: "turn_limit",  # model.maxSessionTurns reached
     54: "tool_error",  # fatal tool execution error (e.g. disk full)
+    # The worktree is not a trusted folder: folder trust is on and GEMINI_CLI_TRUST_WORKSPACE is
+    # "false" (or GEMINI_RESTRICTED_MODE is "true") in the lane's or Agent's env.
+    55: "untrusted_workspace",
     130: "cancelled",
 }
+# An API error that outlived the CLI's retries exits with the HTTP status itself, which the
+# kernel cuts to 8 bits: 401 exits 145, 429 exits 173, 503 exits 247.
+HTTP_EXIT_SUBTYPES: dict[int, str] = {401: "auth_error", 403: "auth_error", 429: "rate_limited"}
+
+# Options with which the Agent's args choose the approval mode themselves (the CLI refuses
+# --yolo together with --approval-mode).
+APPROVAL_OPTIONS = ("--approval-mode", "--yolo", "-y")
+DEFAULT_APPROVAL = "--approval-mode=yolo"
+
+# What the reconciler sets in the user's ~/.gemini/settings.json when it is missing: only settings
+# can say it (see pin_settings).
+API_KEY_AUTH = "gemini-api-key"
+AUTH_TYPE = ("security", "auth", "selectedType")
+USAGE_STATISTICS = ("privacy", "usageStatisticsEnabled")
 
 
 def _first_int(obj: Mapping[str, object], *names: str) -> int | None:
@@ -183,6 +216,92 @@ def _head_session_id(output_path: str) -> str | None:
     return None
 
 
+def chooses_approval(args: list[str]) -> bool:
+    """Whether ``args`` set the approval mode (``--approval-mode X``, ``--approval-mode=X``,
+    ``--yolo``, ``-y``)."""
+    return any(a in APPROVAL_OPTIONS or a.startswith(("--approval-mode=", "--yolo=")) for a in args)
+
+
+def infers_gateway(env: Mapping[str, str]) -> bool:
+    """Whether Gemini CLI 0.61 would pick its "gateway" auth type from ``env`` for a user who has
+    an API key: ``GOOGLE_GEMINI_BASE_URL`` is looked at before ``GEMINI_API_KEY``, and headless
+    mode refuses that type ("Invalid auth method selected.", exit 41)."""
+    return (
+        env.get("GOOGLE_GENAI_USE_GCA") != "true"
+        and env.get("GOOGLE_GENAI_USE_VERTEXAI") != "true"
+        and bool(env.get("GOOGLE_GEMINI_BASE_URL"))
+        and bool(env.get("GEMINI_API_KEY"))
+    )
+
+
+def settings_pins(env: Mapping[str, str]) -> dict[tuple[str, ...], object]:
+    """The user settings a run in ``env`` needs, by key path (each set only where missing).
+
+    - usage statistics off: Gemini CLI sends them to Google unless
+      ``privacy.usageStatisticsEnabled`` is false, and no flag or variable turns them off;
+    - the API-key auth type when the environment would select "gateway": 0.61 reads no variable
+      for the headless auth type (``GEMINI_DEFAULT_AUTH_TYPE`` only in interactive mode), and with
+      ``gemini-api-key`` selected it still sends its requests to ``GOOGLE_GEMINI_BASE_URL``.
+    """
+    pins: dict[tuple[str, ...], object] = {USAGE_STATISTICS: False}
+    if infers_gateway(env):
+        pins[AUTH_TYPE] = API_KEY_AUTH
+    return pins
+
+
+def settings_path(env: Mapping[str, str]) -> str | None:
+    """The user settings file the CLI reads in ``env`` (``GEMINI_CLI_HOME`` replaces the home)."""
+    home = env.get("GEMINI_CLI_HOME") or env.get("HOME")
+    return os.path.join(home, ".gemini", "settings.json") if home else None
+
+
+def pin_settings(path: str, pins: Mapping[tuple[str, ...], object]) -> list[str]:
+    """Set each of ``pins`` that ``path`` (a Gemini CLI settings file) lacks; return the dotted
+    names set. Whatever the file already says wins, the rest of it is kept, and a file that
+    is not plain JSON (Gemini CLI allows comments), not an object, or a symlink is left alone:
+    the run then shows what the CLI makes of it. Best effort: a file that cannot be read or
+    written is left as it is."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError:
+        return []
+    settings: object = {}
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        try:
+            with open(path, "rb") as f:
+                settings = json.loads(f.read())
+        except (OSError, ValueError):
+            return []
+    if not isinstance(settings, dict):
+        return []
+    added: list[str] = []
+    for keys, value in pins.items():
+        node = settings
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                break
+            node = child
+        else:
+            if keys[-1] not in node:
+                node[keys[-1]] = value
+                added.append(".".join(keys))
+    if not added:
+        return []
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        data = (json.dumps(settings, indent=2) + "\n").encode()
+        safefile.write_atomic(path, data, stat.S_IMODE(st.st_mode) if st else 0o600)
+    except OSError:
+        return []
+    return added
+
+
 class GeminiAdapter:
     # Set by an IDE's Gemini companion in its terminals: a headless run in a worktree must not
     # attach to the operator's IDE (diffs opened there, its folders added to the workspace).
@@ -197,14 +316,30 @@ class GeminiAdapter:
     # ``--resume <uuid>`` resumes a session of the same project (the same worktree path)
     # headless; ``--session-id`` makes the id the reconciler chose the session's own.
     sessions: bool = True
-    env_defaults: Mapping[str, str] = MappingProxyType({})
+    env_defaults: Mapping[str, str] = MappingProxyType(
+        {
+            # Folder trust is on by default (0.61) and every worktree is a new folder: a
+            # headless run in an untrusted one exits 55 at once. The variable rather than
+            # --skip-trust (which only sets it) so that a lane or Agent can still say "false".
+            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        }
+    )
 
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
+        """The argv; also sets the user settings ``settings_pins`` names where they are missing
+        (no flag or variable can say them)."""
+        path = settings_path(run.env)
+        if path is not None:
+            pin_settings(path, settings_pins(run.env))
         argv = [*(agent.command or ["gemini"]), "--output-format", "stream-json"]
         if run.resume:  # the CLI refuses --session-id together with --resume
             argv += ["--resume", run.resume]
         elif run.session_id:
             argv += ["--session-id", run.session_id]
+        if not chooses_approval(agent.args):
+            # Headless, the default mode offers the model no tool that edits or runs anything;
+            # the lane's user and worktree are the boundary. ``--yolo`` is the older spelling.
+            argv.append(DEFAULT_APPROVAL)
         argv += agent.args
         return argv, True
 
@@ -256,4 +391,8 @@ def _exit_subtype(exit: ExitInfo) -> str | None:
         return None
     if exit.exit_code is None:
         return "error"  # killed by a signal
-    return EXIT_SUBTYPES.get(exit.exit_code, "error")
+    if exit.exit_code in EXIT_SUBTYPES:
+        return EXIT_SUBTYPES[exit.exit_code]
+    if 144 <= exit.exit_code <= 255:  # an HTTP 400-511 status, cut to 8 bits
+        return HTTP_EXIT_SUBTYPES.get(exit.exit_code + 256, "api_error")
+    return "error"

@@ -8,6 +8,9 @@ Configured through its environment (set by the test in the Agent's ``env``):
 - ``FAKE_GEMINI_EXIT``: the exit code to end with (default 0);
 - ``FAKE_GEMINI_STDERR``: text to write to stderr before exiting.
 
+Like Gemini CLI 0.61 with folder trust on (its default), it exits 55 at once unless
+``GEMINI_CLI_TRUST_WORKSPACE`` is ``true``: every worktree is a folder it has never seen.
+
 Like the real CLI, it emits the session id it was given (``--session-id`` or ``--resume``) in
 place of ``@SESSION_ID@``. Anything unexpected ends it with status 2 and a sentence on stderr,
 so a wrong command line, prompt, working directory or environment fails the test.
@@ -53,6 +56,13 @@ def main() -> None:
     workspace = os.environ.get("RECONCILER_WORKSPACE", "")
     if os.path.realpath(os.getcwd()) != os.path.realpath(workspace):
         refuse(f"cwd {os.getcwd()}, expected the task's worktree {workspace}")
+    if os.environ.get("GEMINI_CLI_TRUST_WORKSPACE") != "true":
+        sys.stderr.write(
+            "Gemini CLI is not running in a trusted directory. To proceed, either use "
+            "`--skip-trust`, set the `GEMINI_CLI_TRUST_WORKSPACE=true` environment variable, or "
+            "trust this directory in interactive mode.\n"
+        )
+        sys.exit(55)
     leaked = [name for name in STRIPPED if name in os.environ]
     if leaked:
         refuse(f"environment carries {', '.join(leaked)}")
