@@ -25,6 +25,7 @@ CHECKS_LOG = "checks.log"
 EXIT_JSON = "exit.json"
 SUPERVISOR_LOG = "supervisor.log"  # the supervisor's own complaints, never the agent's output
 START_LOCK = ".start.lock"
+RUN_TMP = "tmp"  # the run's own $TMPDIR, private like its directory; removed at its end
 
 
 def dump_json(obj: object) -> bytes:

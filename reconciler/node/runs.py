@@ -461,6 +461,12 @@ def _spawn(
         defaults=adapter.env_defaults,
     )
     env.update(git_identity(workspace, env))
+    if "TMPDIR" not in lane.ref.env and "TMPDIR" not in req.agent.env:
+        # Agents leave files in $TMPDIR (gemini writes the whole conversation there, mode
+        # 0644, on an API error): each run gets its own, private like its directory.
+        tmp = os.path.join(run_dir, files.RUN_TMP)
+        os.makedirs(tmp, mode=0o700, exist_ok=True)
+        env["TMPDIR"] = tmp
     launch = Launch(
         prompt_path,
         req.session_id,
@@ -468,6 +474,7 @@ def _spawn(
         git_dir=gitops.common_dir(workspace),
         env=env,
     )
+    adapter.prepare(req.agent, launch)
     argv, on_stdin = adapter.build(req.agent, launch)
     # `~/bin/agent` names a binary in the lane user's home, as it would in their shell.
     argv[0] = os.path.expanduser(argv[0])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,7 +125,9 @@ def _write_exit(
     after_run: CheckResult | None = None,
     commit: CheckResult | None = None,
 ) -> None:
-    """``exit.json`` (protocol.ExitInfo), atomically: it is the run's record of its end."""
+    """``exit.json`` (protocol.ExitInfo), atomically: it is the run's record of its end. The
+    run's private $TMPDIR goes first: what the agent and its checks left there is no record."""
+    shutil.rmtree(os.path.join(run_dir, files.RUN_TMP), ignore_errors=True)
     info = {
         "exit_code": exit_code,
         "signal": signal_,

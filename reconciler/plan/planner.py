@@ -93,7 +93,10 @@ def evaluate(task: Task, run: RunView) -> _Evaluation:
     result = run.result
     said = f": {result.error}" if result is not None and result.error else ""
     if run.exit.exit_code != 0:
-        ev.failures.append(f"agent exited with status {run.exit.exit_code}{said}")
+        kind = result.subtype if result is not None else None
+        named = f" ({kind})" if kind not in (None, "success", "error") else ""
+        said = "" if named and result is not None and result.error == kind else said
+        ev.failures.append(f"agent exited with status {run.exit.exit_code}{named}{said}")
     if result is not None and not result.ok and run.exit.exit_code == 0:
         what = result.subtype if result.subtype not in (None, "success") else "an error"
         ev.failures.append(f"agent reported {what}{said}")

@@ -104,10 +104,10 @@ def test_a_rejected_key_fails_each_run_at_once_as_an_auth_error(scenario: Scenar
     status, cut to 8 bits), and a run the model never answered is not resumed."""
     scenario.api.fail_status = 401
     gemini = real_agents.cli("gemini")
-    # Gemini CLI writes each failed request, the whole conversation, to $TMPDIR (world-readable
-    # under the usual umask): the lane user's own, removed with the user.
+    # Gemini CLI writes each failed request, the whole conversation, to $TMPDIR (mode 0644):
+    # each run's own TMPDIR is private and removed at its end, whatever the login one is.
     tmp = scenario.user.home / "tmp"
-    scenario.user.sh(f"mkdir -m 700 {tmp}")
+    scenario.user.sh(f"mkdir -m 755 {tmp}")
     exports = {"GEMINI_API_KEY": "bad-key", "GOOGLE_GEMINI_BASE_URL": scenario.api.url}
     scenario.profile({**exports, "TMPDIR": str(tmp)})
     scenario.manifests("gemini", gemini)
@@ -123,12 +123,14 @@ def test_a_rejected_key_fails_each_run_at_once_as_an_auth_error(scenario: Scenar
     assert len({r["sessionId"] for r in runs}) == 3  # no turn, nothing to resume
     # One request each for the router and the turn: no retry.
     assert len(scenario.api.posted("/v1beta/models/")) == 2 * len(runs)
-    assert "agent exited with status 145" in task["reason"]
+    assert "agent exited with status 145 (auth_error): [API Error:" in task["reason"]
     for run in runs:
         output = str(Path(run["runDir"]) / "output.log")  # the suite runs as root
         result = ADAPTERS["gemini"].parse(output, ExitInfo(exit_code=145, ended_at=1.0))
         assert (result.ok, result.subtype, result.num_turns) == (False, "auth_error", None)
         assert "invalid key" in result.final_text
-    reports = scenario.user.run(["ls", str(tmp)]).stdout.split()
-    assert len(reports) == 2 * len(runs)
-    assert all(name.startswith("gemini-client-error-") for name in reports)
+    assert scenario.user.run(["ls", "-A", str(tmp)]).stdout == ""  # nothing left readable
+    leaked = ["find", "/tmp", "/var/tmp", "-maxdepth", "1", "-user", scenario.user.name]
+    assert scenario.user.run([*leaked, "-name", "gemini-client-error-*"]).stdout == ""
+    for run in runs:
+        assert not (Path(run["runDir"]) / "tmp").exists()

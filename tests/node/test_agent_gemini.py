@@ -321,17 +321,17 @@ def test_settings_pins_follow_what_the_cli_would_infer() -> None:
     assert settings_pins({**KEY, "GEMINI_API_KEY": ""}) == {usage: False}
 
 
-def test_build_writes_the_missing_settings_once(tmp_path: Path) -> None:
+def test_prepare_writes_the_missing_settings_once(tmp_path: Path) -> None:
     home = tmp_path / "lane-home"
     home.mkdir()
     launch = Launch("/runs/p.md", "sid", env={"HOME": str(home), **KEY})
-    gemini.build(AgentRef(kind="gemini"), launch)
+    gemini.prepare(AgentRef(kind="gemini"), launch)
     path = home / ".gemini" / "settings.json"
     assert json.loads(path.read_text()) == {**API_KEY, **QUIET}
     assert path.stat().st_mode & 0o777 == 0o600
     assert (path.parent.stat().st_mode & 0o777) == 0o700
     before = path.stat().st_mtime_ns
-    gemini.build(AgentRef(kind="gemini"), launch)
+    gemini.prepare(AgentRef(kind="gemini"), launch)
     assert path.stat().st_mtime_ns == before  # nothing missing: not rewritten
     assert settings_path({"HOME": "/h", "GEMINI_CLI_HOME": "/g"}) == "/g/.gemini/settings.json"
     assert settings_path({}) is None

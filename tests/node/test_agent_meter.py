@@ -303,3 +303,36 @@ def test_aider_after_a_retried_error_progresses_again(tmp_path: Path) -> None:
     found = spend(AgentRef(kind="aider"), str(tmp_path))
     assert found.event_end == len(text.encode())
     assert found.last_event is not None and found.last_event.startswith("Commit ")
+
+
+def test_gemini_is_priced_per_model_it_routed_to(tmp_path: Path) -> None:
+    # Gemini CLI 0.61.0 against the scripted API: init says model "auto"; the result's stats
+    # name the router's model and the model that answered, each 1200 in / 300 out per call
+    stream = Path(__file__).parent / "agents_fixtures" / "gemini" / "real-0.61.0-routed.jsonl"
+    write(tmp_path, stream.read_text())
+    gemini = AgentRef(kind="gemini", pricing=Pricing(input=1.0, output=4.0))
+    found = spend(gemini, str(tmp_path), final=True)
+    assert (found.input_tokens, found.output_tokens) == (3600, 900)
+    assert found.cost_usd == pytest.approx((3600 * 1.0 + 900 * 4.0) / 1e6)
+    unpriced = spend(AgentRef(kind="gemini"), str(tmp_path), final=True)
+    assert unpriced.cost_usd is None  # models the built-in table does not know: no guess
+
+
+def test_gemini_retrying_on_stderr_is_what_the_run_is_on(tmp_path: Path) -> None:
+    # Gemini CLI 0.61 prints its retries on stderr only (stdout waits for the result)
+    gemini = AgentRef(kind="gemini")
+    write(tmp_path, '{"type":"init","session_id":"s","model":"auto"}\n')
+    assert spend(gemini, str(tmp_path)).last_event == "── session s (auto)"
+    with open(tmp_path / "stderr.log", "a") as err:
+        err.write(
+            "Attempt 2 failed with status 503. Retrying with backoff... _ApiError: "
+            '{"error":{"code":503,"message":"overloaded"}}\n    at stack (x.js:1:1)\n'
+        )
+    found = spend(gemini, str(tmp_path))
+    assert found.last_event == (
+        'retrying: 503 _ApiError: {"error":{"code":503,"message":"overloaded"}} (attempt 2)'
+    )
+    assert found.event_end == len('{"type":"init","session_id":"s","model":"auto"}\n')
+    # the agent moves on: its event is what it is on again, the old notice stays behind
+    write(tmp_path, '{"type":"message","role":"assistant","content":"hi","delta":true}\n')
+    assert spend(gemini, str(tmp_path)).last_event == "assistant: hi"

@@ -125,6 +125,23 @@ def test_prompt_arrives_byte_exact_by_path(env: Env) -> None:
     assert spec["repo"] == "webapp"
 
 
+TMP_PROBE = """
+import os, stat, sys
+tmp = os.environ["TMPDIR"]
+print(tmp, oct(stat.S_IMODE(os.stat(tmp).st_mode)))
+open(os.path.join(tmp, "conversation.json"), "w").write("private")
+"""
+
+
+def test_each_run_has_its_own_private_tmpdir_removed_at_its_end(env: Env) -> None:
+    # gemini writes the whole conversation to $TMPDIR on an API error, world-readable
+    run = env.start("tmp", env.agent(TMP_PROBE))
+    assert env.wait_exit(run).exit_code == 0
+    tmp = Path(run.run_dir) / "tmp"
+    assert (Path(run.run_dir) / "output.log").read_text() == f"{tmp} 0o700\n"
+    assert not tmp.exists()  # what the agent left there is no record of the run
+
+
 def test_checks_pass_fail_and_time_out(env: Env) -> None:
     checks = [
         [sys.executable, "-c", "import os; print('ok in', os.getcwd())"],

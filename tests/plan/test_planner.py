@@ -373,6 +373,21 @@ def test_nonzero_exit_and_agent_error_fail_the_run() -> None:
     assert "agent exited with status 2" in p.actions[0].reason
 
 
+def test_a_failed_run_says_what_the_agent_said() -> None:
+    d = desired(("t", task_spec()))
+
+    def reason(exit_code: int, result: AgentResult) -> str:
+        ended = run(d, "t", exit=exited(exit_code), result=result, commits_ahead=1)
+        return plan(d, observed(runs={"t": [ended]}), NOW).actions[0].reason
+
+    aider = AgentResult(ok=False, subtype="api_error", error="litellm.AuthenticationError: no")
+    assert "agent reported api_error: litellm.AuthenticationError: no" in reason(0, aider)
+    gemini = AgentResult(ok=False, subtype="auth_error", error="[API Error: 401]")
+    assert "agent exited with status 145 (auth_error): [API Error: 401]" in reason(145, gemini)
+    turns = AgentResult(ok=False, subtype="error_max_turns", error="error_max_turns")
+    assert "agent exited with status 1 (error_max_turns);" in reason(1, turns) + ";"
+
+
 def test_iterations_exhausted_fail_the_attempt_into_backoff() -> None:
     d = desired(("t", task_spec(maxIterations=2)))
     runs = [

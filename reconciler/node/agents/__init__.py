@@ -3,7 +3,8 @@
 One module per adapter, listed in ``ADAPTERS``. An adapter builds an argv list (never a shell
 string), names the environment variables that must not reach the agent, and parses the agent's
 recorded output after the run. Adapters must not start processes or touch the run directory
-beyond reading the output file they are given.
+beyond reading the output file they are given; ``prepare`` is the one place an adapter may set
+up the agent's own configuration in the lane user's home, before ``build``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ class Adapter(Protocol):
     # the adapter's defaults, under the lane's and the Agent's env (which may override them)
     env_defaults: Mapping[str, str]
     sessions: bool  # the agent keeps sessions that a later run can resume
+
+    def prepare(self, agent: AgentRef, run: Launch) -> None:
+        """Make the agent's own configuration say what no flag or variable can (as the lane
+        user, before each run); most adapters need nothing."""
+        ...
 
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         """(argv, prompt_on_stdin) for one run. ``run.git_dir``: the repository's git directory,

@@ -114,6 +114,9 @@ class AiderAdapter:
         }
     )
 
+    def prepare(self, agent: AgentRef, run: Launch) -> None:
+        pass  # flags and variables say everything
+
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         args = list(agent.args)
         argv = [*(agent.command or ["aider"]), "--message-file", run.prompt_file, *FIXED_FLAGS]

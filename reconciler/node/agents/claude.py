@@ -61,6 +61,9 @@ class ClaudeAdapter:
         }
     )
 
+    def prepare(self, agent: AgentRef, run: Launch) -> None:
+        pass  # flags and variables say everything
+
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         argv = [*(agent.command or ["claude"]), "-p", "--output-format", "stream-json"]
         argv.append("--verbose")  # stream-json requires it

@@ -221,6 +221,9 @@ class CodexAdapter:
     sessions: bool = True
     env_defaults: Mapping[str, str] = MappingProxyType({})
 
+    def prepare(self, agent: AgentRef, run: Launch) -> None:
+        pass  # flags and variables say everything
+
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         # `run.session_id` is not used: codex picks the thread id itself (see thread.started).
         # Nor is `run.git_dir`: codex's sandbox keeps it read-only whatever it is told.

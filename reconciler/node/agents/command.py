@@ -22,6 +22,9 @@ class CommandAdapter:
     sessions: bool = False
     env_defaults: Mapping[str, str] = MappingProxyType({})
 
+    def prepare(self, agent: AgentRef, run: Launch) -> None:
+        pass  # flags and variables say everything
+
     def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         if not agent.command:
             raise NodeError(

@@ -39,7 +39,7 @@ from types import MappingProxyType
 
 from reconciler import safefile
 from reconciler.node.agents.launch import Launch
-from reconciler.node.agents.values import FINAL_TEXT_LIMIT
+from reconciler.node.agents.values import FINAL_TEXT_LIMIT, one_line
 from reconciler.node.agents.values import clip as _clip
 from reconciler.node.agents.values import int_or_none as _int
 from reconciler.node.agents.values import str_or_none as _str
@@ -325,12 +325,14 @@ class GeminiAdapter:
         }
     )
 
-    def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
-        """The argv; also sets the user settings ``settings_pins`` names where they are missing
-        (no flag or variable can say them)."""
+    def prepare(self, agent: AgentRef, run: Launch) -> None:
+        """Set the user settings ``settings_pins`` names where they are missing (no flag or
+        variable can say them)."""
         path = settings_path(run.env)
         if path is not None:
             pin_settings(path, settings_pins(run.env))
+
+    def build(self, agent: AgentRef, run: Launch) -> tuple[list[str], bool]:
         argv = [*(agent.command or ["gemini"]), "--output-format", "stream-json"]
         if run.resume:  # the CLI refuses --session-id together with --resume
             argv += ["--resume", run.resume]
@@ -376,6 +378,7 @@ class GeminiAdapter:
             text = f"{text}\n{error_message}" if text else error_message
         return AgentResult(
             ok=ok,
+            error=None if ok else one_line(error_message),
             subtype=subtype,
             session_id=reading.session_id,
             cost_usd=None,  # Gemini CLI reports tokens, not money

@@ -96,6 +96,7 @@ class _Tally(BaseModel):
     last_event: str | None = None  # that event, as `reconciler logs` shows it
     lines_at: int = 0  # aider: where its transcript has been read line by line
     error_lines: int = 0  # aider: lines still to come of a model-call error it may retry
+    stderr_at: int = 0  # gemini: how far its stderr was read for retry notices
 
     def all_models(self) -> dict[str, Counts]:
         counts = {m: list(c) for m, c in self.models.items()}
@@ -225,10 +226,25 @@ def _feed_gemini(tally: _Tally, event: dict[str, object]) -> None:
     elif kind == "tool_result":
         tally.in_turn = False  # the results go back to the model: the next response is a turn
     elif kind == "result":
-        stats = event.get("stats")
-        found_in, found_out = gemini_tokens(stats if isinstance(stats, dict) else {})
+        raw = event.get("stats")
+        stats = raw if isinstance(raw, dict) else {}
+        per_model = _gemini_models(stats.get("models"))
+        if per_model:
+            # the init event's model is often "auto": each model the CLI routed to is priced
+            tally.models = per_model
+            return
+        found_in, found_out = gemini_tokens(stats)
         if found_in is not None or found_out is not None:
             tally.models = {tally.model: [found_in or 0, found_out or 0, 0, 0]}
+
+
+def _gemini_models(models: object) -> dict[str, Counts]:
+    """Gemini's per-model stats as counts: input (cached included), output, cached."""
+    found: dict[str, Counts] = {}
+    for name, usage in models.items() if isinstance(models, dict) else ():
+        if isinstance(usage, dict) and "input_tokens" in usage:
+            found[str(name)] = _usage(usage, "input_tokens", "output_tokens", "cached", "_")
+    return found
 
 
 def _claude_retry(event: dict[str, object]) -> str | None:
@@ -375,14 +391,50 @@ def _aider_lines(tally: _Tally, handle: BinaryIO, size: int) -> bool:
 
 def _tally(kind: str, run_dir: str, final: bool) -> _Tally:
     path = os.path.join(run_dir, METER_JSON)
-    tally, moved = _read(
-        _load(path, kind),
-        os.path.join(run_dir, files.OUTPUT_LOG),
-        final,
-    )
+    loaded = _load(path, kind)
+    progress = loaded.event_end
+    tally, moved = _read(loaded, os.path.join(run_dir, files.OUTPUT_LOG), final)
+    if kind == "gemini":
+        moved = _gemini_stderr(tally, run_dir, tally.event_end != progress) or moved
     if moved:
         _save(run_dir, tally)
     return tally
+
+
+# Gemini CLI 0.61 retries a failing model call with nothing on stdout; stderr says it:
+# "Attempt 3 failed with status 503. Retrying with backoff... <error>".
+_GEMINI_RETRY = re.compile(
+    rb"Attempt (\d+) failed(?: with status (\d+))?\. Retrying with backoff\.\.\. ?([^\n]*)"
+)
+
+
+def _gemini_stderr(tally: _Tally, run_dir: str, progressed: bool) -> bool:
+    """What a gemini run is on when it retries: its stderr's last retry notice since its last
+    progress (``progressed``: the agent moved on during this pass; earlier notices are old)."""
+    try:
+        size = os.path.getsize(os.path.join(run_dir, files.STDERR_LOG))
+    except OSError:
+        return False
+    if progressed or size < tally.stderr_at:
+        tally.stderr_at = size
+        return True
+    if size == tally.stderr_at:
+        return False
+    start = max(tally.stderr_at, size - (64 << 10))
+    try:
+        with open(os.path.join(run_dir, files.STDERR_LOG), "rb") as handle:
+            handle.seek(start)
+            data = handle.read(size - start)
+    except OSError:
+        return False
+    notices = list(_GEMINI_RETRY.finditer(data))
+    tally.stderr_at = start + (data.rfind(b"\n") + 1)
+    if notices:
+        attempt, status, error = notices[-1].groups()
+        cause = f"{status.decode()} " if status else ""
+        said = error.decode("utf-8", errors="replace").strip()[:150]
+        tally.last_event = f"retrying: {cause}{said} (attempt {attempt.decode()})"
+    return True
 
 
 def _save(run_dir: str, tally: _Tally) -> None:
@@ -448,7 +500,7 @@ def spend(
     if tally.reported_usd is not None:
         cost, estimated = round(tally.reported_usd, 6), False
     else:
-        cost = _priced(agent, models, cached_in_input=agent.kind == "codex")
+        cost = _priced(agent, models, cached_in_input=agent.kind in ("codex", "gemini"))
         estimated = cost is not None
     return Spend(found_in, found_out, cost, estimated, turns, tools, *events)
 
