@@ -48,6 +48,9 @@ def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
         auth = _auth_check(lane, agent)
         if auth is not None:
             checks.append(auth)
+        config = _config_check(lane, agent)
+        if config is not None:
+            checks.append(config)
     return checks
 
 
@@ -297,14 +300,30 @@ AUTH: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
 }
 
 
+def _run_env(lane: Lane, agent: AgentRef) -> dict[str, str]:
+    """The environment a run of ``agent`` gets in this lane (without its run markers)."""
+    adapter = ADAPTERS[agent.kind]
+    return agent_env(lane.ref.env, agent, strip=adapter.strip_env, defaults=adapter.env_defaults)
+
+
+def _config_check(lane: Lane, agent: AgentRef) -> PreflightCheck | None:
+    """What the adapter knows the real CLI will refuse in this configuration."""
+    subject = (agent.command or [agent.kind])[0]  # as the agent check names it: blocks its tasks
+    problem = ADAPTERS[agent.kind].doctor(agent, _run_env(lane, agent))
+    if problem is None:
+        if agent.kind == "command":
+            return None  # any program: nothing is known about it
+        return _ok("agent-config", subject, f"Nothing known to fail for the {agent.kind} agent.")
+    return _fail("agent-config", subject, *problem)
+
+
 def _auth_check(lane: Lane, agent: AgentRef) -> PreflightCheck | None:
     rule = AUTH.get(agent.kind)
     if rule is None:
         return None
     names, files, fix = rule
     subject = (agent.command or [agent.kind])[0]  # as the agent check names it: blocks its tasks
-    adapter = ADAPTERS[agent.kind]
-    env = agent_env(lane.ref.env, agent, strip=adapter.strip_env, defaults=adapter.env_defaults)
+    env = _run_env(lane, agent)
     found = [n for n in names if env.get(n)]
     if found:
         endpoint = next((f"; it talks to {env[v]} ({v})" for v in ENDPOINTS if env.get(v)), "")

@@ -370,7 +370,9 @@ def claude_script_task(world: World, task: str, script_text: str, **spec: Any) -
     world.lanes["web"]["env"] = {"ANTHROPIC_API_KEY": "not-a-real-key"}
     script = world.root / "agents" / f"{task}.py"
     script.write_text(script_text)
-    agent_spec = spec.pop("agent_spec", {})
+    # The lane runs as root, where Claude refuses to bypass permissions: pre-flight blocks a
+    # claude Agent that chooses no permissions there (the script ignores its arguments).
+    agent_spec = {"args": ["--permission-mode", "acceptEdits"], **spec.pop("agent_spec", {})}
     world.task(task, "web", "succeed", **spec)
     world.tasks[task]["agent"] = f"{task}-agent"
     world.commit()

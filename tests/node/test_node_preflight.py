@@ -281,3 +281,25 @@ def test_codex_at_its_own_endpoint_needs_a_key_not_a_login(env: Env, tmp_path: P
     found = run(env, req)["agent-auth", sys.executable]
     assert found.ok
     assert "it talks to http://127.0.0.1:9/v1 (OPENAI_BASE_URL)" in found.detail
+
+
+def test_agent_config_names_what_the_real_cli_will_refuse(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def config(agent: AgentRef) -> PreflightCheck:
+        req = PreflightRequest(lane=env.lane, bases={}, agents=[agent], min_free_bytes=1)
+        return run(env, req)["agent-config", sys.executable]
+
+    codex = AgentRef(kind="codex", command=[sys.executable], commits="agent")
+    assert "workspace-write sandbox cannot write" in config(codex).detail
+    assert config(codex.model_copy(update={"commits": "reconciler"})).ok
+    untrusted = AgentRef(
+        kind="gemini", command=[sys.executable], env={"GEMINI_CLI_TRUST_WORKSPACE": "false"}
+    )
+    assert "exit 55" in config(untrusted).detail
+    assert config(untrusted.model_copy(update={"env": {}})).ok  # the adapter trusts by default
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    claude = AgentRef(kind="claude", command=[sys.executable])
+    assert "refuses --permission-mode bypassPermissions" in config(claude).detail
+    allowed = claude.model_copy(update={"args": ["--allowedTools", "Edit"]})
+    assert config(allowed).ok

@@ -27,6 +27,11 @@ class Adapter(Protocol):
     env_defaults: Mapping[str, str]
     sessions: bool  # the agent keeps sessions that a later run can resume
 
+    def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
+        """(problem, fix) when the agent, as configured and in ``env`` (what a run gets), will
+        fail the way the real CLI does; None when nothing is known to be wrong."""
+        ...
+
     def prepare(self, agent: AgentRef, run: Launch) -> None:
         """Make the agent's own configuration say what no flag or variable can (as the lane
         user, before each run); most adapters need nothing."""

@@ -114,6 +114,9 @@ class AiderAdapter:
         }
     )
 
+    def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
+        return None  # its key and model are agent-auth's; the rest is per repository
+
     def prepare(self, agent: AgentRef, run: Launch) -> None:
         pass  # flags and variables say everything
 

@@ -61,6 +61,17 @@ class ClaudeAdapter:
         }
     )
 
+    def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
+        if os.geteuid() == 0 and not _chooses_permissions(agent.args):
+            return (
+                "Claude Code would run as root here, where it refuses --permission-mode "
+                "bypassPermissions: every Bash call of a headless run, git commit included, "
+                "would be denied.",
+                "give the lane its own user, or choose --allowedTools in the Agent's args "
+                "(and commits: reconciler)",
+            )
+        return None
+
     def prepare(self, agent: AgentRef, run: Launch) -> None:
         pass  # flags and variables say everything
 

@@ -221,6 +221,16 @@ class CodexAdapter:
     sessions: bool = True
     env_defaults: Mapping[str, str] = MappingProxyType({})
 
+    def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
+        if agent.commits == "agent" and not sets_sandbox(agent.args):
+            return (
+                "The Agent says commits: agent, but codex's workspace-write sandbox cannot "
+                "write a worktree's git directory: every `git commit` of the agent fails.",
+                "leave out commits: agent (the reconciler commits for codex), or choose a "
+                "sandbox in the Agent's args",
+            )
+        return None
+
     def prepare(self, agent: AgentRef, run: Launch) -> None:
         pass  # flags and variables say everything
 

@@ -22,6 +22,9 @@ class CommandAdapter:
     sessions: bool = False
     env_defaults: Mapping[str, str] = MappingProxyType({})
 
+    def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
+        return None  # any program: nothing known about it
+
     def prepare(self, agent: AgentRef, run: Launch) -> None:
         pass  # flags and variables say everything
 

@@ -76,6 +76,7 @@ DEFAULT_APPROVAL = "--approval-mode=yolo"
 # What the reconciler sets in the user's ~/.gemini/settings.json when it is missing: only settings
 # can say it (see pin_settings).
 API_KEY_AUTH = "gemini-api-key"
+TRUST_VARIABLE = "GEMINI_CLI_TRUST_WORKSPACE"
 AUTH_TYPE = ("security", "auth", "selectedType")
 USAGE_STATISTICS = ("privacy", "usageStatisticsEnabled")
 
@@ -321,9 +322,18 @@ class GeminiAdapter:
             # Folder trust is on by default (0.61) and every worktree is a new folder: a
             # headless run in an untrusted one exits 55 at once. The variable rather than
             # --skip-trust (which only sets it) so that a lane or Agent can still say "false".
-            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+            TRUST_VARIABLE: "true",
         }
     )
+
+    def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
+        if env.get(TRUST_VARIABLE, "").strip().lower() in ("false", "0"):
+            return (
+                f"{TRUST_VARIABLE}={env[TRUST_VARIABLE]} in the agent's environment: Gemini "
+                "CLI refuses every headless run in a worktree (exit 55, untrusted folder).",
+                f"remove {TRUST_VARIABLE} from the lane's or the Agent's env",
+            )
+        return None
 
     def prepare(self, agent: AgentRef, run: Launch) -> None:
         """Set the user settings ``settings_pins`` names where they are missing (no flag or
