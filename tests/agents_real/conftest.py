@@ -14,6 +14,7 @@ SECURITY = str(Path(__file__).parents[1] / "security")
 if SECURITY not in sys.path:
     sys.path.append(SECURITY)
 
+from egress import Egress  # noqa: E402
 from linux_users import User, make_repo, remove_user, shared_python  # noqa: E402
 from model_api import ModelServer  # noqa: E402
 from real_support import Scenario, require_root  # noqa: E402
@@ -42,3 +43,10 @@ def model_api() -> Iterator[ModelServer]:
 def scenario(lane_user: User, model_api: ModelServer, tmp_path: Path) -> Scenario:
     root = Path(tempfile.mkdtemp(prefix="control-", dir=tmp_path))
     return Scenario(Control(root, python=shared_python()), lane_user, model_api)
+
+
+@pytest.fixture
+def egress() -> Iterator[Egress]:
+    """A proxy that lets nothing out and records what tried (put its env in the profile)."""
+    with Egress() as out:
+        yield out

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import real_agents
 from egress import Egress
 from model_api import ModelServer
@@ -28,12 +26,6 @@ MODEL = "openai/scripted"
 # it younger than a day (its own, not litellm's: the adapter turns that one off); no switch
 # turns it off. Refused here, it is tried again by every run.
 PRICE_LIST = "CONNECT raw.githubusercontent.com:443"
-
-
-@pytest.fixture
-def egress() -> Iterator[Egress]:
-    with Egress() as out:
-        yield out
 
 
 def configure(scenario: Scenario, egress: Egress) -> None:

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 
 import real_agents
+from egress import Egress
 from real_support import Scenario
 
 
-def test_claude_reaches_pr_open_resumes_and_is_done_after_merge(scenario: Scenario) -> None:
+def test_claude_reaches_pr_open_resumes_and_is_done_after_merge(
+    scenario: Scenario, egress: Egress
+) -> None:
     claude = real_agents.cli("claude")
-    scenario.profile({"ANTHROPIC_BASE_URL": scenario.api.url, "ANTHROPIC_API_KEY": "sk-ant-test"})
+    endpoint = {"ANTHROPIC_BASE_URL": scenario.api.url, "ANTHROPIC_API_KEY": "sk-ant-test"}
+    scenario.profile({**endpoint, **egress.env})
     scenario.manifests("claude", claude)
     scenario.ready()
 
@@ -36,6 +40,7 @@ def test_claude_reaches_pr_open_resumes_and_is_done_after_merge(scenario: Scenar
     assert scenario.branch_authors() == [scenario.user.name] * 2
 
     scenario.merge_and_finish()
+    assert egress.attempts == []  # nothing but the model API, on loopback
 
 
 def test_a_claude_run_stopped_by_its_budget_keeps_its_tokens_and_ends_the_task(

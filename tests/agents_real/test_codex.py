@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import real_agents
+from egress import Egress
 from model_api.server import Request
 from real_support import Scenario
 
@@ -45,10 +46,12 @@ def _input_texts(request: Request) -> list[str]:
     return found
 
 
-def test_codex_reaches_pr_open_resumes_and_is_done_after_merge(scenario: Scenario) -> None:
+def test_codex_reaches_pr_open_resumes_and_is_done_after_merge(
+    scenario: Scenario, egress: Egress
+) -> None:
     codex = real_agents.cli("codex")
     api, user = scenario.api, scenario.user
-    scenario.profile({"OPENAI_BASE_URL": f"{api.url}/v1", "OPENAI_API_KEY": KEY})
+    scenario.profile({"OPENAI_BASE_URL": f"{api.url}/v1", "OPENAI_API_KEY": KEY, **egress.env})
     user.write(user.home / ".codex" / "config.toml", "[features]\nplugins = false\n", 0o600)
     scenario.manifests("codex", codex)  # no commits:, no args: the defaults
 
@@ -110,6 +113,7 @@ def test_codex_reaches_pr_open_resumes_and_is_done_after_merge(scenario: Scenari
     merge = scenario.cli("pr", "merge", "feature")
     assert merge.returncode == 0, merge.stdout + merge.stderr
     scenario.converge("done")
+    assert egress.attempts == []  # nothing but the model API, on loopback
     merged = user.run(["git", "-C", str(remote), "show", "main:fixed.txt"])
     assert merged.stdout == "fixed.txt\n"
     assert len(api.requests) == 4  # merging and finishing ran no agent

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import real_agents
+from egress import Egress
 from real_support import Scenario
 
 from reconciler.node.agents import ADAPTERS
@@ -38,11 +39,14 @@ def identity_only_in_gitconfig(scenario: Scenario) -> None:
     )
 
 
-def test_gemini_reaches_pr_open_resumes_and_is_done_after_merge(scenario: Scenario) -> None:
+def test_gemini_reaches_pr_open_resumes_and_is_done_after_merge(
+    scenario: Scenario, egress: Egress
+) -> None:
     gemini = real_agents.cli("gemini")
     user = scenario.user
     identity_only_in_gitconfig(scenario)
-    scenario.profile({"GEMINI_API_KEY": "test-key", "GOOGLE_GEMINI_BASE_URL": scenario.api.url})
+    endpoint = {"GEMINI_API_KEY": "test-key", "GOOGLE_GEMINI_BASE_URL": scenario.api.url}
+    scenario.profile({**endpoint, **egress.env})
     scenario.manifests("gemini", gemini)
     for args in (("validate",), ("doctor",), ("plan",)):
         proc = scenario.cli(*args)
@@ -97,6 +101,7 @@ def test_gemini_reaches_pr_open_resumes_and_is_done_after_merge(scenario: Scenar
     merged = scenario.cli("pr", "merge", "feature")
     assert merged.returncode == 0, merged.stdout + merged.stderr
     scenario.converge("done")
+    assert egress.attempts == []  # nothing but the model API, on loopback
 
 
 def test_a_rejected_key_fails_each_run_at_once_as_an_auth_error(scenario: Scenario) -> None:
