@@ -110,7 +110,7 @@ def cli(name: str) -> Path:
     root.chmod(0o755)
     home.parent.mkdir(parents=True, exist_ok=True)
     home.parent.chmod(0o755)
-    with open(root / ".lock", "a+") as lock:
+    with open(home.parent / f".{home.name}.lock", "a+") as lock:  # one install per package
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not binary.exists():
             staging = Path(tempfile.mkdtemp(prefix=f".{home.name}.", dir=home.parent))
