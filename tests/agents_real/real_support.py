@@ -89,6 +89,17 @@ class Scenario:
         plan = self.control.cli("plan")
         assert "feature" in plan.stdout, plan.stdout
 
+    def two_iterations_to_pr_open(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Converge to pr-open: the check failed the first run, the second met it. The task's
+        status and its runs as ``describe`` shows them."""
+        task = self.converge("pr-open")
+        runs: list[dict[str, Any]] = self.describe()["runs"]
+        assert [(r["attempt"], r["iteration"], r["outcome"]) for r in runs] == [
+            (1, 1, "failed"),  # the check asked for fixed.txt
+            (1, 2, "succeeded"),
+        ], f"{runs}\n{self.run_logs()}"
+        return task, runs
+
     def branch_authors(self) -> list[str]:
         """The authors of the commits the task's branch has over main, in the lane's remote."""
         remote = self.user.home / "remotes" / "app.git"

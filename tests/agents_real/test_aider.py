@@ -81,19 +81,9 @@ def test_aider_reaches_pr_open_after_a_failing_check_and_is_done_after_merge(
     scenario: Scenario, egress: Egress
 ) -> None:
     configure(scenario, egress)
-    validate = scenario.cli("validate")
-    assert validate.returncode == 0, validate.stdout + validate.stderr
-    doctor = scenario.cli("doctor")
-    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-    plan = scenario.cli("plan")
-    assert "start  feature" in plan.stdout, plan.stdout + plan.stderr
+    scenario.ready()
 
-    task = scenario.converge("pr-open")
-    runs = scenario.describe()["runs"]
-    assert [(r["attempt"], r["iteration"], r["outcome"]) for r in runs] == [
-        (1, 1, "failed"),
-        (1, 2, "succeeded"),
-    ], scenario.describe_text()
+    task, runs = scenario.two_iterations_to_pr_open()
     assert runs[0]["failures"] == [f"check `{' '.join(CHECK)}` failed with status 1"]
     assert [r["exitCode"] for r in runs] == [0, 0]
 

@@ -19,12 +19,7 @@ def test_claude_reaches_pr_open_resumes_and_is_done_after_merge(
     scenario.manifests("claude", claude)
     scenario.ready()
 
-    task = scenario.converge("pr-open")
-    runs = scenario.describe()["runs"]
-    assert [(r["attempt"], r["iteration"], r["outcome"]) for r in runs] == [
-        (1, 1, "failed"),  # the check asked for fixed.txt
-        (1, 2, "succeeded"),
-    ]
+    task, runs = scenario.two_iterations_to_pr_open()
     # The second iteration continued the first one's session: its requests carry the first
     # iteration's turns (the prompt and the tool call that wrote first.txt) before the feedback.
     assert runs[0]["sessionId"] == runs[1]["sessionId"]

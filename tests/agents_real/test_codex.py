@@ -55,19 +55,10 @@ def test_codex_reaches_pr_open_resumes_and_is_done_after_merge(
     user.write(user.home / ".codex" / "config.toml", "[features]\nplugins = false\n", 0o600)
     scenario.manifests("codex", codex)  # no commits:, no args: the defaults
 
-    validate = scenario.cli("validate")
-    assert validate.returncode == 0, validate.stdout + validate.stderr
-    doctor = scenario.cli("doctor")
-    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-    plan = scenario.cli("plan")
-    assert "feature" in plan.stdout, plan.stdout + plan.stderr
+    scenario.ready()
 
-    task = scenario.converge("pr-open")
-    described = scenario.describe()
-    context = f"{described}\n{scenario.run_logs()}"
-    first, second = described["runs"]
-    assert (first["iteration"], second["iteration"]) == (1, 2), context
-    assert first["outcome"] == "failed" and second["outcome"] == "succeeded", context
+    task, (first, second) = scenario.two_iterations_to_pr_open()
+    context = scenario.run_logs()
     runs = scenario.runs_dirs()
     outputs = [scenario.read(run / "output.log") for run in runs]
 

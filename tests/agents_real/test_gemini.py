@@ -48,16 +48,9 @@ def test_gemini_reaches_pr_open_resumes_and_is_done_after_merge(
     endpoint = {"GEMINI_API_KEY": "test-key", "GOOGLE_GEMINI_BASE_URL": scenario.api.url}
     scenario.profile({**endpoint, **egress.env})
     scenario.manifests("gemini", gemini)
-    for args in (("validate",), ("doctor",), ("plan",)):
-        proc = scenario.cli(*args)
-        assert proc.returncode == 0, f"reconciler {args[0]}: {proc.stdout}{proc.stderr}"
+    scenario.ready()
 
-    task = scenario.converge("pr-open")
-    runs = scenario.describe()["runs"]
-    assert [(r["attempt"], r["iteration"], r["outcome"]) for r in runs] == [
-        (1, 1, "failed"),  # the check asked for fixed.txt
-        (1, 2, "succeeded"),
-    ]
+    task, runs = scenario.two_iterations_to_pr_open()
     # The second iteration resumed the first one's session (--resume, same worktree): its
     # requests carry the first iteration's turns (the prompt, the tool call that wrote
     # first.txt and its result) before the feedback.
