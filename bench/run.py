@@ -1371,7 +1371,8 @@ def pool_figures(box: Sandbox, table: Table, files: int, reps: int) -> None:
         (directory / f"f{i:05d}.txt").write_text(f"file {i}\n" * 20, encoding="utf-8")
     box.git("init", "-q", "-b", "main", cwd=seed)
     box.git("add", "-A", cwd=seed)
-    box.git("commit", "-q", "-m", "big", cwd=seed)
+    # no background gc: it would repack the seed's objects while it is removed below
+    box.git("-c", "gc.auto=0", "-c", "maintenance.auto=false", "commit", "-qm", "big", cwd=seed)
     origin = base / "origin.git"
     box.git("clone", "-q", "--bare", str(seed), str(origin), cwd=base)
     checkout = base / "checkout"
