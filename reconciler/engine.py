@@ -125,7 +125,7 @@ class Engine:
         # A pass allocates a few objects per task and frees them together; with 10k tasks the
         # cyclic collector would rescan the whole desired state many times for nothing.
         with gc_paused():
-            observed = observe(desired, store, self.lanes(desired))
+            observed = observe(desired, store, self.lanes(desired), self.clock)
             return plan(desired, observed, self.clock()), observed
 
     @contextmanager

@@ -18,7 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref, unwrap
@@ -93,6 +93,8 @@ def _observe_lane(
     records: Mapping[str, TaskRow],
     runs_by_task: Mapping[str, list[RunRow]],
     owners: Owners,
+    *,
+    clock: Callable[[], float],
 ) -> tuple[LaneView, list[RunObs], list[Foreign]]:
     spec = lane.spec
     mine = [n for n, t in desired.tasks.items() if t.spec.lane == lane.name]
@@ -150,7 +152,7 @@ def _observe_lane(
         repos=repos,
         preflight=tuple(checks),
     )
-    return view, on_our_clock(runs, time.time() - result.now), foreign
+    return view, on_our_clock(runs, clock() - result.now), foreign
 
 
 SKEW_TOLERANCE = 2.0  # seconds: a round trip and ordinary drift
@@ -234,14 +236,17 @@ def never_started(row: RunRow) -> bool:
 
 
 def _merge_runs(
-    world: list[tuple[str, RunObs]], rows: list[RunRow], unreachable: set[str], owners: Owners
+    world: list[tuple[str, RunObs]],
+    rows: list[RunRow],
+    unreachable: set[str],
+    owners: Owners,
+    now: float,
 ) -> tuple[dict[str, tuple[RunView, ...]], tuple[RunView, ...]]:
     """Runs as the lanes report them, plus the runs only state remembers, by task; and apart,
     the recorded starts that never happened (which cost no attempt: they are planned again).
     A recorded run of another lane than the task's owner (the task moved, or a lane once
     reported a run of a task before it existed) is history of that lane, not of this task's
     convergence."""
-    now = time.time()
     by_key: dict[tuple[str, int, int], RunRow] = {(r.task, r.attempt, r.iteration): r for r in rows}
     seen: set[tuple[str, int, int]] = set()
     merged: dict[str, list[RunView]] = {}
@@ -352,10 +357,22 @@ def _outcome(row: RunRow | None) -> Literal["succeeded", "failed"] | None:
     return None
 
 
-def observe(desired: Desired, store: Store, lanes: Mapping[str, Lane]) -> Observed:
-    """Observe every lane of ``desired`` (in parallel) and merge with the state records."""
-    records = store.tasks()
-    rows = store.runs()
+def observe(
+    desired: Desired,
+    store: Store,
+    lanes: Mapping[str, Lane],
+    clock: Callable[[], float] = time.time,
+) -> Observed:
+    """Observe every lane of ``desired`` (in parallel) and merge with the state records.
+
+    The records, the runs and the serial are read in one snapshot, before any lane is asked: a
+    plan saved with that serial is refused once anything was recorded after what it saw (an
+    ``apply`` committing while the lanes answer included). Times are ``clock``'s, the engine's.
+    """
+    with store.snapshot():
+        records = store.tasks()
+        rows = store.runs()
+        serial = store.serial()
     runs_by_task: dict[str, list[RunRow]] = {}
     for row in rows:
         runs_by_task.setdefault(row.task, []).append(row)
@@ -366,7 +383,9 @@ def observe(desired: Desired, store: Store, lanes: Mapping[str, Lane]) -> Observ
     workers = max(1, min(8, len(lanes)))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {
-            name: pool.submit(_observe_lane, desired, lane, records, runs_by_task, owners)
+            name: pool.submit(
+                _observe_lane, desired, lane, records, runs_by_task, owners, clock=clock
+            )
             for name, lane in sorted(lanes.items())
         }
         for name, future in futures.items():
@@ -383,10 +402,10 @@ def observe(desired: Desired, store: Store, lanes: Mapping[str, Lane]) -> Observ
                 error=f"lane {record.lane} is no longer in the manifests",
             )
     unreachable = {name for name, view in views.items() if not view.reachable}
-    merged, unstarted = _merge_runs(world, rows, unreachable, owners)
+    merged, unstarted = _merge_runs(world, rows, unreachable, owners, clock())
     return Observed(
         revision=desired.revision,
-        serial=store.serial(),
+        serial=serial,
         lanes=views,
         records={name: _record(row) for name, row in records.items()},
         runs=merged,

@@ -10,6 +10,7 @@ from reconciler.observe import _merge_runs, never_started
 from reconciler.protocol import RunObs
 from reconciler.state import RunRow
 
+NOW = 200.0  # the engine clock of the pass
 INTENT = RunRow(
     task="t",
     attempt=1,
@@ -47,19 +48,19 @@ def keys(views: tuple[Any, ...]) -> list[tuple[int, int]]:
 
 def test_an_intent_its_lane_does_not_know_never_started() -> None:
     earlier = row(iteration=1, run_dir="/w/.runs/t/1.1", outcome="failed", ended_at=95.0)
-    merged, unstarted = _merge_runs([("web", reported(1, 1))], [earlier, INTENT], set(), {})
+    merged, unstarted = _merge_runs([("web", reported(1, 1))], [earlier, INTENT], set(), {}, NOW)
     assert keys(merged["t"]) == [(1, 1)]  # the planner sees 1.1 and plans 1.2 again
     assert keys(unstarted) == [(1, 2)]
     assert unstarted[0].run_dir == "" and unstarted[0].lane == "web"
 
 
 def test_an_intent_on_an_unreachable_lane_is_left_alone() -> None:
-    merged, unstarted = _merge_runs([], [INTENT], {"web"}, {})
+    merged, unstarted = _merge_runs([], [INTENT], {"web"}, {}, NOW)
     assert merged == {} and unstarted == ()
 
 
 def test_an_intent_its_lane_reports_was_spawned() -> None:
-    merged, unstarted = _merge_runs([("web", reported(1, 2))], [INTENT], set(), {})
+    merged, unstarted = _merge_runs([("web", reported(1, 2))], [INTENT], set(), {}, NOW)
     assert keys(merged["t"]) == [(1, 2)] and merged["t"][0].seen_by_lane
     assert merged["t"][0].run_dir == "/w/.runs/t/1.2"
     assert unstarted == ()
@@ -74,7 +75,7 @@ def test_a_run_that_happened_and_vanished_is_not_taken_for_an_unstarted_one() ->
         {"outcome": "failed"},
     ):
         assert not never_started(row(**trace)), trace
-        merged, unstarted = _merge_runs([], [row(**trace)], set(), {})
+        merged, unstarted = _merge_runs([], [row(**trace)], set(), {}, NOW)
         assert keys(merged["t"]) == [(1, 2)] and not merged["t"][0].seen_by_lane, trace
         assert unstarted == (), trace
     assert never_started(INTENT)
