@@ -19,6 +19,7 @@ import concurrent.futures
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref, unwrap
@@ -254,61 +255,7 @@ def _merge_runs(
     for lane, obs in world:
         key = (obs.task, obs.attempt, obs.iteration)
         seen.add(key)
-        row = by_key.get(key)
-        result = obs.result
-        cost = (result.cost_usd if result and result.cost_usd is not None else None) or (
-            row.cost_usd if row and row.cost_usd is not None else 0.0
-        )
-        tokens = (
-            (result.input_tokens or 0) + (result.output_tokens or 0)
-            if result
-            else ((row.input_tokens or 0) + (row.output_tokens or 0) if row else 0)
-        )
-        turns = result.num_turns if result else (row.turns if row else None)
-        tool_calls = result.tool_calls if result else (row.tool_calls if row else None)
-        if result is None:  # a running agent's spend so far, from its events
-            tokens = max(tokens, obs.tokens_so_far or 0)
-            cost = max(cost, obs.cost_so_far or 0.0)
-            turns = obs.turns_so_far if obs.turns_so_far is not None else turns
-            tool_calls = obs.tool_calls_so_far if obs.tool_calls_so_far is not None else tool_calls
-        progress_at: float | None = None
-        if obs.progress_offset is not None:
-            moved = row is None or row.progress_offset != obs.progress_offset
-            progress_at = (
-                now if moved or row is None or row.progress_at is None else row.progress_at
-            )
-        merged.setdefault(obs.task, []).append(
-            RunView(
-                task=obs.task,
-                lane=lane,
-                repo=obs.repo,
-                attempt=obs.attempt,
-                iteration=obs.iteration,
-                generation=obs.generation,
-                started_at=obs.started_at,
-                run_dir=obs.run_dir,
-                alive=obs.alive,
-                exit=obs.exit,
-                last_output_at=obs.last_output_at,
-                result=result,
-                commits_ahead=obs.commits_ahead,
-                dirty=tuple(obs.dirty),
-                mark=row.mark if row else None,  # type: ignore[arg-type]
-                marked_at=row.marked_at if row else None,
-                seen_by_lane=True,
-                outcome=_outcome(row),
-                failures=tuple(row.failures.splitlines()) if row and row.failures else (),
-                session_id=(row.session_id if row else None)
-                or (result.session_id if result else None),
-                cost_usd=cost,
-                tokens=tokens,
-                turns=turns,
-                tool_calls=tool_calls,
-                progress_offset=obs.progress_offset,
-                last_event=obs.last_event,
-                last_progress_at=progress_at,
-            )
-        )
+        merged.setdefault(obs.task, []).append(_reported(lane, obs, by_key.get(key), now))
     for row in rows:
         key = (row.task, row.attempt, row.iteration)
         if key in seen or row.lane in unreachable:
@@ -317,34 +264,113 @@ def _merge_runs(
         if owner is not None and owner != (row.lane, row.repo):
             continue
         # only state knows this run: its directory is gone (or never was); it is not alive
-        (unstarted if never_started(row) else merged.setdefault(row.task, [])).append(
-            RunView(
-                task=row.task,
-                lane=row.lane,
-                repo=row.repo,
-                attempt=row.attempt,
-                iteration=row.iteration,
-                generation=row.generation,
-                started_at=row.started_at,
-                run_dir=row.run_dir,
-                alive=False,
-                mark=row.mark,  # type: ignore[arg-type]
-                marked_at=row.marked_at or row.ended_at,
-                seen_by_lane=False,
-                outcome=_outcome(row),
-                failures=tuple((row.failures or "").splitlines()),
-                session_id=row.session_id,
-                cost_usd=row.cost_usd or 0.0,
-                tokens=(row.input_tokens or 0) + (row.output_tokens or 0),
-                turns=row.turns,
-                tool_calls=row.tool_calls,
-            )
-        )
+        view = _remembered(row)
+        (unstarted if never_started(row) else merged.setdefault(row.task, [])).append(view)
     by_task = {
         task: tuple(sorted(views, key=lambda v: (v.attempt, v.iteration)))
         for task, views in merged.items()
     }
     return by_task, tuple(unstarted)
+
+
+@dataclass(frozen=True)
+class _Spend:
+    cost_usd: float
+    tokens: int
+    turns: int | None
+    tool_calls: int | None
+
+
+def _spend(obs: RunObs, row: RunRow | None) -> _Spend:
+    """What a reported run spent: its result's figures, else state's, and for a running agent
+    at least what its events say so far."""
+    result = obs.result
+    recorded = _recorded_spend(row) if row is not None else _Spend(0.0, 0, None, None)
+    if result is not None:
+        cost = result.cost_usd if result.cost_usd is not None else recorded.cost_usd
+        tokens = (result.input_tokens or 0) + (result.output_tokens or 0)
+        return _Spend(cost or recorded.cost_usd, tokens, result.num_turns, result.tool_calls)
+    return _Spend(
+        max(recorded.cost_usd, obs.cost_so_far or 0.0),
+        max(recorded.tokens, obs.tokens_so_far or 0),
+        obs.turns_so_far if obs.turns_so_far is not None else recorded.turns,
+        obs.tool_calls_so_far if obs.tool_calls_so_far is not None else recorded.tool_calls,
+    )
+
+
+def _recorded_spend(row: RunRow) -> _Spend:
+    tokens = (row.input_tokens or 0) + (row.output_tokens or 0)
+    return _Spend(row.cost_usd or 0.0, tokens, row.turns, row.tool_calls)
+
+
+def _progress_at(obs: RunObs, row: RunRow | None, now: float) -> float | None:
+    """When the agent last progressed: now if its last own event moved since state's record."""
+    if obs.progress_offset is None:
+        return None
+    if row is None or row.progress_at is None or row.progress_offset != obs.progress_offset:
+        return now
+    return row.progress_at
+
+
+def _reported(lane: str, obs: RunObs, row: RunRow | None, now: float) -> RunView:
+    """A run its lane reports, with what state recorded of it."""
+    spent = _spend(obs, row)
+    result = obs.result
+    return RunView(
+        task=obs.task,
+        lane=lane,
+        repo=obs.repo,
+        attempt=obs.attempt,
+        iteration=obs.iteration,
+        generation=obs.generation,
+        started_at=obs.started_at,
+        run_dir=obs.run_dir,
+        alive=obs.alive,
+        exit=obs.exit,
+        last_output_at=obs.last_output_at,
+        result=result,
+        commits_ahead=obs.commits_ahead,
+        dirty=tuple(obs.dirty),
+        mark=row.mark if row else None,  # type: ignore[arg-type]
+        marked_at=row.marked_at if row else None,
+        seen_by_lane=True,
+        outcome=_outcome(row),
+        failures=tuple(row.failures.splitlines()) if row and row.failures else (),
+        session_id=(row.session_id if row else None) or (result.session_id if result else None),
+        cost_usd=spent.cost_usd,
+        tokens=spent.tokens,
+        turns=spent.turns,
+        tool_calls=spent.tool_calls,
+        progress_offset=obs.progress_offset,
+        last_event=obs.last_event,
+        last_progress_at=_progress_at(obs, row, now),
+    )
+
+
+def _remembered(row: RunRow) -> RunView:
+    """A run only state knows: not alive, its figures as recorded."""
+    spent = _recorded_spend(row)
+    return RunView(
+        task=row.task,
+        lane=row.lane,
+        repo=row.repo,
+        attempt=row.attempt,
+        iteration=row.iteration,
+        generation=row.generation,
+        started_at=row.started_at,
+        run_dir=row.run_dir,
+        alive=False,
+        mark=row.mark,  # type: ignore[arg-type]
+        marked_at=row.marked_at or row.ended_at,
+        seen_by_lane=False,
+        outcome=_outcome(row),
+        failures=tuple((row.failures or "").splitlines()),
+        session_id=row.session_id,
+        cost_usd=spent.cost_usd,
+        tokens=spent.tokens,
+        turns=spent.turns,
+        tool_calls=spent.tool_calls,
+    )
 
 
 def _outcome(row: RunRow | None) -> Literal["succeeded", "failed"] | None:
