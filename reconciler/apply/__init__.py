@@ -322,98 +322,73 @@ class Applier:
             self.forget_unstarted(tx)
             for views in self.observed.runs.values():
                 for view in views:
-                    key = (view.task, view.attempt, view.iteration)
-                    row = known.get(key)
-                    result = view.result
+                    row = known.get((view.task, view.attempt, view.iteration))
                     if row is None and view.seen_by_lane:
-                        self.ensure_any_task_row(tx, view.task, view.lane, view.repo)
-                        tx.upsert_run(
-                            RunRow(
-                                task=view.task,
-                                attempt=view.attempt,
-                                iteration=view.iteration,
-                                generation=view.generation,
-                                lane=view.lane,
-                                repo=view.repo,
-                                run_dir=view.run_dir,
-                                started_at=view.started_at,
-                            )
-                        )
-                        tx.add_event(
-                            view.task,
-                            "adopted",
-                            f"found run {view.attempt}.{view.iteration} in the lane "
-                            f"({'alive' if view.alive else 'ended'}) and adopted it",
-                            self.revision,
-                            self.clock(),
-                        )
-                    fields: dict[str, object] = {}
-                    if row is not None and not row.run_dir and view.run_dir:
-                        fields["run_dir"] = view.run_dir  # spawned, but not recorded as such
-                    if view.exit is not None and (row is None or row.ended_at is None):
-                        fields.update(
-                            ended_at=view.exit.ended_at,
-                            exit_code=view.exit.exit_code,
-                            signal=view.exit.signal,
-                        )
-                    if view.progress_offset is not None and (
-                        row is None or row.progress_offset != view.progress_offset
-                    ):
-                        fields.update(
-                            progress_offset=view.progress_offset, progress_at=view.last_progress_at
-                        )
-                    if result is not None:
-                        spent: dict[str, object] = dict(
-                            session_id=result.session_id or (row.session_id if row else None),
-                            cost_usd=result.cost_usd,
-                            input_tokens=result.input_tokens,
-                            output_tokens=result.output_tokens,
-                            turns=result.num_turns,
-                            tool_calls=result.tool_calls,
-                        )
-                    elif view.alive and (view.cost_usd or view.tokens or view.turns):
-                        # Spend so far, kept in case the run is stopped before its result is
-                        # read (a budget stop, a pause): its cost stays counted.
-                        spent = {
-                            "cost_usd": view.cost_usd,
-                            "input_tokens": view.tokens,  # a sum so far: no split yet
-                            "output_tokens": 0,
-                            "turns": view.turns,
-                            "tool_calls": view.tool_calls,
-                        }
-                    else:
-                        spent = {}
-                    if row is None or any(getattr(row, k) != v for k, v in spent.items()):
-                        fields.update(spent)
+                        self.adopt(tx, view)
+                    fields = _run_fields(view, row)
                     if fields:
                         tx.update_run(view.task, view.attempt, view.iteration, **fields)
-            task_rows = self.store.tasks()  # again: rows were added above
-            for status in plan.tasks:
-                task_row = task_rows.get(status.name)
-                if task_row is not None and task_row.next_attempt_at != status.next_attempt_at:
-                    tx.update_task(status.name, next_attempt_at=status.next_attempt_at)
-            for outcome in plan.outcomes:
-                if (outcome.task, outcome.attempt, outcome.iteration) not in known and not any(
-                    v.attempt == outcome.attempt and v.iteration == outcome.iteration
-                    for v in self.observed.runs.get(outcome.task, ())
-                ):
-                    continue
-                tx.update_run(
-                    outcome.task,
-                    outcome.attempt,
-                    outcome.iteration,
-                    outcome=outcome.outcome,
-                    failures="\n".join(outcome.failures) or None,
-                )
-                detail = "; ".join(outcome.failures) or "all success criteria met"
-                detail += _activity(self.observed.runs.get(outcome.task, ()), outcome)
-                tx.add_event(
-                    outcome.task,
-                    "run-" + outcome.outcome,
-                    f"run {outcome.attempt}.{outcome.iteration} {outcome.outcome}: {detail}",
-                    self.revision,
-                    self.clock(),
-                )
+            self.record_next_attempts(tx, plan)
+            self.record_outcomes(tx, plan, known)
+
+    def adopt(self, tx: Transaction, view: RunView) -> None:
+        """A run its lane reports that state never recorded (a crash between spawn and record,
+        a lost state directory): recorded from now on."""
+        self.ensure_any_task_row(tx, view.task, view.lane, view.repo)
+        tx.upsert_run(
+            RunRow(
+                task=view.task,
+                attempt=view.attempt,
+                iteration=view.iteration,
+                generation=view.generation,
+                lane=view.lane,
+                repo=view.repo,
+                run_dir=view.run_dir,
+                started_at=view.started_at,
+            )
+        )
+        tx.add_event(
+            view.task,
+            "adopted",
+            f"found run {view.attempt}.{view.iteration} in the lane "
+            f"({'alive' if view.alive else 'ended'}) and adopted it",
+            self.revision,
+            self.clock(),
+        )
+
+    def record_next_attempts(self, tx: Transaction, plan: Plan) -> None:
+        task_rows = self.store.tasks()  # again: rows may have been added in this transaction
+        for status in plan.tasks:
+            task_row = task_rows.get(status.name)
+            if task_row is not None and task_row.next_attempt_at != status.next_attempt_at:
+                tx.update_task(status.name, next_attempt_at=status.next_attempt_at)
+
+    def record_outcomes(
+        self, tx: Transaction, plan: Plan, known: Mapping[tuple[str, int, int], RunRow]
+    ) -> None:
+        """The planner's verdict on each run that ended, with its event."""
+        for outcome in plan.outcomes:
+            if (outcome.task, outcome.attempt, outcome.iteration) not in known and not any(
+                v.attempt == outcome.attempt and v.iteration == outcome.iteration
+                for v in self.observed.runs.get(outcome.task, ())
+            ):
+                continue
+            tx.update_run(
+                outcome.task,
+                outcome.attempt,
+                outcome.iteration,
+                outcome=outcome.outcome,
+                failures="\n".join(outcome.failures) or None,
+            )
+            detail = "; ".join(outcome.failures) or "all success criteria met"
+            detail += _activity(self.observed.runs.get(outcome.task, ()), outcome)
+            tx.add_event(
+                outcome.task,
+                "run-" + outcome.outcome,
+                f"run {outcome.attempt}.{outcome.iteration} {outcome.outcome}: {detail}",
+                self.revision,
+                self.clock(),
+            )
 
     # ------------------------------------------------------------------ runs
 
@@ -713,3 +688,47 @@ class Applier:
             what = f"PR #{action.pr_number} merged" if action.pr_number else "success, no forge"
             self.event(task.name, "done", f"task done ({what})", tx)
         crash_point("after-complete")
+
+
+def _run_fields(view: RunView, row: RunRow | None) -> dict[str, object]:
+    """What state should learn of a run from its observation: where it runs, its end, its
+    progress and its spend, each only when it changed."""
+    fields: dict[str, object] = {}
+    if row is not None and not row.run_dir and view.run_dir:
+        fields["run_dir"] = view.run_dir  # spawned, but not recorded as such
+    if view.exit is not None and (row is None or row.ended_at is None):
+        fields.update(
+            ended_at=view.exit.ended_at, exit_code=view.exit.exit_code, signal=view.exit.signal
+        )
+    if view.progress_offset is not None and (
+        row is None or row.progress_offset != view.progress_offset
+    ):
+        fields.update(progress_offset=view.progress_offset, progress_at=view.last_progress_at)
+    spent = _spent(view, row)
+    if row is None or any(getattr(row, k) != v for k, v in spent.items()):
+        fields.update(spent)
+    return fields
+
+
+def _spent(view: RunView, row: RunRow | None) -> dict[str, object]:
+    result = view.result
+    if result is not None:
+        return {
+            "session_id": result.session_id or (row.session_id if row else None),
+            "cost_usd": result.cost_usd,
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
+            "turns": result.num_turns,
+            "tool_calls": result.tool_calls,
+        }
+    if view.alive and (view.cost_usd or view.tokens or view.turns):
+        # Spend so far, kept in case the run is stopped before its result is read (a budget
+        # stop, a pause): its cost stays counted.
+        return {
+            "cost_usd": view.cost_usd,
+            "input_tokens": view.tokens,  # a sum so far: no split yet
+            "output_tokens": 0,
+            "turns": view.turns,
+            "tool_calls": view.tool_calls,
+        }
+    return {}
