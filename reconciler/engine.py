@@ -79,6 +79,7 @@ class Engine:
         self.clock = clock
         self._control: ControlRepo | None = None
         self._state_trusted = False
+        self._lanes: tuple[Desired, Policy, dict[str, Lane]] | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -117,9 +118,14 @@ class Engine:
         return load_policy(self.ctx.policy)
 
     def lanes(self, desired: Desired) -> dict[str, Lane]:
-        """A client per lane; the policy decides which of them may be contacted at all."""
+        """A client per lane; the policy decides which of them may be contacted at all. Made
+        once per desired state and policy: a pass observes and applies through the same ones."""
         policy = self.policy()
-        return {name: Lane(name, spec, policy=policy) for name, spec in desired.lanes.items()}
+        if self._lanes is not None and self._lanes[0] is desired and self._lanes[1] is policy:
+            return self._lanes[2]
+        lanes = {name: Lane(name, spec, policy=policy) for name, spec in desired.lanes.items()}
+        self._lanes = (desired, policy, lanes)
+        return lanes
 
     def observe_and_plan(self, desired: Desired, store: Store) -> tuple[Plan, Observed]:
         # A pass allocates a few objects per task and frees them together; with 10k tasks the
