@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -459,3 +460,28 @@ class Response(Msg):
 class BatchResult(Msg):
     version: int = PROTOCOL_VERSION
     responses: list[Response]
+
+
+# ------------------------------------------------------------------------ the PR marker
+# The one rule that finds a task's PR again on every forge, read and written on both sides: a
+# hidden line in the PR body naming the task, kept whatever else the body becomes.
+
+PR_MARKER = re.compile(r"<!--\s*reconciler:task=([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)\s*-->")
+
+
+def pr_marker(task: str) -> str:
+    return f"<!-- reconciler:task={task} -->"
+
+
+def marked_task(body: str) -> str | None:
+    """The task a PR body's (last) marker names, if any."""
+    found = PR_MARKER.findall(body)
+    return found[-1][0] if found else None
+
+
+def with_marker(body: str, task: str | None) -> str:
+    """``body`` carrying ``task``'s marker: added below it unless it already has one (a body
+    edited without its marker could no longer be found by task)."""
+    if task is None or marked_task(body) is not None:
+        return body
+    return f"{body.rstrip()}\n\n{pr_marker(task)}".lstrip()

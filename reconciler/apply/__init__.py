@@ -40,6 +40,7 @@ from reconciler.protocol import (
     StopRunRequest,
     TaskRef,
     WorkspaceResult,
+    pr_marker,
 )
 from reconciler.state import RunRow, StateError, Store, TaskRow, Transaction
 
@@ -61,10 +62,6 @@ class ApplyReport:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def pr_marker(task: str) -> str:
-    return f"<!-- reconciler:task={task} -->"
 
 
 def compose_prompt(task: Task, action: Action) -> str:

@@ -30,8 +30,7 @@ from github import Auth, Github
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from reconciler.node.errors import NodeError
-from reconciler.node.forge_local import marker, task_of
-from reconciler.protocol import PullRequest
+from reconciler.protocol import PullRequest, marked_task, with_marker
 from reconciler.redact import redact
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -268,8 +267,7 @@ class GitHubForge:
         existing = self._open_from(head)
         if existing is not None:
             return existing, False
-        if task_of(body) is None:
-            body = f"{body.rstrip()}\n\n{marker(task)}".lstrip()
+        body = with_marker(body, task)
         payload = {"title": title, "body": body, "head": head, "base": base, "draft": draft}
         status, _, data = self._write("POST", f"/repos/{self.repo}/pulls", payload, allow=(422,))
         if status == 422:
@@ -314,13 +312,7 @@ class GitHubForge:
         if title is not None:
             change["title"] = title
         if body is not None:
-            # Keep the hidden marker: without it the PR could no longer be found by task.
-            task = current.task
-            change["body"] = (
-                f"{body.rstrip()}\n\n{marker(task)}".lstrip()
-                if task and task_of(body) is None
-                else body
-            )
+            change["body"] = with_marker(body, current.task)
         if not change:
             return self._get_pull(number) if comment is not None else current
         _, _, data = self._write("PATCH", path, change)
@@ -505,7 +497,7 @@ class GitHubForge:
             base=str(base.get("ref", "")),
             title=str(item.get("title") or ""),
             body=str(body),
-            task=task_of(str(body)),
+            task=marked_task(str(body)),
             head_sha=sha if isinstance(sha, str) else None,
             updated_at=_epoch(changed),
         )

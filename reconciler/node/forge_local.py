@@ -20,11 +20,10 @@ from urllib.parse import unquote, urlparse
 
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
-from reconciler.protocol import PullRequest
+from reconciler.protocol import PullRequest, marked_task, with_marker
 
 PULLS_REF = "refs/reconciler/pulls"
 PULLS_FILE = "pulls.json"
-MARKER = re.compile(r"<!--\s*reconciler:task=([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)\s*-->")
 CAS_ATTEMPTS = 20
 ZERO = "0" * 40
 # commit-tree needs an identity; the lane user's git config may have none.
@@ -42,15 +41,6 @@ Record = dict[str, object]
 
 class ForgeError(NodeError):
     """A local-forge request failed; the message names the PR or repository and the fix."""
-
-
-def marker(task: str) -> str:
-    return f"<!-- reconciler:task={task} -->"
-
-
-def task_of(body: str) -> str | None:
-    found = MARKER.findall(body)
-    return found[-1][0] if found else None
 
 
 def remote_path(checkout: str, remote: str) -> str:
@@ -152,7 +142,7 @@ class LocalForge:
             base=str(rec["base"]),
             title=str(rec.get("title", "")),
             body=body,
-            task=task_of(body),
+            task=marked_task(body),
             head_sha=head_sha if isinstance(head_sha, str) else None,
             updated_at=_float(rec.get("updated_at")),
         )
@@ -217,8 +207,7 @@ class LocalForge:
             raise ForgeError(
                 f"base branch {base} does not exist in {self.path}; push it or fix the base"
             )
-        if task_of(body) is None:
-            body = f"{body.rstrip()}\n\n{marker(task)}".lstrip()
+        body = with_marker(body, task)
 
         def change(doc: Doc) -> tuple[tuple[Record, bool], str | None]:
             for rec in self._records(doc):
@@ -263,13 +252,7 @@ class LocalForge:
             if title is not None:
                 rec["title"] = title
             if body is not None:
-                task = task_of(str(rec.get("body", "")))
-                # Keep the hidden marker: without it the PR could no longer be found by task.
-                rec["body"] = (
-                    f"{body.rstrip()}\n\n{marker(task)}".lstrip()
-                    if task and task_of(body) is None
-                    else body
-                )
+                rec["body"] = with_marker(body, marked_task(str(rec.get("body", ""))))
             if comment is not None:
                 _comment(rec, comment)
             sha = self._branch(str(rec["head"]))

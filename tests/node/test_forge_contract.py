@@ -217,3 +217,13 @@ def test_list_shows_a_merge_by_a_human(forge: Handle) -> None:
     assert merged.task == "ship"
     assert merged.head_sha == sha
     assert merged.updated_at is not None and merged.updated_at >= before - 1
+
+
+def test_the_pr_marker_rule_is_one_rule_for_both_sides() -> None:
+    from reconciler.protocol import marked_task, pr_marker, with_marker
+
+    assert marked_task(f"text\n\n{pr_marker('fix-login')}") == "fix-login"
+    assert with_marker("New body", "fix-login") == f"New body\n\n{pr_marker('fix-login')}"
+    kept = f"edited\n{pr_marker('fix-login')}"
+    assert with_marker(kept, "fix-login") == kept  # never twice
+    assert with_marker("no task", None) == "no task"
