@@ -190,11 +190,48 @@ class Applier:
             # When the state cannot take even that, the report still lists the failure.
             with contextlib.suppress(StateError, sqlite3.Error):
                 self.event(action.task, "error", f"{action.kind.value} failed: {message}")
+                if isinstance(exc, NodeError) and not exc.temporary:
+                    self.hold(action, message)
             self.log(f"{action.kind.value} {action.task}: failed: {message}")
             return False
         with report.lock:
             report.applied.append(action)
+        with contextlib.suppress(StateError, sqlite3.Error):
+            self.release(action)
         return True
+
+    def hold(self, action: Action, message: str) -> None:
+        """An action that failed for a lasting reason (a refused PR, a rejected push): recorded
+        on its task, so that the planner backs that kind of action off instead of repeating it
+        every pass. Starts have their own record (a run that did not start is crashed)."""
+        if action.kind in _STARTS:
+            return
+        row = self.store.task(action.task)
+        if row is None:
+            return
+        count = row.failed_count + 1 if row.failed_action == action.kind.value else 1
+        with self.store.transaction() as tx:
+            tx.update_task(
+                action.task,
+                failed_action=action.kind.value,
+                failed_message=message,
+                failed_at=self.clock(),
+                failed_count=count,
+            )
+
+    def release(self, action: Action) -> None:
+        """A held kind of action that went through: the hold is over."""
+        held = self.observed.records.get(action.task)
+        if held is None or held.failed is None or held.failed.kind != action.kind.value:
+            return
+        with self.store.transaction() as tx:
+            tx.update_task(
+                action.task,
+                failed_action=None,
+                failed_message=None,
+                failed_at=None,
+                failed_count=0,
+            )
 
     def dispatch(self, action: Action) -> None:
         handler = {
@@ -685,6 +722,9 @@ class Applier:
             what = f"PR #{action.pr_number} merged" if action.pr_number else "success, no forge"
             self.event(task.name, "done", f"task done ({what})", tx)
         crash_point("after-complete")
+
+
+_STARTS = frozenset({ActionKind.START, ActionKind.RETRY, ActionKind.ITERATE})
 
 
 def _run_fields(view: RunView, row: RunRow | None) -> dict[str, object]:

@@ -24,7 +24,15 @@ from typing import Literal
 
 from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref, unwrap
 from reconciler.manifests.models import NAME_PATTERN, Desired
-from reconciler.plan import Foreign, LaneView, Observed, RepoView, RunView, TaskRecord
+from reconciler.plan import (
+    FailedAction,
+    Foreign,
+    LaneView,
+    Observed,
+    RepoView,
+    RunView,
+    TaskRecord,
+)
 from reconciler.protocol import (
     ObserveRequest,
     ObserveResult,
@@ -450,4 +458,12 @@ def _record(row: TaskRow) -> TaskRecord:
         done_generation=row.done_generation,
         pr_number=row.pr_number,
         pr_intent=row.pr_intent,
+        failed=FailedAction(
+            kind=row.failed_action,
+            message=row.failed_message or "",
+            at=row.failed_at or 0.0,
+            count=row.failed_count,
+        )
+        if row.failed_action
+        else None,
     )

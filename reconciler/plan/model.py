@@ -83,6 +83,19 @@ class TaskRecord:
     done_generation: str | None = None
     pr_number: int | None = None
     pr_intent: bool = False
+    failed: FailedAction | None = None  # its last action failed for a lasting reason
+
+
+@dataclass(frozen=True)
+class FailedAction:
+    """An action of a task that failed for a reason that does not pass by itself: the planner
+    holds that kind of action back, longer after each failure in a row, instead of repeating
+    it every pass."""
+
+    kind: str  # an ActionKind value
+    message: str
+    at: float
+    count: int  # failures in a row
 
 
 @dataclass(frozen=True)

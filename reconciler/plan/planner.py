@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import signal as _signal
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from reconciler.durations import format_duration
 from reconciler.manifests.models import AgentSpec, Budget, ConfigSpec, Desired, LaneSpec, Task
@@ -17,6 +17,7 @@ from reconciler.plan.model import (
     Action,
     ActionKind,
     Blocked,
+    FailedAction,
     LaneView,
     Observed,
     Outcome,
@@ -842,6 +843,36 @@ class _Planner:
 
     # ------------------------------------------------------------------ the whole plan
 
+    def held_until(self, task: str, kind: ActionKind) -> tuple[float, FailedAction] | None:
+        """When an action of ``kind`` may be tried again for ``task``, if it is held back:
+        its last try failed for a lasting reason, and the backoff since has not passed."""
+        record = self.observed.records.get(task)
+        failed = record.failed if record is not None else None
+        if failed is None or failed.kind != kind.value:
+            return None
+        until = failed.at + backoff_delay(self.desired.config, f"{task}/{kind.value}", failed.count)
+        return (until, failed) if until > self.now else None
+
+    def hold_failed(self) -> None:
+        """Actions whose last try failed for a lasting reason wait out a backoff that grows with
+        each failure in a row, instead of failing again every pass; the task says why."""
+        kept: list[Action] = []
+        for action in self.actions:
+            held = self.held_until(action.task, action.kind)
+            if held is None:
+                kept.append(action)
+                continue
+            until, failed = held
+            status = self.statuses.get(action.task)
+            times = f"{failed.count} times in a row" if failed.count > 1 else "once"
+            why = (
+                f"{action.kind.value} failed {times}: {failed.message}; "
+                f"tried again in {format_duration(until - self.now)}"
+            )
+            if status is not None:
+                self.statuses[action.task] = replace(status, reason=why)
+        self.actions = kept
+
     def run(self) -> Plan:
         done = {name for name, task in self.desired.tasks.items() if self.is_done(task)}
         for name in sorted(self.desired.tasks):
@@ -849,6 +880,7 @@ class _Planner:
         known = set(self.observed.records) | set(self.observed.runs)
         for name in sorted(known - set(self.desired.tasks)):
             self.plan_removed(name)
+        self.hold_failed()
         granted = self.fill_slots()
         ordered = sorted(self.actions, key=lambda a: (_KIND_ORDER[a.kind], a.task))
         return Plan(

@@ -62,6 +62,12 @@ class TaskRow:
     next_attempt_at: float | None = None
     removed_at: float | None = None
     generation: str | None = None
+    # the task's last action that failed for a reason that does not pass by itself (a PR the
+    # forge refuses, a push rejected): its kind, its message, when, and how many times in a row
+    failed_action: str | None = None
+    failed_message: str | None = None
+    failed_at: float | None = None
+    failed_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN turns INTEGER;
     ALTER TABLE runs ADD COLUMN tool_calls INTEGER;
+    """,
+    """
+    ALTER TABLE tasks ADD COLUMN failed_action TEXT;
+    ALTER TABLE tasks ADD COLUMN failed_message TEXT;
+    ALTER TABLE tasks ADD COLUMN failed_at REAL;
+    ALTER TABLE tasks ADD COLUMN failed_count INTEGER NOT NULL DEFAULT 0;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

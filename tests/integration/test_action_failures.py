@@ -110,3 +110,36 @@ def test_a_start_the_lane_could_not_carry_out_for_now_costs_no_attempt(world: Wo
         assert [(r["attempt"], r["outcome"]) for r in describe(world, "a")["runs"]] == [
             (1, "succeeded")
         ]
+
+
+REJECT = "#!/bin/sh\necho 'pushes to agent/* are closed on this remote' >&2\nexit 1\n"
+
+
+def test_an_action_refused_for_good_backs_off_instead_of_failing_every_pass(world: World) -> None:
+    world.config = {"backoff": {"base": "1h", "max": "1h"}}
+    world.lane("web")
+    world.task("a", "web", "succeed")
+    world.commit()
+    hook = world.root / "remotes" / "web-repo.git" / "hooks" / "pre-receive"
+    hook.write_text(REJECT)
+    hook.chmod(0o755)
+
+    reason = ""
+    for _ in range(60):  # until the push behind open-pr was refused once
+        world.cli("apply", "--yes")
+        reason = world.status()["a"]["reason"]
+        if reason.startswith("open-pr failed once"):
+            break
+        time.sleep(0.1)
+    assert "(pre-receive hook declined)" in reason, reason
+    assert "tried again in " in reason
+    errors = [e for e in describe(world, "a")["events"] if e["kind"] == "error"]
+    again = world.cli("apply", "--yes")  # held: not tried, not failed again
+    assert "open-pr" not in again.stdout, again.stdout
+    assert [e for e in describe(world, "a")["events"] if e["kind"] == "error"] == errors
+
+    hook.unlink()  # the remote is fixed; a short backoff lets the next pass try again
+    world.config = {"backoff": {"base": "200ms", "max": "1s"}}
+    world.commit("shorter backoff")
+    world.converge()
+    assert world.status()["a"]["phase"] == "pr-open"

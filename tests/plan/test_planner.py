@@ -17,6 +17,7 @@ from reconciler.manifests.models import (
 from reconciler.plan import (
     Action,
     ActionKind,
+    FailedAction,
     LaneView,
     Observed,
     Phase,
@@ -811,3 +812,30 @@ def test_a_run_crossing_its_budget_mid_stream_is_stopped() -> None:
     assert "budget exhausted (1200 of 1000 tokens) during the run" in p.tasks[0].reason
     within = replace(running, tokens=900)
     assert kinds(plan(d, observed(runs={"t": [within]}), NOW)) == []
+
+
+def test_an_action_that_failed_for_a_lasting_reason_backs_off() -> None:
+    # The forge refused the PR (not a timeout or a full disk): trying again every pass would
+    # only fail again; the task waits out a backoff that grows with each failure in a row.
+    d = desired(("t", task_spec()), config=ConfigSpec.model_validate({"backoff": {"base": "60s"}}))
+    r = run(d, "t", exit=exited(0), result=ok_result(), commits_ahead=2)
+    refused = "the forge refused the PR: base branch main does not exist"
+
+    def planned(count: int, ago: float) -> Plan:
+        failed = FailedAction(kind="open-pr", message=refused, at=NOW - ago, count=count)
+        record = TaskRecord(name="t", lane="web", repo="app", first_seen=NOW - 900, failed=failed)
+        return plan(d, observed(runs={"t": [r]}, records={"t": record}), NOW)
+
+    p = planned(1, ago=5)
+    assert kinds(p) == []
+    assert p.tasks[0].reason.startswith(f"open-pr failed once: {refused}; tried again in ")
+    assert kinds(planned(1, ago=61)) == [("open-pr", "t")]  # 30-60s after one failure
+    p = planned(3, ago=61)  # 120-240s after three in a row
+    assert kinds(p) == []
+    assert "open-pr failed 3 times in a row" in p.tasks[0].reason
+    # a hold is for that kind of action only
+    other = FailedAction(kind="update-pr", message=refused, at=NOW - 5, count=1)
+    record = TaskRecord(name="t", lane="web", repo="app", first_seen=NOW - 900, failed=other)
+    assert kinds(plan(d, observed(runs={"t": [r]}, records={"t": record}), NOW)) == [
+        ("open-pr", "t")
+    ]

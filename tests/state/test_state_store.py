@@ -125,6 +125,13 @@ def test_an_older_database_is_migrated_by_a_writer_and_named_to_readers(
         with migrated.transaction() as tx:
             tx.update_run("t", 1, 1, turns=3, tool_calls=4, progress_offset=10)
         assert migrated.runs()[0].turns == 3
+        with migrated.transaction() as tx:  # the held action of a task (schema 4)
+            tx.update_task("t", failed_action="open-pr", failed_message="no", failed_count=2)
+        assert migrated.task("t") is not None
+        assert (migrated.task("t").failed_action, migrated.task("t").failed_count) == (
+            "open-pr",
+            2,
+        )
     assert (
         sqlite3.connect(tmp_path / "state.db").execute("PRAGMA user_version").fetchone()[0]
         == SCHEMA_VERSION
