@@ -457,6 +457,27 @@ class Response(Msg):
     failure: Failure | None = None
 
 
+# What each operation answers: the one pairing of requests and results, checked by the lane
+# client (a caller expecting another type is a bug) and by the node server (a handler
+# returning another type is a bug), so the two sides cannot drift apart.
+RESULTS: dict[str, type[Msg]] = {
+    "observe": ObserveResult,
+    "preflight": PreflightResult,
+    "prepare-workspace": WorkspaceResult,
+    "fill-pool": FillPoolResult,
+    "start-run": RunObs,
+    "stop-run": StopResult,
+    "push": PushResult,
+    "forge-list": ForgeListResult,
+    "forge-open": ForgeOpenResult,
+    "forge-update": PRResult,
+    "forge-close": PRResult,
+    "forge-merge": PRResult,
+    "remove-workspace": RemovedResult,
+    "read-log": LogResult,
+}
+
+
 class BatchResult(Msg):
     version: int = PROTOCOL_VERSION
     responses: list[Response]

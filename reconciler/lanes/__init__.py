@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from reconciler.manifests.models import Desired, LaneSpec
 from reconciler.manifests.policy import Policy
 from reconciler.protocol import (
+    RESULTS,
     AgentRef,
     Batch,
     BatchResult,
@@ -148,6 +149,9 @@ class Lane:
 
     def one(self, request: Request, result_type: type[T]) -> T:
         """Send one request; return its typed result or raise ``NodeError``."""
+        expected = RESULTS[request.op]
+        if result_type is not expected:
+            raise TypeError(f"{request.op} answers {expected.__name__}, not {result_type.__name__}")
         (response,) = self.call([request])
         return unwrap(response, result_type)
 

@@ -35,6 +35,7 @@ from reconciler.node.preflight import preflight
 from reconciler.node.runs import read_log, start_run, stop_run
 from reconciler.protocol import (
     PROTOCOL_VERSION,
+    RESULTS,
     Batch,
     BatchResult,
     Failure,
@@ -318,6 +319,8 @@ def handle_request(req: Request, pin: str | None = None, *, env_tokens: bool = T
     try:
         lane = Lane.of(req.lane, env_tokens=env_tokens)
         result = _HANDLERS[op](lane, req)
+        if type(result) is not RESULTS[op]:
+            raise TypeError(f"the {op} handler answered {type(result).__name__}")
         return Response(ok=True, result=result.model_dump(mode="json"))
     except NodeError as exc:
         return _failure(str(exc), exc.temporary)

@@ -260,3 +260,14 @@ def test_every_failure_branch_masks_the_tokens_the_node_read(
         for secret in (token, first, second):
             assert secret not in error, (type(exc).__name__, error)
         assert "***" in error, error
+
+
+def test_one_table_pairs_every_operation_with_its_result_on_both_sides() -> None:
+    import typing
+
+    from reconciler.node.server import _HANDLERS
+    from reconciler.protocol import RESULTS, Request
+
+    (union, *_) = typing.get_args(Request)
+    ops = {typing.get_args(m.model_fields["op"].annotation)[0] for m in typing.get_args(union)}
+    assert ops == set(RESULTS) == set(_HANDLERS)
