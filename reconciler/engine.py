@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,15 +168,7 @@ class Engine:
                     f"is at {desired.revision[:12]} and the state at serial {store.serial()}; "
                     "run `reconciler plan --out FILE` again"
                 )
-            current = Plan(
-                revision=current.revision,
-                serial=current.serial,
-                now=current.now,
-                actions=saved.actions,
-                blocked=current.blocked,
-                tasks=current.tasks,
-                outcomes=current.outcomes,
-            )
+            current = replace(current, actions=saved.actions)
         if confirm is not None and not current.empty and not confirm(current):
             return PassResult(current, None, observed)
         applier = Applier(desired, observed, store, self.lanes(desired), log=log, clock=self.clock)

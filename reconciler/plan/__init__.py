@@ -4,6 +4,7 @@ from reconciler.plan.model import (
     Action,
     ActionKind,
     Blocked,
+    Due,
     Foreign,
     LaneView,
     Observed,
@@ -11,16 +12,18 @@ from reconciler.plan.model import (
     Phase,
     Plan,
     RepoView,
+    Requeue,
     RunView,
     TaskRecord,
     TaskStatus,
 )
-from reconciler.plan.planner import backoff_delay, branch_of, evaluate, plan
+from reconciler.plan.planner import backoff_delay, branch_of, evaluate, next_midnight, plan
 
 __all__ = [
     "Action",
     "ActionKind",
     "Blocked",
+    "Due",
     "Foreign",
     "LaneView",
     "Observed",
@@ -28,11 +31,13 @@ __all__ = [
     "Phase",
     "Plan",
     "RepoView",
+    "Requeue",
     "RunView",
     "TaskRecord",
     "TaskStatus",
     "backoff_delay",
     "branch_of",
     "evaluate",
+    "next_midnight",
     "plan",
 ]
