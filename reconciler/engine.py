@@ -187,6 +187,7 @@ def plan_to_json(p: Plan) -> dict[str, Any]:
         "serial": p.serial,
         "actions": [a.to_json() for a in p.actions],
         "blocked": [{"task": b.task, "reason": b.reason} for b in p.blocked],
+        "requeue": p.requeue.to_json(p.now) if p.requeue else None,
     }
 
 

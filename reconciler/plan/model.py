@@ -317,6 +317,7 @@ class Requeue:
             "after": round(max(0.0, self.at - now), 3),
             "reason": self.due.value,
             "subject": self.subject,
+            "message": self.message,
         }
 
 

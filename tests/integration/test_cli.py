@@ -90,7 +90,8 @@ def test_status_json_shape_and_describe_and_logs(world: World) -> None:
     small_world(world)
     world.converge()
     status = json.loads(world.cli("status", "--json").stdout)
-    assert set(status) >= {"revision", "tasks"}
+    assert set(status) >= {"revision", "tasks", "requeue"}
+    assert status["requeue"] is None  # converged: nothing is due by time
     a = next(t for t in status["tasks"] if t["name"] == "a")
     assert {
         k: a[k] for k in ("name", "phase", "lane", "repo", "branch", "attempt", "iteration")

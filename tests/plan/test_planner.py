@@ -984,6 +984,7 @@ def test_requeue_is_never_in_the_past_and_renders_for_json() -> None:
         "after": round(DELAY_1 - 1, 3),
         "reason": "backoff",
         "subject": "t",
+        "message": "the backoff of t ends",
     }
     assert p.requeue.to_json(p.requeue.at + 5)["after"] == 0.0
     assert p.requeue.message == "the backoff of t ends"
