@@ -181,14 +181,16 @@ class Engine:
 
 def plan_to_json(p: Plan) -> dict[str, Any]:
     """The stable ``plan --json`` shape (design §7), plus the format for saved plans."""
-    return {
+    data: dict[str, Any] = {
         "format": PLAN_FORMAT,
         "revision": p.revision,
         "serial": p.serial,
         "actions": [a.to_json() for a in p.actions],
         "blocked": [{"task": b.task, "reason": b.reason} for b in p.blocked],
-        "requeue": p.requeue.to_json(p.now) if p.requeue else None,
     }
+    if p.requeue is not None:  # omitted, as the plan's other keys are, when there is none
+        data["requeue"] = p.requeue.to_json(p.now)
+    return data
 
 
 def save_plan(p: Plan, path: Path) -> None:

@@ -146,6 +146,7 @@ def test_doctor_and_blocked_tasks_name_the_missing_checkout(world: World) -> Non
     assert "FAIL" in doctor.stdout
     plan = world.plan_json()
     assert plan["actions"] == []
+    assert "requeue" not in plan  # blocked on a missing checkout: no time will change that
     reasons = {b["task"]: b["reason"] for b in plan["blocked"]}
     assert "web-repo" in reasons["a"]
 
