@@ -39,8 +39,9 @@ from ruamel.yaml import YAML
 import reconciler.control.desired as desired_module
 from reconciler.engine import Context, Engine
 from reconciler.manifests.loader import gc_paused
+from reconciler.manifests.models import ConfigSpec
 from reconciler.observe import observe
-from reconciler.plan import ActionKind, Phase, plan
+from reconciler.plan import ActionKind, Phase, backoff_delay, plan
 from reconciler.state import Store, TaskRow
 
 GIT_IDENTITY = {
@@ -56,7 +57,17 @@ SCHEDULE_TARGET = 1.3
 EXPENSIVE_PASS = 8.0  # seconds: above this a size gets a single repetition
 T = TypeVar("T")
 SLOT_LANES = (("lane-a", 5), ("lane-b", 4), ("lane-c", 2))
-SECTIONS = ("plan", "slots", "refill", "push", "github", "transports", "pool", "meter")
+SECTIONS = (
+    "plan",
+    "slots",
+    "refill",
+    "push",
+    "reaction",
+    "github",
+    "transports",
+    "pool",
+    "meter",
+)
 
 
 # ------------------------------------------------------------------------------------- table
@@ -1499,6 +1510,149 @@ def push_figures(box: Sandbox, table: Table, pushes: int) -> None:
     )
 
 
+REACTION_TARGET = 0.5  # seconds from the moment a pass is due (or a merge done) to its effect
+REACTION_INTERVAL = 30.0  # `run --interval`: what either waited for before the plan said when
+REACTION_BACKOFF = "1s"  # backoff base and cap: the first retry is due 0.5 to 1 s after a failure
+
+FLAKY_AGENT = """#!/bin/sh
+# bench agent: note when it started; fail the first attempt (FAIL_FIRST=1), then succeed
+date +%s.%N > "$RECONCILER_RUN_DIR/agent-started.tmp"
+mv "$RECONCILER_RUN_DIR/agent-started.tmp" "$RECONCILER_RUN_DIR/agent-started"
+if [ "$FAIL_FIRST" = 1 ] && [ "$RECONCILER_ATTEMPT" = 1 ]; then exit 1; fi
+exec git commit --allow-empty --quiet -m "bench change"
+"""
+
+
+def reaction_figures(box: Sandbox, table: Table, reps: int) -> None:
+    """`reconciler run --interval 30s`: how soon it acts on a moment the plan knew (the end of
+    a backoff) and on a merge on the local forge (`pr merge` pokes it)."""
+    log("run's reaction: backoff ended → retry, pr merge → done")
+    base = box.root / "reaction"
+    script = base / "bin" / "flaky-agent"
+    script.parent.mkdir(parents=True)
+    script.write_text(FLAKY_AGENT, encoding="utf-8")
+    script.chmod(0o755)
+    checkout = box.repo(base / "src" / "app")
+    root = base / "worktrees"
+    box.lane_roots.append(root)
+    lane = lane_doc("react", 2 * reps, root, "app", checkout, box.home).replace(
+        f"      checkout: {checkout}\n",
+        f"      checkout: {checkout}\n      forge: {{kind: local}}\n",
+    )
+    config = CONFIG_DOC + f"  backoff: {{base: {REACTION_BACKOFF}, max: {REACTION_BACKOFF}}}\n"
+    files = {
+        "config.yaml": config,
+        "lanes.yaml": lane,
+        "agents.yaml": agent_doc("flaky", ["/usr/bin/env", "FAIL_FIRST=1", str(script)])
+        + "---\n"
+        + agent_doc("steady", [str(script)]),
+    }
+    flaky = [f"flaky-{n}" for n in range(1, reps + 1)]
+    merged = [f"merged-{n}" for n in range(1, reps + 1)]
+    for n, name in enumerate(flaky + merged):
+        if name in flaky:  # one run per attempt: its failure backs off at once
+            doc = task_doc(name, "react", "app", "flaky", n) + "  maxIterations: 1\n"
+        else:
+            doc = task_doc(name, "react", "app", "steady", n)
+        files[f"tasks/{name}.yaml"] = doc
+    control = box.control(base / "control", files)
+    state = base / "state"
+    env = {**box.env, "RECONCILER_CONTROL": str(control), "RECONCILER_STATE": str(state)}
+    reconciler = [sys.executable, "-m", "reconciler"]
+    with open(base / "run.log", "wb") as run_log:
+        daemon = subprocess.Popen(
+            [*reconciler, "run", "--interval", f"{REACTION_INTERVAL:g}s", "--log-format", "json"],
+            env=env,
+            stdout=run_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        retries = backoff_reactions(root, flaky)
+        merges = merge_reactions(reconciler, env, state, merged)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=30)
+        box.stop_all()
+    worst = max(retries)
+    table.add(
+        "run: backoff ended → next agent started",
+        f"{median(retries):.3f}s median, {worst:.3f}s worst of {reps} "
+        f"(--interval {REACTION_INTERVAL:g}s, which it used to wait for)",
+        f"≤ {REACTION_TARGET:g}s",
+        worst <= REACTION_TARGET,
+    )
+    after = [done - returned for _, returned, done in merges]
+    whole = [done - began for began, _, done in merges]
+    table.add(
+        "run: pr merge → task done in state",
+        f"{median(after):.3f}s median, {max(after):.3f}s worst of {reps} after the command "
+        f"returned ({median(whole):.2f}s from its start; --interval {REACTION_INTERVAL:g}s)",
+        f"≤ {REACTION_TARGET:g}s",
+        max(after) <= REACTION_TARGET,
+    )
+
+
+def backoff_reactions(root: Path, tasks: list[str]) -> list[float]:
+    """Per task: from the end of its first attempt's backoff (the run's recorded end plus the
+    planner's delay) to the start of its retry's agent (as the agent itself noted it)."""
+    config = ConfigSpec.model_validate(
+        {"backoff": {"base": REACTION_BACKOFF, "max": REACTION_BACKOFF}}
+    )
+    delays = []
+    for task in tasks:
+        noted = root / ".runs" / task / "2.1" / "agent-started"
+        if wait_for(lambda noted=noted: noted.exists() or None, 60) is None:
+            raise SystemExit(f"reaction: {task} was not retried within 60 s")
+        exit_info = files_json(root / ".runs" / task / "1.1" / "exit.json") or {}
+        ended = exit_info.get("ended_at")
+        if not isinstance(ended, float):
+            raise SystemExit(f"reaction: {task}'s first run has no end in its exit.json")
+        expiry = ended + backoff_delay(config, task, 1)
+        started = float(noted.read_text(encoding="utf-8"))
+        if started < expiry:
+            raise SystemExit(f"reaction: {task} was retried {expiry - started:.3f}s early")
+        delays.append(started - expiry)
+    return delays
+
+
+def merge_reactions(
+    reconciler: list[str], env: dict[str, str], state: Path, tasks: list[str]
+) -> list[tuple[float, float, float]]:
+    """Per task, once its PR is open: when `reconciler pr merge` began and returned, and when
+    the task's `done` was recorded in state (the event's time)."""
+
+    def task_row(name: str) -> TaskRow | None:
+        if not (state / "state.db").exists():
+            return None
+        with Store.open_readonly(state) as store:
+            return store.task(name)
+
+    def done_at(name: str) -> float | None:
+        with Store.open_readonly(state) as store:
+            events = store.events(task=name, limit=20)
+        return next((e.at for e in events if e.kind == "done"), None)
+
+    times = []
+    for task in tasks:
+        row = wait_for(lambda task=task: (r := task_row(task)) and r.pr_number and r, 60)
+        if row is None:
+            raise SystemExit(f"reaction: {task}'s PR was not opened within 60 s")
+        began = time.time()
+        merge = subprocess.run(
+            [*reconciler, "pr", "merge", task], env=env, capture_output=True, text=True, check=False
+        )
+        returned = time.time()
+        if merge.returncode != 0 or "Poked reconciler run" not in merge.stdout:
+            raise SystemExit(f"reaction: pr merge {task} failed: {merge.stdout}{merge.stderr}")
+        done = wait_for(functools.partial(done_at, task), 60)
+        if done is None:
+            raise SystemExit(f"reaction: {task} was not recorded done within 60 s of its merge")
+        times.append((began, returned, done))
+    return times
+
+
 def files_json(path: Path) -> dict[str, object] | None:
     try:
         data = json.loads(path.read_text())
@@ -1608,6 +1762,8 @@ def main(argv: list[str] | None = None) -> int:
             refill_figures(box, table)
         if "push" not in skip:
             push_figures(box, table, pushes=3)
+        if "reaction" not in skip:
+            reaction_figures(box, table, reps=3)
         if "github" not in skip:
             github_figures(box, table, args.github_tasks)
         if "transports" not in skip:

@@ -1,4 +1,5 @@
-"""`reconciler run`: a pass at start, then whenever something changed, and at least every interval.
+"""`reconciler run`: a pass at start, then whenever something changed or the plan said a pass
+is due, and at least every interval.
 
 Triggers coalesce into one wake-up (a burst of events is one or two passes, never one each):
 
@@ -8,7 +9,9 @@ Triggers coalesce into one wake-up (a burst of events is one or two passes, neve
   user's own, never followed through a symlink, never a whole tree: ``reconciler.lanes.paths``):
   a supervisor writing ``exit.json`` (an agent ended or was killed) wakes the loop within a
   fraction of a second;
-- ``reconciler poke`` and SIGHUP from outside (the post-receive hook pokes).
+- ``reconciler poke`` and SIGHUP from outside (the post-receive hook and ``pr merge`` poke);
+- the time the last plan said the next pass is due (``Plan.requeue``: a backoff ending, a stall
+  or timeout deadline, the lane budget's new day), when that is sooner than the interval.
 
 The loop holds the state lock for its whole life (a cron ``apply`` meanwhile exits 75). SIGTERM
 and SIGINT finish the current pass, release the lock and exit; agents keep running and the next
@@ -48,6 +51,8 @@ from reconciler.state import StateError, Store
 
 PIDFILE = "run.pid"
 COALESCE = 0.15  # seconds: events arriving this close together make one pass
+REQUEUE_FLOOR = 0.05  # seconds: the least wait for a due pass, so a plan due "now" never spins
+TIMERS = frozenset({"interval", "requeue"})  # wake-ups by the clock: quiet unless they act
 CONTROL_PROBLEM = "control_problem"
 GOOD_REVISION = "last_revision"
 
@@ -196,7 +201,8 @@ def poke(state_dir: Path) -> int | None:
 
 
 class Log:
-    """Lines for a terminal, JSON lines for everything else (``--log-format``)."""
+    """Lines for a terminal, JSON lines for everything else (``--log-format``); ``debug`` lines
+    (when the next pass is due, and why) only as JSON."""
 
     def __init__(self, fmt: str, out: TextIO | None = None) -> None:
         # sys.stdout as it is now, not as it was at import: the CLI wraps it (redaction, the
@@ -209,6 +215,8 @@ class Log:
             record = {"ts": round(time.time(), 3), "level": level, "event": event, "msg": message}
             record.update(fields)
             self.out.write(json.dumps(record, default=str) + "\n")
+        elif level == "debug":
+            return  # for machines (JSON lines carry it); a person reads what happened
         else:
             stamp = time.strftime("%H:%M:%S", time.gmtime())
             prefix = "" if level == "info" else f"{level}: "
@@ -272,9 +280,10 @@ class Daemon:
                     for path in watches.point(self._watch_list(result)):
                         if os.path.lexists(os.path.join(path, EXIT_JSON)):
                             self.wake.fire("run-exit")  # it ended before the watch existed
-                    reasons = self.wake.wait(self.interval)
+                    wait, timer = self._next_wait(result)
+                    reasons = self.wake.wait(wait)
                     if not reasons:
-                        reasons = Counter({"interval": 1})
+                        reasons = Counter({timer: 1})
             finally:
                 if not self.once:
                     watches.stop()
@@ -319,7 +328,7 @@ class Daemon:
         for problem in problems:
             self.log("control", problem, level="warning")
         ok = result.report is None or result.report.ok
-        if not result.plan.empty or reasons.keys() - {"interval"}:
+        if not result.plan.empty or reasons.keys() - TIMERS:
             text = self.summary(result) or f"{len(result.plan.actions)} actions"
             running: Counter[str] = Counter(
                 t.lane for t in result.plan.tasks if t.phase.value == "running"
@@ -339,6 +348,28 @@ class Daemon:
                 slots=slots,
             )
         return ok, result
+
+    def _next_wait(self, result: PassResult | None) -> tuple[float, str]:
+        """How long to wait for a trigger, and what ends the wait when none comes: the time the
+        plan said the next pass is due, if sooner than the interval (which stays the longest
+        wait, the safety net for what no trigger reports)."""
+        requeue = result.plan.requeue if result is not None else None
+        if requeue is None:
+            return self.interval, "interval"
+        # On the plan's clock, from now: the pass's apply took some of the time already.
+        after = requeue.at - self.engine.clock()
+        if after >= self.interval:
+            return self.interval, "interval"
+        wait = max(REQUEUE_FLOOR, after)
+        self.log(
+            "requeue",
+            f"next pass in {wait:.2f}s: {requeue.message}",
+            level="debug",
+            after=round(wait, 3),
+            due=requeue.due.value,
+            subject=requeue.subject,
+        )
+        return wait, "requeue"
 
     def _problem(self, store: Store, problems: list[str]) -> None:
         text = redact("; ".join(problems)) or None  # as the store keeps it: compared below

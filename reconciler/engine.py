@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,15 +174,7 @@ class Engine:
                     f"is at {desired.revision[:12]} and the state at serial {store.serial()}; "
                     "run `reconciler plan --out FILE` again"
                 )
-            current = Plan(
-                revision=current.revision,
-                serial=current.serial,
-                now=current.now,
-                actions=saved.actions,
-                blocked=current.blocked,
-                tasks=current.tasks,
-                outcomes=current.outcomes,
-            )
+            current = replace(current, actions=saved.actions)
         if confirm is not None and not current.empty and not confirm(current):
             return PassResult(current, None, observed)
         applier = Applier(desired, observed, store, self.lanes(desired), log=log, clock=self.clock)
@@ -195,13 +187,16 @@ class Engine:
 
 def plan_to_json(p: Plan) -> dict[str, Any]:
     """The stable ``plan --json`` shape (design §7), plus the format for saved plans."""
-    return {
+    data: dict[str, Any] = {
         "format": PLAN_FORMAT,
         "revision": p.revision,
         "serial": p.serial,
         "actions": [a.to_json() for a in p.actions],
         "blocked": [{"task": b.task, "reason": b.reason} for b in p.blocked],
     }
+    if p.requeue is not None:  # omitted, as the plan's other keys are, when there is none
+        data["requeue"] = p.requeue.to_json(p.now)
+    return data
 
 
 def save_plan(p: Plan, path: Path) -> None:

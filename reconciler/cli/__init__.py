@@ -464,6 +464,7 @@ def status_json(plan: Plan) -> dict[str, Any]:
     return {
         "revision": plan.revision,
         "tasks": [_task_json(s) for s in plan.tasks],
+        "requeue": plan.requeue.to_json(plan.now) if plan.requeue else None,
     }
 
 
@@ -781,14 +782,32 @@ def cmd_pr(engine: Engine, args: argparse.Namespace) -> int:
             PRResult,
         )
         print(f"Closed PR #{number} without merging.")
+        _poke_after_pr(engine)
         print("The task shows failed until its manifest changes.")
         return EXIT_OK
     merged = lane.one(
         ForgeMergeRequest(lane=lane.ref, repo=task.spec.repo, number=number), PRResult
     )
     print(f"Merged PR #{merged.pr.number} ({branch} into {merged.pr.base}).")
-    print("The next `reconciler apply` marks the task done and removes its worktree.")
+    if _poke_after_pr(engine):
+        print("`reconciler run` marks the task done and removes its worktree now.")
+    else:
+        print("The next `reconciler apply` marks the task done and removes its worktree.")
     return EXIT_OK
+
+
+def _poke_after_pr(engine: Engine) -> bool:
+    """A `reconciler run` holding the state makes its pass now rather than at its next interval:
+    nothing else tells it (a forge's PR state is learned by a pass). True when one was poked."""
+    from reconciler.daemon import poke
+
+    try:
+        pid = poke(engine.state_dir)
+    except PermissionError:  # it runs as another user; its interval still sees the change
+        return False
+    if pid is not None:
+        print(f"Poked reconciler run (pid {pid}).")
+    return pid is not None
 
 
 def _ssh_lane(engine: Engine, name: str) -> LaneSpec:

@@ -4,6 +4,7 @@ from reconciler.plan.model import (
     Action,
     ActionKind,
     Blocked,
+    Due,
     FailedAction,
     Foreign,
     LaneView,
@@ -12,16 +13,18 @@ from reconciler.plan.model import (
     Phase,
     Plan,
     RepoView,
+    Requeue,
     RunView,
     TaskRecord,
     TaskStatus,
 )
-from reconciler.plan.planner import backoff_delay, branch_of, evaluate, plan
+from reconciler.plan.planner import backoff_delay, branch_of, evaluate, next_midnight, plan
 
 __all__ = [
     "Action",
     "ActionKind",
     "Blocked",
+    "Due",
     "FailedAction",
     "Foreign",
     "LaneView",
@@ -30,11 +33,13 @@ __all__ = [
     "Phase",
     "Plan",
     "RepoView",
+    "Requeue",
     "RunView",
     "TaskRecord",
     "TaskStatus",
     "backoff_delay",
     "branch_of",
     "evaluate",
+    "next_midnight",
     "plan",
 ]

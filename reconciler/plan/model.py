@@ -291,6 +291,51 @@ class Outcome:
     failures: tuple[str, ...] = ()
 
 
+class Due(StrEnum):
+    """What a pass is due for, when the plan knows the moment (machine-readable)."""
+
+    BACKOFF = "backoff"  # a task's backoff ends: its next attempt may start
+    STALL = "stall"  # a live run reaches its stallTimeout without progress
+    TIMEOUT = "timeout"  # a live run reaches its timeout
+    BUDGET_WINDOW = "budget-window"  # 00:00 UTC: a lane past its daily budget may start again
+    HELD = "held"  # an action held back after a lasting failure may be tried again
+
+
+_DUE_WHAT: dict[Due, str] = {
+    Due.BACKOFF: "the backoff of {subject} ends",
+    Due.STALL: "run {subject} reaches its stallTimeout",
+    Due.TIMEOUT: "run {subject} reaches its timeout",
+    Due.BUDGET_WINDOW: "lane {subject} starts a new budget day (00:00 UTC)",
+    Due.HELD: "the held-back action of {subject} may be tried again",
+}
+
+
+@dataclass(frozen=True, order=True)
+class Requeue:
+    """When the next pass is due, and why: the earliest moment at which the plan would differ
+    from this one with nothing else changing (controller-runtime's ``RequeueAfter``).
+
+    ``subject`` names what is waited on: a task, a run (``task/attempt.iteration``) or a lane.
+    """
+
+    at: float  # on the plan's clock (the ``now`` it was given)
+    due: Due
+    subject: str
+
+    @property
+    def message(self) -> str:
+        return _DUE_WHAT[self.due].format(subject=self.subject)
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "after": round(max(0.0, self.at - now), 3),
+            "reason": self.due.value,
+            "subject": self.subject,
+            "message": self.message,
+        }
+
+
 @dataclass(frozen=True)
 class Plan:
     revision: str
@@ -300,7 +345,18 @@ class Plan:
     blocked: tuple[Blocked, ...] = ()
     tasks: tuple[TaskStatus, ...] = ()
     outcomes: tuple[Outcome, ...] = ()
+    requeue: Requeue | None = None  # None: nothing is due by time; a trigger or the interval
 
     @property
     def empty(self) -> bool:
         return not self.actions
+
+    @property
+    def requeue_at(self) -> float | None:
+        """When the next pass is due, on the plan's clock; None when nothing is due by time."""
+        return self.requeue.at if self.requeue is not None else None
+
+    @property
+    def requeue_after(self) -> float | None:
+        """Seconds from the plan's ``now`` until the next pass is due (never negative)."""
+        return max(0.0, self.requeue.at - self.now) if self.requeue is not None else None

@@ -2,6 +2,12 @@
 
 Pure: no I/O, no clock reads, no randomness (jitter is a hash of the task and attempt), so the
 same inputs always give the same plan. Reasons are written for humans; apply never reads them.
+
+The plan also says when the next pass is due (``Plan.requeue``): the earliest moment at which it
+would differ with nothing else changing: a backoff ending, a live run reaching its stall or
+timeout deadline, a lane's daily budget starting afresh at 00:00 UTC. Events (a push, a run's
+exit, a poke) are not times: ``run`` watches for those. A hosted forge's PR state is learned by
+the pass itself, so it is polled at ``run``'s interval; the planner knows no poll period.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from reconciler.plan.model import (
     Action,
     ActionKind,
     Blocked,
+    Due,
     FailedAction,
     LaneView,
     Observed,
@@ -24,6 +31,7 @@ from reconciler.plan.model import (
     Phase,
     Plan,
     RepoView,
+    Requeue,
     RunView,
     TaskRecord,
     TaskStatus,
@@ -54,6 +62,14 @@ def backoff_delay(config: ConfigSpec, task: str, failed_attempts: int) -> float:
     digest = hashlib.sha256(f"{task}/{failed_attempts}".encode()).digest()
     jitter = int.from_bytes(digest[:4], "big") / 2**32
     return float(capped / 2 + capped / 2 * jitter)
+
+
+DAY = 86400.0
+
+
+def next_midnight(now: float) -> float:
+    """The next 00:00 UTC after ``now``: when a lane's daily budget starts afresh."""
+    return now - now % DAY + DAY
 
 
 def branch_of(config: ConfigSpec, task: str) -> str:
@@ -203,6 +219,7 @@ class _Planner:
     statuses: dict[str, TaskStatus] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     freed: set[str] = field(default_factory=set)  # run keys stopped or marked this pass
+    due: list[Requeue] = field(default_factory=list)  # moments a later pass would differ
     _lane_spend: dict[str, str | None] = field(default_factory=dict)
     _lane_today: dict[str, tuple[RunView, ...]] = field(default_factory=dict)
 
@@ -234,6 +251,18 @@ class _Planner:
             self.freed.add(f"{task}/{action.attempt}.{action.iteration}")
         return action
 
+    def wake(self, at: float, due: Due, subject: str) -> None:
+        """The plan would differ at ``at`` with nothing else changing: a pass is due then."""
+        self.due.append(Requeue(at=at, due=due, subject=subject))
+
+    def failed_attempts(self, task: Task) -> int:
+        """Attempts of the current spec that failed (crashed, stalled, exhausted), counting a
+        live run's attempt; those interrupted by a stop (pause, operator) are not failures."""
+        runs = self.observed.runs.get(task.name, ())
+        return len(
+            {r.attempt for r in runs if r.generation == task.generation and r.mark != "stopped"}
+        )
+
     def status(self, task: str, phase: Phase, lane: str, repo: str, **kw: object) -> None:
         runs = self.observed.runs.get(task, ())
         latest = runs[-1] if runs else None
@@ -264,7 +293,7 @@ class _Planner:
     def lane_today(self, lane: str) -> tuple[RunView, ...]:
         """The lane's runs started since 00:00 UTC (read once per plan)."""
         if lane not in self._lane_today:
-            midnight = self.now - self.now % 86400
+            midnight = self.now - self.now % DAY
             self._lane_today[lane] = tuple(
                 r
                 for runs in self.observed.runs.values()
@@ -485,8 +514,7 @@ class _Planner:
             )
 
         # The attempt failed: back off, retry, or give up.
-        # Attempts interrupted by a stop (pause, operator) are not failures.
-        failed_attempts = len({r.attempt for r in current if r.mark != "stopped"})
+        failed_attempts = self.failed_attempts(task)
         if failed_attempts >= spec.max_attempts:
             self.status(
                 name,
@@ -500,6 +528,7 @@ class _Planner:
         ended = self.now if latest.mark is None and latest.exit is None else latest.ended_at
         next_at = ended + backoff_delay(self.desired.config, name, failed_attempts)
         if self.now < next_at:
+            self.wake(next_at, Due.BACKOFF, name)
             self.status(
                 name,
                 Phase.BACKOFF,
@@ -550,7 +579,8 @@ class _Planner:
         # An agent with an event stream progresses when it emits its own events; heartbeats and
         # noise grow the output without that. Others progress when their output grows.
         by_events = run.last_progress_at is not None
-        quiet = self.now - (run.last_progress_at or run.last_output_at or run.started_at)
+        last = run.last_progress_at or run.last_output_at or run.started_at
+        quiet = self.now - last
         spent = _over_budget(spec.budget, self.observed.runs.get(task.name, ()))
         why: str | None = None
         if age > agent.timeout:
@@ -573,6 +603,7 @@ class _Planner:
                     f"lane {spec.lane} spent its daily budget ({lane_spent}) during the run; "
                     "the task starts again after 00:00 UTC, or raise the lane's spec.budget"
                 )
+                self.wake(next_midnight(self.now), Due.BUDGET_WINDOW, spec.lane)
             self.act(
                 ActionKind.STOP,
                 task.name,
@@ -585,6 +616,11 @@ class _Planner:
             return
         if why is not None:
             self.outcomes.append(Outcome(task.name, run.attempt, run.iteration, "stalled", (why,)))
+            failed = self.failed_attempts(task)
+            if failed < spec.max_attempts:
+                # The run ends when apply kills it (about now): its backoff runs from then.
+                delay = backoff_delay(self.desired.config, task.name, failed)
+                self.wake(self.now + delay, Due.BACKOFF, task.name)
             self.act(
                 ActionKind.MARK_STALLED,
                 task.name,
@@ -606,6 +642,8 @@ class _Planner:
                 iteration=run.iteration,
             )
             return
+        self.wake(last + agent.stall_timeout, Due.STALL, run.key)
+        self.wake(run.started_at + agent.timeout, Due.TIMEOUT, run.key)
         self.status(
             task.name,
             Phase.RUNNING,
@@ -737,6 +775,7 @@ class _Planner:
             )
             self.blocked.append(Blocked(task.name, why))
             self.status(task.name, Phase.BLOCKED, task.spec.lane, task.spec.repo, reason=why)
+            self.wake(next_midnight(self.now), Due.BUDGET_WINDOW, task.spec.lane)
             return
         action = Action(
             kind=kind,
@@ -863,6 +902,7 @@ class _Planner:
                 kept.append(action)
                 continue
             until, failed = held
+            self.wake(until, Due.HELD, action.task)
             status = self.statuses.get(action.task)
             times = f"{failed.count} times in a row" if failed.count > 1 else "once"
             why = (
@@ -891,6 +931,7 @@ class _Planner:
             blocked=tuple(sorted(self.blocked, key=lambda b: b.task)),
             tasks=tuple(self.statuses[name] for name in sorted(self.statuses)),
             outcomes=tuple(self.outcomes),
+            requeue=min(self.due, default=None),
         )
 
 

@@ -70,6 +70,8 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         "max live runs lane-a (5 tasks)",
         "agent killed → slot refilled",
         "push of a new manifest → agent running",
+        "run: backoff ended → next agent started",
+        "run: pr merge → task done in state",
         "GitHub requests, first pass, 350 tasks / 5 repos",
         "GitHub points, unchanged second pass",
         "start on a 200-file repository, pooled / fresh worktree",

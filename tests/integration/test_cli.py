@@ -90,7 +90,8 @@ def test_status_json_shape_and_describe_and_logs(world: World) -> None:
     small_world(world)
     world.converge()
     status = json.loads(world.cli("status", "--json").stdout)
-    assert set(status) >= {"revision", "tasks"}
+    assert set(status) >= {"revision", "tasks", "requeue"}
+    assert status["requeue"] is None  # converged: nothing is due by time
     a = next(t for t in status["tasks"] if t["name"] == "a")
     assert {
         k: a[k] for k in ("name", "phase", "lane", "repo", "branch", "attempt", "iteration")
@@ -145,6 +146,7 @@ def test_doctor_and_blocked_tasks_name_the_missing_checkout(world: World) -> Non
     assert "FAIL" in doctor.stdout
     plan = world.plan_json()
     assert plan["actions"] == []
+    assert "requeue" not in plan  # blocked on a missing checkout: no time will change that
     reasons = {b["task"]: b["reason"] for b in plan["blocked"]}
     assert "web-repo" in reasons["a"]
 

@@ -289,6 +289,11 @@ def test_backoff_records_the_next_attempt_time(world: World) -> None:
         row = store.task("crashy")
     assert row is not None and row.next_attempt_at == status["nextAttemptAt"]
     assert 15 <= row.next_attempt_at - time.time() <= 30
+    # the next pass is due when the backoff ends: `run` wakes then, and the JSON says so
+    due = json.loads(world.cli("status", "--json").stdout)["requeue"]
+    assert (due["reason"], due["subject"], due["at"]) == ("backoff", "crashy", row.next_attempt_at)
+    assert 0 < due["after"] <= 30
+    assert world.plan_json()["requeue"]["at"] == row.next_attempt_at
 
 
 def test_a_lane_with_a_warm_pool_converges_and_keeps_the_pool_full(world: World) -> None:

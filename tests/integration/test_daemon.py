@@ -232,3 +232,60 @@ def test_a_full_state_disk_fails_a_pass_and_the_next_one_goes_on(
         assert world.cli("poke").returncode == 0
         daemon.wait_for((world.home / "worktrees/web/.runs/late/1.1").is_dir, 20, "late's run")
         assert daemon.stop() == 0
+
+
+def test_an_elapsed_backoff_retries_when_it_ends_not_at_the_interval(
+    world: World, daemons: list[Daemon]
+) -> None:
+    world.lane("web")
+    world.task("flaky", "web", "sigkill-first")  # dies on attempt 1, succeeds on attempt 2
+    world.config = {"backoff": {"base": "4s", "max": "4s"}}  # 2 to 4 s: seen before it ends
+    world.commit()
+    daemon = start(world, daemons)
+    # The crash is seen at once (exit.json); its backoff ends long before the 120 s interval:
+    # only the plan's requeue can start attempt 2 this soon.
+    daemon.wait_for((world.home / "worktrees/web/.runs/flaky/2.1").is_dir, 20, "the retry")
+
+    def due() -> list[dict[str, Any]]:
+        return [r for r in daemon.records if r.get("event") == "requeue"]
+
+    said = daemon.wait_for(due, 5, "the requeue line")[0]
+    assert said["level"] == "debug" and said["due"] == "backoff" and said["subject"] == "flaky"
+    assert 0 < said["after"] < 120, said
+    daemon.wait_for(
+        lambda: any("requeue" in p["reasons"] for p in daemon.passes()), 5, "the requeued pass"
+    )
+    daemon.wait_for(lambda: world.prs("web-repo"), 20, "flaky's PR")
+    assert daemon.stop() == 0
+
+
+def test_pr_merge_pokes_run_so_the_task_is_done_at_once(
+    world: World, daemons: list[Daemon]
+) -> None:
+    world.lane("web")
+    world.task("m", "web", "succeed")
+    world.commit()
+    daemon = start(world, daemons)
+    daemon.wait_for(lambda: world.prs("web-repo"), 20, "m's PR")
+
+    def recorded_done() -> bool:
+        conn = sqlite3.connect(f"file:{world.state / 'state.db'}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT done FROM tasks WHERE name = 'm'").fetchone()
+        finally:
+            conn.close()
+        return bool(row and row[0])
+
+    daemon.wait_for(lambda: world.status()["m"]["phase"] == "pr-open", 20, "m pr-open")
+    merged = world.cli("pr", "merge", "m")
+    assert merged.returncode == 0, merged.stderr
+    assert f"Poked reconciler run (pid {daemon.proc.pid})" in merged.stdout, merged.stdout
+    # with a 120 s interval, only the poke makes a pass this soon
+    daemon.wait_for(recorded_done, 20, "m recorded done")
+    poked = daemon.wait_for(
+        lambda: [p for p in daemon.passes() if "poke" in p["reasons"]], 10, "the poked pass"
+    )
+    assert "1 to complete" in poked[0]["msg"], poked
+    assert daemon.stop() == 0
+    after = world.cli("pr", "merge", "m")  # nothing open any more, and no `run` to poke
+    assert after.returncode == 1 and "no open PR" in after.stderr

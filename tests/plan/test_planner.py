@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -829,6 +830,9 @@ def test_an_action_that_failed_for_a_lasting_reason_backs_off() -> None:
     p = planned(1, ago=5)
     assert kinds(p) == []
     assert p.tasks[0].reason.startswith(f"open-pr failed once: {refused}; tried again in ")
+    assert p.requeue is not None  # run wakes when the hold ends
+    assert (p.requeue.due.value, p.requeue.subject) == ("held", "t")
+    assert NOW + 25 <= p.requeue.at <= NOW + 55
     assert kinds(planned(1, ago=61)) == [("open-pr", "t")]  # 30-60s after one failure
     p = planned(3, ago=61)  # 120-240s after three in a row
     assert kinds(p) == []
@@ -839,3 +843,179 @@ def test_an_action_that_failed_for_a_lasting_reason_backs_off() -> None:
     assert kinds(plan(d, observed(runs={"t": [r]}, records={"t": record}), NOW)) == [
         ("open-pr", "t")
     ]
+
+
+# ------------------------------------------------------------------ when the next pass is due
+
+
+def budget_lane(usd: float) -> LaneSpec:
+    capped = lane()
+    return capped.model_copy(
+        update={"budget": capped.budget.model_copy(update={"max_cost_usd": usd})}
+    )
+
+
+def crashed(d: Desired, name: str, at: float) -> RunView:
+    """Attempt 1 of ``name``, marked crashed at ``at``."""
+    return run(d, name, mark="crashed", marked_at=at)
+
+
+D = desired(("t", task_spec()))
+D_ONCE = desired(("t", task_spec(maxAttempts=1)))
+D_BUDGET = desired(("old", task_spec()), ("new", task_spec()), lanes={"web": budget_lane(2.0)})
+DELAY_1 = backoff_delay(D.config, "t", 1)
+MIDNIGHT = NOW - NOW % 86400 + 86400
+
+
+def runs_of(d: Desired, name: str, **kw: Any) -> Observed:
+    """The observation of one run of ``name`` (attempt 1.1), with ``kw`` as in ``run``."""
+    return observed(runs={name: [replace(run(d, name), **kw)]})
+
+
+# (what, desired, observed, the requeue as (seconds from now, reason, subject) or None)
+REQUEUE_TABLE: list[tuple[str, Desired, Observed, tuple[float, str, str] | None]] = [
+    ("a new task starts: nothing due by time", D, observed(), None),
+    (
+        "backoff not elapsed: due when it ends",
+        D,
+        observed(runs={"t": [crashed(D, "t", NOW - 1)]}),
+        (DELAY_1 - 1, "backoff", "t"),
+    ),
+    (
+        "backoff elapsed: retried now, nothing more due",
+        D,
+        observed(runs={"t": [crashed(D, "t", NOW - 1000)]}),
+        None,
+    ),
+    (
+        "a run that just crashed is marked and backs off from now",
+        D,
+        runs_of(D, "t", alive=False),
+        (DELAY_1, "backoff", "t"),
+    ),
+    (
+        "the only attempt crashed: failed, nothing due",
+        D_ONCE,
+        observed(runs={"t": [crashed(D_ONCE, "t", NOW - 1)]}),
+        None,
+    ),
+    (
+        "a live run is due at its stall deadline (last output + stallTimeout)",
+        D,
+        runs_of(D, "t", alive=True, last_output_at=NOW - 10),
+        (290, "stall", "t/1.1"),
+    ),
+    (
+        "an agent with events: its last own event counts, not its heartbeats",
+        D,
+        runs_of(D, "t", alive=True, last_output_at=NOW - 1, last_progress_at=NOW - 100),
+        (200, "stall", "t/1.1"),
+    ),
+    (
+        "a silent run is due a stallTimeout after its start",
+        D,
+        runs_of(D, "t", alive=True, started_at=NOW - 30, last_output_at=None),
+        (270, "stall", "t/1.1"),
+    ),
+    (
+        "a live run close to its timeout is due at the timeout",
+        D,
+        runs_of(D, "t", alive=True, started_at=NOW - 3590, last_output_at=NOW - 1),
+        (10, "timeout", "t/1.1"),
+    ),
+    (
+        "a run marked stalled now: due when the backoff after it ends",
+        D,
+        runs_of(D, "t", alive=True, last_output_at=NOW - 301),
+        (DELAY_1, "backoff", "t"),
+    ),
+    (
+        "stalled with no attempt left: nothing due",
+        D_ONCE,
+        runs_of(D_ONCE, "t", alive=True, last_output_at=NOW - 301),
+        None,
+    ),
+    (
+        "a paused task: nothing due",
+        desired(("t", task_spec(paused=True))),
+        observed(),
+        None,
+    ),
+    (
+        "a lane past its daily budget: due at 00:00 UTC",
+        D_BUDGET,
+        runs_of(
+            D_BUDGET,
+            "old",
+            exit=exited(0),
+            result=ok_result(),
+            cost_usd=2.5,
+            started_at=NOW - 60,
+        ),
+        (MIDNIGHT - NOW, "budget-window", "web"),
+    ),
+    (
+        "a run stopped for the lane's daily budget: its task is due at 00:00 UTC",
+        D_BUDGET,
+        runs_of(D_BUDGET, "old", alive=True, cost_usd=2.5, started_at=NOW - 60),
+        (MIDNIGHT - NOW, "budget-window", "web"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("desired_", "observed_", "expected"),
+    [row[1:] for row in REQUEUE_TABLE],
+    ids=[row[0] for row in REQUEUE_TABLE],
+)
+def test_the_plan_says_when_the_next_pass_is_due(
+    desired_: Desired,
+    observed_: Observed,
+    expected: tuple[float, str, str] | None,
+) -> None:
+    p = plan(desired_, observed_, NOW)
+    if expected is None:
+        assert p.requeue is None and p.requeue_at is None and p.requeue_after is None
+        return
+    after, reason, subject = expected
+    assert p.requeue is not None
+    assert (p.requeue.due.value, p.requeue.subject) == (reason, subject)
+    assert p.requeue_after == pytest.approx(after)
+    assert p.requeue_at == pytest.approx(NOW + after)
+
+
+def test_the_earliest_of_many_deadlines_wins_and_the_choice_is_deterministic() -> None:
+    d = desired(("a", task_spec()), ("b", task_spec()), ("c", task_spec()), ("d", task_spec()))
+    runs = {
+        "a": [run(d, "a", alive=True, last_output_at=NOW - 1)],  # stall in 299 s
+        "b": [crashed(d, "b", NOW - 0.2)],
+        "c": [crashed(d, "c", NOW - 0.1)],
+    }
+    p = plan(d, observed(runs=runs), NOW)
+    ends = {
+        name: NOW - back + backoff_delay(d.config, name, 1)
+        for name, back in (("b", 0.2), ("c", 0.1))
+    }
+    first = min(ends, key=lambda name: ends[name])
+    assert p.requeue is not None and p.requeue.subject == first
+    assert p.requeue_at == pytest.approx(ends[first])
+    assert plan(d, observed(runs=runs), NOW) == p
+    # a pass at exactly that moment retries it, and is due for the other one next
+    later = plan(d, observed(runs=runs), ends[first])
+    assert ("retry", first) in kinds(later)
+    assert later.requeue is not None and later.requeue.subject != first
+
+
+def test_requeue_is_never_in_the_past_and_renders_for_json() -> None:
+    d = desired(("t", task_spec()))
+    p = plan(d, observed(runs={"t": [crashed(d, "t", NOW - 1)]}), NOW)
+    assert p.requeue is not None
+    assert p.requeue.to_json(NOW) == {
+        "at": p.requeue.at,
+        "after": round(DELAY_1 - 1, 3),
+        "reason": "backoff",
+        "subject": "t",
+        "message": "the backoff of t ends",
+    }
+    assert p.requeue.to_json(p.requeue.at + 5)["after"] == 0.0
+    assert p.requeue.message == "the backoff of t ends"

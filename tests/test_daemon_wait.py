@@ -1,0 +1,65 @@
+"""How long `run` waits after a pass: the plan's requeue, bounded by a floor and the interval.
+
+A fake clock and a plan made by hand: no process, no sleeping.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.daemon import REQUEUE_FLOOR, Daemon, Log
+from reconciler.engine import Context, Engine, PassResult
+from reconciler.plan import Due, Plan, Requeue
+
+NOW = 1_000_000.0
+INTERVAL = 30.0
+
+
+def daemon(out: io.StringIO, fmt: str = "json") -> Daemon:
+    engine = Engine(Context(control="/nonexistent", state_dir=Path("/nonexistent")), lambda: NOW)
+    return Daemon(engine, INTERVAL, Log(fmt, out))
+
+
+def passed(requeue: Requeue | None) -> PassResult:
+    return PassResult(Plan(revision="r", serial=1, now=NOW - 0.3, requeue=requeue), None)
+
+
+def lines(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (None, (INTERVAL, "interval")),  # the pass failed: no plan to go by
+        (passed(None), (INTERVAL, "interval")),  # nothing due by time
+        (passed(Requeue(NOW + 90, Due.STALL, "t/1.1")), (INTERVAL, "interval")),  # the cap
+        (passed(Requeue(NOW + 2.5, Due.BACKOFF, "t")), (2.5, "requeue")),
+        (passed(Requeue(NOW - 4, Due.BACKOFF, "t")), (REQUEUE_FLOOR, "requeue")),  # never spins
+    ],
+)
+def test_run_waits_for_the_plans_requeue_within_the_floor_and_the_interval(
+    result: PassResult | None, expected: tuple[float, str]
+) -> None:
+    out = io.StringIO()
+    wait, timer = daemon(out)._next_wait(result)
+    assert (round(wait, 6), timer) == expected
+    said = lines(out)
+    if timer == "interval":
+        assert said == []
+        return
+    assert len(said) == 1
+    assert said[0]["level"] == "debug" and said[0]["event"] == "requeue"
+    assert said[0]["after"] == round(wait, 3) and said[0]["due"] == "backoff"
+    assert said[0]["msg"] == f"next pass in {wait:.2f}s: the backoff of t ends"
+
+
+def test_debug_lines_are_for_json_logs_only() -> None:
+    out = io.StringIO()
+    daemon(out, fmt="text")._next_wait(passed(Requeue(NOW + 1, Due.BACKOFF, "t")))
+    assert out.getvalue() == ""
