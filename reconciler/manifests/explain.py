@@ -76,78 +76,73 @@ def syntax_error(path: str, exc: MarkedYAMLError, text: str = "") -> ManifestErr
     if "could not find expected ':'" in problem and exc.context_mark is not None:
         mark = exc.context_mark  # the scanner notices a line late: point at the bare text
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-    rest = _text_at(text, line, col)
+    message, hint = _known_syntax_problem(problem, _text_at(text, line, col)) or (
+        _plain_syntax_problem(exc, problem, line, col)
+    )
+    return ManifestError(path, line, col, message, hint)
+
+
+def _known_syntax_problem(problem: str, rest: str) -> tuple[str, str] | None:
+    """A sentence and a fix for the YAML mistakes manifest authors make, given ``rest``, the text
+    from the error's position to the end of its line; None for any other problem."""
     if rest.startswith("\t"):
-        return ManifestError(
-            path,
-            line,
-            col,
+        return (
             "a tab character where YAML expects spaces",
             "indent with spaces: YAML does not allow tabs for indentation",
         )
     if "undefined alias" in problem:
         alias = re.match(r"\*([^\s,\[\]{}]+)", rest)
         name = f" '*{alias.group(1)}'" if alias else ""
-        return ManifestError(
-            path,
-            line,
-            col,
+        return (
             f"invalid YAML: found undefined alias{name}",
             "define the anchor (&name) before using the alias (*name), or remove the alias",
         )
     dup = re.match(r'found duplicate key "(.*)" with value', problem, re.DOTALL)
     if dup:
-        return ManifestError(
-            path,
-            line,
-            col,
+        return (
             f"duplicate key '{dup.group(1)}' in this mapping",
             "a key may appear only once per mapping: remove one of them or merge their values",
         )
     if "maximum depth" in problem:
-        return ManifestError(
-            path,
-            line,
-            col,
+        return (
             f"the YAML nests more than {MAX_DEPTH} levels deep, too deep for a manifest",
             "flatten the structure; manifests nest only a few levels",
         )
     if "duplicate merge key" in problem:
-        return ManifestError(
-            path, line, col, "duplicate merge key '<<'", "use one '<<' with a list of aliases"
-        )
+        return ("duplicate merge key '<<'", "use one '<<' with a list of aliases")
     if "could not determine a constructor for the tag" in problem:
-        tag = problem.rsplit(" ", 1)[-1].strip("'").replace("tag:yaml.org,2002:", "!!")
-        if tag.endswith((":value", ":merge")):
-            plain = "=" if tag.endswith(":value") else "<<"
-            return ManifestError(
-                path,
-                line,
-                col,
-                f"a plain {plain} has a special meaning in YAML and cannot be a value",
-                f'quote it: "{plain}"',
-            )
-        return ManifestError(
-            path,
-            line,
-            col,
-            f"unsupported YAML tag {tag}",
-            "remove the tag: manifests hold plain strings, numbers, booleans, lists and mappings",
+        return _tag_problem(problem)
+    return None
+
+
+def _tag_problem(problem: str) -> tuple[str, str]:
+    tag = problem.rsplit(" ", 1)[-1].strip("'").replace("tag:yaml.org,2002:", "!!")
+    if tag.endswith((":value", ":merge")):
+        plain = "=" if tag.endswith(":value") else "<<"
+        return (
+            f"a plain {plain} has a special meaning in YAML and cannot be a value",
+            f'quote it: "{plain}"',
         )
+    return (
+        f"unsupported YAML tag {tag}",
+        "remove the tag: manifests hold plain strings, numbers, booleans, lists and mappings",
+    )
+
+
+def _plain_syntax_problem(
+    exc: MarkedYAMLError, problem: str, line: int, col: int
+) -> tuple[str, str]:
+    """ruamel's own words, with where the construct it was reading began if that is elsewhere."""
     message = f"invalid YAML: {problem}"
     cmark = exc.context_mark
     if (
         exc.context
         and exc.problem
         and cmark is not None
-        and (cmark.line, cmark.column)
-        != (
-            line - 1,
-            col - 1,
-        )
+        and (cmark.line, cmark.column) != (line - 1, col - 1)
     ):
         message += f" ({exc.context.strip()} at line {cmark.line + 1}, column {cmark.column + 1})"
-    return ManifestError(path, line, col, message, syntax_hint(problem))
+    return message, syntax_hint(problem)
 
 
 def _text_at(text: str, line: int, col: int) -> str:
