@@ -20,9 +20,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.manifests.errors import ManifestError
 from reconciler.manifests.models import API_VERSION, NAME_PATTERN
-
-MAX_DEPTH = 100
-"""Nesting limit of the pure-Python parser (manifests nest a handful of levels)."""
+from reconciler.manifests.yaml_safety import MAX_DEPTH
 
 
 def mark(node: Node) -> tuple[int, int]:

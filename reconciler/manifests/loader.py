@@ -9,10 +9,7 @@ anyway (every node carries its start mark), so a failing file is not parsed a se
 Files are cached by blob id: an unchanged file is neither read nor parsed again, while the
 cross-file checks (duplicates, references, cycles, prompt files) run on every load.
 
-Hostile input is bounded before it can hurt: files over 1 MiB are not parsed, alias expansion is
-counted on the node graph before anything is constructed, and documents that could nest deeply
-enough to exhaust the C parser's stack go through the pure-Python parser, whose recursion limit
-turns into an ordinary error.
+Hostile input is bounded before it can hurt, by :mod:`reconciler.manifests.yaml_safety`.
 """
 
 from __future__ import annotations
@@ -26,18 +23,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
-from ruamel.yaml.constructor import SafeConstructor
-from ruamel.yaml.docinfo import DocInfo
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.loader import SafeLoader
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.nodes import Node, ScalarNode
 from ruamel.yaml.reader import ReaderError
-from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
-from ruamel.yaml.tag import Tag
 
 from reconciler.manifests.errors import ManifestError, ManifestErrors
 from reconciler.manifests.explain import (
-    MAX_DEPTH,
     byte_position,
     char_position,
     describe,
@@ -61,11 +52,16 @@ from reconciler.manifests.models import (
     make_task,
 )
 from reconciler.manifests.policy import POLICY_KINDS, PolicySpec, Violation
-
-try:  # the C extension (ruamel.yaml.clib); the pure parser is the fallback
-    from _ruamel_yaml import CParser  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - clib is a declared dependency
-    CParser = None
+from reconciler.manifests.yaml_safety import (
+    MAX_ALIAS_REFERENCES,
+    MAX_EXPANDED_NODES,
+    MAX_FILE_SIZE,
+    alias_bomb,
+    compose_nodes,
+    documents,
+    new_loader,
+    release,
+)
 
 __all__ = [
     "MAX_ALIAS_REFERENCES",
@@ -79,15 +75,6 @@ __all__ = [
     "load",
     "parse_policy",
 ]
-
-MAX_FILE_SIZE = 1 << 20
-"""Manifest and prompt files larger than this (1 MiB) are rejected unread."""
-MAX_ALIAS_REFERENCES = 10_000
-"""More alias uses than this in one document is treated as an alias bomb."""
-MAX_EXPANDED_NODES = 100_000
-"""A document whose aliases expand to more nodes than this is treated as an alias bomb."""
-_MAX_FLAT_NESTING = 2_000
-"""Above this many ``[ { - ?`` characters a file may nest too deeply for the C parser's stack."""
 
 Kinds = Mapping[str, type[_Document]]
 
@@ -210,75 +197,6 @@ def gc_paused() -> Iterator[None]:
 # ------------------------------------------------------------------------------------ parsing
 
 
-def _yaml12_rules() -> tuple[dict[str, list[tuple[Tag, Any]]], list[tuple[Tag, Any]]]:
-    """ruamel's YAML 1.2 implicit-typing rules by first character (plus the catch-all ones)."""
-    by_char: dict[str | None, list[tuple[Tag, Any]]] = {}
-    for versions, tag, regexp, first in implicit_resolvers:
-        if (1, 2) in versions:
-            chars: list[Any] = first or [None]
-            for ch in chars:
-                by_char.setdefault(ch, []).append((Tag(suffix=tag), regexp))
-    catch_all = by_char.pop(None, [])
-    return {str(ch): rules + catch_all for ch, rules in by_char.items()}, catch_all
-
-
-_RULES, _RULES_ANY = _yaml12_rules()
-
-
-class _Yaml12Resolver(VersionedResolver):
-    """ruamel's YAML 1.2 resolver with its rule table built once instead of per scalar.
-
-    Only used for files without a ``%YAML`` directive (those take the standard path).
-    """
-
-    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        if kind is ScalarNode:
-            if implicit[0]:
-                for tag, regexp in _RULES.get(value[:1], _RULES_ANY):
-                    if regexp.match(value):
-                        return tag
-            return self.DEFAULT_SCALAR_TAG
-        if kind is SequenceNode:
-            return self.DEFAULT_SEQUENCE_TAG
-        return self.DEFAULT_MAPPING_TAG
-
-
-if CParser is not None:
-
-    class _CLoader(CParser, SafeConstructor, _Yaml12Resolver):  # type: ignore[misc]
-        """libyaml scanner/parser/composer with ruamel's safe constructor, built once."""
-
-        def __init__(self, stream: bytes) -> None:
-            CParser.__init__(self, stream)
-            self._parser = self._composer = self
-            SafeConstructor.__init__(self, loader=self)
-            self.allow_duplicate_keys = False
-            _Yaml12Resolver.__init__(self, version=None, loadumper=self)
-
-
-def _new_loader(data: bytes) -> tuple[Any, bool]:
-    """A loader for ``data`` and whether it is the C one (positions of reader errors differ)."""
-    flat = data.count(b"[") + data.count(b"{") + data.count(b"-") + data.count(b"?")
-    if CParser is not None and flat <= _MAX_FLAT_NESTING and b"%YAML" not in data:
-        return _CLoader(data), True
-    loader: Any = SafeLoader(data.decode("utf-8"))
-    loader.allow_duplicate_keys = False
-    loader.max_depth = MAX_DEPTH
-    # attributes ruamel's YAML() front end normally provides, read on %YAML/%TAG directives
-    loader.doc_infos = [DocInfo()]
-    loader.tags = None
-    loader.comment_handling = None
-    return loader, False
-
-
-def _release(loader: Any) -> None:
-    """Drop the loader's self-references now, not at the next (paused) garbage collection."""
-    try:
-        loader.dispose()
-    finally:
-        loader.__dict__.clear()
-
-
 @dataclass
 class _Parsed:
     docs: list[_Doc]
@@ -305,12 +223,9 @@ def _parse_file(path: str, data: bytes, kinds: Kinds = DOCUMENT_KINDS) -> _Parse
     may_alias = b"*" in data
     loader: Any = None
     is_c = False
-    index = -1
     try:
-        loader, is_c = _new_loader(data)
-        while loader.check_node():
-            node = loader.get_node()
-            index += 1
+        loader, is_c = new_loader(data)
+        for index, node in enumerate(documents(loader)):
             _parse_document(
                 path,
                 index=index,
@@ -362,7 +277,7 @@ def _parse_file(path: str, data: bytes, kinds: Kinds = DOCUMENT_KINDS) -> _Parse
         )
     finally:
         if loader is not None:
-            _release(loader)
+            release(loader)
     return out
 
 
@@ -382,7 +297,7 @@ def _parse_document(
         return  # an empty document: `---` alone
     line, col = mark(node)
     if may_alias:
-        bomb = _alias_bomb(node)
+        bomb = alias_bomb(node)
         if bomb:
             out.errors.append(
                 ManifestError(
@@ -507,70 +422,6 @@ def parse_policy(path: str, data: bytes) -> PolicySpec:
         )
     spec: PolicySpec = parsed.docs[0].value
     return spec
-
-
-def _compose_nodes(data: bytes) -> list[Node | None]:
-    """The documents' node graphs (None where a document cannot be composed), for positions."""
-    nodes: list[Node | None] = []
-    loader: Any = None
-    try:
-        data.decode("utf-8")
-        loader, _ = _new_loader(data)
-        while loader.check_node():
-            nodes.append(loader.get_node())
-    except (YAMLError, RecursionError, UnicodeDecodeError):
-        pass
-    finally:
-        if loader is not None:
-            _release(loader)
-    return nodes
-
-
-def _alias_bomb(root: Node) -> str:
-    """Why ``root`` expands too much through aliases ('' if it does not); never expands it."""
-    sizes: dict[int, int] = {}
-    visiting: set[int] = set()
-    references = 0
-    stack: list[tuple[Node, bool]] = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        key = id(node)
-        if finished:
-            total = 1 + sum(sizes[id(child)] for child in _children(node))
-            if total > MAX_EXPANDED_NODES:
-                return (
-                    f"the document's aliases expand to more than {MAX_EXPANDED_NODES} nodes "
-                    "(a YAML alias bomb); it was not loaded"
-                )
-            sizes[key] = total
-            visiting.discard(key)
-            continue
-        if key in sizes:
-            references += 1
-            if references > MAX_ALIAS_REFERENCES:
-                return (
-                    f"the document uses more than {MAX_ALIAS_REFERENCES} alias references "
-                    "(a YAML alias bomb); it was not loaded"
-                )
-            continue
-        if key in visiting:
-            return "the document contains an alias that refers to itself (a recursive structure)"
-        if isinstance(node, ScalarNode):
-            sizes[key] = 1
-            continue
-        visiting.add(key)
-        stack.append((node, True))
-        stack.extend((child, False) for child in _children(node))
-    return ""
-
-
-def _children(node: Node) -> Iterator[Node]:
-    if isinstance(node, MappingNode):
-        for k, v in node.value:
-            yield k
-            yield v
-    elif isinstance(node, SequenceNode):
-        yield from node.value
 
 
 # ---------------------------------------------------------------------------- cross-file checks
@@ -775,7 +626,7 @@ class _Assembler:
         nodes = self._nodes.get(path)
         if nodes is None:
             data = self.read(path)
-            nodes = _compose_nodes(data) if data is not None else []
+            nodes = compose_nodes(data) if data is not None else []
             self._nodes[path] = nodes
         node = nodes[doc.ordinal] if doc.ordinal < len(nodes) else None
         if node is None or mark(node) != (doc.line, doc.column):
