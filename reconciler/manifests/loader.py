@@ -39,6 +39,7 @@ from reconciler.manifests.explain import (
     validation_error,
     walk,
 )
+from reconciler.manifests.graph import cycle_rings
 from reconciler.manifests.models import (
     API_VERSION,
     DOCUMENT_KINDS,
@@ -589,29 +590,16 @@ class _Assembler:
             return None
 
     def cycles(self, task_docs: dict[str, tuple[str, _Doc]]) -> None:
-        graph = {
-            name: edges
-            for name, (_, doc) in task_docs.items()
-            if (edges := [d for d in doc.value.spec.depends_on if d in task_docs])
-        }
-        if not graph:
-            return  # no task waits for another: no cycle (most control repos)
-        for name in {d for edges in graph.values() for d in edges} - graph.keys():
-            graph[name] = []  # a task waited for that waits for nothing
-        for component in _strongly_connected(graph):
-            cycle = _cycle_through(min(component), graph, set(component))
-            reported = cycle[:-1] if len(cycle) <= 11 else cycle[:1]
-            for i, name in enumerate(reported):
-                ring = cycle[i:-1] + cycle[:i] + [name]
-                path, doc = task_docs[name]
-                index = doc.value.spec.depends_on.index(ring[1])
-                self.error(
-                    path,
-                    doc,
-                    ("spec", "dependsOn", index),
-                    "dependency cycle: " + " → ".join(ring),
-                    "remove one of these dependsOn entries: a task cannot wait for itself",
-                )
+        waits = {name: doc.value.spec.depends_on for name, (_, doc) in task_docs.items()}
+        for ring in cycle_rings(waits):
+            path, doc = task_docs[ring[0]]
+            self.error(
+                path,
+                doc,
+                ("spec", "dependsOn", waits[ring[0]].index(ring[1])),
+                "dependency cycle: " + " → ".join(ring),
+                "remove one of these dependsOn entries: a task cannot wait for itself",
+            )
 
     def error(
         self, path: str, doc: _Doc, loc: tuple[str | int, ...], message: str, hint: str
@@ -653,74 +641,3 @@ def safe_relpath(path: str) -> str | None:
     if norm in (".", "..") or norm.startswith("../") or norm.startswith("/"):
         return None
     return norm
-
-
-def _strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:
-    """Tarjan's algorithm, iterative; only components that contain a cycle."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    found: list[list[str]] = []
-    counter = 0
-    for root in sorted(graph):
-        if root in index:
-            continue
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        work: list[tuple[str, Iterator[str]]] = [(root, iter(graph[root]))]
-        while work:
-            v, edges = work[-1]
-            descended = False
-            for w in edges:
-                if w not in index:
-                    index[w] = low[w] = counter
-                    counter += 1
-                    stack.append(w)
-                    on_stack.add(w)
-                    work.append((w, iter(graph[w])))
-                    descended = True
-                    break
-                if w in on_stack:
-                    low[v] = min(low[v], index[w])
-            if descended:
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[v])
-            if low[v] == index[v]:
-                component: list[str] = []
-                while True:
-                    w = stack.pop()
-                    on_stack.discard(w)
-                    component.append(w)
-                    if w == v:
-                        break
-                if len(component) > 1 or v in graph[v]:
-                    found.append(component)
-    return found
-
-
-def _cycle_through(start: str, graph: dict[str, list[str]], members: set[str]) -> list[str]:
-    """A shortest cycle ``start → … → start`` inside one strongly connected component."""
-    previous: dict[str, str] = {}
-    frontier = [start]
-    while frontier:
-        following: list[str] = []
-        for v in frontier:
-            for w in graph[v]:
-                if w not in members:
-                    continue
-                if w == start:
-                    back = [v]
-                    while back[-1] != start:
-                        back.append(previous[back[-1]])
-                    return [*reversed(back), start]
-                if w not in previous:
-                    previous[w] = v
-                    following.append(w)
-        frontier = following
-    return [start, start]  # pragma: no cover - a component always has a cycle
