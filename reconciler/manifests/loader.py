@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -124,25 +124,7 @@ def load(
             if type(entry) is tuple:
                 docs.extend((f.path, d) for d in entry)
                 continue
-            if f.size > MAX_FILE_SIZE:
-                errors.append(_too_big(f.path, f.size))
-                continue
-            data = read(f.path)
-            if data is None:
-                errors.append(
-                    ManifestError(
-                        f.path,
-                        1,
-                        1,
-                        "the file is listed but cannot be read",
-                        "check that the file exists and is a regular file",
-                    )
-                )
-                continue
-            if len(data) > MAX_FILE_SIZE:
-                errors.append(_too_big(f.path, len(data)))
-                continue
-            parsed = _parse_file(f.path, data)
+            parsed = _read_file(f, read)
             docs.extend((f.path, d) for d in parsed.docs)
             errors.extend(parsed.errors)
             invalid.update(parsed.invalid)
@@ -182,13 +164,39 @@ def gc_paused() -> Iterator[None]:
 
 @dataclass
 class _Parsed:
-    docs: list[Doc]
-    errors: list[ManifestError]
-    invalid: set[tuple[str, str]]
+    """One file's valid documents, its errors, and the (kind, name) of its invalid documents (a
+    reference to one of those is not reported again as unknown)."""
+
+    docs: list[Doc] = field(default_factory=list)
+    errors: list[ManifestError] = field(default_factory=list)
+    invalid: set[tuple[str, str]] = field(default_factory=set)
+
+
+def _read_file(f: SourceFile, read: Reader) -> _Parsed:
+    if f.size > MAX_FILE_SIZE:
+        return _Parsed(errors=[_too_big(f.path, f.size)])
+    data = read(f.path)
+    if data is None:
+        return _Parsed(
+            errors=[
+                ManifestError(
+                    f.path,
+                    1,
+                    1,
+                    "the file is listed but cannot be read",
+                    "check that the file exists and is a regular file",
+                )
+            ]
+        )
+    return _parse_file(f.path, data)
 
 
 def _parse_file(path: str, data: bytes, kinds: Kinds = DOCUMENT_KINDS) -> _Parsed:
-    out = _Parsed([], [], set())
+    """Each document of one file, checked on its own; a file that is not YAML is one error."""
+    out = _Parsed()
+    if len(data) > MAX_FILE_SIZE:  # the listing said otherwise, or a policy file
+        out.errors.append(_too_big(path, len(data)))
+        return out
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -219,49 +227,52 @@ def _parse_file(path: str, data: bytes, kinds: Kinds = DOCUMENT_KINDS) -> _Parse
                 out=out,
                 kinds=kinds,
             )
-    except ReaderError as exc:
+    except Exception as exc:  # a parser bug must not become a traceback
+        out.errors.append(_unparsable(path, exc, data, text, is_c))
+    finally:
+        if loader is not None:
+            release(loader)
+    return out
+
+
+def _unparsable(path: str, exc: Exception, data: bytes, text: str, is_c: bool) -> ManifestError:
+    """Why the parser gave up on a file; ``is_c``: libyaml's reader counts bytes, not characters."""
+    if isinstance(exc, ReaderError):
         if is_c:
             line, col = byte_position(data, exc.position)
         else:
             line, col = char_position(text, exc.position)
         char = exc.character if isinstance(exc.character, int) else 0
-        out.errors.append(
-            ManifestError(
-                path,
-                line,
-                col,
-                f"the file contains the control character U+{char:04X}, which YAML does not allow",
-                'remove it, or write it as an escape inside a double-quoted string ("\\x01")',
-            )
+        return ManifestError(
+            path,
+            line,
+            col,
+            f"the file contains the control character U+{char:04X}, which YAML does not allow",
+            'remove it, or write it as an escape inside a double-quoted string ("\\x01")',
         )
-    except MarkedYAMLError as exc:
-        out.errors.append(syntax_error(path, exc, text))
-    except YAMLError as exc:  # pragma: no cover - every ruamel parse error carries a mark
-        out.errors.append(ManifestError(path, 1, 1, f"invalid YAML: {exc}", "fix the YAML syntax"))
-    except RecursionError:
-        out.errors.append(
-            ManifestError(
-                path,
-                1,
-                1,
-                "the YAML is nested too deeply to be a manifest",
-                "flatten the structure; manifests nest only a few levels",
-            )
-        )
-    except Exception as exc:  # a parser bug must not become a traceback
-        out.errors.append(
-            ManifestError(
-                path,
-                1,
-                1,
-                f"the YAML parser failed on this file ({type(exc).__name__}: {exc})",
-                "simplify the YAML around unusual constructs (directives, tags, anchors)",
-            )
-        )
-    finally:
-        if loader is not None:
-            release(loader)
-    return out
+    if isinstance(exc, MarkedYAMLError):
+        return syntax_error(path, exc, text)
+    if isinstance(exc, YAMLError):  # pragma: no cover - every ruamel parse error carries a mark
+        return ManifestError(path, 1, 1, f"invalid YAML: {exc}", "fix the YAML syntax")
+    if isinstance(exc, RecursionError):
+        return _too_deep(path, 1, 1)
+    return ManifestError(
+        path,
+        1,
+        1,
+        f"the YAML parser failed on this file ({type(exc).__name__}: {exc})",
+        "simplify the YAML around unusual constructs (directives, tags, anchors)",
+    )
+
+
+def _too_deep(path: str, line: int, col: int) -> ManifestError:
+    return ManifestError(
+        path,
+        line,
+        col,
+        "the YAML is nested too deeply to be a manifest",
+        "flatten the structure; manifests nest only a few levels",
+    )
 
 
 def _parse_document(
@@ -275,79 +286,29 @@ def _parse_document(
     out: _Parsed,
     kinds: Kinds,
 ) -> None:
-    names = ", ".join(sorted(kinds))
+    """One document into ``out``: its cached value if it is valid, else what is wrong with it."""
     if isinstance(node, ScalarNode) and (node.tag or "").endswith(":null") and node.value == "":
         return  # an empty document: `---` alone
     line, col = mark(node)
-    if may_alias:
-        bomb = alias_bomb(node)
-        if bomb:
-            out.errors.append(
-                ManifestError(
-                    path,
-                    line,
-                    col,
-                    bomb,
-                    "write the values out instead of nesting aliases (*name) of aliases",
-                )
-            )
-            return
+    bomb = alias_bomb(node) if may_alias else ""
+    if bomb:
+        hint = "write the values out instead of nesting aliases (*name) of aliases"
+        out.errors.append(ManifestError(path, line, col, bomb, hint))
+        return
     try:
         data = loader.construct_document(node)
     except MarkedYAMLError as exc:
         out.errors.append(syntax_error(path, exc, text))
         return
     except RecursionError:
-        out.errors.append(
-            ManifestError(
-                path,
-                line,
-                col,
-                "the YAML is nested too deeply to be a manifest",
-                "flatten the structure; manifests nest only a few levels",
-            )
-        )
+        out.errors.append(_too_deep(path, line, col))
         return
-    if not isinstance(data, dict):
-        out.errors.append(
-            ManifestError(
-                path,
-                line,
-                col,
-                "a manifest document must be a mapping with apiVersion, kind, metadata and spec;"
-                f" found {describe(data)}",
-                f"start the document with 'apiVersion: {API_VERSION}' and 'kind: "
-                f"{'Task' if 'Task' in kinds else next(iter(kinds))}' "
-                f"(or another kind: {names})",
-            )
-        )
+    wrong = _not_a_document(path, node, data, kinds)
+    if wrong is not None:
+        out.errors.append(wrong)
         return
-    kind = data.get("kind")
-    cls = kinds.get(kind) if isinstance(kind, str) else None
-    if cls is None or not isinstance(kind, str):
-        if "kind" not in data:
-            out.errors.append(
-                ManifestError(
-                    path,
-                    line,
-                    col,
-                    "missing required field 'kind'",
-                    f"add 'kind:' with one of: {names}",
-                )
-            )
-        else:
-            kline, kcol = mark(walk(node, ("kind",)))
-            out.errors.append(
-                ManifestError(
-                    path,
-                    kline,
-                    kcol,
-                    f"unknown kind {show(kind)}",
-                    _misplaced(str(kind), kinds)
-                    or did_you_mean(str(kind), list(kinds)) + f"the kinds are: {names}",
-                )
-            )
-        return
+    kind: str = data["kind"]
+    cls = kinds[kind]
     try:
         doc: Any = cls.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
@@ -358,18 +319,50 @@ def _parse_document(
         if isinstance(name, str):
             out.invalid.add((kind, name))
         return
-    name = doc.metadata.name
-    value: Any
-    if kind == "Task":
-        spec = doc.spec
-        labels = dict(doc.metadata.labels)
-        if spec.prompt_file is None:
-            value = make_task(name, spec, None, labels)
-        else:  # resolved on every load: the prompt file may change on its own
-            value = Task(name, spec, "", "", labels)
-    else:
-        value = doc.spec
-    out.docs.append(Doc(kind, name, index, line, col, value))
+    out.docs.append(Doc(kind, doc.metadata.name, index, line, col, _cached_value(kind, doc)))
+
+
+def _not_a_document(path: str, node: Node, data: Any, kinds: Kinds) -> ManifestError | None:
+    """What keeps ``data`` from being a document of one of ``kinds``, before its fields count."""
+    names = ", ".join(sorted(kinds))
+    line, col = mark(node)
+    if not isinstance(data, dict):
+        return ManifestError(
+            path,
+            line,
+            col,
+            "a manifest document must be a mapping with apiVersion, kind, metadata and spec;"
+            f" found {describe(data)}",
+            f"start the document with 'apiVersion: {API_VERSION}' and 'kind: "
+            f"{'Task' if 'Task' in kinds else next(iter(kinds))}' "
+            f"(or another kind: {names})",
+        )
+    kind = data.get("kind")
+    if isinstance(kind, str) and kind in kinds:
+        return None
+    if "kind" not in data:
+        return ManifestError(
+            path, line, col, "missing required field 'kind'", f"add 'kind:' with one of: {names}"
+        )
+    kline, kcol = mark(walk(node, ("kind",)))
+    return ManifestError(
+        path,
+        kline,
+        kcol,
+        f"unknown kind {show(kind)}",
+        _misplaced(str(kind), kinds)
+        or did_you_mean(str(kind), list(kinds)) + f"the kinds are: {names}",
+    )
+
+
+def _cached_value(kind: str, doc: Any) -> Any:
+    """What a valid document leaves for the assembler: a Task, or the spec of any other kind."""
+    if kind != "Task":
+        return doc.spec
+    name, spec, labels = doc.metadata.name, doc.spec, dict(doc.metadata.labels)
+    if spec.prompt_file is None:
+        return make_task(name, spec, None, labels)
+    return Task(name, spec, "", "", labels)  # resolved on every load: the file changes on its own
 
 
 def _misplaced(kind: str, kinds: Kinds) -> str:
@@ -385,8 +378,6 @@ def _misplaced(kind: str, kinds: Kinds) -> str:
 
 def parse_policy(path: str, data: bytes) -> PolicySpec:
     """The one ``kind: Policy`` document of a policy file; :class:`ManifestErrors` otherwise."""
-    if len(data) > MAX_FILE_SIZE:
-        raise ManifestErrors([_too_big(path, len(data))])
     parsed = _parse_file(path, data, POLICY_KINDS)
     if parsed.errors:
         raise ManifestErrors(parsed.errors)
