@@ -225,41 +225,50 @@ def read_run(
         iteration = int(str(spec["iteration"]))
     except (KeyError, ValueError):
         return None
+    agent = _agent(spec)
+    obs = _observe(run_dir, spec, agent, processes, task=task, attempt=attempt, iteration=iteration)
+    if not inspect and ended is not None and obs.exit is not None and not obs.alive:
+        _ENDED[run_dir] = (ended, obs)  # an ended run's directory changes no more
+    if not inspect or (obs.alive and obs.exit is None):
+        return obs
+    return obs.model_copy(update=_inspection(lane, obs, spec=spec, task=task, agent=agent))
+
+
+def _observe(
+    run_dir: str,
+    spec: dict[str, object],
+    agent: AgentRef | None,
+    processes: RunProcesses | None,
+    *,
+    task: TaskRef,
+    attempt: int,
+    iteration: int,
+) -> RunObs:
+    """What the run directory shows now: who runs it, whether it ended, its output and spend."""
     pid_record = files.read_json(os.path.join(run_dir, files.PID_JSON))
     fp = _fingerprint(pid_record)
     agent_pid = pid_record.get("agent_pid") if pid_record else None
     exit_info = _exit(run_dir)
     alive = _alive(fp, exit_info is not None, run_dir, processes)
-    output = os.path.join(run_dir, files.OUTPUT_LOG)
-    times = [
-        t
-        for t in (
-            _mtime(os.path.join(run_dir, n))
-            for n in (files.OUTPUT_LOG, files.STDERR_LOG, files.CHECKS_LOG)
-        )
-        if t is not None
-    ]
-    last_output = max(times) if times else _mtime(os.path.join(run_dir, files.PID_JSON))
-    workspace = str(spec.get("workspace", ""))
+    last_output = _last_output_at(run_dir)
     spent = Spend()
-    agent = _agent(spec)
     if exit_info is None and alive and agent is not None:
         spent = spend(agent, run_dir, resumed=_text(spec.get("resume_session")))
-    obs = RunObs(
+    return RunObs(
         task=task.name,
         repo=task.repo,
         attempt=attempt,
         iteration=iteration,
         generation=str(spec.get("generation", "")),
         run_dir=run_dir,
-        workspace=workspace,
+        workspace=str(spec.get("workspace", "")),
         started_at=_num(spec.get("started_at")),
         supervisor=fp,
         agent_pid=agent_pid if isinstance(agent_pid, int) else None,
         session_id=_text(spec.get("resume_session")) or _text(spec.get("session_id")),
         alive=alive,
         exit=exit_info,
-        output_bytes=_size(output),
+        output_bytes=_size(os.path.join(run_dir, files.OUTPUT_LOG)),
         last_output_at=last_output,
         progress_offset=spent.event_end,
         tokens_so_far=spent.tokens,
@@ -268,22 +277,19 @@ def read_run(
         tool_calls_so_far=spent.tool_calls,
         last_event=spent.last_event,
     )
-    if not inspect and ended is not None and exit_info is not None and not alive:
-        _ENDED[run_dir] = (ended, obs)  # an ended run's directory changes no more
-    if not inspect or (alive and exit_info is None):
-        return obs
-    return obs.model_copy(
-        update=_inspection(
-            lane,
-            run_dir=run_dir,
-            agent=agent,
-            spec=spec,
-            task=task,
-            workspace=workspace,
-            output=output,
-            exit_info=exit_info,
+
+
+def _last_output_at(run_dir: str) -> float | None:
+    """When the run last wrote anything (agent, stderr, checks); before that, when it started."""
+    times = [
+        t
+        for t in (
+            _mtime(os.path.join(run_dir, n))
+            for n in (files.OUTPUT_LOG, files.STDERR_LOG, files.CHECKS_LOG)
         )
-    )
+        if t is not None
+    ]
+    return max(times) if times else _mtime(os.path.join(run_dir, files.PID_JSON))
 
 
 def _agent(spec: dict[str, object]) -> AgentRef | None:
@@ -295,19 +301,18 @@ def _agent(spec: dict[str, object]) -> AgentRef | None:
 
 def _inspection(
     lane: Lane,
+    obs: RunObs,
     *,
-    run_dir: str,
-    agent: AgentRef | None,
     spec: dict[str, object],
     task: TaskRef,
-    workspace: str,
-    output: str,
-    exit_info: ExitInfo | None,
+    agent: AgentRef | None,
 ) -> dict[str, object]:
+    """The adapter's verdict on an ended run, and the state of its branch and worktree."""
     update: dict[str, object] = {}
-    if exit_info is not None and agent is not None:
-        result = adapter_for(agent).parse(output, exit_info)
-        spent = spend(agent, run_dir, final=True, resumed=_text(spec.get("resume_session")))
+    if obs.exit is not None and agent is not None:
+        output = os.path.join(obs.run_dir, files.OUTPUT_LOG)
+        result = adapter_for(agent).parse(output, obs.exit)
+        spent = spend(agent, obs.run_dir, final=True, resumed=_text(spec.get("resume_session")))
         update["result"] = _with_spend(result, spent)
     if task.repo in lane.repos:
         repo, checkout = lane.repo(task.repo)
@@ -317,6 +322,7 @@ def _inspection(
             )
         except gitops.GitError:
             update["commits_ahead"] = None
+        workspace = obs.workspace
         if workspace and os.path.isdir(workspace) and is_under(lane.root, workspace):
             with contextlib.suppress(gitops.GitError):
                 update["dirty"] = gitops.status(workspace)
