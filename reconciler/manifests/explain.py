@@ -20,9 +20,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.manifests.errors import ManifestError
 from reconciler.manifests.models import API_VERSION, NAME_PATTERN
-
-MAX_DEPTH = 100
-"""Nesting limit of the pure-Python parser (manifests nest a handful of levels)."""
+from reconciler.manifests.yaml_safety import MAX_DEPTH
 
 
 def mark(node: Node) -> tuple[int, int]:
@@ -76,78 +74,73 @@ def syntax_error(path: str, exc: MarkedYAMLError, text: str = "") -> ManifestErr
     if "could not find expected ':'" in problem and exc.context_mark is not None:
         mark = exc.context_mark  # the scanner notices a line late: point at the bare text
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-    rest = _text_at(text, line, col)
+    message, hint = _known_syntax_problem(problem, _text_at(text, line, col)) or (
+        _plain_syntax_problem(exc, problem, line, col)
+    )
+    return ManifestError(path, line, col, message, hint)
+
+
+def _known_syntax_problem(problem: str, rest: str) -> tuple[str, str] | None:
+    """A sentence and a fix for the YAML mistakes manifest authors make, given ``rest``, the text
+    from the error's position to the end of its line; None for any other problem."""
     if rest.startswith("\t"):
-        return ManifestError(
-            path,
-            line,
-            col,
+        return (
             "a tab character where YAML expects spaces",
             "indent with spaces: YAML does not allow tabs for indentation",
         )
     if "undefined alias" in problem:
         alias = re.match(r"\*([^\s,\[\]{}]+)", rest)
         name = f" '*{alias.group(1)}'" if alias else ""
-        return ManifestError(
-            path,
-            line,
-            col,
+        return (
             f"invalid YAML: found undefined alias{name}",
             "define the anchor (&name) before using the alias (*name), or remove the alias",
         )
     dup = re.match(r'found duplicate key "(.*)" with value', problem, re.DOTALL)
     if dup:
-        return ManifestError(
-            path,
-            line,
-            col,
+        return (
             f"duplicate key '{dup.group(1)}' in this mapping",
             "a key may appear only once per mapping: remove one of them or merge their values",
         )
     if "maximum depth" in problem:
-        return ManifestError(
-            path,
-            line,
-            col,
+        return (
             f"the YAML nests more than {MAX_DEPTH} levels deep, too deep for a manifest",
             "flatten the structure; manifests nest only a few levels",
         )
     if "duplicate merge key" in problem:
-        return ManifestError(
-            path, line, col, "duplicate merge key '<<'", "use one '<<' with a list of aliases"
-        )
+        return ("duplicate merge key '<<'", "use one '<<' with a list of aliases")
     if "could not determine a constructor for the tag" in problem:
-        tag = problem.rsplit(" ", 1)[-1].strip("'").replace("tag:yaml.org,2002:", "!!")
-        if tag.endswith((":value", ":merge")):
-            plain = "=" if tag.endswith(":value") else "<<"
-            return ManifestError(
-                path,
-                line,
-                col,
-                f"a plain {plain} has a special meaning in YAML and cannot be a value",
-                f'quote it: "{plain}"',
-            )
-        return ManifestError(
-            path,
-            line,
-            col,
-            f"unsupported YAML tag {tag}",
-            "remove the tag: manifests hold plain strings, numbers, booleans, lists and mappings",
+        return _tag_problem(problem)
+    return None
+
+
+def _tag_problem(problem: str) -> tuple[str, str]:
+    tag = problem.rsplit(" ", 1)[-1].strip("'").replace("tag:yaml.org,2002:", "!!")
+    if tag.endswith((":value", ":merge")):
+        plain = "=" if tag.endswith(":value") else "<<"
+        return (
+            f"a plain {plain} has a special meaning in YAML and cannot be a value",
+            f'quote it: "{plain}"',
         )
+    return (
+        f"unsupported YAML tag {tag}",
+        "remove the tag: manifests hold plain strings, numbers, booleans, lists and mappings",
+    )
+
+
+def _plain_syntax_problem(
+    exc: MarkedYAMLError, problem: str, line: int, col: int
+) -> tuple[str, str]:
+    """ruamel's own words, with where the construct it was reading began if that is elsewhere."""
     message = f"invalid YAML: {problem}"
     cmark = exc.context_mark
     if (
         exc.context
         and exc.problem
         and cmark is not None
-        and (cmark.line, cmark.column)
-        != (
-            line - 1,
-            col - 1,
-        )
+        and (cmark.line, cmark.column) != (line - 1, col - 1)
     ):
         message += f" ({exc.context.strip()} at line {cmark.line + 1}, column {cmark.column + 1})"
-    return ManifestError(path, line, col, message, syntax_hint(problem))
+    return message, syntax_hint(problem)
 
 
 def _text_at(text: str, line: int, col: int) -> str:
@@ -244,40 +237,7 @@ def _explain(
             f"set 'apiVersion: {API_VERSION}'",
         )
     if etype == "string_pattern_mismatch":
-        pattern = str(ctx.get("pattern", ""))
-        if pattern == NAME_PATTERN:
-            return (
-                f"{prefix}{got} is not a valid name: {_NAME_RULE}",
-                f"for example '{_suggest_name(value)}'",
-            )
-        if pattern.startswith("^[A-Za-z_]"):
-            return (
-                f"{prefix}{got} is not a valid environment variable name",
-                "use letters, digits and '_', not starting with a digit",
-            )
-        if field.endswith("ssh.from"):
-            return (
-                f"{prefix}{got} is not a list of addresses or host patterns",
-                "separate addresses, CIDR ranges or patterns with commas, no spaces "
-                "(e.g. 10.0.0.5,192.168.1.0/24)",
-            )
-        if field.endswith("ssh.command"):
-            return (
-                f"{prefix}{got} is not a program name or path",
-                "name the reconciler on the host without arguments (e.g. "
-                "/usr/local/bin/reconciler); ' node' is added to it",
-            )
-        if field.endswith(("ssh.identityFile", "ssh.knownHosts")):
-            return (
-                f"{prefix}{got} is not an absolute path",
-                "write an absolute path, or one starting with ~ (the reconciler's home)",
-            )
-        if field.endswith("branchPrefix"):
-            return (
-                f"{prefix}{got} is not a valid branch prefix",
-                "use letters, digits, '.', '_' or '-', ending with '/', for example 'agent/'",
-            )
-        return (f"{prefix}{got} does not match the pattern {pattern}", f"see {schema}")
+        return _pattern_mismatch(str(ctx.get("pattern", "")), field, value, schema)
     if etype in ("string_type", "string_sub_type"):
         return (
             f"{prefix}expected a string, got {got}",
@@ -285,55 +245,101 @@ def _explain(
             if not isinstance(value, dict | list)
             else "write a single string here",
         )
-    if etype in ("int_type", "int_parsing", "int_from_float"):
-        return (f"{prefix}expected a whole number, got {got}", "write a number such as 3")
-    if etype in ("float_type", "float_parsing"):
-        return (f"{prefix}expected a number, got {got}", "write a number such as 1.5")
-    if etype in ("bool_type", "bool_parsing"):
-        return (f"{prefix}expected true or false, got {got}", "write true or false")
-    if etype == "list_type":
-        return (
-            f"{prefix}expected a list, got {got}",
-            "write a list: [a, b] or one '- item' per line",
-        )
-    if etype in ("dict_type", "model_type", "model_attributes_type"):
-        return (
-            f"{prefix}expected a mapping, got {got}",
-            "write 'key: value' pairs, indented under this key",
-        )
+    if etype in _EXPECTED:
+        what, hint = _EXPECTED[etype]
+        return (f"{prefix}expected {what}, got {got}", hint)
     if etype == "literal_error":
         expected = str(ctx.get("expected", ""))
         return (
             f"{prefix}{got} is not allowed here; expected {expected}",
             f"use {expected}",
         )
-    bounds = {
-        "greater_than_equal": ("ge", "at least"),
-        "greater_than": ("gt", "greater than"),
-        "less_than_equal": ("le", "at most"),
-        "less_than": ("lt", "less than"),
-    }
-    if etype in bounds:
-        key, words = bounds[etype]
+    if etype in _BOUNDS:
+        key, words = _BOUNDS[etype]
         limit = ctx.get(key)
         return (f"{prefix}must be {words} {limit}, got {got}", f"use a value {words} {limit}")
-    if etype in ("too_short", "string_too_short"):
-        n = ctx.get("min_length", 1)
-        if etype == "string_too_short" and n == 1:
-            return (f"{prefix}must not be empty", "write a value, or remove the field")
-        unit = "character" if etype == "string_too_short" else "item"
-        return (
-            f"{prefix}needs at least {n} {unit}{'s' if n != 1 else ''}",
-            "add the missing entries, or remove the field",
-        )
-    if etype in ("too_long", "string_too_long"):
-        n = ctx.get("max_length")
-        unit = "characters" if etype == "string_too_long" else "items"
-        return (f"{prefix}must have at most {n} {unit}", "shorten it")
+    if etype in ("too_short", "string_too_short", "too_long", "string_too_long"):
+        return _length_problem(etype, prefix, ctx)
     if etype == "value_error":
         text = str(ctx.get("error", "")) or msg.removeprefix("Value error, ")
         return (f"{prefix}{text}", _value_hint(text, schema))
     return (f"{prefix}{msg}", f"see {schema} for what this field accepts")
+
+
+_EXPECTED: dict[str, tuple[str, str]] = {
+    "int_type": ("a whole number", "write a number such as 3"),
+    "int_parsing": ("a whole number", "write a number such as 3"),
+    "int_from_float": ("a whole number", "write a number such as 3"),
+    "float_type": ("a number", "write a number such as 1.5"),
+    "float_parsing": ("a number", "write a number such as 1.5"),
+    "bool_type": ("true or false", "write true or false"),
+    "bool_parsing": ("true or false", "write true or false"),
+    "list_type": ("a list", "write a list: [a, b] or one '- item' per line"),
+    "dict_type": ("a mapping", "write 'key: value' pairs, indented under this key"),
+    "model_type": ("a mapping", "write 'key: value' pairs, indented under this key"),
+    "model_attributes_type": ("a mapping", "write 'key: value' pairs, indented under this key"),
+}
+"""What a pydantic type error expected, and how to write it."""
+
+_BOUNDS = {
+    "greater_than_equal": ("ge", "at least"),
+    "greater_than": ("gt", "greater than"),
+    "less_than_equal": ("le", "at most"),
+    "less_than": ("lt", "less than"),
+}
+
+
+def _pattern_mismatch(pattern: str, field: str, value: Any, schema: str) -> tuple[str, str]:
+    got = describe(value)
+    prefix = f"{field}: " if field else ""
+    if pattern == NAME_PATTERN:
+        return (
+            f"{prefix}{got} is not a valid name: {_NAME_RULE}",
+            f"for example '{_suggest_name(value)}'",
+        )
+    if pattern.startswith("^[A-Za-z_]"):
+        return (
+            f"{prefix}{got} is not a valid environment variable name",
+            "use letters, digits and '_', not starting with a digit",
+        )
+    if field.endswith("ssh.from"):
+        return (
+            f"{prefix}{got} is not a list of addresses or host patterns",
+            "separate addresses, CIDR ranges or patterns with commas, no spaces "
+            "(e.g. 10.0.0.5,192.168.1.0/24)",
+        )
+    if field.endswith("ssh.command"):
+        return (
+            f"{prefix}{got} is not a program name or path",
+            "name the reconciler on the host without arguments (e.g. "
+            "/usr/local/bin/reconciler); ' node' is added to it",
+        )
+    if field.endswith(("ssh.identityFile", "ssh.knownHosts")):
+        return (
+            f"{prefix}{got} is not an absolute path",
+            "write an absolute path, or one starting with ~ (the reconciler's home)",
+        )
+    if field.endswith("branchPrefix"):
+        return (
+            f"{prefix}{got} is not a valid branch prefix",
+            "use letters, digits, '.', '_' or '-', ending with '/', for example 'agent/'",
+        )
+    return (f"{prefix}{got} does not match the pattern {pattern}", f"see {schema}")
+
+
+def _length_problem(etype: str, prefix: str, ctx: dict[str, Any]) -> tuple[str, str]:
+    if etype in ("too_long", "string_too_long"):
+        n = ctx.get("max_length")
+        unit = "characters" if etype == "string_too_long" else "items"
+        return (f"{prefix}must have at most {n} {unit}", "shorten it")
+    n = ctx.get("min_length", 1)
+    if etype == "string_too_short" and n == 1:
+        return (f"{prefix}must not be empty", "write a value, or remove the field")
+    unit = "character" if etype == "string_too_short" else "item"
+    return (
+        f"{prefix}needs at least {n} {unit}{'s' if n != 1 else ''}",
+        "add the missing entries, or remove the field",
+    )
 
 
 def _value_hint(text: str, schema: str) -> str:

@@ -9,35 +9,26 @@ anyway (every node carries its start mark), so a failing file is not parsed a se
 Files are cached by blob id: an unchanged file is neither read nor parsed again, while the
 cross-file checks (duplicates, references, cycles, prompt files) run on every load.
 
-Hostile input is bounded before it can hurt: files over 1 MiB are not parsed, alias expansion is
-counted on the node graph before anything is constructed, and documents that could nest deeply
-enough to exhaust the C parser's stack go through the pure-Python parser, whose recursion limit
-turns into an ordinary error.
+Hostile input is bounded before it can hurt by :mod:`reconciler.manifests.yaml_safety`; the
+checks that span files are :mod:`reconciler.manifests.assembly`'s.
 """
 
 from __future__ import annotations
 
 import gc
-import posixpath
-import re
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
-from ruamel.yaml.constructor import SafeConstructor
-from ruamel.yaml.docinfo import DocInfo
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.loader import SafeLoader
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.nodes import Node, ScalarNode
 from ruamel.yaml.reader import ReaderError
-from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
-from ruamel.yaml.tag import Tag
 
+from reconciler.manifests.assembly import Assembler, Doc, LaneCheck, Reader, safe_relpath
 from reconciler.manifests.errors import ManifestError, ManifestErrors
 from reconciler.manifests.explain import (
-    MAX_DEPTH,
     byte_position,
     char_position,
     describe,
@@ -51,26 +42,27 @@ from reconciler.manifests.explain import (
 from reconciler.manifests.models import (
     API_VERSION,
     DOCUMENT_KINDS,
-    AgentSpec,
-    ConfigSpec,
     Desired,
-    LaneSpec,
-    Source,
     Task,
     _Document,
     make_task,
 )
-from reconciler.manifests.policy import POLICY_KINDS, PolicySpec, Violation
-
-try:  # the C extension (ruamel.yaml.clib); the pure parser is the fallback
-    from _ruamel_yaml import CParser  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - clib is a declared dependency
-    CParser = None
+from reconciler.manifests.policy import POLICY_KINDS, PolicySpec
+from reconciler.manifests.yaml_safety import (
+    MAX_ALIAS_REFERENCES,
+    MAX_EXPANDED_NODES,
+    MAX_FILE_SIZE,
+    alias_bomb,
+    documents,
+    new_loader,
+    release,
+)
 
 __all__ = [
     "MAX_ALIAS_REFERENCES",
     "MAX_EXPANDED_NODES",
     "MAX_FILE_SIZE",
+    "LaneCheck",
     "ManifestError",
     "ManifestErrors",
     "Reader",
@@ -78,21 +70,10 @@ __all__ = [
     "gc_paused",
     "load",
     "parse_policy",
+    "safe_relpath",
 ]
 
-MAX_FILE_SIZE = 1 << 20
-"""Manifest and prompt files larger than this (1 MiB) are rejected unread."""
-MAX_ALIAS_REFERENCES = 10_000
-"""More alias uses than this in one document is treated as an alias bomb."""
-MAX_EXPANDED_NODES = 100_000
-"""A document whose aliases expand to more nodes than this is treated as an alias bomb."""
-_MAX_FLAT_NESTING = 2_000
-"""Above this many ``[ { - ?`` characters a file may nest too deeply for the C parser's stack."""
-
 Kinds = Mapping[str, type[_Document]]
-
-Reader = Callable[[str], bytes | None]
-LaneCheck = Callable[[str, LaneSpec], list[Violation]]
 
 
 @dataclass(frozen=True)
@@ -102,17 +83,6 @@ class SourceFile:
     path: str
     blob: str
     size: int
-
-
-class _Doc(NamedTuple):
-    """One valid document, as cached by blob id (so it holds no path)."""
-
-    kind: str
-    name: str
-    ordinal: int  # position in its file, counting empty documents
-    line: int
-    column: int
-    value: Any  # LaneSpec | AgentSpec | ConfigSpec | Task (prompt unresolved for promptFile)
 
 
 # ------------------------------------------------------------------------------------- public
@@ -135,7 +105,7 @@ def load(
     (what the admin policy allows), reported at the field they concern.
     """
     errors: list[ManifestError] = []
-    docs: list[tuple[str, _Doc]] = []
+    docs: list[tuple[str, Doc]] = []
     invalid: set[tuple[str, str]] = set()
     ordered = sorted(files, key=lambda f: f.path)
     prefetch = getattr(read, "prefetch", None)
@@ -154,31 +124,13 @@ def load(
             if type(entry) is tuple:
                 docs.extend((f.path, d) for d in entry)
                 continue
-            if f.size > MAX_FILE_SIZE:
-                errors.append(_too_big(f.path, f.size))
-                continue
-            data = read(f.path)
-            if data is None:
-                errors.append(
-                    ManifestError(
-                        f.path,
-                        1,
-                        1,
-                        "the file is listed but cannot be read",
-                        "check that the file exists and is a regular file",
-                    )
-                )
-                continue
-            if len(data) > MAX_FILE_SIZE:
-                errors.append(_too_big(f.path, len(data)))
-                continue
-            parsed = _parse_file(f.path, data)
+            parsed = _read_file(f, read)
             docs.extend((f.path, d) for d in parsed.docs)
             errors.extend(parsed.errors)
             invalid.update(parsed.invalid)
             if cache is not None and not parsed.errors:
                 cache[f.blob] = tuple(parsed.docs)
-        desired = _Assembler(read, revision, errors, invalid, lane_check).run(docs)
+        desired = Assembler(read, revision, errors, invalid, lane_check).run(docs)
     if errors:
         raise ManifestErrors(errors)
     return desired
@@ -210,84 +162,41 @@ def gc_paused() -> Iterator[None]:
 # ------------------------------------------------------------------------------------ parsing
 
 
-def _yaml12_rules() -> tuple[dict[str, list[tuple[Tag, Any]]], list[tuple[Tag, Any]]]:
-    """ruamel's YAML 1.2 implicit-typing rules by first character (plus the catch-all ones)."""
-    by_char: dict[str | None, list[tuple[Tag, Any]]] = {}
-    for versions, tag, regexp, first in implicit_resolvers:
-        if (1, 2) in versions:
-            chars: list[Any] = first or [None]
-            for ch in chars:
-                by_char.setdefault(ch, []).append((Tag(suffix=tag), regexp))
-    catch_all = by_char.pop(None, [])
-    return {str(ch): rules + catch_all for ch, rules in by_char.items()}, catch_all
-
-
-_RULES, _RULES_ANY = _yaml12_rules()
-
-
-class _Yaml12Resolver(VersionedResolver):
-    """ruamel's YAML 1.2 resolver with its rule table built once instead of per scalar.
-
-    Only used for files without a ``%YAML`` directive (those take the standard path).
-    """
-
-    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        if kind is ScalarNode:
-            if implicit[0]:
-                for tag, regexp in _RULES.get(value[:1], _RULES_ANY):
-                    if regexp.match(value):
-                        return tag
-            return self.DEFAULT_SCALAR_TAG
-        if kind is SequenceNode:
-            return self.DEFAULT_SEQUENCE_TAG
-        return self.DEFAULT_MAPPING_TAG
-
-
-if CParser is not None:
-
-    class _CLoader(CParser, SafeConstructor, _Yaml12Resolver):  # type: ignore[misc]
-        """libyaml scanner/parser/composer with ruamel's safe constructor, built once."""
-
-        def __init__(self, stream: bytes) -> None:
-            CParser.__init__(self, stream)
-            self._parser = self._composer = self
-            SafeConstructor.__init__(self, loader=self)
-            self.allow_duplicate_keys = False
-            _Yaml12Resolver.__init__(self, version=None, loadumper=self)
-
-
-def _new_loader(data: bytes) -> tuple[Any, bool]:
-    """A loader for ``data`` and whether it is the C one (positions of reader errors differ)."""
-    flat = data.count(b"[") + data.count(b"{") + data.count(b"-") + data.count(b"?")
-    if CParser is not None and flat <= _MAX_FLAT_NESTING and b"%YAML" not in data:
-        return _CLoader(data), True
-    loader: Any = SafeLoader(data.decode("utf-8"))
-    loader.allow_duplicate_keys = False
-    loader.max_depth = MAX_DEPTH
-    # attributes ruamel's YAML() front end normally provides, read on %YAML/%TAG directives
-    loader.doc_infos = [DocInfo()]
-    loader.tags = None
-    loader.comment_handling = None
-    return loader, False
-
-
-def _release(loader: Any) -> None:
-    """Drop the loader's self-references now, not at the next (paused) garbage collection."""
-    try:
-        loader.dispose()
-    finally:
-        loader.__dict__.clear()
-
-
 @dataclass
 class _Parsed:
-    docs: list[_Doc]
-    errors: list[ManifestError]
-    invalid: set[tuple[str, str]]
+    """One file's valid documents, its errors, and the (kind, name) of its invalid documents (a
+    reference to one of those is not reported again as unknown)."""
+
+    docs: list[Doc] = field(default_factory=list)
+    errors: list[ManifestError] = field(default_factory=list)
+    invalid: set[tuple[str, str]] = field(default_factory=set)
+
+
+def _read_file(f: SourceFile, read: Reader) -> _Parsed:
+    if f.size > MAX_FILE_SIZE:
+        return _Parsed(errors=[_too_big(f.path, f.size)])
+    data = read(f.path)
+    if data is None:
+        return _Parsed(
+            errors=[
+                ManifestError(
+                    f.path,
+                    1,
+                    1,
+                    "the file is listed but cannot be read",
+                    "check that the file exists and is a regular file",
+                )
+            ]
+        )
+    return _parse_file(f.path, data)
 
 
 def _parse_file(path: str, data: bytes, kinds: Kinds = DOCUMENT_KINDS) -> _Parsed:
-    out = _Parsed([], [], set())
+    """Each document of one file, checked on its own; a file that is not YAML is one error."""
+    out = _Parsed()
+    if len(data) > MAX_FILE_SIZE:  # the listing said otherwise, or a policy file
+        out.errors.append(_too_big(path, len(data)))
+        return out
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -305,12 +214,9 @@ def _parse_file(path: str, data: bytes, kinds: Kinds = DOCUMENT_KINDS) -> _Parse
     may_alias = b"*" in data
     loader: Any = None
     is_c = False
-    index = -1
     try:
-        loader, is_c = _new_loader(data)
-        while loader.check_node():
-            node = loader.get_node()
-            index += 1
+        loader, is_c = new_loader(data)
+        for index, node in enumerate(documents(loader)):
             _parse_document(
                 path,
                 index=index,
@@ -321,49 +227,52 @@ def _parse_file(path: str, data: bytes, kinds: Kinds = DOCUMENT_KINDS) -> _Parse
                 out=out,
                 kinds=kinds,
             )
-    except ReaderError as exc:
+    except Exception as exc:  # a parser bug must not become a traceback
+        out.errors.append(_unparsable(path, exc, data, text, is_c))
+    finally:
+        if loader is not None:
+            release(loader)
+    return out
+
+
+def _unparsable(path: str, exc: Exception, data: bytes, text: str, is_c: bool) -> ManifestError:
+    """Why the parser gave up on a file; ``is_c``: libyaml's reader counts bytes, not characters."""
+    if isinstance(exc, ReaderError):
         if is_c:
             line, col = byte_position(data, exc.position)
         else:
             line, col = char_position(text, exc.position)
         char = exc.character if isinstance(exc.character, int) else 0
-        out.errors.append(
-            ManifestError(
-                path,
-                line,
-                col,
-                f"the file contains the control character U+{char:04X}, which YAML does not allow",
-                'remove it, or write it as an escape inside a double-quoted string ("\\x01")',
-            )
+        return ManifestError(
+            path,
+            line,
+            col,
+            f"the file contains the control character U+{char:04X}, which YAML does not allow",
+            'remove it, or write it as an escape inside a double-quoted string ("\\x01")',
         )
-    except MarkedYAMLError as exc:
-        out.errors.append(syntax_error(path, exc, text))
-    except YAMLError as exc:  # pragma: no cover - every ruamel parse error carries a mark
-        out.errors.append(ManifestError(path, 1, 1, f"invalid YAML: {exc}", "fix the YAML syntax"))
-    except RecursionError:
-        out.errors.append(
-            ManifestError(
-                path,
-                1,
-                1,
-                "the YAML is nested too deeply to be a manifest",
-                "flatten the structure; manifests nest only a few levels",
-            )
-        )
-    except Exception as exc:  # a parser bug must not become a traceback
-        out.errors.append(
-            ManifestError(
-                path,
-                1,
-                1,
-                f"the YAML parser failed on this file ({type(exc).__name__}: {exc})",
-                "simplify the YAML around unusual constructs (directives, tags, anchors)",
-            )
-        )
-    finally:
-        if loader is not None:
-            _release(loader)
-    return out
+    if isinstance(exc, MarkedYAMLError):
+        return syntax_error(path, exc, text)
+    if isinstance(exc, YAMLError):  # pragma: no cover - every ruamel parse error carries a mark
+        return ManifestError(path, 1, 1, f"invalid YAML: {exc}", "fix the YAML syntax")
+    if isinstance(exc, RecursionError):
+        return _too_deep(path, 1, 1)
+    return ManifestError(
+        path,
+        1,
+        1,
+        f"the YAML parser failed on this file ({type(exc).__name__}: {exc})",
+        "simplify the YAML around unusual constructs (directives, tags, anchors)",
+    )
+
+
+def _too_deep(path: str, line: int, col: int) -> ManifestError:
+    return ManifestError(
+        path,
+        line,
+        col,
+        "the YAML is nested too deeply to be a manifest",
+        "flatten the structure; manifests nest only a few levels",
+    )
 
 
 def _parse_document(
@@ -377,79 +286,29 @@ def _parse_document(
     out: _Parsed,
     kinds: Kinds,
 ) -> None:
-    names = ", ".join(sorted(kinds))
+    """One document into ``out``: its cached value if it is valid, else what is wrong with it."""
     if isinstance(node, ScalarNode) and (node.tag or "").endswith(":null") and node.value == "":
         return  # an empty document: `---` alone
     line, col = mark(node)
-    if may_alias:
-        bomb = _alias_bomb(node)
-        if bomb:
-            out.errors.append(
-                ManifestError(
-                    path,
-                    line,
-                    col,
-                    bomb,
-                    "write the values out instead of nesting aliases (*name) of aliases",
-                )
-            )
-            return
+    bomb = alias_bomb(node) if may_alias else ""
+    if bomb:
+        hint = "write the values out instead of nesting aliases (*name) of aliases"
+        out.errors.append(ManifestError(path, line, col, bomb, hint))
+        return
     try:
         data = loader.construct_document(node)
     except MarkedYAMLError as exc:
         out.errors.append(syntax_error(path, exc, text))
         return
     except RecursionError:
-        out.errors.append(
-            ManifestError(
-                path,
-                line,
-                col,
-                "the YAML is nested too deeply to be a manifest",
-                "flatten the structure; manifests nest only a few levels",
-            )
-        )
+        out.errors.append(_too_deep(path, line, col))
         return
-    if not isinstance(data, dict):
-        out.errors.append(
-            ManifestError(
-                path,
-                line,
-                col,
-                "a manifest document must be a mapping with apiVersion, kind, metadata and spec;"
-                f" found {describe(data)}",
-                f"start the document with 'apiVersion: {API_VERSION}' and 'kind: "
-                f"{'Task' if 'Task' in kinds else next(iter(kinds))}' "
-                f"(or another kind: {names})",
-            )
-        )
+    wrong = _not_a_document(path, node, data, kinds)
+    if wrong is not None:
+        out.errors.append(wrong)
         return
-    kind = data.get("kind")
-    cls = kinds.get(kind) if isinstance(kind, str) else None
-    if cls is None or not isinstance(kind, str):
-        if "kind" not in data:
-            out.errors.append(
-                ManifestError(
-                    path,
-                    line,
-                    col,
-                    "missing required field 'kind'",
-                    f"add 'kind:' with one of: {names}",
-                )
-            )
-        else:
-            kline, kcol = mark(walk(node, ("kind",)))
-            out.errors.append(
-                ManifestError(
-                    path,
-                    kline,
-                    kcol,
-                    f"unknown kind {show(kind)}",
-                    _misplaced(str(kind), kinds)
-                    or did_you_mean(str(kind), list(kinds)) + f"the kinds are: {names}",
-                )
-            )
-        return
+    kind: str = data["kind"]
+    cls = kinds[kind]
     try:
         doc: Any = cls.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
@@ -460,18 +319,50 @@ def _parse_document(
         if isinstance(name, str):
             out.invalid.add((kind, name))
         return
-    name = doc.metadata.name
-    value: Any
-    if kind == "Task":
-        spec = doc.spec
-        labels = dict(doc.metadata.labels)
-        if spec.prompt_file is None:
-            value = make_task(name, spec, None, labels)
-        else:  # resolved on every load: the prompt file may change on its own
-            value = Task(name, spec, "", "", labels)
-    else:
-        value = doc.spec
-    out.docs.append(_Doc(kind, name, index, line, col, value))
+    out.docs.append(Doc(kind, doc.metadata.name, index, line, col, _cached_value(kind, doc)))
+
+
+def _not_a_document(path: str, node: Node, data: Any, kinds: Kinds) -> ManifestError | None:
+    """What keeps ``data`` from being a document of one of ``kinds``, before its fields count."""
+    names = ", ".join(sorted(kinds))
+    line, col = mark(node)
+    if not isinstance(data, dict):
+        return ManifestError(
+            path,
+            line,
+            col,
+            "a manifest document must be a mapping with apiVersion, kind, metadata and spec;"
+            f" found {describe(data)}",
+            f"start the document with 'apiVersion: {API_VERSION}' and 'kind: "
+            f"{'Task' if 'Task' in kinds else next(iter(kinds))}' "
+            f"(or another kind: {names})",
+        )
+    kind = data.get("kind")
+    if isinstance(kind, str) and kind in kinds:
+        return None
+    if "kind" not in data:
+        return ManifestError(
+            path, line, col, "missing required field 'kind'", f"add 'kind:' with one of: {names}"
+        )
+    kline, kcol = mark(walk(node, ("kind",)))
+    return ManifestError(
+        path,
+        kline,
+        kcol,
+        f"unknown kind {show(kind)}",
+        _misplaced(str(kind), kinds)
+        or did_you_mean(str(kind), list(kinds)) + f"the kinds are: {names}",
+    )
+
+
+def _cached_value(kind: str, doc: Any) -> Any:
+    """What a valid document leaves for the assembler: a Task, or the spec of any other kind."""
+    if kind != "Task":
+        return doc.spec
+    name, spec, labels = doc.metadata.name, doc.spec, dict(doc.metadata.labels)
+    if spec.prompt_file is None:
+        return make_task(name, spec, None, labels)
+    return Task(name, spec, "", "", labels)  # resolved on every load: the file changes on its own
 
 
 def _misplaced(kind: str, kinds: Kinds) -> str:
@@ -487,8 +378,6 @@ def _misplaced(kind: str, kinds: Kinds) -> str:
 
 def parse_policy(path: str, data: bytes) -> PolicySpec:
     """The one ``kind: Policy`` document of a policy file; :class:`ManifestErrors` otherwise."""
-    if len(data) > MAX_FILE_SIZE:
-        raise ManifestErrors([_too_big(path, len(data))])
     parsed = _parse_file(path, data, POLICY_KINDS)
     if parsed.errors:
         raise ManifestErrors(parsed.errors)
@@ -507,369 +396,3 @@ def parse_policy(path: str, data: bytes) -> PolicySpec:
         )
     spec: PolicySpec = parsed.docs[0].value
     return spec
-
-
-def _compose_nodes(data: bytes) -> list[Node | None]:
-    """The documents' node graphs (None where a document cannot be composed), for positions."""
-    nodes: list[Node | None] = []
-    loader: Any = None
-    try:
-        data.decode("utf-8")
-        loader, _ = _new_loader(data)
-        while loader.check_node():
-            nodes.append(loader.get_node())
-    except (YAMLError, RecursionError, UnicodeDecodeError):
-        pass
-    finally:
-        if loader is not None:
-            _release(loader)
-    return nodes
-
-
-def _alias_bomb(root: Node) -> str:
-    """Why ``root`` expands too much through aliases ('' if it does not); never expands it."""
-    sizes: dict[int, int] = {}
-    visiting: set[int] = set()
-    references = 0
-    stack: list[tuple[Node, bool]] = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        key = id(node)
-        if finished:
-            total = 1 + sum(sizes[id(child)] for child in _children(node))
-            if total > MAX_EXPANDED_NODES:
-                return (
-                    f"the document's aliases expand to more than {MAX_EXPANDED_NODES} nodes "
-                    "(a YAML alias bomb); it was not loaded"
-                )
-            sizes[key] = total
-            visiting.discard(key)
-            continue
-        if key in sizes:
-            references += 1
-            if references > MAX_ALIAS_REFERENCES:
-                return (
-                    f"the document uses more than {MAX_ALIAS_REFERENCES} alias references "
-                    "(a YAML alias bomb); it was not loaded"
-                )
-            continue
-        if key in visiting:
-            return "the document contains an alias that refers to itself (a recursive structure)"
-        if isinstance(node, ScalarNode):
-            sizes[key] = 1
-            continue
-        visiting.add(key)
-        stack.append((node, True))
-        stack.extend((child, False) for child in _children(node))
-    return ""
-
-
-def _children(node: Node) -> Iterator[Node]:
-    if isinstance(node, MappingNode):
-        for k, v in node.value:
-            yield k
-            yield v
-    elif isinstance(node, SequenceNode):
-        yield from node.value
-
-
-# ---------------------------------------------------------------------------- cross-file checks
-
-
-class _Assembler:
-    """Builds :class:`Desired` from valid documents and adds the cross-file errors."""
-
-    def __init__(
-        self,
-        read: Reader,
-        revision: str,
-        errors: list[ManifestError],
-        invalid: set[tuple[str, str]],
-        lane_check: LaneCheck | None = None,
-    ) -> None:
-        self.read = read
-        self.revision = revision
-        self.errors = errors
-        self.invalid = invalid
-        self.lane_check = lane_check
-        self._nodes: dict[str, list[Node | None]] = {}
-
-    def run(self, docs: list[tuple[str, _Doc]]) -> Desired:
-        config = ConfigSpec()
-        config_at: tuple[str, _Doc] | None = None
-        lanes: dict[str, LaneSpec] = {}
-        agents: dict[str, AgentSpec] = {}
-        task_docs: dict[str, tuple[str, _Doc]] = {}
-        first: dict[tuple[str, str], tuple[str, _Doc]] = {}
-        for path, doc in docs:
-            if doc.kind == "Config":
-                if config_at is not None:
-                    self.error(
-                        path,
-                        doc,
-                        (),
-                        "more than one Config document: the first is at "
-                        f"{config_at[0]}:{config_at[1].line}",
-                        "keep a single Config document and merge the settings into it",
-                    )
-                    continue
-                config_at = (path, doc)
-                config = doc.value
-                continue
-            key = (doc.kind, doc.name)
-            seen = first.get(key)
-            if seen is not None:
-                self.error(
-                    path,
-                    doc,
-                    ("metadata", "name"),
-                    f"duplicate {doc.kind} name '{doc.name}': already defined at "
-                    f"{seen[0]}:{seen[1].line}",
-                    f"{doc.kind} names must be unique: rename or remove one of them",
-                )
-                continue
-            first[key] = (path, doc)
-            if doc.kind == "Lane":
-                lanes[doc.name] = doc.value
-                for v in self.lane_check(doc.name, doc.value) if self.lane_check else ():
-                    self.error(path, doc, v.loc, v.message, v.hint)
-            elif doc.kind == "Agent":
-                agents[doc.name] = doc.value
-            else:
-                task_docs[doc.name] = (path, doc)
-
-        tasks: dict[str, Task] = {}
-        for name, (path, doc) in task_docs.items():
-            task = self.task(path, doc, lanes, agents)
-            if task is not None:
-                tasks[name] = task
-        self.cycles(task_docs)
-        return Desired(
-            revision=self.revision, config=config, lanes=lanes, agents=agents, tasks=tasks
-        )
-
-    def task(
-        self, path: str, doc: _Doc, lanes: dict[str, LaneSpec], agents: dict[str, AgentSpec]
-    ) -> Task | None:
-        cached: Task = doc.value
-        spec = cached.spec
-        name = doc.name
-        lane = lanes.get(spec.lane)
-        if lane is None:
-            if ("Lane", spec.lane) not in self.invalid:
-                self.error(
-                    path,
-                    doc,
-                    ("spec", "lane"),
-                    f"task '{name}' refers to unknown lane '{spec.lane}'",
-                    _choose("a Lane", spec.lane, sorted(lanes)),
-                )
-        elif lane.repo(spec.repo) is None:
-            repos = [r.name for r in lane.repos]
-            self.error(
-                path,
-                doc,
-                ("spec", "repo"),
-                f"task '{name}' refers to repo '{spec.repo}', which lane '{spec.lane}' does "
-                "not have",
-                did_you_mean(spec.repo, repos)
-                + f"the repos of lane '{spec.lane}' are: {', '.join(repos)}; "
-                "or add the repo to the lane's spec.repos",
-            )
-        if spec.agent not in agents and ("Agent", spec.agent) not in self.invalid:
-            self.error(
-                path,
-                doc,
-                ("spec", "agent"),
-                f"task '{name}' refers to unknown agent '{spec.agent}'",
-                _choose("an Agent", spec.agent, sorted(agents)),
-            )
-        source = Source(path, doc.line, doc.column)
-        if spec.prompt_file is None:
-            return Task(name, spec, cached.prompt, cached.generation, cached.labels, source)
-        prompt = self.prompt_file(path, doc, spec.prompt_file)
-        if prompt is None:
-            return None
-        return make_task(name, spec, prompt, cached.labels, source)
-
-    def prompt_file(self, path: str, doc: _Doc, ref: str) -> str | None:
-        loc = ("spec", "promptFile")
-        target = safe_relpath(ref)
-        if target is None:
-            self.error(
-                path,
-                doc,
-                loc,
-                f"promptFile '{ref}' is outside the control repository",
-                "use a path relative to the control repo's root, e.g. prompts/fix-login.md",
-            )
-            return None
-        data = self.read(target)
-        if data is None:
-            at = "the working tree" if self.revision == "worktree" else f"{self.revision[:12]}"
-            self.error(
-                path,
-                doc,
-                loc,
-                f"promptFile '{ref}' does not exist in the control repository (at {at})",
-                "add the file (and commit it), or fix the path; it is relative to the repo root",
-            )
-            return None
-        if len(data) > MAX_FILE_SIZE:
-            self.error(
-                path,
-                doc,
-                loc,
-                f"promptFile '{ref}' is larger than the limit of 1 MiB",
-                "shorten the prompt",
-            )
-            return None
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line, col = byte_position(data, exc.start)
-            self.error(
-                path,
-                doc,
-                loc,
-                f"promptFile '{ref}' is not UTF-8 text (bad byte at line {line}, column {col})",
-                "save the prompt file as UTF-8",
-            )
-            return None
-
-    def cycles(self, task_docs: dict[str, tuple[str, _Doc]]) -> None:
-        graph = {
-            name: edges
-            for name, (_, doc) in task_docs.items()
-            if (edges := [d for d in doc.value.spec.depends_on if d in task_docs])
-        }
-        if not graph:
-            return  # no task waits for another: no cycle (most control repos)
-        for name in {d for edges in graph.values() for d in edges} - graph.keys():
-            graph[name] = []  # a task waited for that waits for nothing
-        for component in _strongly_connected(graph):
-            cycle = _cycle_through(min(component), graph, set(component))
-            reported = cycle[:-1] if len(cycle) <= 11 else cycle[:1]
-            for i, name in enumerate(reported):
-                ring = cycle[i:-1] + cycle[:i] + [name]
-                path, doc = task_docs[name]
-                index = doc.value.spec.depends_on.index(ring[1])
-                self.error(
-                    path,
-                    doc,
-                    ("spec", "dependsOn", index),
-                    "dependency cycle: " + " → ".join(ring),
-                    "remove one of these dependsOn entries: a task cannot wait for itself",
-                )
-
-    def error(
-        self, path: str, doc: _Doc, loc: tuple[str | int, ...], message: str, hint: str
-    ) -> None:
-        line, col = self.position(path, doc, loc)
-        self.errors.append(ManifestError(path, line, col, message, hint))
-
-    def position(self, path: str, doc: _Doc, loc: tuple[str | int, ...]) -> tuple[int, int]:
-        """Where ``loc`` is in ``doc``: the file is read and composed again (errors only)."""
-        if not loc:
-            return doc.line, doc.column
-        nodes = self._nodes.get(path)
-        if nodes is None:
-            data = self.read(path)
-            nodes = _compose_nodes(data) if data is not None else []
-            self._nodes[path] = nodes
-        node = nodes[doc.ordinal] if doc.ordinal < len(nodes) else None
-        if node is None or mark(node) != (doc.line, doc.column):
-            return doc.line, doc.column
-        return mark(walk(node, loc))
-
-
-def _choose(what: str, name: str, known: list[str]) -> str:
-    if not known:
-        return f"define {what} named '{name}' under manifests/"
-    return (
-        did_you_mean(name, known)
-        + f"define {what} named '{name}', or use one of: {', '.join(known)}"
-    )
-
-
-def safe_relpath(path: str) -> str | None:
-    """``path`` normalised relative to the control repo's root, or None if it could escape it."""
-    if not path or "\0" in path or "\n" in path or path.startswith(("/", "\\", "~")):
-        return None
-    if re.match(r"^[A-Za-z]:", path):
-        return None
-    norm = posixpath.normpath(path)
-    if norm in (".", "..") or norm.startswith("../") or norm.startswith("/"):
-        return None
-    return norm
-
-
-def _strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:
-    """Tarjan's algorithm, iterative; only components that contain a cycle."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    found: list[list[str]] = []
-    counter = 0
-    for root in sorted(graph):
-        if root in index:
-            continue
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        work: list[tuple[str, Iterator[str]]] = [(root, iter(graph[root]))]
-        while work:
-            v, edges = work[-1]
-            descended = False
-            for w in edges:
-                if w not in index:
-                    index[w] = low[w] = counter
-                    counter += 1
-                    stack.append(w)
-                    on_stack.add(w)
-                    work.append((w, iter(graph[w])))
-                    descended = True
-                    break
-                if w in on_stack:
-                    low[v] = min(low[v], index[w])
-            if descended:
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[v])
-            if low[v] == index[v]:
-                component: list[str] = []
-                while True:
-                    w = stack.pop()
-                    on_stack.discard(w)
-                    component.append(w)
-                    if w == v:
-                        break
-                if len(component) > 1 or v in graph[v]:
-                    found.append(component)
-    return found
-
-
-def _cycle_through(start: str, graph: dict[str, list[str]], members: set[str]) -> list[str]:
-    """A shortest cycle ``start → … → start`` inside one strongly connected component."""
-    previous: dict[str, str] = {}
-    frontier = [start]
-    while frontier:
-        following: list[str] = []
-        for v in frontier:
-            for w in graph[v]:
-                if w not in members:
-                    continue
-                if w == start:
-                    back = [v]
-                    while back[-1] != start:
-                        back.append(previous[back[-1]])
-                    return [*reversed(back), start]
-                if w not in previous:
-                    previous[w] = v
-                    following.append(w)
-        frontier = following
-    return [start, start]  # pragma: no cover - a component always has a cycle

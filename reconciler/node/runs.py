@@ -13,13 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 from reconciler import safefile
 from reconciler.node import files
@@ -29,7 +25,7 @@ from reconciler.node.agents.meter import Spend, spend
 from reconciler.node.agents.render import render_line
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import NAME, Lane, is_under
-from reconciler.node.loginenv import DEFAULT_PATH, login_env
+from reconciler.node.loginenv import login_env
 from reconciler.node.procs import (
     fingerprint,
     is_alive,
@@ -38,6 +34,7 @@ from reconciler.node.procs import (
     pids_by_env,
     pids_with_env,
 )
+from reconciler.node.spawn import RUN_MARKER, START_TIMEOUT, spawn_supervisor, wait_for_pid
 from reconciler.protocol import (
     AgentRef,
     AgentResult,
@@ -52,8 +49,6 @@ from reconciler.protocol import (
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 REDACTED = "<redacted>"
-START_TIMEOUT = 10.0
-RUN_MARKER = "RECONCILER_RUN_DIR"
 _RUN_NAME = re.compile(r"^(\d+)\.(\d+)$")
 
 
@@ -230,41 +225,50 @@ def read_run(
         iteration = int(str(spec["iteration"]))
     except (KeyError, ValueError):
         return None
+    agent = _agent(spec)
+    obs = _observe(run_dir, spec, agent, processes, task=task, attempt=attempt, iteration=iteration)
+    if not inspect and ended is not None and obs.exit is not None and not obs.alive:
+        _ENDED[run_dir] = (ended, obs)  # an ended run's directory changes no more
+    if not inspect or (obs.alive and obs.exit is None):
+        return obs
+    return obs.model_copy(update=_inspection(lane, obs, spec=spec, task=task, agent=agent))
+
+
+def _observe(
+    run_dir: str,
+    spec: dict[str, object],
+    agent: AgentRef | None,
+    processes: RunProcesses | None,
+    *,
+    task: TaskRef,
+    attempt: int,
+    iteration: int,
+) -> RunObs:
+    """What the run directory shows now: who runs it, whether it ended, its output and spend."""
     pid_record = files.read_json(os.path.join(run_dir, files.PID_JSON))
     fp = _fingerprint(pid_record)
     agent_pid = pid_record.get("agent_pid") if pid_record else None
     exit_info = _exit(run_dir)
     alive = _alive(fp, exit_info is not None, run_dir, processes)
-    output = os.path.join(run_dir, files.OUTPUT_LOG)
-    times = [
-        t
-        for t in (
-            _mtime(os.path.join(run_dir, n))
-            for n in (files.OUTPUT_LOG, files.STDERR_LOG, files.CHECKS_LOG)
-        )
-        if t is not None
-    ]
-    last_output = max(times) if times else _mtime(os.path.join(run_dir, files.PID_JSON))
-    workspace = str(spec.get("workspace", ""))
+    last_output = _last_output_at(run_dir)
     spent = Spend()
-    agent = _agent(spec)
     if exit_info is None and alive and agent is not None:
         spent = spend(agent, run_dir, resumed=_text(spec.get("resume_session")))
-    obs = RunObs(
+    return RunObs(
         task=task.name,
         repo=task.repo,
         attempt=attempt,
         iteration=iteration,
         generation=str(spec.get("generation", "")),
         run_dir=run_dir,
-        workspace=workspace,
+        workspace=str(spec.get("workspace", "")),
         started_at=_num(spec.get("started_at")),
         supervisor=fp,
         agent_pid=agent_pid if isinstance(agent_pid, int) else None,
         session_id=_text(spec.get("resume_session")) or _text(spec.get("session_id")),
         alive=alive,
         exit=exit_info,
-        output_bytes=_size(output),
+        output_bytes=_size(os.path.join(run_dir, files.OUTPUT_LOG)),
         last_output_at=last_output,
         progress_offset=spent.event_end,
         tokens_so_far=spent.tokens,
@@ -273,22 +277,19 @@ def read_run(
         tool_calls_so_far=spent.tool_calls,
         last_event=spent.last_event,
     )
-    if not inspect and ended is not None and exit_info is not None and not alive:
-        _ENDED[run_dir] = (ended, obs)  # an ended run's directory changes no more
-    if not inspect or (alive and exit_info is None):
-        return obs
-    return obs.model_copy(
-        update=_inspection(
-            lane,
-            run_dir=run_dir,
-            agent=agent,
-            spec=spec,
-            task=task,
-            workspace=workspace,
-            output=output,
-            exit_info=exit_info,
+
+
+def _last_output_at(run_dir: str) -> float | None:
+    """When the run last wrote anything (agent, stderr, checks); before that, when it started."""
+    times = [
+        t
+        for t in (
+            _mtime(os.path.join(run_dir, n))
+            for n in (files.OUTPUT_LOG, files.STDERR_LOG, files.CHECKS_LOG)
         )
-    )
+        if t is not None
+    ]
+    return max(times) if times else _mtime(os.path.join(run_dir, files.PID_JSON))
 
 
 def _agent(spec: dict[str, object]) -> AgentRef | None:
@@ -300,19 +301,18 @@ def _agent(spec: dict[str, object]) -> AgentRef | None:
 
 def _inspection(
     lane: Lane,
+    obs: RunObs,
     *,
-    run_dir: str,
-    agent: AgentRef | None,
     spec: dict[str, object],
     task: TaskRef,
-    workspace: str,
-    output: str,
-    exit_info: ExitInfo | None,
+    agent: AgentRef | None,
 ) -> dict[str, object]:
+    """The adapter's verdict on an ended run, and the state of its branch and worktree."""
     update: dict[str, object] = {}
-    if exit_info is not None and agent is not None:
-        result = adapter_for(agent).parse(output, exit_info)
-        spent = spend(agent, run_dir, final=True, resumed=_text(spec.get("resume_session")))
+    if obs.exit is not None and agent is not None:
+        output = os.path.join(obs.run_dir, files.OUTPUT_LOG)
+        result = adapter_for(agent).parse(output, obs.exit)
+        spent = spend(agent, obs.run_dir, final=True, resumed=_text(spec.get("resume_session")))
         update["result"] = _with_spend(result, spent)
     if task.repo in lane.repos:
         repo, checkout = lane.repo(task.repo)
@@ -322,6 +322,7 @@ def _inspection(
             )
         except gitops.GitError:
             update["commits_ahead"] = None
+        workspace = obs.workspace
         if workspace and os.path.isdir(workspace) and is_under(lane.root, workspace):
             with contextlib.suppress(gitops.GitError):
                 update["dirty"] = gitops.status(workspace)
@@ -379,26 +380,6 @@ def observe_runs(lane: Lane, inspect: set[tuple[str, int, int]]) -> list[RunObs]
 # ------------------------------------------------------------------------------ starting runs
 
 
-def _supervisor_env(run_dir: str) -> dict[str, str]:
-    """The supervisor's own environment: enough to import this package, nothing secret.
-
-    The import path is the node's own, so the supervisor runs the same code however the node
-    was installed. PYTHONSAFEPATH keeps ``-m`` from putting its working directory (the agent's
-    workspace, whose files the agent controls) first on the import path. It carries the run
-    marker so that a stop can find processes that escaped the group.
-    """
-    package_parent = str(Path(__file__).resolve().parents[2])
-    paths = dict.fromkeys([package_parent, *(p for p in sys.path if p and os.path.isabs(p))])
-    return {
-        "PATH": DEFAULT_PATH,
-        "LANG": "C.UTF-8",
-        "PYTHONPATH": os.pathsep.join(paths),
-        "PYTHONSAFEPATH": "1",
-        "PYTHONNOUSERSITE": "1",
-        RUN_MARKER: run_dir,
-    }
-
-
 def start_run(lane: Lane, req: StartRunRequest) -> RunObs:
     """Start the run unless its directory already has one; return it as observed."""
     _repo, _checkout, workspace = lane.task(req.task)
@@ -418,7 +399,7 @@ def start_run(lane: Lane, req: StartRunRequest) -> RunObs:
         pid_path = os.path.join(run_dir, files.PID_JSON)
         if not os.path.exists(pid_path):
             _spawn(lane, req, adapter, run_dir, workspace)
-            _wait_for(pid_path, run_dir)
+            wait_for_pid(pid_path, run_dir)
         obs = read_run(lane, run_dir)
     if obs is None:
         raise NodeError(f"run directory {run_dir} lost its run.json; remove the directory")
@@ -435,6 +416,31 @@ def _commit_message(req: StartRunRequest) -> str:
 def _spawn(
     lane: Lane, req: StartRunRequest, adapter: Adapter, run_dir: str, workspace: str
 ) -> None:
+    """Write what the run is (prompt, environment, ``run.json``) and start its supervisor."""
+    prompt_path = _write_prompt(req, run_dir)
+    env = _run_env(lane, req, adapter, run_dir=run_dir, workspace=workspace, prompt=prompt_path)
+    launch = Launch(
+        prompt_path,
+        req.session_id,
+        req.resume_session,
+        git_dir=gitops.common_dir(workspace),
+        env=env,
+    )
+    adapter.prepare(req.agent, launch)
+    argv, on_stdin = adapter.build(req.agent, launch)
+    # `~/bin/agent` names a binary in the lane user's home, as it would in their shell.
+    argv[0] = os.path.expanduser(argv[0])
+    spec = _run_spec(
+        lane, req, adapter, workspace=workspace, argv=argv, on_stdin=on_stdin, prompt=prompt_path
+    )
+    # The real values, for the supervisor only; run.json is 0600 in a 0700 directory.
+    spec["agent_env"] = env
+    files.write_json_atomic(os.path.join(run_dir, files.ENV_JSON), redact(env))
+    files.write_json_atomic(os.path.join(run_dir, files.RUN_JSON), spec)
+    spawn_supervisor(run_dir, workspace)
+
+
+def _write_prompt(req: StartRunRequest, run_dir: str) -> str:
     prompt_path = os.path.join(run_dir, files.PROMPT)
     try:
         prompt = req.prompt.encode("utf-8")
@@ -444,12 +450,26 @@ def _spawn(
             "surrogate); fix the prompt text"
         ) from None
     safefile.write_atomic(prompt_path, prompt, 0o600)
+    return prompt_path
+
+
+def _run_env(
+    lane: Lane,
+    req: StartRunRequest,
+    adapter: Adapter,
+    *,
+    run_dir: str,
+    workspace: str,
+    prompt: str,
+) -> dict[str, str]:
+    """The agent's environment: the layers of :func:`agent_env`, the run markers, the lane
+    user's git identity and a private $TMPDIR."""
     markers = {
         "RECONCILER_TASK": req.task.name,
         "RECONCILER_ATTEMPT": str(req.attempt),
         "RECONCILER_ITERATION": str(req.iteration),
         RUN_MARKER: run_dir,
-        "RECONCILER_PROMPT_FILE": prompt_path,
+        "RECONCILER_PROMPT_FILE": prompt,
         "RECONCILER_WORKSPACE": workspace,
     }
     env = agent_env(
@@ -467,17 +487,21 @@ def _spawn(
         tmp = os.path.join(run_dir, files.RUN_TMP)
         os.makedirs(tmp, mode=0o700, exist_ok=True)
         env["TMPDIR"] = tmp
-    launch = Launch(
-        prompt_path,
-        req.session_id,
-        req.resume_session,
-        git_dir=gitops.common_dir(workspace),
-        env=env,
-    )
-    adapter.prepare(req.agent, launch)
-    argv, on_stdin = adapter.build(req.agent, launch)
-    # `~/bin/agent` names a binary in the lane user's home, as it would in their shell.
-    argv[0] = os.path.expanduser(argv[0])
+    return env
+
+
+def _run_spec(
+    lane: Lane,
+    req: StartRunRequest,
+    adapter: Adapter,
+    *,
+    workspace: str,
+    argv: list[str],
+    on_stdin: bool,
+    prompt: str,
+) -> dict[str, object]:
+    """``run.json`` but for the agent's environment: the request, how the agent is started, and
+    what the supervisor runs after it."""
     spec = req.model_dump(mode="json", exclude={"lane", "prompt"})
     if not adapter.sessions:  # record no session the agent never had
         spec.update(session_id=None, resume_session=None)
@@ -485,6 +509,7 @@ def _spawn(
         # the agent picks its own id (codex): the next iteration must resume that one, which
         # its output reports, not an id it was never given
         spec.update(session_id=None)
+    hooks = lane.repo(req.task.repo)[0].hooks
     spec.update(
         {
             "started_at": time.time(),
@@ -492,82 +517,14 @@ def _spawn(
             "repo": req.task.repo,
             "argv": argv,
             "prompt_on_stdin": on_stdin,
-            "prompt_file": prompt_path,
-            # The real values, for the supervisor only; run.json is 0600 in a 0700 directory.
-            "agent_env": env,
+            "prompt_file": prompt,
             # The repository's afterRun hook, run by the supervisor before the checks.
-            "after_run": lane.repo(req.task.repo)[0].hooks.after_run,
+            "after_run": hooks.after_run,
             "commit_message": _commit_message(req) if req.agent.commits == "reconciler" else None,
-            "hook_timeout": lane.repo(req.task.repo)[0].hooks.timeout,
+            "hook_timeout": hooks.timeout,
         }
     )
-    files.write_json_atomic(os.path.join(run_dir, files.ENV_JSON), redact(env))
-    files.write_json_atomic(os.path.join(run_dir, files.RUN_JSON), spec)
-    log_path = os.path.join(run_dir, files.SUPERVISOR_LOG)
-    ready_r, ready_w = os.pipe()
-    try:
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "reconciler.node.supervisor",
-                    "--ready-fd",
-                    str(ready_w),
-                    run_dir,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=workspace,
-                env=_supervisor_env(run_dir),
-                close_fds=True,
-                pass_fds=(ready_w,),
-                start_new_session=True,
-            )
-        os.close(ready_w)
-        ready_w = -1
-        # The supervisor says "pid.json is written" on the pipe; EOF without it means it died.
-        readable, _, _ = select.select([ready_r], [], [], START_TIMEOUT)
-        signalled = bool(readable) and os.read(ready_r, 1) == b"\n"
-    finally:
-        os.close(ready_r)
-        if ready_w >= 0:
-            os.close(ready_w)
-    # The direct child only forks and exits; reaping it here leaves no zombie behind.
-    try:
-        code = proc.wait(timeout=START_TIMEOUT if not signalled else None)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        code = -1
-    if code != 0:
-        # Not temporary: a broken installation or an unwritable run directory stays broken, so
-        # the start is recorded crashed and a persistent cause ends the task failed, with it.
-        raise NodeError(
-            f"the supervisor of run {run_dir} failed to start (exit {code}): "
-            f"{_last_line(log_path)}; see {log_path}"
-        )
-
-
-def _last_line(path: str) -> str:
-    lines = files.tail_bytes(path, 2048).decode("utf-8", errors="replace").strip().splitlines()
-    return lines[-1] if lines else "no message"
-
-
-def _wait_for(pid_path: str, run_dir: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    delay = 0.002
-    while not os.path.exists(pid_path):
-        if time.monotonic() >= deadline:
-            log = os.path.join(run_dir, files.SUPERVISOR_LOG)
-            raise NodeError(
-                f"the supervisor of run {run_dir} did not record its pid within "
-                f"{START_TIMEOUT:.0f}s ({_last_line(log)}); see {log}",
-                temporary=True,
-            )
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    return spec
 
 
 # ------------------------------------------------------------------------------ stopping runs

@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 from types import FrameType
-from typing import IO
+from typing import IO, NamedTuple
 
 from reconciler import safefile
 from reconciler.node import files
@@ -150,12 +150,17 @@ def _ready(fd: int | None) -> None:
         os.close(fd)
 
 
-def supervise(run_dir: str, ready_fd: int | None = None) -> int:
-    """Run the agent described by ``run_dir/run.json`` to its end; 0 unless the run is broken."""
-    spec = files.read_json(os.path.join(run_dir, files.RUN_JSON))
-    if spec is None:
-        print(f"{run_dir}/run.json is missing or not JSON; nothing to run", file=sys.stderr)
-        return 1
+class _Run(NamedTuple):
+    """What ``run.json`` asks for, checked before the run is claimed."""
+
+    workspace: str
+    argv: list[str]
+    env: dict[str, str]
+    checks: list[list[str]]
+    check_timeout: float
+
+
+def _read_spec(spec: dict[str, object]) -> _Run:
     workspace = str(spec["workspace"])
     argv = _str_list(spec["argv"])
     raw_env = spec["agent_env"]
@@ -163,8 +168,20 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
         raise ValueError("agent_env in run.json is not an object")
     env = {str(k): str(v) for k, v in raw_env.items()}
     checks = [_str_list(c) for c in _str_list_of_lists(spec.get("checks", []))]
-    timeout = spec.get("check_timeout", 600.0)
-    check_timeout = float(timeout) if isinstance(timeout, int | float) else 600.0
+    return _Run(workspace, argv, env, checks, _seconds(spec.get("check_timeout")))
+
+
+def _seconds(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 600.0
+
+
+def supervise(run_dir: str, ready_fd: int | None = None) -> int:
+    """Run the agent described by ``run_dir/run.json`` to its end; 0 unless the run is broken."""
+    spec = files.read_json(os.path.join(run_dir, files.RUN_JSON))
+    if spec is None:
+        print(f"{run_dir}/run.json is missing or not JSON; nothing to run", file=sys.stderr)
+        return 1
+    run = _read_spec(spec)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, _on_stop)
@@ -185,35 +202,11 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
         _ready(ready_fd)
         return 0
 
-    prompt_path = os.path.join(run_dir, files.PROMPT)
-    stdin: IO[bytes] | int = (
-        open(prompt_path, "rb") if spec.get("prompt_on_stdin") else subprocess.DEVNULL  # noqa: SIM115
-    )
-    try:
-        with (
-            open(os.path.join(run_dir, files.OUTPUT_LOG), "ab") as out,
-            open(os.path.join(run_dir, files.STDERR_LOG), "ab") as err,
-        ):
-            try:
-                # Same process group as the supervisor: one killpg stops both.
-                agent = subprocess.Popen(
-                    argv,
-                    cwd=workspace,
-                    env=env,
-                    stdin=stdin,
-                    stdout=out,
-                    stderr=err,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                err.write(f"reconciler: could not start the agent {argv[:1]}: {exc}\n".encode())
-                err.flush()  # the message is on disk before exit.json says the run ended
-                _write_exit(run_dir, 127)
-                _ready(ready_fd)
-                return 0
-    finally:
-        if not isinstance(stdin, int):
-            stdin.close()
+    agent = _start_agent(run_dir, run, prompt_on_stdin=bool(spec.get("prompt_on_stdin")))
+    if agent is None:
+        _write_exit(run_dir, 127)
+        _ready(ready_fd)
+        return 0
     _state.agent = agent
     if _state.stop_signal is not None:
         with contextlib.suppress(ProcessLookupError):
@@ -226,40 +219,74 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
     ended = time.time()
     if code < 0:
         _write_exit(run_dir, None, -code, ended)
-        return 0
-    if _state.stop_signal is not None:
+    elif _state.stop_signal is not None:
         _write_exit(run_dir, code, _state.stop_signal, ended)
-        return 0
+    else:
+        _after_agent(run_dir, spec, run, code, ended)
+    return 0
 
+
+def _start_agent(
+    run_dir: str, run: _Run, *, prompt_on_stdin: bool
+) -> subprocess.Popen[bytes] | None:
+    """The agent with exactly ``run.json``'s environment, writing to the run's logs; None when it
+    cannot be started (said in ``stderr.log``)."""
+    prompt_path = os.path.join(run_dir, files.PROMPT)
+    stdin: IO[bytes] | int = (
+        open(prompt_path, "rb") if prompt_on_stdin else subprocess.DEVNULL  # noqa: SIM115
+    )
+    try:
+        with (
+            open(os.path.join(run_dir, files.OUTPUT_LOG), "ab") as out,
+            open(os.path.join(run_dir, files.STDERR_LOG), "ab") as err,
+        ):
+            try:
+                # Same process group as the supervisor: one killpg stops both.
+                return subprocess.Popen(
+                    run.argv,
+                    cwd=run.workspace,
+                    env=run.env,
+                    stdin=stdin,
+                    stdout=out,
+                    stderr=err,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                err.write(f"reconciler: could not start the agent {run.argv[:1]}: {exc}\n".encode())
+                err.flush()  # the message is on disk before exit.json says the run ended
+                return None
+    finally:
+        if not isinstance(stdin, int):
+            stdin.close()
+
+
+def _after_agent(run_dir: str, spec: dict[str, object], run: _Run, code: int, ended: float) -> None:
+    """The agent exited on its own: commit its work, run the afterRun hook and the checks, and
+    record the end (as stopped if a stop came meanwhile)."""
+    log_path = os.path.join(run_dir, files.CHECKS_LOG)
     commit: CheckResult | None = None
     message = spec.get("commit_message")
     if code == 0 and isinstance(message, str) and message:
-        commit = _commit(workspace, env, message, os.path.join(run_dir, files.CHECKS_LOG))
-    after_run: CheckResult | None = None
-    if spec.get("after_run"):
-        # The repository's afterRun hook: recorded, never fatal; logged beside the other hooks.
-        hook_log = os.path.join(os.path.dirname(run_dir), "hooks.log")
-        with open(hook_log, "ab") as log:
-            log.write(f"\n# afterRun of run {os.path.basename(run_dir)}\n".encode())
-        hook_timeout = spec.get("hook_timeout", 600.0)
-        after_run = run_check(
-            _str_list(spec["after_run"]),
-            workspace,
-            env,
-            float(hook_timeout) if isinstance(hook_timeout, int | float) else 600.0,
-            hook_log,
-        )
+        commit = _commit(run.workspace, run.env, message, log_path)
+    after_run = _after_run(run_dir, spec, run) if spec.get("after_run") else None
     results: list[CheckResult] = []
-    log_path = os.path.join(run_dir, files.CHECKS_LOG)
-    for check in checks:
+    for check in run.checks:
         if _state.stop_signal is not None:
             break
-        results.append(run_check(check, workspace, env, check_timeout, log_path))
+        results.append(run_check(check, run.workspace, run.env, run.check_timeout, log_path))
     if _state.stop_signal is not None:
         _write_exit(run_dir, code, _state.stop_signal, ended)
-        return 0
+        return
     _write_exit(run_dir, code, None, ended, results, after_run=after_run, commit=commit)
-    return 0
+
+
+def _after_run(run_dir: str, spec: dict[str, object], run: _Run) -> CheckResult:
+    """The repository's afterRun hook: recorded, never fatal; logged beside the other hooks."""
+    hook_log = os.path.join(os.path.dirname(run_dir), "hooks.log")
+    with open(hook_log, "ab") as log:
+        log.write(f"\n# afterRun of run {os.path.basename(run_dir)}\n".encode())
+    argv = _str_list(spec["after_run"])
+    return run_check(argv, run.workspace, run.env, _seconds(spec.get("hook_timeout")), hook_log)
 
 
 def _commit(workspace: str, env: dict[str, str], message: str, log_path: str) -> CheckResult | None:
