@@ -92,20 +92,23 @@ def load_desired(
 
 @functools.cache
 def _fingerprint() -> str:
-    """Changes whenever the cached objects could mean something else: code or library versions."""
+    """Changes whenever the cached objects could mean something else: code or library versions.
+    Every module of ``reconciler.manifests`` counts (parsing, safety limits, cross-file checks,
+    the models), whatever the package is split into, and ``durations``."""
     digest = hashlib.sha256()
     digest.update(f"{sys.version_info[:2]}|{pydantic.VERSION}".encode())
-    for module in (
-        "reconciler.manifests.models",
-        "reconciler.manifests.loader",
-        "reconciler.durations",
-    ):
-        spec = importlib.util.find_spec(module)
-        origin = spec.origin if spec is not None else None
+    package = importlib.util.find_spec("reconciler.manifests")
+    where = package.submodule_search_locations if package is not None else None
+    sources = sorted(Path(p) for d in (where or []) for p in Path(d).glob("*.py"))
+    durations = importlib.util.find_spec("reconciler.durations")
+    if durations is not None and durations.origin:
+        sources.append(Path(durations.origin))
+    for source in sources:
+        digest.update(source.name.encode())
         try:
-            digest.update(Path(origin).read_bytes() if origin else module.encode())
+            digest.update(source.read_bytes())
         except OSError:
-            digest.update(module.encode())
+            digest.update(b"unreadable")
     return digest.hexdigest()
 
 
