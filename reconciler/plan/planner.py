@@ -16,9 +16,18 @@ import hashlib
 import signal as _signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from reconciler.durations import format_duration
-from reconciler.manifests.models import AgentSpec, Budget, ConfigSpec, Desired, LaneSpec, Task
+from reconciler.manifests.models import (
+    AgentSpec,
+    Budget,
+    ConfigSpec,
+    Desired,
+    LaneSpec,
+    Task,
+    TaskSpec,
+)
 from reconciler.plan.model import (
     Action,
     ActionKind,
@@ -208,6 +217,43 @@ class _Candidate:
     reason_without_slot: str
 
 
+@dataclass(frozen=True)
+class _TaskPass:
+    """What one pass knows of one task while the planner walks its state machine."""
+
+    task: Task
+    lane: LaneView
+    runs: tuple[RunView, ...]  # all its runs, every generation
+    current: list[RunView]  # the runs of its current generation
+    repo: RepoView
+    pr: PullRequest | None
+    record: TaskRecord | None
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self.task.spec
+
+    @property
+    def lane_name(self) -> str:
+        return self.task.spec.lane
+
+    @property
+    def open_pr(self) -> PullRequest | None:
+        return self.pr if self.pr is not None and self.pr.state == "open" else None
+
+    @property
+    def latest(self) -> RunView | None:
+        return self.current[-1] if self.current else None
+
+    @property
+    def next_attempt(self) -> int:
+        return max((r.attempt for r in self.runs), default=0) + 1
+
+
 @dataclass
 class _Planner:
     desired: Desired
@@ -326,225 +372,253 @@ class _Planner:
     # ------------------------------------------------------------------ desired tasks
 
     def plan_task(self, task: Task, done: set[str]) -> None:
-        spec = task.spec
-        name, lane_name = task.name, spec.lane
-        lane_spec = self.desired.lanes[lane_name]
-        agent = self.desired.agents[spec.agent]
-        branch = branch_of(self.desired.config, name)
-        lane = self.lane(lane_name)
+        """One task's state machine: each step settles the task (status, actions) or passes
+        it on, from "its lane is unknown" to "its last attempt failed"."""
+        lane = self.lane(task.spec.lane)
         if lane is None:
-            error = self.observed.lanes.get(lane_name)
+            error = self.observed.lanes.get(task.spec.lane)
             why = error.error if error is not None and error.error else "lane not observed"
-            self.status(name, Phase.UNKNOWN, lane_name, spec.repo, reason=why)
+            self.status(task.name, Phase.UNKNOWN, task.spec.lane, task.spec.repo, reason=why)
             return
-        runs = self.observed.runs.get(name, ())
+        runs = self.observed.runs.get(task.name, ())
+        self.stop_old_generation(task, runs)
+        t = _TaskPass(
+            task=task,
+            lane=lane,
+            runs=runs,
+            current=[r for r in runs if r.generation == task.generation],
+            repo=self.repo_view(task.spec.lane, task.spec.repo),
+            pr=self.pr_for(
+                task.spec.lane, task.spec.repo, branch_of(self.desired.config, task.name), task.name
+            ),
+            record=self.observed.records.get(task.name),
+        )
+        settled = (
+            self.repo_unreadable(t)
+            or self.finished(t, done)
+            or self.paused(t)
+            or self.pr_closed(t)
+            or self.budget_spent(t)
+            or self.first_start(t, done)
+        )
+        if settled or t.latest is None:
+            return
+        if t.latest.alive:
+            self.plan_live(task, t.latest, self.desired.agents[task.spec.agent], t.open_pr)
+            return
+        failure = self.plan_ended(t, t.latest)
+        if failure is not None:
+            self.plan_failed_attempt(t, t.latest, failure)
+
+    def stop_old_generation(self, task: Task, runs: tuple[RunView, ...]) -> None:
         for run in runs:
             if run.alive and run.generation != task.generation:
                 self.act(
                     ActionKind.STOP,
-                    name,
-                    lane_name,
+                    task.name,
+                    task.spec.lane,
                     f"spec changed; stopping run {run.attempt}.{run.iteration} of the old spec",
                     attempt=run.attempt,
                     iteration=run.iteration,
                 )
-        current = [r for r in runs if r.generation == task.generation]
-        repo = self.repo_view(lane_name, spec.repo)
-        pr = self.pr_for(lane_name, spec.repo, branch, name)
-        record = self.observed.records.get(name)
 
-        if repo.error and current:
-            # Its repository (or forge) could not be read this pass: without its PRs, a success
-            # could look like "no forge" and a PR like "none yet". Decide nothing until it can.
-            self.status(name, Phase.UNKNOWN, lane_name, spec.repo, reason=repo.error)
-            return
-
-        if name in done:
-            if pr is not None and pr.state == "merged" and not (record and record.done):
+    def stop_live(self, t: _TaskPass, reason: str) -> None:
+        for run in t.current:
+            if run.alive:
                 self.act(
-                    ActionKind.COMPLETE,
-                    name,
-                    lane_name,
-                    f"PR #{pr.number} was merged",
-                    pr_number=pr.number,
-                    generation=task.generation,
+                    ActionKind.STOP,
+                    t.name,
+                    t.lane_name,
+                    reason,
+                    attempt=run.attempt,
+                    iteration=run.iteration,
                 )
-            if name in repo.worktrees:
-                self.act(ActionKind.CLEANUP, name, lane_name, "task is done; removing its worktree")
-            self.status(name, Phase.DONE, lane_name, spec.repo, pr=pr)
-            return
 
-        if spec.paused:
-            for run in current:
-                if run.alive:
-                    self.act(
-                        ActionKind.STOP,
-                        name,
-                        lane_name,
-                        "task paused",
-                        attempt=run.attempt,
-                        iteration=run.iteration,
-                    )
-            self.status(name, Phase.PAUSED, lane_name, spec.repo, pr=pr, reason="paused: true")
-            return
+    def repo_unreadable(self, t: _TaskPass) -> bool:
+        # Its repository (or forge) could not be read this pass: without its PRs, a success
+        # could look like "no forge" and a PR like "none yet". Decide nothing until it can.
+        if not (t.repo.error and t.current):
+            return False
+        self.status(t.name, Phase.UNKNOWN, t.lane_name, t.spec.repo, reason=t.repo.error)
+        return True
 
-        if (
+    def finished(self, t: _TaskPass, done: set[str]) -> bool:
+        if t.name not in done:
+            return False
+        pr = t.pr
+        if pr is not None and pr.state == "merged" and not (t.record and t.record.done):
+            self.act(
+                ActionKind.COMPLETE,
+                t.name,
+                t.lane_name,
+                f"PR #{pr.number} was merged",
+                pr_number=pr.number,
+                generation=t.task.generation,
+            )
+        if t.name in t.repo.worktrees:
+            self.act(ActionKind.CLEANUP, t.name, t.lane_name, "task is done; removing its worktree")
+        self.status(t.name, Phase.DONE, t.lane_name, t.spec.repo, pr=pr)
+        return True
+
+    def paused(self, t: _TaskPass) -> bool:
+        if not t.spec.paused:
+            return False
+        self.stop_live(t, "task paused")
+        self.status(t.name, Phase.PAUSED, t.lane_name, t.spec.repo, pr=t.pr, reason="paused: true")
+        return True
+
+    def pr_closed(self, t: _TaskPass) -> bool:
+        """The task's PR was closed without merging after its current runs started."""
+        pr = t.pr
+        if not (
             pr is not None
             and pr.state == "closed"
-            and current
-            and all(r.started_at <= (pr.updated_at or 0.0) for r in current)
+            and t.current
+            and all(r.started_at <= (pr.updated_at or 0.0) for r in t.current)
         ):
-            for run in current:
-                if run.alive:  # its work can no longer land anywhere
-                    self.act(
-                        ActionKind.STOP,
-                        name,
-                        lane_name,
-                        f"PR #{pr.number} was closed without merging",
-                        attempt=run.attempt,
-                        iteration=run.iteration,
-                    )
+            return False
+        # its work can no longer land anywhere
+        self.stop_live(t, f"PR #{pr.number} was closed without merging")
+        self.status(
+            t.name,
+            Phase.FAILED,
+            t.lane_name,
+            t.spec.repo,
+            pr=pr,
+            reason=f"PR #{pr.number} was closed without merging; "
+            "change the task's manifest to try again",
+        )
+        return True
+
+    def budget_spent(self, t: _TaskPass) -> bool:
+        spent = _over_budget(t.spec.budget, t.runs)
+        if spent is None or any(r.alive for r in t.current):
+            return False
+        if t.open_pr is not None:  # its work stands: a human can still review and merge it
+            why = f"budget exhausted ({spent}): no further iterations; review the PR"
+            self.status(t.name, Phase.PR_OPEN, t.lane_name, t.spec.repo, pr=t.open_pr, reason=why)
+        else:
+            why = f"budget exhausted ({spent}); raise spec.budget to go on"
+            self.status(t.name, Phase.FAILED, t.lane_name, t.spec.repo, reason=why)
+        return True
+
+    def first_start(self, t: _TaskPass, done: set[str]) -> bool:
+        """No run of this generation yet: start one, unless something blocks it."""
+        if t.latest is not None:
+            return False
+        lane_spec = self.desired.lanes[t.lane_name]
+        agent = self.desired.agents[t.spec.agent]
+        reason = self.start_blocker(t.task, t.lane, lane_spec, agent, done)
+        if reason:
+            self.blocked.append(Blocked(t.name, reason))
             self.status(
-                name,
-                Phase.FAILED,
-                lane_name,
-                spec.repo,
-                pr=pr,
-                reason=f"PR #{pr.number} was closed without merging; "
-                "change the task's manifest to try again",
+                t.name, Phase.BLOCKED, t.lane_name, t.spec.repo, reason=reason, pr=t.open_pr
             )
-            return
-        open_pr = pr if pr is not None and pr.state == "open" else None
+            return True
+        first = "spec changed; starting again" if t.runs else "new task"
+        self.candidate(
+            t.task,
+            ActionKind.START,
+            f"{first} (attempt {t.next_attempt})",
+            Phase.PENDING,
+            attempt=t.next_attempt,
+            iteration=1,
+        )
+        return True
 
-        spent = _over_budget(task.spec.budget, runs)
-        if spent is not None and not any(r.alive for r in current):
-            if open_pr is not None:  # its work stands: a human can still review and merge it
-                why = f"budget exhausted ({spent}): no further iterations; review the PR"
-                self.status(name, Phase.PR_OPEN, lane_name, spec.repo, pr=open_pr, reason=why)
-            else:
-                why = f"budget exhausted ({spent}); raise spec.budget to go on"
-                self.status(name, Phase.FAILED, lane_name, spec.repo, reason=why)
-            return
-
-        latest = current[-1] if current else None
-        next_attempt = max((r.attempt for r in runs), default=0) + 1
-        if latest is None:
-            reason = self.start_blocker(task, lane, lane_spec, agent, done)
-            if reason:
-                self.blocked.append(Blocked(name, reason))
-                self.status(name, Phase.BLOCKED, lane_name, spec.repo, reason=reason, pr=open_pr)
-                return
-            first = "spec changed; starting again" if runs else "new task"
-            self.candidate(
-                task,
-                ActionKind.START,
-                f"{first} (attempt {next_attempt})",
-                Phase.PENDING,
-                attempt=next_attempt,
-                iteration=1,
-            )
-            return
-
-        if latest.alive:
-            self.plan_live(task, latest, agent, open_pr)
-            return
-
-        # The latest run has ended: crashed, stopped, or exited for evaluation.
-        failure: str | None = None
+    def plan_ended(self, t: _TaskPass, latest: RunView) -> str | None:
+        """The latest run has ended: crashed, stopped, or exited for evaluation. Returns why the
+        attempt failed, or None when the task is settled (a success, an iteration, a retry)."""
         if latest.mark in ("crashed", "stalled"):
             failure = f"run {latest.attempt}.{latest.iteration} {latest.mark}"
-            if latest.failures:
-                failure += f": {latest.failures[0]}"
-        elif latest.exit is None or latest.exit.signal is not None:
-            if latest.mark == "stopped":
-                self.candidate(
-                    task,
-                    ActionKind.RETRY,
-                    "its last run was stopped; starting a fresh attempt",
-                    Phase.PENDING,
-                    attempt=next_attempt,
-                    iteration=1,
-                )
-                return
-            if latest.exit is None:
-                why = "its process is gone and it left no exit record"
-            else:
-                assert latest.exit.signal is not None
-                why = f"the agent was killed by {_signal_name(latest.exit.signal)}"
-            self.act(
-                ActionKind.MARK_CRASHED,
-                name,
-                lane_name,
-                f"run {latest.attempt}.{latest.iteration}: {why}",
-                attempt=latest.attempt,
-                iteration=latest.iteration,
-            )
-            self.outcomes.append(Outcome(name, latest.attempt, latest.iteration, "crashed", (why,)))
-            failure = f"run {latest.attempt}.{latest.iteration} crashed: {why}"
+            return f"{failure}: {latest.failures[0]}" if latest.failures else failure
+        if latest.exit is None or latest.exit.signal is not None:
+            return self.plan_vanished(t, latest)
+        if latest.outcome is not None:
+            ev = _Evaluation(ok=latest.outcome == "succeeded", failures=list(latest.failures))
         else:
-            if latest.outcome is not None:
-                ev = _Evaluation(ok=latest.outcome == "succeeded", failures=list(latest.failures))
-            else:
-                ev = evaluate(task, latest)
-                self.outcomes.append(
-                    Outcome(
-                        name,
-                        latest.attempt,
-                        latest.iteration,
-                        "succeeded" if ev.ok else "failed",
-                        tuple(ev.failures),
-                    )
-                )
-            if ev.ok:
-                self.plan_success(task, latest, repo, open_pr, record)
-                return
-            if latest.iteration < spec.max_iterations:
-                summary = "; ".join(ev.failures) or "success criteria not met"
-                self.iterate(
-                    task,
-                    latest,
-                    f"run {latest.attempt}.{latest.iteration}: {summary}",
-                    Phase.RUNNING,
-                    tuple(ev.failures + ev.feedback),
-                )
-                return
-            summary = "; ".join(ev.failures) or "success criteria not met"
-            failure = (
-                f"attempt {latest.attempt} used all {spec.max_iterations} iterations: {summary}"
+            ev = evaluate(t.task, latest)
+            verdict: Literal["succeeded", "failed"] = "succeeded" if ev.ok else "failed"
+            self.outcomes.append(
+                Outcome(t.name, latest.attempt, latest.iteration, verdict, tuple(ev.failures))
             )
+        if ev.ok:
+            self.plan_success(t.task, latest, t.repo, t.open_pr, t.record)
+            return None
+        summary = "; ".join(ev.failures) or "success criteria not met"
+        if latest.iteration < t.spec.max_iterations:
+            self.iterate(
+                t.task,
+                latest,
+                f"run {latest.attempt}.{latest.iteration}: {summary}",
+                Phase.RUNNING,
+                tuple(ev.failures + ev.feedback),
+            )
+            return None
+        return f"attempt {latest.attempt} used all {t.spec.max_iterations} iterations: {summary}"
 
-        # The attempt failed: back off, retry, or give up.
-        failed_attempts = self.failed_attempts(task)
+    def plan_vanished(self, t: _TaskPass, latest: RunView) -> str | None:
+        """A run that ended with no exit record or by a signal: stopped by us, or crashed."""
+        if latest.mark == "stopped":
+            self.candidate(
+                t.task,
+                ActionKind.RETRY,
+                "its last run was stopped; starting a fresh attempt",
+                Phase.PENDING,
+                attempt=t.next_attempt,
+                iteration=1,
+            )
+            return None
+        if latest.exit is None:
+            why = "its process is gone and it left no exit record"
+        else:
+            assert latest.exit.signal is not None
+            why = f"the agent was killed by {_signal_name(latest.exit.signal)}"
+        self.act(
+            ActionKind.MARK_CRASHED,
+            t.name,
+            t.lane_name,
+            f"run {latest.attempt}.{latest.iteration}: {why}",
+            attempt=latest.attempt,
+            iteration=latest.iteration,
+        )
+        self.outcomes.append(Outcome(t.name, latest.attempt, latest.iteration, "crashed", (why,)))
+        return f"run {latest.attempt}.{latest.iteration} crashed: {why}"
+
+    def plan_failed_attempt(self, t: _TaskPass, latest: RunView, failure: str) -> None:
+        """The attempt failed: back off, retry, or give up."""
+        spec = t.spec
+        failed_attempts = self.failed_attempts(t.task)
         if failed_attempts >= spec.max_attempts:
             self.status(
-                name,
+                t.name,
                 Phase.FAILED,
-                lane_name,
+                t.lane_name,
                 spec.repo,
-                pr=open_pr,
+                pr=t.open_pr,
                 reason=f"{_attempts(spec.max_attempts)} failed; last: {failure}",
             )
             return
         ended = self.now if latest.mark is None and latest.exit is None else latest.ended_at
-        next_at = ended + backoff_delay(self.desired.config, name, failed_attempts)
+        next_at = ended + backoff_delay(self.desired.config, t.name, failed_attempts)
         if self.now < next_at:
-            self.wake(next_at, Due.BACKOFF, name)
+            self.wake(next_at, Due.BACKOFF, t.name)
             self.status(
-                name,
+                t.name,
                 Phase.BACKOFF,
-                lane_name,
+                t.lane_name,
                 spec.repo,
-                pr=open_pr,
+                pr=t.open_pr,
                 next_attempt_at=next_at,
                 reason=f"{failure}; next attempt in {format_duration(next_at - self.now)}",
             )
             return
         self.candidate(
-            task,
+            t.task,
             ActionKind.RETRY,
             f"backoff elapsed after: {failure}",
             Phase.PENDING,
-            attempt=next_attempt,
+            attempt=t.next_attempt,
             iteration=1,
             feedback=(f"A previous attempt failed: {failure}",),
         )
