@@ -75,7 +75,39 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_ERROR)
 
 
+Command = Callable[[str, str], argparse.ArgumentParser]  # adds a subcommand: (name, help)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = _Parser(
+        prog="reconciler",
+        description="A declarative GitOps reconciler that dispatches coding agents.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, parents=[common])
+
+    _add_converging(command)
+    _add_reading(command)
+    _add_hook(command, common)
+    _add_pr(command, common)
+    _add_keys(command, common)
+    p = command("node", "serve one batch of lane requests: JSON on stdin, JSON on stdout")
+    p.add_argument(
+        "--pin",
+        type=_pin,
+        help="serve only the lane configuration with this digest (set by `keys authorize`)",
+    )
+    state_cli.add_parser(command, common)
+    return parser
+
+
+def _common_options() -> _Parser:
+    """What every command takes: where the control repo, the state and the policy are."""
     common = _Parser(add_help=False)
     common.add_argument(
         "--control",
@@ -94,20 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the admin policy: what lanes may be (default: $RECONCILER_POLICY, then "
         "/etc/reconciler/policy.yaml, then the safe defaults)",
     )
-    parser = _Parser(
-        prog="reconciler",
-        description="A declarative GitOps reconciler that dispatches coding agents.",
-        parents=[common],
-    )
-    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    return common
 
-    def command(name: str, help_: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_, parents=[common])
 
-    command("validate", "check manifests (and the policy); errors as path:line:col: message")
-    p = command("policy", "show the admin policy in force: what lanes may be, and from where")
-    p.add_argument("--json", action="store_true", help="print the policy as JSON")
+def _add_converging(command: Command) -> None:
+    """plan, apply, run and poke: the commands that compute or carry out a pass."""
     p = command("plan", "show what apply would do")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--out", type=Path, help="save the plan for `apply FILE`")
@@ -116,34 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 for no changes, 2 for changes, 1 for errors",
     )
-    for name, help_ in (
-        ("apply", "converge: carry out the plan"),
-        ("run", "reconcile continuously"),
-    ):
-        p = command(name, help_)
-        p.add_argument(
-            "--lock-timeout",
-            type=_duration,
-            default=0.0,
-            help="wait this long for the state lock (default: fail at once, exit 75)",
-        )
-        if name == "apply":
-            p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-            p.add_argument("planfile", nargs="?", type=Path, help="a plan saved by plan --out")
-        else:
-            p.add_argument(
-                "--interval",
-                type=_duration,
-                default=30.0,
-                help="the longest wait between passes (triggers start one sooner)",
-            )
-            p.add_argument("--once", action="store_true", help="one pass, then exit")
-            p.add_argument(
-                "--log-format",
-                choices=["auto", "text", "json"],
-                default="auto",
-                help="text lines on a terminal, JSON lines otherwise (auto)",
-            )
+    lock_help = "wait this long for the state lock (default: fail at once, exit 75)"
+    p = command("apply", "converge: carry out the plan")
+    p.add_argument("--lock-timeout", type=_duration, default=0.0, help=lock_help)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("planfile", nargs="?", type=Path, help="a plan saved by plan --out")
+    p = command("run", "reconcile continuously")
+    p.add_argument("--lock-timeout", type=_duration, default=0.0, help=lock_help)
+    p.add_argument(
+        "--interval",
+        type=_duration,
+        default=30.0,
+        help="the longest wait between passes (triggers start one sooner)",
+    )
+    p.add_argument("--once", action="store_true", help="one pass, then exit")
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "text", "json"],
+        default="auto",
+        help="text lines on a terminal, JSON lines otherwise (auto)",
+    )
     p = command("poke", "ask the running `reconciler run` for a pass now")
     p.add_argument(
         "--or-apply",
@@ -151,16 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="when no `run` holds the state, run one apply pass instead (under the lock)",
     )
     p.add_argument("--lock-timeout", type=_duration, default=0.0, help=argparse.SUPPRESS)
-    p = command("hook", "git hooks of a control repository")
-    hooksub = p.add_subparsers(dest="hook_command", metavar="ACTION", required=True)
-    h = hooksub.add_parser(
-        "install",
-        help="install a post-receive hook in a bare control repository that pokes `run`",
-        parents=[common],
-    )
-    h.add_argument(
-        "--repo", dest="bare", type=Path, help="the bare repository (default: --control)"
-    )
+
+
+def _add_reading(command: Command) -> None:
+    """The commands that only read: validate, policy, status, describe, logs, doctor, schema."""
+    command("validate", "check manifests (and the policy); errors as path:line:col: message")
+    p = command("policy", "show the admin policy in force: what lanes may be, and from where")
+    p.add_argument("--json", action="store_true", help="print the policy as JSON")
     p = command("status", "one row per task")
     p.add_argument("--json", action="store_true")
     p = command("describe", "a task's spec, phase, runs, events and PR")
@@ -178,6 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
     command("doctor", "pre-flight checks of every lane, as a table")
     p = command("schema", "write the JSON Schemas of the manifest kinds")
     p.add_argument("--out", type=Path, default=Path("schemas"))
+
+
+def _add_hook(command: Command, common: argparse.ArgumentParser) -> None:
+    p = command("hook", "git hooks of a control repository")
+    hooksub = p.add_subparsers(dest="hook_command", metavar="ACTION", required=True)
+    h = hooksub.add_parser(
+        "install",
+        help="install a post-receive hook in a bare control repository that pokes `run`",
+        parents=[common],
+    )
+    h.add_argument(
+        "--repo", dest="bare", type=Path, help="the bare repository (default: --control)"
+    )
+
+
+def _add_pr(command: Command, common: argparse.ArgumentParser) -> None:
     p = command("pr", "pull requests of the local forge")
     prsub = p.add_subparsers(dest="pr_command", metavar="ACTION", required=True)
     m = prsub.add_parser("merge", help="merge a task's open PR (local forge)", parents=[common])
@@ -187,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("task")
     c.add_argument("--comment", default="Closed by an operator.", help="comment to leave")
+
+
+def _add_keys(command: Command, common: argparse.ArgumentParser) -> None:
     p = command("keys", "ssh lanes: the reconciler's key and the hosts' keys")
     keysub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     k = keysub.add_parser(
@@ -207,14 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the keys already trusted for the host (after it was reinstalled)",
     )
-    p = command("node", "serve one batch of lane requests: JSON on stdin, JSON on stdout")
-    p.add_argument(
-        "--pin",
-        type=_pin,
-        help="serve only the lane configuration with this digest (set by `keys authorize`)",
-    )
-    state_cli.add_parser(command, common)
-    return parser
 
 
 def _pin(text: str) -> str:
