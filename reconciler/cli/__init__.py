@@ -38,7 +38,7 @@ from reconciler.engine import Context, Engine, UserError, plan_to_json, read_pla
 from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref
 from reconciler.lanes.policy import PolicyError, machine_facts, violations
 from reconciler.manifests.errors import ManifestErrors
-from reconciler.manifests.models import Desired, LaneSpec, SshTarget
+from reconciler.manifests.models import Desired, LaneSpec, SshTarget, Task
 from reconciler.manifests.policy import lane_violations
 from reconciler.manifests.schema import schema_documents
 from reconciler.plan import Plan, TaskStatus, branch_of
@@ -54,7 +54,7 @@ from reconciler.protocol import (
     ReadLogRequest,
 )
 from reconciler.redact import redact, secrets_of_url
-from reconciler.state import LockHeld, StateError, Store, state_dir_problem
+from reconciler.state import LockHeld, RunRow, StateError, Store, state_dir_problem
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_LOCKED = 0, 1, 2, 75
 
@@ -613,6 +613,21 @@ def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
         return EXIT_OK
     paint = Painter(use_color(sys.stdout))
     print(paint(f"Task {args.task}", "bold"))
+    _print_summary(status, task)
+    if runs:
+        print()
+        head = ["RUN", "STARTED", "ENDED", "EXIT", "OUTCOME", "TURNS", "TOOLS", "TOKENS", "COST"]
+        sys.stdout.write(table([_run_row(r) for r in runs], [*head, "WHY"]))
+    if events:
+        print("\nEvents:")
+        for e in events:
+            stamp = time.strftime("%H:%M:%S", time.gmtime(e.at))
+            print(f"  {paint(stamp, 'dim')} {e.kind:<12} {e.message}")
+    return EXIT_OK
+
+
+def _print_summary(status: TaskStatus | None, task: Task | None) -> None:
+    """describe's head: where the task is and what it is."""
     if status:
         print(
             f"  phase:      {status.phase.value}" + (f" — {status.reason}" if status.reason else "")
@@ -628,42 +643,29 @@ def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
             f"  agent:      {spec.agent}; {spec.max_iterations} iterations x "
             f"{spec.max_attempts} attempts; priority {spec.priority}"
         )
-    if runs:
-        print()
-        rows = []
-        for r in runs:
-            ended = (
-                "-" if r.ended_at is None else time.strftime("%H:%M:%S", time.gmtime(r.ended_at))
-            )
-            exit_ = (
-                "-"
-                if r.exit_code is None and r.signal is None
-                else (f"sig {r.signal}" if r.signal else str(r.exit_code))
-            )
-            rows.append(
-                [
-                    f"{r.attempt}.{r.iteration}",
-                    time.strftime("%H:%M:%S", time.gmtime(r.started_at)),
-                    ended,
-                    exit_,
-                    r.outcome or r.mark or ("ended" if r.ended_at else "running"),
-                    str(r.turns) if r.turns is not None else "-",
-                    str(r.tool_calls) if r.tool_calls is not None else "-",
-                    str(tokens)
-                    if (tokens := (r.input_tokens or 0) + (r.output_tokens or 0))
-                    else "-",
-                    f"${r.cost_usd:.2f}" if r.cost_usd else "-",
-                    "; ".join((r.failures or "").splitlines())[:80],
-                ]
-            )
-        head = ["RUN", "STARTED", "ENDED", "EXIT", "OUTCOME", "TURNS", "TOOLS", "TOKENS", "COST"]
-        sys.stdout.write(table(rows, [*head, "WHY"]))
-    if events:
-        print("\nEvents:")
-        for e in events:
-            stamp = time.strftime("%H:%M:%S", time.gmtime(e.at))
-            print(f"  {paint(stamp, 'dim')} {e.kind:<12} {e.message}")
-    return EXIT_OK
+
+
+def _run_row(r: RunRow) -> list[str]:
+    """One run as describe's table shows it."""
+    ended = "-" if r.ended_at is None else time.strftime("%H:%M:%S", time.gmtime(r.ended_at))
+    exit_ = (
+        "-"
+        if r.exit_code is None and r.signal is None
+        else (f"sig {r.signal}" if r.signal else str(r.exit_code))
+    )
+    tokens = (r.input_tokens or 0) + (r.output_tokens or 0)
+    return [
+        f"{r.attempt}.{r.iteration}",
+        time.strftime("%H:%M:%S", time.gmtime(r.started_at)),
+        ended,
+        exit_,
+        r.outcome or r.mark or ("ended" if r.ended_at else "running"),
+        str(r.turns) if r.turns is not None else "-",
+        str(r.tool_calls) if r.tool_calls is not None else "-",
+        str(tokens) if tokens else "-",
+        f"${r.cost_usd:.2f}" if r.cost_usd else "-",
+        "; ".join((r.failures or "").splitlines())[:80],
+    ]
 
 
 def _lane_of(engine: Engine, desired: Desired, task: str) -> Lane:
