@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from linux_users import make_repo, remove_user, shared_python
+from linux_users import make_repo, remove_user, shared_python, shared_tempdir
 from security_support import Control, User, create_user
 
 # The ssh attacks use the ssh suite's real sshd on loopback (tests/ssh/ssh_support.py).
@@ -37,8 +36,7 @@ def python() -> str:
 @pytest.fixture(scope="session")
 def agents() -> Iterator[Path]:
     """A directory every lane user can read, for agent scripts (see ``agent_doc``)."""
-    path = Path(tempfile.mkdtemp(prefix="reconciler-agents-"))
-    path.chmod(0o755)
+    path = shared_tempdir("reconciler-agents-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

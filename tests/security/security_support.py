@@ -12,20 +12,17 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import linux_users
 import pytest
 from daemon_log import RunLog
-from linux_users import User
+from linux_users import User, agent_python, shared_python
 
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
-# The agents run as lane users: a Python every user can run.
-AGENT_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 
 def require_root() -> None:
@@ -71,7 +68,8 @@ class Control:
     """A control repo and a state directory under ``root``, and the CLI run against them as root."""
 
     root: Path
-    python: str = sys.executable  # runs the CLI; shared_python() when lane users must run it too
+    # runs the CLI, whose lane users run it too (``python -m reconciler node``)
+    python: str = field(default_factory=shared_python)
     policy: Path | None = None  # $RECONCILER_POLICY; None: the safe defaults (no policy file)
 
     @property
@@ -195,7 +193,7 @@ def agent_doc(directory: Path, kind: str) -> str:
     if not script.exists():
         script.write_text(AGENTS[kind])
         script.chmod(0o755)
-    return doc("Agent", kind, {"kind": "command", "command": [AGENT_PYTHON, str(script)]})
+    return doc("Agent", kind, {"kind": "command", "command": [agent_python(), str(script)]})
 
 
 def task_doc(name: str, lane: str, agent: str = "commit", **extra: Any) -> str:

@@ -11,12 +11,12 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from disks import fill, tmpfs
+from linux_users import shared_tempdir
 from security_support import Control, User, agent_doc, lane_doc, require_root, task_doc
 
 from reconciler.state import Store
@@ -124,9 +124,8 @@ def test_a_state_directory_another_user_cannot_read_is_named_not_read_as_empty(
     """An operator running `state check` as themselves against the service's private state,
     laid out like /var/lib/reconciler: the way there is open, the state directory is not."""
     user, operator = make_user(), make_user()
-    shared = Path(tempfile.mkdtemp(prefix="reconciler-lib-"))
+    shared = shared_tempdir("reconciler-lib-")
     try:
-        shared.chmod(0o755)
         control = Control(shared, python=python)
         one_lane(control, user, agents, "t1")
         control.converge({"t1": "pr-open"})

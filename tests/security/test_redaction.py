@@ -20,15 +20,14 @@ import shutil
 import sqlite3
 import stat
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from linux_users import agent_python, shared_tempdir
 from security_support import (
-    AGENT_PYTHON,
     Control,
     User,
     agent_doc,
@@ -160,7 +159,7 @@ def test_a_token_file_with_a_newline_leaks_no_half_of_it(
             repos=[{"name": "app", "checkout": "~/src/app", "forge": forge}],
             credentials={"github": f"~/{TOKEN_FILE}"},
         ),
-        doc("Agent", "gated", {"kind": "command", "command": [AGENT_PYTHON, str(script)]}),
+        doc("Agent", "gated", {"kind": "command", "command": [agent_python(), str(script)]}),
         task_doc("leak", "gh", agent="gated"),
     )
     control.converge({"leak": "running"})
@@ -272,8 +271,7 @@ def test_a_crash_report_goes_only_to_the_state_directory_private_and_redacted(
     user = make_user()
     control.commit(doc("Agent", "a", {"kind": "command", "command": ["true"]}))
     # a /tmp of this test's own (others' test runs use the real one), which the user can reach
-    shared = Path(tempfile.mkdtemp(prefix="reconciler-shared-tmp-"))
-    shared.chmod(0o1777)
+    shared = shared_tempdir("reconciler-shared-tmp-", mode=0o1777)
     try:
         _crash_twice(user, control, tmp_path, shared)
     finally:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from linux_users import shared_tempdir
 from security_support import Control, User, agent_doc, lane_doc, require_root, task_doc
 
 require_root()
@@ -22,8 +22,7 @@ require_root()
 @pytest.fixture
 def shared_tmp() -> Iterator[Path]:
     """A directory like /tmp: everyone may create files in it (sticky)."""
-    path = Path(tempfile.mkdtemp(prefix="reconciler-shared-"))
-    path.chmod(0o1777)
+    path = shared_tempdir("reconciler-shared-", mode=0o1777)
     try:
         yield path
     finally:

@@ -20,7 +20,8 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
-from security_support import AGENT_PYTHON, Control, User, doc, lane_doc, require_root, task_doc
+from linux_users import agent_python
+from security_support import Control, User, doc, lane_doc, require_root, task_doc
 
 require_root()
 
@@ -82,7 +83,7 @@ def test_an_agents_escape_sequences_never_reach_the_operators_terminal(
     script.chmod(0o755)
     control.commit(
         lane_doc(user, "web"),
-        doc("Agent", "evil", {"kind": "claude", "command": [AGENT_PYTHON, str(script)]}),
+        doc("Agent", "evil", {"kind": "claude", "command": [agent_python(), str(script)]}),
         task_doc("evil", "web", agent="evil"),
     )
     for _ in range(60):  # until the agent's last event is what status reports

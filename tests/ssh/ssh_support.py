@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,19 +101,6 @@ def install_authorized_keys(user: User, *lines: str) -> Path:
 # ------------------------------------------------------------------- a reconciler for the user
 
 
-SITE_PACKAGES = sysconfig.get_paths()["purelib"]
-
-
-def _interpreters() -> list[str]:
-    """System Pythons of the test's own version (the one its site-packages was built for)."""
-    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    return [
-        path
-        for path in (f"/usr/bin/{minor}", f"/usr/local/bin/{minor}")
-        if os.access(path, os.X_OK) and os.path.realpath(path) != os.path.realpath(sys.executable)
-    ]
-
-
 @dataclass(frozen=True)
 class Installed:
     """How ``user`` runs this checkout's reconciler: the command for authorized_keys, and the
@@ -128,58 +114,21 @@ class Installed:
 
 
 def install_reconciler(user: User) -> Installed:
-    """The console script next to ``sys.executable`` when ``user`` can run it. Otherwise (a
-    Python the user cannot reach, e.g. pyenv under /root, mode 0700) a virtualenv ``~/venv`` of
-    a system Python of the same version, owned by root, whose ``.pth`` adds this checkout's
-    site-packages, with a ``reconciler`` console script: an installation on the "remote host".
-    Skips when neither works.
+    """The reconciler every lane user can run (``linux_users.lane_installation``: this
+    interpreter, or one made for them when this checkout or its venv is private), once ``user``
+    has run it. Skips when the user cannot.
 
-    Probes go through ``/bin/sh -c`` as sshd's forced command does: ``setpriv`` exec'ing a
+    The probe goes through ``/bin/sh -c`` as sshd's forced command does: ``setpriv`` exec'ing a
     script directly still opens its interpreter with root's capabilities, which hides an
     interpreter the user cannot reach."""
-    direct = Path(sys.executable).parent / "reconciler"
-    probe = user.run(["/bin/sh", "-c", f"{direct} --version"], check=False)
-    if probe.returncode == 0:
-        return Installed(command=str(direct), python=sys.executable)
-    tried = [f"{direct}: {probe.stderr.strip() or probe.returncode}"]
-    for interp in _interpreters():
-        venv = user.home / "venv"
-        made = subprocess.run(
-            [interp, "-m", "venv", "--without-pip", "--clear", str(venv)],
-            capture_output=True,
-            text=True,
-            check=False,
+    installation = linux_users.lane_installation()
+    probe = user.run(["/bin/sh", "-c", f"{installation.reconciler} --version"], check=False)
+    if probe.returncode != 0:
+        pytest.skip(
+            f"user {user.name} cannot run {installation.reconciler} ({installation.how}): "
+            f"{probe.stderr.strip()[-300:] or probe.returncode}"
         )
-        if made.returncode != 0:
-            tried.append(f"{interp} -m venv: {made.stderr.strip()[-200:]}")
-            continue
-        purelib = subprocess.run(
-            [
-                str(venv / "bin" / "python"),
-                "-c",
-                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        Path(purelib, "zz-reconciler-checkout.pth").write_text(
-            f"import site; site.addsitedir({SITE_PACKAGES!r})\n", encoding="utf-8"
-        )
-        script = venv / "bin" / "reconciler"
-        script.write_text(
-            f"#!{venv}/bin/python\nimport sys\nfrom reconciler.cli import main\nsys.exit(main())\n",
-            encoding="utf-8",
-        )
-        script.chmod(0o755)
-        check = user.run(["/bin/sh", "-c", f"{script} --version"], check=False)
-        if check.returncode == 0:
-            return Installed(command=str(script), python=str(venv / "bin" / "python"))
-        tried.append(f"{script}: {check.stderr.strip()[-200:]}")
-    pytest.skip(
-        f"no Python that user {user.name} can run imports this checkout's reconciler "
-        f"({'; '.join(tried)}); put the checkout and its venv where other users can read them"
-    )
+    return Installed(command=installation.reconciler, python=installation.python)
 
 
 # -------------------------------------------------------------------------------- the server

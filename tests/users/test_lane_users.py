@@ -13,14 +13,13 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from linux_users import shared_python
+from linux_users import agent_python, shared_python, shared_tempdir
 
 from reconciler.engine import Context, Engine
 from reconciler.lanes import LaneUnavailable, local_user
@@ -31,8 +30,6 @@ if not (shutil.which("setpriv") and shutil.which("useradd")):
     pytest.skip("lane users need setpriv and useradd (util-linux, passwd)", allow_module_level=True)
 
 GIT_ID = ["-c", "user.name=Lane", "-c", "user.email=lane@example.com"]
-# The agent runs as the lane user: the system's Python, which every user can run.
-AGENT_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 PROBE = """
 import json, os, subprocess, sys, time
@@ -97,8 +94,7 @@ def users() -> Iterator[list[str]]:
 @pytest.fixture
 def shared() -> Iterator[Path]:
     """A directory every lane user can read: the agent scripts."""
-    path = Path(tempfile.mkdtemp(prefix="reconciler-lanes-"))
-    path.chmod(0o755)
+    path = shared_tempdir("reconciler-lanes-")
     try:
         yield path
     finally:
@@ -110,7 +106,8 @@ def lane_python(shared: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A Python every lane user can run, seeing this checkout and its dependencies.
 
     Lane users run ``reconciler node`` (and run supervisors) themselves, so the interpreter
-    must be theirs to run; this test's may live in root's home (e.g. pyenv under /root).
+    and what it imports must be theirs to read; this test's interpreter may live in root's home
+    (pyenv under /root), its checkout in a private directory (``shared_python`` copes with both).
     """
     python = shared_python()
     monkeypatch.setattr(local_user, "PYTHON", python)
@@ -167,7 +164,7 @@ def manifests(control: Path, users: list[str], agent: Path) -> None:
         {
             "kind": "Agent",
             "metadata": {"name": "probe"},
-            "spec": {"kind": "command", "command": [AGENT_PYTHON, str(agent)]},
+            "spec": {"kind": "command", "command": [agent_python(), str(agent)]},
         }
     )
     text = "\n---\n".join(json.dumps({"apiVersion": "reconciler/v1", **d}) for d in docs)
