@@ -929,7 +929,7 @@ def seed_pulls(box: Sandbox, fake: Any, tasks: list[str], checkout: Path) -> int
     ref points there, so the feedback loop reads the commit's checks), then open PRs by people,
     merged PRs of desired tasks, and closed or merged history without marker.
     """
-    from reconciler.node.forge_local import marker
+    from reconciler.protocol import pr_marker as marker
 
     stamp = "2025-01-01T00:00:00Z"
     open_tasks = GITHUB_OPEN_TASK_PRS
