@@ -41,7 +41,7 @@ from watchdog.observers import Observer
 from reconciler import safefile
 from reconciler.control import ControlError
 from reconciler.engine import Engine, PassResult
-from reconciler.lanes import LaneUnavailable, NodeError, paths
+from reconciler.lanes import LaneUnavailable, RequestFailed, paths
 from reconciler.lanes.policy import PolicyError
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired
@@ -321,7 +321,7 @@ class Daemon:
                 desired = self.engine.load(rev=good)
             self.desired = desired
             result = self.engine.apply(desired, store, log=lambda m: self.log("action", m))
-        except (ControlError, LaneUnavailable, NodeError, PolicyError) as exc:
+        except (ControlError, LaneUnavailable, RequestFailed, PolicyError) as exc:
             self.log("pass", f"pass failed: {exc}", level="error", reasons=why)
             return False, None
         self._problem(store, problems)

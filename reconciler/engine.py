@@ -18,7 +18,7 @@ from typing import Any
 from reconciler import safefile
 from reconciler.apply import Applier, ApplyReport
 from reconciler.control import ControlRepo, load_desired
-from reconciler.lanes import Lane
+from reconciler.lanes import LaneClient
 from reconciler.lanes.policy import load_policy
 from reconciler.manifests.loader import LaneCheck, gc_paused
 from reconciler.manifests.models import Desired
@@ -79,7 +79,7 @@ class Engine:
         self.clock = clock
         self._control: ControlRepo | None = None
         self._state_trusted = False
-        self._lanes: tuple[Desired, Policy, dict[str, Lane]] | None = None
+        self._lanes: tuple[Desired, Policy, dict[str, LaneClient]] | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -117,13 +117,15 @@ class Engine:
         """The admin policy in force (read again when its file changed); ``PolicyError``."""
         return load_policy(self.ctx.policy)
 
-    def lanes(self, desired: Desired) -> dict[str, Lane]:
+    def lanes(self, desired: Desired) -> dict[str, LaneClient]:
         """A client per lane; the policy decides which of them may be contacted at all. Made
         once per desired state and policy: a pass observes and applies through the same ones."""
         policy = self.policy()
         if self._lanes is not None and self._lanes[0] is desired and self._lanes[1] is policy:
             return self._lanes[2]
-        lanes = {name: Lane(name, spec, policy=policy) for name, spec in desired.lanes.items()}
+        lanes = {
+            name: LaneClient(name, spec, policy=policy) for name, spec in desired.lanes.items()
+        }
         self._lanes = (desired, policy, lanes)
         return lanes
 

@@ -174,13 +174,13 @@ def _source() -> str:
 def test_lane_messages_are_masked_before_they_travel() -> None:
     from pydantic import BaseModel
 
-    from reconciler.lanes import Lane, LaneUnavailable, NodeError, unwrap
+    from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, unwrap
     from reconciler.manifests.models import LaneSpec
     from reconciler.protocol import Batch, BatchResult, Failure, ObserveRequest, Response
 
     said = f"git said https://bot:s3cr3t-Passw0rd@host/x.git and {GHP}"
     failed = Response(ok=False, failure=Failure(error=said, temporary=True))
-    with pytest.raises(NodeError) as caught:
+    with pytest.raises(RequestFailed) as caught:
         unwrap(failed, BaseModel)
     assert str(caught.value) == "git said https://***@host/x.git and ***"
     assert caught.value.temporary
@@ -194,7 +194,7 @@ def test_lane_messages_are_masked_before_they_travel() -> None:
 
     spec = LaneSpec.model_validate({"repos": [{"name": "app", "checkout": "~/src/app"}]})
     for exc in (OSError(said), LaneUnavailable(said, check="host")):
-        lane = Lane("web", spec, transport=Failing(exc))
+        lane = LaneClient("web", spec, transport=Failing(exc))
         with pytest.raises(LaneUnavailable) as unavailable:
             lane.call([ObserveRequest(lane=lane.ref)])
         assert "s3cr3t" not in str(unavailable.value) and GHP not in str(unavailable.value)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from reconciler.faults import crash_point
-from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref
+from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, agent_ref
 from reconciler.manifests.models import Desired, Task
 from reconciler.plan import Action, ActionKind, Observed, Outcome, Plan, RunView, branch_of
 from reconciler.protocol import (
@@ -100,7 +100,7 @@ class Applier:
         desired: Desired,
         observed: Observed,
         store: Store,
-        lanes: Mapping[str, Lane],
+        lanes: Mapping[str, LaneClient],
         *,
         log: Callable[[str], None] = lambda _m: None,
         clock: Callable[[], float] = time.time,
@@ -164,7 +164,7 @@ class Applier:
                 continue
             try:
                 filled = lane.one(FillPoolRequest(lane=lane.ref, bases=bases), FillPoolResult)
-            except (NodeError, LaneUnavailable) as exc:
+            except (RequestFailed, LaneUnavailable) as exc:
                 self.log(f"pool of lane {name}: {exc}")
                 continue
             for error in filled.errors:
@@ -178,7 +178,7 @@ class Applier:
     def run_action(self, action: Action, report: ApplyReport) -> bool:
         try:
             self.dispatch(action)
-        except (NodeError, LaneUnavailable, StateError, sqlite3.Error) as exc:
+        except (RequestFailed, LaneUnavailable, StateError, sqlite3.Error) as exc:
             message = str(exc)
             if isinstance(exc, sqlite3.Error):  # not about the file: say where it happened
                 message = (
@@ -190,7 +190,7 @@ class Applier:
             # When the state cannot take even that, the report still lists the failure.
             with contextlib.suppress(StateError, sqlite3.Error):
                 self.event(action.task, "error", f"{action.kind.value} failed: {message}")
-                if isinstance(exc, NodeError) and not exc.temporary:
+                if isinstance(exc, RequestFailed) and not exc.temporary:
                     self.hold(action, message)
             self.log(f"{action.kind.value} {action.task}: failed: {message}")
             return False
@@ -261,7 +261,7 @@ class Applier:
         with self.store.transaction() as own:
             own.add_event(task, kind, message, self.revision, self.clock())
 
-    def lane(self, name: str) -> Lane:
+    def lane(self, name: str) -> LaneClient:
         lane = self.lanes.get(name)
         if lane is None:
             raise LaneUnavailable(f"lane {name} is not configured")
@@ -282,7 +282,7 @@ class Applier:
         else:
             runs = self.observed.runs.get(name, ())
             if not runs:
-                raise NodeError(f"task {name} is unknown to state and to its lane")
+                raise RequestFailed(f"task {name} is unknown to state and to its lane")
             repo = runs[-1].repo
         return TaskRef(
             name=name, repo=repo, base="main", branch=branch_of(self.desired.config, name)
@@ -460,7 +460,7 @@ class Applier:
             # A network blip must not cost an attempt: forget the intent, plan it again.
             self._forget_start(action, "start-undelivered", "the lane was unreachable")
             raise
-        except NodeError as exc:
+        except RequestFailed as exc:
             if exc.temporary:
                 # A cause that passes (a full disk, a lock held too long, a timeout): the run
                 # did not start, so it costs no attempt; the next pass starts it again.
@@ -514,7 +514,7 @@ class Applier:
             tx.delete_run(action.task, action.attempt, action.iteration)
             self.event(action.task, kind, why, tx)
 
-    def _spawn(self, action: Action, task: Task, lane: Lane, ref: TaskRef) -> RunObs:
+    def _spawn(self, action: Action, task: Task, lane: LaneClient, ref: TaskRef) -> RunObs:
         workspace = lane.one(PrepareWorkspaceRequest(lane=lane.ref, task=ref), WorkspaceResult)
         if workspace.created:
             self.event(task.name, "workspace", f"created worktree {workspace.path} on {ref.branch}")
@@ -582,7 +582,7 @@ class Applier:
 
     # ------------------------------------------------------------------ pull requests
 
-    def _push(self, lane: Lane, task: TaskRef) -> str:
+    def _push(self, lane: LaneClient, task: TaskRef) -> str:
         pushed = lane.one(
             PushRequest(lane=lane.ref, repo=task.repo, branch=task.branch, force_with_lease=True),
             PushResult,

@@ -35,7 +35,7 @@ from reconciler.cli.terminal import guarded, unguarded
 from reconciler.control import ControlError
 from reconciler.durations import parse_duration
 from reconciler.engine import Context, Engine, UserError, plan_to_json, read_plan, save_plan
-from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref
+from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, agent_ref
 from reconciler.lanes.policy import PolicyError, machine_facts, violations
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired, LaneSpec, SshTarget, Task
@@ -282,7 +282,14 @@ def _main(argv: Sequence[str] | None, secrets: set[str]) -> int:
     except LockHeld as exc:
         err(str(exc))
         return EXIT_LOCKED
-    except (UserError, ControlError, LaneUnavailable, NodeError, PolicyError, StateError) as exc:
+    except (
+        UserError,
+        ControlError,
+        LaneUnavailable,
+        RequestFailed,
+        PolicyError,
+        StateError,
+    ) as exc:
         err(str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -668,7 +675,7 @@ def _run_row(r: RunRow) -> list[str]:
     ]
 
 
-def _lane_of(engine: Engine, desired: Desired, task: str) -> Lane:
+def _lane_of(engine: Engine, desired: Desired, task: str) -> LaneClient:
     spec = desired.tasks.get(task)
     lane_name = spec.spec.lane if spec else None
     if lane_name is None:
@@ -746,7 +753,7 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
                 ),
                 PreflightResult,
             )
-        except (LaneUnavailable, NodeError) as exc:
+        except (LaneUnavailable, RequestFailed) as exc:
             failed += 1
             detail, _, fix = str(exc).partition("; ")
             check = exc.check if isinstance(exc, LaneUnavailable) else "lane"

@@ -2,8 +2,10 @@
 
 Transports carry the same JSON (``reconciler.protocol``); the control plane never learns which one
 it talks to. This package must not decide anything: it carries requests and reports failures.
-A lane's words are untrusted: the messages of ``LaneUnavailable`` and ``NodeError`` have anything
-shaped like a credential masked before they travel further (to state, logs, the terminal).
+A lane's words are untrusted: the messages of ``LaneUnavailable`` and ``RequestFailed`` have
+anything shaped like a credential masked before they travel further (to state, logs, the
+terminal). (The node's own names, ``reconciler.node.lane.Lane`` and ``NodeError``, are the other
+side of the same door: ``LaneClient`` and ``RequestFailed`` here.)
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class LaneUnavailable(Exception):
         self.check = check
 
 
-class NodeError(Exception):
+class RequestFailed(Exception):
     """One request failed inside the lane; ``temporary`` failures are worth a later retry."""
 
     def __init__(self, message: str, temporary: bool = False) -> None:
@@ -117,7 +119,7 @@ def agent_ref(desired: Desired, agent: str) -> AgentRef:
     )
 
 
-class Lane:
+class LaneClient:
     """A client for one lane: builds its ``LaneRef`` once and exchanges batches."""
 
     def __init__(
@@ -148,7 +150,7 @@ class Lane:
         return result.responses
 
     def one(self, request: Request, result_type: type[T]) -> T:
-        """Send one request; return its typed result or raise ``NodeError``."""
+        """Send one request; return its typed result or raise ``RequestFailed``."""
         expected = RESULTS[request.op]
         if result_type is not expected:
             raise TypeError(f"{request.op} answers {expected.__name__}, not {result_type.__name__}")
@@ -159,7 +161,7 @@ class Lane:
 def unwrap(response: Response, result_type: type[T]) -> T:
     if not response.ok:
         failure = response.failure
-        raise NodeError(
+        raise RequestFailed(
             failure.error if failure else "the lane reported a failure without a message",
             temporary=bool(failure and failure.temporary),
         )

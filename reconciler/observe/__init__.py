@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from reconciler.lanes import Lane, LaneUnavailable, NodeError, agent_ref, unwrap
+from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, agent_ref, unwrap
 from reconciler.manifests.models import NAME_PATTERN, Desired
 from reconciler.plan import (
     FailedAction,
@@ -98,7 +98,7 @@ def _sort_owned(
 
 def _observe_lane(
     desired: Desired,
-    lane: Lane,
+    lane: LaneClient,
     records: Mapping[str, TaskRow],
     runs_by_task: Mapping[str, list[RunRow]],
     owners: Owners,
@@ -148,7 +148,7 @@ def _observe_lane(
         if extra:
             result = lane.one(request(sorted(set(inspect) | set(extra))), ObserveResult)
             runs, foreign = _sort_owned(lane.name, repos_of_lane, result.runs, owners)
-    except (LaneUnavailable, NodeError) as exc:
+    except (LaneUnavailable, RequestFailed) as exc:
         return LaneView(lane.name, reachable=False, error=str(exc)), [], []
 
     repos: dict[str, RepoView] = {}
@@ -394,7 +394,7 @@ def _outcome(row: RunRow | None) -> Literal["succeeded", "failed"] | None:
 def observe(
     desired: Desired,
     store: Store,
-    lanes: Mapping[str, Lane],
+    lanes: Mapping[str, LaneClient],
     clock: Callable[[], float] = time.time,
 ) -> Observed:
     """Observe every lane of ``desired`` (in parallel) and merge with the state records.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.lanes import Lane
+from reconciler.lanes import LaneClient
 from reconciler.manifests.models import LaneSpec
 from reconciler.protocol import ObserveRequest, PushResult
 
@@ -12,6 +12,6 @@ SPEC = LaneSpec.model_validate({"repos": [{"name": "app", "checkout": "~/app"}]}
 
 
 def test_a_caller_pairing_a_request_with_another_result_is_a_bug() -> None:
-    lane = Lane("web", SPEC, transport=object())  # type: ignore[arg-type]  # never reached
+    lane = LaneClient("web", SPEC, transport=object())  # type: ignore[arg-type]  # never reached
     with pytest.raises(TypeError, match="observe answers ObserveResult, not PushResult"):
         lane.one(ObserveRequest(lane=lane.ref, branch_prefix="agent/"), PushResult)

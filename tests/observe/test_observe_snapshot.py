@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reconciler.control.desired import Desired
-from reconciler.lanes import Lane
+from reconciler.lanes import LaneClient
 from reconciler.manifests.models import ConfigSpec, LaneSpec
 from reconciler.observe import observe
 from reconciler.protocol import Failure, Request, Response
@@ -18,7 +18,7 @@ SPEC = LaneSpec.model_validate(
 )
 
 
-class CommittingLane(Lane):
+class CommittingLane(LaneClient):
     """A lane that, while it is being asked, lets another writer commit (an ``apply``)."""
 
     def __init__(self, writer: Store) -> None:

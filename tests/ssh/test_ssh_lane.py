@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 from ssh_support import LANE, Side, Sshd, install_authorized_keys, require_root_and_sshd
 
-from reconciler.lanes import InProcessTransport, Lane, LaneUnavailable, lane_ref, transport_for
+from reconciler.lanes import (
+    InProcessTransport,
+    LaneClient,
+    LaneUnavailable,
+    lane_ref,
+    transport_for,
+)
 from reconciler.lanes.ssh import SshTransport, authorized_keys_line, ensure_key
 from reconciler.manifests.models import LaneSpec
 from reconciler.protocol import (
@@ -112,10 +118,10 @@ def test_a_batch_round_trips_over_ssh_as_the_lane_user(side: Side) -> None:
     assert [w.branch for w in observed.repos["app"].worktrees] == ["agent/roundtrip"]
 
     # The same batch again, now that the workspace exists, in-process as the lane user and
-    # over ssh (through the Lane client): the same answers.
+    # over ssh (through the lane client): the same answers.
     local = in_process_as_user(side, batch)
     assert local.responses[1].result == {"path": str(workspace), "created": False}
-    again = BatchResult(responses=Lane(LANE, spec).call(batch.requests))
+    again = BatchResult(responses=LaneClient(LANE, spec).call(batch.requests))
     assert comparable(again) == comparable(local)
     # …and the in-process transport run as root is a different answer (root's git refuses the
     # user's checkout), so the equality above is not trivial.
