@@ -30,9 +30,9 @@ from reconciler.node.forge_local import LocalForge
 from reconciler.node.forges import Forge, forge_for
 from reconciler.node.hooks import run_hook
 from reconciler.node.lane import Lane, check_branch, check_name
-from reconciler.node.observe import observe
 from reconciler.node.preflight import preflight
 from reconciler.node.runs import read_log, start_run, stop_run
+from reconciler.node.survey import survey
 from reconciler.protocol import (
     PROTOCOL_VERSION,
     RESULTS,
@@ -80,7 +80,7 @@ class BatchError(ValueError):
 
 
 def _observe(lane: Lane, req: ObserveRequest) -> BaseModel:
-    return observe(lane, req)
+    return survey(lane, req)
 
 
 def _preflight(lane: Lane, req: PreflightRequest) -> BaseModel:

@@ -1,4 +1,5 @@
-"""The ``observe`` operation: one read-only snapshot of a lane's repositories and runs.
+"""The node's side of the ``observe`` operation, a survey of the lane: one read-only snapshot of
+its repositories and runs (the control plane's ``reconciler.observe`` merges it with state).
 
 Per repository: worktrees under the workspace root, branch heads with the task prefix (local and
 pushed) and local-forge pull requests, in a constant number of git calls; commits ahead are
@@ -23,7 +24,7 @@ from reconciler.node.runs import observe_runs
 from reconciler.protocol import ObserveRequest, ObserveResult, RepoObs, RepoRef
 
 
-def observe(lane: Lane, req: ObserveRequest) -> ObserveResult:
+def survey(lane: Lane, req: ObserveRequest) -> ObserveResult:
     check_ref_name(req.branch_prefix, "branch prefix", allow_empty=True)
     inspect = {parse_run_key(key) for key in req.inspect}
     repos = {
