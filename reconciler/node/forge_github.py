@@ -342,6 +342,12 @@ class GitHubForge:
         can_write = bool(perms.get("push"))
         return can_write, str(data.get("full_name") or self.repo)
 
+    def merge_pull(self, number: int) -> PullRequest:
+        raise NodeError(
+            f"PR #{number} of {self.repo} lives on GitHub: merge it there; the next pass sees "
+            "the merge and marks the task done"
+        )
+
     def with_feedback(
         self, pr: PullRequest, kinds: Collection[str] = ("checks", "reviews")
     ) -> PullRequest:

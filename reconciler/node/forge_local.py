@@ -14,7 +14,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Literal, TypeVar
 from urllib.parse import unquote, urlparse
 
@@ -275,6 +275,14 @@ class LocalForge:
             return rec, f"close #{number}"
 
         return self._pr(self._transact(change))
+
+    def with_feedback(
+        self, pr: PullRequest, kinds: Collection[str] = ("checks", "reviews")
+    ) -> PullRequest:
+        return pr  # no CI, no reviews: a local PR says nothing more of its head
+
+    def flush(self) -> None:
+        pass  # nothing cached between passes
 
     def merge_pull(self, number: int) -> PullRequest:
         """Merge head into base in the remote repository: fast-forward, else a merge commit."""

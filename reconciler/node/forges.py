@@ -7,6 +7,7 @@ the lane spec, else ``GH_TOKEN``/``GITHUB_TOKEN`` in the lane's environment) and
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from typing import Protocol
 
 from reconciler.node.errors import NodeError
@@ -40,6 +41,22 @@ class Forge(Protocol):
     ) -> PullRequest: ...
 
     def close_pull(self, number: int, comment: str) -> PullRequest: ...
+
+    def merge_pull(self, number: int) -> PullRequest:
+        """Merge a PR where the forge lets the reconciler do it (the local forge); a hosted
+        forge refuses with where to merge instead."""
+        ...
+
+    def with_feedback(
+        self, pr: PullRequest, kinds: Collection[str] = ("checks", "reviews")
+    ) -> PullRequest:
+        """The PR with what CI and reviewers say of its head commit, where the forge has them
+        (the local forge has none: the PR as it is)."""
+        ...
+
+    def flush(self) -> None:
+        """Keep what the forge's client cached for the next pass (conditional requests)."""
+        ...
 
 
 def forge_for(lane: Lane, repo_name: str) -> Forge | None:

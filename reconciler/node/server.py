@@ -26,7 +26,6 @@ from reconciler.node import git as gitops
 from reconciler.node import pool
 from reconciler.node.credentials import scrub
 from reconciler.node.errors import NodeError
-from reconciler.node.forge_local import LocalForge
 from reconciler.node.forges import Forge, forge_for
 from reconciler.node.hooks import run_hook
 from reconciler.node.lane import Lane, check_branch, check_name
@@ -231,13 +230,7 @@ def _forge_close(lane: Lane, req: ForgeCloseRequest) -> BaseModel:
 
 
 def _forge_merge(lane: Lane, req: ForgeMergeRequest) -> BaseModel:
-    forge = _forge(lane, req.repo)
-    if not isinstance(forge, LocalForge):
-        raise NodeError(
-            f"PR #{req.number} of repo {req.repo} lives on a hosted forge: merge it there; "
-            "the next pass sees the merge and marks the task done"
-        )
-    return PRResult(pr=forge.merge_pull(req.number))
+    return PRResult(pr=_forge(lane, req.repo).merge_pull(req.number))
 
 
 def _read_log(lane: Lane, req: ReadLogRequest) -> BaseModel:

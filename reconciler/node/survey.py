@@ -83,11 +83,7 @@ def _read_repo(
     }
     forge = forge_for(lane, repo.name)
     prs = forge.list_pulls() if forge is not None else None
-    if repo.forge == "github" and prs is not None:
-        # imported here: PyGithub costs a node without GitHub lanes a tenth of a second
-        from reconciler.node.forge_github import GitHubForge
-
-        assert isinstance(forge, GitHubForge)
+    if forge is not None and prs is not None:
         # CI and review verdicts drive the feedback loop, which only acts on them for the
         # reconciler's own open PRs whose head is the commit it pushed last (the tracking ref
         # its push moved) and for the kinds the task's `pr.iterateOn` names.

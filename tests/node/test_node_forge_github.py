@@ -671,3 +671,8 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
     again = forge.with_feedback(pr)
     assert again.checks == "failure"
     assert github.calls[-4].request.headers.get("If-None-Match") == 'W/"runs-1"'
+
+
+def test_a_github_pr_is_merged_on_github_not_by_the_reconciler(forge: GitHubForge) -> None:
+    with pytest.raises(NodeError, match=r"PR #3 of .* lives on GitHub: merge it there"):
+        forge.merge_pull(3)
