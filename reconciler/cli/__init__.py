@@ -515,21 +515,20 @@ def _task_json(s: TaskStatus) -> dict[str, Any]:
     }
 
 
-def _lane_spend(desired: Desired, store: Store, now: float) -> dict[str, dict[str, Any]]:
-    """Per lane: what its runs started since 00:00 UTC spent, and its daily budget."""
-    midnight = now - now % 86400
-    spend: dict[str, dict[str, Any]] = {
-        name: {"todayUsd": 0.0, "todayTokens": 0} for name in desired.lanes
-    }
-    for run in store.runs():
-        if run.lane in spend and run.started_at >= midnight:
-            spend[run.lane]["todayUsd"] += run.cost_usd or 0.0
-            spend[run.lane]["todayTokens"] += (run.input_tokens or 0) + (run.output_tokens or 0)
+def _lane_spend(desired: Desired, plan: Plan) -> dict[str, dict[str, Any]]:
+    """Per lane: what its runs started since 00:00 UTC spent, as the planner holds it to its
+    daily budget (the plan's figures: status never counts differently), and that budget."""
+    spent = {s.lane: s for s in plan.lane_spend}
+    lanes: dict[str, dict[str, Any]] = {}
     for name, lane in desired.lanes.items():
-        spend[name]["todayUsd"] = round(spend[name]["todayUsd"], 6)
-        spend[name]["budgetUsd"] = lane.budget.max_cost_usd
-        spend[name]["budgetTokens"] = lane.budget.max_tokens
-    return spend
+        today = spent.get(name)
+        lanes[name] = {
+            "todayUsd": today.today_usd if today else 0.0,
+            "todayTokens": today.today_tokens if today else 0,
+            "budgetUsd": lane.budget.max_cost_usd,
+            "budgetTokens": lane.budget.max_tokens,
+        }
+    return lanes
 
 
 def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
@@ -537,12 +536,12 @@ def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
     try:
         ages = {name: row.first_seen for name, row in store.tasks().items()}
         problems = [p for p in (store.get_meta("control_problem"),) if p]
-        lanes = _lane_spend(desired, store, plan.now)
     finally:
         store.close()
     fetch = engine.control.fetch_error
     if fetch and not any("could not be fetched" in p for p in problems):
         problems.append(f"the control remote could not be fetched ({fetch})")
+    lanes = _lane_spend(desired, plan)
     if args.json:
         data = status_json(plan)
         data["controlProblem"] = "; ".join(problems) or None

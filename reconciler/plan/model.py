@@ -337,6 +337,16 @@ class Requeue:
 
 
 @dataclass(frozen=True)
+class LaneSpend:
+    """What a lane's runs started since 00:00 UTC spent: the figures its daily budget is held
+    to, the same for the planner that enforces it and for ``status`` that shows it."""
+
+    lane: str
+    today_usd: float
+    today_tokens: int
+
+
+@dataclass(frozen=True)
 class Plan:
     revision: str
     serial: int
@@ -346,6 +356,7 @@ class Plan:
     tasks: tuple[TaskStatus, ...] = ()
     outcomes: tuple[Outcome, ...] = ()
     requeue: Requeue | None = None  # None: nothing is due by time; a trigger or the interval
+    lane_spend: tuple[LaneSpend, ...] = ()  # per lane, today (UTC), as the budget counts it
 
     @property
     def empty(self) -> bool:

@@ -34,6 +34,7 @@ from reconciler.plan.model import (
     Blocked,
     Due,
     FailedAction,
+    LaneSpend,
     LaneView,
     Observed,
     Outcome,
@@ -347,6 +348,11 @@ class _Planner:
                 if r.lane == lane and r.started_at >= midnight
             )
         return self._lane_today[lane]
+
+    def spend_today(self, lane: str) -> LaneSpend:
+        runs = self.lane_today(lane)
+        cost = round(sum(r.cost_usd for r in runs), 6)
+        return LaneSpend(lane, cost, sum(r.tokens for r in runs))
 
     def lane_spent_today(self, lane: str) -> str | None:
         """What the lane's runs of today spent, when it is past its daily budget; else None."""
@@ -1006,6 +1012,7 @@ class _Planner:
             tasks=tuple(self.statuses[name] for name in sorted(self.statuses)),
             outcomes=tuple(self.outcomes),
             requeue=min(self.due, default=None),
+            lane_spend=tuple(self.spend_today(name) for name in sorted(self.desired.lanes)),
         )
 
 

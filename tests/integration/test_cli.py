@@ -106,6 +106,14 @@ def test_status_json_shape_and_describe_and_logs(world: World) -> None:
     }
     assert a["pr"]["number"] == 1 and a["pr"]["state"] == "open"
     assert a["pr"]["url"].endswith("#pull/1")
+    # the lanes' spend today is the plan's, the figure their daily budgets are held to
+    spent_today = sum(t["costUsd"] for t in status["tasks"] if t["lane"] == "web")
+    assert status["lanes"]["web"] == {
+        "todayUsd": spent_today,
+        "todayTokens": sum(t["tokens"] for t in status["tasks"] if t["lane"] == "web"),
+        "budgetUsd": None,
+        "budgetTokens": None,
+    }
     described = json.loads(world.cli("describe", "a", "--json").stdout)
     assert [e["kind"] for e in described["events"]][:3] == ["start", "workspace", "spawned"]
     assert described["runs"][0]["outcome"] == "succeeded"

@@ -1019,3 +1019,15 @@ def test_requeue_is_never_in_the_past_and_renders_for_json() -> None:
     }
     assert p.requeue.to_json(p.requeue.at + 5)["after"] == 0.0
     assert p.requeue.message == "the backoff of t ends"
+
+
+def test_the_plan_carries_each_lanes_spend_today_as_its_budget_counts_it() -> None:
+    # status shows these figures: the ones the planner holds the lane's daily budget to,
+    # a live run's spend so far included
+    d = desired(("t", task_spec()), ("u", task_spec()))
+    ended = run(d, "t", exit=exited(0), cost_usd=0.25, tokens=1000)
+    live = run(d, "u", alive=True, cost_usd=0.5, tokens=3000, last_output_at=NOW - 1)
+    yesterday = run(d, "t", 1, 2, started_at=NOW - NOW % 86400 - 10, cost_usd=9.0, tokens=9)
+    p = plan(d, observed(runs={"t": [yesterday, ended], "u": [live]}), NOW)
+    [web] = p.lane_spend
+    assert (web.lane, web.today_usd, web.today_tokens) == ("web", 0.75, 4000)
