@@ -427,10 +427,20 @@ class Applier:
     # ------------------------------------------------------------------ runs
 
     def start_run(self, action: Action) -> None:
+        """Intent, spawn, outcome: the run is recorded before the lane is asked to start it,
+        so that a crash in between leaves a trace the next pass resolves."""
         task = self.desired.tasks[action.task]
         lane = self.lane(task.spec.lane)
-        ref = self.task_ref(task.name)
-        now = self.clock()
+        self._record_intent(action, task, lane.name)
+        crash_point("after-run-intent")
+        run = self._start_or_account(action, task, lane)
+        crash_point("after-spawn")
+        self._record_spawned(action, task, run)
+        self.log(
+            f"{action.kind.value} {task.name}: run {action.attempt}.{action.iteration} started"
+        )
+
+    def _record_intent(self, action: Action, task: Task, lane: str) -> None:
         with self.store.transaction() as tx:
             self.ensure_task_row(tx, task)
             tx.upsert_run(
@@ -439,10 +449,10 @@ class Applier:
                     attempt=action.attempt,
                     iteration=action.iteration,
                     generation=action.generation,
-                    lane=lane.name,
+                    lane=lane,
                     repo=task.spec.repo,
                     run_dir="",
-                    started_at=now,
+                    started_at=self.clock(),
                 )
             )
             self.event(
@@ -451,9 +461,12 @@ class Applier:
                 f"{action.kind.value} run {action.attempt}.{action.iteration}",
                 tx,
             )
-        crash_point("after-run-intent")
+
+    def _start_or_account(self, action: Action, task: Task, lane: LaneClient) -> RunObs:
+        """The run started by its lane; a start that did not happen is accounted for (forgotten
+        when its cause passes, crashed when it lasts) and raised."""
         try:
-            run = self._spawn(action, task, lane, ref)
+            return self._spawn(action, task, lane, self.task_ref(task.name))
         except LaneUnavailable:
             # The lane could not be reached: the start was not carried out (or, if the batch got
             # there and only its answer was lost, the next pass finds the run and adopts it).
@@ -484,10 +497,11 @@ class Applier:
                     failures=f"could not start: {exc}",
                 )
             raise
+
+    def _record_spawned(self, action: Action, task: Task, run: RunObs) -> None:
         agent = self.desired.agents[task.spec.agent]
-        crash_point("after-spawn")
+        fp = run.supervisor
         with self.store.transaction() as tx:
-            fp = run.supervisor
             tx.update_run(
                 task.name,
                 action.attempt,
@@ -505,9 +519,6 @@ class Applier:
                 f"(pid {fp.pid if fp else '?'}) in {run.workspace}",
                 tx,
             )
-        self.log(
-            f"{action.kind.value} {task.name}: run {action.attempt}.{action.iteration} started"
-        )
 
     def _forget_start(self, action: Action, kind: str, why: str) -> None:
         with self.store.transaction() as tx:

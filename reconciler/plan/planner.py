@@ -200,6 +200,31 @@ def _over_budget(budget: Budget, runs: Iterable[RunView]) -> str | None:
     return None
 
 
+def _last_progress(run: RunView) -> float:
+    """When a live run last progressed: an agent with an event stream when it emitted its own
+    events (heartbeats and noise grow the output without that); others when their output grew."""
+    return run.last_progress_at or run.last_output_at or run.started_at
+
+
+def _overdue(run: RunView, agent: AgentSpec, now: float) -> str | None:
+    """Why a live run is past its timeout or stalled, or None."""
+    age = now - run.started_at
+    if age > agent.timeout:
+        return f"running for {format_duration(age)}, past its timeout of " + format_duration(
+            agent.timeout
+        )
+    quiet = now - _last_progress(run)
+    if quiet <= agent.stall_timeout:
+        return None
+    what = "no agent event" if run.last_progress_at is not None else "no output"
+    why = (
+        f"{what} for {format_duration(quiet)} (stallTimeout {format_duration(agent.stall_timeout)})"
+    )
+    if run.last_event:  # e.g. "retrying: 401 authentication_failed (attempt 6 of 10)"
+        why += f"; last: {run.last_event}"
+    return why
+
+
 def _so_far(run: RunView) -> str:
     """What a running agent's events tell, e.g. ", 3 turns, 5 tool calls, 4200 tokens, $0.06
     so far"."""
@@ -522,15 +547,22 @@ class _Planner:
             )
             return True
         first = "spec changed; starting again" if t.runs else "new task"
+        self.new_attempt(t, ActionKind.START, f"{first} (attempt {t.next_attempt})")
+        return True
+
+    def new_attempt(
+        self, t: _TaskPass, kind: ActionKind, reason: str, feedback: tuple[str, ...] = ()
+    ) -> None:
+        """A start of the task's next attempt, first iteration, once a slot is free."""
         self.candidate(
             t.task,
-            ActionKind.START,
-            f"{first} (attempt {t.next_attempt})",
+            kind,
+            reason,
             Phase.PENDING,
             attempt=t.next_attempt,
             iteration=1,
+            feedback=feedback,
         )
-        return True
 
     def plan_ended(self, t: _TaskPass, latest: RunView) -> str | None:
         """The latest run has ended: crashed, stopped, or exited for evaluation. Returns why the
@@ -566,14 +598,8 @@ class _Planner:
     def plan_vanished(self, t: _TaskPass, latest: RunView) -> str | None:
         """A run that ended with no exit record or by a signal: stopped by us, or crashed."""
         if latest.mark == "stopped":
-            self.candidate(
-                t.task,
-                ActionKind.RETRY,
-                "its last run was stopped; starting a fresh attempt",
-                Phase.PENDING,
-                attempt=t.next_attempt,
-                iteration=1,
-            )
+            why = "its last run was stopped; starting a fresh attempt"
+            self.new_attempt(t, ActionKind.RETRY, why)
             return None
         if latest.exit is None:
             why = "its process is gone and it left no exit record"
@@ -619,13 +645,10 @@ class _Planner:
                 reason=f"{failure}; next attempt in {format_duration(next_at - self.now)}",
             )
             return
-        self.candidate(
-            t.task,
+        self.new_attempt(
+            t,
             ActionKind.RETRY,
             f"backoff elapsed after: {failure}",
-            Phase.PENDING,
-            attempt=t.next_attempt,
-            iteration=1,
             feedback=(f"A previous attempt failed: {failure}",),
         )
 
@@ -655,61 +678,11 @@ class _Planner:
         self, task: Task, run: RunView, agent: AgentSpec, open_pr: PullRequest | None
     ) -> None:
         spec = task.spec
-        age = self.now - run.started_at
-        # An agent with an event stream progresses when it emits its own events; heartbeats and
-        # noise grow the output without that. Others progress when their output grows.
-        by_events = run.last_progress_at is not None
-        last = run.last_progress_at or run.last_output_at or run.started_at
-        quiet = self.now - last
-        spent = _over_budget(spec.budget, self.observed.runs.get(task.name, ()))
-        why: str | None = None
-        if age > agent.timeout:
-            why = f"running for {format_duration(age)}, past its timeout of "
-            why += format_duration(agent.timeout)
-        elif quiet > agent.stall_timeout:
-            what = "no agent event" if by_events else "no output"
-            why = f"{what} for {format_duration(quiet)} (stallTimeout "
-            why += f"{format_duration(agent.stall_timeout)})"
-            if run.last_event:  # e.g. "retrying: 401 authentication_failed (attempt 6 of 10)"
-                why += f"; last: {run.last_event}"
-        elif run.mark != "stopped" and (
-            spent is not None or (lane_spent := self.lane_spent_today(spec.lane)) is not None
-        ):
-            if spent is not None:
-                phase, why = Phase.FAILED, f"budget exhausted ({spent}) during the run"
-            else:
-                phase = Phase.BLOCKED
-                why = (
-                    f"lane {spec.lane} spent its daily budget ({lane_spent}) during the run; "
-                    "the task starts again after 00:00 UTC, or raise the lane's spec.budget"
-                )
-                self.wake(next_midnight(self.now), Due.BUDGET_WINDOW, spec.lane)
-            self.act(
-                ActionKind.STOP,
-                task.name,
-                spec.lane,
-                why,
-                attempt=run.attempt,
-                iteration=run.iteration,
-            )
-            self.status(task.name, phase, spec.lane, spec.repo, pr=open_pr, reason=why)
+        why = _overdue(run, agent, self.now)
+        if why is None and run.mark != "stopped" and self.stop_over_budget(task, run, open_pr):
             return
         if why is not None:
-            self.outcomes.append(Outcome(task.name, run.attempt, run.iteration, "stalled", (why,)))
-            failed = self.failed_attempts(task)
-            if failed < spec.max_attempts:
-                # The run ends when apply kills it (about now): its backoff runs from then.
-                delay = backoff_delay(self.desired.config, task.name, failed)
-                self.wake(self.now + delay, Due.BACKOFF, task.name)
-            self.act(
-                ActionKind.MARK_STALLED,
-                task.name,
-                spec.lane,
-                f"run {run.attempt}.{run.iteration}: {why}",
-                attempt=run.attempt,
-                iteration=run.iteration,
-            )
-            self.status(task.name, Phase.BACKOFF, spec.lane, spec.repo, pr=open_pr, reason=why)
+            self.mark_stalled(task, run, why, open_pr)
             return
         if run.mark == "stopped":
             # A stop that did not take yet: ask again rather than count it as running work.
@@ -722,7 +695,7 @@ class _Planner:
                 iteration=run.iteration,
             )
             return
-        self.wake(last + agent.stall_timeout, Due.STALL, run.key)
+        self.wake(_last_progress(run) + agent.stall_timeout, Due.STALL, run.key)
         self.wake(run.started_at + agent.timeout, Due.TIMEOUT, run.key)
         self.status(
             task.name,
@@ -730,10 +703,50 @@ class _Planner:
             spec.lane,
             spec.repo,
             pr=open_pr,
-            reason=f"run {run.attempt}.{run.iteration} started {format_duration(age)} ago"
+            reason=f"run {run.attempt}.{run.iteration} started "
+            f"{format_duration(self.now - run.started_at)} ago"
             + _so_far(run)
             + (f"; last: {run.last_event}" if run.last_event else ""),
         )
+
+    def stop_over_budget(self, task: Task, run: RunView, open_pr: PullRequest | None) -> bool:
+        """A live run whose task, or whose lane today, has spent its budget is stopped."""
+        spec = task.spec
+        spent = _over_budget(spec.budget, self.observed.runs.get(task.name, ()))
+        if spent is not None:
+            phase, why = Phase.FAILED, f"budget exhausted ({spent}) during the run"
+        elif (lane_spent := self.lane_spent_today(spec.lane)) is not None:
+            phase = Phase.BLOCKED
+            why = (
+                f"lane {spec.lane} spent its daily budget ({lane_spent}) during the run; "
+                "the task starts again after 00:00 UTC, or raise the lane's spec.budget"
+            )
+            self.wake(next_midnight(self.now), Due.BUDGET_WINDOW, spec.lane)
+        else:
+            return False
+        self.act(
+            ActionKind.STOP, task.name, spec.lane, why, attempt=run.attempt, iteration=run.iteration
+        )
+        self.status(task.name, phase, spec.lane, spec.repo, pr=open_pr, reason=why)
+        return True
+
+    def mark_stalled(self, task: Task, run: RunView, why: str, open_pr: PullRequest | None) -> None:
+        spec = task.spec
+        self.outcomes.append(Outcome(task.name, run.attempt, run.iteration, "stalled", (why,)))
+        failed = self.failed_attempts(task)
+        if failed < spec.max_attempts:
+            # The run ends when apply kills it (about now): its backoff runs from then.
+            delay = backoff_delay(self.desired.config, task.name, failed)
+            self.wake(self.now + delay, Due.BACKOFF, task.name)
+        self.act(
+            ActionKind.MARK_STALLED,
+            task.name,
+            spec.lane,
+            f"run {run.attempt}.{run.iteration}: {why}",
+            attempt=run.attempt,
+            iteration=run.iteration,
+        )
+        self.status(task.name, Phase.BACKOFF, spec.lane, spec.repo, pr=open_pr, reason=why)
 
     def plan_success(
         self,
