@@ -44,11 +44,12 @@ def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
     checks.append(_home_check(lane))
     checks.append(_login_env_check())
     for agent in req.agents:
-        checks.append(_agent_check(lane, agent))
-        auth = _auth_check(lane, agent)
+        env = _run_env(lane, agent)  # what a run of the agent gets, built once for its checks
+        checks.append(_agent_check(agent, env))
+        auth = _auth_check(agent, env)
         if auth is not None:
             checks.append(auth)
-        config = _config_check(lane, agent)
+        config = _config_check(agent, env)
         if config is not None:
             checks.append(config)
     return checks
@@ -306,10 +307,10 @@ def _run_env(lane: Lane, agent: AgentRef) -> dict[str, str]:
     return agent_env(lane.ref.env, agent, strip=adapter.strip_env, defaults=adapter.env_defaults)
 
 
-def _config_check(lane: Lane, agent: AgentRef) -> PreflightCheck | None:
+def _config_check(agent: AgentRef, env: dict[str, str]) -> PreflightCheck | None:
     """What the adapter knows the real CLI will refuse in this configuration."""
     subject = (agent.command or [agent.kind])[0]  # as the agent check names it: blocks its tasks
-    problem = ADAPTERS[agent.kind].doctor(agent, _run_env(lane, agent))
+    problem = ADAPTERS[agent.kind].doctor(agent, env)
     if problem is None:
         if agent.kind == "command":
             return None  # any program: nothing is known about it
@@ -317,13 +318,12 @@ def _config_check(lane: Lane, agent: AgentRef) -> PreflightCheck | None:
     return _fail("agent-config", subject, *problem)
 
 
-def _auth_check(lane: Lane, agent: AgentRef) -> PreflightCheck | None:
+def _auth_check(agent: AgentRef, env: dict[str, str]) -> PreflightCheck | None:
     rule = AUTH.get(agent.kind)
     if rule is None:
         return None
     names, files, fix = rule
     subject = (agent.command or [agent.kind])[0]  # as the agent check names it: blocks its tasks
-    env = _run_env(lane, agent)
     found = [n for n in names if env.get(n)]
     if found:
         endpoint = next((f"; it talks to {env[v]} ({v})" for v in ENDPOINTS if env.get(v)), "")
@@ -378,7 +378,7 @@ def _login_path(template: str, env: dict[str, str]) -> str:
     return path
 
 
-def _agent_check(lane: Lane, agent: AgentRef) -> PreflightCheck:
+def _agent_check(agent: AgentRef, env: dict[str, str]) -> PreflightCheck:
     command = agent.command or ([agent.kind] if agent.kind != "command" else [])
     if not command:
         return _fail(
@@ -388,7 +388,7 @@ def _agent_check(lane: Lane, agent: AgentRef) -> PreflightCheck:
             "set the agent's command (an argv list)",
         )
     binary = command[0]
-    path = agent_env(lane.ref.env, agent).get("PATH", "")
+    path = env.get("PATH", "")
     if os.sep in binary:
         full = os.path.expanduser(binary)
         found = full if os.path.isfile(full) and os.access(full, os.X_OK) else None
