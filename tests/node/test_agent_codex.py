@@ -308,38 +308,29 @@ def test_the_fake_rejects_a_wrong_command_line(tmp_path: Path) -> None:
         "sandbox twice": [*flags, "-s", "read-only", "resume", THREAD, "-"],
         "not exec": ["--json", "exec", "-"],
     }
-    for what, argv in wrong.items():
-        proc = subprocess.run(
+
+    def fake(
+        argv: list[str], stdin: str = PROMPT, run_env: dict[str, str] = env
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
             [sys.executable, str(FAKE), *argv],
-            input=PROMPT.encode(),
-            env=env,
+            input=stdin.encode(),
+            env=run_env,
             cwd=repo,
             capture_output=True,
             check=False,
         )
+
+    for what, argv in wrong.items():
+        proc = fake(argv)
         assert proc.returncode == 2, what
         assert proc.stderr.startswith(b"error: "), what
         assert proc.stdout == b"", what
     good = [*flags, "resume", THREAD, "-"]
     for stdin, code in ((PROMPT, 0), ("another prompt", 2), ("", 2)):
-        proc = subprocess.run(
-            [sys.executable, str(FAKE), *good],
-            input=stdin.encode(),
-            env=env,
-            cwd=repo,
-            capture_output=True,
-            check=False,
-        )
+        proc = fake(good, stdin)
         assert proc.returncode == code, (stdin, proc.stderr)
-    leaked = {**env, "CODEX_THREAD_ID": "outer"}
-    proc = subprocess.run(
-        [sys.executable, str(FAKE), *good],
-        input=PROMPT.encode(),
-        env=leaked,
-        cwd=repo,
-        capture_output=True,
-        check=False,
-    )
+    proc = fake(good, run_env={**env, "CODEX_THREAD_ID": "outer"})
     assert proc.returncode == 2
     assert b"outer Codex session" in proc.stderr
     # OPENAI_BASE_URL alone is ignored by codex: the run needs a provider that uses it.
@@ -350,15 +341,7 @@ def test_the_fake_rejects_a_wrong_command_line(tmp_path: Path) -> None:
         (["-c", 'model_provider="p"', "-c", table % "http://127.0.0.1:9/v1"], 0),
         (["-c", 'model_provider="p"', "-c", table % "https://api.openai.com/v1"], 2),
     ):
-        argv = [*flags, *provider, "resume", THREAD, "-"]
-        proc = subprocess.run(
-            [sys.executable, str(FAKE), *argv],
-            input=PROMPT.encode(),
-            env=url,
-            cwd=repo,
-            capture_output=True,
-            check=False,
-        )
+        proc = fake([*flags, *provider, "resume", THREAD, "-"], run_env=url)
         assert proc.returncode == code, (provider, proc.stderr)
 
 

@@ -135,7 +135,7 @@ def _chooses_provider(args: list[str]) -> bool:
 
 
 def _toml_string(text: str) -> str:
-    # A JSON string is a TOML basic string: the same quotes and escapes (\uXXXX included).
+    # A JSON string is a TOML basic string: the same quotes and the same escapes, unicode ones too.
     return json.dumps(text)
 
 
