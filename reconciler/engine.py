@@ -24,7 +24,7 @@ from reconciler.manifests.loader import LaneCheck, gc_paused
 from reconciler.manifests.models import Desired
 from reconciler.manifests.policy import Policy
 from reconciler.observe import observe
-from reconciler.plan import Action, Blocked, Observed, Plan, plan
+from reconciler.plan import Action, Blocked, Observed, Plan, Why, plan
 from reconciler.state import StateLock, Store
 from reconciler.trust import private_file, untrusted
 
@@ -194,7 +194,9 @@ def plan_to_json(p: Plan) -> dict[str, Any]:
         "revision": p.revision,
         "serial": p.serial,
         "actions": [a.to_json() for a in p.actions],
-        "blocked": [{"task": b.task, "reason": b.reason} for b in p.blocked],
+        "blocked": [
+            {"task": b.task, "reason": b.reason, "reasonCode": b.why.value} for b in p.blocked
+        ],
     }
     if p.requeue is not None:  # omitted, as the plan's other keys are, when there is none
         data["requeue"] = p.requeue.to_json(p.now)
@@ -226,7 +228,10 @@ def read_plan(path: Path) -> Plan:
             serial=int(data["serial"]),
             now=0.0,
             actions=tuple(Action.from_json(a) for a in data["actions"]),
-            blocked=tuple(Blocked(b["task"], b["reason"]) for b in data.get("blocked", [])),
+            blocked=tuple(
+                Blocked(b["task"], b["reason"], Why(b.get("reasonCode", Why.DEPENDENCY_PENDING)))
+                for b in data.get("blocked", [])
+            ),
         )
     except FileNotFoundError as exc:
         raise UserError(

@@ -508,6 +508,8 @@ def _task_json(s: TaskStatus) -> dict[str, Any]:
         "attempt": s.attempt,
         "iteration": s.iteration,
         "reason": s.reason,
+        "reasonCode": s.why.value,
+        "conditions": [c.to_json() for c in s.conditions],
         "pr": {"number": s.pr.number, "url": s.pr.url, "state": s.pr.state} if s.pr else None,
         "nextAttemptAt": s.next_attempt_at,
         "costUsd": s.cost_usd,

@@ -20,11 +20,13 @@ from reconciler.plan.model import (
     TaskStatus,
 )
 from reconciler.plan.planner import backoff_delay, branch_of, evaluate, next_midnight, plan
+from reconciler.plan.reasons import Condition, Why, conditions
 
 __all__ = [
     "Action",
     "ActionKind",
     "Blocked",
+    "Condition",
     "Due",
     "FailedAction",
     "Foreign",
@@ -39,8 +41,10 @@ __all__ = [
     "RunView",
     "TaskRecord",
     "TaskStatus",
+    "Why",
     "backoff_delay",
     "branch_of",
+    "conditions",
     "evaluate",
     "next_midnight",
     "plan",

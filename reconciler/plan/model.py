@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+from reconciler.plan.reasons import Condition, Why, conditions
 from reconciler.protocol import AgentResult, ExitInfo, PreflightCheck, PullRequest
 
 Mark = Literal["crashed", "stalled", "stopped"]
@@ -260,6 +261,7 @@ class Action:
 class Blocked:
     task: str
     reason: str
+    why: Why
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,14 @@ class TaskStatus:
     next_attempt_at: float | None = None
     cost_usd: float = 0.0
     tokens: int = 0
+    why: Why = field(kw_only=True)  # the reason code: what ``reason`` says, for machines
+
+    @property
+    def conditions(self) -> tuple[Condition, ...]:
+        pr = self.pr
+        return conditions(
+            self.why, self.reason, pr.state if pr else None, pr.number if pr else None
+        )
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from reconciler.plan.model import (
     TaskRecord,
     TaskStatus,
 )
+from reconciler.plan.reasons import Why
 from reconciler.protocol import PullRequest
 
 FEEDBACK_TAIL = 2000  # characters of check output / agent message fed back per item
@@ -206,12 +207,13 @@ def _last_progress(run: RunView) -> float:
     return run.last_progress_at or run.last_output_at or run.started_at
 
 
-def _overdue(run: RunView, agent: AgentSpec, now: float) -> str | None:
+def _overdue(run: RunView, agent: AgentSpec, now: float) -> tuple[Why, str] | None:
     """Why a live run is past its timeout or stalled, or None."""
     age = now - run.started_at
     if age > agent.timeout:
-        return f"running for {format_duration(age)}, past its timeout of " + format_duration(
-            agent.timeout
+        return Why.TIMED_OUT, (
+            f"running for {format_duration(age)}, past its timeout of "
+            + format_duration(agent.timeout)
         )
     quiet = now - _last_progress(run)
     if quiet <= agent.stall_timeout:
@@ -222,7 +224,7 @@ def _overdue(run: RunView, agent: AgentSpec, now: float) -> str | None:
     )
     if run.last_event:  # e.g. "retrying: 401 authentication_failed (attempt 6 of 10)"
         why += f"; last: {run.last_event}"
-    return why
+    return Why.STALLED, why
 
 
 def _so_far(run: RunView) -> str:
@@ -240,6 +242,7 @@ class _Candidate:
     priority: int
     first_seen: float
     phase_with_slot: Phase
+    why: Why
     reason_without_slot: str
 
 
@@ -335,7 +338,7 @@ class _Planner:
             {r.attempt for r in runs if r.generation == task.generation and r.mark != "stopped"}
         )
 
-    def status(self, task: str, phase: Phase, lane: str, repo: str, **kw: object) -> None:
+    def status(self, task: str, phase: Phase, lane: str, repo: str, why: Why, **kw: object) -> None:
         runs = self.observed.runs.get(task, ())
         latest = runs[-1] if runs else None
         self.statuses[task] = TaskStatus(
@@ -348,6 +351,7 @@ class _Planner:
             iteration=latest.iteration if latest else 0,
             cost_usd=round(sum(r.cost_usd for r in runs), 6),
             tokens=sum(r.tokens for r in runs),
+            why=why,
             **kw,  # type: ignore[arg-type]
         )
 
@@ -409,7 +413,14 @@ class _Planner:
         if lane is None:
             error = self.observed.lanes.get(task.spec.lane)
             why = error.error if error is not None and error.error else "lane not observed"
-            self.status(task.name, Phase.UNKNOWN, task.spec.lane, task.spec.repo, reason=why)
+            self.status(
+                task.name,
+                Phase.UNKNOWN,
+                task.spec.lane,
+                task.spec.repo,
+                Why.LANE_UNREACHABLE,
+                reason=why,
+            )
             return
         runs = self.observed.runs.get(task.name, ())
         self.stop_old_generation(task, runs)
@@ -470,7 +481,14 @@ class _Planner:
         # could look like "no forge" and a PR like "none yet". Decide nothing until it can.
         if not (t.repo.error and t.current):
             return False
-        self.status(t.name, Phase.UNKNOWN, t.lane_name, t.spec.repo, reason=t.repo.error)
+        self.status(
+            t.name,
+            Phase.UNKNOWN,
+            t.lane_name,
+            t.spec.repo,
+            Why.REPO_UNREADABLE,
+            reason=t.repo.error,
+        )
         return True
 
     def finished(self, t: _TaskPass, done: set[str]) -> bool:
@@ -488,14 +506,24 @@ class _Planner:
             )
         if t.name in t.repo.worktrees:
             self.act(ActionKind.CLEANUP, t.name, t.lane_name, "task is done; removing its worktree")
-        self.status(t.name, Phase.DONE, t.lane_name, t.spec.repo, pr=pr)
+        merged = pr is not None and pr.state == "merged"
+        why = Why.MERGED if merged else Why.COMPLETED
+        self.status(t.name, Phase.DONE, t.lane_name, t.spec.repo, why, pr=pr)
         return True
 
     def paused(self, t: _TaskPass) -> bool:
         if not t.spec.paused:
             return False
         self.stop_live(t, "task paused")
-        self.status(t.name, Phase.PAUSED, t.lane_name, t.spec.repo, pr=t.pr, reason="paused: true")
+        self.status(
+            t.name,
+            Phase.PAUSED,
+            t.lane_name,
+            t.spec.repo,
+            Why.PAUSED,
+            pr=t.pr,
+            reason="paused: true",
+        )
         return True
 
     def pr_closed(self, t: _TaskPass) -> bool:
@@ -515,6 +543,7 @@ class _Planner:
             Phase.FAILED,
             t.lane_name,
             t.spec.repo,
+            Why.PR_CLOSED,
             pr=pr,
             reason=f"PR #{pr.number} was closed without merging; "
             "change the task's manifest to try again",
@@ -527,10 +556,13 @@ class _Planner:
             return False
         if t.open_pr is not None:  # its work stands: a human can still review and merge it
             why = f"budget exhausted ({spent}): no further iterations; review the PR"
-            self.status(t.name, Phase.PR_OPEN, t.lane_name, t.spec.repo, pr=t.open_pr, reason=why)
+            phase, pr = Phase.PR_OPEN, t.open_pr
         else:
             why = f"budget exhausted ({spent}); raise spec.budget to go on"
-            self.status(t.name, Phase.FAILED, t.lane_name, t.spec.repo, reason=why)
+            phase, pr = Phase.FAILED, None
+        self.status(
+            t.name, phase, t.lane_name, t.spec.repo, Why.BUDGET_EXHAUSTED, pr=pr, reason=why
+        )
         return True
 
     def first_start(self, t: _TaskPass, done: set[str]) -> bool:
@@ -539,19 +571,25 @@ class _Planner:
             return False
         lane_spec = self.desired.lanes[t.lane_name]
         agent = self.desired.agents[t.spec.agent]
-        reason = self.start_blocker(t.task, t.lane, lane_spec, agent, done)
-        if reason:
-            self.blocked.append(Blocked(t.name, reason))
+        blocker = self.start_blocker(t.task, t.lane, lane_spec, agent, done)
+        if blocker is not None:
+            code, reason = blocker
+            self.blocked.append(Blocked(t.name, reason, code))
             self.status(
-                t.name, Phase.BLOCKED, t.lane_name, t.spec.repo, reason=reason, pr=t.open_pr
+                t.name, Phase.BLOCKED, t.lane_name, t.spec.repo, code, reason=reason, pr=t.open_pr
             )
             return True
         first = "spec changed; starting again" if t.runs else "new task"
-        self.new_attempt(t, ActionKind.START, f"{first} (attempt {t.next_attempt})")
+        self.new_attempt(t, ActionKind.START, f"{first} (attempt {t.next_attempt})", Why.STARTING)
         return True
 
     def new_attempt(
-        self, t: _TaskPass, kind: ActionKind, reason: str, feedback: tuple[str, ...] = ()
+        self,
+        t: _TaskPass,
+        kind: ActionKind,
+        reason: str,
+        why: Why,
+        feedback: tuple[str, ...] = (),
     ) -> None:
         """A start of the task's next attempt, first iteration, once a slot is free."""
         self.candidate(
@@ -559,6 +597,7 @@ class _Planner:
             kind,
             reason,
             Phase.PENDING,
+            why,
             attempt=t.next_attempt,
             iteration=1,
             feedback=feedback,
@@ -590,7 +629,8 @@ class _Planner:
                 latest,
                 f"run {latest.attempt}.{latest.iteration}: {summary}",
                 Phase.RUNNING,
-                tuple(ev.failures + ev.feedback),
+                why=Why.ITERATING,
+                feedback=tuple(ev.failures + ev.feedback),
             )
             return None
         return f"attempt {latest.attempt} used all {t.spec.max_iterations} iterations: {summary}"
@@ -599,7 +639,7 @@ class _Planner:
         """A run that ended with no exit record or by a signal: stopped by us, or crashed."""
         if latest.mark == "stopped":
             why = "its last run was stopped; starting a fresh attempt"
-            self.new_attempt(t, ActionKind.RETRY, why)
+            self.new_attempt(t, ActionKind.RETRY, why, Why.STARTING)
             return None
         if latest.exit is None:
             why = "its process is gone and it left no exit record"
@@ -627,6 +667,7 @@ class _Planner:
                 Phase.FAILED,
                 t.lane_name,
                 spec.repo,
+                Why.ATTEMPTS_EXHAUSTED,
                 pr=t.open_pr,
                 reason=f"{_attempts(spec.max_attempts)} failed; last: {failure}",
             )
@@ -640,6 +681,7 @@ class _Planner:
                 Phase.BACKOFF,
                 t.lane_name,
                 spec.repo,
+                Why.BACKING_OFF,
                 pr=t.open_pr,
                 next_attempt_at=next_at,
                 reason=f"{failure}; next attempt in {format_duration(next_at - self.now)}",
@@ -649,21 +691,23 @@ class _Planner:
             t,
             ActionKind.RETRY,
             f"backoff elapsed after: {failure}",
+            Why.RETRYING,
             feedback=(f"A previous attempt failed: {failure}",),
         )
 
     def start_blocker(
         self, task: Task, lane: LaneView, lane_spec: LaneSpec, agent: AgentSpec, done: set[str]
-    ) -> str | None:
+    ) -> tuple[Why, str] | None:
         """Why a task cannot start now (dependencies, pre-flight), or None."""
         for dep in task.spec.depends_on:
             if dep not in self.desired.tasks:
-                return f"depends on {dep}, which is not a task in the control repo"
+                why = f"depends on {dep}, which is not a task in the control repo"
+                return Why.DEPENDENCY_MISSING, why
             if dep not in done:
-                return f"waiting for {dep} to be done"
+                return Why.DEPENDENCY_PENDING, f"waiting for {dep} to be done"
         repo = self.repo_view(lane.name, task.spec.repo)
         if repo.error:
-            return f"repository {task.spec.repo}: {repo.error}"
+            return Why.REPO_UNREADABLE, f"repository {task.spec.repo}: {repo.error}"
         agent_cmd = agent.command[0] if agent.command else agent.kind
         for check in lane.preflight:
             if check.ok or check.advisory:  # advisory: doctor's to report, not a reason to wait
@@ -671,21 +715,22 @@ class _Planner:
             subjects = ("", task.spec.repo, f"{task.spec.repo}:{task.spec.base}", agent_cmd)
             if check.subject in subjects:
                 fix = f" ({check.fix})" if check.fix else ""
-                return f"pre-flight {check.name} failed: {check.detail}{fix}"
+                return Why.PREFLIGHT_FAILED, f"pre-flight {check.name} failed: {check.detail}{fix}"
         return None
 
     def plan_live(
         self, task: Task, run: RunView, agent: AgentSpec, open_pr: PullRequest | None
     ) -> None:
         spec = task.spec
-        why = _overdue(run, agent, self.now)
-        if why is None and run.mark != "stopped" and self.stop_over_budget(task, run, open_pr):
+        overdue = _overdue(run, agent, self.now)
+        if overdue is None and run.mark != "stopped" and self.stop_over_budget(task, run, open_pr):
             return
-        if why is not None:
-            self.mark_stalled(task, run, why, open_pr)
+        if overdue is not None:
+            self.mark_stalled(task, run, overdue, open_pr)
             return
         if run.mark == "stopped":
             # A stop that did not take yet: ask again rather than count it as running work.
+            why = f"run {run.attempt}.{run.iteration} still alive after a stop"
             self.act(
                 ActionKind.STOP,
                 task.name,
@@ -693,6 +738,9 @@ class _Planner:
                 "run still alive after a stop",
                 attempt=run.attempt,
                 iteration=run.iteration,
+            )
+            self.status(
+                task.name, Phase.RUNNING, spec.lane, spec.repo, Why.STOPPING, pr=open_pr, reason=why
             )
             return
         self.wake(_last_progress(run) + agent.stall_timeout, Due.STALL, run.key)
@@ -702,6 +750,7 @@ class _Planner:
             Phase.RUNNING,
             spec.lane,
             spec.repo,
+            Why.RUNNING,
             pr=open_pr,
             reason=f"run {run.attempt}.{run.iteration} started "
             f"{format_duration(self.now - run.started_at)} ago"
@@ -715,8 +764,9 @@ class _Planner:
         spent = _over_budget(spec.budget, self.observed.runs.get(task.name, ()))
         if spent is not None:
             phase, why = Phase.FAILED, f"budget exhausted ({spent}) during the run"
+            code = Why.BUDGET_EXHAUSTED
         elif (lane_spent := self.lane_spent_today(spec.lane)) is not None:
-            phase = Phase.BLOCKED
+            phase, code = Phase.BLOCKED, Why.LANE_BUDGET_EXHAUSTED
             why = (
                 f"lane {spec.lane} spent its daily budget ({lane_spent}) during the run; "
                 "the task starts again after 00:00 UTC, or raise the lane's spec.budget"
@@ -727,11 +777,14 @@ class _Planner:
         self.act(
             ActionKind.STOP, task.name, spec.lane, why, attempt=run.attempt, iteration=run.iteration
         )
-        self.status(task.name, phase, spec.lane, spec.repo, pr=open_pr, reason=why)
+        self.status(task.name, phase, spec.lane, spec.repo, code, pr=open_pr, reason=why)
         return True
 
-    def mark_stalled(self, task: Task, run: RunView, why: str, open_pr: PullRequest | None) -> None:
+    def mark_stalled(
+        self, task: Task, run: RunView, overdue: tuple[Why, str], open_pr: PullRequest | None
+    ) -> None:
         spec = task.spec
+        code, why = overdue
         self.outcomes.append(Outcome(task.name, run.attempt, run.iteration, "stalled", (why,)))
         failed = self.failed_attempts(task)
         if failed < spec.max_attempts:
@@ -746,7 +799,7 @@ class _Planner:
             attempt=run.attempt,
             iteration=run.iteration,
         )
-        self.status(task.name, Phase.BACKOFF, spec.lane, spec.repo, pr=open_pr, reason=why)
+        self.status(task.name, Phase.BACKOFF, spec.lane, spec.repo, code, pr=open_pr, reason=why)
 
     def plan_success(
         self,
@@ -770,7 +823,7 @@ class _Planner:
                 attempt=run.attempt,
                 iteration=run.iteration,
             )
-            self.status(name, Phase.DONE, lane, spec.repo)
+            self.status(name, Phase.DONE, lane, spec.repo, Why.COMPLETED)
             return
         if open_pr is None:
             self.act(
@@ -781,10 +834,11 @@ class _Planner:
                 attempt=run.attempt,
                 iteration=run.iteration,
             )
-            self.status(name, Phase.RUNNING, lane, spec.repo, reason="opening PR")
+            self.status(name, Phase.RUNNING, lane, spec.repo, Why.OPENING_PR, reason="opening PR")
             return
         local = repo.branches.get(branch)
         pushed = repo.remote_branches.get(branch)
+        why = Why.UPDATING_PR
         if record is None or record.pr_number != open_pr.number:
             self.act(
                 ActionKind.ADOPT_PR,
@@ -813,7 +867,8 @@ class _Planner:
                     run,
                     f"PR #{open_pr.number}: {feedback[0].splitlines()[0]}",
                     Phase.PR_OPEN,
-                    tuple(feedback),
+                    why=Why.ADDRESSING_FEEDBACK,
+                    feedback=tuple(feedback),
                 )
                 return
             if feedback:
@@ -822,15 +877,24 @@ class _Planner:
                     Phase.PR_OPEN,
                     lane,
                     spec.repo,
+                    Why.ITERATIONS_EXHAUSTED,
                     pr=open_pr,
                     reason=f"PR #{open_pr.number} needs work, but all {spec.max_iterations} "
                     "iterations are used; raise maxIterations or take it over",
                 )
                 return
-        self.status(name, Phase.PR_OPEN, lane, spec.repo, pr=open_pr)
+            why = Why.AWAITING_REVIEW
+        self.status(name, Phase.PR_OPEN, lane, spec.repo, why, pr=open_pr)
 
     def iterate(
-        self, task: Task, run: RunView, reason: str, phase: Phase, feedback: tuple[str, ...]
+        self,
+        task: Task,
+        run: RunView,
+        reason: str,
+        phase: Phase,
+        *,
+        why: Why,
+        feedback: tuple[str, ...],
     ) -> None:
         """The next run of the same attempt, resuming the agent's session where it has one.
 
@@ -846,6 +910,7 @@ class _Planner:
             ActionKind.ITERATE,
             reason,
             phase,
+            why,
             attempt=run.attempt,
             iteration=run.iteration + 1,
             resume_session=session if run.turns != 0 else None,
@@ -858,6 +923,7 @@ class _Planner:
         kind: ActionKind,
         reason: str,
         phase: Phase,
+        code: Why,
         **kw: object,
     ) -> None:
         spent = self.lane_spent_today(task.spec.lane)
@@ -866,8 +932,9 @@ class _Planner:
                 f"lane {task.spec.lane} spent its daily budget ({spent}); new runs wait for "
                 "00:00 UTC, or raise the lane's spec.budget"
             )
-            self.blocked.append(Blocked(task.name, why))
-            self.status(task.name, Phase.BLOCKED, task.spec.lane, task.spec.repo, reason=why)
+            code = Why.LANE_BUDGET_EXHAUSTED
+            self.blocked.append(Blocked(task.name, why, code))
+            self.status(task.name, Phase.BLOCKED, task.spec.lane, task.spec.repo, code, reason=why)
             self.wake(next_midnight(self.now), Due.BUDGET_WINDOW, task.spec.lane)
             return
         action = Action(
@@ -880,7 +947,7 @@ class _Planner:
             **kw,  # type: ignore[arg-type]
         )
         self.candidates.append(
-            _Candidate(action, task.spec.priority, self.first_seen(task.name), phase, reason)
+            _Candidate(action, task.spec.priority, self.first_seen(task.name), phase, code, reason)
         )
 
     # ------------------------------------------------------------------ removed tasks
@@ -895,7 +962,14 @@ class _Planner:
         else:
             return
         if self.lane(lane_name) is None:
-            self.status(name, Phase.UNKNOWN, lane_name, repo_name, reason="lane not observed")
+            self.status(
+                name,
+                Phase.UNKNOWN,
+                lane_name,
+                repo_name,
+                Why.LANE_UNREACHABLE,
+                reason="lane not observed",
+            )
             return
         why = "manifest removed"
         busy = False
@@ -925,7 +999,7 @@ class _Planner:
             busy = True
             self.act(ActionKind.CLEANUP, name, lane_name, f"{why}; removing its worktree")
         if busy:
-            self.status(name, Phase.CLOSING, lane_name, repo_name, pr=pr, reason=why)
+            self.status(name, Phase.CLOSING, lane_name, repo_name, Why.REMOVING, pr=pr, reason=why)
 
     # ------------------------------------------------------------------ slots
 
@@ -964,12 +1038,19 @@ class _Planner:
                     cand.phase_with_slot,
                     action.lane,
                     task.spec.repo,
+                    cand.why,
                     pr=open_pr,
                     reason=cand.reason_without_slot,
                 )
                 continue
             self.status(
-                action.task, Phase.QUEUED, action.lane, task.spec.repo, pr=open_pr, reason=why
+                action.task,
+                Phase.QUEUED,
+                action.lane,
+                task.spec.repo,
+                Why.WAITING_FOR_SLOT,
+                pr=open_pr,
+                reason=why,
             )
         return granted
 
@@ -1003,7 +1084,7 @@ class _Planner:
                 f"tried again in {format_duration(until - self.now)}"
             )
             if status is not None:
-                self.statuses[action.task] = replace(status, reason=why)
+                self.statuses[action.task] = replace(status, reason=why, why=Why.ACTION_HELD)
         self.actions = kept
 
     def run(self) -> Plan:

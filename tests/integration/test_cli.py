@@ -41,7 +41,9 @@ def test_plan_json_shape_and_detailed_exitcode(world: World) -> None:
             "generation": data["actions"][0]["generation"],
         }
     ]
-    assert data["blocked"] == [{"task": "b", "reason": "waiting for a to be done"}]
+    assert data["blocked"] == [
+        {"task": "b", "reason": "waiting for a to be done", "reasonCode": "DependencyPending"}
+    ]
     human = world.cli("plan")
     assert human.returncode == 0
     assert "  + start  a  [web]  new task (attempt 1)" in human.stdout
@@ -106,6 +108,14 @@ def test_status_json_shape_and_describe_and_logs(world: World) -> None:
     }
     assert a["pr"]["number"] == 1 and a["pr"]["state"] == "open"
     assert a["pr"]["url"].endswith("#pull/1")
+    assert a["reasonCode"] == "AwaitingReview"
+    assert [(c["type"], c["status"]) for c in a["conditions"]] == [
+        ("Done", "False"),
+        ("Progressing", "False"),
+        ("Blocked", "False"),
+        ("Degraded", "False"),
+        ("PullRequest", "True"),
+    ]
     # the lanes' spend today is the plan's, the figure their daily budgets are held to
     spent_today = sum(t["costUsd"] for t in status["tasks"] if t["lane"] == "web")
     assert status["lanes"]["web"] == {

@@ -26,6 +26,7 @@ from reconciler.plan import (
     RepoView,
     RunView,
     TaskRecord,
+    Why,
     backoff_delay,
     plan,
 )
@@ -1031,3 +1032,124 @@ def test_the_plan_carries_each_lanes_spend_today_as_its_budget_counts_it() -> No
     p = plan(d, observed(runs={"t": [yesterday, ended], "u": [live]}), NOW)
     [web] = p.lane_spend
     assert (web.lane, web.today_usd, web.today_tokens) == ("web", 0.75, 4000)
+
+
+def _why(p: Plan, name: str) -> tuple[Phase, Why]:
+    status = next(t for t in p.tasks if t.name == name)
+    return status.phase, status.why
+
+
+def test_every_status_carries_a_reason_code_a_script_can_match() -> None:
+    d = desired(
+        ("new", task_spec()),
+        ("dep", task_spec(dependsOn=["new"])),
+        ("nodep", task_spec(dependsOn=["zzz"])),
+        ("live", task_spec()),
+        ("quiet", task_spec()),
+        ("crashed", task_spec()),
+        ("gaveup", task_spec(maxAttempts=1)),
+        ("success", task_spec()),
+        ("review", task_spec()),
+        ("merged", task_spec()),
+        ("paused", task_spec(paused=True)),
+        lanes={"web": lane(slots=9)},
+    )
+    ok = {"exit": exited(0), "result": ok_result(), "commits_ahead": 1}
+    runs = {
+        "live": [run(d, "live", alive=True)],
+        "quiet": [run(d, "quiet", alive=True, last_output_at=NOW - 301)],
+        "crashed": [run(d, "crashed", mark="crashed", marked_at=NOW - 1)],
+        "gaveup": [run(d, "gaveup", mark="crashed", marked_at=NOW - 1)],
+        "success": [run(d, "success", **ok)],
+        "review": [run(d, "review", outcome="succeeded", **ok)],
+        "merged": [run(d, "merged", outcome="succeeded", **ok)],
+    }
+    repo = RepoView(
+        prs={"agent/review": pr(2, task="review"), "agent/merged": pr(3, "merged", task="merged")},
+        branches={"agent/review": "a"},
+        remote_branches={"agent/review": "a"},
+    )
+    records = {"review": TaskRecord("review", "web", "app", 0.0, pr_number=2)}
+    p = plan(d, observed(runs=runs, repo=repo, records=records), NOW)
+    assert {t.name: (t.phase, t.why) for t in p.tasks} == {
+        "new": (Phase.PENDING, Why.STARTING),
+        "dep": (Phase.BLOCKED, Why.DEPENDENCY_PENDING),
+        "nodep": (Phase.BLOCKED, Why.DEPENDENCY_MISSING),
+        "live": (Phase.RUNNING, Why.RUNNING),
+        "quiet": (Phase.BACKOFF, Why.STALLED),
+        "crashed": (Phase.BACKOFF, Why.BACKING_OFF),
+        "gaveup": (Phase.FAILED, Why.ATTEMPTS_EXHAUSTED),
+        "success": (Phase.RUNNING, Why.OPENING_PR),
+        "review": (Phase.PR_OPEN, Why.AWAITING_REVIEW),
+        "merged": (Phase.DONE, Why.MERGED),
+        "paused": (Phase.PAUSED, Why.PAUSED),
+    }
+    assert {b.task: b.why for b in p.blocked} == {
+        "dep": Why.DEPENDENCY_PENDING,
+        "nodep": Why.DEPENDENCY_MISSING,
+    }
+    # the slot a start waits for, a lane not observed, a held action: each its own code
+    two = desired(("a", task_spec()), ("b", task_spec()), lanes={"web": lane(slots=1)})
+    assert _why(plan(two, observed(), NOW), "b") == (Phase.QUEUED, Why.WAITING_FOR_SLOT)
+    gone = {"web": LaneView("web", reachable=False, error="ssh: connection refused")}
+    assert _why(plan(d, observed(lanes=gone), NOW), "new") == (Phase.UNKNOWN, Why.LANE_UNREACHABLE)
+    held = TaskRecord(
+        "success", "web", "app", 0.0, failed=FailedAction("open-pr", "push refused", NOW - 1, 1)
+    )
+    p = plan(d, observed(runs=runs, repo=repo, records={**records, "success": held}), NOW)
+    assert _why(p, "success") == (Phase.RUNNING, Why.ACTION_HELD)
+
+
+def test_conditions_are_four_standing_ones_plus_the_pr_and_agree_with_the_phase() -> None:
+    d = desired(("review", task_spec()), ("dep", task_spec(dependsOn=["zzz"])))
+    ok = {"exit": exited(0), "result": ok_result(), "commits_ahead": 1, "outcome": "succeeded"}
+    repo = RepoView(
+        prs={"agent/review": pr(2, task="review")},
+        branches={"agent/review": "a"},
+        remote_branches={"agent/review": "a"},
+    )
+    p = plan(
+        d,
+        observed(
+            runs={"review": [run(d, "review", **ok)]},
+            repo=repo,
+            records={"review": TaskRecord("review", "web", "app", 0.0, pr_number=2)},
+        ),
+        NOW,
+    )
+    by_name = {t.name: {c.type: c for c in t.conditions} for t in p.tasks}
+    review, dep = by_name["review"], by_name["dep"]
+    assert [c.type for c in next(t for t in p.tasks if t.name == "review").conditions] == [
+        "Done",
+        "Progressing",
+        "Blocked",
+        "Degraded",
+        "PullRequest",
+    ]
+    assert {k: c.status for k, c in review.items()} == {
+        "Done": "False",
+        "Progressing": "False",
+        "Blocked": "False",
+        "Degraded": "False",
+        "PullRequest": "True",
+    }
+    assert review["PullRequest"].reason == "Open" and review["PullRequest"].message == "PR #2"
+    assert "PullRequest" not in dep
+    assert dep["Blocked"].status == "True" and dep["Blocked"].reason == "DependencyMissing"
+    assert dep["Blocked"].message == "depends on zzz, which is not a task in the control repo"
+    assert dep["Done"].message == ""  # a condition that does not hold says nothing more
+    # what the lane cannot tell is unknown, not false
+    gone = {"web": LaneView("web", reachable=False, error="ssh: connection refused")}
+    unseen = {c.type: c.status for c in plan(d, observed(lanes=gone), NOW).tasks[0].conditions}
+    assert unseen == {
+        "Done": "Unknown",
+        "Progressing": "Unknown",
+        "Blocked": "True",
+        "Degraded": "Unknown",
+    }
+    assert review["Done"].to_json() == {
+        "type": "Done",
+        "status": "False",
+        "reason": "AwaitingReview",
+        "message": "",
+    }
