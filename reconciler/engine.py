@@ -24,7 +24,7 @@ from reconciler.manifests.loader import LaneCheck, gc_paused
 from reconciler.manifests.models import Desired
 from reconciler.manifests.policy import Policy
 from reconciler.observe import observe
-from reconciler.plan import Action, Blocked, Observed, Plan, Why, plan
+from reconciler.plan import Action, Blocked, Observed, Plan, PoolFill, Why, plan
 from reconciler.state import StateLock, Store
 from reconciler.trust import private_file, untrusted
 
@@ -200,6 +200,8 @@ def plan_to_json(p: Plan) -> dict[str, Any]:
     }
     if p.requeue is not None:  # omitted, as the plan's other keys are, when there is none
         data["requeue"] = p.requeue.to_json(p.now)
+    if p.pools:
+        data["pools"] = [fill.to_json() for fill in p.pools]
     return data
 
 
@@ -232,6 +234,7 @@ def read_plan(path: Path) -> Plan:
                 Blocked(b["task"], b["reason"], Why(b.get("reasonCode", Why.DEPENDENCY_PENDING)))
                 for b in data.get("blocked", [])
             ),
+            pools=tuple(PoolFill(**fill) for fill in data.get("pools", [])),
         )
     except FileNotFoundError as exc:
         raise UserError(

@@ -136,31 +136,21 @@ class Applier:
                 ]
                 for future in done:
                     future.result()
-        self.fill_pools(report)
+        self.fill_pools(plan)
         with self.store.transaction() as tx:
             tx.set_meta("last_revision", self.revision)
         return report
 
-    def fill_pools(self, report: ApplyReport) -> None:
-        """Top up the warm worktree pools where a start used one or fewer are ready than asked:
-        after the pass's starts, so dispatch never waits for it. Failures are logged only."""
-        started = {a.lane for a in report.applied if a.kind in _STARTS}
-        for name, lane in self.lanes.items():
-            view = self.observed.lanes.get(name)
-            if view is None or not view.reachable or not any(r.pool for r in lane.spec.repos):
-                continue
-            bases: dict[str, list[str]] = {}
-            for task in self.desired.tasks.values():
-                spec = lane.spec.repo(task.spec.repo) if task.spec.lane == name else None
-                if spec is None or spec.pool <= 0:
-                    continue
-                ready = view.repos.get(spec.name)
-                have = ready.pool.get(task.spec.base, 0) if ready is not None else 0
-                if name in started or have < spec.pool:
-                    bases.setdefault(spec.name, [])
-                    if task.spec.base not in bases[spec.name]:
-                        bases[spec.name].append(task.spec.base)
-            if not bases:
+    def fill_pools(self, plan: Plan) -> None:
+        """Top up the warm worktree pools the plan names, after the pass's starts, so dispatch
+        never waits for it. Failures are logged only: a start without a pooled worktree makes
+        its own."""
+        per_lane: dict[str, dict[str, list[str]]] = {}
+        for fill in plan.pools:
+            per_lane.setdefault(fill.lane, {}).setdefault(fill.repo, []).append(fill.base)
+        for name, bases in per_lane.items():
+            lane = self.lanes.get(name)
+            if lane is None:
                 continue
             try:
                 filled = lane.one(FillPoolRequest(lane=lane.ref, bases=bases), FillPoolResult)

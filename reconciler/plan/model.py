@@ -357,6 +357,28 @@ class LaneSpend:
 
 
 @dataclass(frozen=True)
+class PoolFill:
+    """A warm worktree pool a lane should top up after the pass's starts (off the critical
+    path): ``ready`` idle worktrees are left on ``base`` once this pass's starts took theirs,
+    fewer than the ``wanted`` the repository's ``pool`` asks for."""
+
+    lane: str
+    repo: str
+    base: str
+    ready: int
+    wanted: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lane": self.lane,
+            "repo": self.repo,
+            "base": self.base,
+            "ready": self.ready,
+            "wanted": self.wanted,
+        }
+
+
+@dataclass(frozen=True)
 class Plan:
     revision: str
     serial: int
@@ -367,6 +389,7 @@ class Plan:
     outcomes: tuple[Outcome, ...] = ()
     requeue: Requeue | None = None  # None: nothing is due by time; a trigger or the interval
     lane_spend: tuple[LaneSpend, ...] = ()  # per lane, today (UTC), as the budget counts it
+    pools: tuple[PoolFill, ...] = ()  # housekeeping after the actions: not part of ``empty``
 
     @property
     def empty(self) -> bool:

@@ -40,6 +40,7 @@ from reconciler.plan.model import (
     Outcome,
     Phase,
     Plan,
+    PoolFill,
     RepoView,
     Requeue,
     RunView,
@@ -49,6 +50,7 @@ from reconciler.plan.model import (
 from reconciler.plan.reasons import Why
 from reconciler.protocol import PullRequest
 
+_FIRST_STARTS = frozenset({ActionKind.START, ActionKind.RETRY})
 FEEDBACK_TAIL = 2000  # characters of check output / agent message fed back per item
 
 # Order in which actions appear (and are applied): free slots first, then records and the forge,
@@ -1054,6 +1056,35 @@ class _Planner:
             )
         return granted
 
+    # ------------------------------------------------------------------ warm pools
+
+    def pool_fills(self, granted: list[Action]) -> list[PoolFill]:
+        """Pools to top up: per pooled repository of a reachable lane, each base its tasks
+        use, where fewer idle worktrees are left than asked once this pass's first starts
+        (a task with no worktree yet takes a pooled one) have taken theirs."""
+        taken: dict[tuple[str, str, str], int] = {}
+        for action in granted:
+            spec = self.desired.tasks[action.task].spec
+            if (
+                action.kind in _FIRST_STARTS
+                and action.task not in self.repo_view(action.lane, spec.repo).worktrees
+            ):
+                key = (action.lane, spec.repo, spec.base)
+                taken[key] = taken.get(key, 0) + 1
+        wanted: dict[tuple[str, str, str], int] = {}
+        for task in self.desired.tasks.values():
+            spec = task.spec
+            pooled = self.desired.lanes[spec.lane].repo(spec.repo)
+            if pooled is not None and pooled.pool > 0 and self.lane(spec.lane) is not None:
+                wanted[(spec.lane, spec.repo, spec.base)] = pooled.pool
+        fills: list[PoolFill] = []
+        for (lane, repo, base), size in sorted(wanted.items()):
+            idle = self.repo_view(lane, repo).pool.get(base, 0)
+            ready = max(0, idle - taken.get((lane, repo, base), 0))
+            if ready < size:
+                fills.append(PoolFill(lane, repo, base, ready, size))
+        return fills
+
     # ------------------------------------------------------------------ the whole plan
 
     def held_until(self, task: str, kind: ActionKind) -> tuple[float, FailedAction] | None:
@@ -1107,6 +1138,7 @@ class _Planner:
             outcomes=tuple(self.outcomes),
             requeue=min(self.due, default=None),
             lane_spend=tuple(self.spend_today(name) for name in sorted(self.desired.lanes)),
+            pools=tuple(self.pool_fills(granted)),
         )
 
 

@@ -1153,3 +1153,41 @@ def test_conditions_are_four_standing_ones_plus_the_pr_and_agree_with_the_phase(
         "reason": "AwaitingReview",
         "message": "",
     }
+
+
+def test_the_plan_tops_up_warm_pools_after_the_starts_that_take_from_them() -> None:
+    pooled = LaneSpec.model_validate(
+        {
+            "maxConcurrency": 3,
+            "repos": [{"name": "app", "checkout": "~/app", "pool": 2, "forge": {"kind": "local"}}],
+        }
+    )
+    d = desired(("a", task_spec()), ("b", task_spec()), ("c", task_spec()), lanes={"web": pooled})
+    full = RepoView(prs={}, pool={"main": 2})
+    # two first starts take two of the two idle worktrees: top up from zero
+    p = plan(d, observed(repo=full), NOW)
+    assert [(f.lane, f.repo, f.base, f.ready, f.wanted) for f in p.pools] == [
+        ("web", "app", "main", 0, 2)
+    ]
+    assert p.pools[0].to_json() == {
+        "lane": "web",
+        "repo": "app",
+        "base": "main",
+        "ready": 0,
+        "wanted": 2,
+    }
+    # nothing starts and the pool is full: nothing to do; a pool not full is topped up
+    live = {n: [run(d, n, alive=True)] for n in "abc"}
+    assert plan(d, observed(runs=live, repo=full), NOW).pools == ()
+    short = RepoView(prs={}, pool={"main": 1})
+    assert [f.ready for f in plan(d, observed(runs=live, repo=short), NOW).pools] == [1]
+    # an iteration reuses its task's worktree and takes nothing from the pool
+    failed = run(d, "a", exit=exited(1), result=ok_result(), commits_ahead=1)
+    iterate = RepoView(prs={}, pool={"main": 2}, worktrees={"a": "/w/app/a"})
+    p = plan(d, observed(runs={"a": [failed], "b": live["b"], "c": live["c"]}, repo=iterate), NOW)
+    assert kinds(p) == [("iterate", "a")] and p.pools == ()
+    # an unpooled or unreachable lane has none
+    assert plan(desired(("a", task_spec())), observed(repo=full), NOW).pools == ()
+    gone = {"web": LaneView("web", reachable=False)}
+    assert plan(d, observed(lanes=gone), NOW).pools == ()
+    assert p.empty is False and plan(d, observed(runs=live, repo=short), NOW).empty
