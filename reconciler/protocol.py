@@ -71,7 +71,9 @@ def lane_pin(lane: LaneRef) -> str:
 class TaskRef(Msg):
     name: str
     repo: str
-    base: str
+    # None only for a task whose manifest is gone: its actions (stop, close-pr, cleanup) act on
+    # what exists and never create a workspace, which needs the base
+    base: str | None
     branch: str  # e.g. agent/<task>
 
 

@@ -274,9 +274,7 @@ class Applier:
             if not runs:
                 raise RequestFailed(f"task {name} is unknown to state and to its lane")
             repo = runs[-1].repo
-        return TaskRef(
-            name=name, repo=repo, base="main", branch=branch_of(self.desired.config, name)
-        )
+        return TaskRef(name=name, repo=repo, base=None, branch=branch_of(self.desired.config, name))
 
     def ensure_task_row(self, tx: Transaction, task: Task) -> None:
         if self.store.task(task.name) is None:

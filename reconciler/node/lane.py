@@ -137,7 +137,8 @@ class Lane:
         check_name(task.name, "task name")
         repo, checkout = self.repo(task.repo)
         check_branch(task.branch)
-        check_branch(task.base, "base branch")
+        if task.base is not None:
+            check_branch(task.base, "base branch")
         return repo, checkout, self.workspace(repo.name, task.name)
 
     def make_root(self) -> None:

@@ -317,8 +317,10 @@ def _inspection(
     if task.repo in lane.repos:
         repo, checkout = lane.repo(task.repo)
         try:
-            update["commits_ahead"] = gitops.ahead_of_base(
-                checkout, task.branch, task.base, repo.remote
+            update["commits_ahead"] = (
+                gitops.ahead_of_base(checkout, task.branch, task.base, repo.remote)
+                if task.base is not None
+                else None
             )
         except gitops.GitError:
             update["commits_ahead"] = None

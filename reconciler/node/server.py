@@ -94,18 +94,20 @@ def _prepare(lane: Lane, req: PrepareWorkspaceRequest) -> BaseModel:
             "clone it there or fix the lane's checkout path"
         )
     lane.make_root()
-    task = req.task
+    task, base = req.task, req.task.base
+    if base is None:
+        raise NodeError(f"task {task.name}: a workspace is made from a base branch; none was given")
     created = pooled = False
     if repo.pool > 0 and gitops.resolve(checkout, f"refs/heads/{task.branch}") is None:
-        gitops.fetch_base(checkout, repo.remote, task.base)
-        directory = pool.pool_dir(lane.root, repo.name, task.base)
+        gitops.fetch_base(checkout, repo.remote, base)
+        directory = pool.pool_dir(lane.root, repo.name, base)
         taken = pool.take(
-            checkout, directory, path, branch=task.branch, base=task.base, remote=repo.remote
+            checkout, directory, path, branch=task.branch, base=base, remote=repo.remote
         )
         created = pooled = taken is not None
     if not created:
         created = gitops.prepare_workspace(
-            checkout, path, task.branch, task.base, repo.remote, sparse=repo.sparse
+            checkout, path, task.branch, base, repo.remote, sparse=repo.sparse
         )
     if created and not pooled:  # a pooled worktree ran afterCreate when it was made
         ok, message = run_hook(lane, repo, "after_create", task.name, path)
