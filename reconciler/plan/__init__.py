@@ -1,5 +1,6 @@
 """Planning: pure functions from (desired, observed, now) to a typed, serialisable plan."""
 
+from reconciler.plan.evaluation import evaluate
 from reconciler.plan.model import (
     Action,
     ActionKind,
@@ -20,8 +21,9 @@ from reconciler.plan.model import (
     TaskRecord,
     TaskStatus,
 )
-from reconciler.plan.planner import backoff_delay, branch_of, evaluate, next_midnight, plan
+from reconciler.plan.planner import branch_of, plan
 from reconciler.plan.reasons import Condition, Why, conditions
+from reconciler.plan.timing import backoff_delay, next_midnight
 
 __all__ = [
     "Action",

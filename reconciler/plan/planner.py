@@ -12,35 +12,32 @@ the pass itself, so it is polled at ``run``'s interval; the planner knows no pol
 
 from __future__ import annotations
 
-import hashlib
 import signal as _signal
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from reconciler.durations import format_duration
 from reconciler.manifests.models import (
     AgentSpec,
-    Budget,
     ConfigSpec,
     Desired,
     LaneSpec,
     Task,
     TaskSpec,
 )
+from reconciler.plan.budget import Spend, over_budget
+from reconciler.plan.evaluation import Evaluation, evaluate, pr_feedback
 from reconciler.plan.model import (
     Action,
     ActionKind,
     Blocked,
     Due,
     FailedAction,
-    LaneSpend,
     LaneView,
     Observed,
     Outcome,
     Phase,
     Plan,
-    PoolFill,
     RepoView,
     Requeue,
     RunView,
@@ -48,10 +45,9 @@ from reconciler.plan.model import (
     TaskStatus,
 )
 from reconciler.plan.reasons import Why
+from reconciler.plan.slots import Candidate, allot, pool_fills
+from reconciler.plan.timing import backoff_delay, last_progress, next_midnight, overdue
 from reconciler.protocol import PullRequest
-
-_FIRST_STARTS = frozenset({ActionKind.START, ActionKind.RETRY})
-FEEDBACK_TAIL = 2000  # characters of check output / agent message fed back per item
 
 # Order in which actions appear (and are applied): free slots first, then records and the forge,
 # then the slot-filling actions in slot order.
@@ -68,35 +64,11 @@ _KIND_ORDER = {
 }
 
 
-def backoff_delay(config: ConfigSpec, task: str, failed_attempts: int) -> float:
-    """Capped exponential backoff with deterministic "equal jitter" in [delay/2, delay]."""
-    raw = config.backoff.base * (2 ** max(0, failed_attempts - 1))
-    capped = min(config.backoff.max, raw)
-    digest = hashlib.sha256(f"{task}/{failed_attempts}".encode()).digest()
-    jitter = int.from_bytes(digest[:4], "big") / 2**32
-    return float(capped / 2 + capped / 2 * jitter)
-
-
-DAY = 86400.0
-
-
-def next_midnight(now: float) -> float:
-    """The next 00:00 UTC after ``now``: when a lane's daily budget starts afresh."""
-    return now - now % DAY + DAY
-
-
 def branch_of(config: ConfigSpec, task: str) -> str:
     return f"{config.branch_prefix}{task}"
 
 
 _NO_REPO = RepoView()
-
-
-@dataclass
-class _Evaluation:
-    ok: bool
-    failures: list[str] = field(default_factory=list)  # one line each, for reasons
-    feedback: list[str] = field(default_factory=list)  # detailed, for the agent
 
 
 def _attempts(n: int) -> str:
@@ -110,142 +82,11 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def _tail(text: str, limit: int = FEEDBACK_TAIL) -> str:
-    text = text.rstrip()
-    return text if len(text) <= limit else "…" + text[-limit:]
-
-
-def evaluate(task: Task, run: RunView) -> _Evaluation:
-    """Check an ended run (with an exit record, no signal) against the task's success criteria."""
-    assert run.exit is not None
-    ev = _Evaluation(ok=True)
-    success = task.spec.success
-    result = run.result
-    said = f": {result.error}" if result is not None and result.error else ""
-    if run.exit.exit_code != 0:
-        kind = result.subtype if result is not None else None
-        named = f" ({kind})" if kind not in (None, "success", "error") else ""
-        said = "" if named and result is not None and result.error == kind else said
-        ev.failures.append(f"agent exited with status {run.exit.exit_code}{named}{said}")
-    if result is not None and not result.ok and run.exit.exit_code == 0:
-        what = result.subtype if result.subtype not in (None, "success") else "an error"
-        ev.failures.append(f"agent reported {what}{said}")
-    commit = run.exit.commit
-    if commit is not None and commit.exit_code != 0:
-        what = "timed out" if commit.timed_out else f"failed with status {commit.exit_code}"
-        ev.failures.append(f"committing the agent's changes {what}")
-        if commit.output_tail.strip():
-            tail = _tail(commit.output_tail)
-            ev.feedback.append(f"Output of the commit (tail):\n```\n{tail}\n```")
-    final_text = result.final_text if result is not None else ""
-    for marker in success.markers:
-        if marker not in final_text:
-            ev.failures.append(f"marker {marker} missing from the agent's final output")
-    for check in run.exit.checks:
-        if check.exit_code == 0:
-            continue
-        cmd = " ".join(check.argv)
-        if check.timed_out:
-            ev.failures.append(f"check `{cmd}` timed out after {format_duration(check.duration)}")
-        elif check.exit_code is None:
-            ev.failures.append(f"check `{cmd}` could not be started")
-        else:
-            ev.failures.append(f"check `{cmd}` failed with status {check.exit_code}")
-        if check.output_tail.strip():
-            ev.feedback.append(f"Output of `{cmd}` (tail):\n```\n{_tail(check.output_tail)}\n```")
-    if success.require_commits and not run.commits_ahead:
-        ev.failures.append("no commits ahead of the base branch; commit your changes")
-    ev.ok = not ev.failures
-    if not ev.ok:
-        if final_text.strip():
-            ev.feedback.append(f"Your last message (tail):\n```\n{_tail(final_text)}\n```")
-        if run.dirty:
-            status = "\n".join(run.dirty)
-            ev.feedback.append(
-                f"Uncommitted changes (`git status --porcelain`):\n```\n{status}\n```"
-            )
-    return ev
-
-
-def pr_feedback(task: Task, pr: PullRequest, pushed: str | None) -> list[str]:
-    """What the PR's checks and reviewers ask of the commit the reconciler pushed last.
-
-    Feedback on an older commit is stale (the agent already answered it), and pending checks
-    are waited for, so a PR is never iterated on twice for the same news.
-    """
-    if pushed is None or pr.head_sha != pushed:
-        return []
-    wanted = task.spec.pr.iterate_on
-    items: list[str] = []
-    if "checks" in wanted and pr.checks == "failure":
-        items += pr.check_feedback or ["the PR's checks failed"]
-    if "reviews" in wanted:
-        items += pr.review_feedback
-    return items
-
-
-MIN_RUN_USD = 0.01  # the least budget a run starts with; below it the budget is exhausted
-
-
-def _over_budget(budget: Budget, runs: Iterable[RunView]) -> str | None:
-    """ "$x of $y" (or tokens) when ``runs`` spent ``budget``; None while within it."""
-    if budget.max_cost_usd is None and budget.max_tokens is None:
-        return None  # no budget: nothing to add up
-    spent = list(runs)
-    cost = sum(r.cost_usd for r in spent)
-    tokens = sum(r.tokens for r in spent)
-    if budget.max_cost_usd is not None and cost > budget.max_cost_usd - MIN_RUN_USD:
-        if cost < budget.max_cost_usd:  # a run cannot start with less (claude refuses it)
-            return f"${cost:.3f} of ${budget.max_cost_usd:.2f}, less than a cent left"
-        return f"${cost:.2f} of ${budget.max_cost_usd:.2f}"
-    if budget.max_tokens is not None and tokens >= budget.max_tokens:
-        return f"{tokens} of {budget.max_tokens} tokens"
-    return None
-
-
-def _last_progress(run: RunView) -> float:
-    """When a live run last progressed: an agent with an event stream when it emitted its own
-    events (heartbeats and noise grow the output without that); others when their output grew."""
-    return run.last_progress_at or run.last_output_at or run.started_at
-
-
-def _overdue(run: RunView, agent: AgentSpec, now: float) -> tuple[Why, str] | None:
-    """Why a live run is past its timeout or stalled, or None."""
-    age = now - run.started_at
-    if age > agent.timeout:
-        return Why.TIMED_OUT, (
-            f"running for {format_duration(age)}, past its timeout of "
-            + format_duration(agent.timeout)
-        )
-    quiet = now - _last_progress(run)
-    if quiet <= agent.stall_timeout:
-        return None
-    what = "no agent event" if run.last_progress_at is not None else "no output"
-    why = (
-        f"{what} for {format_duration(quiet)} (stallTimeout {format_duration(agent.stall_timeout)})"
-    )
-    if run.last_event:  # e.g. "retrying: 401 authentication_failed (attempt 6 of 10)"
-        why += f"; last: {run.last_event}"
-    return Why.STALLED, why
-
-
 def _so_far(run: RunView) -> str:
     """What a running agent's events tell, e.g. ", 3 turns, 5 tool calls, 4200 tokens, $0.06
     so far"."""
     words = run.activity() if run.result is None else []
     return ", " + ", ".join(words) + " so far" if words else ""
-
-
-@dataclass
-class _Candidate:
-    """A slot-needing action waiting for the slot filler."""
-
-    action: Action
-    priority: int
-    first_seen: float
-    phase_with_slot: Phase
-    why: Why
-    reason_without_slot: str
 
 
 @dataclass(frozen=True)
@@ -291,14 +132,16 @@ class _Planner:
     observed: Observed
     now: float
     actions: list[Action] = field(default_factory=list)
-    candidates: list[_Candidate] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
     blocked: list[Blocked] = field(default_factory=list)
     statuses: dict[str, TaskStatus] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     freed: set[str] = field(default_factory=set)  # run keys stopped or marked this pass
     due: list[Requeue] = field(default_factory=list)  # moments a later pass would differ
-    _lane_spend: dict[str, str | None] = field(default_factory=dict)
-    _lane_today: dict[str, tuple[RunView, ...]] = field(default_factory=dict)
+    spend: Spend = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.spend = Spend(self.desired, self.observed, self.now)
 
     # ------------------------------------------------------------------ helpers
 
@@ -356,43 +199,6 @@ class _Planner:
             why=why,
             **kw,  # type: ignore[arg-type]
         )
-
-    def budget_left(self, task: Task) -> float | None:
-        """Dollars the next run of ``task`` may spend under its own and its lane's budgets."""
-        left: list[float] = []
-        if task.spec.budget.max_cost_usd is not None:
-            spent = sum(r.cost_usd for r in self.observed.runs.get(task.name, ()))
-            left.append(task.spec.budget.max_cost_usd - spent)
-        lane_budget = self.desired.lanes[task.spec.lane].budget.max_cost_usd
-        if lane_budget is not None:
-            left.append(lane_budget - sum(r.cost_usd for r in self.lane_today(task.spec.lane)))
-        return round(max(0.0, min(left)), 4) if left else None
-
-    def lane_today(self, lane: str) -> tuple[RunView, ...]:
-        """The lane's runs started since 00:00 UTC (read once per plan)."""
-        if lane not in self._lane_today:
-            midnight = self.now - self.now % DAY
-            self._lane_today[lane] = tuple(
-                r
-                for runs in self.observed.runs.values()
-                for r in runs
-                if r.lane == lane and r.started_at >= midnight
-            )
-        return self._lane_today[lane]
-
-    def spend_today(self, lane: str) -> LaneSpend:
-        runs = self.lane_today(lane)
-        cost = round(sum(r.cost_usd for r in runs), 6)
-        return LaneSpend(lane, cost, sum(r.tokens for r in runs))
-
-    def lane_spent_today(self, lane: str) -> str | None:
-        """What the lane's runs of today spent, when it is past its daily budget; else None."""
-        budget = self.desired.lanes[lane].budget
-        if budget.max_cost_usd is None and budget.max_tokens is None:
-            return None
-        if lane not in self._lane_spend:
-            self._lane_spend[lane] = _over_budget(budget, self.lane_today(lane))
-        return self._lane_spend[lane]
 
     def first_seen(self, task: str) -> float:
         record = self.observed.records.get(task)
@@ -553,7 +359,7 @@ class _Planner:
         return True
 
     def budget_spent(self, t: _TaskPass) -> bool:
-        spent = _over_budget(t.spec.budget, t.runs)
+        spent = over_budget(t.spec.budget, t.runs)
         if spent is None or any(r.alive for r in t.current):
             return False
         if t.open_pr is not None:  # its work stands: a human can still review and merge it
@@ -614,7 +420,7 @@ class _Planner:
         if latest.exit is None or latest.exit.signal is not None:
             return self.plan_vanished(t, latest)
         if latest.outcome is not None:
-            ev = _Evaluation(ok=latest.outcome == "succeeded", failures=list(latest.failures))
+            ev = Evaluation(ok=latest.outcome == "succeeded", failures=list(latest.failures))
         else:
             ev = evaluate(t.task, latest)
             verdict: Literal["succeeded", "failed"] = "succeeded" if ev.ok else "failed"
@@ -724,11 +530,11 @@ class _Planner:
         self, task: Task, run: RunView, agent: AgentSpec, open_pr: PullRequest | None
     ) -> None:
         spec = task.spec
-        overdue = _overdue(run, agent, self.now)
-        if overdue is None and run.mark != "stopped" and self.stop_over_budget(task, run, open_pr):
+        late = overdue(run, agent, self.now)
+        if late is None and run.mark != "stopped" and self.stop_over_budget(task, run, open_pr):
             return
-        if overdue is not None:
-            self.mark_stalled(task, run, overdue, open_pr)
+        if late is not None:
+            self.mark_stalled(task, run, late, open_pr)
             return
         if run.mark == "stopped":
             # A stop that did not take yet: ask again rather than count it as running work.
@@ -745,7 +551,7 @@ class _Planner:
                 task.name, Phase.RUNNING, spec.lane, spec.repo, Why.STOPPING, pr=open_pr, reason=why
             )
             return
-        self.wake(_last_progress(run) + agent.stall_timeout, Due.STALL, run.key)
+        self.wake(last_progress(run) + agent.stall_timeout, Due.STALL, run.key)
         self.wake(run.started_at + agent.timeout, Due.TIMEOUT, run.key)
         self.status(
             task.name,
@@ -763,11 +569,11 @@ class _Planner:
     def stop_over_budget(self, task: Task, run: RunView, open_pr: PullRequest | None) -> bool:
         """A live run whose task, or whose lane today, has spent its budget is stopped."""
         spec = task.spec
-        spent = _over_budget(spec.budget, self.observed.runs.get(task.name, ()))
+        spent = self.spend.task_over(task)
         if spent is not None:
             phase, why = Phase.FAILED, f"budget exhausted ({spent}) during the run"
             code = Why.BUDGET_EXHAUSTED
-        elif (lane_spent := self.lane_spent_today(spec.lane)) is not None:
+        elif (lane_spent := self.spend.lane_over(spec.lane)) is not None:
             phase, code = Phase.BLOCKED, Why.LANE_BUDGET_EXHAUSTED
             why = (
                 f"lane {spec.lane} spent its daily budget ({lane_spent}) during the run; "
@@ -928,7 +734,7 @@ class _Planner:
         code: Why,
         **kw: object,
     ) -> None:
-        spent = self.lane_spent_today(task.spec.lane)
+        spent = self.spend.lane_over(task.spec.lane)
         if spent is not None:
             why = (
                 f"lane {task.spec.lane} spent its daily budget ({spent}); new runs wait for "
@@ -945,11 +751,11 @@ class _Planner:
             lane=task.spec.lane,
             reason=reason,
             generation=task.generation,
-            budget_usd=self.budget_left(task),
+            budget_usd=self.spend.left(task),
             **kw,  # type: ignore[arg-type]
         )
         self.candidates.append(
-            _Candidate(action, task.spec.priority, self.first_seen(task.name), phase, code, reason)
+            Candidate(action, task.spec.priority, self.first_seen(task.name), phase, code, reason)
         )
 
     # ------------------------------------------------------------------ removed tasks
@@ -1006,84 +812,24 @@ class _Planner:
     # ------------------------------------------------------------------ slots
 
     def fill_slots(self) -> list[Action]:
-        used: dict[str, int] = {}
-        for runs in self.observed.runs.values():
-            for run in runs:
-                if run.alive and run.key not in self.freed:
-                    used[run.lane] = used.get(run.lane, 0) + 1
-        total = sum(used.values())
-        cap = self.desired.config.max_concurrency
+        """Grant the waiting starts and iterations their slots; the rest are queued."""
         granted: list[Action] = []
-        order = sorted(self.candidates, key=lambda c: (-c.priority, c.first_seen, c.action.task))
-        for cand in order:
+        for cand, wait in allot(self.desired, self.observed, self.freed, self.candidates):
             action = cand.action
             task = self.desired.tasks[action.task]
-            lane_slots = self.desired.lanes[action.lane].max_concurrency
-            in_lane = used.get(action.lane, 0)
             pr = self.pr_for(
-                action.lane,
-                task.spec.repo,
-                branch_of(self.desired.config, task.name),
-                task.name,
+                action.lane, task.spec.repo, branch_of(self.desired.config, task.name), task.name
             )
             open_pr = pr if pr is not None and pr.state == "open" else None
-            if in_lane >= lane_slots:
-                why = f"waiting for a slot in lane {action.lane} ({in_lane}/{lane_slots} in use)"
-            elif cap is not None and total >= cap:
-                why = f"waiting for a slot ({total}/{cap} in use across lanes)"
-            else:
-                used[action.lane] = in_lane + 1
-                total += 1
+            if wait is None:
                 granted.append(action)
-                self.status(
-                    action.task,
-                    cand.phase_with_slot,
-                    action.lane,
-                    task.spec.repo,
-                    cand.why,
-                    pr=open_pr,
-                    reason=cand.reason_without_slot,
-                )
-                continue
+                phase, why, reason = cand.phase_with_slot, cand.why, cand.reason_without_slot
+            else:
+                phase, why, reason = Phase.QUEUED, Why.WAITING_FOR_SLOT, wait
             self.status(
-                action.task,
-                Phase.QUEUED,
-                action.lane,
-                task.spec.repo,
-                Why.WAITING_FOR_SLOT,
-                pr=open_pr,
-                reason=why,
+                action.task, phase, action.lane, task.spec.repo, why, pr=open_pr, reason=reason
             )
         return granted
-
-    # ------------------------------------------------------------------ warm pools
-
-    def pool_fills(self, granted: list[Action]) -> list[PoolFill]:
-        """Pools to top up: per pooled repository of a reachable lane, each base its tasks
-        use, where fewer idle worktrees are left than asked once this pass's first starts
-        (a task with no worktree yet takes a pooled one) have taken theirs."""
-        taken: dict[tuple[str, str, str], int] = {}
-        for action in granted:
-            spec = self.desired.tasks[action.task].spec
-            if (
-                action.kind in _FIRST_STARTS
-                and action.task not in self.repo_view(action.lane, spec.repo).worktrees
-            ):
-                key = (action.lane, spec.repo, spec.base)
-                taken[key] = taken.get(key, 0) + 1
-        wanted: dict[tuple[str, str, str], int] = {}
-        for task in self.desired.tasks.values():
-            spec = task.spec
-            pooled = self.desired.lanes[spec.lane].repo(spec.repo)
-            if pooled is not None and pooled.pool > 0 and self.lane(spec.lane) is not None:
-                wanted[(spec.lane, spec.repo, spec.base)] = pooled.pool
-        fills: list[PoolFill] = []
-        for (lane, repo, base), size in sorted(wanted.items()):
-            idle = self.repo_view(lane, repo).pool.get(base, 0)
-            ready = max(0, idle - taken.get((lane, repo, base), 0))
-            if ready < size:
-                fills.append(PoolFill(lane, repo, base, ready, size))
-        return fills
 
     # ------------------------------------------------------------------ the whole plan
 
@@ -1137,8 +883,8 @@ class _Planner:
             tasks=tuple(self.statuses[name] for name in sorted(self.statuses)),
             outcomes=tuple(self.outcomes),
             requeue=min(self.due, default=None),
-            lane_spend=tuple(self.spend_today(name) for name in sorted(self.desired.lanes)),
-            pools=tuple(self.pool_fills(granted)),
+            lane_spend=tuple(self.spend.today(name) for name in sorted(self.desired.lanes)),
+            pools=tuple(pool_fills(self.desired, self.observed, granted)),
         )
 
 
