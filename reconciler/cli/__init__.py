@@ -35,7 +35,7 @@ from reconciler.cli.terminal import guarded, unguarded
 from reconciler.control import ControlError
 from reconciler.durations import parse_duration
 from reconciler.engine import Context, Engine, UserError, plan_to_json, read_plan, save_plan
-from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, agent_ref
+from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed
 from reconciler.lanes.policy import PolicyError, machine_facts, violations
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired, LaneSpec, SshTarget, Task
@@ -48,7 +48,6 @@ from reconciler.protocol import (
     ForgeListResult,
     ForgeMergeRequest,
     LogResult,
-    PreflightRequest,
     PreflightResult,
     PRResult,
     ReadLogRequest,
@@ -735,25 +734,8 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
     rows = []
     failed = 0
     for name, lane in engine.lanes(desired).items():
-        bases: dict[str, set[str]] = {}
-        for task in desired.tasks.values():
-            if task.spec.lane == name:
-                bases.setdefault(task.spec.repo, set()).add(task.spec.base)
-        agents = {
-            agent_ref(desired, t.spec.agent).model_dump_json(): agent_ref(desired, t.spec.agent)
-            for t in desired.tasks.values()
-            if t.spec.lane == name
-        }
         try:
-            result = lane.one(
-                PreflightRequest(
-                    lane=lane.ref,
-                    min_free_bytes=int(lane.spec.min_free_disk),
-                    bases={r: sorted(b) for r, b in bases.items()},
-                    agents=list(agents.values()),
-                ),
-                PreflightResult,
-            )
+            result = lane.one(lane.preflight_request(desired), PreflightResult)
         except (LaneUnavailable, RequestFailed) as exc:
             failed += 1
             detail, _, fix = str(exc).partition("; ")

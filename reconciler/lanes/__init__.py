@@ -25,6 +25,7 @@ from reconciler.protocol import (
     Batch,
     BatchResult,
     LaneRef,
+    PreflightRequest,
     Pricing,
     RepoHooks,
     RepoRef,
@@ -148,6 +149,22 @@ class LaneClient:
                 f"{len(batch.requests)} requests"
             )
         return result.responses
+
+    def preflight_request(self, desired: Desired) -> PreflightRequest:
+        """What pre-flight checks for this lane: its free disk, the base of each repository its
+        tasks start from, and the agents they run. One request for every pass and ``doctor``."""
+        bases: dict[str, set[str]] = {}
+        agents: set[str] = set()
+        for task in desired.tasks.values():
+            if task.spec.lane == self.name:
+                bases.setdefault(task.spec.repo, set()).add(task.spec.base)
+                agents.add(task.spec.agent)
+        return PreflightRequest(
+            lane=self.ref,
+            min_free_bytes=int(self.spec.min_free_disk),
+            bases={repo: sorted(b) for repo, b in bases.items()},
+            agents=[agent_ref(desired, name) for name in sorted(agents)],
+        )
 
     def one(self, request: Request, result_type: type[T]) -> T:
         """Send one request; return its typed result or raise ``RequestFailed``."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, agent_ref, unwrap
+from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, unwrap
 from reconciler.manifests.models import NAME_PATTERN, Desired
 from reconciler.plan import (
     FailedAction,
@@ -36,7 +36,6 @@ from reconciler.plan import (
 from reconciler.protocol import (
     ObserveRequest,
     ObserveResult,
-    PreflightRequest,
     PreflightResult,
     PullRequest,
     RepoObs,
@@ -109,19 +108,7 @@ def _observe_lane(
     mine = [n for n, t in desired.tasks.items() if t.spec.lane == lane.name]
     mine += [n for n, r in records.items() if r.lane == lane.name and n not in desired.tasks]
     inspect = sorted(k for n in mine if (k := _needs_inspection(runs_by_task.get(n, []))))
-    bases: dict[str, set[str]] = {}
-    agent_names: set[str] = set()
-    for name in mine:
-        task = desired.tasks.get(name)
-        if task is not None:
-            bases.setdefault(task.spec.repo, set()).add(task.spec.base)
-            agent_names.add(task.spec.agent)
-    preflight = PreflightRequest(
-        lane=lane.ref,
-        min_free_bytes=int(spec.min_free_disk),
-        bases={repo: sorted(b) for repo, b in bases.items()},
-        agents=[agent_ref(desired, name) for name in sorted(agent_names)],
-    )
+    preflight = lane.preflight_request(desired)
 
     prefix = desired.config.branch_prefix
     # PR feedback is read in full unless a task's iterateOn asks for less; a removed task's
