@@ -19,7 +19,19 @@ from dataclasses import dataclass, field
 from reconciler.faults import crash_point
 from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, agent_ref
 from reconciler.manifests.models import Desired, Task
-from reconciler.plan import Action, ActionKind, Observed, Outcome, Plan, RunView, branch_of
+from reconciler.plan import (
+    Action,
+    ActionKind,
+    Completion,
+    NewRun,
+    Observed,
+    Outcome,
+    Plan,
+    PrOfRun,
+    PrRef,
+    RunView,
+    branch_of,
+)
 from reconciler.protocol import (
     FillPoolRequest,
     FillPoolResult,
@@ -64,20 +76,20 @@ class ApplyReport:
         return not self.failed
 
 
-def compose_prompt(task: Task, action: Action) -> str:
+def compose_prompt(task: Task, run: NewRun) -> str:
     """The prompt for a run: the task's prompt, plus concrete feedback on later runs."""
-    if not action.feedback:
+    if not run.feedback:
         return task.prompt
     lines = [task.prompt.rstrip("\n"), "", "---", ""]
-    if action.kind is ActionKind.ITERATE:
+    if run.iteration > 1:  # an iteration of the same attempt
         lines.append(
-            f"Your previous run (attempt {action.attempt}, iteration {action.iteration - 1}) "
+            f"Your previous run (attempt {run.attempt}, iteration {run.iteration - 1}) "
             "did not meet the success criteria. Fix the following and try again:"
         )
     else:
         lines.append("Starting a new attempt. What went wrong before:")
     lines.append("")
-    for item in action.feedback:
+    for item in run.feedback:
         lines.append(f"- {item}" if "\n" not in item else item)
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -520,23 +532,24 @@ class Applier:
         crash_point("after-workspace")
         # A fresh session id per run (agents that accept one refuse to reuse an id); start-run
         # is idempotent per run directory, so a repeated start keeps the first run's id.
-        session_id = None if action.resume_session else str(uuid.uuid4())
+        run = action.want(NewRun)
+        session_id = None if run.resume_session else str(uuid.uuid4())
         request = StartRunRequest(
             lane=lane.ref,
             task=ref,
-            attempt=action.attempt,
-            iteration=action.iteration,
-            generation=action.generation,
-            prompt=compose_prompt(task, action),
+            attempt=run.attempt,
+            iteration=run.iteration,
+            generation=run.generation,
+            prompt=compose_prompt(task, run),
             agent=agent_ref(self.desired, task.spec.agent).model_copy(
-                update={"max_budget_usd": action.budget_usd}
+                update={"max_budget_usd": run.budget_usd}
             ),
-            resume_session=action.resume_session,
+            resume_session=run.resume_session,
             session_id=session_id,
             checks=[list(c) for c in task.spec.success.checks],
             check_timeout=task.spec.success.check_timeout,
             markers=list(task.spec.success.markers),
-            env={"RECONCILER_REVISION": self.revision, "RECONCILER_GENERATION": action.generation},
+            env={"RECONCILER_REVISION": self.revision, "RECONCILER_GENERATION": run.generation},
         )
         return lane.one(request, RunObs)
 
@@ -648,11 +661,11 @@ class Applier:
         lane = self.lane(task.spec.lane)
         ref = self.task_ref(task.name)
         self._push(lane, ref)
-        assert action.pr_number is not None
+        pr = action.want(PrOfRun)
         title, body = self._pr_text(task)
         updated = lane.one(
             ForgeUpdateRequest(
-                lane=lane.ref, repo=ref.repo, number=action.pr_number, title=title, body=body
+                lane=lane.ref, repo=ref.repo, number=pr.pr_number, title=title, body=body
             ),
             PRResult,
         )
@@ -663,30 +676,30 @@ class Applier:
         lane = self.lane(task.spec.lane)
         ref = self.task_ref(task.name)
         sha = self._push(lane, ref)
-        assert action.pr_number is not None
+        pr = action.want(PrOfRun)
         title, body = self._pr_text(task)
         lane.one(
             ForgeUpdateRequest(
                 lane=lane.ref,
                 repo=ref.repo,
-                number=action.pr_number,
+                number=pr.pr_number,
                 title=title,
                 body=body,
-                comment=f"Pushed {sha[:12]} after run {action.attempt}.{action.iteration}.",
+                comment=f"Pushed {sha[:12]} after run {pr.attempt}.{pr.iteration}.",
             ),
             PRResult,
         )
-        self.event(task.name, "pr-updated", f"pushed {sha[:12]} to PR #{action.pr_number}")
+        self.event(task.name, "pr-updated", f"pushed {sha[:12]} to PR #{pr.pr_number}")
 
     def close_pr(self, action: Action) -> None:
         lane = self.lane(action.lane)
         ref = self.task_ref(action.task)
-        assert action.pr_number is not None
+        number = action.want(PrRef).pr_number
         lane.one(
             ForgeCloseRequest(
                 lane=lane.ref,
                 repo=ref.repo,
-                number=action.pr_number,
+                number=number,
                 comment=(
                     f"Closed by reconciler: the manifest of task `{action.task}` was removed at "
                     f"control revision `{self.revision}`. The branch `{ref.branch}` is kept."
@@ -695,7 +708,7 @@ class Applier:
             PRResult,
         )
         crash_point("after-pr-close")
-        self.event(action.task, "pr-closed", f"PR #{action.pr_number} closed: manifest removed")
+        self.event(action.task, "pr-closed", f"PR #{number} closed: manifest removed")
 
     # ------------------------------------------------------------------ endings
 
@@ -712,13 +725,14 @@ class Applier:
 
     def complete(self, action: Action) -> None:
         task = self.desired.tasks[action.task]
-        if action.pr_number is None:
+        merged = action.want(Completion).pr_number
+        if merged is None:
             # No forge: the work is delivered by pushing the branch.
             self._push(self.lane(task.spec.lane), self.task_ref(task.name))
         with self.store.transaction() as tx:
             self.ensure_task_row(tx, task)
             tx.update_task(task.name, done=True, done_generation=task.generation)
-            what = f"PR #{action.pr_number} merged" if action.pr_number else "success, no forge"
+            what = f"PR #{merged} merged" if merged is not None else "success, no forge"
             self.event(task.name, "done", f"task done ({what})", tx)
         crash_point("after-complete")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from reconciler.plan.reasons import Condition, Why, conditions
 from reconciler.protocol import AgentResult, ExitInfo, PreflightCheck, PullRequest
@@ -203,20 +203,134 @@ class Phase(StrEnum):
 
 
 @dataclass(frozen=True)
+class RunKey:
+    """The run an action is about: mark-crashed, mark-stalled, stop; open-pr (the run whose
+    success the PR carries)."""
+
+    attempt: int
+    iteration: int
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """start, retry, iterate: the run to create."""
+
+    attempt: int
+    iteration: int
+    generation: str
+    resume_session: str | None = None  # iterate: the agent session to resume
+    feedback: tuple[str, ...] = ()  # concrete failures fed back to the agent
+    budget_usd: float | None = None  # what the run may still spend (task and lane budgets)
+
+
+@dataclass(frozen=True)
+class PrOfRun:
+    """adopt-pr, update-pr: the task's open PR, and the run whose work it carries."""
+
+    pr_number: int
+    attempt: int
+    iteration: int
+
+
+@dataclass(frozen=True)
+class PrRef:
+    """close-pr: the PR to close."""
+
+    pr_number: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    """complete: the generation that is done, by a merged PR or by the run that succeeded
+    where the repository has no forge."""
+
+    generation: str
+    pr_number: int | None = None
+    attempt: int = 0
+    iteration: int = 0
+
+
+@dataclass(frozen=True)
+class NoPayload:
+    """cleanup: the task is all it needs."""
+
+
+NO_PAYLOAD = NoPayload()
+Payload = RunKey | NewRun | PrOfRun | PrRef | Completion | NoPayload
+
+# Each action kind and the one payload type it carries.
+PAYLOADS: dict[ActionKind, type[Payload]] = {
+    ActionKind.START: NewRun,
+    ActionKind.RETRY: NewRun,
+    ActionKind.ITERATE: NewRun,
+    ActionKind.MARK_CRASHED: RunKey,
+    ActionKind.MARK_STALLED: RunKey,
+    ActionKind.STOP: RunKey,
+    ActionKind.OPEN_PR: RunKey,
+    ActionKind.ADOPT_PR: PrOfRun,
+    ActionKind.UPDATE_PR: PrOfRun,
+    ActionKind.CLOSE_PR: PrRef,
+    ActionKind.CLEANUP: NoPayload,
+    ActionKind.COMPLETE: Completion,
+}
+
+P = TypeVar("P", RunKey, NewRun, PrOfRun, PrRef, Completion, NoPayload)
+
+
+@dataclass(frozen=True)
 class Action:
-    """One step of a plan. ``reason`` is for humans only: apply never reads it."""
+    """One step of a plan: its kind, the task and lane, and the payload its kind carries
+    (``PAYLOADS``). ``reason`` is for humans only: apply never reads it."""
 
     kind: ActionKind
     task: str
     lane: str
     reason: str
-    attempt: int = 0  # start/iterate/retry: the run to create; others: the run concerned
-    iteration: int = 0
-    generation: str = ""
-    pr_number: int | None = None
-    resume_session: str | None = None
-    feedback: tuple[str, ...] = ()  # iterate/retry: concrete failures fed back to the agent
-    budget_usd: float | None = None  # what the run may still spend (task and lane budgets)
+    payload: Payload = NO_PAYLOAD
+
+    def __post_init__(self) -> None:
+        wanted = PAYLOADS[self.kind]
+        if not isinstance(self.payload, wanted):
+            raise TypeError(
+                f"a {self.kind.value} action carries a {wanted.__name__}, "
+                f"not a {type(self.payload).__name__}"
+            )
+
+    def want(self, kind: type[P]) -> P:
+        """The payload as the type a handler of this action's kind expects."""
+        if not isinstance(self.payload, kind):
+            raise TypeError(f"{self.kind.value} carries no {kind.__name__}")
+        return self.payload
+
+    # Read-only views shared by several kinds, for logs, events and the JSON shape.
+    @property
+    def attempt(self) -> int:
+        return int(getattr(self.payload, "attempt", 0))
+
+    @property
+    def iteration(self) -> int:
+        return int(getattr(self.payload, "iteration", 0))
+
+    @property
+    def generation(self) -> str:
+        return str(getattr(self.payload, "generation", ""))
+
+    @property
+    def pr_number(self) -> int | None:
+        number = getattr(self.payload, "pr_number", None)
+        return int(number) if number is not None else None
+
+    @property
+    def resume_session(self) -> str | None:
+        return self.payload.resume_session if isinstance(self.payload, NewRun) else None
+
+    @property
+    def feedback(self) -> tuple[str, ...]:
+        return self.payload.feedback if isinstance(self.payload, NewRun) else ()
+
+    @property
+    def budget_usd(self) -> float | None:
+        return self.payload.budget_usd if isinstance(self.payload, NewRun) else None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -242,18 +356,32 @@ class Action:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Action:
+        kind = ActionKind(data["action"])
+        wanted = PAYLOADS[kind]
+        attempt, iteration = int(data.get("attempt", 0)), int(data.get("iteration", 0))
+        generation = str(data.get("generation", ""))
+        payload: Payload
+        if wanted is NewRun:
+            payload = NewRun(
+                attempt,
+                iteration,
+                generation,
+                resume_session=data.get("resumeSession"),
+                feedback=tuple(data.get("feedback", ())),
+                budget_usd=data.get("budgetUsd"),
+            )
+        elif wanted is RunKey:
+            payload = RunKey(attempt, iteration)
+        elif wanted is PrOfRun:
+            payload = PrOfRun(int(data["pr"]), attempt, iteration)
+        elif wanted is PrRef:
+            payload = PrRef(int(data["pr"]))
+        elif wanted is Completion:
+            payload = Completion(generation, data.get("pr"), attempt, iteration)
+        else:
+            payload = NO_PAYLOAD
         return cls(
-            kind=ActionKind(data["action"]),
-            task=data["task"],
-            lane=data["lane"],
-            reason=data["reason"],
-            attempt=int(data.get("attempt", 0)),
-            iteration=int(data.get("iteration", 0)),
-            generation=str(data.get("generation", "")),
-            pr_number=data.get("pr"),
-            resume_session=data.get("resumeSession"),
-            feedback=tuple(data.get("feedback", ())),
-            budget_usd=data.get("budgetUsd"),
+            kind=kind, task=data["task"], lane=data["lane"], reason=data["reason"], payload=payload
         )
 
 

@@ -28,18 +28,25 @@ from reconciler.manifests.models import (
 from reconciler.plan.budget import Spend, over_budget
 from reconciler.plan.evaluation import Evaluation, evaluate, pr_feedback
 from reconciler.plan.model import (
+    NO_PAYLOAD,
     Action,
     ActionKind,
     Blocked,
+    Completion,
     Due,
     FailedAction,
     LaneView,
+    NewRun,
     Observed,
     Outcome,
+    Payload,
     Phase,
     Plan,
+    PrOfRun,
+    PrRef,
     RepoView,
     Requeue,
+    RunKey,
     RunView,
     TaskRecord,
     TaskStatus,
@@ -164,8 +171,10 @@ class _Planner:
             return None  # a PR from the same branch name but for another task: not ours
         return pr
 
-    def act(self, kind: ActionKind, task: str, lane: str, reason: str, **kw: object) -> Action:
-        action = Action(kind=kind, task=task, lane=lane, reason=reason, **kw)  # type: ignore[arg-type]
+    def act(
+        self, kind: ActionKind, task: str, lane: str, reason: str, payload: Payload = NO_PAYLOAD
+    ) -> Action:
+        action = Action(kind=kind, task=task, lane=lane, reason=reason, payload=payload)
         self.actions.append(action)
         if kind in (ActionKind.STOP, ActionKind.MARK_STALLED, ActionKind.MARK_CRASHED):
             self.freed.add(f"{task}/{action.attempt}.{action.iteration}")
@@ -268,8 +277,7 @@ class _Planner:
                     task.name,
                     task.spec.lane,
                     f"spec changed; stopping run {run.attempt}.{run.iteration} of the old spec",
-                    attempt=run.attempt,
-                    iteration=run.iteration,
+                    RunKey(run.attempt, run.iteration),
                 )
 
     def stop_live(self, t: _TaskPass, reason: str) -> None:
@@ -280,8 +288,7 @@ class _Planner:
                     t.name,
                     t.lane_name,
                     reason,
-                    attempt=run.attempt,
-                    iteration=run.iteration,
+                    RunKey(run.attempt, run.iteration),
                 )
 
     def repo_unreadable(self, t: _TaskPass) -> bool:
@@ -309,8 +316,7 @@ class _Planner:
                 t.name,
                 t.lane_name,
                 f"PR #{pr.number} was merged",
-                pr_number=pr.number,
-                generation=t.task.generation,
+                Completion(t.task.generation, pr_number=pr.number),
             )
         if t.name in t.repo.worktrees:
             self.act(ActionKind.CLEANUP, t.name, t.lane_name, "task is done; removing its worktree")
@@ -403,11 +409,10 @@ class _Planner:
         self.candidate(
             t.task,
             kind,
+            RunKey(t.next_attempt, 1),
             reason,
-            Phase.PENDING,
-            why,
-            attempt=t.next_attempt,
-            iteration=1,
+            phase=Phase.PENDING,
+            why=why,
             feedback=feedback,
         )
 
@@ -459,8 +464,7 @@ class _Planner:
             t.name,
             t.lane_name,
             f"run {latest.attempt}.{latest.iteration}: {why}",
-            attempt=latest.attempt,
-            iteration=latest.iteration,
+            RunKey(latest.attempt, latest.iteration),
         )
         self.outcomes.append(Outcome(t.name, latest.attempt, latest.iteration, "crashed", (why,)))
         return f"run {latest.attempt}.{latest.iteration} crashed: {why}"
@@ -544,8 +548,7 @@ class _Planner:
                 task.name,
                 spec.lane,
                 "run still alive after a stop",
-                attempt=run.attempt,
-                iteration=run.iteration,
+                RunKey(run.attempt, run.iteration),
             )
             self.status(
                 task.name, Phase.RUNNING, spec.lane, spec.repo, Why.STOPPING, pr=open_pr, reason=why
@@ -582,9 +585,7 @@ class _Planner:
             self.wake(next_midnight(self.now), Due.BUDGET_WINDOW, spec.lane)
         else:
             return False
-        self.act(
-            ActionKind.STOP, task.name, spec.lane, why, attempt=run.attempt, iteration=run.iteration
-        )
+        self.act(ActionKind.STOP, task.name, spec.lane, why, RunKey(run.attempt, run.iteration))
         self.status(task.name, phase, spec.lane, spec.repo, code, pr=open_pr, reason=why)
         return True
 
@@ -604,8 +605,7 @@ class _Planner:
             task.name,
             spec.lane,
             f"run {run.attempt}.{run.iteration}: {why}",
-            attempt=run.attempt,
-            iteration=run.iteration,
+            RunKey(run.attempt, run.iteration),
         )
         self.status(task.name, Phase.BACKOFF, spec.lane, spec.repo, code, pr=open_pr, reason=why)
 
@@ -627,9 +627,7 @@ class _Planner:
                 name,
                 lane,
                 f"{where}; pushing {branch} (the repository has no forge)",
-                generation=task.generation,
-                attempt=run.attempt,
-                iteration=run.iteration,
+                Completion(task.generation, attempt=run.attempt, iteration=run.iteration),
             )
             self.status(name, Phase.DONE, lane, spec.repo, Why.COMPLETED)
             return
@@ -639,8 +637,7 @@ class _Planner:
                 name,
                 lane,
                 f"{where}; pushing {branch} and opening its PR",
-                attempt=run.attempt,
-                iteration=run.iteration,
+                RunKey(run.attempt, run.iteration),
             )
             self.status(name, Phase.RUNNING, lane, spec.repo, Why.OPENING_PR, reason="opening PR")
             return
@@ -653,9 +650,7 @@ class _Planner:
                 name,
                 lane,
                 f"{where}; PR #{open_pr.number} already exists for {branch}",
-                pr_number=open_pr.number,
-                attempt=run.attempt,
-                iteration=run.iteration,
+                PrOfRun(open_pr.number, run.attempt, run.iteration),
             )
         elif local is not None and local != pushed:
             self.act(
@@ -663,9 +658,7 @@ class _Planner:
                 name,
                 lane,
                 f"{branch} has new commits; pushing to PR #{open_pr.number}",
-                pr_number=open_pr.number,
-                attempt=run.attempt,
-                iteration=run.iteration,
+                PrOfRun(open_pr.number, run.attempt, run.iteration),
             )
         else:
             feedback = pr_feedback(task, open_pr, pushed)
@@ -716,11 +709,10 @@ class _Planner:
         self.candidate(
             task,
             ActionKind.ITERATE,
+            RunKey(run.attempt, run.iteration + 1),
             reason,
-            phase,
-            why,
-            attempt=run.attempt,
-            iteration=run.iteration + 1,
+            phase=phase,
+            why=why,
             resume_session=session if run.turns != 0 else None,
             feedback=feedback,
         )
@@ -729,20 +721,24 @@ class _Planner:
         self,
         task: Task,
         kind: ActionKind,
+        run: RunKey,
         reason: str,
+        *,
         phase: Phase,
-        code: Why,
-        **kw: object,
+        why: Why,
+        resume_session: str | None = None,
+        feedback: tuple[str, ...] = (),
     ) -> None:
+        """A run to create once a slot is free, unless the lane spent its budget of the day."""
         spent = self.spend.lane_over(task.spec.lane)
         if spent is not None:
-            why = (
+            text = (
                 f"lane {task.spec.lane} spent its daily budget ({spent}); new runs wait for "
                 "00:00 UTC, or raise the lane's spec.budget"
             )
             code = Why.LANE_BUDGET_EXHAUSTED
-            self.blocked.append(Blocked(task.name, why, code))
-            self.status(task.name, Phase.BLOCKED, task.spec.lane, task.spec.repo, code, reason=why)
+            self.blocked.append(Blocked(task.name, text, code))
+            self.status(task.name, Phase.BLOCKED, task.spec.lane, task.spec.repo, code, reason=text)
             self.wake(next_midnight(self.now), Due.BUDGET_WINDOW, task.spec.lane)
             return
         action = Action(
@@ -750,12 +746,17 @@ class _Planner:
             task=task.name,
             lane=task.spec.lane,
             reason=reason,
-            generation=task.generation,
-            budget_usd=self.spend.left(task),
-            **kw,  # type: ignore[arg-type]
+            payload=NewRun(
+                run.attempt,
+                run.iteration,
+                task.generation,
+                resume_session=resume_session,
+                feedback=feedback,
+                budget_usd=self.spend.left(task),
+            ),
         )
         self.candidates.append(
-            Candidate(action, task.spec.priority, self.first_seen(task.name), phase, code, reason)
+            Candidate(action, task.spec.priority, self.first_seen(task.name), phase, why, reason)
         )
 
     # ------------------------------------------------------------------ removed tasks
@@ -789,8 +790,7 @@ class _Planner:
                     name,
                     lane_name,
                     why,
-                    attempt=run.attempt,
-                    iteration=run.iteration,
+                    RunKey(run.attempt, run.iteration),
                 )
         branch = branch_of(self.desired.config, name)
         pr = self.pr_for(lane_name, repo_name, branch, name)
@@ -801,7 +801,7 @@ class _Planner:
                 name,
                 lane_name,
                 f"{why}; closing PR #{pr.number}",
-                pr_number=pr.number,
+                PrRef(pr.number),
             )
         if name in self.repo_view(lane_name, repo_name).worktrees:
             busy = True

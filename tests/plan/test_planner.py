@@ -18,12 +18,17 @@ from reconciler.manifests.models import (
 from reconciler.plan import (
     Action,
     ActionKind,
+    Completion,
     FailedAction,
     LaneView,
+    NewRun,
     Observed,
     Phase,
     Plan,
+    PrOfRun,
+    PrRef,
     RepoView,
+    RunKey,
     RunView,
     TaskRecord,
     Why,
@@ -586,13 +591,45 @@ def test_pr_of_another_task_on_the_same_branch_is_not_adopted() -> None:
     assert kinds(plan(d, observed(runs={"t": [r]}, repo=repo), NOW)) == [("open-pr", "t")]
 
 
-def test_action_json_round_trip() -> None:
+def test_every_action_kind_carries_its_own_payload_and_round_trips_through_json() -> None:
+    examples = [
+        Action(A.START, "t", "web", "new", NewRun(1, 1, "g1", budget_usd=0.5)),
+        Action(A.ITERATE, "t", "web", "again", NewRun(1, 2, "g1", "s-1", ("fix it",))),
+        Action(A.RETRY, "t", "web", "retry", NewRun(2, 1, "g1", feedback=("crashed",))),
+        Action(A.MARK_CRASHED, "t", "web", "gone", RunKey(1, 1)),
+        Action(A.MARK_STALLED, "t", "web", "quiet", RunKey(1, 1)),
+        Action(A.STOP, "t", "web", "paused", RunKey(1, 2)),
+        Action(A.OPEN_PR, "t", "web", "success", RunKey(1, 1)),
+        Action(A.ADOPT_PR, "t", "web", "exists", PrOfRun(4, 1, 1)),
+        Action(A.UPDATE_PR, "t", "web", "commits", PrOfRun(4, 1, 2)),
+        Action(A.CLOSE_PR, "t", "web", "removed", PrRef(4)),
+        Action(A.CLEANUP, "t", "web", "done"),
+        Action(A.COMPLETE, "t", "web", "merged", Completion("g1", pr_number=4)),
+        Action(A.COMPLETE, "t", "web", "no forge", Completion("g1", attempt=1, iteration=1)),
+    ]
+    assert {a.kind for a in examples} == set(A)
+    for action in examples:
+        assert Action.from_json(action.to_json()) == action
+    assert examples[1].to_json() == {
+        "action": "iterate",
+        "task": "t",
+        "lane": "web",
+        "reason": "again",
+        "attempt": 1,
+        "iteration": 2,
+        "generation": "g1",
+        "resumeSession": "s-1",
+        "feedback": ["fix it"],
+    }
+    # a payload that is not its kind's is refused where the action is made, not where applied
+    with pytest.raises(TypeError, match="a close-pr action carries a PrRef, not a RunKey"):
+        Action(A.CLOSE_PR, "t", "web", "removed", RunKey(1, 1))
+    with pytest.raises(TypeError, match="close-pr carries no PrOfRun"):
+        examples[9].want(PrOfRun)
+    assert examples[9].want(PrRef).pr_number == 4
     d = desired(("t", task_spec()))
     r = run(d, "t", exit=exited(1), result=ok_result(), commits_ahead=1)
-    p = plan(d, observed(runs={"t": [r]}), NOW)
-    from reconciler.plan import Action
-
-    for action in p.actions:
+    for action in plan(d, observed(runs={"t": [r]}), NOW).actions:
         assert Action.from_json(action.to_json()) == action
 
 
