@@ -1,4 +1,4 @@
-"""One contract, two forges: the same tests against ``LocalForge`` and ``GitHubForge``.
+"""One contract, two forges: the PR rules of ``Pulls`` over ``LocalForge`` and ``GitHubForge``.
 
 ``GitHubForge`` talks to the stateful ``FakeGitHub``, whose head SHAs come from the same bare
 origin the local forge keeps its records in, so both see real pushed branches.
@@ -16,10 +16,11 @@ import responses
 from fake_github import FakeGitHub, VirtualTime, unserved
 from node_support import Env, commit, git
 
-from reconciler.node import forge_github
+from reconciler.node import github_http
 from reconciler.node.forge_github import GitHubForge
 from reconciler.node.forge_local import PULLS_REF, LocalForge
-from reconciler.node.forges import Forge
+from reconciler.node.forges import ForgeDriver
+from reconciler.node.pulls import Pulls
 from reconciler.protocol import PullRequest
 
 TOKEN = "ghp_" + "K1l2M3n4O5p6Q7r8S9t0" * 2
@@ -27,14 +28,19 @@ TOKEN = "ghp_" + "K1l2M3n4O5p6Q7r8S9t0" * 2
 
 @dataclass
 class Handle:
-    """A forge under test, a way to push branches, and what a human does on the forge."""
+    """A forge under test (its driver and the rules over it), a way to push branches, and what
+    a human does on the forge."""
 
     kind: str
-    forge: Forge
+    driver: ForgeDriver
     env: Env
     merge: Callable[[int], None]
     close: Callable[[int], None]
     comments: Callable[[int], list[str]]
+
+    @property
+    def pulls(self) -> Pulls:
+        return Pulls(self.driver)
 
     def push(self, task: str, *files: str) -> str:
         """Commit ``files`` on ``agent/<task>`` and push it to the origin; the new head sha."""
@@ -49,7 +55,7 @@ class Handle:
         return sha
 
     def open(self, task: str, body: str = "Fixes the thing.") -> tuple[PullRequest, bool]:
-        return self.forge.open_pull(
+        return self.pulls.open_pull(
             task=task, head=f"agent/{task}", base="main", title=f"Work for {task}", body=body
         )
 
@@ -64,17 +70,18 @@ def local_comments(env: Env, number: int) -> list[str]:
 def forge(request: pytest.FixtureRequest, env: Env) -> Iterator[Handle]:
     if request.param == "local":
         local = LocalForge(str(env.checkout), "origin")
+        rules = Pulls(local)
 
         def merge(number: int) -> None:
-            local.merge_pull(number)  # what `reconciler pr merge` does
+            rules.merge_pull(number)  # what `reconciler pr merge` does
 
         def close(number: int) -> None:
-            local.close_pull(number, "")  # what `reconciler pr close` does
+            rules.close_pull(number, "")  # what `reconciler pr close` does
 
         yield Handle("local", local, env, merge, close, lambda n: local_comments(env, n))
         return
-    forge_github._PAGES.clear()
-    forge_github._GATES.clear()
+    github_http._PAGES.clear()
+    github_http._GATES.clear()
     clock = VirtualTime()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         fake = FakeGitHub(rsps, "acme/webapp", TOKEN)
@@ -91,8 +98,8 @@ def forge(request: pytest.FixtureRequest, env: Env) -> Iterator[Handle]:
             comments=lambda n: [body for number, body in fake.comments if number == n],
         )
         assert not unserved(rsps), f"requests the fake GitHub does not serve: {unserved(rsps)}"
-    forge_github._PAGES.clear()
-    forge_github._GATES.clear()
+    github_http._PAGES.clear()
+    github_http._GATES.clear()
 
 
 def test_open_creates_one_pr_and_adopts_it_again(forge: Handle) -> None:
@@ -104,7 +111,7 @@ def test_open_creates_one_pr_and_adopts_it_again(forge: Handle) -> None:
     assert pr.body.startswith("Fixes the thing.")
     assert pr.body.count("<!-- reconciler:task=fix-login -->") == 1
     assert pr.task == "fix-login"
-    [listed] = forge.forge.list_pulls()
+    [listed] = forge.pulls.list_pulls()
     assert listed.number == pr.number
     assert listed.head_sha == sha
     again, created_again = forge.open("fix-login", "another body")
@@ -112,7 +119,7 @@ def test_open_creates_one_pr_and_adopts_it_again(forge: Handle) -> None:
     assert again.number == pr.number
     assert again.body == pr.body  # adopted as it is, not rewritten
     assert again.head_sha == sha
-    assert [p.number for p in forge.forge.list_pulls()] == [pr.number]
+    assert [p.number for p in forge.pulls.list_pulls()] == [pr.number]
 
 
 def test_list_filters_by_exact_head_and_orders_by_number(forge: Handle) -> None:
@@ -121,20 +128,20 @@ def test_list_filters_by_exact_head_and_orders_by_number(forge: Handle) -> None:
         forge.push(task)
         numbers.append(forge.open(task)[0].number)
     assert numbers == sorted(numbers) and len(set(numbers)) == 3
-    everything = forge.forge.list_pulls()
+    everything = forge.pulls.list_pulls()
     assert [(p.number, p.task) for p in everything] == list(
         zip(numbers, ["one", "one-more", "two"], strict=True)
     )
-    assert [p.number for p in forge.forge.list_pulls(head="agent/one")] == [numbers[0]]
-    assert [p.head for p in forge.forge.list_pulls(head="agent/two")] == ["agent/two"]
-    assert forge.forge.list_pulls(head="agent/none") == []
+    assert [p.number for p in forge.pulls.list_pulls(head="agent/one")] == [numbers[0]]
+    assert [p.head for p in forge.pulls.list_pulls(head="agent/two")] == ["agent/two"]
+    assert forge.pulls.list_pulls(head="agent/none") == []
 
 
 def test_update_keeps_the_marker_and_records_the_comment(forge: Handle) -> None:
     forge.push("upd")
     pr, _ = forge.open("upd")
     new_sha = forge.push("upd", "more.txt")
-    updated = forge.forge.update_pull(
+    updated = forge.pulls.update_pull(
         pr.number, title="Better title", body="Rewritten body", comment="Pushed a fix"
     )
     assert updated.title == "Better title"
@@ -143,9 +150,9 @@ def test_update_keeps_the_marker_and_records_the_comment(forge: Handle) -> None:
     assert updated.task == "upd"
     assert updated.head_sha == new_sha
     assert forge.comments(pr.number) == ["Pushed a fix"]
-    [listed] = forge.forge.list_pulls(head="agent/upd")
+    [listed] = forge.pulls.list_pulls(head="agent/upd")
     assert (listed.title, listed.body, listed.task) == (updated.title, updated.body, "upd")
-    kept = forge.forge.update_pull(pr.number, body="Again <!-- reconciler:task=upd -->")
+    kept = forge.pulls.update_pull(pr.number, body="Again <!-- reconciler:task=upd -->")
     assert kept.body == "Again <!-- reconciler:task=upd -->"
     assert forge.comments(pr.number) == ["Pushed a fix"]  # no comment asked, none recorded
 
@@ -155,7 +162,7 @@ def test_an_open_pr_reports_its_branch_head_after_a_push_without_update(forge: H
     _, created = forge.open("moving")
     assert created
     later = forge.push("moving", "later.txt")  # e.g. a crash between push and update-pr
-    [listed] = forge.forge.list_pulls(head="agent/moving")
+    [listed] = forge.pulls.list_pulls(head="agent/moving")
     assert listed.head_sha == later  # the feedback loop compares it with the pushed commit
 
 
@@ -164,16 +171,16 @@ def test_close_is_idempotent_and_never_unmerges(forge: Handle) -> None:
     forge.push("landed")
     gone, _ = forge.open("gone")
     landed, _ = forge.open("landed")
-    closed = forge.forge.close_pull(gone.number, "Task removed")
+    closed = forge.pulls.close_pull(gone.number, "Task removed")
     assert closed.state == "closed"
     assert forge.comments(gone.number) == ["Task removed"]
-    again = forge.forge.close_pull(gone.number, "Task removed")
+    again = forge.pulls.close_pull(gone.number, "Task removed")
     assert again.state == "closed"
     assert forge.comments(gone.number) == ["Task removed"]  # the no-op says nothing either
     forge.merge(landed.number)
-    assert forge.forge.close_pull(landed.number, "Task removed").state == "merged"
+    assert forge.pulls.close_pull(landed.number, "Task removed").state == "merged"
     assert forge.comments(landed.number) == []
-    states = {p.number: p.state for p in forge.forge.list_pulls()}
+    states = {p.number: p.state for p in forge.pulls.list_pulls()}
     assert states == {gone.number: "closed", landed.number: "merged"}
 
 
@@ -182,7 +189,7 @@ def test_a_closed_pr_is_never_reopened(forge: Handle) -> None:
     first, _ = forge.open("rejected")
     before = time.time()
     forge.close(first.number)
-    [seen] = forge.forge.list_pulls(head="agent/rejected")
+    [seen] = forge.pulls.list_pulls(head="agent/rejected")
     assert seen.state == "closed"
     assert seen.updated_at is not None and seen.updated_at >= before - 1  # when it was closed
     # The forge does not adopt or reopen the closed PR (keeping one PR per task after a human
@@ -191,7 +198,7 @@ def test_a_closed_pr_is_never_reopened(forge: Handle) -> None:
     assert created
     assert second.number > first.number
     assert second.state == "open"
-    prs = forge.forge.list_pulls(head="agent/rejected")
+    prs = forge.pulls.list_pulls(head="agent/rejected")
     assert [(p.number, p.state) for p in prs] == [(first.number, "closed"), (second.number, "open")]
 
 
@@ -202,17 +209,17 @@ def test_a_body_with_the_marker_does_not_get_it_twice(forge: Handle) -> None:
     assert created
     assert pr.body == body
     assert pr.task == "marked"
-    [listed] = forge.forge.list_pulls()
+    [listed] = forge.pulls.list_pulls()
     assert listed.body.count("reconciler:task=") == 1
 
 
 def test_list_shows_a_merge_by_a_human(forge: Handle) -> None:
     sha = forge.push("ship")
     pr, _ = forge.open("ship")
-    assert [p.state for p in forge.forge.list_pulls()] == ["open"]
+    assert [p.state for p in forge.pulls.list_pulls()] == ["open"]
     before = time.time()
     forge.merge(pr.number)
-    [merged] = forge.forge.list_pulls(head="agent/ship")
+    [merged] = forge.pulls.list_pulls(head="agent/ship")
     assert merged.state == "merged"
     assert merged.task == "ship"
     assert merged.head_sha == sha
