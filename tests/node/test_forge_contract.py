@@ -1,7 +1,11 @@
 """One contract, two forges: the PR rules of ``Pulls`` over ``LocalForge`` and ``GitHubForge``.
 
-``GitHubForge`` talks to the stateful ``FakeGitHub``, whose head SHAs come from the same bare
-origin the local forge keeps its records in, so both see real pushed branches.
+The same tests run against both drivers and prove the rules hold identically: the task marker
+added on open and kept on edit, the open PR of a branch reused (also when the forge refuses a
+second one opened meanwhile), closing twice a no-op, and each driver's declared capabilities
+(merging, feedback, the access probe) honoured. ``GitHubForge`` talks to the stateful
+``FakeGitHub``, whose head SHAs come from the same bare origin the local forge keeps its records
+in, so both see real pushed branches.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ from fake_github import FakeGitHub, VirtualTime, unserved
 from node_support import Env, commit, git
 
 from reconciler.node import github_http
+from reconciler.node.errors import NodeError
 from reconciler.node.forge_github import GitHubForge
 from reconciler.node.forge_local import PULLS_REF, LocalForge
-from reconciler.node.forges import ForgeDriver
+from reconciler.node.forges import ForgeDriver, PullExists
 from reconciler.node.pulls import Pulls
 from reconciler.protocol import PullRequest
 
 TOKEN = "ghp_" + "K1l2M3n4O5p6Q7r8S9t0" * 2
+MARKER = "<!-- reconciler:task={} -->"
 
 
 @dataclass
@@ -37,6 +43,7 @@ class Handle:
     merge: Callable[[int], None]
     close: Callable[[int], None]
     comments: Callable[[int], list[str]]
+    fail_check: Callable[[str, str], None] | None = None  # CI fails a commit, saying this
 
     @property
     def pulls(self) -> Pulls:
@@ -57,6 +64,18 @@ class Handle:
     def open(self, task: str, body: str = "Fixes the thing.") -> tuple[PullRequest, bool]:
         return self.pulls.open_pull(
             task=task, head=f"agent/{task}", base="main", title=f"Work for {task}", body=body
+        )
+
+    def create(self, task: str, body: str) -> PullRequest:
+        """What the driver alone does when told to open a PR."""
+        return self.driver.create_pull(
+            head=f"agent/{task}",
+            base="main",
+            title=task,
+            body=body,
+            draft=False,
+            labels=[],
+            reviewers=[],
         )
 
 
@@ -96,6 +115,7 @@ def forge(request: pytest.FixtureRequest, env: Env) -> Iterator[Handle]:
             merge=fake.merge,
             close=fake.close,
             comments=lambda n: [body for number, body in fake.comments if number == n],
+            fail_check=fake.failing.__setitem__,
         )
         assert not unserved(rsps), f"requests the fake GitHub does not serve: {unserved(rsps)}"
     github_http._PAGES.clear()
@@ -224,6 +244,109 @@ def test_list_shows_a_merge_by_a_human(forge: Handle) -> None:
     assert merged.task == "ship"
     assert merged.head_sha == sha
     assert merged.updated_at is not None and merged.updated_at >= before - 1
+
+
+def test_the_driver_writes_what_it_is_given_and_the_rules_read_the_marker(forge: Handle) -> None:
+    forge.push("plain")
+    raw = forge.create("plain", "No marker here.")
+    assert (raw.body, raw.task) == ("No marker here.", None)  # the driver adds no marker
+    edited = forge.driver.edit_pull(raw.number, body=f"Now {MARKER.format('plain')}")
+    assert edited.task is None  # nor reads one: that is the rules' part
+    [listed] = forge.pulls.list_pulls()
+    assert (listed.number, listed.task) == (raw.number, "plain")
+    [unread] = forge.driver.list_pulls()
+    assert unread.task is None
+
+
+def test_the_forge_itself_refuses_a_second_open_pr_from_a_branch(forge: Handle) -> None:
+    forge.push("twice")
+    first = forge.create("twice", "First.")
+    with pytest.raises(PullExists, match="already exists"):
+        forge.create("twice", "Second.")
+    assert [p.number for p in forge.driver.list_pulls()] == [first.number]
+
+
+def test_an_open_pr_opened_meanwhile_is_reused_not_doubled(
+    forge: Handle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forge.push("raced")
+    theirs = forge.create("raced", f"Theirs.\n\n{MARKER.format('raced')}")
+    listing = forge.driver.list_pulls
+    heads: list[str | None] = []
+
+    def too_early(head: str | None = None) -> list[PullRequest]:
+        """The first listing misses the PR: another writer opened it between the rules'
+        listing and their create (or the answer to an earlier create was lost)."""
+        heads.append(head)
+        return [] if len(heads) == 1 else listing(head)
+
+    monkeypatch.setattr(forge.driver, "list_pulls", too_early)
+    pr, created = forge.pulls.open_pull(
+        task="raced", head="agent/raced", base="main", title="Mine", body="Mine."
+    )
+    assert not created
+    assert (pr.number, pr.task, pr.title) == (theirs.number, "raced", "raced")
+    assert heads == ["agent/raced", "agent/raced"]  # refused, then found by listing again
+    assert [p.number for p in listing()] == [theirs.number]
+
+
+def test_open_refuses_the_same_head_and_base(forge: Handle) -> None:
+    with pytest.raises(NodeError, match="different head and base"):
+        forge.pulls.open_pull(task="t", head="main", base="main", title="t", body="b")
+    assert forge.pulls.list_pulls() == []
+
+
+def test_the_declared_capabilities(forge: Handle) -> None:
+    caps = forge.pulls.capabilities
+    if forge.kind == "local":
+        assert caps.merge is not None
+        assert caps.feedback is None and caps.access is None
+    else:
+        assert caps.merge is None and caps.merged_on == "GitHub"
+        assert caps.feedback is not None and caps.feedback.kinds == {"checks", "reviews"}
+        assert caps.access is not None
+        access = caps.access.access()
+        assert (access.can_write, access.full_name) == (True, "acme/webapp")
+        assert 0 < access.remaining <= access.limit
+
+
+def test_merge_is_done_where_the_forge_lets_the_reconciler_and_refused_elsewhere(
+    forge: Handle,
+) -> None:
+    sha = forge.push("ship")
+    pr, _ = forge.open("ship")
+    if forge.pulls.capabilities.merge is None:
+        with pytest.raises(NodeError, match=rf"PR #{pr.number} of .* lives on GitHub: merge it"):
+            forge.pulls.merge_pull(pr.number)
+        [still] = forge.pulls.list_pulls()
+        assert still.state == "open"
+        return
+    merged = forge.pulls.merge_pull(pr.number)
+    assert (merged.state, merged.task, merged.head_sha) == ("merged", "ship", sha)
+    assert git(forge.env.origin, "rev-parse", "refs/heads/main") == sha  # fast-forwarded
+    assert forge.pulls.merge_pull(pr.number) == merged  # merging twice is a no-op
+    forge.push("dropped")
+    dropped, _ = forge.open("dropped")
+    forge.pulls.close_pull(dropped.number, "")
+    with pytest.raises(NodeError, match="closed; it cannot merge"):
+        forge.pulls.merge_pull(dropped.number)
+    assert git(forge.env.origin, "rev-parse", "refs/heads/main") == sha
+
+
+def test_feedback_is_read_where_the_forge_has_it_for_open_prs_only(forge: Handle) -> None:
+    sha = forge.push("ci")
+    pr, _ = forge.open("ci")
+    if forge.fail_check is not None:
+        forge.fail_check(sha, "E   AssertionError: login returns 500")
+    seen = forge.pulls.with_feedback(pr)
+    if forge.pulls.capabilities.feedback is None:
+        assert seen == pr  # no CI, no reviews: the PR as it is
+    else:
+        assert seen.checks == "failure"
+        assert "login returns 500" in seen.check_feedback[0]
+        assert forge.pulls.with_feedback(pr, ()) == pr  # no kind asked, nothing read
+    closed = forge.pulls.close_pull(pr.number, "")
+    assert forge.pulls.with_feedback(closed) == closed  # a closed PR is not iterated on
 
 
 def test_the_pr_marker_rule_is_one_rule_for_both_sides() -> None:
