@@ -1,10 +1,13 @@
-"""The local forge: pull requests kept inside the remote repository itself, like a tiny GitHub.
+"""The local forge driver: pull requests kept inside the remote repository, like a tiny GitHub.
 
 The records are one JSON document, ``pulls.json``, in a commit on ``refs/reconciler/pulls`` of
 the checkout's remote (a local path or ``file://`` URL). Every change is a compare-and-swap of
 that ref (``update-ref REF NEW OLD``), retried on conflict, so concurrent writers never lose an
-update and the records survive the loss of any control-plane state. Must not touch the lane's
-checkout or worktrees, and must not rewrite a base branch except by an explicit merge.
+update and the records survive the loss of any control-plane state. Like GitHub, the store
+itself refuses a second open PR from one branch and leaves a PR that is no longer open as it is;
+the pull-request rules are ``reconciler.node.pulls``'. The local forge merges (the reconciler's
+``pr merge``) and has no CI or reviews. Must not touch the lane's checkout or worktrees, and must
+not rewrite a base branch except by an explicit merge.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
+from functools import cached_property
 from typing import Literal, TypeVar
 from urllib.parse import unquote, urlparse
 
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
-from reconciler.protocol import PullRequest, marked_task, with_marker
+from reconciler.node.forges import Capabilities, PullExists
+from reconciler.protocol import PullRequest
 
 PULLS_REF = "refs/reconciler/pulls"
 PULLS_FILE = "pulls.json"
@@ -74,7 +79,21 @@ class LocalForge:
     """The pull requests of one remote repository."""
 
     def __init__(self, checkout: str, remote: str) -> None:
-        self.path = remote_path(checkout, remote)
+        self.checkout = checkout
+        self.remote = remote
+        self.capabilities = Capabilities(merge=self)
+
+    def __repr__(self) -> str:
+        return f"LocalForge({self.checkout!r}, {self.remote!r})"
+
+    @cached_property
+    def path(self) -> str:
+        """The remote repository, resolved at first use (opening the driver reads nothing)."""
+        return remote_path(self.checkout, self.remote)
+
+    @property
+    def where(self) -> str:
+        return self.path
 
     # ------------------------------------------------------------------ document storage
 
@@ -132,7 +151,6 @@ class LocalForge:
         return f"file://{self.path}#pull/{number}"
 
     def _pr(self, rec: Record, head_now: str | None = None) -> PullRequest:
-        body = str(rec.get("body", ""))
         head_sha = head_now or rec.get("head_sha")
         return PullRequest(
             number=int(str(rec["number"])),
@@ -141,11 +159,15 @@ class LocalForge:
             head=str(rec["head"]),
             base=str(rec["base"]),
             title=str(rec.get("title", "")),
-            body=body,
-            task=marked_task(body),
+            body=str(rec.get("body", "")),
             head_sha=head_sha if isinstance(head_sha, str) else None,
             updated_at=_float(rec.get("updated_at")),
         )
+
+    def _fresh(self, rec: Record) -> PullRequest:
+        """The PR of ``rec``, an open one with its branch's commit now."""
+        open_head = self._branch(str(rec["head"])) if rec.get("state") == "open" else None
+        return self._pr(rec, open_head)
 
     @staticmethod
     def _records(doc: Doc) -> list[Record]:
@@ -183,21 +205,21 @@ class LocalForge:
             for r in records
         ]
 
-    def open_pull(
+    def get_pull(self, number: int) -> PullRequest:
+        _, doc = self._load()
+        return self._fresh(self._find(doc, number))
+
+    def create_pull(
         self,
         *,
-        task: str,
         head: str,
         base: str,
         title: str,
         body: str,
-        draft: bool = False,
-        labels: list[str] | None = None,
-        reviewers: list[str] | None = None,
-    ) -> tuple[PullRequest, bool]:
-        """Create a PR unless an open one from ``head`` exists; (pr, created)."""
-        if head == base:
-            raise ForgeError(f"a pull request needs different head and base, both are {head}")
+        draft: bool,
+        labels: list[str],
+        reviewers: list[str],
+    ) -> PullRequest:
         head_sha = self._branch(head)
         if head_sha is None:
             raise ForgeError(
@@ -207,12 +229,10 @@ class LocalForge:
             raise ForgeError(
                 f"base branch {base} does not exist in {self.path}; push it or fix the base"
             )
-        body = with_marker(body, task)
 
-        def change(doc: Doc) -> tuple[tuple[Record, bool], str | None]:
-            for rec in self._records(doc):
-                if rec.get("head") == head and rec.get("state") == "open":
-                    return (rec, False), None  # adopt, as GitHub's 422 would make us do
+        def change(doc: Doc) -> tuple[Record, str | None]:
+            if any(r.get("head") == head and r.get("state") == "open" for r in self._records(doc)):
+                raise PullExists(f"an open pull request from {head} already exists in {self.path}")
             number = int(str(doc.get("next", 1)))
             now = time.time()
             new: Record = {
@@ -223,8 +243,8 @@ class LocalForge:
                 "base": base,
                 "state": "open",
                 "draft": draft,
-                "labels": list(labels or []),
-                "reviewers": list(reviewers or []),
+                "labels": labels,
+                "reviewers": reviewers,
                 "head_sha": head_sha,
                 "created_at": now,
                 "updated_at": now,
@@ -234,52 +254,45 @@ class LocalForge:
             assert isinstance(pulls, list)
             pulls.append(new)
             doc["next"] = number + 1
-            return (new, True), f"open #{number} from {head} into {base}"
+            return new, f"open #{number} from {head} into {base}"
 
-        rec, created = self._transact(change)
-        return self._pr(rec), created
+        return self._pr(self._transact(change))
 
-    def update_pull(
-        self,
-        number: int,
-        *,
-        title: str | None = None,
-        body: str | None = None,
-        comment: str | None = None,
+    def edit_pull(
+        self, number: int, *, title: str | None = None, body: str | None = None
     ) -> PullRequest:
         def change(doc: Doc) -> tuple[Record, str | None]:
             rec = self._find(doc, number)
             if title is not None:
                 rec["title"] = title
             if body is not None:
-                rec["body"] = with_marker(body, marked_task(str(rec.get("body", ""))))
-            if comment is not None:
-                _comment(rec, comment)
-            sha = self._branch(str(rec["head"]))
-            if sha is not None and rec.get("state") == "open":
-                rec["head_sha"] = sha
-            rec["updated_at"] = time.time()
-            return rec, f"update #{number}"
+                rec["body"] = body
+            self._touch(rec)
+            return rec, f"edit #{number}"
 
-        return self._pr(self._transact(change))
+        return self._fresh(self._transact(change))
 
-    def close_pull(self, number: int, comment: str) -> PullRequest:
+    def comment(self, number: int, text: str) -> None:
+        def change(doc: Doc) -> tuple[None, str | None]:
+            rec = self._find(doc, number)
+            comments = rec.setdefault("comments", [])
+            assert isinstance(comments, list)
+            comments.append({"at": time.time(), "body": text})
+            self._touch(rec)
+            return None, f"comment on #{number}"
+
+        self._transact(change)
+
+    def close_pull(self, number: int) -> PullRequest:
         def change(doc: Doc) -> tuple[Record, str | None]:
             rec = self._find(doc, number)
             if rec.get("state") != "open":
-                return rec, None  # closing twice is a no-op, and a merged PR stays merged
-            if comment:
-                _comment(rec, comment)
+                return rec, None  # merged (or closed) meanwhile: a merged PR stays merged
             rec["state"] = "closed"
             rec["updated_at"] = time.time()
             return rec, f"close #{number}"
 
         return self._pr(self._transact(change))
-
-    def with_feedback(
-        self, pr: PullRequest, kinds: Collection[str] = ("checks", "reviews")
-    ) -> PullRequest:
-        return pr  # no CI, no reviews: a local PR says nothing more of its head
 
     def flush(self) -> None:
         pass  # nothing cached between passes
@@ -288,10 +301,6 @@ class LocalForge:
         """Merge head into base in the remote repository: fast-forward, else a merge commit."""
         _, doc = self._load()
         rec = self._find(doc, number)
-        if rec.get("state") == "merged":
-            return self._pr(rec)
-        if rec.get("state") != "open":
-            raise ForgeError(f"pull request #{number} in {self.path} is closed; it cannot merge")
         head, base = str(rec["head"]), str(rec["base"])
         merged_head = self._merge_branches(number, head, base, str(rec.get("title", "")))
 
@@ -305,6 +314,13 @@ class LocalForge:
             return rec, f"merge #{number}"
 
         return self._pr(self._transact(change))
+
+    def _touch(self, rec: Record) -> None:
+        """A change to an open PR records its branch's commit then, as GitHub shows it."""
+        sha = self._branch(str(rec["head"]))
+        if sha is not None and rec.get("state") == "open":
+            rec["head_sha"] = sha
+        rec["updated_at"] = time.time()
 
     def _merge_branches(self, number: int, head: str, base: str, title: str) -> str:
         """Move ``base`` to include ``head``; returns the merged head commit."""
@@ -369,12 +385,6 @@ def _state(value: object) -> Literal["open", "closed", "merged"]:
     if value == "closed":
         return "closed"
     return "open"
-
-
-def _comment(rec: Record, text: str) -> None:
-    comments = rec.setdefault("comments", [])
-    assert isinstance(comments, list)
-    comments.append({"at": time.time(), "body": text})
 
 
 def _is_ancestor(repo: str, older: str, newer: str) -> bool:

@@ -17,6 +17,7 @@ from reconciler.node.agents import ADAPTERS
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import Lane, check_branch
 from reconciler.node.loginenv import login_env
+from reconciler.node.pulls import pulls_for
 from reconciler.node.runs import agent_env
 from reconciler.protocol import AgentRef, PreflightCheck, PreflightRequest
 
@@ -38,8 +39,7 @@ def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
     checks.append(_git_version())
     for name, repo in lane.repos.items():
         checks.extend(_repo_checks(lane, name, req.bases.get(name, []), repo.remote, repo.forge))
-        if repo.forge == "github":
-            checks.extend(_github_checks(lane, name))
+        checks.extend(_forge_checks(lane, name))
     checks.extend(_workspace_checks(lane, req.min_free_bytes))
     checks.append(_home_check(lane))
     checks.append(_login_env_check())
@@ -406,25 +406,26 @@ def _agent_check(agent: AgentRef, env: dict[str, str]) -> PreflightCheck:
     return _ok("agent", binary, f"{binary} resolves to {found}.")
 
 
-def _github_checks(lane: Lane, name: str) -> list[PreflightCheck]:
-    """The token is there and private, GitHub accepts it, sees the repository, lets it push and
-    open PRs, and has rate limit left. Reads only; an unchanged repository costs no points."""
-    from reconciler.node.forge_github import GitHubForge
-    from reconciler.node.forges import forge_for
-
+def _forge_checks(lane: Lane, name: str) -> list[PreflightCheck]:
+    """For a forge that can probe its access (GitHub): the token is there and private, the
+    forge accepts it, sees the repository, lets it push and open PRs, and has rate limit left.
+    Reads only; an unchanged repository costs no points. A forge without the probe: nothing."""
     try:
-        forge = forge_for(lane, name)
+        forge = pulls_for(lane, name)
     except NodeError as exc:
-        return [_fail("forge-token", name, str(exc), "make the lane's GitHub token readable")]
-    assert isinstance(forge, GitHubForge)
-    checks = [_ok("forge-token", name, "The lane's GitHub token is present.")]
+        return [_fail("forge-token", name, str(exc), "make the lane's forge token readable")]
+    probe = forge.capabilities.access if forge is not None else None
+    if forge is None or probe is None:
+        return []
+    checks = [_ok("forge-token", name, "The lane's forge token is present.")]
     try:
-        can_write, full_name = forge.access()
+        access = probe.access()
         forge.flush()
-        remaining, limit = forge.rate_limit()
     except NodeError as exc:
         checks.append(_fail("forge-access", name, str(exc), "see the message"))
         return checks
+    can_write, full_name = access.can_write, access.full_name
+    remaining, limit = access.remaining, access.limit
     if not can_write:
         checks.append(
             _fail(

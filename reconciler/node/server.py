@@ -26,10 +26,10 @@ from reconciler.node import git as gitops
 from reconciler.node import pool
 from reconciler.node.credentials import scrub
 from reconciler.node.errors import NodeError
-from reconciler.node.forges import Forge, forge_for
 from reconciler.node.hooks import run_hook
 from reconciler.node.lane import Lane, check_branch, check_name
 from reconciler.node.preflight import preflight
+from reconciler.node.pulls import Pulls, pulls_for
 from reconciler.node.runs import read_log, start_run, stop_run
 from reconciler.node.survey import survey
 from reconciler.protocol import (
@@ -187,8 +187,8 @@ def _push(lane: Lane, req: PushRequest) -> BaseModel:
     return PushResult(sha=gitops.push(checkout, repo.remote, req.branch, req.force_with_lease))
 
 
-def _forge(lane: Lane, repo_name: str) -> Forge:
-    forge = forge_for(lane, repo_name)
+def _forge(lane: Lane, repo_name: str) -> Pulls:
+    forge = pulls_for(lane, repo_name)
     if forge is None:
         raise NodeError(
             f"repo {repo_name} has no forge on this lane; give it forge: {{kind: local}} or "

@@ -17,9 +17,9 @@ from collections.abc import Collection, Mapping
 from reconciler.node import git as gitops
 from reconciler.node import pool
 from reconciler.node.errors import NodeError
-from reconciler.node.forges import forge_for
 from reconciler.node.lane import Lane, check_ref_name, is_under, parse_run_key
 from reconciler.node.procs import boot_id
+from reconciler.node.pulls import pulls_for
 from reconciler.node.runs import observe_runs
 from reconciler.protocol import ObserveRequest, ObserveResult, RepoObs, RepoRef
 
@@ -81,7 +81,7 @@ def _read_repo(
         for ref, sha in heads.items()
         if ref.startswith(remote_prefix + prefix)
     }
-    forge = forge_for(lane, repo.name)
+    forge = pulls_for(lane, repo.name)
     prs = forge.list_pulls() if forge is not None else None
     if forge is not None and prs is not None:
         # CI and review verdicts drive the feedback loop, which only acts on them for the

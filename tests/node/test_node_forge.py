@@ -9,6 +9,7 @@ from pathlib import Path
 from node_support import Env, commit, git
 
 from reconciler.node.forge_local import PULLS_REF, LocalForge
+from reconciler.node.pulls import Pulls
 from reconciler.protocol import (
     ForgeCloseRequest,
     ForgeListRequest,
@@ -119,7 +120,8 @@ def test_update_close_and_records_survive(env: Env) -> None:
     reopened = ForgeOpenResult.model_validate(env.call(open_req(env, "upd")))
     assert reopened.created
     assert reopened.pr.number == 2
-    assert int(git(env.origin, "rev-list", "--count", PULLS_REF)) == 4
+    # open, comment, edit, comment, close, open: one compare-and-swap commit each
+    assert int(git(env.origin, "rev-list", "--count", PULLS_REF)) == 6
 
 
 def test_merge_fast_forward(env: Env) -> None:
@@ -184,7 +186,7 @@ def test_concurrent_opens_lose_nothing(env: Env) -> None:
     for t in threads:
         t.join(60)
     assert errors == []
-    prs = LocalForge(str(env.checkout), "origin").list_pulls()
+    prs = Pulls(LocalForge(str(env.checkout), "origin")).list_pulls()
     assert sorted(p.number for p in prs) == list(range(1, 7))
     assert sorted(p.task or "" for p in prs) == sorted(tasks)
 

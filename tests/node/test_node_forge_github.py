@@ -24,6 +24,7 @@ from reconciler.node import credentials, forge_github
 from reconciler.node.credentials import read_token
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_github import GitHubForge
+from reconciler.node.pulls import Pulls
 
 REPO = "acme/webapp"
 # PyGithub's connection names the port explicitly, and responses matches it literally.
@@ -66,9 +67,11 @@ def fake() -> VirtualTime:
 
 
 @pytest.fixture
-def forge(fake: VirtualTime) -> GitHubForge:
-    return GitHubForge(
-        REPO, TOKEN, retry_deadline=60.0, sleep=fake.sleep, clock=fake.clock, wall=fake.wall
+def forge(fake: VirtualTime) -> Pulls:
+    return Pulls(
+        GitHubForge(
+            REPO, TOKEN, retry_deadline=60.0, sleep=fake.sleep, clock=fake.clock, wall=fake.wall
+        )
     )
 
 
@@ -132,9 +135,7 @@ MARKED = "Implements the thing.\n\n<!-- reconciler:task=add-login -->"
 # ------------------------------------------------------------------------------ listing
 
 
-def test_list_maps_states_markers_and_times(
-    github: responses.RequestsMock, forge: GitHubForge
-) -> None:
+def test_list_maps_states_markers_and_times(github: responses.RequestsMock, forge: Pulls) -> None:
     github.get(
         PULLS,
         match=list_query(),
@@ -160,7 +161,7 @@ def test_list_maps_states_markers_and_times(
 
 
 def test_unchanged_list_is_a_conditional_request_answered_304(
-    github: responses.RequestsMock, forge: GitHubForge
+    github: responses.RequestsMock, forge: Pulls
 ) -> None:
     seen: list[str | bytes | None] = []
 
@@ -173,7 +174,7 @@ def test_unchanged_list_is_a_conditional_request_answered_304(
     github.add_callback(responses.GET, PULLS, callback=pulls_endpoint, match=list_query())
     first = forge.list_pulls()
     # A second forge for the same repo and token (the next pass) shares the ETag cache.
-    second = GitHubForge(REPO, TOKEN, sleep=VirtualTime().sleep).list_pulls()
+    second = Pulls(GitHubForge(REPO, TOKEN, sleep=VirtualTime().sleep)).list_pulls()
     assert first == second
     assert [p.number for p in second] == [7]
     assert seen == [None, '"etag-1"']  # one request per pass; the second cost no rate limit
@@ -219,13 +220,13 @@ def test_cached_answers_unused_for_a_day_are_dropped(
     forge = GitHubForge(REPO, TOKEN, sleep=clock.sleep, clock=clock.clock, wall=clock.wall)
     forge.list_pulls()
     forge.flush()
-    assert len(forge._cache.pages) == 1
+    assert len(forge.client._cache.pages) == 1
     clock.now += 86400 + 1
     forge.flush()
-    assert forge._cache.pages == {}  # e.g. the checks of a commit no PR points at any more
+    assert forge.client._cache.pages == {}  # e.g. the checks of a commit no PR points at any more
 
 
-def test_list_follows_pagination(github: responses.RequestsMock, forge: GitHubForge) -> None:
+def test_list_follows_pagination(github: responses.RequestsMock, forge: Pulls) -> None:
     page2 = "https://api.github.com/repositories/1296269/pulls?state=all&per_page=100&page=2"
     github.get(
         PULLS,
@@ -244,7 +245,7 @@ def test_list_follows_pagination(github: responses.RequestsMock, forge: GitHubFo
     assert len(github.calls) == 2
 
 
-def test_head_filter_sends_owner_prefix(github: responses.RequestsMock, forge: GitHubForge) -> None:
+def test_head_filter_sends_owner_prefix(github: responses.RequestsMock, forge: Pulls) -> None:
     github.get(
         PULLS, match=list_query("agent/add-login"), json=[pull(3, "agent/add-login", body=MARKED)]
     )
@@ -256,7 +257,7 @@ def test_head_filter_sends_owner_prefix(github: responses.RequestsMock, forge: G
 
 
 def test_open_creates_with_marker_draft_and_labels(
-    github: responses.RequestsMock, forge: GitHubForge
+    github: responses.RequestsMock, forge: Pulls
 ) -> None:
     github.get(PULLS, match=list_query("agent/add-login"), json=[])
     github.post(PULLS, status=201, json=pull(9, "agent/add-login", body=MARKED))
@@ -287,7 +288,7 @@ def test_open_creates_with_marker_draft_and_labels(
 
 
 def test_open_requests_reviews_from_users_and_teams(
-    github: responses.RequestsMock, forge: GitHubForge
+    github: responses.RequestsMock, forge: Pulls
 ) -> None:
     github.get(PULLS, match=list_query("agent/add-login"), json=[])
     github.post(PULLS, status=201, json=pull(9, "agent/add-login", body=MARKED))
@@ -309,7 +310,7 @@ def test_open_requests_reviews_from_users_and_teams(
 
 
 def test_open_adopts_an_existing_open_pr_without_creating(
-    github: responses.RequestsMock, forge: GitHubForge
+    github: responses.RequestsMock, forge: Pulls
 ) -> None:
     github.get(
         PULLS,
@@ -327,7 +328,7 @@ def test_open_adopts_an_existing_open_pr_without_creating(
 
 
 def test_open_422_duplicate_is_resolved_by_searching_again(
-    github: responses.RequestsMock, forge: GitHubForge
+    github: responses.RequestsMock, forge: Pulls
 ) -> None:
     github.get(PULLS, match=list_query("agent/add-login"), json=[])
     github.get(PULLS, match=list_query("agent/add-login"), json=[pull(6, "agent/add-login")])
@@ -354,7 +355,7 @@ def test_open_422_duplicate_is_resolved_by_searching_again(
     assert [c.request.method for c in github.calls] == ["GET", "POST", "GET"]
 
 
-def test_close_comments_then_closes(github: responses.RequestsMock, forge: GitHubForge) -> None:
+def test_close_comments_then_closes(github: responses.RequestsMock, forge: Pulls) -> None:
     github.get(f"{PULLS}/5", json=pull(5, "agent/add-login", body=MARKED))
     github.post(
         f"{API}/repos/{REPO}/issues/5/comments",
@@ -372,7 +373,7 @@ def test_close_comments_then_closes(github: responses.RequestsMock, forge: GitHu
     assert sent(github.calls[1]) == {"body": "Task removed at control revision abc123."}
 
 
-def test_update_keeps_the_marker(github: responses.RequestsMock, forge: GitHubForge) -> None:
+def test_update_keeps_the_marker(github: responses.RequestsMock, forge: Pulls) -> None:
     github.get(f"{PULLS}/5", json=pull(5, "agent/add-login", body=MARKED))
     github.patch(f"{PULLS}/5", json=pull(5, "agent/add-login", title="New", body=MARKED))
     pr = forge.update_pull(5, title="New", body="Rewritten.")
@@ -384,7 +385,7 @@ def test_update_keeps_the_marker(github: responses.RequestsMock, forge: GitHubFo
 
 
 def test_writes_are_spaced_a_second_apart(
-    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
+    github: responses.RequestsMock, forge: Pulls, fake: VirtualTime
 ) -> None:
     github.get(f"{PULLS}/5", json=pull(5, "agent/add-login", body=MARKED))
     github.post(f"{API}/repos/{REPO}/issues/5/comments", status=201, json={"id": 1})
@@ -398,7 +399,7 @@ def test_writes_are_spaced_a_second_apart(
 
 
 def test_502_is_retried_with_the_injected_sleep(
-    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
+    github: responses.RequestsMock, forge: Pulls, fake: VirtualTime
 ) -> None:
     github.get(PULLS, match=list_query(), status=502, body="<html>Bad gateway</html>")
     github.get(PULLS, match=list_query(), json=[pull(1, "agent/a")])
@@ -407,7 +408,7 @@ def test_502_is_retried_with_the_injected_sleep(
 
 
 def test_connection_reset_is_retried(
-    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
+    github: responses.RequestsMock, forge: Pulls, fake: VirtualTime
 ) -> None:
     github.get(PULLS, body=requests.ConnectionError("Connection reset by peer"))
     github.get(PULLS, json=[pull(1, "agent/a")])
@@ -416,7 +417,7 @@ def test_connection_reset_is_retried(
 
 
 def test_secondary_limit_honours_retry_after(
-    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
+    github: responses.RequestsMock, forge: Pulls, fake: VirtualTime
 ) -> None:
     github.post(
         f"{API}/repos/{REPO}/issues/5/comments",
@@ -434,7 +435,7 @@ def test_secondary_limit_honours_retry_after(
 
 
 def test_primary_limit_waits_for_the_reset(
-    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
+    github: responses.RequestsMock, forge: Pulls, fake: VirtualTime
 ) -> None:
     reset = int(fake.wall()) + 30
     github.get(
@@ -449,7 +450,7 @@ def test_primary_limit_waits_for_the_reset(
 
 
 def test_a_reset_beyond_the_deadline_gives_up_at_once_naming_the_time(
-    github: responses.RequestsMock, forge: GitHubForge, fake: VirtualTime
+    github: responses.RequestsMock, forge: Pulls, fake: VirtualTime
 ) -> None:
     reset = int(fake.wall()) + 3600
     github.get(
@@ -479,9 +480,7 @@ def test_429_gives_up_after_the_deadline(github: responses.RequestsMock, fake: V
     assert TOKEN not in text
 
 
-def test_401_says_the_token_was_rejected(
-    github: responses.RequestsMock, forge: GitHubForge
-) -> None:
+def test_401_says_the_token_was_rejected(github: responses.RequestsMock, forge: Pulls) -> None:
     github.get(
         PULLS,
         status=401,
@@ -495,7 +494,7 @@ def test_401_says_the_token_was_rejected(
 
 
 def test_404_on_a_pull_request_names_the_pr_not_the_repo(
-    github: responses.RequestsMock, forge: GitHubForge
+    github: responses.RequestsMock, forge: Pulls
 ) -> None:
     github.get(f"{PULLS}/77", status=404, json={"message": "Not Found"})
     with pytest.raises(NodeError) as caught:
@@ -505,9 +504,7 @@ def test_404_on_a_pull_request_names_the_pr_not_the_repo(
     assert "not visible" not in str(caught.value)
 
 
-def test_404_says_the_repo_is_not_visible(
-    github: responses.RequestsMock, forge: GitHubForge
-) -> None:
+def test_404_says_the_repo_is_not_visible(github: responses.RequestsMock, forge: Pulls) -> None:
     github.get(PULLS, status=404, json={"message": "Not Found"})
     with pytest.raises(NodeError) as caught:
         forge.list_pulls()
@@ -515,7 +512,7 @@ def test_404_says_the_repo_is_not_visible(
     assert re.search(r"acme/webapp is not visible to this token", str(caught.value))
 
 
-def test_forbidden_message_is_redacted(github: responses.RequestsMock, forge: GitHubForge) -> None:
+def test_forbidden_message_is_redacted(github: responses.RequestsMock, forge: Pulls) -> None:
     github.post(PULLS, status=403, json={"message": f"Resource not accessible by {TOKEN}"})
     github.get(PULLS, json=[])
     with pytest.raises(NodeError) as caught:
@@ -586,7 +583,7 @@ def test_a_token_that_is_not_one_word_is_refused_without_quoting_it(
 
 
 def test_feedback_reads_failing_checks_statuses_and_change_requests(
-    github: responses.RequestsMock, forge: GitHubForge
+    github: responses.RequestsMock, forge: Pulls
 ) -> None:
     github.get(f"{PULLS}?state=all&per_page=100", json=[pull(7, "agent/add-login", body=MARKED)])
     (pr,) = forge.list_pulls()
@@ -673,6 +670,6 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
     assert github.calls[-4].request.headers.get("If-None-Match") == 'W/"runs-1"'
 
 
-def test_a_github_pr_is_merged_on_github_not_by_the_reconciler(forge: GitHubForge) -> None:
+def test_a_github_pr_is_merged_on_github_not_by_the_reconciler(forge: Pulls) -> None:
     with pytest.raises(NodeError, match=r"PR #3 of .* lives on GitHub: merge it there"):
         forge.merge_pull(3)
