@@ -52,7 +52,6 @@ from reconciler.protocol import (
     StopRunRequest,
     TaskRef,
     WorkspaceResult,
-    pr_marker,
 )
 from reconciler.state import RunRow, StateError, Store, TaskRow, Transaction
 
@@ -613,8 +612,7 @@ class Applier:
         parts.append(
             f"Opened by reconciler for task `{task.name}` at control revision "
             f"`{self.revision[:12]}`.\n\n"
-            f"Attempts: {attempts} · iterations: {iterations} · cost: ${cost:.2f}\n\n"
-            f"{pr_marker(task.name)}\n"
+            f"Attempts: {attempts} · iterations: {iterations} · cost: ${cost:.2f}\n"
         )
         return title, "\n".join(p for p in parts if p)
 
