@@ -35,7 +35,7 @@ lint: $(STAMP) ## ruff (lint + format check), mypy --strict, import contracts
 	$(BIN)/lint-imports
 
 bench: $(STAMP) ## print the table of measured figures (ratios and counts)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench
 
 schemas: $(STAMP) ## regenerate the committed JSON Schemas under schemas/
 	$(BIN)/reconciler schema --out schemas

@@ -38,6 +38,12 @@ DESIRED_FILE = Path("cache") / "desired.pickle"
 _memo: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
 
+def forget_memory() -> None:
+    """Forget the caches this process read or wrote: the next load reads them from disk, as a
+    new process would (``make bench`` times one-shot commands in-process)."""
+    _memo.clear()
+
+
 def load_desired(
     control: ControlRepo,
     state_dir: Path | None,

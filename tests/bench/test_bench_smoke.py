@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+CHECKOUT = Path(__file__).resolve().parents[2]  # `python -m bench` runs from here
 
 
 @pytest.mark.slow
@@ -25,7 +25,8 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
-            str(BENCH),
+            "-m",
+            "bench",
             "--sizes",
             "20,200",
             "--reps",
@@ -46,6 +47,7 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
             "1",
         ],
         env=env,
+        cwd=CHECKOUT,
         capture_output=True,
         text=True,
         timeout=280,
@@ -83,6 +85,8 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         assert name in rows, f"missing row {name!r} in:\n{proc.stdout}"
     assert rows["tasks done / failed / apply errors"][1].strip() == "11 / 0 / 0", proc.stdout
     assert rows["GitHub points, unchanged second pass"][1].strip().startswith("0 ("), proc.stdout
+    # the warm pass reads the lane's repository: the counter sees its git processes
+    assert int(rows["plan(200) git processes per pass"][1]) > 0, proc.stdout
     # every sandbox is removed and nothing leaks out of it
     assert not list(tmp_path.glob("reconciler-bench-*"))
     assert sorted(p.name for p in home.iterdir()) == []

@@ -1,0 +1,18 @@
+"""The bench's options, as every section receives them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Options:
+    sizes: list[int]  # task counts of the plan figures
+    reps: int  # repetitions where cheap
+    short_tasks: int  # tasks of the slot figure
+    agent_seconds: float  # the short agent's sleep
+    limit: float  # seconds after which the slot figure is given up
+    github_tasks: int  # tasks of the GitHub forge figures
+    transport_tasks: int  # tasks per transport pass
+    pool_files: int  # files in the pool figure's repository
+    meter_mib: int  # MiB of agent output per metered run

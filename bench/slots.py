@@ -1,0 +1,187 @@
+"""Short tasks over the slots: 500 tasks on three lanes of 5, 4 and 2 slots, against the ideal
+schedule, with the live runs per lane sampled from /proc (never more than the lane's slots)."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench.drive import DriveResult, drive
+from bench.manifests import CONFIG_DOC, agent_doc, lane_doc, short_agent, spread, task_doc
+from bench.options import Options
+from bench.runs import alive, read_fingerprint
+from bench.sandbox import Sandbox
+from bench.table import Table, log, median
+from reconciler.engine import Context, Engine
+from reconciler.plan import Phase
+
+SCHEDULE_TARGET = 1.3
+SLOT_LANES = (("lane-a", 5), ("lane-b", 4), ("lane-c", 2))
+
+
+class SlotSampler:
+    """Samples /proc every ``interval``: live run supervisors per lane (and the maximum seen).
+
+    A run counts from the moment its supervisor recorded itself (``pid.json``) until that process
+    is gone, which is how the planner counts a slot as used. To stay cheap next to the runs, a
+    sample re-reads only the runs not known to have ended and lists the task directories it has
+    not seen yet; every ``rescan``-th sample lists everything (new attempts of known tasks).
+    """
+
+    def __init__(self, lanes: dict[str, Path], interval: float = 0.05, rescan: int = 10) -> None:
+        self.lanes = lanes
+        self.interval = interval
+        self.rescan = rescan
+        self.max_live: Counter[str] = Counter()
+        self.samples = 0
+        self._runs: dict[Path, dict[Path, bool]] = {root: {} for root in lanes.values()}
+        self._listed: set[Path] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="slot-sampler", daemon=True)
+
+    def __enter__(self) -> SlotSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _discover(self, lane_root: Path, full: bool) -> list[Path]:
+        runs = lane_root / ".runs"
+        known = self._runs[lane_root]
+        try:
+            tasks = os.listdir(runs)
+        except FileNotFoundError:
+            return []
+        for task in tasks:
+            task_dir = runs / task
+            if task_dir in self._listed and not full:
+                continue
+            try:
+                entries = os.listdir(task_dir)
+            except OSError:
+                continue
+            self._listed.add(task_dir)
+            for entry in entries:
+                known.setdefault(task_dir / entry, False)
+        return [d for d, ended in known.items() if not ended]
+
+    def live(self, lane_root: Path, full: bool = True) -> int:
+        count = 0
+        for run_dir in self._discover(lane_root, full):
+            fp = read_fingerprint(run_dir / "pid.json")
+            if fp is None:
+                continue  # starting: the supervisor has not recorded itself yet
+            if alive(*fp):
+                count += 1
+            elif (run_dir / "exit.json").exists():
+                self._runs[lane_root][run_dir] = True
+        return count
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            full = self.samples % self.rescan == 0
+            for lane, root in self.lanes.items():
+                self.max_live[lane] = max(self.max_live[lane], self.live(root, full))
+            self.samples += 1
+
+
+def agent_duration(box: Sandbox, agent: Path, reps: int = 3) -> float:
+    """The agent's own wall time, run alone in a scratch repository (median)."""
+    scratch = box.repo(box.root / "agent-alone")
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.run([str(agent)], cwd=scratch, env=box.env, check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return median(times)
+
+
+def build(box: Sandbox, n: int, agent: Path) -> tuple[Engine, dict[str, Path], list[int]]:
+    """The three lanes (each its own repository), ``n`` tasks spread over them by slots."""
+    base = box.root / "slots"
+    counts = spread(n, [s for _, s in SLOT_LANES])
+    files = {"config.yaml": CONFIG_DOC, "agents.yaml": agent_doc("short", [str(agent)])}
+    lane_roots: dict[str, Path] = {}
+    lanes_text = []
+    index = 0
+    for (lane, slots), count in zip(SLOT_LANES, counts, strict=True):
+        checkout = box.repo(base / "src" / lane)
+        root = lane_roots[lane] = box.lane_root(base / "worktrees" / lane)
+        lanes_text.append(lane_doc(lane, slots, root, "repo", checkout, home=box.home))
+        for _ in range(count):
+            name = f"short-{index:04d}"
+            files[f"tasks/{name}.yaml"] = task_doc(name, lane, "repo", "short", index)
+            index += 1
+    files["lanes.yaml"] = "---\n".join(lanes_text)
+    control = box.control(base / "control", files)
+    return Engine(Context(control=str(control), state_dir=base / "state")), lane_roots, counts
+
+
+def run(box: Sandbox, table: Table, options: Options) -> None:
+    n, limit = options.short_tasks, options.limit
+    slots_label = f"{n} short tasks over {sum(s for _, s in SLOT_LANES)} slots"
+    log(slots_label)
+    agent = short_agent(box.root / "slots" / "bin" / "bench-agent", options.agent_seconds)
+    duration = agent_duration(box, agent)
+    engine, lane_roots, counts = build(box, n, agent)
+    ideal = max(math.ceil(c / s) for (_, s), c in zip(SLOT_LANES, counts, strict=True)) * duration
+    log(f"  agent alone {duration:.3f}s; ideal schedule {ideal:.1f}s; driving apply passes")
+    with SlotSampler(lane_roots) as sampler:
+        result = drive(engine, n, limit)
+    done = result.phases[Phase.DONE.value]
+    ratio = result.wall / ideal
+    table.add(
+        f"{slots_label} / ideal",
+        f"{ratio:.2f} ({result.wall:.1f}s / {ideal:.1f}s; agent alone {duration:.3f}s)"
+        + ("" if result.finished else f"; STOPPED at {limit:.0f}s, {done}/{n} done"),
+        f"≤ {SCHEDULE_TARGET}",
+        result.finished and ratio <= SCHEDULE_TARGET,
+    )
+    table.add(
+        "  tasks done / failed / apply errors",
+        f"{done} / {result.phases[Phase.FAILED.value]} / {len(result.failures)}",
+        f"{n} / 0 / 0",
+        done == n and not result.failures,
+    )
+    occupancy_rows(table, sampler, counts)
+    time_rows(table, result, sampler, ideal, duration)
+
+
+def occupancy_rows(table: Table, sampler: SlotSampler, counts: list[int]) -> None:
+    over = False
+    for (lane, slots), count in zip(SLOT_LANES, counts, strict=True):
+        seen = sampler.max_live[lane]
+        over = over or seen > slots
+        table.add(
+            f"  max live runs {lane} ({count} tasks)",
+            f"{seen} of {slots} slots",
+            f"≤ {slots}",
+            seen <= slots,
+        )
+    if over:
+        log("  a lane ran more runs than its slots")
+
+
+def time_rows(
+    table: Table, result: DriveResult, sampler: SlotSampler, ideal: float, duration: float
+) -> None:
+    table.add(
+        "  passes / mean pass / starts",
+        f"{len(result.passes)} / {statistics.mean(result.passes):.3f}s / {result.starts} "
+        f"({sampler.samples} /proc samples)",
+    )
+    per_start = (result.wall - ideal) / max(1, result.starts)
+    table.add(
+        "  wall beyond ideal per run started",
+        f"{per_start:.3f}s = {per_start / duration:.2f}x agent",
+    )
+    for failure in result.failures[:5]:
+        log(f"  apply error: {failure}")
