@@ -19,7 +19,7 @@ from bench.options import Options
 from bench.sandbox import Sandbox
 from bench.table import Table, log
 from reconciler.engine import Context, Engine
-from reconciler.node import forge_github
+from reconciler.node import forge_github, github_http
 from reconciler.plan import Observed, Plan
 from reconciler.protocol import pr_marker
 from tests.support.fake_github import FakeGitHub, VirtualTime, unserved
@@ -187,7 +187,7 @@ def virtual_time(clock: VirtualTime) -> Iterator[None]:
     """The GitHub forge reads the time and waits on ``clock`` (its ``TIME``, where the tests
     put theirs): a retry or a rate-limit wait shows as a sleep instead of taking time."""
     saved = forge_github.TIME
-    forge_github.TIME = forge_github.Time(clock=clock.clock, sleep=clock.sleep, wall=clock.wall)
+    forge_github.TIME = github_http.Time(clock=clock.clock, sleep=clock.sleep, wall=clock.wall)
     try:
         yield
     finally:
@@ -197,7 +197,7 @@ def virtual_time(clock: VirtualTime) -> Iterator[None]:
 def forget_pages() -> None:
     """Forget the ETag cache this process holds, as a new process would start: only the lane's
     cache file remains."""
-    forge_github._PAGES.clear()
+    github_http.forget_process_memory()
 
 
 def build(box: Sandbox, n: int) -> tuple[Engine, list[Repo]]:

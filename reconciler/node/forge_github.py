@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlencode
 
-from reconciler.node import github_http
 from reconciler.node.forges import Access, Capabilities, PullExists
 from reconciler.node.github_feedback import GitHubFeedback
 from reconciler.node.github_http import (
@@ -34,10 +33,6 @@ REPO_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 # Where every GitHub forge of the process reads the time; tests and the benchmark replace it.
 TIME = Time()
-# The answers and write gates the process keeps; tests and the benchmark clear them to stand
-# for a new process.
-_PAGES = github_http._PAGES
-_GATES = github_http._GATES
 
 
 class GitHubForge:

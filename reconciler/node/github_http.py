@@ -161,6 +161,15 @@ _RATES: dict[tuple[str, str], tuple[float, int, int]] = {}  # (api, token digest
 _SHARED_LOCK = threading.Lock()
 
 
+def forget_process_memory() -> None:
+    """Forget the answers, write gates and rate limits this process keeps, as a new process
+    starts (only the lane's cache file remains)."""
+    with _SHARED_LOCK:
+        _PAGES.clear()
+        _GATES.clear()
+        _RATES.clear()
+
+
 def _gate(digest: str) -> _WriteGate:
     with _SHARED_LOCK:
         return _GATES.setdefault(digest, _WriteGate())

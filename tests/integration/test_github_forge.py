@@ -19,7 +19,7 @@ from fake_github import FakeGitHub, Fault, VirtualTime, unserved
 from world import World
 
 from reconciler.engine import Context, Engine
-from reconciler.node import forge_github
+from reconciler.node import forge_github, github_http
 from reconciler.plan import Plan
 
 OWNER, NAME = "acme", "app"
@@ -38,8 +38,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
 
 @pytest.fixture
 def github(clock: VirtualTime) -> Iterator[FakeGitHub]:
-    forge_github._PAGES.clear()
-    forge_github._GATES.clear()
+    github_http.forget_process_memory()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         fake = FakeGitHub(rsps, f"{OWNER}/{NAME}", TOKEN)
         yield fake
@@ -149,7 +148,7 @@ def test_the_token_never_leaves_the_lane(
     from reconciler.cli import main
 
     github.faults.append(Fault(ANY, 401, times=10_000))
-    forge_github._PAGES.clear()  # no cached answers: every command really asks GitHub
+    github_http.forget_process_memory()  # no cached answers: every command really asks GitHub
     where = ["--control", str(world.control), "--state", str(world.state)]
     for argv in (
         ["plan"],

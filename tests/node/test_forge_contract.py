@@ -99,8 +99,7 @@ def forge(request: pytest.FixtureRequest, env: Env) -> Iterator[Handle]:
 
         yield Handle("local", local, env, merge, close, lambda n: local_comments(env, n))
         return
-    github_http._PAGES.clear()
-    github_http._GATES.clear()
+    github_http.forget_process_memory()
     clock = VirtualTime()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         fake = FakeGitHub(rsps, "acme/webapp", TOKEN)
@@ -118,8 +117,7 @@ def forge(request: pytest.FixtureRequest, env: Env) -> Iterator[Handle]:
             fail_check=fake.failing.__setitem__,
         )
         assert not unserved(rsps), f"requests the fake GitHub does not serve: {unserved(rsps)}"
-    github_http._PAGES.clear()
-    github_http._GATES.clear()
+    github_http.forget_process_memory()
 
 
 def test_open_creates_one_pr_and_adopts_it_again(forge: Handle) -> None:

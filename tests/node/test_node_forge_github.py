@@ -20,7 +20,7 @@ import responses
 from fake_github import VirtualTime
 from responses import matchers
 
-from reconciler.node import credentials, forge_github
+from reconciler.node import credentials, github_http
 from reconciler.node.credentials import read_token
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_github import GitHubForge
@@ -40,11 +40,9 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         raise AssertionError(f"something slept for real ({seconds} s)")
 
     monkeypatch.setattr(time, "sleep", no_real_sleep)
-    forge_github._PAGES.clear()
-    forge_github._GATES.clear()
+    github_http.forget_process_memory()
     yield
-    forge_github._PAGES.clear()
-    forge_github._GATES.clear()
+    github_http.forget_process_memory()
 
 
 @pytest.fixture
@@ -200,13 +198,13 @@ def test_the_etags_survive_the_process_in_the_lane_cache_file(
     assert path.stat().st_mode & 0o777 == 0o600
     assert cache.stat().st_mode & 0o777 == 0o700
     assert TOKEN not in path.read_text()
-    forge_github._PAGES.clear()  # a new process: nothing in memory
+    github_http.forget_process_memory()  # a new process: nothing in memory
     second = GitHubForge(REPO, TOKEN, sleep=VirtualTime().sleep, cache_dir=str(cache))
     assert second.list_pulls() == listed
     assert seen == [None, '"etag-1"']  # the new process asked conditionally: no point spent
     # a cache file that is not ours (corrupt, older version) is a cold start, not an error
     path.write_text("{not json")
-    forge_github._PAGES.clear()
+    github_http.forget_process_memory()
     third = GitHubForge(REPO, TOKEN, sleep=VirtualTime().sleep, cache_dir=str(cache))
     assert third.list_pulls() == listed
     assert seen == [None, '"etag-1"', None]
