@@ -246,6 +246,7 @@ class Daemon:
         self.stopping = threading.Event()
         self.passes = 0
         self.desired: Desired | None = None  # what the last pass reconciled
+        self.manifest_errors: tuple[str, ...] = ()  # logged once, until they change
 
     def _on_term(self, _sig: int, _frame: object) -> None:
         self.stopping.set()
@@ -289,7 +290,8 @@ class Daemon:
                     watches.stop()
                 if running_pid(self.engine.ctx.state_dir) in (os.getpid(), None):
                     pid_path.unlink(missing_ok=True)
-                self.log("stop", f"stopped after {self.passes} passes; agents keep running")
+                count = f"{self.passes} pass" + ("" if self.passes == 1 else "es")
+                self.log("stop", f"stopped after {count}; agents keep running")
         return 0 if healthy or not self.once else 1
 
     def one_pass(self, store: Store, reasons: Counter[str]) -> tuple[bool, PassResult | None]:
@@ -303,9 +305,15 @@ class Daemon:
         try:
             try:
                 desired = self.engine.load()
+                if self.manifest_errors:
+                    self.log("manifest-error", "the manifest errors are fixed")
+                self.manifest_errors = ()
             except ManifestErrors as exc:
-                for error in exc.errors:
-                    self.log("manifest-error", str(error), level="error")
+                errors = tuple(str(error) for error in exc.errors)
+                if errors != self.manifest_errors:  # the same errors are not news every pass
+                    for error in errors:
+                        self.log("manifest-error", error, level="error")
+                self.manifest_errors = errors
                 good = store.get_meta(GOOD_REVISION)
                 head = control.revision()
                 if good is None or good == head:
@@ -329,25 +337,33 @@ class Daemon:
             self.log("control", problem, level="warning")
         ok = result.report is None or result.report.ok
         if not result.plan.empty or reasons.keys() - TIMERS:
-            text = self.summary(result) or f"{len(result.plan.actions)} actions"
-            running: Counter[str] = Counter(
-                t.lane for t in result.plan.tasks if t.phase.value == "running"
-            )
-            slots = {
-                name: f"{running[name]}/{spec.max_concurrency}"
-                for name, spec in sorted(desired.lanes.items())
-            }
-            shown = " · ".join(f"{n} {v}" for n, v in slots.items())
-            self.log(
-                "pass",
-                f"pass {self.passes} ({why}): {text}" + (f"  [slots {shown}]" if shown else ""),
-                number=self.passes,
-                reasons=dict(reasons),
-                actions=len(result.plan.actions),
-                failed=len(result.report.failed) if result.report else 0,
-                slots=slots,
-            )
+            self._log_pass(result, desired, reasons, why)
         return ok, result
+
+    def _log_pass(
+        self, result: PassResult, desired: Desired, reasons: Counter[str], why: str
+    ) -> None:
+        """One line per pass that did something, with the slots in use after it; a pass that
+        an event woke but that found nothing to do is a debug line (JSON only)."""
+        text = self.summary(result) or f"{len(result.plan.actions)} actions"
+        live = _live_runs(result) if result.observed is not None else set()
+        running = Counter(lane for lane, _task, _attempt, _iteration in live)
+        slots = {
+            name: f"{running[name]}/{spec.max_concurrency}"
+            for name, spec in sorted(desired.lanes.items())
+        }
+        shown = " · ".join(f"{n} {v}" for n, v in slots.items())
+        failed = len(result.report.failed) if result.report else 0
+        self.log(
+            "pass",
+            f"pass {self.passes} ({why}): {text}" + (f"  [slots {shown}]" if shown else ""),
+            "info" if result.plan.actions or failed else "debug",
+            number=self.passes,
+            reasons=dict(reasons),
+            actions=len(result.plan.actions),
+            failed=failed,
+            slots=slots,
+        )
 
     def _next_wait(self, result: PassResult | None) -> tuple[float, str]:
         """How long to wait for a trigger, and what ends the wait when none comes: the time the

@@ -63,3 +63,41 @@ def test_debug_lines_are_for_json_logs_only() -> None:
     out = io.StringIO()
     daemon(out, fmt="text")._next_wait(passed(Requeue(NOW + 1, Due.BACKOFF, "t")))
     assert out.getvalue() == ""
+
+
+def test_a_pass_says_the_slots_in_use_after_it_and_an_idle_one_is_a_debug_line() -> None:
+    from collections import Counter
+
+    from reconciler.manifests.models import ConfigSpec, Desired, LaneSpec, TaskSpec, make_task
+    from reconciler.plan import Action, ActionKind, LaneView, NewRun, Observed, RunView
+
+    web = LaneSpec.model_validate(
+        {"maxConcurrency": 3, "repos": [{"name": "app", "checkout": "~/a"}]}
+    )
+    spec = TaskSpec.model_validate({"lane": "web", "repo": "app", "agent": "bot", "prompt": "x"})
+    desired = Desired(
+        revision="r",
+        config=ConfigSpec(),
+        lanes={"web": web},
+        agents={},
+        tasks={"a": make_task("a", spec), "b": make_task("b", spec)},
+    )
+    live = RunView("a", "web", "app", 1, 1, "g", NOW - 5, alive=True)
+    observed = Observed("r", 1, {"web": LaneView("web", True)}, runs={"a": (live,)})
+    start = Action(ActionKind.START, "b", "web", "new task", NewRun(1, 1, "g"))
+    plan = Plan(revision="r", serial=1, now=NOW, actions=(start,))
+    out = io.StringIO()
+    d = daemon(out)
+    d._log_pass(PassResult(plan, None, observed), desired, Counter({"poke": 1}), "poke")
+    # the run that was alive, not the start the plan asks for: no report, so it was not applied
+    (line,) = lines(out)
+    assert line["level"] == "info" and line["slots"] == {"web": "1/3"}
+    # an event woke a pass that found nothing to do: for machines only
+    idle = Plan(revision="r", serial=1, now=NOW)
+    d._log_pass(PassResult(idle, None, observed), desired, Counter({"poke": 1}), "poke")
+    assert lines(out)[-1]["level"] == "debug"
+    text = io.StringIO()
+    daemon(text, fmt="text")._log_pass(
+        PassResult(idle, None, observed), desired, Counter({"poke": 1}), "poke"
+    )
+    assert text.getvalue() == ""

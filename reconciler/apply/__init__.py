@@ -514,8 +514,9 @@ class Applier:
             self.event(
                 task.name,
                 "spawned",
-                f"agent {agent.kind} started for run {action.attempt}.{action.iteration} "
-                f"(pid {fp.pid if fp else '?'}) in {run.workspace}",
+                f"agent {task.spec.agent} ({agent.kind}) started for run "
+                f"{action.attempt}.{action.iteration} (pid {fp.pid if fp else '?'}) in "
+                f"{run.workspace}",
                 tx,
             )
 

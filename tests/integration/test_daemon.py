@@ -148,6 +148,14 @@ def test_a_broken_revision_keeps_the_last_good_one_and_prunes_nothing(
         "the fallback",
     )
     assert world.live_agents().get("slow") == agents
+
+    def errors() -> int:
+        return sum(r.get("event") == "manifest-error" for r in daemon.records)
+
+    logged = errors()
+    daemon.poke()
+    daemon.poke()
+    assert errors() == logged  # the same errors are news once, not every pass
     with_problem = world.cli("status", "--json")
     assert with_problem.returncode == 1 and "broken.yaml" in with_problem.stderr
     # Fixed: the fix is reconciled (the removal now takes effect).
@@ -155,6 +163,8 @@ def test_a_broken_revision_keeps_the_last_good_one_and_prunes_nothing(
     git(world.control, "add", "-A")
     git(world.control, "commit", "-qm", "fixed")
     daemon.wait_for(lambda: not world.live_agents().get("slow"), 10, "the removal")
+    assert any(r.get("msg") == "the manifest errors are fixed" for r in daemon.records)
+    assert errors() == logged + 1
     status = json.loads(world.cli("status", "--json").stdout)
     assert status["controlProblem"] is None
     assert daemon.stop() == 0
