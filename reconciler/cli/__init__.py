@@ -30,6 +30,7 @@ from reconciler.cli.render import (
     summary_line,
     table,
     use_color,
+    warn,
 )
 from reconciler.cli.terminal import guarded, unguarded
 from reconciler.control import ControlError
@@ -346,6 +347,8 @@ def cmd_validate(engine: Engine, args: argparse.Namespace) -> int:
             (len(desired.agents), "agent"),
         )
     )
+    for warning in desired.warnings:
+        warn(str(warning))
     print(f"{counts}: the manifests are valid, and {policy.origin} allows every lane.")
     return EXIT_OK
 

@@ -153,3 +153,8 @@ def err(message: str, stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     paint = Painter(use_color(out))
     print(paint("error:", "red", "bold") + " " + message, file=out)
+
+
+def warn(message: str, stream: TextIO | None = None) -> None:
+    out = stream or sys.stderr
+    print(Painter(use_color(out))("warning:", "yellow", "bold") + " " + message, file=out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, NamedTuple
 
 from ruamel.yaml.nodes import Node
@@ -45,6 +45,34 @@ class Doc(NamedTuple):
     value: Any  # LaneSpec | AgentSpec | ConfigSpec | Task (prompt unresolved for promptFile)
 
 
+class References(NamedTuple):
+    """The names a Task refers to; None where its manifest does not give a well-formed one."""
+
+    lane: str | None
+    repo: str | None
+    agent: str | None
+    depends_on: tuple[str, ...] = ()
+
+
+def references(spec: object, wrong: Collection[tuple[str | int, ...]] = ()) -> References:
+    """The names in a Task's ``spec`` mapping that are strings and not themselves in error
+    (``wrong``: the locations the schema refused), so that an invalid Task's references are
+    checked in the same load as its other errors."""
+    data = spec if isinstance(spec, dict) else {}
+
+    def name(key: str) -> str | None:
+        value = data.get(key)
+        return value if isinstance(value, str) and ("spec", key) not in wrong else None
+
+    deps = data.get("dependsOn")
+    depends = tuple(
+        d
+        for i, d in enumerate(deps if isinstance(deps, list) else ())
+        if isinstance(d, str) and ("spec", "dependsOn", i) not in wrong
+    )
+    return References(name("lane"), name("repo"), name("agent"), depends)
+
+
 class Assembler:
     """Builds :class:`Desired` from valid documents and adds the cross-file errors."""
 
@@ -61,9 +89,12 @@ class Assembler:
         self.errors = errors
         self.invalid = invalid
         self.lane_check = lane_check
+        self.warnings: list[ManifestError] = []
         self._nodes: dict[str, list[Node | None]] = {}
 
-    def run(self, docs: list[tuple[str, Doc]]) -> Desired:
+    def run(
+        self, docs: list[tuple[str, Doc]], invalid_tasks: Sequence[tuple[str, Doc]] = ()
+    ) -> Desired:
         config = ConfigSpec()
         config_at: tuple[str, Doc] | None = None
         lanes: dict[str, LaneSpec] = {}
@@ -88,12 +119,13 @@ class Assembler:
             key = (doc.kind, doc.name)
             seen = first.get(key)
             if seen is not None:
+                line, col = self.position(seen[0], seen[1], ("metadata", "name"))
                 self.error(
                     path,
                     doc,
                     ("metadata", "name"),
                     f"duplicate {doc.kind} name '{doc.name}': already defined at "
-                    f"{seen[0]}:{seen[1].line}",
+                    f"{seen[0]}:{line}:{col}",
                     f"{doc.kind} names must be unique: rename or remove one of them",
                 )
                 continue
@@ -112,10 +144,41 @@ class Assembler:
             task = self.task(path, doc, lanes, agents)
             if task is not None:
                 tasks[name] = task
+        for path, doc in invalid_tasks:
+            self.refers(path, doc, doc.value, lanes, agents)
+        named = set(task_docs) | {doc.name for _, doc in invalid_tasks}
+        for path, doc in [*task_docs.values(), *invalid_tasks]:
+            self.dependencies(path, doc, named)
         self.cycles(task_docs)
         return Desired(
-            revision=self.revision, config=config, lanes=lanes, agents=agents, tasks=tasks
+            revision=self.revision,
+            config=config,
+            lanes=lanes,
+            agents=agents,
+            tasks=tasks,
+            warnings=tuple(sorted(set(self.warnings), key=lambda w: (w.path, w.line, w.column))),
         )
+
+    def dependencies(self, path: str, doc: Doc, named: set[str]) -> None:
+        """A ``dependsOn`` naming no task is not an error (the task may come in a later commit)
+        but it blocks the task until it does: a warning, with what it may have meant."""
+        deps = (
+            doc.value.depends_on if isinstance(doc.value, References) else doc.value.spec.depends_on
+        )
+        for index, dep in enumerate(deps):
+            if dep in named:
+                continue
+            line, col = self.position(path, doc, ("spec", "dependsOn", index))
+            self.warnings.append(
+                ManifestError(
+                    path,
+                    line,
+                    col,
+                    f"task '{doc.name}' depends on '{dep}', which is not a task: it waits until "
+                    "a task of that name exists and is done",
+                    did_you_mean(dep, sorted(named - {doc.name})) + "fix the name, or add the task",
+                )
+            )
 
     def task(
         self, path: str, doc: Doc, lanes: dict[str, LaneSpec], agents: dict[str, AgentSpec]
@@ -123,36 +186,8 @@ class Assembler:
         cached: Task = doc.value
         spec = cached.spec
         name = doc.name
-        lane = lanes.get(spec.lane)
-        if lane is None:
-            if ("Lane", spec.lane) not in self.invalid:
-                self.error(
-                    path,
-                    doc,
-                    ("spec", "lane"),
-                    f"task '{name}' refers to unknown lane '{spec.lane}'",
-                    _choose("a Lane", spec.lane, sorted(lanes)),
-                )
-        elif lane.repo(spec.repo) is None:
-            repos = [r.name for r in lane.repos]
-            self.error(
-                path,
-                doc,
-                ("spec", "repo"),
-                f"task '{name}' refers to repo '{spec.repo}', which lane '{spec.lane}' does "
-                "not have",
-                did_you_mean(spec.repo, repos)
-                + f"the repos of lane '{spec.lane}' are: {', '.join(repos)}; "
-                "or add the repo to the lane's spec.repos",
-            )
-        if spec.agent not in agents and ("Agent", spec.agent) not in self.invalid:
-            self.error(
-                path,
-                doc,
-                ("spec", "agent"),
-                f"task '{name}' refers to unknown agent '{spec.agent}'",
-                _choose("an Agent", spec.agent, sorted(agents)),
-            )
+        refs = References(spec.lane, spec.repo, spec.agent, tuple(spec.depends_on))
+        self.refers(path, doc, refs, lanes, agents)
         source = Source(path, doc.line, doc.column)
         if spec.prompt_file is None:
             return Task(name, spec, cached.prompt, cached.generation, cached.labels, source)
@@ -160,6 +195,49 @@ class Assembler:
         if prompt is None:
             return None
         return make_task(name, spec, prompt, cached.labels, source)
+
+    def refers(
+        self,
+        path: str,
+        doc: Doc,
+        refs: References,
+        lanes: dict[str, LaneSpec],
+        agents: dict[str, AgentSpec],
+    ) -> None:
+        """The lane, its repo and the agent a task names exist (an invalid one is not reported
+        again: its own errors say what is wrong with it)."""
+        name = doc.name
+        lane = lanes.get(refs.lane) if refs.lane is not None else None
+        if refs.lane is not None and lane is None:
+            if ("Lane", refs.lane) not in self.invalid:
+                self.error(
+                    path,
+                    doc,
+                    ("spec", "lane"),
+                    f"task '{name}' refers to unknown lane '{refs.lane}'",
+                    _choose("a Lane", refs.lane, sorted(lanes)),
+                )
+        elif lane is not None and refs.repo is not None and lane.repo(refs.repo) is None:
+            repos = [r.name for r in lane.repos]
+            self.error(
+                path,
+                doc,
+                ("spec", "repo"),
+                f"task '{name}' refers to repo '{refs.repo}', which lane '{refs.lane}' does "
+                "not have",
+                did_you_mean(refs.repo, repos)
+                + f"the repos of lane '{refs.lane}' are: {', '.join(repos)}; "
+                "or add the repo to the lane's spec.repos",
+            )
+        agent = refs.agent
+        if agent is not None and agent not in agents and ("Agent", agent) not in self.invalid:
+            self.error(
+                path,
+                doc,
+                ("spec", "agent"),
+                f"task '{name}' refers to unknown agent '{agent}'",
+                _choose("an Agent", agent, sorted(agents)),
+            )
 
     def prompt_file(self, path: str, doc: Doc, ref: str) -> str | None:
         loc = ("spec", "promptFile")

@@ -26,7 +26,14 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import Node, ScalarNode
 from ruamel.yaml.reader import ReaderError
 
-from reconciler.manifests.assembly import Assembler, Doc, LaneCheck, Reader, safe_relpath
+from reconciler.manifests.assembly import (
+    Assembler,
+    Doc,
+    LaneCheck,
+    Reader,
+    references,
+    safe_relpath,
+)
 from reconciler.manifests.errors import ManifestError, ManifestErrors
 from reconciler.manifests.explain import (
     byte_position,
@@ -107,6 +114,7 @@ def load(
     errors: list[ManifestError] = []
     docs: list[tuple[str, Doc]] = []
     invalid: set[tuple[str, str]] = set()
+    invalid_tasks: list[tuple[str, Doc]] = []
     ordered = sorted(files, key=lambda f: f.path)
     prefetch = getattr(read, "prefetch", None)
     if prefetch is not None:
@@ -128,9 +136,10 @@ def load(
             docs.extend((f.path, d) for d in parsed.docs)
             errors.extend(parsed.errors)
             invalid.update(parsed.invalid)
+            invalid_tasks.extend((f.path, d) for d in parsed.invalid_tasks)
             if cache is not None and not parsed.errors:
                 cache[f.blob] = tuple(parsed.docs)
-        desired = Assembler(read, revision, errors, invalid, lane_check).run(docs)
+        desired = Assembler(read, revision, errors, invalid, lane_check).run(docs, invalid_tasks)
     if errors:
         raise ManifestErrors(errors)
     return desired
@@ -170,6 +179,9 @@ class _Parsed:
     docs: list[Doc] = field(default_factory=list)
     errors: list[ManifestError] = field(default_factory=list)
     invalid: set[tuple[str, str]] = field(default_factory=set)
+    # invalid Tasks, their value the names they refer to that are well formed (``References``):
+    # checked against the other documents in the same load, so every problem shows at once
+    invalid_tasks: list[Doc] = field(default_factory=list)
 
 
 def _read_file(f: SourceFile, read: Reader) -> _Parsed:
@@ -318,6 +330,10 @@ def _parse_document(
         name = meta.get("name") if isinstance(meta, dict) else None
         if isinstance(name, str):
             out.invalid.add((kind, name))
+            if kind == "Task":
+                refused = {tuple(err["loc"]) for err in exc.errors(include_url=False)}
+                refs = references(data.get("spec"), refused)
+                out.invalid_tasks.append(Doc(kind, name, index, line, col, refs))
         return
     out.docs.append(Doc(kind, doc.metadata.name, index, line, col, _cached_value(kind, doc)))
 

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from reconciler.durations import parse_duration
+from reconciler.manifests.errors import ManifestError
 
 API_VERSION = "reconciler/v1"
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -546,6 +547,8 @@ class Desired:
     lanes: dict[str, LaneSpec] = field(default_factory=dict)
     agents: dict[str, AgentSpec] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
+    # what is valid but probably not meant (a dependsOn naming no task): validate shows them
+    warnings: tuple[ManifestError, ...] = ()
 
 
 def generation_of(spec: TaskSpec, prompt: str) -> str:

@@ -176,6 +176,15 @@ def test_validate_counts_and_schema_matches_the_committed_files(
     proc = world.cli("validate")
     assert proc.returncode == 0
     assert proc.stdout.startswith("2 tasks, 1 lane, ")
+    assert proc.stderr == ""
+    # a dependsOn naming no task is valid, and said at validate rather than blocking silently
+    world.task("c", "web", "succeed", dependsOn=["aa"])
+    world.commit()
+    proc = world.cli("validate")
+    assert proc.returncode == 0 and proc.stdout.startswith("3 tasks, 1 lane, ")
+    assert "warning: manifests/" in proc.stderr
+    assert "task 'c' depends on 'aa', which is not a task" in proc.stderr
+    assert "did you mean 'a'?" in proc.stderr
     out = tmp_path / "schemas"
     assert world.cli("schema", "--out", str(out)).returncode == 0
     for path in (ROOT / "schemas").glob("*.json"):

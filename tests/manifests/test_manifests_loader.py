@@ -146,8 +146,33 @@ def test_duplicate_names_across_files_point_at_the_second() -> None:
         {"manifests/a.yaml": task("same"), "manifests/b.yaml": "\n\n" + task("same")}
     )
     assert [str(e).splitlines()[0] for e in errors] == [
-        "manifests/b.yaml:5:18: duplicate Task name 'same': already defined at manifests/a.yaml:1"
+        "manifests/b.yaml:5:18: duplicate Task name 'same': "
+        "already defined at manifests/a.yaml:3:18"
     ]
+
+
+def test_an_invalid_task_s_references_are_checked_in_the_same_load() -> None:
+    # a schema error and an unknown agent in one task: both at once, not one fix at a time
+    broken = task("t", "  retries: 3\n").replace("agent: claude", "agent: fakee")
+    messages = [e.message for e in errors_of({"manifests/t.yaml": broken})]
+    assert any("retries" in m for m in messages), messages
+    assert "task 't' refers to unknown agent 'fakee'" in messages
+    # a reference the schema itself refused is that error alone, not also an unknown name
+    refused = task("t").replace("lane: web", "lane: [web]")
+    assert not any("unknown lane" in e.message for e in errors_of({"manifests/t.yaml": refused}))
+
+
+def test_a_depends_on_naming_no_task_is_a_warning_with_what_it_may_mean() -> None:
+    files = {
+        "manifests/a.yaml": task("write-guide"),
+        "manifests/b.yaml": task("link", "  dependsOn: [write-giude]\n"),
+    }
+    desired = load_files(files)
+    assert "link" in desired.tasks  # valid: the task may come in a later commit
+    (warning,) = desired.warnings
+    assert warning.position.startswith("manifests/b.yaml:")
+    assert "depends on 'write-giude', which is not a task" in warning.message
+    assert warning.hint.startswith("did you mean 'write-guide'?")
 
 
 def test_same_name_in_different_kinds_is_fine() -> None:
@@ -301,7 +326,7 @@ def test_cache_only_holds_valid_files_and_cross_checks_still_run() -> None:
         repo.load(cache)
     (error,) = info.value.errors
     assert error.position == "manifests/b.yaml:3:18"
-    assert "already defined at manifests/a.yaml:1" in error.message
+    assert "already defined at manifests/a.yaml:3:18" in error.message
 
 
 def test_a_garbage_cache_entry_is_a_miss() -> None:
