@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast lint bench schemas clean
+.PHONY: help demo test test-fast lint bench schemas dist clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,8 +37,11 @@ lint: $(STAMP) ## ruff (lint + format check), mypy --strict, import contracts
 bench: $(STAMP) ## print the table of measured figures (ratios and counts)
 	$(BIN)/python -m bench
 
+dist: $(STAMP) ## build the wheel (dist/agent_reconciler-*.whl) to install with pipx or pip
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+
 schemas: $(STAMP) ## regenerate the committed JSON Schemas under schemas/
 	$(BIN)/reconciler schema --out schemas
 
 clean: ## remove the virtualenv, the demo sandbox and caches
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache dist
