@@ -2,10 +2,11 @@
 
 ``ADAPTERS`` is the one place that lists the kinds. A kind's plugin builds an argv list (never a
 shell string), names the environment variables that must not reach the agent and the ones it
-gets by default, parses the agent's recorded output after the run, says how that output counts
-while the run goes (its ``tally``: tokens, cost, turns, tool calls, progress, retry notices; see
-``tally.py``) and how ``reconciler logs`` shows it (``render``). ``meter.py`` and ``render.py``
-are generic machinery that ask the plugin; the model price table (``pricing.py``) is shared.
+gets by default, says what authenticates it (``login``, for pre-flight), parses the agent's
+recorded output after the run, says how that output counts while the run goes (its ``tally``:
+tokens, cost, turns, tool calls, progress, retry notices; see ``tally.py``) and how
+``reconciler logs`` shows it (``render``). ``meter.py`` and ``render.py`` are generic machinery
+that ask the plugin; the model price table (``pricing.py``) is shared.
 
 Plugins must not start processes or touch the run directory beyond reading what the agent
 wrote there (and their tally, which the meter saves); ``prepare`` is the one place a plugin may
@@ -23,6 +24,7 @@ from reconciler.node.agents.codex import CodexAdapter
 from reconciler.node.agents.command import CommandAdapter
 from reconciler.node.agents.gemini import GeminiAdapter
 from reconciler.node.agents.launch import Launch
+from reconciler.node.agents.login import Login
 from reconciler.node.agents.tally import Tally
 from reconciler.protocol import AgentRef, AgentResult, ExitInfo
 
@@ -37,6 +39,7 @@ class Adapter(Protocol):
     # how its output counts while the run goes, kept in the run's meter.json; None: the output
     # says nothing of spend or progress (only its growth counts)
     tally: type[Tally] | None
+    login: Login | None  # what authenticates it, for pre-flight; None: nothing to check
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
         """(problem, fix) when the agent, as configured and in ``env`` (what a run gets), will
@@ -82,4 +85,5 @@ __all__ = [
     "CommandAdapter",
     "GeminiAdapter",
     "Launch",
+    "Login",
 ]

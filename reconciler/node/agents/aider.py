@@ -29,6 +29,7 @@ from typing import ClassVar, Literal
 
 from reconciler.node import files
 from reconciler.node.agents.launch import Launch
+from reconciler.node.agents.login import Login
 from reconciler.node.agents.tally import CHUNK, Tally, add, no_counts
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT, one_line
 from reconciler.node.files import tail_bytes
@@ -184,6 +185,21 @@ class AiderAdapter:
         }
     )
     tally: type[Tally] | None = AiderTally
+    # the key of whichever provider's model the Agent chose
+    login: Login | None = Login(
+        (
+            "ANTHROPIC_API_KEY",
+            "OPENAI_API_KEY",
+            "GEMINI_API_KEY",
+            "DEEPSEEK_API_KEY",
+            "OPENROUTER_API_KEY",
+            "AIDER_ANTHROPIC_API_KEY",
+            "AIDER_OPENAI_API_KEY",
+        ),
+        ("~/.aider/oauth-keys.env", "~/.env"),
+        "export the API key of the agent's model (e.g. ANTHROPIC_API_KEY) in the lane user's "
+        "~/.profile",
+    )
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
         return None  # its key and model are agent-auth's; the rest is per repository

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from reconciler.node.agents.launch import Launch
+from reconciler.node.agents.login import Login
 from reconciler.node.agents.tally import Counts, EventTally, Tally, add, counts_in, no_counts
 from reconciler.node.agents.values import (
     FINAL_TEXT_LIMIT,
@@ -200,6 +201,18 @@ class ClaudeAdapter:
         }
     )
     tally: type[Tally] | None = ClaudeTally
+    login: Login | None = Login(
+        (
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "CLAUDE_CODE_USE_BEDROCK",
+            "CLAUDE_CODE_USE_VERTEX",
+        ),
+        ("${CLAUDE_CONFIG_DIR:-~/.claude}/.credentials.json",),
+        "export ANTHROPIC_API_KEY in the lane user's ~/.profile, or run `claude` once as the "
+        "lane user and log in",
+    )
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
         if os.geteuid() == 0 and not _chooses_permissions(agent.args):

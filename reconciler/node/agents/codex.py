@@ -42,6 +42,7 @@ from typing import ClassVar, Literal
 
 from reconciler.node import files
 from reconciler.node.agents.launch import Launch
+from reconciler.node.agents.login import Login
 from reconciler.node.agents.tally import Counts, EventTally, Tally, counts_in, no_counts, read
 from reconciler.node.agents.values import (
     FINAL_TEXT_LIMIT,
@@ -334,6 +335,14 @@ class CodexAdapter:
     sessions: bool = True
     env_defaults: Mapping[str, str] = MappingProxyType({})
     tally: type[Tally] | None = CodexTally
+    # codex's provider for OPENAI_BASE_URL (see provider_config) reads a key variable only
+    login: Login | None = Login(
+        KEY_VARIABLES,
+        ("${CODEX_HOME:-~/.codex}/auth.json",),
+        "export CODEX_API_KEY (or OPENAI_API_KEY) in the lane user's ~/.profile, or run "
+        "`codex login` as the lane user",
+        key_only="OPENAI_BASE_URL",
+    )
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
         if agent.commits == "agent" and not sets_sandbox(agent.args):

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from reconciler.node.agents.launch import Launch
+from reconciler.node.agents.login import Login
 from reconciler.node.agents.tally import Tally
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT
 from reconciler.node.errors import NodeError
@@ -24,6 +25,7 @@ class CommandAdapter:
     sessions: bool = False
     env_defaults: Mapping[str, str] = MappingProxyType({})
     tally: type[Tally] | None = None
+    login: Login | None = None  # any program: its credentials are its own business
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
         return None  # any program: nothing known about it

@@ -47,6 +47,7 @@ from typing import ClassVar, Literal
 from reconciler import safefile
 from reconciler.node import files
 from reconciler.node.agents.launch import Launch
+from reconciler.node.agents.login import Login
 from reconciler.node.agents.tally import Counts, EventTally, Tally, counts_in
 from reconciler.node.agents.values import (
     FINAL_TEXT_LIMIT,
@@ -446,6 +447,17 @@ class GeminiAdapter:
         }
     )
     tally: type[Tally] | None = GeminiTally
+    login: Login | None = Login(
+        (
+            "GEMINI_API_KEY",
+            "GOOGLE_API_KEY",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_GENAI_USE_VERTEXAI",
+        ),
+        ("~/.gemini/oauth_creds.json",),
+        "export GEMINI_API_KEY in the lane user's ~/.profile, or run `gemini` once as the lane "
+        "user and log in",
+    )
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
         if env.get(TRUST_VARIABLE, "").strip().lower() in ("false", "0"):
