@@ -251,56 +251,6 @@ def _login_env_check() -> PreflightCheck:
     )
 
 
-# Per agent kind: the variables any one of which authenticates it, the files a login leaves in
-# the lane user's home, and how to fix it. Only presence is checked, inside the lane: no value
-# is read into the reconciler or returned by the check.
-AUTH: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
-    "claude": (
-        (
-            "ANTHROPIC_API_KEY",
-            "ANTHROPIC_AUTH_TOKEN",
-            "CLAUDE_CODE_OAUTH_TOKEN",
-            "CLAUDE_CODE_USE_BEDROCK",
-            "CLAUDE_CODE_USE_VERTEX",
-        ),
-        ("${CLAUDE_CONFIG_DIR:-~/.claude}/.credentials.json",),
-        "export ANTHROPIC_API_KEY in the lane user's ~/.profile, or run `claude` once as the "
-        "lane user and log in",
-    ),
-    "codex": (
-        ("CODEX_API_KEY", "OPENAI_API_KEY"),
-        ("${CODEX_HOME:-~/.codex}/auth.json",),
-        "export CODEX_API_KEY (or OPENAI_API_KEY) in the lane user's ~/.profile, or run "
-        "`codex login` as the lane user",
-    ),
-    "gemini": (
-        (
-            "GEMINI_API_KEY",
-            "GOOGLE_API_KEY",
-            "GOOGLE_APPLICATION_CREDENTIALS",
-            "GOOGLE_GENAI_USE_VERTEXAI",
-        ),
-        ("~/.gemini/oauth_creds.json",),
-        "export GEMINI_API_KEY in the lane user's ~/.profile, or run `gemini` once as the lane "
-        "user and log in",
-    ),
-    "aider": (
-        (
-            "ANTHROPIC_API_KEY",
-            "OPENAI_API_KEY",
-            "GEMINI_API_KEY",
-            "DEEPSEEK_API_KEY",
-            "OPENROUTER_API_KEY",
-            "AIDER_ANTHROPIC_API_KEY",
-            "AIDER_OPENAI_API_KEY",
-        ),
-        ("~/.aider/oauth-keys.env", "~/.env"),
-        "export the API key of the agent's model (e.g. ANTHROPIC_API_KEY) in the lane user's "
-        "~/.profile",
-    ),
-}
-
-
 def _run_env(lane: Lane, agent: AgentRef) -> dict[str, str]:
     """The environment a run of ``agent`` gets in this lane (without its run markers)."""
     adapter = ADAPTERS[agent.kind]
@@ -319,10 +269,10 @@ def _config_check(agent: AgentRef, env: dict[str, str]) -> PreflightCheck | None
 
 
 def _auth_check(agent: AgentRef, env: dict[str, str]) -> PreflightCheck | None:
-    rule = AUTH.get(agent.kind)
-    if rule is None:
+    login = ADAPTERS[agent.kind].login
+    if login is None:
         return None
-    names, files, fix = rule
+    names, files, fix = login.variables, login.files, login.fix
     subject = (agent.command or [agent.kind])[0]  # as the agent check names it: blocks its tasks
     found = [n for n in names if env.get(n)]
     if found:
@@ -332,7 +282,7 @@ def _auth_check(agent: AgentRef, env: dict[str, str]) -> PreflightCheck | None:
         )
     paths = [_login_path(f, env) for f in files]
     logins = [p for p in paths if os.path.isfile(p)]
-    keyed = KEY_ONLY.get(agent.kind)
+    keyed = login.key_only
     if keyed is not None and env.get(keyed):
         return _fail(
             "agent-auth",
@@ -360,10 +310,6 @@ ENDPOINTS = (
     "OPENAI_API_BASE",
     "GOOGLE_GEMINI_BASE_URL",
 )
-
-# An agent pointed at its own endpoint by this variable authenticates with a key variable only:
-# a login file is for the vendor's service (codex's provider for OPENAI_BASE_URL reads a key).
-KEY_ONLY = {"codex": "OPENAI_BASE_URL"}
 
 _DEFAULTED = re.compile(r"^\$\{(\w+):-([^}]*)\}(.*)$")
 

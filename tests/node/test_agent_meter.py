@@ -336,3 +336,53 @@ def test_gemini_retrying_on_stderr_is_what_the_run_is_on(tmp_path: Path) -> None
     # the agent moves on: its event is what it is on again, the old notice stays behind
     write(tmp_path, '{"type":"message","role":"assistant","content":"hi","delta":true}\n')
     assert spend(gemini, str(tmp_path)).last_event == "assistant: hi"
+
+
+FIXTURES = Path(__file__).parent / "agents_fixtures"
+RETRY_503 = b"Attempt 2 failed with status 503. Retrying with backoff... overloaded\n"
+THREAD = "0199a213-81c0-7800-8aa1-bbab2a035a53"  # of codex/success.jsonl and codex/resumed.jsonl
+
+
+@pytest.mark.parametrize(
+    ("agent", "output", "cut", "upto", "stderr"),
+    [
+        (CLAUDE, "claude/real-2.1.197-partial.jsonl", 6, None, b""),
+        (AgentRef(kind="codex", args=["-m", "gpt-5-codex"]), "codex/resumed.jsonl", 7, None, b""),
+        (AgentRef(kind="gemini"), "gemini/real-0.61.0-routed.jsonl", 3, None, RETRY_503),
+        # the next line is aider's "Retrying in …": still the error the tally saw
+        (AgentRef(kind="aider"), "aider/real-0.86.2/overloaded-then-edit.out", 10, 11, b""),
+    ],
+)
+def test_a_tally_in_the_first_shape_still_counts(
+    tmp_path: Path, agent: AgentRef, output: str, cut: int, upto: int | None, stderr: bytes
+) -> None:
+    # A run metered before an upgrade goes on after it: the tally it left (see
+    # agents_fixtures/meter_v1) is read on from where it stopped, with what only it knows.
+    lines = (FIXTURES / output).read_bytes().splitlines(keepends=True)
+    seen, rest = b"".join(lines[:cut]), b"".join(lines[cut:upto])
+
+    def run(name: str, head: bytes, tally: bytes | None) -> Path:
+        task = tmp_path / name
+        earlier = task / "1.1"  # the run whose codex thread the run resumes
+        earlier.mkdir(parents=True)
+        (earlier / "output.log").write_bytes((FIXTURES / "codex/success.jsonl").read_bytes())
+        (earlier / "run.json").write_text(json.dumps({"session_id": THREAD}))
+        here = task / "2.1"
+        here.mkdir()
+        (here / "output.log").write_bytes(head + rest)
+        (here / "stderr.log").write_bytes(stderr)
+        if tally is not None:
+            (here / METER_JSON).write_bytes(tally)
+        return here
+
+    def metered(here: Path) -> Spend:
+        return spend(
+            agent, str(here), final=True, resumed=THREAD if agent.kind == "codex" else None
+        )
+
+    whole = metered(run("whole", seen, None))
+    # What the tally already counted is blanked out: only the tally can tell it now.
+    blank = b"\n" * len(seen)
+    old = (FIXTURES / "meter_v1" / f"{agent.kind}.json").read_bytes()
+    assert metered(run("upgraded", blank, old)) == whole
+    assert metered(run("lost", blank, None)) != whole

@@ -1,10 +1,16 @@
-"""Agent adapters: how to start one agent CLI headless and how to read its result.
+"""Agent plugins: everything the node knows about one agent CLI, one module per kind.
 
-One module per adapter, listed in ``ADAPTERS``. An adapter builds an argv list (never a shell
-string), names the environment variables that must not reach the agent, and parses the agent's
-recorded output after the run. Adapters must not start processes or touch the run directory
-beyond reading the output file they are given; ``prepare`` is the one place an adapter may set
-up the agent's own configuration in the lane user's home, before ``build``.
+``ADAPTERS`` is the one place that lists the kinds. A kind's plugin builds an argv list (never a
+shell string), names the environment variables that must not reach the agent and the ones it
+gets by default, says what authenticates it (``login``, for pre-flight), parses the agent's
+recorded output after the run, says how that output counts while the run goes (its ``tally``:
+tokens, cost, turns, tool calls, progress, retry notices; see ``tally.py``) and how
+``reconciler logs`` shows it (``render``). ``meter.py`` and ``render.py`` are generic machinery
+that ask the plugin; the model price table (``pricing.py``) is shared.
+
+Plugins must not start processes or touch the run directory beyond reading what the agent
+wrote there (and their tally, which the meter saves); ``prepare`` is the one place a plugin may
+set up the agent's own configuration in the lane user's home, before ``build``.
 """
 
 from __future__ import annotations
@@ -18,14 +24,22 @@ from reconciler.node.agents.codex import CodexAdapter
 from reconciler.node.agents.command import CommandAdapter
 from reconciler.node.agents.gemini import GeminiAdapter
 from reconciler.node.agents.launch import Launch
+from reconciler.node.agents.login import Login
+from reconciler.node.agents.tally import Tally
 from reconciler.protocol import AgentRef, AgentResult, ExitInfo
 
 
 class Adapter(Protocol):
+    """One agent kind's plugin."""
+
     strip_env: frozenset[str]
-    # the adapter's defaults, under the lane's and the Agent's env (which may override them)
+    # the plugin's defaults, under the lane's and the Agent's env (which may override them)
     env_defaults: Mapping[str, str]
     sessions: bool  # the agent keeps sessions that a later run can resume
+    # how its output counts while the run goes, kept in the run's meter.json; None: the output
+    # says nothing of spend or progress (only its growth counts)
+    tally: type[Tally] | None
+    login: Login | None  # what authenticates it, for pre-flight; None: nothing to check
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
         """(problem, fix) when the agent, as configured and in ``env`` (what a run gets), will
@@ -47,7 +61,13 @@ class Adapter(Protocol):
         """The agent's own verdict, read from its recorded stdout."""
         ...
 
+    def render(self, line: str) -> list[str]:
+        """What ``reconciler logs`` shows for one line of its output (possibly nothing)."""
+        ...
 
+
+# The kinds: each one's plugin. The manifests' Agent kind (AgentSpec.kind, AgentRef.kind) lists
+# the same names.
 ADAPTERS: dict[str, Adapter] = {
     "aider": AiderAdapter(),
     "claude": ClaudeAdapter(),
@@ -65,4 +85,5 @@ __all__ = [
     "CommandAdapter",
     "GeminiAdapter",
     "Launch",
+    "Login",
 ]

@@ -13,6 +13,10 @@ supervisor commits). Under ``--yes-always`` aider declines every shell command t
 proposes (``git commit`` included), so with neither a task with ``requireCommits`` could never
 succeed. The chat and input histories go to the run directory,
 not into the worktree. No sessions: aider has no resumable session id.
+
+Spend as the run goes: the ``Tokens: … sent, … received.`` reports and the session cost of the
+last ``Cost:`` report. Progress is the end of the last transcript line that is not part of a
+model-call error being retried. Aider does not tell its tool calls (edits, commands) apart.
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ import os
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import ClassVar, Literal
 
+from reconciler.node import files
 from reconciler.node.agents.launch import Launch
+from reconciler.node.agents.login import Login
+from reconciler.node.agents.tally import CHUNK, Tally, add, no_counts
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT, one_line
 from reconciler.node.files import tail_bytes
 from reconciler.protocol import AgentRef, AgentResult, ExitInfo
@@ -97,6 +105,69 @@ def _decode_tail(data: bytes) -> str:
     return data[skip:].decode("utf-8", errors="replace")
 
 
+_LITELLM_ERROR = re.compile(r"^litellm\.\w+")
+_RETRY = re.compile(r"^Retrying in [\d.]+ seconds\.\.\.$")
+_ERROR_TAIL = 3  # lines after litellm's error line that still belong to it
+
+
+class AiderTally(Tally):
+    kind: Literal["aider"] = "aider"
+    lines_at: int = 0  # where the transcript has been read line by line
+    error_lines: int = 0  # lines still to come of a model-call error it may retry
+
+    counts_tools: ClassVar[bool] = False
+
+    def consume(self, data: bytes, final: bool) -> int:
+        """The reports may wrap over lines: consume up to the end of the last whole report (or,
+        with none, all but the last KiB, where one may be starting)."""
+        text = data.decode("utf-8", errors="surrogateescape")  # offsets map back to bytes exactly
+        end_char = 0
+        for m in TOKENS.finditer(text):
+            counts = [count(m.group(1)), count(m.group(4)), 0, 0]
+            self.models[""] = add(self.models.get("", no_counts()), counts)
+            self.turns += 1  # one report per model call
+            end_char = m.end()
+        for m in COST.finditer(text):
+            self.reported_usd = float(m.group(2))  # the session total so far
+            end_char = max(end_char, m.end())
+        if final:
+            return len(data)
+        if end_char:
+            return len(text[:end_char].encode("utf-8", errors="surrogateescape"))
+        cut = data.rfind(b"\n", 0, max(0, len(data) - 1024))
+        return cut + 1 if cut >= 0 else 0
+
+    def read_more(self, run_dir: str, progressed: bool) -> bool:
+        """Progress: the end of the last transcript line that is not a model-call error being
+        retried (litellm's error line, its rest wrapped at the console width, aider's
+        explanation and ``Retrying in N seconds...``: minutes of output that are no progress)."""
+        try:
+            with open(os.path.join(run_dir, files.OUTPUT_LOG), "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(self.lines_at)
+                data = handle.read(max(0, min(size - self.lines_at, 4 * CHUNK)))
+        except OSError:
+            return False
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            return False
+        at = self.lines_at
+        for raw in data[:end].split(b"\n")[:-1]:
+            at += len(raw) + 1
+            line = raw.decode("utf-8", errors="replace").strip()
+            if _LITELLM_ERROR.match(line):
+                self.error_lines = _ERROR_TAIL
+                self.last_event = f"retrying: {line[:180]}"
+            elif _RETRY.match(line):
+                self.error_lines = 0  # what follows is the retried call's
+            elif line and self.error_lines:
+                self.error_lines -= 1  # the error's wrapped rest, or aider's explanation of it
+            elif line:
+                self.event_end, self.last_event = at, line[:200]
+        self.lines_at += end
+        return True
+
+
 class AiderAdapter:
     # Nothing to strip: the agent's environment is built from the lane user's login environment
     # (never the reconciler's), and AIDER_* variables in the lane's or agent's env are the
@@ -112,6 +183,22 @@ class AiderAdapter:
             # that list has no switch (see docs/agents.md).
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         }
+    )
+    tally: type[Tally] | None = AiderTally
+    # the key of whichever provider's model the Agent chose
+    login: Login | None = Login(
+        (
+            "ANTHROPIC_API_KEY",
+            "OPENAI_API_KEY",
+            "GEMINI_API_KEY",
+            "DEEPSEEK_API_KEY",
+            "OPENROUTER_API_KEY",
+            "AIDER_ANTHROPIC_API_KEY",
+            "AIDER_OPENAI_API_KEY",
+        ),
+        ("~/.aider/oauth-keys.env", "~/.env"),
+        "export the API key of the agent's model (e.g. ANTHROPIC_API_KEY) in the lane user's "
+        "~/.profile",
     )
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
@@ -164,6 +251,9 @@ class AiderAdapter:
             output_tokens=output_tokens,
             final_text=_decode_tail(data[-FINAL_TEXT_LIMIT:]),
         )
+
+    def render(self, line: str) -> list[str]:
+        return [line]  # a transcript for people already
 
 
 def _error_at(text: str, start: int) -> str | None:

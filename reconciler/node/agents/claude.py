@@ -1,8 +1,12 @@
-"""The ``claude`` adapter: ``claude -p`` with stream-json output, prompt on stdin.
+"""The ``claude`` plugin: ``claude -p`` with stream-json output, prompt on stdin.
 
 The verdict is the last ``"type": "result"`` object of the stream, cross-checked with the exit
 code (API failures can say ``success`` with ``is_error: true``). Must tolerate any garbage in
 the output and never read more than the last few MiB of it.
+
+Spend as the run goes: each assistant message's ``usage``, per model (a message streamed as
+several events repeats its usage under one id: counted once); the final result's cost and usage
+win. Each ``system``/``api_retry`` event is a retry of the model API, not progress.
 """
 
 from __future__ import annotations
@@ -11,9 +15,23 @@ import json
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from reconciler.node.agents.launch import Launch
-from reconciler.node.agents.values import FINAL_TEXT_LIMIT, json_event, one_line
+from reconciler.node.agents.login import Login
+from reconciler.node.agents.tally import Counts, EventTally, Tally, add, counts_in, no_counts
+from reconciler.node.agents.values import (
+    FINAL_TEXT_LIMIT,
+    as_dict,
+    as_list,
+    json_event,
+    one_line,
+    render_json_line,
+    short,
+    tool_input,
+)
 from reconciler.node.agents.values import clip as _clip
 from reconciler.node.agents.values import float_or_none as _float
 from reconciler.node.agents.values import int_or_none as _int
@@ -49,6 +67,128 @@ def _stream_session(data: bytes) -> str | None:
     return None
 
 
+def render_event(event: dict[str, object]) -> list[str]:
+    """One stream-json event as ``reconciler logs`` shows it."""
+    kind = event.get("type")
+    if kind == "system" and event.get("subtype") == "init":
+        return [f"── session {event.get('session_id')} ({event.get('model') or 'model ?'})"]
+    if kind == "assistant":
+        out = []
+        for item in map(as_dict, as_list(as_dict(event.get("message")).get("content"))):
+            if item.get("type") == "text" and _str(item.get("text")):
+                out.append(f"assistant: {short(str(item['text']))}")
+            elif item.get("type") == "tool_use":
+                out.append(
+                    f"  tool {item.get('name')}: {short(tool_input(item.get('input')), 120)}"
+                )
+        return out
+    if kind == "result":
+        cost = _float(event.get("total_cost_usd"))
+        turns = _int(event.get("num_turns"))
+        error = " (is_error)" if event.get("is_error") is True else ""
+        counted = [f"{turns} turns"] if turns is not None else []
+        counted += [f"${cost:.4f}"] if cost is not None else []
+        head = f"── result {event.get('subtype')}{error}" + (
+            f": {', '.join(counted)}" if counted else ""
+        )
+        text = _str(event.get("result"))
+        return [head, *([short(text)] if text else [])]
+    return []
+
+
+_USAGE = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
+class _Message(BaseModel):
+    """The assistant message being streamed (one event per content block)."""
+
+    id: str
+    model: str
+    counts: Counts
+    tools: list[str] = Field(default_factory=list)  # its tool_use block ids seen so far
+
+
+class ClaudeTally(EventTally):
+    kind: Literal["claude"] = "claude"
+    message: _Message | None = None
+
+    def per_model(self) -> dict[str, Counts]:
+        counts = super().per_model()
+        if self.message is not None:
+            pending = self.message
+            counts[pending.model] = add(counts.get(pending.model, no_counts()), pending.counts)
+        return counts
+
+    def _streamed(self, message: dict[str, object]) -> _Message | None:
+        """The message being streamed, after ``message``'s usage (the pending one when it is the
+        same message again): its counts only ever grow, whichever event reports them."""
+        counts = counts_in(message.get("usage"), *_USAGE)
+        ident = _str(message.get("id")) or ""
+        model = _str(message.get("model")) or ""
+        if model == "<synthetic>":
+            return None  # Claude Code's own message (e.g. an API error's text): no model answered
+        pending = self.message
+        if pending is None or not ident or pending.id != ident:
+            if pending is not None:
+                self.models[pending.model] = add(
+                    self.models.get(pending.model, no_counts()), pending.counts
+                )
+            pending = self.message = _Message(id=ident, model=model, counts=counts)
+            self.turns += 1
+        else:
+            pending.counts = [max(a, b) for a, b in zip(pending.counts, counts, strict=True)]
+        return pending
+
+    def feed(self, event: dict[str, object]) -> None:
+        if event.get("type") == "stream_event":
+            # --include-partial-messages: the API's own events. message_start opens a message
+            # with its input usage; message_delta closes it with the whole output count (the
+            # assistant events repeat message_start's usage: one output token).
+            api = as_dict(event.get("event"))
+            if api.get("type") == "message_start" and isinstance(api.get("message"), dict):
+                self._streamed(as_dict(api["message"]))
+            elif api.get("type") == "message_delta" and self.message is not None:
+                counts = counts_in(api.get("usage"), *_USAGE)
+                current = self.message
+                current.counts = [max(a, b) for a, b in zip(current.counts, counts, strict=True)]
+            return
+        if event.get("type") == "assistant":
+            message = event.get("message")
+            if not isinstance(message, dict):
+                return
+            pending = self._streamed(message)
+            if pending is None:
+                return
+            for block in as_list(message.get("content")):
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    tool = _str(block.get("id")) or f"#{len(pending.tools)}"
+                    if tool not in pending.tools:
+                        pending.tools.append(tool)
+                        self.tools += 1
+        elif event.get("type") == "result":
+            self.reported_usd = _float(event.get("total_cost_usd"))
+            found_in, found_out = result_tokens(event)
+            if found_in is not None or found_out is not None:
+                self.reported_tokens = [found_in or 0, found_out or 0]
+
+    def retry(self, event: dict[str, object]) -> str | None:
+        if event.get("type") != "system" or event.get("subtype") != "api_retry":
+            return None
+        status = _int(event.get("error_status"))
+        error = _str(event.get("error")) or "API error"
+        attempt, most = _int(event.get("attempt")), _int(event.get("max_retries"))
+        count = f" (attempt {attempt} of {most})" if attempt is not None and most else ""
+        return f"retrying: {status or ''} {error}{count}".replace("  ", " ")
+
+    def shown(self, event: dict[str, object]) -> list[str]:
+        return render_event(event)
+
+
 class ClaudeAdapter:
     # Claude Code refuses to start inside another Claude Code session that set these.
     strip_env: frozenset[str] = frozenset({"CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"})
@@ -59,6 +199,19 @@ class ClaudeAdapter:
             # must not update the CLI under the other runs of the lane.
             "DISABLE_AUTOUPDATER": "1",
         }
+    )
+    tally: type[Tally] | None = ClaudeTally
+    login: Login | None = Login(
+        (
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "CLAUDE_CODE_USE_BEDROCK",
+            "CLAUDE_CODE_USE_VERTEX",
+        ),
+        ("${CLAUDE_CONFIG_DIR:-~/.claude}/.credentials.json",),
+        "export ANTHROPIC_API_KEY in the lane user's ~/.profile, or run `claude` once as the "
+        "lane user and log in",
     )
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
@@ -124,6 +277,9 @@ class ClaudeAdapter:
             num_turns=_int(result.get("num_turns")),
             final_text=_clip(text),
         )
+
+    def render(self, line: str) -> list[str]:
+        return render_json_line(line, render_event)
 
 
 def _error(result: dict[str, object], subtype: str | None) -> str | None:

@@ -25,17 +25,34 @@ An ``error`` event saying "Reconnecting..." is a retry notice, not an end: a run
 is one ended while codex was still retrying (subtype ``retrying``). Codex reports no cost. Must
 tolerate any garbage in the output and never read more than the last few MiB of it (plus the
 first line, where the thread id is).
+
+Spend as the run goes: the last ``turn.completed`` usage, a running total of the thread, priced
+with cached input inside input. A resumed thread starts from the totals the run that left it
+reached, which are taken out. A "Reconnecting..." notice is a retry, not progress.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import ClassVar, Literal
 
+from reconciler.node import files
 from reconciler.node.agents.launch import Launch
-from reconciler.node.agents.values import FINAL_TEXT_LIMIT, one_line
+from reconciler.node.agents.login import Login
+from reconciler.node.agents.tally import Counts, EventTally, Tally, counts_in, no_counts, read
+from reconciler.node.agents.values import (
+    FINAL_TEXT_LIMIT,
+    as_dict,
+    as_list,
+    json_event,
+    one_line,
+    render_json_line,
+    short,
+)
 from reconciler.node.agents.values import clip as _clip
 from reconciler.node.agents.values import int_or_none as _int
 from reconciler.node.agents.values import str_or_none as _str
@@ -74,10 +91,6 @@ SUCCESS = "success"
 TURN_FAILED = "turn_failed"
 ERROR = "error"
 RETRYING = "retrying"
-
-
-def _dict(value: object) -> dict[str, object]:
-    return value if isinstance(value, dict) else {}
 
 
 def _thread_id(value: object) -> str | None:
@@ -210,6 +223,107 @@ def _head_thread_id(path: str) -> str | None:
     return None
 
 
+def render_event(event: dict[str, object]) -> list[str]:
+    """One ``exec --json`` event as ``reconciler logs`` shows it."""
+    kind = event.get("type")
+    if kind == "thread.started":
+        return [f"── thread {event.get('thread_id')}"]
+    if kind in ("item.completed", "item.started"):
+        item = as_dict(event.get("item"))
+        what = item.get("type")
+        if what == "agent_message" and kind == "item.completed":
+            return [f"assistant: {short(str(item.get('text') or ''))}"]
+        if what == "command_execution":
+            if kind == "item.started":
+                return [f"  $ {short(str(item.get('command') or ''), 120)}"]
+            return [f"    exit {item.get('exit_code')}"]
+        if what == "file_change" and kind == "item.completed":
+            paths = [str(as_dict(c).get("path")) for c in as_list(item.get("changes"))]
+            return [f"  edit {', '.join(paths)}"]
+        return []
+    if kind == "turn.completed":
+        found = as_dict(event.get("usage"))
+        return [f"── turn done: {found.get('input_tokens')} in, {found.get('output_tokens')} out"]
+    if kind == "turn.failed":
+        return [f"── turn failed: {short(str(as_dict(event.get('error')).get('message') or ''))}"]
+    if kind == "error":
+        return [f"error: {short(str(event.get('message') or ''))}"]
+    return []
+
+
+# Items that are the agent acting, not talking or thinking.
+_TOOL_ITEMS = frozenset({"command_execution", "file_change", "mcp_tool_call", "web_search"})
+_RUN_NAME = re.compile(r"^(\d+)\.(\d+)$")
+
+
+class CodexTally(EventTally):
+    kind: Literal["codex"] = "codex"
+    baseline: Counts | None = None  # the resumed thread's totals before this run
+
+    cached_in_input: ClassVar[bool] = True
+
+    def feed(self, event: dict[str, object]) -> None:
+        if event.get("type") == "turn.completed":
+            self.turns += 1
+            self.models[""] = counts_in(
+                event.get("usage"), "input_tokens", "output_tokens", "cached_input_tokens", "_"
+            )
+        elif event.get("type") == "item.completed":
+            item = event.get("item")
+            if isinstance(item, dict) and item.get("type") in _TOOL_ITEMS:
+                self.tools += 1
+
+    def retry(self, event: dict[str, object]) -> str | None:
+        message = retry_notice(event)
+        return f"retrying: {message}" if message is not None else None
+
+    def shown(self, event: dict[str, object]) -> list[str]:
+        return render_event(event)
+
+    def per_model(self) -> dict[str, Counts]:
+        counts = super().per_model()
+        if self.baseline is not None:
+            total = counts.get("", no_counts())
+            counts[""] = [max(0, a - b) for a, b in zip(total, self.baseline, strict=True)]
+        return counts
+
+    def resume(self, run_dir: str, session: str) -> bool:
+        if self.baseline is not None or not self.models:
+            return False
+        try:
+            self.baseline = _baseline(run_dir, session)
+        except OSError:
+            self.baseline = no_counts()
+        return True
+
+
+def _baseline(run_dir: str, thread: str) -> Counts:
+    """The totals a resumed thread had reached: those of the latest earlier run of the task
+    that left it (its raw running total, before its own baseline)."""
+    here = _RUN_NAME.match(os.path.basename(run_dir))
+    task_dir = os.path.dirname(run_dir)
+    if here is None:
+        return no_counts()
+    me = (int(here.group(1)), int(here.group(2)))
+    earlier: list[tuple[tuple[int, int], str]] = []
+    for entry in os.listdir(task_dir):
+        m = _RUN_NAME.match(entry)
+        if m and (key := (int(m.group(1)), int(m.group(2)))) < me:
+            earlier.append((key, os.path.join(task_dir, entry)))
+    for _, other in sorted(earlier, reverse=True):
+        spec = files.read_json(os.path.join(other, files.RUN_JSON)) or {}
+        if thread in (spec.get("session_id"), spec.get("resume_session"), _thread_of(other)):
+            return read(CodexTally, other, final=True).models.get("", no_counts())
+    return no_counts()
+
+
+def _thread_of(run_dir: str) -> str | None:
+    with open(os.path.join(run_dir, files.OUTPUT_LOG), "rb") as handle:
+        first = handle.readline(1 << 16)
+    event = json_event(first)
+    return _str(event.get("thread_id")) if event else None
+
+
 class CodexAdapter:
     # What a Codex session sets for the commands it runs (codex-rs/core/src/spawn.rs and
     # exec_env.rs). Inherited by a nested codex (a lane started from a Codex shell, or a profile
@@ -220,6 +334,15 @@ class CodexAdapter:
     )
     sessions: bool = True
     env_defaults: Mapping[str, str] = MappingProxyType({})
+    tally: type[Tally] | None = CodexTally
+    # codex's provider for OPENAI_BASE_URL (see provider_config) reads a key variable only
+    login: Login | None = Login(
+        KEY_VARIABLES,
+        ("${CODEX_HOME:-~/.codex}/auth.json",),
+        "export CODEX_API_KEY (or OPENAI_API_KEY) in the lane user's ~/.profile, or run "
+        "`codex login` as the lane user",
+        key_only="OPENAI_BASE_URL",
+    )
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
         if agent.commits == "agent" and not sets_sandbox(agent.args):
@@ -280,15 +403,15 @@ class CodexAdapter:
             elif kind == "turn.completed":
                 turns += 1
                 last_turn = kind
-                usage = _dict(event.get("usage"))
+                usage = as_dict(event.get("usage"))
             elif kind == "turn.failed":
                 last_turn = kind
-                error = _str(_dict(event.get("error")).get("message")) or "turn failed"
+                error = _str(as_dict(event.get("error")).get("message")) or "turn failed"
             elif kind == "error":
                 last_turn = kind
                 error = _str(event.get("message")) or "error"
             elif kind == "item.completed":
-                item = _dict(event.get("item"))
+                item = as_dict(event.get("item"))
                 text = _str(item.get("text"))
                 if item.get("type") == "agent_message" and text is not None:
                     message = text
@@ -328,3 +451,6 @@ class CodexAdapter:
             num_turns=turns,
             final_text=_clip(text),
         )
+
+    def render(self, line: str) -> list[str]:
+        return render_json_line(line, render_event)

@@ -1,6 +1,7 @@
-"""The ``command`` adapter: any program, prompt by path (``{prompt_file}``) or on stdin.
+"""The ``command`` plugin: any program, prompt by path (``{prompt_file}``) or on stdin.
 
-Success is the exit code alone. Must not interpret the program's output beyond keeping its tail.
+Success is the exit code alone. Must not interpret the program's output beyond keeping its tail:
+it is not metered (no spend, no progress but its growth) and ``reconciler logs`` shows it as is.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from reconciler.node.agents.launch import Launch
+from reconciler.node.agents.login import Login
+from reconciler.node.agents.tally import Tally
 from reconciler.node.agents.values import FINAL_TEXT_LIMIT
 from reconciler.node.errors import NodeError
 from reconciler.node.files import tail_bytes
@@ -21,6 +24,8 @@ class CommandAdapter:
     strip_env: frozenset[str] = frozenset()
     sessions: bool = False
     env_defaults: Mapping[str, str] = MappingProxyType({})
+    tally: type[Tally] | None = None
+    login: Login | None = None  # any program: its credentials are its own business
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
         return None  # any program: nothing known about it
@@ -42,3 +47,6 @@ class CommandAdapter:
     def parse(self, output_path: str, exit: ExitInfo) -> AgentResult:
         text = tail_bytes(output_path, FINAL_TEXT_LIMIT).decode("utf-8", errors="replace")
         return AgentResult(ok=exit.exit_code == 0, final_text=text)
+
+    def render(self, line: str) -> list[str]:
+        return [line]

@@ -26,6 +26,11 @@ What no flag or variable can say goes in the user's ``~/.gemini/settings.json``
 ``GOOGLE_GEMINI_BASE_URL`` is set (else 0.61 picks a "gateway" type that headless mode refuses).
 ``build`` writes those keys there when they are missing; it is the only file an adapter writes
 outside the run directory.
+
+Spend as the run goes: the final result's ``stats``, each model of ``stats.models`` (the models
+the CLI routed to) at its own price, else the totals at the ``init`` event's model; input counts
+include cached input. The CLI retries a failing model call with nothing on stdout: the retry
+notices are read from its stderr.
 """
 
 from __future__ import annotations
@@ -33,13 +38,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
+from typing import ClassVar, Literal
 
 from reconciler import safefile
+from reconciler.node import files
 from reconciler.node.agents.launch import Launch
-from reconciler.node.agents.values import FINAL_TEXT_LIMIT, one_line
+from reconciler.node.agents.login import Login
+from reconciler.node.agents.tally import Counts, EventTally, Tally, counts_in
+from reconciler.node.agents.values import (
+    FINAL_TEXT_LIMIT,
+    as_dict,
+    one_line,
+    render_json_line,
+    short,
+    tool_input,
+)
 from reconciler.node.agents.values import clip as _clip
 from reconciler.node.agents.values import int_or_none as _int
 from reconciler.node.agents.values import str_or_none as _str
@@ -303,6 +320,110 @@ def pin_settings(path: str, pins: Mapping[tuple[str, ...], object]) -> list[str]
     return added
 
 
+def render_event(event: dict[str, object]) -> list[str]:
+    """One stream-json event as ``reconciler logs`` shows it."""
+    kind = event.get("type")
+    if kind == "init":
+        session = event.get("session_id") or event.get("sessionId")
+        return [f"── session {session} ({event.get('model') or 'model ?'})"]
+    if kind == "message" and event.get("role") == "assistant":
+        text = _str(event.get("content"))
+        return [f"assistant: {short(text)}"] if text and text.strip() else []
+    if kind == "tool_use":
+        name = event.get("tool_name") or event.get("name")
+        return [f"  tool {name}: {short(tool_input(event.get('parameters')), 120)}"]
+    if kind == "tool_result":
+        return [f"    {event.get('status')}"]
+    if kind == "error":
+        return [f"error: {short(str(event.get('message') or ''))}"]
+    if kind == "result":
+        stats = as_dict(event.get("stats"))
+        return [f"── result {event.get('status')}: {stats.get('total_tokens')} tokens"]
+    return []
+
+
+# Gemini CLI 0.61 retries a failing model call with nothing on stdout; stderr says it:
+# "Attempt 3 failed with status 503. Retrying with backoff... <error>".
+_RETRY = re.compile(
+    rb"Attempt (\d+) failed(?: with status (\d+))?\. Retrying with backoff\.\.\. ?([^\n]*)"
+)
+
+
+class GeminiTally(EventTally):
+    kind: Literal["gemini"] = "gemini"
+    model: str = ""  # the init event's model
+    in_turn: bool = False  # inside a model response
+    stderr_at: int = 0  # how far stderr was read for retry notices
+
+    cached_in_input: ClassVar[bool] = True
+
+    def feed(self, event: dict[str, object]) -> None:
+        kind = event.get("type")
+        if kind == "init":
+            self.model = _str(event.get("model")) or self.model
+        elif kind in ("message", "tool_use"):
+            if kind == "tool_use" or event.get("role") == "assistant":
+                if not self.in_turn:  # a model response starts
+                    self.turns += 1
+                    self.in_turn = True
+                self.tools += kind == "tool_use"
+            else:
+                self.in_turn = False
+        elif kind == "tool_result":
+            self.in_turn = False  # the results go back to the model: the next response is a turn
+        elif kind == "result":
+            stats = as_dict(event.get("stats"))
+            per_model = _model_counts(stats.get("models"))
+            if per_model:
+                # the init event's model is often "auto": each model the CLI routed to is priced
+                self.models = per_model
+                return
+            found_in, found_out = tokens_of(stats)
+            if found_in is not None or found_out is not None:
+                self.models = {self.model: [found_in or 0, found_out or 0, 0, 0]}
+
+    def shown(self, event: dict[str, object]) -> list[str]:
+        return render_event(event)
+
+    def read_more(self, run_dir: str, progressed: bool) -> bool:
+        """The stderr's last retry notice since the last progress (``progressed``: the agent
+        moved on during this pass; earlier notices are old)."""
+        stderr = os.path.join(run_dir, files.STDERR_LOG)
+        try:
+            size = os.path.getsize(stderr)
+        except OSError:
+            return False
+        if progressed or size < self.stderr_at:
+            self.stderr_at = size
+            return True
+        if size == self.stderr_at:
+            return False
+        start = max(self.stderr_at, size - (64 << 10))
+        try:
+            with open(stderr, "rb") as handle:
+                handle.seek(start)
+                data = handle.read(size - start)
+        except OSError:
+            return False
+        notices = list(_RETRY.finditer(data))
+        self.stderr_at = start + (data.rfind(b"\n") + 1)
+        if notices:
+            attempt, status, error = notices[-1].groups()
+            cause = f"{status.decode()} " if status else ""
+            said = error.decode("utf-8", errors="replace").strip()[:150]
+            self.last_event = f"retrying: {cause}{said} (attempt {attempt.decode()})"
+        return True
+
+
+def _model_counts(models: object) -> dict[str, Counts]:
+    """The per-model stats as counts: input (cached included), output, cached."""
+    found: dict[str, Counts] = {}
+    for name, counts in models.items() if isinstance(models, dict) else ():
+        if isinstance(counts, dict) and "input_tokens" in counts:
+            found[str(name)] = counts_in(counts, "input_tokens", "output_tokens", "cached", "_")
+    return found
+
+
 class GeminiAdapter:
     # Set by an IDE's Gemini companion in its terminals: a headless run in a worktree must not
     # attach to the operator's IDE (diffs opened there, its folders added to the workspace).
@@ -324,6 +445,18 @@ class GeminiAdapter:
             # --skip-trust (which only sets it) so that a lane or Agent can still say "false".
             TRUST_VARIABLE: "true",
         }
+    )
+    tally: type[Tally] | None = GeminiTally
+    login: Login | None = Login(
+        (
+            "GEMINI_API_KEY",
+            "GOOGLE_API_KEY",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_GENAI_USE_VERTEXAI",
+        ),
+        ("~/.gemini/oauth_creds.json",),
+        "export GEMINI_API_KEY in the lane user's ~/.profile, or run `gemini` once as the lane "
+        "user and log in",
     )
 
     def doctor(self, agent: AgentRef, env: Mapping[str, str]) -> tuple[str, str] | None:
@@ -397,6 +530,9 @@ class GeminiAdapter:
             num_turns=reading.turns or None,
             final_text=_clip(text),
         )
+
+    def render(self, line: str) -> list[str]:
+        return render_json_line(line, render_event)
 
 
 def _exit_subtype(exit: ExitInfo) -> str | None:

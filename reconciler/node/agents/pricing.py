@@ -1,10 +1,13 @@
 """What tokens cost, per model: the estimate behind a running agent's spend.
 
-Claude reports a run's cost only in its final result, and codex and gemini never do, so a
-budget can stop a run mid-stream only by pricing the tokens its events report. Prices are USD
+Some agents report a run's cost only in their final result and others never do, so a budget
+can stop a run mid-stream only by pricing the tokens its output reports. Prices are USD
 per million tokens, from the providers' public price lists (November 2026). They drift: an
 Agent's ``spec.pricing`` overrides them for every model it uses, and a model missing here (and
 from ``spec.pricing``) has no estimate, so only ``maxTokens`` limits it mid-run.
+
+One table for every kind, keyed by model name (an agent may drive any provider's models);
+which models a run's tokens went to is for the kind's plugin to say.
 """
 
 from __future__ import annotations
