@@ -1,5 +1,5 @@
-"""Put ``tests/support`` (fakes shared by several test folders) on the import path, and give the
-suite a permissive admin policy.
+"""The suite's guard and policy: every test's HOME is inside its temporary directory, and the
+suite runs under a permissive admin policy.
 
 The suite runs as root (in CI too) and most of its worlds use lanes without ``user:``, which the
 safe default policy refuses for a root reconciler. Every test process and the CLI subprocesses
@@ -12,13 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import sys
 import tempfile
-from pathlib import Path
-
-SUPPORT = str(Path(__file__).parent / "support")
-if SUPPORT not in sys.path:
-    sys.path.insert(0, SUPPORT)
 
 PERMISSIVE = """\
 apiVersion: reconciler/v1

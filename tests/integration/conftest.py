@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from world import World
+
+from tests.integration.world import World
 
 
 @pytest.fixture(autouse=True)

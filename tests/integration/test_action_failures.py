@@ -8,10 +8,9 @@ import sqlite3
 import time
 from typing import Any
 
-from disks import fill, tmpfs
-from world import World
-
 from reconciler.state import Store
+from tests.integration.world import World
+from tests.support.disks import fill, tmpfs
 
 
 def describe(world: World, task: str) -> dict[str, Any]:

@@ -7,9 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
-from world import World
-
 from reconciler.state import StateLock
+from tests.integration.world import World
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,7 +134,7 @@ def test_broken_manifests_plan_nothing_and_prune_nothing(world: World) -> None:
     assert validate.returncode == 1
     assert "manifests/tasks/a.yaml:6:3: unknown field 'maxIteration'" in validate.stderr
     assert "Traceback" not in validate.stderr
-    from world import git
+    from tests.integration.world import git
 
     git(world.control, "commit", "-qam", "break a")
     for command in (["plan"], ["apply", "--yes"], ["status"]):

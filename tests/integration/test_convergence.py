@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from world import World, git
 
 from reconciler.engine import Context, Engine
+from tests.integration.world import World, git
 
 
 def test_every_kind_of_agent_reaches_its_phase_and_slots_hold(world: World) -> None:
@@ -255,7 +255,7 @@ def test_without_a_forge_success_pushes_the_branch_and_completes(world: World) -
     world.converge()
     assert world.status()["t"]["phase"] == "done"
     local = world.home / "src/web-repo"
-    from world import git
+    from tests.integration.world import git
 
     assert world.git_head("web-repo", "agent/t") == git(local, "rev-parse", "agent/t").strip()
 

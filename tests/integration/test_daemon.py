@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_log import RunLog
-from disks import tmpfs
-from world import World, git
+
+from tests.integration.world import World, git
+from tests.support.daemon_log import RunLog
+from tests.support.disks import tmpfs
 
 INTERVAL = "120s"
 LOG = ("--log-format", "json")

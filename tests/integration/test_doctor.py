@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from world import World, git
+from tests.integration.world import World, git
 
 OLD_GIT = """#!/bin/sh
 # git, except that it says it is older than the reconciler supports

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from world import World, git
+
+from tests.integration.world import World, git
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 INSTALLED = "/opt/reconciler/.venv/bin/reconciler"

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from world import World
+
+from tests.integration.world import World
 
 
 def run_dirs(world: World) -> list[str]:

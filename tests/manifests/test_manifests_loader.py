@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from manifest_support import BASE, Repo, load_files
 
 from reconciler.manifests.errors import ManifestError, ManifestErrors
 from reconciler.manifests.loader import MAX_FILE_SIZE, SourceFile, load, safe_relpath
 from reconciler.manifests.models import ConfigSpec, make_task
+from tests.manifests.manifest_support import BASE, Repo, load_files
 
 ROOT = Path(__file__).resolve().parents[2]
 

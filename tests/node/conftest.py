@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from node_support import Env, commit, git, kill_leftover_runs
 
 from reconciler.protocol import LaneRef, RepoRef
+from tests.node.node_support import Env, commit, git, kill_leftover_runs
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,5 @@
-"""Helpers for the node tests: git set-up, polling, and a lane with one real repository.
-
-A module with a unique name (not conftest) so test files can import it without a package.
-"""
+"""Helpers for the node tests: a lane with one real repository, served through the node's entry
+point."""
 
 from __future__ import annotations
 

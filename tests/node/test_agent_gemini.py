@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from decide import decide
-from node_support import Env
 
 from reconciler.node.agents import ADAPTERS, Launch
 from reconciler.node.agents.gemini import pin_settings, settings_path, settings_pins
@@ -25,6 +23,8 @@ from reconciler.protocol import (
     ObserveResult,
     RunObs,
 )
+from tests.node.node_support import Env
+from tests.support.decide import decide
 
 FIXTURES = Path(__file__).parent / "agents_fixtures" / "gemini"
 FAKE = FIXTURES / "fake_gemini.py"

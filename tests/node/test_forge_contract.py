@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import pytest
 import responses
-from fake_github import FakeGitHub, VirtualTime, unserved
-from node_support import Env, commit, git
 
 from reconciler.node import forge_github
 from reconciler.node.forge_github import GitHubForge
 from reconciler.node.forge_local import PULLS_REF, LocalForge
 from reconciler.node.forges import Forge
 from reconciler.protocol import PullRequest
+from tests.node.node_support import Env, commit, git
+from tests.support.fake_github import FakeGitHub, VirtualTime, unserved
 
 TOKEN = "ghp_" + "K1l2M3n4O5p6Q7r8S9t0" * 2
 

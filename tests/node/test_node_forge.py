@@ -6,8 +6,6 @@ import json
 import threading
 from pathlib import Path
 
-from node_support import Env, commit, git
-
 from reconciler.node.forge_local import PULLS_REF, LocalForge
 from reconciler.protocol import (
     ForgeCloseRequest,
@@ -22,6 +20,7 @@ from reconciler.protocol import (
     PushRequest,
     RepoRef,
 )
+from tests.node.node_support import Env, commit, git
 
 
 def pushed_branch(env: Env, task: str, *files: str) -> str:

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from node_support import wait_for
-
 from reconciler.node import procs
 from reconciler.protocol import Fingerprint
+from tests.node.node_support import wait_for
 
 
 def test_fingerprint_of_a_live_process_is_alive() -> None:

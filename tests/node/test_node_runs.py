@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from node_support import Env, commit, git, wait_for
 
 from reconciler.node import procs
 from reconciler.node.files import EXIT_JSON, PID_JSON, read_json
@@ -29,6 +28,7 @@ from reconciler.protocol import (
     StopResult,
     StopRunRequest,
 )
+from tests.node.node_support import Env, commit, git, wait_for
 
 TRICKY = (
     "He said \"don't\" & it's $HOME `uname` $(echo pwned) \\n; rm -rf / #\n"

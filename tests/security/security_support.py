@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import linux_users
 import pytest
-from daemon_log import RunLog
-from linux_users import User, agent_python, shared_python
+
+from tests.support import linux_users
+from tests.support.daemon_log import RunLog
+from tests.support.linux_users import User, agent_python, shared_python
 
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from security_support import (
+from tests.security.security_support import (
     Control,
     User,
     agent_doc,

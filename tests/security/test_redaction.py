@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from linux_users import agent_python, shared_tempdir
-from security_support import (
+
+from tests.security.security_support import (
     Control,
     User,
     agent_doc,
@@ -36,6 +36,7 @@ from security_support import (
     require_root,
     task_doc,
 )
+from tests.support.linux_users import agent_python, shared_tempdir
 
 require_root()
 

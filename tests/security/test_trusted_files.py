@@ -15,7 +15,14 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from security_support import Control, User, agent_doc, lane_doc, require_root, task_doc
+from tests.security.security_support import (
+    Control,
+    User,
+    agent_doc,
+    lane_doc,
+    require_root,
+    task_doc,
+)
 
 require_root()
 

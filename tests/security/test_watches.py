@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from security_support import (
+
+from tests.security.security_support import (
     Control,
     Daemon,
     User,

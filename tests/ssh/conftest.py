@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from linux_users import remove_user
-from ssh_support import (
+
+from tests.ssh.ssh_support import (
     Installed,
     Side,
     Sshd,
@@ -24,6 +24,7 @@ from ssh_support import (
     install_reconciler,
     make_remote_repo,
 )
+from tests.support.linux_users import remove_user
 
 
 @pytest.fixture(autouse=True)

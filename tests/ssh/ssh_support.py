@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import linux_users
 import pytest
-from linux_users import User
 
 from reconciler.manifests.models import LaneSpec
+from tests.support import linux_users
+from tests.support.linux_users import User
 
 SSHD = "/usr/sbin/sshd"
 LANE = "far"

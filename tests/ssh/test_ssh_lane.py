@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ssh_support import LANE, Side, Sshd, install_authorized_keys, require_root_and_sshd
 
 from reconciler.lanes import (
     InProcessTransport,
@@ -38,6 +37,7 @@ from reconciler.protocol import (
     TaskRef,
     lane_pin,
 )
+from tests.ssh.ssh_support import LANE, Side, Sshd, install_authorized_keys, require_root_and_sshd
 
 require_root_and_sshd()
 

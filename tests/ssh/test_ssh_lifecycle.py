@@ -29,21 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ssh_support import (
-    GIT_ID,
-    LANE,
-    LaneProcess,
-    Side,
-    Sshd,
-    install_authorized_keys,
-    kill_lane_processes,
-    lane_agents,
-    lane_processes,
-    make_remote_repo,
-    manifest,
-    require_root_and_sshd,
-    stable_port,
-)
 
 from reconciler.engine import Context, Engine, PassResult
 from reconciler.lanes import lane_ref
@@ -62,6 +47,21 @@ from reconciler.protocol import (
     lane_pin,
 )
 from reconciler.state import Store
+from tests.ssh.ssh_support import (
+    GIT_ID,
+    LANE,
+    LaneProcess,
+    Side,
+    Sshd,
+    install_authorized_keys,
+    kill_lane_processes,
+    lane_agents,
+    lane_processes,
+    make_remote_repo,
+    manifest,
+    require_root_and_sshd,
+    stable_port,
+)
 
 require_root_and_sshd()
 

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from linux_users import agent_python, shared_python, shared_tempdir
 
 from reconciler.engine import Context, Engine
 from reconciler.lanes import LaneUnavailable, local_user
+from tests.support.linux_users import agent_python, shared_python, shared_tempdir
 
 if os.geteuid() != 0:
     pytest.skip("lane users need root to create users and switch to them", allow_module_level=True)

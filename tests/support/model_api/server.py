@@ -69,7 +69,7 @@ class ModelServer:
             return [r for r in self.requests if r.method == "POST" and fragment in r.path]
 
     def __enter__(self) -> ModelServer:
-        from model_api import routes  # the provider modules register themselves there
+        from tests.support.model_api import routes  # the provider modules register themselves there
 
         server = self
 
