@@ -442,7 +442,7 @@ def test_feedback_is_read_only_where_the_loop_can_use_it(world: World, github: F
     assert len(reads(a["number"], sha_a)) == 3  # check runs, status, reviews of a's commit
     assert reads(b["number"], sha_b) == []  # iterateOn: [] needs none
     # Someone pushes to a's branch on GitHub: its verdicts are not about the reconciler's commit.
-    from tests.integration.world import git
+    from tests.support.git import git
 
     clone = world.root / "someone"
     git(world.root, "clone", "-q", "-b", "agent/a", str(github.remote), str(clone))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def task(name: str, extra: str = "", *, lane: str = "web", repo: str = "webapp")
     )
 
 
-def errors_of(files: dict[str, str | bytes], base: bool = True) -> list[ManifestError]:
+def errors_of(files: Mapping[str, str | bytes], base: bool = True) -> list[ManifestError]:
     with pytest.raises(ManifestErrors) as info:
         load_files(files, base=base)
     return info.value.errors

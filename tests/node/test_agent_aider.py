@@ -25,8 +25,9 @@ from reconciler.protocol import (
     ObserveResult,
     RunObs,
 )
-from tests.node.node_support import Env, git
+from tests.node.node_support import Env
 from tests.support.decide import decide
+from tests.support.git import git
 
 FAKE = Path(__file__).parent / "agents_fixtures" / "aider" / "fake_aider.py"
 REAL = Path(__file__).parent / "agents_fixtures" / "aider" / "real-0.86.2"

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -588,7 +589,7 @@ def test_parse_error_after_a_completed_turn_is_not_ok(tmp_path: Path) -> None:
     assert result.final_text == "boom"
 
 
-def _jsonl(*events: dict[str, object]) -> bytes:
+def _jsonl(*events: Mapping[str, object]) -> bytes:
     return b"".join(json.dumps(e).encode() + b"\n" for e in events)
 
 

@@ -373,7 +373,7 @@ def test_what_the_user_set_wins_and_is_kept(tmp_path: Path) -> None:
 def test_settings_the_reconciler_cannot_read_are_left_alone(tmp_path: Path, text: str) -> None:
     path = tmp_path / "settings.json"
     path.write_text(text)
-    pins = {("privacy", "usageStatisticsEnabled"): False}
+    pins: dict[tuple[str, ...], object] = {("privacy", "usageStatisticsEnabled"): False}
     assert pin_settings(str(path), pins) == []
     assert path.read_text() == text
 

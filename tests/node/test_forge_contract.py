@@ -19,8 +19,9 @@ from reconciler.node.forge_github import GitHubForge
 from reconciler.node.forge_local import PULLS_REF, LocalForge
 from reconciler.node.forges import Forge
 from reconciler.protocol import PullRequest
-from tests.node.node_support import Env, commit, git
+from tests.node.node_support import Env
 from tests.support.fake_github import FakeGitHub, VirtualTime, unserved
+from tests.support.git import commit, git
 
 TOKEN = "ghp_" + "K1l2M3n4O5p6Q7r8S9t0" * 2
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from reconciler.node.agents import ADAPTERS, Launch
 from reconciler.protocol import AgentRef, ExitInfo
-from tests.node.node_support import Env, git
+from tests.node.node_support import Env
+from tests.support.git import git
 
 EDITS = """
 import sys

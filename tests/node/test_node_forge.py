@@ -20,7 +20,8 @@ from reconciler.protocol import (
     PushRequest,
     RepoRef,
 )
-from tests.node.node_support import Env, commit, git
+from tests.node.node_support import Env
+from tests.support.git import commit, git
 
 
 def pushed_branch(env: Env, task: str, *files: str) -> str:

@@ -13,7 +13,8 @@ from reconciler.protocol import (
     RemoveWorkspaceRequest,
     WorkspaceResult,
 )
-from tests.node.node_support import Env, commit, git
+from tests.node.node_support import Env
+from tests.support.git import commit, git
 
 
 def test_prepare_creates_then_reuses(env: Env) -> None:

@@ -17,7 +17,8 @@ from reconciler.protocol import (
     RepoHooks,
     WorkspaceResult,
 )
-from tests.node.node_support import Env, commit, git
+from tests.node.node_support import Env
+from tests.support.git import commit, git
 
 
 def pooled(env: Env, size: int = 2, **repo: object) -> Env:

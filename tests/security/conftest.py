@@ -9,18 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.security_support import Control, User, create_user
-from tests.support.linux_users import make_repo, remove_user, shared_python, shared_tempdir
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Nothing of the suite lands in root's ~/.ssh or ~/.config."""
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    return home
+from tests.security.security_support import Control, create_user
+from tests.support.linux_users import User, make_repo, remove_user, shared_python, shared_tempdir
 
 
 @pytest.fixture(scope="session")

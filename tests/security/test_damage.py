@@ -18,14 +18,13 @@ from typing import Any
 from reconciler.state import Store
 from tests.security.security_support import (
     Control,
-    User,
     agent_doc,
     lane_doc,
     require_root,
     task_doc,
 )
 from tests.support.disks import fill, tmpfs
-from tests.support.linux_users import shared_tempdir
+from tests.support.linux_users import User, shared_tempdir
 
 require_root()
 

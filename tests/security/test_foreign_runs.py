@@ -18,7 +18,6 @@ from typing import Any
 
 from tests.security.security_support import (
     Control,
-    User,
     agent_doc,
     alive,
     fingerprint,
@@ -28,6 +27,7 @@ from tests.security.security_support import (
     spawn_as,
     task_doc,
 )
+from tests.support.linux_users import User
 
 require_root()
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from tests.security.security_support import (
     Control,
-    User,
     agent_doc,
     lane_doc,
     require_root,
     task_doc,
 )
+from tests.support.linux_users import User
 
 require_root()
 

@@ -22,12 +22,12 @@ import pytest
 
 from tests.security.security_support import (
     Control,
-    User,
     agent_doc,
     doc,
     require_root,
     task_doc,
 )
+from tests.support.linux_users import User
 
 require_root()
 
@@ -119,7 +119,7 @@ def sshd(tmp_path: Path, make_user: Callable[[], User]) -> Iterator[Any]:
     from tests.ssh.ssh_support import Sshd
 
     user = make_user()
-    server = Sshd(tmp_path / "sshd", user).start()  # type: ignore[arg-type]
+    server = Sshd(tmp_path / "sshd", user).start()
     try:
         yield server
     finally:

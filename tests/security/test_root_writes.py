@@ -16,13 +16,12 @@ import pytest
 
 from tests.security.security_support import (
     Control,
-    User,
     agent_doc,
     lane_doc,
     require_root,
     task_doc,
 )
-from tests.support.linux_users import shared_tempdir
+from tests.support.linux_users import User, shared_tempdir
 
 require_root()
 

@@ -20,8 +20,8 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.security.security_support import Control, User, doc, lane_doc, require_root, task_doc
-from tests.support.linux_users import agent_python
+from tests.security.security_support import Control, doc, lane_doc, require_root, task_doc
+from tests.support.linux_users import User, agent_python
 
 require_root()
 

@@ -48,7 +48,6 @@ from reconciler.protocol import (
 )
 from reconciler.state import Store
 from tests.ssh.ssh_support import (
-    GIT_ID,
     LANE,
     LaneProcess,
     Side,
@@ -62,6 +61,7 @@ from tests.ssh.ssh_support import (
     require_root_and_sshd,
     stable_port,
 )
+from tests.support.git import GIT_ID
 
 require_root_and_sshd()
 
@@ -254,7 +254,9 @@ class Remote:
         desired = engine.load()
         with engine.locked(None) as store:
             result = engine.apply(desired, store)
-        assert result.report is not None and result.report.ok, result.report.failed
+        report = result.report
+        assert report is not None
+        assert report.ok, report.failed
         return result
 
     def converge(self, timeout: float = 60) -> PassResult:

@@ -129,7 +129,7 @@ def answer(exchange: Exchange) -> None:
         }
         return (None, event)
 
-    events = [
+    events: list[tuple[str | None, object]] = [
         chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]),
         chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}]),
         chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]),

@@ -56,6 +56,7 @@ class ModelServer:
     def url(self) -> str:
         assert self._httpd is not None, "the server is not started"
         host, port = self._httpd.server_address[:2]
+        assert isinstance(host, str)  # an IP address, not a socket path
         return f"http://{host}:{port}"
 
     def next_id(self, prefix: str) -> str:
