@@ -1,5 +1,4 @@
-"""Put ``tests/support`` (fakes shared by several test folders) on the import path, and give the
-suite a permissive admin policy.
+"""What every test shares: its HOME inside its temporary directory, and a permissive admin policy.
 
 The suite runs as root (in CI too) and most of its worlds use lanes without ``user:``, which the
 safe default policy refuses for a root reconciler. Every test process and the CLI subprocesses
@@ -12,13 +11,10 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-SUPPORT = str(Path(__file__).parent / "support")
-if SUPPORT not in sys.path:
-    sys.path.insert(0, SUPPORT)
+import pytest
 
 PERMISSIVE = """\
 apiVersion: reconciler/v1
@@ -45,3 +41,20 @@ def _permissive_policy() -> str:
 
 if "RECONCILER_POLICY" not in os.environ:
     os.environ["RECONCILER_POLICY"] = _permissive_policy()
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME (and git's and XDG's configuration) inside ``tmp_path``, so no test can touch the
+    real home or be steered by the caller's git or control repo; fails loudly if that did not
+    take. The home is private, as a careful admin sets a lane user's (pre-flight checks it)."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700, exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "RECONCILER_CONTROL"):
+        monkeypatch.delenv(var, raising=False)
+    assert Path.home() == home, "HOME still points outside the test's temporary directory"
+    assert os.path.expanduser("~") == str(home)
+    return home

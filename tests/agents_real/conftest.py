@@ -3,22 +3,17 @@ it left running), the scripted model API on loopback, the pinned CLIs from the c
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-SECURITY = str(Path(__file__).parents[1] / "security")
-if SECURITY not in sys.path:
-    sys.path.append(SECURITY)
-
-from egress import Egress  # noqa: E402
-from linux_users import User, make_repo, remove_user, shared_python  # noqa: E402
-from model_api import ModelServer  # noqa: E402
-from real_support import Scenario, require_root  # noqa: E402
-from security_support import Control, create_user  # noqa: E402
+from tests.agents_real.egress import Egress
+from tests.agents_real.real_support import Scenario, require_root
+from tests.security.security_support import Control, create_user
+from tests.support.linux_users import User, make_repo, remove_user, shared_python
+from tests.support.model_api import ModelServer
 
 require_root()
 

@@ -27,6 +27,7 @@ class Egress:
     def url(self) -> str:
         assert self._httpd is not None, "the proxy is not started"
         host, port = self._httpd.server_address[:2]
+        assert isinstance(host, str)  # an IP address, not a socket path
         return f"http://{host}:{port}"
 
     @property

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from linux_users import User
-from model_api import ModelServer
-from security_support import Control, doc, lane_doc
+
+from tests.security.security_support import Control, doc, lane_doc
+from tests.support.linux_users import User
+from tests.support.model_api import ModelServer
 
 # The check fails until the agent wrote fixed.txt, and says so in words the scripted model reads.
 CHECK = [

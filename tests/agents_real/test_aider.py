@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import real_agents
-from egress import Egress
-from model_api import ModelServer
-from model_api.openai_chat import commit_message
-from model_api.server import Request
-from real_support import CHECK, Scenario
+from tests.agents_real.egress import Egress
+from tests.agents_real.real_support import CHECK, Scenario
+from tests.support import real_agents
+from tests.support.model_api import ModelServer
+from tests.support.model_api.openai_chat import commit_message
+from tests.support.model_api.server import Request
 
 # A model aider has no metadata for, as behind any private endpoint: aider edits in its
 # "whole" format, and knows no price (tokens, no cost).

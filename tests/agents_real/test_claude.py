@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-import real_agents
-from egress import Egress
-from real_support import Scenario
+from tests.agents_real.egress import Egress
+from tests.agents_real.real_support import Scenario
+from tests.support import real_agents
 
 
 def test_claude_reaches_pr_open_resumes_and_is_done_after_merge(

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import real_agents
-from egress import Egress
-from model_api.server import Request
-from real_support import Scenario
+from tests.agents_real.egress import Egress
+from tests.agents_real.real_support import Scenario
+from tests.support import real_agents
+from tests.support.model_api.server import Request
 
 KEY = "sk-test-codex"
 

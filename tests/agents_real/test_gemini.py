@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import real_agents
-from egress import Egress
-from real_support import Scenario
-
 from reconciler.node.agents import ADAPTERS
 from reconciler.protocol import ExitInfo
+from tests.agents_real.egress import Egress
+from tests.agents_real.real_support import Scenario
+from tests.support import real_agents
 
 STREAM = ":streamGenerateContent"
 

@@ -15,7 +15,7 @@ CHECKOUT = Path(__file__).resolve().parents[2]  # `python -m bench` runs from he
 @pytest.mark.slow
 def test_bench_prints_every_figure(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(exist_ok=True)  # the suite's isolated HOME is this directory
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),

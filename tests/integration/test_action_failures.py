@@ -8,10 +8,10 @@ import sqlite3
 import time
 from typing import Any
 
-from disks import fill, tmpfs
-from world import World
-
 from reconciler.state import Store
+from tests.integration.world import World
+from tests.support.disks import fill, tmpfs
+from tests.support.waiting import wait_for
 
 
 def describe(world: World, task: str) -> dict[str, Any]:
@@ -73,12 +73,16 @@ def test_a_start_that_fails_for_good_is_charged_and_ends_failed_with_the_reason(
     (in_the_way / "notes.txt").write_text("someone's files\n")
     proc = world.cli("apply", "--yes")
     assert proc.returncode == 1 and "start a:" in proc.stderr, proc.stderr
-    deadline = time.monotonic() + 60
-    while (status := world.status()["a"])["phase"] != "failed":  # through the backoff
-        assert time.monotonic() < deadline, status
+
+    def failed() -> dict[str, Any] | None:  # through the backoff
+        status: dict[str, Any] = world.status()["a"]
+        if status["phase"] == "failed":
+            return status
         again = world.cli("apply", "--yes")
         assert again.returncode in (0, 1), again.stderr
-        time.sleep(0.1)
+        return None
+
+    status = wait_for(failed, "a to fail", timeout=60, every=0.1)
     assert "all 2 attempts failed" in status["reason"] and "could not start" in status["reason"]
     runs = describe(world, "a")["runs"]
     assert [(r["attempt"], r["outcome"]) for r in runs] == [(1, "crashed"), (2, "crashed")]

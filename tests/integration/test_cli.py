@@ -7,9 +7,9 @@ import shutil
 import time
 from pathlib import Path
 
-from world import World
-
 from reconciler.state import StateLock
+from tests.integration.world import World
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,7 +145,7 @@ def test_broken_manifests_plan_nothing_and_prune_nothing(world: World) -> None:
     assert validate.returncode == 1
     assert "manifests/tasks/a.yaml:6:3: unknown field 'maxIteration'" in validate.stderr
     assert "Traceback" not in validate.stderr
-    from world import git
+    from tests.support.git import git
 
     git(world.control, "commit", "-qam", "break a")
     for command in (["plan"], ["apply", "--yes"], ["status"]):
@@ -205,12 +205,12 @@ def test_run_loops_until_sigterm_and_holds_the_lock(world: World) -> None:
         text=True,
     )
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if world.status().get("a", {}).get("phase") == "pr-open":
-                break
-            time.sleep(0.2)
-        assert world.status()["a"]["phase"] == "pr-open"
+        wait_for(
+            lambda: world.status().get("a", {}).get("phase") == "pr-open",
+            "a pr-open, by `run`",
+            timeout=30,
+            every=0.2,
+        )
         cron = world.cli("apply", "--yes")
         assert cron.returncode == 75
         assert "reconciler run" in cron.stderr

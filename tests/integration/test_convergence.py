@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from world import World, git
 
 from reconciler.engine import Context, Engine
+from tests.integration.world import World
+from tests.support.git import git
+from tests.support.waiting import wait_for
 
 
 def test_every_kind_of_agent_reaches_its_phase_and_slots_hold(world: World) -> None:
@@ -255,9 +257,9 @@ def test_without_a_forge_success_pushes_the_branch_and_completes(world: World) -
     world.converge()
     assert world.status()["t"]["phase"] == "done"
     local = world.home / "src/web-repo"
-    from world import git
+    from tests.support.git import git
 
-    assert world.git_head("web-repo", "agent/t") == git(local, "rev-parse", "agent/t").strip()
+    assert world.git_head("web-repo", "agent/t") == git(local, "rev-parse", "agent/t")
 
 
 def test_lane_git_ignores_the_callers_git_location(world: World) -> None:
@@ -277,18 +279,25 @@ def test_backoff_records_the_next_attempt_time(world: World) -> None:
     world.lane("web")
     world.task("crashy", "web", "sigkill-first")
     world.commit()
+    began = time.time()
     assert world.cli("apply", "--yes").returncode == 0
-    deadline = time.time() + 20
-    while time.time() < deadline and world.status()["crashy"]["phase"] != "backoff":
+
+    def in_backoff() -> bool:
+        if world.status()["crashy"]["phase"] == "backoff":
+            return True
         assert world.cli("apply", "--yes").returncode == 0
-        time.sleep(0.1)
+        return False
+
+    wait_for(in_backoff, "crashy's backoff", timeout=20, every=0.1)
     assert world.cli("apply", "--yes").returncode == 0  # the pass that records the crash
     status = world.status()["crashy"]
     assert status["phase"] == "backoff"
     with Store.open_readonly(world.state) as store:
         row = store.task("crashy")
-    assert row is not None and row.next_attempt_at == status["nextAttemptAt"]
-    assert 15 <= row.next_attempt_at - time.time() <= 30
+    assert row is not None and row.next_attempt_at is not None
+    assert row.next_attempt_at == status["nextAttemptAt"]
+    # 15 to 30 s (the base, jittered) after the pass that saw the crash, wherever it fell
+    assert began + 15 <= row.next_attempt_at <= time.time() + 30
     # the next pass is due when the backoff ends: `run` wakes then, and the JSON says so
     due = json.loads(world.cli("status", "--json").stdout)["requeue"]
     assert (due["reason"], due["subject"], due["at"]) == ("backoff", "crashy", row.next_attempt_at)
@@ -407,17 +416,19 @@ for _ in range(600):  # heartbeats: output keeps growing, but no event of the ag
 def test_an_agent_that_only_prints_heartbeats_is_marked_stalled(world: World) -> None:
     claude_script_task(world, "beat", BEATING, maxAttempts=1, agent_spec={"stallTimeout": "2s"})
     assert world.cli("apply", "--yes").returncode == 0
-    time.sleep(0.5)
-    running = world.status()["beat"]
-    assert running["phase"] == "running" and "last: assistant: hi" in running["reason"], running
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        world.cli("apply", "--yes")
+
+    def running_with_its_event() -> bool:
         status = world.status()["beat"]
-        if status["phase"] == "failed":
-            break
-        time.sleep(0.5)
-    assert status["phase"] == "failed", status
+        return status["phase"] == "running" and "last: assistant: hi" in (status["reason"] or "")
+
+    wait_for(running_with_its_event, "beat running, its first event in its status", timeout=30)
+
+    def failed() -> dict[str, Any] | None:
+        world.cli("apply", "--yes")
+        status: dict[str, Any] = world.status()["beat"]
+        return status if status["phase"] == "failed" else None
+
+    status = wait_for(failed, "beat to fail", timeout=30, every=0.5)
     assert "no agent event" in status["reason"], status
     output = (world.home / "worktrees/web/.runs/beat/1.1/output.log").read_text()
     assert output.count("...") > 20  # its output did grow all along
@@ -442,18 +453,18 @@ for n in range(300):  # each message: 1000 tokens in, 1000 out, on claude-sonnet
 def test_an_agent_whose_spend_crosses_the_budget_mid_run_is_stopped(world: World) -> None:
     claude_script_task(world, "spend", SPENDING, maxAttempts=3, budget={"maxCostUsd": 0.1})
     assert world.cli("apply", "--yes").returncode == 0
-    deadline = time.time() + 30
     seen_running = False
-    while time.time() < deadline:
+
+    def failed() -> dict[str, Any] | None:
+        nonlocal seen_running
         world.cli("apply", "--yes")
         status = world.status()["spend"]
         seen_running = seen_running or (
             status["phase"] == "running" and "so far" in (status["reason"] or "")
         )
-        if status["phase"] == "failed":
-            break
-        time.sleep(0.3)
-    assert status["phase"] == "failed", status
+        return status if status["phase"] == "failed" else None
+
+    status = wait_for(failed, "spend to fail", timeout=30, every=0.3)
     assert "budget exhausted ($0.1" in status["reason"], status
     assert seen_running  # status showed its spend while it ran
     assert world.cli("apply", "--yes").returncode == 0  # if status saw it first: apply stops it
@@ -462,10 +473,11 @@ def test_an_agent_whose_spend_crosses_the_budget_mid_run_is_stopped(world: World
     assert re.fullmatch(
         r"run 1\.1 stopped: budget exhausted \(\$0\.1\d of \$0\.10\) during the run", stopped
     ), stopped
-    deadline = time.time() + 10
-    while "spend" in world.live_agents() and time.time() < deadline:
-        time.sleep(0.1)
-    assert "spend" not in world.live_agents(), world.cli("describe", "spend").stdout
+    wait_for(
+        lambda: "spend" not in world.live_agents(),
+        "the stopped agent to be gone",
+        details=lambda: world.cli("describe", "spend").stdout,
+    )
     output = (world.home / "worktrees/web/.runs/spend/1.1/output.log").read_text()
     assert '"type": "result"' not in output  # stopped mid-stream, not ended by itself
     # The stopped run's spend is kept (priced from its tokens): no retry, no second run.

@@ -12,7 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
-from world import World, git
+from tests.integration.world import World
+from tests.support.git import git
 
 OLD_GIT = """#!/bin/sh
 # git, except that it says it is older than the reconciler supports

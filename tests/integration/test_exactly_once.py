@@ -15,9 +15,9 @@ import time
 from collections import Counter
 
 import pytest
-from world import World, _environ
 
 from reconciler.faults import POINTS
+from tests.integration.world import World, _environ
 
 
 class CrashOnce:

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import responses
-from fake_github import FakeGitHub, Fault, VirtualTime, unserved
-from world import World
 
 from reconciler.engine import Context, Engine
 from reconciler.node import forge_github, github_http
 from reconciler.plan import Plan
+from tests.integration.world import World
+from tests.support.fake_github import FakeGitHub, Fault, VirtualTime, unserved
 
 OWNER, NAME = "acme", "app"
 TOKEN = "ghp_" + "A1b2C3d4E5f6G7h8I9j0" * 2
@@ -441,7 +441,7 @@ def test_feedback_is_read_only_where_the_loop_can_use_it(world: World, github: F
     assert len(reads(a["number"], sha_a)) == 3  # check runs, status, reviews of a's commit
     assert reads(b["number"], sha_b) == []  # iterateOn: [] needs none
     # Someone pushes to a's branch on GitHub: its verdicts are not about the reconciler's commit.
-    from world import git
+    from tests.support.git import git
 
     clone = world.root / "someone"
     git(world.root, "clone", "-q", "-b", "agent/a", str(github.remote), str(clone))

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from world import World, git
+
+from tests.integration.world import World
+from tests.support.git import git
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 INSTALLED = "/opt/reconciler/.venv/bin/reconciler"

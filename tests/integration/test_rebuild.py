@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from world import World
+
+from tests.integration.world import World
+from tests.support.waiting import wait_for
 
 
 def run_dirs(world: World) -> list[str]:
@@ -45,13 +46,16 @@ def world_with_a_live_run(world: World, release: Path) -> None:
     world.task("b", "web", "needs-feedback", success={"checks": [["test", "-f", "fixed.txt"]]})
     world.task("live", "web", "until-released")
     world.commit()
-    deadline = time.monotonic() + 90
     want = {"a": "pr-open", "b": "pr-open", "live": "running"}
-    while phases(world) != want:
-        assert time.monotonic() < deadline, phases(world)
+
+    def arrived() -> bool:
+        if phases(world) == want:
+            return True
         proc = world.cli("apply", "--yes")
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        time.sleep(0.1)
+        return False
+
+    wait_for(arrived, f"the phases {want}", timeout=90, every=0.1, details=lambda: phases(world))
 
 
 @pytest.mark.parametrize("loss", ["moved-aside", "damaged"])

@@ -13,13 +13,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+from tests.support.git import GIT_ID, commit_all, git
+from tests.support.waiting import wait_for
 
 # Scripted agents: (name → Python source). They read the prompt on stdin, act in the cwd (the
 # worktree), and print a last line. RECONCILER_* markers tell them which run they are.
@@ -107,12 +107,6 @@ AGENTS: dict[str, str] = {
         print("DONE")
     """,
 }
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *GIT_ID, *args], cwd=cwd, check=True, capture_output=True, text=True
-    ).stdout
 
 
 def yaml_doc(kind: str, name: str, spec: dict[str, Any]) -> str:
@@ -227,9 +221,7 @@ class World:
         tdir.mkdir(exist_ok=True)
         for name, spec in self.tasks.items():
             (tdir / f"{name}.yaml").write_text(yaml_doc("Task", name, spec) + "\n", "utf-8")
-        git(self.control, "add", "-A")
-        git(self.control, "commit", "-qm", message, "--allow-empty")
-        return git(self.control, "rev-parse", "HEAD").strip()
+        return commit_all(self.control, message)
 
     # ------------------------------------------------------------------ driving
 
@@ -270,17 +262,18 @@ class World:
     def converge(self, timeout: float = 60.0, **env: str) -> list[subprocess.CompletedProcess[str]]:
         """``apply --yes`` until a pass plans nothing and no task is in motion."""
         moving = {"pending", "queued", "running", "backoff", "closing"}
-        deadline = time.time() + timeout
         passes = []
-        while time.time() < deadline:
+
+        def settled() -> bool:
             proc = self.cli("apply", "--yes", **env)
             passes.append(proc)
             assert proc.returncode in (0, -signal.SIGKILL), proc.stdout + proc.stderr
-            if proc.returncode == 0 and "No changes." in proc.stdout:
-                if not {t["phase"] for t in self.status().values()} & moving:
-                    return passes
-            time.sleep(0.1)
-        raise AssertionError(f"did not converge in {timeout}s: {self.status()}")
+            if proc.returncode != 0 or "No changes." not in proc.stdout:
+                return False
+            return not {t["phase"] for t in self.status().values()} & moving
+
+        wait_for(settled, "convergence", timeout=timeout, every=0.1, details=self.status)
+        return passes
 
     # ------------------------------------------------------------------ the world's truth
 
@@ -300,7 +293,7 @@ class World:
     def git_head(self, repo: str, branch: str) -> str:
         """The branch's head as the remote has it."""
         bare = self.root / "remotes" / f"{repo}.git"
-        return git(bare, "rev-parse", f"refs/heads/{branch}").strip()
+        return git(bare, "rev-parse", f"refs/heads/{branch}")
 
     def worktrees(self, repo: str) -> list[str]:
         out = git(self.home / "src" / repo, "worktree", "list", "--porcelain")

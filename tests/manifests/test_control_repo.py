@@ -19,6 +19,7 @@ from reconciler.control import (
     load_desired,
 )
 from reconciler.manifests.errors import ManifestErrors
+from tests.support.git import commit_all, git
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +44,6 @@ def task(name: str, prompt: str = "prompt: fix it") -> str:
     )
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
 def write(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
         path = root / rel
@@ -57,9 +52,7 @@ def write(root: Path, files: dict[str, str]) -> None:
 
 
 def commit(root: Path, message: str = "change") -> str:
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", message)
-    return git(root, "rev-parse", "HEAD")
+    return commit_all(root, message)
 
 
 @pytest.fixture

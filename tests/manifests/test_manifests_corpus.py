@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-from manifest_support import BASE, Repo
 
 from reconciler.manifests.errors import ManifestErrors
+from tests.manifests.manifest_support import BASE, Repo
 
 CORPUS = sorted((Path(__file__).parent / "corpus").glob("*.yaml"))
 EXPECT = re.compile(r"^# expect: (\d+):(\d+): (.+)$")

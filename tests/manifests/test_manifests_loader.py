@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from manifest_support import BASE, Repo, load_files
 
 from reconciler.manifests.errors import ManifestError, ManifestErrors
 from reconciler.manifests.loader import MAX_FILE_SIZE, SourceFile, load, safe_relpath
 from reconciler.manifests.models import ConfigSpec, make_task
+from tests.manifests.manifest_support import BASE, Repo, load_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +28,7 @@ def task(name: str, extra: str = "", *, lane: str = "web", repo: str = "webapp")
     )
 
 
-def errors_of(files: dict[str, str | bytes], base: bool = True) -> list[ManifestError]:
+def errors_of(files: Mapping[str, str | bytes], base: bool = True) -> list[ManifestError]:
     with pytest.raises(ManifestErrors) as info:
         load_files(files, base=base)
     return info.value.errors

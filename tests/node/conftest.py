@@ -5,26 +5,14 @@ Every test runs with HOME pointing into its tmp_path, so nothing can touch the r
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from node_support import Env, commit, git, kill_leftover_runs
 
 from reconciler.protocol import LaneRef, RepoRef
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)  # as a careful admin sets a lane user's home (pre-flight checks it)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.delenv("GIT_DIR", raising=False)
-    monkeypatch.delenv("GIT_WORK_TREE", raising=False)
-    assert os.path.expanduser("~") == str(home)
-    return home
+from tests.node.node_support import Env, kill_leftover_runs
+from tests.support.git import commit, git
 
 
 @pytest.fixture

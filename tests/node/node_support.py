@@ -1,14 +1,9 @@
-"""Helpers for the node tests: git set-up, polling, and a lane with one real repository.
-
-A module with a unique name (not conftest) so test files can import it without a package.
-"""
+"""Helpers for the node tests: a lane with one real repository, served through the node's entry
+point."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,35 +23,7 @@ from reconciler.protocol import (
     StartRunRequest,
     TaskRef,
 )
-
-IDENTITY = ["-c", "user.name=Test", "-c", "user.email=test@example.invalid"]
-
-
-def git(cwd: Path | str, *args: str) -> str:
-    """Run git for test setup, failing the test with git's message on error."""
-    proc = subprocess.run(
-        ["git", "-C", str(cwd), *IDENTITY, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, f"git {' '.join(args)} failed: {proc.stderr}"
-    return proc.stdout.strip()
-
-
-def commit(cwd: Path | str, name: str, content: str, message: str | None = None) -> str:
-    Path(cwd, name).write_text(content)
-    git(cwd, "add", name)
-    git(cwd, "commit", "-q", "-m", message or f"change {name}")
-    return git(cwd, "rev-parse", "HEAD")
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.01)
+from tests.support.waiting import wait_for
 
 
 @dataclass
@@ -122,7 +89,7 @@ class Env:
 
     def wait_exit(self, run: RunObs, timeout: float = 15.0) -> ExitInfo:
         path = Path(run.run_dir) / EXIT_JSON
-        wait_for(path.exists, timeout, f"{path}")
+        wait_for(path.exists, f"{path}", timeout=timeout)
         return ExitInfo.model_validate_json(path.read_text())
 
 

@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from decide import decide
-from node_support import Env, git
 from ruamel.yaml import YAML
 
 from reconciler.manifests.models import AgentSpec
@@ -27,6 +25,9 @@ from reconciler.protocol import (
     ObserveResult,
     RunObs,
 )
+from tests.node.node_support import Env
+from tests.support.decide import decide
+from tests.support.git import git
 
 FAKE = Path(__file__).parent / "agents_fixtures" / "aider" / "fake_aider.py"
 REAL = Path(__file__).parent / "agents_fixtures" / "aider" / "real-0.86.2"

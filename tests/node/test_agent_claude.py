@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from decide import decide
-from node_support import Env
 
 from reconciler.node.agents import ADAPTERS, Launch
 from reconciler.protocol import (
@@ -30,6 +28,8 @@ from reconciler.protocol import (
     ObserveResult,
     RunObs,
 )
+from tests.node.node_support import Env
+from tests.support.decide import decide
 
 FIXTURES = Path(__file__).parent / "agents_fixtures" / "claude"
 FAKE = FIXTURES / "fake_claude.py"

@@ -13,11 +13,10 @@ import signal
 import subprocess
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from decide import decide
-from node_support import Env
 
 from reconciler.node.agents import ADAPTERS, Launch
 from reconciler.node.agents.codex import CodexAdapter, retry_notice
@@ -30,6 +29,8 @@ from reconciler.protocol import (
     ObserveResult,
     RunObs,
 )
+from tests.node.node_support import Env
+from tests.support.decide import decide
 
 FIXTURES = Path(__file__).parent / "agents_fixtures" / "codex"
 FAKE = FIXTURES / "fake_codex.py"
@@ -588,7 +589,7 @@ def test_parse_error_after_a_completed_turn_is_not_ok(tmp_path: Path) -> None:
     assert result.final_text == "boom"
 
 
-def _jsonl(*events: dict[str, object]) -> bytes:
+def _jsonl(*events: Mapping[str, object]) -> bytes:
     return b"".join(json.dumps(e).encode() + b"\n" for e in events)
 
 

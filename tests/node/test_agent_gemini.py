@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from decide import decide
-from node_support import Env
 
 from reconciler.node.agents import ADAPTERS, Launch
 from reconciler.node.agents.gemini import pin_settings, settings_path, settings_pins
@@ -25,6 +23,8 @@ from reconciler.protocol import (
     ObserveResult,
     RunObs,
 )
+from tests.node.node_support import Env
+from tests.support.decide import decide
 
 FIXTURES = Path(__file__).parent / "agents_fixtures" / "gemini"
 FAKE = FIXTURES / "fake_gemini.py"
@@ -373,7 +373,7 @@ def test_what_the_user_set_wins_and_is_kept(tmp_path: Path) -> None:
 def test_settings_the_reconciler_cannot_read_are_left_alone(tmp_path: Path, text: str) -> None:
     path = tmp_path / "settings.json"
     path.write_text(text)
-    pins = {("privacy", "usageStatisticsEnabled"): False}
+    pins: dict[tuple[str, ...], object] = {("privacy", "usageStatisticsEnabled"): False}
     assert pin_settings(str(path), pins) == []
     assert path.read_text() == text
 

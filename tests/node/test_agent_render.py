@@ -6,10 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from node_support import Env
-
 from reconciler.node.agents.render import render_line
 from reconciler.protocol import AgentRef, LogResult, ReadLogRequest
+from tests.node.node_support import Env
 
 STREAM = [
     {"type": "system", "subtype": "init", "session_id": "s-42", "model": "claude-sonnet"},

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 
 import pytest
 import responses
-from fake_github import FakeGitHub, VirtualTime, unserved
-from node_support import Env, commit, git
 
 from reconciler.node import github_http
 from reconciler.node.errors import NodeError
@@ -27,6 +25,9 @@ from reconciler.node.forge_local import PULLS_REF, LocalForge
 from reconciler.node.forges import ForgeDriver, PullExists
 from reconciler.node.pulls import Pulls
 from reconciler.protocol import PullRequest
+from tests.node.node_support import Env
+from tests.support.fake_github import FakeGitHub, VirtualTime, unserved
+from tests.support.git import commit, git
 
 TOKEN = "ghp_" + "K1l2M3n4O5p6Q7r8S9t0" * 2
 MARKER = "<!-- reconciler:task={} -->"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node_support import Env, git
-
 from reconciler.node.agents import ADAPTERS, Launch
 from reconciler.protocol import AgentRef, ExitInfo
+from tests.node.node_support import Env
+from tests.support.git import git
 
 EDITS = """
 import sys

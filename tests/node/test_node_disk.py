@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 
-from disks import fill, tmpfs
-from node_support import Env
-
 from reconciler.protocol import RunObs
+from tests.node.node_support import Env
+from tests.support.disks import fill, tmpfs
 
 
 def test_a_full_disk_fails_the_start_naming_the_path_and_the_space_left(env: Env) -> None:

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from node_support import Env
 
 from reconciler.node.server import BatchError, handle, handle_json
 from reconciler.protocol import (
@@ -25,6 +24,7 @@ from reconciler.protocol import (
     StopRunRequest,
     TaskRef,
 )
+from tests.node.node_support import Env
 
 
 def failure_of(env: Env, req: object) -> str:

@@ -6,8 +6,6 @@ import json
 import threading
 from pathlib import Path
 
-from node_support import Env, commit, git
-
 from reconciler.node.forge_local import PULLS_REF, LocalForge
 from reconciler.node.pulls import Pulls
 from reconciler.protocol import (
@@ -23,6 +21,8 @@ from reconciler.protocol import (
     PushRequest,
     RepoRef,
 )
+from tests.node.node_support import Env
+from tests.support.git import commit, git
 
 
 def pushed_branch(env: Env, task: str, *files: str) -> str:

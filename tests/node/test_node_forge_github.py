@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import requests
 import responses
-from fake_github import VirtualTime
 from responses import matchers
 
 from reconciler.node import credentials, github_http
@@ -25,6 +24,7 @@ from reconciler.node.credentials import read_token
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_github import GitHubForge
 from reconciler.node.pulls import Pulls
+from tests.support.fake_github import VirtualTime
 
 REPO = "acme/webapp"
 # PyGithub's connection names the port explicitly, and responses matches it literally.

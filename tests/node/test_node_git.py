@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from node_support import Env, commit, git
-
 from reconciler.node import git as gitops
 from reconciler.protocol import (
     PushRequest,
@@ -15,6 +13,8 @@ from reconciler.protocol import (
     RemoveWorkspaceRequest,
     WorkspaceResult,
 )
+from tests.node.node_support import Env
+from tests.support.git import commit, git
 
 
 def test_prepare_creates_then_reuses(env: Env) -> None:

@@ -6,8 +6,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from node_support import Env, commit, git
-
 from reconciler.node import pool
 from reconciler.protocol import (
     FillPoolRequest,
@@ -19,6 +17,8 @@ from reconciler.protocol import (
     RepoHooks,
     WorkspaceResult,
 )
+from tests.node.node_support import Env
+from tests.support.git import commit, git
 
 
 def pooled(env: Env, size: int = 2, **repo: object) -> Env:

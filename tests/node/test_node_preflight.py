@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from node_support import Env, git
 
 from reconciler.protocol import (
     AgentRef,
@@ -17,6 +16,8 @@ from reconciler.protocol import (
     PreflightResult,
     RepoRef,
 )
+from tests.node.node_support import Env
+from tests.support.git import git
 
 
 def run(env: Env, req: PreflightRequest) -> dict[tuple[str, str], PreflightCheck]:
@@ -104,7 +105,7 @@ def test_not_enough_disk_and_unwritable_root(env: Env) -> None:
 
 
 def test_forge_without_remote(env: Env) -> None:
-    from node_support import git
+    from tests.support.git import git
 
     git(env.checkout, "remote", "remove", "origin")
     checks = run(env, PreflightRequest(lane=env.lane, min_free_bytes=1))

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from node_support import wait_for
-
 from reconciler.node import procs
 from reconciler.protocol import Fingerprint
+from tests.support.waiting import wait_for
 
 
 def test_fingerprint_of_a_live_process_is_alive() -> None:
@@ -68,7 +67,7 @@ def test_zombie_is_not_alive() -> None:
         assert proc.stdin is not None
         proc.stdin.close()
         # Not reaped yet: the process is a zombie until wait(), and must already count as dead.
-        wait_for(lambda: not procs.is_alive(fp), what="the child to become a zombie")
+        wait_for(lambda: not procs.is_alive(fp), "the child to become a zombie")
         assert procs.start_time(proc.pid) == fp.start_time
 
 
@@ -79,8 +78,8 @@ def test_kill_group_terminates_every_member() -> None:
         "time.sleep(60)\n"
     )
     leader = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
-    wait_for(lambda: len(procs.group_members(leader.pid)) == 2, what="two members")
+    wait_for(lambda: len(procs.group_members(leader.pid)) == 2, "two members")
     assert procs.kill_group(leader.pid, grace=2.0)
     leader.wait()
-    wait_for(lambda: not procs.group_members(leader.pid), what="the group to be empty")
+    wait_for(lambda: not procs.group_members(leader.pid), "the group to be empty")
     assert not procs.kill_group(leader.pid, grace=0.1)

@@ -9,13 +9,11 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from node_support import Env, commit, git, wait_for
 
-from reconciler.node import procs
+from reconciler.node import files, procs
 from reconciler.node.files import EXIT_JSON, PID_JSON, read_json
 from reconciler.node.runs import agent_env
 from reconciler.protocol import (
@@ -29,6 +27,9 @@ from reconciler.protocol import (
     StopResult,
     StopRunRequest,
 )
+from tests.node.node_support import Env
+from tests.support.git import commit, git
+from tests.support.waiting import wait_for
 
 TRICKY = (
     "He said \"don't\" & it's $HOME `uname` $(echo pwned) \\n; rm -rf / #\n"
@@ -60,6 +61,11 @@ def run_obs(env: Env, key: str) -> RunObs:
     return run
 
 
+def wait_ready(run: RunObs) -> None:
+    log = Path(run.run_dir) / "output.log"
+    wait_for(lambda: b"ready" in log.read_bytes(), f"{run.task}'s agent to say it is ready")
+
+
 def pid_record(run: RunObs) -> dict[str, object]:
     record = read_json(str(Path(run.run_dir) / PID_JSON))
     assert record is not None
@@ -69,21 +75,23 @@ def pid_record(run: RunObs) -> dict[str, object]:
 def test_an_ended_run_is_read_once_and_again_only_when_its_exit_record_changes(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from reconciler.node import runs
 
     started = env.start("once", AgentRef(kind="command", command=env.script("q.py", "print(1)")))
     env.wait_exit(started)
-    wait_for(lambda: not procs.is_alive(started.supervisor), 10, "the supervisor's exit")  # type: ignore[arg-type]
+    supervisor = started.supervisor
+    assert supervisor is not None
+    wait_for(lambda: not procs.is_alive(supervisor), "the supervisor's exit")
     first = [r for r in observe(env).runs if r.task == "once"]
     assert [r.exit.exit_code for r in first if r.exit] == [0]
     reads: list[str] = []
-    original = runs.files.read_json
+    original = files.read_json
 
     def counting(path: str) -> dict[str, object] | None:
         reads.append(path)
-        return original(path)
+        record: dict[str, object] | None = original(path)
+        return record
 
-    monkeypatch.setattr(runs.files, "read_json", counting)
+    monkeypatch.setattr(files, "read_json", counting)  # the module runs reads it through
     again = [r for r in observe(env).runs if r.task == "once"]
     assert again == first
     assert not [p for p in reads if started.run_dir in p]  # nothing of the ended run was read
@@ -182,10 +190,11 @@ def test_killing_the_whole_group_leaves_no_exit_record(env: Env) -> None:
     run = env.start("group-kill", env.agent(SLEEP))
     assert run.supervisor is not None
     assert run.alive
-    wait_for(lambda: b"ready" in (Path(run.run_dir) / "output.log").read_bytes())
+    wait_ready(run)
     os.killpg(run.supervisor.pid, signal.SIGKILL)
-    wait_for(lambda: not run_obs(env, "group-kill/1.1").alive, what="the run to die")
-    time.sleep(0.1)  # a supervisor that survived would write exit.json now
+    wait_for(lambda: not run_obs(env, "group-kill/1.1").alive, "the run to die")
+    supervisor = run.supervisor
+    wait_for(lambda: not procs.is_alive(supervisor), "the supervisor to die")  # or write exit.json
     seen = run_obs(env, "group-kill/1.1")
     assert seen.exit is None
     assert not (Path(run.run_dir) / EXIT_JSON).exists()
@@ -196,11 +205,12 @@ def test_an_agent_outliving_its_killed_supervisor_keeps_the_run_alive(env: Env) 
     over (a new run beside it would be a second agent there) until a stop ends the agent."""
     run = env.start("orphan", env.agent(SLEEP))
     assert run.supervisor is not None
-    wait_for(lambda: b"ready" in (Path(run.run_dir) / "output.log").read_bytes())
+    wait_ready(run)
     agent_pid = pid_record(run)["agent_pid"]
     assert isinstance(agent_pid, int)
     os.kill(run.supervisor.pid, signal.SIGKILL)
-    wait_for(lambda: not procs.is_alive(run.supervisor), what="the supervisor to die")
+    supervisor = run.supervisor
+    wait_for(lambda: not procs.is_alive(supervisor), "the supervisor to die")
     seen = run_obs(env, "orphan/1.1")
     assert seen.alive and seen.exit is None
     read = ReadLogRequest(lane=env.lane, task="orphan", attempt=1, iteration=1)
@@ -216,7 +226,7 @@ def test_an_agent_outliving_its_killed_supervisor_keeps_the_run_alive(env: Env) 
 
 def test_stop_run_kills_a_hanging_agent_and_is_idempotent(env: Env) -> None:
     run = env.start("hang", env.agent(SLEEP))
-    wait_for(lambda: b"ready" in (Path(run.run_dir) / "output.log").read_bytes())
+    wait_ready(run)
     agent_pid = pid_record(run)["agent_pid"]
     assert isinstance(agent_pid, int)
     stop = StopRunRequest(lane=env.lane, task="hang", attempt=1, iteration=1, grace=5)
@@ -237,11 +247,9 @@ def test_stop_run_escalates_to_kill_when_term_is_ignored(env: Env) -> None:
         "time.sleep(60)\n"
     )
     run = env.start("stubborn", env.agent(code))
-    wait_for(lambda: b"ready" in (Path(run.run_dir) / "output.log").read_bytes())
-    started = time.monotonic()
+    wait_ready(run)
     stop = StopRunRequest(lane=env.lane, task="stubborn", attempt=1, iteration=1, grace=0.3)
-    assert StopResult.model_validate(env.call(stop)).was_alive
-    assert time.monotonic() - started < 5
+    assert StopResult.model_validate(env.call(stop)).was_alive  # returns once the agent died
     seen = run_obs(env, "stubborn/1.1")
     assert not seen.alive
     assert seen.exit is not None
@@ -258,13 +266,13 @@ def test_stop_run_also_kills_children_that_left_the_group(env: Env) -> None:
     )
     run = env.start("escape", env.agent(code))
     log = Path(run.run_dir) / "output.log"
-    wait_for(lambda: log.read_text().strip().isdigit())
+    wait_for(lambda: log.read_text().strip().isdigit(), "the escaped child's pid")
     child = int(log.read_text())
     child_fp = procs.fingerprint(child)
     assert child_fp is not None
     stop = StopRunRequest(lane=env.lane, task="escape", attempt=1, iteration=1, grace=2)
     assert StopResult.model_validate(env.call(stop)).was_alive
-    wait_for(lambda: not procs.is_alive(child_fp), timeout=5, what="the escaped child to die")
+    wait_for(lambda: not procs.is_alive(child_fp), "the escaped child to die", timeout=5)
 
 
 def test_files_in_the_workspace_cannot_hijack_the_supervisor(env: Env) -> None:
@@ -288,11 +296,13 @@ def test_start_run_twice_starts_one_process(env: Env) -> None:
     second = env.start("twice", agent)
     assert first.supervisor == second.supervisor
     assert first.started_at == second.started_at
-    wait_for(lambda: b"ready" in (Path(first.run_dir) / "output.log").read_bytes())
+    wait_ready(first)
     assert counter.read_text() == "started\n"
     assert first.supervisor is not None
     members = procs.group_members(first.supervisor.pid)
-    assert sorted(members) == sorted([first.supervisor.pid, pid_record(first)["agent_pid"]])
+    agent_pid = pid_record(first)["agent_pid"]
+    assert isinstance(agent_pid, int)
+    assert sorted(members) == sorted([first.supervisor.pid, agent_pid])
 
 
 def test_supervisor_is_detached_and_leaves_no_zombie(env: Env) -> None:
@@ -321,7 +331,7 @@ def test_tampered_fingerprint_is_not_alive(env: Env) -> None:
     path = Path(run.run_dir) / PID_JSON
     record = json.loads(path.read_text())
     os.killpg(record["pid"], signal.SIGKILL)  # the run's own processes are gone…
-    wait_for(lambda: not procs.group_members(record["pid"]), what="the run's group to die")
+    wait_for(lambda: not procs.group_members(record["pid"]), "the run's group to die")
     other = subprocess.Popen(["sleep", "60"])  # …and its pid went to someone else
     try:
         other_start = procs.start_time(other.pid)
@@ -452,7 +462,7 @@ def test_read_log_streams_whole_characters(env: Env) -> None:
 
 def test_read_log_of_a_running_run_is_not_ended(env: Env) -> None:
     run = env.start("livelog", env.agent(SLEEP))
-    wait_for(lambda: b"ready" in (Path(run.run_dir) / "output.log").read_bytes())
+    wait_ready(run)
     req = ReadLogRequest(lane=env.lane, task="livelog", attempt=1, iteration=1)
     chunk = LogResult.model_validate(env.call(req))
     assert chunk.data == "ready\n"
@@ -464,7 +474,7 @@ def test_run_survives_the_fingerprint_of_its_supervisor(env: Env) -> None:
     assert isinstance(run.supervisor, Fingerprint)
     assert run.supervisor.boot_id == procs.boot_id()
     env.wait_exit(run)
-    wait_for(lambda: not run_obs(env, "fp/1.1").alive, what="the supervisor to exit")
+    wait_for(lambda: not run_obs(env, "fp/1.1").alive, "the supervisor to exit")
 
 
 def test_branches_and_worktrees_in_repo_observation(env: Env) -> None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from reconciler.control.desired import Desired
 from reconciler.lanes import LaneClient
-from reconciler.manifests.models import ConfigSpec, LaneSpec
+from reconciler.manifests.models import ConfigSpec, Desired, LaneSpec
 from reconciler.observe import observe
 from reconciler.protocol import Failure, Request, Response
 from reconciler.state import Store
@@ -22,7 +21,7 @@ class CommittingLane(LaneClient):
     """A lane that, while it is being asked, lets another writer commit (an ``apply``)."""
 
     def __init__(self, writer: Store) -> None:
-        super().__init__("web", SPEC, transport=None)  # type: ignore[arg-type]
+        super().__init__("web", SPEC, transport=None)
         self.writer = writer
         self.calls = 0
 

@@ -136,7 +136,7 @@ def pr(
         title="t",
         task=task,
         updated_at=updated,
-    )  # type: ignore[arg-type]
+    )
 
 
 def observed(
@@ -677,7 +677,7 @@ def test_an_unreadable_repository_or_forge_decides_nothing_for_started_tasks() -
     assert p.tasks[1].reason == "GitHub did not answer"
 
 
-def _pr_with(checks: str | None, sha: str = "a", **kw: object) -> PullRequest:
+def _pr_with(checks: str | None, sha: str = "a", **kw: Any) -> PullRequest:
     return pr(1).model_copy(update={"checks": checks, "head_sha": sha, **kw})
 
 
@@ -713,7 +713,7 @@ def test_change_requests_iterate_and_iterate_on_can_turn_it_off() -> None:
 
 def test_pending_stale_or_exhausted_feedback_does_not_iterate() -> None:
     d = desired(("t", task_spec(maxIterations=2)))
-    failing = {"check_feedback": ["check `ci` failure"]}
+    failing: dict[str, Any] = {"check_feedback": ["check `ci` failure"]}
     assert _after_success(d, _pr_with("pending")).empty
     # feedback about a commit that is not the one pushed last was already answered
     assert _after_success(d, _pr_with("failure", sha="old", **failing)).empty

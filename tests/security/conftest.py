@@ -4,28 +4,13 @@ at the end), a Python they can run, and a control repo driven through the real C
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from linux_users import make_repo, remove_user, shared_python, shared_tempdir
-from security_support import Control, User, create_user
 
-# The ssh attacks use the ssh suite's real sshd on loopback (tests/ssh/ssh_support.py).
-SSH_SUPPORT = str(Path(__file__).parents[1] / "ssh")
-if SSH_SUPPORT not in sys.path:
-    sys.path.append(SSH_SUPPORT)
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Nothing of the suite lands in root's ~/.ssh or ~/.config."""
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    return home
+from tests.security.security_support import Control, create_user
+from tests.support.linux_users import User, make_repo, remove_user, shared_python, shared_tempdir
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import linux_users
 import pytest
-from daemon_log import RunLog
-from linux_users import User, agent_python, shared_python
 
-GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+from tests.support import linux_users
+from tests.support.daemon_log import RunLog
+from tests.support.git import commit_manifests
+from tests.support.linux_users import User, agent_python, shared_python
 
 
 def require_root() -> None:
@@ -82,21 +82,7 @@ class Control:
 
     def commit(self, *docs: str, message: str = "manifests") -> str:
         """Make ``docs`` the control repo's only manifests, commit; returns the revision."""
-        if not (self.repo / ".git").exists():
-            subprocess.run(["git", "init", "-q", "-b", "main", str(self.repo)], check=True)
-        (self.repo / "manifests").mkdir(parents=True, exist_ok=True)
-        (self.repo / "manifests" / "all.yaml").write_text("\n---\n".join(docs) + "\n")
-        subprocess.run(["git", "-C", str(self.repo), "add", "-A"], check=True)
-        subprocess.run(
-            ["git", *GIT_ID, "-C", str(self.repo), "commit", "-qm", message, "--allow-empty"],
-            check=True,
-        )
-        return subprocess.run(
-            ["git", "-C", str(self.repo), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        return commit_manifests(self.repo, docs, message)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {

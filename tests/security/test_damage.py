@@ -15,11 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from disks import fill, tmpfs
-from linux_users import shared_tempdir
-from security_support import Control, User, agent_doc, lane_doc, require_root, task_doc
-
 from reconciler.state import Store
+from tests.security.security_support import (
+    Control,
+    agent_doc,
+    lane_doc,
+    require_root,
+    task_doc,
+)
+from tests.support.disks import fill, tmpfs
+from tests.support.linux_users import User, shared_tempdir
 
 require_root()
 

@@ -16,9 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from security_support import (
+from tests.security.security_support import (
     Control,
-    User,
     agent_doc,
     alive,
     fingerprint,
@@ -28,6 +27,7 @@ from security_support import (
     spawn_as,
     task_doc,
 )
+from tests.support.linux_users import User
 
 require_root()
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from security_support import Control, User, agent_doc, lane_doc, require_root, task_doc
+from tests.security.security_support import (
+    Control,
+    agent_doc,
+    lane_doc,
+    require_root,
+    task_doc,
+)
+from tests.support.linux_users import User
 
 require_root()
 

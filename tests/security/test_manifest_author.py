@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from security_support import (
+
+from tests.security.security_support import (
     Control,
-    User,
     agent_doc,
     doc,
     require_root,
     task_doc,
 )
+from tests.support.linux_users import User
 
 require_root()
 
@@ -115,10 +116,10 @@ def test_the_admin_can_allow_lanes_as_the_reconcilers_own_user(
 
 @pytest.fixture
 def sshd(tmp_path: Path, make_user: Callable[[], User]) -> Iterator[Any]:
-    from ssh_support import Sshd
+    from tests.ssh.ssh_support import Sshd
 
     user = make_user()
-    server = Sshd(tmp_path / "sshd", user).start()  # type: ignore[arg-type]
+    server = Sshd(tmp_path / "sshd", user).start()
     try:
         yield server
     finally:
@@ -138,7 +139,7 @@ def keypair(path: Path) -> str:
 def test_a_manifest_cannot_log_in_with_roots_own_key_or_rewrite_a_file(
     control: Control, sshd: Any, isolated_home: Path, tmp_path: Path
 ) -> None:
-    from ssh_support import install_authorized_keys
+    from tests.ssh.ssh_support import install_authorized_keys
 
     user = sshd.user
     # root's personal key, which the lane host trusts for its own reasons

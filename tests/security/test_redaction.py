@@ -26,16 +26,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from linux_users import agent_python, shared_tempdir
-from security_support import (
+
+from tests.security.security_support import (
     Control,
-    User,
     agent_doc,
     doc,
     lane_doc,
     require_root,
     task_doc,
 )
+from tests.support.linux_users import User, agent_python, shared_tempdir
 
 require_root()
 
@@ -53,7 +53,7 @@ def state_dump(state: Path) -> str:
         return "\n".join(conn.iterdump())
 
 
-def outputs(control: Control, *commands: tuple[str, ...], **env: str) -> dict[str, str]:
+def outputs(control: Control, *commands: tuple[str, ...], **env: Any) -> dict[str, str]:
     """stdout and stderr of each command (exit codes do not matter to a leak)."""
     shown = {}
     for argv in commands:

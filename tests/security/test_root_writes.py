@@ -13,8 +13,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from linux_users import shared_tempdir
-from security_support import Control, User, agent_doc, lane_doc, require_root, task_doc
+
+from tests.security.security_support import (
+    Control,
+    agent_doc,
+    lane_doc,
+    require_root,
+    task_doc,
+)
+from tests.support.linux_users import User, shared_tempdir
 
 require_root()
 

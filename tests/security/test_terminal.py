@@ -20,8 +20,8 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
-from linux_users import agent_python
-from security_support import Control, User, doc, lane_doc, require_root, task_doc
+from tests.security.security_support import Control, doc, lane_doc, require_root, task_doc
+from tests.support.linux_users import User, agent_python
 
 require_root()
 

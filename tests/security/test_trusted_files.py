@@ -14,8 +14,16 @@ import pickle
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from security_support import Control, User, agent_doc, lane_doc, require_root, task_doc
+from tests.security.security_support import (
+    Control,
+    agent_doc,
+    lane_doc,
+    require_root,
+    task_doc,
+)
+from tests.support.linux_users import User
 
 require_root()
 
@@ -106,7 +114,7 @@ def test_a_state_directory_someone_else_can_write_is_never_read(
         author.write(owned / ".reconciler" / "cache" / name, "", 0o644)
         (owned / ".reconciler" / "cache" / name).write_bytes(poisoned)  # content only
     # no --state: the default, <control>/.reconciler, the author's
-    theirs = {"RECONCILER_STATE": "", "RECONCILER_CONTROL": str(owned)}
+    theirs: dict[str, Any] = {"RECONCILER_STATE": "", "RECONCILER_CONTROL": str(owned)}
     for args in (("validate",), ("plan",), ("status",), ("apply", "--yes")):
         proc = control.cli(*args, cwd=owned, **theirs)
         assert proc.returncode == 1, (args, proc.stdout, proc.stderr)

@@ -16,16 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from security_support import (
+
+from tests.security.security_support import (
     Control,
     Daemon,
-    User,
     agent_doc,
     inotify_watches,
     lane_doc,
     require_root,
     task_doc,
 )
+from tests.support.linux_users import User
 
 require_root()
 
@@ -61,7 +62,7 @@ def test_a_lane_cannot_make_the_daemon_watch_outside_its_workspace(
     try:
         run_dir = a.home / "worktrees/.runs/task-a/1.1"
         pid_file = run_dir / "pid.json"
-        daemon.wait_for(pid_file.exists, 60, "the agent's start")
+        daemon.wait_for(pid_file.exists, "the agent's start", timeout=60)
         daemon.poke()
         # the live run's directory is watched — that one, not the tree above it
         watched = set(inotify_watches(daemon.proc.pid))
@@ -99,14 +100,14 @@ def test_an_agent_exit_in_a_lane_users_run_wakes_the_daemon_at_once(
     daemon = Daemon(control, "--interval", "300s")
     try:
         first = a.home / "worktrees/.runs/task-a/1.1/pid.json"
-        daemon.wait_for(first.exists, 60, "the agent's start")
+        daemon.wait_for(first.exists, "the agent's start", timeout=60)
         daemon.poke()
         record = json.loads(first.read_text())
         os.kill(record["agent_pid"], signal.SIGKILL)  # its supervisor records the exit
         woke = daemon.wait_for(
             lambda: [p for p in daemon.passes() if "run-exit" in p.get("reasons", {})],
-            60,
             "a pass woken by the agent's exit",
+            timeout=60,
         )
         assert woke
     finally:

@@ -14,26 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from linux_users import remove_user
-from ssh_support import (
+
+from tests.ssh.ssh_support import (
     Installed,
     Side,
     Sshd,
-    User,
     create_user,
     install_reconciler,
     make_remote_repo,
 )
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Nothing of the tests lands in root's ~/.ssh or ~/.config."""
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    return home
+from tests.support.linux_users import User, remove_user
 
 
 @pytest.fixture(scope="session")

@@ -25,11 +25,11 @@ import pytest
 
 from reconciler.manifests.models import LaneSpec
 from tests.support import linux_users
+from tests.support.git import commit_manifests
 from tests.support.linux_users import User
 
 SSHD = "/usr/sbin/sshd"
 LANE = "far"
-GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
 
 
 def require_root_and_sshd() -> None:
@@ -299,8 +299,6 @@ class Side:
     def control(self, spec: dict[str, Any], *, task: bool = False) -> Path:
         """A control repo with the lane (and an agent and a task on it when ``task``)."""
         control = self.root / "control"
-        (control / "manifests").mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "init", "-q", "-b", "main", str(control)], check=True)
         docs = [lane_manifest(LANE, spec)]
         if task:
             docs.append(
@@ -311,11 +309,7 @@ class Side:
                 '{"apiVersion": "reconciler/v1", "kind": "Task", "metadata": {"name": "t1"}, '
                 f'"spec": {{"lane": "{LANE}", "repo": "app", "agent": "sh", "prompt": "hi"}}}}'
             )
-        (control / "manifests" / "all.yaml").write_text("\n---\n".join(docs) + "\n")
-        subprocess.run(["git", "-C", str(control), "add", "-A"], check=True)
-        subprocess.run(
-            ["git", *GIT_ID, "-C", str(control), "commit", "-qm", "manifests"], check=True
-        )
+        commit_manifests(control, docs)
         return control
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -342,22 +336,7 @@ class Side:
     def commit_manifests(self, docs: list[str], message: str = "manifests") -> str:
         """Write ``docs`` as the control repo's only manifests and commit them (the repo is made
         on first use); returns the revision."""
-        control = self.root / "control"
-        if not (control / ".git").exists():
-            subprocess.run(["git", "init", "-q", "-b", "main", str(control)], check=True)
-        (control / "manifests").mkdir(parents=True, exist_ok=True)
-        (control / "manifests" / "all.yaml").write_text("\n---\n".join(docs) + "\n")
-        subprocess.run(["git", "-C", str(control), "add", "-A"], check=True)
-        subprocess.run(
-            ["git", *GIT_ID, "-C", str(control), "commit", "-qm", message, "--allow-empty"],
-            check=True,
-        )
-        return subprocess.run(
-            ["git", "-C", str(control), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        return commit_manifests(self.root / "control", docs, message)
 
 
 def manifest(kind: str, name: str, spec: dict[str, Any]) -> str:

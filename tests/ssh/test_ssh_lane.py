@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ssh_support import LANE, Side, Sshd, install_authorized_keys, require_root_and_sshd
 
 from reconciler.lanes import (
     InProcessTransport,
@@ -36,8 +35,11 @@ from reconciler.protocol import (
     RunObs,
     StartRunRequest,
     TaskRef,
+    WorkspaceResult,
     lane_pin,
 )
+from tests.ssh.ssh_support import LANE, Side, Sshd, install_authorized_keys, require_root_and_sshd
+from tests.support.waiting import wait_for
 
 require_root_and_sshd()
 
@@ -245,16 +247,18 @@ def ssh(transport: SshTransport, remote: list[str], stdin: str) -> subprocess.Co
 def test_from_restricts_where_the_key_may_log_in_from(side: Side) -> None:
     side.trust()
     batch = lane_batch(side)
-    line = authorize(side, **{"from": "10.9.9.9"})
+    elsewhere: dict[str, Any] = {"from": "10.9.9.9"}  # `from` is a keyword
+    line = authorize(side, **elsewhere)
     assert ',from="10.9.9.9" ssh-ed25519 ' in line
-    spec = side.lane_spec(**{"from": "10.9.9.9"})
+    spec = side.lane_spec(**elsewhere)
     with pytest.raises(LaneUnavailable) as info:
         SshTransport(LANE, spec).exchange(batch)
     message = str(info.value)
     assert "refused the key" in message and f"`reconciler keys authorize {LANE}`" in message
     # The same key with the right address gets in: from= was the reason.
-    authorize(side, **{"from": "127.0.0.1"})
-    result = SshTransport(LANE, side.lane_spec(**{"from": "127.0.0.1"})).exchange(batch)
+    here: dict[str, Any] = {"from": "127.0.0.1"}
+    authorize(side, **here)
+    result = SshTransport(LANE, side.lane_spec(**here)).exchange(batch)
     assert all(r.ok for r in result.responses)
 
 
@@ -355,6 +359,8 @@ def test_keys_scan_shows_the_fingerprint_and_trusts_only_when_told(side: Side) -
 
 # ------------------------------------------------------------------------------------ runs
 
+WAIT_FOR_RELEASE = "while [ ! -e release ]; do sleep 0.1; done; echo DONE"
+
 
 def test_a_run_started_over_ssh_outlives_the_session_and_is_observed_to_its_end(
     side: Side,
@@ -374,11 +380,10 @@ def test_a_run_started_over_ssh_outlives_the_session_and_is_observed_to_its_end(
         iteration=1,
         generation="g1",
         prompt="hello",
-        agent=AgentRef(kind="command", command=["/bin/sh", "-c", "sleep 2; echo DONE"]),
+        # The agent ends only once released, after the session that started it returned.
+        agent=AgentRef(kind="command", command=["/bin/sh", "-c", WAIT_FOR_RELEASE]),
     )
-    began = time.monotonic()
     started = transport.exchange(Batch(requests=[start]))
-    assert time.monotonic() - began < 2, "the ssh session waited for the agent"
     run = RunObs.model_validate(started.responses[0].result)
     assert run.alive and run.supervisor is not None
     # The session is closed; the run goes on, as the lane user.
@@ -388,16 +393,15 @@ def test_a_run_started_over_ssh_outlives_the_session_and_is_observed_to_its_end(
     (seen,) = [r for r in observed.runs if r.task == "detached"]
     assert seen.alive and seen.exit is None
     assert Path(seen.run_dir).stat().st_uid == side.user.uid
-    deadline = time.monotonic() + 30
-    while True:
-        observed = ObserveResult.model_validate(
-            transport.exchange(Batch(requests=[ObserveRequest(lane=ref, inspect=["detached/1.1"])]))
-            .responses[0]
-            .result
-        )
-        (seen,) = [r for r in observed.runs if r.task == "detached"]
-        if seen.exit is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    workspace = WorkspaceResult.model_validate(prepared.responses[0].result).path
+    (Path(workspace) / "release").touch()
+
+    def ended() -> RunObs | None:
+        inspect = ObserveRequest(lane=ref, inspect=["detached/1.1"])
+        result = transport.exchange(Batch(requests=[inspect])).responses[0].result
+        (seen,) = [r for r in ObserveResult.model_validate(result).runs if r.task == "detached"]
+        return seen if seen.exit is not None else None
+
+    seen = wait_for(ended, "the detached run's end", timeout=30, every=0.5)
     assert seen.exit is not None and seen.exit.exit_code == 0, seen
     assert seen.result is not None and seen.result.final_text == "DONE\n"

@@ -29,21 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ssh_support import (
-    GIT_ID,
-    LANE,
-    LaneProcess,
-    Side,
-    Sshd,
-    install_authorized_keys,
-    kill_lane_processes,
-    lane_agents,
-    lane_processes,
-    make_remote_repo,
-    manifest,
-    require_root_and_sshd,
-    stable_port,
-)
 
 from reconciler.engine import Context, Engine, PassResult
 from reconciler.lanes import lane_ref
@@ -62,6 +47,21 @@ from reconciler.protocol import (
     lane_pin,
 )
 from reconciler.state import Store
+from tests.ssh.ssh_support import (
+    LANE,
+    LaneProcess,
+    Side,
+    Sshd,
+    install_authorized_keys,
+    kill_lane_processes,
+    lane_agents,
+    lane_processes,
+    make_remote_repo,
+    manifest,
+    require_root_and_sshd,
+    stable_port,
+)
+from tests.support.git import GIT_ID
 
 require_root_and_sshd()
 
@@ -254,7 +254,9 @@ class Remote:
         desired = engine.load()
         with engine.locked(None) as store:
             result = engine.apply(desired, store)
-        assert result.report is not None and result.report.ok, result.report.failed
+        report = result.report
+        assert report is not None
+        assert report.ok, report.failed
         return result
 
     def converge(self, timeout: float = 60) -> PassResult:

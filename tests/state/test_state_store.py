@@ -127,8 +127,9 @@ def test_an_older_database_is_migrated_by_a_writer_and_named_to_readers(
         assert migrated.runs()[0].turns == 3
         with migrated.transaction() as tx:  # the held action of a task (schema 4)
             tx.update_task("t", failed_action="open-pr", failed_message="no", failed_count=2)
-        assert migrated.task("t") is not None
-        assert (migrated.task("t").failed_action, migrated.task("t").failed_count) == (
+        row = migrated.task("t")
+        assert row is not None
+        assert (row.failed_action, row.failed_count) == (
             "open-pr",
             2,
         )

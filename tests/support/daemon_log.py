@@ -10,9 +10,12 @@ import json
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+from tests.support.waiting import wait_for
+
+T = TypeVar("T")
 
 
 class RunLog:
@@ -40,23 +43,27 @@ class RunLog:
     def passes(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("event") == "pass" and "number" in r]
 
-    def wait_for(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
-        """Poll ``probe`` until it returns something true; fail with the log's tail."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait_for(self, probe: Callable[[], T | None], what: str, *, timeout: float) -> T:
+        """Poll ``probe`` until it returns something true, while the daemon runs; a failure
+        names ``what`` and shows the log's tail."""
+
+        def running_probe() -> T | None:
             found = probe()
-            if found:
-                return found
-            assert self.proc.poll() is None, f"the daemon exited: {self.stderr()}"
-            time.sleep(0.05)
-        raise AssertionError(f"{what} did not happen in {timeout}s; log: {self.records[-8:]}")
+            assert found or self.proc.poll() is None, f"the daemon exited: {self.stderr()}"
+            return found
+
+        return wait_for(
+            running_probe, what, timeout=timeout, every=0.05, details=lambda: self.records[-8:]
+        )
 
     def poke(self) -> int:
         """A pass now (SIGHUP), waited for; the number of passes logged."""
-        self.wait_for(self.passes, 60, "the first pass")  # one under way ends before the poke's
+        self.wait_for(
+            self.passes, "the first pass", timeout=60
+        )  # one under way ends before the poke's
         before = len(self.passes())
         self.proc.send_signal(signal.SIGHUP)
-        self.wait_for(lambda: len(self.passes()) > before, 60, "the poked pass")
+        self.wait_for(lambda: len(self.passes()) > before, "the poked pass", timeout=60)
         return len(self.passes())
 
     def stderr(self) -> str:

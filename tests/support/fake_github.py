@@ -16,6 +16,7 @@ import json
 import re
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,7 +237,7 @@ class FakeGitHub:
         query = dict(re.findall(r"([a-z_]+)=([^&]*)", request.path_url.split("?", 1)[-1]))
         items = self.pulls
         if "head" in query:
-            head = requests.utils.unquote(query["head"])
+            head = urllib.parse.unquote(query["head"])
             assert head.startswith(f"{self.owner}:"), "the head filter needs the owner prefix"
             items = [p for p in items if p["head"]["label"] == head]
         per_page = int(query.get("per_page", "30"))

@@ -27,9 +27,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import reconciler
+from tests.support.git import GIT_ID
 
 PYTHON = "/usr/bin/python3"  # a Python every user can run
-GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
 WRITE_STDIN = "import sys; open(sys.argv[1], 'w').write(sys.stdin.read())"
 
 

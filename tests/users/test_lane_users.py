@@ -19,22 +19,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from linux_users import agent_python, shared_python, shared_tempdir
 
 from reconciler.engine import Context, Engine
 from reconciler.lanes import LaneUnavailable, local_user
+from tests.support.git import GIT_ID, commit_all, git
+from tests.support.linux_users import agent_python, shared_python, shared_tempdir
 
 if os.geteuid() != 0:
     pytest.skip("lane users need root to create users and switch to them", allow_module_level=True)
 if not (shutil.which("setpriv") and shutil.which("useradd")):
     pytest.skip("lane users need setpriv and useradd (util-linux, passwd)", allow_module_level=True)
 
-GIT_ID = ["-c", "user.name=Lane", "-c", "user.email=lane@example.com"]
-
 PROBE = """
 import json, os, subprocess, sys, time
 sys.stdin.read()
-began = time.time()
 other = os.environ["OTHER_HOME"]
 probe = {}
 for path in (other + "/.config/reconciler/github-token", other + "/worktrees", other + "/worktrees/.runs"):
@@ -43,16 +41,24 @@ for path in (other + "/.config/reconciler/github-token", other + "/worktrees", o
         probe[path] = "read"
     except PermissionError:
         probe[path] = "denied"
-time.sleep(1.5)  # long enough for the other lane's agent to run at the same time
+# A barrier: say "here" and wait for the other lane's agent to say so too. Both get past it
+# only if both ran at the same time; alone, the agent gives up and the run fails.
+barrier = os.environ["BARRIER"]
+open(os.path.join(barrier, os.environ["USER"]), "w").close()
+met = False
+for _ in range(1200):
+    if os.path.exists(os.path.join(barrier, os.environ["OTHER_USER"])):
+        met = True
+        break
+    time.sleep(0.05)
 with open("work.txt", "w") as f:
     f.write("done\\n")
 subprocess.run(["git", *GIT_ID, "add", "-A"], check=True)
 subprocess.run(["git", *GIT_ID, "commit", "-qm", "work"], check=True)
-record = {"uid": os.getuid(), "env": dict(os.environ), "probe": probe,
-          "began": began, "ended": time.time()}
+record = {"uid": os.getuid(), "env": dict(os.environ), "probe": probe, "met": met}
 with open(os.path.join(os.environ["RECONCILER_RUN_DIR"], "probe.json"), "w") as f:
     json.dump(record, f)
-print("DONE")
+print("DONE" if met else "the other lane's agent never came")
 """
 
 
@@ -130,7 +136,7 @@ def lane_home(user: str) -> Path:
     return home
 
 
-def manifests(control: Path, users: list[str], agent: Path) -> None:
+def manifests(control: Path, users: list[str], agent: Path, barrier: Path) -> None:
     docs = []
     for user, other in (users, users[::-1]):
         docs.append(
@@ -141,7 +147,11 @@ def manifests(control: Path, users: list[str], agent: Path) -> None:
                     "user": user,
                     "maxConcurrency": 1,
                     "workspaceRoot": "~/worktrees",
-                    "env": {"OTHER_HOME": pwd.getpwnam(other).pw_dir},
+                    "env": {
+                        "OTHER_HOME": pwd.getpwnam(other).pw_dir,
+                        "OTHER_USER": other,
+                        "BARRIER": str(barrier),
+                    },
                     "credentials": {"github": "~/.config/reconciler/github-token"},
                     "repos": [{"name": "app", "checkout": "~/src/app", "forge": {"kind": "local"}}],
                 },
@@ -170,9 +180,8 @@ def manifests(control: Path, users: list[str], agent: Path) -> None:
     text = "\n---\n".join(json.dumps({"apiVersion": "reconciler/v1", **d}) for d in docs)
     (control / "manifests").mkdir(parents=True)
     (control / "manifests" / "all.yaml").write_text(text + "\n", encoding="utf-8")
-    subprocess.run(["git", "init", "-q", "-b", "main", str(control)], check=True)
-    subprocess.run(["git", *GIT_ID, "-C", str(control), "add", "-A"], check=True)
-    subprocess.run(["git", *GIT_ID, "-C", str(control), "commit", "-qm", "lanes"], check=True)
+    git(control, "init", "-q", "-b", "main")
+    commit_all(control, "lanes")
 
 
 def converge(engine: Engine, passes: int = 60) -> None:
@@ -180,7 +189,9 @@ def converge(engine: Engine, passes: int = 60) -> None:
         desired = engine.load()
         with engine.locked(None) as store:
             result = engine.apply(desired, store)
-        assert result.report is not None and result.report.ok, result.report.failed
+        report = result.report
+        assert report is not None
+        assert report.ok, report.failed
         assert not result.plan.blocked, result.plan.blocked
         phases = {t.phase.value for t in result.plan.tasks}
         if result.plan.empty and not phases & {"pending", "queued", "running", "backoff"}:
@@ -200,20 +211,23 @@ def test_each_lane_runs_as_its_user_and_cannot_reach_the_other(
     agent.write_text(f"GIT_ID = {GIT_ID!r}\n" + textwrap.dedent(PROBE), encoding="utf-8")
     agent.chmod(0o755)
     homes = {user: lane_home(user) for user in users}
-    manifests(tmp_path / "control", users, agent)
+    barrier = shared / "barrier"
+    barrier.mkdir()
+    barrier.chmod(0o1777)  # both lane users leave their marker here
+    manifests(tmp_path / "control", users, agent, barrier)
     # The reconciler's own secrets must never reach an agent.
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-reconciler-own-key")
     monkeypatch.setenv("GH_TOKEN", "ghp_reconciler_own_token")
     engine = Engine(Context(control=str(tmp_path / "control"), state_dir=tmp_path / "state"))
     converge(engine)
 
-    records = {}
     for user in users:
         uid = pwd.getpwnam(user).pw_uid
         home = homes[user]
         run_dir = home / "worktrees/.runs" / f"task-{user}" / "1.1"
         record = json.loads((run_dir / "probe.json").read_text())
-        records[user] = record
+        # the first run of each lane met the other lane's at the barrier: they ran at once
+        assert record["met"], f"{user}'s agent waited alone at the barrier"
         # the agent ran as the lane user, in files owned by the lane user, private to them
         assert record["uid"] == uid
         assert (home / "worktrees").stat().st_uid == uid
@@ -244,9 +258,6 @@ def test_each_lane_runs_as_its_user_and_cannot_reach_the_other(
         assert "sk-ant-reconciler-own-key" not in json.dumps(env)
         recorded = json.loads((run_dir / "env.json").read_text())
         assert "FROM_PROFILE" in json.dumps(recorded) and "ANTHROPIC_API_KEY" not in recorded
-    # the two lanes' agents ran at the same time
-    a, b = (records[u] for u in users)
-    assert a["began"] < b["ended"] and b["began"] < a["ended"]
 
 
 def test_an_installation_the_lane_user_cannot_reach_is_named_with_the_fix(

@@ -10,7 +10,7 @@ check whose output says ``@write fixed.txt`` therefore steers the next iteration
 test steers a real model.
 """
 
-from model_api.brain import Conversation, Shell, Text, decide
-from model_api.server import ModelServer
+from tests.support.model_api.brain import Conversation, Shell, Text, decide
+from tests.support.model_api.server import ModelServer
 
 __all__ = ["Conversation", "ModelServer", "Shell", "Text", "decide"]

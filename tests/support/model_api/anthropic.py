@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from model_api.brain import Conversation, Shell, decide
-from model_api.server import Exchange, Request
+from tests.support.model_api.brain import Conversation, Shell, decide
+from tests.support.model_api.server import Exchange, Request
 
 SHELL_TOOL = "Bash"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from model_api.brain import Conversation, Shell, decide
-from model_api.server import Exchange, Request
+from tests.support.model_api.brain import Conversation, Shell, decide
+from tests.support.model_api.server import Exchange, Request
 
 SHELL_TOOL = "run_shell_command"
 PATH = re.compile(r"^/v1(?:beta|alpha)?/models/([^/:?]+):([A-Za-z]+)")

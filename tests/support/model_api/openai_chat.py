@@ -19,8 +19,8 @@ import re
 import time
 from typing import Any
 
-from model_api.brain import Conversation, Shell, decide, file_content
-from model_api.server import Exchange, Request
+from tests.support.model_api.brain import Conversation, Shell, decide, file_content
+from tests.support.model_api.server import Exchange, Request
 
 FENCE = "```"
 # A file listing of the whole edit format: a file name alone on its line, then a fence.
@@ -129,7 +129,7 @@ def answer(exchange: Exchange) -> None:
         }
         return (None, event)
 
-    events = [
+    events: list[tuple[str | None, object]] = [
         chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]),
         chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}]),
         chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]),

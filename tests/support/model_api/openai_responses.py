@@ -20,8 +20,8 @@ import json
 import time
 from typing import Any
 
-from model_api.brain import Conversation, Shell, decide
-from model_api.server import Exchange, Request
+from tests.support.model_api.brain import Conversation, Shell, decide
+from tests.support.model_api.server import Exchange, Request
 
 # The code-mode tool of Codex and the nested tool its script calls.
 CODE_TOOL = "exec"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from model_api.server import Request, Route
+from tests.support.model_api.server import Request, Route
 
 _MODULES: list[tuple[Callable[[Request], bool], Route]] = []
 
@@ -25,9 +25,9 @@ def _load() -> None:
 
     for name in ("anthropic", "openai_responses", "openai_chat", "gemini"):
         try:
-            module = importlib.import_module(f"model_api.{name}")
+            module = importlib.import_module(f"tests.support.model_api.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"model_api.{name}":
+            if exc.name != f"tests.support.model_api.{name}":
                 raise
             continue  # a provider not written yet
         register(module.matches, module.answer)

@@ -56,6 +56,7 @@ class ModelServer:
     def url(self) -> str:
         assert self._httpd is not None, "the server is not started"
         host, port = self._httpd.server_address[:2]
+        assert isinstance(host, str)  # an IP address, not a socket path
         return f"http://{host}:{port}"
 
     def next_id(self, prefix: str) -> str:
@@ -69,7 +70,7 @@ class ModelServer:
             return [r for r in self.requests if r.method == "POST" and fragment in r.path]
 
     def __enter__(self) -> ModelServer:
-        from model_api import routes  # the provider modules register themselves there
+        from tests.support.model_api import routes  # the provider modules register themselves there
 
         server = self
 
