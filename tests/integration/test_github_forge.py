@@ -31,7 +31,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
     """The forge's waits (write spacing, retries) are virtual: nothing sleeps for real."""
     fake = VirtualTime()
     monkeypatch.setattr(
-        forge_github, "TIME", forge_github.Time(clock=fake.clock, sleep=fake.sleep, wall=fake.wall)
+        forge_github, "TIME", github_http.Time(clock=fake.clock, sleep=fake.sleep, wall=fake.wall)
     )
     return fake
 

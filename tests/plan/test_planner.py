@@ -1091,7 +1091,7 @@ def test_every_status_carries_a_reason_code_a_script_can_match() -> None:
         ("paused", task_spec(paused=True)),
         lanes={"web": lane(slots=9)},
     )
-    ok = {"exit": exited(0), "result": ok_result(), "commits_ahead": 1}
+    ok: dict[str, Any] = {"exit": exited(0), "result": ok_result(), "commits_ahead": 1}
     runs = {
         "live": [run(d, "live", alive=True)],
         "quiet": [run(d, "quiet", alive=True, last_output_at=NOW - 301)],
@@ -1139,7 +1139,12 @@ def test_every_status_carries_a_reason_code_a_script_can_match() -> None:
 
 def test_conditions_are_four_standing_ones_plus_the_pr_and_agree_with_the_phase() -> None:
     d = desired(("review", task_spec()), ("dep", task_spec(dependsOn=["zzz"])))
-    ok = {"exit": exited(0), "result": ok_result(), "commits_ahead": 1, "outcome": "succeeded"}
+    ok: dict[str, Any] = {
+        "exit": exited(0),
+        "result": ok_result(),
+        "commits_ahead": 1,
+        "outcome": "succeeded",
+    }
     repo = RepoView(
         prs={"agent/review": pr(2, task="review")},
         branches={"agent/review": "a"},
