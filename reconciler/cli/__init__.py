@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from reconciler import __version__, safefile
+from reconciler.cli import hooks
 from reconciler.cli import state as state_cli
 from reconciler.cli.render import (
     Painter,
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_converging(command)
     _add_reading(command)
-    _add_hook(command, common)
+    hooks.add_parser(command, common)
     _add_pr(command, common)
     _add_keys(command, common)
     p = command("node", "serve one batch of lane requests: JSON on stdin, JSON on stdout")
@@ -190,19 +191,6 @@ def _add_reading(command: Command) -> None:
     command("doctor", "pre-flight checks of every lane, as a table")
     p = command("schema", "write the JSON Schemas of the manifest kinds")
     p.add_argument("--out", type=Path, default=Path("schemas"))
-
-
-def _add_hook(command: Command, common: argparse.ArgumentParser) -> None:
-    p = command("hook", "git hooks of a control repository")
-    hooksub = p.add_subparsers(dest="hook_command", metavar="ACTION", required=True)
-    h = hooksub.add_parser(
-        "install",
-        help="install a post-receive hook in a bare control repository that pokes `run`",
-        parents=[common],
-    )
-    h.add_argument(
-        "--repo", dest="bare", type=Path, help="the bare repository (default: --control)"
-    )
 
 
 def _add_pr(command: Command, common: argparse.ArgumentParser) -> None:
@@ -915,52 +903,6 @@ def _keys_scan(
     return EXIT_OK
 
 
-HOOK = """#!/bin/sh
-# Installed by `reconciler hook install`: a push to this control repository asks the running
-# `reconciler run` for a pass now, or runs one `apply` pass (in the background, under the
-# state lock) when none runs. The push itself never waits for agents.
-{exe} poke --or-apply --control {control} --state {state} >>{log} 2>&1 </dev/null &
-exit 0
-"""
-
-
-def cmd_hook(engine: Engine, args: argparse.Namespace) -> int:
-    import shlex
-
-    bare = (args.bare or Path(engine.ctx.control)).expanduser().resolve()
-    hooks = bare / "hooks"
-    if not (bare / "HEAD").is_file() or not (bare / "objects").is_dir() or (bare / ".git").exists():
-        raise UserError(
-            f"{bare} is not a bare git repository; give the repository people push to "
-            "(git init --bare) with --repo, or as --control"
-        )
-    # this very installation: the script beside the interpreter, else the module
-    beside = os.path.join(os.path.dirname(sys.executable), "reconciler")
-    exe = (
-        shlex.quote(beside)
-        if os.path.isfile(beside)
-        else f"{shlex.quote(sys.executable)} -m reconciler"
-    )
-    state = engine.state_dir
-    text = HOOK.format(
-        exe=exe,
-        control=shlex.quote(str(bare)),
-        state=shlex.quote(str(state)),
-        log=shlex.quote(str(state / "hook.log")),
-    )
-    hooks.mkdir(exist_ok=True)
-    target = hooks / "post-receive"
-    if target.exists() and "reconciler hook install" not in target.read_text(errors="replace"):
-        raise UserError(
-            f"{target} exists and was not installed by reconciler; merge this into it by hand:\n"
-            + text
-        )
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    safefile.write_atomic(target, text.encode(), 0o755)
-    print(f"installed {target}: a push pokes the reconciler using state {state}")
-    return EXIT_OK
-
-
 COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "policy": cmd_policy,
@@ -968,7 +910,7 @@ COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "apply": cmd_apply,
     "run": cmd_run,
     "poke": cmd_poke,
-    "hook": cmd_hook,
+    "hook": hooks.cmd_hook,
     "status": cmd_status,
     "describe": cmd_describe,
     "logs": cmd_logs,

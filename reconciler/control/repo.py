@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Literal
 
@@ -29,7 +29,13 @@ from reconciler.gitenv import git_env
 from reconciler.manifests.loader import MAX_FILE_SIZE, SourceFile, safe_relpath
 from reconciler.redact import redact
 
-Kind = Literal["worktree", "directory", "mirror"]
+Kind = Literal["worktree", "directory", "mirror", "incoming"]
+# What git tells a pre-receive hook about the objects of a push it has not accepted yet.
+QUARANTINE_VARS = (
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_QUARANTINE_PATH",
+)
 
 MANIFESTS_DIR = "manifests"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -67,6 +73,7 @@ class ControlRepo:
         self._listing: tuple[str, dict[str, SourceFile]] = ("", {})
         self.fetch_error: str | None = None
         self._disk: dict[str, bytes] = {}
+        self._env: dict[str, str] = {}  # git's location variables this repo keeps
 
     # ------------------------------------------------------------------------------- opening
 
@@ -96,6 +103,21 @@ class ControlRepo:
                 return cls._mirror(str(path), state_dir, fetch=fetch)
             return cls(path, "directory", text)
         return cls._mirror(text, state_dir, fetch=fetch)
+
+    @classmethod
+    def incoming(cls, bare: Path) -> ControlRepo:
+        """A bare repository as its pre-receive hook sees it: the pushed objects git holds in
+        quarantine until the hook accepts them stay readable (every other reading drops git's
+        location variables). Read in place, never mirrored."""
+        if not _is_bare(bare):
+            raise ControlError(f"{bare} is not a bare git repository")
+        repo = cls(bare, "incoming", str(bare))
+        repo._env = {k: os.environ[k] for k in QUARANTINE_VARS if k in os.environ}
+        return repo
+
+    def followed_ref(self) -> str:
+        """The branch the reconciler reads (HEAD's), e.g. ``refs/heads/main``."""
+        return self._git("symbolic-ref", "--quiet", "HEAD", check=False).strip()
 
     @classmethod
     def _mirrored(cls, url: str, state_dir: Path) -> bool:
@@ -212,7 +234,7 @@ class ControlRepo:
             return _DiskReader(self.root, self._disk)
         rev = rev or self.revision()
         listing = self._listing[1] if self._listing[0] == rev else {}
-        return _GitReader(self._git_argv(), rev, listing)
+        return _GitReader(self._git_argv(), rev, listing, self._env)
 
     def _disk_files(self) -> list[SourceFile]:
         if self.kind == "mirror":
@@ -249,7 +271,7 @@ class ControlRepo:
     # ----------------------------------------------------------------------------------- git
 
     def _git_argv(self) -> list[str]:
-        if self.kind == "mirror":
+        if self.kind in ("mirror", "incoming"):
             return ["git", f"--git-dir={self.root}"]
         return ["git", "-C", str(self.root)]
 
@@ -264,6 +286,7 @@ class ControlRepo:
             check=check,
             timeout=timeout,
             what=f"reading the control repository {self.source} (git {args[0]})",
+            env=self._env,
         )
 
 
@@ -279,14 +302,19 @@ def _is_bare(path: Path) -> bool:
 
 
 def _run(
-    argv: list[str], *, check: bool = True, timeout: float = _LOCAL_TIMEOUT, what: str
+    argv: list[str],
+    *,
+    check: bool = True,
+    timeout: float = _LOCAL_TIMEOUT,
+    what: str,
+    env: Mapping[str, str] | None = None,
 ) -> bytes:
     try:
         proc = subprocess.run(
             argv,
             stdin=subprocess.DEVNULL,
             capture_output=True,
-            env=git_env(),
+            env=git_env(env),
             timeout=timeout,
             check=False,
         )
@@ -340,8 +368,15 @@ class _GitReader:
     _BATCH_FILES = 256  # names per write: well under a pipe buffer (64 KiB), so no deadlock
     _BATCH_BYTES = 8 << 20  # content held in memory at once
 
-    def __init__(self, git: list[str], rev: str, listing: dict[str, SourceFile]) -> None:
+    def __init__(
+        self,
+        git: list[str],
+        rev: str,
+        listing: dict[str, SourceFile],
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self._git = git
+        self._env = env
         self._rev = rev
         self._listing = listing
         self._plan: list[str] = []
@@ -428,7 +463,7 @@ class _GitReader:
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
-                    env=git_env(),
+                    env=git_env(self._env),
                 )
             except FileNotFoundError as exc:
                 raise ControlError("git is not installed (or not on PATH)") from exc
