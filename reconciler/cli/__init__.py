@@ -54,7 +54,7 @@ from reconciler.protocol import (
     ReadLogRequest,
 )
 from reconciler.redact import redact, secrets_of_url
-from reconciler.state import LockHeld, RunRow, StateError, Store, state_dir_problem
+from reconciler.state import LockHeld, Run, StateError, Store, state_dir_problem
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_LOCKED = 0, 1, 2, 75
 
@@ -655,7 +655,7 @@ def _print_summary(status: TaskStatus | None, task: Task | None) -> None:
         )
 
 
-def _run_row(r: RunRow) -> list[str]:
+def _run_row(r: Run) -> list[str]:
     """One run as describe's table shows it."""
     ended = "-" if r.ended_at is None else time.strftime("%H:%M:%S", time.gmtime(r.ended_at))
     exit_ = (

@@ -1,6 +1,7 @@
 """The state database: the reconciler holding the state lock is the only writer of state.
 
-SQLite in WAL mode at ``<state_dir>/state.db``. Rows are frozen dataclasses; the mapping between
+SQLite in WAL mode at ``<state_dir>/state.db``. Rows are frozen dataclasses (a run's is the one run
+model, ``reconciler.record.Run``, that observation and apply share); the mapping between
 rows and dataclasses is derived once from ``dataclasses.fields`` (``_Table``), so the columns are
 spelt out only in the schema DDL (checked against the dataclasses when a writer opens the store).
 
@@ -37,6 +38,7 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 from reconciler import safefile
+from reconciler.record import Run
 from reconciler.redact import redact
 from reconciler.state.damage import StateError, damaged, raise_named
 
@@ -68,40 +70,6 @@ class TaskRow:
     failed_message: str | None = None
     failed_at: float | None = None
     failed_count: int = 0
-
-
-@dataclass(frozen=True)
-class RunRow:
-    """One agent run: ``(task, attempt, iteration)``; ``pid``/``boot_id``/``start_time`` fingerprint
-    the process. ``outcome`` is succeeded|failed|crashed|stalled|stopped; ``mark`` is
-    crashed|stalled|stopped when the reconciler (not the run) decided its fate."""
-
-    task: str
-    attempt: int
-    iteration: int
-    generation: str
-    lane: str
-    repo: str
-    run_dir: str
-    started_at: float
-    ended_at: float | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    outcome: str | None = None
-    mark: str | None = None
-    marked_at: float | None = None
-    session_id: str | None = None
-    cost_usd: float | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    pid: int | None = None
-    boot_id: str | None = None
-    start_time: int | None = None
-    failures: str | None = None  # why the run failed its success criteria, one per line
-    progress_offset: int | None = None  # where the agent's last own event ended in its output
-    progress_at: float | None = None  # when that offset last moved (the reconciler's clock)
-    turns: int | None = None  # model responses (so far, while the run goes on)
-    tool_calls: int | None = None  # tools, commands and edits the agent ran
 
 
 @dataclass(frozen=True)
@@ -261,7 +229,7 @@ class _Table(Generic[R]):
 
 
 _TASKS = _Table("tasks", TaskRow, ("name",))
-_RUNS = _Table("runs", RunRow, ("task", "attempt", "iteration"))
+_RUNS = _Table("runs", Run, ("task", "attempt", "iteration"))
 _EVENTS = _Table("events", EventRow, ("id",))
 _RUN_FAILURES = _RUNS.columns.index("failures")
 
@@ -394,7 +362,7 @@ class Store:
         rows = self._query(f"{_TASKS.select} WHERE name = ?", (name,))
         return _TASKS.load(rows[0]) if rows else None
 
-    def runs(self, task: str | None = None) -> list[RunRow]:
+    def runs(self, task: str | None = None) -> list[Run]:
         """Runs sorted by (task, attempt, iteration), optionally of one task only."""
         order = " ORDER BY task, attempt, iteration"
         if task is None:
@@ -565,7 +533,7 @@ class Transaction:
         """Remove a task and (by cascade) its runs; events stay. Absent task: no-op."""
         self._exec("DELETE FROM tasks WHERE name = ?", (name,))
 
-    def upsert_run(self, row: RunRow) -> None:
+    def upsert_run(self, row: Run) -> None:
         """Insert the run or replace all its fields (its task must exist)."""
         values = _RUNS.values(row)
         if row.failures:
@@ -714,7 +682,7 @@ __all__: list[str] = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "EventRow",
-    "RunRow",
+    "Run",
     "StateError",
     "Store",
     "TaskRow",

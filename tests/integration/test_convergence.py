@@ -489,3 +489,9 @@ def test_an_agent_whose_spend_crosses_the_budget_mid_run_is_stopped(world: World
     [run] = described["runs"]
     assert run["costUsd"] >= 0.1 and run["tokens"] >= 10_000, run
     assert run["turns"] >= 6 and run["toolCalls"] == 0, run  # one turn per message, no tools
+    from reconciler.state import Store
+
+    with Store.open_readonly(world.state) as store:
+        [recorded] = store.runs("spend")
+    # recorded while it ran, input and output apart: each message was 1000 in, 1000 out
+    assert recorded.input_tokens == recorded.output_tokens == run["tokens"] // 2, recorded

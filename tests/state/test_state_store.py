@@ -18,7 +18,7 @@ import pytest
 from reconciler.state import (
     SCHEMA_VERSION,
     EventRow,
-    RunRow,
+    Run,
     StateError,
     Store,
     TaskRow,
@@ -31,8 +31,8 @@ def task(name: str = "t", **kw: Any) -> TaskRow:
     return dataclasses.replace(TaskRow(name=name, lane="l", repo="r", first_seen=100.0), **kw)
 
 
-def run(name: str = "t", attempt: int = 1, iteration: int = 1, **kw: Any) -> RunRow:
-    base = RunRow(
+def run(name: str = "t", attempt: int = 1, iteration: int = 1, **kw: Any) -> Run:
+    base = Run(
         task=name,
         attempt=attempt,
         iteration=iteration,
@@ -77,7 +77,7 @@ def test_pragmas_on_the_writer_connection(store: Store) -> None:
 
 
 def test_columns_follow_the_dataclasses(store: Store) -> None:
-    for table, cls in (("tasks", TaskRow), ("runs", RunRow), ("events", EventRow)):
+    for table, cls in (("tasks", TaskRow), ("runs", Run), ("events", EventRow)):
         cols = [r[1] for r in store._conn.execute(f"PRAGMA table_info({table})")]
         assert cols == [f.name for f in dataclasses.fields(cls)]
 
