@@ -304,7 +304,6 @@ class Applier:
                 task.name,
                 lane=task.spec.lane,
                 repo=task.spec.repo,
-                removed_at=None,
                 generation=task.generation,
             )
 
@@ -314,8 +313,7 @@ class Applier:
         if task is not None:
             self.ensure_task_row(tx, task)
         elif self.store.task(name) is None:
-            now = self.clock()
-            tx.upsert_task(TaskRow(name=name, lane=lane, repo=repo, first_seen=now, removed_at=now))
+            tx.upsert_task(TaskRow(name=name, lane=lane, repo=repo, first_seen=self.clock()))
 
     def record_foreign(self, tx: Transaction) -> None:
         """Once each, on the victim task's log: what a lane reported of a task it does not own
@@ -357,7 +355,6 @@ class Applier:
             for views in self.observed.runs.values():
                 for view in views:
                     self.record_run(tx, view, known)
-            self.record_next_attempts(tx, plan)
             self.record_outcomes(tx, plan, known)
 
     def record_run(self, tx: Transaction, view: RunView, known: Mapping[RunKey, Run]) -> None:
@@ -388,13 +385,6 @@ class Applier:
             self.revision,
             self.clock(),
         )
-
-    def record_next_attempts(self, tx: Transaction, plan: Plan) -> None:
-        task_rows = self.store.tasks()  # again: rows may have been added in this transaction
-        for status in plan.tasks:
-            task_row = task_rows.get(status.name)
-            if task_row is not None and task_row.next_attempt_at != status.next_attempt_at:
-                tx.update_task(status.name, next_attempt_at=status.next_attempt_at)
 
     def record_outcomes(self, tx: Transaction, plan: Plan, known: Mapping[RunKey, Run]) -> None:
         """The planner's verdict on each run that ended, with its event."""
@@ -617,7 +607,7 @@ class Applier:
 
     def _record_pr(self, task: str, pr: PullRequest, created: bool) -> None:
         with self.store.transaction() as tx:
-            tx.update_task(task, pr_number=pr.number, pr_url=pr.url, pr_intent=False)
+            tx.update_task(task, pr_number=pr.number)
             verb = "opened" if created else "adopted"
             self.event(task, f"pr-{verb}", f"PR #{pr.number} {verb}: {pr.url}", tx)
         self.log(f"PR #{pr.number} {verb} for {task}")
@@ -628,7 +618,6 @@ class Applier:
         ref = self.task_ref(task.name)
         with self.store.transaction() as tx:
             self.ensure_task_row(tx, task)
-            tx.update_task(task.name, pr_intent=True)
             self.event(task.name, "pr-intent", f"opening a PR for {ref.branch}", tx)
         crash_point("after-pr-intent")
         self._push(lane, ref)
@@ -714,11 +703,8 @@ class Applier:
         ref = self.task_ref(action.task)
         removed = lane.one(RemoveWorkspaceRequest(lane=lane.ref, task=ref), RemovedResult)
         crash_point("after-cleanup")
-        with self.store.transaction() as tx:
-            if action.task not in self.desired.tasks and self.store.task(action.task):
-                tx.update_task(action.task, removed_at=self.clock())
-            if removed.removed:
-                self.event(action.task, "cleanup", f"removed the worktree; {ref.branch} kept", tx)
+        if removed.removed:
+            self.event(action.task, "cleanup", f"removed the worktree; {ref.branch} kept")
 
     def complete(self, action: Action) -> None:
         task = self.desired.tasks[action.task]

@@ -281,7 +281,6 @@ def _record(row: TaskRow) -> TaskRecord:
         done=row.done,
         done_generation=row.done_generation,
         pr_number=row.pr_number,
-        pr_intent=row.pr_intent,
         failed=FailedAction(
             kind=row.failed_action,
             message=row.failed_message or "",

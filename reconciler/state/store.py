@@ -50,7 +50,7 @@ DB_FILE = "state.db"
 
 @dataclass(frozen=True)
 class TaskRow:
-    """One task the reconciler knows of (also after it left the manifests: ``removed_at``)."""
+    """One task the reconciler knows of (also after it left the manifests)."""
 
     name: str
     lane: str
@@ -58,11 +58,7 @@ class TaskRow:
     first_seen: float
     done: bool = False
     done_generation: str | None = None
-    pr_number: int | None = None
-    pr_url: str | None = None
-    pr_intent: bool = False
-    next_attempt_at: float | None = None
-    removed_at: float | None = None
+    pr_number: int | None = None  # the PR it opened or adopted (the forge stays the authority)
     generation: str | None = None
     # the task's last action that failed for a reason that does not pass by itself (a PR the
     # forge refuses, a push rejected): its kind, its message, when, and how many times in a row
@@ -162,6 +158,31 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN failed_message TEXT;
     ALTER TABLE tasks ADD COLUMN failed_at REAL;
     ALTER TABLE tasks ADD COLUMN failed_count INTEGER NOT NULL DEFAULT 0;
+    """,
+    # Columns nothing read go: pr_url, pr_intent, next_attempt_at, removed_at. (The table is
+    # rebuilt, as SQLite before 3.35 cannot drop a column; migrations run with foreign keys off,
+    # so dropping the old table does not cascade to the runs.)
+    """
+    CREATE TABLE tasks_v5 (
+        name            TEXT PRIMARY KEY,
+        lane            TEXT NOT NULL,
+        repo            TEXT NOT NULL,
+        first_seen      REAL NOT NULL,
+        done            INTEGER NOT NULL DEFAULT 0,
+        done_generation TEXT,
+        pr_number       INTEGER,
+        generation      TEXT,
+        failed_action   TEXT,
+        failed_message  TEXT,
+        failed_at       REAL,
+        failed_count    INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO tasks_v5
+        SELECT name, lane, repo, first_seen, done, done_generation, pr_number, generation,
+               failed_action, failed_message, failed_at, failed_count
+        FROM tasks;
+    DROP TABLE tasks;
+    ALTER TABLE tasks_v5 RENAME TO tasks;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -609,6 +630,9 @@ def _too_new(path: Path | None, version: int) -> StateError:
 
 
 def _migrate(conn: sqlite3.Connection, path: Path | None) -> None:
+    """Take the database to this reconciler's schema in one transaction. Foreign keys are off
+    meanwhile (SQLite's way to rebuild a table) and checked before the commit."""
+    conn.execute("PRAGMA foreign_keys=OFF")  # outside a transaction, or it does nothing
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = _user_version(conn)
@@ -618,11 +642,16 @@ def _migrate(conn: sqlite3.Connection, path: Path | None) -> None:
             for statement in _statements(step):
                 conn.execute(statement)
         if version != SCHEMA_VERSION:
+            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise sqlite3.IntegrityError(f"foreign keys broken by the migration: {broken}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
 
 
 def _statements(script: str) -> Iterator[str]:
