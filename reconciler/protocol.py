@@ -158,7 +158,9 @@ class RunObs(Msg):
     output_bytes: int = 0
     last_output_at: float | None = None  # newest mtime of output, stderr and check logs
     progress_offset: int | None = None  # end of the agent's last own event in its output
-    tokens_so_far: int | None = None  # what a running agent's events report spending
+    # what a running agent's events report spending so far, input and output apart
+    input_tokens_so_far: int | None = None
+    output_tokens_so_far: int | None = None
     cost_so_far: float | None = None  # its cost so far, as reported or priced from its tokens
     turns_so_far: int | None = None  # model responses so far
     tool_calls_so_far: int | None = None  # tools, commands and edits it ran so far

@@ -53,7 +53,8 @@ from reconciler.protocol import (
     TaskRef,
     WorkspaceResult,
 )
-from reconciler.state import RunRow, StateError, Store, TaskRow, Transaction
+from reconciler.record import Run, RunKey
+from reconciler.state import StateError, Store, TaskRow, Transaction
 
 SESSION_NAMESPACE = uuid.UUID("6f1b1d3e-4c55-4d0e-9a57-2b6a4a0c9e01")
 STOP_GRACE = 5.0
@@ -303,7 +304,6 @@ class Applier:
                 task.name,
                 lane=task.spec.lane,
                 repo=task.spec.repo,
-                removed_at=None,
                 generation=task.generation,
             )
 
@@ -313,8 +313,7 @@ class Applier:
         if task is not None:
             self.ensure_task_row(tx, task)
         elif self.store.task(name) is None:
-            now = self.clock()
-            tx.upsert_task(TaskRow(name=name, lane=lane, repo=repo, first_seen=now, removed_at=now))
+            tx.upsert_task(TaskRow(name=name, lane=lane, repo=repo, first_seen=self.clock()))
 
     def record_foreign(self, tx: Transaction) -> None:
         """Once each, on the victim task's log: what a lane reported of a task it does not own
@@ -355,50 +354,39 @@ class Applier:
             self.forget_unstarted(tx)
             for views in self.observed.runs.values():
                 for view in views:
-                    row = known.get((view.task, view.attempt, view.iteration))
-                    if row is None and view.seen_by_lane:
-                        self.adopt(tx, view)
-                    fields = _run_fields(view, row)
-                    if fields:
-                        tx.update_run(view.task, view.attempt, view.iteration, **fields)
-            self.record_next_attempts(tx, plan)
+                    self.record_run(tx, view, known)
             self.record_outcomes(tx, plan, known)
 
-    def adopt(self, tx: Transaction, view: RunView) -> None:
+    def record_run(self, tx: Transaction, view: RunView, known: Mapping[RunKey, Run]) -> None:
+        """A run's record as observation brought it up to date: only what changed, and a run
+        its lane reports that state never recorded is adopted."""
+        run = view.record
+        if run is None:
+            return
+        before = known.get((run.task, run.attempt, run.iteration))
+        if before is None:
+            if view.seen_by_lane:
+                self.adopt(tx, run, alive=view.alive)
+            return
+        changes = run.changes(before)
+        if changes:
+            tx.update_run(run.task, run.attempt, run.iteration, **changes)
+
+    def adopt(self, tx: Transaction, run: Run, *, alive: bool) -> None:
         """A run its lane reports that state never recorded (a crash between spawn and record,
         a lost state directory): recorded from now on."""
-        self.ensure_any_task_row(tx, view.task, view.lane, view.repo)
-        tx.upsert_run(
-            RunRow(
-                task=view.task,
-                attempt=view.attempt,
-                iteration=view.iteration,
-                generation=view.generation,
-                lane=view.lane,
-                repo=view.repo,
-                run_dir=view.run_dir,
-                started_at=view.started_at,
-            )
-        )
+        self.ensure_any_task_row(tx, run.task, run.lane, run.repo)
+        tx.upsert_run(run)
         tx.add_event(
-            view.task,
+            run.task,
             "adopted",
-            f"found run {view.attempt}.{view.iteration} in the lane "
-            f"({'alive' if view.alive else 'ended'}) and adopted it",
+            f"found run {run.attempt}.{run.iteration} in the lane "
+            f"({'alive' if alive else 'ended'}) and adopted it",
             self.revision,
             self.clock(),
         )
 
-    def record_next_attempts(self, tx: Transaction, plan: Plan) -> None:
-        task_rows = self.store.tasks()  # again: rows may have been added in this transaction
-        for status in plan.tasks:
-            task_row = task_rows.get(status.name)
-            if task_row is not None and task_row.next_attempt_at != status.next_attempt_at:
-                tx.update_task(status.name, next_attempt_at=status.next_attempt_at)
-
-    def record_outcomes(
-        self, tx: Transaction, plan: Plan, known: Mapping[tuple[str, int, int], RunRow]
-    ) -> None:
+    def record_outcomes(self, tx: Transaction, plan: Plan, known: Mapping[RunKey, Run]) -> None:
         """The planner's verdict on each run that ended, with its event."""
         for outcome in plan.outcomes:
             if (outcome.task, outcome.attempt, outcome.iteration) not in known and not any(
@@ -443,7 +431,7 @@ class Applier:
         with self.store.transaction() as tx:
             self.ensure_task_row(tx, task)
             tx.upsert_run(
-                RunRow(
+                Run(
                     task=task.name,
                     attempt=action.attempt,
                     iteration=action.iteration,
@@ -619,7 +607,7 @@ class Applier:
 
     def _record_pr(self, task: str, pr: PullRequest, created: bool) -> None:
         with self.store.transaction() as tx:
-            tx.update_task(task, pr_number=pr.number, pr_url=pr.url, pr_intent=False)
+            tx.update_task(task, pr_number=pr.number)
             verb = "opened" if created else "adopted"
             self.event(task, f"pr-{verb}", f"PR #{pr.number} {verb}: {pr.url}", tx)
         self.log(f"PR #{pr.number} {verb} for {task}")
@@ -630,7 +618,6 @@ class Applier:
         ref = self.task_ref(task.name)
         with self.store.transaction() as tx:
             self.ensure_task_row(tx, task)
-            tx.update_task(task.name, pr_intent=True)
             self.event(task.name, "pr-intent", f"opening a PR for {ref.branch}", tx)
         crash_point("after-pr-intent")
         self._push(lane, ref)
@@ -716,11 +703,8 @@ class Applier:
         ref = self.task_ref(action.task)
         removed = lane.one(RemoveWorkspaceRequest(lane=lane.ref, task=ref), RemovedResult)
         crash_point("after-cleanup")
-        with self.store.transaction() as tx:
-            if action.task not in self.desired.tasks and self.store.task(action.task):
-                tx.update_task(action.task, removed_at=self.clock())
-            if removed.removed:
-                self.event(action.task, "cleanup", f"removed the worktree; {ref.branch} kept", tx)
+        if removed.removed:
+            self.event(action.task, "cleanup", f"removed the worktree; {ref.branch} kept")
 
     def complete(self, action: Action) -> None:
         task = self.desired.tasks[action.task]
@@ -737,47 +721,3 @@ class Applier:
 
 
 _STARTS = frozenset({ActionKind.START, ActionKind.RETRY, ActionKind.ITERATE})
-
-
-def _run_fields(view: RunView, row: RunRow | None) -> dict[str, object]:
-    """What state should learn of a run from its observation: where it runs, its end, its
-    progress and its spend, each only when it changed."""
-    fields: dict[str, object] = {}
-    if row is not None and not row.run_dir and view.run_dir:
-        fields["run_dir"] = view.run_dir  # spawned, but not recorded as such
-    if view.exit is not None and (row is None or row.ended_at is None):
-        fields.update(
-            ended_at=view.exit.ended_at, exit_code=view.exit.exit_code, signal=view.exit.signal
-        )
-    if view.progress_offset is not None and (
-        row is None or row.progress_offset != view.progress_offset
-    ):
-        fields.update(progress_offset=view.progress_offset, progress_at=view.last_progress_at)
-    spent = _spent(view, row)
-    if row is None or any(getattr(row, k) != v for k, v in spent.items()):
-        fields.update(spent)
-    return fields
-
-
-def _spent(view: RunView, row: RunRow | None) -> dict[str, object]:
-    result = view.result
-    if result is not None:
-        return {
-            "session_id": result.session_id or (row.session_id if row else None),
-            "cost_usd": result.cost_usd,
-            "input_tokens": result.input_tokens,
-            "output_tokens": result.output_tokens,
-            "turns": result.num_turns,
-            "tool_calls": result.tool_calls,
-        }
-    if view.alive and (view.cost_usd or view.tokens or view.turns):
-        # Spend so far, kept in case the run is stopped before its result is read (a budget
-        # stop, a pause): its cost stays counted.
-        return {
-            "cost_usd": view.cost_usd,
-            "input_tokens": view.tokens,  # a sum so far: no split yet
-            "output_tokens": 0,
-            "turns": view.turns,
-            "tool_calls": view.tool_calls,
-        }
-    return {}

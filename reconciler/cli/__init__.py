@@ -26,6 +26,7 @@ from reconciler.cli import state as state_cli
 from reconciler.cli.render import (
     Painter,
     err,
+    render_describe,
     render_plan,
     render_status,
     summary_line,
@@ -33,6 +34,7 @@ from reconciler.cli.render import (
     use_color,
     warn,
 )
+from reconciler.cli.report import DescribeReport, TaskReport, report_schemas
 from reconciler.cli.terminal import guarded, unguarded
 from reconciler.control import ControlError
 from reconciler.durations import parse_duration
@@ -40,10 +42,10 @@ from reconciler.engine import Context, Engine, UserError, plan_to_json, read_pla
 from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed
 from reconciler.lanes.policy import PolicyError, machine_facts, violations
 from reconciler.manifests.errors import ManifestErrors
-from reconciler.manifests.models import Desired, LaneSpec, SshTarget, Task
+from reconciler.manifests.models import Desired, LaneSpec, SshTarget
 from reconciler.manifests.policy import lane_violations
 from reconciler.manifests.schema import schema_documents
-from reconciler.plan import Plan, TaskStatus, branch_of
+from reconciler.plan import Plan, branch_of
 from reconciler.protocol import (
     ForgeCloseRequest,
     ForgeListRequest,
@@ -55,7 +57,7 @@ from reconciler.protocol import (
     ReadLogRequest,
 )
 from reconciler.redact import redact, secrets_of_url
-from reconciler.state import LockHeld, RunRow, StateError, Store, state_dir_problem
+from reconciler.state import LockHeld, StateError, Store, state_dir_problem
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_LOCKED = 0, 1, 2, 75
 
@@ -189,7 +191,7 @@ def _add_reading(command: Command) -> None:
     )
     p.add_argument("--run", help="ATTEMPT.ITERATION (default: the latest run)")
     command("doctor", "pre-flight checks of every lane, as a table")
-    p = command("schema", "write the JSON Schemas of the manifest kinds")
+    p = command("schema", "write the JSON Schemas of the manifest kinds and of describe --json")
     p.add_argument("--out", type=Path, default=Path("schemas"))
 
 
@@ -483,27 +485,8 @@ def _statuses(engine: Engine) -> tuple[Desired, Plan, Store]:
 def status_json(plan: Plan) -> dict[str, Any]:
     return {
         "revision": plan.revision,
-        "tasks": [_task_json(s) for s in plan.tasks],
+        "tasks": [TaskReport.of(s).to_json() for s in plan.tasks],
         "requeue": plan.requeue.to_json(plan.now) if plan.requeue else None,
-    }
-
-
-def _task_json(s: TaskStatus) -> dict[str, Any]:
-    return {
-        "name": s.name,
-        "phase": s.phase.value,
-        "lane": s.lane,
-        "repo": s.repo,
-        "branch": s.branch,
-        "attempt": s.attempt,
-        "iteration": s.iteration,
-        "reason": s.reason,
-        "reasonCode": s.why.value,
-        "conditions": [c.to_json() for c in s.conditions],
-        "pr": {"number": s.pr.number, "url": s.pr.url, "state": s.pr.state} if s.pr else None,
-        "nextAttemptAt": s.next_attempt_at,
-        "costUsd": s.cost_usd,
-        "tokens": s.tokens,
     }
 
 
@@ -565,105 +548,24 @@ def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
     try:
         status = next((s for s in plan.tasks if s.name == args.task), None)
         task = desired.tasks.get(args.task)
-        if status is None and task is None and store.task(args.task) is None:
-            raise UserError(f"no task named {args.task}; `reconciler status` lists the tasks")
-        runs = store.runs(args.task)
-        events = store.events(args.task, limit=30)
         row = store.task(args.task)
+        if status is None and task is None and row is None:
+            raise UserError(f"no task named {args.task}; `reconciler status` lists the tasks")
+        report = DescribeReport.of(
+            args.task,
+            status=status,
+            task=task,
+            row=row,
+            runs=store.runs(args.task),
+            events=store.events(args.task, limit=30),
+        )
     finally:
         store.close()
-    data: dict[str, Any] = {
-        "name": args.task,
-        "status": _task_json(status) if status else None,
-        "spec": task.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-        if task
-        else None,
-        "generation": task.generation if task else None,
-        "source": str(task.source) if task else None,
-        "firstSeen": row.first_seen if row else None,
-        "runs": [
-            {
-                "attempt": r.attempt,
-                "iteration": r.iteration,
-                "generation": r.generation,
-                "startedAt": r.started_at,
-                "endedAt": r.ended_at,
-                "exitCode": r.exit_code,
-                "signal": r.signal,
-                "outcome": r.outcome,
-                "failures": (r.failures or "").splitlines(),
-                "sessionId": r.session_id,
-                "costUsd": r.cost_usd,
-                "tokens": (r.input_tokens or 0) + (r.output_tokens or 0),
-                "turns": r.turns,
-                "toolCalls": r.tool_calls,
-                "runDir": r.run_dir,
-            }
-            for r in runs
-        ],
-        "events": [
-            {"at": e.at, "kind": e.kind, "message": e.message, "revision": e.revision}
-            for e in events
-        ],
-    }
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(report.to_json(), indent=2))
         return EXIT_OK
-    paint = Painter(use_color(sys.stdout))
-    print(paint(f"Task {args.task}", "bold"))
-    _print_summary(status, task)
-    if runs:
-        print()
-        head = ["RUN", "STARTED", "ENDED", "EXIT", "OUTCOME", "TURNS", "TOOLS", "TOKENS", "COST"]
-        sys.stdout.write(table([_run_row(r) for r in runs], [*head, "WHY"]))
-    if events:
-        print("\nEvents:")
-        for e in events:
-            stamp = time.strftime("%H:%M:%S", time.gmtime(e.at))
-            print(f"  {paint(stamp, 'dim')} {e.kind:<12} {e.message}")
+    sys.stdout.write(render_describe(report, Painter(use_color(sys.stdout))))
     return EXIT_OK
-
-
-def _print_summary(status: TaskStatus | None, task: Task | None) -> None:
-    """describe's head: where the task is and what it is."""
-    if status:
-        print(
-            f"  phase:      {status.phase.value}" + (f" — {status.reason}" if status.reason else "")
-        )
-        print(f"  lane/repo:  {status.lane}/{status.repo}, branch {status.branch}")
-        if status.pr:
-            print(f"  PR:         #{status.pr.number} ({status.pr.state}) {status.pr.url}")
-        print(f"  spend:      ${status.cost_usd:.2f}, {status.tokens} tokens")
-    if task:
-        print(f"  source:     {task.source} (generation {task.generation})")
-        spec = task.spec
-        print(
-            f"  agent:      {spec.agent}; {spec.max_iterations} iterations x "
-            f"{spec.max_attempts} attempts; priority {spec.priority}"
-        )
-
-
-def _run_row(r: RunRow) -> list[str]:
-    """One run as describe's table shows it."""
-    ended = "-" if r.ended_at is None else time.strftime("%H:%M:%S", time.gmtime(r.ended_at))
-    exit_ = (
-        "-"
-        if r.exit_code is None and r.signal is None
-        else (f"sig {r.signal}" if r.signal else str(r.exit_code))
-    )
-    tokens = (r.input_tokens or 0) + (r.output_tokens or 0)
-    return [
-        f"{r.attempt}.{r.iteration}",
-        time.strftime("%H:%M:%S", time.gmtime(r.started_at)),
-        ended,
-        exit_,
-        r.outcome or r.mark or ("ended" if r.ended_at else "running"),
-        str(r.turns) if r.turns is not None else "-",
-        str(r.tool_calls) if r.tool_calls is not None else "-",
-        str(tokens) if tokens else "-",
-        f"${r.cost_usd:.2f}" if r.cost_usd else "-",
-        "; ".join((r.failures or "").splitlines())[:80],
-    ]
 
 
 def _lane_of(engine: Engine, desired: Desired, task: str) -> LaneClient:
@@ -759,7 +661,7 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
 def cmd_schema(engine: Engine, args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in schema_documents().items():
+    for name, text in {**schema_documents(), **report_schemas()}.items():
         safefile.write_atomic(out / name, text.encode("utf-8"), 0o644)
         print(f"wrote {out / name}")
     return EXIT_OK

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TextIO
 
+from reconciler.cli.report import DescribeReport, RunReport
 from reconciler.cli.terminal import sgr, visible
 from reconciler.durations import format_duration
 from reconciler.plan import ActionKind, Phase, Plan, TaskStatus
@@ -147,6 +148,67 @@ def render_status(statuses: Sequence[TaskStatus], paint: Painter, ages: dict[str
             ]
         )
     return table(rows, ["TASK", "PHASE", "LANE", "RUN", "PR", "COST", "AGE", "REASON"])
+
+
+def render_describe(report: DescribeReport, paint: Painter) -> str:
+    """``describe``'s text: the task's head, its runs as a table, its last events."""
+    lines = [paint(f"Task {report.name}", "bold"), *_describe_head(report)]
+    if report.runs:
+        head = ["RUN", "STARTED", "ENDED", "EXIT", "OUTCOME", "TURNS", "TOOLS", "TOKENS", "COST"]
+        lines += ["", table([_run_cells(r) for r in report.runs], [*head, "WHY"]).rstrip("\n")]
+    if report.events:
+        lines += ["", "Events:"]
+        lines += [f"  {paint(_clock(e.at), 'dim')} {e.kind:<12} {e.message}" for e in report.events]
+    return "\n".join(lines) + "\n"
+
+
+def _describe_head(report: DescribeReport) -> list[str]:
+    """Where the task is and what it is."""
+    lines = []
+    status = report.status
+    if status:
+        reason = f" — {status.reason}" if status.reason else ""
+        lines += [
+            f"  phase:      {status.phase.value}{reason}",
+            f"  lane/repo:  {status.lane}/{status.repo}, branch {status.branch}",
+        ]
+        if status.pr:
+            pr = status.pr
+            lines.append(f"  PR:         #{pr.number} ({pr.state}) {pr.url}")
+        lines.append(f"  spend:      ${status.cost_usd:.2f}, {status.tokens} tokens")
+    spec = report.spec
+    if spec:
+        lines += [
+            f"  source:     {report.source} (generation {report.generation})",
+            f"  agent:      {spec.agent}; {spec.max_iterations} iterations x "
+            f"{spec.max_attempts} attempts; priority {spec.priority}",
+        ]
+    return lines
+
+
+def _run_cells(r: RunReport) -> list[str]:
+    """One run as describe's table shows it."""
+    exit_ = (
+        "-"
+        if r.exit_code is None and r.signal is None
+        else (f"sig {r.signal}" if r.signal else str(r.exit_code))
+    )
+    return [
+        f"{r.attempt}.{r.iteration}",
+        _clock(r.started_at),
+        "-" if r.ended_at is None else _clock(r.ended_at),
+        exit_,
+        r.outcome or r.mark or ("ended" if r.ended_at else "running"),
+        str(r.turns) if r.turns is not None else "-",
+        str(r.tool_calls) if r.tool_calls is not None else "-",
+        str(r.tokens) if r.tokens else "-",
+        f"${r.cost_usd:.2f}" if r.cost_usd else "-",
+        "; ".join(r.failures)[:80],
+    ]
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(at))
 
 
 def err(message: str, stream: TextIO | None = None) -> None:

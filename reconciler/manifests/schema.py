@@ -24,17 +24,27 @@ def schema_documents() -> dict[str, str]:
     """
     out: dict[str, str] = {}
     for kind, model in {**DOCUMENT_KINDS, **POLICY_KINDS}.items():
-        name = f"{kind.lower()}.json"
         schema: dict[str, Any] = model.model_json_schema(by_alias=True, mode="validation")
-        schema.update(
-            {
-                "$schema": JSON_SCHEMA_DIALECT,
-                "$id": f"urn:reconciler:schema:{API_VERSION.replace('/', ':')}:{kind.lower()}",
-                "title": f"{API_VERSION} {kind}",
-                "description": f"A {kind} document (apiVersion {API_VERSION})."
-                if kind in POLICY_KINDS
-                else f"A {kind} manifest document (apiVersion {API_VERSION}).",
-            }
+        out[f"{kind.lower()}.json"] = schema_text(
+            schema,
+            name=kind.lower(),
+            title=f"{API_VERSION} {kind}",
+            description=f"A {kind} document (apiVersion {API_VERSION})."
+            if kind in POLICY_KINDS
+            else f"A {kind} manifest document (apiVersion {API_VERSION}).",
         )
-        out[name] = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     return out
+
+
+def schema_text(schema: dict[str, Any], *, name: str, title: str, description: str) -> str:
+    """A JSON Schema as a committed file holds it: with its dialect, its id (by ``name``), title
+    and description; stable text."""
+    schema.update(
+        {
+            "$schema": JSON_SCHEMA_DIALECT,
+            "$id": f"urn:reconciler:schema:{API_VERSION.replace('/', ':')}:{name}",
+            "title": title,
+            "description": description,
+        }
+    )
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

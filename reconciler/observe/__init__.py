@@ -11,6 +11,9 @@ repository; anything else becomes a ``Foreign`` entry — reported, never planne
 exit, check output or spend of one lane can stop, complete, open a PR for, or reach the prompt
 of another lane's task. Worktrees, branches and PRs are owned by construction: the planner reads
 them only from the task's own lane and repository.
+
+The merge of the runs the lanes report with state's records of them is pure (``merge``): it
+gives the planner its views and, within each, the record apply writes back.
 """
 
 from __future__ import annotations
@@ -19,18 +22,17 @@ import concurrent.futures
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Literal
 
 from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, unwrap
 from reconciler.manifests.models import NAME_PATTERN, Desired
+from reconciler.observe.merge import Owners, merge_runs
 from reconciler.plan import (
     FailedAction,
     Foreign,
     LaneView,
     Observed,
     RepoView,
-    RunView,
     TaskRecord,
 )
 from reconciler.protocol import (
@@ -41,22 +43,17 @@ from reconciler.protocol import (
     RepoObs,
     RunObs,
 )
-from reconciler.state import RunRow, Store, TaskRow
+from reconciler.record import Run
+from reconciler.state import Store, TaskRow
 
 NAME = re.compile(NAME_PATTERN)
 
 
-def _needs_inspection(rows: list[RunRow]) -> str | None:
+def _needs_inspection(runs: list[Run]) -> str | None:
     """The latest recorded run of a task, when its outcome has not been recorded yet."""
-    if not rows:
+    if not runs or runs[-1].judged:
         return None
-    last = rows[-1]
-    if last.outcome is None and last.mark is None:
-        return f"{last.task}/{last.attempt}.{last.iteration}"
-    return None
-
-
-Owners = Mapping[str, tuple[str, str]]  # task → (lane, repo) that may report its runs
+    return runs[-1].key
 
 
 def owners_of(desired: Desired, records: Mapping[str, TaskRow]) -> dict[str, tuple[str, str]]:
@@ -99,7 +96,7 @@ def _observe_lane(
     desired: Desired,
     lane: LaneClient,
     records: Mapping[str, TaskRow],
-    runs_by_task: Mapping[str, list[RunRow]],
+    runs_by_task: Mapping[str, list[Run]],
     owners: Owners,
     *,
     clock: Callable[[], float],
@@ -171,7 +168,7 @@ def on_our_clock(runs: list[RunObs], skew: float) -> list[RunObs]:
 
 
 def _unrecorded_ends(
-    runs: list[RunObs], runs_by_task: Mapping[str, list[RunRow]], inspected: set[str]
+    runs: list[RunObs], runs_by_task: Mapping[str, list[Run]], inspected: set[str]
 ) -> list[str]:
     """Keys of each task's latest run when it has ended and state has no verdict on it."""
     latest: dict[str, RunObs] = {}
@@ -190,7 +187,7 @@ def _unrecorded_ends(
             ),
             None,
         )
-        judged = recorded is not None and (recorded.outcome is not None or bool(recorded.mark))
+        judged = recorded is not None and recorded.judged
         if run.exit is not None and key not in inspected and not judged:
             keys.append(key)
     return sorted(keys)
@@ -218,166 +215,6 @@ def _repo_view(desired: Desired, obs: RepoObs) -> RepoView:
     )
 
 
-def never_started(row: RunRow) -> bool:
-    """A run that state recorded as about to start (the intent) and nothing more: no process,
-    no run directory, no end, no verdict. When its reachable lane does not report it either,
-    the start never happened (the reconciler died before spawning it)."""
-    return (
-        row.pid is None
-        and not row.run_dir
-        and row.ended_at is None
-        and row.outcome is None
-        and row.mark is None
-    )
-
-
-def _merge_runs(
-    world: list[tuple[str, RunObs]],
-    rows: list[RunRow],
-    unreachable: set[str],
-    owners: Owners,
-    now: float,
-) -> tuple[dict[str, tuple[RunView, ...]], tuple[RunView, ...]]:
-    """Runs as the lanes report them, plus the runs only state remembers, by task; and apart,
-    the recorded starts that never happened (which cost no attempt: they are planned again).
-    A recorded run of another lane than the task's owner (the task moved, or a lane once
-    reported a run of a task before it existed) is history of that lane, not of this task's
-    convergence."""
-    by_key: dict[tuple[str, int, int], RunRow] = {(r.task, r.attempt, r.iteration): r for r in rows}
-    seen: set[tuple[str, int, int]] = set()
-    merged: dict[str, list[RunView]] = {}
-    unstarted: list[RunView] = []
-    for lane, obs in world:
-        key = (obs.task, obs.attempt, obs.iteration)
-        seen.add(key)
-        merged.setdefault(obs.task, []).append(_reported(lane, obs, by_key.get(key), now))
-    for row in rows:
-        key = (row.task, row.attempt, row.iteration)
-        if key in seen or row.lane in unreachable:
-            continue
-        owner = owners.get(row.task)
-        if owner is not None and owner != (row.lane, row.repo):
-            continue
-        # only state knows this run: its directory is gone (or never was); it is not alive
-        view = _remembered(row)
-        (unstarted if never_started(row) else merged.setdefault(row.task, [])).append(view)
-    by_task = {
-        task: tuple(sorted(views, key=lambda v: (v.attempt, v.iteration)))
-        for task, views in merged.items()
-    }
-    return by_task, tuple(unstarted)
-
-
-@dataclass(frozen=True)
-class _Spend:
-    cost_usd: float
-    tokens: int
-    turns: int | None
-    tool_calls: int | None
-
-
-def _spend(obs: RunObs, row: RunRow | None) -> _Spend:
-    """What a reported run spent: its result's figures, else state's, and for a running agent
-    at least what its events say so far."""
-    result = obs.result
-    recorded = _recorded_spend(row) if row is not None else _Spend(0.0, 0, None, None)
-    if result is not None:
-        cost = result.cost_usd if result.cost_usd is not None else recorded.cost_usd
-        tokens = (result.input_tokens or 0) + (result.output_tokens or 0)
-        return _Spend(cost or recorded.cost_usd, tokens, result.num_turns, result.tool_calls)
-    return _Spend(
-        max(recorded.cost_usd, obs.cost_so_far or 0.0),
-        max(recorded.tokens, obs.tokens_so_far or 0),
-        obs.turns_so_far if obs.turns_so_far is not None else recorded.turns,
-        obs.tool_calls_so_far if obs.tool_calls_so_far is not None else recorded.tool_calls,
-    )
-
-
-def _recorded_spend(row: RunRow) -> _Spend:
-    tokens = (row.input_tokens or 0) + (row.output_tokens or 0)
-    return _Spend(row.cost_usd or 0.0, tokens, row.turns, row.tool_calls)
-
-
-def _progress_at(obs: RunObs, row: RunRow | None, now: float) -> float | None:
-    """When the agent last progressed: now if its last own event moved since state's record."""
-    if obs.progress_offset is None:
-        return None
-    if row is None or row.progress_at is None or row.progress_offset != obs.progress_offset:
-        return now
-    return row.progress_at
-
-
-def _reported(lane: str, obs: RunObs, row: RunRow | None, now: float) -> RunView:
-    """A run its lane reports, with what state recorded of it."""
-    spent = _spend(obs, row)
-    result = obs.result
-    return RunView(
-        task=obs.task,
-        lane=lane,
-        repo=obs.repo,
-        attempt=obs.attempt,
-        iteration=obs.iteration,
-        generation=obs.generation,
-        started_at=obs.started_at,
-        run_dir=obs.run_dir,
-        alive=obs.alive,
-        exit=obs.exit,
-        last_output_at=obs.last_output_at,
-        result=result,
-        commits_ahead=obs.commits_ahead,
-        dirty=tuple(obs.dirty),
-        mark=row.mark if row else None,  # type: ignore[arg-type]
-        marked_at=row.marked_at if row else None,
-        seen_by_lane=True,
-        outcome=_outcome(row),
-        failures=tuple(row.failures.splitlines()) if row and row.failures else (),
-        session_id=(row.session_id if row else None) or (result.session_id if result else None),
-        cost_usd=spent.cost_usd,
-        tokens=spent.tokens,
-        turns=spent.turns,
-        tool_calls=spent.tool_calls,
-        progress_offset=obs.progress_offset,
-        last_event=obs.last_event,
-        last_progress_at=_progress_at(obs, row, now),
-    )
-
-
-def _remembered(row: RunRow) -> RunView:
-    """A run only state knows: not alive, its figures as recorded."""
-    spent = _recorded_spend(row)
-    return RunView(
-        task=row.task,
-        lane=row.lane,
-        repo=row.repo,
-        attempt=row.attempt,
-        iteration=row.iteration,
-        generation=row.generation,
-        started_at=row.started_at,
-        run_dir=row.run_dir,
-        alive=False,
-        mark=row.mark,  # type: ignore[arg-type]
-        marked_at=row.marked_at or row.ended_at,
-        seen_by_lane=False,
-        outcome=_outcome(row),
-        failures=tuple((row.failures or "").splitlines()),
-        session_id=row.session_id,
-        cost_usd=spent.cost_usd,
-        tokens=spent.tokens,
-        turns=spent.turns,
-        tool_calls=spent.tool_calls,
-    )
-
-
-def _outcome(row: RunRow | None) -> Literal["succeeded", "failed"] | None:
-    if row is None:
-        return None
-    if row.outcome == "succeeded":
-        return "succeeded"
-    if row.outcome == "failed":
-        return "failed"
-    return None
-
-
 def observe(
     desired: Desired,
     store: Store,
@@ -392,11 +229,11 @@ def observe(
     """
     with store.snapshot():
         records = store.tasks()
-        rows = store.runs()
+        recorded = store.runs()
         serial = store.serial()
-    runs_by_task: dict[str, list[RunRow]] = {}
-    for row in rows:
-        runs_by_task.setdefault(row.task, []).append(row)
+    runs_by_task: dict[str, list[Run]] = {}
+    for run in recorded:
+        runs_by_task.setdefault(run.task, []).append(run)
     views: dict[str, LaneView] = {}
     world: list[tuple[str, RunObs]] = []
     foreign: list[Foreign] = []
@@ -423,7 +260,7 @@ def observe(
                 error=f"lane {record.lane} is no longer in the manifests",
             )
     unreachable = {name for name, view in views.items() if not view.reachable}
-    merged, unstarted = _merge_runs(world, rows, unreachable, owners, clock())
+    merged, unstarted = merge_runs(world, recorded, unreachable, owners, clock())
     return Observed(
         revision=desired.revision,
         serial=serial,
@@ -444,7 +281,6 @@ def _record(row: TaskRow) -> TaskRecord:
         done=row.done,
         done_generation=row.done_generation,
         pr_number=row.pr_number,
-        pr_intent=row.pr_intent,
         failed=FailedAction(
             kind=row.failed_action,
             message=row.failed_message or "",

@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from reconciler.plan.reasons import Condition, Why, conditions
 from reconciler.protocol import AgentResult, ExitInfo, PreflightCheck, PullRequest
+from reconciler.record import Run
 
 Mark = Literal["crashed", "stalled", "stopped"]
 
@@ -48,6 +49,7 @@ class RunView:
     last_progress_at: float | None = None
     last_event: str | None = None  # what a running agent did last, as `logs` shows it
     run_dir: str = ""  # where the lane keeps it ("" while only state knows it)
+    record: Run | None = None  # what state should hold of it now (observation's merge)
 
     @property
     def key(self) -> str:

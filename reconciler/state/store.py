@@ -1,6 +1,7 @@
 """The state database: the reconciler holding the state lock is the only writer of state.
 
-SQLite in WAL mode at ``<state_dir>/state.db``. Rows are frozen dataclasses; the mapping between
+SQLite in WAL mode at ``<state_dir>/state.db``. Rows are frozen dataclasses (a run's is the one run
+model, ``reconciler.record.Run``, that observation and apply share); the mapping between
 rows and dataclasses is derived once from ``dataclasses.fields`` (``_Table``), so the columns are
 spelt out only in the schema DDL (checked against the dataclasses when a writer opens the store).
 
@@ -37,6 +38,7 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 from reconciler import safefile
+from reconciler.record import Run
 from reconciler.redact import redact
 from reconciler.state.damage import StateError, damaged, raise_named
 
@@ -48,7 +50,7 @@ DB_FILE = "state.db"
 
 @dataclass(frozen=True)
 class TaskRow:
-    """One task the reconciler knows of (also after it left the manifests: ``removed_at``)."""
+    """One task the reconciler knows of (also after it left the manifests)."""
 
     name: str
     lane: str
@@ -56,11 +58,7 @@ class TaskRow:
     first_seen: float
     done: bool = False
     done_generation: str | None = None
-    pr_number: int | None = None
-    pr_url: str | None = None
-    pr_intent: bool = False
-    next_attempt_at: float | None = None
-    removed_at: float | None = None
+    pr_number: int | None = None  # the PR it opened or adopted (the forge stays the authority)
     generation: str | None = None
     # the task's last action that failed for a reason that does not pass by itself (a PR the
     # forge refuses, a push rejected): its kind, its message, when, and how many times in a row
@@ -68,40 +66,6 @@ class TaskRow:
     failed_message: str | None = None
     failed_at: float | None = None
     failed_count: int = 0
-
-
-@dataclass(frozen=True)
-class RunRow:
-    """One agent run: ``(task, attempt, iteration)``; ``pid``/``boot_id``/``start_time`` fingerprint
-    the process. ``outcome`` is succeeded|failed|crashed|stalled|stopped; ``mark`` is
-    crashed|stalled|stopped when the reconciler (not the run) decided its fate."""
-
-    task: str
-    attempt: int
-    iteration: int
-    generation: str
-    lane: str
-    repo: str
-    run_dir: str
-    started_at: float
-    ended_at: float | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    outcome: str | None = None
-    mark: str | None = None
-    marked_at: float | None = None
-    session_id: str | None = None
-    cost_usd: float | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    pid: int | None = None
-    boot_id: str | None = None
-    start_time: int | None = None
-    failures: str | None = None  # why the run failed its success criteria, one per line
-    progress_offset: int | None = None  # where the agent's last own event ended in its output
-    progress_at: float | None = None  # when that offset last moved (the reconciler's clock)
-    turns: int | None = None  # model responses (so far, while the run goes on)
-    tool_calls: int | None = None  # tools, commands and edits the agent ran
 
 
 @dataclass(frozen=True)
@@ -195,6 +159,31 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN failed_at REAL;
     ALTER TABLE tasks ADD COLUMN failed_count INTEGER NOT NULL DEFAULT 0;
     """,
+    # Columns nothing read go: pr_url, pr_intent, next_attempt_at, removed_at. (The table is
+    # rebuilt, as SQLite before 3.35 cannot drop a column; migrations run with foreign keys off,
+    # so dropping the old table does not cascade to the runs.)
+    """
+    CREATE TABLE tasks_v5 (
+        name            TEXT PRIMARY KEY,
+        lane            TEXT NOT NULL,
+        repo            TEXT NOT NULL,
+        first_seen      REAL NOT NULL,
+        done            INTEGER NOT NULL DEFAULT 0,
+        done_generation TEXT,
+        pr_number       INTEGER,
+        generation      TEXT,
+        failed_action   TEXT,
+        failed_message  TEXT,
+        failed_at       REAL,
+        failed_count    INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO tasks_v5
+        SELECT name, lane, repo, first_seen, done, done_generation, pr_number, generation,
+               failed_action, failed_message, failed_at, failed_count
+        FROM tasks;
+    DROP TABLE tasks;
+    ALTER TABLE tasks_v5 RENAME TO tasks;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -261,7 +250,7 @@ class _Table(Generic[R]):
 
 
 _TASKS = _Table("tasks", TaskRow, ("name",))
-_RUNS = _Table("runs", RunRow, ("task", "attempt", "iteration"))
+_RUNS = _Table("runs", Run, ("task", "attempt", "iteration"))
 _EVENTS = _Table("events", EventRow, ("id",))
 _RUN_FAILURES = _RUNS.columns.index("failures")
 
@@ -394,7 +383,7 @@ class Store:
         rows = self._query(f"{_TASKS.select} WHERE name = ?", (name,))
         return _TASKS.load(rows[0]) if rows else None
 
-    def runs(self, task: str | None = None) -> list[RunRow]:
+    def runs(self, task: str | None = None) -> list[Run]:
         """Runs sorted by (task, attempt, iteration), optionally of one task only."""
         order = " ORDER BY task, attempt, iteration"
         if task is None:
@@ -565,7 +554,7 @@ class Transaction:
         """Remove a task and (by cascade) its runs; events stay. Absent task: no-op."""
         self._exec("DELETE FROM tasks WHERE name = ?", (name,))
 
-    def upsert_run(self, row: RunRow) -> None:
+    def upsert_run(self, row: Run) -> None:
         """Insert the run or replace all its fields (its task must exist)."""
         values = _RUNS.values(row)
         if row.failures:
@@ -641,6 +630,9 @@ def _too_new(path: Path | None, version: int) -> StateError:
 
 
 def _migrate(conn: sqlite3.Connection, path: Path | None) -> None:
+    """Take the database to this reconciler's schema in one transaction. Foreign keys are off
+    meanwhile (SQLite's way to rebuild a table) and checked before the commit."""
+    conn.execute("PRAGMA foreign_keys=OFF")  # outside a transaction, or it does nothing
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = _user_version(conn)
@@ -650,11 +642,16 @@ def _migrate(conn: sqlite3.Connection, path: Path | None) -> None:
             for statement in _statements(step):
                 conn.execute(statement)
         if version != SCHEMA_VERSION:
+            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise sqlite3.IntegrityError(f"foreign keys broken by the migration: {broken}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -714,7 +711,7 @@ __all__: list[str] = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "EventRow",
-    "RunRow",
+    "Run",
     "StateError",
     "Store",
     "TaskRow",

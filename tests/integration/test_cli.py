@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from reconciler.cli.report import DescribeReport
 from reconciler.state import StateLock
 from tests.integration.world import World
 from tests.support.waiting import wait_for
@@ -127,6 +128,14 @@ def test_status_json_shape_and_describe_and_logs(world: World) -> None:
     described = json.loads(world.cli("describe", "a", "--json").stdout)
     assert [e["kind"] for e in described["events"]][:3] == ["start", "workspace", "spawned"]
     assert described["runs"][0]["outcome"] == "succeeded"
+    assert described["status"] == a  # the task's entry of status --json
+    # the documented shape (schemas/describe.json): it reads back into its model unchanged
+    assert DescribeReport.model_validate(described).to_json() == described
+    text = world.cli("describe", "a").stdout
+    assert text.startswith(
+        "Task a\n  phase:      pr-open\n  lane/repo:  web/web-repo, branch agent/a\n"
+    )
+    assert "\nRUN  STARTED" in text and "\nEvents:\n" in text
     logs = world.cli("logs", "a")
     assert logs.returncode == 0 and logs.stdout == "DONE\n"
     assert world.cli("logs", "a", "--run", "1.1", "-f").stdout == "DONE\n"

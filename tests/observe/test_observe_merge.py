@@ -1,17 +1,19 @@
-"""Merging state's run rows with what the lanes report: a recorded start with no trace anywhere
-never happened; a run that did happen and vanished is still a crash."""
+"""Merging state's run records with what the lanes report, on the engine's clock: a recorded
+start with no trace anywhere never happened; a run that did happen and vanished is still a
+crash; and the record each view carries is what state keeps of the run — its end, its progress
+and its spend with input and output tokens apart, live spend included, never dropping."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from reconciler.observe import _merge_runs, never_started
-from reconciler.protocol import RunObs
-from reconciler.state import RunRow
+from reconciler.observe.merge import merge_runs, updated, view_of
+from reconciler.protocol import AgentResult, ExitInfo, Fingerprint, RunObs
+from reconciler.record import Run
 
 NOW = 200.0  # the engine clock of the pass
-INTENT = RunRow(
+INTENT = Run(
     task="t",
     attempt=1,
     iteration=2,
@@ -21,13 +23,14 @@ INTENT = RunRow(
     run_dir="",
     started_at=100.0,
 )
+SPAWNED = dataclasses.replace(INTENT, run_dir="/w/.runs/t/1.2", pid=41, session_id="s-1")
 
 
-def row(**kw: Any) -> RunRow:
+def row(**kw: Any) -> Run:
     return dataclasses.replace(INTENT, **kw)
 
 
-def reported(attempt: int, iteration: int) -> RunObs:
+def reported(attempt: int = 1, iteration: int = 2, **kw: Any) -> RunObs:
     return RunObs(
         task="t",
         repo="app",
@@ -37,8 +40,7 @@ def reported(attempt: int, iteration: int) -> RunObs:
         run_dir=f"/w/.runs/t/{attempt}.{iteration}",
         workspace="/w/app/t",
         started_at=90.0,
-        supervisor=None,
-        alive=False,
+        **{"supervisor": None, "alive": False, **kw},
     )
 
 
@@ -48,21 +50,22 @@ def keys(views: tuple[Any, ...]) -> list[tuple[int, int]]:
 
 def test_an_intent_its_lane_does_not_know_never_started() -> None:
     earlier = row(iteration=1, run_dir="/w/.runs/t/1.1", outcome="failed", ended_at=95.0)
-    merged, unstarted = _merge_runs([("web", reported(1, 1))], [earlier, INTENT], set(), {}, NOW)
+    merged, unstarted = merge_runs([("web", reported(1, 1))], [earlier, INTENT], set(), {}, NOW)
     assert keys(merged["t"]) == [(1, 1)]  # the planner sees 1.1 and plans 1.2 again
     assert keys(unstarted) == [(1, 2)]
     assert unstarted[0].run_dir == "" and unstarted[0].lane == "web"
 
 
 def test_an_intent_on_an_unreachable_lane_is_left_alone() -> None:
-    merged, unstarted = _merge_runs([], [INTENT], {"web"}, {}, NOW)
+    merged, unstarted = merge_runs([], [INTENT], {"web"}, {}, NOW)
     assert merged == {} and unstarted == ()
 
 
 def test_an_intent_its_lane_reports_was_spawned() -> None:
-    merged, unstarted = _merge_runs([("web", reported(1, 2))], [INTENT], set(), {}, NOW)
+    merged, unstarted = merge_runs([("web", reported(1, 2))], [INTENT], set(), {}, NOW)
     assert keys(merged["t"]) == [(1, 2)] and merged["t"][0].seen_by_lane
     assert merged["t"][0].run_dir == "/w/.runs/t/1.2"
+    assert merged["t"][0].record == row(run_dir="/w/.runs/t/1.2")  # recorded as spawned
     assert unstarted == ()
 
 
@@ -74,8 +77,100 @@ def test_a_run_that_happened_and_vanished_is_not_taken_for_an_unstarted_one() ->
         {"mark": "crashed", "marked_at": 130.0},
         {"outcome": "failed"},
     ):
-        assert not never_started(row(**trace)), trace
-        merged, unstarted = _merge_runs([], [row(**trace)], set(), {}, NOW)
+        assert not row(**trace).never_started, trace
+        merged, unstarted = merge_runs([], [row(**trace)], set(), {}, NOW)
         assert keys(merged["t"]) == [(1, 2)] and not merged["t"][0].seen_by_lane, trace
+        assert merged["t"][0].record == row(**trace), trace  # nothing to learn: unchanged
         assert unstarted == (), trace
-    assert never_started(INTENT)
+    assert INTENT.never_started
+
+
+def test_a_recorded_run_of_another_lane_is_that_lanes_history() -> None:
+    moved = {"t": ("api", "app")}  # the task is api's now
+    merged, unstarted = merge_runs([], [row(outcome="failed")], set(), moved, NOW)
+    assert merged == {} and unstarted == ()
+
+
+def test_a_live_run_keeps_its_token_split_and_never_spends_less() -> None:
+    live = reported(
+        alive=True,
+        cost_so_far=0.12,
+        input_tokens_so_far=900,
+        output_tokens_so_far=80,
+        turns_so_far=3,
+        tool_calls_so_far=2,
+    )
+    run = updated(SPAWNED, live, "web", NOW)
+    assert (run.cost_usd, run.input_tokens, run.output_tokens) == (0.12, 900, 80)
+    assert (run.turns, run.tool_calls) == (3, 2)
+    view = view_of(run, live, "web")
+    assert (view.cost_usd, view.tokens, view.turns) == (0.12, 980, 3)
+    # a later report that tells less (its meter started over) takes nothing back
+    less = live.model_copy(update={"cost_so_far": 0.05, "input_tokens_so_far": 100})
+    again = updated(run, less, "web", NOW + 10)
+    assert (again.cost_usd, again.input_tokens, again.output_tokens) == (0.12, 900, 80)
+    assert again is run  # unchanged: nothing to write
+
+
+def test_the_result_replaces_the_spend_so_far_with_its_own_split() -> None:
+    so_far = row(run_dir="/w/.runs/t/1.2", cost_usd=0.1, input_tokens=500, output_tokens=40)
+    result = AgentResult(
+        ok=True,
+        session_id="s-2",
+        cost_usd=0.2,
+        input_tokens=1200,
+        output_tokens=90,
+        num_turns=4,
+        tool_calls=5,
+    )
+    ended = reported(exit=ExitInfo(exit_code=0, ended_at=150.0), result=result)
+    run = updated(so_far, ended, "web", NOW)
+    assert (run.cost_usd, run.input_tokens, run.output_tokens) == (0.2, 1200, 90)
+    assert (run.turns, run.tool_calls, run.session_id) == (4, 5, "s-2")
+    assert (run.ended_at, run.exit_code, run.signal) == (150.0, 0, None)
+    # a result that tells no spend leaves what was counted while the run went on
+    silent = ended.model_copy(update={"result": AgentResult(ok=True)})
+    kept = updated(so_far, silent, "web", NOW)
+    assert (kept.cost_usd, kept.input_tokens, kept.output_tokens) == (0.1, 500, 40)
+    assert view_of(kept, silent, "web").tokens == 540
+
+
+def test_progress_is_when_the_agent_s_last_event_moved_on_the_engine_clock() -> None:
+    first = updated(SPAWNED, reported(alive=True, progress_offset=10), "web", NOW)
+    assert (first.progress_offset, first.progress_at) == (10, NOW)
+    same = updated(first, reported(alive=True, progress_offset=10), "web", NOW + 30)
+    assert same is first  # no new event: it last progressed at NOW
+    assert view_of(same, reported(alive=True, progress_offset=10), "web").last_progress_at == NOW
+    moved = updated(first, reported(alive=True, progress_offset=25), "web", NOW + 30)
+    assert (moved.progress_offset, moved.progress_at) == (25, NOW + 30)
+
+
+def test_a_run_state_never_recorded_is_recorded_whole() -> None:
+    fp = Fingerprint(boot_id="b", pid=77, start_time=5)
+    lost = reported(
+        alive=True,
+        supervisor=fp,
+        session_id="s-9",
+        input_tokens_so_far=10,
+        output_tokens_so_far=2,
+    )
+    run = updated(None, lost, "web", NOW)
+    assert run == row(
+        started_at=90.0,  # the lane's, on the reconciler's clock
+        run_dir="/w/.runs/t/1.2",
+        session_id="s-9",
+        input_tokens=10,
+        output_tokens=2,
+        pid=77,
+        boot_id="b",
+        start_time=5,
+    )
+
+
+def test_a_remembered_run_ended_when_it_was_judged_and_its_verdict_is_the_planners() -> None:
+    crashed = row(run_dir="/w/.runs/t/1.2", ended_at=120.0, outcome="crashed", mark="crashed")
+    view = view_of(crashed, None, "web")
+    assert (view.alive, view.seen_by_lane, view.marked_at) == (False, False, 120.0)
+    assert (view.mark, view.outcome) == ("crashed", None)  # a crash is a mark, not an evaluation
+    failed = view_of(row(outcome="failed", failures="a\nb"), None, "web")
+    assert (failed.outcome, failed.failures) == ("failed", ("a", "b"))

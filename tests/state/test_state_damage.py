@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.state import (
-    RunRow,
+    Run,
     StateBusy,
     StateDamaged,
     StateError,
@@ -149,7 +149,7 @@ def test_a_bug_stays_a_bug(store: Store) -> None:
     dressed up as damage."""
     with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
         tx.upsert_run(
-            RunRow(
+            Run(
                 task="nobody",
                 attempt=1,
                 iteration=1,

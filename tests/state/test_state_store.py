@@ -18,7 +18,7 @@ import pytest
 from reconciler.state import (
     SCHEMA_VERSION,
     EventRow,
-    RunRow,
+    Run,
     StateError,
     Store,
     TaskRow,
@@ -31,8 +31,8 @@ def task(name: str = "t", **kw: Any) -> TaskRow:
     return dataclasses.replace(TaskRow(name=name, lane="l", repo="r", first_seen=100.0), **kw)
 
 
-def run(name: str = "t", attempt: int = 1, iteration: int = 1, **kw: Any) -> RunRow:
-    base = RunRow(
+def run(name: str = "t", attempt: int = 1, iteration: int = 1, **kw: Any) -> Run:
+    base = Run(
         task=name,
         attempt=attempt,
         iteration=iteration,
@@ -77,7 +77,7 @@ def test_pragmas_on_the_writer_connection(store: Store) -> None:
 
 
 def test_columns_follow_the_dataclasses(store: Store) -> None:
-    for table, cls in (("tasks", TaskRow), ("runs", RunRow), ("events", EventRow)):
+    for table, cls in (("tasks", TaskRow), ("runs", Run), ("events", EventRow)):
         cols = [r[1] for r in store._conn.execute(f"PRAGMA table_info({table})")]
         assert cols == [f.name for f in dataclasses.fields(cls)]
 
@@ -101,21 +101,32 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         Store.open_readonly(tmp_path)
 
 
-@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
-def test_an_older_database_is_migrated_by_a_writer_and_named_to_readers(
-    tmp_path: Path, version: int
+def older_database(
+    path: Path,
+    version: int,
+    task_row: str = "INSERT INTO tasks (name, lane, repo, first_seen) VALUES ('t', 'l', 'r', 100)",
 ) -> None:
-    raw = sqlite3.connect(tmp_path / "state.db")
+    """A database as schema ``version`` left it: task ``t`` (as ``task_row`` inserts it) with
+    one run."""
+    raw = sqlite3.connect(path / "state.db")
     for step in MIGRATIONS[:version]:
         raw.executescript(step)
     raw.execute(f"PRAGMA user_version = {version}")
-    raw.execute("INSERT INTO tasks (name, lane, repo, first_seen) VALUES ('t', 'l', 'r', 100)")
+    raw.execute(task_row)
     raw.execute(
         "INSERT INTO runs (task, attempt, iteration, generation, lane, repo, run_dir, started_at,"
         " cost_usd) VALUES ('t', 1, 1, 'g1', 'l', 'r', '/runs/t/1.1', 200, 0.5)"
     )
+    raw.execute("INSERT INTO events (at, task, kind, message) VALUES (1, 't', 'start', 'x')")
     raw.commit()
     raw.close()
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+def test_an_older_database_is_migrated_by_a_writer_and_named_to_readers(
+    tmp_path: Path, version: int
+) -> None:
+    older_database(tmp_path, version)
     with pytest.raises(
         StateError, match=f"schema version {version}, older .* run `reconciler apply` once"
     ):
@@ -137,6 +148,42 @@ def test_an_older_database_is_migrated_by_a_writer_and_named_to_readers(
         sqlite3.connect(tmp_path / "state.db").execute("PRAGMA user_version").fetchone()[0]
         == SCHEMA_VERSION
     )
+
+
+def test_schema_5_drops_the_columns_nothing_read_and_keeps_every_task_and_run(
+    tmp_path: Path,
+) -> None:
+    older_database(
+        tmp_path,
+        4,
+        "INSERT INTO tasks (name, lane, repo, first_seen, done, done_generation, pr_number,"
+        " pr_url, pr_intent, next_attempt_at, removed_at, generation, failed_action,"
+        " failed_message, failed_at, failed_count) VALUES ('t', 'l', 'r', 100, 1, 'g1', 7,"
+        " 'https://forge/pr/7', 1, 150, 160, 'g1', 'update-pr', 'refused', 170, 2)",
+    )
+    with Store.open(tmp_path) as migrated:
+        assert migrated.task("t") == task(
+            done=True,
+            done_generation="g1",
+            pr_number=7,
+            generation="g1",
+            failed_action="update-pr",
+            failed_message="refused",
+            failed_at=170.0,
+            failed_count=2,
+        )
+        assert migrated.runs() == [run(cost_usd=0.5, run_dir="/runs/t/1.1")]  # not cascaded
+        assert [e.message for e in migrated.events()] == ["x"]
+        conn = migrated._conn
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        with migrated.transaction() as tx:  # the runs still belong to their task
+            tx.delete_task("t")
+        assert migrated.runs() == []
+    columns = [
+        r[1] for r in sqlite3.connect(tmp_path / "state.db").execute("PRAGMA table_info(tasks)")
+    ]
+    assert not {"pr_url", "pr_intent", "next_attempt_at", "removed_at"} & set(columns)
 
 
 # -------------------------------------------------------------------------------- serial
@@ -181,7 +228,7 @@ def test_no_op_transactions_leave_the_serial_alone(store: Store) -> None:
 
 
 def test_ten_thousand_unchanged_upserts_do_not_bump_the_serial(store: Store) -> None:
-    rows = [task(f"t{i:05}", generation="g", next_attempt_at=float(i)) for i in range(10_000)]
+    rows = [task(f"t{i:05}", generation="g", failed_at=float(i)) for i in range(10_000)]
     with store.transaction() as tx:
         for row in rows:
             tx.upsert_task(row)
@@ -240,11 +287,11 @@ def test_task_round_trip_keeps_types(store: Store) -> None:
         done=True,
         done_generation="g2",
         pr_number=12,
-        pr_url="https://forge/pr/12",
-        pr_intent=True,
-        next_attempt_at=1.5,
-        removed_at=2.5,
         generation="g2",
+        failed_action="open-pr",
+        failed_message="refused",
+        failed_at=1.5,
+        failed_count=2,
     )
     with store.transaction() as tx:
         tx.upsert_task(row)
@@ -252,7 +299,7 @@ def test_task_round_trip_keeps_types(store: Store) -> None:
     assert got == row
     assert got is not None
     assert got.done is True
-    assert got.pr_intent is True
+    assert got.failed_count == 2
     assert store.task("missing") is None
 
 

@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 
 from reconciler.manifests.models import AgentSpec, Desired, LaneSpec, TaskSpec, make_task
+from reconciler.observe.merge import updated, view_of
 from reconciler.plan import ActionKind, LaneView, Observed, Phase, RepoView, RunView, plan
 from reconciler.protocol import AgentResult, ExitInfo, PreflightCheck, RunObs
 
@@ -74,27 +75,18 @@ def decide(
         )
         for n in range(1, attempt)
     ]
-    latest = RunView(
-        task=run.task,
-        lane=LANE,
-        repo=run.repo,
-        attempt=attempt,
-        iteration=iteration,
-        generation=task.generation,
-        started_at=run.started_at,
-        alive=False,
-        exit=exit,
-        last_output_at=run.last_output_at,
-        result=result,
-        commits_ahead=commits_ahead,
-        dirty=tuple(run.dirty),
-        # as observe merges them: the session the run was started with, else the one it reported
-        session_id=run.session_id or (result.session_id if result else None),
-        cost_usd=(result.cost_usd if result else None) or 0.0,
-        tokens=((result.input_tokens or 0) + (result.output_tokens or 0)) if result else 0,
-        turns=result.num_turns if result else None,
-        tool_calls=result.tool_calls if result else None,
+    report = run.model_copy(
+        update={
+            "attempt": attempt,
+            "iteration": iteration,
+            "generation": task.generation,
+            "alive": False,
+            "exit": exit,
+            "result": result,
+            "commits_ahead": commits_ahead,
+        }
     )
+    latest = view_of(updated(None, report, LANE, exit.ended_at), report, LANE)  # as observe does
     observed = Observed(
         revision="rev",
         serial=1,

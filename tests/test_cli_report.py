@@ -1,0 +1,176 @@
+"""The report models ``describe`` prints: the JSON is the model's dump, in the documented shape
+(docs/cli.md, schemas/describe.json); the text renders the same value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reconciler.cli.render import Painter, render_describe
+from reconciler.cli.report import DescribeReport, TaskReport, report_schemas
+from reconciler.manifests.models import Source, TaskSpec, make_task
+from reconciler.plan import Phase, TaskStatus, Why
+from reconciler.protocol import PullRequest
+from reconciler.record import Run
+from reconciler.state import EventRow, TaskRow
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+SPEC = TaskSpec.model_validate({"lane": "web", "repo": "app", "agent": "claude", "prompt": "go"})
+TASK = make_task("fix-add", SPEC, source=Source("manifests/tasks/app.yaml", 16, 1))
+STATUS = TaskStatus(
+    name="fix-add",
+    phase=Phase.PR_OPEN,
+    lane="web",
+    repo="app",
+    branch="agent/fix-add",
+    attempt=1,
+    iteration=2,
+    pr=PullRequest(
+        number=2,
+        url="file:///r.git#pull/2",
+        state="open",
+        head="agent/fix-add",
+        base="main",
+        title="fix-add",
+    ),
+    cost_usd=0.03,
+    tokens=920,
+    why=Why.AWAITING_REVIEW,
+)
+
+
+def run(iteration: int, **kw: Any) -> Run:
+    at = 1000.0 + 3 * (iteration - 1)
+    return Run(
+        task="fix-add",
+        attempt=1,
+        iteration=iteration,
+        generation=TASK.generation,
+        lane="web",
+        repo="app",
+        run_dir=f"/w/.runs/fix-add/1.{iteration}",
+        started_at=at,
+        **kw,
+    )
+
+
+FAILED = run(
+    1,
+    ended_at=1002.0,
+    exit_code=0,
+    outcome="failed",
+    failures="check `make test` failed with status 1",
+    session_id="s-1",
+    cost_usd=0.0114,
+    input_tokens=300,
+    output_tokens=56,
+    turns=3,
+    tool_calls=2,
+)
+STOPPED = run(2, mark="stopped", marked_at=1010.0)
+EVENT = EventRow(
+    id=1, at=1000.0, task="fix-add", kind="start", message="start run 1.1", revision="r"
+)
+
+
+def report() -> DescribeReport:
+    return DescribeReport.of(
+        "fix-add",
+        status=STATUS,
+        task=TASK,
+        row=TaskRow(name="fix-add", lane="web", repo="app", first_seen=999.5),
+        runs=[FAILED, STOPPED],
+        events=[EVENT],
+    )
+
+
+def test_describe_json_is_the_documented_shape() -> None:
+    data = report().to_json()
+    assert list(data) == [
+        "name", "status", "spec", "generation", "source", "firstSeen", "runs", "events",
+    ]  # fmt: skip
+    assert data["status"] == TaskReport.of(STATUS).to_json()  # status --json's entry
+    assert list(data["status"]) == [
+        "name", "phase", "lane", "repo", "branch", "attempt", "iteration", "reason",
+        "reasonCode", "conditions", "pr", "nextAttemptAt", "costUsd", "tokens",
+    ]  # fmt: skip
+    assert data["status"]["reasonCode"] == "AwaitingReview"
+    assert data["status"]["conditions"] == [c.to_json() for c in STATUS.conditions]
+    assert data["status"]["pr"] == {"number": 2, "url": "file:///r.git#pull/2", "state": "open"}
+    assert data["status"]["phase"] == "pr-open"
+    assert data["spec"] == SPEC.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert (data["source"], data["firstSeen"]) == ("manifests/tasks/app.yaml:16:1", 999.5)
+    assert data["runs"][0] == {
+        "attempt": 1,
+        "iteration": 1,
+        "generation": TASK.generation,
+        "startedAt": 1000.0,
+        "endedAt": 1002.0,
+        "exitCode": 0,
+        "signal": None,
+        "outcome": "failed",
+        "failures": ["check `make test` failed with status 1"],
+        "sessionId": "s-1",
+        "costUsd": 0.0114,
+        "tokens": 356,
+        "turns": 3,
+        "toolCalls": 2,
+        "runDir": "/w/.runs/fix-add/1.1",
+    }
+    assert data["runs"][1]["outcome"] is None  # a stop is the reconciler's mark, not an outcome
+    assert data["events"] == [
+        {"at": 1000.0, "kind": "start", "message": "start run 1.1", "revision": "r"}
+    ]
+    # what it prints reads back into the model unchanged
+    assert DescribeReport.model_validate(json.loads(json.dumps(data))).to_json() == data
+
+
+def test_a_task_no_longer_in_the_manifests_has_no_status_spec_or_source() -> None:
+    gone = DescribeReport.of("old", status=None, task=None, row=None, runs=[], events=[])
+    assert gone.to_json() == {
+        "name": "old",
+        "status": None,
+        "spec": None,
+        "generation": None,
+        "source": None,
+        "firstSeen": None,
+        "runs": [],
+        "events": [],
+    }
+    assert render_describe(gone, Painter(enabled=False)) == "Task old\n"
+
+
+def test_describe_text_renders_the_same_report() -> None:
+    text = render_describe(report(), Painter(enabled=False))
+    assert text == (
+        "Task fix-add\n"
+        "  phase:      pr-open\n"
+        "  lane/repo:  web/app, branch agent/fix-add\n"
+        "  PR:         #2 (open) file:///r.git#pull/2\n"
+        "  spend:      $0.03, 920 tokens\n"
+        f"  source:     manifests/tasks/app.yaml:16:1 (generation {TASK.generation})\n"
+        "  agent:      claude; 3 iterations x 3 attempts; priority 0\n"
+        "\n"
+        "RUN  STARTED   ENDED     EXIT  OUTCOME  TURNS  TOOLS  TOKENS  COST   WHY\n"
+        "1.1  00:16:40  00:16:42  0     failed   3      2      356     $0.01  "
+        "check `make test` failed with status 1\n"
+        "1.2  00:16:43  -         -     stopped  -      -      -       -\n"
+        "\n"
+        "Events:\n"
+        "  00:16:40 start        start run 1.1\n"
+    )
+
+
+def test_the_committed_describe_schema_matches_the_model() -> None:
+    for name, text in report_schemas().items():
+        path = SCHEMAS / name
+        committed = path.read_text() if path.exists() else None
+        assert committed == text, f"schemas/{name} is out of date: run `make schemas`"
+    schema = json.loads(report_schemas()["describe.json"])
+    assert schema["$id"].endswith(":describe") and schema["additionalProperties"] is False
+    assert schema["required"] == [
+        "name", "status", "spec", "generation", "source", "firstSeen", "runs", "events",
+    ]  # fmt: skip
+    run = schema["$defs"]["RunReport"]
+    assert "mark" not in run["properties"] and set(run["required"]) == set(run["properties"])
