@@ -47,14 +47,13 @@ from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired
 from reconciler.plan import ActionKind
 from reconciler.redact import redact
-from reconciler.state import StateError, Store
+from reconciler.state import LAST_REVISION, StateError, Store
 
 PIDFILE = "run.pid"
 COALESCE = 0.15  # seconds: events arriving this close together make one pass
 REQUEUE_FLOOR = 0.05  # seconds: the least wait for a due pass, so a plan due "now" never spins
 TIMERS = frozenset({"interval", "requeue"})  # wake-ups by the clock: quiet unless they act
 CONTROL_PROBLEM = "control_problem"
-GOOD_REVISION = "last_revision"
 
 
 # ------------------------------------------------------------------------------ wake-ups
@@ -314,7 +313,7 @@ class Daemon:
                     for error in errors:
                         self.log("manifest-error", error, level="error")
                 self.manifest_errors = errors
-                good = store.get_meta(GOOD_REVISION)
+                good = store.get_meta(LAST_REVISION)
                 head = control.revision()
                 if good is None or good == head:
                     self._problem(

@@ -20,12 +20,13 @@ from reconciler.apply import Applier, ApplyReport
 from reconciler.control import ControlRepo, load_desired
 from reconciler.lanes import LaneClient
 from reconciler.lanes.policy import load_policy
+from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.loader import LaneCheck, gc_paused
 from reconciler.manifests.models import Desired
 from reconciler.manifests.policy import Policy
 from reconciler.observe import observe
 from reconciler.plan import Action, Blocked, Observed, Plan, PoolFill, Why, plan
-from reconciler.state import StateLock, Store
+from reconciler.state import LAST_REVISION, StateLock, Store
 from reconciler.trust import private_file, untrusted
 
 PLAN_FORMAT = 1
@@ -67,6 +68,24 @@ def _enclosing_repo(cwd: Path) -> str:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """A read command shows the last good revision: the control repo's HEAD has manifest
+    errors, and ``good`` is the revision the last pass applied (what ``run`` goes on
+    reconciling until they are fixed)."""
+
+    head: str
+    good: str
+    errors: ManifestErrors
+
+    @property
+    def problem(self) -> str:
+        return (
+            f"{self.errors.summary()} at {self.head[:12]}; showing the last good revision "
+            f"{self.good[:12]} until they are fixed"
+        )
+
+
+@dataclass(frozen=True)
 class PassResult:
     plan: Plan
     report: ApplyReport | None
@@ -80,6 +99,7 @@ class Engine:
         self._control: ControlRepo | None = None
         self._state_trusted = False
         self._lanes: tuple[Desired, Policy, dict[str, LaneClient]] | None = None
+        self.fallback: Fallback | None = None  # set by load_for_reading
 
     @property
     def state_dir(self) -> Path:
@@ -112,6 +132,25 @@ class Engine:
         return load_desired(
             self.control, self.state_dir, worktree=worktree, rev=rev, lane_check=lane_check
         )
+
+    def load_for_reading(self) -> Desired:
+        """The desired state a read command shows (status, describe, plan, doctor, logs): HEAD's,
+        or, when HEAD's manifests are broken, the last revision a pass applied, with
+        ``self.fallback`` saying so. With no good revision to fall back on, the errors raise."""
+        try:
+            return self.load()
+        except ManifestErrors as exc:
+            store = Store.open_readonly(self.state_dir)
+            try:
+                good = store.get_meta(LAST_REVISION)
+            finally:
+                store.close()
+            head = self.control.revision()
+            if good is None or good == head:
+                raise
+            desired = self.load(rev=good)
+            self.fallback = Fallback(head, good, exc)
+            return desired
 
     def policy(self) -> Policy:
         """The admin policy in force (read again when its file changed); ``PolicyError``."""

@@ -16,8 +16,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-RunKey = tuple[str, int, int]  # (task, attempt, iteration)
-Outcome = Literal["succeeded", "failed", "crashed", "stalled", "stopped"]
+RunId = tuple[str, int, int]  # (task, attempt, iteration)
+Verdict = Literal["succeeded", "failed", "crashed", "stalled", "stopped"]
 Mark = Literal["crashed", "stalled", "stopped"]
 
 
@@ -37,7 +37,7 @@ class Run:
     ended_at: float | None = None
     exit_code: int | None = None
     signal: int | None = None
-    outcome: Outcome | None = None
+    outcome: Verdict | None = None
     mark: Mark | None = None
     marked_at: float | None = None
     session_id: str | None = None

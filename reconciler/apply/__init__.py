@@ -53,8 +53,8 @@ from reconciler.protocol import (
     TaskRef,
     WorkspaceResult,
 )
-from reconciler.record import Run, RunKey
-from reconciler.state import StateError, Store, TaskRow, Transaction
+from reconciler.record import Run, RunId
+from reconciler.state import LAST_REVISION, StateError, Store, TaskRow, Transaction
 
 SESSION_NAMESPACE = uuid.UUID("6f1b1d3e-4c55-4d0e-9a57-2b6a4a0c9e01")
 STOP_GRACE = 5.0
@@ -150,7 +150,7 @@ class Applier:
                     future.result()
         self.fill_pools(plan)
         with self.store.transaction() as tx:
-            tx.set_meta("last_revision", self.revision)
+            tx.set_meta(LAST_REVISION, self.revision)
         return report
 
     def fill_pools(self, plan: Plan) -> None:
@@ -357,7 +357,7 @@ class Applier:
                     self.record_run(tx, view, known)
             self.record_outcomes(tx, plan, known)
 
-    def record_run(self, tx: Transaction, view: RunView, known: Mapping[RunKey, Run]) -> None:
+    def record_run(self, tx: Transaction, view: RunView, known: Mapping[RunId, Run]) -> None:
         """A run's record as observation brought it up to date: only what changed, and a run
         its lane reports that state never recorded is adopted."""
         run = view.record
@@ -386,7 +386,7 @@ class Applier:
             self.clock(),
         )
 
-    def record_outcomes(self, tx: Transaction, plan: Plan, known: Mapping[RunKey, Run]) -> None:
+    def record_outcomes(self, tx: Transaction, plan: Plan, known: Mapping[RunId, Run]) -> None:
         """The planner's verdict on each run that ended, with its event."""
         for outcome in plan.outcomes:
             if (outcome.task, outcome.attempt, outcome.iteration) not in known and not any(

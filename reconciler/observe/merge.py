@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from reconciler.plan import RunView
 from reconciler.protocol import RunObs
-from reconciler.record import Run, RunKey
+from reconciler.record import Run, RunId
 
 Owners = Mapping[str, tuple[str, str]]  # task → (lane, repo) that may report its runs
 
@@ -35,8 +35,8 @@ def merge_runs(
     reported a run of a task before it existed) is history of that lane, not of this task's
     convergence; a run of an unreachable lane is neither seen nor known to be gone.
     """
-    by_key: dict[RunKey, Run] = {(r.task, r.attempt, r.iteration): r for r in records}
-    seen: set[RunKey] = set()
+    by_key: dict[RunId, Run] = {(r.task, r.attempt, r.iteration): r for r in records}
+    seen: set[RunId] = set()
     merged: dict[str, list[RunView]] = {}
     unstarted: list[RunView] = []
     for lane, report in world:

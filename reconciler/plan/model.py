@@ -12,9 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from reconciler.plan.reasons import Condition, Why, conditions
 from reconciler.protocol import AgentResult, ExitInfo, PreflightCheck, PullRequest
-from reconciler.record import Run
-
-Mark = Literal["crashed", "stalled", "stopped"]
+from reconciler.record import Mark, Run
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,6 @@ class TaskRecord:
     done: bool = False  # `complete` recorded (PR merged, or success with no forge)
     done_generation: str | None = None
     pr_number: int | None = None
-    pr_intent: bool = False
     failed: FailedAction | None = None  # its last action failed for a lasting reason
 
 

@@ -18,6 +18,7 @@ from reconciler.state.health import MIN_FREE, DirCheck, Health, check, check_dir
 from reconciler.state.lock import LockHeld, LockHolder, StateLock, argv_summary, read_holder
 from reconciler.state.store import (
     DB_FILE,
+    LAST_REVISION,
     SCHEMA_VERSION,
     EventRow,
     Run,
@@ -28,6 +29,7 @@ from reconciler.state.store import (
 
 __all__ = [
     "DB_FILE",
+    "LAST_REVISION",
     "MIN_FREE",
     "SCHEMA_VERSION",
     "DirCheck",

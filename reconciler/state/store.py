@@ -48,6 +48,10 @@ DB_FILE = "state.db"
 # --------------------------------------------------------------------------------------- rows
 
 
+# meta: the control revision the last pass applied (the last good one: it loaded)
+LAST_REVISION = "last_revision"
+
+
 @dataclass(frozen=True)
 class TaskRow:
     """One task the reconciler knows of (also after it left the manifests)."""
