@@ -60,6 +60,8 @@ from reconciler.redact import redact, secrets_of_url
 from reconciler.state import LockHeld, StateError, Store, state_dir_problem
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_LOCKED = 0, 1, 2, 75
+# A read command answered for the last good revision: HEAD's manifests have errors (on stderr).
+EXIT_LAST_GOOD = 3
 
 
 def _duration(text: str) -> float:
@@ -261,8 +263,10 @@ def _main(argv: Sequence[str] | None, secrets: set[str]) -> int:
     )
     secrets.update(secrets_of_url(ctx.control))  # git may quote a control URL's password alone
     handler: Callable[[Engine, argparse.Namespace], int] = COMMANDS[args.command]
+    engine = Engine(ctx)
     try:
-        return handler(Engine(ctx), args)
+        code = handler(engine, args)
+        return EXIT_LAST_GOOD if engine.fallback is not None and code != EXIT_ERROR else code
     except ManifestErrors as exc:
         for error in exc.errors:
             print(str(error), file=sys.stderr)
@@ -384,8 +388,19 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _readable(engine: Engine) -> Desired:
+    """What a read command shows: HEAD's desired state, or the last good revision's when HEAD's
+    manifests are broken, saying so on stderr (the command then exits 3)."""
+    desired = engine.load_for_reading()
+    if engine.fallback is not None:
+        for error in engine.fallback.errors:
+            print(str(error), file=sys.stderr)
+        err(engine.fallback.problem + " (the revision `run` reconciles meanwhile)")
+    return desired
+
+
 def cmd_plan(engine: Engine, args: argparse.Namespace) -> int:
-    desired = engine.load()
+    desired = _readable(engine)
     with engine.reading() as store:
         plan, observed = engine.observe_and_plan(desired, store)
     for foreign in observed.foreign:
@@ -472,7 +487,7 @@ def cmd_poke(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def _statuses(engine: Engine) -> tuple[Desired, Plan, Store]:
-    desired = engine.load()
+    desired = _readable(engine)
     store = Store.open_readonly(engine.ctx.state_dir)
     try:
         plan, _ = engine.observe_and_plan(desired, store)
@@ -516,16 +531,30 @@ def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
     fetch = engine.control.fetch_error
     if fetch and not any("could not be fetched" in p for p in problems):
         problems.append(f"the control remote could not be fetched ({fetch})")
+    fallback = engine.fallback
+    if fallback is not None and not any(fallback.head[:12] in p for p in problems):
+        problems.append(fallback.problem)
     lanes = _lane_spend(desired, plan)
     if args.json:
         data = status_json(plan)
         data["controlProblem"] = "; ".join(problems) or None
+        data["manifestErrors"] = [
+            {
+                "path": e.path,
+                "line": e.line,
+                "column": e.column,
+                "message": e.message,
+                "hint": e.hint,
+            }
+            for e in (fallback.errors if fallback is not None else ())
+        ]
         data["lanes"] = lanes
         data["spendUsd"] = round(sum(t.cost_usd for t in plan.tasks), 6)
         print(json.dumps(data, indent=2))
         return EXIT_OK
     for problem in problems:
-        err(f"control: {problem}")
+        if fallback is None or fallback.head[:12] not in problem:  # that one is said already
+            err(f"control: {problem}")
     paint = Painter(use_color(sys.stdout))
     sys.stdout.write(render_status(plan.tasks, paint, ages))
     total = sum(s.cost_usd for s in plan.tasks)
@@ -583,7 +612,7 @@ def _lane_of(engine: Engine, desired: Desired, task: str) -> LaneClient:
 
 
 def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
-    desired = engine.load()
+    desired = _readable(engine)
     lane = _lane_of(engine, desired, args.task)
     with engine.reading() as store:
         runs = store.runs(args.task)
@@ -622,7 +651,7 @@ def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
-    desired = engine.load()
+    desired = _readable(engine)
     paint = Painter(use_color(sys.stdout))
     rows = []
     failed = 0

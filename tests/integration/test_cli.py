@@ -10,6 +10,7 @@ from pathlib import Path
 from reconciler.cli.report import DescribeReport
 from reconciler.state import StateLock
 from tests.integration.world import World
+from tests.support.git import git
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,3 +237,38 @@ def test_usage_errors_exit_1_with_a_sentence(world: World) -> None:
     assert proc.returncode == 1
     assert "unrecognized arguments: --no-such-flag" in proc.stderr
     assert world.cli("apply", "--lock-timeout", "soon").returncode == 1
+
+
+def test_read_commands_show_the_last_good_revision_when_head_is_broken(world: World) -> None:
+    small_world(world)
+    # before any pass there is no good revision to fall back on: the errors, exit 1
+    (world.control / "manifests" / "broken.yaml").write_text("kind: Task\nmetadata: {name: [x\n")
+    git(world.control, "add", "-A")
+    git(world.control, "commit", "-qm", "broken")
+    first = world.cli("status", "--json")
+    assert first.returncode == 1 and first.stdout == "" and "broken.yaml" in first.stderr
+    (world.control / "manifests" / "broken.yaml").unlink()
+    good = world.commit("fixed")
+    assert world.cli("apply", "--yes").returncode == 0
+    (world.control / "manifests" / "broken.yaml").write_text("kind: Task\nmetadata: {name: [x\n")
+    git(world.control, "add", "-A")
+    git(world.control, "commit", "-qm", "broken again")
+    status = world.cli("status", "--json")
+    assert status.returncode == 3, status.stderr
+    data = json.loads(status.stdout)
+    assert data["revision"] == good
+    assert {t["name"] for t in data["tasks"]} == {"a", "b"}
+    assert data["controlProblem"].startswith("1 manifest error in 1 file at ")
+    assert f"showing the last good revision {good[:12]}" in data["controlProblem"]
+    (error,) = data["manifestErrors"]
+    assert error["path"] == "manifests/broken.yaml" and error["line"] == 3
+    text = world.cli("status")
+    assert text.returncode == 3 and "manifests/broken.yaml:3:" in text.stderr
+    assert "a " in text.stdout and "control:" not in text.stderr  # said once, not twice
+    plan = world.cli("plan", "--json", "--detailed-exitcode")
+    assert plan.returncode == 3 and json.loads(plan.stdout)["revision"] == good
+    described = world.cli("describe", "a", "--json")
+    assert described.returncode == 3 and json.loads(described.stdout)["name"] == "a"
+    # writing commands still refuse broken manifests: nothing is applied
+    applied = world.cli("apply", "--yes")
+    assert applied.returncode == 1 and "nothing was planned or applied" in applied.stderr

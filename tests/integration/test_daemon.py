@@ -174,8 +174,14 @@ def test_a_broken_revision_keeps_the_last_good_one_and_prunes_nothing(
     daemon.poke()
     daemon.poke()
     assert errors() == logged  # the same errors are news once, not every pass
+    # Read commands are not blind meanwhile: the last good revision's state, and the problem.
     with_problem = world.cli("status", "--json")
-    assert with_problem.returncode == 1 and "broken.yaml" in with_problem.stderr
+    assert with_problem.returncode == 3 and "broken.yaml" in with_problem.stderr
+    shown = json.loads(with_problem.stdout)
+    assert shown["revision"] != git(world.control, "rev-parse", "HEAD").strip()
+    assert "slow" in {t["name"] for t in shown["tasks"]}  # its removal is not in effect either
+    assert "reconciling the last good revision" in shown["controlProblem"]
+    assert [e["path"] for e in shown["manifestErrors"]] == ["manifests/broken.yaml"]
     # Fixed: the fix is reconciled (the removal now takes effect).
     broken.unlink()
     git(world.control, "add", "-A")
