@@ -174,3 +174,36 @@ def test_the_committed_describe_schema_matches_the_model() -> None:
     ]  # fmt: skip
     run = schema["$defs"]["RunReport"]
     assert "mark" not in run["properties"] and set(run["required"]) == set(run["properties"])
+
+
+def test_status_says_when_what_it_announces_happens() -> None:
+    from reconciler.cli.render import when_next
+    from reconciler.plan import Phase, TaskStatus, Why
+
+    opening = TaskStatus(
+        "a", Phase.RUNNING, "web", "app", "agent/a", reason="opening PR", why=Why.OPENING_PR
+    )
+    waiting = TaskStatus(
+        "b",
+        Phase.BACKOFF,
+        "web",
+        "app",
+        "agent/b",
+        reason="run 1.1 crashed; next attempt in 25s",
+        why=Why.BACKING_OFF,
+    )
+    review = TaskStatus("c", Phase.PR_OPEN, "web", "app", "agent/c", why=Why.AWAITING_REVIEW)
+    # under `reconciler run` the pass comes when it is due: the reason stands as it is
+    assert [when_next(s, driven=True) for s in (opening, waiting, review)] == [
+        opening,
+        waiting,
+        review,
+    ]
+    # otherwise nothing happens until someone (cron, a hook) applies
+    assert when_next(opening, driven=False).reason == (
+        "opening PR (at the next apply: no `run` is running)"
+    )
+    assert when_next(waiting, driven=False).reason.endswith(
+        "next attempt in 25s, at the first apply after that"
+    )
+    assert when_next(review, driven=False) == review

@@ -10,6 +10,7 @@ character shown rather than obeyed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -33,6 +34,7 @@ from reconciler.cli.render import (
     table,
     use_color,
     warn,
+    when_next,
 )
 from reconciler.cli.report import DescribeReport, TaskReport, report_schemas
 from reconciler.cli.terminal import guarded, unguarded
@@ -494,6 +496,11 @@ def _statuses(engine: Engine) -> tuple[Desired, Plan, Store]:
     except BaseException:
         store.close()
         raise
+    from reconciler.daemon import running_pid
+
+    # what the plan announces happens at once under `run`; otherwise at the next `apply`
+    driven = running_pid(engine.ctx.state_dir) is not None
+    plan = dataclasses.replace(plan, tasks=tuple(when_next(s, driven) for s in plan.tasks))
     return desired, plan, store
 
 

@@ -158,10 +158,13 @@ def test_broken_manifests_plan_nothing_and_prune_nothing(world: World) -> None:
     from tests.support.git import git
 
     git(world.control, "commit", "-qam", "break a")
-    for command in (["plan"], ["apply", "--yes"], ["status"]):
+    applied = world.cli("apply", "--yes")
+    assert applied.returncode == 1
+    assert "nothing was planned or applied" in applied.stderr
+    for command in (["plan"], ["status"]):  # read commands: the last good revision, exit 3
         proc = world.cli(*command)
-        assert proc.returncode == 1, command
-        assert "nothing was planned or applied" in proc.stderr
+        assert proc.returncode == 3, command
+        assert "manifests/tasks/a.yaml:6:3: unknown field 'maxIteration'" in proc.stderr
     assert world.prs("web-repo") == before
     assert any(p.endswith("/a") for p in world.worktrees("web-repo"))
 

@@ -182,9 +182,10 @@ def test_turns_and_tool_calls_as_each_agent_reports_them(tmp_path: Path) -> None
     assert found.cost_usd == pytest.approx((900 * 0.3 + 100 * 2.5) / 1e6)
 
 
-def test_command_agents_report_nothing(tmp_path: Path) -> None:
+def test_command_agents_report_no_spend_whatever_they_print(tmp_path: Path) -> None:
     write(tmp_path, "Tokens: 2.3k sent, 150 received.\n")
-    assert spend(AgentRef(kind="command", command=["x"]), str(tmp_path)) == Spend()
+    said = spend(AgentRef(kind="command", command=["x"]), str(tmp_path))
+    assert said == Spend(last_event="Tokens: 2.3k sent, 150 received.")
 
 
 @pytest.mark.parametrize(
@@ -386,3 +387,14 @@ def test_a_tally_in_the_first_shape_still_counts(
     old = (FIXTURES / "meter_v1" / f"{agent.kind}.json").read_bytes()
     assert metered(run("upgraded", blank, old)) == whole
     assert metered(run("lost", blank, None)) != whole
+
+
+def test_an_unmetered_agent_tells_what_it_printed_last_and_nothing_of_spend(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, "building…\n\nrunning 41 tests\n   \n")
+    said = spend(AgentRef(kind="command", command=["make"]), str(tmp_path))
+    assert said == Spend(last_event="running 41 tests")
+    assert spend(AgentRef(kind="command", command=["make"]), str(tmp_path / "none")) == Spend()
+    write(tmp_path, "x" * 300 + "\n")
+    assert spend(AgentRef(kind="command"), str(tmp_path)).last_event == "x" * 200

@@ -15,11 +15,14 @@ Generic: names no agent kind; what differs by kind is asked of the plugin.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from reconciler.node import files
 from reconciler.node.agents import ADAPTERS
 from reconciler.node.agents.pricing import Price, configured, model_in, price_of
 from reconciler.node.agents.tally import METER_JSON, Counts, read, save
+from reconciler.node.files import tail_bytes
 from reconciler.protocol import AgentRef
 
 __all__ = ["METER_JSON", "Spend", "spend"]
@@ -52,7 +55,8 @@ def spend(
     line without a newline counts). ``resumed``: the session the run continued."""
     plugin = ADAPTERS.get(agent.kind)
     if plugin is None or plugin.tally is None:
-        return Spend()  # an agent whose output says nothing about its spend
+        # an agent whose output says nothing about its spend: what it printed last is all
+        return Spend(last_event=last_line(os.path.join(run_dir, files.OUTPUT_LOG)))
     tally = read(plugin.tally, run_dir, final)
     if resumed and tally.resume(run_dir, resumed):
         save(run_dir, tally)
@@ -73,6 +77,20 @@ def spend(
     return Spend(
         found_in, found_out, cost, estimated, turns, tools, tally.event_end, tally.last_event
     )
+
+
+LAST_LINE_WINDOW = 4096  # bytes of output's end read for its last line
+
+
+def last_line(path: str) -> str | None:
+    """The last line with something on it of the output at ``path`` (its first 200
+    characters), or None."""
+    for line in reversed(
+        tail_bytes(path, LAST_LINE_WINDOW).decode("utf-8", "replace").splitlines()
+    ):
+        if line.strip():
+            return line.strip()[:200]
+    return None
 
 
 def _priced(agent: AgentRef, models: dict[str, Counts], *, cached_in_input: bool) -> float | None:
