@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from reconciler.cli import build_parser
+from reconciler.cli.parser import build_parser
 from reconciler.manifests.models import AgentSpec, ConfigSpec, LaneSpec, Spec, TaskSpec
 from reconciler.manifests.policy import PolicySpec
 

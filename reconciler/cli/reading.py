@@ -1,0 +1,230 @@
+"""The commands that read: status, describe, logs, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from typing import Any
+
+from reconciler.cli import state as state_cli
+from reconciler.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    lane_of,
+    readable,
+)
+from reconciler.cli.render import (
+    Painter,
+    err,
+    render_describe,
+    render_status,
+    table,
+    use_color,
+    when_next,
+)
+from reconciler.cli.report import DescribeReport, TaskReport
+from reconciler.engine import Engine, UserError
+from reconciler.lanes import LaneUnavailable, RequestFailed
+from reconciler.manifests.models import Desired
+from reconciler.plan import Plan
+from reconciler.protocol import (
+    LogResult,
+    PreflightResult,
+    ReadLogRequest,
+)
+from reconciler.state import Store
+
+
+def _statuses(engine: Engine) -> tuple[Desired, Plan, Store]:
+    desired = readable(engine)
+    store = Store.open_readonly(engine.ctx.state_dir)
+    try:
+        plan, _ = engine.observe_and_plan(desired, store)
+    except BaseException:
+        store.close()
+        raise
+    from reconciler.daemon import running_pid
+
+    # what the plan announces happens at once under `run`; otherwise at the next `apply`
+    driven = running_pid(engine.ctx.state_dir) is not None
+    plan = dataclasses.replace(plan, tasks=tuple(when_next(s, driven) for s in plan.tasks))
+    return desired, plan, store
+
+
+def status_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "revision": plan.revision,
+        "tasks": [TaskReport.of(s).to_json() for s in plan.tasks],
+        "requeue": plan.requeue.to_json(plan.now) if plan.requeue else None,
+    }
+
+
+def _lane_spend(desired: Desired, plan: Plan) -> dict[str, dict[str, Any]]:
+    """Per lane: what its runs started since 00:00 UTC spent, as the planner holds it to its
+    daily budget (the plan's figures: status never counts differently), and that budget."""
+    spent = {s.lane: s for s in plan.lane_spend}
+    lanes: dict[str, dict[str, Any]] = {}
+    for name, lane in desired.lanes.items():
+        today = spent.get(name)
+        lanes[name] = {
+            "todayUsd": today.today_usd if today else 0.0,
+            "todayTokens": today.today_tokens if today else 0,
+            "budgetUsd": lane.budget.max_cost_usd,
+            "budgetTokens": lane.budget.max_tokens,
+        }
+    return lanes
+
+
+def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
+    desired, plan, store = _statuses(engine)
+    try:
+        ages = {name: row.first_seen for name, row in store.tasks().items()}
+        problems = [p for p in (store.get_meta("control_problem"),) if p]
+    finally:
+        store.close()
+    fetch = engine.control.fetch_error
+    if fetch and not any("could not be fetched" in p for p in problems):
+        problems.append(f"the control remote could not be fetched ({fetch})")
+    fallback = engine.fallback
+    if fallback is not None and not any(fallback.head[:12] in p for p in problems):
+        problems.append(fallback.problem)
+    lanes = _lane_spend(desired, plan)
+    if args.json:
+        data = status_json(plan)
+        data["controlProblem"] = "; ".join(problems) or None
+        data["manifestErrors"] = [
+            {
+                "path": e.path,
+                "line": e.line,
+                "column": e.column,
+                "message": e.message,
+                "hint": e.hint,
+            }
+            for e in (fallback.errors if fallback is not None else ())
+        ]
+        data["lanes"] = lanes
+        data["spendUsd"] = round(sum(t.cost_usd for t in plan.tasks), 6)
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    for problem in problems:
+        if fallback is None or fallback.head[:12] not in problem:  # that one is said already
+            err(f"control: {problem}")
+    paint = Painter(use_color(sys.stdout))
+    sys.stdout.write(render_status(plan.tasks, paint, ages))
+    total = sum(s.cost_usd for s in plan.tasks)
+    counts: dict[str, int] = {}
+    for s in plan.tasks:
+        counts[s.phase.value] = counts.get(s.phase.value, 0) + 1
+    summary = ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items()))
+    print(f"\nRevision {plan.revision[:12]}: {summary or 'no tasks'}; spend ${total:.2f}.")
+    today = [
+        f"{name} ${v['todayUsd']:.2f}" + (f" of ${v['budgetUsd']:.2f}" if v["budgetUsd"] else "")
+        for name, v in sorted(lanes.items())
+    ]
+    if today:
+        print(f"Spend today (UTC) per lane: {', '.join(today)}.")
+    return EXIT_OK
+
+
+def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
+    desired, plan, store = _statuses(engine)
+    try:
+        status = next((s for s in plan.tasks if s.name == args.task), None)
+        task = desired.tasks.get(args.task)
+        row = store.task(args.task)
+        if status is None and task is None and row is None:
+            raise UserError(f"no task named {args.task}; `reconciler status` lists the tasks")
+        report = DescribeReport.of(
+            args.task,
+            status=status,
+            task=task,
+            row=row,
+            runs=store.runs(args.task),
+            events=store.events(args.task, limit=30),
+        )
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return EXIT_OK
+    sys.stdout.write(render_describe(report, Painter(use_color(sys.stdout))))
+    return EXIT_OK
+
+
+def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
+    desired = readable(engine)
+    lane = lane_of(engine, desired, args.task)
+    with engine.reading() as store:
+        runs = store.runs(args.task)
+    if args.run:
+        try:
+            attempt, iteration = (int(x) for x in args.run.split("."))
+        except ValueError as exc:
+            raise UserError(f"--run {args.run}: write it as ATTEMPT.ITERATION, e.g. 2.1") from exc
+    elif runs:
+        attempt, iteration = runs[-1].attempt, runs[-1].iteration
+    else:
+        raise UserError(f"task {args.task} has no runs yet")
+    offset = 0
+    while True:
+        chunk = lane.one(
+            ReadLogRequest(
+                lane=lane.ref,
+                task=args.task,
+                attempt=attempt,
+                iteration=iteration,
+                offset=offset,
+                render=not args.raw,
+            ),
+            LogResult,
+        )
+        # no flush between chunks: a line (and a token in it) cut by a chunk's end is written,
+        # and redacted, whole
+        sys.stdout.write(chunk.data)
+        moved = chunk.offset != offset
+        offset = chunk.offset
+        if not args.follow or (chunk.ended and not moved):
+            return EXIT_OK
+        if not moved:
+            sys.stdout.flush()  # what there is, while the agent writes on
+            time.sleep(0.5)
+
+
+def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
+    desired = readable(engine)
+    paint = Painter(use_color(sys.stdout))
+    rows = []
+    failed = 0
+    for name, lane in engine.lanes(desired).items():
+        try:
+            result = lane.one(lane.preflight_request(desired), PreflightResult)
+        except (LaneUnavailable, RequestFailed) as exc:
+            failed += 1
+            detail, _, fix = str(exc).partition("; ")
+            check = exc.check if isinstance(exc, LaneUnavailable) else "lane"
+            rows.append([name, check, "", paint("FAIL", "red"), detail, fix])
+            continue
+        for c in result.checks:
+            failed += 0 if c.ok else 1
+            rows.append(
+                [
+                    name,
+                    c.name,
+                    c.subject,
+                    paint("ok", "green") if c.ok else paint("FAIL", "red"),
+                    c.detail,
+                    "" if c.ok else c.fix + (" (tasks are still dispatched)" * c.advisory),
+                ]
+            )
+    state_rows, state_failed = state_cli.doctor_rows(engine.ctx.state_dir, paint)
+    rows, failed = rows + state_rows, failed + state_failed
+    sys.stdout.write(table(rows, ["LANE", "CHECK", "SUBJECT", "RESULT", "DETAIL", "FIX"]))
+    print(
+        f"\n{failed} check{'s' if failed != 1 else ''} failed."
+        if failed
+        else "\nAll checks passed."
+    )
+    return EXIT_ERROR if failed else EXIT_OK
