@@ -112,7 +112,8 @@ def test_progress_is_the_last_agent_event_not_the_last_byte(tmp_path: Path) -> N
     assert found.event_end == len(events.encode())  # heartbeats, a silent event, a cut line: no
     assert found.last_event == "assistant: more"
     plain = spend(AgentRef(kind="command", command=["x"]), str(tmp_path))
-    assert (plain.event_end, plain.last_event) == (None, None)  # no events: output growth
+    # no events: progress is output growth, and what it printed last is its last line
+    assert (plain.event_end, plain.last_event) == (None, '{"type": "assi')
 
 
 def test_heartbeats_never_move_the_progress_offset(tmp_path: Path) -> None:
