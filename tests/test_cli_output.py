@@ -90,6 +90,18 @@ def test_the_clis_own_colours_work_and_cannot_be_forged() -> None:
     assert visible(table([[paint("ok", "green"), "x"]], ["A", "B"])) == "A   B\nok  x\n"
 
 
+def test_watch_clears_the_screen_and_nothing_else_can() -> None:
+    from reconciler.cli.render import clear_screen
+    from reconciler.cli.terminal import csi
+
+    assert through(clear_screen() + "table\n", terminal=True) == "\x1b[H\x1b[2Jtable\n"
+    assert through(clear_screen() + "table\n", terminal=False) == "table\n"
+    # an agent's own erase sequence is shown, not obeyed
+    assert through("\x1b[2Jgone?\n", terminal=True) == "\\x1b[2Jgone?\n"
+    with pytest.raises(ValueError, match="not a cursor-home or erase sequence"):
+        csi("31m")
+
+
 def test_redaction_in_both_modes_also_across_writes() -> None:
     for terminal in (True, False):
         out = through(f"token {GHP} and https://bot:pw-123456@h/x\n", terminal=terminal, writes=9)

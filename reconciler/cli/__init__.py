@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from reconciler.cli import hooks
+from reconciler.cli import completion, hooks
 from reconciler.cli import state as state_cli
 from reconciler.cli.common import (
     EXIT_ERROR,
@@ -60,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None, secrets: set[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    completion.complete(parser)  # the shell asking for completions: answered, then exit
+    args = parser.parse_args(argv)
     if args.command == "node":
         from reconciler.lanes import serve_node
 
@@ -210,6 +212,7 @@ COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "pr": cmd_pr,
     "keys": cmd_keys,
     "state": state_cli.cmd_state,
+    "completion": completion.cmd_completion,
 }
 
 __all__ = ["main"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Callable
 
 from reconciler.cli.common import (
     EXIT_CHANGES,
@@ -14,6 +14,7 @@ from reconciler.cli.common import (
 )
 from reconciler.cli.render import (
     Painter,
+    dump,
     err,
     render_plan,
     summary_line,
@@ -31,8 +32,8 @@ def cmd_plan(engine: Engine, args: argparse.Namespace) -> int:
         print(f"warning: {foreign.message}", file=sys.stderr)
     if args.out:
         save_plan(plan, args.out)
-    if args.json:
-        print(json.dumps(plan_to_json(plan), indent=2))
+    if args.output in ("json", "yaml"):
+        dump(plan_to_json(plan), args.output)
     else:
         sys.stdout.write(render_plan(plan, Painter(use_color(sys.stdout))))
         if args.out:
@@ -59,7 +60,7 @@ def cmd_apply(engine: Engine, args: argparse.Namespace) -> int:
     paint = Painter(use_color(sys.stdout))
     with engine.locked(args.lock_timeout) as store:
         confirm = None if args.yes or saved is not None else _confirm
-        result = engine.apply(desired, store, saved=saved, confirm=confirm)
+        result = engine.apply(desired, store, saved=saved, confirm=confirm, log=_progress())
     if result.report is None:
         return EXIT_OK
     if confirm is None or result.plan.empty:
@@ -74,6 +75,22 @@ def cmd_apply(engine: Engine, args: argparse.Namespace) -> int:
     for action, message in report.failed:
         err(f"{action.kind.value} {action.task}: {message}")
     return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _progress() -> Callable[[str], None]:
+    """On a terminal, each action as it is carried out (a long pass is not silent); for a
+    script, nothing until the summary."""
+    if not sys.stderr.isatty():
+        return lambda _message: None
+    paint = Painter(use_color(sys.stderr))
+    done = 0
+
+    def say(message: str) -> None:
+        nonlocal done
+        done += 1
+        print(paint(f"  [{done}] {message}", "dim"), file=sys.stderr, flush=True)
+
+    return say
 
 
 def cmd_run(engine: Engine, args: argparse.Namespace) -> int:

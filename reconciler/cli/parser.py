@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from reconciler import __version__
-from reconciler.cli import hooks
+from reconciler.cli import completion, hooks
 from reconciler.cli import state as state_cli
 from reconciler.cli.common import (
     EXIT_ERROR,
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve only the lane configuration with this digest (set by `keys authorize`)",
     )
     state_cli.add_parser(command, common)
+    completion.add_parser(command, common)
     return parser
 
 
@@ -91,10 +92,24 @@ def _common_options() -> _Parser:
     return common
 
 
+def _output(p: argparse.ArgumentParser, formats: tuple[str, ...]) -> None:
+    """``-o FORMAT`` as kubectl users expect it, and ``--json`` (the same as ``-o json``)."""
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=formats,
+        default="text",
+        help=f"how to print it: {', '.join(formats)} (default: text)",
+    )
+    p.add_argument(
+        "--json", dest="output", action="store_const", const="json", help="the same as -o json"
+    )
+
+
 def _add_converging(command: Command) -> None:
     """plan, apply, run and poke: the commands that compute or carry out a pass."""
     p = command("plan", "show what apply would do")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _output(p, ("text", "json", "yaml"))
     p.add_argument("--out", type=Path, help="save the plan for `apply FILE`")
     p.add_argument(
         "--detailed-exitcode",
@@ -136,12 +151,21 @@ def _add_reading(command: Command) -> None:
     p = command("policy", "show the admin policy in force: what lanes may be, and from where")
     p.add_argument("--json", action="store_true", help="print the policy as JSON")
     p = command("status", "one row per task")
-    p.add_argument("--json", action="store_true")
+    _output(p, ("text", "wide", "json", "yaml"))
+    p.add_argument(
+        "-w",
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_duration,
+        metavar="EVERY",
+        help="redraw the table every EVERY (default 2s) until Ctrl-C",
+    )
     p = command("describe", "a task's spec, phase, runs, events and PR")
-    p.add_argument("task")
-    p.add_argument("--json", action="store_true")
+    completion.tasks(p.add_argument("task"))
+    _output(p, ("text", "json", "yaml"))
     p = command("logs", "the agent's output for a run")
-    p.add_argument("task")
+    completion.tasks(p.add_argument("task"))
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
     p.add_argument(
         "--raw",
@@ -158,11 +182,11 @@ def _add_pr(command: Command, common: argparse.ArgumentParser) -> None:
     p = command("pr", "pull requests of the local forge")
     prsub = p.add_subparsers(dest="pr_command", metavar="ACTION", required=True)
     m = prsub.add_parser("merge", help="merge a task's open PR (local forge)", parents=[common])
-    m.add_argument("task")
+    completion.tasks(m.add_argument("task"))
     c = prsub.add_parser(
         "close", help="close a task's open PR without merging (local forge)", parents=[common]
     )
-    c.add_argument("task")
+    completion.tasks(c.add_argument("task"))
     c.add_argument("--comment", default="Closed by an operator.", help="comment to leave")
 
 

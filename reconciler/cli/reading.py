@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from reconciler.cli import state as state_cli
@@ -18,6 +18,8 @@ from reconciler.cli.common import (
 )
 from reconciler.cli.render import (
     Painter,
+    clear_screen,
+    dump,
     err,
     render_describe,
     render_status,
@@ -26,8 +28,11 @@ from reconciler.cli.render import (
     when_next,
 )
 from reconciler.cli.report import DescribeReport, TaskReport
+from reconciler.control import ControlError
+from reconciler.durations import format_duration
 from reconciler.engine import Engine, UserError
 from reconciler.lanes import LaneUnavailable, RequestFailed
+from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired
 from reconciler.plan import Plan
 from reconciler.protocol import (
@@ -78,7 +83,17 @@ def _lane_spend(desired: Desired, plan: Plan) -> dict[str, dict[str, Any]]:
     return lanes
 
 
-def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class _StatusView:
+    """One computation of ``status``, for any of its renderings."""
+
+    plan: Plan
+    data: dict[str, Any]  # the status --json document
+    ages: dict[str, float]
+    said: list[str]  # control problems to say on stderr (the fallback's is said already)
+
+
+def _status_view(engine: Engine) -> _StatusView:
     desired, plan, store = _statuses(engine)
     try:
         ages = {name: row.first_seen for name, row in store.tasks().items()}
@@ -89,44 +104,78 @@ def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
     if fetch and not any("could not be fetched" in p for p in problems):
         problems.append(f"the control remote could not be fetched ({fetch})")
     fallback = engine.fallback
+    said = [p for p in problems if fallback is None or fallback.head[:12] not in p]
     if fallback is not None and not any(fallback.head[:12] in p for p in problems):
         problems.append(fallback.problem)
-    lanes = _lane_spend(desired, plan)
-    if args.json:
-        data = status_json(plan)
-        data["controlProblem"] = "; ".join(problems) or None
-        data["manifestErrors"] = [
-            {
-                "path": e.path,
-                "line": e.line,
-                "column": e.column,
-                "message": e.message,
-                "hint": e.hint,
-            }
-            for e in (fallback.errors if fallback is not None else ())
-        ]
-        data["lanes"] = lanes
-        data["spendUsd"] = round(sum(t.cost_usd for t in plan.tasks), 6)
-        print(json.dumps(data, indent=2))
-        return EXIT_OK
-    for problem in problems:
-        if fallback is None or fallback.head[:12] not in problem:  # that one is said already
-            err(f"control: {problem}")
-    paint = Painter(use_color(sys.stdout))
-    sys.stdout.write(render_status(plan.tasks, paint, ages))
-    total = sum(s.cost_usd for s in plan.tasks)
+    data = status_json(plan)
+    data["controlProblem"] = "; ".join(problems) or None
+    data["manifestErrors"] = [
+        {"path": e.path, "line": e.line, "column": e.column, "message": e.message, "hint": e.hint}
+        for e in (fallback.errors if fallback is not None else ())
+    ]
+    data["lanes"] = _lane_spend(desired, plan)
+    data["spendUsd"] = round(sum(t.cost_usd for t in plan.tasks), 6)
+    return _StatusView(plan, data, ages, said)
+
+
+def _status_text(view: _StatusView, paint: Painter, wide: bool) -> str:
+    tasks = view.plan.tasks
+    lines = [render_status(tasks, paint, view.ages, wide=wide).rstrip("\n"), ""]
     counts: dict[str, int] = {}
-    for s in plan.tasks:
+    for s in tasks:
         counts[s.phase.value] = counts.get(s.phase.value, 0) + 1
     summary = ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items()))
-    print(f"\nRevision {plan.revision[:12]}: {summary or 'no tasks'}; spend ${total:.2f}.")
+    total = view.data["spendUsd"]
+    lines.append(
+        f"Revision {view.plan.revision[:12]}: {summary or 'no tasks'}; spend ${total:.2f}."
+    )
     today = [
         f"{name} ${v['todayUsd']:.2f}" + (f" of ${v['budgetUsd']:.2f}" if v["budgetUsd"] else "")
-        for name, v in sorted(lanes.items())
+        for name, v in sorted(view.data["lanes"].items())
     ]
     if today:
-        print(f"Spend today (UTC) per lane: {', '.join(today)}.")
+        lines.append(f"Spend today (UTC) per lane: {', '.join(today)}.")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
+    if args.watch is not None:
+        return _watch(engine, args)
+    view = _status_view(engine)
+    if args.output in ("json", "yaml"):
+        dump(view.data, args.output)
+        return EXIT_OK
+    for problem in view.said:
+        err(f"control: {problem}")
+    paint = Painter(use_color(sys.stdout))
+    sys.stdout.write(_status_text(view, paint, wide=args.output == "wide"))
     return EXIT_OK
+
+
+def _watch(engine: Engine, args: argparse.Namespace) -> int:
+    """``status --watch``: the table redrawn every interval until Ctrl-C, like watch(1)."""
+    every: float = args.watch
+    terminal = sys.stdout.isatty()
+    paint = Painter(use_color(sys.stdout))
+    try:
+        while True:
+            engine.fallback = None
+            engine.control.refresh()
+            try:
+                view = _status_view(engine)
+                body = _status_text(view, paint, wide=args.output == "wide")
+                body = "".join(f"control: {p}\n" for p in view.said) + body
+            except (ManifestErrors, UserError, ControlError) as exc:
+                body = f"{exc}\n"  # the next round may be better: keep watching
+            stamp = time.strftime("%H:%M:%S")
+            shown = f"{every * 1000:.0f}ms" if every < 1 else format_duration(every)
+            head = paint(f"Every {shown}: reconciler status", "bold")
+            sys.stdout.write((clear_screen() if terminal else "") + f"{head}    {stamp}\n\n")
+            sys.stdout.write(body + ("" if terminal else "\n"))
+            sys.stdout.flush()
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
@@ -147,8 +196,8 @@ def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+    if args.output in ("json", "yaml"):
+        dump(report.to_json(), args.output)
         return EXIT_OK
     sys.stdout.write(render_describe(report, Painter(use_color(sys.stdout))))
     return EXIT_OK

@@ -7,6 +7,7 @@ into escapes, after it has neutralised every control character the text carried.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -15,8 +16,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TextIO
 
+from ruamel.yaml import YAML
+
 from reconciler.cli.report import DescribeReport, RunReport
-from reconciler.cli.terminal import sgr, visible
+from reconciler.cli.terminal import csi, sgr, visible
 from reconciler.durations import format_duration
 from reconciler.plan import ActionKind, Phase, Plan, TaskStatus, Why
 from reconciler.plan.model import SYMBOLS
@@ -153,7 +156,11 @@ def when_next(status: TaskStatus, driven: bool) -> TaskStatus:
     return status
 
 
-def render_status(statuses: Sequence[TaskStatus], paint: Painter, ages: dict[str, float]) -> str:
+def render_status(
+    statuses: Sequence[TaskStatus], paint: Painter, ages: dict[str, float], *, wide: bool = False
+) -> str:
+    """The status table; ``wide`` adds the repo, branch, tokens, the reason code and when the
+    next attempt is due (``-o wide``)."""
     if not statuses:
         return "No tasks.\n"
     now = time.time()
@@ -163,21 +170,37 @@ def render_status(statuses: Sequence[TaskStatus], paint: Painter, ages: dict[str
         age = format_duration(now - ages[s.name]) if s.name in ages else "-"
         run = f"{s.attempt}.{s.iteration}" if s.attempt else "-"
         cost = f"${s.cost_usd:.2f}" if s.cost_usd else "-"
-        rows.append(
-            [
-                s.name,
-                paint(
-                    s.phase.value, *((_PHASE_COLOR[s.phase],) if s.phase in _PHASE_COLOR else ())
-                ),
-                s.lane,
-                run,
-                pr,
-                cost,
-                age,
-                s.reason,
+        colour = (_PHASE_COLOR[s.phase],) if s.phase in _PHASE_COLOR else ()
+        row = [s.name, paint(s.phase.value, *colour), s.lane, run, pr, cost, age]
+        if wide:
+            due = s.next_attempt_at
+            row += [
+                s.repo,
+                s.branch,
+                str(s.tokens) if s.tokens else "-",
+                s.why.value,
+                format_duration(max(0.0, due - now)) if due is not None else "-",
             ]
-        )
-    return table(rows, ["TASK", "PHASE", "LANE", "RUN", "PR", "COST", "AGE", "REASON"])
+        rows.append([*row, s.reason])
+    head = ["TASK", "PHASE", "LANE", "RUN", "PR", "COST", "AGE"]
+    head += ["REPO", "BRANCH", "TOKENS", "CODE", "NEXT"] if wide else []
+    return table(rows, [*head, "REASON"])
+
+
+def dump(data: object, output: str) -> None:
+    """A command's document on stdout as ``json`` (indented) or ``yaml`` (block style)."""
+    if output == "json":
+        print(json.dumps(data, indent=2))
+        return
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
+    yaml.dump(data, sys.stdout)
+
+
+def clear_screen() -> str:
+    """Cursor home and erase the display, as ``GuardedStream`` lets the CLI's own write it."""
+    return csi("H") + csi("2J")
 
 
 def render_describe(report: DescribeReport, paint: Painter) -> str:

@@ -36,7 +36,7 @@ from reconciler.redact import redact
 MARK = f"\ue000{random.token_hex(4)}"
 """Starts an SGR sequence the CLI itself writes; unguessable by anything it prints."""
 
-_MARKED = re.compile(re.escape(MARK) + r"\[([0-9;]*)m")
+_MARKED = re.compile(re.escape(MARK) + r"\[([0-9;]*)([mHJ])")
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _HOLD_LIMIT = 1 << 16  # characters of an unfinished line held back before it is written anyway
 
@@ -44,6 +44,14 @@ _HOLD_LIMIT = 1 << 16  # characters of an unfinished line held back before it is
 def sgr(codes: str) -> str:
     """A colour or weight (``"31;1"``) that ``GuardedStream`` turns into ESC on a terminal."""
     return f"{MARK}[{codes}m"
+
+
+def csi(sequence: str) -> str:
+    """Cursor home (``"H"``) or erase the display (``"2J"``), for ``status --watch``; written
+    like ``sgr``, so no other text can make the terminal obey it."""
+    if not re.fullmatch(r"[0-9;]*[HJ]", sequence):
+        raise ValueError(f"not a cursor-home or erase sequence: {sequence!r}")
+    return f"{MARK}[{sequence}"
 
 
 def visible(text: str) -> str:
@@ -111,7 +119,7 @@ class GuardedStream(io.TextIOBase):
         if self.terminal:
             text = shown(text)
         if MARK in text:
-            text = _MARKED.sub("\x1b[\\1m" if self.terminal else "", text)
+            text = _MARKED.sub("\x1b[\\1\\2" if self.terminal else "", text)
         self.inner.write(text)
 
     def flush(self) -> None:

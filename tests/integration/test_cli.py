@@ -275,3 +275,115 @@ def test_read_commands_show_the_last_good_revision_when_head_is_broken(world: Wo
     # writing commands still refuse broken manifests: nothing is applied
     applied = world.cli("apply", "--yes")
     assert applied.returncode == 1 and "nothing was planned or applied" in applied.stderr
+
+
+def test_shell_completion_offers_commands_options_and_the_task_names(
+    world: World, tmp_path: Path
+) -> None:
+    small_world(world)
+    for shell in ("bash", "zsh", "fish"):
+        script = world.cli("completion", shell)
+        assert script.returncode == 0 and "_ARGCOMPLETE" in script.stdout, shell
+
+    def offered(line: str) -> set[str]:
+        out = tmp_path / "completions"
+        proc = world.cli(
+            _ARGCOMPLETE="1",
+            _ARGCOMPLETE_SHELL="bash",
+            ARGCOMPLETE_USE_TEMPFILES="1",
+            _ARGCOMPLETE_STDOUT_FILENAME=str(out),
+            COMP_LINE=line,
+            COMP_POINT=str(len(line)),
+        )
+        assert proc.returncode == 0, proc.stderr
+        return {word.strip() for word in out.read_text().split("\v")}  # a sole match: "b "
+
+    assert {"status", "describe", "completion"} <= offered("reconciler ")
+    assert offered("reconciler describe ") == {"a", "b"}
+    assert offered("reconciler logs b") == {"b"}
+    assert {"--output", "--watch"} <= offered("reconciler status --")
+
+
+def test_output_formats_as_kubectl_users_expect_them(world: World) -> None:
+    from ruamel.yaml import YAML
+
+    small_world(world)
+    yaml = YAML(typ="safe", pure=True)
+    for command in (["status"], ["plan"], ["describe", "a"]):
+        as_json = world.cli(*command, "-o", "json")
+        as_yaml = world.cli(*command, "-o", "yaml")
+        assert as_json.returncode == as_yaml.returncode == 0, command
+        data = json.loads(as_json.stdout)
+        data.pop("now", None)
+        loaded = yaml.load(as_yaml.stdout)
+        assert loaded.keys() == data.keys(), command
+        assert world.cli(*command, "--json").stdout == as_json.stdout  # --json is -o json
+    wide = world.cli("status", "-o", "wide")
+    header = wide.stdout.splitlines()[0].split()
+    assert header == [
+        "TASK", "PHASE", "LANE", "RUN", "PR", "COST", "AGE",
+        "REPO", "BRANCH", "TOKENS", "CODE", "NEXT", "REASON",
+    ]  # fmt: skip
+    assert "DependencyPending" in wide.stdout
+    bad = world.cli("status", "-o", "xml")
+    assert bad.returncode == 1 and "invalid choice: 'xml'" in bad.stderr
+
+
+def test_status_watch_redraws_until_interrupted(world: World) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    small_world(world)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "status", "--watch", "100ms"],
+        env=world.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    frames = 0
+    for line in proc.stdout:
+        frames += ": reconciler status" in line
+        assert line.startswith("Every 100ms: ") or ": reconciler status" not in line
+        if frames == 2:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, errors = proc.communicate(timeout=30)
+    assert proc.returncode == 0, errors
+    assert frames == 2 and "\x1b" not in rest  # not a terminal: frames one after another
+
+
+def test_apply_on_a_terminal_shows_each_action_as_it_is_carried_out(world: World) -> None:
+    import os
+    import subprocess
+    import sys
+
+    small_world(world)
+    main, follower = os.openpty()
+    proc = subprocess.run(
+        [sys.executable, "-m", "reconciler", "apply", "--yes"],
+        env={**world.env(), "NO_COLOR": "1"},
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+    os.close(follower)
+    said = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal's other end is closed: all of it was read
+            break
+        if not chunk:
+            break
+        said += chunk
+    os.close(main)
+    assert proc.returncode == 0
+    assert "[1] start a: run 1.1 started" in said.decode()
+    # not on a terminal: only the summary, as before
+    quiet = world.cli("apply", "--yes")
+    assert quiet.returncode == 0 and quiet.stderr == ""
