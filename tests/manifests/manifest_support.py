@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconciler.control import git_blob_id
+from reconciler.manifests.errors import ManifestError, ManifestErrors
 from reconciler.manifests.loader import SourceFile, load
 from reconciler.manifests.models import Desired
 
@@ -56,3 +57,12 @@ class Repo:
 
 def load_files(files: Mapping[str, str | bytes], base: bool = True) -> Desired:
     return Repo({**BASE, **files} if base else files).load()
+
+
+def errors_of(files: Mapping[str, str | bytes], base: bool = True) -> list[ManifestError]:
+    """Every error loading ``files`` gives (it must give some)."""
+    try:
+        load_files(files, base=base)
+    except ManifestErrors as exc:
+        return exc.errors
+    raise AssertionError("the manifests loaded without an error")

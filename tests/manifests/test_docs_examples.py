@@ -47,3 +47,33 @@ def test_the_docs_show_manifests_of_every_kind() -> None:
 )
 def test_a_documented_manifest_is_valid(doc: dict[str, object]) -> None:
     KINDS[str(doc["kind"])].model_validate(doc)
+
+
+def documented_unknown_fields() -> list[tuple[str, str, str, str]]:
+    """(doc, field, section, hint) for each documented ``unknown field 'x' in spec`` error."""
+    found = []
+    for path in sorted(DOCS.glob("*.md")):
+        text = path.read_text()
+        pattern = r"unknown field '(\w+)' in (\w+)\n\s*hint: ([^\n]*)"
+        for field, section, hint in re.findall(pattern, text):
+            found.append((path.name, field, section, hint))
+    return found
+
+
+@pytest.mark.parametrize(("doc", "field", "section", "hint"), documented_unknown_fields())
+def test_the_hints_the_docs_show_are_the_ones_the_loader_gives(
+    doc: str, field: str, section: str, hint: str
+) -> None:
+    from tests.manifests.manifest_support import errors_of
+
+    given = []
+    for kind in ("Lane", "Agent", "Task", "Config"):
+        body = {"Lane": "{repos: [{name: r, checkout: ~/r}]", "Agent": "{kind: claude"}.get(
+            kind, "{lane: l, repo: r, agent: a, prompt: x" if kind == "Task" else "{"
+        )
+        text = (
+            f"apiVersion: reconciler/v1\nkind: {kind}\nmetadata: {{name: x}}\n"
+            f"{section}: {body}, {field}: 1}}\n"
+        )
+        given += [e.hint for e in errors_of({"manifests/x.yaml": text}, base=False)]
+    assert hint in given, f"{doc} shows a hint the loader no longer gives; it gives: {given}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from reconciler.manifests.errors import ManifestError, ManifestErrors
 from reconciler.manifests.loader import MAX_FILE_SIZE, SourceFile, load, safe_relpath
 from reconciler.manifests.models import ConfigSpec, make_task
-from tests.manifests.manifest_support import BASE, Repo, load_files
+from tests.manifests.manifest_support import BASE, Repo, errors_of, load_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,12 +25,6 @@ def task(name: str, extra: str = "", *, lane: str = "web", repo: str = "webapp")
         "  agent: claude\n"
         "  prompt: fix it\n" + extra
     )
-
-
-def errors_of(files: Mapping[str, str | bytes], base: bool = True) -> list[ManifestError]:
-    with pytest.raises(ManifestErrors) as info:
-        load_files(files, base=base)
-    return info.value.errors
 
 
 # ---------------------------------------------------------------------------------- valid
