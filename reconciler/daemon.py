@@ -308,7 +308,7 @@ class Daemon:
                     self.log("manifest-error", "the manifest errors are fixed")
                 self.manifest_errors = ()
             except ManifestErrors as exc:
-                errors = tuple(str(error) for error in exc.errors)
+                errors = tuple(exc.shown())
                 if errors != self.manifest_errors:  # the same errors are not news every pass
                     for error in errors:
                         self.log("manifest-error", error, level="error")

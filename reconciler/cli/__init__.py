@@ -86,8 +86,8 @@ def _main(argv: Sequence[str] | None, secrets: set[str]) -> int:
         code = handler(engine, args)
         return EXIT_LAST_GOOD if engine.fallback is not None and code != EXIT_ERROR else code
     except ManifestErrors as exc:
-        for error in exc.errors:
-            print(str(error), file=sys.stderr)
+        for line in exc.shown():
+            print(line, file=sys.stderr)
         n = len(exc.errors)
         err(f"{n} error{'s' if n != 1 else ''} in the manifests; nothing was planned or applied")
         return EXIT_ERROR

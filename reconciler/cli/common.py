@@ -25,8 +25,8 @@ def readable(engine: Engine) -> Desired:
     manifests are broken, saying so on stderr (the command then exits 3)."""
     desired = engine.load_for_reading()
     if engine.fallback is not None:
-        for error in engine.fallback.errors:
-            print(str(error), file=sys.stderr)
+        for line in engine.fallback.errors.shown():
+            print(line, file=sys.stderr)
         err(engine.fallback.problem + " (the revision `run` reconciles meanwhile)")
     return desired
 

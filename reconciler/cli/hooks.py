@@ -144,7 +144,7 @@ def pre_receive(bare: Path, updates: str) -> int:
                 "push again",
                 file=sys.stderr,
             )
-            print(str(exc), file=sys.stderr)
+            print("\n".join(exc.shown()), file=sys.stderr)
             continue
         except ControlError as exc:
             print(f"reconciler: cannot check {new[:12]}: {exc}", file=sys.stderr)

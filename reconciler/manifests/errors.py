@@ -32,6 +32,9 @@ class ManifestError:
         return f"{self.path}:{self.line}:{self.column}"
 
 
+SHOWN = 50  # errors printed before the count of the rest
+
+
 class ManifestErrors(Exception):
     """Every problem found in one load, sorted by file and position (duplicates dropped)."""
 
@@ -49,6 +52,19 @@ class ManifestErrors(Exception):
 
     def __str__(self) -> str:
         return "\n".join(str(e) for e in self.errors)
+
+    def shown(self, limit: int = SHOWN) -> list[str]:
+        """The first ``limit`` errors as a person reads them, then how many more there are: a
+        broken generator of 100,000 documents is one screen, not 200,000 lines."""
+        lines = [str(e) for e in self.errors[:limit]]
+        rest = self.errors[limit:]
+        if rest:
+            files = len({e.path for e in rest})
+            lines.append(
+                f"… and {len(rest)} more error{'s' if len(rest) != 1 else ''} in "
+                f"{files} file{'s' if files != 1 else ''} (fix these first)"
+            )
+        return lines
 
     def __iter__(self) -> Iterator[ManifestError]:
         return iter(self.errors)

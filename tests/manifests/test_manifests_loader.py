@@ -386,3 +386,16 @@ def test_who_commits_defaults_by_kind_and_an_explicit_choice_stays() -> None:
         "codex-commits": "agent",
         "aider-reconciler": "reconciler",
     }
+
+
+def test_a_flood_of_errors_is_one_screen_and_a_count() -> None:
+    from reconciler.manifests.errors import SHOWN
+
+    files = {f"manifests/t{i:03}.yaml": task(f"t{i}", "  retries: 3\n") for i in range(120)}
+    with pytest.raises(ManifestErrors) as info:
+        load_files(files)
+    lines = info.value.shown()
+    assert len(info.value.errors) == 120
+    assert len(lines) == SHOWN + 1
+    assert lines[-1] == f"… and {120 - SHOWN} more errors in {120 - SHOWN} files (fix these first)"
+    assert info.value.shown(limit=200) == [str(e) for e in info.value.errors]
