@@ -26,6 +26,7 @@ import hmac
 import math
 import os
 import socket
+import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ from reconciler.protocol import Batch, BatchResult, lane_pin
 
 SSH = "ssh"
 SSH_KEYGEN = "ssh-keygen"
+# How long a lane's shared connection outlives its last batch: passes of `run` and one-shot
+# commands in a row reuse it instead of paying a connection and a login each time.
+PERSIST_SECONDS = 60
 SSH_KEYSCAN = "ssh-keyscan"
 _TAIL = 500  # characters of a remote message quoted in a failure
 
@@ -62,6 +66,21 @@ def _ssh_path(path: str) -> str:
     return path.replace("%", "%%")
 
 
+_SOCKET_MAX = 104  # bytes of a Unix socket's path, with its end (Linux allows 107)
+_SOCKET_SUFFIX = 17  # ssh adds ".XXXXXXXXXXXXXXXX" to the path while it makes the socket
+
+
+def _private_dir(path: str) -> bool:
+    """``path`` is a directory only this user can enter (made so when missing): a shared
+    connection's socket lets whoever reaches it run batches as the lane user."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:_TAIL] if lines else ""
@@ -79,6 +98,26 @@ class SshTransport:
         self.options: SshSpec = spec.ssh_options
         self.identity = _control_path(self.options.identity_file)
         self.known_hosts = _control_path(self.options.known_hosts)
+        self.shared = True  # batches ride one shared connection (OpenSSH's ControlMaster)
+
+    def control_socket(self) -> str:
+        """Where the lane's shared connection listens: a private directory beside the lane's key,
+        and a name that changes with everything the connection was trusted with (the lane, its
+        target, its key and its known host keys), so that a connection made for one lane, or
+        before its key or host keys changed, is never used by another."""
+        t = self.target
+        trusted = [self.name, t.user, t.host, str(t.port), self.identity, self.options.command]
+        for path in (self.identity, self.known_hosts):
+            try:
+                with open(path, "rb") as handle:
+                    trusted.append(hashlib.sha256(handle.read()).hexdigest())
+            except OSError:
+                trusted.append("-")
+        digest = hashlib.sha256("\0".join(trusted).encode()).hexdigest()[:24]
+        beside = os.path.join(os.path.dirname(self.identity), "mux")
+        if len(beside) + 1 + len(digest) + _SOCKET_SUFFIX <= _SOCKET_MAX:
+            return os.path.join(beside, digest)
+        return os.path.join(f"/tmp/reconciler-ssh-{os.geteuid()}", digest)
 
     def argv(self, remote: Sequence[str] | None = None) -> list[str]:
         """The ``ssh`` command line: options, destination, and the remote command.
@@ -112,6 +151,7 @@ class SshTransport:
             f"ConnectTimeout={max(1, math.ceil(o.connect_timeout))}",
             "-o",
             "ServerAliveInterval=15",
+            *self._sharing(),
             "-p",
             str(t.port),
             "-l",
@@ -119,6 +159,19 @@ class SshTransport:
             "--",
             t.host,
             *(remote if remote is not None else [o.command, "node"]),
+        ]
+
+    def _sharing(self) -> list[str]:
+        socket_path = self.control_socket()
+        if not (self.shared and _private_dir(os.path.dirname(socket_path))):
+            return ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        return [
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPath={_ssh_path(socket_path)}",
+            "-o",
+            f"ControlPersist={PERSIST_SECONDS}",
         ]
 
     def exchange(self, batch: Batch) -> BatchResult:

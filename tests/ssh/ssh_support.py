@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -134,6 +135,24 @@ def install_reconciler(user: User) -> Installed:
 # -------------------------------------------------------------------------------- the server
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes under ``pid``, children first found first."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry))
+    found, pending = [], [pid]
+    while pending:
+        for child in parents.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
 @dataclass
 class Sshd:
     """``/usr/sbin/sshd -D -e`` on 127.0.0.1:port, letting only ``user`` in, by key."""
@@ -217,9 +236,14 @@ class Sshd:
         raise AssertionError(f"sshd did not listen on {self.port}: {self.log_text()}")
 
     def stop(self) -> None:
+        """The host goes away: sshd and every connection it serves (a client's shared
+        connection included) end."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
+        for pid in _descendants(proc.pid):  # each connection's own sshd (in its own session)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.terminate()
         try:
             proc.wait(timeout=10)

@@ -1,0 +1,61 @@
+"""An SSH lane's shared connection: one per lane and trust, in a directory only its user enters."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from reconciler.lanes.ssh import SshTransport
+from reconciler.manifests.models import LaneSpec
+
+
+def transport(keys: Path, name: str = "far", user: str = "agent") -> SshTransport:
+    spec = LaneSpec.model_validate(
+        {
+            "host": f"ssh://{user}@build-2:2222",
+            "ssh": {
+                "identityFile": str(keys / "id_far"),
+                "knownHosts": str(keys / "known_hosts"),
+            },
+            "repos": [{"name": "app", "checkout": "~/app"}],
+        }
+    )
+    return SshTransport(name, spec)
+
+
+def option(argv: list[str], key: str) -> str | None:
+    for value in argv:
+        if value.startswith(f"{key}="):
+            return value.split("=", 1)[1]
+    return None
+
+
+def test_batches_share_a_connection_whose_socket_only_the_reconciler_reaches(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "k"
+    keys.mkdir(mode=0o700)
+    (keys / "id_far").write_text("key one\n")
+    (keys / "known_hosts").write_text("[build-2]:2222 ssh-ed25519 AAAA\n")
+    far = transport(keys)
+    argv = far.argv()
+    assert option(argv, "ControlMaster") == "auto"
+    socket = far.control_socket()
+    assert option(argv, "ControlPath") == socket
+    assert os.stat(os.path.dirname(socket)).st_mode & 0o777 == 0o700
+    # another lane to the same user@host, or a changed key or host key: another connection
+    assert transport(keys, name="near").control_socket() != socket
+    (keys / "known_hosts").write_text("[build-2]:2222 ssh-ed25519 BBBB\n")
+    assert far.control_socket() != socket
+    # a socket directory others could enter is never used: no sharing at all
+    os.chmod(os.path.dirname(far.control_socket()), 0o755)
+    assert option(far.argv(), "ControlMaster") == "no"
+    assert option(far.argv(), "ControlPath") == "none"
+
+
+def test_a_deep_key_directory_puts_the_socket_where_its_path_fits(tmp_path: Path) -> None:
+    keys = tmp_path / ("d" * 60) / ("e" * 60)
+    keys.mkdir(parents=True, mode=0o700)
+    socket = transport(keys).control_socket()
+    assert len(socket) + 17 <= 104
+    assert socket.startswith(f"/tmp/reconciler-ssh-{os.geteuid()}/")
