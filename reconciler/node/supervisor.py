@@ -270,11 +270,13 @@ def finish(run_dir: str, ready_fd: int | None = None) -> int:
     # The dead supervisor's record is replaced: the run is alive again while this one works.
     files.write_json_atomic(pid_path, record)
     recovered = "presumed" if (end or {}).get("presumed") else "recorded"
-    with open(os.path.join(run_dir, files.CHECKS_LOG), "ab") as log:
+    log_path = os.path.join(run_dir, files.CHECKS_LOG)
+    with open(log_path, "ab") as log:
         log.write(
             f"reconciler: the supervisor died after the agent ended (exit {code}, "
             f"{recovered}); finishing the run\n".encode()
         )
+    _clear_index_lock(run, log_path)
     _ready(ready_fd)
     if _state.stop_signal is not None:
         _write_exit(run_dir, code, _state.stop_signal, ended, recovered=recovered)
@@ -367,12 +369,37 @@ def _commit(workspace: str, env: dict[str, str], message: str, log_path: str) ->
     added = run_check(["git", "add", "-A"], workspace, env, COMMIT_TIMEOUT, log_path)
     if added["exit_code"] != 0:
         return added
+    staged = subprocess.run(
+        ["git", "diff", "--cached", "--quiet"], cwd=workspace, env=env, check=False
+    )
+    if staged.returncode == 0:
+        return None  # the files differ from HEAD only in the index: a commit made before a crash
     who = subprocess.run(
         ["git", "config", "user.email"], cwd=workspace, env=env, capture_output=True, check=False
     )
     identity = [] if who.stdout.strip() or "GIT_AUTHOR_EMAIL" in env else FALLBACK_IDENTITY
     argv = ["git", *identity, "commit", "-q", "-m", message]
     return run_check(argv, workspace, env, COMMIT_TIMEOUT, log_path)
+
+
+def _clear_index_lock(run: _Run, log_path: str) -> None:
+    """Remove the worktree's index lock a git of the dead supervisor left (killed in its
+    commit): every process of the run carried its marker and none is alive, so the lock is no
+    one's, and with it every git command of the finish would fail."""
+    where = subprocess.run(
+        ["git", "rev-parse", "--git-path", "index.lock"],
+        cwd=run.workspace,
+        env=run.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lock = os.path.join(run.workspace, where.stdout.strip())  # git may answer relative to cwd
+    if where.returncode != 0 or not where.stdout.strip() or not os.path.exists(lock):
+        return
+    os.unlink(lock)
+    with open(log_path, "ab") as log:
+        log.write(f"reconciler: removed {lock}, left by a git of the dead supervisor\n".encode())
 
 
 def _str_list_of_lists(value: object) -> list[object]:

@@ -140,6 +140,11 @@ def test_changes_left_uncommitted_are_committed_by_the_finish(env: Env) -> None:
     git(env.workspace("late"), "reset", "-q", "HEAD~1", "--mixed")
     unrecord_end(run, EXIT_JSON)
     assert ahead(env, "late") == 0
+    # ... and killed inside `git commit`, which leaves the worktree's index locked
+    lock = env.workspace("late") / git(
+        env.workspace("late"), "rev-parse", "--git-path", "index.lock"
+    )
+    lock.write_text("")
 
     finish(env, "late")
     info = env.wait_exit(run)
@@ -147,6 +152,24 @@ def test_changes_left_uncommitted_are_committed_by_the_finish(env: Env) -> None:
     assert info.recovered == "recorded"
     assert ahead(env, "late") == 1
     assert git(env.workspace("late"), "status", "--porcelain") == ""
+    assert not lock.exists()
+
+
+def test_a_commit_made_before_its_index_was_written_is_not_made_again(env: Env) -> None:
+    """Killed inside `git commit` after the branch moved, before the new index replaced the old:
+    the worktree matches HEAD, the index does not; the finish commits nothing."""
+    agent = AgentRef(kind="command", command=env.script("edits.py", EDITS), commits="reconciler")
+    run = env.start("torn", agent)
+    env.wait_exit(run)
+    unrecord_end(run, EXIT_JSON)
+    git(env.workspace("torn"), "read-tree", "HEAD~1")
+    assert git(env.workspace("torn"), "status", "--porcelain") != ""
+
+    finish(env, "torn")
+    info = env.wait_exit(run)
+    assert info.commit is None and info.recovered == "recorded"
+    assert ahead(env, "torn") == 1
+    assert git(env.workspace("torn"), "status", "--porcelain") == ""
 
 
 def test_an_end_not_recorded_is_presumed_from_the_request(env: Env) -> None:
