@@ -412,7 +412,7 @@ class Daemon:
 
 def _live_runs(result: PassResult) -> set[tuple[str, str, int, int]]:
     """(lane, task, attempt, iteration) of every run alive after the pass: observed running and
-    not stopped by it, or started by it."""
+    not stopped by it, or started (or taken over by a finisher) by it."""
     assert result.observed is not None
     stopped = {
         (a.task, a.attempt, a.iteration)
@@ -429,6 +429,7 @@ def _live_runs(result: PassResult) -> set[tuple[str, str, int, int]]:
         live |= {
             (a.lane, a.task, a.attempt, a.iteration)
             for a in result.report.applied
-            if a.kind in (ActionKind.START, ActionKind.RETRY, ActionKind.ITERATE)
+            if a.kind
+            in (ActionKind.START, ActionKind.RETRY, ActionKind.ITERATE, ActionKind.FINISH_RUN)
         }
     return live

@@ -113,6 +113,10 @@ class ExitInfo(Msg):
     checks: list[CheckResult] = Field(default_factory=list)
     after_run: CheckResult | None = None  # the repository's afterRun hook (recorded only)
     commit: CheckResult | None = None  # the reconciler's commit of the agent's changes
+    # Set when the reconciler finished the run after its supervisor died (``finish-run``):
+    # "recorded" when the supervisor had recorded the agent's exit before dying, "presumed" when
+    # the exit status was presumed from the agent's final result in its output.
+    recovered: Literal["recorded", "presumed"] | None = None
 
 
 class AgentResult(Msg):
@@ -129,6 +133,27 @@ class AgentResult(Msg):
     tool_calls: int | None = None  # tools, commands and edits the agent ran
     final_text: str = ""  # final message (claude) or stdout tail (command), ≤ 64 KiB
     error: str | None = None  # the agent's own one-line account of a failure (≤ 300 chars)
+
+
+class AgentEnd(Msg):
+    """``agent-exit.json``: how the agent itself ended, recorded by the supervisor the moment the
+    agent exits on its own (before the commit and the checks), or presumed by a ``finish-run``
+    from the agent's final result when the supervisor died before recording it."""
+
+    exit_code: int
+    ended_at: float
+    presumed: bool = False
+
+
+class Leftovers(Msg):
+    """What a run left when its processes are gone and it has no exit record (its supervisor
+    died before writing one): the evidence the planner judges before calling it a crash."""
+
+    agent_end: AgentEnd | None = None  # the agent's own end, as recorded
+    # The agent's final result in its output (a result event, a final turn), read by its
+    # adapter as though it exited 0; only for inspected runs, and only when the output holds one.
+    final_result: AgentResult | None = None
+    finishes: int = 0  # how many times the reconciler began finishing the run
 
 
 class Fingerprint(Msg):
@@ -168,6 +193,8 @@ class RunObs(Msg):
     result: AgentResult | None = None  # parsed when the run has ended and inspect was asked
     commits_ahead: int | None = None  # at inspection time
     dirty: list[str] = Field(default_factory=list)  # `git status --porcelain` lines, ≤ 50
+    left: Leftovers | None = None  # processes gone, no exit record: what the run left
+    finishing_since: float | None = None  # a finish-run's finisher took the run over then
 
 
 class Worktree(Msg):
@@ -294,6 +321,22 @@ class StopRunRequest(Msg):
     grace: float = 5.0
 
 
+class FinishRunRequest(Msg):
+    """Do for a run what its dead supervisor did not: record the agent's end (``exit_code``,
+    presumed, where the supervisor recorded none), then, in a detached finisher, commit the
+    agent's changes when its Agent says ``commits: reconciler``, run the afterRun hook and the
+    success checks, and write ``exit.json`` marked ``recovered``. Idempotent: a run that has an
+    exit record or a live process is returned as it is; a commit is made only of changes still
+    uncommitted."""
+
+    op: Literal["finish-run"] = "finish-run"
+    lane: LaneRef
+    task: str
+    attempt: int
+    iteration: int
+    exit_code: int = 0  # the agent's exit presumed from its final result
+
+
 class PushRequest(Msg):
     op: Literal["push"] = "push"
     lane: LaneRef
@@ -380,6 +423,7 @@ Request = Annotated[
     | FillPoolRequest
     | StartRunRequest
     | StopRunRequest
+    | FinishRunRequest
     | PushRequest
     | ForgeListRequest
     | ForgeOpenRequest
@@ -471,6 +515,7 @@ RESULTS: dict[str, type[Msg]] = {
     "fill-pool": FillPoolResult,
     "start-run": RunObs,
     "stop-run": StopResult,
+    "finish-run": RunObs,
     "push": PushResult,
     "forge-list": ForgeListResult,
     "forge-open": ForgeOpenResult,

@@ -23,6 +23,7 @@ from reconciler.plan import (
     Action,
     ActionKind,
     Completion,
+    FinishRun,
     NewRun,
     Observed,
     Outcome,
@@ -35,6 +36,7 @@ from reconciler.plan import (
 from reconciler.protocol import (
     FillPoolRequest,
     FillPoolResult,
+    FinishRunRequest,
     ForgeCloseRequest,
     ForgeOpenRequest,
     ForgeOpenResult,
@@ -249,6 +251,7 @@ class Applier:
             ActionKind.CLOSE_PR: self.close_pr,
             ActionKind.CLEANUP: self.cleanup,
             ActionKind.COMPLETE: self.complete,
+            ActionKind.FINISH_RUN: self.finish_run,
         }[action.kind]
         handler(action)
 
@@ -579,6 +582,35 @@ class Applier:
         self._mark(action, "stopped")
         crash_point("after-stop-intent")
         self._stop_process(action)
+
+    def finish_run(self, action: Action) -> None:
+        """Have the lane finish a run whose supervisor died after its agent ended. Idempotent
+        on the lane (a run that ended or is being finished is left as it is, and only changes
+        still uncommitted are committed), so no intent is needed: the next pass evaluates the
+        run once its exit record is there, or finishes it again."""
+        lane = self.lane(action.lane)
+        finish = action.want(FinishRun)
+        key = f"{finish.attempt}.{finish.iteration}"
+        run = lane.one(
+            FinishRunRequest(
+                lane=lane.ref,
+                task=action.task,
+                attempt=finish.attempt,
+                iteration=finish.iteration,
+                exit_code=finish.exit_code,
+            ),
+            RunObs,
+        )
+        if run.exit is None and run.finishing_since is not None:
+            pid = run.supervisor.pid if run.supervisor is not None else "?"
+            self.event(
+                action.task,
+                "finish-run",
+                f"run {key}: its agent ended but its supervisor died before recording the end; "
+                f"the reconciler finishes the run (pid {pid}): commits the agent's changes "
+                "where its Agent says so, runs the checks",
+            )
+        self.log(f"finish-run {action.task}: finishing run {key}")
 
     # ------------------------------------------------------------------ pull requests
 

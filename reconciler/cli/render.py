@@ -46,6 +46,7 @@ _SUMMARY = [
     (ActionKind.RETRY, "to retry"),
     (ActionKind.MARK_CRASHED, "to mark crashed"),
     (ActionKind.MARK_STALLED, "to mark stalled"),
+    (ActionKind.FINISH_RUN, "to finish"),
     (ActionKind.OPEN_PR, "PR to open"),
     (ActionKind.ADOPT_PR, "PR to adopt"),
     (ActionKind.UPDATE_PR, "PR to update"),

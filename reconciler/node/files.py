@@ -23,6 +23,7 @@ OUTPUT_LOG = "output.log"
 STDERR_LOG = "stderr.log"
 CHECKS_LOG = "checks.log"
 EXIT_JSON = "exit.json"
+AGENT_EXIT = "agent-exit.json"  # the agent's own end, recorded before the commit and checks
 SUPERVISOR_LOG = "supervisor.log"  # the supervisor's own complaints, never the agent's output
 START_LOCK = ".start.lock"
 RUN_TMP = "tmp"  # the run's own $TMPDIR, private like its directory; removed at its end

@@ -36,10 +36,13 @@ from reconciler.node.procs import (
 )
 from reconciler.node.spawn import RUN_MARKER, START_TIMEOUT, spawn_supervisor, wait_for_pid
 from reconciler.protocol import (
+    AgentEnd,
     AgentRef,
     AgentResult,
     ExitInfo,
     Fingerprint,
+    FinishRunRequest,
+    Leftovers,
     LogResult,
     RunObs,
     StartRunRequest,
@@ -140,6 +143,16 @@ def _exit(run_dir: str) -> ExitInfo | None:
         return None
     try:
         return ExitInfo.model_validate(data)
+    except ValueError:
+        return None
+
+
+def _agent_end(run_dir: str) -> AgentEnd | None:
+    data = files.read_json(os.path.join(run_dir, files.AGENT_EXIT))
+    if data is None:
+        return None
+    try:
+        return AgentEnd.model_validate(data)
     except ValueError:
         return None
 
@@ -251,9 +264,17 @@ def _observe(
     exit_info = _exit(run_dir)
     alive = _alive(fp, exit_info is not None, run_dir, processes)
     last_output = _last_output_at(run_dir)
+    finishing = _finishing_since(pid_record) if exit_info is None else None
     spent = Spend()
-    if exit_info is None and alive and agent is not None:
+    if exit_info is None and alive and agent is not None and finishing is None:
         spent = spend(agent, run_dir, resumed=_text(spec.get("resume_session")))
+    left = None
+    if exit_info is None and not alive and fp is not None:
+        finishes = pid_record.get("finishes") if pid_record else None
+        left = Leftovers(
+            agent_end=_agent_end(run_dir),
+            finishes=finishes if isinstance(finishes, int) else 0,
+        )
     return RunObs(
         task=task.name,
         repo=task.repo,
@@ -277,7 +298,15 @@ def _observe(
         turns_so_far=spent.turns,
         tool_calls_so_far=spent.tool_calls,
         last_event=spent.last_event,
+        left=left,
+        finishing_since=finishing,
     )
+
+
+def _finishing_since(pid_record: dict[str, object] | None) -> float | None:
+    """When a finisher took the run over (its ``pid.json`` says so), else None."""
+    since = pid_record.get("finishing_since") if pid_record else None
+    return float(since) if isinstance(since, int | float) else None
 
 
 def _last_output_at(run_dir: str) -> float | None:
@@ -315,6 +344,10 @@ def _inspection(
         result = adapter_for(agent).parse(output, obs.exit)
         spent = spend(agent, obs.run_dir, final=True, resumed=_text(spec.get("resume_session")))
         update["result"] = _with_spend(result, spent)
+    left = obs.left
+    if left is not None and left.agent_end is None and agent is not None:
+        final = _final_result(agent, obs.run_dir)
+        update["left"] = left.model_copy(update={"final_result": final})
     if task.repo in lane.repos:
         repo, checkout = lane.repo(task.repo)
         try:
@@ -330,6 +363,22 @@ def _inspection(
             with contextlib.suppress(gitops.GitError):
                 update["dirty"] = gitops.status(workspace)
     return update
+
+
+# A verdict names a subtype only when the output holds the agent's final result (a result
+# event, a last turn, a last error the agent gave up on); "retrying" names an output that ends
+# while the agent was still retrying the model API, which is no end at all.
+_NOT_FINAL = frozenset({None, "retrying"})
+
+
+def _final_result(agent: AgentRef, run_dir: str) -> AgentResult | None:
+    """The agent's final result in the output of a run whose supervisor died without recording
+    the agent's end, read by its adapter as though the agent had exited 0; None when the output
+    holds none (an agent killed mid-work, or one whose output tells no end, like a command's)."""
+    output = os.path.join(run_dir, files.OUTPUT_LOG)
+    presumed = ExitInfo(exit_code=0, ended_at=_mtime(output) or 0.0)
+    result = adapter_for(agent).parse(output, presumed)
+    return None if result.subtype in _NOT_FINAL else result
 
 
 def _with_spend(result: AgentResult, spent: Spend) -> AgentResult:
@@ -528,6 +577,42 @@ def _run_spec(
         }
     )
     return spec
+
+
+# ----------------------------------------------------------------------------- finishing runs
+
+
+def finish_run(lane: Lane, req: FinishRunRequest) -> RunObs:
+    """Finish a run whose supervisor died after its agent ended (see ``FinishRunRequest``);
+    return it as observed. Under the run's start lock, and only for a started run with no exit
+    record and no live process: a run that ended, or that a supervisor or finisher still works
+    on, is returned as it is."""
+    run_dir = lane.run_dir(req.task, req.attempt, req.iteration)
+    if not os.path.isdir(run_dir):
+        raise NodeError(
+            f"run {req.task}/{req.attempt}.{req.iteration} does not exist on lane {lane.ref.name}"
+        )
+    with files.locked(os.path.join(run_dir, files.START_LOCK), START_TIMEOUT * 3, f"run {run_dir}"):
+        obs = read_run(lane, run_dir)
+        if obs is None:
+            raise NodeError(f"run directory {run_dir} lost its run.json; remove the directory")
+        if obs.exit is not None or obs.alive or obs.supervisor is None:
+            return obs
+        workspace = obs.workspace
+        if not (workspace and os.path.isdir(workspace) and is_under(lane.root, workspace)):
+            raise NodeError(
+                f"the worktree {workspace} of run {req.task}/{req.attempt}.{req.iteration} "
+                "is gone: there is nothing to commit or check; the run cannot be finished"
+            )
+        end_path = os.path.join(run_dir, files.AGENT_EXIT)
+        if _agent_end(run_dir) is None:
+            # The supervisor died before it recorded the agent's end: the planner presumed it
+            # from the agent's final result; the agent stopped writing when it ended.
+            ended = _mtime(os.path.join(run_dir, files.OUTPUT_LOG)) or obs.started_at
+            end = AgentEnd(exit_code=req.exit_code, ended_at=ended, presumed=True)
+            files.write_json_atomic(end_path, end.model_dump(mode="json"))
+        spawn_supervisor(run_dir, workspace, finish=True)
+        return read_run(lane, run_dir) or obs
 
 
 # ------------------------------------------------------------------------------ stopping runs

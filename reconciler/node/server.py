@@ -30,7 +30,7 @@ from reconciler.node.hooks import run_hook
 from reconciler.node.lane import Lane, check_branch, check_name
 from reconciler.node.preflight import preflight
 from reconciler.node.pulls import Pulls, pulls_for
-from reconciler.node.runs import read_log, start_run, stop_run
+from reconciler.node.runs import finish_run, read_log, start_run, stop_run
 from reconciler.node.survey import survey
 from reconciler.protocol import (
     PROTOCOL_VERSION,
@@ -40,6 +40,7 @@ from reconciler.protocol import (
     Failure,
     FillPoolRequest,
     FillPoolResult,
+    FinishRunRequest,
     ForgeCloseRequest,
     ForgeListRequest,
     ForgeListResult,
@@ -181,6 +182,10 @@ def _stop(lane: Lane, req: StopRunRequest) -> BaseModel:
     return stop_run(lane, req.task, req.attempt, req.iteration, req.grace)
 
 
+def _finish(lane: Lane, req: FinishRunRequest) -> BaseModel:
+    return finish_run(lane, req)
+
+
 def _push(lane: Lane, req: PushRequest) -> BaseModel:
     repo, checkout = lane.repo(req.repo)
     check_branch(req.branch)
@@ -254,6 +259,7 @@ _HANDLERS: dict[str, Callable[[Lane, Any], BaseModel]] = {
     "fill-pool": _fill_pool,
     "start-run": _start,
     "stop-run": _stop,
+    "finish-run": _finish,
     "push": _push,
     "forge-list": _forge_list,
     "forge-open": _forge_open,

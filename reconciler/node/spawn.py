@@ -43,9 +43,11 @@ def _supervisor_env(run_dir: str) -> dict[str, str]:
     }
 
 
-def spawn_supervisor(run_dir: str, workspace: str) -> None:
+def spawn_supervisor(run_dir: str, workspace: str, *, finish: bool = False) -> None:
     """Start the supervisor of the run prepared in ``run_dir`` and return once it has started the
-    agent (or found the run already ended or owned); NodeError if it failed to start."""
+    agent (or found the run already ended or owned); NodeError if it failed to start. With
+    ``finish``, a finisher of a run whose supervisor died after its agent ended, returning once
+    it has taken the run over."""
     log_path = os.path.join(run_dir, files.SUPERVISOR_LOG)
     ready_r, ready_w = os.pipe()
     try:
@@ -55,6 +57,7 @@ def spawn_supervisor(run_dir: str, workspace: str) -> None:
                     sys.executable,
                     "-m",
                     "reconciler.node.supervisor",
+                    *(["--finish"] if finish else []),
                     "--ready-fd",
                     str(ready_w),
                     run_dir,

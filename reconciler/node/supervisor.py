@@ -4,8 +4,14 @@ Started as ``python -m reconciler.node.supervisor RUN_DIR``. It forks at once so
 reap its direct child (no zombie in a long-running reconciler); the grandchild becomes a session
 and process-group leader, so the run survives the reconciler and is stopped as one group. It
 records its identity in ``pid.json``, runs the agent with exactly the environment in
-``run.json``, runs the success checks, and writes ``exit.json`` atomically. Must not read
-requests, talk to git or the control plane, or pass anything of its own environment on.
+``run.json``, records the agent's own end in ``agent-exit.json``, commits the agent's changes
+when asked, runs the success checks, and writes ``exit.json`` atomically.
+
+Started with ``--finish`` it is a *finisher*: the reconciler found the run's processes gone with
+no ``exit.json`` but with the agent's end recorded (or presumed from its final result), and the
+finisher does what the dead supervisor did not — the commit (of changes still uncommitted only),
+the afterRun hook, the checks and ``exit.json``, marked ``recovered``. Must not read requests,
+talk to the control plane, or pass anything of its own environment on; git only to commit.
 """
 
 from __future__ import annotations
@@ -57,6 +63,16 @@ def _on_stop(signum: int, frame: FrameType | None) -> None:
     # Forward to the whole group (the agent and its children); a group kill already did it.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(os.getpgrp(), signum)
+
+
+def _catch_stops() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _on_stop)
+
+
+def _identity() -> dict[str, object]:
+    """This process's fingerprint, as ``pid.json`` records it (protocol.Fingerprint)."""
+    return {"boot_id": boot_id(), "pid": os.getpid(), "start_time": start_time(os.getpid())}
 
 
 def _str_list(value: object) -> list[str]:
@@ -124,6 +140,7 @@ def _write_exit(
     *,
     after_run: CheckResult | None = None,
     commit: CheckResult | None = None,
+    recovered: str | None = None,
 ) -> None:
     """``exit.json`` (protocol.ExitInfo), atomically: it is the run's record of its end. The
     run's private $TMPDIR goes first: what the agent and its checks left there is no record."""
@@ -135,8 +152,17 @@ def _write_exit(
         "checks": checks or [],
         "after_run": after_run,
         "commit": commit,
+        "recovered": recovered,
     }
     files.write_json_atomic(os.path.join(run_dir, files.EXIT_JSON), info)
+
+
+def _record_agent_end(run_dir: str, code: int, ended: float) -> None:
+    """``agent-exit.json`` (protocol.AgentEnd): the agent ended on its own. Written before the
+    commit and the checks, so that a supervisor killed during them leaves the evidence that the
+    agent's work is complete, and the reconciler finishes the run instead of redoing it."""
+    record = {"exit_code": code, "ended_at": ended, "presumed": False}
+    files.write_json_atomic(os.path.join(run_dir, files.AGENT_EXIT), record)
 
 
 def _ready(fd: int | None) -> None:
@@ -182,17 +208,9 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
         print(f"{run_dir}/run.json is missing or not JSON; nothing to run", file=sys.stderr)
         return 1
     run = _read_spec(spec)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, _on_stop)
-
+    _catch_stops()
     pid_path = os.path.join(run_dir, files.PID_JSON)
-    record: dict[str, object] = {
-        "boot_id": boot_id(),
-        "pid": os.getpid(),
-        "start_time": start_time(os.getpid()),
-        "agent_pid": None,
-    }
+    record = {**_identity(), "agent_pid": None}
     if not safefile.create_exclusive(pid_path, files.dump_json(record)):
         _ready(ready_fd)
         return 0  # a concurrent start already owns this run; starting twice would duplicate it
@@ -222,7 +240,48 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
     elif _state.stop_signal is not None:
         _write_exit(run_dir, code, _state.stop_signal, ended)
     else:
+        _record_agent_end(run_dir, code, ended)
         _after_agent(run_dir, spec, run, code, ended)
+    return 0
+
+
+def finish(run_dir: str, ready_fd: int | None = None) -> int:
+    """Finish the run in ``run_dir`` whose supervisor died after its agent ended: what
+    ``_after_agent`` does, from the agent's end in ``agent-exit.json``. The node starts it under
+    the run's start lock, having found no live process of the run and no ``exit.json``; a
+    finisher killed in turn leaves the run as it found it, to be finished again."""
+    spec = files.read_json(os.path.join(run_dir, files.RUN_JSON))
+    end = files.read_json(os.path.join(run_dir, files.AGENT_EXIT))
+    code, ended = (end or {}).get("exit_code"), (end or {}).get("ended_at")
+    if spec is None or not isinstance(code, int) or not isinstance(ended, int | float):
+        print(f"{run_dir}: run.json or agent-exit.json is missing or not valid", file=sys.stderr)
+        return 1
+    run = _read_spec(spec)
+    _catch_stops()
+    pid_path = os.path.join(run_dir, files.PID_JSON)
+    before = files.read_json(pid_path) or {}
+    finishes = before.get("finishes")
+    record = {
+        **_identity(),
+        "agent_pid": before.get("agent_pid"),
+        "finishes": (finishes if isinstance(finishes, int) else 0) + 1,
+        "finishing_since": time.time(),
+    }
+    # The dead supervisor's record is replaced: the run is alive again while this one works.
+    files.write_json_atomic(pid_path, record)
+    recovered = "presumed" if (end or {}).get("presumed") else "recorded"
+    log_path = os.path.join(run_dir, files.CHECKS_LOG)
+    with open(log_path, "ab") as log:
+        log.write(
+            f"reconciler: the supervisor died after the agent ended (exit {code}, "
+            f"{recovered}); finishing the run\n".encode()
+        )
+    _clear_index_lock(run, log_path)
+    _ready(ready_fd)
+    if _state.stop_signal is not None:
+        _write_exit(run_dir, code, _state.stop_signal, ended, recovered=recovered)
+        return 0
+    _after_agent(run_dir, spec, run, code, float(ended), recovered=recovered)
     return 0
 
 
@@ -260,7 +319,15 @@ def _start_agent(
             stdin.close()
 
 
-def _after_agent(run_dir: str, spec: dict[str, object], run: _Run, code: int, ended: float) -> None:
+def _after_agent(
+    run_dir: str,
+    spec: dict[str, object],
+    run: _Run,
+    code: int,
+    ended: float,
+    *,
+    recovered: str | None = None,
+) -> None:
     """The agent exited on its own: commit its work, run the afterRun hook and the checks, and
     record the end (as stopped if a stop came meanwhile)."""
     log_path = os.path.join(run_dir, files.CHECKS_LOG)
@@ -275,9 +342,11 @@ def _after_agent(run_dir: str, spec: dict[str, object], run: _Run, code: int, en
             break
         results.append(run_check(check, run.workspace, run.env, run.check_timeout, log_path))
     if _state.stop_signal is not None:
-        _write_exit(run_dir, code, _state.stop_signal, ended)
+        _write_exit(run_dir, code, _state.stop_signal, ended, recovered=recovered)
         return
-    _write_exit(run_dir, code, None, ended, results, after_run=after_run, commit=commit)
+    _write_exit(
+        run_dir, code, None, ended, results, after_run=after_run, commit=commit, recovered=recovered
+    )
 
 
 def _after_run(run_dir: str, spec: dict[str, object], run: _Run) -> CheckResult:
@@ -300,12 +369,37 @@ def _commit(workspace: str, env: dict[str, str], message: str, log_path: str) ->
     added = run_check(["git", "add", "-A"], workspace, env, COMMIT_TIMEOUT, log_path)
     if added["exit_code"] != 0:
         return added
+    staged = subprocess.run(
+        ["git", "diff", "--cached", "--quiet"], cwd=workspace, env=env, check=False
+    )
+    if staged.returncode == 0:
+        return None  # the files differ from HEAD only in the index: a commit made before a crash
     who = subprocess.run(
         ["git", "config", "user.email"], cwd=workspace, env=env, capture_output=True, check=False
     )
     identity = [] if who.stdout.strip() or "GIT_AUTHOR_EMAIL" in env else FALLBACK_IDENTITY
     argv = ["git", *identity, "commit", "-q", "-m", message]
     return run_check(argv, workspace, env, COMMIT_TIMEOUT, log_path)
+
+
+def _clear_index_lock(run: _Run, log_path: str) -> None:
+    """Remove the worktree's index lock a git of the dead supervisor left (killed in its
+    commit): every process of the run carried its marker and none is alive, so the lock is no
+    one's, and with it every git command of the finish would fail."""
+    where = subprocess.run(
+        ["git", "rev-parse", "--git-path", "index.lock"],
+        cwd=run.workspace,
+        env=run.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lock = os.path.join(run.workspace, where.stdout.strip())  # git may answer relative to cwd
+    if where.returncode != 0 or not where.stdout.strip() or not os.path.exists(lock):
+        return
+    os.unlink(lock)
+    with open(log_path, "ab") as log:
+        log.write(f"reconciler: removed {lock}, left by a git of the dead supervisor\n".encode())
 
 
 def _str_list_of_lists(value: object) -> list[object]:
@@ -317,17 +411,23 @@ def _str_list_of_lists(value: object) -> list[object]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     ready_fd: int | None = None
+    finishing = bool(args) and args[0] == "--finish"
+    if finishing:
+        args = args[1:]
     if len(args) == 3 and args[0] == "--ready-fd" and args[1].isdigit():
         ready_fd, args = int(args[1]), args[2:]
     if len(args) != 1:
-        print("usage: python -m reconciler.node.supervisor [--ready-fd N] RUN_DIR", file=sys.stderr)
+        print(
+            "usage: python -m reconciler.node.supervisor [--finish] [--ready-fd N] RUN_DIR",
+            file=sys.stderr,
+        )
         return 2
     run_dir = os.path.abspath(args[0])
     if os.fork() > 0:
         os._exit(0)  # the node reaps this child at once; the grandchild carries on
     os.setsid()
     try:
-        return supervise(run_dir, ready_fd)
+        return finish(run_dir, ready_fd) if finishing else supervise(run_dir, ready_fd)
     except Exception:
         # supervisor.log is for operators debugging the node itself; a traceback is right here.
         traceback.print_exc()

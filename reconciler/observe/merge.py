@@ -180,6 +180,8 @@ def view_of(run: Run, report: RunObs | None, lane: str) -> RunView:
         progress_offset=report.progress_offset,
         last_progress_at=run.progress_at if report.progress_offset is not None else None,
         last_event=report.last_event,
+        left=report.left,
+        finishing_since=report.finishing_since,
     )
 
 

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
 from reconciler.plan.reasons import Condition, Why, conditions
-from reconciler.protocol import AgentResult, ExitInfo, PreflightCheck, PullRequest
+from reconciler.protocol import AgentResult, ExitInfo, Leftovers, PreflightCheck, PullRequest
 from reconciler.record import Mark, Run
 
 
@@ -48,6 +48,8 @@ class RunView:
     last_event: str | None = None  # what a running agent did last, as `logs` shows it
     run_dir: str = ""  # where the lane keeps it ("" while only state knows it)
     record: Run | None = None  # what state should hold of it now (observation's merge)
+    left: Leftovers | None = None  # gone with no exit record: what it left (the agent's end)
+    finishing_since: float | None = None  # a finish-run took it over then (on the lane)
 
     @property
     def key(self) -> str:
@@ -169,6 +171,7 @@ class ActionKind(StrEnum):
     CLOSE_PR = "close-pr"
     CLEANUP = "cleanup"
     COMPLETE = "complete"
+    FINISH_RUN = "finish-run"
 
 
 SYMBOLS: dict[ActionKind, str] = {
@@ -184,6 +187,7 @@ SYMBOLS: dict[ActionKind, str] = {
     ActionKind.CLOSE_PR: "-",
     ActionKind.CLEANUP: "-",
     ActionKind.COMPLETE: "✓",
+    ActionKind.FINISH_RUN: "~",
 }
 
 
@@ -250,12 +254,23 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class FinishRun:
+    """finish-run: a run whose supervisor died after its agent ended, to be finished as the
+    supervisor would have (commit, checks, ``exit.json``); ``exit_code``: the agent's exit as
+    presumed from its final result, for the lane to record where the supervisor recorded none."""
+
+    attempt: int
+    iteration: int
+    exit_code: int = 0
+
+
+@dataclass(frozen=True)
 class NoPayload:
     """cleanup: the task is all it needs."""
 
 
 NO_PAYLOAD = NoPayload()
-Payload = RunKey | NewRun | PrOfRun | PrRef | Completion | NoPayload
+Payload = RunKey | NewRun | PrOfRun | PrRef | Completion | FinishRun | NoPayload
 
 # Each action kind and the one payload type it carries.
 PAYLOADS: dict[ActionKind, type[Payload]] = {
@@ -271,9 +286,10 @@ PAYLOADS: dict[ActionKind, type[Payload]] = {
     ActionKind.CLOSE_PR: PrRef,
     ActionKind.CLEANUP: NoPayload,
     ActionKind.COMPLETE: Completion,
+    ActionKind.FINISH_RUN: FinishRun,
 }
 
-P = TypeVar("P", RunKey, NewRun, PrOfRun, PrRef, Completion, NoPayload)
+P = TypeVar("P", RunKey, NewRun, PrOfRun, PrRef, Completion, FinishRun, NoPayload)
 
 
 @dataclass(frozen=True)
@@ -351,6 +367,8 @@ class Action:
             data["feedback"] = list(self.feedback)
         if self.budget_usd is not None:
             data["budgetUsd"] = self.budget_usd
+        if isinstance(self.payload, FinishRun):
+            data["exitCode"] = self.payload.exit_code
         return data
 
     @classmethod
@@ -377,6 +395,8 @@ class Action:
             payload = PrRef(int(data["pr"]))
         elif wanted is Completion:
             payload = Completion(generation, data.get("pr"), attempt, iteration)
+        elif wanted is FinishRun:
+            payload = FinishRun(attempt, iteration, int(data.get("exitCode", 0)))
         else:
             payload = NO_PAYLOAD
         return cls(

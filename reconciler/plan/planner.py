@@ -35,6 +35,7 @@ from reconciler.plan.model import (
     Completion,
     Due,
     FailedAction,
+    FinishRun,
     LaneView,
     NewRun,
     Observed,
@@ -68,7 +69,11 @@ _KIND_ORDER = {
     ActionKind.ADOPT_PR: 5,
     ActionKind.OPEN_PR: 5,
     ActionKind.UPDATE_PR: 5,
+    ActionKind.FINISH_RUN: 6,  # a slot-filler, unless held back (then hold_failed drops it)
 }
+
+# Finishes of one run begun without one ending it: past these it is a crash after all.
+FINISH_TRIES = 3
 
 
 def branch_of(config: ConfigSpec, task: str) -> str:
@@ -449,13 +454,17 @@ class _Planner:
         return f"attempt {latest.attempt} used all {t.spec.max_iterations} iterations: {summary}"
 
     def plan_vanished(self, t: _TaskPass, latest: RunView) -> str | None:
-        """A run that ended with no exit record or by a signal: stopped by us, or crashed."""
+        """A run that ended with no exit record or by a signal: stopped by us, finished by its
+        agent but not by its supervisor, or crashed."""
         if latest.mark == "stopped":
             why = "its last run was stopped; starting a fresh attempt"
             self.new_attempt(t, ActionKind.RETRY, why, Why.STARTING)
             return None
         if latest.exit is None:
-            why = "its process is gone and it left no exit record"
+            crash = self.plan_unrecorded_end(t, latest)
+            if crash is None:
+                return None
+            why = crash
         else:
             assert latest.exit.signal is not None
             why = f"the agent was killed by {_signal_name(latest.exit.signal)}"
@@ -468,6 +477,58 @@ class _Planner:
         )
         self.outcomes.append(Outcome(t.name, latest.attempt, latest.iteration, "crashed", (why,)))
         return f"run {latest.attempt}.{latest.iteration} crashed: {why}"
+
+    def plan_unrecorded_end(self, t: _TaskPass, latest: RunView) -> str | None:
+        """A run whose processes are gone and that left no exit record. When what it left shows
+        that its agent finished (the agent's end recorded, or its final result in the output)
+        and its worktree is there, its work is not lost: the run is finished (``finish-run``)
+        and None returned. Otherwise why it is a crash."""
+        crash = "its process is gone and it left no exit record"
+        left = latest.left
+        if left is None or (left.agent_end is None and left.final_result is None):
+            return crash
+        end, final = left.agent_end, left.final_result
+        if end is not None and not end.presumed:
+            what, code = f"its agent exited with status {end.exit_code}", end.exit_code
+        else:
+            what = "its output holds the agent's final result"
+            code = end.exit_code if end is not None else 0 if final is not None and final.ok else 1
+        if left.finishes >= FINISH_TRIES:
+            return f"{crash}; {what}, but finishing the run failed {left.finishes} times"
+        if t.name not in t.repo.worktrees:
+            return f"{crash}; {what}, but its worktree is gone"
+        run = f"run {latest.attempt}.{latest.iteration}"
+        reason = (
+            f"{run}: {what}, but its supervisor died before recording the end; finishing the "
+            "run (commit, checks)"
+        )
+        action = Action(
+            kind=ActionKind.FINISH_RUN,
+            task=t.name,
+            lane=t.lane_name,
+            reason=reason,
+            payload=FinishRun(latest.attempt, latest.iteration, code),
+        )
+        if self.held_until(t.name, ActionKind.FINISH_RUN) is not None:
+            # Its last finish failed for a lasting reason: as an ordinary action, hold_failed
+            # drops it and says why, and it takes no slot.
+            self.actions.append(action)
+            self.status(
+                t.name, Phase.RUNNING, t.lane_name, t.spec.repo, Why.FINISHING_RUN, reason=reason
+            )
+            return None
+        # The finish runs the checks in the run's worktree: it takes the run's slot again.
+        self.candidates.append(
+            Candidate(
+                action,
+                t.spec.priority,
+                self.first_seen(t.name),
+                Phase.RUNNING,
+                Why.FINISHING_RUN,
+                reason,
+            )
+        )
+        return None
 
     def plan_failed_attempt(self, t: _TaskPass, latest: RunView, failure: str) -> None:
         """The attempt failed: back off, retry, or give up."""
@@ -534,6 +595,20 @@ class _Planner:
         self, task: Task, run: RunView, agent: AgentSpec, open_pr: PullRequest | None
     ) -> None:
         spec = task.spec
+        if run.finishing_since is not None and run.mark is None:
+            # The agent's deadlines are over; the finisher's commit, hook and checks each have
+            # their own timeout.
+            self.status(
+                task.name,
+                Phase.RUNNING,
+                spec.lane,
+                spec.repo,
+                Why.FINISHING_RUN,
+                pr=open_pr,
+                reason=f"finishing run {run.attempt}.{run.iteration} after its supervisor died: "
+                "committing the agent's changes, running the checks",
+            )
+            return
         late = overdue(run, agent, self.now)
         if late is None and run.mark != "stopped" and self.stop_over_budget(task, run, open_pr):
             return

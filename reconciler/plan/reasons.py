@@ -43,6 +43,7 @@ class Why(StrEnum):
     ITERATING = "Iterating"  # the run did not meet the success criteria; the next one goes on
     ADDRESSING_FEEDBACK = "AddressingFeedback"  # review or CI feedback on its PR
     OPENING_PR = "OpeningPR"
+    FINISHING_RUN = "FinishingRun"  # its agent ended but its supervisor died: finishing the run
     UPDATING_PR = "UpdatingPR"
     REMOVING = "Removing"  # its manifest is gone: stopping, closing and cleaning up
     # failures
@@ -88,6 +89,7 @@ _WORKING = frozenset(
         Why.ITERATING,
         Why.ADDRESSING_FEEDBACK,
         Why.OPENING_PR,
+        Why.FINISHING_RUN,
         Why.UPDATING_PR,
         Why.REMOVING,
         Why.STALLED,
