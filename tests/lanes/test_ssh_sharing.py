@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from reconciler.lanes.ssh import SshTransport
@@ -30,17 +32,23 @@ def option(argv: list[str], key: str) -> str | None:
     return None
 
 
-def test_batches_share_a_connection_whose_socket_only_the_reconciler_reaches(
-    tmp_path: Path,
-) -> None:
-    keys = tmp_path / "k"
-    keys.mkdir(mode=0o700)
+def test_batches_share_a_connection_whose_socket_only_the_reconciler_reaches() -> None:
+    # a short directory, so that the socket is beside the key (not in the shared fallback)
+    keys = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))
+    try:
+        shares_one_connection_per_lane_and_trust(keys)
+    finally:
+        shutil.rmtree(keys)
+
+
+def shares_one_connection_per_lane_and_trust(keys: Path) -> None:
     (keys / "id_far").write_text("key one\n")
     (keys / "known_hosts").write_text("[build-2]:2222 ssh-ed25519 AAAA\n")
     far = transport(keys)
     argv = far.argv()
     assert option(argv, "ControlMaster") == "auto"
     socket = far.control_socket()
+    assert socket.startswith(str(keys / "mux") + "/")
     assert option(argv, "ControlPath") == socket
     assert os.stat(os.path.dirname(socket)).st_mode & 0o777 == 0o700
     # another lane to the same user@host, or a changed key or host key: another connection
