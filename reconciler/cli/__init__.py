@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from reconciler import __version__, safefile
-from reconciler.cli import hooks
+from reconciler.cli import hooks, pr
 from reconciler.cli import state as state_cli
+from reconciler.cli.pr import task_lane
 from reconciler.cli.render import (
     Painter,
     err,
@@ -39,23 +40,14 @@ from reconciler.cli.terminal import guarded, unguarded
 from reconciler.control import ControlError
 from reconciler.durations import parse_duration
 from reconciler.engine import Context, Engine, UserError, plan_to_json, read_plan, save_plan
-from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed
+from reconciler.lanes import LaneUnavailable, RequestFailed
 from reconciler.lanes.policy import PolicyError, machine_facts, violations
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired, LaneSpec, SshTarget
 from reconciler.manifests.policy import lane_violations
 from reconciler.manifests.schema import schema_documents
-from reconciler.plan import Plan, branch_of
-from reconciler.protocol import (
-    ForgeCloseRequest,
-    ForgeListRequest,
-    ForgeListResult,
-    ForgeMergeRequest,
-    LogResult,
-    PreflightResult,
-    PRResult,
-    ReadLogRequest,
-)
+from reconciler.plan import Plan
+from reconciler.protocol import LogResult, PreflightResult, ReadLogRequest
 from reconciler.redact import redact, secrets_of_url
 from reconciler.state import LockHeld, StateError, Store, state_dir_problem
 
@@ -97,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_converging(command)
     _add_reading(command)
     hooks.add_parser(command, common)
-    _add_pr(command, common)
+    pr.add_parser(command, common)
     _add_keys(command, common)
     p = command("node", "serve one batch of lane requests: JSON on stdin, JSON on stdout")
     p.add_argument(
@@ -193,18 +185,6 @@ def _add_reading(command: Command) -> None:
     command("doctor", "pre-flight checks of every lane, as a table")
     p = command("schema", "write the JSON Schemas of the manifest kinds and of describe --json")
     p.add_argument("--out", type=Path, default=Path("schemas"))
-
-
-def _add_pr(command: Command, common: argparse.ArgumentParser) -> None:
-    p = command("pr", "pull requests of the local forge")
-    prsub = p.add_subparsers(dest="pr_command", metavar="ACTION", required=True)
-    m = prsub.add_parser("merge", help="merge a task's open PR (local forge)", parents=[common])
-    m.add_argument("task")
-    c = prsub.add_parser(
-        "close", help="close a task's open PR without merging (local forge)", parents=[common]
-    )
-    c.add_argument("task")
-    c.add_argument("--comment", default="Closed by an operator.", help="comment to leave")
 
 
 def _add_keys(command: Command, common: argparse.ArgumentParser) -> None:
@@ -568,23 +548,9 @@ def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _lane_of(engine: Engine, desired: Desired, task: str) -> LaneClient:
-    spec = desired.tasks.get(task)
-    lane_name = spec.spec.lane if spec else None
-    if lane_name is None:
-        with engine.reading() as store:
-            row = store.task(task)
-        if row is None:
-            raise UserError(f"no task named {task}; `reconciler status` lists the tasks")
-        lane_name = row.lane
-    if lane_name not in desired.lanes:
-        raise UserError(f"task {task} belongs to lane {lane_name}, which is not in the manifests")
-    return engine.lanes(desired)[lane_name]
-
-
 def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
     desired = engine.load()
-    lane = _lane_of(engine, desired, args.task)
+    lane = task_lane(engine, desired, args.task)
     with engine.reading() as store:
         runs = store.runs(args.task)
     if args.run:
@@ -665,57 +631,6 @@ def cmd_schema(engine: Engine, args: argparse.Namespace) -> int:
         safefile.write_atomic(out / name, text.encode("utf-8"), 0o644)
         print(f"wrote {out / name}")
     return EXIT_OK
-
-
-def cmd_pr(engine: Engine, args: argparse.Namespace) -> int:
-    """Operator actions on the local forge, which has no web page to click."""
-    desired = engine.load()
-    lane = _lane_of(engine, desired, args.task)
-    task = desired.tasks.get(args.task)
-    if task is None:
-        raise UserError(f"task {args.task} is not in the manifests")
-    branch = branch_of(desired.config, args.task)
-    listed = lane.one(
-        ForgeListRequest(lane=lane.ref, repo=task.spec.repo, head=branch), ForgeListResult
-    )
-    open_prs = [p for p in listed.prs if p.state == "open"]
-    if not open_prs:
-        raise UserError(f"task {args.task} has no open PR; `reconciler status` shows its phase")
-    number = open_prs[0].number
-    if args.pr_command == "close":
-        lane.one(
-            ForgeCloseRequest(
-                lane=lane.ref, repo=task.spec.repo, number=number, comment=args.comment
-            ),
-            PRResult,
-        )
-        print(f"Closed PR #{number} without merging.")
-        _poke_after_pr(engine)
-        print("The task shows failed until its manifest changes.")
-        return EXIT_OK
-    merged = lane.one(
-        ForgeMergeRequest(lane=lane.ref, repo=task.spec.repo, number=number), PRResult
-    )
-    print(f"Merged PR #{merged.pr.number} ({branch} into {merged.pr.base}).")
-    if _poke_after_pr(engine):
-        print("`reconciler run` marks the task done and removes its worktree now.")
-    else:
-        print("The next `reconciler apply` marks the task done and removes its worktree.")
-    return EXIT_OK
-
-
-def _poke_after_pr(engine: Engine) -> bool:
-    """A `reconciler run` holding the state makes its pass now rather than at its next interval:
-    nothing else tells it (a forge's PR state is learned by a pass). True when one was poked."""
-    from reconciler.daemon import poke
-
-    try:
-        pid = poke(engine.state_dir)
-    except PermissionError:  # it runs as another user; its interval still sees the change
-        return False
-    if pid is not None:
-        print(f"Poked reconciler run (pid {pid}).")
-    return pid is not None
 
 
 def _ssh_lane(engine: Engine, name: str) -> LaneSpec:
@@ -818,7 +733,7 @@ COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "logs": cmd_logs,
     "doctor": cmd_doctor,
     "schema": cmd_schema,
-    "pr": cmd_pr,
+    "pr": pr.cmd_pr,
     "keys": cmd_keys,
     "state": state_cli.cmd_state,
 }
