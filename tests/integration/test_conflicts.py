@@ -57,6 +57,7 @@ def test_a_conflicting_pr_is_shown_and_its_agent_resolves_it_before_anyone_merge
     assert "conflict (shared.txt)" in text
     shown = cli_json(world, "pr", "show", "two")
     assert (shown["pr"]["mergeable"], shown["pr"]["conflicts"]) == (False, ["shared.txt"])
+    assert "  mergeable:  conflict (shared.txt)" in world.cli("pr", "show", "two").stdout
 
     world.converge()
     status = world.status()
