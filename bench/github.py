@@ -33,7 +33,7 @@ LEAST_TASKS = GITHUB_REPOS * (GITHUB_OPEN_TASK_PRS + GITHUB_DONE_TASK_PRS)  # th
 GITHUB_TOKEN = "ghp_" + "B3nchT0k3nB3nchT0k3n" * 2
 GITHUB_OWNER = "acme"
 FEEDBACK_REQUEST = re.compile(
-    r"/commits/[0-9a-f]+/(check-runs|status)$|/pulls/\d+/(reviews|comments)$"
+    r"/commits/[0-9a-f]+/(check-runs|status)$|/pulls/\d+(/reviews|/comments)?$"
 )
 
 
@@ -50,7 +50,7 @@ class ForgePass:
     requests: int
     points: int
     not_modified: int
-    feedback: int  # requests about one PR: its head commit's checks and status, its reviews
+    feedback: int  # requests about one PR: whether it merges, its head's checks and status, reviews
     seconds: float
 
 
@@ -269,8 +269,9 @@ def rows(table: Table, n: int, open_prs: int, passes: list[ForgePass]) -> None:
     pages = -(-GITHUB_PRS // 100)
     table.add(
         "  GitHub points, next pass after one push to one PR",
-        f"{third.points} (expected {pages + 2}: the {pages} PR list pages of its repository, "
-        f"and checks and status of the new head commit; {third.requests} requests)",
+        f"{third.points} (expected {pages + 3}: the {pages} PR list pages of its repository, "
+        f"whether the PR merges, and checks and status of the new head commit; "
+        f"{third.requests} requests)",
     )
     per_repo = [(p.requests - p.feedback) / GITHUB_REPOS for p in (first, second)]
     table.add(

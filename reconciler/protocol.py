@@ -219,6 +219,17 @@ class PullRequest(Msg):
     checks: Literal["pending", "success", "failure"] | None = None  # None: no checks reported
     check_feedback: list[str] = Field(default_factory=list)  # failing checks, with output tails
     review_feedback: list[str] = Field(default_factory=list)  # change requests, with file:line
+    # Whether head_sha merges into the base as the base is now (open PRs the forge was asked
+    # about): None while unknown (not asked, or GitHub still computing it); False: it conflicts.
+    mergeable: bool | None = None
+    behind: bool = False  # the base has commits the head has not (the base moved since)
+    conflicts: list[str] = Field(default_factory=list)  # conflicting files, where the forge says
+
+
+class PrComment(Msg):
+    at: float | None = None
+    author: str = ""
+    body: str
 
 
 class RepoObs(Msg):
@@ -276,6 +287,9 @@ class PrepareWorkspaceRequest(Msg):
     op: Literal["prepare-workspace"] = "prepare-workspace"
     lane: LaneRef
     task: TaskRef
+    # Fetch the base also for an existing branch, so that the run sees the base as the remote
+    # has it now (a run asked to integrate a base that moved).
+    fetch_base: bool = False
 
 
 class FillPoolRequest(Msg):
@@ -345,11 +359,23 @@ class PushRequest(Msg):
     force_with_lease: bool = False
 
 
+class RebaseRequest(Msg):
+    """Bring the task's branch up to date with its base, fetched now, in the task's worktree
+    (where the branch is checked out): a rebase, else a merge of the base when the rebase stops
+    on a conflict that the merge as a whole does not have. Nothing is pushed. Refused while the
+    worktree is missing or on another branch; a conflict leaves the worktree as it was."""
+
+    op: Literal["rebase"] = "rebase"
+    lane: LaneRef
+    task: TaskRef
+
+
 class ForgeListRequest(Msg):
     op: Literal["forge-list"] = "forge-list"
     lane: LaneRef
     repo: str
     head: str | None = None  # only PRs from this branch
+    mergeable: bool = False  # with whether each open PR merges into its base now
 
 
 class ForgeOpenRequest(Msg):
@@ -384,6 +410,17 @@ class ForgeCloseRequest(Msg):
     repo: str
     number: int
     comment: str
+
+
+class ForgeShowRequest(Msg):
+    """One PR with its comments, whether it merges into its base, and with ``diff`` its changes
+    against its base (``git diff base...head``; the local forge)."""
+
+    op: Literal["forge-show"] = "forge-show"
+    lane: LaneRef
+    repo: str
+    number: int
+    diff: bool = False
 
 
 class ForgeMergeRequest(Msg):
@@ -425,10 +462,12 @@ Request = Annotated[
     | StopRunRequest
     | FinishRunRequest
     | PushRequest
+    | RebaseRequest
     | ForgeListRequest
     | ForgeOpenRequest
     | ForgeUpdateRequest
     | ForgeCloseRequest
+    | ForgeShowRequest
     | ForgeMergeRequest
     | RemoveWorkspaceRequest
     | ReadLogRequest,
@@ -469,6 +508,12 @@ class PushResult(Msg):
     sha: str
 
 
+class RebaseResult(Msg):
+    sha: str  # the branch's head afterwards
+    onto: str  # the base commit it now contains
+    how: Literal["rebased", "merged", "current"]  # current: it contained the base already
+
+
 class ForgeListResult(Msg):
     prs: list[PullRequest]
 
@@ -480,6 +525,12 @@ class ForgeOpenResult(Msg):
 
 class PRResult(Msg):
     pr: PullRequest
+
+
+class ForgeShowResult(Msg):
+    pr: PullRequest
+    comments: list[PrComment] = Field(default_factory=list)
+    diff: str | None = None
 
 
 class RemovedResult(Msg):
@@ -517,10 +568,12 @@ RESULTS: dict[str, type[Msg]] = {
     "stop-run": StopResult,
     "finish-run": RunObs,
     "push": PushResult,
+    "rebase": RebaseResult,
     "forge-list": ForgeListResult,
     "forge-open": ForgeOpenResult,
     "forge-update": PRResult,
     "forge-close": PRResult,
+    "forge-show": ForgeShowResult,
     "forge-merge": PRResult,
     "remove-workspace": RemovedResult,
     "read-log": LogResult,

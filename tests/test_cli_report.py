@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,14 @@ def test_describe_json_is_the_documented_shape() -> None:
     ]  # fmt: skip
     assert data["status"]["reasonCode"] == "AwaitingReview"
     assert data["status"]["conditions"] == [c.to_json() for c in STATUS.conditions]
-    assert data["status"]["pr"] == {"number": 2, "url": "file:///r.git#pull/2", "state": "open"}
+    assert data["status"]["pr"] == {
+        "number": 2,
+        "url": "file:///r.git#pull/2",
+        "state": "open",
+        "mergeable": None,
+        "behind": False,
+        "conflicts": [],
+    }
     assert data["status"]["phase"] == "pr-open"
     assert data["spec"] == SPEC.model_dump(mode="json", by_alias=True, exclude_none=True)
     assert (data["source"], data["firstSeen"]) == ("manifests/tasks/app.yaml:16:1", 999.5)
@@ -160,6 +168,29 @@ def test_describe_text_renders_the_same_report() -> None:
         "Events:\n"
         "  00:16:40 start        start run 1.1\n"
     )
+
+
+def test_describe_says_when_the_pr_conflicts_with_or_is_behind_its_base() -> None:
+    def pr_line(**merging: Any) -> str:
+        assert STATUS.pr is not None
+        status = replace(STATUS, pr=STATUS.pr.model_copy(update=merging))
+        text = render_describe(
+            DescribeReport.of("fix-add", status=status, task=None, row=None, runs=[], events=[]),
+            Painter(enabled=False),
+        )
+        return next(line for line in text.splitlines() if "PR:" in line).split("PR:")[1].strip()
+
+    assert pr_line() == "#2 (open) file:///r.git#pull/2"
+    conflict = {"mergeable": False, "behind": True, "conflicts": ["a.txt", "b.txt"]}
+    assert pr_line(**conflict) == (
+        "#2 (open, conflicts with its base in a.txt, b.txt) file:///r.git#pull/2"
+    )
+    assert (
+        pr_line(mergeable=False, behind=True)
+        == "#2 (open, conflicts with its base) file:///r.git#pull/2"
+    )
+    assert pr_line(mergeable=True, behind=True) == "#2 (open, behind its base) file:///r.git#pull/2"
+    assert pr_line(mergeable=True) == "#2 (open) file:///r.git#pull/2"
 
 
 def test_the_committed_describe_schema_matches_the_model() -> None:

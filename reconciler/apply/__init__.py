@@ -46,6 +46,8 @@ from reconciler.protocol import (
     PullRequest,
     PushRequest,
     PushResult,
+    RebaseRequest,
+    RebaseResult,
     RemovedResult,
     RemoveWorkspaceRequest,
     RunObs,
@@ -248,6 +250,7 @@ class Applier:
             ActionKind.OPEN_PR: self.open_pr,
             ActionKind.ADOPT_PR: self.adopt_pr,
             ActionKind.UPDATE_PR: self.update_pr,
+            ActionKind.REBASE: self.rebase,
             ActionKind.CLOSE_PR: self.close_pr,
             ActionKind.CLEANUP: self.cleanup,
             ActionKind.COMPLETE: self.complete,
@@ -517,7 +520,8 @@ class Applier:
             self.event(action.task, kind, why, tx)
 
     def _spawn(self, action: Action, task: Task, lane: LaneClient, ref: TaskRef) -> RunObs:
-        workspace = lane.one(PrepareWorkspaceRequest(lane=lane.ref, task=ref), WorkspaceResult)
+        prepare = PrepareWorkspaceRequest(lane=lane.ref, task=ref, fetch_base=action.fetch_base)
+        workspace = lane.one(prepare, WorkspaceResult)
         if workspace.created:
             self.event(task.name, "workspace", f"created worktree {workspace.path} on {ref.branch}")
         crash_point("after-workspace")
@@ -708,6 +712,42 @@ class Applier:
             PRResult,
         )
         self.event(task.name, "pr-updated", f"pushed {sha[:12]} to PR #{pr.pr_number}")
+
+    def rebase(self, action: Action) -> None:
+        """The base moved and the branch still merges: bring it up to date in the task's
+        worktree (where it is checked out), push, and say so on the PR. A crash after the rebase
+        leaves a branch that differs from the pushed one: the next pass pushes it (update-pr)."""
+        task = self.desired.tasks[action.task]
+        lane = self.lane(task.spec.lane)
+        ref = self.task_ref(task.name)
+        pr = action.want(PrOfRun)
+        workspace = lane.one(PrepareWorkspaceRequest(lane=lane.ref, task=ref), WorkspaceResult)
+        if workspace.created:
+            self.event(task.name, "workspace", f"created worktree {workspace.path} on {ref.branch}")
+        done = lane.one(RebaseRequest(lane=lane.ref, task=ref), RebaseResult)
+        if done.how == "current":
+            return  # it holds the base already (the next pass sees the forge agree)
+        sha = self._push(lane, ref)
+        how = (
+            f"rebased {ref.branch} on {ref.base} {done.onto[:12]}"
+            if done.how == "rebased"
+            else f"merged {ref.base} {done.onto[:12]} into {ref.branch}"
+        )
+        lane.one(
+            ForgeUpdateRequest(
+                lane=lane.ref,
+                repo=ref.repo,
+                number=pr.pr_number,
+                comment=f"{ref.base} moved: {how} and pushed {sha[:12]}. No conflict, so no "
+                "agent run was needed.",
+            ),
+            PRResult,
+        )
+        self.event(
+            task.name,
+            "pr-rebased",
+            f"{ref.base} moved: {how}, pushed {sha[:12]} to PR #{pr.pr_number}",
+        )
 
     def close_pr(self, action: Action) -> None:
         lane = self.lane(action.lane)

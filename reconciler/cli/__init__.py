@@ -21,15 +21,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from reconciler.cli import completion, hooks
+from reconciler.cli import completion, hooks, pr
 from reconciler.cli import state as state_cli
-from reconciler.cli.common import (
-    EXIT_ERROR,
-    EXIT_LAST_GOOD,
-    EXIT_LOCKED,
-    EXIT_OK,
-    lane_of,
-)
+from reconciler.cli.common import EXIT_ERROR, EXIT_LAST_GOOD, EXIT_LOCKED
 from reconciler.cli.converge import cmd_apply, cmd_plan, cmd_poke, cmd_run
 from reconciler.cli.keys import cmd_keys
 from reconciler.cli.parser import build_parser
@@ -42,14 +36,6 @@ from reconciler.engine import Context, Engine, UserError
 from reconciler.lanes import LaneUnavailable, RequestFailed
 from reconciler.lanes.policy import PolicyError
 from reconciler.manifests.errors import ManifestErrors
-from reconciler.plan import branch_of
-from reconciler.protocol import (
-    ForgeCloseRequest,
-    ForgeListRequest,
-    ForgeListResult,
-    ForgeMergeRequest,
-    PRResult,
-)
 from reconciler.redact import redact, secrets_of_url
 from reconciler.state import LockHeld, StateError, state_dir_problem
 
@@ -145,57 +131,6 @@ def _save_traceback(state_dir: Path, secrets: set[str]) -> str:
 # -------------------------------------------------------------------------------- commands
 
 
-def cmd_pr(engine: Engine, args: argparse.Namespace) -> int:
-    """Operator actions on the local forge, which has no web page to click."""
-    desired = engine.load()
-    lane = lane_of(engine, desired, args.task)
-    task = desired.tasks.get(args.task)
-    if task is None:
-        raise UserError(f"task {args.task} is not in the manifests")
-    branch = branch_of(desired.config, args.task)
-    listed = lane.one(
-        ForgeListRequest(lane=lane.ref, repo=task.spec.repo, head=branch), ForgeListResult
-    )
-    open_prs = [p for p in listed.prs if p.state == "open"]
-    if not open_prs:
-        raise UserError(f"task {args.task} has no open PR; `reconciler status` shows its phase")
-    number = open_prs[0].number
-    if args.pr_command == "close":
-        lane.one(
-            ForgeCloseRequest(
-                lane=lane.ref, repo=task.spec.repo, number=number, comment=args.comment
-            ),
-            PRResult,
-        )
-        print(f"Closed PR #{number} without merging.")
-        _poke_after_pr(engine)
-        print("The task shows failed until its manifest changes.")
-        return EXIT_OK
-    merged = lane.one(
-        ForgeMergeRequest(lane=lane.ref, repo=task.spec.repo, number=number), PRResult
-    )
-    print(f"Merged PR #{merged.pr.number} ({branch} into {merged.pr.base}).")
-    if _poke_after_pr(engine):
-        print("`reconciler run` marks the task done and removes its worktree now.")
-    else:
-        print("The next `reconciler apply` marks the task done and removes its worktree.")
-    return EXIT_OK
-
-
-def _poke_after_pr(engine: Engine) -> bool:
-    """A `reconciler run` holding the state makes its pass now rather than at its next interval:
-    nothing else tells it (a forge's PR state is learned by a pass). True when one was poked."""
-    from reconciler.daemon import poke
-
-    try:
-        pid = poke(engine.state_dir)
-    except PermissionError:  # it runs as another user; its interval still sees the change
-        return False
-    if pid is not None:
-        print(f"Poked reconciler run (pid {pid}).")
-    return pid is not None
-
-
 COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "policy": cmd_policy,
@@ -209,7 +144,7 @@ COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "logs": cmd_logs,
     "doctor": cmd_doctor,
     "schema": cmd_schema,
-    "pr": cmd_pr,
+    "pr": pr.cmd_pr,
     "keys": cmd_keys,
     "state": state_cli.cmd_state,
     "completion": completion.cmd_completion,

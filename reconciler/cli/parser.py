@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from reconciler import __version__
-from reconciler.cli import completion, hooks
+from reconciler.cli import completion, hooks, pr
 from reconciler.cli import state as state_cli
 from reconciler.cli.common import (
     EXIT_ERROR,
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_converging(command)
     _add_reading(command)
     hooks.add_parser(command, common)
-    _add_pr(command, common)
+    pr.add_parser(command, common)
     _add_keys(command, common)
     p = command("node", "serve one batch of lane requests: JSON on stdin, JSON on stdout")
     p.add_argument(
@@ -176,18 +176,6 @@ def _add_reading(command: Command) -> None:
     command("doctor", "pre-flight checks of every lane, as a table")
     p = command("schema", "write the JSON Schemas of the manifest kinds and of describe --json")
     p.add_argument("--out", type=Path, default=Path("schemas"))
-
-
-def _add_pr(command: Command, common: argparse.ArgumentParser) -> None:
-    p = command("pr", "pull requests of the local forge")
-    prsub = p.add_subparsers(dest="pr_command", metavar="ACTION", required=True)
-    m = prsub.add_parser("merge", help="merge a task's open PR (local forge)", parents=[common])
-    completion.tasks(m.add_argument("task"))
-    c = prsub.add_parser(
-        "close", help="close a task's open PR without merging (local forge)", parents=[common]
-    )
-    completion.tasks(c.add_argument("task"))
-    c.add_argument("--comment", default="Closed by an operator.", help="comment to leave")
 
 
 def _add_keys(command: Command, common: argparse.ArgumentParser) -> None:

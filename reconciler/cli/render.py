@@ -18,7 +18,7 @@ from typing import TextIO
 
 from ruamel.yaml import YAML
 
-from reconciler.cli.report import DescribeReport, RunReport
+from reconciler.cli.report import DescribeReport, PullRequestReport, RunReport
 from reconciler.cli.terminal import csi, sgr, visible
 from reconciler.durations import format_duration
 from reconciler.plan import ActionKind, Phase, Plan, TaskStatus, Why
@@ -228,7 +228,7 @@ def _describe_head(report: DescribeReport) -> list[str]:
         ]
         if status.pr:
             pr = status.pr
-            lines.append(f"  PR:         #{pr.number} ({pr.state}) {pr.url}")
+            lines.append(f"  PR:         #{pr.number} ({pr.state}{_merging(pr)}) {pr.url}")
         lines.append(f"  spend:      ${status.cost_usd:.2f}, {status.tokens} tokens")
     spec = report.spec
     if spec:
@@ -238,6 +238,17 @@ def _describe_head(report: DescribeReport) -> list[str]:
             f"{spec.max_attempts} attempts; priority {spec.priority}",
         ]
     return lines
+
+
+def _merging(pr: PullRequestReport) -> str:
+    """ ", conflicts with its base in a.txt" for an open PR whose base moved."""
+    if pr.state != "open" or pr.mergeable is None:
+        return ""
+    if not pr.mergeable:
+        return ", conflicts with its base" + (
+            f" in {', '.join(pr.conflicts)}" if pr.conflicts else ""
+        )
+    return ", behind its base" if pr.behind else ""
 
 
 def _run_cells(r: RunReport) -> list[str]:

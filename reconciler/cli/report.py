@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 from reconciler.manifests.models import API_VERSION, Task, TaskSpec
 from reconciler.manifests.schema import schema_text
 from reconciler.plan import Condition, Phase, TaskStatus, Why
+from reconciler.protocol import PullRequest
 from reconciler.record import Run
 from reconciler.state import EventRow, TaskRow
 
@@ -37,6 +38,22 @@ class PullRequestReport(Report):
     number: int
     url: str
     state: Literal["open", "closed", "merged"]
+    mergeable: bool | None = Field(
+        description="an open PR's head merges into its base now; null when not known"
+    )
+    behind: bool = Field(description="its base has commits its head has not")
+    conflicts: list[str] = Field(description="the conflicting files, where the forge names them")
+
+    @classmethod
+    def of(cls, pr: PullRequest) -> Self:
+        return cls(
+            number=pr.number,
+            url=pr.url,
+            state=pr.state,
+            mergeable=pr.mergeable,
+            behind=pr.behind,
+            conflicts=list(pr.conflicts),
+        )
 
 
 class ConditionReport(Report):
@@ -87,7 +104,7 @@ class TaskReport(Report):
             reason=status.reason,
             reason_code=status.why,
             conditions=[ConditionReport.of(c) for c in status.conditions],
-            pr=PullRequestReport(number=pr.number, url=pr.url, state=pr.state) if pr else None,
+            pr=PullRequestReport.of(pr) if pr else None,
             next_attempt_at=status.next_attempt_at,
             cost_usd=status.cost_usd,
             tokens=status.tokens,

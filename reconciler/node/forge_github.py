@@ -4,7 +4,8 @@ The pull-request operations over the REST client of ``reconciler.node.github_htt
 one paginated, conditional call per repository (the ``head`` filter needs the owner prefix, a
 bare branch would be silently ignored); creating asks for labels and reviewers after the PR
 exists; GitHub's 422 "already exists" is the driver's ``PullExists``. Capabilities: feedback
-(checks and reviews, ``reconciler.node.github_feedback``) and the access probe pre-flight uses;
+(checks and reviews) and mergeability (``reconciler.node.github_feedback``) and the access probe
+pre-flight uses;
 no merging, PRs are merged on GitHub. Holds no pull-request rule (``reconciler.node.pulls``), and
 must never delete branches or reopen PRs.
 """
@@ -18,7 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 from reconciler.node.forges import Access, Capabilities, PullExists
-from reconciler.node.github_feedback import GitHubFeedback
+from reconciler.node.github_feedback import GitHubFeedback, GitHubMergeability, mergeability
 from reconciler.node.github_http import (
     GitHubClient,
     GitHubError,
@@ -27,7 +28,7 @@ from reconciler.node.github_http import (
     as_dict,
     message,
 )
-from reconciler.protocol import PullRequest
+from reconciler.protocol import PrComment, PullRequest
 
 REPO_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
@@ -62,7 +63,10 @@ class GitHubForge:
         )
         self.api_url = self.client.api_url
         self.capabilities = Capabilities(
-            merged_on="GitHub", feedback=GitHubFeedback(self.client), access=self
+            merged_on="GitHub",
+            feedback=GitHubFeedback(self.client),
+            mergeable=GitHubMergeability(self.client),
+            access=self,
         )
 
     def __repr__(self) -> str:
@@ -132,6 +136,17 @@ class GitHubForge:
     def comment(self, number: int, text: str) -> None:
         self.client.write("POST", f"/repos/{self.repo}/issues/{number}/comments", {"body": text})
 
+    def comments(self, number: int) -> list[PrComment]:
+        items = self.client.get_list(f"/repos/{self.repo}/issues/{number}/comments?per_page=100")
+        return [
+            PrComment(
+                at=_epoch(item.get("created_at")),
+                author=str(as_dict(item.get("user")).get("login") or ""),
+                body=str(item.get("body") or ""),
+            )
+            for item in items
+        ]
+
     def close_pull(self, number: int) -> PullRequest:
         return self._patch(number, {"state": "closed"})
 
@@ -166,7 +181,7 @@ def _pr(item: Json) -> PullRequest:
     else:
         state, changed = "open", item.get("updated_at")
     sha = head.get("sha")
-    return PullRequest(
+    pr = PullRequest(
         number=int(item["number"]),
         url=str(item.get("html_url") or ""),
         state=state,
@@ -177,6 +192,7 @@ def _pr(item: Json) -> PullRequest:
         head_sha=sha if isinstance(sha, str) else None,
         updated_at=_epoch(changed),
     )
+    return mergeability(item, pr) if state == "open" else pr
 
 
 def _object(data: Any, what: str) -> Json:

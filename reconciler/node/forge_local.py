@@ -6,8 +6,10 @@ that ref (``update-ref REF NEW OLD``), retried on conflict, so concurrent writer
 update and the records survive the loss of any control-plane state. Like GitHub, the store
 itself refuses a second open PR from one branch and leaves a PR that is no longer open as it is;
 the pull-request rules are ``reconciler.node.pulls``'. The local forge merges (the reconciler's
-``pr merge``) and has no CI or reviews. Must not touch the lane's checkout or worktrees, and must
-not rewrite a base branch except by an explicit merge.
+``pr merge``), says whether an open PR merges into its base now (a trial merge in the remote
+repository that leaves nothing there) and shows a PR's diff; it has no CI or reviews. Must not
+touch the lane's checkout or worktrees, and must not rewrite a base branch except by an explicit
+merge.
 """
 
 from __future__ import annotations
@@ -25,19 +27,13 @@ from urllib.parse import unquote, urlparse
 from reconciler.node import git as gitops
 from reconciler.node.errors import NodeError
 from reconciler.node.forges import Capabilities, PullExists
-from reconciler.protocol import PullRequest
+from reconciler.protocol import PrComment, PullRequest
 
 PULLS_REF = "refs/reconciler/pulls"
 PULLS_FILE = "pulls.json"
 CAS_ATTEMPTS = 20
 ZERO = "0" * 40
-# commit-tree needs an identity; the lane user's git config may have none.
-IDENTITY = {
-    "GIT_AUTHOR_NAME": "reconciler",
-    "GIT_AUTHOR_EMAIL": "reconciler@localhost",
-    "GIT_COMMITTER_NAME": "reconciler",
-    "GIT_COMMITTER_EMAIL": "reconciler@localhost",
-}
+IDENTITY = gitops.IDENTITY  # commit-tree needs an identity; the lane user's may have none
 
 T = TypeVar("T")
 Doc = dict[str, object]
@@ -81,7 +77,7 @@ class LocalForge:
     def __init__(self, checkout: str, remote: str) -> None:
         self.checkout = checkout
         self.remote = remote
-        self.capabilities = Capabilities(merge=self)
+        self.capabilities = Capabilities(merge=self, mergeable=self, diff=self)
 
     def __repr__(self) -> str:
         return f"LocalForge({self.checkout!r}, {self.remote!r})"
@@ -332,9 +328,9 @@ class LocalForge:
                 raise ForgeError(
                     f"cannot merge #{number}: branch {missing} no longer exists in {self.path}"
                 )
-            if _is_ancestor(self.path, head_sha, base_sha):
+            if gitops.is_ancestor(self.path, head_sha, base_sha):
                 return head_sha  # already contained (e.g. a merge interrupted before recording)
-            if _is_ancestor(self.path, base_sha, head_sha):
+            if gitops.is_ancestor(self.path, base_sha, head_sha):
                 new = head_sha
             else:
                 new = self._merge_commit(
@@ -353,30 +349,59 @@ class LocalForge:
     def _merge_commit(
         self, number: int, *, head: str, base: str, head_sha: str, base_sha: str, title: str
     ) -> str:
-        if gitops.version() < (2, 38):
-            raise ForgeError(
-                f"#{number} needs a merge commit, which the local forge makes with "
-                "git merge-tree --write-tree (git 2.38 or newer); upgrade git or rebase the branch"
-            )
-        proc = gitops.run(
-            ["merge-tree", "--write-tree", "--name-only", base_sha, head_sha],
-            self.path,
-            check=False,
-            env=IDENTITY,
-        )
-        if proc.returncode == 1:
-            # Output: the tree, the conflicted paths, a blank line, then informational messages.
-            conflicted = proc.stdout.split("\n\n", 1)[0].splitlines()[1:]
-            files = ", ".join(sorted(set(conflicted))[:10]) or "unknown files"
+        try:
+            merged = gitops.merge_trees(self.path, base_sha, head_sha, keep=True)
+        except gitops.GitError as exc:
+            raise ForgeError(f"#{number} needs a merge commit, which failed: {exc}") from None
+        if not merged.clean:
+            files = ", ".join(merged.conflicts[:10])
             raise ForgeError(
                 f"pull request #{number} ({head} into {base}) conflicts in {files}; "
                 f"rebase {head} on {base}, push, and merge again"
             )
-        if proc.returncode != 0:
-            raise ForgeError(f"could not merge #{number} in {self.path}: {proc.stderr.strip()}")
-        tree = proc.stdout.split("\n", 1)[0].strip()
         message = f"Merge pull request #{number} from {head}\n\n{title}".rstrip()
-        return self._git(["commit-tree", tree, "-p", base_sha, "-p", head_sha, "-m", message])
+        return self._git(
+            ["commit-tree", merged.tree, "-p", base_sha, "-p", head_sha, "-m", message]
+        )
+
+    # ------------------------------------------------------------------ what a PR is now
+
+    def mergeable(self, pr: PullRequest) -> PullRequest:
+        """The open ``pr`` with whether its head merges into its base as the base is now: behind
+        when the base has commits the head has not, and then a trial merge for the conflicts.
+        Unknown (None) when a branch is gone or git cannot do a trial merge."""
+        base_sha = self._branch(pr.base)
+        if pr.head_sha is None or base_sha is None:
+            return pr
+        if gitops.is_ancestor(self.path, base_sha, pr.head_sha):
+            return pr.model_copy(update={"mergeable": True, "behind": False, "conflicts": []})
+        try:
+            trial = gitops.merge_trees(self.path, pr.head_sha, base_sha)
+        except gitops.GitError:
+            return pr.model_copy(update={"behind": True})
+        return pr.model_copy(
+            update={"mergeable": trial.clean, "behind": True, "conflicts": trial.conflicts}
+        )
+
+    def diff(self, pr: PullRequest) -> str:
+        """The changes of the PR against its base now, ``git diff base...head`` (empty once it
+        is merged: the base has them)."""
+        head = pr.head_sha or self._branch(pr.head)
+        base = self._branch(pr.base)
+        if head is None or base is None:
+            missing = pr.head if head is None else pr.base
+            raise ForgeError(f"#{pr.number}: branch {missing} no longer exists in {self.path}")
+        return gitops.diff(self.path, base, head)
+
+    def comments(self, number: int) -> list[PrComment]:
+        _, doc = self._load()
+        rec = self._find(doc, number)
+        found = rec.get("comments")
+        return [
+            PrComment(at=_float(c.get("at")), author="reconciler", body=str(c.get("body", "")))
+            for c in (found if isinstance(found, list) else [])
+            if isinstance(c, dict)
+        ]
 
 
 def _state(value: object) -> Literal["open", "closed", "merged"]:
@@ -385,11 +410,6 @@ def _state(value: object) -> Literal["open", "closed", "merged"]:
     if value == "closed":
         return "closed"
     return "open"
-
-
-def _is_ancestor(repo: str, older: str, newer: str) -> bool:
-    proc = gitops.run(["merge-base", "--is-ancestor", older, newer], repo, check=False)
-    return proc.returncode == 0
 
 
 def _float(value: object) -> float | None:

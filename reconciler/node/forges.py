@@ -19,7 +19,7 @@ from typing import Protocol
 
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import Lane
-from reconciler.protocol import PullRequest, RepoRef
+from reconciler.protocol import PrComment, PullRequest, RepoRef
 
 
 class PullExists(NodeError):
@@ -37,6 +37,19 @@ class FeedbackReader(Protocol):
 
     def feedback(self, pr: PullRequest, kinds: Collection[str]) -> PullRequest:
         """The open ``pr`` with what ``kinds`` (a subset of ``self.kinds``) say of its head."""
+        ...
+
+
+class MergeChecker(Protocol):
+    def mergeable(self, pr: PullRequest) -> PullRequest:
+        """The open ``pr`` with ``mergeable``, ``behind`` and ``conflicts`` as its head and its
+        base are now (``mergeable`` None while the forge does not know yet)."""
+        ...
+
+
+class Differ(Protocol):
+    def diff(self, pr: PullRequest) -> str:
+        """The unified diff of ``pr`` against its base (``git diff base...head``)."""
         ...
 
 
@@ -63,6 +76,8 @@ class Capabilities:
     merge: Merger | None = None  # the reconciler may merge (`reconciler pr merge`)
     merged_on: str = ""  # where a human merges instead, when ``merge`` is None
     feedback: FeedbackReader | None = None  # what CI and reviewers say of a head commit
+    mergeable: MergeChecker | None = None  # whether an open PR merges into its base now
+    diff: Differ | None = None  # a PR's changes as a unified diff (`reconciler pr diff`)
     access: AccessProbe | None = None  # pre-flight's token, permission and rate-limit probe
 
 
@@ -109,6 +124,10 @@ class ForgeDriver(Protocol):
         ...
 
     def comment(self, number: int, text: str) -> None: ...
+
+    def comments(self, number: int) -> list[PrComment]:
+        """The PR's conversation, oldest first."""
+        ...
 
     def close_pull(self, number: int) -> PullRequest:
         """Close an open PR (a PR that is no longer open stays as it is)."""

@@ -1,4 +1,5 @@
-"""Git for the lane: worktrees, branch heads, ahead counts, status and push, all as argv lists.
+"""Git for the lane: worktrees, branch heads, ahead counts, status, push, trial merges and the
+rebase of a task's branch in its worktree, all as argv lists.
 
 Worktree add/remove/prune on one repository are serialized with an ``flock`` inside the
 repository's common git dir, because parallel ``git worktree add`` corrupts admin files. Must
@@ -12,7 +13,10 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 from reconciler.gitenv import git_env
 from reconciler.node.errors import NodeError
@@ -406,3 +410,126 @@ def drop_worktree(checkout: str, path: str, branch: str | None = None) -> None:
     run(["worktree", "prune"], checkout, check=False)
     if branch is not None and not _checked_out(checkout, branch):
         run(["branch", "-D", branch], checkout, check=False)
+
+
+# ------------------------------------------------------------------------- merging and rebasing
+
+# Who commits what the reconciler itself writes (a rebased branch, a merge commit): the lane
+# user's git configuration may name no one.
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "reconciler",
+    "GIT_AUTHOR_EMAIL": "reconciler@localhost",
+    "GIT_COMMITTER_NAME": "reconciler",
+    "GIT_COMMITTER_EMAIL": "reconciler@localhost",
+}
+MERGE_TREE_GIT = (2, 38)  # git merge-tree --write-tree
+
+
+def is_ancestor(repo: str, older: str, newer: str) -> bool:
+    """Whether commit ``older`` is reachable from ``newer``."""
+    return run(["merge-base", "--is-ancestor", older, newer], repo, check=False).returncode == 0
+
+
+@dataclass(frozen=True)
+class TrialMerge:
+    """What merging two commits gives, without a worktree: the merged tree (conflict markers
+    where it conflicts) and the conflicting paths (none: it merges cleanly)."""
+
+    tree: str
+    conflicts: list[str]
+
+    @property
+    def clean(self) -> bool:
+        return not self.conflicts
+
+
+def merge_trees(repo: str, ours: str, theirs: str, *, keep: bool = False) -> TrialMerge:
+    """Merge commit ``theirs`` into ``ours`` as ``git merge`` would, touching no worktree or
+    ref (``git merge-tree --write-tree``, git 2.38). Without ``keep`` the objects it makes go to
+    a throwaway object directory, so asking changes nothing in ``repo``; with it they stay, for
+    a merge commit of that tree."""
+    if version() < MERGE_TREE_GIT:
+        raise GitError(
+            "a trial merge needs git merge-tree --write-tree (git 2.38 or newer); upgrade git "
+            "for the lane user"
+        )
+    args = ["merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs]
+    with contextlib.ExitStack() as stack:
+        env = dict(IDENTITY)
+        if not keep:
+            objects = run(["rev-parse", "--path-format=absolute", "--git-path", "objects"], repo)
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="reconciler-merge-"))
+            env["GIT_OBJECT_DIRECTORY"] = scratch
+            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = objects.stdout.strip()
+        proc = run(args, repo, check=False, env=env)
+    if proc.returncode not in (0, 1):
+        raise GitError(f"git merge-tree failed in {repo}: {_reason(proc.stderr)}")
+    # The tree, then (on a conflict) the conflicting paths, one per line.
+    tree, *paths = proc.stdout.splitlines()
+    return TrialMerge(tree.strip(), sorted({p for p in paths if p}))
+
+
+def diff(repo: str, base: str, head: str) -> str:
+    """The changes of ``head`` since it left ``base``: ``git diff base...head``."""
+    return run(["diff", "--no-color", "--no-ext-diff", f"{base}...{head}", "--"], repo).stdout
+
+
+def rebase_on_base(
+    checkout: str, workspace: str, branch: str, base: str, remote: str
+) -> tuple[str, str, Literal["rebased", "merged", "current"]]:
+    """Bring ``branch``, checked out in the worktree ``workspace``, up to date with ``base`` as
+    the remote has it now: rebase it, or when the rebase stops on a conflict that the merge as
+    a whole does not have, merge the base into it. Uncommitted changes are kept (stashed and
+    put back). Returns (new head, base commit, how). A conflict leaves the worktree as it was and
+    raises GitError naming the files: resolving it is the agent's work, not the reconciler's."""
+    tree = registered(checkout, workspace)
+    if tree is None or tree.prunable:
+        raise GitError(
+            f"the worktree {workspace} of {branch} is missing; prepare the workspace again"
+        )
+    if tree.branch != branch:
+        raise GitError(
+            f"the worktree {workspace} is on {tree.branch or 'a detached HEAD'}, not {branch}; "
+            "nothing was rebased"
+        )
+    fetch_base(checkout, remote, base)
+    ref = base_ref(checkout, base, remote)
+    onto = resolve(checkout, ref) if ref is not None else None
+    if ref is None or onto is None:
+        raise GitError(f"base branch {base!r} of {checkout} was not found; nothing was rebased")
+    head = resolve(checkout, f"refs/heads/{branch}")
+    if head is None:
+        raise GitError(f"branch {branch} does not exist in {checkout}; nothing was rebased")
+    if is_ancestor(checkout, onto, head):
+        return head, onto, "current"
+    trial = merge_trees(checkout, head, onto)
+    if not trial.clean:
+        raise GitError(
+            f"{branch} conflicts with {base} in {', '.join(trial.conflicts)}; nothing was "
+            "rebased (the agent is asked to resolve it)"
+        )
+    # The reconciler rewrites the commits: it is their committer, their authors stay.
+    committer = {k: v for k, v in IDENTITY.items() if k.startswith("GIT_COMMITTER")}
+    how: Literal["rebased", "merged"] = "rebased"
+    proc = run(
+        ["rebase", "--autostash", "--no-autosquash", onto], workspace, check=False, env=committer
+    )
+    if proc.returncode != 0:
+        run(["rebase", "--abort"], workspace, check=False)
+        how = "merged"
+        message = f"Merge {base} into {branch}"
+        proc = run(
+            ["merge", "--autostash", "--no-edit", "-m", message, onto],
+            workspace,
+            check=False,
+            env=IDENTITY,
+        )
+        if proc.returncode != 0:
+            run(["merge", "--abort"], workspace, check=False)
+            raise GitError(
+                f"could not bring {branch} up to date with {base} in {workspace}: "
+                f"{_reason(proc.stderr or proc.stdout)}; the worktree was left as it was"
+            )
+    new = resolve(checkout, f"refs/heads/{branch}")
+    assert new is not None
+    return new, onto, how

@@ -1,9 +1,11 @@
-"""What CI and reviewers say of a GitHub pull request's head commit: the forge's feedback.
+"""What CI, reviewers and GitHub itself say of a pull request's head commit: the forge's feedback.
 
 Check runs and commit statuses become one verdict (pending, success, failure) with the failing
 ones' output tails; the latest review of each reviewer on the head commit that requests changes
-becomes its summary and its inline comments as ``path:line``. Every read is conditional, so an
-unchanged PR costs no rate-limit points. Reads only.
+becomes its summary and its inline comments as ``path:line``. Whether the head merges into its
+base is the PR's ``mergeable`` and ``mergeable_state``, which GitHub computes lazily: null means
+it does not know yet (asking starts the computation; a later pass reads the answer). Every read is
+conditional, so an unchanged PR costs no rate-limit points. Reads only.
 """
 
 from __future__ import annotations
@@ -107,3 +109,32 @@ class GitHubFeedback:
                 )
                 items.append(f"{where}: {comment.get('body')}")
         return items
+
+
+def mergeability(item: Json, pr: PullRequest) -> PullRequest:
+    """``pr`` with what GitHub's answer ``item`` for it says of merging its head: ``mergeable``
+    false (``mergeable_state`` dirty) is a conflict (GitHub names no files), ``behind`` an
+    out-of-date head where the base's rules want it current; null is not known yet."""
+    if "mergeable" not in item:  # a list item: GitHub says this of one PR at a time
+        return pr
+    head_sha = as_dict(item.get("head")).get("sha")
+    value = item.get("mergeable")
+    if head_sha != pr.head_sha or not isinstance(value, bool):
+        return pr.model_copy(update={"mergeable": None, "behind": False, "conflicts": []})
+    state = item.get("mergeable_state")
+    return pr.model_copy(
+        update={"mergeable": value, "behind": state == "behind" or not value, "conflicts": []}
+    )
+
+
+class GitHubMergeability:
+    """Whether the open pull requests of ``client``'s repository merge into their base."""
+
+    def __init__(self, client: GitHubClient) -> None:
+        self.client = client
+        self.repo = client.repo
+
+    def mergeable(self, pr: PullRequest) -> PullRequest:
+        return mergeability(
+            as_dict(self.client.get_cached(f"/repos/{self.repo}/pulls/{pr.number}")), pr
+        )

@@ -7,7 +7,8 @@
   is never reopened or adopted: a new one is opened.
 - Closing a PR that is no longer open is a no-op (no comment, and a merged PR stays merged).
 - Merging is the reconciler's only where the forge lets it; elsewhere it names where to merge.
-- Feedback is read only for open PRs with a head commit, of the kinds the forge has.
+- Feedback is read only for open PRs with a head commit: of the kinds the forge has, and whether
+  the head merges into its base now, where the forge can tell.
 
 Drivers (``reconciler.node.forges``) do what they are told and nothing more; nothing here knows
 which forge it talks to.
@@ -20,7 +21,7 @@ from collections.abc import Collection
 from reconciler.node.errors import NodeError
 from reconciler.node.forges import Capabilities, ForgeDriver, PullExists, driver_for
 from reconciler.node.lane import Lane
-from reconciler.protocol import PullRequest, marked_task, with_marker
+from reconciler.protocol import PrComment, PullRequest, marked_task, with_marker
 
 
 class Pulls:
@@ -36,9 +37,11 @@ class Pulls:
     def capabilities(self) -> Capabilities:
         return self.driver.capabilities
 
-    def list_pulls(self, head: str | None = None) -> list[PullRequest]:
-        """Every PR of the repository (or those from branch ``head``), oldest number first."""
-        return [_marked(pr) for pr in self.driver.list_pulls(head)]
+    def list_pulls(self, head: str | None = None, *, mergeable: bool = False) -> list[PullRequest]:
+        """Every PR of the repository (or those from branch ``head``), oldest number first;
+        with ``mergeable``, each open one with whether it merges into its base now."""
+        found = [_marked(pr) for pr in self.driver.list_pulls(head)]
+        return [self._mergeable(pr) for pr in found] if mergeable else found
 
     def open_pull(
         self,
@@ -125,16 +128,42 @@ class Pulls:
     def with_feedback(
         self, pr: PullRequest, kinds: Collection[str] = ("checks", "reviews")
     ) -> PullRequest:
-        """The PR with what CI and reviewers say of its head commit, of the ``kinds`` the forge
-        has (a forge without any: the PR as it is)."""
-        reader = self.capabilities.feedback
-        if reader is None or pr.state != "open" or not pr.head_sha:
+        """The PR with what the forge says of its head commit: whether it merges into its base
+        now, and what CI and reviewers say of it, of the ``kinds`` the forge has (a forge that
+        can tell none of it: the PR as it is)."""
+        if pr.state != "open" or not pr.head_sha:
             return pr
-        wanted = [kind for kind in kinds if kind in reader.kinds]
-        return reader.feedback(pr, wanted) if wanted else pr
+        pr = self._mergeable(pr)
+        reader = self.capabilities.feedback
+        wanted = [kind for kind in kinds if reader is not None and kind in reader.kinds]
+        return reader.feedback(pr, wanted) if reader is not None and wanted else pr
+
+    def show(
+        self, number: int, *, diff: bool = False
+    ) -> tuple[PullRequest, list[PrComment], str | None]:
+        """One PR as a person reads it: the PR (an open one with whether it merges now), its
+        comments and, with ``diff``, its changes against its base, where the forge shows them."""
+        pr = self._mergeable(_marked(self.driver.get_pull(number)))
+        text = None
+        if diff:
+            differ = self.capabilities.diff
+            if differ is None:
+                raise NodeError(
+                    f"PR #{number} of {self.driver.where} lives on {self.capabilities.merged_on}: "
+                    "see its changes there"
+                )
+            text = differ.diff(pr)
+        return pr, self.driver.comments(number), text
 
     def flush(self) -> None:
         self.driver.flush()
+
+    def _mergeable(self, pr: PullRequest) -> PullRequest:
+        """An open PR with whether it merges into its base now, where the forge can tell."""
+        checker = self.capabilities.mergeable
+        if checker is None or pr.state != "open" or not pr.head_sha:
+            return pr
+        return checker.mergeable(pr)
 
     def _open_from(self, head: str) -> PullRequest | None:
         return next((p for p in self.list_pulls(head) if p.state == "open"), None)

@@ -47,6 +47,8 @@ from reconciler.protocol import (
     ForgeMergeRequest,
     ForgeOpenRequest,
     ForgeOpenResult,
+    ForgeShowRequest,
+    ForgeShowResult,
     ForgeUpdateRequest,
     LaneRef,
     ObserveRequest,
@@ -57,6 +59,8 @@ from reconciler.protocol import (
     PushRequest,
     PushResult,
     ReadLogRequest,
+    RebaseRequest,
+    RebaseResult,
     RemovedResult,
     RemoveWorkspaceRequest,
     Request,
@@ -99,6 +103,8 @@ def _prepare(lane: Lane, req: PrepareWorkspaceRequest) -> BaseModel:
     if base is None:
         raise NodeError(f"task {task.name}: a workspace is made from a base branch; none was given")
     created = pooled = False
+    if req.fetch_base:
+        gitops.fetch_base(checkout, repo.remote, base)
     if repo.pool > 0 and gitops.resolve(checkout, f"refs/heads/{task.branch}") is None:
         gitops.fetch_base(checkout, repo.remote, base)
         directory = pool.pool_dir(lane.root, repo.name, base)
@@ -192,6 +198,16 @@ def _push(lane: Lane, req: PushRequest) -> BaseModel:
     return PushResult(sha=gitops.push(checkout, repo.remote, req.branch, req.force_with_lease))
 
 
+def _rebase(lane: Lane, req: RebaseRequest) -> BaseModel:
+    repo, checkout, path = lane.task(req.task)
+    if req.task.base is None:
+        raise NodeError(f"task {req.task.name}: a rebase needs the task's base branch")
+    sha, onto, how = gitops.rebase_on_base(
+        checkout, path, req.task.branch, req.task.base, repo.remote
+    )
+    return RebaseResult(sha=sha, onto=onto, how=how)
+
+
 def _forge(lane: Lane, repo_name: str) -> Pulls:
     forge = pulls_for(lane, repo_name)
     if forge is None:
@@ -205,7 +221,7 @@ def _forge(lane: Lane, repo_name: str) -> Pulls:
 def _forge_list(lane: Lane, req: ForgeListRequest) -> BaseModel:
     if req.head is not None:
         check_branch(req.head, "head branch")
-    return ForgeListResult(prs=_forge(lane, req.repo).list_pulls(req.head))
+    return ForgeListResult(prs=_forge(lane, req.repo).list_pulls(req.head, mergeable=req.mergeable))
 
 
 def _forge_open(lane: Lane, req: ForgeOpenRequest) -> BaseModel:
@@ -236,6 +252,11 @@ def _forge_close(lane: Lane, req: ForgeCloseRequest) -> BaseModel:
     return PRResult(pr=_forge(lane, req.repo).close_pull(req.number, req.comment))
 
 
+def _forge_show(lane: Lane, req: ForgeShowRequest) -> BaseModel:
+    pr, comments, diff = _forge(lane, req.repo).show(req.number, diff=req.diff)
+    return ForgeShowResult(pr=pr, comments=comments, diff=diff)
+
+
 def _forge_merge(lane: Lane, req: ForgeMergeRequest) -> BaseModel:
     return PRResult(pr=_forge(lane, req.repo).merge_pull(req.number))
 
@@ -261,10 +282,12 @@ _HANDLERS: dict[str, Callable[[Lane, Any], BaseModel]] = {
     "stop-run": _stop,
     "finish-run": _finish,
     "push": _push,
+    "rebase": _rebase,
     "forge-list": _forge_list,
     "forge-open": _forge_open,
     "forge-update": _forge_update,
     "forge-close": _forge_close,
+    "forge-show": _forge_show,
     "forge-merge": _forge_merge,
     "remove-workspace": _remove,
     "read-log": _read_log,

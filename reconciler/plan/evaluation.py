@@ -1,4 +1,4 @@
-"""Judging an ended run against its task's success criteria, and a PR's feedback.
+"""Judging an ended run against its task's success criteria, a PR's feedback and its conflicts.
 
 What fails becomes one line each for the task's reason and, in detail, feedback for the agent's
 next prompt. Pure: the run's recorded exit, checks and result are all it reads.
@@ -95,3 +95,27 @@ def pr_feedback(task: Task, pr: PullRequest, pushed: str | None) -> list[str]:
     if "reviews" in wanted:
         items += pr.review_feedback
     return items
+
+
+def base_moved(pr: PullRequest, pushed: str | None) -> bool:
+    """Whether the base of ``pr`` moved under the commit the reconciler pushed last, as far as
+    the forge knows: the head is behind its base, and whether it merges is known."""
+    return pushed is not None and pr.head_sha == pushed and pr.behind and pr.mergeable is not None
+
+
+def conflict_summary(pr: PullRequest) -> str:
+    """ "conflicts with main in a.txt, b.txt" (the files where the forge names them)."""
+    shown = ", ".join(pr.conflicts[:10]) + (", …" if len(pr.conflicts) > 10 else "")
+    return f"conflicts with {pr.base}" + (f" in {shown}" if shown else "")
+
+
+def conflict_feedback(pr: PullRequest, remote: str) -> str:
+    """What an agent is asked when its PR conflicts with the base: which files, and how."""
+    upstream = f"{remote}/{pr.base}"
+    return (
+        f"PR #{pr.number} {conflict_summary(pr)}: {pr.base} moved on since this branch left it, "
+        f"and the changes overlap. `{upstream}` is fetched as the remote has it now. Bring it "
+        f"into this branch (`git merge {upstream}`, or `git rebase {upstream}`), resolve every "
+        "conflict keeping the intent of both sides, and commit the result with no conflict "
+        "markers left. Do not push: the reconciler pushes the branch to the PR."
+    )

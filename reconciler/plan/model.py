@@ -167,6 +167,7 @@ class ActionKind(StrEnum):
     OPEN_PR = "open-pr"
     ADOPT_PR = "adopt-pr"
     UPDATE_PR = "update-pr"
+    REBASE = "rebase"
     STOP = "stop"
     CLOSE_PR = "close-pr"
     CLEANUP = "cleanup"
@@ -183,6 +184,7 @@ SYMBOLS: dict[ActionKind, str] = {
     ActionKind.OPEN_PR: "+",
     ActionKind.ADOPT_PR: "+",
     ActionKind.UPDATE_PR: "~",
+    ActionKind.REBASE: "~",
     ActionKind.STOP: "-",
     ActionKind.CLOSE_PR: "-",
     ActionKind.CLEANUP: "-",
@@ -224,11 +226,12 @@ class NewRun:
     resume_session: str | None = None  # iterate: the agent session to resume
     feedback: tuple[str, ...] = ()  # concrete failures fed back to the agent
     budget_usd: float | None = None  # what the run may still spend (task and lane budgets)
+    fetch_base: bool = False  # fetch the base first: the run is to integrate it (a conflict)
 
 
 @dataclass(frozen=True)
 class PrOfRun:
-    """adopt-pr, update-pr: the task's open PR, and the run whose work it carries."""
+    """adopt-pr, update-pr, rebase: the task's open PR, and the run whose work it carries."""
 
     pr_number: int
     attempt: int
@@ -283,6 +286,7 @@ PAYLOADS: dict[ActionKind, type[Payload]] = {
     ActionKind.OPEN_PR: RunKey,
     ActionKind.ADOPT_PR: PrOfRun,
     ActionKind.UPDATE_PR: PrOfRun,
+    ActionKind.REBASE: PrOfRun,
     ActionKind.CLOSE_PR: PrRef,
     ActionKind.CLEANUP: NoPayload,
     ActionKind.COMPLETE: Completion,
@@ -347,6 +351,10 @@ class Action:
     def budget_usd(self) -> float | None:
         return self.payload.budget_usd if isinstance(self.payload, NewRun) else None
 
+    @property
+    def fetch_base(self) -> bool:
+        return isinstance(self.payload, NewRun) and self.payload.fetch_base
+
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "action": self.kind.value,
@@ -369,6 +377,8 @@ class Action:
             data["budgetUsd"] = self.budget_usd
         if isinstance(self.payload, FinishRun):
             data["exitCode"] = self.payload.exit_code
+        if self.fetch_base:
+            data["fetchBase"] = True
         return data
 
     @classmethod
@@ -386,6 +396,7 @@ class Action:
                 resume_session=data.get("resumeSession"),
                 feedback=tuple(data.get("feedback", ())),
                 budget_usd=data.get("budgetUsd"),
+                fetch_base=bool(data.get("fetchBase", False)),
             )
         elif wanted is RunKey:
             payload = RunKey(attempt, iteration)

@@ -26,7 +26,14 @@ from reconciler.manifests.models import (
     TaskSpec,
 )
 from reconciler.plan.budget import Spend, over_budget
-from reconciler.plan.evaluation import Evaluation, evaluate, pr_feedback
+from reconciler.plan.evaluation import (
+    Evaluation,
+    base_moved,
+    conflict_feedback,
+    conflict_summary,
+    evaluate,
+    pr_feedback,
+)
 from reconciler.plan.model import (
     NO_PAYLOAD,
     Action,
@@ -70,6 +77,7 @@ _KIND_ORDER = {
     ActionKind.OPEN_PR: 5,
     ActionKind.UPDATE_PR: 5,
     ActionKind.FINISH_RUN: 6,  # a slot-filler, unless held back (then hold_failed drops it)
+    ActionKind.REBASE: 5,
 }
 
 # Finishes of one run begun without one ending it: past these it is a crash after all.
@@ -735,6 +743,9 @@ class _Planner:
                 f"{branch} has new commits; pushing to PR #{open_pr.number}",
                 PrOfRun(open_pr.number, run.attempt, run.iteration),
             )
+        elif base_moved(open_pr, pushed):
+            self.follow_base(task, run, open_pr)
+            return
         else:
             feedback = pr_feedback(task, open_pr, pushed)
             if feedback and run.iteration < spec.max_iterations:
@@ -748,19 +759,58 @@ class _Planner:
                 )
                 return
             if feedback:
-                self.status(
-                    name,
-                    Phase.PR_OPEN,
-                    lane,
-                    spec.repo,
-                    Why.ITERATIONS_EXHAUSTED,
-                    pr=open_pr,
-                    reason=f"PR #{open_pr.number} needs work, but all {spec.max_iterations} "
-                    "iterations are used; raise maxIterations or take it over",
-                )
+                fix = "raise maxIterations or take it over"
+                self.iterations_used(task, open_pr, f"PR #{open_pr.number} needs work", fix)
                 return
             why = Why.AWAITING_REVIEW
         self.status(name, Phase.PR_OPEN, lane, spec.repo, why, pr=open_pr)
+
+    def follow_base(self, task: Task, run: RunView, pr: PullRequest) -> None:
+        """The base moved under the task's open PR. A head that still merges cleanly is brought
+        up to date by the reconciler (no agent); a conflict is the agent's to resolve, in an
+        iteration that fetches the base first, within ``maxIterations`` like other feedback."""
+        spec = task.spec
+        name, lane = task.name, spec.lane
+        branch = branch_of(self.desired.config, name)
+        if pr.mergeable:
+            self.act(
+                ActionKind.REBASE,
+                name,
+                lane,
+                f"{pr.base} moved; rebasing {branch} on it and pushing to PR #{pr.number}",
+                PrOfRun(pr.number, run.attempt, run.iteration),
+            )
+            why = f"{pr.base} moved; the reconciler rebases {branch} on it (no conflict)"
+            self.status(name, Phase.PR_OPEN, lane, spec.repo, Why.REBASING, pr=pr, reason=why)
+            return
+        conflict = f"PR #{pr.number} {conflict_summary(pr)}"
+        if run.iteration < spec.max_iterations:
+            repo = self.desired.lanes[lane].repo(spec.repo)
+            self.iterate(
+                task,
+                run,
+                f"{conflict}; iteration {run.iteration + 1} asks the agent to resolve it",
+                Phase.PR_OPEN,
+                why=Why.CONFLICT,
+                feedback=(conflict_feedback(pr, repo.remote if repo else "origin"),),
+                fetch_base=True,
+            )
+            return
+        fix = f"resolve it by hand (rebase {branch} on {pr.base} and push) or raise maxIterations"
+        self.iterations_used(task, pr, conflict, fix)
+
+    def iterations_used(self, task: Task, pr: PullRequest, what: str, fix: str) -> None:
+        """The PR needs work an iteration would do, but the attempt has used them all."""
+        spec = task.spec
+        self.status(
+            task.name,
+            Phase.PR_OPEN,
+            spec.lane,
+            spec.repo,
+            Why.ITERATIONS_EXHAUSTED,
+            pr=pr,
+            reason=f"{what}, but all {spec.max_iterations} iterations are used; {fix}",
+        )
 
     def iterate(
         self,
@@ -771,6 +821,7 @@ class _Planner:
         *,
         why: Why,
         feedback: tuple[str, ...],
+        fetch_base: bool = False,
     ) -> None:
         """The next run of the same attempt, resuming the agent's session where it has one.
 
@@ -790,6 +841,7 @@ class _Planner:
             why=why,
             resume_session=session if run.turns != 0 else None,
             feedback=feedback,
+            fetch_base=fetch_base,
         )
 
     def candidate(
@@ -803,6 +855,7 @@ class _Planner:
         why: Why,
         resume_session: str | None = None,
         feedback: tuple[str, ...] = (),
+        fetch_base: bool = False,
     ) -> None:
         """A run to create once a slot is free, unless the lane spent its budget of the day."""
         spent = self.spend.lane_over(task.spec.lane)
@@ -828,6 +881,7 @@ class _Planner:
                 resume_session=resume_session,
                 feedback=feedback,
                 budget_usd=self.spend.left(task),
+                fetch_base=fetch_base,
             ),
         )
         self.candidates.append(

@@ -42,6 +42,8 @@ class Why(StrEnum):
     STOPPING = "Stopping"
     ITERATING = "Iterating"  # the run did not meet the success criteria; the next one goes on
     ADDRESSING_FEEDBACK = "AddressingFeedback"  # review or CI feedback on its PR
+    REBASING = "Rebasing"  # its base moved: the reconciler brings the branch up to date
+    CONFLICT = "Conflict"  # its PR conflicts with the base: an iteration asks the agent
     OPENING_PR = "OpeningPR"
     FINISHING_RUN = "FinishingRun"  # its agent ended but its supervisor died: finishing the run
     UPDATING_PR = "UpdatingPR"
@@ -78,6 +80,7 @@ _FAILING = frozenset(
         Why.BUDGET_EXHAUSTED,
         Why.PR_CLOSED,
         Why.ACTION_HELD,
+        Why.CONFLICT,
     }
 )
 _WORKING = frozenset(
@@ -88,6 +91,8 @@ _WORKING = frozenset(
         Why.STOPPING,
         Why.ITERATING,
         Why.ADDRESSING_FEEDBACK,
+        Why.REBASING,
+        Why.CONFLICT,
         Why.OPENING_PR,
         Why.FINISHING_RUN,
         Why.UPDATING_PR,

@@ -96,6 +96,24 @@ AGENTS: dict[str, str] = {
         subprocess.run(["git", *GIT_ID, "commit", "-qm", f"work on {task}"], check=True)
         print("DONE")
     """,
+    "shared-file": """
+        import os, re, subprocess, sys
+        prompt = sys.stdin.read()
+        task = os.environ["RECONCILER_TASK"]
+        asked = re.search(r"conflicts with .*`git merge (\\S+)`", prompt, re.S)
+        if asked:  # resolve as an agent would: merge the base it names, keep both sides
+            subprocess.run(["git", *GIT_ID, "merge", "--no-edit", asked.group(1)], check=False)
+            marker = ("<<<<<<<", "=======", ">>>>>>>")
+            kept = [ln for ln in open("shared.txt").read().splitlines() if not ln.startswith(marker)]
+            open("shared.txt", "w").write("\\n".join(kept) + "\\n")
+            message = "resolve the conflict with the base"
+        else:
+            open("shared.txt", "w").write(f"{task} was here\\n")
+            message = f"{task} writes shared.txt"
+        subprocess.run(["git", *GIT_ID, "add", "-A"], check=True)
+        subprocess.run(["git", *GIT_ID, "commit", "-qm", message], check=True)
+        print("DONE")
+    """,
     "echo-prompt": """
         import os, subprocess, sys
         data = sys.stdin.buffer.read()

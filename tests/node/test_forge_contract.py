@@ -297,8 +297,9 @@ def test_open_refuses_the_same_head_and_base(forge: Handle) -> None:
 
 def test_the_declared_capabilities(forge: Handle) -> None:
     caps = forge.pulls.capabilities
+    assert caps.mergeable is not None  # both tell whether an open PR merges into its base
     if forge.kind == "local":
-        assert caps.merge is not None
+        assert caps.merge is not None and caps.diff is not None
         assert caps.feedback is None and caps.access is None
     else:
         assert caps.merge is None and caps.merged_on == "GitHub"
@@ -338,14 +339,53 @@ def test_feedback_is_read_where_the_forge_has_it_for_open_prs_only(forge: Handle
     if forge.fail_check is not None:
         forge.fail_check(sha, "E   AssertionError: login returns 500")
     seen = forge.pulls.with_feedback(pr)
+    merges = {"mergeable": True, "behind": False, "conflicts": []}
     if forge.pulls.capabilities.feedback is None:
-        assert seen == pr  # no CI, no reviews: the PR as it is
+        assert seen == pr.model_copy(update=merges)  # no CI, no reviews: whether it merges
     else:
         assert seen.checks == "failure"
         assert "login returns 500" in seen.check_feedback[0]
-        assert forge.pulls.with_feedback(pr, ()) == pr  # no kind asked, nothing read
+        # no kind asked: no checks or reviews read, only whether it merges
+        assert forge.pulls.with_feedback(pr, ()) == pr.model_copy(update=merges)
     closed = forge.pulls.close_pull(pr.number, "")
     assert forge.pulls.with_feedback(closed) == closed  # a closed PR is not iterated on
+
+
+def move_main(env: Env, name: str, content: str) -> str:
+    """Someone merges into main on the remote: a commit changing ``name``; main's new head."""
+    git(env.checkout, "switch", "-q", "main")
+    git(env.checkout, "pull", "-q", "--ff-only", "origin", "main")
+    sha = commit(env.checkout, name, content)
+    git(env.checkout, "push", "-q", "origin", "main")
+    return sha
+
+
+def test_a_moved_base_shows_as_behind_and_a_conflict_names_its_files(forge: Handle) -> None:
+    forge.push("clean", "clean.txt")
+    forge.push("clash", "shared.txt")
+    clean, _ = forge.open("clean")
+    clash, _ = forge.open("clash")
+    up_to_date = [forge.pulls.with_feedback(p, ()) for p in (clean, clash)]
+    assert [(p.mergeable, p.behind, p.conflicts) for p in up_to_date] == [(True, False, [])] * 2
+    move_main(forge.env, "shared.txt", "main's own line\n")
+    loose = git(forge.env.origin, "count-objects")
+    clean_now, clash_now = (forge.pulls.with_feedback(p, ()) for p in (clean, clash))
+    if forge.kind == "local":  # the trial merge left nothing in the remote repository
+        assert git(forge.env.origin, "count-objects") == loose
+    assert (clean_now.mergeable, clean_now.behind, clean_now.conflicts) == (True, True, [])
+    assert (clash_now.mergeable, clash_now.behind) == (False, True)
+    # the local forge names the files; GitHub says only that it conflicts
+    assert clash_now.conflicts == (["shared.txt"] if forge.kind == "local" else [])
+    listed = {p.number: p for p in forge.pulls.list_pulls(mergeable=True)}
+    assert (listed[clash.number].mergeable, listed[clean.number].mergeable) == (False, True)
+    assert forge.pulls.list_pulls()[0].mergeable is None  # not asked: not read
+    shown, comments, _ = forge.pulls.show(clash.number)
+    assert (shown.task, shown.mergeable, comments) == ("clash", False, [])
+    forge.pulls.update_pull(clash.number, comment="Resolve it, please.")
+    assert [c.body for c in forge.pulls.show(clash.number)[1]] == ["Resolve it, please."]
+    if forge.kind == "local":
+        diff = forge.pulls.show(clash.number, diff=True)[2]
+        assert diff is not None and "+++ b/shared.txt" in diff and "main's own" not in diff
 
 
 def test_the_pr_marker_rule_is_one_rule_for_both_sides() -> None:

@@ -587,6 +587,10 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
     (pr,) = forge.list_pulls()
     assert pr.head_sha == SHA
     github.get(
+        f"{PULLS}/7",
+        json={**pull(7, "agent/add-login"), "mergeable": True, "mergeable_state": "clean"},
+    )
+    github.get(
         f"{API}/repos/{REPO}/commits/{SHA}/check-runs",
         json={
             "total_count": 2,
@@ -666,6 +670,55 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
     again = forge.with_feedback(pr)
     assert again.checks == "failure"
     assert github.calls[-4].request.headers.get("If-None-Match") == 'W/"runs-1"'
+
+
+def test_mergeable_false_is_a_conflict_and_null_is_asked_again_later(
+    github: responses.RequestsMock, forge: Pulls
+) -> None:
+    """GitHub computes ``mergeable`` lazily: null means "not known yet", so nothing is decided
+    and the next pass asks again (a conditional request: free while nothing changed)."""
+    github.get(f"{PULLS}?state=all&per_page=100", json=[pull(7, "agent/add-login", body=MARKED)])
+    (pr,) = forge.list_pulls()
+    assert (pr.mergeable, pr.behind, pr.conflicts) == (None, False, [])  # lists never say
+    answers: list[tuple[dict[str, Any], str]] = [
+        ({"mergeable": None, "mergeable_state": "unknown"}, 'W/"m-1"'),
+        ({"mergeable": False, "mergeable_state": "dirty"}, 'W/"m-2"'),
+        ({"mergeable": True, "mergeable_state": "behind"}, 'W/"m-3"'),
+        ({"mergeable": True, "mergeable_state": "clean"}, 'W/"m-4"'),
+    ]
+    seen = []
+    for fields, etag in answers:
+        github.get(
+            f"{PULLS}/7", json={**pull(7, "agent/add-login"), **fields}, headers={"ETag": etag}
+        )
+        got = forge.with_feedback(pr, ())
+        seen.append((got.mergeable, got.behind, got.conflicts))
+        assert github.calls[-1].request.url == f"{PULLS}/7"
+    assert seen == [(None, False, []), (False, True, []), (True, True, []), (True, False, [])]
+    # each ask after the first names what it saw: GitHub answers 304 while nothing changed
+    assert github.calls[-1].request.headers.get("If-None-Match") == 'W/"m-3"'
+    # an answer about another head commit (a push in between) is not about this one
+    other = {**pull(7, "agent/add-login"), "mergeable": False, "mergeable_state": "dirty"}
+    other["head"] = {**other["head"], "sha": "f" * 40}
+    github.get(f"{PULLS}/7", json=other, headers={"ETag": 'W/"m-5"'})
+    assert forge.with_feedback(pr, ()).mergeable is None
+    # show: the same answer for one PR, read with its comments
+    github.get(f"{PULLS}/7", json={**pull(7, "agent/add-login", body=MARKED), "mergeable": False})
+    github.get(
+        f"{API}/repos/{REPO}/issues/7/comments?per_page=100",
+        json=[
+            {
+                "user": {"login": "alice"},
+                "body": "Rebase please.",
+                "created_at": "2026-11-02T10:00:00Z",
+            }
+        ],
+    )
+    shown, comments, diff = forge.show(7)
+    assert (shown.task, shown.mergeable, diff) == ("add-login", False, None)
+    assert [(c.author, c.body) for c in comments] == [("alice", "Rebase please.")]
+    with pytest.raises(NodeError, match="lives on GitHub: see its changes there"):
+        forge.show(7, diff=True)
 
 
 def test_a_github_pr_is_merged_on_github_not_by_the_reconciler(forge: Pulls) -> None:

@@ -608,6 +608,8 @@ def test_every_action_kind_carries_its_own_payload_and_round_trips_through_json(
         Action(A.COMPLETE, "t", "web", "merged", Completion("g1", pr_number=4)),
         Action(A.COMPLETE, "t", "web", "no forge", Completion("g1", attempt=1, iteration=1)),
         Action(A.FINISH_RUN, "t", "web", "supervisor died", FinishRun(1, 2, exit_code=1)),
+        Action(A.REBASE, "t", "web", "base moved", PrOfRun(4, 1, 2)),
+        Action(A.ITERATE, "t", "web", "conflict", NewRun(1, 3, "g1", fetch_base=True)),
     ]
     assert {a.kind for a in examples} == set(A)
     for action in examples:

@@ -1,7 +1,8 @@
 """A stateful fake of GitHub's pulls API for one repository, served through ``responses``.
 
 Payload shapes follow GitHub's REST documentation (pulls list/create/get/update, 422 duplicate,
-check runs, combined status, reviews, issue comments, ``/rate_limit``, ETag/304). It counts the
+a PR's ``mergeable`` computed from the real remote, check runs, combined status, reviews, issue
+comments, ``/rate_limit``, ETag/304). It counts the
 requests and the rate-limit points they cost (a 304 and ``/rate_limit`` are free), and it can
 inject faults: an HTTP status, a dropped connection or a read timeout on the next requests that
 match a pattern, before or after the request took effect (a create that succeeded on GitHub but
@@ -12,6 +13,7 @@ Shared by the node contract tests, the end-to-end tests and the benchmark.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -108,6 +110,7 @@ class FakeGitHub:
         self.version = 0
         self.can_push = True
         self.visible = True
+        self.computing = False  # GitHub has not computed mergeability yet: it answers null
         base = f"{API}/repos/{self.owner}/{self.name}"
         routes: list[tuple[str, str, Callable[[Any], Reply]]] = [
             (responses.GET, r"/pulls(\?.*)?$", self.list_pulls),
@@ -115,6 +118,7 @@ class FakeGitHub:
             (responses.GET, r"/pulls/\d+$", self.get),
             (responses.PATCH, r"/pulls/\d+$", self.patch),
             (responses.POST, r"/issues/\d+/comments$", self.comment),
+            (responses.GET, r"/issues/\d+/comments(\?.*)?$", self.issue_comments),
             (responses.POST, r"/issues/\d+/labels$", self.labels),
             (responses.GET, r"$", self.repository),
             (responses.GET, r"/commits/[0-9a-f]+/check-runs$", self.check_runs),
@@ -288,8 +292,39 @@ class FakeGitHub:
         return 201, {}, json.dumps(self._fresh(pr))
 
     def get(self, request: Any) -> Reply:
-        self._seen(request)
-        return 200, {}, json.dumps(self._fresh(self._find(self._number(request))))
+        """One PR, with ``mergeable`` as GitHub computes it from the remote's branches (null
+        while ``self.computing``: GitHub has not finished yet)."""
+        pr = {**self._fresh(self._find(self._number(request)))}
+        if pr["state"] == "open" and self.remote is not None:
+            pr["mergeable"], pr["mergeable_state"] = self._mergeable(pr)
+        text = json.dumps(pr, sort_keys=True)
+        return self._conditional(request, pr, f'W/"{hashlib.sha1(text.encode()).hexdigest()}"')
+
+    def _mergeable(self, pr: dict[str, Any]) -> tuple[bool | None, str]:
+        if self.computing:
+            return None, "unknown"
+        assert self.remote is not None
+        head, base = pr["head"]["sha"], self.head_sha(pr["base"]["ref"])
+
+        def git(*args: str) -> subprocess.CompletedProcess[str]:
+            argv = ["git", "-C", str(self.remote), *args]
+            return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+        if git("merge-base", "--is-ancestor", base, head).returncode == 0:
+            return True, "clean"
+        # the fake answers "behind" for every out-of-date head (GitHub: where rules want it current)
+        merged = git("merge-tree", "--write-tree", base, head).returncode == 0
+        return (True, "behind") if merged else (False, "dirty")
+
+    def issue_comments(self, request: Any) -> Reply:
+        number = self._number(request, -2)
+        self._find(number)
+        items = [
+            {"user": {"login": "reconciler-bot"}, "body": body, "created_at": None}
+            for n, body in self.comments
+            if n == number
+        ]
+        return self._conditional(request, items)
 
     def patch(self, request: Any) -> Reply:
         self._seen(request)
