@@ -143,12 +143,18 @@ def _add_converging(command: Command) -> None:
         help="exit 0 for no changes, 2 for changes, 1 for errors",
     )
     lock_help = "wait this long for the state lock (default: fail at once, exit 75)"
+    take_over_help = (
+        "move LANE from the state directory that owns it to this one first, recorded as an "
+        "event (repeatable; `all`: every lane)"
+    )
     p = command("apply", "converge: carry out the plan")
     p.add_argument("--lock-timeout", type=_duration, default=0.0, help=lock_help)
+    p.add_argument("--take-over", action="append", metavar="LANE", help=take_over_help)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("planfile", nargs="?", type=Path, help="a plan saved by plan --out")
     p = command("run", "reconcile continuously")
     p.add_argument("--lock-timeout", type=_duration, default=0.0, help=lock_help)
+    p.add_argument("--take-over", action="append", metavar="LANE", help=take_over_help)
     p.add_argument(
         "--interval",
         type=_duration,
@@ -418,9 +424,12 @@ def cmd_apply(engine: Engine, args: argparse.Namespace) -> int:
     saved = read_plan(args.planfile) if args.planfile else None
     desired = engine.load()
     paint = Painter(use_color(sys.stdout))
+    engine.take_over = frozenset(getattr(args, "take_over", None) or ())
     with engine.locked(args.lock_timeout) as store:
         confirm = None if args.yes or saved is not None else _confirm
         result = engine.apply(desired, store, saved=saved, confirm=confirm)
+    for moved in engine.taken_over:
+        print(moved[:1].upper() + moved[1:] + ".")
     if result.report is None:
         return EXIT_OK
     if confirm is None or result.plan.empty:
@@ -442,6 +451,7 @@ def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
     SIGTERM/SIGINT finish the current pass and exit (agents keep running and are adopted)."""
     from reconciler.daemon import Daemon, Log
 
+    engine.take_over = frozenset(args.take_over or ())
     daemon = Daemon(
         engine,
         args.interval,
