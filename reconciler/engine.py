@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from typing import Any
 from reconciler import safefile
 from reconciler.apply import Applier, ApplyReport
 from reconciler.control import ControlRepo, load_desired
-from reconciler.lanes import LaneClient
+from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed
 from reconciler.lanes.policy import load_policy
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.loader import LaneCheck, gc_paused
@@ -26,7 +27,8 @@ from reconciler.manifests.models import Desired
 from reconciler.manifests.policy import Policy
 from reconciler.observe import observe
 from reconciler.plan import Action, Blocked, Observed, Plan, PoolFill, Why, plan
-from reconciler.state import LAST_REVISION, StateLock, Store
+from reconciler.protocol import ClaimLaneRequest, ClaimResult, StateRef
+from reconciler.state import LAST_REVISION, StateError, StateLock, Store
 from reconciler.trust import private_file, untrusted
 
 PLAN_FORMAT = 1
@@ -98,8 +100,13 @@ class Engine:
         self.clock = clock
         self._control: ControlRepo | None = None
         self._state_trusted = False
-        self._lanes: tuple[Desired, Policy, dict[str, LaneClient]] | None = None
+        self._lanes: tuple[Desired, Policy, StateRef, bool, dict[str, LaneClient]] | None = None
+        self._identity: StateRef | None = None
+        self._writer = False  # holding the state lock: its batches claim lanes no state owns
         self.fallback: Fallback | None = None  # set by load_for_reading
+        # lanes to move to this state on the next pass (``--take-over``; ALL: every lane)
+        self.take_over: frozenset[str] = frozenset()
+        self.taken_over: list[str] = []  # what the take-overs did, one sentence per lane moved
 
     @property
     def state_dir(self) -> Path:
@@ -156,16 +163,37 @@ class Engine:
         """The admin policy in force (read again when its file changed); ``PolicyError``."""
         return load_policy(self.ctx.policy)
 
+    def identity(self) -> StateRef:
+        """The state directory every lane batch acts for: its database's id (None before there
+        is one), where it is and on which host. A lane obeys only the state that owns it."""
+        if self._identity is None or self._identity.id is None:
+            try:
+                with self.reading() as store:
+                    found = store.state_id()
+            except StateError:  # a damaged database: doctor and friends still name the lanes
+                found = None
+            self._identity = _state_ref(self.state_dir, found)
+        return self._identity
+
     def lanes(self, desired: Desired) -> dict[str, LaneClient]:
         """A client per lane; the policy decides which of them may be contacted at all. Made
-        once per desired state and policy: a pass observes and applies through the same ones."""
+        once per desired state, policy and identity: a pass observes and applies through the
+        same ones."""
         policy = self.policy()
-        if self._lanes is not None and self._lanes[0] is desired and self._lanes[1] is policy:
-            return self._lanes[2]
+        state = self.identity()
+        cached = self._lanes
+        if (
+            cached is not None
+            and cached[0] is desired
+            and cached[1] is policy
+            and cached[2:4] == (state, self._writer)
+        ):
+            return cached[4]
         lanes = {
-            name: LaneClient(name, spec, policy=policy) for name, spec in desired.lanes.items()
+            name: LaneClient(name, spec, policy=policy, state=state, claim=self._writer)
+            for name, spec in desired.lanes.items()
         }
-        self._lanes = (desired, policy, lanes)
+        self._lanes = (desired, policy, state, self._writer, lanes)
         return lanes
 
     def observe_and_plan(self, desired: Desired, store: Store) -> tuple[Plan, Observed]:
@@ -182,9 +210,12 @@ class Engine:
         lock.acquire(timeout)
         try:
             store = Store.open(self.state_dir)
+            self._identity = _state_ref(self.state_dir, store.state_id())
+            self._writer = True
             try:
                 yield store
             finally:
+                self._writer = False
                 store.close()
         finally:
             lock.release()
@@ -206,6 +237,14 @@ class Engine:
         log: Callable[[str], None] = lambda _m: None,
     ) -> PassResult:
         """One pass under the lock. With ``saved``, refuse it if stale and apply its actions."""
+        if self.take_over:
+            if saved is not None:
+                raise UserError(
+                    "--take-over does not go with a saved plan: the plan was made while the lane "
+                    "was another state's, so it holds nothing for it; run `reconciler apply "
+                    "--take-over LANE` without the plan file"
+                )
+            self._take_over(desired, store, log)
         current, observed = self.observe_and_plan(desired, store)
         if saved is not None:
             if saved.revision != desired.revision or saved.serial != store.serial():
@@ -221,6 +260,57 @@ class Engine:
         applier = Applier(desired, observed, store, self.lanes(desired), log=log, clock=self.clock)
         report = applier.apply(current)
         return PassResult(current, report, observed)
+
+    def _take_over(self, desired: Desired, store: Store, log: Callable[[str], None]) -> None:
+        """Move the lanes of ``--take-over`` to this state, each recorded as an event; done once
+        (a ``run`` takes them over on its first pass)."""
+        names = sorted(desired.lanes) if ALL_LANES in self.take_over else sorted(self.take_over)
+        unknown = [name for name in names if name not in desired.lanes]
+        if unknown:
+            raise UserError(
+                f"--take-over names {', '.join(unknown)}, not a lane of the manifests (lanes: "
+                f"{', '.join(sorted(desired.lanes)) or 'none'}); give a lane's name, or `all`"
+            )
+        lanes = self.lanes(desired)
+        for name in names:
+            client = lanes[name]
+            try:
+                result = client.one(ClaimLaneRequest(lane=client.ref, take_over=True), ClaimResult)
+            except (LaneUnavailable, RequestFailed) as exc:
+                raise type(exc)(f"lane {name} could not be taken over: {exc}") from exc
+            previous = result.previous
+            if previous is None:
+                continue
+            message = (
+                f"lane {name} taken over from the state directory {previous.path} on "
+                f"{previous.host} (state id {previous.id[:12]})"
+            )
+            with store.transaction() as tx:
+                tx.add_event(None, "lane-taken-over", message, desired.revision, self.clock())
+            self.taken_over.append(message)
+            log(message)
+        self.take_over = frozenset()
+
+
+ALL_LANES = "all"
+
+
+def _state_ref(state_dir: Path, state_id: str | None) -> StateRef:
+    host = socket.gethostname()
+    return StateRef(id=state_id, path=str(state_dir), host=host, machine=_machine() or host)
+
+
+def _machine() -> str:
+    """What tells this host apart from others of the same name: systemd's machine id."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path, encoding="ascii", errors="replace") as handle:
+                found = handle.read(64).strip()
+        except OSError:
+            continue
+        if found:
+            return found
+    return ""
 
 
 # ---------------------------------------------------------------------------- saved plans

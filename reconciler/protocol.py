@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,6 +67,45 @@ def lane_pin(lane: LaneRef) -> str:
     }
     text = json.dumps(bounds, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class StateRef(Msg):
+    """The state directory a batch acts for. A lane belongs to one (``LaneOwner``): the node
+    refuses requests that change the lane from any other."""
+
+    id: str | None = None  # random, made with the state database; None: no database yet
+    path: str  # the state directory, on the host below
+    host: str  # the host name, for people
+    machine: str = ""  # what tells the host apart (its /etc/machine-id, else its name)
+
+
+class LaneOwner(StateRef):
+    """The lane's ``.owner`` record in its workspace root: which state claimed it, and when."""
+
+    id: str
+    claimed_at: float
+
+
+def owns(owner: StateRef, state: StateRef | None) -> bool:
+    """Whether ``state`` is the ``owner`` of a lane: the same database (its id), or the same
+    directory on the same machine (its database was replaced or restored there: the directory's
+    lock still lets only one reconciler drive the lane)."""
+    if state is None:
+        return False
+    if state.id is not None and state.id == owner.id:
+        return True
+    return bool(owner.machine) and (owner.machine, owner.path) == (state.machine, state.path)
+
+
+def owned_elsewhere(lane: str, owner: LaneOwner) -> tuple[str, str]:
+    """What to tell someone whose state does not own ``lane``: (what is so, what to do)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(owner.claimed_at))
+    return (
+        f"lane {lane} belongs to the state directory {owner.path} on {owner.host} (claimed "
+        f"{when}, state id {owner.id[:12]})",
+        f"run the reconciler with that state directory, or move the lane to this one "
+        f"deliberately with `reconciler apply --take-over {lane}` (or `run --take-over {lane}`)",
+    )
 
 
 class TaskRef(Msg):
@@ -453,6 +493,15 @@ class ReadLogRequest(Msg):
     render: bool = False  # the agent's events as readable lines (whole lines only)
 
 
+class ClaimLaneRequest(Msg):
+    """Make the batch's state the lane's owner. Without ``take_over`` a lane another state owns
+    stays its (the request fails naming it); with it the claim moves here deliberately."""
+
+    op: Literal["claim-lane"] = "claim-lane"
+    lane: LaneRef
+    take_over: bool = False
+
+
 Request = Annotated[
     ObserveRequest
     | PreflightRequest
@@ -470,7 +519,8 @@ Request = Annotated[
     | ForgeShowRequest
     | ForgeMergeRequest
     | RemoveWorkspaceRequest
-    | ReadLogRequest,
+    | ReadLogRequest
+    | ClaimLaneRequest,
     Field(discriminator="op"),
 ]
 
@@ -478,6 +528,11 @@ Request = Annotated[
 class Batch(Msg):
     version: int = PROTOCOL_VERSION
     requests: list[Request]
+    # The state directory the batch acts for (None: a client that names none, which may not
+    # change a lane another state owns). ``claim``: the batch comes from the reconciler holding
+    # that state's lock, so a lane no state owns yet becomes its before anything is answered.
+    state: StateRef | None = None
+    claim: bool = False
 
 
 # ---------------------------------------------------------------------------------- responses
@@ -489,6 +544,7 @@ class ObserveResult(Msg):
     boot_id: str
     now: float  # the lane's clock
     runs_root: str = ""  # where the lane's run directories are, as the lane sees it
+    owner: LaneOwner | None = None  # the state directory that owns the lane (None: none yet)
 
 
 class PreflightResult(Msg):
@@ -537,6 +593,11 @@ class RemovedResult(Msg):
     removed: bool
 
 
+class ClaimResult(Msg):
+    owner: LaneOwner  # the lane's owner now
+    previous: LaneOwner | None = None  # the other state it was taken from, if it was
+
+
 class LogResult(Msg):
     data: str  # decoded with errors="replace"
     offset: int  # next offset
@@ -577,6 +638,7 @@ RESULTS: dict[str, type[Msg]] = {
     "forge-merge": PRResult,
     "remove-workspace": RemovedResult,
     "read-log": LogResult,
+    "claim-lane": ClaimResult,
 }
 
 

@@ -58,9 +58,12 @@ def cmd_apply(engine: Engine, args: argparse.Namespace) -> int:
     saved = read_plan(args.planfile) if args.planfile else None
     desired = engine.load()
     paint = Painter(use_color(sys.stdout))
+    engine.take_over = frozenset(getattr(args, "take_over", None) or ())
     with engine.locked(args.lock_timeout) as store:
         confirm = None if args.yes or saved is not None else _confirm
         result = engine.apply(desired, store, saved=saved, confirm=confirm, log=_progress())
+    for moved in engine.taken_over:
+        print(moved[:1].upper() + moved[1:] + ".")
     if result.report is None:
         return EXIT_OK
     if confirm is None or result.plan.empty:
@@ -98,6 +101,7 @@ def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
     SIGTERM/SIGINT finish the current pass and exit (agents keep running and are adopted)."""
     from reconciler.daemon import Daemon, Log
 
+    engine.take_over = frozenset(args.take_over or ())
     daemon = Daemon(
         engine,
         args.interval,

@@ -117,12 +117,22 @@ def _add_converging(command: Command) -> None:
         help="exit 0 for no changes, 2 for changes, 1 for errors",
     )
     lock_help = "wait this long for the state lock (default: fail at once, exit 75)"
+    take_over_help = (
+        "move LANE from the state directory that owns it to this one first, recorded as an "
+        "event (repeatable; `all`: every lane)"
+    )
     p = command("apply", "converge: carry out the plan")
     p.add_argument("--lock-timeout", type=_duration, default=0.0, help=lock_help)
+    completion.lanes(
+        p.add_argument("--take-over", action="append", metavar="LANE", help=take_over_help)
+    )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("planfile", nargs="?", type=Path, help="a plan saved by plan --out")
     p = command("run", "reconcile continuously")
     p.add_argument("--lock-timeout", type=_duration, default=0.0, help=lock_help)
+    completion.lanes(
+        p.add_argument("--take-over", action="append", metavar="LANE", help=take_over_help)
+    )
     p.add_argument(
         "--interval",
         type=_duration,

@@ -84,6 +84,8 @@ def _render(health: Health, paint: Painter) -> str:
             rows.append(
                 ("schema", f"version {health.schema_version} (this reconciler: {SCHEMA_VERSION})")
             )
+        if health.state_id is not None:
+            rows.append(("id", health.state_id))
         if health.serial is not None:
             rows.append(("serial", str(health.serial)))
         if health.counts:
@@ -116,6 +118,7 @@ def _health_json(health: Health) -> dict[str, Any]:
         "schemaVersion": health.schema_version,
         "expectedSchemaVersion": SCHEMA_VERSION,
         "serial": health.serial,
+        "stateId": health.state_id,
         "counts": health.counts,
         "sizeBytes": health.size,
     }
@@ -132,7 +135,8 @@ def doctor_rows(state_dir: Path, paint: Painter) -> tuple[list[list[str]], int]:
     elif health.ok:
         detail = (
             f"Intact (quick check), schema version {health.schema_version}, serial "
-            f"{health.serial}, {human_bytes(health.size)}."
+            f"{health.serial}, {human_bytes(health.size)}"
+            + (f", state id {health.state_id}." if health.state_id else ".")
         )
     else:
         detail = "; ".join(health.problems)

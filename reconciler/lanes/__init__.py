@@ -31,6 +31,7 @@ from reconciler.protocol import (
     RepoRef,
     Request,
     Response,
+    StateRef,
 )
 from reconciler.redact import redact
 
@@ -121,7 +122,11 @@ def agent_ref(desired: Desired, agent: str) -> AgentRef:
 
 
 class LaneClient:
-    """A client for one lane: builds its ``LaneRef`` once and exchanges batches."""
+    """A client for one lane: builds its ``LaneRef`` once and exchanges batches.
+
+    Every batch names ``state``, the state directory it acts for: the lane refuses changes from
+    any but its owner. ``claim``: this client's reconciler holds that state's lock, so a lane no
+    state owns yet becomes its on the first batch."""
 
     def __init__(
         self,
@@ -129,14 +134,19 @@ class LaneClient:
         spec: LaneSpec,
         transport: Transport | None = None,
         policy: Policy | None = None,
+        *,
+        state: StateRef | None = None,
+        claim: bool = False,
     ) -> None:
         self.name = name
         self.spec = spec
         self.ref = lane_ref(name, spec)
         self.transport = transport or transport_for(name, spec, policy)
+        self.state = state
+        self.claim = claim
 
     def call(self, requests: Sequence[Request]) -> list[Response]:
-        batch = Batch(requests=list(requests))
+        batch = Batch(requests=list(requests), state=self.state, claim=self.claim)
         try:
             result = self.transport.exchange(batch)
         except LaneUnavailable:

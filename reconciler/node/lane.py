@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from reconciler.node.errors import NodeError
-from reconciler.protocol import LaneRef, RepoRef, TaskRef
+from reconciler.protocol import LaneRef, RepoRef, StateRef, TaskRef
 
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Conservative subset of git's ref-name rules: enough for agent/<task>, main, release/1.2.
@@ -87,9 +87,10 @@ class Lane:
     repos: dict[str, RepoRef]
     checkouts: dict[str, str]  # repo name → expanded checkout path
     env_tokens: bool = True  # may a token come from this process's environment?
+    state: StateRef | None = None  # the state directory the request acts for
 
     @classmethod
-    def of(cls, ref: LaneRef, *, env_tokens: bool = True) -> Lane:
+    def of(cls, ref: LaneRef, *, env_tokens: bool = True, state: StateRef | None = None) -> Lane:
         check_name(ref.name, "lane name")
         root = os.path.realpath(expand(ref.workspace_root))
         if root == os.sep:
@@ -106,7 +107,14 @@ class Lane:
         for key, value in ref.env.items():
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise NodeError(f"environment name {key!r} of lane {ref.name} is not valid")
-        return cls(ref=ref, root=root, repos=repos, checkouts=checkouts, env_tokens=env_tokens)
+        return cls(
+            ref=ref,
+            root=root,
+            repos=repos,
+            checkouts=checkouts,
+            env_tokens=env_tokens,
+            state=state,
+        )
 
     def repo(self, name: str) -> tuple[RepoRef, str]:
         check_name(name, "repo name")

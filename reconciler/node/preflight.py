@@ -17,9 +17,16 @@ from reconciler.node.agents import ADAPTERS
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import Lane, check_branch
 from reconciler.node.loginenv import login_env
+from reconciler.node.owner import UnreadableOwner, read_owner
 from reconciler.node.pulls import pulls_for
 from reconciler.node.runs import agent_env
-from reconciler.protocol import AgentRef, PreflightCheck, PreflightRequest
+from reconciler.protocol import (
+    AgentRef,
+    PreflightCheck,
+    PreflightRequest,
+    owned_elsewhere,
+    owns,
+)
 
 MIN_GIT = (2, 30)
 
@@ -42,6 +49,7 @@ def preflight(lane: Lane, req: PreflightRequest) -> list[PreflightCheck]:
         checks.extend(_forge_checks(lane, name))
     checks.extend(_workspace_checks(lane, req.min_free_bytes))
     checks.append(_home_check(lane))
+    checks.append(_owner_check(lane))
     checks.append(_login_env_check())
     for agent in req.agents:
         env = _run_env(lane, agent)  # what a run of the agent gets, built once for its checks
@@ -233,6 +241,23 @@ def _home_check(lane: Lane) -> PreflightCheck:
         fix=f"chmod 700 {home}",
         advisory=True,
     )
+
+
+def _owner_check(lane: Lane) -> PreflightCheck:
+    """The state directory asking owns the lane (or none does yet: the first apply claims it)."""
+    try:
+        owner = read_owner(lane)
+    except UnreadableOwner as exc:
+        detail, _, fix = str(exc).partition("; ")
+        return _fail("lane-owner", "", f"{detail[:1].upper()}{detail[1:]}.", fix)
+    if owner is None:
+        return _ok(
+            "lane-owner", "", "No state directory owns the lane yet; the first apply claims it."
+        )
+    if owns(owner, lane.state):
+        return _ok("lane-owner", "", f"This state directory ({owner.path}) owns the lane.")
+    detail, fix = owned_elsewhere(lane.ref.name, owner)
+    return _fail("lane-owner", "", f"{detail[:1].upper()}{detail[1:]}.", fix)
 
 
 def _login_env_check() -> PreflightCheck:

@@ -28,6 +28,7 @@ from reconciler.node.credentials import scrub
 from reconciler.node.errors import NodeError
 from reconciler.node.hooks import run_hook
 from reconciler.node.lane import Lane, check_branch, check_name
+from reconciler.node.owner import claim, guard, read_owner
 from reconciler.node.preflight import preflight
 from reconciler.node.pulls import Pulls, pulls_for
 from reconciler.node.runs import finish_run, read_log, start_run, stop_run
@@ -37,6 +38,8 @@ from reconciler.protocol import (
     RESULTS,
     Batch,
     BatchResult,
+    ClaimLaneRequest,
+    ClaimResult,
     Failure,
     FillPoolRequest,
     FillPoolResult,
@@ -66,6 +69,7 @@ from reconciler.protocol import (
     Request,
     Response,
     StartRunRequest,
+    StateRef,
     StopRunRequest,
     WorkspaceResult,
     lane_pin,
@@ -74,6 +78,7 @@ from reconciler.protocol import (
 __all__ = ["BatchError", "NodeError", "handle", "handle_json", "handle_request", "main"]
 
 _REQUEST = TypeAdapter[Request](Request)
+_STATE = TypeAdapter[StateRef | None](StateRef | None)
 
 
 class BatchError(ValueError):
@@ -84,7 +89,7 @@ class BatchError(ValueError):
 
 
 def _observe(lane: Lane, req: ObserveRequest) -> BaseModel:
-    return survey(lane, req)
+    return survey(lane, req).model_copy(update={"owner": read_owner(lane)})
 
 
 def _preflight(lane: Lane, req: PreflightRequest) -> BaseModel:
@@ -273,6 +278,11 @@ def _read_log(lane: Lane, req: ReadLogRequest) -> BaseModel:
     )
 
 
+def _claim(lane: Lane, req: ClaimLaneRequest) -> BaseModel:
+    owner, previous = claim(lane, take_over=req.take_over)
+    return ClaimResult(owner=owner, previous=previous)
+
+
 _HANDLERS: dict[str, Callable[[Lane, Any], BaseModel]] = {
     "observe": _observe,
     "preflight": _preflight,
@@ -291,6 +301,7 @@ _HANDLERS: dict[str, Callable[[Lane, Any], BaseModel]] = {
     "forge-merge": _forge_merge,
     "remove-workspace": _remove,
     "read-log": _read_log,
+    "claim-lane": _claim,
 }
 
 
@@ -327,11 +338,21 @@ def _os_fix(exc: OSError, lane: LaneRef) -> str:
     return f"{space_left(where)}; free some space there, then run again"
 
 
-def handle_request(req: Request, pin: str | None = None, *, env_tokens: bool = True) -> Response:
+def handle_request(
+    req: Request,
+    pin: str | None = None,
+    *,
+    env_tokens: bool = True,
+    state: StateRef | None = None,
+    claims: bool = False,
+) -> Response:
     """Serve one request; every error becomes a Failure sentence. With ``pin`` (an ssh lane's
     forced command), a request for a lane other than the one the key was authorized for is
     refused before anything is touched. ``env_tokens`` False: this process's environment is the
-    reconciler's own (an in-process lane), so no token is taken from it."""
+    reconciler's own (an in-process lane), so no token is taken from it. ``state`` is the state
+    directory the batch acts for: a request that would change a lane another state owns is
+    refused naming the owner (``reconciler.node.owner``); ``claims`` (the batch of the reconciler
+    holding that state's lock) claims a lane no state owns yet."""
     op = req.op
     if pin is not None and lane_pin(req.lane) != pin:
         return _failure(
@@ -341,7 +362,9 @@ def handle_request(req: Request, pin: str | None = None, *, env_tokens: bool = T
             "authorized_keys"
         )
     try:
-        lane = Lane.of(req.lane, env_tokens=env_tokens)
+        lane = Lane.of(req.lane, env_tokens=env_tokens, state=state)
+        if op != "claim-lane":  # a claim decides for itself
+            guard(lane, op, claims=claims)
         result = _HANDLERS[op](lane, req)
         if type(result) is not RESULTS[op]:
             raise TypeError(f"the {op} handler answered {type(result).__name__}")
@@ -364,7 +387,10 @@ def handle_request(req: Request, pin: str | None = None, *, env_tokens: bool = T
 def handle(batch: Batch, *, env_tokens: bool = True) -> BatchResult:
     """Serve each request of ``batch`` independently, in order."""
     return BatchResult(
-        responses=[handle_request(req, env_tokens=env_tokens) for req in batch.requests]
+        responses=[
+            handle_request(req, env_tokens=env_tokens, state=batch.state, claims=batch.claim)
+            for req in batch.requests
+        ]
     )
 
 
@@ -397,6 +423,11 @@ def handle_json(text: str, pin: str | None = None) -> str:
             f"the batch speaks protocol version {version!r}, this node speaks "
             f"{PROTOCOL_VERSION}; install the same reconciler version on both sides"
         )
+    try:
+        state = _STATE.validate_python(data.get("state"))
+    except ValidationError as exc:
+        raise BatchError(f"the batch's state is invalid ({exc.errors()[0].get('msg')})") from None
+    claims = data.get("claim") is True
     responses = []
     for index, raw in enumerate(data["requests"]):
         try:
@@ -404,7 +435,7 @@ def handle_json(text: str, pin: str | None = None) -> str:
         except ValidationError as exc:
             responses.append(_invalid(index, raw, exc))
             continue
-        responses.append(handle_request(req, pin))
+        responses.append(handle_request(req, pin, state=state, claims=claims))
     return BatchResult(responses=responses).model_dump_json()
 
 

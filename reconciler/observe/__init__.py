@@ -4,6 +4,10 @@ Read-only: nothing here changes a lane, a process, a repository or the state. On
 per lane per pass (pre-flight + observe); a lane that cannot be reached is reported unreachable so
 that the planner treats its tasks as ``unknown`` and prunes or restarts nothing of it.
 
+A lane belongs to one state directory (the owner its node records): one that another state owns is
+reported unreachable, with the owner and the fix, and nothing is planned for it, so two state
+directories never drive the same lane.
+
 Observations are owned: a lane may lie about its own tasks, never about another lane's. A run
 counts only when the lane reporting it is the lane its task is assigned to at this revision
 (or, for a task no longer in the manifests, the lane state last knew it in), in that task's
@@ -42,6 +46,8 @@ from reconciler.protocol import (
     PullRequest,
     RepoObs,
     RunObs,
+    owned_elsewhere,
+    owns,
 )
 from reconciler.record import Run
 from reconciler.state import Store, TaskRow
@@ -124,6 +130,9 @@ def _observe_lane(
     try:
         pre_resp, obs_resp = lane.call([preflight, request(inspect)])
         result = unwrap(obs_resp, ObserveResult)
+        if result.owner is not None and not owns(result.owner, lane.state):
+            detail, fix = owned_elsewhere(lane.name, result.owner)
+            return LaneView(lane.name, reachable=False, error=f"{detail}; {fix}"), [], []
         checks = unwrap(pre_resp, PreflightResult).checks
         runs, foreign = _sort_owned(lane.name, repos_of_lane, result.runs, owners)
         # Runs that ended but that state never recorded (a crash between spawn and record, or a

@@ -21,6 +21,7 @@ from reconciler.state.damage import StateDamaged, StateError, move_aside, raise_
 from reconciler.state.store import (
     DB_FILE,
     SCHEMA_VERSION,
+    STATE_ID,
     _connect,
     _exists,
     _schema_problems,
@@ -46,6 +47,7 @@ class Health:
     serial: int | None = None
     counts: dict[str, int] = field(default_factory=dict)  # tasks, runs, events
     size: int = 0  # bytes of the database and its WAL
+    state_id: str | None = None  # the identity the lanes this state owns record
 
     @property
     def ok(self) -> bool:
@@ -130,6 +132,7 @@ def _examine(conn: sqlite3.Connection, path: Path, size: int, thorough: bool) ->
         table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
         for table in ("tasks", "runs", "events")
     }
+    found_id = conn.execute("SELECT value FROM meta WHERE key = ?", (STATE_ID,)).fetchone()
     return Health(
         path,
         "healthy",
@@ -138,6 +141,7 @@ def _examine(conn: sqlite3.Connection, path: Path, size: int, thorough: bool) ->
         serial=serial,
         counts=counts,
         size=size,
+        state_id=str(found_id[0]) if found_id else None,
     )
 
 

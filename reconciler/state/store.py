@@ -27,6 +27,7 @@ import dataclasses
 import errno
 import operator
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -50,6 +51,8 @@ DB_FILE = "state.db"
 
 # meta: the control revision the last pass applied (the last good one: it loaded)
 LAST_REVISION = "last_revision"
+# meta: this state's identity, random, made with the database; the lanes it owns record it
+STATE_ID = "state_id"
 
 
 @dataclass(frozen=True)
@@ -424,6 +427,11 @@ class Store:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
 
+    def state_id(self) -> str | None:
+        """This state's identity (None: no database yet). Made once, with the database, and
+        kept by backups and copies of it: a restored database owns the lanes it owned."""
+        return self.get_meta(STATE_ID)
+
     def totals(self, task: str | None = None) -> tuple[float, int]:
         """(summed cost_usd, summed input + output tokens) over all runs or one task's runs."""
         sql = (
@@ -650,6 +658,11 @@ def _migrate(conn: sqlite3.Connection, path: Path | None) -> None:
             if broken:
                 raise sqlite3.IntegrityError(f"foreign keys broken by the migration: {broken}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        if path is not None:  # a real database (not a reader's empty stand-in) has an identity
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                (STATE_ID, secrets.token_hex(16)),
+            )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -714,6 +727,7 @@ __all__: list[str] = [
     "DB_FILE",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "STATE_ID",
     "EventRow",
     "Run",
     "StateError",

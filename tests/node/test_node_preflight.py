@@ -46,6 +46,7 @@ def test_a_healthy_lane_passes(env: Env) -> None:
         "workspace-writable",
         "disk",
         "home",
+        "lane-owner",
         "login-env",
         "agent",
     }

@@ -38,6 +38,8 @@ def test_a_healthy_database_is_described(tmp_path: Path) -> None:
     assert health.schema_version == SCHEMA_VERSION and health.serial == 1
     assert health.counts == {"tasks": 1, "runs": 0, "events": 200}
     assert health.size > 0 and not health.problems and not health.fix
+    with Store.open_readonly(tmp_path) as store:
+        assert health.state_id is not None and health.state_id == store.state_id()
 
 
 def test_no_database_is_healthy_and_says_so(tmp_path: Path) -> None:

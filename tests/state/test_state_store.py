@@ -90,6 +90,20 @@ def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
         assert s.serial() == 1
 
 
+def test_the_state_id_is_made_with_the_database_and_kept(tmp_path: Path) -> None:
+    with Store.open_readonly(tmp_path) as reader:
+        assert reader.state_id() is None  # no database: no identity, nothing made
+    assert not (tmp_path / "state.db").exists()
+    with Store.open(tmp_path) as s:
+        made = s.state_id()
+        assert made is not None and len(made) == 32
+        assert s.serial() == 0  # a saved plan of the empty state is not made stale by it
+    with Store.open(tmp_path) as s, Store.open_readonly(tmp_path) as reader:
+        assert s.state_id() == reader.state_id() == made
+    with Store.open(tmp_path / "other") as s:
+        assert s.state_id() != made
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     Store.open(tmp_path).close()
     raw = sqlite3.connect(tmp_path / "state.db")
