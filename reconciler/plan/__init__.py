@@ -1,5 +1,6 @@
 """Planning: pure functions from (desired, observed, now) to a typed, serialisable plan."""
 
+from reconciler.plan.core import branch_of
 from reconciler.plan.evaluation import evaluate
 from reconciler.plan.model import (
     PAYLOADS,
@@ -30,7 +31,7 @@ from reconciler.plan.model import (
     TaskRecord,
     TaskStatus,
 )
-from reconciler.plan.planner import branch_of, plan
+from reconciler.plan.planner import plan
 from reconciler.plan.reasons import Condition, Why, conditions
 from reconciler.plan.timing import backoff_delay, next_midnight
 

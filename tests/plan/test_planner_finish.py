@@ -20,7 +20,7 @@ from reconciler.plan import (
     Why,
     plan,
 )
-from reconciler.plan.planner import FINISH_TRIES
+from reconciler.plan.run_steps import FINISH_TRIES
 from reconciler.protocol import AgentEnd, AgentResult, Leftovers
 from tests.plan.test_planner import (
     NOW,
