@@ -99,9 +99,9 @@ def parse_only(paths: list[Path]) -> float:
     return elapsed
 
 
-def build(box: Sandbox, n: int) -> tuple[Context, list[Path]]:
+def build(box: Sandbox, n: int, name: str = "plan") -> tuple[Context, list[Path]]:
     """``n`` one-task manifests, one lane on a real repository, a state row for every task."""
-    base = box.root / f"plan-{n}"
+    base = box.root / f"{name}-{n}"
     checkout = box.repo(base / "src" / "app")
     lane_root = box.lane_root(base / "worktrees")
     files = {

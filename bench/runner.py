@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import github, meter, plan_scale, pool, push, reaction, refill, slots, transports
+from bench import github, meter, plan_scale, pool, push, reaction, refill, slots, transports, web
 from bench.options import Options
 from bench.sandbox import Sandbox, sandbox
 from bench.table import Table, log
@@ -34,6 +34,7 @@ SECTIONS: dict[str, Section] = {
     "transports": transports.run,
     "pool": pool.run,
     "meter": meter.run,
+    "web": web.run,
 }
 
 

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -226,6 +226,19 @@ class Log:
 # --------------------------------------------------------------------------------- the loop
 
 
+class Listener(Protocol):
+    """An HTTP listener served beside the loop (``run --listen``; ``reconciler.web``)."""
+
+    url: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def passed(self, seconds: float, result: PassResult | None, ok: bool) -> None:
+        """A pass ended after ``seconds``; must return at once (the loop goes on)."""
+
+
 class Daemon:
     def __init__(
         self,
@@ -246,6 +259,7 @@ class Daemon:
         self.passes = 0
         self.desired: Desired | None = None  # what the last pass reconciled
         self.manifest_errors: tuple[str, ...] = ()  # logged once, until they change
+        self.listener: Listener | None = None  # served while the loop runs
 
     def _on_term(self, _sig: int, _frame: object) -> None:
         self.stopping.set()
@@ -263,9 +277,13 @@ class Daemon:
             if not self.once:
                 watches.start()
             self.log("start", f"reconciling {self.engine.ctx.control}", pid=os.getpid())
+            if self.listener is not None:
+                self.listener.start()
+                self.log("listen", f"serving {self.listener.url}", url=self.listener.url)
             reasons: Counter[str] = Counter({"start": 1})
             try:
                 while not self.stopping.is_set():
+                    began = time.monotonic()
                     try:
                         healthy, result = self.one_pass(store, reasons)
                     except StateError as exc:
@@ -275,6 +293,8 @@ class Daemon:
                             raise
                         self.log("pass", f"pass failed: {exc}", level="error")
                         healthy, result = False, None
+                    if self.listener is not None:  # a pass went through even if an action failed
+                        self.listener.passed(time.monotonic() - began, result, result is not None)
                     if self.once:
                         break
                     for path in watches.point(self._watch_list(result)):
@@ -285,6 +305,8 @@ class Daemon:
                     if not reasons:
                         reasons = Counter({timer: 1})
             finally:
+                if self.listener is not None:
+                    self.listener.stop()
                 if not self.once:
                     watches.stop()
                 if running_pid(self.engine.ctx.state_dir) in (os.getpid(), None):

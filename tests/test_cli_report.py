@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.cli.render import Painter, render_describe
-from reconciler.cli.report import DescribeReport, TaskReport, report_schemas
 from reconciler.manifests.models import Source, TaskSpec, make_task
 from reconciler.plan import Phase, TaskStatus, Why
 from reconciler.protocol import PullRequest
 from reconciler.record import Run
+from reconciler.report import DescribeReport, TaskReport, report_schemas
 from reconciler.state import EventRow, TaskRow
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
@@ -128,7 +128,7 @@ def test_describe_json_is_the_documented_shape() -> None:
     }
     assert data["runs"][1]["outcome"] is None  # a stop is the reconciler's mark, not an outcome
     assert data["events"] == [
-        {"at": 1000.0, "kind": "start", "message": "start run 1.1", "revision": "r"}
+        {"id": 1, "at": 1000.0, "kind": "start", "message": "start run 1.1", "revision": "r"}
     ]
     # what it prints reads back into the model unchanged
     assert DescribeReport.model_validate(json.loads(json.dumps(data))).to_json() == data
@@ -208,8 +208,8 @@ def test_the_committed_describe_schema_matches_the_model() -> None:
 
 
 def test_status_says_when_what_it_announces_happens() -> None:
-    from reconciler.cli.render import when_next
     from reconciler.plan import Phase, TaskStatus, Why
+    from reconciler.report import when_next
 
     opening = TaskStatus(
         "a", Phase.RUNNING, "web", "app", "agent/a", reason="opening PR", why=Why.OPENING_PR

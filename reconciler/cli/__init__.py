@@ -1,7 +1,8 @@
 """The command line. Parses, calls the engine, renders; never decides.
 
 One module per group of commands (``converge``: plan, apply, run, poke; ``reading``: status,
-describe, logs, doctor; ``validate``: validate, policy, schema; ``hooks``, ``keys``, ``state``),
+describe, logs, doctor; ``validate``: validate, policy, schema; ``serve``: serve and
+``run --listen``; ``hooks``, ``keys``, ``state``),
 the grammar in ``parser``, the renderings in ``render`` and ``report``. This module runs one.
 
 Exit codes: 0 success; 1 error; 2 ``plan --detailed-exitcode`` with changes; 3 a read command
@@ -29,6 +30,7 @@ from reconciler.cli.keys import cmd_keys
 from reconciler.cli.parser import build_parser
 from reconciler.cli.reading import cmd_describe, cmd_doctor, cmd_logs, cmd_status
 from reconciler.cli.render import err
+from reconciler.cli.serve import cmd_serve
 from reconciler.cli.terminal import guarded, unguarded
 from reconciler.cli.validate import cmd_policy, cmd_schema, cmd_validate
 from reconciler.control import ControlError
@@ -143,6 +145,7 @@ COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], int]] = {
     "describe": cmd_describe,
     "logs": cmd_logs,
     "doctor": cmd_doctor,
+    "serve": cmd_serve,
     "schema": cmd_schema,
     "pr": pr.cmd_pr,
     "keys": cmd_keys,

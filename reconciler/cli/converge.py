@@ -109,6 +109,10 @@ def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
         once=args.once,
         summary=lambda result: summary_line(result.plan),
     )
+    if args.listen is not None:
+        from reconciler.cli.serve import listener
+
+        daemon.listener = listener(engine, args, daemon)
     return daemon.run(args.lock_timeout)
 
 

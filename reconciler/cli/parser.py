@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from reconciler import __version__
-from reconciler.cli import completion, hooks, pr
+from reconciler.cli import completion, hooks, pr, serve
 from reconciler.cli import state as state_cli
 from reconciler.cli.common import (
     EXIT_ERROR,
@@ -140,6 +140,7 @@ def _add_converging(command: Command) -> None:
         help="the longest wait between passes (triggers start one sooner)",
     )
     p.add_argument("--once", action="store_true", help="one pass, then exit")
+    serve.add_listen_options(p, None)
     p.add_argument(
         "--log-format",
         choices=["auto", "text", "json"],
@@ -184,6 +185,8 @@ def _add_reading(command: Command) -> None:
     )
     p.add_argument("--run", help="ATTEMPT.ITERATION (default: the latest run)")
     command("doctor", "pre-flight checks of every lane, as a table")
+    p = command("serve", "serve the HTTP API, /metrics and health read-only, without reconciling")
+    serve.serve_parser(p)
     p = command("schema", "write the JSON Schemas of the manifest kinds and of describe --json")
     p.add_argument("--out", type=Path, default=Path("schemas"))
 

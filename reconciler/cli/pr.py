@@ -19,7 +19,6 @@ from typing import Self
 from reconciler.cli import completion
 from reconciler.cli.common import lane_of
 from reconciler.cli.render import table, warn
-from reconciler.cli.report import PullRequestReport, Report
 from reconciler.engine import Engine, UserError
 from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed
 from reconciler.plan import branch_of
@@ -34,6 +33,7 @@ from reconciler.protocol import (
     PRResult,
     PullRequest,
 )
+from reconciler.report import PullRequestReport, Report
 
 EXIT_OK = 0
 

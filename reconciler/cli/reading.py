@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from reconciler.cli import state as state_cli
 from reconciler.cli.common import (
@@ -25,100 +22,25 @@ from reconciler.cli.render import (
     render_status,
     table,
     use_color,
-    when_next,
 )
-from reconciler.cli.report import DescribeReport, TaskReport
 from reconciler.control import ControlError
 from reconciler.durations import format_duration
 from reconciler.engine import Engine, UserError
 from reconciler.lanes import LaneUnavailable, RequestFailed
 from reconciler.manifests.errors import ManifestErrors
-from reconciler.manifests.models import Desired
-from reconciler.plan import Plan
 from reconciler.protocol import (
     LogResult,
     PreflightResult,
     ReadLogRequest,
 )
-from reconciler.state import Store
+from reconciler.report import StatusView, describe, planned, status_view
 
 
-def _statuses(engine: Engine) -> tuple[Desired, Plan, Store]:
-    desired = readable(engine)
-    store = Store.open_readonly(engine.ctx.state_dir)
-    try:
-        plan, _ = engine.observe_and_plan(desired, store)
-    except BaseException:
-        store.close()
-        raise
-    from reconciler.daemon import running_pid
-
-    # what the plan announces happens at once under `run`; otherwise at the next `apply`
-    driven = running_pid(engine.ctx.state_dir) is not None
-    plan = dataclasses.replace(plan, tasks=tuple(when_next(s, driven) for s in plan.tasks))
-    return desired, plan, store
+def _status_view(engine: Engine) -> StatusView:
+    return status_view(engine, readable(engine))
 
 
-def status_json(plan: Plan) -> dict[str, Any]:
-    return {
-        "revision": plan.revision,
-        "tasks": [TaskReport.of(s).to_json() for s in plan.tasks],
-        "requeue": plan.requeue.to_json(plan.now) if plan.requeue else None,
-    }
-
-
-def _lane_spend(desired: Desired, plan: Plan) -> dict[str, dict[str, Any]]:
-    """Per lane: what its runs started since 00:00 UTC spent, as the planner holds it to its
-    daily budget (the plan's figures: status never counts differently), and that budget."""
-    spent = {s.lane: s for s in plan.lane_spend}
-    lanes: dict[str, dict[str, Any]] = {}
-    for name, lane in desired.lanes.items():
-        today = spent.get(name)
-        lanes[name] = {
-            "todayUsd": today.today_usd if today else 0.0,
-            "todayTokens": today.today_tokens if today else 0,
-            "budgetUsd": lane.budget.max_cost_usd,
-            "budgetTokens": lane.budget.max_tokens,
-        }
-    return lanes
-
-
-@dataclass(frozen=True)
-class _StatusView:
-    """One computation of ``status``, for any of its renderings."""
-
-    plan: Plan
-    data: dict[str, Any]  # the status --json document
-    ages: dict[str, float]
-    said: list[str]  # control problems to say on stderr (the fallback's is said already)
-
-
-def _status_view(engine: Engine) -> _StatusView:
-    desired, plan, store = _statuses(engine)
-    try:
-        ages = {name: row.first_seen for name, row in store.tasks().items()}
-        problems = [p for p in (store.get_meta("control_problem"),) if p]
-    finally:
-        store.close()
-    fetch = engine.control.fetch_error
-    if fetch and not any("could not be fetched" in p for p in problems):
-        problems.append(f"the control remote could not be fetched ({fetch})")
-    fallback = engine.fallback
-    said = [p for p in problems if fallback is None or fallback.head[:12] not in p]
-    if fallback is not None and not any(fallback.head[:12] in p for p in problems):
-        problems.append(fallback.problem)
-    data = status_json(plan)
-    data["controlProblem"] = "; ".join(problems) or None
-    data["manifestErrors"] = [
-        {"path": e.path, "line": e.line, "column": e.column, "message": e.message, "hint": e.hint}
-        for e in (fallback.errors if fallback is not None else ())
-    ]
-    data["lanes"] = _lane_spend(desired, plan)
-    data["spendUsd"] = round(sum(t.cost_usd for t in plan.tasks), 6)
-    return _StatusView(plan, data, ages, said)
-
-
-def _status_text(view: _StatusView, paint: Painter, wide: bool) -> str:
+def _status_text(view: StatusView, paint: Painter, wide: bool) -> str:
     tasks = view.plan.tasks
     lines = [render_status(tasks, paint, view.ages, wide=wide).rstrip("\n"), ""]
     counts: dict[str, int] = {}
@@ -179,23 +101,12 @@ def _watch(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_describe(engine: Engine, args: argparse.Namespace) -> int:
-    desired, plan, store = _statuses(engine)
-    try:
-        status = next((s for s in plan.tasks if s.name == args.task), None)
-        task = desired.tasks.get(args.task)
-        row = store.task(args.task)
-        if status is None and task is None and row is None:
-            raise UserError(f"no task named {args.task}; `reconciler status` lists the tasks")
-        report = DescribeReport.of(
-            args.task,
-            status=status,
-            task=task,
-            row=row,
-            runs=store.runs(args.task),
-            events=store.events(args.task, limit=30),
-        )
-    finally:
-        store.close()
+    desired = readable(engine)
+    with engine.reading() as store:
+        plan, _, _ = planned(engine, desired, store)
+        report = describe(args.task, desired, plan, store)
+    if report is None:
+        raise UserError(f"no task named {args.task}; `reconciler status` lists the tasks")
     if args.output in ("json", "yaml"):
         dump(report.to_json(), args.output)
         return EXIT_OK

@@ -13,16 +13,15 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import TextIO
 
 from ruamel.yaml import YAML
 
-from reconciler.cli.report import DescribeReport, PullRequestReport, RunReport
 from reconciler.cli.terminal import csi, sgr, visible
 from reconciler.durations import format_duration
-from reconciler.plan import ActionKind, Phase, Plan, TaskStatus, Why
+from reconciler.plan import ActionKind, Phase, Plan, TaskStatus
 from reconciler.plan.model import SYMBOLS
+from reconciler.report import DescribeReport, PullRequestReport, RunReport
 
 _COLORS = {"green": "32", "yellow": "33", "red": "31", "bold": "1", "dim": "2", "cyan": "36"}
 
@@ -130,33 +129,6 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 
 # What the next pass does for a task in these states; whether "next" is now depends on what drives
 # the passes.
-_NEXT_PASS = frozenset(
-    {
-        Why.STARTING,
-        Why.RETRYING,
-        Why.ITERATING,
-        Why.ADDRESSING_FEEDBACK,
-        Why.OPENING_PR,
-        Why.UPDATING_PR,
-        Why.REMOVING,
-        Why.STOPPING,
-    }
-)
-
-
-def when_next(status: TaskStatus, driven: bool) -> TaskStatus:
-    """``status`` with its reason saying when what it announces happens: a pass of a running
-    ``reconciler run`` does it as soon as it is due (``driven``); otherwise nothing happens
-    until the next ``reconciler apply`` (cron, a hook, a person)."""
-    if driven or not status.reason:
-        return status
-    if status.why in _NEXT_PASS:
-        return replace(status, reason=f"{status.reason} (at the next apply: no `run` is running)")
-    if status.why is Why.BACKING_OFF:
-        return replace(status, reason=f"{status.reason}, at the first apply after that")
-    return status
-
-
 def render_status(
     statuses: Sequence[TaskStatus], paint: Painter, ages: dict[str, float], *, wide: bool = False
 ) -> str:

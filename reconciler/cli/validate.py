@@ -14,11 +14,11 @@ from reconciler.cli.common import (
 from reconciler.cli.render import (
     warn,
 )
-from reconciler.cli.report import report_schemas
 from reconciler.engine import Engine
 from reconciler.lanes.policy import machine_facts
 from reconciler.manifests.policy import lane_violations
 from reconciler.manifests.schema import schema_documents
+from reconciler.report import report_schemas
 
 
 def cmd_validate(engine: Engine, args: argparse.Namespace) -> int:

@@ -441,6 +441,27 @@ class Store:
         rows = self._query(sql) if task is None else self._query(sql + " WHERE task = ?", (task,))
         return float(rows[0][0]), int(rows[0][1])
 
+    def run_tally(self) -> list[tuple[str, str, int]]:
+        """(lane, verdict, count) over all runs: the verdict is the outcome, else the
+        reconciler's mark, else ``running`` (not ended) or ``ended`` (not judged yet)."""
+        rows = self._query(
+            "SELECT lane, COALESCE(outcome, mark,"
+            " CASE WHEN ended_at IS NULL THEN 'running' ELSE 'ended' END), COUNT(*)"
+            " FROM runs GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        return [(str(lane), str(verdict), int(n)) for lane, verdict, n in rows]
+
+    def events_after(self, task: str, after_id: int, limit: int) -> list[EventRow]:
+        """The oldest ``limit`` events of ``task`` with ``id > after_id``, oldest first (a page
+        forward through its log)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        rows = self._query(
+            f"{_EVENTS.select} WHERE task = ? AND id > ? ORDER BY id LIMIT ?",
+            (task, after_id, limit),
+        )
+        return [_EVENTS.load(r) for r in rows]
+
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[Self]:
         """Reads inside the block see one consistent state (a read transaction)."""

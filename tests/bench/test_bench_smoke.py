@@ -81,6 +81,7 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         "node batch, in-process / local user / ssh",
         "pass over 20 tasks, ssh / in-process",
         "meter: 20 runs of 1 MiB, pass after 64 KiB more / first pass",
+        "web(200): /metrics scrape",
     ):
         assert name in rows, f"missing row {name!r} in:\n{proc.stdout}"
     assert rows["tasks done / failed / apply errors"][1].strip() == "11 / 0 / 0", proc.stdout

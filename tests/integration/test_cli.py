@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from reconciler.cli.report import DescribeReport
+from reconciler.report import DescribeReport
 from reconciler.state import StateLock
 from tests.integration.world import World
 from tests.support.git import git
