@@ -223,6 +223,8 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
     if len(results) >= 2:
         linearity_rows(table, results[0], results[-1])
     big = results[-1]
+    table.measure("plan warm per task", big.med("warm") / big.n)
+    table.measure("plan cold per task", big.med("cold") / big.n)
     log(f"one `reconciler plan` subprocess over {big.n} tasks (warm)")
     wall, code = cli_plan(box, big)
     table.add(

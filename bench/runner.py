@@ -16,7 +16,19 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import github, meter, plan_scale, pool, push, reaction, refill, slots, transports, web
+from bench import (
+    github,
+    meter,
+    plan_scale,
+    pool,
+    push,
+    reaction,
+    refill,
+    scale,
+    slots,
+    transports,
+    web,
+)
 from bench.options import Options
 from bench.sandbox import Sandbox, sandbox
 from bench.table import Table, log
@@ -35,6 +47,7 @@ SECTIONS: dict[str, Section] = {
     "pool": pool.run,
     "meter": meter.run,
     "web": web.run,
+    "scale": scale.run,  # last: it extrapolates from what the others measured
 }
 
 

@@ -18,6 +18,11 @@ class Row:
 @dataclass
 class Table:
     rows: list[Row] = field(default_factory=list)
+    # per-item costs the sections measured, for the scale simulation (seconds, counts)
+    measured: dict[str, float] = field(default_factory=dict)
+
+    def measure(self, key: str, value: float) -> None:
+        self.measured[key] = value
 
     def add(self, name: str, value: str, target: str = "info", ok: bool | None = None) -> None:
         self.rows.append(Row(name, value, target, ok))

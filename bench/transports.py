@@ -241,6 +241,9 @@ def batch_figures(table: Table, world: World) -> float:
         f"{inproc:.3f}s / {user:.3f}s / {ssh:.3f}s; local user/in-process {user / inproc:.1f}, "
         f"ssh/in-process {ssh / inproc:.1f} ({ops}, 1 repo; median of {BATCH_REPS})",
     )
+    table.measure("ssh batch", ssh)
+    table.measure("local user batch", user)
+    table.measure("in-process batch", inproc)
     table.add(
         BATCH_SPLIT_ROW,
         f"{connection:.3f}s + {start:.3f}s + {work:.3f}s (an empty batch takes {ssh_empty:.3f}s "
