@@ -32,6 +32,7 @@ API = "https://api.github.com:443"
 PULLS = f"{API}/repos/{REPO}/pulls"
 TOKEN = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0" * 2
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
+BASE = "e5bd3914e2e596debea16f433f57875b5b90bcd6"
 
 
 @pytest.fixture(autouse=True)
@@ -113,6 +114,11 @@ def pull(
         },
         "author_association": "OWNER",
     }
+
+
+def ref(sha: str) -> dict[str, Any]:
+    """A branch's ref as GitHub's git API returns it."""
+    return {"ref": "refs/heads/main", "object": {"sha": sha, "type": "commit"}}
 
 
 def list_query(head: str | None = None) -> list[Any]:
@@ -583,12 +589,20 @@ def test_a_token_that_is_not_one_word_is_refused_without_quoting_it(
 def test_feedback_reads_failing_checks_statuses_and_change_requests(
     github: responses.RequestsMock, forge: Pulls
 ) -> None:
-    github.get(f"{PULLS}?state=all&per_page=100", json=[pull(7, "agent/add-login", body=MARKED)])
+    github.get(
+        f"{PULLS}?state=all&per_page=100",
+        json=[pull(7, "agent/add-login", body=MARKED)],
+        headers={"ETag": 'W/"list-1"'},
+    )
+    github.get(
+        f"{API}/repos/{REPO}/git/ref/heads/main", json=ref(BASE), headers={"ETag": 'W/"main"'}
+    )
     (pr,) = forge.list_pulls()
     assert pr.head_sha == SHA
     github.get(
         f"{PULLS}/7",
         json={**pull(7, "agent/add-login"), "mergeable": True, "mergeable_state": "clean"},
+        headers={"ETag": 'W/"pr-7"'},
     )
     github.get(
         f"{API}/repos/{REPO}/commits/{SHA}/check-runs",
@@ -620,6 +634,7 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
             "total_count": 1,
             "statuses": [{"context": "ci/legacy", "state": "error", "description": "build broke"}],
         },
+        headers={"ETag": 'W/"status-1"'},
     )
     github.get(
         f"{API}/repos/{REPO}/pulls/7/reviews",
@@ -640,6 +655,7 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
                 "commit_id": "f" * 40,
             },
         ],
+        headers={"ETag": 'W/"reviews-1"'},
     )
     github.get(
         f"{API}/repos/{REPO}/pulls/7/comments",
@@ -653,6 +669,7 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
             },
             {"id": 2, "pull_request_review_id": 79, "path": "x.py", "line": 1, "body": "stale"},
         ],
+        headers={"ETag": 'W/"comments-1"'},
     )
     seen = forge.with_feedback(pr)
     assert seen.checks == "failure"
@@ -663,13 +680,20 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
         "review by alice requests changes: Please rename.",
         "app/login.py:12: Call it authenticate().",
     ]
-    # unchanged on the next pass: the check runs come back 304 and cost nothing
-    github.get(
-        f"{API}/repos/{REPO}/commits/{SHA}/check-runs", status=304, headers={"ETag": 'W/"runs-1"'}
-    )
+    # unchanged on the next pass (the same head, updated_at and base, every check final): the
+    # answers stand and nothing is asked but the list and the base branch
+    asked = len(github.calls)
+    (pr,) = forge.list_pulls()
     again = forge.with_feedback(pr)
-    assert again.checks == "failure"
-    assert github.calls[-4].request.headers.get("If-None-Match") == 'W/"runs-1"'
+    assert (again.checks, again.check_feedback, again.review_feedback) == (
+        seen.checks,
+        seen.check_feedback,
+        seen.review_feedback,
+    )
+    assert [c.request.path_url.split("?")[0] for c in github.calls[asked:]] == [
+        f"/repos/{REPO}/pulls",
+        f"/repos/{REPO}/git/ref/heads/main",
+    ]
 
 
 def test_mergeable_false_is_a_conflict_and_null_is_asked_again_later(
@@ -678,25 +702,35 @@ def test_mergeable_false_is_a_conflict_and_null_is_asked_again_later(
     """GitHub computes ``mergeable`` lazily: null means "not known yet", so nothing is decided
     and the next pass asks again (a conditional request: free while nothing changed)."""
     github.get(f"{PULLS}?state=all&per_page=100", json=[pull(7, "agent/add-login", body=MARKED)])
+    github.get(f"{API}/repos/{REPO}/git/ref/heads/main", json=ref(BASE))
     (pr,) = forge.list_pulls()
     assert (pr.mergeable, pr.behind, pr.conflicts) == (None, False, [])  # lists never say
-    answers: list[tuple[dict[str, Any], str]] = [
-        ({"mergeable": None, "mergeable_state": "unknown"}, 'W/"m-1"'),
-        ({"mergeable": False, "mergeable_state": "dirty"}, 'W/"m-2"'),
-        ({"mergeable": True, "mergeable_state": "behind"}, 'W/"m-3"'),
-        ({"mergeable": True, "mergeable_state": "clean"}, 'W/"m-4"'),
+    # (GitHub's answer, its ETag, where the base branch is when the pass asks)
+    answers: list[tuple[dict[str, Any], str, str]] = [
+        ({"mergeable": None, "mergeable_state": "unknown"}, 'W/"m-1"', BASE),
+        ({"mergeable": False, "mergeable_state": "dirty"}, 'W/"m-2"', BASE),  # null: asked again
+        ({"mergeable": True, "mergeable_state": "behind"}, 'W/"m-3"', "1" * 40),  # base moved
+        ({"mergeable": True, "mergeable_state": "clean"}, 'W/"m-4"', "2" * 40),
     ]
     seen = []
-    for fields, etag in answers:
+    for fields, etag, base in answers:
+        github.replace(responses.GET, f"{API}/repos/{REPO}/git/ref/heads/main", json=ref(base))
         github.get(
             f"{PULLS}/7", json={**pull(7, "agent/add-login"), **fields}, headers={"ETag": etag}
         )
+        forge.list_pulls()
         got = forge.with_feedback(pr, ())
         seen.append((got.mergeable, got.behind, got.conflicts))
         assert github.calls[-1].request.url == f"{PULLS}/7"
     assert seen == [(None, False, []), (False, True, []), (True, True, []), (True, False, [])]
     # each ask after the first names what it saw: GitHub answers 304 while nothing changed
     assert github.calls[-1].request.headers.get("If-None-Match") == 'W/"m-3"'
+    # a known answer stands while the head and the base stay: the PR is not asked again
+    forge.list_pulls()
+    assert forge.with_feedback(pr, ()).mergeable is True
+    assert github.calls[-1].request.url == f"{API}/repos/{REPO}/git/ref/heads/main"
+    github.replace(responses.GET, f"{API}/repos/{REPO}/git/ref/heads/main", json=ref(BASE))
+    forge.list_pulls()
     # an answer about another head commit (a push in between) is not about this one
     other = {**pull(7, "agent/add-login"), "mergeable": False, "mergeable_state": "dirty"}
     other["head"] = {**other["head"], "sha": "f" * 40}
