@@ -23,8 +23,10 @@ from reconciler.node import credentials, github_http
 from reconciler.node.credentials import read_token
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_github import GitHubForge
+from reconciler.node.github_feedback import CHECKS_RECHECK
 from reconciler.node.pulls import Pulls
-from tests.support.fake_github import VirtualTime
+from reconciler.protocol import PullRequest
+from tests.support.fake_github import FakeGitHub, VirtualTime
 
 REPO = "acme/webapp"
 # PyGithub's connection names the port explicitly, and responses matches it literally.
@@ -758,3 +760,164 @@ def test_mergeable_false_is_a_conflict_and_null_is_asked_again_later(
 def test_a_github_pr_is_merged_on_github_not_by_the_reconciler(forge: Pulls) -> None:
     with pytest.raises(NodeError, match=r"PR #3 of .* lives on GitHub: merge it there"):
         forge.merge_pull(3)
+
+
+# ------------------------------------------------------------------- what a pass costs
+
+
+def task_pulls(fake_hub: FakeGitHub, count: int, *, ci: bool = True) -> None:
+    """``count`` open task PRs, each on its own head commit, as a busy repository has them;
+    with ``ci``, each head with a finished check."""
+    for number in range(1, count + 1):
+        head = f"agent/task-{number}"
+        fake_hub.pulls.append(
+            {
+                "number": number,
+                "html_url": f"https://github.com/{REPO}/pull/{number}",
+                "state": "open",
+                "title": f"Task {number}",
+                "body": f"Task.\n\n<!-- reconciler:task=task-{number} -->",
+                "draft": False,
+                "head": {"ref": head, "sha": f"{number:040x}", "label": f"acme:{head}"},
+                "base": {"ref": "main"},
+                "merged_at": None,
+                "closed_at": None,
+                "updated_at": "2026-11-02T10:00:00Z",
+                "labels": [],
+            }
+        )
+        if ci:
+            fake_hub.check(f"{number:040x}", "test", "completed", "success")
+    fake_hub.version += 1
+
+
+def a_pass(forge: Pulls, hub: FakeGitHub) -> dict[int, PullRequest]:
+    """What observing the repository does: the list, every open task PR's feedback, the cache
+    kept; the requests it made are in ``hub.requests`` (cleared first)."""
+    hub.requests.clear()
+    seen = {p.number: forge.with_feedback(p) for p in forge.list_pulls() if p.task}
+    forge.flush()
+    return seen
+
+
+@pytest.fixture
+def hub(github: responses.RequestsMock) -> FakeGitHub:
+    return FakeGitHub(github, REPO, TOKEN)
+
+
+@pytest.mark.parametrize("count", [3, 90])
+def test_an_unchanged_pass_costs_the_list_and_the_base_whatever_the_number_of_prs(
+    hub: FakeGitHub, forge: Pulls, count: int
+) -> None:
+    task_pulls(hub, count)
+    first = a_pass(forge, hub)
+    assert len(first) == count and hub.points > count  # the first pass reads every PR
+    points = hub.points
+    a_pass(forge, hub)
+    assert hub.requests == [
+        f"GET /repos/{REPO}/pulls?per_page=100&state=all",
+        f"GET /repos/{REPO}/git/ref/heads/main",
+    ]
+    assert hub.points == points  # both answered 304
+
+
+def test_the_cache_file_keeps_what_was_read_for_a_new_process(
+    hub: FakeGitHub, fake: VirtualTime, tmp_path: Path
+) -> None:
+    def forge() -> Pulls:
+        return Pulls(
+            GitHubForge(
+                REPO,
+                TOKEN,
+                sleep=fake.sleep,
+                clock=fake.clock,
+                wall=fake.wall,
+                cache_dir=str(tmp_path),
+            )
+        )
+
+    task_pulls(hub, 5)
+    a_pass(forge(), hub)
+    github_http.forget_process_memory()
+    a_pass(forge(), hub)
+    assert len(hub.requests) == 2
+
+
+def test_a_new_review_rereads_only_that_prs_reviews(hub: FakeGitHub, forge: Pulls) -> None:
+    task_pulls(hub, 4)
+    a_pass(forge, hub)
+    hub.submit_review(3, "alice", "CHANGES_REQUESTED", "Rename it.", ("app.py:7: Call it x.",))
+    seen = a_pass(forge, hub)
+    assert [r for r in hub.requests if "/pulls/" in r] == [
+        f"GET /repos/{REPO}/pulls/3/reviews",
+        f"GET /repos/{REPO}/pulls/3/comments",
+    ]
+    assert seen[3].review_feedback == [
+        "review by alice requests changes: Rename it.",
+        "app.py:7: Call it x.",
+    ]
+    assert all(seen[n].review_feedback == [] for n in (1, 2, 4))
+    a_pass(forge, hub)
+    assert len(hub.requests) == 2
+
+
+def test_a_pending_check_is_polled_until_it_settles_then_not(hub: FakeGitHub, forge: Pulls) -> None:
+    task_pulls(hub, 2)
+    sha = hub.pulls[0]["head"]["sha"]
+    hub.check(sha, "test", "in_progress")
+    a_pass(forge, hub)
+    checks = f"GET /repos/{REPO}/commits/{sha}/check-runs"
+    for _ in range(2):
+        assert a_pass(forge, hub)[1].checks == "pending"
+        assert checks in hub.requests and len(hub.requests) == 4  # list, base, runs, status
+    hub.check(sha, "test", "completed", "failure")
+    assert a_pass(forge, hub)[1].checks == "failure"
+    assert checks in hub.requests
+    seen = a_pass(forge, hub)
+    assert seen[1].checks == "failure" and seen[1].check_feedback
+    assert len(hub.requests) == 2
+
+
+def test_a_new_head_rereads_everything_of_that_pr(hub: FakeGitHub, forge: Pulls) -> None:
+    task_pulls(hub, 3)
+    a_pass(forge, hub)
+    pushed = "a" * 40
+    hub.pulls[1]["head"]["sha"] = pushed
+    hub.touch(hub.pulls[1])
+    seen = a_pass(forge, hub)
+    assert sorted(hub.requests[2:]) == sorted(
+        [
+            f"GET /repos/{REPO}/pulls/2",
+            f"GET /repos/{REPO}/commits/{pushed}/check-runs",
+            f"GET /repos/{REPO}/commits/{pushed}/status",
+            f"GET /repos/{REPO}/pulls/2/reviews",
+        ]
+    )
+    assert seen[2].checks is None  # CI has not reported on the new head yet
+
+
+def test_final_checks_are_asked_again_after_the_recheck_period(
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime
+) -> None:
+    """A re-run of a finished check does not move the PR: it is seen within CHECKS_RECHECK."""
+    task_pulls(hub, 1)
+    sha = hub.pulls[0]["head"]["sha"]
+    assert a_pass(forge, hub)[1].checks == "success"
+    hub.check(sha, "test", "completed", "failure")  # re-run, and it fails now
+    assert a_pass(forge, hub)[1].checks == "success"  # not asked yet
+    fake.now += CHECKS_RECHECK
+    assert a_pass(forge, hub)[1].checks == "failure"
+
+
+def test_a_head_without_checks_is_polled_until_the_recheck_period(
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime
+) -> None:
+    """CI may take a while to report on a new head: none reported is not final at first."""
+    task_pulls(hub, 1, ci=False)
+    a_pass(forge, hub)
+    assert len(a_pass(forge, hub)[1].check_feedback) == 0 and len(hub.requests) == 4
+    fake.now += CHECKS_RECHECK
+    a_pass(forge, hub)
+    assert len(hub.requests) == 4  # asked once more: still none, now final
+    a_pass(forge, hub)
+    assert len(hub.requests) == 2

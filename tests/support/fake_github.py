@@ -173,7 +173,8 @@ class FakeGitHub:
         self.points += 0 if free else 1
 
     def _conditional(self, request: Any, body: Any, etag: str | None = None) -> Reply:
-        etag = etag or f'W/"{len(json.dumps(body))}"'
+        text = json.dumps(body, sort_keys=True)
+        etag = etag or f'W/"{hashlib.sha1(text.encode()).hexdigest()[:16]}"'
         if request.headers.get("If-None-Match") == etag:
             self._seen(request, free=True)
             self.not_modified += 1
@@ -410,7 +411,12 @@ class FakeGitHub:
         for text in inline:
             path, line, said = text.split(":", 2)
             self.review_comments.setdefault(number, []).append(
-                {"pull_request_review_id": review_id, "path": path, "line": int(line), "body": said}
+                {
+                    "pull_request_review_id": review_id,
+                    "path": path,
+                    "line": int(line),
+                    "body": said.strip(),
+                }
             )
         self.touch(pr)
 
