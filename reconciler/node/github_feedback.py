@@ -10,14 +10,14 @@ What a pass asks of one open PR depends on what the PR list said of it (its head
 ``updated_at``) and on what was read before (the lane's cache, ``reconciler.node.github_http``):
 
 - reviews and review comments bump the PR's ``updated_at``: they are read again only when the
-  head or ``updated_at`` moved, or while the PR was updated less than ``REVIEWS_SETTLE`` before
-  they were read (two updates in one second, a clock a little off);
+  head or ``updated_at`` moved, or while the PR was updated less than ``SETTLE`` before they
+  were read (two updates in one second, a clock a little off);
 - check runs and statuses do not bump the PR: they are read on every pass while any is pending
   or none was reported yet, and once all are final at most every ``CHECKS_RECHECK`` seconds
   (a re-run is seen then); a head that reports none for ``CHECKS_RECHECK`` counts as final;
 - ``mergeable`` is read again when the head or the base branch moved (one conditional request
-  for each base branch's ref after each PR list, that is per pass) or while GitHub does not
-  know yet.
+  for each base branch's ref after each PR list, that is per pass), for ``SETTLE`` after that
+  (GitHub may still answer what it computed before the move), and while GitHub does not know.
 
 A new head commit reads everything about it. Every read is conditional, so even a read that
 finds nothing new costs no rate-limit points.
@@ -36,7 +36,7 @@ from reconciler.protocol import PullRequest
 _FAILED_CONCLUSIONS = frozenset({"failure", "timed_out", "cancelled", "action_required"})
 FEEDBACK_TAIL = 2000
 CHECKS_RECHECK = 600.0  # seconds final checks of a head are trusted before they are asked again
-REVIEWS_SETTLE = 60.0  # seconds after a PR's update within which its reviews are read again
+SETTLE = 60.0  # seconds after a change within which GitHub's answers about it are read again
 
 Verdict = Literal["pending", "success", "failure"]
 
@@ -83,7 +83,7 @@ class GitHubFeedback:
         key = f"{pr.head_sha}@{pr.updated_at}"
 
         def current(seen: Reading) -> bool:
-            return pr.updated_at is not None and seen.checked - pr.updated_at >= REVIEWS_SETTLE
+            return pr.updated_at is not None and seen.checked - pr.updated_at >= SETTLE
 
         reviews = self.client.get_cached(
             f"/repos/{self.repo}/pulls/{pr.number}/reviews", key=key, trust=current
@@ -191,12 +191,18 @@ class GitHubMergeability:
         key = f"{pr.head_sha}:{base}"
 
         def current(seen: Reading) -> bool:
-            """GitHub's answer stands while the head and the base stay where they were."""
+            """GitHub's answer stands while the head and the base stay where they were, once it
+            was given ``SETTLE`` after they moved there (a push moves the PR's ``updated_at``;
+            a base seen to move, the answer's key)."""
             item = as_dict(seen.data)
-            known = isinstance(item.get("mergeable"), bool)
-            return (
-                base is not None and known and as_dict(item.get("head")).get("sha") == pr.head_sha
+            settled = (
+                pr.updated_at is not None
+                and seen.checked - pr.updated_at >= SETTLE
+                and seen.checked - seen.since >= SETTLE
             )
+            known = isinstance(item.get("mergeable"), bool)
+            head = as_dict(item.get("head")).get("sha")
+            return base is not None and known and settled and head == pr.head_sha
 
         item = self.client.get_cached(
             f"/repos/{self.repo}/pulls/{pr.number}", key=key, trust=current

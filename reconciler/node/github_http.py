@@ -77,17 +77,20 @@ class _Page:
     key: str = ""  # what the reader said the answer was about when it last confirmed it
     checked: float = 0.0  # when GitHub last confirmed the answer (wall time)
     first: float = 0.0  # when the URL was first read (wall time)
+    since: float = 0.0  # when its ``key`` was seen to change (wall time; 0: never seen)
 
 
 @dataclass(frozen=True)
 class Reading:
     """What the cache knows of one URL: GitHub's last answer, what the reader said it was about
-    (``key``), when GitHub last confirmed it and when the URL was first read (wall times)."""
+    (``key``), when GitHub last confirmed it, when the URL was first read and when its key was
+    seen to change (wall times; ``since`` 0: the first answer, no change was seen)."""
 
     data: Any
     key: str
     checked: float
     first: float
+    since: float
 
 
 class _Cache:
@@ -143,6 +146,7 @@ class _Cache:
                         page.key,
                         page.checked,
                         page.first,
+                        page.since,
                     ]
                     for url, page in self.pages.items()
                 },
@@ -157,10 +161,17 @@ def _read_cache(path: str) -> dict[str, _Page]:
             data = json.load(handle)
         return {
             str(url): _Page(
-                str(etag), list(items), next_url, float(used), str(key), float(at), float(first)
+                str(etag),
+                list(items),
+                next_url,
+                float(used),
+                str(key),
+                float(at),
+                float(first),
+                float(since),
             )
             for url, (etag, items, next_url, used, *seen) in data["pages"].items()
-            for key, at, first in [seen or ["", 0.0, 0.0]]
+            for key, at, first, since in [seen or ["", 0.0, 0.0, 0.0]]
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}  # no cache, or one from another version: start cold
@@ -264,7 +275,7 @@ class GitHubClient:
         page = self._cache.get(url, self.timing.wall())
         if page is None:
             return None
-        return Reading((page.items or [None])[0], page.key, page.checked, page.first)
+        return Reading((page.items or [None])[0], page.key, page.checked, page.first, page.since)
 
     def get_list(self, url: str) -> list[Json]:
         """Every item of a paginated list, each page a conditional GET."""
@@ -318,8 +329,10 @@ class GitHubClient:
         headers = {"If-None-Match": cached.etag} if cached else None
         status, response_headers, data = self._request("GET", url, headers=headers)
         if status == 304 and cached is not None:
-            if (cached.key, cached.checked) != (key, now):
-                cached.key, cached.checked = key, now
+            if cached.key != key:
+                cached.key, cached.since = key, now
+            if cached.checked != now:
+                cached.checked = now
                 self._cache.put(url, cached)
             return cached
         if listing and not isinstance(data, list):
@@ -335,6 +348,7 @@ class GitHubClient:
             key=key,
             checked=now,
             first=cached.first if cached is not None and cached.first else now,
+            since=(0.0 if cached is None else cached.since if cached.key == key else now),
         )
         if page.etag:
             self._cache.put(url, page)

@@ -23,7 +23,7 @@ from reconciler.node import credentials, github_http
 from reconciler.node.credentials import read_token
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_github import GitHubForge
-from reconciler.node.github_feedback import CHECKS_RECHECK
+from reconciler.node.github_feedback import CHECKS_RECHECK, SETTLE
 from reconciler.node.pulls import Pulls
 from reconciler.protocol import PullRequest
 from tests.support.fake_github import FakeGitHub, VirtualTime
@@ -589,7 +589,7 @@ def test_a_token_that_is_not_one_word_is_refused_without_quoting_it(
 
 
 def test_feedback_reads_failing_checks_statuses_and_change_requests(
-    github: responses.RequestsMock, forge: Pulls
+    github: responses.RequestsMock, forge: Pulls, fake: VirtualTime
 ) -> None:
     github.get(
         f"{PULLS}?state=all&per_page=100",
@@ -683,7 +683,10 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
         "app/login.py:12: Call it authenticate().",
     ]
     # unchanged on the next pass (the same head, updated_at and base, every check final): the
-    # answers stand and nothing is asked but the list and the base branch
+    # answers stand (once given a minute after the PR last moved) and nothing is asked but the
+    # list and the base branch
+    fake.now += SETTLE
+    forge.with_feedback(pr)
     asked = len(github.calls)
     (pr,) = forge.list_pulls()
     again = forge.with_feedback(pr)
@@ -699,7 +702,7 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
 
 
 def test_mergeable_false_is_a_conflict_and_null_is_asked_again_later(
-    github: responses.RequestsMock, forge: Pulls
+    github: responses.RequestsMock, forge: Pulls, fake: VirtualTime
 ) -> None:
     """GitHub computes ``mergeable`` lazily: null means "not known yet", so nothing is decided
     and the next pass asks again (a conditional request: free while nothing changed)."""
@@ -727,7 +730,12 @@ def test_mergeable_false_is_a_conflict_and_null_is_asked_again_later(
     assert seen == [(None, False, []), (False, True, []), (True, True, []), (True, False, [])]
     # each ask after the first names what it saw: GitHub answers 304 while nothing changed
     assert github.calls[-1].request.headers.get("If-None-Match") == 'W/"m-3"'
-    # a known answer stands while the head and the base stay: the PR is not asked again
+    # a known answer stands while the head and the base stay: the PR is asked again only until
+    # the answer was given a minute after they moved there
+    fake.now += SETTLE
+    forge.list_pulls()
+    assert forge.with_feedback(pr, ()).mergeable is True
+    assert github.calls[-1].request.url == f"{PULLS}/7"
     forge.list_pulls()
     assert forge.with_feedback(pr, ()).mergeable is True
     assert github.calls[-1].request.url == f"{API}/repos/{REPO}/git/ref/heads/main"
@@ -791,9 +799,10 @@ def task_pulls(fake_hub: FakeGitHub, count: int, *, ci: bool = True) -> None:
     fake_hub.version += 1
 
 
-def a_pass(forge: Pulls, hub: FakeGitHub) -> dict[int, PullRequest]:
-    """What observing the repository does: the list, every open task PR's feedback, the cache
-    kept; the requests it made are in ``hub.requests`` (cleared first)."""
+def a_pass(forge: Pulls, hub: FakeGitHub, clock: VirtualTime) -> dict[int, PullRequest]:
+    """What observing the repository does, a minute after the last pass: the list, every open
+    task PR's feedback, the cache kept; its requests are in ``hub.requests`` (cleared first)."""
+    clock.now += SETTLE
     hub.requests.clear()
     seen = {p.number: forge.with_feedback(p) for p in forge.list_pulls() if p.task}
     forge.flush()
@@ -807,13 +816,13 @@ def hub(github: responses.RequestsMock) -> FakeGitHub:
 
 @pytest.mark.parametrize("count", [3, 90])
 def test_an_unchanged_pass_costs_the_list_and_the_base_whatever_the_number_of_prs(
-    hub: FakeGitHub, forge: Pulls, count: int
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime, count: int
 ) -> None:
     task_pulls(hub, count)
-    first = a_pass(forge, hub)
+    first = a_pass(forge, hub, fake)
     assert len(first) == count and hub.points > count  # the first pass reads every PR
     points = hub.points
-    a_pass(forge, hub)
+    a_pass(forge, hub, fake)
     assert hub.requests == [
         f"GET /repos/{REPO}/pulls?per_page=100&state=all",
         f"GET /repos/{REPO}/git/ref/heads/main",
@@ -837,17 +846,19 @@ def test_the_cache_file_keeps_what_was_read_for_a_new_process(
         )
 
     task_pulls(hub, 5)
-    a_pass(forge(), hub)
+    a_pass(forge(), hub, fake)
     github_http.forget_process_memory()
-    a_pass(forge(), hub)
+    a_pass(forge(), hub, fake)
     assert len(hub.requests) == 2
 
 
-def test_a_new_review_rereads_only_that_prs_reviews(hub: FakeGitHub, forge: Pulls) -> None:
+def test_a_new_review_rereads_only_that_prs_reviews(
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime
+) -> None:
     task_pulls(hub, 4)
-    a_pass(forge, hub)
+    a_pass(forge, hub, fake)
     hub.submit_review(3, "alice", "CHANGES_REQUESTED", "Rename it.", ("app.py:7: Call it x.",))
-    seen = a_pass(forge, hub)
+    seen = a_pass(forge, hub, fake)
     assert [r for r in hub.requests if "/pulls/" in r] == [
         f"GET /repos/{REPO}/pulls/3/reviews",
         f"GET /repos/{REPO}/pulls/3/comments",
@@ -857,34 +868,38 @@ def test_a_new_review_rereads_only_that_prs_reviews(hub: FakeGitHub, forge: Pull
         "app.py:7: Call it x.",
     ]
     assert all(seen[n].review_feedback == [] for n in (1, 2, 4))
-    a_pass(forge, hub)
+    a_pass(forge, hub, fake)
     assert len(hub.requests) == 2
 
 
-def test_a_pending_check_is_polled_until_it_settles_then_not(hub: FakeGitHub, forge: Pulls) -> None:
+def test_a_pending_check_is_polled_until_it_settles_then_not(
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime
+) -> None:
     task_pulls(hub, 2)
     sha = hub.pulls[0]["head"]["sha"]
     hub.check(sha, "test", "in_progress")
-    a_pass(forge, hub)
+    a_pass(forge, hub, fake)
     checks = f"GET /repos/{REPO}/commits/{sha}/check-runs"
     for _ in range(2):
-        assert a_pass(forge, hub)[1].checks == "pending"
+        assert a_pass(forge, hub, fake)[1].checks == "pending"
         assert checks in hub.requests and len(hub.requests) == 4  # list, base, runs, status
     hub.check(sha, "test", "completed", "failure")
-    assert a_pass(forge, hub)[1].checks == "failure"
+    assert a_pass(forge, hub, fake)[1].checks == "failure"
     assert checks in hub.requests
-    seen = a_pass(forge, hub)
+    seen = a_pass(forge, hub, fake)
     assert seen[1].checks == "failure" and seen[1].check_feedback
     assert len(hub.requests) == 2
 
 
-def test_a_new_head_rereads_everything_of_that_pr(hub: FakeGitHub, forge: Pulls) -> None:
+def test_a_new_head_rereads_everything_of_that_pr(
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime
+) -> None:
     task_pulls(hub, 3)
-    a_pass(forge, hub)
+    a_pass(forge, hub, fake)
     pushed = "a" * 40
     hub.pulls[1]["head"]["sha"] = pushed
     hub.touch(hub.pulls[1])
-    seen = a_pass(forge, hub)
+    seen = a_pass(forge, hub, fake)
     assert sorted(hub.requests[2:]) == sorted(
         [
             f"GET /repos/{REPO}/pulls/2",
@@ -902,11 +917,11 @@ def test_final_checks_are_asked_again_after_the_recheck_period(
     """A re-run of a finished check does not move the PR: it is seen within CHECKS_RECHECK."""
     task_pulls(hub, 1)
     sha = hub.pulls[0]["head"]["sha"]
-    assert a_pass(forge, hub)[1].checks == "success"
+    assert a_pass(forge, hub, fake)[1].checks == "success"
     hub.check(sha, "test", "completed", "failure")  # re-run, and it fails now
-    assert a_pass(forge, hub)[1].checks == "success"  # not asked yet
+    assert a_pass(forge, hub, fake)[1].checks == "success"  # not asked yet
     fake.now += CHECKS_RECHECK
-    assert a_pass(forge, hub)[1].checks == "failure"
+    assert a_pass(forge, hub, fake)[1].checks == "failure"
 
 
 def test_a_head_without_checks_is_polled_until_the_recheck_period(
@@ -914,10 +929,10 @@ def test_a_head_without_checks_is_polled_until_the_recheck_period(
 ) -> None:
     """CI may take a while to report on a new head: none reported is not final at first."""
     task_pulls(hub, 1, ci=False)
-    a_pass(forge, hub)
-    assert len(a_pass(forge, hub)[1].check_feedback) == 0 and len(hub.requests) == 4
+    a_pass(forge, hub, fake)
+    assert len(a_pass(forge, hub, fake)[1].check_feedback) == 0 and len(hub.requests) == 4
     fake.now += CHECKS_RECHECK
-    a_pass(forge, hub)
+    a_pass(forge, hub, fake)
     assert len(hub.requests) == 4  # asked once more: still none, now final
-    a_pass(forge, hub)
+    a_pass(forge, hub, fake)
     assert len(hub.requests) == 2
