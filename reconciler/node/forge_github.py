@@ -2,12 +2,12 @@
 
 The pull-request operations over the REST client of ``reconciler.node.github_http``: listing is
 one paginated, conditional call per repository (the ``head`` filter needs the owner prefix, a
-bare branch would be silently ignored); creating asks for labels and reviewers after the PR
-exists; GitHub's 422 "already exists" is the driver's ``PullExists``. Capabilities: feedback
-(checks and reviews) and mergeability (``reconciler.node.github_feedback``) and the access probe
-pre-flight uses;
-no merging, PRs are merged on GitHub. Holds no pull-request rule (``reconciler.node.pulls``), and
-must never delete branches or reopen PRs.
+bare branch would be silently ignored) and starts a new look at where the base branches are;
+creating asks for labels and reviewers after the PR exists; GitHub's 422 "already exists" is the
+driver's ``PullExists``. Capabilities: feedback (checks and reviews) and mergeability
+(``reconciler.node.github_feedback``) and the access probe pre-flight uses; no merging, PRs are
+merged on GitHub. Holds no pull-request rule (``reconciler.node.pulls``), and must never delete
+branches or reopen PRs.
 """
 
 from __future__ import annotations
@@ -62,10 +62,11 @@ class GitHubForge:
             repo, token, api_url, retry_deadline=retry_deadline, timing=timing, cache_dir=cache_dir
         )
         self.api_url = self.client.api_url
+        self.merging = GitHubMergeability(self.client)
         self.capabilities = Capabilities(
             merged_on="GitHub",
             feedback=GitHubFeedback(self.client),
-            mergeable=GitHubMergeability(self.client),
+            mergeable=self.merging,
             access=self,
         )
 
@@ -73,6 +74,7 @@ class GitHubForge:
         return f"GitHubForge({self.repo!r}, api_url={self.api_url!r})"
 
     def list_pulls(self, head: str | None = None) -> list[PullRequest]:
+        self.merging.forget_bases()  # a new list, a new look at where the bases are
         params = {"state": "all", "per_page": "100"}
         if head is not None:
             params["head"] = f"{self.owner}:{head}"  # a bare branch would be silently ignored

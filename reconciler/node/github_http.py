@@ -5,10 +5,11 @@ so that exactly one retry layer (tenacity, here) handles transient failures: 5xx
 errors and timeouts, 403/429 secondary limits, honouring ``Retry-After`` and
 ``x-ratelimit-reset`` and giving up after a bounded time. Reads are conditional
 (``If-None-Match`` per URL, the answers kept in memory and in the lane's cache file), so an
-unchanged repository costs no rate-limit points; writes are serialized per token and spaced at
-least a second apart. Knows HTTP, not pull requests. Runs inside the lane with the lane's token:
-it must never log, store on disk, return or put the token in an exception (messages go through
-``reconciler.redact``).
+unchanged repository costs no rate-limit points, and a reader that can tell an answer is still
+current (``get_cached`` with ``trust``) reuses it without a request; writes are serialized per
+token and spaced at least a second apart. Knows HTTP, not pull requests. Runs inside the lane
+with the lane's token: it must never log, store on disk, return or put the token in an exception
+(messages go through ``reconciler.redact``).
 """
 
 from __future__ import annotations
@@ -73,6 +74,23 @@ class _Page:
     items: list[Any]  # a list page's items, or [the document]
     next_url: str | None
     used: float = 0.0
+    key: str = ""  # what the reader said the answer was about when it last confirmed it
+    checked: float = 0.0  # when GitHub last confirmed the answer (wall time)
+    first: float = 0.0  # when the URL was first read (wall time)
+    since: float = 0.0  # when its ``key`` was seen to change (wall time; 0: never seen)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the cache knows of one URL: GitHub's last answer, what the reader said it was about
+    (``key``), when GitHub last confirmed it, when the URL was first read and when its key was
+    seen to change (wall times; ``since`` 0: the first answer, no change was seen)."""
+
+    data: Any
+    key: str
+    checked: float
+    first: float
+    since: float
 
 
 class _Cache:
@@ -80,8 +98,10 @@ class _Cache:
 
     Kept in memory for the process and, when the lane gives a directory, in a 0600 file there,
     so that a new process (one `apply` from cron, a restart) sends ``If-None-Match`` too and an
-    unchanged pass costs no points. Answers unused for a day are dropped (a PR's old head
-    commits). Two processes writing the file race harmlessly: an ETag always matches its items.
+    unchanged pass costs no points. Each answer remembers what its reader said it was about and
+    when GitHub last confirmed it, so a reader that knows nothing changed need not ask at all.
+    Answers unused for a day are dropped (a PR's old head commits). Two processes writing the
+    file race harmlessly: an ETag always matches its items.
     """
 
     TTL = 86400.0
@@ -118,7 +138,16 @@ class _Cache:
             data = {
                 "version": 1,
                 "pages": {
-                    url: [page.etag, page.items, page.next_url, page.used]
+                    url: [
+                        page.etag,
+                        page.items,
+                        page.next_url,
+                        page.used,
+                        page.key,
+                        page.checked,
+                        page.first,
+                        page.since,
+                    ]
                     for url, page in self.pages.items()
                 },
             }
@@ -131,8 +160,18 @@ def _read_cache(path: str) -> dict[str, _Page]:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
         return {
-            str(url): _Page(str(etag), list(items), next_url, float(used))
-            for url, (etag, items, next_url, used) in data["pages"].items()
+            str(url): _Page(
+                str(etag),
+                list(items),
+                next_url,
+                float(used),
+                str(key),
+                float(at),
+                float(first),
+                float(since),
+            )
+            for url, (etag, items, next_url, used, *seen) in data["pages"].items()
+            for key, at, first, since in [seen or ["", 0.0, 0.0, 0.0]]
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}  # no cache, or one from another version: start cold
@@ -219,9 +258,24 @@ class GitHubClient:
         """A plain GET (an answer that must be current, never from the cache)."""
         return self._request("GET", url)[2]
 
-    def get_cached(self, url: str) -> Any:
-        """A conditional GET of one document (a 304 answers from the cache, for free)."""
-        return (self._conditional(url).items or [None])[0]
+    def get_cached(
+        self, url: str, *, key: str = "", trust: Callable[[Reading], bool] | None = None
+    ) -> Any:
+        """One document: the cached answer without asking when it was confirmed about the same
+        ``key`` and ``trust`` accepts it, else a conditional GET (a 304 answers from the cache,
+        for free) that records ``key``."""
+        if trust is not None:
+            known = self.recall(url)
+            if known is not None and known.key == key and trust(known):
+                return known.data
+        return (self._conditional(url, key=key).items or [None])[0]
+
+    def recall(self, url: str) -> Reading | None:
+        """What the cache holds for one document, without asking GitHub."""
+        page = self._cache.get(url, self.timing.wall())
+        if page is None:
+            return None
+        return Reading((page.items or [None])[0], page.key, page.checked, page.first, page.since)
 
     def get_list(self, url: str) -> list[Json]:
         """Every item of a paginated list, each page a conditional GET."""
@@ -266,13 +320,20 @@ class GitHubClient:
         """Keep the ETag'd answers for the next process (the lane's cache file), if any."""
         self._cache.flush(self.timing.wall())
 
-    def _conditional(self, url: str, *, listing: bool = False) -> _Page:
+    def _conditional(self, url: str, *, listing: bool = False, key: str = "") -> _Page:
         """GET with ``If-None-Match``: an unchanged answer (304) comes from the cache and costs
-        no rate-limit point. ``listing``: the answer is a page of a list."""
-        cached = self._cache.get(url, self.timing.wall())
+        no rate-limit point. ``listing``: the answer is a page of a list; ``key``: what the
+        answer is about, as the reader names it."""
+        now = self.timing.wall()
+        cached = self._cache.get(url, now)
         headers = {"If-None-Match": cached.etag} if cached else None
         status, response_headers, data = self._request("GET", url, headers=headers)
         if status == 304 and cached is not None:
+            if cached.key != key:
+                cached.key, cached.since = key, now
+            if cached.checked != now:
+                cached.checked = now
+                self._cache.put(url, cached)
             return cached
         if listing and not isinstance(data, list):
             raise GitHubError(
@@ -283,7 +344,11 @@ class GitHubClient:
             etag=str(response_headers.get("etag", "")),
             items=[item for item in data if isinstance(item, dict)] if listing else [data],
             next_url=_next_link(response_headers.get("link")) if listing else None,
-            used=self.timing.wall(),
+            used=now,
+            key=key,
+            checked=now,
+            first=cached.first if cached is not None and cached.first else now,
+            since=(0.0 if cached is None else cached.since if cached.key == key else now),
         )
         if page.etag:
             self._cache.put(url, page)

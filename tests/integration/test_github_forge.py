@@ -438,7 +438,14 @@ def test_feedback_is_read_only_where_the_loop_can_use_it(world: World, github: F
     with engine.reading() as store:
         engine.observe_and_plan(engine.load(), store)
     sha_a, sha_b = github.head_sha("agent/a"), github.head_sha("agent/b")
-    assert len(reads(a["number"], sha_a)) == 3  # check runs, status, reviews of a's commit
+    # a's commit: its check runs and status (none reported yet: CI may still start) are asked
+    # again; its reviews are not, the PR did not change since they were read
+    assert len(reads(a["number"], sha_a)) == 2
+    github.submit_review(a["number"], "alice", "COMMENTED", "Looks fine.")
+    github.requests.clear()
+    with engine.reading() as store:
+        engine.observe_and_plan(engine.load(), store)
+    assert f"GET /repos/{OWNER}/{NAME}/pulls/{a['number']}/reviews" in github.requests
     assert reads(b["number"], sha_b) == []  # iterateOn: [] needs none
     # Someone pushes to a's branch on GitHub: its verdicts are not about the reconciler's commit.
     from tests.support.git import git

@@ -369,7 +369,8 @@ def test_a_moved_base_shows_as_behind_and_a_conflict_names_its_files(forge: Hand
     assert [(p.mergeable, p.behind, p.conflicts) for p in up_to_date] == [(True, False, [])] * 2
     move_main(forge.env, "shared.txt", "main's own line\n")
     loose = git(forge.env.origin, "count-objects")
-    clean_now, clash_now = (forge.pulls.with_feedback(p, ()) for p in (clean, clash))
+    now = {p.number: p for p in forge.pulls.list_pulls()}  # a pass starts from the list
+    clean_now, clash_now = (forge.pulls.with_feedback(now[p.number], ()) for p in (clean, clash))
     if forge.kind == "local":  # the trial merge left nothing in the remote repository
         assert git(forge.env.origin, "count-objects") == loose
     assert (clean_now.mergeable, clean_now.behind, clean_now.conflicts) == (True, True, [])

@@ -23,8 +23,10 @@ from reconciler.node import credentials, github_http
 from reconciler.node.credentials import read_token
 from reconciler.node.errors import NodeError
 from reconciler.node.forge_github import GitHubForge
+from reconciler.node.github_feedback import CHECKS_RECHECK, SETTLE
 from reconciler.node.pulls import Pulls
-from tests.support.fake_github import VirtualTime
+from reconciler.protocol import PullRequest
+from tests.support.fake_github import FakeGitHub, VirtualTime
 
 REPO = "acme/webapp"
 # PyGithub's connection names the port explicitly, and responses matches it literally.
@@ -32,6 +34,7 @@ API = "https://api.github.com:443"
 PULLS = f"{API}/repos/{REPO}/pulls"
 TOKEN = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0" * 2
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
+BASE = "e5bd3914e2e596debea16f433f57875b5b90bcd6"
 
 
 @pytest.fixture(autouse=True)
@@ -113,6 +116,11 @@ def pull(
         },
         "author_association": "OWNER",
     }
+
+
+def ref(sha: str) -> dict[str, Any]:
+    """A branch's ref as GitHub's git API returns it."""
+    return {"ref": "refs/heads/main", "object": {"sha": sha, "type": "commit"}}
 
 
 def list_query(head: str | None = None) -> list[Any]:
@@ -202,12 +210,21 @@ def test_the_etags_survive_the_process_in_the_lane_cache_file(
     second = GitHubForge(REPO, TOKEN, sleep=VirtualTime().sleep, cache_dir=str(cache))
     assert second.list_pulls() == listed
     assert seen == [None, '"etag-1"']  # the new process asked conditionally: no point spent
+    # a file of the first version (etag, items, next page, last use) still serves its ETags
+    data = json.loads(path.read_text())
+    data["pages"] = {url: page[:4] for url, page in data["pages"].items()}
+    path.write_text(json.dumps(data))
+    github_http.forget_process_memory()
+    older = GitHubForge(REPO, TOKEN, sleep=VirtualTime().sleep, cache_dir=str(cache))
+    assert older.list_pulls() == listed
+    assert seen == [None, '"etag-1"', '"etag-1"']
+    seen.clear()
     # a cache file that is not ours (corrupt, older version) is a cold start, not an error
     path.write_text("{not json")
     github_http.forget_process_memory()
     third = GitHubForge(REPO, TOKEN, sleep=VirtualTime().sleep, cache_dir=str(cache))
     assert third.list_pulls() == listed
-    assert seen == [None, '"etag-1"', None]
+    assert seen == [None]
 
 
 def test_cached_answers_unused_for_a_day_are_dropped(
@@ -581,14 +598,22 @@ def test_a_token_that_is_not_one_word_is_refused_without_quoting_it(
 
 
 def test_feedback_reads_failing_checks_statuses_and_change_requests(
-    github: responses.RequestsMock, forge: Pulls
+    github: responses.RequestsMock, forge: Pulls, fake: VirtualTime
 ) -> None:
-    github.get(f"{PULLS}?state=all&per_page=100", json=[pull(7, "agent/add-login", body=MARKED)])
+    github.get(
+        f"{PULLS}?state=all&per_page=100",
+        json=[pull(7, "agent/add-login", body=MARKED)],
+        headers={"ETag": 'W/"list-1"'},
+    )
+    github.get(
+        f"{API}/repos/{REPO}/git/ref/heads/main", json=ref(BASE), headers={"ETag": 'W/"main"'}
+    )
     (pr,) = forge.list_pulls()
     assert pr.head_sha == SHA
     github.get(
         f"{PULLS}/7",
         json={**pull(7, "agent/add-login"), "mergeable": True, "mergeable_state": "clean"},
+        headers={"ETag": 'W/"pr-7"'},
     )
     github.get(
         f"{API}/repos/{REPO}/commits/{SHA}/check-runs",
@@ -620,6 +645,7 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
             "total_count": 1,
             "statuses": [{"context": "ci/legacy", "state": "error", "description": "build broke"}],
         },
+        headers={"ETag": 'W/"status-1"'},
     )
     github.get(
         f"{API}/repos/{REPO}/pulls/7/reviews",
@@ -640,6 +666,7 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
                 "commit_id": "f" * 40,
             },
         ],
+        headers={"ETag": 'W/"reviews-1"'},
     )
     github.get(
         f"{API}/repos/{REPO}/pulls/7/comments",
@@ -653,6 +680,7 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
             },
             {"id": 2, "pull_request_review_id": 79, "path": "x.py", "line": 1, "body": "stale"},
         ],
+        headers={"ETag": 'W/"comments-1"'},
     )
     seen = forge.with_feedback(pr)
     assert seen.checks == "failure"
@@ -663,40 +691,65 @@ def test_feedback_reads_failing_checks_statuses_and_change_requests(
         "review by alice requests changes: Please rename.",
         "app/login.py:12: Call it authenticate().",
     ]
-    # unchanged on the next pass: the check runs come back 304 and cost nothing
-    github.get(
-        f"{API}/repos/{REPO}/commits/{SHA}/check-runs", status=304, headers={"ETag": 'W/"runs-1"'}
-    )
+    # unchanged on the next pass (the same head, updated_at and base, every check final): the
+    # answers stand (once given a minute after the PR last moved) and nothing is asked but the
+    # list and the base branch
+    fake.now += SETTLE
+    forge.with_feedback(pr)
+    asked = len(github.calls)
+    (pr,) = forge.list_pulls()
     again = forge.with_feedback(pr)
-    assert again.checks == "failure"
-    assert github.calls[-4].request.headers.get("If-None-Match") == 'W/"runs-1"'
+    assert (again.checks, again.check_feedback, again.review_feedback) == (
+        seen.checks,
+        seen.check_feedback,
+        seen.review_feedback,
+    )
+    assert [c.request.path_url.split("?")[0] for c in github.calls[asked:]] == [
+        f"/repos/{REPO}/pulls",
+        f"/repos/{REPO}/git/ref/heads/main",
+    ]
 
 
 def test_mergeable_false_is_a_conflict_and_null_is_asked_again_later(
-    github: responses.RequestsMock, forge: Pulls
+    github: responses.RequestsMock, forge: Pulls, fake: VirtualTime
 ) -> None:
     """GitHub computes ``mergeable`` lazily: null means "not known yet", so nothing is decided
     and the next pass asks again (a conditional request: free while nothing changed)."""
     github.get(f"{PULLS}?state=all&per_page=100", json=[pull(7, "agent/add-login", body=MARKED)])
+    github.get(f"{API}/repos/{REPO}/git/ref/heads/main", json=ref(BASE))
     (pr,) = forge.list_pulls()
     assert (pr.mergeable, pr.behind, pr.conflicts) == (None, False, [])  # lists never say
-    answers: list[tuple[dict[str, Any], str]] = [
-        ({"mergeable": None, "mergeable_state": "unknown"}, 'W/"m-1"'),
-        ({"mergeable": False, "mergeable_state": "dirty"}, 'W/"m-2"'),
-        ({"mergeable": True, "mergeable_state": "behind"}, 'W/"m-3"'),
-        ({"mergeable": True, "mergeable_state": "clean"}, 'W/"m-4"'),
+    # (GitHub's answer, its ETag, where the base branch is when the pass asks)
+    answers: list[tuple[dict[str, Any], str, str]] = [
+        ({"mergeable": None, "mergeable_state": "unknown"}, 'W/"m-1"', BASE),
+        ({"mergeable": False, "mergeable_state": "dirty"}, 'W/"m-2"', BASE),  # null: asked again
+        ({"mergeable": True, "mergeable_state": "behind"}, 'W/"m-3"', "1" * 40),  # base moved
+        ({"mergeable": True, "mergeable_state": "clean"}, 'W/"m-4"', "2" * 40),
     ]
     seen = []
-    for fields, etag in answers:
+    for fields, etag, base in answers:
+        github.replace(responses.GET, f"{API}/repos/{REPO}/git/ref/heads/main", json=ref(base))
         github.get(
             f"{PULLS}/7", json={**pull(7, "agent/add-login"), **fields}, headers={"ETag": etag}
         )
+        forge.list_pulls()
         got = forge.with_feedback(pr, ())
         seen.append((got.mergeable, got.behind, got.conflicts))
         assert github.calls[-1].request.url == f"{PULLS}/7"
     assert seen == [(None, False, []), (False, True, []), (True, True, []), (True, False, [])]
     # each ask after the first names what it saw: GitHub answers 304 while nothing changed
     assert github.calls[-1].request.headers.get("If-None-Match") == 'W/"m-3"'
+    # a known answer stands while the head and the base stay: the PR is asked again only until
+    # the answer was given a minute after they moved there
+    fake.now += SETTLE
+    forge.list_pulls()
+    assert forge.with_feedback(pr, ()).mergeable is True
+    assert github.calls[-1].request.url == f"{PULLS}/7"
+    forge.list_pulls()
+    assert forge.with_feedback(pr, ()).mergeable is True
+    assert github.calls[-1].request.url == f"{API}/repos/{REPO}/git/ref/heads/main"
+    github.replace(responses.GET, f"{API}/repos/{REPO}/git/ref/heads/main", json=ref(BASE))
+    forge.list_pulls()
     # an answer about another head commit (a push in between) is not about this one
     other = {**pull(7, "agent/add-login"), "mergeable": False, "mergeable_state": "dirty"}
     other["head"] = {**other["head"], "sha": "f" * 40}
@@ -724,3 +777,171 @@ def test_mergeable_false_is_a_conflict_and_null_is_asked_again_later(
 def test_a_github_pr_is_merged_on_github_not_by_the_reconciler(forge: Pulls) -> None:
     with pytest.raises(NodeError, match=r"PR #3 of .* lives on GitHub: merge it there"):
         forge.merge_pull(3)
+
+
+# ------------------------------------------------------------------- what a pass costs
+
+
+def task_pulls(fake_hub: FakeGitHub, count: int, *, ci: bool = True) -> None:
+    """``count`` open task PRs, each on its own head commit, as a busy repository has them;
+    with ``ci``, each head with a finished check."""
+    for number in range(1, count + 1):
+        head = f"agent/task-{number}"
+        fake_hub.pulls.append(
+            {
+                "number": number,
+                "html_url": f"https://github.com/{REPO}/pull/{number}",
+                "state": "open",
+                "title": f"Task {number}",
+                "body": f"Task.\n\n<!-- reconciler:task=task-{number} -->",
+                "draft": False,
+                "head": {"ref": head, "sha": f"{number:040x}", "label": f"acme:{head}"},
+                "base": {"ref": "main"},
+                "merged_at": None,
+                "closed_at": None,
+                "updated_at": "2026-11-02T10:00:00Z",
+                "labels": [],
+            }
+        )
+        if ci:
+            fake_hub.check(f"{number:040x}", "test", "completed", "success")
+    fake_hub.version += 1
+
+
+def a_pass(forge: Pulls, hub: FakeGitHub, clock: VirtualTime) -> dict[int, PullRequest]:
+    """What observing the repository does, a minute after the last pass: the list, every open
+    task PR's feedback, the cache kept; its requests are in ``hub.requests`` (cleared first)."""
+    clock.now += SETTLE
+    hub.requests.clear()
+    seen = {p.number: forge.with_feedback(p) for p in forge.list_pulls() if p.task}
+    forge.flush()
+    return seen
+
+
+@pytest.fixture
+def hub(github: responses.RequestsMock) -> FakeGitHub:
+    return FakeGitHub(github, REPO, TOKEN)
+
+
+@pytest.mark.parametrize("count", [3, 90])
+def test_an_unchanged_pass_costs_the_list_and_the_base_whatever_the_number_of_prs(
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime, count: int
+) -> None:
+    task_pulls(hub, count)
+    first = a_pass(forge, hub, fake)
+    assert len(first) == count and hub.points > count  # the first pass reads every PR
+    points = hub.points
+    a_pass(forge, hub, fake)
+    assert hub.requests == [
+        f"GET /repos/{REPO}/pulls?per_page=100&state=all",
+        f"GET /repos/{REPO}/git/ref/heads/main",
+    ]
+    assert hub.points == points  # both answered 304
+
+
+def test_the_cache_file_keeps_what_was_read_for_a_new_process(
+    hub: FakeGitHub, fake: VirtualTime, tmp_path: Path
+) -> None:
+    def forge() -> Pulls:
+        return Pulls(
+            GitHubForge(
+                REPO,
+                TOKEN,
+                sleep=fake.sleep,
+                clock=fake.clock,
+                wall=fake.wall,
+                cache_dir=str(tmp_path),
+            )
+        )
+
+    task_pulls(hub, 5)
+    a_pass(forge(), hub, fake)
+    github_http.forget_process_memory()
+    a_pass(forge(), hub, fake)
+    assert len(hub.requests) == 2
+
+
+def test_a_new_review_rereads_only_that_prs_reviews(
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime
+) -> None:
+    task_pulls(hub, 4)
+    a_pass(forge, hub, fake)
+    hub.submit_review(3, "alice", "CHANGES_REQUESTED", "Rename it.", ("app.py:7: Call it x.",))
+    seen = a_pass(forge, hub, fake)
+    assert [r for r in hub.requests if "/pulls/" in r] == [
+        f"GET /repos/{REPO}/pulls/3/reviews",
+        f"GET /repos/{REPO}/pulls/3/comments",
+    ]
+    assert seen[3].review_feedback == [
+        "review by alice requests changes: Rename it.",
+        "app.py:7: Call it x.",
+    ]
+    assert all(seen[n].review_feedback == [] for n in (1, 2, 4))
+    a_pass(forge, hub, fake)
+    assert len(hub.requests) == 2
+
+
+def test_a_pending_check_is_polled_until_it_settles_then_not(
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime
+) -> None:
+    task_pulls(hub, 2)
+    sha = hub.pulls[0]["head"]["sha"]
+    hub.check(sha, "test", "in_progress")
+    a_pass(forge, hub, fake)
+    checks = f"GET /repos/{REPO}/commits/{sha}/check-runs"
+    for _ in range(2):
+        assert a_pass(forge, hub, fake)[1].checks == "pending"
+        assert checks in hub.requests and len(hub.requests) == 4  # list, base, runs, status
+    hub.check(sha, "test", "completed", "failure")
+    assert a_pass(forge, hub, fake)[1].checks == "failure"
+    assert checks in hub.requests
+    seen = a_pass(forge, hub, fake)
+    assert seen[1].checks == "failure" and seen[1].check_feedback
+    assert len(hub.requests) == 2
+
+
+def test_a_new_head_rereads_everything_of_that_pr(
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime
+) -> None:
+    task_pulls(hub, 3)
+    a_pass(forge, hub, fake)
+    pushed = "a" * 40
+    hub.pulls[1]["head"]["sha"] = pushed
+    hub.touch(hub.pulls[1])
+    seen = a_pass(forge, hub, fake)
+    assert sorted(hub.requests[2:]) == sorted(
+        [
+            f"GET /repos/{REPO}/pulls/2",
+            f"GET /repos/{REPO}/commits/{pushed}/check-runs",
+            f"GET /repos/{REPO}/commits/{pushed}/status",
+            f"GET /repos/{REPO}/pulls/2/reviews",
+        ]
+    )
+    assert seen[2].checks is None  # CI has not reported on the new head yet
+
+
+def test_final_checks_are_asked_again_after_the_recheck_period(
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime
+) -> None:
+    """A re-run of a finished check does not move the PR: it is seen within CHECKS_RECHECK."""
+    task_pulls(hub, 1)
+    sha = hub.pulls[0]["head"]["sha"]
+    assert a_pass(forge, hub, fake)[1].checks == "success"
+    hub.check(sha, "test", "completed", "failure")  # re-run, and it fails now
+    assert a_pass(forge, hub, fake)[1].checks == "success"  # not asked yet
+    fake.now += CHECKS_RECHECK
+    assert a_pass(forge, hub, fake)[1].checks == "failure"
+
+
+def test_a_head_without_checks_is_polled_until_the_recheck_period(
+    hub: FakeGitHub, forge: Pulls, fake: VirtualTime
+) -> None:
+    """CI may take a while to report on a new head: none reported is not final at first."""
+    task_pulls(hub, 1, ci=False)
+    a_pass(forge, hub, fake)
+    assert len(a_pass(forge, hub, fake)[1].check_feedback) == 0 and len(hub.requests) == 4
+    fake.now += CHECKS_RECHECK
+    a_pass(forge, hub, fake)
+    assert len(hub.requests) == 4  # asked once more: still none, now final
+    a_pass(forge, hub, fake)
+    assert len(hub.requests) == 2

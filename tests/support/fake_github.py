@@ -1,8 +1,8 @@
 """A stateful fake of GitHub's pulls API for one repository, served through ``responses``.
 
 Payload shapes follow GitHub's REST documentation (pulls list/create/get/update, 422 duplicate,
-a PR's ``mergeable`` computed from the real remote, check runs, combined status, reviews, issue
-comments, ``/rate_limit``, ETag/304). It counts the
+a PR's ``mergeable`` computed from the real remote, a branch's ref, check runs, combined status,
+reviews and review comments, issue comments, ``/rate_limit``, ETag/304). It counts the
 requests and the rate-limit points they cost (a 304 and ``/rate_limit`` are free), and it can
 inject faults: an HTTP status, a dropped connection or a read timeout on the next requests that
 match a pattern, before or after the request took effect (a create that succeeded on GitHub but
@@ -13,6 +13,7 @@ Shared by the node contract tests, the end-to-end tests and the benchmark.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import re
@@ -101,6 +102,10 @@ class FakeGitHub:
         self.token = token
         self.remote: Path | None = None  # the bare repository the lane pushes to
         self.failing: dict[str, str] = {}  # head sha → output of a failing check
+        self.runs: dict[str, list[dict[str, Any]]] = {}  # head sha → more check runs
+        self.reviews: dict[int, list[dict[str, Any]]] = {}  # PR number → its reviews
+        self.review_comments: dict[int, list[dict[str, Any]]] = {}  # PR number → inline ones
+        self.bases: dict[str, str] = {}  # branch → its commit, where there is no remote
         self.pulls: list[dict[str, Any]] = []
         self.comments: list[tuple[int, str]] = []
         self.requests: list[str] = []
@@ -123,7 +128,9 @@ class FakeGitHub:
             (responses.GET, r"$", self.repository),
             (responses.GET, r"/commits/[0-9a-f]+/check-runs$", self.check_runs),
             (responses.GET, r"/commits/[0-9a-f]+/status$", self.status),
-            (responses.GET, r"/pulls/\d+/(reviews|comments)$", self.nothing),
+            (responses.GET, r"/pulls/\d+/reviews$", self.pr_reviews),
+            (responses.GET, r"/pulls/\d+/comments$", self.pr_review_comments),
+            (responses.GET, r"/git/ref/heads/.+$", self.branch),
             (responses.POST, r"/pulls/\d+/requested_reviewers$", self.review),
         ]
         for method, suffix, handler in routes:
@@ -166,7 +173,8 @@ class FakeGitHub:
         self.points += 0 if free else 1
 
     def _conditional(self, request: Any, body: Any, etag: str | None = None) -> Reply:
-        etag = etag or f'W/"{len(json.dumps(body))}"'
+        text = json.dumps(body, sort_keys=True)
+        etag = etag or f'W/"{hashlib.sha1(text.encode()).hexdigest()[:16]}"'
         if request.headers.get("If-None-Match") == etag:
             self._seen(request, free=True)
             self.not_modified += 1
@@ -211,7 +219,7 @@ class FakeGitHub:
 
     def check_runs(self, request: Any) -> Reply:
         sha = request.path_url.split("/")[-2]
-        runs = []
+        runs = list(self.runs.get(sha, []))
         if sha in self.failing:
             output = {"title": "1 failed", "summary": self.failing[sha], "text": None}
             runs.append(
@@ -229,8 +237,20 @@ class FakeGitHub:
     def status(self, request: Any) -> Reply:
         return self._conditional(request, {"state": "pending", "statuses": [], "total_count": 0})
 
-    def nothing(self, request: Any) -> Reply:
-        return self._conditional(request, [])
+    def pr_reviews(self, request: Any) -> Reply:
+        return self._conditional(request, self.reviews.get(self._number(request, -2), []))
+
+    def pr_review_comments(self, request: Any) -> Reply:
+        return self._conditional(request, self.review_comments.get(self._number(request, -2), []))
+
+    def branch(self, request: Any) -> Reply:
+        ref = urllib.parse.unquote(request.path_url.split("/git/ref/heads/", 1)[1])
+        if self.remote is not None:
+            sha = self.head_sha(ref)
+        else:
+            sha = self.bases.setdefault(ref, hashlib.sha1(ref.encode()).hexdigest())
+        body = {"ref": f"refs/heads/{ref}", "object": {"sha": sha, "type": "commit"}}
+        return self._conditional(request, body, f'W/"{sha}"')
 
     def rate_limit(self, request: Any) -> Reply:
         self._seen(request, free=True)
@@ -295,7 +315,7 @@ class FakeGitHub:
         """One PR, with ``mergeable`` as GitHub computes it from the remote's branches (null
         while ``self.computing``: GitHub has not finished yet)."""
         pr = {**self._fresh(self._find(self._number(request)))}
-        if pr["state"] == "open" and self.remote is not None:
+        if pr["state"] == "open":
             pr["mergeable"], pr["mergeable_state"] = self._mergeable(pr)
         text = json.dumps(pr, sort_keys=True)
         return self._conditional(request, pr, f'W/"{hashlib.sha1(text.encode()).hexdigest()}"')
@@ -303,7 +323,8 @@ class FakeGitHub:
     def _mergeable(self, pr: dict[str, Any]) -> tuple[bool | None, str]:
         if self.computing:
             return None, "unknown"
-        assert self.remote is not None
+        if self.remote is None:
+            return True, "clean"
         head, base = pr["head"]["sha"], self.head_sha(pr["base"]["ref"])
 
         def git(*args: str) -> subprocess.CompletedProcess[str]:
@@ -369,6 +390,50 @@ class FakeGitHub:
             state="closed", closed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         )
         self.version += 1
+
+    def submit_review(
+        self, number: int, user: str, state: str, body: str = "", inline: tuple[str, ...] = ()
+    ) -> None:
+        """What a reviewer submitting a review does: the review on the PR's head commit, its
+        ``inline`` comments ("path:line: text"), and the PR's ``updated_at`` moves."""
+        pr = self._find(number)
+        reviews = self.reviews.setdefault(number, [])
+        review_id = 1000 * number + len(reviews) + 1
+        reviews.append(
+            {
+                "id": review_id,
+                "user": {"login": user},
+                "state": state,
+                "body": body,
+                "commit_id": self._fresh(pr)["head"]["sha"],
+            }
+        )
+        for text in inline:
+            path, line, said = text.split(":", 2)
+            self.review_comments.setdefault(number, []).append(
+                {
+                    "pull_request_review_id": review_id,
+                    "path": path,
+                    "line": int(line),
+                    "body": said.strip(),
+                }
+            )
+        self.touch(pr)
+
+    def touch(self, pr: dict[str, Any]) -> None:
+        """The PR's ``updated_at`` moves on (a second later at least), as on any change."""
+        was = pr.get("updated_at") or "1970-01-01T00:00:00Z"
+        then = calendar.timegm(time.strptime(was, "%Y-%m-%dT%H:%M:%SZ"))
+        pr["updated_at"] = time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(time.time(), then + 1))
+        )
+        self.version += 1
+
+    def check(self, sha: str, name: str, status: str, conclusion: str | None = None) -> None:
+        """What CI does: check run ``name`` of ``sha`` is now ``status`` (and ``conclusion``)."""
+        runs = [r for r in self.runs.get(sha, []) if r["name"] != name]
+        run = {"id": len(runs) + 2, "name": name, "status": status, "conclusion": conclusion}
+        self.runs[sha] = [*runs, {**run, "head_sha": sha, "output": {"title": name}}]
 
     def heads(self) -> list[str]:
         return sorted(p["head"]["ref"] for p in self.pulls)
