@@ -278,6 +278,7 @@ def rows(table: Table, n: int, open_prs: int, passes: list[ForgePass]) -> None:
         f"{third.requests} requests, {third.feedback} of them about the pushed PR)",
     )
     per_repo = (second.requests - second.rate_limit) / GITHUB_REPOS
+    table.measure("github unchanged requests per repo", per_repo)
     table.add(
         "  GitHub requests per repository, unchanged pass",
         f"{per_repo:g} ({GITHUB_OPEN_TASK_PRS + GITHUB_OPEN_OTHER_PRS} open PRs per repo: "

@@ -18,7 +18,7 @@ from bench.table import Table
 HOSTS = 100
 TASKS = 10_000
 OPEN_PRS = 10_000
-PRS_PER_REPO = 100  # so 100 repositories
+PRS_PER_REPO = 100  # so 100 repositories, each one PR list page
 OBSERVE_WORKERS = 8  # lanes observed at once (reconciler.observe)
 
 
