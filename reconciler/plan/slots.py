@@ -68,6 +68,14 @@ def pool_fills(desired: Desired, observed: Observed, granted: Sequence[Action]) 
     """Pools to top up: per pooled repository of a reachable lane, each base its tasks use,
     where fewer idle worktrees are left than asked once this pass's first starts have taken
     theirs (an iteration keeps its task's worktree and takes none)."""
+    sizes = {
+        (name, repo.name): repo.pool
+        for name, lane in desired.lanes.items()
+        for repo in lane.repos
+        if repo.pool > 0 and (seen := observed.lanes.get(name)) is not None and seen.reachable
+    }
+    if not sizes:
+        return []  # no pool anywhere: nothing to count
     taken: dict[tuple[str, str, str], int] = {}
     for action in granted:
         spec = desired.tasks[action.task].spec
@@ -78,10 +86,9 @@ def pool_fills(desired: Desired, observed: Observed, granted: Sequence[Action]) 
     wanted: dict[tuple[str, str, str], int] = {}
     for task in desired.tasks.values():
         spec = task.spec
-        pooled = desired.lanes[spec.lane].repo(spec.repo)
-        reachable = observed.lanes.get(spec.lane)
-        if pooled is not None and pooled.pool > 0 and reachable is not None and reachable.reachable:
-            wanted[(spec.lane, spec.repo, spec.base)] = pooled.pool
+        size = sizes.get((spec.lane, spec.repo))
+        if size is not None:
+            wanted[(spec.lane, spec.repo, spec.base)] = size
     fills: list[PoolFill] = []
     for (lane, repo, base), size in sorted(wanted.items()):
         view = _repo(observed, lane, repo)
