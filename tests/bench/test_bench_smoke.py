@@ -40,7 +40,7 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
             "--pool-files",
             "200",
             "--github-tasks",
-            "350",
+            "500",
             "--transport-tasks",
             "20",
             "--meter-mib",
@@ -74,7 +74,7 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         "push of a new manifest → agent running",
         "run: backoff ended → next agent started",
         "run: pr merge → task done in state",
-        "GitHub requests, first pass, 350 tasks / 5 repos",
+        "GitHub requests, first pass, 500 tasks / 5 repos",
         "GitHub points, unchanged second pass",
         "start on a 200-file repository, pooled / fresh worktree",
         # printed as skipped (with the reason) where the bench is not root or sshd is missing
