@@ -27,6 +27,10 @@ def add_listen_options(p: argparse.ArgumentParser, default: str | None) -> None:
         f"address (0.0.0.0 for every interface), port 0 for any free one{shown}",
     )
     p.add_argument("--token-file", help="the bearer token, in a file only you can read (0600)")
+    p.add_argument(
+        "--webhook-secret-file",
+        help="GitHub's webhook secret (0600): POST /hooks/github takes signed deliveries",
+    )
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", help="the certificate's private key (PEM, chmod 600)")
     p.add_argument(
@@ -47,6 +51,7 @@ def _listen(args: argparse.Namespace) -> Listen:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         insecure=args.insecure_listen,
+        webhook_secret_file=args.webhook_secret_file,
     )
 
 

@@ -17,6 +17,7 @@ Access, per route:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -51,7 +52,13 @@ from reconciler.web.listen import Listen
 from reconciler.web.metrics import Metrics
 from reconciler.web.views import LoopState, Views
 
-Access = Literal["open", "read", "write"]
+Access = Literal["open", "read", "write", "signed"]
+# GitHub deliveries that start a pass: a push (the control repo, or a task's branch or base), and
+# what changes a PR's state, reviews or checks. Others are answered and ignored.
+PASS_EVENTS = frozenset(
+    {"push", "pull_request", "pull_request_review", "check_run", "check_suite", "status"}
+)
+DELIVERIES_KEPT = 4096  # delivery ids remembered to refuse a replay
 Handler = Callable[["Api", Request], Any]  # runs in a worker thread; returns a JSON value
 
 PAGE_DEFAULT = 100
@@ -92,6 +99,7 @@ class Api:
     loop: LoopState | None
     metrics: Metrics
     routes: list[Route] = field(default_factory=list)
+    deliveries: dict[str, None] = field(default_factory=dict)  # ids seen, oldest first
 
     # ------------------------------------------------------------------ the documents
 
@@ -162,6 +170,27 @@ class Api:
         self.loop.wake("refresh")
         return {"accepted": True, "message": "a pass was asked for (coalesced with others)"}
 
+    def github_hook(self, request: Request) -> Any:
+        """A GitHub webhook delivery, its signature already checked: a pass now for what
+        changes the plan (coalesced like a refresh); a delivery id seen before is a replay."""
+        delivery = request.headers.get("x-github-delivery", "")
+        if not delivery:
+            raise ApiError(400, "a GitHub delivery names itself in X-GitHub-Delivery")
+        if delivery in self.deliveries:
+            raise ApiError(409, f"delivery {delivery} was taken already: a replay is refused")
+        self.deliveries[delivery] = None
+        while len(self.deliveries) > DELIVERIES_KEPT:
+            del self.deliveries[next(iter(self.deliveries))]
+        event = request.headers.get("x-github-event", "")
+        if event == "ping":
+            return {"accepted": True, "message": "pong"}
+        if event not in PASS_EVENTS:
+            return {"accepted": False, "message": f"{event or 'an unnamed'} event: nothing to do"}
+        if self.loop is None:
+            raise ApiError(409, "nothing reconciles here: this is `reconciler serve`")
+        self.loop.wake(f"github-{event}")
+        return {"accepted": True, "message": f"{event}: a pass was asked for"}
+
     def healthz(self, _request: Request) -> Any:
         return {"ok": True, "version": __version__}
 
@@ -193,8 +222,11 @@ class Api:
 
     # ------------------------------------------------------------------ access
 
-    def check(self, route: Route, request: Request) -> None:
+    def check(self, route: Route, request: Request, body: bytes = b"") -> None:
         if route.access == "open":
+            return
+        if route.access == "signed":
+            _signed(self.listen.webhook_secret, request, body)
             return
         if route.access == "write":
             _same_site(request)
@@ -210,6 +242,18 @@ class Api:
             given.strip().encode(), token.encode()
         ):
             raise ApiError(401, "a valid token is needed: send `Authorization: Bearer TOKEN`")
+
+
+def _signed(secret: str | None, request: Request, body: bytes) -> None:
+    """``body`` carries GitHub's HMAC-SHA256 of it under ``secret`` (X-Hub-Signature-256)."""
+    if secret is None:
+        raise ApiError(404, "no webhook secret is configured: start with --webhook-secret-file")
+    given = request.headers.get("x-hub-signature-256", "")
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if not given:
+        raise ApiError(401, "an unsigned delivery is refused: set the webhook's secret")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "the delivery's signature does not match the webhook secret")
 
 
 def _same_site(request: Request) -> None:
@@ -253,12 +297,13 @@ def _error(status: int, message: str, secrets: tuple[str, ...]) -> Response:
 
 
 def build_app(api: Api) -> Starlette:
-    secrets = (api.listen.token,) if api.listen.token else ()
+    secrets = tuple(s for s in (api.listen.token, api.listen.webhook_secret) if s)
 
     def endpoint(route: Route) -> Callable[[Request], Awaitable[Response]]:
         async def serve(request: Request) -> Response:
             try:
-                api.check(route, request)
+                raw = await request.body() if route.method == "POST" else b""
+                api.check(route, request, raw)
                 body = await run_in_threadpool(route.handler, api, request)
             except ApiError as exc:
                 return _error(exc.status, exc.message, secrets)
@@ -353,6 +398,13 @@ def routes() -> list[Route]:
             access="write",
             method="POST",
         ),
+        Route(
+            "/hooks/github",
+            "a GitHub webhook delivery, signed with the webhook secret: a pass now",
+            Api.github_hook,
+            access="signed",
+            method="POST",
+        ),
     ]
 
 
@@ -387,7 +439,7 @@ def openapi(table: list[Route]) -> dict[str, Any]:
                 "default": {"description": 'an error: {"error": {"status", "message"}}'},
             },
         }
-        if route.access != "open":
+        if route.access in ("read", "write"):
             operation["security"] = [{"bearer": []}]
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {

@@ -45,6 +45,7 @@ class Listen:
     token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    webhook_secret: str | None = None  # GitHub's webhook secret: POST /hooks/github is on
 
     @property
     def loopback(self) -> bool:
@@ -98,6 +99,7 @@ def check_listen(
     tls_cert: str | None,
     tls_key: str | None,
     insecure: bool,
+    webhook_secret_file: str | None = None,
 ) -> Listen:
     """The listener the options describe, or a ``UserError`` saying what to fix."""
     address = parse_address(listen)
@@ -123,19 +125,25 @@ def check_listen(
                 f"--listen {listen} can be reached from other machines: give --token-file "
                 "FILE (a random token, chmod 600) so that only its holders read the API"
             )
-    return Listen(address, token, cert, key)
+    secret = (
+        read_token(Path(webhook_secret_file).expanduser(), "the webhook secret file")
+        if webhook_secret_file
+        else None
+    )
+    return Listen(address, token, cert, key, secret)
 
 
-def read_token(path: Path) -> str:
-    """The bearer token in ``path``: a regular file only its owner can read, one line."""
-    _private(path, "the token file")
+def read_token(path: Path, what: str = "the token file") -> str:
+    """The bearer token (or a webhook secret) in ``path``: a regular file only its owner can
+    read, one line."""
+    _private(path, what)
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise UserError(f"cannot read the token file {path} ({reason})") from None
+        raise UserError(f"cannot read {what} {path} ({reason})") from None
     if any(c.isspace() for c in token) or not (token.isascii() and token.isprintable()):
-        raise UserError(f"the token file {path} must hold the token alone, on one line")
+        raise UserError(f"{what} {path} must hold the token alone, on one line")
     if len(token) < MIN_TOKEN:
         raise UserError(
             f"the token in {path} is shorter than {MIN_TOKEN} characters; write a random one "

@@ -44,13 +44,20 @@ class Client:
         assert parts.hostname is not None and parts.port is not None
         self.host, self.port = parts.hostname, parts.port
 
-    def request(self, method: str, path: str, token: str | None = None, **headers: str) -> Answer:
+    def request(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: bytes | None = None,
+        **headers: str,
+    ) -> Answer:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         try:
             sent = {k.replace("_", "-"): v for k, v in headers.items()}
             if token is not None:
                 sent["Authorization"] = f"Bearer {token}"
-            conn.request(method, path, headers=sent)
+            conn.request(method, path, body=body, headers=sent)
             response = conn.getresponse()
             return Answer(
                 response.status,
@@ -61,7 +68,7 @@ class Client:
             conn.close()
 
     def get(self, path: str, token: str | None = None, **headers: str) -> Answer:
-        return self.request("GET", path, token, **headers)
+        return self.request("GET", path, token, None, **headers)
 
     def json(self, path: str, token: str | None = None) -> Any:
         answer = self.get(path, token)
