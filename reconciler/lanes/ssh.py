@@ -67,7 +67,7 @@ def _ssh_path(path: str) -> str:
 
 
 _SOCKET_MAX = 104  # bytes of a Unix socket's path, with its end (Linux allows 107)
-_SOCKET_SUFFIX = 17  # ssh adds ".XXXXXXXXXXXXXXXX" to the path while it makes the socket
+_SOCKET_SUFFIX = 17  # ssh adds a dot and 16 random characters while it makes the socket
 
 
 def _private_dir(path: str) -> bool:
