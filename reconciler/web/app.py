@@ -326,10 +326,11 @@ def build_app(api: Api) -> Starlette:
 
 
 def routes() -> list[Route]:
-    name = Param("name", "the task's name", where="path")
-    limit = Param(
-        "limit", f"items per page (default {PAGE_DEFAULT}, at most {PAGE_MAX})", "integer"
-    )
+    """Every route: the process's own, the task documents, the rest of the API, the hooks."""
+    return [*_process_routes(), *_task_routes(), *_api_routes()]
+
+
+def _process_routes() -> list[Route]:
     return [
         Route("/healthz", "the process is alive", Api.healthz, access="open"),
         Route(
@@ -344,8 +345,15 @@ def routes() -> list[Route]:
             Api.metrics_text,
             media="text/plain; version=0.0.4; charset=utf-8",
         ),
-        Route("/api/v1/openapi.json", "this API's OpenAPI document", Api.openapi),
-        Route("/api/v1/status", "the `status --json` document", Api.status),
+    ]
+
+
+def _task_routes() -> list[Route]:
+    name = Param("name", "the task's name", where="path")
+    limit = Param(
+        "limit", f"items per page (default {PAGE_DEFAULT}, at most {PAGE_MAX})", "integer"
+    )
+    return [
         Route(
             "/api/v1/tasks",
             "the tasks, by name, a page at a time",
@@ -384,6 +392,13 @@ def routes() -> list[Route]:
                 Param("after", "the id the previous page ended with (its `next`)", "integer"),
             ),
         ),
+    ]
+
+
+def _api_routes() -> list[Route]:
+    return [
+        Route("/api/v1/openapi.json", "this API's OpenAPI document", Api.openapi),
+        Route("/api/v1/status", "the `status --json` document", Api.status),
         Route(
             "/api/v1/lanes",
             "slots, spend today against the budget, pre-flight",
