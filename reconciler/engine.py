@@ -144,6 +144,7 @@ class Engine:
         """The desired state a read command shows (status, describe, plan, doctor, logs): HEAD's,
         or, when HEAD's manifests are broken, the last revision a pass applied, with
         ``self.fallback`` saying so. With no good revision to fall back on, the errors raise."""
+        self.fallback = None  # what this load says, not what an earlier one did
         try:
             return self.load()
         except ManifestErrors as exc:

@@ -81,7 +81,6 @@ def _watch(engine: Engine, args: argparse.Namespace) -> int:
     paint = Painter(use_color(sys.stdout))
     try:
         while True:
-            engine.fallback = None
             engine.control.refresh()
             try:
                 view = _status_view(engine)
