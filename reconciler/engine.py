@@ -361,7 +361,7 @@ def read_plan(path: Path) -> Plan:
             now=0.0,
             actions=tuple(Action.from_json(a) for a in data["actions"]),
             blocked=tuple(
-                Blocked(b["task"], b["reason"], Why(b.get("reasonCode", Why.DEPENDENCY_PENDING)))
+                Blocked(b["task"], b["reason"], Why(b["reasonCode"]))
                 for b in data.get("blocked", [])
             ),
             pools=tuple(PoolFill(**fill) for fill in data.get("pools", [])),
