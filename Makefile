@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast lint bench schemas dist clean
+.PHONY: help demo test test-fast lint bench schemas screenshots dist clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ dist: $(STAMP) ## build the wheel (dist/agent_reconciler-*.whl) to install with 
 
 schemas: $(STAMP) ## regenerate the committed JSON Schemas under schemas/
 	$(BIN)/reconciler schema --out schemas
+
+screenshots: $(STAMP) ## remake docs/img/dashboard-*.png with the browser test (needs chromium)
+	RECONCILER_SCREENSHOTS=$(CURDIR)/docs/img $(BIN)/pytest -q -p no:xdist tests/web/test_browser.py
 
 clean: ## remove the virtualenv, the demo sandbox and caches
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache dist

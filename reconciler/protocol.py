@@ -481,7 +481,8 @@ class RemoveWorkspaceRequest(Msg):
 
 
 class ReadLogRequest(Msg):
-    """Bytes of a run's output from ``offset`` (for ``logs`` and ``logs -f``)."""
+    """Bytes of one of a run's files from ``offset`` (for ``logs``, ``logs -f`` and the
+    dashboard): the agent's ``output``, the ``prompt`` it was given, or its ``checks``' output."""
 
     op: Literal["read-log"] = "read-log"
     lane: LaneRef
@@ -490,7 +491,18 @@ class ReadLogRequest(Msg):
     iteration: int
     offset: int = 0
     limit: int = 1 << 20
-    render: bool = False  # the agent's events as readable lines (whole lines only)
+    render: bool = False  # the agent's events as readable lines (whole lines only; output only)
+    file: Literal["output", "prompt", "checks"] = "output"
+
+
+class ChangesRequest(Msg):
+    """What a task's branch changed against its base: in its worktree (committed and not yet
+    committed, while the agent works), else the branch as committed. Read-only."""
+
+    op: Literal["changes"] = "changes"
+    lane: LaneRef
+    task: TaskRef
+    limit: int = 1 << 20  # characters of diff at most; the rest is cut at a line's end
 
 
 class ClaimLaneRequest(Msg):
@@ -520,6 +532,7 @@ Request = Annotated[
     | ForgeMergeRequest
     | RemoveWorkspaceRequest
     | ReadLogRequest
+    | ChangesRequest
     | ClaimLaneRequest,
     Field(discriminator="op"),
 ]
@@ -604,6 +617,15 @@ class LogResult(Msg):
     ended: bool
 
 
+class ChangesResult(Msg):
+    source: Literal["worktree", "branch", "none"]  # none: neither the worktree nor the branch
+    base: str | None = None  # the commit the changes are counted from (where the branch left)
+    head: str | None = None  # the branch's commit
+    diff: str = ""  # unified, against ``base``; tracked files only
+    untracked: list[str] = Field(default_factory=list)  # new files not yet added (worktree)
+    truncated: bool = False  # ``diff`` was cut at the request's limit
+
+
 class Failure(Msg):
     """A request that failed. ``temporary``: worth retrying on a later pass."""
 
@@ -638,6 +660,7 @@ RESULTS: dict[str, type[Msg]] = {
     "forge-merge": PRResult,
     "remove-workspace": RemovedResult,
     "read-log": LogResult,
+    "changes": ChangesResult,
     "claim-lane": ClaimResult,
 }
 

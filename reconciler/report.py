@@ -21,6 +21,7 @@ from pydantic.alias_generators import to_camel
 from reconciler.manifests.models import API_VERSION, Desired, Task, TaskSpec
 from reconciler.manifests.schema import schema_text
 from reconciler.plan import Condition, Observed, Phase, Plan, TaskStatus, Why
+from reconciler.plan.timing import DAY, HOUR
 from reconciler.protocol import PullRequest
 from reconciler.record import Run
 from reconciler.state import EventRow, Store, TaskRow
@@ -97,9 +98,12 @@ class TaskReport(Report):
     next_attempt_at: float | None = Field(description="in phase backoff: when the next attempt")
     cost_usd: float = Field(description="over all its runs")
     tokens: int = Field(description="input plus output tokens over all its runs")
+    first_seen: float | None = Field(
+        default=None, description="when the state first saw the task; null before it did"
+    )
 
     @classmethod
-    def of(cls, status: TaskStatus) -> Self:
+    def of(cls, status: TaskStatus, first_seen: float | None = None) -> Self:
         pr = status.pr
         return cls(
             name=status.name,
@@ -116,6 +120,7 @@ class TaskReport(Report):
             next_attempt_at=status.next_attempt_at,
             cost_usd=status.cost_usd,
             tokens=status.tokens,
+            first_seen=first_seen,
         )
 
 
@@ -165,6 +170,7 @@ class RunReport(Report):
 class EventReport(Report):
     id: int = Field(description="its place in the event log: later events have larger ids")
     at: float
+    task: str | None = Field(default=None, description="the task it is about; null: a lane's")
     kind: str
     message: str
     revision: str | None
@@ -174,6 +180,7 @@ class EventReport(Report):
         return cls(
             id=event.id,
             at=event.at,
+            task=event.task,
             kind=event.kind,
             message=event.message,
             revision=event.revision,
@@ -212,9 +219,10 @@ class DescribeReport(Report):
         runs: list[Run],
         events: list[EventRow],
     ) -> Self:
+        first_seen = row.first_seen if row else None
         return cls(
             name=name,
-            status=TaskReport.of(status) if status else None,
+            status=TaskReport.of(status, first_seen) if status else None,
             spec=task.spec if task else None,
             generation=task.generation if task else None,
             source=str(task.source) if task else None,
@@ -248,6 +256,76 @@ class EventsPage(Report):
     next: int | None = Field(description="the ``after`` of the next page; null on the last")
 
 
+class FeedPage(Report):
+    """``GET /api/v1/events``: a page of every task's and lane's events. Forward from ``after``
+    (oldest first), or without it the newest ``limit`` (still oldest first)."""
+
+    events: list[EventReport]
+    next: int | None = Field(description="the ``after`` that continues forward: the last id")
+
+
+class SummaryReport(Report):
+    """``GET /api/v1/summary``: what a page's header shows, without the 10,000 tasks."""
+
+    revision: str = Field(description="the control revision the view is of")
+    total: int = Field(description="tasks")
+    phases: dict[str, int] = Field(description="tasks by phase, every phase present")
+    lanes: list[str]
+    control_problem: str | None = Field(description="as in `status --json`")
+    manifest_errors: list[dict[str, Any]] = Field(description="as in `status --json`")
+    spend_usd: float
+    driven: bool = Field(
+        description="a `reconciler run` holds the state: what the plan says happens at once"
+    )
+    reconciling: bool = Field(
+        description="this process reconciles (`run --listen`), so a refresh is taken"
+    )
+
+    @classmethod
+    def of(cls, view: StatusView, reconciling: bool) -> Self:
+        phases = dict.fromkeys((p.value for p in Phase), 0)
+        for status in view.plan.tasks:
+            phases[status.phase.value] += 1
+        return cls(
+            revision=view.plan.revision,
+            total=len(view.plan.tasks),
+            phases=phases,
+            lanes=sorted(view.desired.lanes),
+            control_problem=view.data["controlProblem"],
+            manifest_errors=view.data["manifestErrors"],
+            spend_usd=view.data["spendUsd"],
+            driven=view.driven,
+            reconciling=reconciling,
+        )
+
+
+class LogPage(Report):
+    """``GET /api/v1/tasks/{name}/log``: a piece of one of a run's files."""
+
+    name: str
+    attempt: int
+    iteration: int
+    file: Literal["output", "prompt", "checks"]
+    data: str = Field(description="from ``offset``; output rendered as readable lines")
+    offset: int = Field(description="where the next piece starts: the ``offset`` to ask next")
+    ended: bool = Field(description="the run is over and everything was read")
+
+
+class ChangesReport(Report):
+    """``GET /api/v1/tasks/{name}/diff``: what the task's branch changed against its base."""
+
+    name: str
+    source: Literal["worktree", "branch", "none"] = Field(
+        description="worktree: the agent's worktree, uncommitted changes included; branch: "
+        "the branch as committed (the worktree is gone); none: nothing to compare yet"
+    )
+    base: str | None = Field(description="the commit where the branch left its base")
+    head: str | None
+    diff: str = Field(description="unified diff of tracked files against ``base``")
+    untracked: list[str] = Field(description="new files the agent has not added yet")
+    truncated: bool = Field(description="the diff was cut (at 1 MiB)")
+
+
 class PreflightReport(Report):
     name: str
     subject: str = Field(description="the repository or agent it is about; empty: the lane")
@@ -270,6 +348,9 @@ class LaneReport(Report):
     today_tokens: int
     budget_usd: float | None
     budget_tokens: int | None
+    spend_by_hour: list[float] = Field(
+        description="spent today by the end of each UTC hour so far (cumulative, from 00:00)"
+    )
     preflight: list[PreflightReport]
 
 
@@ -287,7 +368,11 @@ API_REPORTS: dict[str, type[Report]] = {
     "tasks": TasksPage,
     "runs": RunsReport,
     "events": EventsPage,
+    "feed": FeedPage,
+    "summary": SummaryReport,
     "lanes": LanesReport,
+    "log": LogPage,
+    "changes": ChangesReport,
 }
 
 
@@ -345,10 +430,11 @@ def when_next(status: TaskStatus, driven: bool) -> TaskStatus:
     return status
 
 
-def status_json(plan: Plan) -> dict[str, Any]:
+def status_json(plan: Plan, ages: dict[str, float] | None = None) -> dict[str, Any]:
+    seen = ages or {}
     return {
         "revision": plan.revision,
-        "tasks": [TaskReport.of(s).to_json() for s in plan.tasks],
+        "tasks": [TaskReport.of(s, seen.get(s.name)).to_json() for s in plan.tasks],
         "requeue": plan.requeue.to_json(plan.now) if plan.requeue else None,
     }
 
@@ -407,7 +493,7 @@ def status_view(engine: Engine, desired: Desired) -> StatusView:
     said = [p for p in problems if fallback is None or fallback.head[:12] not in p]
     if fallback is not None and not any(fallback.head[:12] in p for p in problems):
         problems.append(fallback.problem)
-    data = status_json(plan)
+    data = status_json(plan, ages)
     data["controlProblem"] = "; ".join(problems) or None
     data["manifestErrors"] = [
         {"path": e.path, "line": e.line, "column": e.column, "message": e.message, "hint": e.hint}
@@ -435,12 +521,33 @@ def describe(name: str, desired: Desired, plan: Plan, store: Store) -> DescribeR
     )
 
 
+def spend_by_hour(observed: Observed, now: float) -> dict[str, list[float]]:
+    """Per lane: what its runs started today had spent by the end of each UTC hour so far,
+    cumulative, counted as the daily budget counts (a run's spend at its start)."""
+    midnight = now - now % DAY
+    hours = int((now - midnight) // HOUR) + 1
+    spent: dict[str, list[float]] = {}
+    for runs in observed.runs.values():
+        for run in runs:
+            if run.started_at >= midnight and run.cost_usd:
+                hour = min(hours - 1, int((run.started_at - midnight) // HOUR))
+                spent.setdefault(run.lane, [0.0] * hours)[hour] += run.cost_usd
+    for lane, per_hour in spent.items():
+        total = 0.0
+        for hour, cost in enumerate(per_hour):
+            total += cost
+            per_hour[hour] = round(total, 6)
+        spent[lane] = per_hour
+    return spent
+
+
 def lanes_report(view: StatusView) -> LanesReport:
     """Each lane's slots, spend today and pre-flight, from one status computation."""
     used: dict[str, int] = {}
     for status in view.plan.tasks:
         if status.phase is Phase.RUNNING:
             used[status.lane] = used.get(status.lane, 0) + 1
+    hourly = spend_by_hour(view.observed, view.plan.now)
     lanes = []
     for name, spec in sorted(view.desired.lanes.items()):
         seen = view.observed.lanes.get(name)
@@ -458,6 +565,7 @@ def lanes_report(view: StatusView) -> LanesReport:
                 today_tokens=spend["todayTokens"],
                 budget_usd=spend["budgetUsd"],
                 budget_tokens=spend["budgetTokens"],
+                spend_by_hour=hourly.get(name, []),
                 preflight=[
                     PreflightReport(
                         name=c.name,

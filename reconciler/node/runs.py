@@ -16,6 +16,7 @@ import re
 import signal
 import time
 from collections.abc import Mapping
+from typing import Literal
 
 from reconciler import safefile
 from reconciler.node import files
@@ -658,6 +659,9 @@ def _complete_utf8(data: bytes) -> int:
     return len(data)
 
 
+_LOG_FILES = {"output": files.OUTPUT_LOG, "prompt": files.PROMPT, "checks": files.CHECKS_LOG}
+
+
 def read_log(
     lane: Lane,
     task: str,
@@ -667,8 +671,10 @@ def read_log(
     offset: int,
     limit: int,
     render: bool = False,
+    file: Literal["output", "prompt", "checks"] = "output",
 ) -> LogResult:
-    """Output from ``offset``; ``ended`` once the run is over and everything has been read."""
+    """A run's ``file`` (its output, the prompt it was given, its checks' output) from
+    ``offset``; ``ended`` once the run is over and everything has been read."""
     if offset < 0 or limit <= 0:
         raise NodeError("offset must be ≥ 0 and limit > 0; fix the read-log request")
     run_dir = lane.run_dir(task, attempt, iteration)
@@ -678,7 +684,8 @@ def read_log(
     fp = _fingerprint(files.read_json(os.path.join(run_dir, files.PID_JSON)))
     ended = os.path.exists(os.path.join(run_dir, files.EXIT_JSON))
     over = ended or (fp is not None and not _alive(fp, ended, run_dir, None))
-    path = os.path.join(run_dir, files.OUTPUT_LOG)
+    path = os.path.join(run_dir, _LOG_FILES[file])
+    render = render and file == "output"
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

@@ -24,6 +24,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from reconciler.diskspace import space_left
 from reconciler.node import git as gitops
 from reconciler.node import pool
+from reconciler.node.changes import changes
 from reconciler.node.credentials import scrub
 from reconciler.node.errors import NodeError
 from reconciler.node.hooks import run_hook
@@ -38,6 +39,7 @@ from reconciler.protocol import (
     RESULTS,
     Batch,
     BatchResult,
+    ChangesRequest,
     ClaimLaneRequest,
     ClaimResult,
     Failure,
@@ -275,7 +277,12 @@ def _read_log(lane: Lane, req: ReadLogRequest) -> BaseModel:
         offset=req.offset,
         limit=req.limit,
         render=req.render,
+        file=req.file,
     )
+
+
+def _changes(lane: Lane, req: ChangesRequest) -> BaseModel:
+    return changes(lane, req)
 
 
 def _claim(lane: Lane, req: ClaimLaneRequest) -> BaseModel:
@@ -301,6 +308,7 @@ _HANDLERS: dict[str, Callable[[Lane, Any], BaseModel]] = {
     "forge-merge": _forge_merge,
     "remove-workspace": _remove,
     "read-log": _read_log,
+    "changes": _changes,
     "claim-lane": _claim,
 }
 

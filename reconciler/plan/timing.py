@@ -21,6 +21,7 @@ def backoff_delay(config: ConfigSpec, task: str, failed_attempts: int) -> float:
 
 
 DAY = 86400.0
+HOUR = 3600.0
 
 
 def next_midnight(now: float) -> float:

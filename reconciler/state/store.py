@@ -362,6 +362,10 @@ class Store:
                 raise_named(exc, self.path, writing=not self.readonly)
                 raise
 
+    def last_event_id(self) -> int:
+        """The id of the newest event (0 with none): what a watcher compares."""
+        return int(self._query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
+
     def serial(self) -> int:
         """Goes up by one with every committed transaction that changed something."""
         return int(self._query("SELECT value FROM serial WHERE id = 1")[0][0])
@@ -451,15 +455,20 @@ class Store:
         )
         return [(str(lane), str(verdict), int(n)) for lane, verdict, n in rows]
 
-    def events_after(self, task: str, after_id: int, limit: int) -> list[EventRow]:
-        """The oldest ``limit`` events of ``task`` with ``id > after_id``, oldest first (a page
-        forward through its log)."""
+    def events_after(self, task: str | None, after_id: int, limit: int) -> list[EventRow]:
+        """The oldest ``limit`` events of ``task`` (None: of every task and lane) with
+        ``id > after_id``, oldest first (a page forward through the log)."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        rows = self._query(
-            f"{_EVENTS.select} WHERE task = ? AND id > ? ORDER BY id LIMIT ?",
-            (task, after_id, limit),
-        )
+        if task is None:
+            rows = self._query(
+                f"{_EVENTS.select} WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            )
+        else:
+            rows = self._query(
+                f"{_EVENTS.select} WHERE task = ? AND id > ? ORDER BY id LIMIT ?",
+                (task, after_id, limit),
+            )
         return [_EVENTS.load(r) for r in rows]
 
     @contextlib.contextmanager

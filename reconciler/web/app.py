@@ -35,21 +35,36 @@ from starlette.routing import Route as StarletteRoute
 
 from reconciler import __version__
 from reconciler.engine import PLAN_FORMAT, plan_to_json
+from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed
 from reconciler.manifests.errors import ManifestErrors
+from reconciler.protocol import (
+    ChangesRequest,
+    ChangesResult,
+    LogResult,
+    ReadLogRequest,
+    TaskRef,
+)
+from reconciler.record import Run
 from reconciler.redact import redact
 from reconciler.report import (
     API_REPORTS,
+    ChangesReport,
     DescribeReport,
     EventReport,
     EventsPage,
+    FeedPage,
+    LogPage,
     RunsReport,
+    SummaryReport,
     TasksPage,
     describe,
     lanes_report,
 )
 from reconciler.state import StateError
+from reconciler.web.dashboard import PAGES, Assets
 from reconciler.web.listen import Listen
 from reconciler.web.metrics import Metrics
+from reconciler.web.stream import STREAMS, Pulse, stream_response
 from reconciler.web.views import LoopState, Views
 
 Access = Literal["open", "read", "write", "signed"]
@@ -63,6 +78,8 @@ Handler = Callable[["Api", Request], Any]  # runs in a worker thread; returns a 
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
+EVENT_STREAM = "text/event-stream"
+LOG_PIECE = 256 * 1024  # bytes of a run's file per request
 
 
 class ApiError(Exception):
@@ -153,6 +170,88 @@ class Api:
         events = [EventReport.of(e) for e in rows[:limit]]
         more = len(rows) > limit
         return EventsPage(name=name, events=events, next=events[-1].id if more else None).to_json()
+
+    def summary(self, _request: Request) -> Any:
+        return SummaryReport.of(self.views.status(), reconciling=self.loop is not None).to_json()
+
+    def feed(self, request: Request) -> Any:
+        """Every task's and lane's events: forward from ``after``, else the newest."""
+        limit = _int(request, "limit", PAGE_DEFAULT, 1, PAGE_MAX)
+        after = request.query_params.get("after")
+        with self.views.engine.reading() as store:
+            if after is None or after == "":
+                rows = store.events(None, limit=limit)
+            else:
+                rows = store.events_after(None, _int(request, "after", 0, 0, None), limit)
+        events = [EventReport.of(e) for e in rows]
+        last = events[-1].id if events else _int(request, "after", 0, 0, None)
+        return FeedPage(events=events, next=last).to_json()
+
+    def log(self, request: Request) -> Any:
+        """A piece of one of a run's files (the newest run unless ``run=A.I``), from the lane."""
+        name = request.path_params["name"]
+        file = request.query_params.get("file", "output")
+        if file not in ("output", "prompt", "checks"):
+            raise ApiError(400, f"file={file!r}: give output, prompt or checks")
+        offset = _int(request, "offset", 0, 0, None)
+        lane, _ = self._lane_of(name)
+        with self.views.engine.reading() as store:
+            runs = store.runs(name)
+        attempt, iteration = _run_of(request.query_params.get("run"), runs, name)
+        chunk = lane.one(
+            ReadLogRequest(
+                lane=lane.ref,
+                task=name,
+                attempt=attempt,
+                iteration=iteration,
+                offset=offset,
+                limit=LOG_PIECE,
+                render=request.query_params.get("raw") is None,
+                file=file,
+            ),
+            LogResult,
+        )
+        return LogPage(
+            name=name,
+            attempt=attempt,
+            iteration=iteration,
+            file=file,
+            data=chunk.data,
+            offset=chunk.offset,
+            ended=chunk.ended,
+        ).to_json()
+
+    def changes(self, request: Request) -> Any:
+        """What the task's branch changed against its base, asked of its lane."""
+        name = request.path_params["name"]
+        lane, ref = self._lane_of(name)
+        seen = lane.one(ChangesRequest(lane=lane.ref, task=ref), ChangesResult)
+        return ChangesReport(
+            name=name,
+            source=seen.source,
+            base=seen.base,
+            head=seen.head,
+            diff=seen.diff,
+            untracked=seen.untracked,
+            truncated=seen.truncated,
+        ).to_json()
+
+    def _lane_of(self, name: str) -> tuple[LaneClient, TaskRef]:
+        view = self.views.status()
+        status = next((s for s in view.plan.tasks if s.name == name), None)
+        if status is None:
+            raise ApiError(404, f"no task named {name}; GET /api/v1/tasks lists the tasks")
+        lane = self.views.engine.lanes(view.desired).get(status.lane)
+        if lane is None:
+            raise ApiError(404, f"task {name}'s lane {status.lane} is not in the manifests")
+        task = view.desired.tasks.get(name)
+        ref = TaskRef(
+            name=name,
+            repo=status.repo,
+            base=task.spec.base if task is not None else None,
+            branch=status.branch,
+        )
+        return lane, ref
 
     def lanes(self, _request: Request) -> Any:
         return lanes_report(self.views.status()).to_json()
@@ -266,6 +365,18 @@ def _same_site(request: Request) -> None:
         raise ApiError(403, "a request from another origin cannot change anything here")
 
 
+def _run_of(given: str | None, runs: list[Run], name: str) -> tuple[int, int]:
+    """``run=ATTEMPT.ITERATION``, else the newest run."""
+    if given:
+        attempt, dot, iteration = given.partition(".")
+        if not (dot and attempt.isdigit() and iteration.isdigit()):
+            raise ApiError(400, f"run={given!r}: write it as ATTEMPT.ITERATION, e.g. 2.1")
+        return int(attempt), int(iteration)
+    if not runs:
+        raise ApiError(404, f"task {name} has no runs yet")
+    return runs[-1].attempt, runs[-1].iteration
+
+
 def _int(request: Request, name: str, default: int, least: int, most: int | None) -> int:
     text = request.query_params.get(name)
     if text is None or text == "":
@@ -299,16 +410,25 @@ def _error(status: int, message: str, secrets: tuple[str, ...]) -> Response:
 def build_app(api: Api) -> Starlette:
     secrets = tuple(s for s in (api.listen.token, api.listen.webhook_secret) if s)
 
+    pulse = Pulse(api.views)
+
     def endpoint(route: Route) -> Callable[[Request], Awaitable[Response]]:
         async def serve(request: Request) -> Response:
             try:
                 raw = await request.body() if route.method == "POST" else b""
                 api.check(route, request, raw)
+                if route.media == EVENT_STREAM:
+                    stream = stream_response(pulse, request, secrets)
+                    if stream is None:
+                        raise ApiError(503, f"{STREAMS} streams are open: try again later")
+                    return stream
                 body = await run_in_threadpool(route.handler, api, request)
             except ApiError as exc:
                 return _error(exc.status, exc.message, secrets)
             except ManifestErrors as exc:
                 return _error(503, f"{exc.summary()}; nothing can be shown yet", secrets)
+            except (RequestFailed, LaneUnavailable) as exc:
+                return _error(502, f"the lane could not answer: {exc}", secrets)
             except Exception as exc:  # a sentence, never a traceback
                 return _error(500, f"{type(exc).__name__}: {exc}", secrets)
             return _answer(200, body, secrets, route.media)
@@ -316,8 +436,14 @@ def build_app(api: Api) -> Starlette:
         return serve
 
     api.routes = routes()
+    assets = Assets()
+    pages = [StarletteRoute(path, assets.page, methods=["GET"]) for path in PAGES]
     app = Starlette(
-        routes=[StarletteRoute(r.path, endpoint(r), methods=[r.method]) for r in api.routes],
+        routes=[
+            *(StarletteRoute(r.path, endpoint(r), methods=[r.method]) for r in api.routes),
+            *pages,
+            StarletteRoute("/static/{file}", assets.static, methods=["GET"]),
+        ],
         exception_handlers={
             HTTPException: lambda _req, exc: _error(exc.status_code, str(exc.detail), secrets),
         },
@@ -392,6 +518,26 @@ def _task_routes() -> list[Route]:
                 Param("after", "the id the previous page ended with (its `next`)", "integer"),
             ),
         ),
+        Route(
+            "/api/v1/tasks/{name}/log",
+            "a piece of a run's output, prompt or checks' output, read from its lane",
+            Api.log,
+            model=LogPage,
+            params=(
+                name,
+                Param("run", "ATTEMPT.ITERATION (default: the newest run)"),
+                Param("file", "output (default), prompt or checks"),
+                Param("offset", "where to start: the previous piece's `offset`", "integer"),
+                Param("raw", "present: the output as the agent wrote it, not rendered"),
+            ),
+        ),
+        Route(
+            "/api/v1/tasks/{name}/diff",
+            "what the task's branch changed against its base, read from its lane",
+            Api.changes,
+            model=ChangesReport,
+            params=(name,),
+        ),
     ]
 
 
@@ -399,6 +545,28 @@ def _api_routes() -> list[Route]:
     return [
         Route("/api/v1/openapi.json", "this API's OpenAPI document", Api.openapi),
         Route("/api/v1/status", "the `status --json` document", Api.status),
+        Route(
+            "/api/v1/summary",
+            "the revision, tasks by phase, the lanes and the control repo's problems",
+            Api.summary,
+            model=SummaryReport,
+        ),
+        Route(
+            "/api/v1/stream",
+            "server-sent events: `event` for each new event, `changed` when the state changed",
+            Api.status,  # never called: the stream is answered by reconciler.web.stream
+            media=EVENT_STREAM,
+        ),
+        Route(
+            "/api/v1/events",
+            "every task's and lane's events: forward from `after`, else the newest",
+            Api.feed,
+            model=FeedPage,
+            params=(
+                Param("limit", f"events per page (default {PAGE_DEFAULT}, at most {PAGE_MAX})"),
+                Param("after", "the `next` of the previous page", "integer"),
+            ),
+        ),
         Route(
             "/api/v1/lanes",
             "slots, spend today against the budget, pre-flight",

@@ -67,6 +67,12 @@ class Views:
         self._generation += 1
 
     @property
+    def generation(self) -> int:
+        """How many times the world changed (passes ended, the state written by another
+        process): what a stream compares."""
+        return self._generation
+
+    @property
     def engine(self) -> Engine:
         """For reads that need no status (the state dir, its store)."""
         return self._engine

@@ -96,6 +96,20 @@ AGENTS: dict[str, str] = {
         subprocess.run(["git", *GIT_ID, "commit", "-qm", f"work on {task}"], check=True)
         print("DONE")
     """,
+    "hostile-until-released": """
+        import os, subprocess, sys, time
+        sys.stdin.read()
+        # what a hostile or confused agent prints and writes: markup that must stay text
+        print('<script>document.body.dataset.pwned = "script"</script>', flush=True)
+        print('<img src=x onerror="document.body.dataset.pwned = 1">', flush=True)
+        open("page.html", "w").write('<script>document.body.dataset.pwned = "diff"</script>\\n')
+        while not os.path.exists(os.environ["RELEASE_FILE"]):  # set in the lane's env
+            print("working", flush=True)
+            time.sleep(0.2)
+        subprocess.run(["git", *GIT_ID, "add", "-A"], check=True)
+        subprocess.run(["git", *GIT_ID, "commit", "-qm", "a page"], check=True)
+        print("DONE")
+    """,
     "shared-file": """
         import os, re, subprocess, sys
         prompt = sys.stdin.read()
