@@ -46,6 +46,7 @@ from reconciler.lanes.policy import PolicyError
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired
 from reconciler.plan import ActionKind
+from reconciler.protocol import Recheck
 from reconciler.redact import redact
 from reconciler.state import LAST_REVISION, StateError, Store
 
@@ -66,11 +67,31 @@ class Wakeup:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._reasons: Counter[str] = Counter()
+        self._recheck: dict[str, Recheck] = {}  # forge repository (lower case) → its PRs
 
-    def fire(self, reason: str) -> None:
+    def fire(self, reason: str, recheck: Recheck | None = None) -> None:
+        """A pass for ``reason``; the PRs ``recheck`` names have their feedback read anew on
+        the next pass (``take_recheck``)."""
         with self._lock:
             self._reasons[reason] += 1
+            if recheck is not None:
+                key = recheck.repo.lower()
+                known = self._recheck.get(key)
+                if known is not None:
+                    recheck = recheck.model_copy(
+                        update={
+                            "numbers": sorted({*known.numbers, *recheck.numbers}),
+                            "shas": sorted({*known.shas, *recheck.shas}),
+                        }
+                    )
+                self._recheck[key] = recheck
         self._event.set()
+
+    def take_recheck(self) -> tuple[Recheck, ...]:
+        """The PRs named since the last take, for the pass about to start."""
+        with self._lock:
+            taken, self._recheck = tuple(self._recheck.values()), {}
+        return taken
 
     def wait(self, timeout: float) -> Counter[str]:
         """Block until fired or ``timeout``; then absorb the rest of a burst; the reasons."""
@@ -349,7 +370,12 @@ class Daemon:
                 )
                 desired = self.engine.load(rev=good)
             self.desired = desired
-            result = self.engine.apply(desired, store, log=lambda m: self.log("action", m))
+            result = self.engine.apply(
+                desired,
+                store,
+                log=lambda m: self.log("action", m),
+                recheck=self.wake.take_recheck(),
+            )
         except (ControlError, LaneUnavailable, RequestFailed, PolicyError) as exc:
             self.log("pass", f"pass failed: {exc}", level="error", reasons=why)
             return False, None
