@@ -10,6 +10,8 @@ Triggers coalesce into one wake-up (a burst of events is one or two passes, neve
   a supervisor writing ``exit.json`` (an agent ended or was killed) wakes the loop within a
   fraction of a second;
 - ``reconciler poke`` and SIGHUP from outside (the post-receive hook and ``pr merge`` poke);
+- under ``--listen``, ``POST /api/v1/refresh`` and the webhooks (``reconciler.web.hooks``); a
+  delivery that names pull requests has their forge feedback read anew on the next pass;
 - the time the last plan said the next pass is due (``Plan.requeue``: a backoff ending, a stall
   or timeout deadline, the lane budget's new day), when that is sooner than the interval.
 
