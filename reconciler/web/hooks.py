@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from reconciler.protocol import Recheck
 from reconciler.web.views import LoopState
@@ -100,7 +101,7 @@ class Hooks:
             return {"accepted": True, "message": "pong"}
         if event not in PASS_EVENTS:
             return {"accepted": False, "message": f"{event or 'an unnamed'} event: nothing to do"}
-        recheck = named_pulls(event, _json(body))
+        recheck = named_pulls(event, _github_payload(body))
         self._wake(f"github-{event}", recheck)
         named = (
             f"; the checks and reviews of {_said_pulls(recheck)} are read anew"
@@ -205,6 +206,21 @@ def _said_pulls(recheck: Recheck) -> str:
     """The pull requests a recheck names, as a sentence says them."""
     named = [f"#{n}" for n in recheck.numbers] + [f"those of {s[:12]}" for s in recheck.shas]
     return f"{recheck.repo} {', '.join(named)}"
+
+
+def _github_payload(body: bytes) -> dict[str, Any]:
+    """What a GitHub delivery says: its JSON body, or the ``payload`` field of a form-encoded
+    one (a webhook set to ``application/x-www-form-urlencoded``); never refused, since the pass
+    is asked for whatever it says (an empty payload names no PRs)."""
+    try:
+        return _json(body)
+    except Refused:
+        pass
+    form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=16)
+    try:
+        return _json(form.get("payload", [""])[0].encode())
+    except Refused:
+        return {}
 
 
 def _hmac(secret: str, data: bytes) -> str:

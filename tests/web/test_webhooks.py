@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -236,14 +237,19 @@ def test_a_delivery_hands_the_loop_the_prs_it_names() -> None:
             "x-hub-signature-256": signed(body),
         }
         assert hooks.github(headers, body)["accepted"] is True
+    # a webhook set to send forms: the same payload in its `payload` field
+    form = urlencode({"payload": json.dumps({"sha": "e" * 40, "repository": repository})})
+    headers = {"x-github-event": "status", "x-github-delivery": "d-form"}
+    headers["x-hub-signature-256"] = signed(form.encode())
+    assert hooks.github(headers, form.encode())["accepted"] is True
     assert wakeup.take_recheck() == (
-        Recheck(repo="acme/app", numbers=[3, 4], shas=[sha, "c" * 40, "d" * 40]),
+        Recheck(repo="acme/app", numbers=[3, 4], shas=[sha, "c" * 40, "d" * 40, "e" * 40]),
     )
     assert wakeup.take_recheck() == ()  # for one pass
     reasons = wakeup.wait(0)
-    assert reasons["github-push"] == 1 and reasons["github-status"] == 1
+    assert reasons["github-push"] == 1 and reasons["github-status"] == 2
     with pytest.raises(Refused) as refused:
-        Hooks(SECRET, None).github(headers, body)  # `serve`: nothing reconciles
+        Hooks(SECRET, None).github(headers, form.encode())  # `serve`: nothing reconciles
     assert refused.value.status == 409
 
 
