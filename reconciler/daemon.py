@@ -10,6 +10,8 @@ Triggers coalesce into one wake-up (a burst of events is one or two passes, neve
   a supervisor writing ``exit.json`` (an agent ended or was killed) wakes the loop within a
   fraction of a second;
 - ``reconciler poke`` and SIGHUP from outside (the post-receive hook and ``pr merge`` poke);
+- under ``--listen``, ``POST /api/v1/refresh`` and the webhooks (``reconciler.web.hooks``); a
+  delivery that names pull requests has their forge feedback read anew on the next pass;
 - the time the last plan said the next pass is due (``Plan.requeue``: a backoff ending, a stall
   or timeout deadline, the lane budget's new day), when that is sooner than the interval.
 
@@ -46,6 +48,7 @@ from reconciler.lanes.policy import PolicyError
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired
 from reconciler.plan import ActionKind
+from reconciler.protocol import Recheck
 from reconciler.redact import redact
 from reconciler.state import LAST_REVISION, StateError, Store
 
@@ -66,11 +69,31 @@ class Wakeup:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._reasons: Counter[str] = Counter()
+        self._recheck: dict[str, Recheck] = {}  # forge repository (lower case) → its PRs
 
-    def fire(self, reason: str) -> None:
+    def fire(self, reason: str, recheck: Recheck | None = None) -> None:
+        """A pass for ``reason``; the PRs ``recheck`` names have their feedback read anew on
+        the next pass (``take_recheck``)."""
         with self._lock:
             self._reasons[reason] += 1
+            if recheck is not None:
+                key = recheck.repo.lower()
+                known = self._recheck.get(key)
+                if known is not None:
+                    recheck = recheck.model_copy(
+                        update={
+                            "numbers": sorted({*known.numbers, *recheck.numbers}),
+                            "shas": sorted({*known.shas, *recheck.shas}),
+                        }
+                    )
+                self._recheck[key] = recheck
         self._event.set()
+
+    def take_recheck(self) -> tuple[Recheck, ...]:
+        """The PRs named since the last take, for the pass about to start."""
+        with self._lock:
+            taken, self._recheck = tuple(self._recheck.values()), {}
+        return taken
 
     def wait(self, timeout: float) -> Counter[str]:
         """Block until fired or ``timeout``; then absorb the rest of a burst; the reasons."""
@@ -349,7 +372,12 @@ class Daemon:
                 )
                 desired = self.engine.load(rev=good)
             self.desired = desired
-            result = self.engine.apply(desired, store, log=lambda m: self.log("action", m))
+            result = self.engine.apply(
+                desired,
+                store,
+                log=lambda m: self.log("action", m),
+                recheck=self.wake.take_recheck(),
+            )
         except (ControlError, LaneUnavailable, RequestFailed, PolicyError) as exc:
             self.log("pass", f"pass failed: {exc}", level="error", reasons=why)
             return False, None

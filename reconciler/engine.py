@@ -10,9 +10,9 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from reconciler.manifests.models import Desired
 from reconciler.manifests.policy import Policy
 from reconciler.observe import observe
 from reconciler.plan import Action, Blocked, Observed, Plan, PoolFill, Why, plan
-from reconciler.protocol import ClaimLaneRequest, ClaimResult, StateRef
+from reconciler.protocol import ClaimLaneRequest, ClaimResult, RateLimit, Recheck, StateRef
 from reconciler.state import LAST_REVISION, StateError, StateLock, Store
 from reconciler.trust import private_file, untrusted
 
@@ -92,6 +92,8 @@ class PassResult:
     plan: Plan
     report: ApplyReport | None
     observed: Observed | None = None
+    # (lane, repo) → what its forge last said of the token's rate limit (GitHub), this pass
+    rates: Mapping[tuple[str, str], RateLimit] = field(default_factory=dict)
 
 
 class Engine:
@@ -107,6 +109,8 @@ class Engine:
         # lanes to move to this state on the next pass (``--take-over``; ALL: every lane)
         self.take_over: frozenset[str] = frozenset()
         self.taken_over: list[str] = []  # what the take-overs did, one sentence per lane moved
+        # (lane, repo) → what its forge said of the token's rate limit on the last observation
+        self.rates: dict[tuple[str, str], RateLimit] = {}
 
     @property
     def state_dir(self) -> Path:
@@ -197,11 +201,17 @@ class Engine:
         self._lanes = (desired, policy, state, self._writer, lanes)
         return lanes
 
-    def observe_and_plan(self, desired: Desired, store: Store) -> tuple[Plan, Observed]:
+    def observe_and_plan(
+        self, desired: Desired, store: Store, recheck: Sequence[Recheck] = ()
+    ) -> tuple[Plan, Observed]:
+        """Observe and plan; ``recheck`` names PRs whose forge feedback is read anew."""
+        rates: dict[tuple[str, str], RateLimit] = {}
         # A pass allocates a few objects per task and frees them together; with 10k tasks the
         # cyclic collector would rescan the whole desired state many times for nothing.
         with gc_paused():
-            observed = observe(desired, store, self.lanes(desired), self.clock)
+            lanes = self.lanes(desired)
+            observed = observe(desired, store, lanes, self.clock, recheck=recheck, rates=rates)
+            self.rates = rates
             return plan(desired, observed, self.clock()), observed
 
     @contextmanager
@@ -236,8 +246,11 @@ class Engine:
         saved: Plan | None = None,
         confirm: Callable[[Plan], bool] | None = None,
         log: Callable[[str], None] = lambda _m: None,
+        *,
+        recheck: Sequence[Recheck] = (),
     ) -> PassResult:
-        """One pass under the lock. With ``saved``, refuse it if stale and apply its actions."""
+        """One pass under the lock. With ``saved``, refuse it if stale and apply its actions.
+        ``recheck``: PRs whose forge feedback the observation reads anew (webhooks named them)."""
         if self.take_over:
             if saved is not None:
                 raise UserError(
@@ -246,7 +259,8 @@ class Engine:
                     "--take-over LANE` without the plan file"
                 )
             self._take_over(desired, store, log)
-        current, observed = self.observe_and_plan(desired, store)
+        current, observed = self.observe_and_plan(desired, store, recheck)
+        rates = dict(self.rates)
         if saved is not None:
             if saved.revision != desired.revision or saved.serial != store.serial():
                 raise UserError(
@@ -257,10 +271,10 @@ class Engine:
                 )
             current = replace(current, actions=saved.actions)
         if confirm is not None and not current.empty and not confirm(current):
-            return PassResult(current, None, observed)
+            return PassResult(current, None, observed, rates)
         applier = Applier(desired, observed, store, self.lanes(desired), log=log, clock=self.clock)
         report = applier.apply(current)
-        return PassResult(current, report, observed)
+        return PassResult(current, report, observed, rates)
 
     def _take_over(self, desired: Desired, store: Store, log: Callable[[str], None]) -> None:
         """Move the lanes of ``--take-over`` to this state, each recorded as an event; done once

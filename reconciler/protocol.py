@@ -272,6 +272,15 @@ class PrComment(Msg):
     body: str
 
 
+class RateLimit(Msg):
+    """What the forge last said of the token's rate limit (GitHub's core limit), as the lane's
+    forge client learnt it from answers it had anyway: no request is made to know it."""
+
+    remaining: int
+    limit: int
+    at: float  # when it was said (the lane's clock)
+
+
 class RepoObs(Msg):
     name: str
     ok: bool
@@ -281,6 +290,7 @@ class RepoObs(Msg):
     remote_branches: dict[str, str] = Field(default_factory=dict)  # pushed branch → sha
     prs: list[PullRequest] | None = None  # None: the repo has no forge
     pool: dict[str, int] = Field(default_factory=dict)  # base → idle pooled worktrees
+    rate_limit: RateLimit | None = None  # the forge's token, when its forge tells (GitHub)
 
 
 class PreflightCheck(Msg):
@@ -293,6 +303,16 @@ class PreflightCheck(Msg):
 
 
 # ----------------------------------------------------------------------------------- requests
+
+
+class Recheck(Msg):
+    """Pull requests of one forge repository whose checks and reviews an observation reads anew,
+    however recently they were read (a webhook delivery named them): by number, or by the head
+    commit they are about (check runs and statuses name commits)."""
+
+    repo: str  # as the forge names it, OWNER/NAME (compared without case)
+    numbers: list[int] = Field(default_factory=list)
+    shas: list[str] = Field(default_factory=list)
 
 
 class ObserveRequest(Msg):
@@ -311,6 +331,8 @@ class ObserveRequest(Msg):
     # Branches whose PR feedback is wanted other than in full (checks and reviews): only tasks
     # whose `pr.iterateOn` says otherwise travel, so the request stays small.
     feedback: dict[str, list[Literal["checks", "reviews"]]] = Field(default_factory=dict)
+    # PRs whose feedback is read anew on this observation (named by webhooks since the last)
+    recheck: list[Recheck] = Field(default_factory=list)
 
 
 class PreflightRequest(Msg):

@@ -29,7 +29,7 @@ def add_listen_options(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--token-file", help="the bearer token, in a file only you can read (0600)")
     p.add_argument(
         "--webhook-secret-file",
-        help="GitHub's webhook secret (0600): POST /hooks/github takes signed deliveries",
+        help="the webhook secret (0600): POST /hooks/github and /hooks/git take signed deliveries",
     )
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", help="the certificate's private key (PEM, chmod 600)")

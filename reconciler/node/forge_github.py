@@ -28,7 +28,7 @@ from reconciler.node.github_http import (
     as_dict,
     message,
 )
-from reconciler.protocol import PrComment, PullRequest
+from reconciler.protocol import PrComment, PullRequest, RateLimit
 
 REPO_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
@@ -167,6 +167,15 @@ class GitHubForge:
         can_write = bool(as_dict(data.get("permissions")).get("push"))
         remaining, limit = self.client.rate_limit()
         return Access(can_write, str(data.get("full_name") or self.repo), remaining, limit)
+
+    def known_rate(self) -> RateLimit | None:
+        """The token's rate limit as GitHub last said it to this process (pre-flight's probe,
+        or the headers of any answer); asks nothing."""
+        known = self.client.known_rate()
+        if known is None:
+            return None
+        remaining, limit, at = known
+        return RateLimit(remaining=remaining, limit=limit, at=at)
 
     def _patch(self, number: int, change: Json) -> PullRequest:
         _, _, data = self.client.write("PATCH", f"/repos/{self.repo}/pulls/{number}", change)

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import Lane
-from reconciler.protocol import PrComment, PullRequest, RepoRef
+from reconciler.protocol import PrComment, PullRequest, RateLimit, RepoRef
 
 
 class PullExists(NodeError):
@@ -35,8 +35,9 @@ class Merger(Protocol):
 class FeedbackReader(Protocol):
     kinds: frozenset[str]  # what it reads of a head commit: "checks", "reviews"
 
-    def feedback(self, pr: PullRequest, kinds: Collection[str]) -> PullRequest:
-        """The open ``pr`` with what ``kinds`` (a subset of ``self.kinds``) say of its head."""
+    def feedback(self, pr: PullRequest, kinds: Collection[str], fresh: bool = False) -> PullRequest:
+        """The open ``pr`` with what ``kinds`` (a subset of ``self.kinds``) say of its head;
+        ``fresh``: asked anew, however recently it was read."""
         ...
 
 
@@ -66,6 +67,10 @@ class Access:
 class AccessProbe(Protocol):
     def access(self) -> Access:
         """Ask the forge about the token; reads only."""
+        ...
+
+    def known_rate(self) -> RateLimit | None:
+        """What the forge last said of the token's rate limit, without asking (None: not yet)."""
         ...
 
 

@@ -19,8 +19,10 @@ What a pass asks of one open PR depends on what the PR list said of it (its head
   for each base branch's ref after each PR list, that is per pass), for ``SETTLE`` after that
   (GitHub may still answer what it computed before the move), and while GitHub does not know.
 
-A new head commit reads everything about it. Every read is conditional, so even a read that
-finds nothing new costs no rate-limit points.
+A new head commit reads everything about it. A PR a webhook delivery named (``fresh``) has its
+check runs, statuses, reviews and review comments asked again whatever the cache would trust, so
+a verdict arrives seconds after GitHub sends it; the PRs not named cost nothing more. Every read
+is conditional, so even a read that finds nothing new costs no rate-limit points.
 """
 
 from __future__ import annotations
@@ -50,40 +52,41 @@ class GitHubFeedback:
         self.client = client
         self.repo = client.repo
 
-    def feedback(self, pr: PullRequest, kinds: Collection[str]) -> PullRequest:
+    def feedback(self, pr: PullRequest, kinds: Collection[str], fresh: bool = False) -> PullRequest:
         """The open ``pr`` with what CI (``checks``) and reviewers (``reviews``) say of its head
         commit. Failing checks carry their output's tail; change requests carry their inline
-        comments as ``path:line``."""
+        comments as ``path:line``. ``fresh``: asked again, whatever the cache would trust."""
         if "checks" not in kinds:
-            return pr.model_copy(update={"review_feedback": self._change_requests(pr)})
-        checks, failing = self._checks(str(pr.head_sha))
+            return pr.model_copy(update={"review_feedback": self._change_requests(pr, fresh)})
+        checks, failing = self._checks(str(pr.head_sha), fresh)
         return pr.model_copy(
             update={
                 "checks": checks,
                 "check_feedback": failing,
-                "review_feedback": self._change_requests(pr) if "reviews" in kinds else [],
+                "review_feedback": self._change_requests(pr, fresh) if "reviews" in kinds else [],
             }
         )
 
-    def _checks(self, sha: str) -> tuple[Verdict | None, list[str]]:
+    def _checks(self, sha: str, fresh: bool) -> tuple[Verdict | None, list[str]]:
         """The verdict of the check runs and statuses of ``sha`` (None: none reported) and the
         failing ones, each with what it said."""
         urls = [f"/repos/{self.repo}/commits/{sha}/{what}" for what in ("check-runs", "status")]
         known = [self.client.recall(url) for url in urls]
-        if _settled(known, self.client.timing.wall()):
+        if not fresh and _settled(known, self.client.timing.wall()):
             runs, status = (as_dict(seen.data) for seen in known if seen is not None)
         else:
             runs, status = (as_dict(self.client.get_cached(url)) for url in urls)
         verdict, failing, _ = _verdict(runs, status)
         return verdict, failing
 
-    def _change_requests(self, pr: PullRequest) -> list[str]:
+    def _change_requests(self, pr: PullRequest, fresh: bool) -> list[str]:
         """The latest change request of each reviewer on the head commit, with its inline
-        comments; asked again only when the PR list says the PR changed."""
+        comments; asked again only when the PR list says the PR changed, or when ``fresh``."""
         key = f"{pr.head_sha}@{pr.updated_at}"
 
         def current(seen: Reading) -> bool:
-            return pr.updated_at is not None and seen.checked - pr.updated_at >= SETTLE
+            settled = pr.updated_at is not None and seen.checked - pr.updated_at >= SETTLE
+            return settled and not fresh
 
         reviews = self.client.get_cached(
             f"/repos/{self.repo}/pulls/{pr.number}/reviews", key=key, trust=current

@@ -313,8 +313,22 @@ class GitHubClient:
         data = self.get("/rate_limit")
         core = as_dict(as_dict(as_dict(data).get("resources")).get("core"))
         remaining, limit = int(core.get("remaining", 0)), int(core.get("limit", 0))
-        _RATES[key] = (now, remaining, limit)
+        self._said_rate(remaining, limit, now)
         return remaining, limit
+
+    def known_rate(self) -> tuple[int, int, float] | None:
+        """(remaining, limit, when on the wall clock) of the token's core rate limit as GitHub
+        last said it: in a ``/rate_limit`` answer or in the headers of any other answer. Asks
+        nothing (None: nothing was said yet in this process)."""
+        known = _RATES.get((self.api_url, self._digest))
+        if known is None:
+            return None
+        at, remaining, limit = known
+        return remaining, limit, self.timing.wall() - (self.timing.clock() - at)
+
+    def _said_rate(self, remaining: int, limit: int, now: float) -> None:
+        with _SHARED_LOCK:
+            _RATES[(self.api_url, self._digest)] = (now, remaining, limit)
 
     def flush(self) -> None:
         """Keep the ETag'd answers for the next process (the lane's cache file), if any."""
@@ -419,6 +433,13 @@ class GitHubClient:
             data: Any = json.loads(raw) if raw else None
         except ValueError:
             data = None
+        left, limit = (response_headers.get(f"x-ratelimit-{k}") for k in ("remaining", "limit"))
+        if (
+            str(left).isdigit()
+            and str(limit).isdigit()
+            and response_headers.get("x-ratelimit-resource", "core") == "core"
+        ):
+            self._said_rate(int(str(left)), int(str(limit)), self.timing.clock())
         if status >= 500 or status == 429:
             raise _Transient(f"HTTP {status}", self._server_wait(response_headers))
         if status == 403:

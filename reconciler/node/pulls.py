@@ -126,17 +126,17 @@ class Pulls:
         return _marked(merger.merge_pull(number))
 
     def with_feedback(
-        self, pr: PullRequest, kinds: Collection[str] = ("checks", "reviews")
+        self, pr: PullRequest, kinds: Collection[str] = ("checks", "reviews"), fresh: bool = False
     ) -> PullRequest:
         """The PR with what the forge says of its head commit: whether it merges into its base
         now, and what CI and reviewers say of it, of the ``kinds`` the forge has (a forge that
-        can tell none of it: the PR as it is)."""
+        can tell none of it: the PR as it is). ``fresh``: read anew, whatever was read lately."""
         if pr.state != "open" or not pr.head_sha:
             return pr
         pr = self._mergeable(pr)
         reader = self.capabilities.feedback
         wanted = [kind for kind in kinds if reader is not None and kind in reader.kinds]
-        return reader.feedback(pr, wanted) if reader is not None and wanted else pr
+        return reader.feedback(pr, wanted, fresh) if reader is not None and wanted else pr
 
     def show(
         self, number: int, *, diff: bool = False

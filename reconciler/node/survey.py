@@ -21,14 +21,14 @@ from reconciler.node.lane import Lane, check_ref_name, is_under, parse_run_key
 from reconciler.node.procs import boot_id
 from reconciler.node.pulls import pulls_for
 from reconciler.node.runs import observe_runs
-from reconciler.protocol import ObserveRequest, ObserveResult, RepoObs, RepoRef
+from reconciler.protocol import ObserveRequest, ObserveResult, Recheck, RepoObs, RepoRef
 
 
 def survey(lane: Lane, req: ObserveRequest) -> ObserveResult:
     check_ref_name(req.branch_prefix, "branch prefix", allow_empty=True)
     inspect = {parse_run_key(key) for key in req.inspect}
     repos = {
-        name: _observe_repo(lane, repo, req.branch_prefix, req.feedback)
+        name: _observe_repo(lane, repo, req.branch_prefix, req.feedback, req.recheck)
         for name, repo in lane.repos.items()
     }
     return ObserveResult(
@@ -41,7 +41,11 @@ def survey(lane: Lane, req: ObserveRequest) -> ObserveResult:
 
 
 def _observe_repo(
-    lane: Lane, repo: RepoRef, prefix: str, feedback: Mapping[str, Collection[str]]
+    lane: Lane,
+    repo: RepoRef,
+    prefix: str,
+    feedback: Mapping[str, Collection[str]],
+    recheck: Collection[Recheck] = (),
 ) -> RepoObs:
     checkout = lane.checkouts[repo.name]
     if not gitops.is_repo(checkout):
@@ -53,7 +57,7 @@ def _observe_repo(
             "the lane's checkout path",
         )
     try:
-        return _read_repo(lane, repo, checkout, prefix, feedback)
+        return _read_repo(lane, repo, checkout, prefix, feedback, recheck=recheck)
     except NodeError as exc:
         return RepoObs(name=repo.name, ok=False, error=str(exc))
 
@@ -64,6 +68,8 @@ def _read_repo(
     checkout: str,
     prefix: str,
     feedback: Mapping[str, Collection[str]],
+    *,
+    recheck: Collection[Recheck],
 ) -> RepoObs:
     repo_root = os.path.join(lane.root, repo.name)
     worktrees = [wt for wt in gitops.list_worktrees(checkout) if is_under(repo_root, wt.path)]
@@ -83,17 +89,30 @@ def _read_repo(
     }
     forge = pulls_for(lane, repo.name)
     prs = forge.list_pulls() if forge is not None else None
+    rate = None
     if forge is not None and prs is not None:
+        named = [
+            r for r in recheck if repo.github_repo and r.repo.lower() == repo.github_repo.lower()
+        ]
+        numbers = {n for r in named for n in r.numbers}
+        shas = {s for r in named for s in r.shas}
         # CI and review verdicts drive the feedback loop, which only acts on them for the
         # reconciler's own open PRs whose head is the commit it pushed last (the tracking ref
-        # its push moved) and for the kinds the task's `pr.iterateOn` names.
+        # its push moved) and for the kinds the task's `pr.iterateOn` names. A PR a webhook
+        # named has them read anew, however recently they were read.
         prs = [
-            forge.with_feedback(p, feedback.get(p.head, ("checks", "reviews")))
+            forge.with_feedback(
+                p,
+                feedback.get(p.head, ("checks", "reviews")),
+                fresh=p.number in numbers or p.head_sha in shas,
+            )
             if p.task and p.state == "open" and p.head_sha == remote_branches.get(p.head)
             else p
             for p in prs
         ]
         forge.flush()
+        probe = forge.capabilities.access
+        rate = probe.known_rate() if probe is not None else None
     return RepoObs(
         name=repo.name,
         ok=True,
@@ -102,4 +121,5 @@ def _read_repo(
         remote_branches=remote_branches,
         prs=prs,
         pool=pool.ready(lane.root, repo.name) if repo.pool > 0 else {},
+        rate_limit=rate,
     )

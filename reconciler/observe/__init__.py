@@ -25,7 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, unwrap
@@ -44,6 +44,8 @@ from reconciler.protocol import (
     ObserveResult,
     PreflightResult,
     PullRequest,
+    RateLimit,
+    Recheck,
     RepoObs,
     RunObs,
     owned_elsewhere,
@@ -106,6 +108,8 @@ def _observe_lane(
     owners: Owners,
     *,
     clock: Callable[[], float],
+    recheck: Sequence[Recheck] = (),
+    rates: dict[tuple[str, str], RateLimit] | None = None,
 ) -> tuple[LaneView, list[RunObs], list[Foreign]]:
     spec = lane.spec
     mine = [n for n, t in desired.tasks.items() if t.spec.lane == lane.name]
@@ -124,7 +128,13 @@ def _observe_lane(
             feedback[f"{prefix}{name}"] = wanted
 
     def request(keys: list[str]) -> ObserveRequest:
-        return ObserveRequest(lane=lane.ref, branch_prefix=prefix, inspect=keys, feedback=feedback)
+        return ObserveRequest(
+            lane=lane.ref,
+            branch_prefix=prefix,
+            inspect=keys,
+            feedback=feedback,
+            recheck=list(recheck),
+        )
 
     repos_of_lane = {r.name for r in spec.repos}
     try:
@@ -145,16 +155,20 @@ def _observe_lane(
         return LaneView(lane.name, reachable=False, error=str(exc)), [], []
 
     repos: dict[str, RepoView] = {}
+    skew = clock() - result.now
     for repo in spec.repos:
         obs = result.repos.get(repo.name)
         repos[repo.name] = _repo_view(desired, obs) if obs else RepoView(error="not observed")
+        if rates is not None and obs is not None and obs.rate_limit is not None:
+            rate = obs.rate_limit
+            rates[(lane.name, repo.name)] = rate.model_copy(update={"at": rate.at + skew})
     view = LaneView(
         lane.name,
         reachable=True,
         repos=repos,
         preflight=tuple(checks),
     )
-    return view, on_our_clock(runs, clock() - result.now), foreign
+    return view, on_our_clock(runs, skew), foreign
 
 
 SKEW_TOLERANCE = 2.0  # seconds: a round trip and ordinary drift
@@ -229,8 +243,14 @@ def observe(
     store: Store,
     lanes: Mapping[str, LaneClient],
     clock: Callable[[], float] = time.time,
+    *,
+    recheck: Sequence[Recheck] = (),
+    rates: dict[tuple[str, str], RateLimit] | None = None,
 ) -> Observed:
     """Observe every lane of ``desired`` (in parallel) and merge with the state records.
+
+    ``recheck`` names PRs whose forge feedback is read anew (a webhook named them); ``rates``,
+    when given, is filled with what each (lane, repo)'s forge said of its token's rate limit.
 
     The records, the runs and the serial are read in one snapshot, before any lane is asked: a
     plan saved with that serial is refused once anything was recorded after what it saw (an
@@ -251,7 +271,15 @@ def observe(
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {
             name: pool.submit(
-                _observe_lane, desired, lane, records, runs_by_task, owners, clock=clock
+                _observe_lane,
+                desired,
+                lane,
+                records,
+                runs_by_task,
+                owners,
+                clock=clock,
+                recheck=recheck,
+                rates=rates,
             )
             for name, lane in sorted(lanes.items())
         }

@@ -17,7 +17,6 @@ Access, per route:
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -62,18 +61,13 @@ from reconciler.report import (
 )
 from reconciler.state import StateError
 from reconciler.web.dashboard import PAGES, Assets
+from reconciler.web.hooks import Hooks, Refused
 from reconciler.web.listen import Listen
 from reconciler.web.metrics import Metrics
 from reconciler.web.stream import STREAMS, Pulse, stream_response
 from reconciler.web.views import LoopState, Views
 
-Access = Literal["open", "read", "write", "signed"]
-# GitHub deliveries that start a pass: a push (the control repo, or a task's branch or base), and
-# what changes a PR's state, reviews or checks. Others are answered and ignored.
-PASS_EVENTS = frozenset(
-    {"push", "pull_request", "pull_request_review", "check_run", "check_suite", "status"}
-)
-DELIVERIES_KEPT = 4096  # delivery ids remembered to refuse a replay
+Access = Literal["open", "read", "write", "signed"]  # signed: the hook checks its signature
 Handler = Callable[["Api", Request], Any]  # runs in a worker thread; returns a JSON value
 
 PAGE_DEFAULT = 100
@@ -116,7 +110,10 @@ class Api:
     loop: LoopState | None
     metrics: Metrics
     routes: list[Route] = field(default_factory=list)
-    deliveries: dict[str, None] = field(default_factory=dict)  # ids seen, oldest first
+    hooks: Hooks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hooks = Hooks(self.listen.webhook_secret, self.loop)
 
     # ------------------------------------------------------------------ the documents
 
@@ -270,25 +267,10 @@ class Api:
         return {"accepted": True, "message": "a pass was asked for (coalesced with others)"}
 
     def github_hook(self, request: Request) -> Any:
-        """A GitHub webhook delivery, its signature already checked: a pass now for what
-        changes the plan (coalesced like a refresh); a delivery id seen before is a replay."""
-        delivery = request.headers.get("x-github-delivery", "")
-        if not delivery:
-            raise ApiError(400, "a GitHub delivery names itself in X-GitHub-Delivery")
-        if delivery in self.deliveries:
-            raise ApiError(409, f"delivery {delivery} was taken already: a replay is refused")
-        self.deliveries[delivery] = None
-        while len(self.deliveries) > DELIVERIES_KEPT:
-            del self.deliveries[next(iter(self.deliveries))]
-        event = request.headers.get("x-github-event", "")
-        if event == "ping":
-            return {"accepted": True, "message": "pong"}
-        if event not in PASS_EVENTS:
-            return {"accepted": False, "message": f"{event or 'an unnamed'} event: nothing to do"}
-        if self.loop is None:
-            raise ApiError(409, "nothing reconciles here: this is `reconciler serve`")
-        self.loop.wake(f"github-{event}")
-        return {"accepted": True, "message": f"{event}: a pass was asked for"}
+        return self.hooks.github(request.headers, request.state.body)
+
+    def git_hook(self, request: Request) -> Any:
+        return self.hooks.git(request.headers, request.state.body)
 
     def healthz(self, _request: Request) -> Any:
         return {"ok": True, "version": __version__}
@@ -325,7 +307,7 @@ class Api:
         if route.access == "open":
             return
         if route.access == "signed":
-            _signed(self.listen.webhook_secret, request, body)
+            request.state.body = body  # the hook checks its signature on the bytes as sent
             return
         if route.access == "write":
             _same_site(request)
@@ -341,18 +323,6 @@ class Api:
             given.strip().encode(), token.encode()
         ):
             raise ApiError(401, "a valid token is needed: send `Authorization: Bearer TOKEN`")
-
-
-def _signed(secret: str | None, request: Request, body: bytes) -> None:
-    """``body`` carries GitHub's HMAC-SHA256 of it under ``secret`` (X-Hub-Signature-256)."""
-    if secret is None:
-        raise ApiError(404, "no webhook secret is configured: start with --webhook-secret-file")
-    given = request.headers.get("x-hub-signature-256", "")
-    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if not given:
-        raise ApiError(401, "an unsigned delivery is refused: set the webhook's secret")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(401, "the delivery's signature does not match the webhook secret")
 
 
 def _same_site(request: Request) -> None:
@@ -423,7 +393,7 @@ def build_app(api: Api) -> Starlette:
                         raise ApiError(503, f"{STREAMS} streams are open: try again later")
                     return stream
                 body = await run_in_threadpool(route.handler, api, request)
-            except ApiError as exc:
+            except (ApiError, Refused) as exc:
                 return _error(exc.status, exc.message, secrets)
             except ManifestErrors as exc:
                 return _error(503, f"{exc.summary()}; nothing can be shown yet", secrets)
@@ -583,8 +553,17 @@ def _api_routes() -> list[Route]:
         ),
         Route(
             "/hooks/github",
-            "a GitHub webhook delivery, signed with the webhook secret: a pass now",
+            "a GitHub webhook delivery, signed with the webhook secret: a pass now, and the "
+            "PRs it names read anew",
             Api.github_hook,
+            access="signed",
+            method="POST",
+        ),
+        Route(
+            "/hooks/git",
+            "a notice from another git host or a script, signed with the webhook secret: a pass "
+            "now",
+            Api.git_hook,
             access="signed",
             method="POST",
         ),

@@ -45,7 +45,7 @@ class Listen:
     token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    webhook_secret: str | None = None  # GitHub's webhook secret: POST /hooks/github is on
+    webhook_secret: str | None = None  # the webhook secret: POST /hooks/github and /hooks/git
 
     @property
     def loopback(self) -> bool:

@@ -4,7 +4,8 @@ Everything about tasks, runs, slots and spend is computed per scrape from what `
 (the shared status view and one read-only state snapshot): no second bookkeeping that could
 drift from the state. What only the loop knows — how long its passes take, the actions they
 carried out, when the last good one ended, when the control revision last changed — it records
-as each pass ends (``LoopState``); those series exist only under ``run``.
+as each pass ends (``LoopState``); those series exist only under ``run``. GitHub's rate limit is
+what the lanes' forges last heard, brought back by observations: a scrape asks GitHub nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client.registry import Collector
 from reconciler.engine import PassResult
 from reconciler.manifests.models import Task
 from reconciler.plan import Phase, TaskStatus
+from reconciler.protocol import RateLimit
 from reconciler.web.views import LoopState, Views
 
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -111,6 +113,40 @@ class StateCollector(Collector):
             )
 
 
+class RateCollector(Collector):
+    """GitHub's rate limit per lane and repository, as the forge inside the lane last heard it
+    (pre-flight's probe, the headers of any answer) and the observations brought it back: the
+    loop's passes under ``run``, this process's own status computations. Asks GitHub nothing."""
+
+    def __init__(self, views: Views) -> None:
+        self.views = views
+        self.passes: Mapping[tuple[str, str], RateLimit] = {}  # replaced whole by each pass
+
+    def record(self, rates: Mapping[tuple[str, str], RateLimit]) -> None:
+        self.passes = {**self.passes, **rates}
+
+    def collect(self) -> Iterator[Metric]:
+        latest = dict(self.passes)
+        for key, rate in self.views.engine.rates.items():
+            if key not in latest or rate.at > latest[key].at:
+                latest[key] = rate
+        remaining = GaugeMetricFamily(
+            "reconciler_github_rate_limit_remaining",
+            "Requests the GitHub token of the lane's repository has left (its core rate limit), "
+            "as GitHub last said.",
+            labels=["lane", "repo"],
+        )
+        limit = GaugeMetricFamily(
+            "reconciler_github_rate_limit_limit",
+            "The core rate limit of the GitHub token of the lane's repository, per hour.",
+            labels=["lane", "repo"],
+        )
+        for (lane, repo), rate in sorted(latest.items()):
+            remaining.add_metric([lane, repo], rate.remaining)
+            limit.add_metric([lane, repo], rate.limit)
+        yield from (remaining, limit)
+
+
 def _spend(statuses: Iterable[TaskStatus], tasks: Mapping[str, Task]) -> Iterable[Metric]:
     """Spend and tokens per lane and agent: the figures ``status`` shows, summed."""
     spend: dict[tuple[str, str], list[float]] = {}
@@ -142,6 +178,8 @@ class Metrics:
     def __init__(self, views: Views, loop: LoopState | None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StateCollector(views, loop))
+        self.rates = RateCollector(views)
+        self.registry.register(self.rates)
         if loop is None:
             return
         self.passes = Histogram(
@@ -161,6 +199,8 @@ class Metrics:
 
     def record(self, seconds: float, result: PassResult | None, ok: bool) -> None:
         self.passes.labels("ok" if ok else "failed").observe(seconds)
+        if result is not None:
+            self.rates.record(result.rates)
         report = result.report if result is not None else None
         if report is None:
             return

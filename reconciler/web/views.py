@@ -14,8 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from reconciler.engine import Context, Engine, PassResult
+from reconciler.protocol import Recheck
 from reconciler.report import StatusView, status_view
 
 MAX_AGE = 2.0  # seconds a status computation is shared by the requests that follow it
@@ -78,13 +80,18 @@ class Views:
         return self._engine
 
 
+class Wake(Protocol):
+    def __call__(self, reason: str, recheck: Recheck | None = None) -> None:
+        """A pass, for ``reason``, that reads the feedback of the PRs ``recheck`` names anew."""
+
+
 @dataclass
 class LoopState:
     """What ``run`` says of its passes, for /readyz, /metrics and ``POST /refresh``: absent under
     ``serve``, where nothing reconciles."""
 
     interval: float
-    wake: Callable[[str], None]  # asks the loop for a pass (coalesced with other triggers)
+    wake: Wake  # asks the loop for a pass (coalesced with other triggers)
     clock: Callable[[], float] = time.time
     passes: int = 0
     last_ok_at: float | None = None  # when the last pass that succeeded ended

@@ -6,9 +6,11 @@ The engine runs in this process (``responses`` patches this process's HTTP only)
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,11 @@ from typing import Any
 import pytest
 import responses
 
+from reconciler.daemon import Daemon, Log
 from reconciler.engine import Context, Engine
 from reconciler.node import forge_github, github_http
 from reconciler.plan import Plan
+from reconciler.protocol import Recheck
 from tests.integration.world import World
 from tests.support.fake_github import FakeGitHub, Fault, VirtualTime, unserved
 
@@ -470,3 +474,90 @@ def test_feedback_is_read_only_where_the_loop_can_use_it(world: World, github: F
     with engine.reading() as store:
         engine.observe_and_plan(engine.load(), store)
     assert reads(a["number"], github.head_sha("agent/a")) == []
+
+
+def test_a_pr_a_webhook_names_is_read_anew_on_the_next_pass_and_no_other(
+    world: World, github: FakeGitHub
+) -> None:
+    """Settled checks are trusted for CHECKS_RECHECK without a request; a delivery naming a PR
+    (by number, or by its head commit) makes the loop's next pass ask for that PR's checks and
+    reviews again, and nothing more of the others."""
+    github_world(world)
+    github.remote = world.root / "remotes" / "app.git"
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    converge(engine)
+    [a, b] = sorted(github.pulls, key=lambda p: p["head"]["ref"])
+    sha_a, sha_b = github.head_sha("agent/a"), github.head_sha("agent/b")
+    for sha in (sha_a, sha_b):
+        github.check(sha, "test", "completed", "success")
+    daemon = Daemon(engine, 3600.0, Log("json", io.StringIO()))
+
+    def one_pass(reasons: Counter[str]) -> dict[int, list[str]]:
+        github.requests.clear()
+        with engine.locked(None) as store:
+            healthy, result = daemon.one_pass(store, reasons)
+        assert healthy and result is not None and result.plan.empty
+        return {
+            number: [
+                r
+                for r in github.requests
+                if any(w in r for w in (f"/commits/{sha}/", f"/pulls/{number}/"))
+                and not r.endswith(f"/pulls/{number}")  # mergeability, not feedback
+            ]
+            for number, sha in ((a["number"], sha_a), (b["number"], sha_b))
+        }
+
+    # the completed checks are read once, then trusted: a pass asks nothing of either PR
+    one_pass(Counter(interval=1))
+    assert one_pass(Counter(interval=1)) == {a["number"]: [], b["number"]: []}
+
+    daemon.wake.fire("github-check_run", Recheck(repo=f"{OWNER.upper()}/{NAME}", shas=[sha_b]))
+    reads = one_pass(daemon.wake.wait(0))
+    base = f"GET /repos/{OWNER}/{NAME}"
+    assert sorted(reads[b["number"]]) == [
+        f"{base}/commits/{sha_b}/check-runs",
+        f"{base}/commits/{sha_b}/status",
+        f"{base}/pulls/{b['number']}/reviews",
+    ]
+    assert reads[a["number"]] == []
+
+    daemon.wake.fire("github-pull_request_review", Recheck(repo=f"{OWNER}/{NAME}", numbers=[1]))
+    reads = one_pass(daemon.wake.wait(0))
+    assert len(reads[1]) == 3 and reads[2] == []
+    # the named PRs were for that pass only
+    assert one_pass(Counter(interval=1)) == {a["number"]: [], b["number"]: []}
+
+
+def test_the_rate_limit_comes_back_with_the_observation_at_no_cost(
+    world: World, github: FakeGitHub, clock: VirtualTime
+) -> None:
+    """The figure /metrics shows is what the lane's forge heard anyway (pre-flight's free
+    /rate_limit, the headers of any answer): the observation carries it back, no request more."""
+    github_world(world)
+    engine = Engine(Context(control=str(world.control), state_dir=world.state))
+    converge(engine)
+    clock.sleep(github_http.RATE_LIMIT_FRESH)  # pre-flight asks again on the next pass
+    github.requests.clear()
+    desired = engine.load()
+    with engine.locked(None) as store:
+        result = engine.apply(desired, store)
+    rate = result.rates[("web", "app")]
+    assert (rate.limit, rate.remaining) == (5000, 5000 - github.points)
+    assert engine.rates == result.rates
+    assert github.requests.count("GET /rate_limit") == 1  # pre-flight's own, as before
+
+
+def test_the_rate_limit_headers_of_any_answer_are_what_is_known(github: FakeGitHub) -> None:
+    client = forge_github.GitHubForge(f"{OWNER}/{NAME}", TOKEN)
+    assert client.known_rate() is None
+    github.faults.append(
+        Fault(
+            r"GET /repos/acme/app$",
+            404,
+            headers={"X-RateLimit-Remaining": "4321", "X-RateLimit-Limit": "5000"},
+        )
+    )
+    with pytest.raises(github_http.GitHubError):
+        client.access()
+    known = client.known_rate()
+    assert known is not None and (known.remaining, known.limit) == (4321, 5000)
