@@ -91,10 +91,10 @@ def test_describe_json_is_the_documented_shape() -> None:
     assert list(data) == [
         "name", "status", "spec", "generation", "source", "firstSeen", "runs", "events",
     ]  # fmt: skip
-    assert data["status"] == TaskReport.of(STATUS).to_json()  # status --json's entry
+    assert data["status"] == TaskReport.of(STATUS, 999.5).to_json()  # status --json's entry
     assert list(data["status"]) == [
         "name", "phase", "lane", "repo", "branch", "attempt", "iteration", "reason",
-        "reasonCode", "conditions", "pr", "nextAttemptAt", "costUsd", "tokens",
+        "reasonCode", "conditions", "pr", "nextAttemptAt", "costUsd", "tokens", "firstSeen",
     ]  # fmt: skip
     assert data["status"]["reasonCode"] == "AwaitingReview"
     assert data["status"]["conditions"] == [c.to_json() for c in STATUS.conditions]
@@ -128,7 +128,14 @@ def test_describe_json_is_the_documented_shape() -> None:
     }
     assert data["runs"][1]["outcome"] is None  # a stop is the reconciler's mark, not an outcome
     assert data["events"] == [
-        {"id": 1, "at": 1000.0, "kind": "start", "message": "start run 1.1", "revision": "r"}
+        {
+            "id": 1,
+            "at": 1000.0,
+            "task": "fix-add",
+            "kind": "start",
+            "message": "start run 1.1",
+            "revision": "r",
+        }
     ]
     # what it prints reads back into the model unchanged
     assert DescribeReport.model_validate(json.loads(json.dumps(data))).to_json() == data

@@ -168,6 +168,12 @@ def test_a_listener_others_can_reach_needs_tls_or_the_flag_and_a_token(
         assert api.get("/api/v1/status", token=TOKEN).status == 200
         assert api.get("/metrics").status == 401
         assert api.get("/metrics", token=TOKEN).status == 200
+        for path in ("/api/v1/tasks/a/log?file=prompt", "/api/v1/tasks/a/diff", "/api/v1/stream"):
+            assert api.get(path).status == 401, path
+        assert api.get("/api/v1/tasks/a/diff", token=TOKEN).status == 200
+        # the page holds no data: it is open, and asks for the token itself
+        page = api.get("/")
+        assert page.status == 200 and TOKEN.encode() not in page.body
         assert api.get("/healthz").status == 200
     finally:
         serving.stop()
