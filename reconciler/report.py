@@ -22,7 +22,7 @@ from reconciler.manifests.models import API_VERSION, Desired, Task, TaskSpec
 from reconciler.manifests.schema import schema_text
 from reconciler.plan import Condition, Observed, Phase, Plan, TaskStatus, Why
 from reconciler.plan.timing import DAY, HOUR
-from reconciler.protocol import PullRequest
+from reconciler.protocol import PrComment, PullRequest
 from reconciler.record import Run
 from reconciler.state import EventRow, Store, TaskRow
 
@@ -63,6 +63,54 @@ class PullRequestReport(Report):
             behind=pr.behind,
             conflicts=list(pr.conflicts),
         )
+
+
+class PullReport(PullRequestReport):
+    """One PR as `pr list --json` and `pr show --json` print it."""
+
+    task: str | None
+    lane: str
+    repo: str
+    title: str
+    head: str
+    base: str
+    head_sha: str | None
+
+    @classmethod
+    def listed(cls, lane: str, repo: str, pr: PullRequest) -> Self:
+        return cls(
+            **dict(PullRequestReport.of(pr)),
+            task=pr.task,
+            lane=lane,
+            repo=repo,
+            title=pr.title,
+            head=pr.head,
+            base=pr.base,
+            head_sha=pr.head_sha,
+        )
+
+
+class CommentReport(Report):
+    at: float | None
+    author: str
+    body: str
+
+    @classmethod
+    def of(cls, comment: PrComment) -> Self:
+        return cls(at=comment.at, author=comment.author, body=comment.body)
+
+
+class ShowReport(Report):
+    """`pr show --json`, and ``GET /api/v1/tasks/{name}/pr``: a PR with its feedback."""
+
+    pr: PullReport
+    body: str
+    comments: list[CommentReport]
+
+
+def newest_pr(prs: list[PullRequest]) -> PullRequest | None:
+    """A task's PR that matters: its open one, else its newest."""
+    return next((p for p in prs if p.state == "open"), prs[-1] if prs else None)
 
 
 class ConditionReport(Report):
@@ -373,6 +421,7 @@ API_REPORTS: dict[str, type[Report]] = {
     "lanes": LanesReport,
     "log": LogPage,
     "changes": ChangesReport,
+    "pr": ShowReport,
 }
 
 

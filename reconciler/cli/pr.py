@@ -14,7 +14,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Self
 
 from reconciler.cli import completion
 from reconciler.cli.common import lane_of
@@ -29,11 +28,10 @@ from reconciler.protocol import (
     ForgeMergeRequest,
     ForgeShowRequest,
     ForgeShowResult,
-    PrComment,
     PRResult,
     PullRequest,
 )
-from reconciler.report import PullRequestReport, Report
+from reconciler.report import CommentReport, PullReport, ShowReport, newest_pr
 
 EXIT_OK = 0
 
@@ -70,47 +68,6 @@ def add_parser(
 
 
 # ------------------------------------------------------------------------------- reports
-
-
-class PullReport(PullRequestReport):
-    """One PR as `pr list --json` and `pr show --json` print it."""
-
-    task: str | None
-    lane: str
-    repo: str
-    title: str
-    head: str
-    base: str
-    head_sha: str | None
-
-    @classmethod
-    def listed(cls, lane: str, repo: str, pr: PullRequest) -> Self:
-        return cls(
-            **dict(PullRequestReport.of(pr)),
-            task=pr.task,
-            lane=lane,
-            repo=repo,
-            title=pr.title,
-            head=pr.head,
-            base=pr.base,
-            head_sha=pr.head_sha,
-        )
-
-
-class CommentReport(Report):
-    at: float | None
-    author: str
-    body: str
-
-    @classmethod
-    def of(cls, comment: PrComment) -> Self:
-        return cls(at=comment.at, author=comment.author, body=comment.body)
-
-
-class ShowReport(Report):
-    pr: PullReport
-    body: str
-    comments: list[CommentReport]
 
 
 def merges(pr: PullReport) -> str:
@@ -163,10 +120,10 @@ def cmd_pr(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def _newest(prs: list[PullRequest], task: str) -> PullRequest:
-    """The task's PR that matters: its open one, else its newest."""
-    if not prs:
+    pr = newest_pr(prs)
+    if pr is None:
         raise UserError(f"task {task} has no PR yet; `reconciler status` shows its phase")
-    return next((p for p in prs if p.state == "open"), prs[-1])
+    return pr
 
 
 def _list(engine: Engine, args: argparse.Namespace) -> int:

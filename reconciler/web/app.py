@@ -39,6 +39,10 @@ from reconciler.manifests.errors import ManifestErrors
 from reconciler.protocol import (
     ChangesRequest,
     ChangesResult,
+    ForgeListRequest,
+    ForgeListResult,
+    ForgeShowRequest,
+    ForgeShowResult,
     LogResult,
     ReadLogRequest,
     TaskRef,
@@ -48,16 +52,20 @@ from reconciler.redact import redact
 from reconciler.report import (
     API_REPORTS,
     ChangesReport,
+    CommentReport,
     DescribeReport,
     EventReport,
     EventsPage,
     FeedPage,
     LogPage,
+    PullReport,
     RunsReport,
+    ShowReport,
     SummaryReport,
     TasksPage,
     describe,
     lanes_report,
+    newest_pr,
 )
 from reconciler.state import StateError
 from reconciler.web.dashboard import PAGES, Assets
@@ -231,6 +239,25 @@ class Api:
             diff=seen.diff,
             untracked=seen.untracked,
             truncated=seen.truncated,
+        ).to_json()
+
+    def pull(self, request: Request) -> Any:
+        """The task's PR with its body and comments (``pr show --json``), asked of its forge."""
+        name = request.path_params["name"]
+        lane, ref = self._lane_of(name)
+        listed = lane.one(
+            ForgeListRequest(lane=lane.ref, repo=ref.repo, head=ref.branch), ForgeListResult
+        )
+        pr = newest_pr(listed.prs)
+        if pr is None:
+            raise ApiError(404, f"task {name} has no PR yet")
+        shown = lane.one(
+            ForgeShowRequest(lane=lane.ref, repo=ref.repo, number=pr.number), ForgeShowResult
+        )
+        return ShowReport(
+            pr=PullReport.listed(lane.name, ref.repo, shown.pr),
+            body=shown.pr.body,
+            comments=[CommentReport.of(c) for c in shown.comments],
         ).to_json()
 
     def _lane_of(self, name: str) -> tuple[LaneClient, TaskRef]:
@@ -500,6 +527,13 @@ def _task_routes() -> list[Route]:
                 Param("offset", "where to start: the previous piece's `offset`", "integer"),
                 Param("raw", "present: the output as the agent wrote it, not rendered"),
             ),
+        ),
+        Route(
+            "/api/v1/tasks/{name}/pr",
+            "the task's PR with its body and comments (`pr show --json`), read from its forge",
+            Api.pull,
+            model=ShowReport,
+            params=(name,),
         ),
         Route(
             "/api/v1/tasks/{name}/diff",

@@ -73,6 +73,9 @@ def test_a_pushed_task_moves_through_its_phases_live_and_its_output_stays_text(
             # The agent finishes: the page follows the task to its PR, still without a reload.
             release.write_text("go\n", encoding="utf-8")
             browser.wait(f"{TASK_PHASE} === 'pr-open'", "the task page to show the PR")
+            browser.wait(
+                "return document.querySelector('#pr a') !== null", "the PR and its feedback"
+            )
             assert browser.js("return window.sameDocument") is True
             assert browser.js("return document.body.dataset.pwned") is None
             assert (

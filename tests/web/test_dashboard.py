@@ -72,6 +72,12 @@ def test_summary_feed_log_and_changes_are_read_from_the_state_and_the_lane(
         assert change["untracked"] == [] and change["truncated"] is False
         assert client.get("/api/v1/tasks/nope/diff").status == 404
 
+        shown = client.json("/api/v1/tasks/a/pr")
+        assert shown["pr"]["task"] == "a" and shown["pr"]["head"] == "agent/a"
+        assert shown["pr"]["state"] == "open" and isinstance(shown["comments"], list)
+        nothing = client.get("/api/v1/tasks/c/pr")
+        assert nothing.status == 404 and b"no PR yet" in nothing.body
+
         lanes = client.json("/api/v1/lanes")["lanes"]
         assert all(len(lane["spendByHour"]) in (0, *range(1, 25)) for lane in lanes)
         tasks = client.json("/api/v1/tasks")["tasks"]

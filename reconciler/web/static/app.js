@@ -239,15 +239,18 @@ function taskView(name) {
   const runsBox = el("div");
   const runPane = el("div");
   const diffBox = el("div", {}, el("p", { class: "muted" }, "Loading…"));
+  const prBox = el("div", { id: "pr" }, el("p", { class: "muted" }, "No pull request yet."));
   const timeline = el("ol", { class: "timeline" });
   root.append(head,
     el("h2", {}, "Conditions"), conditions,
     el("h2", {}, "Runs"), runsBox, runPane,
     el("h2", {}, "Changes against the base"), diffBox,
+    el("h2", {}, "Pull request and feedback"), prBox,
     el("h2", {}, "Timeline"), timeline);
 
   const run = { key: null, file: "output", offset: 0, ended: true, pre: null, newest: null };
   let diffAt = 0;
+  let prAt = 0;
   let lastId = 0;
 
   function drawHead(doc) {
@@ -375,6 +378,27 @@ function taskView(name) {
       change.untracked.length ? el("p", { class: "muted" }, "New files not added yet (shown above as new): ", change.untracked.join(", ")) : null);
   }
 
+  async function drawPull() {
+    prAt = Date.now();
+    let shown;
+    try {
+      shown = await api(`/api/v1/tasks/${encodeURIComponent(name)}/pr`);
+    } catch (e) {
+      prBox.replaceChildren(el("p", { class: "error" }, `The pull request could not be read: ${e.message}`));
+      return;
+    }
+    const pr = shown.pr;
+    prBox.replaceChildren(
+      el("p", {}, el("a", { href: pr.url, rel: "noreferrer", target: "_blank" }, `#${pr.number} ${pr.title}`),
+        ` · ${pr.state} · ${pr.head} into ${pr.base}`,
+        pr.mergeable === false ? el("span", { class: "bad" }, " · conflicts") : null),
+      shown.body ? el("pre", { class: "log" }, shown.body) : null,
+      shown.comments.length
+        ? el("ol", { class: "timeline" }, shown.comments.map((c) => el("li", {},
+          el("span", { class: "muted" }, `${clock(c.at)} ${c.author || "?"}`), el("pre", { class: "log" }, c.body))))
+        : el("p", { class: "muted" }, "No comments or reviews."));
+  }
+
   function drawEvent(ev) {
     if (ev.id <= lastId) return;
     lastId = ev.id;
@@ -392,6 +416,7 @@ function taskView(name) {
     else if (run.key === run.newest) { run.ended = false; tail(); }
     if (!lastId) doc.events.forEach(drawEvent);
     if (Date.now() - diffAt > 3000) drawDiff();
+    if (doc.status && doc.status.pr && Date.now() - prAt > 5000) drawPull();
   }
 
   function onEvent(ev) {
