@@ -9,6 +9,7 @@ import pytest
 from reconciler.manifests.errors import ManifestError, ManifestErrors
 from reconciler.manifests.loader import MAX_FILE_SIZE, SourceFile, load, safe_relpath
 from reconciler.manifests.models import ConfigSpec, make_task
+from reconciler.manifests.yaml_safety import new_loader, release
 from tests.manifests.manifest_support import BASE, Repo, errors_of, load_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,6 +260,30 @@ def test_deep_nesting_is_an_error_not_a_crash() -> None:
     for text in ("a: " + "[" * 50_000 + "]" * 50_000 + "\n", "- " * 5_000 + "x\n"):
         (error,) = errors_of({"manifests/deep.yaml": text}, base=False)
         assert "nests more than 100 levels" in error.message
+
+
+def test_deep_nesting_split_over_documents_is_still_refused() -> None:
+    # the nesting bound is per document: documents nested across a `---` line are refused by
+    # the parser, so a file cannot hide a deep one behind small ones
+    deep = "a: " + "[" * 3_000 + "]" * 3_000 + "\n"
+    errors = errors_of({"manifests/deep.yaml": task("ok") + "---\n" + deep})
+    assert [e.line for e in errors if "nests more than 100 levels" in e.message] == [10]
+    across = task("ok") + "  labels: [" + "[\n---\n" * 3_000 + "]\n"
+    (error,) = errors_of({"manifests/x.yaml": across})
+    assert (error.line, error.message) == (10, "invalid YAML: did not find expected node content")
+
+
+def test_a_file_of_many_small_documents_takes_the_c_parser() -> None:
+    many = "---\n".join(task(f"t{i}", "  pr: {labels: [a-b, c-d]}\n") for i in range(600))
+    assert many.count("-") + many.count("[") + many.count("{") > 2_000
+    loader, is_c = new_loader(many.encode())
+    release(loader)
+    assert is_c
+    tasks = load_files({**BASE, "manifests/many.yaml": many}).tasks
+    assert len([n for n in tasks if n.startswith("t")]) == 600
+    loader, is_c = new_loader(("a: " + "[" * 2_001 + "]" * 2_001 + "\n").encode())
+    release(loader)
+    assert not is_c
 
 
 def test_alias_reference_budget() -> None:
