@@ -299,6 +299,27 @@ def test_missing_listed_file_is_an_error() -> None:
     assert str(info.value.errors[0]).startswith("manifests/gone.yaml:1:1: the file is listed")
 
 
+def test_equal_parts_of_task_specs_are_held_once() -> None:
+    same = "  success: {requireCommits: true}\n"
+    desired = load_files(
+        {
+            "manifests/a.yaml": task("a", same),
+            "manifests/b.yaml": task("b", same),
+            "manifests/c.yaml": task("c", "  success: {requireCommits: false}\n"),
+            "manifests/d.yaml": task("d"),
+        }
+    )
+    a, b, c, d = (desired.tasks[name].spec for name in "abcd")
+    assert a.success is b.success and a.success.require_commits
+    assert c.success is not a.success and not c.success.require_commits
+    # the default says the same as `requireCommits: true`, but sets no field: kept apart
+    assert d.success == a.success and d.success is not a.success
+    assert d.success.model_fields_set == set() and a.success.model_fields_set == {"require_commits"}
+    assert a.pr is d.pr and a.budget is d.budget and a.depends_on is d.depends_on
+    assert a.model_fields_set is b.model_fields_set and a.lane is d.lane
+    assert desired.tasks["a"].labels is desired.tasks["d"].labels
+
+
 # ----------------------------------------------------------------------------------- cache
 
 
