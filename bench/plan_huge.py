@@ -10,7 +10,7 @@ imports are done before the clock starts, and its peak RSS (``ru_maxrss``) is th
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import json
 import os
 import resource
@@ -23,9 +23,10 @@ from pathlib import Path
 from bench.manifests import agent_doc, lane_doc, seed_task_rows, task_doc
 from bench.options import Options
 from bench.plan_scale import COLD_TARGET, STAGES, parse_only, plan_pass, size_label
-from bench.sandbox import RECONCILER, Sandbox
+from bench.sandbox import Sandbox
 from bench.spawns import SpawnCounter
 from bench.table import Table, log, median
+from reconciler import entry
 from reconciler.engine import Context
 
 WARM_SECONDS = 2.0  # issue targets for 100,000 tasks
@@ -76,9 +77,17 @@ def child(mode: str, control: str, state: str, n: int) -> dict[str, float]:
         with git.counting():
             timing = plan_pass(ctx, git, n)
         figures.update({stage: getattr(timing, stage) for stage in ("total", *STAGES)})
-    gc.collect()
-    figures["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["peak_mib"] = peak_mib()
     return figures
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory since its exec (``VmHWM``): ``ru_maxrss`` would
+    count the parent's memory too, as a child started with vfork carries it over exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def in_child(box: Sandbox, mode: str, control: Path, state: Path, n: int) -> dict[str, float]:
@@ -91,27 +100,26 @@ def in_child(box: Sandbox, mode: str, control: Path, state: Path, n: int) -> dic
 
 
 def cli_plan(box: Sandbox, control: Path, state: Path) -> tuple[float, float]:
-    """One real ``reconciler plan -o json`` (warm): wall seconds and its peak RSS in MiB."""
+    """``reconciler plan -o json`` (warm) as a new process runs it, the command line's own
+    ``main`` in a fresh interpreter: wall seconds with start-up, and its peak RSS in MiB."""
     env = {**box.cli_env(control, state), "NO_COLOR": "1"}
+    argv = [sys.executable, "-m", "bench.plan_huge", "cli", str(control), str(state), "0"]
     t0 = time.perf_counter()
-    with subprocess.Popen(
-        [*RECONCILER, "plan", "-o", "json"],
-        env=env,
-        cwd=box.root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    ) as proc:
-        _, status, usage = _wait4(proc)
-        wall = time.perf_counter() - t0
-        if status != 0:
-            raise SystemExit(f"reconciler plan failed ({status}): {proc.stderr!r}")
-    return wall, usage.ru_maxrss / 1024
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"reconciler plan failed: {proc.stderr.strip()[-2000:]}")
+    figures: dict[str, float] = json.loads(proc.stdout.splitlines()[-1])
+    return wall, figures["peak_mib"]
 
 
-def _wait4(proc: subprocess.Popen[bytes]) -> tuple[int, int, resource.struct_rusage]:
-    pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return pid, proc.returncode, usage
+def cli_child() -> dict[str, float]:
+    """The command line's ``main`` for ``plan -o json`` (its output discarded), in this process."""
+    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
+        code = entry.main(["plan", "-o", "json"])
+    if code != 0:
+        raise SystemExit(f"reconciler plan exited {code}")
+    return {"peak_mib": peak_mib()}
 
 
 def run(box: Sandbox, table: Table, options: Options) -> None:
@@ -168,6 +176,9 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
 
 if __name__ == "__main__":  # a measurement in a fresh process: `python -m bench.plan_huge MODE …`
     mode_arg, control_arg, state_arg, n_arg = sys.argv[1:5]
-    if mode_arg not in MODES:
-        raise SystemExit(f"mode must be one of {', '.join(MODES)}")
-    print(json.dumps(child(mode_arg, control_arg, state_arg, int(n_arg))))
+    if mode_arg not in (*MODES, "cli"):
+        raise SystemExit(f"mode must be one of {', '.join(MODES)}, cli")
+    figures = (
+        cli_child() if mode_arg == "cli" else child(mode_arg, control_arg, state_arg, int(n_arg))
+    )
+    print(json.dumps(figures))
