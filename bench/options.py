@@ -16,3 +16,6 @@ class Options:
     transport_tasks: int  # tasks per transport pass
     pool_files: int  # files in the pool figure's repository
     meter_mib: int  # MiB of agent output per metered run
+    huge_tasks: int = 100_000  # tasks of the opt-in plan-at-scale figures
+    huge_files: int = 100  # the files they are spread over
+    huge_reps: int = 1  # repetitions of its parse, cold and warm passes

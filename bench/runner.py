@@ -19,6 +19,7 @@ from collections.abc import Callable
 from bench import (
     github,
     meter,
+    plan_huge,
     plan_scale,
     pool,
     push,
@@ -48,7 +49,10 @@ SECTIONS: dict[str, Section] = {
     "meter": meter.run,
     "web": web.run,
     "scale": scale.run,  # last: it extrapolates from what the others measured
+    "huge": plan_huge.run,  # opt-in: minutes of 100,000 tasks
 }
+# Sections that run only when named (``--only``) or asked for (``--huge``).
+OPT_IN = {"huge"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,6 +75,12 @@ def parser() -> argparse.ArgumentParser:
         "--pool-files", type=int, default=30000, help="files in the pool figure's repository"
     )
     p.add_argument("--meter-mib", type=int, default=4, help="MiB of agent output per metered run")
+    p.add_argument(
+        "--huge", action="store_true", help="also run the opt-in 100k-task plan section (minutes)"
+    )
+    p.add_argument("--huge-tasks", type=int, default=100_000, help="tasks of the huge section")
+    p.add_argument("--huge-files", type=int, default=100, help="files they are spread over")
+    p.add_argument("--huge-reps", type=int, default=1, help="repetitions of the huge section")
     p.add_argument("--skip", default="", help=f"comma list of: {', '.join(SECTIONS)}")
     p.add_argument("--only", default="", help="comma list of the sections to run alone")
     p.add_argument("--keep", action="store_true", help="keep the sandbox directory")
@@ -87,6 +97,8 @@ def chosen(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
         p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     if only:
         skip |= set(SECTIONS) - only
+    elif not args.huge:
+        skip |= OPT_IN
     if "github" not in skip and args.github_tasks < github.LEAST_TASKS:
         p.error(f"--github-tasks must be at least {github.LEAST_TASKS} (the seeded task PRs)")
     return [name for name in SECTIONS if name not in skip]
@@ -106,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         transport_tasks=args.transport_tasks,
         pool_files=args.pool_files,
         meter_mib=args.meter_mib,
+        huge_tasks=args.huge_tasks,
+        huge_files=args.huge_files,
+        huge_reps=args.huge_reps,
     )
     table = Table()
     started = time.perf_counter()

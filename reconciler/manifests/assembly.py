@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Collection, Sequence
+import sys
+from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import Any, NamedTuple
 
+from pydantic import BaseModel
 from ruamel.yaml.nodes import Node
 
 from reconciler.manifests.errors import ManifestError
@@ -73,6 +75,57 @@ def references(spec: object, wrong: Collection[tuple[str | int, ...]] = ()) -> R
     return References(name("lane"), name("repo"), name("agent"), depends)
 
 
+# The names a task refers to: a few distinct values across any number of tasks.
+_NAMES = frozenset({"lane", "repo", "agent", "base"})
+
+
+def _frozen(value: Any) -> Hashable:
+    """A hashable stand-in for a manifest value that is equal exactly when the value is (and
+    of the same types: ``1``, ``1.0`` and ``True`` differ here), fields set included."""
+    if isinstance(value, BaseModel):
+        parts = tuple((k, _frozen(v)) for k, v in value.__dict__.items())
+        return (type(value), parts, frozenset(value.model_fields_set))
+    if isinstance(value, list):
+        return (list, tuple(_frozen(v) for v in value))
+    if isinstance(value, dict):
+        return (dict, tuple((k, _frozen(v)) for k, v in value.items()))
+    return (type(value), value)
+
+
+class _Shared:
+    """One instance of each equal part of the tasks' specs: their success, pr and budget
+    settings, their lists, the names they refer to, their labels and which fields they set.
+    100,000 tasks that say the same hold it once, in memory and in the cache of the desired
+    state (a pickle stores, and loads, a shared object once).
+
+    Sharing is safe because nothing changes a manifest value once it is validated (the models
+    are frozen); a spec is given its shared parts while it is fresh from validation, before it
+    is in a ``Desired``.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[Hashable, Any] = {}
+
+    def one(self, key: Hashable, value: Any) -> Any:
+        return self._seen.setdefault(key, value)
+
+    def spec(self, spec: BaseModel) -> None:
+        fields = spec.__dict__  # a frozen model's values: given equal ones, none changes
+        for name, value in fields.items():
+            if isinstance(value, BaseModel | list | dict):
+                fields[name] = self.one(_frozen(value), value)
+            elif name in _NAMES and isinstance(value, str):
+                fields[name] = sys.intern(value)
+        chosen = spec.model_fields_set
+        object.__setattr__(
+            spec, "__pydantic_fields_set__", self.one(("fields set", frozenset(chosen)), chosen)
+        )
+
+    def labels(self, labels: dict[str, str]) -> dict[str, str]:
+        shared: dict[str, str] = self.one(("labels", tuple(labels.items())), labels)
+        return shared
+
+
 class Assembler:
     """Builds :class:`Desired` from valid documents and adds the cross-file errors."""
 
@@ -91,6 +144,7 @@ class Assembler:
         self.lane_check = lane_check
         self.warnings: list[ManifestError] = []
         self._nodes: dict[str, list[Node | None]] = {}
+        self._shared = _Shared()
 
     def run(
         self, docs: list[tuple[str, Doc]], invalid_tasks: Sequence[tuple[str, Doc]] = ()
@@ -189,12 +243,14 @@ class Assembler:
         refs = References(spec.lane, spec.repo, spec.agent, tuple(spec.depends_on))
         self.refers(path, doc, refs, lanes, agents)
         source = Source(path, doc.line, doc.column)
+        self._shared.spec(spec)
+        labels = self._shared.labels(cached.labels)
         if spec.prompt_file is None:
-            return Task(name, spec, cached.prompt, cached.generation, cached.labels, source)
+            return Task(name, spec, cached.prompt, cached.generation, labels, source)
         prompt = self.prompt_file(path, doc, spec.prompt_file)
         if prompt is None:
             return None
-        return make_task(name, spec, prompt, cached.labels, source)
+        return make_task(name, spec, prompt, labels, source)
 
     def refers(
         self,

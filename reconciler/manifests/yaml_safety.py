@@ -12,6 +12,7 @@ rules looked up once per first character instead of per scalar.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,7 +38,13 @@ MAX_EXPANDED_NODES = 100_000
 MAX_DEPTH = 100
 """Nesting limit of the pure-Python parser (manifests nest a handful of levels)."""
 _MAX_FLAT_NESTING = 2_000
-"""Above this many ``[ { - ?`` characters a file may nest too deeply for the C parser's stack."""
+"""Above this many ``[ { - ?`` characters a document may nest too deeply for the C parser's
+stack (nesting by indentation alone is bounded by the file size limit)."""
+# A line that starts with ``---`` or ``...`` followed by a blank ends a document in any context
+# (YAML 1.2 c-forbidden: libyaml ends a block scalar there, and refuses it inside a quoted
+# scalar or a flow collection), so nothing can nest across one: the C composer builds each
+# document alone, and the count above is per document.
+_DOCUMENT_MARKER = re.compile(rb"^(?:---|\.\.\.)(?=[ \t\r\n]|$)", re.MULTILINE)
 
 
 def _yaml12_rules() -> tuple[dict[str, list[tuple[Tag, Any]]], list[tuple[Tag, Any]]]:
@@ -86,10 +93,22 @@ if CParser is not None:
             _Yaml12Resolver.__init__(self, version=None, loadumper=self)
 
 
+def _nesting_bound(data: bytes) -> int:
+    """The most ``[ { - ?`` characters of any one document of ``data``: how deep it could nest
+    beyond its indentation (a file of a thousand small documents is as shallow as one)."""
+    if data.count(b"[") + data.count(b"{") + data.count(b"-") + data.count(b"?") <= (
+        _MAX_FLAT_NESTING
+    ):
+        return 0  # the whole file is within the bound: no need to look at its documents
+    return max(
+        part.count(b"[") + part.count(b"{") + part.count(b"-") + part.count(b"?")
+        for part in _DOCUMENT_MARKER.split(data)
+    )
+
+
 def new_loader(data: bytes) -> tuple[Any, bool]:
     """A loader for ``data`` and whether it is the C one (positions of reader errors differ)."""
-    flat = data.count(b"[") + data.count(b"{") + data.count(b"-") + data.count(b"?")
-    if CParser is not None and flat <= _MAX_FLAT_NESTING and b"%YAML" not in data:
+    if CParser is not None and b"%YAML" not in data and _nesting_bound(data) <= _MAX_FLAT_NESTING:
         return _CLoader(data), True
     loader: Any = SafeLoader(data.decode("utf-8"))
     loader.allow_duplicate_keys = False

@@ -25,7 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, unwrap
@@ -64,11 +64,32 @@ def _needs_inspection(runs: list[Run]) -> str | None:
     return runs[-1].key
 
 
-def owners_of(desired: Desired, records: Mapping[str, TaskRow]) -> dict[str, tuple[str, str]]:
+class _Owners(Mapping[str, tuple[str, str]]):
+    """Each task's owning (lane, repo): the manifests', else what state last knew. Looked up
+    when asked: a pass asks only about the tasks that have runs, of 100,000 perhaps a few."""
+
+    def __init__(self, desired: Desired, records: Mapping[str, TaskRow]) -> None:
+        self._tasks = desired.tasks
+        self._records = records
+
+    def __getitem__(self, name: str) -> tuple[str, str]:
+        task = self._tasks.get(name)
+        if task is not None:
+            return task.spec.lane, task.spec.repo
+        row = self._records[name]
+        return row.lane, row.repo
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._tasks
+        yield from (name for name in self._records if name not in self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks) + sum(1 for name in self._records if name not in self._tasks)
+
+
+def owners_of(desired: Desired, records: Mapping[str, TaskRow]) -> Mapping[str, tuple[str, str]]:
     """Each task's owning (lane, repo): the manifests', else what state last knew."""
-    owners = {name: (row.lane, row.repo) for name, row in records.items()}
-    owners.update((name, (t.spec.lane, t.spec.repo)) for name, t in desired.tasks.items())
-    return owners
+    return _Owners(desired, records)
 
 
 def _sort_owned(
@@ -112,20 +133,35 @@ def _observe_lane(
     rates: dict[tuple[str, str], RateLimit] | None = None,
 ) -> tuple[LaneView, list[RunObs], list[Foreign]]:
     spec = lane.spec
-    mine = [n for n, t in desired.tasks.items() if t.spec.lane == lane.name]
-    mine += [n for n, r in records.items() if r.lane == lane.name and n not in desired.tasks]
-    inspect = sorted(k for n in mine if (k := _needs_inspection(runs_by_task.get(n, []))))
+    here = lane.name
+    tasks = desired.tasks
+    mine = [n for n, t in tasks.items() if t.spec.lane == here]
+    removed = [n for n, r in records.items() if r.lane == here and n not in tasks]
+    gone = set(removed)
+    inspect = sorted(
+        k
+        for n, runs in runs_by_task.items()
+        if (k := _needs_inspection(runs))
+        and (((task := tasks.get(n)) is not None and task.spec.lane == here) or n in gone)
+    )
     preflight = lane.preflight_request(desired)
 
     prefix = desired.config.branch_prefix
     # PR feedback is read in full unless a task's iterateOn asks for less; a removed task's
-    # PR is about to be closed and needs none.
+    # PR is about to be closed and needs none. (Tasks share equal pr settings: each is
+    # looked at once.)
     feedback: dict[str, list[Literal["checks", "reviews"]]] = {}
+    partial: dict[int, list[Literal["checks", "reviews"]] | None] = {}
     for name in mine:
-        task = desired.tasks.get(name)
-        wanted = list(task.spec.pr.iterate_on) if task is not None else []
-        if set(wanted) != {"checks", "reviews"}:
-            feedback[f"{prefix}{name}"] = wanted
+        pr = tasks[name].spec.pr
+        if id(pr) not in partial:
+            asked = list(pr.iterate_on)
+            partial[id(pr)] = asked if set(asked) != {"checks", "reviews"} else None
+        wanted = partial[id(pr)]
+        if wanted is not None:
+            feedback[f"{prefix}{name}"] = list(wanted)
+    for name in removed:
+        feedback[f"{prefix}{name}"] = []
 
     def request(keys: list[str]) -> ObserveRequest:
         return ObserveRequest(
@@ -309,8 +345,24 @@ def observe(
     )
 
 
+_new_record = TaskRecord.__new__
+
+
 def _record(row: TaskRow) -> TaskRecord:
-    return TaskRecord(
+    failed = (
+        FailedAction(
+            kind=row.failed_action,
+            message=row.failed_message or "",
+            at=row.failed_at or 0.0,
+            count=row.failed_count,
+        )
+        if row.failed_action
+        else None
+    )
+    # One per task of the state, every pass: filled directly, as the store fills its rows (a
+    # frozen dataclass's __init__ costs a setattr per field).
+    record = _new_record(TaskRecord)
+    record.__dict__.update(
         name=row.name,
         lane=row.lane,
         repo=row.repo,
@@ -318,12 +370,6 @@ def _record(row: TaskRow) -> TaskRecord:
         done=row.done,
         done_generation=row.done_generation,
         pr_number=row.pr_number,
-        failed=FailedAction(
-            kind=row.failed_action,
-            message=row.failed_message or "",
-            at=row.failed_at or 0.0,
-            count=row.failed_count,
-        )
-        if row.failed_action
-        else None,
+        failed=failed,
     )
+    return record

@@ -35,7 +35,7 @@ from reconciler.plan.model import (
 from reconciler.plan.reasons import Why
 from reconciler.plan.slots import Candidate
 from reconciler.plan.timing import backoff_delay, next_midnight
-from reconciler.protocol import PullRequest
+from reconciler.protocol import PreflightCheck, PullRequest
 
 
 def branch_of(config: ConfigSpec, task: str) -> str:
@@ -45,9 +45,11 @@ def branch_of(config: ConfigSpec, task: str) -> str:
 _NO_REPO = RepoView()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _TaskPass:
-    """What one pass knows of one task while the planner walks its state machine."""
+    """What one pass knows of one task while the planner walks its state machine (built once
+    per task and never changed; not frozen only because a frozen dataclass costs its fields'
+    ``object.__setattr__`` on every one of 100,000 tasks)."""
 
     task: Task
     lane: LaneView
@@ -79,7 +81,8 @@ class _TaskPass:
 
     @property
     def next_attempt(self) -> int:
-        return max((r.attempt for r in self.runs), default=0) + 1
+        runs = self.runs
+        return max([r.attempt for r in runs]) + 1 if runs else 1
 
 
 @dataclass
@@ -97,9 +100,19 @@ class PlannerCore:
     freed: set[str] = field(default_factory=set)  # run keys stopped or marked this pass
     due: list[Requeue] = field(default_factory=list)  # moments a later pass would differ
     spend: Spend = field(init=False)
+    _failing: dict[str, tuple[PreflightCheck, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.spend = Spend(self.desired, self.observed, self.now)
+
+    def failing_checks(self, lane: LaneView) -> tuple[PreflightCheck, ...]:
+        """The lane's failed pre-flight checks that keep a task from starting (an advisory one
+        is doctor's to report, not a reason to wait), found once per lane and pass."""
+        found = self._failing.get(lane.name)
+        if found is None:
+            found = tuple(c for c in lane.preflight if not (c.ok or c.advisory))
+            self._failing[lane.name] = found
+        return found
 
     def lane(self, name: str) -> LaneView | None:
         view = self.observed.lanes.get(name)
@@ -141,21 +154,41 @@ class PlannerCore:
             {r.attempt for r in runs if r.generation == task.generation and r.mark != "stopped"}
         )
 
-    def status(self, task: str, phase: Phase, lane: str, repo: str, why: Why, **kw: object) -> None:
-        runs = self.observed.runs.get(task, ())
-        latest = runs[-1] if runs else None
+    def status(
+        self,
+        task: str,
+        phase: Phase,
+        lane: str,
+        repo: str,
+        why: Why,
+        *,
+        reason: str = "",
+        pr: PullRequest | None = None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        runs = self.observed.runs.get(task)
+        if runs:
+            latest = runs[-1]
+            attempt, iteration = latest.attempt, latest.iteration
+            cost: float = round(sum(r.cost_usd for r in runs), 6)
+            tokens = sum(r.tokens for r in runs)
+        else:  # the sums of no runs, as they always were: the integer 0
+            attempt = iteration = tokens = 0
+            cost = 0
         self.statuses[task] = TaskStatus(
-            name=task,
-            phase=phase,
-            lane=lane,
-            repo=repo,
-            branch=branch_of(self.desired.config, task),
-            attempt=latest.attempt if latest else 0,
-            iteration=latest.iteration if latest else 0,
-            cost_usd=round(sum(r.cost_usd for r in runs), 6),
-            tokens=sum(r.tokens for r in runs),
+            task,
+            phase,
+            lane,
+            repo,
+            f"{self.desired.config.branch_prefix}{task}",
+            attempt,
+            iteration,
+            reason,
+            pr,
+            next_attempt_at,
+            cost,
+            tokens,
             why=why,
-            **kw,  # type: ignore[arg-type]
         )
 
     def first_seen(self, task: str) -> float:

@@ -82,16 +82,18 @@ class _Planner(RunSteps):
                 reason=why,
             )
             return
+        spec = task.spec
         runs = self.observed.runs.get(task.name, ())
-        self.stop_old_generation(task, runs)
+        if runs:
+            self.stop_old_generation(task, runs)
         t = _TaskPass(
             task=task,
             lane=lane,
             runs=runs,
-            current=[r for r in runs if r.generation == task.generation],
-            repo=self.repo_view(task.spec.lane, task.spec.repo),
+            current=[r for r in runs if r.generation == task.generation] if runs else [],
+            repo=self.repo_view(spec.lane, spec.repo),
             pr=self.pr_for(
-                task.spec.lane, task.spec.repo, branch_of(self.desired.config, task.name), task.name
+                spec.lane, spec.repo, branch_of(self.desired.config, task.name), task.name
             ),
             record=self.observed.records.get(task.name),
         )
@@ -242,11 +244,12 @@ class _Planner(RunSteps):
         repo = self.repo_view(lane.name, task.spec.repo)
         if repo.error:
             return Why.REPO_UNREADABLE, f"repository {task.spec.repo}: {repo.error}"
+        failing = self.failing_checks(lane)
+        if not failing:
+            return None
         agent_cmd = agent.command[0] if agent.command else agent.kind
-        for check in lane.preflight:
-            if check.ok or check.advisory:  # advisory: doctor's to report, not a reason to wait
-                continue
-            subjects = ("", task.spec.repo, f"{task.spec.repo}:{task.spec.base}", agent_cmd)
+        subjects = ("", task.spec.repo, f"{task.spec.repo}:{task.spec.base}", agent_cmd)
+        for check in failing:
             if check.subject in subjects:
                 fix = f" ({check.fix})" if check.fix else ""
                 return Why.PREFLIGHT_FAILED, f"pre-flight {check.name} failed: {check.detail}{fix}"

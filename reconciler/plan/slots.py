@@ -18,9 +18,9 @@ from reconciler.plan.reasons import Why
 _FIRST_STARTS = frozenset({ActionKind.START, ActionKind.RETRY})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Candidate:
-    """A slot-needing action waiting for the slot filler."""
+    """A slot-needing action waiting for the slot filler (never changed once made)."""
 
     action: Action
     priority: int
@@ -42,16 +42,26 @@ def allot(
     total = sum(used.values())
     cap = desired.config.max_concurrency
     allotted: list[tuple[Candidate, str | None]] = []
+    # once a lane is full, each of its waiting candidates waits for the same words: made once
+    waits: dict[tuple[str, int], str] = {}
     for cand in sorted(candidates, key=lambda c: (-c.priority, c.first_seen, c.action.task)):
         lane = cand.action.lane
         lane_slots = desired.lanes[lane].max_concurrency
         in_lane = used.get(lane, 0)
         if in_lane >= lane_slots:
-            allotted.append(
-                (cand, f"waiting for a slot in lane {lane} ({in_lane}/{lane_slots} in use)")
-            )
+            key = (lane, in_lane)
+            wait = waits.get(key)
+            if wait is None:
+                wait = f"waiting for a slot in lane {lane} ({in_lane}/{lane_slots} in use)"
+                waits[key] = wait
+            allotted.append((cand, wait))
         elif cap is not None and total >= cap:
-            allotted.append((cand, f"waiting for a slot ({total}/{cap} in use across lanes)"))
+            key = ("", total)  # no lane is named ""
+            wait = waits.get(key)
+            if wait is None:
+                wait = f"waiting for a slot ({total}/{cap} in use across lanes)"
+                waits[key] = wait
+            allotted.append((cand, wait))
         else:
             used[lane] = in_lane + 1
             total += 1

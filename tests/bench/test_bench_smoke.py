@@ -93,3 +93,34 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
     # every sandbox is removed and nothing leaks out of it
     assert not list(tmp_path.glob("reconciler-bench-*"))
     assert sorted(p.name for p in home.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_opt_in_scale_section_prints_its_figures(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "TMPDIR": str(tmp_path),
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    argv = ["--only", "huge", "--huge-tasks", "300", "--huge-files", "3"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        env=env,
+        cwd=CHECKOUT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = {line.split(" | ")[0].strip() for line in proc.stdout.splitlines() if " | " in line}
+    for name in (
+        "plan(300 in 3 files) warm",
+        "plan(300 in 3 files) warm, peak RSS",
+        "plan(300 in 3 files) cold / parse",
+        "`reconciler plan -o json` subprocess, 300 warm",
+    ):
+        assert name in names, proc.stdout

@@ -9,6 +9,7 @@ import pytest
 from reconciler.manifests.errors import ManifestError, ManifestErrors
 from reconciler.manifests.loader import MAX_FILE_SIZE, SourceFile, load, safe_relpath
 from reconciler.manifests.models import ConfigSpec, make_task
+from reconciler.manifests.yaml_safety import new_loader, release
 from tests.manifests.manifest_support import BASE, Repo, errors_of, load_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,6 +262,30 @@ def test_deep_nesting_is_an_error_not_a_crash() -> None:
         assert "nests more than 100 levels" in error.message
 
 
+def test_deep_nesting_split_over_documents_is_still_refused() -> None:
+    # the nesting bound is per document: documents nested across a `---` line are refused by
+    # the parser, so a file cannot hide a deep one behind small ones
+    deep = "a: " + "[" * 3_000 + "]" * 3_000 + "\n"
+    errors = errors_of({"manifests/deep.yaml": task("ok") + "---\n" + deep})
+    assert [e.line for e in errors if "nests more than 100 levels" in e.message] == [10]
+    across = task("ok") + "  labels: [" + "[\n---\n" * 3_000 + "]\n"
+    (error,) = errors_of({"manifests/x.yaml": across})
+    assert (error.line, error.message) == (10, "invalid YAML: did not find expected node content")
+
+
+def test_a_file_of_many_small_documents_takes_the_c_parser() -> None:
+    many = "---\n".join(task(f"t{i}", "  pr: {labels: [a-b, c-d]}\n") for i in range(600))
+    assert many.count("-") + many.count("[") + many.count("{") > 2_000
+    loader, is_c = new_loader(many.encode())
+    release(loader)
+    assert is_c
+    tasks = load_files({**BASE, "manifests/many.yaml": many}).tasks
+    assert len([n for n in tasks if n.startswith("t")]) == 600
+    loader, is_c = new_loader(("a: " + "[" * 2_001 + "]" * 2_001 + "\n").encode())
+    release(loader)
+    assert not is_c
+
+
 def test_alias_reference_budget() -> None:
     text = "a: &a x\nb: [" + ", ".join(["*a"] * 10_001) + "]\n"
     (error,) = errors_of({"manifests/refs.yaml": text}, base=False)
@@ -272,6 +297,27 @@ def test_missing_listed_file_is_an_error() -> None:
     with pytest.raises(ManifestErrors) as info:
         load(files, lambda _: None, "rev")
     assert str(info.value.errors[0]).startswith("manifests/gone.yaml:1:1: the file is listed")
+
+
+def test_equal_parts_of_task_specs_are_held_once() -> None:
+    same = "  success: {requireCommits: true}\n"
+    desired = load_files(
+        {
+            "manifests/a.yaml": task("a", same),
+            "manifests/b.yaml": task("b", same),
+            "manifests/c.yaml": task("c", "  success: {requireCommits: false}\n"),
+            "manifests/d.yaml": task("d"),
+        }
+    )
+    a, b, c, d = (desired.tasks[name].spec for name in "abcd")
+    assert a.success is b.success and a.success.require_commits
+    assert c.success is not a.success and not c.success.require_commits
+    # the default says the same as `requireCommits: true`, but sets no field: kept apart
+    assert d.success == a.success and d.success is not a.success
+    assert d.success.model_fields_set == set() and a.success.model_fields_set == {"require_commits"}
+    assert a.pr is d.pr and a.budget is d.budget and a.depends_on is d.depends_on
+    assert a.model_fields_set is b.model_fields_set and a.lane is d.lane
+    assert desired.tasks["a"].labels is desired.tasks["d"].labels
 
 
 # ----------------------------------------------------------------------------------- cache

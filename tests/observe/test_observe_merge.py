@@ -8,9 +8,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from reconciler.manifests.models import Desired, TaskSpec, make_task
+from reconciler.observe import owners_of
 from reconciler.observe.merge import merge_runs, updated, view_of
 from reconciler.protocol import AgentResult, ExitInfo, Fingerprint, RunObs
 from reconciler.record import Run
+from reconciler.state import TaskRow
 
 NOW = 200.0  # the engine clock of the pass
 INTENT = Run(
@@ -174,3 +177,16 @@ def test_a_remembered_run_ended_when_it_was_judged_and_its_verdict_is_the_planne
     assert (view.mark, view.outcome) == ("crashed", None)  # a crash is a mark, not an evaluation
     failed = view_of(row(outcome="failed", failures="a\nb"), None, "web")
     assert (failed.outcome, failed.failures) == ("failed", ("a", "b"))
+
+
+def test_owners_are_the_manifests_then_what_state_last_knew() -> None:
+    spec = TaskSpec.model_validate({"lane": "a", "repo": "app", "agent": "x", "prompt": "p"})
+    desired = Desired(revision="r", tasks={"moved": make_task("moved", spec)})
+    records = {
+        "moved": TaskRow(name="moved", lane="old", repo="app", first_seen=0.0),
+        "gone": TaskRow(name="gone", lane="b", repo="lib", first_seen=0.0),
+    }
+    owners = owners_of(desired, records)
+    assert dict(owners) == {"moved": ("a", "app"), "gone": ("b", "lib")}
+    assert len(owners) == 2 and list(owners) == ["moved", "gone"]
+    assert owners.get("never") is None and "gone" in owners
