@@ -359,7 +359,20 @@ def _value_hint(text: str, schema: str) -> str:
         return "write host: local, or host: ssh://USER@HOST[:PORT] (e.g. ssh://agent@build-2:2222)"
     if "an ssh lane runs as the user it logs in as" in text:
         return "remove spec.user: the user in host: ssh://USER@… is the lane's user"
+    for words, hint in _NOTIFICATION_HINTS:
+        if words in text:
+            return hint
     return f"see {schema} for what this field accepts"
+
+
+_NOTIFICATION_HINTS = (
+    ("is a secret and the control repo", "replace url: with urlFile: PATH (docs/notifications.md)"),
+    ("exactly one of url and urlFile", "keep url (a URL that is no secret) or urlFile (a file)"),
+    ("a command sink needs", 'add command: ["/usr/local/bin/page-oncall"] to the sink'),
+    ("sink takes no", "remove the fields this type of sink does not use, or change its type"),
+    ("appears twice in on", "list each transition once"),
+    ("notification sink name", "give each sink its own name"),
+)
 
 
 def _allowed_fields(cls: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
