@@ -314,7 +314,13 @@ def _pattern_mismatch(pattern: str, field: str, value: Any, schema: str) -> tupl
             "name the reconciler on the host without arguments (e.g. "
             "/usr/local/bin/reconciler); ' node' is added to it",
         )
-    if field.endswith(("ssh.identityFile", "ssh.knownHosts")):
+    if field.startswith("spec.notifications") and field.endswith(".url"):
+        return (  # the value is not quoted: it may hold a password
+            f"{prefix}not an http(s) URL without user information",
+            "write http(s)://HOST/PATH; a URL with a secret in it goes into a file named by "
+            "urlFile (docs/notifications.md)",
+        )
+    if field.endswith(("ssh.identityFile", "ssh.knownHosts", ".urlFile")):
         return (
             f"{prefix}{got} is not an absolute path",
             "write an absolute path, or one starting with ~ (the reconciler's home)",
