@@ -98,7 +98,7 @@ class Notifier:
         self.policy = policy
         self.log: Log = log or (lambda *_a, **_k: None)
         self.clock = clock
-        self._queue: queue.Queue[_Delivery] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[_Delivery | None] = queue.Queue(maxsize=queue_size)
         self._threads = [
             threading.Thread(target=self._work, name=f"notify-{n}", daemon=True)
             for n in range(workers)
@@ -132,20 +132,22 @@ class Notifier:
         if not sinks:
             self._forget()
             return
-        notified = self._mirror()
-        changes: list[Change] = []
-        if plan is not None:
-            changes += task_changes(desired, plan.tasks, plan.now, skip)
-        control = control_change(problem, notified.get((CONTROL, "control-broken")))
-        if control is not None:
-            changes.append(control)
         baseline = self.store.get_meta(NOTIFY_SINCE) is None
         news: dict[tuple[str, str], Change] = {}  # by key: a lane's tasks say it once
         with self._lock:
-            for c in changes:
-                seen = notified.get(c.key), self._inflight.get(c.key)
-                if c.occurrence not in seen and c.key not in news:
-                    news[c.key] = c
+            if self._notified is None:
+                self._notified = self.store.notified()
+            notified, inflight = self._notified, self._inflight
+
+            def is_news(key: tuple[str, str], occurrence: str) -> bool:
+                return key not in news and occurrence not in (notified.get(key), inflight.get(key))
+
+            if plan is not None:
+                for change in task_changes(desired, plan.tasks, plan.now, skip, is_news):
+                    news[change.key] = change
+            control = control_change(problem, notified.get((CONTROL, "control-broken")))
+            if control is not None and is_news(control.key, control.occurrence):
+                news[control.key] = control
         silent = list(news.values())
         if not baseline:
             silent = [c for c in silent if not _sinks_of(sinks, c)]
@@ -158,12 +160,6 @@ class Notifier:
             wanting = _sinks_of(sinks, change)
             if wanting:
                 self._queue_change(change, wanting, desired.revision, now)
-
-    def _mirror(self) -> dict[tuple[str, str], str]:
-        with self._lock:
-            if self._notified is None:
-                self._notified = self.store.notified()
-            return dict(self._notified)
 
     def _forget(self) -> None:
         """No sinks: drop the record, so that sinks configured later start from a baseline."""
@@ -217,11 +213,13 @@ class Notifier:
     def _work(self) -> None:
         while True:
             try:
-                delivery = self._queue.get(timeout=0.2)
+                delivery = self._queue.get(timeout=0.5)
             except queue.Empty:
                 if self._closing.is_set():
                     return
                 continue
+            if delivery is None:  # stopping, and the queue is drained up to here
+                return
             if self._abort.is_set():
                 continue  # stopping: left for the next start
             try:
@@ -316,6 +314,11 @@ class Notifier:
         """Let deliveries under way finish for up to ``drain`` seconds, then leave the rest
         (not recorded: the next start sends them again)."""
         self._closing.set()
+        for _thread in self._threads:
+            try:
+                self._queue.put_nowait(None)  # an idle worker ends at once
+            except queue.Full:
+                break  # the workers see _closing once they emptied it
         deadline = time.monotonic() + drain
         for thread in self._threads:
             if thread.is_alive():

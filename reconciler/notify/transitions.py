@@ -15,7 +15,8 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from reconciler.manifests.models import Desired, Notification, Transition
@@ -77,17 +78,28 @@ class Change:
         )
 
 
+def _always(_key: tuple[str, str], _occurrence: str) -> bool:
+    return True
+
+
 def task_changes(
-    desired: Desired, statuses: Iterable[TaskStatus], now: float, skip: frozenset[str]
+    desired: Desired,
+    statuses: Iterable[TaskStatus],
+    now: float,
+    skip: frozenset[str],
+    is_news: Callable[[tuple[str, str], str], bool] = _always,
 ) -> Iterator[Change]:
-    """The transitions the tasks' statuses show (not yet compared with what was notified).
-    Tasks in ``skip`` (an action of theirs failed this pass: their status may not hold) and
-    tasks no longer in the manifests are left for a later pass."""
+    """The transitions the tasks' statuses show for which ``is_news(key, occurrence)`` holds
+    (a change is made only for those: most statuses of a large pass are old news). Tasks in
+    ``skip`` (an action of theirs failed this pass: their status may not hold) and tasks no
+    longer in the manifests are left for a later pass."""
     for status in statuses:
         task = desired.tasks.get(status.name)
         if task is None or status.name in skip:
             continue
         for subject, kind, occurrence in _occurrences(status, task.generation, now):
+            if not is_news((subject, kind), occurrence):
+                continue
             pr = status.pr
             lane_wide = subject != status.name
             yield Change(
@@ -135,8 +147,21 @@ def control_change(problem: str | None, notified: str | None) -> Change | None:
         if notified is None or notified == FIXED:
             return None
         return Change(CONTROL, "control-broken", FIXED, "control-fixed", "the problem is resolved")
-    occurrence = hashlib.sha256(problem.encode()).hexdigest()[:16]
+    occurrence = hashlib.sha256(_gist(problem).encode()).hexdigest()[:16]
     return Change(CONTROL, "control-broken", occurrence, "control-broken", redact(problem))
+
+
+_DETAIL = re.compile(r"\s*\([^()]*\)")
+
+
+def _gist(problem: str) -> str:
+    """A problem without its details in parentheses: an error's wording (a fetch's timing, a
+    connection's address) may change from one try to the next, the problem does not."""
+    while True:
+        shorter = _DETAIL.sub("", problem)
+        if shorter == problem:
+            return problem
+        problem = shorter
 
 
 def wanted_by(sink: Notification, change: Change) -> bool:

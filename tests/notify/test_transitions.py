@@ -92,6 +92,12 @@ def test_the_control_repository_is_broken_once_per_problem_and_fixed_once():
     assert again is not None and again.occurrence == broken.occurrence  # the same: no news
     other = control_change("manifest errors at def", broken.occurrence)
     assert other is not None and other.occurrence != broken.occurrence
+    fetch = control_change(
+        "the control remote could not be fetched (after 2013 ms (timed out))", None
+    )
+    later = control_change("the control remote could not be fetched (after 2250 ms)", None)
+    assert fetch is not None and later is not None and fetch.occurrence == later.occurrence
+    assert fetch.reason.endswith("(after 2013 ms (timed out))")
     fixed = control_change(None, broken.occurrence)
     assert fixed is not None and (fixed.transition, fixed.kind) == (
         "control-fixed",
