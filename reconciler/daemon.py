@@ -275,7 +275,6 @@ class Daemon:
         watches = Watches(self.wake)
         with self.engine.locked(lock_timeout) as store:
             notifier = Notifier(store, policy=self.engine.policy, log=self.log)
-            notifier.start()
             pid_path = pidfile(self.engine.ctx.state_dir)
             safefile.write_atomic(pid_path, f"{os.getpid()}\n".encode(), 0o644)
             if not self.once:
@@ -285,6 +284,7 @@ class Daemon:
                 self.listener.start()
                 self.log("listen", f"serving {self.listener.url}", url=self.listener.url)
             reasons: Counter[str] = Counter({"start": 1})
+            notifier.start()
             try:
                 while not self.stopping.is_set():
                     began = time.monotonic()

@@ -128,6 +128,14 @@ class Notifier:
         control repository's ``problem`` is news); ``skip``: tasks whose actions failed."""
         if desired is None:
             return  # nothing was ever loaded: no sinks are known
+        try:
+            self._observe(desired, plan, problem, skip)
+        except StateError as exc:  # a full disk passes: the next pass compares again
+            self.log("notify", f"notifications wait: {exc}", level="error")
+
+    def _observe(
+        self, desired: Desired, plan: Plan | None, problem: str | None, skip: frozenset[str]
+    ) -> None:
         sinks = desired.config.notifications
         if not sinks:
             self._forget()

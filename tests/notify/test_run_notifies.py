@@ -80,3 +80,20 @@ def test_run_notifies_each_transition_once_across_a_restart(world, rx):
         daemon.kill()
     assert told(rx) == [("bad", "failed"), ("good", "pr-open"), ("later", "failed")]
     assert any(r.get("event") == "notify" for r in daemon.records)
+
+
+def test_run_once_delivers_before_it_exits_and_apply_does_not_notify(world, rx):
+    world.lane("web")
+    world.config["notifications"] = [
+        {"name": "hook", "type": "webhook", "url": rx.url, "on": ["failed"]}
+    ]
+    world.task("bad", "web", "exit-3", maxAttempts=1, maxIterations=1)
+    world.commit()
+    first = world.cli("run", "--once", "--log-format", "json")
+    assert first.returncode == 0, first.stderr
+    world.converge()  # apply takes bad to failed, telling no one
+    assert world.status()["bad"]["phase"] == "failed" and rx.requests == []
+    second = world.cli("run", "--once", "--log-format", "json")
+    assert second.returncode == 0, second.stderr
+    assert told(rx) == [("bad", "failed")]  # delivered before `run --once` exited
+    assert [e.message for e in events(world, "notified")] == ["hook: failed delivered (1 try)"]
