@@ -141,6 +141,8 @@ class Notifier:
             self._forget()
             return
         baseline = self.store.get_meta(NOTIFY_SINCE) is None
+        if baseline and plan is None:
+            return  # a baseline is taken of a pass that saw the tasks, or old news comes next
         news: dict[tuple[str, str], Change] = {}  # by key: a lane's tasks say it once
         with self._lock:
             if self._notified is None:

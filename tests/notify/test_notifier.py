@@ -182,6 +182,8 @@ def test_a_delivery_left_when_run_stops_is_sent_by_the_next_start_with_the_same_
 def test_what_is_so_when_sinks_appear_is_the_baseline_and_removing_them_forgets(store, started):
     with receiving() as rx:
         n = notifier(store, started)
+        n.observe(desired(webhook(rx.url)), None, problem="broken")  # no tasks seen: no baseline
+        assert store.get_meta(NOTIFY_SINCE) is None
         n.observe(desired(), plan(failed("a"), PENDING[1]))  # no sinks: nothing is tracked
         assert store.get_meta(NOTIFY_SINCE) is None and store.notified() == {}
         want = desired(webhook(rx.url))
