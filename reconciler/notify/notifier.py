@@ -330,12 +330,12 @@ class Notifier:
             except queue.Full:
                 break  # the workers see _closing once they emptied it
         deadline = time.monotonic() + drain
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(max(0.0, deadline - time.monotonic()))
+        running = [thread for thread in self._threads if thread.is_alive()]
+        for thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
         with self._record_lock:
             self._abort.set()
-        for thread in self._threads:
+        for thread in running:
             thread.join(0.5)  # a try under way ends within its timeout; it records nothing
 
 

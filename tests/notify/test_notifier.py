@@ -398,3 +398,7 @@ def test_a_url_file_of_another_user_is_refused(store, started, tmp_path):
     a_fails(n, want)
     [event] = wait_for(lambda: events(store, "notify-failed"), "the refusal")
     assert "belongs to uid 65534" in event.message
+
+
+def test_a_notifier_never_started_stops_at_once(store):
+    Notifier(store).stop()
