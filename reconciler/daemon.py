@@ -47,6 +47,7 @@ from reconciler.lanes import LaneUnavailable, RequestFailed, paths
 from reconciler.lanes.policy import PolicyError
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired
+from reconciler.notify import Notifier
 from reconciler.plan import ActionKind
 from reconciler.protocol import Recheck
 from reconciler.redact import redact
@@ -283,6 +284,7 @@ class Daemon:
         self.desired: Desired | None = None  # what the last pass reconciled
         self.manifest_errors: tuple[str, ...] = ()  # logged once, until they change
         self.listener: Listener | None = None  # served while the loop runs
+        self.problem: str | None = None  # the control repo's, as the state says it
 
     def _on_term(self, _sig: int, _frame: object) -> None:
         self.stopping.set()
@@ -295,6 +297,7 @@ class Daemon:
         healthy = True
         watches = Watches(self.wake)
         with self.engine.locked(lock_timeout) as store:
+            notifier = Notifier(store, policy=self.engine.policy, log=self.log)
             pid_path = pidfile(self.engine.ctx.state_dir)
             safefile.write_atomic(pid_path, f"{os.getpid()}\n".encode(), 0o644)
             if not self.once:
@@ -304,11 +307,18 @@ class Daemon:
                 self.listener.start()
                 self.log("listen", f"serving {self.listener.url}", url=self.listener.url)
             reasons: Counter[str] = Counter({"start": 1})
+            notifier.start()
             try:
                 while not self.stopping.is_set():
                     began = time.monotonic()
                     try:
                         healthy, result = self.one_pass(store, reasons)
+                        notifier.observe(
+                            self.desired,
+                            result.plan if result is not None else None,
+                            problem=self.problem,
+                            skip=_failed_tasks(result),
+                        )
                     except StateError as exc:
                         # A full disk or a lock held by another program passes: say so and go
                         # on. Damage or a permission problem needs a person: stop, saying why.
@@ -328,6 +338,7 @@ class Daemon:
                     if not reasons:
                         reasons = Counter({timer: 1})
             finally:
+                notifier.stop()  # before the store closes: deliveries under way record there
                 if self.listener is not None:
                     self.listener.stop()
                 if not self.once:
@@ -438,6 +449,7 @@ class Daemon:
 
     def _problem(self, store: Store, problems: list[str]) -> None:
         text = redact("; ".join(problems)) or None  # as the store keeps it: compared below
+        self.problem = text
         if store.get_meta(CONTROL_PROBLEM) != text:
             with store.transaction() as tx:
                 tx.set_meta(CONTROL_PROBLEM, text)
@@ -458,6 +470,13 @@ class Daemon:
                 if found is not None:
                     wanted[found] = (_runs_classifier, False)
         return wanted
+
+
+def _failed_tasks(result: PassResult | None) -> frozenset[str]:
+    """Tasks an action of which failed in the pass: their status may not hold (notify waits)."""
+    if result is None or result.report is None:
+        return frozenset()
+    return frozenset(action.task for action, _why in result.report.failed)
 
 
 def _live_runs(result: PassResult) -> set[tuple[str, str, int, int]]:

@@ -18,6 +18,7 @@ from reconciler.engine import Engine
 from reconciler.lanes.policy import machine_facts
 from reconciler.manifests.policy import lane_violations
 from reconciler.manifests.schema import schema_documents
+from reconciler.notify import schema_documents as notification_schemas
 from reconciler.report import report_schemas
 
 
@@ -81,7 +82,7 @@ def cmd_policy(engine: Engine, args: argparse.Namespace) -> int:
 def cmd_schema(engine: Engine, args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in {**schema_documents(), **report_schemas()}.items():
+    for name, text in {**schema_documents(), **report_schemas(), **notification_schemas()}.items():
         safefile.write_atomic(out / name, text.encode("utf-8"), 0o644)
         print(f"wrote {out / name}")
     return EXIT_OK

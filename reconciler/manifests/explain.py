@@ -314,7 +314,13 @@ def _pattern_mismatch(pattern: str, field: str, value: Any, schema: str) -> tupl
             "name the reconciler on the host without arguments (e.g. "
             "/usr/local/bin/reconciler); ' node' is added to it",
         )
-    if field.endswith(("ssh.identityFile", "ssh.knownHosts")):
+    if field.startswith("spec.notifications") and field.endswith(".url"):
+        return (  # the value is not quoted: it may hold a password
+            f"{prefix}not an http(s) URL without user information",
+            "write http(s)://HOST/PATH; a URL with a secret in it goes into a file named by "
+            "urlFile (docs/notifications.md)",
+        )
+    if field.endswith(("ssh.identityFile", "ssh.knownHosts", ".urlFile")):
         return (
             f"{prefix}{got} is not an absolute path",
             "write an absolute path, or one starting with ~ (the reconciler's home)",
@@ -359,7 +365,20 @@ def _value_hint(text: str, schema: str) -> str:
         return "write host: local, or host: ssh://USER@HOST[:PORT] (e.g. ssh://agent@build-2:2222)"
     if "an ssh lane runs as the user it logs in as" in text:
         return "remove spec.user: the user in host: ssh://USER@… is the lane's user"
+    for words, hint in _NOTIFICATION_HINTS:
+        if words in text:
+            return hint
     return f"see {schema} for what this field accepts"
+
+
+_NOTIFICATION_HINTS = (
+    ("is a secret and the control repo", "replace url: with urlFile: PATH (docs/notifications.md)"),
+    ("exactly one of url and urlFile", "keep url (a URL that is no secret) or urlFile (a file)"),
+    ("a command sink needs", 'add command: ["/usr/local/bin/page-oncall"] to the sink'),
+    ("sink takes no", "remove the fields this type of sink does not use, or change its type"),
+    ("appears twice in on", "list each transition once"),
+    ("notification sink name", "give each sink its own name"),
+)
 
 
 def _allowed_fields(cls: type[BaseModel], loc: Sequence[str | int]) -> list[str]:

@@ -9,6 +9,8 @@ import hashlib
 import json
 import re
 import shlex
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -68,6 +70,16 @@ class Metadata(Spec):
 
 
 # ---------------------------------------------------------------------------------------- Lane
+
+
+def _repeated(names: Iterable[str]) -> str | None:
+    """The first name that comes a second time, if any."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 class Forge(Spec):
@@ -268,11 +280,9 @@ class LaneSpec(Spec):
     @field_validator("repos")
     @classmethod
     def _unique_repos(cls, repos: list[Repo]) -> list[Repo]:
-        seen: set[str] = set()
-        for repo in repos:
-            if repo.name in seen:
-                raise ValueError(f"repository name {repo.name!r} is listed twice in this lane")
-            seen.add(repo.name)
+        twice = _repeated(repo.name for repo in repos)
+        if twice is not None:
+            raise ValueError(f"repository name {twice!r} is listed twice in this lane")
         return repos
 
     @field_validator("host")
@@ -469,10 +479,94 @@ class Backoff(Spec):
     max: Duration = Field(600.0, gt=0, description="cap")
 
 
+# What a notification sink can be told of. Each is decided from what a pass computes anyway (a
+# task's phase and reason code, the control repo's problem), never from log text.
+Transition = Literal["failed", "pr-open", "done", "budget-exhausted", "stalled", "control-broken"]
+TRANSITIONS: tuple[Transition, ...] = typing.get_args(Transition)
+
+
+class Notification(Spec):
+    """One notification sink: where the documents go, and which transitions it gets."""
+
+    name: Name = Field(description="names the sink in events and logs (never its URL)")
+    type: Literal["webhook", "slack", "command"] = Field(
+        description="webhook: POST the JSON document; slack: POST {text} to a Slack-compatible "
+        "incoming webhook; command: run an argv with the JSON document on stdin"
+    )
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s@]+$",
+        description="webhook: where to POST (no credentials in it: use urlFile for a URL that "
+        "is a secret)",
+    )
+    url_file: ControlPath | None = Field(
+        None,
+        description="webhook, slack: a file on the reconciler's host holding the URL, owned by "
+        "the reconciler's user, mode 0600; read at each delivery and never shown",
+    )
+    command: Argv | None = Field(
+        None,
+        description="command: argv run as the reconciler's own user, no shell, the JSON "
+        "document on stdin; exit 0 is delivered",
+    )
+    on: list[Transition] = Field(min_length=1, description="the transitions this sink gets")
+    lanes: list[Name] = Field(
+        default_factory=list, description="only tasks of these lanes; empty: every lane"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="only tasks carrying all these labels"
+    )
+    timeout: Duration = Field(10.0, gt=0, le=300, description="limit for one delivery attempt")
+    attempts: int = Field(5, ge=1, le=20, description="tries before a delivery counts as failed")
+    retry_delay: Duration = Field(
+        2.0, gt=0, le=600, description="wait after the first failed try; doubles, up to 1m"
+    )
+
+    @field_validator("on")
+    @classmethod
+    def _once_each(cls, on: list[Transition]) -> list[Transition]:
+        if len(set(on)) != len(on):
+            raise ValueError("a transition appears twice in on")
+        return on
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> Notification:
+        where = self.url is not None, self.url_file is not None
+        if self.type == "command":
+            if not self.command:
+                raise ValueError("a command sink needs command: an argv list, e.g. [notify-send]")
+            if any(where):
+                raise ValueError("a command sink takes no url or urlFile; remove them")
+        elif self.command is not None:
+            raise ValueError(f"a {self.type} sink takes no command; remove it (or type: command)")
+        elif self.type == "slack" and self.url is not None:
+            raise ValueError(
+                "a Slack webhook URL is a secret and the control repo is no place for it: "
+                "write it to a file only the reconciler's user can read (chmod 600) and name "
+                "that file with urlFile"
+            )
+        elif where.count(True) != 1:
+            raise ValueError(f"a {self.type} sink needs exactly one of url and urlFile")
+        return self
+
+
 class ConfigSpec(Spec):
     max_concurrency: int | None = Field(None, ge=1, description="global cap on live runs")
     branch_prefix: str = Field("agent/", pattern=r"^[A-Za-z0-9._-]+/$")
     backoff: Backoff = Field(default_factory=Backoff)
+    notifications: list[Notification] = Field(
+        default_factory=list,
+        description="sinks told of task transitions and control repo problems (`reconciler "
+        "run` delivers them; docs/notifications.md)",
+    )
+
+    @field_validator("notifications")
+    @classmethod
+    def _unique_sinks(cls, sinks: list[Notification]) -> list[Notification]:
+        twice = _repeated(sink.name for sink in sinks)
+        if twice is not None:
+            raise ValueError(f"the notification sink name {twice!r} is used twice")
+        return sinks
 
 
 # ----------------------------------------------------------------------------------- Documents

@@ -53,6 +53,8 @@ DB_FILE = "state.db"
 LAST_REVISION = "last_revision"
 # meta: this state's identity, random, made with the database; the lanes it owns record it
 STATE_ID = "state_id"
+# meta: when notifying began (sinks configured); absent: what is so now is not news yet
+NOTIFY_SINCE = "notify_since"
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,18 @@ MIGRATIONS: tuple[str, ...] = (
         FROM tasks;
     DROP TABLE tasks;
     ALTER TABLE tasks_v5 RENAME TO tasks;
+    """,
+    # What `run` last notified per subject (a task; ``lane:NAME``; ``:control``) and transition,
+    # and which occurrence of it: a restart compares the world against it, so it neither sends
+    # everything again nor misses what happened while it was down.
+    """
+    CREATE TABLE notified (
+        subject    TEXT NOT NULL,
+        transition TEXT NOT NULL,
+        occurrence TEXT NOT NULL,
+        at         REAL NOT NULL,
+        PRIMARY KEY (subject, transition)
+    ) WITHOUT ROWID;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -427,6 +441,11 @@ class Store:
         )
         return bool(rows)
 
+    def notified(self) -> dict[tuple[str, str], str]:
+        """(subject, transition) → the occurrence last notified (``reconciler.notify``)."""
+        rows = self._query("SELECT subject, transition, occurrence FROM notified")
+        return {(str(s), str(t)): str(o) for s, t, o in rows}
+
     def get_meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
@@ -637,6 +656,19 @@ class Transaction:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
+    def set_notified(self, subject: str, transition: str, occurrence: str, at: float) -> None:
+        """Record ``occurrence`` as the last of ``transition`` notified for ``subject``."""
+        self._exec(
+            "INSERT INTO notified (subject, transition, occurrence, at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (subject, transition) DO UPDATE SET occurrence = excluded.occurrence,"
+            " at = excluded.at WHERE notified.occurrence IS NOT excluded.occurrence",
+            (subject, transition, occurrence, at),
+        )
+
+    def clear_notified(self) -> None:
+        """Forget what was notified (no sink left: the next sink starts from what is so)."""
+        self._exec("DELETE FROM notified")
+
     def set_meta(self, key: str, value: str | None) -> None:
         """Set a meta key (``None`` removes it)."""
         if value is None:
@@ -756,6 +788,7 @@ def _exists(path: Path) -> bool:
 __all__: list[str] = [
     "DB_FILE",
     "MIGRATIONS",
+    "NOTIFY_SINCE",
     "SCHEMA_VERSION",
     "STATE_ID",
     "EventRow",
