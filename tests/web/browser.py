@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,6 +76,9 @@ def chromium(tmp: Path) -> Iterator[Browser]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    # a short path of its own: chromium's singleton socket lives in the profile, and a Unix
+    # socket's path may not pass 107 bytes (a test's tmp_path can)
+    profile = tempfile.mkdtemp(prefix="rc-chromium-", dir="/tmp")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in (
@@ -87,15 +91,17 @@ def chromium(tmp: Path) -> Iterator[Browser]:
         "--disable-sync",
         "--disable-quic",
         "--no-first-run",
-        f"--user-data-dir={tmp / 'chromium-profile'}",
+        f"--user-data-dir={profile}",
         "--window-size=1280,860",
     ):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    shots = Path(os.environ.get(SCREENSHOTS) or tmp)
-    shots.mkdir(parents=True, exist_ok=True)
     try:
-        yield Browser(driver, shots)
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        shots = Path(os.environ.get(SCREENSHOTS) or tmp)
+        shots.mkdir(parents=True, exist_ok=True)
+        try:
+            yield Browser(driver, shots)
+        finally:
+            driver.quit()
     finally:
-        driver.quit()
-        shutil.rmtree(tmp / "chromium-profile", ignore_errors=True)
+        shutil.rmtree(profile, ignore_errors=True)
