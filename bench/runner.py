@@ -12,6 +12,7 @@ Usage: ``.venv/bin/python -m bench [--sizes 1000,10000] [--short-tasks 500] [--k
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from bench import (
 from bench.options import Options
 from bench.sandbox import Sandbox, sandbox
 from bench.table import Table, log
+from reconciler.entry import GC_THRESHOLD
 
 Section = Callable[[Sandbox, Table, Options], None]
 
@@ -123,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         huge_reps=args.huge_reps,
     )
     table = Table()
+    # the collector as the `reconciler` command sets it: the in-process figures stand for it
+    gc.set_threshold(GC_THRESHOLD, 20, 100)
     started = time.perf_counter()
     with sandbox(args.keep) as box:
         log(f"sandbox: {box.root} (HOME for this run and its children)")

@@ -13,7 +13,7 @@ from reconciler.manifests.models import Source, TaskSpec, make_task
 from reconciler.plan import Phase, TaskStatus, Why
 from reconciler.protocol import PullRequest
 from reconciler.record import Run
-from reconciler.report import DescribeReport, TaskReport, report_schemas
+from reconciler.report import DescribeReport, TaskReport, report_schemas, task_json
 from reconciler.state import EventRow, TaskRow
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
@@ -245,3 +245,26 @@ def test_status_says_when_what_it_announces_happens() -> None:
         "next attempt in 25s, at the first apply after that"
     )
     assert when_next(review, driven=False) == review
+
+
+def test_the_fast_task_json_is_the_models_json() -> None:
+    """``task_json`` builds ``status --json``'s entries without the model, for speed: for every
+    reason code, with and without a PR, it says exactly what the model says."""
+    conflicted = PullRequest(
+        number=7,
+        url="https://github.com/o/r/pull/7",
+        state="open",
+        head="agent/fix-add",
+        base="main",
+        title="t",
+        mergeable=False,
+        behind=True,
+        conflicts=["a.txt", "b.txt"],
+    )
+    for why in Why:
+        for pr in (None, STATUS.pr, conflicted):
+            for first_seen in (None, 12.5):
+                status = replace(
+                    STATUS, why=why, pr=pr, reason=f"because {why.value}", next_attempt_at=3.0
+                )
+                assert task_json(status, first_seen) == TaskReport.of(status, first_seen).to_json()
