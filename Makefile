@@ -23,7 +23,7 @@ test: $(STAMP) ## run the test suite (real git repositories, real agent processe
 	$(BIN)/pytest -n 2 -q
 
 # The pure layers and the parsers: planner tables, manifests, the admin policy, state, agents.
-FAST := tests/plan tests/observe tests/docs tests/test_daemon_wait.py tests/manifests tests/state tests/lanes tests/node/test_agent_*.py tests/node/test_forge_contract.py
+FAST := tests/plan tests/observe tests/docs tests/test_daemon_wait.py tests/manifests tests/state tests/lanes tests/node/test_agent_*.py tests/node/test_forge_contract.py tests/notify/test_transitions.py tests/notify/test_config.py tests/test_cli_report.py
 
 test-fast: $(STAMP) ## the quick subset (under a minute): planner, manifests, policy, state, agent parsers
 	$(BIN)/pytest -n 2 -q $(FAST)
