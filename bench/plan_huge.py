@@ -11,6 +11,7 @@ imports are done before the clock starts, and its peak RSS (``ru_maxrss``) is th
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -178,6 +179,7 @@ if __name__ == "__main__":  # a measurement in a fresh process: `python -m bench
     mode_arg, control_arg, state_arg, n_arg = sys.argv[1:5]
     if mode_arg not in (*MODES, "cli"):
         raise SystemExit(f"mode must be one of {', '.join(MODES)}, cli")
+    gc.set_threshold(entry.GC_THRESHOLD, 20, 100)  # as the `reconciler` command sets it
     figures = (
         cli_child() if mode_arg == "cli" else child(mode_arg, control_arg, state_arg, int(n_arg))
     )

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from bench import (
     github,
+    handover,
     meter,
     plan_huge,
     plan_scale,
@@ -45,6 +46,7 @@ SECTIONS: dict[str, Section] = {
     "refill": refill.run,
     "push": push.run,
     "reaction": reaction.run,
+    "handover": handover.run,
     "github": github.run,
     "transports": transports.run,
     "pool": pool.run,

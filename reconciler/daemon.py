@@ -54,7 +54,10 @@ from reconciler.redact import redact
 from reconciler.state import LAST_REVISION, StateError, Store
 
 PIDFILE = "run.pid"
-COALESCE = 0.15  # seconds: events arriving this close together make one pass
+# A burst of events (a push touching many files, several runs ending together) makes one pass:
+# the pass waits until no event came for QUIET seconds, and at most COALESCE after the first.
+QUIET = 0.02
+COALESCE = 0.15
 REQUEUE_FLOOR = 0.05  # seconds: the least wait for a due pass, so a plan due "now" never spins
 TIMERS = frozenset({"interval", "requeue"})  # wake-ups by the clock: quiet unless they act
 CONTROL_PROBLEM = "control_problem"
@@ -70,6 +73,7 @@ class Wakeup:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._reasons: Counter[str] = Counter()
+        self._last = 0.0  # when the newest event came (monotonic)
         self._recheck: dict[str, Recheck] = {}  # forge repository (lower case) → its PRs
 
     def fire(self, reason: str, recheck: Recheck | None = None) -> None:
@@ -77,6 +81,7 @@ class Wakeup:
         the next pass (``take_recheck``)."""
         with self._lock:
             self._reasons[reason] += 1
+            self._last = time.monotonic()
             if recheck is not None:
                 key = recheck.repo.lower()
                 known = self._recheck.get(key)
@@ -97,9 +102,17 @@ class Wakeup:
         return taken
 
     def wait(self, timeout: float) -> Counter[str]:
-        """Block until fired or ``timeout``; then absorb the rest of a burst; the reasons."""
+        """Block until fired or ``timeout``; then absorb the rest of a burst (until it has been
+        quiet for ``QUIET``, at most ``COALESCE``); the reasons."""
         if self._event.wait(timeout):
-            time.sleep(COALESCE)
+            deadline = time.monotonic() + COALESCE
+            while True:
+                now = time.monotonic()
+                with self._lock:
+                    quiet = now - self._last
+                if quiet >= QUIET or now >= deadline:
+                    break
+                time.sleep(min(QUIET - quiet, deadline - now))
         with self._lock:
             reasons, self._reasons = self._reasons, Counter()
             self._event.clear()

@@ -25,6 +25,7 @@ from reconciler.protocol import (
     Batch,
     BatchResult,
     LaneRef,
+    PreflightCheck,
     PreflightRequest,
     Pricing,
     RepoHooks,
@@ -62,6 +63,9 @@ class Transport(Protocol):
     boundary serialise the batch as JSON (``reconciler node`` reads it on stdin)."""
 
     def exchange(self, batch: Batch) -> BatchResult: ...
+
+
+PREFLIGHT_FRESH = 30.0  # seconds a passed pre-flight stands for the passes that follow it
 
 
 class InProcessTransport:
@@ -144,6 +148,25 @@ class LaneClient:
         self.transport = transport or transport_for(name, spec, policy)
         self.state = state
         self.claim = claim
+        # the last pre-flight that passed: (the request, when, its checks)
+        self._passed: tuple[PreflightRequest, float, list[PreflightCheck]] | None = None
+
+    def passed_preflight(
+        self, request: PreflightRequest, now: float
+    ) -> list[PreflightCheck] | None:
+        """The checks of the same pre-flight when it passed less than ``PREFLIGHT_FRESH``
+        seconds ago: a pass need not ask again (a failed one is asked every pass, so a fix is
+        seen at once; ``doctor`` always asks)."""
+        passed = self._passed
+        if passed is None or passed[0] != request or not 0 <= now - passed[1] < PREFLIGHT_FRESH:
+            return None
+        return passed[2]
+
+    def preflight_seen(
+        self, request: PreflightRequest, now: float, checks: list[PreflightCheck]
+    ) -> None:
+        ok = all(c.ok or c.advisory for c in checks)
+        self._passed = (request, now, checks) if ok else None
 
     def call(self, requests: Sequence[Request]) -> list[Response]:
         batch = Batch(requests=list(requests), state=self.state, claim=self.claim)

@@ -174,12 +174,21 @@ def _observe_lane(
 
     repos_of_lane = {r.name for r in spec.repos}
     try:
-        pre_resp, obs_resp = lane.call([preflight, request(inspect)])
+        asked_at = clock()
+        passed = lane.passed_preflight(preflight, asked_at)
+        if passed is None:
+            pre_resp, obs_resp = lane.call([preflight, request(inspect)])
+        else:
+            (obs_resp,) = lane.call([request(inspect)])
         result = unwrap(obs_resp, ObserveResult)
         if result.owner is not None and not owns(result.owner, lane.state):
             detail, fix = owned_elsewhere(lane.name, result.owner)
             return LaneView(lane.name, reachable=False, error=f"{detail}; {fix}"), [], []
-        checks = unwrap(pre_resp, PreflightResult).checks
+        if passed is None:
+            checks = unwrap(pre_resp, PreflightResult).checks
+            lane.preflight_seen(preflight, asked_at, checks)
+        else:
+            checks = passed
         runs, foreign = _sort_owned(lane.name, repos_of_lane, result.runs, owners)
         # Runs that ended but that state never recorded (a crash between spawn and record, or a
         # lost state directory) are inspected in a second, rare round trip.
