@@ -77,6 +77,8 @@ def test_a_pushed_task_moves_through_its_phases_live_and_its_output_stays_text(
                 "return document.querySelector('#pr a') !== null", "the PR and its feedback"
             )
             assert browser.js("return window.sameDocument") is True
+            page = browser.text("main")
+            assert "null" not in page and "undefined" not in page and "NaN" not in page
             assert browser.js("return document.body.dataset.pwned") is None
             assert (
                 browser.js("return document.querySelectorAll('main script, main img').length") == 0
@@ -85,6 +87,15 @@ def test_a_pushed_task_moves_through_its_phases_live_and_its_output_stays_text(
             browser.js("document.querySelector('nav a[data-view=lanes]').click()")
             browser.wait("return document.querySelector('.card svg.chart') !== null", "lanes")
             browser.screenshot("lanes")
+            browser.js("document.querySelector('nav a[data-view=plan]').click()")
+            browser.wait("return document.body.innerText.includes('Actions (')", "the next plan")
+            assert "null" not in browser.text("main") and "undefined" not in browser.text("main")
+            browser.screenshot("plan")
+            browser.js("document.querySelector('nav a[data-view=events]').click()")
+            browser.wait(
+                "return document.querySelectorAll('#events li').length > 3", "the event log"
+            )
+            browser.screenshot("events")
 
             # A broken push: a banner with the error, the last good state still shown.
             browser.js("document.querySelector('nav a[data-view=tasks]').click()")

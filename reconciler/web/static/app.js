@@ -42,6 +42,13 @@ function append(node, children) {
   return node;
 }
 
+// Replace a node's children; null, undefined and false are left out (replaceChildren would
+// write them as text).
+function put(node, ...children) {
+  node.replaceChildren();
+  return append(node, children);
+}
+
 function svg(tag, attrs, ...children) {
   const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
@@ -132,7 +139,7 @@ function drawSummary(summary) {
   rev.textContent = summary.revision ? summary.revision.slice(0, 12) : "";
   rev.title = `the control revision shown: ${summary.revision}`;
   const banner = document.getElementById("banner");
-  banner.replaceChildren();
+  put(banner);
   if (summary.controlProblem) {
     banner.append(el("strong", {}, "The control repo has a problem: "), summary.controlProblem);
     if (summary.manifestErrors.length) {
@@ -185,11 +192,11 @@ function tasksView() {
   root.append(el("h1", { id: "tasks-h" }, "Tasks"), chips, filters, body, pager);
 
   function drawChips(summary) {
-    chips.replaceChildren(...PHASES.filter((p) => summary.phases[p]).map((p) =>
+    put(chips, ...PHASES.filter((p) => summary.phases[p]).map((p) =>
       el("button", { class: "chip", type: "button", "aria-pressed": q.get("phase") === p ? "true" : "false",
         onclick: () => setQuery("phase", q.get("phase") === p ? "" : p) },
         `${p} ${summary.phases[p]}`)));
-    laneSelect.replaceChildren(el("option", { value: "" }, "every lane"),
+    put(laneSelect, el("option", { value: "" }, "every lane"),
       summary.lanes.map((l) => el("option", { value: l, selected: q.get("lane") === l }, l)));
   }
 
@@ -212,13 +219,13 @@ function tasksView() {
       el("td", { class: "num hide-narrow" }, money(t.costUsd)),
       el("td", { class: "num hide-narrow", title: clock(t.firstSeen) }, ago(t.firstSeen)),
       el("td", { class: "reason" }, t.reason)));
-    body.replaceChildren(page.tasks.length
+    put(body, page.tasks.length
       ? table([["Task"], ["Phase"], ["Lane"], ["Run", "num"], ["Attempts", "num hide-narrow"],
         ["Iteration", "num hide-narrow"], ["PR"], ["Cost", "num hide-narrow"], ["Age", "num hide-narrow"],
         ["Reason"]], rows)
       : el("p", { class: "muted" }, page.total ? "No task on this page." : "No task matches."));
     const first = app.pages.length === 1;
-    pager.replaceChildren(
+    put(pager,
       el("button", { type: "button", disabled: first, onclick: () => { app.pages.pop(); route(); } }, "← Previous"),
       el("span", { class: "muted" }, `${page.total} task${page.total === 1 ? "" : "s"}`),
       el("button", { type: "button", disabled: !page.next, onclick: () => { app.pages.push(page.next); route(); } }, "Next →"));
@@ -251,12 +258,13 @@ function taskView(name) {
   const run = { key: null, file: "output", offset: 0, ended: true, pre: null, newest: null };
   let diffAt = 0;
   let prAt = 0;
+  let working = false;  // an agent runs: its changes are read again every few seconds
   let lastId = 0;
 
   function drawHead(doc) {
     const s = doc.status;
     const pr = s && s.pr;
-    head.replaceChildren(
+    put(head,
       el("h1", { id: "task-h" }, name, s ? phase(s.phase) : phase("removed")),
       s && s.reason ? el("p", { class: "reason", id: "reason" }, s.reason) : null,
       el("div", { class: "grid" },
@@ -275,7 +283,7 @@ function taskView(name) {
             : "none"),
         ] : [],
         el("div", {}, el("b", {}, "Defined in"), doc.source ? el("code", {}, doc.source) : "not in the manifests")));
-    conditions.replaceChildren(s ? table([["Type"], ["Status"], ["Reason"], ["Message"]],
+    put(conditions, s ? table([["Type"], ["Status"], ["Reason"], ["Message"]],
       s.conditions.map((c) => el("tr", {},
         el("td", {}, c.type),
         el("td", { class: c.status === "True" ? (c.type === "Degraded" || c.type === "Blocked" ? "bad" : "ok") : "muted" }, c.status),
@@ -285,12 +293,12 @@ function taskView(name) {
 
   function drawRuns(runs) {
     if (!runs.length) {
-      runsBox.replaceChildren(el("p", { class: "muted" }, "No run yet."));
+      put(runsBox, el("p", { class: "muted" }, "No run yet."));
       return;
     }
     run.newest = `${runs[runs.length - 1].attempt}.${runs[runs.length - 1].iteration}`;
     if (!run.key) run.key = run.newest;
-    runsBox.replaceChildren(table(
+    put(runsBox, table(
       [["Run"], ["Started"], ["Took", "num"], ["Exit", "num"], ["Outcome"], ["Checks failed"], ["Cost", "num"],
         ["Turns", "num hide-narrow"], ["Tools", "num hide-narrow"]],
       runs.slice().reverse().map((r) => {
@@ -323,7 +331,7 @@ function taskView(name) {
         el("button", { type: "button", role: "tab", "aria-selected": f === run.file ? "true" : "false",
           onclick: () => pick(key, f) }, text)));
     run.pre = el("pre", { class: "log", id: "log", tabindex: 0, "aria-label": `run ${key} ${run.file}` });
-    runPane.replaceChildren(el("h2", {}, `Run ${key}`, key === run.newest ? el("span", { class: "muted" }, " (newest)") : null), tabs, run.pre);
+    put(runPane, el("h2", {}, `Run ${key}`, key === run.newest ? el("span", { class: "muted" }, " (newest)") : null), tabs, run.pre);
     tail();
   }
 
@@ -355,7 +363,7 @@ function taskView(name) {
     try {
       change = await api(`/api/v1/tasks/${encodeURIComponent(name)}/diff`);
     } catch (e) {
-      diffBox.replaceChildren(el("p", { class: "error" }, `The changes could not be read: ${e.message}`));
+      put(diffBox, el("p", { class: "error" }, `The changes could not be read: ${e.message}`));
       return;
     }
     const what = { worktree: "in the agent's worktree (committed and not yet committed)",
@@ -369,7 +377,7 @@ function taskView(name) {
       else if (line.startsWith("-") && !line.startsWith("---")) cls = "d-del";
       return el("span", { class: cls }, line || " ");
     }));
-    diffBox.replaceChildren(
+    put(diffBox,
       change.source === "none"
         ? el("p", { class: "muted" }, "Nothing to compare yet: no branch or worktree.")
         : el("p", { class: "muted" }, `Against ${change.base ? change.base.slice(0, 12) : "?"}, ${what}.`,
@@ -384,11 +392,11 @@ function taskView(name) {
     try {
       shown = await api(`/api/v1/tasks/${encodeURIComponent(name)}/pr`);
     } catch (e) {
-      prBox.replaceChildren(el("p", { class: "error" }, `The pull request could not be read: ${e.message}`));
+      put(prBox, el("p", { class: "error" }, `The pull request could not be read: ${e.message}`));
       return;
     }
     const pr = shown.pr;
-    prBox.replaceChildren(
+    put(prBox,
       el("p", {}, el("a", { href: pr.url, rel: "noreferrer", target: "_blank" }, `#${pr.number} ${pr.title}`),
         ` · ${pr.state} · ${pr.head} into ${pr.base}`,
         pr.mergeable === false ? el("span", { class: "bad" }, " · conflicts") : null),
@@ -412,6 +420,7 @@ function taskView(name) {
     drawSummary(summary);
     drawHead(doc);
     drawRuns(doc.runs);
+    working = Boolean(doc.status && doc.status.phase === "running");
     if (!run.pre && run.key) pick(run.key);
     else if (run.key === run.newest) { run.ended = false; tail(); }
     if (!lastId) doc.events.forEach(drawEvent);
@@ -423,7 +432,11 @@ function taskView(name) {
     if (ev.task === name) drawEvent(ev);
   }
 
-  const timer = setInterval(() => { if (!run.ended) tail(); }, 1000);
+  // while the agent works, its output is followed every second and its changes every few
+  const timer = setInterval(() => {
+    if (!run.ended) tail();
+    if (working && Date.now() - diffAt > 4000) drawDiff();
+  }, 1000);
   return { name: "task", root, refresh, onEvent, stop: () => clearInterval(timer) };
 }
 
@@ -456,7 +469,7 @@ function lanesView() {
   async function refresh() {
     const [summary, doc] = await Promise.all([api("/api/v1/summary"), api("/api/v1/lanes")]);
     drawSummary(summary);
-    cards.replaceChildren(...doc.lanes.map((lane) => el("article", { class: "card", "data-lane": lane.name },
+    put(cards, ...doc.lanes.map((lane) => el("article", { class: "card", "data-lane": lane.name },
       el("h2", {}, lane.name, " ", lane.reachable ? el("span", { class: "ok" }, "reachable") : el("span", { class: "bad" }, "unreachable")),
       lane.error ? el("p", { class: "error" }, lane.error) : null,
       el("p", {}, `Slots: ${lane.slotsUsed} of ${lane.slots} in use`),
@@ -493,7 +506,7 @@ function planView() {
     const due = plan.requeue
       ? el("p", {}, `Next due by time in ${Math.round(plan.requeue.after)}s: `, el("code", {}, plan.requeue.reason), ` ${plan.requeue.message}`)
       : el("p", { class: "muted" }, "Nothing is due by time; a push, a refresh or the interval starts the next pass.");
-    body.replaceChildren(due,
+    put(body, due,
       el("p", {}, summary.reconciling ? "This process reconciles: the pass runs on its own."
         : summary.driven ? "A `reconciler run` holds this state: its passes carry this out."
           : "No `reconciler run` holds this state: the next `reconciler apply` carries this out."),
