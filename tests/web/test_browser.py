@@ -77,7 +77,10 @@ def test_a_pushed_task_moves_through_its_phases_live_and_its_output_stays_text(
                 "return document.querySelector('#pr a') !== null", "the PR and its feedback"
             )
             assert browser.js("return window.sameDocument") is True
-            page = browser.text("main")
+            page = browser.js(  # what the page itself wrote, not the agent's output or diff
+                "const m = document.querySelector('main').cloneNode(true); "
+                "m.querySelectorAll('pre').forEach((p) => p.remove()); return m.textContent"
+            )
             assert "null" not in page and "undefined" not in page and "NaN" not in page
             assert browser.js("return document.body.dataset.pwned") is None
             assert (
