@@ -38,7 +38,6 @@ def test_a_pushed_task_moves_through_its_phases_live_and_its_output_stays_text(
                 "return document.querySelector('#live.on') !== null", "the stream to connect"
             )
             assert browser.wait(ROW_PHASE, "the converged task's row", "calm") == "pr-open"
-            browser.screenshot("tasks")
 
             # An operator pushes a task; the push hook asks for a pass. The page, never
             # reloaded, shows it appear and start.
@@ -51,6 +50,7 @@ def test_a_pushed_task_moves_through_its_phases_live_and_its_output_stays_text(
                 "return r && r.dataset.phase === 'running'",
                 "the pushed task to show up running",
             )
+            browser.screenshot("tasks")
 
             # Its page: the live tail and the diff render what the agent printed and wrote as
             # text; none of it runs.
