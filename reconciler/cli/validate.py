@@ -56,6 +56,7 @@ def cmd_policy(engine: Engine, args: argparse.Namespace) -> int:
         "sshKeys": spec.ssh_keys,
         "knownHosts": spec.known_hosts,
         "githubApiUrls": spec.github_api_urls,
+        "notifyUrls": spec.notify_urls,
     }
     if args.json:
         print(json.dumps(data, indent=2))
@@ -76,6 +77,7 @@ def cmd_policy(engine: Engine, args: argparse.Namespace) -> int:
     print(f"  ssh keys:               {', '.join(spec.ssh_keys)}")
     print(f"  ssh known hosts files:  {', '.join(spec.known_hosts)}")
     print(f"  GitHub API URLs:        {', '.join(spec.github_api_urls)}")
+    print(f"  notification URLs:      {', '.join(spec.notify_urls or []) or 'any'}")
     return EXIT_OK
 
 

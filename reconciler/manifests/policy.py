@@ -71,6 +71,11 @@ class PolicySpec(Spec):
         default_factory=lambda: [GITHUB_API],
         description="GitHub REST API roots a lane's token may be sent to (exact URLs)",
     )
+    notify_urls: list[Pattern] | None = Field(
+        None,
+        description="URLs the Config's webhook and slack notification sinks may post to "
+        "(shell wildcards, e.g. https://hooks.slack.com/services/*). Default: any URL",
+    )
 
 
 class PolicyDoc(_Document):

@@ -244,10 +244,13 @@ class Notifier:
         sink, change = delivery.sink, delivery.group.change
         tries = _Tries()
         refusal = self._command_refusal() if sink.type == "command" else None
+        policy = self._policy_or_none() if sink.type != "command" else None
 
         def attempt() -> None:
             try:
-                deliver(sink, delivery.body, delivery.text, change.transition, refusal)
+                deliver(
+                    sink, delivery.body, delivery.text, change.transition, refusal, policy=policy
+                )
             except (Retry, Refused) as exc:
                 tries.errors.append(str(exc))
                 raise
@@ -272,6 +275,14 @@ class Notifier:
     def _sleep(self, seconds: float) -> None:
         if self._abort.wait(seconds):
             raise _Stopped
+
+    def _policy_or_none(self) -> Policy | None:
+        """The admin policy for a sink's URL; a policy file that cannot be read refuses every
+        command sink (``_command_refusal``) but does not silence the webhooks."""
+        try:
+            return self.policy()
+        except Exception:  # said by the command sinks' refusal and by every pass's lanes
+            return None
 
     def _command_refusal(self) -> str | None:
         euid = os.geteuid()

@@ -14,6 +14,7 @@ reconciler's own variables: they may hold its tokens).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import re
 import signal
@@ -160,10 +161,30 @@ def command_refusal(policy: Policy, euid: int, user: str) -> str | None:
     )
 
 
+def url_refusal(policy: Policy, url: str) -> str | None:
+    """Why a webhook or Slack sink may not post to ``url`` here (None: it may). The admin
+    policy's ``notifyUrls``, when given, names the only URLs (shell wildcards) a manifest may
+    send notifications to; the URL itself is never quoted (a Slack URL is a secret)."""
+    patterns = policy.spec.notify_urls
+    if patterns is None or any(fnmatch.fnmatchcase(url, p) for p in patterns):
+        return None
+    return (
+        f"{policy.origin} does not allow notifications to this sink's URL (notifyUrls: "
+        f"{', '.join(patterns)}); point the sink at an allowed URL, or let the admin add it"
+    )
+
+
 def deliver(
-    sink: Notification, body: bytes, text: bytes, transition: str, refusal: str | None
+    sink: Notification,
+    body: bytes,
+    text: bytes,
+    transition: str,
+    refusal: str | None,
+    *,
+    policy: Policy | None = None,
 ) -> None:
-    """One try of one document to one sink (``Retry``, ``Refused``)."""
+    """One try of one document to one sink (``Retry``, ``Refused``). ``refusal``: why a command
+    sink may not run; ``policy``: the admin policy the URL of another sink must pass."""
     if sink.type == "command":
         if refusal is not None:
             raise Refused(refusal)
@@ -171,10 +192,13 @@ def deliver(
         run_command(sink.command, body, sink.timeout, command_env(sink.name, transition))
         return
     url = sink.url if sink.url is not None else read_url_file(str(sink.url_file))
+    refused = url_refusal(policy, url) if policy is not None else None
+    if refused is not None:
+        raise Refused(f"{sink.name}: {refused}")
     try:
         post(url, text if sink.type == "slack" else body, sink.timeout)
     except (Retry, Refused) as exc:
         raise type(exc)(redact(str(exc), [url])) from None
 
 
-__all__ = ["Refused", "Retry", "command_refusal", "deliver", "read_url_file"]
+__all__ = ["Refused", "Retry", "command_refusal", "deliver", "read_url_file", "url_refusal"]

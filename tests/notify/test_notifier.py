@@ -15,7 +15,7 @@ import pytest
 from reconciler.manifests.models import Desired
 from reconciler.manifests.policy import Policy, PolicySpec
 from reconciler.notify import Notifier
-from reconciler.notify.sinks import command_refusal
+from reconciler.notify.sinks import command_refusal, url_refusal
 from reconciler.plan import Why
 from reconciler.state import NOTIFY_SINCE, Store
 from tests.notify.receiver import receiving
@@ -402,3 +402,19 @@ def test_a_url_file_of_another_user_is_refused(store, started, tmp_path):
 
 def test_a_notifier_never_started_stops_at_once(store):
     Notifier(store).stop()
+
+
+def test_a_url_the_policy_does_not_list_gets_nothing_and_is_not_quoted(store, started):
+    with receiving() as rx:
+        only = Policy(PolicySpec(notify_urls=["https://hooks.example.com/*"]), source="/p.yaml")
+        made = Notifier(store, policy=lambda: only)
+        started.append(made)
+        made.start()
+        a_fails(made, desired(webhook(rx.url)))
+        [event] = wait_for(lambda: events(store, "notify-failed"), "the refusal")
+        assert "the policy /p.yaml does not allow notifications to this sink's URL" in event.message
+        assert "(1 try)" in event.message and rx.url not in event.message
+        assert rx.requests == []
+    allowed = Policy(PolicySpec(notify_urls=["http://127.0.0.1:*"]))
+    assert url_refusal(allowed, "http://127.0.0.1:8080/hook") is None
+    assert url_refusal(Policy(), "http://169.254.169.254/") is None  # no list: any URL
