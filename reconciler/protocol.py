@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: changes, read-log files, observe rechecks and rate limits
 
 
 class Msg(BaseModel):

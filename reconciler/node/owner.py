@@ -28,7 +28,7 @@ from reconciler.protocol import LaneOwner, StateRef, owned_elsewhere, owns
 OWNER_FILE = ".owner"
 _MAX_RECORD = 64 << 10
 # What only reads the lane: answered whoever asks. Every other request changes it.
-READ_ONLY = frozenset({"observe", "preflight", "forge-list", "read-log"})
+READ_ONLY = frozenset({"observe", "preflight", "forge-list", "read-log", "changes"})
 
 
 def owner_path(lane: Lane) -> str:

@@ -12,6 +12,7 @@ import pytest
 
 from reconciler.node.server import BatchError, handle, handle_json
 from reconciler.protocol import (
+    PROTOCOL_VERSION,
     Batch,
     BatchResult,
     ForgeListRequest,
@@ -98,7 +99,10 @@ def test_one_failure_does_not_abort_the_batch(env: Env) -> None:
 def test_handle_json_answers_invalid_requests_individually(env: Env) -> None:
     good = ForgeListRequest(lane=env.lane, repo="webapp").model_dump(mode="json")
     text = json.dumps(
-        {"version": 1, "requests": [{"op": "start-run", "attempt": "x"}, {"op": "explode"}, good]}
+        {
+            "version": PROTOCOL_VERSION,
+            "requests": [{"op": "start-run", "attempt": "x"}, {"op": "explode"}, good],
+        }
     )
     result = BatchResult.model_validate_json(handle_json(text))
     first, second, third = result.responses
