@@ -167,6 +167,8 @@ def main() -> int:
     print(f"  env HOME={HOME} RECONCILER_CONTROL={CONTROL} RECONCILER_STATE={STATE} \\")
     print(f"    RECONCILER_POLICY={POLICY} \\")
     print("    .venv/bin/reconciler status")
+    print("The same with `serve --listen 127.0.0.1:8080` instead of `status` serves the")
+    print("dashboard at http://127.0.0.1:8080/ (docs/dashboard.md).")
     return 0
 
 
