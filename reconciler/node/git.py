@@ -396,7 +396,8 @@ def is_clean(path: str) -> bool:
     """Whether a worktree's files are its HEAD's, with nothing untracked (ignored files may be
     there). Reads only: no index refresh is written (``--no-optional-locks``), so a worktree
     whose index was settled when it was made costs a stat of each file and directory."""
-    proc = run(["--no-optional-locks", "status", "--porcelain"], path, check=False)
+    args = ["--no-optional-locks", "status", "--porcelain", "--untracked-files=normal"]
+    proc = run(args, path, check=False)  # untracked files shown whatever the user's config says
     return proc.returncode == 0 and not proc.stdout
 
 
