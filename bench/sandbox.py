@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bench.runs import alive, read_fingerprint
@@ -86,6 +86,36 @@ class Sandbox:
         self.git("clone", "-q", "--bare", str(seed), str(origin), cwd=seed.parent)
         self.git("clone", "-q", str(origin), str(path), cwd=seed.parent)
         shutil.rmtree(seed)
+        return path
+
+    def imported_repo(self, path: Path, files: Iterable[tuple[str, bytes]]) -> Path:
+        """A clone at ``path`` of a bare ``origin`` whose ``main`` is one commit holding
+        ``files`` (path, content), written by one ``git fast-import``: no working copy is
+        checked out or hashed on the way, so tens of thousands of files take seconds."""
+        origin = path.with_name(path.name + ".git")
+        self.git("init", "-q", "--bare", "-b", "main", str(origin), cwd=path.parent)
+        importer = subprocess.Popen(
+            ["git", "fast-import", "--quiet", "--done"],
+            cwd=origin,
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+        assert importer.stdin is not None
+        with importer.stdin as stream:
+            stream.write(
+                b"commit refs/heads/main\n"
+                b"committer bench <bench@example.invalid> 1700000000 +0000\n"
+                b"data 10\nGenerated\n\n"
+            )
+            for name, content in files:
+                stream.write(b"M 100644 inline %s\ndata %d\n" % (name.encode(), len(content)))
+                stream.write(content)
+                stream.write(b"\n")
+            stream.write(b"\ndone\n")
+        if importer.wait() != 0:
+            raise RuntimeError(f"git fast-import failed in {origin}")
+        self.git("clone", "-q", str(origin), str(path), cwd=path.parent)
         return path
 
     def control(self, path: Path, files: dict[str, str]) -> Path:

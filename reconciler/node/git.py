@@ -9,11 +9,13 @@ never build a shell string, prompt for credentials, or touch paths its caller di
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -187,15 +189,17 @@ def prepare_workspace(
     remote: str,
     *,
     sparse: list[str] | None = None,
+    fetch: bool = True,
 ) -> bool:
     """Make ``path`` a worktree of ``checkout`` on ``branch``; True when it was created now.
 
     An existing registered worktree is reused as it is. A new branch starts at ``base``
-    (freshly fetched remote-tracking branch, else the local one) without upstream tracking.
+    (freshly fetched remote-tracking branch, else the local one) without upstream tracking;
+    ``fetch`` False: the caller fetched it just now.
     Only the worktree bookkeeping holds the repository's lock: every git call under it delays
     every other start and cleanup on the same repository.
     """
-    if resolve(checkout, f"refs/heads/{branch}") is None:
+    if fetch and resolve(checkout, f"refs/heads/{branch}") is None:
         fetch_base(checkout, remote, base)
     with repo_lock(checkout):
         if os.path.isdir(path):
@@ -386,6 +390,45 @@ def add_detached(checkout: str, path: str, start: str, sparse: list[str]) -> Non
         raise GitError(f"could not add pooled worktree {path}: {_reason(proc.stderr)}")
     if sparse:
         _sparse_checkout(path, sparse)
+
+
+def is_clean(path: str) -> bool:
+    """Whether a worktree's files are its HEAD's, with nothing untracked (ignored files may be
+    there). Reads only: no index refresh is written (``--no-optional-locks``), so a worktree
+    whose index was settled when it was made costs a stat of each file and directory."""
+    args = ["--no-optional-locks", "status", "--porcelain", "--untracked-files=normal"]
+    proc = run(args, path, check=False)  # untracked files shown whatever the user's config says
+    return proc.returncode == 0 and not proc.stdout
+
+
+def settle_index(path: str) -> None:
+    """Record in a new worktree's index the files' stat data, once the clock is past the second
+    they were written in. Until then git cannot trust their times ("racily clean" entries) and
+    every status reads their content again; after it, a status is a stat of each file."""
+    index = run(["rev-parse", "--git-path", "index"], path).stdout.strip()
+    written = os.stat(os.path.join(path, index)).st_mtime
+    wait = math.floor(written) + 1 - time.time()
+    if wait > 0:
+        time.sleep(wait + 0.01)
+    run(["update-index", "-q", "--refresh"], path, check=False)
+
+
+def claim(path: str, branch: str, sha: str) -> None:
+    """Put a clean pooled worktree whose HEAD is ``sha`` on a new ``branch`` there. No file is
+    touched and the index stays as it is: only the branch ref is created (never overwriting one
+    that exists) and HEAD pointed at it."""
+    run(
+        ["update-ref", "-m", "branch: created from the pool", f"refs/heads/{branch}", sha, ""], path
+    )
+    run(["symbolic-ref", "HEAD", f"refs/heads/{branch}"], path)
+
+
+def reset_detached(path: str, start: str) -> None:
+    """Bring a pooled worktree to ``start`` (detached), with nothing git does not track left
+    over (ignored files, e.g. installed dependencies, stay)."""
+    # --force: tracked files back to the commit's content, whatever was done to them
+    run(["checkout", "--quiet", "--force", "--detach", start], path)
+    run(["clean", "-ffd", "--quiet"], path)
 
 
 def repoint(path: str, branch: str, start: str) -> None:

@@ -1,12 +1,18 @@
 """A warm pool of worktrees per repository and base: dispatch becomes a branch switch.
 
 A pooled worktree is a detached worktree of the lane's checkout at a base commit, kept under
-``<workspaceRoot>/.pool/<repo>/<base>/<id>``. Taking one for a task (under the repository's
-worktree lock): put the task's branch at the base as the remote has it now, with every tracked
-file back to that commit (``checkout --force -B``), remove everything git does not track
-(``clean -ffd``; ignored files such as installed dependencies stay), check that HEAD is the base,
-and ``git worktree move`` it into the task's place. A worktree that fails any of that is
-removed, never handed out. Filling creates what is missing, one ``worktree add`` each.
+``<workspaceRoot>/.pool/<repo>/<base>/<id>``. Taking one for a task costs no checkout: ``git
+worktree move`` (the only step under the repository's worktree lock) puts it into the task's
+place, and
+when its HEAD is the base as the remote has it now and its files are clean (one ``status`` that
+writes nothing), the task's branch is created at that commit and HEAD pointed at it
+(``update-ref``, ``symbolic-ref``). One that is behind or was changed is reset instead
+(``checkout --force -B``, ``clean -ffd``; ignored files such as installed dependencies stay) and
+its HEAD checked. A worktree that fails any of that is removed, never handed out.
+
+Filling is the slow part and runs after a pass's starts: it creates what is missing, one
+``worktree add`` each, brings ready ones whose base moved to it, and settles each new index so
+that the next take's ``status`` is a stat per file, not a read.
 """
 
 from __future__ import annotations
@@ -60,10 +66,13 @@ def fill(
 ) -> list[str]:
     """Create pooled worktrees until ``size`` are ready; the paths created now.
 
-    ``prepared`` runs in each new one (the repository's afterCreate hook, so that a task taking
-    it finds its dependencies installed); one it fails for is removed and the error raised."""
+    Ready ones whose base moved since they were made (as this clone last fetched it) are
+    brought to it here, so that the next take finds them at the base. ``prepared`` runs in each
+    new one (the repository's afterCreate hook, so that a task taking it finds its dependencies
+    installed); one it fails for is removed and the error raised. Each new or moved one has its
+    index settled (``settle_index``), which is what keeps a take from reading files."""
+    ready = _refreshed(checkout, directory, base, remote)
     created: list[str] = []
-    ready = [p for p in entries(directory) if _usable(checkout, p)]
     if len(ready) >= size:
         return created
     gitops.fetch_base(checkout, remote, base)
@@ -81,10 +90,39 @@ def fill(
                 gitops.drop_worktree(checkout, path)
             raise NodeError(f"{message}; the pooled worktree was removed")
         created.append(path)
+    for path in created:
+        gitops.settle_index(path)
     return created
 
 
+def _refreshed(checkout: str, directory: str, base: str, remote: str) -> list[str]:
+    """The pooled worktrees of ``directory`` still registered, each at the base (moved there
+    when it was behind); leftovers are removed."""
+    start = gitops.base_ref(checkout, base, remote)
+    sha = gitops.resolve(checkout, start) if start is not None else None
+    ready: list[str] = []
+    for path in entries(directory):
+        with gitops.repo_lock(checkout):
+            if not _usable(checkout, path):
+                continue
+            if start is None or gitops.resolve(path, "HEAD") == sha:
+                ready.append(path)
+                continue
+            try:
+                gitops.reset_detached(path, start)
+            except NodeError:
+                gitops.drop_worktree(checkout, path)
+                continue
+        gitops.settle_index(path)
+        ready.append(path)
+    return ready
+
+
 def _usable(checkout: str, path: str) -> bool:
+    """Whether ``path`` (under the repository's lock) is still a registered worktree; a
+    leftover directory that is not is removed."""
+    if not os.path.isdir(path):  # taken meanwhile
+        return False
     wt = gitops.registered(checkout, path)
     if wt is None or wt.prunable:
         shutil.rmtree(path, ignore_errors=True)
@@ -98,25 +136,42 @@ def take(
     """Hand a pooled worktree to a task as ``target`` on a new ``branch`` at ``base``.
 
     Returns the path it came from, or None when the pool had none (the caller creates one).
-    The branch must not exist yet (an existing branch keeps its own history: no pool).
+    The branch must not exist yet (an existing branch keeps its own history: no pool). Only the
+    move into the task's place holds the repository's lock; what follows touches that worktree
+    alone, so starts on one repository do not wait for each other's ``status``.
     """
     start = gitops.base_ref(checkout, base, remote)
-    if start is None:
-        return None
-    base_sha = gitops.resolve(checkout, start)
+    sha = gitops.resolve(checkout, start) if start is not None else None
+    if sha is None or os.path.lexists(target):
+        return None  # no base, or something in the way: the caller's worktree add says what
     for path in entries(directory):
         with gitops.repo_lock(checkout):
             if not _usable(checkout, path):
                 continue
+            os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
-                # checkout --force and clean leave it clean by construction: only HEAD is checked
-                gitops.repoint(path, branch, start)
-                if gitops.resolve(path, "HEAD") != base_sha:
-                    raise NodeError(f"pooled worktree {path} is not at {base} after the reset")
-                os.makedirs(os.path.dirname(target), exist_ok=True)
                 gitops.move_worktree(checkout, path, target)
             except NodeError:
-                gitops.drop_worktree(checkout, path, branch)
+                gitops.drop_worktree(checkout, path)
                 continue
-            return path
+        try:
+            _branch_off(target, branch, sha, base)
+        except NodeError:
+            with gitops.repo_lock(checkout):
+                gitops.drop_worktree(checkout, target, branch)
+            continue
+        return path
     return None
+
+
+def _branch_off(path: str, branch: str, sha: str, base: str) -> None:
+    """Put the worktree at ``path`` on a new ``branch`` at commit ``sha``, every tracked file
+    that commit's and nothing untracked. One already there and clean is only claimed: the
+    branch is created at its HEAD, no file written and the index kept. One that is behind
+    (its base moved since the last fill) or was changed is reset first."""
+    if gitops.resolve(path, "HEAD") == sha and gitops.is_clean(path):
+        gitops.claim(path, branch, sha)
+        return
+    gitops.repoint(path, branch, sha)
+    if gitops.resolve(path, "HEAD") != sha:
+        raise NodeError(f"pooled worktree {path} is not at {base} after the reset")

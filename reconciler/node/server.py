@@ -110,10 +110,10 @@ def _prepare(lane: Lane, req: PrepareWorkspaceRequest) -> BaseModel:
     if base is None:
         raise NodeError(f"task {task.name}: a workspace is made from a base branch; none was given")
     created = pooled = False
-    if req.fetch_base:
+    new_branch = gitops.resolve(checkout, f"refs/heads/{task.branch}") is None
+    if req.fetch_base or new_branch:  # once: a new branch starts at the base the remote has now
         gitops.fetch_base(checkout, repo.remote, base)
-    if repo.pool > 0 and gitops.resolve(checkout, f"refs/heads/{task.branch}") is None:
-        gitops.fetch_base(checkout, repo.remote, base)
+    if repo.pool > 0 and new_branch:
         directory = pool.pool_dir(lane.root, repo.name, base)
         taken = pool.take(
             checkout, directory, path, branch=task.branch, base=base, remote=repo.remote
@@ -121,7 +121,7 @@ def _prepare(lane: Lane, req: PrepareWorkspaceRequest) -> BaseModel:
         created = pooled = taken is not None
     if not created:
         created = gitops.prepare_workspace(
-            checkout, path, task.branch, base, repo.remote, sparse=repo.sparse
+            checkout, path, task.branch, base, repo.remote, sparse=repo.sparse, fetch=False
         )
     if created and not pooled:  # a pooled worktree ran afterCreate when it was made
         ok, message = run_hook(lane, repo, "after_create", task.name, path)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 from reconciler.node import pool
@@ -89,6 +91,113 @@ def test_a_pooled_worktree_is_never_handed_out_dirty_or_stale(env: Env) -> None:
     assert git(path, "status", "--porcelain", "--untracked-files=all") == ""
     assert git(path, "rev-parse", "HEAD").strip() == newer  # the base as the remote has it now
     assert Path(path, "README.md").read_text() == "hello\n"
+
+
+def untouched(path: Path) -> tuple[tuple[int, int], tuple[int, int], bytes]:
+    """What changes when a worktree's files or index are written: a tracked file's inode and
+    modification time, and the index's, with the index's bytes."""
+    index = Path(path, git(path, "rev-parse", "--path-format=absolute", "--git-path", "index"))
+    readme, written = Path(path, "README.md").stat(), index.stat()
+    return (
+        (readme.st_ino, readme.st_mtime_ns),
+        (written.st_ino, written.st_mtime_ns),
+        index.read_bytes(),
+    )
+
+
+def the_one_pooled(env: Env) -> Path:
+    [entry] = pool.entries(pool.pool_dir(str(env.root), "webapp", "main"))
+    return Path(entry)
+
+
+def push_new_base(env: Env) -> str:
+    """A commit on the remote's main made elsewhere, as another task's merge is."""
+    other = env.tmp / "other"
+    if not other.exists():
+        git(env.tmp, "clone", "-q", str(env.origin), str(other))
+    git(other, "pull", "-q", "origin", "main")
+    newer = commit(other, "NEW.md", f"new {other.stat().st_mtime_ns}\n")
+    git(other, "push", "-q", "origin", "main")
+    return newer
+
+
+def test_taking_a_clean_pooled_worktree_writes_no_file_and_keeps_its_index(env: Env) -> None:
+    pooled(env, size=1)
+    fill(env)
+    before = untouched(the_one_pooled(env))
+    base = git(env.checkout, "rev-parse", "origin/main")
+    assert prepare(env, "claimed").created
+    path = env.workspace("claimed")
+    assert untouched(path) == before
+    assert git(path, "symbolic-ref", "HEAD") == "refs/heads/agent/claimed"
+    assert git(path, "rev-parse", "HEAD") == base
+    assert git(path, "status", "--porcelain", "--untracked-files=all") == ""
+    [task_tree] = [t for t in git(env.checkout, "worktree", "list").splitlines() if "claimed" in t]
+    assert task_tree.startswith(str(path)) and "[agent/claimed]" in task_tree
+
+
+def test_fill_brings_a_pooled_worktree_whose_base_moved_up_to_date(env: Env) -> None:
+    pooled(env, size=1)
+    fill(env)
+    newer = push_new_base(env)
+    git(env.checkout, "fetch", "-q", "origin")  # as a start's fetch of the base does
+    assert fill(env).created == {}  # the one there is moved to the base, not replaced
+    entry = the_one_pooled(env)
+    assert git(entry, "rev-parse", "HEAD") == newer
+    assert git(entry, "status", "--porcelain", "--untracked-files=all") == ""
+    before = untouched(entry)
+    prepare(env, "current")
+    assert untouched(env.workspace("current")) == before  # the take had nothing left to do
+    assert git(env.workspace("current"), "rev-parse", "HEAD") == newer
+
+
+def test_an_untracked_file_in_a_pooled_worktree_is_not_handed_out(env: Env) -> None:
+    pooled(env, size=1)
+    fill(env)
+    Path(the_one_pooled(env), "junk.txt").write_text("junk\n")
+    prepare(env, "nojunk")
+    path = env.workspace("nojunk")
+    assert not Path(path, "junk.txt").exists()
+    assert git(path, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(path, "branch", "--show-current") == "agent/nojunk"
+
+
+def test_something_in_the_tasks_place_leaves_the_pool_as_it_was(env: Env) -> None:
+    pooled(env, size=1)
+    fill(env)
+    entry = the_one_pooled(env)
+    env.workspace("blocked").mkdir(parents=True)
+    Path(env.workspace("blocked"), "notes.txt").write_text("mine\n")
+    response = env.respond(PrepareWorkspaceRequest(lane=env.lane, task=env.task("blocked")))
+    assert not response.ok and response.failure is not None
+    assert "is not a worktree" in response.failure.error
+    assert the_one_pooled(env) == entry and Path(entry, "README.md").is_file()
+
+
+def test_two_starts_at_once_take_two_pooled_worktrees(env: Env) -> None:
+    pooled(env, size=2)
+    fill(env)
+    directory = pool.pool_dir(str(env.root), "webapp", "main")
+    together = threading.Barrier(2)
+
+    def take(name: str) -> str | None:
+        together.wait()
+        return pool.take(
+            str(env.checkout),
+            directory,
+            str(env.workspace(name)),
+            branch=f"agent/{name}",
+            base="main",
+            remote="origin",
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as workers:
+        taken = list(workers.map(take, ["one", "two"]))
+    assert None not in taken and len(set(taken)) == 2
+    assert pool.entries(directory) == []
+    for name in ("one", "two"):
+        assert git(env.workspace(name), "branch", "--show-current") == f"agent/{name}"
+        assert git(env.workspace(name), "status", "--porcelain") == ""
 
 
 def test_an_existing_branch_does_not_come_from_the_pool(env: Env) -> None:
