@@ -20,7 +20,6 @@ from reconciler.plan.model import (
     Due,
     FailedAction,
     LaneView,
-    NewRun,
     Observed,
     Outcome,
     Payload,
@@ -124,11 +123,15 @@ class PlannerCore:
             return _NO_REPO
         return view.repos.get(repo, _NO_REPO)
 
-    def pr_for(self, lane: str, repo: str, branch: str, task: str) -> PullRequest | None:
-        prs = self.repo_view(lane, repo).prs
-        if not prs:
+    def pr_for(self, lane: str, repo: str, task: str) -> PullRequest | None:
+        """The PR of the task's branch in that repository, unless it is another task's."""
+        return self.pr_in(self.repo_view(lane, repo), task)
+
+    def pr_in(self, view: RepoView, task: str) -> PullRequest | None:
+        prs = view.prs
+        if not prs:  # no forge, or no PR at all: the branch's name is not needed
             return None
-        pr = prs.get(branch)
+        pr = prs.get(branch_of(self.desired.config, task))
         if pr is not None and pr.task not in (None, task):
             return None  # a PR from the same branch name but for another task: not ours
         return pr
@@ -197,7 +200,7 @@ class PlannerCore:
 
     def is_done(self, task: Task) -> bool:
         spec = task.spec
-        pr = self.pr_for(spec.lane, spec.repo, branch_of(self.desired.config, task.name), task.name)
+        pr = self.pr_for(spec.lane, spec.repo, task.name)
         if pr is not None and pr.state == "merged":
             return True
         record = self.observed.records.get(task.name)
@@ -290,23 +293,21 @@ class PlannerCore:
             self.status(task.name, Phase.BLOCKED, task.spec.lane, task.spec.repo, code, reason=text)
             self.wake(next_midnight(self.now), Due.BUDGET_WINDOW, task.spec.lane)
             return
-        action = Action(
-            kind=kind,
-            task=task.name,
-            lane=task.spec.lane,
-            reason=reason,
-            payload=NewRun(
+        self.candidates.append(
+            Candidate(
+                task,
+                kind,
                 run.attempt,
                 run.iteration,
-                task.generation,
-                resume_session=resume_session,
-                feedback=feedback,
-                budget_usd=self.spend.left(task),
-                fetch_base=fetch_base,
-            ),
-        )
-        self.candidates.append(
-            Candidate(action, task.spec.priority, self.first_seen(task.name), phase, why, reason)
+                reason,
+                task.spec.priority,
+                self.first_seen(task.name),
+                phase,
+                why,
+                resume_session,
+                feedback,
+                fetch_base,
+            )
         )
 
     def held_until(self, task: str, kind: ActionKind) -> tuple[float, FailedAction] | None:

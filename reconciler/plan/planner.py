@@ -21,20 +21,17 @@ from dataclasses import replace
 
 from reconciler.durations import format_duration
 from reconciler.manifests.models import (
-    AgentSpec,
     Desired,
-    LaneSpec,
     Task,
 )
 from reconciler.plan.budget import over_budget
-from reconciler.plan.core import _TaskPass, branch_of
+from reconciler.plan.core import _TaskPass
 from reconciler.plan.model import (
     Action,
     ActionKind,
     Blocked,
     Completion,
     Due,
-    LaneView,
     Observed,
     Phase,
     Plan,
@@ -86,15 +83,14 @@ class _Planner(RunSteps):
         runs = self.observed.runs.get(task.name, ())
         if runs:
             self.stop_old_generation(task, runs)
+        repo = self.repo_view(spec.lane, spec.repo)
         t = _TaskPass(
             task=task,
             lane=lane,
             runs=runs,
             current=[r for r in runs if r.generation == task.generation] if runs else [],
-            repo=self.repo_view(spec.lane, spec.repo),
-            pr=self.pr_for(
-                spec.lane, spec.repo, branch_of(self.desired.config, task.name), task.name
-            ),
+            repo=repo,
+            pr=self.pr_in(repo, task.name),
             record=self.observed.records.get(task.name),
         )
         settled = (
@@ -217,9 +213,7 @@ class _Planner(RunSteps):
         """No run of this generation yet: start one, unless something blocks it."""
         if t.latest is not None:
             return False
-        lane_spec = self.desired.lanes[t.lane_name]
-        agent = self.desired.agents[t.spec.agent]
-        blocker = self.start_blocker(t.task, t.lane, lane_spec, agent, done)
+        blocker = self.start_blocker(t, done)
         if blocker is not None:
             code, reason = blocker
             self.blocked.append(Blocked(t.name, reason, code))
@@ -231,22 +225,21 @@ class _Planner(RunSteps):
         self.new_attempt(t, ActionKind.START, f"{first} (attempt {t.next_attempt})", Why.STARTING)
         return True
 
-    def start_blocker(
-        self, task: Task, lane: LaneView, lane_spec: LaneSpec, agent: AgentSpec, done: set[str]
-    ) -> tuple[Why, str] | None:
+    def start_blocker(self, t: _TaskPass, done: set[str]) -> tuple[Why, str] | None:
         """Why a task cannot start now (dependencies, pre-flight), or None."""
+        task = t.task
         for dep in task.spec.depends_on:
             if dep not in self.desired.tasks:
                 why = f"depends on {dep}, which is not a task in the control repo"
                 return Why.DEPENDENCY_MISSING, why
             if dep not in done:
                 return Why.DEPENDENCY_PENDING, f"waiting for {dep} to be done"
-        repo = self.repo_view(lane.name, task.spec.repo)
-        if repo.error:
-            return Why.REPO_UNREADABLE, f"repository {task.spec.repo}: {repo.error}"
-        failing = self.failing_checks(lane)
+        if t.repo.error:
+            return Why.REPO_UNREADABLE, f"repository {task.spec.repo}: {t.repo.error}"
+        failing = self.failing_checks(t.lane)
         if not failing:
             return None
+        agent = self.desired.agents[task.spec.agent]
         agent_cmd = agent.command[0] if agent.command else agent.kind
         subjects = ("", task.spec.repo, f"{task.spec.repo}:{task.spec.base}", agent_cmd)
         for check in failing:
@@ -288,8 +281,7 @@ class _Planner(RunSteps):
                     why,
                     RunKey(run.attempt, run.iteration),
                 )
-        branch = branch_of(self.desired.config, name)
-        pr = self.pr_for(lane_name, repo_name, branch, name)
+        pr = self.pr_for(lane_name, repo_name, name)
         if pr is not None and pr.state == "open":
             busy = True
             self.act(
@@ -311,20 +303,16 @@ class _Planner(RunSteps):
         """Grant the waiting starts and iterations their slots; the rest are queued."""
         granted: list[Action] = []
         for cand, wait in allot(self.desired, self.observed, self.freed, self.candidates):
-            action = cand.action
-            task = self.desired.tasks[action.task]
-            pr = self.pr_for(
-                action.lane, task.spec.repo, branch_of(self.desired.config, task.name), task.name
-            )
+            task = cand.task
+            spec = task.spec
+            pr = self.pr_in(self.repo_view(spec.lane, spec.repo), task.name)
             open_pr = pr if pr is not None and pr.state == "open" else None
             if wait is None:
-                granted.append(action)
-                phase, why, reason = cand.phase_with_slot, cand.why, cand.reason_without_slot
+                granted.append(cand.action(self.spend))
+                phase, why, reason = cand.phase_with_slot, cand.why, cand.reason
             else:
                 phase, why, reason = Phase.QUEUED, Why.WAITING_FOR_SLOT, wait
-            self.status(
-                action.task, phase, action.lane, task.spec.repo, why, pr=open_pr, reason=reason
-            )
+            self.status(task.name, phase, spec.lane, spec.repo, why, pr=open_pr, reason=reason)
         return granted
 
     # ------------------------------------------------------------------ the whole plan
