@@ -30,6 +30,7 @@ from reconciler.plan.model import (
     RunView,
     TaskRecord,
     TaskStatus,
+    task_status,
 )
 from reconciler.plan.reasons import Why
 from reconciler.plan.slots import Candidate
@@ -178,19 +179,19 @@ class PlannerCore:
         else:  # the sums of no runs, as they always were: the integer 0
             attempt = iteration = tokens = 0
             cost = 0
-        self.statuses[task] = TaskStatus(
+        self.statuses[task] = task_status(
             task,
             phase,
             lane,
             repo,
             f"{self.desired.config.branch_prefix}{task}",
-            attempt,
-            iteration,
-            reason,
-            pr,
-            next_attempt_at,
-            cost,
-            tokens,
+            attempt=attempt,
+            iteration=iteration,
+            reason=reason,
+            pr=pr,
+            next_attempt_at=next_attempt_at,
+            cost_usd=cost,
+            tokens=tokens,
             why=why,
         )
 
