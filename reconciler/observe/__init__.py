@@ -319,6 +319,8 @@ def observe(
             )
             for name, lane in sorted(lanes.items())
         }
+        # the planner's records, made while the lanes answer (mostly waiting on git)
+        task_records = {name: _record(row) for name, row in records.items()}
         for name, future in futures.items():
             view, runs, refused = future.result()
             views[name] = view
@@ -338,7 +340,7 @@ def observe(
         revision=desired.revision,
         serial=serial,
         lanes=views,
-        records={name: _record(row) for name, row in records.items()},
+        records=task_records,
         runs=merged,
         foreign=tuple(foreign),
         unstarted=unstarted,
@@ -361,15 +363,15 @@ def _record(row: TaskRow) -> TaskRecord:
     )
     # One per task of the state, every pass: filled directly, as the store fills its rows (a
     # frozen dataclass's __init__ costs a setattr per field).
+    # Key by key in field order, so that the records share one table of keys as __init__'s do.
     record = _new_record(TaskRecord)
-    record.__dict__.update(
-        name=row.name,
-        lane=row.lane,
-        repo=row.repo,
-        first_seen=row.first_seen,
-        done=row.done,
-        done_generation=row.done_generation,
-        pr_number=row.pr_number,
-        failed=failed,
-    )
+    fields = record.__dict__
+    fields["name"] = row.name
+    fields["lane"] = row.lane
+    fields["repo"] = row.repo
+    fields["first_seen"] = row.first_seen
+    fields["done"] = row.done
+    fields["done_generation"] = row.done_generation
+    fields["pr_number"] = row.pr_number
+    fields["failed"] = failed
     return record

@@ -49,7 +49,8 @@ _NO_REPO = RepoView()
 class _TaskPass:
     """What one pass knows of one task while the planner walks its state machine (built once
     per task and never changed; not frozen only because a frozen dataclass costs its fields'
-    ``object.__setattr__`` on every one of 100,000 tasks)."""
+    ``object.__setattr__`` on every one of 100,000 tasks). What the steps read most (its name,
+    spec, lane, latest run) are fields rather than properties: each property is a call."""
 
     task: Task
     lane: LaneView
@@ -58,26 +59,14 @@ class _TaskPass:
     repo: RepoView
     pr: PullRequest | None
     record: TaskRecord | None
-
-    @property
-    def name(self) -> str:
-        return self.task.name
-
-    @property
-    def spec(self) -> TaskSpec:
-        return self.task.spec
-
-    @property
-    def lane_name(self) -> str:
-        return self.task.spec.lane
+    name: str  # the task's
+    spec: TaskSpec  # the task's
+    lane_name: str  # its spec's
+    latest: RunView | None  # the newest run of its current generation
 
     @property
     def open_pr(self) -> PullRequest | None:
         return self.pr if self.pr is not None and self.pr.state == "open" else None
-
-    @property
-    def latest(self) -> RunView | None:
-        return self.current[-1] if self.current else None
 
     @property
     def next_attempt(self) -> int:
@@ -201,7 +190,7 @@ class PlannerCore:
 
     def is_done(self, task: Task) -> bool:
         spec = task.spec
-        pr = self.pr_for(spec.lane, spec.repo, task.name)
+        pr = self.pr_in(self.repo_view(spec.lane, spec.repo), task.name)
         if pr is not None and pr.state == "merged":
             return True
         record = self.observed.records.get(task.name)
@@ -230,7 +219,8 @@ class PlannerCore:
         self.candidate(
             t.task,
             kind,
-            RunKey(t.next_attempt, 1),
+            t.next_attempt,
+            1,
             reason,
             phase=Phase.PENDING,
             why=why,
@@ -260,7 +250,8 @@ class PlannerCore:
         self.candidate(
             task,
             ActionKind.ITERATE,
-            RunKey(run.attempt, run.iteration + 1),
+            run.attempt,
+            run.iteration + 1,
             reason,
             phase=phase,
             why=why,
@@ -273,7 +264,8 @@ class PlannerCore:
         self,
         task: Task,
         kind: ActionKind,
-        run: RunKey,
+        attempt: int,
+        iteration: int,
         reason: str,
         *,
         phase: Phase,
@@ -298,8 +290,8 @@ class PlannerCore:
             Candidate(
                 task,
                 kind,
-                run.attempt,
-                run.iteration,
+                attempt,
+                iteration,
                 reason,
                 task.spec.priority,
                 self.first_seen(task.name),

@@ -84,14 +84,19 @@ class _Planner(RunSteps):
         if runs:
             self.stop_old_generation(task, runs)
         repo = self.repo_view(spec.lane, spec.repo)
+        current = [r for r in runs if r.generation == task.generation] if runs else []
         t = _TaskPass(
-            task=task,
-            lane=lane,
-            runs=runs,
-            current=[r for r in runs if r.generation == task.generation] if runs else [],
-            repo=repo,
-            pr=self.pr_in(repo, task.name),
-            record=self.observed.records.get(task.name),
+            task,
+            lane,
+            runs,
+            current,
+            repo,
+            self.pr_in(repo, task.name),
+            self.observed.records.get(task.name),
+            task.name,
+            spec,
+            spec.lane,
+            current[-1] if current else None,
         )
         settled = (
             self.repo_unreadable(t)
@@ -354,7 +359,7 @@ class _Planner(RunSteps):
             now=self.now,
             actions=tuple(ordered + granted),
             blocked=tuple(sorted(self.blocked, key=lambda b: b.task)),
-            tasks=tuple(self.statuses[name] for name in sorted(self.statuses)),
+            tasks=tuple(map(self.statuses.__getitem__, sorted(self.statuses))),
             outcomes=tuple(self.outcomes),
             requeue=min(self.due, default=None),
             lane_spend=tuple(self.spend.today(name) for name in sorted(self.desired.lanes)),
