@@ -344,7 +344,7 @@ class _Planner(RunSteps):
         self.actions = kept
 
     def run(self) -> Plan:
-        done = {name for name, task in self.desired.tasks.items() if self.is_done(task)}
+        done = self.done_tasks()
         for name in sorted(self.desired.tasks):
             self.plan_task(self.desired.tasks[name], done)
         known = set(self.observed.records) | set(self.observed.runs)

@@ -8,9 +8,10 @@ import random
 from dataclasses import fields
 
 from reconciler.manifests.models import make_task
-from reconciler.plan import ActionKind, Phase, TaskRecord, TaskStatus, Why, plan
+from reconciler.plan import ActionKind, LaneView, Phase, RepoView, TaskRecord, TaskStatus, Why, plan
 from reconciler.plan.budget import Spend
 from reconciler.plan.model import task_status
+from reconciler.plan.planner import _Planner
 from reconciler.plan.slots import Candidate, grant_order
 from reconciler.protocol import PullRequest
 from tests.plan.test_planner import NOW, desired, lane, observed, pr, run, task_spec
@@ -94,3 +95,34 @@ def test_a_waiting_start_becomes_its_action_only_when_granted_with_its_budget_th
         "web",
         1.5,
     )
+
+
+def test_done_tasks_are_those_is_done_finds_one_by_one() -> None:
+    d = desired(
+        *((f"t{i}", task_spec()) for i in range(4)),
+        *((f"u{i}", task_spec(lane="other")) for i in range(4)),
+        lanes={"web": lane(), "other": lane("other")},
+    )
+    done_record = {
+        name: TaskRecord(name, spec_lane, "app", NOW, done=True, done_generation=generation)
+        for name, spec_lane, generation in (
+            ("t1", "web", d.tasks["t1"].generation),
+            ("t2", "web", "an older spec"),
+            ("u1", "other", d.tasks["u1"].generation),
+            ("u2", "other", "an older spec"),
+        )
+    }
+    merged = {"agent/t3": pr(3, state="merged", task="t3"), "agent/t0": pr(4, task="t0")}
+    others = {"agent/u3": pr(5, state="merged", task="someone-else")}  # not u3's PR
+    o = observed(
+        records=done_record,
+        lanes={
+            "web": LaneView("web", reachable=True, repos={"app": RepoView(prs=merged)}),
+            "other": LaneView("other", reachable=True, repos={"app": RepoView(prs=others)}),
+        },
+    )
+    planner = _Planner(d, o, NOW)
+    one_by_one = {name for name, task in d.tasks.items() if planner.is_done(task)}
+    assert planner.done_tasks() == one_by_one == {"t1", "t3", "u1"}
+    no_prs = observed(records=done_record, repo=RepoView(prs={}))
+    assert _Planner(d, no_prs, NOW).done_tasks() == {"t1", "u1"}
