@@ -135,7 +135,6 @@ def _observe_lane(
     spec = lane.spec
     here = lane.name
     tasks = desired.tasks
-    mine = [n for n, t in tasks.items() if t.spec.lane == here]
     removed = [n for n, r in records.items() if r.lane == here and n not in tasks]
     gone = set(removed)
     inspect = sorted(
@@ -152,12 +151,15 @@ def _observe_lane(
     # looked at once.)
     feedback: dict[str, list[Literal["checks", "reviews"]]] = {}
     partial: dict[int, list[Literal["checks", "reviews"]] | None] = {}
-    for name in mine:
-        pr = tasks[name].spec.pr
-        if id(pr) not in partial:
+    for name, task in tasks.items():
+        if task.spec.lane != here:
+            continue
+        pr = task.spec.pr
+        key = id(pr)
+        if key not in partial:
             asked = list(pr.iterate_on)
-            partial[id(pr)] = asked if set(asked) != {"checks", "reviews"} else None
-        wanted = partial[id(pr)]
+            partial[key] = asked if set(asked) != {"checks", "reviews"} else None
+        wanted = partial[key]
         if wanted is not None:
             feedback[f"{prefix}{name}"] = list(wanted)
     for name in removed:

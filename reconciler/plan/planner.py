@@ -91,7 +91,7 @@ class _Planner(RunSteps):
             runs,
             current,
             repo,
-            self.pr_in(repo, task.name),
+            self.pr_in(repo, task.name) if repo.prs else None,
             self.observed.records.get(task.name),
             task.name,
             spec,
@@ -310,7 +310,8 @@ class _Planner(RunSteps):
         for cand, wait in allot(self.desired, self.observed, self.freed, self.candidates):
             task = cand.task
             spec = task.spec
-            pr = self.pr_in(self.repo_view(spec.lane, spec.repo), task.name)
+            view = self.repo_view(spec.lane, spec.repo)
+            pr = self.pr_in(view, task.name) if view.prs else None
             open_pr = pr if pr is not None and pr.state == "open" else None
             if wait is None:
                 granted.append(cand.action(self.spend))
