@@ -18,6 +18,7 @@ PR), ``run_steps.RunSteps`` (a task's latest run: alive, ended or gone), and ``_
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cache
 
 from reconciler.durations import format_duration
 from reconciler.manifests.models import (
@@ -58,6 +59,13 @@ _KIND_ORDER = {
     ActionKind.FINISH_RUN: 6,  # a slot-filler, unless held back (then hold_failed drops it)
     ActionKind.REBASE: 5,
 }
+
+
+@cache
+def _start_reason(respec: bool, attempt: int) -> str:
+    """A first start's reason: one string shared by the many tasks starting alike."""
+    first = "spec changed; starting again" if respec else "new task"
+    return f"{first} (attempt {attempt})"
 
 
 class _Planner(RunSteps):
@@ -226,8 +234,9 @@ class _Planner(RunSteps):
                 t.name, Phase.BLOCKED, t.lane_name, t.spec.repo, code, reason=reason, pr=t.open_pr
             )
             return True
-        first = "spec changed; starting again" if t.runs else "new task"
-        self.new_attempt(t, ActionKind.START, f"{first} (attempt {t.next_attempt})", Why.STARTING)
+        self.new_attempt(
+            t, ActionKind.START, _start_reason(bool(t.runs), t.next_attempt), Why.STARTING
+        )
         return True
 
     def start_blocker(self, t: _TaskPass, done: set[str]) -> tuple[Why, str] | None:
