@@ -135,7 +135,6 @@ def _observe_lane(
     spec = lane.spec
     here = lane.name
     tasks = desired.tasks
-    mine = [n for n, t in tasks.items() if t.spec.lane == here]
     removed = [n for n, r in records.items() if r.lane == here and n not in tasks]
     gone = set(removed)
     inspect = sorted(
@@ -152,12 +151,15 @@ def _observe_lane(
     # looked at once.)
     feedback: dict[str, list[Literal["checks", "reviews"]]] = {}
     partial: dict[int, list[Literal["checks", "reviews"]] | None] = {}
-    for name in mine:
-        pr = tasks[name].spec.pr
-        if id(pr) not in partial:
+    for name, task in tasks.items():
+        if task.spec.lane != here:
+            continue
+        pr = task.spec.pr
+        key = id(pr)
+        if key not in partial:
             asked = list(pr.iterate_on)
-            partial[id(pr)] = asked if set(asked) != {"checks", "reviews"} else None
-        wanted = partial[id(pr)]
+            partial[key] = asked if set(asked) != {"checks", "reviews"} else None
+        wanted = partial[key]
         if wanted is not None:
             feedback[f"{prefix}{name}"] = list(wanted)
     for name in removed:
@@ -328,6 +330,8 @@ def observe(
             )
             for name, lane in sorted(lanes.items())
         }
+        # the planner's records, made while the lanes answer (mostly waiting on git)
+        task_records = {name: _record(row) for name, row in records.items()}
         for name, future in futures.items():
             view, runs, refused = future.result()
             views[name] = view
@@ -347,7 +351,7 @@ def observe(
         revision=desired.revision,
         serial=serial,
         lanes=views,
-        records={name: _record(row) for name, row in records.items()},
+        records=task_records,
         runs=merged,
         foreign=tuple(foreign),
         unstarted=unstarted,
@@ -370,15 +374,15 @@ def _record(row: TaskRow) -> TaskRecord:
     )
     # One per task of the state, every pass: filled directly, as the store fills its rows (a
     # frozen dataclass's __init__ costs a setattr per field).
+    # Key by key in field order, so that the records share one table of keys as __init__'s do.
     record = _new_record(TaskRecord)
-    record.__dict__.update(
-        name=row.name,
-        lane=row.lane,
-        repo=row.repo,
-        first_seen=row.first_seen,
-        done=row.done,
-        done_generation=row.done_generation,
-        pr_number=row.pr_number,
-        failed=failed,
-    )
+    fields = record.__dict__
+    fields["name"] = row.name
+    fields["lane"] = row.lane
+    fields["repo"] = row.repo
+    fields["first_seen"] = row.first_seen
+    fields["done"] = row.done
+    fields["done_generation"] = row.done_generation
+    fields["pr_number"] = row.pr_number
+    fields["failed"] = failed
     return record

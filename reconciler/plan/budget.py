@@ -76,9 +76,8 @@ class Spend:
 
     def lane_over(self, lane: str) -> str | None:
         """What the lane's runs of today spent, when it is past its daily budget; else None."""
-        budget = self.desired.lanes[lane].budget
-        if budget.max_cost_usd is None and budget.max_tokens is None:
-            return None
-        if lane not in self._over:
-            self._over[lane] = over_budget(budget, self.lane_today(lane))
+        if lane not in self._over:  # asked once per waiting start: answered once per lane
+            budget = self.desired.lanes[lane].budget
+            unlimited = budget.max_cost_usd is None and budget.max_tokens is None
+            self._over[lane] = None if unlimited else over_budget(budget, self.lane_today(lane))
         return self._over[lane]

@@ -20,7 +20,6 @@ from reconciler.plan.model import (
     Due,
     FailedAction,
     LaneView,
-    NewRun,
     Observed,
     Outcome,
     Payload,
@@ -31,6 +30,7 @@ from reconciler.plan.model import (
     RunView,
     TaskRecord,
     TaskStatus,
+    task_status,
 )
 from reconciler.plan.reasons import Why
 from reconciler.plan.slots import Candidate
@@ -49,7 +49,8 @@ _NO_REPO = RepoView()
 class _TaskPass:
     """What one pass knows of one task while the planner walks its state machine (built once
     per task and never changed; not frozen only because a frozen dataclass costs its fields'
-    ``object.__setattr__`` on every one of 100,000 tasks)."""
+    ``object.__setattr__`` on every one of 100,000 tasks). What the steps read most (its name,
+    spec, lane, latest run) are fields rather than properties: each property is a call."""
 
     task: Task
     lane: LaneView
@@ -58,26 +59,14 @@ class _TaskPass:
     repo: RepoView
     pr: PullRequest | None
     record: TaskRecord | None
-
-    @property
-    def name(self) -> str:
-        return self.task.name
-
-    @property
-    def spec(self) -> TaskSpec:
-        return self.task.spec
-
-    @property
-    def lane_name(self) -> str:
-        return self.task.spec.lane
+    name: str  # the task's
+    spec: TaskSpec  # the task's
+    lane_name: str  # its spec's
+    latest: RunView | None  # the newest run of its current generation
 
     @property
     def open_pr(self) -> PullRequest | None:
         return self.pr if self.pr is not None and self.pr.state == "open" else None
-
-    @property
-    def latest(self) -> RunView | None:
-        return self.current[-1] if self.current else None
 
     @property
     def next_attempt(self) -> int:
@@ -124,11 +113,15 @@ class PlannerCore:
             return _NO_REPO
         return view.repos.get(repo, _NO_REPO)
 
-    def pr_for(self, lane: str, repo: str, branch: str, task: str) -> PullRequest | None:
-        prs = self.repo_view(lane, repo).prs
-        if not prs:
+    def pr_for(self, lane: str, repo: str, task: str) -> PullRequest | None:
+        """The PR of the task's branch in that repository, unless it is another task's."""
+        return self.pr_in(self.repo_view(lane, repo), task)
+
+    def pr_in(self, view: RepoView, task: str) -> PullRequest | None:
+        prs = view.prs
+        if not prs:  # no forge, or no PR at all: the branch's name is not needed
             return None
-        pr = prs.get(branch)
+        pr = prs.get(branch_of(self.desired.config, task))
         if pr is not None and pr.task not in (None, task):
             return None  # a PR from the same branch name but for another task: not ours
         return pr
@@ -175,19 +168,19 @@ class PlannerCore:
         else:  # the sums of no runs, as they always were: the integer 0
             attempt = iteration = tokens = 0
             cost = 0
-        self.statuses[task] = TaskStatus(
+        self.statuses[task] = task_status(
             task,
             phase,
             lane,
             repo,
             f"{self.desired.config.branch_prefix}{task}",
-            attempt,
-            iteration,
-            reason,
-            pr,
-            next_attempt_at,
-            cost,
-            tokens,
+            attempt=attempt,
+            iteration=iteration,
+            reason=reason,
+            pr=pr,
+            next_attempt_at=next_attempt_at,
+            cost_usd=cost,
+            tokens=tokens,
             why=why,
         )
 
@@ -197,11 +190,34 @@ class PlannerCore:
 
     def is_done(self, task: Task) -> bool:
         spec = task.spec
-        pr = self.pr_for(spec.lane, spec.repo, branch_of(self.desired.config, task.name), task.name)
+        pr = self.pr_in(self.repo_view(spec.lane, spec.repo), task.name)
         if pr is not None and pr.state == "merged":
             return True
         record = self.observed.records.get(task.name)
         return record is not None and record.done and record.done_generation == task.generation
+
+    def done_tasks(self) -> set[str]:
+        """The tasks that are done (``is_done``). Only a repository with a merged PR can make
+        a task done by its PR: elsewhere its record alone is read, sparing 100,000 tasks the
+        look for a PR."""
+        merged = {
+            (lane, name)
+            for lane, view in self.observed.lanes.items()
+            for name, repo in view.repos.items()
+            if repo.prs and any(pr.state == "merged" for pr in repo.prs.values())
+        }
+        records = self.observed.records
+        done: set[str] = set()
+        for name, task in self.desired.tasks.items():
+            spec = task.spec
+            if merged and (spec.lane, spec.repo) in merged:
+                if self.is_done(task):
+                    done.add(name)
+                continue
+            record = records.get(name)
+            if record is not None and record.done and record.done_generation == task.generation:
+                done.add(name)
+        return done
 
     def stop_live(self, t: _TaskPass, reason: str) -> None:
         for run in t.current:
@@ -226,7 +242,8 @@ class PlannerCore:
         self.candidate(
             t.task,
             kind,
-            RunKey(t.next_attempt, 1),
+            t.next_attempt,
+            1,
             reason,
             phase=Phase.PENDING,
             why=why,
@@ -256,7 +273,8 @@ class PlannerCore:
         self.candidate(
             task,
             ActionKind.ITERATE,
-            RunKey(run.attempt, run.iteration + 1),
+            run.attempt,
+            run.iteration + 1,
             reason,
             phase=phase,
             why=why,
@@ -269,7 +287,8 @@ class PlannerCore:
         self,
         task: Task,
         kind: ActionKind,
-        run: RunKey,
+        attempt: int,
+        iteration: int,
         reason: str,
         *,
         phase: Phase,
@@ -290,23 +309,21 @@ class PlannerCore:
             self.status(task.name, Phase.BLOCKED, task.spec.lane, task.spec.repo, code, reason=text)
             self.wake(next_midnight(self.now), Due.BUDGET_WINDOW, task.spec.lane)
             return
-        action = Action(
-            kind=kind,
-            task=task.name,
-            lane=task.spec.lane,
-            reason=reason,
-            payload=NewRun(
-                run.attempt,
-                run.iteration,
-                task.generation,
-                resume_session=resume_session,
-                feedback=feedback,
-                budget_usd=self.spend.left(task),
-                fetch_base=fetch_base,
-            ),
-        )
         self.candidates.append(
-            Candidate(action, task.spec.priority, self.first_seen(task.name), phase, why, reason)
+            Candidate(
+                task,
+                kind,
+                attempt,
+                iteration,
+                reason,
+                task.spec.priority,
+                self.first_seen(task.name),
+                phase,
+                why,
+                resume_session,
+                feedback,
+                fetch_base,
+            )
         )
 
     def held_until(self, task: str, kind: ActionKind) -> tuple[float, FailedAction] | None:

@@ -18,23 +18,21 @@ PR), ``run_steps.RunSteps`` (a task's latest run: alive, ended or gone), and ``_
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cache
 
 from reconciler.durations import format_duration
 from reconciler.manifests.models import (
-    AgentSpec,
     Desired,
-    LaneSpec,
     Task,
 )
 from reconciler.plan.budget import over_budget
-from reconciler.plan.core import _TaskPass, branch_of
+from reconciler.plan.core import _TaskPass
 from reconciler.plan.model import (
     Action,
     ActionKind,
     Blocked,
     Completion,
     Due,
-    LaneView,
     Observed,
     Phase,
     Plan,
@@ -63,6 +61,13 @@ _KIND_ORDER = {
 }
 
 
+@cache
+def _start_reason(respec: bool, attempt: int) -> str:
+    """A first start's reason: one string shared by the many tasks starting alike."""
+    first = "spec changed; starting again" if respec else "new task"
+    return f"{first} (attempt {attempt})"
+
+
 class _Planner(RunSteps):
     """One pass: each task's state machine, the removed tasks, slots and held actions."""
 
@@ -86,16 +91,20 @@ class _Planner(RunSteps):
         runs = self.observed.runs.get(task.name, ())
         if runs:
             self.stop_old_generation(task, runs)
+        repo = self.repo_view(spec.lane, spec.repo)
+        current = [r for r in runs if r.generation == task.generation] if runs else []
         t = _TaskPass(
-            task=task,
-            lane=lane,
-            runs=runs,
-            current=[r for r in runs if r.generation == task.generation] if runs else [],
-            repo=self.repo_view(spec.lane, spec.repo),
-            pr=self.pr_for(
-                spec.lane, spec.repo, branch_of(self.desired.config, task.name), task.name
-            ),
-            record=self.observed.records.get(task.name),
+            task,
+            lane,
+            runs,
+            current,
+            repo,
+            self.pr_in(repo, task.name) if repo.prs else None,
+            self.observed.records.get(task.name),
+            task.name,
+            spec,
+            spec.lane,
+            current[-1] if current else None,
         )
         settled = (
             self.repo_unreadable(t)
@@ -217,9 +226,7 @@ class _Planner(RunSteps):
         """No run of this generation yet: start one, unless something blocks it."""
         if t.latest is not None:
             return False
-        lane_spec = self.desired.lanes[t.lane_name]
-        agent = self.desired.agents[t.spec.agent]
-        blocker = self.start_blocker(t.task, t.lane, lane_spec, agent, done)
+        blocker = self.start_blocker(t, done)
         if blocker is not None:
             code, reason = blocker
             self.blocked.append(Blocked(t.name, reason, code))
@@ -227,26 +234,26 @@ class _Planner(RunSteps):
                 t.name, Phase.BLOCKED, t.lane_name, t.spec.repo, code, reason=reason, pr=t.open_pr
             )
             return True
-        first = "spec changed; starting again" if t.runs else "new task"
-        self.new_attempt(t, ActionKind.START, f"{first} (attempt {t.next_attempt})", Why.STARTING)
+        self.new_attempt(
+            t, ActionKind.START, _start_reason(bool(t.runs), t.next_attempt), Why.STARTING
+        )
         return True
 
-    def start_blocker(
-        self, task: Task, lane: LaneView, lane_spec: LaneSpec, agent: AgentSpec, done: set[str]
-    ) -> tuple[Why, str] | None:
+    def start_blocker(self, t: _TaskPass, done: set[str]) -> tuple[Why, str] | None:
         """Why a task cannot start now (dependencies, pre-flight), or None."""
+        task = t.task
         for dep in task.spec.depends_on:
             if dep not in self.desired.tasks:
                 why = f"depends on {dep}, which is not a task in the control repo"
                 return Why.DEPENDENCY_MISSING, why
             if dep not in done:
                 return Why.DEPENDENCY_PENDING, f"waiting for {dep} to be done"
-        repo = self.repo_view(lane.name, task.spec.repo)
-        if repo.error:
-            return Why.REPO_UNREADABLE, f"repository {task.spec.repo}: {repo.error}"
-        failing = self.failing_checks(lane)
+        if t.repo.error:
+            return Why.REPO_UNREADABLE, f"repository {task.spec.repo}: {t.repo.error}"
+        failing = self.failing_checks(t.lane)
         if not failing:
             return None
+        agent = self.desired.agents[task.spec.agent]
         agent_cmd = agent.command[0] if agent.command else agent.kind
         subjects = ("", task.spec.repo, f"{task.spec.repo}:{task.spec.base}", agent_cmd)
         for check in failing:
@@ -288,8 +295,7 @@ class _Planner(RunSteps):
                     why,
                     RunKey(run.attempt, run.iteration),
                 )
-        branch = branch_of(self.desired.config, name)
-        pr = self.pr_for(lane_name, repo_name, branch, name)
+        pr = self.pr_for(lane_name, repo_name, name)
         if pr is not None and pr.state == "open":
             busy = True
             self.act(
@@ -311,20 +317,17 @@ class _Planner(RunSteps):
         """Grant the waiting starts and iterations their slots; the rest are queued."""
         granted: list[Action] = []
         for cand, wait in allot(self.desired, self.observed, self.freed, self.candidates):
-            action = cand.action
-            task = self.desired.tasks[action.task]
-            pr = self.pr_for(
-                action.lane, task.spec.repo, branch_of(self.desired.config, task.name), task.name
-            )
+            task = cand.task
+            spec = task.spec
+            view = self.repo_view(spec.lane, spec.repo)
+            pr = self.pr_in(view, task.name) if view.prs else None
             open_pr = pr if pr is not None and pr.state == "open" else None
             if wait is None:
-                granted.append(action)
-                phase, why, reason = cand.phase_with_slot, cand.why, cand.reason_without_slot
+                granted.append(cand.action(self.spend))
+                phase, why, reason = cand.phase_with_slot, cand.why, cand.reason
             else:
                 phase, why, reason = Phase.QUEUED, Why.WAITING_FOR_SLOT, wait
-            self.status(
-                action.task, phase, action.lane, task.spec.repo, why, pr=open_pr, reason=reason
-            )
+            self.status(task.name, phase, spec.lane, spec.repo, why, pr=open_pr, reason=reason)
         return granted
 
     # ------------------------------------------------------------------ the whole plan
@@ -351,7 +354,7 @@ class _Planner(RunSteps):
         self.actions = kept
 
     def run(self) -> Plan:
-        done = {name for name, task in self.desired.tasks.items() if self.is_done(task)}
+        done = self.done_tasks()
         for name in sorted(self.desired.tasks):
             self.plan_task(self.desired.tasks[name], done)
         known = set(self.observed.records) | set(self.observed.runs)
@@ -366,7 +369,7 @@ class _Planner(RunSteps):
             now=self.now,
             actions=tuple(ordered + granted),
             blocked=tuple(sorted(self.blocked, key=lambda b: b.task)),
-            tasks=tuple(self.statuses[name] for name in sorted(self.statuses)),
+            tasks=tuple(map(self.statuses.__getitem__, sorted(self.statuses))),
             outcomes=tuple(self.outcomes),
             requeue=min(self.due, default=None),
             lane_spend=tuple(self.spend.today(name) for name in sorted(self.desired.lanes)),

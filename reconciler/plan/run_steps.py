@@ -157,12 +157,16 @@ class RunSteps(PrSteps):
         # The finish runs the checks in the run's worktree: it takes the run's slot again.
         self.candidates.append(
             Candidate(
-                action,
+                t.task,
+                ActionKind.FINISH_RUN,
+                latest.attempt,
+                latest.iteration,
+                reason,
                 t.spec.priority,
                 self.first_seen(t.name),
                 Phase.RUNNING,
                 Why.FINISHING_RUN,
-                reason,
+                ready=action,
             )
         )
         return None

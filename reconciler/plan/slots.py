@@ -9,9 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
-from reconciler.manifests.models import Desired
-from reconciler.plan.model import Action, ActionKind, Observed, Phase, PoolFill, RepoView
+from reconciler.manifests.models import Desired, Task
+from reconciler.plan.budget import Spend
+from reconciler.plan.model import (
+    Action,
+    ActionKind,
+    NewRun,
+    Observed,
+    Phase,
+    PoolFill,
+    RepoView,
+)
 from reconciler.plan.reasons import Why
 
 # Starts that begin a new attempt; a task with no worktree yet takes a pooled one.
@@ -20,14 +30,56 @@ _FIRST_STARTS = frozenset({ActionKind.START, ActionKind.RETRY})
 
 @dataclass(slots=True)
 class Candidate:
-    """A slot-needing action waiting for the slot filler (never changed once made)."""
+    """A run to create, waiting for the slot filler (never changed once made).
 
-    action: Action
+    Most candidates of a large backlog wait, so a candidate holds only what its action is made
+    of: the ``Action`` (its payload, its budget) is built by ``action`` once a slot is granted.
+    A finish-run comes whole (``ready``).
+    """
+
+    task: Task
+    kind: ActionKind
+    attempt: int
+    iteration: int
+    reason: str  # the action's reason, and the task's status once it has its slot
     priority: int
     first_seen: float
     phase_with_slot: Phase
     why: Why
-    reason_without_slot: str
+    resume_session: str | None = None
+    feedback: tuple[str, ...] = ()
+    fetch_base: bool = False
+    ready: Action | None = None
+
+    def action(self, spend: Spend) -> Action:
+        """The action, now that it has its slot."""
+        if self.ready is not None:
+            return self.ready
+        task = self.task
+        return Action(
+            kind=self.kind,
+            task=task.name,
+            lane=task.spec.lane,
+            reason=self.reason,
+            payload=NewRun(
+                self.attempt,
+                self.iteration,
+                task.generation,
+                resume_session=self.resume_session,
+                feedback=self.feedback,
+                budget_usd=spend.left(task),
+                fetch_base=self.fetch_base,
+            ),
+        )
+
+
+def grant_order(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Priority (highest first), then age (first seen), then name: three stable sorts on plain
+    keys, cheaper than one on a built tuple (most candidates arrive sorted by name already)."""
+    ordered = sorted(candidates, key=attrgetter("task.name"))
+    ordered.sort(key=attrgetter("first_seen"))
+    ordered.sort(key=attrgetter("priority"), reverse=True)
+    return ordered
 
 
 def allot(
@@ -44,9 +96,10 @@ def allot(
     allotted: list[tuple[Candidate, str | None]] = []
     # once a lane is full, each of its waiting candidates waits for the same words: made once
     waits: dict[tuple[str, int], str] = {}
-    for cand in sorted(candidates, key=lambda c: (-c.priority, c.first_seen, c.action.task)):
-        lane = cand.action.lane
-        lane_slots = desired.lanes[lane].max_concurrency
+    slots = {name: lane.max_concurrency for name, lane in desired.lanes.items()}
+    for cand in grant_order(candidates):
+        lane = cand.task.spec.lane
+        lane_slots = slots[lane]
         in_lane = used.get(lane, 0)
         if in_lane >= lane_slots:
             key = (lane, in_lane)
