@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -41,14 +41,15 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from reconciler import safefile
+from reconciler.apply import fill_pools
 from reconciler.control import ControlError
 from reconciler.engine import Engine, PassResult
-from reconciler.lanes import LaneUnavailable, RequestFailed, paths
+from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, paths
 from reconciler.lanes.policy import PolicyError
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.models import Desired
 from reconciler.notify import Notifier
-from reconciler.plan import ActionKind
+from reconciler.plan import ActionKind, Plan
 from reconciler.protocol import Recheck
 from reconciler.redact import redact
 from reconciler.state import LAST_REVISION, StateError, Store
@@ -117,6 +118,67 @@ class Wakeup:
             reasons, self._reasons = self._reasons, Counter()
             self._event.clear()
         return reasons
+
+
+class PoolFiller:
+    """Tops up the warm worktree pools each pass's plan names, on a thread of its own beside the
+    passes: a start that an exit or a push asks for meanwhile never waits for a refill (a fill
+    of a large repository takes seconds). One fill at a time; the newest plan's replaces one
+    not yet begun. A fill half done when ``run`` stops is cleared by the next."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self._ready = threading.Condition()
+        self._job: tuple[Plan, Mapping[str, LaneClient]] | None = None
+        self._stopping = False
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, plan: Plan, lanes: Mapping[str, LaneClient]) -> None:
+        with self._ready:
+            self._job = (plan, lanes)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="pool-fill", daemon=True)
+                self._thread.start()
+            self._ready.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while self._job is None and not self._stopping:
+                    self._ready.wait()
+                if self._stopping:
+                    return
+                job, self._job, self._busy = self._job, None, True
+            try:
+                assert job is not None
+                fill_pools(job[0], job[1], self.log)
+            except Exception as exc:  # a bug must not end the fills; the pass reports the rest
+                self.log(f"pool fill failed: {type(exc).__name__}: {exc}")
+            finally:
+                with self._ready:
+                    self._busy = False
+                    self._ready.notify_all()
+
+    def idle(self, timeout: float) -> bool:
+        """Wait until no fill is under way or waiting (tests, ``stop``); whether it is so."""
+        deadline = time.monotonic() + timeout
+        with self._ready:
+            while self._busy or self._job is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None:
+                    return not (self._busy or self._job is not None)
+                self._ready.wait(left)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """No fill begins any more; the one under way may finish within ``timeout``."""
+        with self._ready:
+            self._stopping = True
+            self._job = None
+            self._ready.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
 
 
 class _Handler(FileSystemEventHandler):
@@ -298,6 +360,7 @@ class Daemon:
         self.manifest_errors: tuple[str, ...] = ()  # logged once, until they change
         self.listener: Listener | None = None  # served while the loop runs
         self.problem: str | None = None  # the control repo's, as the state says it
+        self.filler = PoolFiller(lambda m: self.log("action", m))
 
     def _on_term(self, _sig: int, _frame: object) -> None:
         self.stopping.set()
@@ -351,6 +414,7 @@ class Daemon:
                     if not reasons:
                         reasons = Counter({timer: 1})
             finally:
+                self.filler.stop()
                 notifier.stop()  # before the store closes: deliveries under way record there
                 if self.listener is not None:
                     self.listener.stop()
@@ -401,7 +465,10 @@ class Daemon:
                 store,
                 log=lambda m: self.log("action", m),
                 recheck=self.wake.take_recheck(),
+                fill_pools=self.once,
             )
+            if not self.once and result.plan.pools:
+                self.filler.submit(result.plan, self.engine.lanes(desired))
         except (ControlError, LaneUnavailable, RequestFailed, PolicyError) as exc:
             self.log("pass", f"pass failed: {exc}", level="error", reasons=why)
             return False, None

@@ -248,9 +248,12 @@ class Engine:
         log: Callable[[str], None] = lambda _m: None,
         *,
         recheck: Sequence[Recheck] = (),
+        fill_pools: bool = True,
     ) -> PassResult:
         """One pass under the lock. With ``saved``, refuse it if stale and apply its actions.
-        ``recheck``: PRs whose forge feedback the observation reads anew (webhooks named them)."""
+        ``recheck``: PRs whose forge feedback the observation reads anew (webhooks named them).
+        ``fill_pools``: top up the plan's pools at the end of the pass (``run`` does it beside
+        the passes instead: ``apply.fill_pools``)."""
         if self.take_over:
             if saved is not None:
                 raise UserError(
@@ -273,7 +276,7 @@ class Engine:
         if confirm is not None and not current.empty and not confirm(current):
             return PassResult(current, None, observed, rates)
         applier = Applier(desired, observed, store, self.lanes(desired), log=log, clock=self.clock)
-        report = applier.apply(current)
+        report = applier.apply(current, fill=fill_pools)
         return PassResult(current, report, observed, rates)
 
     def _take_over(self, desired: Desired, store: Store, log: Callable[[str], None]) -> None:

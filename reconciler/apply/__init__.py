@@ -108,6 +108,28 @@ def _activity(runs: tuple[RunView, ...], outcome: Outcome) -> str:
     return ""
 
 
+def fill_pools(
+    plan: Plan, lanes: Mapping[str, LaneClient], log: Callable[[str], None] = lambda _m: None
+) -> None:
+    """Top up the warm worktree pools the plan names, after the pass's starts, so dispatch
+    never waits for it (``reconciler run`` does it on a thread of its own, beside the passes).
+    Failures are logged only: a start without a pooled worktree makes its own."""
+    per_lane: dict[str, dict[str, list[str]]] = {}
+    for fill in plan.pools:
+        per_lane.setdefault(fill.lane, {}).setdefault(fill.repo, []).append(fill.base)
+    for name, bases in per_lane.items():
+        lane = lanes.get(name)
+        if lane is None:
+            continue
+        try:
+            filled = lane.one(FillPoolRequest(lane=lane.ref, bases=bases), FillPoolResult)
+        except (RequestFailed, LaneUnavailable) as exc:
+            log(f"pool of lane {name}: {exc}")
+            continue
+        for error in filled.errors:
+            log(f"pool of lane {name}: {error}")
+
+
 class Applier:
     """Executes one plan. Errors of one action are recorded and do not stop the others."""
 
@@ -131,7 +153,7 @@ class Applier:
 
     # ------------------------------------------------------------------ entry point
 
-    def apply(self, plan: Plan) -> ApplyReport:
+    def apply(self, plan: Plan, *, fill: bool = True) -> ApplyReport:
         """Record what was observed, free slots (stops and marks, in order), then carry out the
         other actions with one worker per task: tasks are independent, a task's own actions keep
         the plan's order, and dispatch costs the slowest start instead of the sum of them."""
@@ -152,29 +174,11 @@ class Applier:
                 ]
                 for future in done:
                     future.result()
-        self.fill_pools(plan)
+        if fill:
+            fill_pools(plan, self.lanes, self.log)
         with self.store.transaction() as tx:
             tx.set_meta(LAST_REVISION, self.revision)
         return report
-
-    def fill_pools(self, plan: Plan) -> None:
-        """Top up the warm worktree pools the plan names, after the pass's starts, so dispatch
-        never waits for it. Failures are logged only: a start without a pooled worktree makes
-        its own."""
-        per_lane: dict[str, dict[str, list[str]]] = {}
-        for fill in plan.pools:
-            per_lane.setdefault(fill.lane, {}).setdefault(fill.repo, []).append(fill.base)
-        for name, bases in per_lane.items():
-            lane = self.lanes.get(name)
-            if lane is None:
-                continue
-            try:
-                filled = lane.one(FillPoolRequest(lane=lane.ref, bases=bases), FillPoolResult)
-            except (RequestFailed, LaneUnavailable) as exc:
-                self.log(f"pool of lane {name}: {exc}")
-                continue
-            for error in filled.errors:
-                self.log(f"pool of lane {name}: {error}")
 
     def run_actions(self, actions: list[Action], report: ApplyReport) -> None:
         for action in actions:

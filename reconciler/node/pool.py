@@ -81,17 +81,23 @@ def fill(
         raise NodeError(f"base branch {base!r} does not exist in {checkout}; fix the task's base")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     for _ in range(size - len(ready)):
-        path = os.path.join(directory, secrets.token_hex(4))
+        # Made under a hidden name (``entries`` lists none) and shown only once ready, so that a
+        # start taking from the pool meanwhile (fills run beside the passes) never gets one
+        # whose afterCreate hook is still running or whose index is not settled.
+        name = secrets.token_hex(4)
+        making = os.path.join(directory, f".new-{name}")
         with gitops.repo_lock(checkout):
-            gitops.add_detached(checkout, path, start, sparse)
-        ok, message = prepared(path)
+            gitops.add_detached(checkout, making, start, sparse)
+        ok, message = prepared(making)
         if not ok:
             with gitops.repo_lock(checkout):
-                gitops.drop_worktree(checkout, path)
+                gitops.drop_worktree(checkout, making)
             raise NodeError(f"{message}; the pooled worktree was removed")
+        gitops.settle_index(making)
+        path = os.path.join(directory, name)
+        with gitops.repo_lock(checkout):
+            gitops.move_worktree(checkout, making, path)
         created.append(path)
-    for path in created:
-        gitops.settle_index(path)
     return created
 
 
@@ -101,6 +107,7 @@ def _refreshed(checkout: str, directory: str, base: str, remote: str) -> list[st
     start = gitops.base_ref(checkout, base, remote)
     sha = gitops.resolve(checkout, start) if start is not None else None
     ready: list[str] = []
+    _clear_unfinished(checkout, directory)
     for path in entries(directory):
         with gitops.repo_lock(checkout):
             if not _usable(checkout, path):
@@ -108,14 +115,31 @@ def _refreshed(checkout: str, directory: str, base: str, remote: str) -> list[st
             if start is None or gitops.resolve(path, "HEAD") == sha:
                 ready.append(path)
                 continue
+            # behind the base: out of sight while it is brought there (a start may take meanwhile)
+            hidden = os.path.join(directory, "." + os.path.basename(path))
+            gitops.move_worktree(checkout, path, hidden)
             try:
-                gitops.reset_detached(path, start)
+                gitops.reset_detached(hidden, start)
             except NodeError:
-                gitops.drop_worktree(checkout, path)
+                gitops.drop_worktree(checkout, hidden)
                 continue
-        gitops.settle_index(path)
+        gitops.settle_index(hidden)
+        with gitops.repo_lock(checkout):
+            gitops.move_worktree(checkout, hidden, path)
         ready.append(path)
     return ready
+
+
+def _clear_unfinished(checkout: str, directory: str) -> None:
+    """Pooled worktrees a fill left hidden (it was stopped half-way): removed."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        if name.startswith("."):
+            with gitops.repo_lock(checkout):
+                gitops.drop_worktree(checkout, os.path.join(directory, name))
 
 
 def _usable(checkout: str, path: str) -> bool:

@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from reconciler.node import pool
 from reconciler.protocol import (
     FillPoolRequest,
@@ -288,3 +290,48 @@ def test_before_and_after_run_hooks_wrap_each_run(env: Env) -> None:
     assert not response.ok and response.failure is not None
     assert "beforeRun exited 2" in response.failure.error
     assert not (env.root / ".runs" / "wrapped" / "2.1").exists()
+
+
+def test_a_start_during_a_fill_never_takes_a_worktree_still_being_made(env: Env) -> None:
+    """Fills run beside the passes: a take while a new pooled worktree's afterCreate hook runs
+    finds nothing to take (it is still hidden), and the fill then shows it, ready."""
+    directory = pool.pool_dir(str(env.root), "webapp", "main")
+    during: list[str | None] = []
+
+    def prepared(path: str) -> tuple[bool, str]:
+        during.append(
+            pool.take(
+                str(env.checkout),
+                directory,
+                str(env.workspace("eager")),
+                branch="agent/eager",
+                base="main",
+                remote="origin",
+            )
+        )
+        return True, ""
+
+    made = pool.fill(
+        str(env.checkout), directory, base="main", remote="origin", size=1, sparse=[],
+        prepared=prepared,
+    )  # fmt: skip
+    assert during == [None]  # nothing was ready to take while it was being made
+    assert pool.entries(directory) == made and len(made) == 1
+    assert git(Path(made[0]), "status", "--porcelain") == ""
+
+
+def test_a_fill_stopped_half_way_leaves_nothing_a_start_could_take(env: Env) -> None:
+    directory = pool.pool_dir(str(env.root), "webapp", "main")
+
+    def fails(_path: str) -> tuple[bool, str]:
+        raise KeyboardInterrupt  # the process stopped in the middle of the hook
+
+    with pytest.raises(KeyboardInterrupt):
+        pool.fill(
+            str(env.checkout), directory, base="main", remote="origin", size=1, sparse=[],
+            prepared=fails,
+        )  # fmt: skip
+    assert pool.entries(directory) == []  # the half-made one is hidden
+    made = pool.fill(str(env.checkout), directory, base="main", remote="origin", size=1, sparse=[])
+    assert len(made) == 1
+    assert [p.name for p in Path(directory).iterdir()] == [Path(made[0]).name]  # cleared
