@@ -40,6 +40,8 @@ SAMPLE_EVERY = 5.0
 WARM_UP = 0.1  # the fraction of the soak before the baseline is taken
 QUIET_SECONDS = 60.0
 SETTLED_SECONDS = 20.0  # no pass with actions and no run alive for this long: converged
+# (shorter for a short soak, down to LEAST_SETTLED)
+LEAST_SETTLED = 3.0
 INTERVAL = "30s"  # `run`'s default
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -207,12 +209,13 @@ def terminated_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def wait_converged(runlog: RunLog, limit: float) -> bool:
-    """Until no pass did anything and no run was alive for SETTLED_SECONDS (or ``limit``)."""
+def wait_converged(runlog: RunLog, limit: float, settled: float) -> bool:
+    """Until no pass did anything and no run was alive for ``settled`` seconds (False when
+    ``limit`` seconds pass first)."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         runlog.read()
-        if time.monotonic() - runlog.last_busy >= SETTLED_SECONDS:
+        if time.monotonic() - runlog.last_busy >= settled:
             return True
         time.sleep(1.0)
     return False
@@ -256,7 +259,8 @@ def soak(box: Sandbox, seconds: float, n: int) -> Soak:
                 found.rounds += 1
                 found.runlog.read()
             log(f"  churn stopped after {found.rounds} rounds; waiting for the tasks to converge")
-            found.settled = wait_converged(found.runlog, max(120.0, seconds / 4))
+            settled = min(SETTLED_SECONDS, max(LEAST_SETTLED, seconds / 10))
+            found.settled = wait_converged(found.runlog, max(120.0, seconds / 4), settled)
             quiet_from = sample(daemon.pid)
             time.sleep(min(QUIET_SECONDS, max(5.0, seconds / 6)))
             quiet_to = sample(daemon.pid)
