@@ -19,3 +19,5 @@ class Options:
     huge_tasks: int = 100_000  # tasks of the opt-in plan-at-scale figures
     huge_files: int = 100  # the files they are spread over
     huge_reps: int = 1  # repetitions of its parse, cold and warm passes
+    soak_seconds: float = 3600.0  # how long the opt-in soak of `run` lasts
+    soak_tasks: int = 1000  # the tasks it keeps churning

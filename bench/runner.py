@@ -29,6 +29,7 @@ from bench import (
     refill,
     scale,
     slots,
+    soak,
     transports,
     web,
 )
@@ -54,9 +55,10 @@ SECTIONS: dict[str, Section] = {
     "web": web.run,
     "scale": scale.run,  # last: it extrapolates from what the others measured
     "huge": plan_huge.run,  # opt-in: minutes of 100,000 tasks
+    "soak": soak.run,  # opt-in: an hour of `reconciler run` over churning tasks
 }
-# Sections that run only when named (``--only``) or asked for (``--huge``).
-OPT_IN = {"huge"}
+# Sections that run only when named (``--only``) or asked for (``--huge``, ``--soak``).
+OPT_IN = {"huge", "soak"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,6 +87,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--huge-tasks", type=int, default=100_000, help="tasks of the huge section")
     p.add_argument("--huge-files", type=int, default=100, help="files they are spread over")
     p.add_argument("--huge-reps", type=int, default=1, help="repetitions of the huge section")
+    p.add_argument(
+        "--soak", action="store_true", help="also run the opt-in soak of `reconciler run` (an hour)"
+    )
+    p.add_argument("--soak-seconds", type=float, default=3600.0, help="how long the soak churns")
+    p.add_argument("--soak-tasks", type=int, default=1000, help="tasks of the soak")
     p.add_argument("--skip", default="", help=f"comma list of: {', '.join(SECTIONS)}")
     p.add_argument("--only", default="", help="comma list of the sections to run alone")
     p.add_argument("--keep", action="store_true", help="keep the sandbox directory")
@@ -101,8 +108,8 @@ def chosen(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
         p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     if only:
         skip |= set(SECTIONS) - only
-    elif not args.huge:
-        skip |= OPT_IN
+    else:
+        skip |= {name for name in OPT_IN if not getattr(args, name)}
     if "github" not in skip and args.github_tasks < github.LEAST_TASKS:
         p.error(f"--github-tasks must be at least {github.LEAST_TASKS} (the seeded task PRs)")
     return [name for name in SECTIONS if name not in skip]
@@ -125,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         huge_tasks=args.huge_tasks,
         huge_files=args.huge_files,
         huge_reps=args.huge_reps,
+        soak_seconds=args.soak_seconds,
+        soak_tasks=args.soak_tasks,
     )
     table = Table()
     # the collector as the `reconciler` command sets it: the in-process figures stand for it

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-CHECKOUT = Path(__file__).resolve().parents[2]  # `python -m bench` runs from here
+from tests.bench.running import run_bench, table_rows
 
 
 @pytest.mark.slow
 def test_bench_prints_every_figure(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    home.mkdir(exist_ok=True)  # the suite's isolated HOME is this directory
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "TMPDIR": str(tmp_path),
-        "GIT_CONFIG_NOSYSTEM": "1",
-    }
-    proc = subprocess.run(
+    proc = run_bench(
+        tmp_path,
         [
-            sys.executable,
-            "-m",
-            "bench",
             "--sizes",
             "20,200",
             "--reps",
@@ -46,19 +34,10 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
             "--meter-mib",
             "1",
         ],
-        env=env,
-        cwd=CHECKOUT,
-        capture_output=True,
-        text=True,
         timeout=280,
-        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {
-        line.split(" | ")[0].strip(): line.split(" | ")
-        for line in proc.stdout.splitlines()
-        if " | " in line
-    }
+    rows = table_rows(proc.stdout)
     for name in (
         "plan(20) warm",
         "plan(200) warm",
@@ -97,24 +76,8 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_opt_in_scale_section_prints_its_figures(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "TMPDIR": str(tmp_path),
-        "GIT_CONFIG_NOSYSTEM": "1",
-    }
     argv = ["--only", "huge", "--huge-tasks", "300", "--huge-files", "3"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", *argv],
-        env=env,
-        cwd=CHECKOUT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_bench(tmp_path, argv, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = {line.split(" | ")[0].strip() for line in proc.stdout.splitlines() if " | " in line}
     for name in (
