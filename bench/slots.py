@@ -21,7 +21,7 @@ from bench.table import Table, log, median
 from reconciler.engine import Context, Engine
 from reconciler.plan import Phase
 
-SCHEDULE_TARGET = 1.3
+SCHEDULE_TARGET = 1.15  # wall time of 500 short tasks over 11 slots against the ideal schedule
 SLOT_LANES = (("lane-a", 5), ("lane-b", 4), ("lane-c", 2))
 
 
