@@ -42,6 +42,8 @@ from reconciler.plan import (
 from reconciler.protocol import (
     ObserveRequest,
     ObserveResult,
+    PreflightCheck,
+    PreflightRequest,
     PreflightResult,
     PullRequest,
     RateLimit,
@@ -121,6 +123,50 @@ def _sort_owned(
     return owned, foreign
 
 
+def _feedback(
+    desired: Desired, here: str, removed: list[str]
+) -> dict[str, list[Literal["checks", "reviews"]]]:
+    """Branch → the PR feedback to read, where it is not all of it: a task's ``iterateOn`` may
+    ask for less, and a removed task's PR is about to be closed and needs none. (Tasks share
+    equal pr settings: each is looked at once.)"""
+    prefix = desired.config.branch_prefix
+    feedback: dict[str, list[Literal["checks", "reviews"]]] = {}
+    partial: dict[int, list[Literal["checks", "reviews"]] | None] = {}
+    for name, task in desired.tasks.items():
+        if task.spec.lane != here:
+            continue
+        pr = task.spec.pr
+        key = id(pr)
+        if key not in partial:
+            asked = list(pr.iterate_on)
+            partial[key] = asked if set(asked) != {"checks", "reviews"} else None
+        wanted = partial[key]
+        if wanted is not None:
+            feedback[f"{prefix}{name}"] = list(wanted)
+    for name in removed:
+        feedback[f"{prefix}{name}"] = []
+    return feedback
+
+
+def _exchange(
+    lane: LaneClient,
+    preflight: PreflightRequest,
+    request: ObserveRequest,
+    clock: Callable[[], float],
+) -> tuple[ObserveResult, list[PreflightCheck]]:
+    """The lane's observation and its pre-flight checks, in one batch; a pre-flight that passed
+    recently is not asked again (``LaneClient.passed_preflight``)."""
+    asked_at = clock()
+    passed = lane.passed_preflight(preflight, asked_at)
+    if passed is not None:
+        (answer,) = lane.call([request])
+        return unwrap(answer, ObserveResult), passed
+    checked, answer = lane.call([preflight, request])
+    checks = unwrap(checked, PreflightResult).checks
+    lane.preflight_seen(preflight, asked_at, checks)
+    return unwrap(answer, ObserveResult), checks
+
+
 def _observe_lane(
     desired: Desired,
     lane: LaneClient,
@@ -144,26 +190,8 @@ def _observe_lane(
         and (((task := tasks.get(n)) is not None and task.spec.lane == here) or n in gone)
     )
     preflight = lane.preflight_request(desired)
-
     prefix = desired.config.branch_prefix
-    # PR feedback is read in full unless a task's iterateOn asks for less; a removed task's
-    # PR is about to be closed and needs none. (Tasks share equal pr settings: each is
-    # looked at once.)
-    feedback: dict[str, list[Literal["checks", "reviews"]]] = {}
-    partial: dict[int, list[Literal["checks", "reviews"]] | None] = {}
-    for name, task in tasks.items():
-        if task.spec.lane != here:
-            continue
-        pr = task.spec.pr
-        key = id(pr)
-        if key not in partial:
-            asked = list(pr.iterate_on)
-            partial[key] = asked if set(asked) != {"checks", "reviews"} else None
-        wanted = partial[key]
-        if wanted is not None:
-            feedback[f"{prefix}{name}"] = list(wanted)
-    for name in removed:
-        feedback[f"{prefix}{name}"] = []
+    feedback = _feedback(desired, here, removed)
 
     def request(keys: list[str]) -> ObserveRequest:
         return ObserveRequest(
@@ -176,21 +204,10 @@ def _observe_lane(
 
     repos_of_lane = {r.name for r in spec.repos}
     try:
-        asked_at = clock()
-        passed = lane.passed_preflight(preflight, asked_at)
-        if passed is None:
-            pre_resp, obs_resp = lane.call([preflight, request(inspect)])
-        else:
-            (obs_resp,) = lane.call([request(inspect)])
-        result = unwrap(obs_resp, ObserveResult)
+        result, checks = _exchange(lane, preflight, request(inspect), clock)
         if result.owner is not None and not owns(result.owner, lane.state):
             detail, fix = owned_elsewhere(lane.name, result.owner)
             return LaneView(lane.name, reachable=False, error=f"{detail}; {fix}"), [], []
-        if passed is None:
-            checks = unwrap(pre_resp, PreflightResult).checks
-            lane.preflight_seen(preflight, asked_at, checks)
-        else:
-            checks = passed
         runs, foreign = _sort_owned(lane.name, repos_of_lane, result.runs, owners)
         # Runs that ended but that state never recorded (a crash between spawn and record, or a
         # lost state directory) are inspected in a second, rare round trip.
