@@ -108,6 +108,14 @@ class ShowReport(Report):
     body: str
     comments: list[CommentReport]
 
+    @classmethod
+    def of(cls, lane: str, repo: str, pr: PullRequest, comments: list[PrComment]) -> Self:
+        return cls(
+            pr=PullReport.listed(lane, repo, pr),
+            body=pr.body,
+            comments=[CommentReport.of(c) for c in comments],
+        )
+
 
 def newest_pr(prs: list[PullRequest]) -> PullRequest | None:
     """A task's PR that matters: its open one, else its newest."""

@@ -31,7 +31,7 @@ from reconciler.protocol import (
     PRResult,
     PullRequest,
 )
-from reconciler.report import CommentReport, PullReport, ShowReport, newest_pr
+from reconciler.report import PullReport, ShowReport, newest_pr
 
 EXIT_OK = 0
 
@@ -164,11 +164,7 @@ def _show(lane: LaneClient, repo: str, args: argparse.Namespace, pr: PullRequest
     if diff:
         sys.stdout.write(shown.diff or "")
         return EXIT_OK
-    report = ShowReport(
-        pr=PullReport.listed(lane.name, repo, shown.pr),
-        body=shown.pr.body,
-        comments=[CommentReport.of(c) for c in shown.comments],
-    )
+    report = ShowReport.of(lane.name, repo, shown.pr, shown.comments)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return EXIT_OK

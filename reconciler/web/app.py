@@ -52,13 +52,11 @@ from reconciler.redact import redact
 from reconciler.report import (
     API_REPORTS,
     ChangesReport,
-    CommentReport,
     DescribeReport,
     EventReport,
     EventsPage,
     FeedPage,
     LogPage,
-    PullReport,
     RunsReport,
     ShowReport,
     SummaryReport,
@@ -217,13 +215,7 @@ class Api:
             LogResult,
         )
         return LogPage(
-            name=name,
-            attempt=attempt,
-            iteration=iteration,
-            file=file,
-            data=chunk.data,
-            offset=chunk.offset,
-            ended=chunk.ended,
+            name=name, attempt=attempt, iteration=iteration, file=file, **chunk.model_dump()
         ).to_json()
 
     def changes(self, request: Request) -> Any:
@@ -231,15 +223,7 @@ class Api:
         name = request.path_params["name"]
         lane, ref = self._lane_of(name)
         seen = lane.one(ChangesRequest(lane=lane.ref, task=ref), ChangesResult)
-        return ChangesReport(
-            name=name,
-            source=seen.source,
-            base=seen.base,
-            head=seen.head,
-            diff=seen.diff,
-            untracked=seen.untracked,
-            truncated=seen.truncated,
-        ).to_json()
+        return ChangesReport(name=name, **seen.model_dump()).to_json()
 
     def pull(self, request: Request) -> Any:
         """The task's PR with its body and comments (``pr show --json``), asked of its forge."""
@@ -254,11 +238,7 @@ class Api:
         shown = lane.one(
             ForgeShowRequest(lane=lane.ref, repo=ref.repo, number=pr.number), ForgeShowResult
         )
-        return ShowReport(
-            pr=PullReport.listed(lane.name, ref.repo, shown.pr),
-            body=shown.pr.body,
-            comments=[CommentReport.of(c) for c in shown.comments],
-        ).to_json()
+        return ShowReport.of(lane.name, ref.repo, shown.pr, shown.comments).to_json()
 
     def _lane_of(self, name: str) -> tuple[LaneClient, TaskRef]:
         view = self.views.status()
@@ -407,7 +387,7 @@ def _error(status: int, message: str, secrets: tuple[str, ...]) -> Response:
 def build_app(api: Api) -> Starlette:
     secrets = tuple(s for s in (api.listen.token, api.listen.webhook_secret) if s)
 
-    pulse = Pulse(api.views)
+    pulse = Pulse(api.views, follow_state=api.loop is None)
 
     def endpoint(route: Route) -> Callable[[Request], Awaitable[Response]]:
         async def serve(request: Request) -> Response:
