@@ -42,9 +42,18 @@ class Pulse:
     """What changed, shared by every stream: read at most every ``tick`` seconds."""
 
     def __init__(
-        self, views: Views, tick: float = TICK, clock: Callable[[], float] = time.monotonic
+        self,
+        views: Views,
+        *,
+        follow_state: bool,
+        tick: float = TICK,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.views = views
+        # ``serve``: another process (``run``) writes the state, and a change of it is the only
+        # news that the view is stale. Under ``run --listen`` the loop says so when a pass ends:
+        # the writes during a pass must not make viewers observe the lanes again and again.
+        self.follow_state = follow_state
         self.tick = tick
         self.clock = clock
         self._lock = threading.Lock()
@@ -58,8 +67,8 @@ class Pulse:
                 return self._beat
             with self.views.engine.reading() as store:
                 serial, event = store.serial(), store.last_event_id()
-            if self._beat is not None and serial != self._beat.serial:
-                self.views.invalidate()  # another process (`run`) changed the state
+            if self.follow_state and self._beat is not None and serial != self._beat.serial:
+                self.views.invalidate()
             self._beat = Beat(serial, event, self.views.generation)
             self._at = self.clock()
             return self._beat
@@ -96,11 +105,12 @@ def stream_response(
                 await asyncio.sleep(pulse.tick)
                 now = await run_in_threadpool(pulse.read)
                 while now.event > cursor:
-                    for event in await run_in_threadpool(pulse.events, cursor):
+                    batch = await run_in_threadpool(pulse.events, cursor)
+                    if not batch:
+                        cursor = now.event  # pruned meanwhile
+                    for event in batch:
                         cursor = event.id
                         yield _message("event", event.to_json(), secrets, event.id)
-                    if cursor < now.event and not await run_in_threadpool(pulse.events, cursor):
-                        cursor = now.event  # events pruned meanwhile
                 if (now.serial, now.generation) != (beat.serial, beat.generation):
                     changed = {"serial": now.serial, "generation": now.generation}
                     yield _message("changed", changed, secrets)
