@@ -9,7 +9,10 @@ branch as committed, ``git diff base...branch``. Nothing is written: no index re
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 
 from reconciler.node import git as gitops
 from reconciler.node.lane import Lane
@@ -35,17 +38,11 @@ def changes(lane: Lane, req: ChangesRequest) -> ChangesResult:
     args = ["--no-optional-locks", "diff", "--no-color", "--no-ext-diff", "--no-renames"]
     untracked: list[str] = []
     if worktree:
-        text = gitops.run([*args, base, "--"], workspace).stdout
         listed = gitops.run(
             ["--no-optional-locks", "ls-files", "--others", "--exclude-standard", "-z"], workspace
         ).stdout
         untracked = [name for name in listed.split("\0") if name][:UNTRACKED_MAX]
-        for name in untracked:  # new files, as the commit that adds them will show them
-            if len(text) > req.limit:
-                break
-            text += gitops.run(
-                [*args, "--no-index", "--", os.devnull, name], workspace, check=False
-            ).stdout
+        text = _worktree_diff(workspace, args, base, untracked)
     else:
         text = gitops.run([*args, base, head, "--"], checkout).stdout
     diff, truncated = _cut(text, req.limit)
@@ -57,6 +54,24 @@ def changes(lane: Lane, req: ChangesRequest) -> ChangesResult:
         untracked=untracked,
         truncated=truncated,
     )
+
+
+def _worktree_diff(workspace: str, args: list[str], base: str, untracked: list[str]) -> str:
+    """The worktree against ``base``, its new files shown as the commit adding them will show
+    them: they are marked intent-to-add in a copy of the index, so the diff is three git
+    processes however many files there are, and the agent's own index is never written."""
+    if not untracked:
+        return gitops.run([*args, base, "--"], workspace).stdout
+    index = gitops.run(["rev-parse", "--git-path", "index"], workspace).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="reconciler-changes-") as tmp:
+        copy = os.path.join(tmp, "index")
+        with contextlib.suppress(FileNotFoundError):  # no index yet: an empty one will do
+            shutil.copyfile(os.path.join(workspace, index), copy)
+        env = {"GIT_INDEX_FILE": copy}
+        gitops.run(
+            ["--literal-pathspecs", "add", "--intent-to-add", "--", *untracked], workspace, env=env
+        )
+        return gitops.run([*args, base, "--"], workspace, env=env).stdout
 
 
 def _merge_base(repo: str, base_ref: str, head: str) -> str | None:
