@@ -161,7 +161,7 @@ class PoolFiller:
                     self._ready.notify_all()
 
     def idle(self, timeout: float) -> bool:
-        """Wait until no fill is under way or waiting (tests, ``stop``); whether it is so."""
+        """Wait until no fill is under way or waiting; whether it is so (for tests)."""
         deadline = time.monotonic() + timeout
         with self._ready:
             while self._busy or self._job is not None:
