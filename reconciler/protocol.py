@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROTOCOL_VERSION = 2  # 2: changes, read-log files, observe rechecks and rate limits
+PROTOCOL_VERSION = 3  # 2: changes, read-log files, observe rechecks and rate limits; 3: settled
 
 
 class Msg(BaseModel):
@@ -320,8 +320,10 @@ class ObserveRequest(Msg):
 
     ``inspect`` names runs (``task/attempt.iteration``) whose ended result should be parsed and
     whose worktree should be inspected (commits ahead, dirty files). Each run directory records
-    its task, base and agent, so nothing per task travels: the request's size does not grow with
-    the number of tasks.
+    its task, base and agent, so nothing else per task travels but ``settled``: for each task
+    with runs the reconciler has settled (over for good; state keeps them as history), the last
+    of them, ``[attempt, iteration]``. The lane leaves that run and every earlier one of the task
+    out of its report, so a report does not grow with every run ever made.
     """
 
     op: Literal["observe"] = "observe"
@@ -333,6 +335,7 @@ class ObserveRequest(Msg):
     feedback: dict[str, list[Literal["checks", "reviews"]]] = Field(default_factory=dict)
     # PRs whose feedback is read anew on this observation (named by webhooks since the last)
     recheck: list[Recheck] = Field(default_factory=list)
+    settled: dict[str, tuple[int, int]] = Field(default_factory=dict)
 
 
 class PreflightRequest(Msg):

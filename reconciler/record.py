@@ -52,6 +52,9 @@ class Run:
     progress_at: float | None = None  # when that offset last moved (the reconciler's clock)
     turns: int | None = None  # model responses (so far, while the run goes on)
     tool_calls: int | None = None  # tools, commands and edits the agent ran
+    # Over for good and of an earlier generation: state keeps its row (``describe``, ``logs``),
+    # but a pass reads it only as part of its task's history (``Transaction.settle_run``).
+    settled: bool = False
 
     @property
     def key(self) -> str:

@@ -627,11 +627,14 @@ def spend_by_hour(observed: Observed, now: float) -> dict[str, list[float]]:
     midnight = now - now % DAY
     hours = int((now - midnight) // HOUR) + 1
     spent: dict[str, list[float]] = {}
-    for runs in observed.runs.values():
-        for run in runs:
-            if run.started_at >= midnight and run.cost_usd:
-                hour = min(hours - 1, int((run.started_at - midnight) // HOUR))
-                spent.setdefault(run.lane, [0.0] * hours)[hour] += run.cost_usd
+    started = [
+        (run.lane, run.started_at, run.cost_usd) for runs in observed.runs.values() for run in runs
+    ]
+    started += [(h.lane, h.hour, h.cost_usd) for h in observed.settled_spend]
+    for lane, at, cost in started:
+        if at >= midnight and cost:
+            hour = min(hours - 1, int((at - midnight) // HOUR))
+            spent.setdefault(lane, [0.0] * hours)[hour] += cost
     for lane, per_hour in spent.items():
         total = 0.0
         for hour, cost in enumerate(per_hour):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import sqlite3
 import threading
 import time
@@ -32,6 +33,7 @@ from reconciler.plan import (
     PrRef,
     RunView,
     branch_of,
+    task_spent,
 )
 from reconciler.protocol import (
     FillPoolRequest,
@@ -353,7 +355,7 @@ class Applier:
     def record_observations(self, plan: Plan) -> None:
         """Record what observation revealed: runs state did not know, evaluations, spend, and
         (once each) what a lane reported of tasks it does not own."""
-        known = {(r.task, r.attempt, r.iteration): r for r in self.store.runs()}
+        known = {(r.task, r.attempt, r.iteration): r for r in self.store.open_runs()}
         with self.store.transaction() as tx:
             self.record_foreign(tx)
             # One read of all task rows, not one query per task: this runs every pass.
@@ -379,14 +381,19 @@ class Applier:
                 self.adopt(tx, run, alive=view.alive)
             return
         changes = run.changes(before)
+        settled = changes.pop("settled", False)
         if changes:
             tx.update_run(run.task, run.attempt, run.iteration, **changes)
+        if settled:
+            tx.settle_run(run.task, run.attempt, run.iteration)
 
     def adopt(self, tx: Transaction, run: Run, *, alive: bool) -> None:
         """A run its lane reports that state never recorded (a crash between spawn and record,
         a lost state directory): recorded from now on."""
         self.ensure_any_task_row(tx, run.task, run.lane, run.repo)
-        tx.upsert_run(run)
+        tx.upsert_run(dataclasses.replace(run, settled=False))
+        if run.settled:  # an earlier generation's run, over: recorded, then settled
+            tx.settle_run(run.task, run.attempt, run.iteration)
         tx.add_event(
             run.task,
             "adopted",
@@ -636,7 +643,7 @@ class Applier:
         runs = self.observed.runs.get(task.name, ())
         attempts = len({r.attempt for r in runs if r.generation == task.generation})
         iterations = sum(1 for r in runs if r.generation == task.generation)
-        cost = sum(r.cost_usd for r in runs)
+        cost, _tokens = task_spent(self.observed, task.name)
         parts = [spec.body.rstrip() + "\n" if spec.body else ""]
         parts.append(
             f"Opened by reconciler for task `{task.name}` at control revision "

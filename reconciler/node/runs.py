@@ -398,14 +398,22 @@ def _with_spend(result: AgentResult, spent: Spend) -> AgentResult:
     return result.model_copy(update=update) if update else result
 
 
-def observe_runs(lane: Lane, inspect: set[tuple[str, int, int]]) -> list[RunObs]:
-    """Every run directory under ``<root>/.runs``, oldest attempt first per task."""
+def observe_runs(
+    lane: Lane,
+    inspect: set[tuple[str, int, int]],
+    settled: Mapping[str, tuple[int, int]] | None = None,
+) -> list[RunObs]:
+    """Every run directory under ``<root>/.runs``, oldest attempt first per task, but those
+    ``settled`` leaves out: for a task, its run ``(attempt, iteration)`` and every earlier one
+    (the reconciler keeps them as history; their directories stay, unread)."""
     root = lane.runs_root()
     try:
         task_names = sorted(n for n in os.listdir(root) if NAME.match(n))
     except (FileNotFoundError, NotADirectoryError):
         return []  # no runs yet; a workspace root that is not a directory is pre-flight's to say
+    settled = settled or {}
     runs: list[RunObs] = []
+    read: set[str] = set()
     processes = RunProcesses()
     for name in task_names:
         task_dir = os.path.join(root, name)
@@ -413,21 +421,34 @@ def observe_runs(lane: Lane, inspect: set[tuple[str, int, int]]) -> list[RunObs]
             entries = os.listdir(task_dir)
         except (NotADirectoryError, FileNotFoundError):
             continue
+        past = settled.get(name, (0, 0))
         keyed = []
         for entry in entries:
             m = _RUN_NAME.match(entry)
-            if m:
-                keyed.append((int(m.group(1)), int(m.group(2)), entry))
+            if m and (key := (int(m.group(1)), int(m.group(2)))) > past:
+                keyed.append((*key, entry))
         for attempt, iteration, entry in sorted(keyed):
+            run_dir = os.path.join(task_dir, entry)
+            read.add(run_dir)
             obs = read_run(
                 lane,
-                os.path.join(task_dir, entry),
+                run_dir,
                 inspect=(name, attempt, iteration) in inspect,
                 processes=processes,
             )
             if obs is not None:
                 runs.append(obs)
+    _forget_ended(root, read)
     return runs
+
+
+def _forget_ended(root: str, read: set[str]) -> None:
+    """Drop what is kept of the ended runs under ``root`` that this observation did not read
+    (settled, or gone): what the node holds stays as large as what it reports."""
+    prefix = root + os.sep
+    for run_dir in list(_ENDED):  # one copy: lanes served in-process observe from threads
+        if run_dir.startswith(prefix) and run_dir not in read:
+            _ENDED.pop(run_dir, None)
 
 
 # ------------------------------------------------------------------------------ starting runs

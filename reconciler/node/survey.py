@@ -33,7 +33,7 @@ def survey(lane: Lane, req: ObserveRequest) -> ObserveResult:
     }
     return ObserveResult(
         repos=repos,
-        runs=observe_runs(lane, inspect),
+        runs=observe_runs(lane, inspect, req.settled),
         boot_id=boot_id(),
         runs_root=lane.runs_root(),
         now=time.time(),

@@ -34,11 +34,14 @@ from reconciler.observe.merge import Owners, merge_runs
 from reconciler.plan import (
     FailedAction,
     Foreign,
+    History,
+    HourSpend,
     LaneView,
     Observed,
     RepoView,
     TaskRecord,
 )
+from reconciler.plan.timing import DAY
 from reconciler.protocol import (
     ObserveRequest,
     ObserveResult,
@@ -54,7 +57,7 @@ from reconciler.protocol import (
     owns,
 )
 from reconciler.record import Run
-from reconciler.state import Store, TaskRow
+from reconciler.state import HistoryRow, Store, TaskRow
 
 NAME = re.compile(NAME_PATTERN)
 
@@ -177,6 +180,7 @@ def _observe_lane(
     clock: Callable[[], float],
     recheck: Sequence[Recheck] = (),
     rates: dict[tuple[str, str], RateLimit] | None = None,
+    settled: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[LaneView, list[RunObs], list[Foreign]]:
     spec = lane.spec
     here = lane.name
@@ -200,6 +204,7 @@ def _observe_lane(
             inspect=keys,
             feedback=feedback,
             recheck=list(recheck),
+            settled=dict(settled or {}),
         )
 
     repos_of_lane = {r.name for r in spec.repos}
@@ -320,17 +325,21 @@ def observe(
     plan saved with that serial is refused once anything was recorded after what it saw (an
     ``apply`` committing while the lanes answer included). Times are ``clock``'s, the engine's.
     """
+    midnight = clock() // DAY * DAY
     with store.snapshot():
         records = store.tasks()
-        recorded = store.runs()
+        recorded = store.open_runs()
+        histories = store.histories()
+        spend = store.lane_spend(midnight)
         serial = store.serial()
     runs_by_task: dict[str, list[Run]] = {}
     for run in recorded:
         runs_by_task.setdefault(run.task, []).append(run)
+    owners = owners_of(desired, records)
+    history, settled = _history(histories, owners)
     views: dict[str, LaneView] = {}
     world: list[tuple[str, RunObs]] = []
     foreign: list[Foreign] = []
-    owners = owners_of(desired, records)
     workers = max(1, min(8, len(lanes)))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {
@@ -344,6 +353,7 @@ def observe(
                 clock=clock,
                 recheck=recheck,
                 rates=rates,
+                settled=settled.get(name, {}),
             )
             for name, lane in sorted(lanes.items())
         }
@@ -363,7 +373,16 @@ def observe(
                 error=f"lane {record.lane} is no longer in the manifests",
             )
     unreachable = {name for name, view in views.items() if not view.reachable}
-    merged, unstarted = merge_runs(world, recorded, unreachable, owners, clock())
+    generations = {name: task.generation for name, task in desired.tasks.items()}
+    merged, unstarted = merge_runs(
+        world,
+        recorded,
+        unreachable,
+        owners,
+        clock(),
+        generations=generations,
+        history=history,
+    )
     return Observed(
         revision=desired.revision,
         serial=serial,
@@ -372,7 +391,28 @@ def observe(
         runs=merged,
         foreign=tuple(foreign),
         unstarted=unstarted,
+        history=history,
+        settled_spend=tuple(HourSpend(r.lane, r.hour, r.cost_usd, r.tokens) for r in spend),
     )
+
+
+def _history(
+    rows: Sequence[HistoryRow], owners: Owners
+) -> tuple[dict[str, History], dict[str, dict[str, tuple[int, int]]]]:
+    """Each task's settled runs in its owning lane and repository (those of a lane the task
+    left are that lane's history, as its runs were), and per lane, the last settled run of each
+    task: the lane leaves out that run and every earlier one."""
+    history: dict[str, History] = {}
+    settled: dict[str, dict[str, tuple[int, int]]] = {}
+    for row in rows:
+        last = (row.attempt, row.iteration)
+        per_lane = settled.setdefault(row.lane, {})
+        per_lane[row.task] = max(per_lane.get(row.task, last), last)
+        if owners.get(row.task) == (row.lane, row.repo):
+            history[row.task] = History(
+                row.runs, row.attempt, row.iteration, row.cost_usd, row.tokens
+            )
+    return history, settled
 
 
 _new_record = TaskRecord.__new__

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
-from reconciler.plan import RunView
+from reconciler.plan import History, RunView
 from reconciler.protocol import RunObs
 from reconciler.record import Run, RunId
 
@@ -26,6 +26,9 @@ def merge_runs(
     unreachable: set[str],
     owners: Owners,
     now: float,
+    *,
+    generations: Mapping[str, str] | None = None,
+    history: Mapping[str, History] | None = None,
 ) -> tuple[dict[str, tuple[RunView, ...]], tuple[RunView, ...]]:
     """The runs the lanes report (``(lane, report)``, each lane's own already), merged with
     their records, plus the runs only state remembers, by task and in order; and apart, the
@@ -34,12 +37,23 @@ def merge_runs(
     A recorded run of another lane than the task's owner (the task moved, or a lane once
     reported a run of a task before it existed) is history of that lane, not of this task's
     convergence; a run of an unreachable lane is neither seen nor known to be gone.
+
+    ``records`` are state's open runs; ``history`` each task's settled ones (a report of one of
+    those is not a new run: it is dropped). Runs that are over for good and of an earlier
+    generation than ``generations`` gives their task are settled in their records (``settle``).
     """
     by_key: dict[RunId, Run] = {(r.task, r.attempt, r.iteration): r for r in records}
     seen: set[RunId] = set()
     merged: dict[str, list[RunView]] = {}
     unstarted: list[RunView] = []
+    history = history or {}
     for lane, report in world:
+        past = history.get(report.task)
+        if past is not None and (report.attempt, report.iteration) <= (
+            past.attempt,
+            past.iteration,
+        ):
+            continue
         key = (report.task, report.attempt, report.iteration)
         seen.add(key)
         run = updated(by_key.get(key), report, lane, now)
@@ -53,11 +67,34 @@ def merge_runs(
         # only state knows this run: its directory is gone (or never was); it is not alive
         view = view_of(run, None, run.lane)
         (unstarted if run.never_started else merged.setdefault(run.task, [])).append(view)
+    generations = generations or {}
     by_task = {
-        task: tuple(sorted(views, key=lambda v: (v.attempt, v.iteration)))
+        task: settle(sorted(views, key=lambda v: (v.attempt, v.iteration)), generations.get(task))
         for task, views in merged.items()
     }
     return by_task, tuple(unstarted)
+
+
+def settle(views: list[RunView], generation: str | None) -> tuple[RunView, ...]:
+    """A task's runs in order, those over for good settled in their records: the oldest runs up
+    to the first that is of the task's ``generation`` (None: the task left the manifests), still
+    alive, being finished, or the newest (whose end may still be inspected). A settled run's
+    figures no longer change, so state keeps them as its task's history; settling in order keeps
+    the settled runs a prefix, which is what a lane is told to leave out."""
+    if generation is None:
+        return tuple(views)
+    for i, view in enumerate(views[:-1]):
+        run = view.record
+        if (
+            run is None
+            or view.generation == generation
+            or view.alive
+            or view.finishing_since is not None
+        ):
+            break
+        if not run.settled:
+            views[i] = dataclasses.replace(view, record=dataclasses.replace(run, settled=True))
+    return tuple(views)
 
 
 def updated(record: Run | None, report: RunObs, lane: str, now: float) -> Run:

@@ -1,5 +1,6 @@
 """Planning: pure functions from (desired, observed, now) to a typed, serialisable plan."""
 
+from reconciler.plan.budget import task_spent
 from reconciler.plan.core import branch_of
 from reconciler.plan.evaluation import evaluate
 from reconciler.plan.model import (
@@ -12,6 +13,8 @@ from reconciler.plan.model import (
     FailedAction,
     FinishRun,
     Foreign,
+    History,
+    HourSpend,
     LaneSpend,
     LaneView,
     NewRun,
@@ -46,6 +49,8 @@ __all__ = [
     "FailedAction",
     "FinishRun",
     "Foreign",
+    "History",
+    "HourSpend",
     "LaneSpend",
     "LaneView",
     "NewRun",
@@ -71,4 +76,5 @@ __all__ = [
     "evaluate",
     "next_midnight",
     "plan",
+    "task_spent",
 ]

@@ -11,7 +11,7 @@ from reconciler.manifests.models import (
     Task,
     TaskSpec,
 )
-from reconciler.plan.budget import Spend
+from reconciler.plan.budget import Spend, task_spent
 from reconciler.plan.model import (
     NO_PAYLOAD,
     Action,
@@ -19,6 +19,7 @@ from reconciler.plan.model import (
     Blocked,
     Due,
     FailedAction,
+    History,
     LaneView,
     Observed,
     Outcome,
@@ -63,6 +64,7 @@ class _TaskPass:
     spec: TaskSpec  # the task's
     lane_name: str  # its spec's
     latest: RunView | None  # the newest run of its current generation
+    history: History | None  # its settled runs (of earlier generations), summed
 
     @property
     def open_pr(self) -> PullRequest | None:
@@ -70,8 +72,9 @@ class _TaskPass:
 
     @property
     def next_attempt(self) -> int:
+        settled = self.history.attempt if self.history is not None else 0
         runs = self.runs
-        return max([r.attempt for r in runs]) + 1 if runs else 1
+        return max([settled, *(r.attempt for r in runs)]) + 1
 
 
 @dataclass
@@ -160,11 +163,15 @@ class PlannerCore:
         next_attempt_at: float | None = None,
     ) -> None:
         runs = self.observed.runs.get(task)
+        history = self.observed.history.get(task)
         if runs:
             latest = runs[-1]
             attempt, iteration = latest.attempt, latest.iteration
-            cost: float = round(sum(r.cost_usd for r in runs), 6)
-            tokens = sum(r.tokens for r in runs)
+            spent, tokens = task_spent(self.observed, task)
+            cost: float = round(spent, 6)
+        elif history is not None:
+            attempt, iteration = history.attempt, history.iteration
+            cost, tokens = round(history.cost_usd, 6), history.tokens
         else:  # the sums of no runs, as they always were: the integer 0
             attempt = iteration = tokens = 0
             cost = 0

@@ -146,6 +146,30 @@ class Foreign:
 
 
 @dataclass(frozen=True)
+class History:
+    """A task's settled runs (over for good, of its earlier generations), as state keeps them:
+    how many, the last one, and what they spent. A pass reads these sums instead of the runs,
+    so it does not grow with every run ever made; they count as the runs did (attempt numbers,
+    budgets, status)."""
+
+    runs: int
+    attempt: int
+    iteration: int
+    cost_usd: float
+    tokens: int
+
+
+@dataclass(frozen=True)
+class HourSpend:
+    """What a lane's settled runs started in one UTC hour (``hour``: its first second) spent."""
+
+    lane: str
+    hour: float
+    cost_usd: float
+    tokens: int
+
+
+@dataclass(frozen=True)
 class Observed:
     revision: str
     serial: int
@@ -156,6 +180,8 @@ class Observed:
     # Starts that state recorded but that never happened (no process, no run directory): not
     # runs at all, so they cost no attempt; apply forgets them and the planner starts them again.
     unstarted: tuple[RunView, ...] = ()
+    history: dict[str, History] = field(default_factory=dict)  # task → its settled runs
+    settled_spend: tuple[HourSpend, ...] = ()  # settled runs started today, per lane and hour
 
 
 class ActionKind(StrEnum):

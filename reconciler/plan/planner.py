@@ -25,7 +25,6 @@ from reconciler.manifests.models import (
     Desired,
     Task,
 )
-from reconciler.plan.budget import over_budget
 from reconciler.plan.core import _TaskPass
 from reconciler.plan.model import (
     Action,
@@ -105,6 +104,7 @@ class _Planner(RunSteps):
             spec,
             spec.lane,
             current[-1] if current else None,
+            self.observed.history.get(task.name),
         )
         settled = (
             self.repo_unreadable(t)
@@ -208,7 +208,7 @@ class _Planner(RunSteps):
         return True
 
     def budget_spent(self, t: _TaskPass) -> bool:
-        spent = over_budget(t.spec.budget, t.runs)
+        spent = self.spend.task_over(t.task)
         if spent is None or any(r.alive for r in t.current):
             return False
         if t.open_pr is not None:  # its work stands: a human can still review and merge it
@@ -235,7 +235,10 @@ class _Planner(RunSteps):
             )
             return True
         self.new_attempt(
-            t, ActionKind.START, _start_reason(bool(t.runs), t.next_attempt), Why.STARTING
+            t,
+            ActionKind.START,
+            _start_reason(bool(t.runs) or t.history is not None, t.next_attempt),
+            Why.STARTING,
         )
         return True
 

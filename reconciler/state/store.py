@@ -78,6 +78,31 @@ class TaskRow:
 
 
 @dataclass(frozen=True)
+class HistoryRow:
+    """A task's settled runs in one lane and repository: how many, the last of them, and what
+    they spent (``Transaction.settle_run`` adds each run once)."""
+
+    task: str
+    lane: str
+    repo: str
+    runs: int
+    attempt: int
+    iteration: int
+    cost_usd: float
+    tokens: int
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    """What a lane's settled runs started in one UTC hour (``hour``: its first second) spent."""
+
+    lane: str
+    hour: int
+    cost_usd: float
+    tokens: int
+
+
+@dataclass(frozen=True)
 class EventRow:
     """One entry of the append-only event log."""
 
@@ -205,6 +230,32 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (subject, transition)
     ) WITHOUT ROWID;
     """,
+    # A run over for good and of an earlier generation is settled: its row stays, and its
+    # figures are added once to its task's history (what a pass needs of it: how many runs,
+    # the last, their spend) and to its lane's spend by hour (the daily budget's). A pass then
+    # reads the open runs, the histories and today's hours, not every run ever made.
+    """
+    ALTER TABLE runs ADD COLUMN settled INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX runs_open ON runs (task, attempt, iteration) WHERE settled = 0;
+    CREATE TABLE run_history (
+        task      TEXT NOT NULL REFERENCES tasks(name) ON DELETE CASCADE,
+        lane      TEXT NOT NULL,
+        repo      TEXT NOT NULL,
+        runs      INTEGER NOT NULL,
+        attempt   INTEGER NOT NULL,
+        iteration INTEGER NOT NULL,
+        cost_usd  REAL NOT NULL,
+        tokens    INTEGER NOT NULL,
+        PRIMARY KEY (task, lane, repo)
+    ) WITHOUT ROWID;
+    CREATE TABLE lane_spend (
+        lane     TEXT NOT NULL,
+        hour     INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        tokens   INTEGER NOT NULL,
+        PRIMARY KEY (lane, hour)
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -271,7 +322,36 @@ class _Table(Generic[R]):
 _TASKS = _Table("tasks", TaskRow, ("name",))
 _RUNS = _Table("runs", Run, ("task", "attempt", "iteration"))
 _EVENTS = _Table("events", EventRow, ("id",))
+_HISTORY = _Table("run_history", HistoryRow, ("task", "lane", "repo"))
+_SPEND = _Table("lane_spend", SpendRow, ("lane", "hour"))
 _RUN_FAILURES = _RUNS.columns.index("failures")
+
+
+# Settling a run: mark it, then add its figures to its task's history and to its lane's spend
+# in the hour it started (and let go of hours older than two days).
+_SETTLE = (
+    "UPDATE runs SET settled = 1 WHERE task = ? AND attempt = ? AND iteration = ? AND settled = 0"
+)
+_RUN_EXISTS = "SELECT 1 FROM runs WHERE task = ? AND attempt = ? AND iteration = ?"
+_FOLD = (
+    "INSERT INTO run_history (task, lane, repo, runs, attempt, iteration, cost_usd, tokens)"
+    " SELECT task, lane, repo, 1, attempt, iteration, COALESCE(cost_usd, 0.0),"
+    " COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0)"
+    " FROM runs WHERE task = ? AND attempt = ? AND iteration = ?"
+    " ON CONFLICT (task, lane, repo) DO UPDATE SET runs = runs + 1,"
+    " cost_usd = cost_usd + excluded.cost_usd, tokens = tokens + excluded.tokens,"
+    " attempt = MAX(attempt, excluded.attempt),"
+    " iteration = CASE WHEN (excluded.attempt, excluded.iteration) > (attempt, iteration)"
+    " THEN excluded.iteration ELSE iteration END",
+    "INSERT INTO lane_spend (lane, hour, cost_usd, tokens)"
+    " SELECT lane, CAST(started_at / 3600 AS INTEGER) * 3600, COALESCE(cost_usd, 0.0),"
+    " COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0)"
+    " FROM runs WHERE task = ? AND attempt = ? AND iteration = ?"
+    " ON CONFLICT (lane, hour) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd,"
+    " tokens = tokens + excluded.tokens",
+    "DELETE FROM lane_spend WHERE hour < (SELECT started_at - 2 * 86400"
+    " FROM runs WHERE task = ? AND attempt = ? AND iteration = ?)",
+)
 
 
 # -------------------------------------------------------------------------------------- store
@@ -414,6 +494,21 @@ class Store:
         else:
             rows = self._query(f"{_RUNS.select} WHERE task = ?{order}", (task,))
         return [_RUNS.load(r) for r in rows]
+
+    def open_runs(self) -> list[Run]:
+        """The runs not settled (``Transaction.settle_run``), sorted by (task, attempt,
+        iteration): what a pass reads of the runs, however many were made before."""
+        rows = self._query(f"{_RUNS.select} WHERE settled = 0 ORDER BY task, attempt, iteration")
+        return [_RUNS.load(r) for r in rows]
+
+    def histories(self) -> list[HistoryRow]:
+        """Every task's settled runs, summed per lane and repository."""
+        return [_HISTORY.load(r) for r in self._query(_HISTORY.select)]
+
+    def lane_spend(self, since: float) -> list[SpendRow]:
+        """What settled runs started since ``since`` spent, per lane and hour."""
+        rows = self._query(f"{_SPEND.select} WHERE hour >= ?", (since,))
+        return [_SPEND.load(r) for r in rows]
 
     def events(
         self, task: str | None = None, limit: int = 100, after_id: int = 0
@@ -615,6 +710,8 @@ class Transaction:
 
     def upsert_run(self, row: Run) -> None:
         """Insert the run or replace all its fields (its task must exist)."""
+        if row.settled:
+            raise TypeError("runs: a run is settled with settle_run, which adds it to history")
         values = _RUNS.values(row)
         if row.failures:
             values = (
@@ -633,10 +730,25 @@ class Transaction:
 
     def update_run(self, task: str, attempt: int, iteration: int, /, **fields: object) -> None:
         """Set some fields of an existing run; TypeError for unknown fields, KeyError if absent."""
+        if "settled" in fields:
+            raise TypeError("runs: a run is settled with settle_run, which adds it to history")
         failures = fields.get("failures")
         if isinstance(failures, str):
             fields["failures"] = redact(failures)
         self._update(_RUNS, (task, attempt, iteration), fields)
+
+    def settle_run(self, task: str, attempt: int, iteration: int) -> bool:
+        """Settle a run (over for good, of an earlier generation): its row stays, marked, and its
+        figures are added to its task's history and its lane's spend by hour, once: settling a
+        settled run changes nothing. False when it was settled already; KeyError if absent."""
+        key = (task, attempt, iteration)
+        if self._exec(_SETTLE, key).rowcount == 0:
+            if self._exec(_RUN_EXISTS, key).fetchone() is None:
+                raise KeyError(f"runs: no row {key!r}")
+            return False
+        for statement in _FOLD:
+            self._exec(statement, key)
+        return True
 
     def add_event(
         self,
@@ -752,7 +864,7 @@ def _check_columns(conn: sqlite3.Connection, path: Path) -> None:
 def _schema_problems(conn: sqlite3.Connection) -> list[str]:
     """How the tables differ from the ones this reconciler's schema makes (none: [])."""
     problems = []
-    for table in (_TASKS, _RUNS, _EVENTS):
+    for table in (_TASKS, _RUNS, _EVENTS, _HISTORY, _SPEND):
         cols = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table.name})"))
         if cols != table.columns:
             have = ", ".join(cols) if cols else "no such table"
@@ -790,7 +902,9 @@ __all__: list[str] = [
     "SCHEMA_VERSION",
     "STATE_ID",
     "EventRow",
+    "HistoryRow",
     "Run",
+    "SpendRow",
     "StateError",
     "Store",
     "TaskRow",

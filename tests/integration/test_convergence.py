@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from reconciler.engine import Context, Engine
+from reconciler.state import Store
 from tests.integration.world import World
 from tests.support.git import git
 from tests.support.waiting import wait_for
@@ -228,6 +229,37 @@ def test_spec_change_restarts_convergence_and_keeps_the_pr(world: World) -> None
     assert len(prs) == 1 and prs[0]["state"] == "open"
     sha = world.git_head("web-repo", "agent/t")
     assert prs[0]["head_sha"] == sha
+
+
+def test_earlier_generations_runs_are_settled_into_history_and_still_counted(
+    world: World,
+) -> None:
+    world.lane("web")
+    world.task("t", "web", "succeed")
+    world.commit()
+    world.converge()
+    for n in (2, 3):
+        world.tasks["t"]["prompt"] = f"Please do t, take {n}."
+        world.commit(f"change t ({n})")
+        world.converge()
+    with Store.open_readonly(world.state) as store:
+        assert [(r.attempt, r.settled) for r in store.runs("t")] == [
+            (1, True),
+            (2, True),
+            (3, False),
+        ]
+        assert [(r.attempt, r.iteration) for r in store.open_runs()] == [(3, 1)]
+        (history,) = store.histories()
+        assert (history.task, history.runs, history.attempt) == ("t", 2, 2)
+        cost, tokens = store.totals("t")
+    status = world.status()["t"]
+    assert status["phase"] == "pr-open" and status["attempt"] == 3
+    assert status["costUsd"] == round(cost, 6) and status["tokens"] == tokens
+    runs = json.loads(world.cli("describe", "t", "--json").stdout)["runs"]
+    assert [r["attempt"] for r in runs] == [1, 2, 3]  # the settled runs' records stay
+    world.tasks["t"]["prompt"] = "Please do t, take 4."
+    world.commit("change t (4)")
+    assert [(a["action"], a["attempt"]) for a in world.plan_json()["actions"]] == [("start", 4)]
 
 
 def test_a_pr_closed_by_hand_fails_the_task_until_its_manifest_changes(world: World) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.node import files, procs
+from reconciler.node import runs as node_runs
 from reconciler.node.files import EXIT_JSON, PID_JSON, read_json
 from reconciler.node.runs import agent_env
 from reconciler.protocol import (
@@ -72,6 +73,21 @@ def pid_record(run: RunObs) -> dict[str, object]:
     return record
 
 
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths the node reads JSON from from now on (``files.read_json``, which run reads go
+    through)."""
+    reads: list[str] = []
+    original = files.read_json
+
+    def counting(path: str) -> dict[str, object] | None:
+        reads.append(path)
+        record: dict[str, object] | None = original(path)
+        return record
+
+    monkeypatch.setattr(files, "read_json", counting)
+    return reads
+
+
 def test_an_ended_run_is_read_once_and_again_only_when_its_exit_record_changes(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -83,15 +99,7 @@ def test_an_ended_run_is_read_once_and_again_only_when_its_exit_record_changes(
     wait_for(lambda: not procs.is_alive(supervisor), "the supervisor's exit")
     first = [r for r in observe(env).runs if r.task == "once"]
     assert [r.exit.exit_code for r in first if r.exit] == [0]
-    reads: list[str] = []
-    original = files.read_json
-
-    def counting(path: str) -> dict[str, object] | None:
-        reads.append(path)
-        record: dict[str, object] | None = original(path)
-        return record
-
-    monkeypatch.setattr(files, "read_json", counting)  # the module runs reads it through
+    reads = count_reads(monkeypatch)
     again = [r for r in observe(env).runs if r.task == "once"]
     assert again == first
     assert not [p for p in reads if started.run_dir in p]  # nothing of the ended run was read
@@ -491,3 +499,33 @@ def test_branches_and_worktrees_in_repo_observation(env: Env) -> None:
     assert repo.branches["agent/ahead"] == git(ws, "rev-parse", "HEAD")
     assert {Path(w.path).name for w in repo.worktrees} == {"ahead", "level"}
     assert repo.prs == []
+
+
+def test_settled_runs_are_left_out_unread_and_not_kept(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = AgentRef(kind="command", command=env.script("q.py", "print(1)"))
+    ended = []
+    for attempt in (1, 2, 3):
+        run = env.start("hist", agent, attempt=attempt)
+        env.wait_exit(run)
+        ended.append(run)
+    supervisors = [r.supervisor for r in ended if r.supervisor is not None]
+    assert len(supervisors) == 3
+    wait_for(lambda: not any(map(procs.is_alive, supervisors)), "the supervisors' exit")
+    assert [(r.attempt, r.iteration) for r in observe(env).runs if r.task == "hist"] == [
+        (1, 1),
+        (2, 1),
+        (3, 1),
+    ]
+    assert any(d.startswith(ended[0].run_dir) for d in node_runs._ENDED)
+    reads = count_reads(monkeypatch)
+    req = ObserveRequest(lane=env.lane, settled={"hist": (2, 1)})
+    left = ObserveResult.model_validate(env.call(req)).runs
+    assert [(r.attempt, r.iteration) for r in left if r.task == "hist"] == [(3, 1)]
+    assert not [p for p in reads if p.startswith((ended[0].run_dir, ended[1].run_dir))]
+    # what the node held of the settled runs is let go; their directories stay
+    assert ended[0].run_dir not in node_runs._ENDED
+    assert ended[1].run_dir not in node_runs._ENDED
+    assert ended[2].run_dir in node_runs._ENDED
+    assert all(os.path.isdir(r.run_dir) for r in ended)

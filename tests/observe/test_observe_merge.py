@@ -11,6 +11,7 @@ from typing import Any
 from reconciler.manifests.models import Desired, TaskSpec, make_task
 from reconciler.observe import owners_of
 from reconciler.observe.merge import merge_runs, updated, view_of
+from reconciler.plan import History
 from reconciler.protocol import AgentResult, ExitInfo, Fingerprint, RunObs
 from reconciler.record import Run
 from reconciler.state import TaskRow
@@ -39,11 +40,10 @@ def reported(attempt: int = 1, iteration: int = 2, **kw: Any) -> RunObs:
         repo="app",
         attempt=attempt,
         iteration=iteration,
-        generation="g",
         run_dir=f"/w/.runs/t/{attempt}.{iteration}",
         workspace="/w/app/t",
         started_at=90.0,
-        **{"supervisor": None, "alive": False, **kw},
+        **{"generation": "g", "supervisor": None, "alive": False, **kw},
     )
 
 
@@ -190,3 +190,51 @@ def test_owners_are_the_manifests_then_what_state_last_knew() -> None:
     assert dict(owners) == {"moved": ("a", "app"), "gone": ("b", "lib")}
     assert len(owners) == 2 and list(owners) == ["moved", "gone"]
     assert owners.get("never") is None and "gone" in owners
+
+
+def ended(attempt: int, generation: str, **kw: Any) -> Run:
+    fields: dict[str, Any] = {"ended_at": 95.0, "exit_code": 0, "outcome": "succeeded", **kw}
+    return row(
+        attempt=attempt,
+        iteration=1,
+        generation=generation,
+        run_dir=f"/w/.runs/t/{attempt}.1",
+        **fields,
+    )
+
+
+def settled_keys(views: tuple[Any, ...]) -> list[tuple[int, int]]:
+    return [(v.attempt, v.iteration) for v in views if v.record.settled]
+
+
+def test_runs_over_for_good_of_earlier_generations_are_settled_oldest_first() -> None:
+    records = [
+        ended(1, "g1"),
+        ended(2, "g1", outcome=None, mark="stopped"),
+        ended(3, "g2"),
+        ended(4, "g3"),
+        ended(5, "g3"),
+    ]
+    merged, _ = merge_runs([], records, set(), {}, NOW, generations={"t": "g3"})
+    assert settled_keys(merged["t"]) == [(1, 1), (2, 1), (3, 1)]  # never the current generation's
+    # a run still alive (being stopped) holds back itself and every later one: the settled
+    # runs stay a prefix, which is what the lane is told to leave out
+    alive = [("web", reported(2, 1, generation="g1", alive=True))]
+    merged, _ = merge_runs(alive, records, set(), {}, NOW, generations={"t": "g3"})
+    assert settled_keys(merged["t"]) == [(1, 1)]
+    finishing = [("web", reported(1, 1, generation="g1", finishing_since=90.0))]
+    merged, _ = merge_runs(finishing, records, set(), {}, NOW, generations={"t": "g3"})
+    assert settled_keys(merged["t"]) == []
+    # the newest run is never settled: its end may still be inspected
+    merged, _ = merge_runs([], records[:2], set(), {}, NOW, generations={"t": "g3"})
+    assert settled_keys(merged["t"]) == [(1, 1)]
+    # a task that left the manifests has no generation to be earlier than
+    merged, _ = merge_runs([], records, set(), {}, NOW, generations={})
+    assert settled_keys(merged["t"]) == []
+
+
+def test_a_lane_s_report_of_a_settled_run_is_not_a_new_run() -> None:
+    history = {"t": History(runs=2, attempt=2, iteration=1, cost_usd=1.5, tokens=10)}
+    world = [("web", reported(2, 1, generation="g1")), ("web", reported(3, 1, generation="g2"))]
+    merged, _ = merge_runs(world, [], set(), {}, NOW, generations={"t": "g2"}, history=history)
+    assert keys(merged["t"]) == [(3, 1)]

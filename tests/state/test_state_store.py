@@ -200,6 +200,78 @@ def test_schema_5_drops_the_columns_nothing_read_and_keeps_every_task_and_run(
     assert not {"pr_url", "pr_intent", "next_attempt_at", "removed_at"} & set(columns)
 
 
+def test_schema_7_opens_every_run_of_an_older_database_and_settles_them_once(
+    tmp_path: Path,
+) -> None:
+    older_database(tmp_path, 6)
+    with Store.open(tmp_path) as migrated:
+        assert migrated.open_runs() == [run(cost_usd=0.5, run_dir="/runs/t/1.1")]
+        assert migrated.histories() == [] and migrated.lane_spend(0) == []
+        with migrated.transaction() as tx:
+            assert tx.settle_run("t", 1, 1)
+        assert migrated.open_runs() == []
+        assert migrated.runs() == [run(cost_usd=0.5, run_dir="/runs/t/1.1", settled=True)]
+
+
+# -------------------------------------------------------------------------------- history
+
+
+def test_a_settled_run_stays_and_is_added_once_to_history_and_its_hour(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.upsert_task(task())
+        tx.upsert_run(run(attempt=1, started_at=7300.0, cost_usd=0.5, input_tokens=3))
+        tx.upsert_run(run(attempt=2, iteration=1, started_at=7400.0, output_tokens=4))
+        tx.upsert_run(run(attempt=2, iteration=2, started_at=11000.0, cost_usd=0.25))
+        tx.upsert_run(run(attempt=3, started_at=11500.0))
+    serial = store.serial()
+    with store.transaction() as tx:
+        assert tx.settle_run("t", 2, 1) and tx.settle_run("t", 1, 1) and tx.settle_run("t", 2, 2)
+        assert not tx.settle_run("t", 1, 1)  # settling again adds nothing
+        with pytest.raises(KeyError):
+            tx.settle_run("t", 9, 9)
+    assert store.serial() == serial + 1
+    with store.transaction() as tx:  # nothing changes: the serial stays
+        assert not tx.settle_run("t", 2, 2)
+    assert store.serial() == serial + 1
+    assert [(r.attempt, r.iteration) for r in store.open_runs()] == [(3, 1)]
+    assert [(r.attempt, r.settled) for r in store.runs()] == [
+        (1, True),
+        (2, True),
+        (2, True),
+        (3, False),
+    ]
+    (history,) = store.histories()
+    assert (history.task, history.lane, history.repo) == ("t", "l", "r")
+    assert (history.runs, history.attempt, history.iteration) == (3, 2, 2)
+    assert (history.cost_usd, history.tokens) == (0.75, 7)
+    assert [(h.lane, h.hour, h.cost_usd, h.tokens) for h in store.lane_spend(0)] == [
+        ("l", 7200, 0.5, 7),
+        ("l", 10800, 0.25, 0),
+    ]
+    assert [h.hour for h in store.lane_spend(10800)] == [10800]
+    assert store.totals("t") == (0.75, 7)  # the runs' own rows still say what they spent
+
+
+def test_a_run_is_settled_only_through_settle_run(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.upsert_task(task())
+        with pytest.raises(TypeError, match="settle_run"):
+            tx.upsert_run(run(settled=True))
+        tx.upsert_run(run())
+        with pytest.raises(TypeError, match="settle_run"):
+            tx.update_run("t", 1, 1, settled=True)
+
+
+def test_a_task_s_history_goes_with_it(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.upsert_task(task())
+        tx.upsert_run(run(cost_usd=1.0))
+        tx.settle_run("t", 1, 1)
+    with store.transaction() as tx:
+        tx.delete_task("t")
+    assert store.histories() == [] and store.runs() == []
+
+
 # -------------------------------------------------------------------------------- serial
 
 
