@@ -226,6 +226,11 @@ class SshTransport:
     def _lost(self, lost: process.SessionLost) -> str:
         """Why the session ended without an answer: ssh gave up (255) or the node exited."""
         stderr = lost.stderr.decode("utf-8", "replace")
+        if lost.returncode == 255 and not stderr.strip() and lost.delivered:
+            return (
+                f"the connection to {self.target} ended before the node answered the batch; "
+                "its tasks stay unknown until a pass gets an answer"
+            )
         if lost.returncode == 255:
             return self._ssh_failure(stderr)
         said = _last_line(stderr)

@@ -24,10 +24,13 @@ from typing import Any
 
 import pytest
 
+from reconciler.lanes import process
+from reconciler.lanes.ssh import SshTransport
 from reconciler.manifests.models import LaneSpec
 from tests.support import linux_users
 from tests.support.git import commit_manifests
 from tests.support.linux_users import User
+from tests.support.waiting import wait_for
 
 SSHD = "/usr/sbin/sshd"
 LANE = "far"
@@ -445,3 +448,14 @@ def kill_lane_processes(under: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, 9)
         time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """The process runs (a zombie, ended and not yet reaped, has no open files)."""
+    return os.path.exists(f"/proc/{pid}/fd/0")
+
+
+def sessions_ended(transport: SshTransport) -> None:
+    """Wait until the lane's idle sessions have noticed that their connection is gone."""
+    pids = process.SESSIONS.idle(transport.argv())
+    wait_for(lambda: not any(running(pid) for pid in pids), f"the sessions {pids} to end")
