@@ -158,12 +158,14 @@ def _descendants(pid: int) -> list[int]:
 
 @dataclass
 class Sshd:
-    """``/usr/sbin/sshd -D -e`` on 127.0.0.1:port, letting only ``user`` in, by key."""
+    """``/usr/sbin/sshd -D -e`` on 127.0.0.1:port, letting only ``user`` (and ``also``) in, by
+    key."""
 
     directory: Path
     user: User
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    also: list[User] = field(default_factory=list)
 
     @property
     def host_key(self) -> Path:
@@ -198,7 +200,7 @@ class Sshd:
                     "KbdInteractiveAuthentication no",
                     "PubkeyAuthentication yes",
                     "AuthorizedKeysFile %h/.ssh/authorized_keys",
-                    f"AllowUsers {self.user.name}",
+                    f"AllowUsers {' '.join(u.name for u in [self.user, *self.also])}",
                     "PermitRootLogin no",
                     "StrictModes yes",
                     "PermitUserEnvironment no",
