@@ -168,3 +168,33 @@ def test_closing_the_lane_leaves_no_node_running(lane: Lane) -> None:
     lane.transport.close()
     assert process.SESSIONS.idle(lane.transport_argv()) == []
     wait_for(lambda: not nodes(lane.user), "the node to see EOF and exit")
+
+
+def test_every_batch_of_a_session_is_held_to_the_pinned_lane(side: Side) -> None:
+    """One ssh session, one node: a batch for the lane as authorized is served, a batch for the
+    same lane name with another workspace root and token file is refused request by request, and
+    the session serves the authorized lane again afterwards."""
+    spec = side.lane_spec()
+    key = ensure_key(str(side.identity)).public
+    install_authorized_keys(side.user, authorized_keys_line(LANE, spec, key))
+    side.trust()
+    transport = SshTransport(LANE, spec)
+    moved = {**side.spec(), "workspaceRoot": "/"}
+    moved["credentials"] = {"github": f"{side.user.home}/.ssh/id_ed25519"}
+    lanes = {
+        "pinned": Batch(requests=[ObserveRequest(lane=lane_ref(LANE, spec))]),
+        "moved": Batch(
+            requests=[ObserveRequest(lane=lane_ref(LANE, LaneSpec.model_validate(moved)))]
+        ),
+    }
+    try:
+        assert all(r.ok for r in transport.exchange(lanes["pinned"]).responses)
+        (session,) = process.SESSIONS.idle(transport.argv())
+        (refused,) = transport.exchange(lanes["moved"]).responses
+        assert not refused.ok and refused.failure is not None
+        assert "refused" in refused.failure.error and "keys authorize" in refused.failure.error
+        assert all(r.ok for r in transport.exchange(lanes["pinned"]).responses)
+        assert process.SESSIONS.idle(transport.argv()) == [session]
+    finally:
+        transport.close()
+        wait_for(lambda: not nodes(side.user), "the node to exit")
