@@ -173,3 +173,26 @@ def test_what_a_failing_node_says_is_kept_as_its_tail(sessions: Sessions) -> Non
 def test_a_missing_program_says_so(sessions: Sessions) -> None:
     with pytest.raises(FileNotFoundError):
         sessions.exchange(["no-such-program-here"], EMPTY, timeout=5)
+
+
+def test_a_reconciler_killed_outright_leaves_no_node() -> None:
+    """SIGKILL gives the client no chance to close anything: its node sees EOF and exits."""
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from reconciler.lanes.process import SESSIONS\n"
+            f"SESSIONS.exchange({NODE!r}, {EMPTY!r}, timeout=60)\n"
+            f"print(*SESSIONS.idle({NODE!r}), flush=True)\n"
+            "time.sleep(300)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout is not None
+    node = int(client.stdout.readline())
+    client.kill()
+    client.wait()
+    client.stdout.close()
+    wait_for(lambda: not os.path.exists(f"/proc/{node}/fd/0"), "the orphaned node to exit")

@@ -87,6 +87,7 @@ def lane(
 ) -> Iterator[Lane]:
     """The lane both ways; its repository runs a hook on a new worktree that says it started
     (a file named after the task) and then waits for its node to be killed."""
+    wait_for(lambda: not nodes(side.user), "the nodes of earlier tests to exit")
     home = side.user.home
     hooks = {"afterCreate": ["sh", "-c", f'touch {home}/started-"$RECONCILER_TASK"; sleep 300']}
     repos = [{"name": "app", "checkout": f"{home}/src/app", "hooks": hooks}]
@@ -174,6 +175,7 @@ def test_every_batch_of_a_session_is_held_to_the_pinned_lane(side: Side) -> None
     """One ssh session, one node: a batch for the lane as authorized is served, a batch for the
     same lane name with another workspace root and token file is refused request by request, and
     the session serves the authorized lane again afterwards."""
+    wait_for(lambda: not nodes(side.user), "the nodes of earlier tests to exit")
     spec = side.lane_spec()
     key = ensure_key(str(side.identity)).public
     install_authorized_keys(side.user, authorized_keys_line(LANE, spec, key))
