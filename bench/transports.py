@@ -1,6 +1,8 @@
 """The SSH lane's cost: the batch one pass sends a lane, through the in-process, local-user and
-ssh transports in turn, and an observe+plan pass over N tasks with the lane in-process and behind
-ssh (what ssh adds should be one batch, whatever N).
+ssh transports in turn (each lane's node a session, started once and reused), an observe+plan
+pass over N tasks with the lane in-process and behind ssh (what ssh adds should be one batch,
+whatever N), and a pass over ``FLEET`` ssh lanes (as many users on one sshd) against a pass over
+one of them.
 
 Needs root and ``/usr/sbin/sshd``: it creates a throwaway login user (``tests.support
 .linux_users``) and runs a loopback sshd letting only that user in (``tests.ssh.ssh_support``).
@@ -16,6 +18,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +28,7 @@ from bench.options import Options
 from bench.sandbox import Sandbox
 from bench.table import Table, log, median
 from reconciler.engine import Context, Engine
-from reconciler.lanes import InProcessTransport, Transport, local_user
+from reconciler.lanes import InProcessTransport, Transport, close_sessions, local_user
 from reconciler.lanes.local_user import LocalUserTransport
 from reconciler.lanes.ssh import SshTransport, authorized_keys_line, ensure_key
 from reconciler.manifests.models import LaneSpec
@@ -39,9 +42,16 @@ TRANSPORT_TASKS = 200
 BATCH_REPS = 7  # each repetition sends the batch through every transport in turn
 PASS_REPS = 5  # each repetition runs the in-process pass and the ssh pass in turn
 ROUND_TRIPS_TARGET = 1.5  # what ssh adds to a pass, in ssh batches: one per lane and pass
+SSH_OVER_USER_TARGET = 2.0  # a batch over a reused connection against the same as a local user
+FLEET = 20  # ssh lanes (users) of the fleet pass
+FLEET_TASKS = 10  # tasks per fleet lane
+FLEET_TARGET = 1.5  # a pass over the fleet against a pass over one of its lanes
 TOOLS = ("ssh", "ssh-keygen", "setpriv", "useradd", "userdel", "git")
 BATCH_ROW = "node batch, in-process / local user / ssh"
 BATCH_SPLIT_ROW = "  ssh batch: connection + node start-up + work"
+SSH_OVER_USER_ROW = "  ssh batch / local user batch, sessions reused"
+FLEET_ROW = f"pass over {FLEET} ssh lanes / over 1 ({FLEET_TASKS} tasks each)"
+FLEET_CPU_ROW = f"  pass over {FLEET} ssh lanes: cores busy"
 NEAR, USER, FAR = "near", "user", ssh_support.LANE  # in-process, local user, ssh
 KINDS: dict[str, type[object]] = {
     NEAR: InProcessTransport,
@@ -119,7 +129,7 @@ def checked(observed: Observed, lanes: int) -> None:
 
 def skipped(table: Table, n: int, reason: str) -> None:
     log(f"transports: skipped ({reason})")
-    for name in (BATCH_ROW, pass_row(n)):
+    for name in (BATCH_ROW, pass_row(n), FLEET_ROW):
         table.add(name, f"skipped: {reason}")
 
 
@@ -139,9 +149,12 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
             world = World(box, side)
             ssh = batch_figures(table, world)
             pass_figures(table, world, n, ssh)
+            fleet_figures(table, world)
     except pytest.skip.Exception as exc:  # install_reconciler: no Python the user can run
         skipped(table, n, exc.msg or "the lane user cannot run the reconciler")
-    log(f"  transports section took {time.perf_counter() - t0:.1f}s (user removed, sshd stopped)")
+    finally:
+        close_sessions()
+    log(f"  transports section took {time.perf_counter() - t0:.1f}s (users removed, sshd stopped)")
 
 
 @dataclass
@@ -173,21 +186,30 @@ class World:
         self.side.trust()
 
     def engine(self, name: str, lanes: list[str], tasks: int) -> Engine:
-        """A control repo with ``lanes`` and ``tasks`` tasks on each; a state row per task."""
-        docs = "\n---\n".join(ssh_support.lane_manifest(k, self.specs[k]) for k in lanes)
-        files = {
-            "config.yaml": CONFIG_DOC,
-            "agents.yaml": agent_doc("noop", ["/bin/true"]),
-            "lanes.yaml": docs + "\n",
-        }
-        for lane in lanes:
-            for i in range(tasks):
-                task = f"{lane}-task-{i:03d}"
-                files[f"tasks/{task}.yaml"] = task_doc(task, lane, "app", "noop", i)
-        repo = self.box.control(self.side.root / name, files)
-        ctx = Context(control=str(repo), state_dir=self.side.root / f"{name}.state")
-        seed_task_rows(ctx)
-        return Engine(ctx)
+        return control_engine(
+            self.box, self.side.root / name, {k: self.specs[k] for k in lanes}, tasks
+        )
+
+
+def control_engine(
+    box: Sandbox, where: Path, specs: dict[str, dict[str, Any]], tasks: int
+) -> Engine:
+    """A control repo at ``where`` with the lanes of ``specs`` and ``tasks`` tasks on each; a
+    state row per task."""
+    docs = "\n---\n".join(ssh_support.lane_manifest(k, spec) for k, spec in specs.items())
+    files = {
+        "config.yaml": CONFIG_DOC,
+        "agents.yaml": agent_doc("noop", ["/bin/true"]),
+        "lanes.yaml": docs + "\n",
+    }
+    for lane in specs:
+        for i in range(tasks):
+            task = f"{lane}-task-{i:03d}"
+            files[f"tasks/{task}.yaml"] = task_doc(task, lane, "app", "noop", i)
+    repo = box.control(where, files)
+    ctx = Context(control=str(repo), state_dir=where.parent / f"{where.name}.state")
+    seed_task_rows(ctx)
+    return Engine(ctx)
 
 
 def recorded_batches(world: World) -> dict[str, tuple[Transport, Batch]]:
@@ -246,8 +268,16 @@ def batch_figures(table: Table, world: World) -> float:
     table.measure("in-process batch", inproc)
     table.add(
         BATCH_SPLIT_ROW,
-        f"{connection:.3f}s + {start:.3f}s + {work:.3f}s (an empty batch takes {ssh_empty:.3f}s "
-        f"over ssh, {start:.3f}s as the local user; the work in-process {inproc:.3f}s)",
+        f"{connection:.3f}s + {start:.3f}s + {work:.3f}s (each lane's node a reused session: an "
+        f"empty batch takes {ssh_empty:.3f}s over ssh, {start:.3f}s as the local user; the work "
+        f"in-process {inproc:.3f}s)",
+    )
+    over = ssh / user
+    table.add(
+        SSH_OVER_USER_ROW,
+        f"{over:.2f} ({ssh:.3f}s / {user:.3f}s)",
+        f"≤ {SSH_OVER_USER_TARGET:g}",
+        over <= SSH_OVER_USER_TARGET,
     )
     return ssh
 
@@ -282,3 +312,99 @@ def pass_figures(table: Table, world: World, n: int, ssh: float) -> None:
         f"≤ {ROUND_TRIPS_TARGET:g}",
         extra <= ROUND_TRIPS_TARGET,
     )
+
+
+@contextlib.contextmanager
+def fleet(world: World) -> Iterator[dict[str, dict[str, Any]]]:
+    """``FLEET`` ssh lanes: the section's user and ``FLEET - 1`` more, each with its checkout and
+    its key's forced, pinned node, behind one more sshd letting them all in. The lane specs by
+    name; the users are removed and that sshd stopped on the way out, whatever happened."""
+    side = world.side
+    base = side.root / "fleet"
+    users: list[linux_users.User] = []
+    sshd: ssh_support.Sshd | None = None
+    try:
+        for _ in range(FLEET - 1):
+            user = ssh_support.create_user()
+            users.append(user)
+            ssh_support.make_remote_repo(user)
+        sshd = ssh_support.Sshd(base / "sshd", side.user, also=users).start()
+        specs: dict[str, dict[str, Any]] = {}
+        for i, user in enumerate([side.user, *users]):
+            lane = ssh_support.Side(
+                root=base / f"l{i}", user=user, sshd=sshd, installed=side.installed
+            )
+            name = f"far{i:02d}"
+            specs[name] = lane.spec()
+            key = ensure_key(str(lane.identity)).public
+            line = authorized_keys_line(name, LaneSpec.model_validate(specs[name]), key)
+            ssh_support.install_authorized_keys(user, line)
+            lane.trust()
+        yield specs
+    finally:
+        close_sessions()
+        try:
+            if sshd is not None:
+                sshd.stop()
+        finally:
+            for user in users:
+                linux_users.remove_user(user)
+
+
+def fleet_figures(table: Table, world: World) -> None:
+    """An observe+plan pass over ``FLEET`` ssh lanes of ``FLEET_TASKS`` tasks each, against the
+    same pass over one of them (sessions started by a first, unmeasured round)."""
+    t0 = time.perf_counter()
+    with fleet(world) as specs:
+        made = time.perf_counter() - t0
+        log(f"  {FLEET} lane users, their checkouts and keys ready in {made:.1f}s")
+        root = world.side.root
+        one = next(iter(specs))
+        engines = {
+            "one": control_engine(world.box, root / "control-one", {one: specs[one]}, FLEET_TASKS),
+            "all": control_engine(world.box, root / "control-fleet", specs, FLEET_TASKS),
+        }
+        lanes = {"one": 1, "all": FLEET}
+        loaded = {name: e.load() for name, e in engines.items()}
+        passes: dict[str, list[float]] = {name: [] for name in engines}
+        busy: list[float] = []  # the machine's busy cores during each fleet pass
+        first: dict[str, float] = {}
+        for rep in range(PASS_REPS + 1):  # the first round starts the sessions
+            for name, e in engines.items():
+                t, cpu = time.perf_counter(), busy_seconds()
+                with e.reading() as store:
+                    result, observed = e.observe_and_plan(loaded[name], store)
+                elapsed = time.perf_counter() - t
+                if name == "all" and rep:
+                    busy.append((busy_seconds() - cpu) / elapsed)
+                checked(observed, lanes[name])
+                if len(result.tasks) != lanes[name] * FLEET_TASKS:
+                    raise SystemExit(f"the {name} fleet pass planned {len(result.tasks)} tasks")
+                if rep:
+                    passes[name].append(elapsed)
+                else:
+                    first[name] = elapsed
+        single, every = median(passes["one"]), median(passes["all"])
+        ratio = every / single
+        table.add(
+            FLEET_ROW,
+            f"{ratio:.2f} ({every:.3f}s / {single:.3f}s; median of {PASS_REPS}; the first pass, "
+            f"sessions starting: {first['all']:.2f}s / {first['one']:.2f}s; set-up {made:.0f}s)",
+            f"≤ {FLEET_TARGET:g}",
+            ratio <= FLEET_TARGET,
+        )
+        cores = os.cpu_count() or 1
+        table.add(
+            FLEET_CPU_ROW,
+            f"{median(busy):.1f} of {cores} cores busy during the {FLEET}-lane pass (every "
+            "lane's node, sshd and ssh share this machine; on hosts of their own only the "
+            "waiting would remain)",
+        )
+
+
+def busy_seconds() -> float:
+    """CPU seconds this machine has spent busy (all cores, from /proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")

@@ -15,7 +15,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROTOCOL_VERSION = 3  # 2: changes, read-log files, observe rechecks and rate limits; 3: settled
+# 2: changes, read-log files, observe rechecks and rate limits
+# 3: node sessions, observe's settled runs, prune-runs
+PROTOCOL_VERSION = 3
 
 
 class Msg(BaseModel):
@@ -718,3 +720,17 @@ def with_marker(body: str, task: str | None) -> str:
     if task is None or marked_task(body) is not None:
         return body
     return f"{body.rstrip()}\n\n{pr_marker(task)}".lstrip()
+
+
+# ---------------------------------------------------------------------- a node session's frames
+# A transport that keeps a node running opens with SESSION_OPEN, then sends each batch as
+# ``LENGTH\n`` and its JSON; the node answers each ``ok LENGTH\n`` and the BatchResult JSON, or
+# ``error LENGTH\n`` and the sentence of a batch it could not read at all. The node exits on EOF.
+
+SESSION_OPEN = b"reconciler-session %d\n" % PROTOCOL_VERSION
+FRAME_HEADER_MAX = 32  # bytes of a header line, its newline included
+
+
+def frame(kind: str, body: bytes) -> bytes:
+    """One answer frame: ``KIND LENGTH\\n`` and the body."""
+    return f"{kind} {len(body)}\n".encode() + body

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.add_parser(command, common)
     pr.add_parser(command, common)
     _add_keys(command, common)
-    p = command("node", "serve one batch of lane requests: JSON on stdin, JSON on stdout")
+    p = command("node", "serve lane requests on stdin/stdout: one JSON batch, or a session of them")
     p.add_argument(
         "--pin",
         type=_pin,

@@ -183,6 +183,12 @@ class LaneClient:
             )
         return result.responses
 
+    def close(self) -> None:
+        """End the lane's idle node sessions (a transport that keeps none has nothing to end)."""
+        close = getattr(self.transport, "close", None)
+        if callable(close):
+            close()
+
     def preflight_request(self, desired: Desired) -> PreflightRequest:
         """What pre-flight checks for this lane: its free disk, the base of each repository its
         tasks start from, and the agents they run. One request for every pass and ``doctor``."""
@@ -242,8 +248,16 @@ def transport_for(name: str, spec: LaneSpec, policy: Policy | None = None) -> Tr
     return LocalUserTransport(name, spec.user)
 
 
+def close_sessions() -> None:
+    """End every idle node session of this process (also done at interpreter exit)."""
+    from reconciler.lanes.process import SESSIONS
+
+    SESSIONS.close()
+
+
 def serve_node(pin: str | None = None) -> int:
-    """``reconciler node``: serve one batch on stdin/stdout (the far end of every transport).
+    """``reconciler node``: serve one batch, or a session of batches, on stdin/stdout (the far
+    end of every transport).
     ``pin``: serve only the lane configuration with this ``lane_pin`` (ssh forced commands)."""
     from reconciler.node.server import main as node_main
 

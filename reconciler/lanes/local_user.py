@@ -1,8 +1,10 @@
 """The local-user transport: a lane whose Linux user is not the reconciler's, on this machine.
 
-Each batch runs ``reconciler node`` as the lane user through ``setpriv`` with a reset
-environment (HOME, USER, LOGNAME, SHELL and PATH from the password database, nothing of the
-reconciler's own environment), the user's supplementary groups, and the batch as JSON on stdin.
+The lane's node runs as the lane user through ``setpriv`` with a reset environment (HOME, USER,
+LOGNAME, SHELL and PATH from the password database, nothing of the reconciler's own
+environment) and the user's supplementary groups, as a session (``process``): one node process
+serves the lane's batches one after the other, started on the first and ended when the lanes are
+closed, the reconciler exits or the session idles.
 A bare ``runuser -u`` is not used: it keeps root's environment. Only root can switch users; a
 reconciler running as anyone else reports the lane unavailable with the fix.
 """
@@ -72,11 +74,13 @@ class LocalUserTransport:
     def exchange(self, batch: Batch) -> BatchResult:
         argv = self.argv()
         try:
-            proc = process.exchange(argv, batch.model_dump_json().encode(), timeout=BATCH_TIMEOUT)
-        except process.AnswerTooLarge as exc:
+            answer = process.SESSIONS.exchange(
+                argv, batch.model_dump_json().encode(), timeout=BATCH_TIMEOUT
+            )
+        except process.BadAnswer as exc:
             raise LaneUnavailable(
-                f"lane {self.lane}: the node as {self.user} answered {exc}, more than any batch "
-                "needs; it was stopped and nothing of its answer was used"
+                f"lane {self.lane}: the node as {self.user} answered {exc}; it was stopped and "
+                "nothing of its answer was used"
             ) from None
         except FileNotFoundError:
             raise LaneUnavailable(
@@ -86,25 +90,37 @@ class LocalUserTransport:
             raise LaneUnavailable(
                 f"lane {self.lane}: the node as {self.user} did not answer in {BATCH_TIMEOUT:.0f} s"
             ) from None
-        if proc.returncode != 0:
-            said = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        except process.BatchRefused as exc:
             raise LaneUnavailable(
-                f"lane {self.lane}: `reconciler node` as {self.user} exited {proc.returncode}"
+                f"lane {self.lane}: the node as {self.user} said: {exc}"
+            ) from None
+        except process.SessionLost as lost:
+            said = lost.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise LaneUnavailable(
+                f"lane {self.lane}: `reconciler node` as {self.user} exited {lost.returncode}"
                 + (f": {said[-1][:500]}" if said else "")
                 + (
                     "; the lane user must be able to read the reconciler's installation "
                     f"({sys.prefix})"
-                    if proc.returncode in (1, 126, 127)
+                    if lost.returncode in (1, 126, 127)
                     else ""
                 )
-            )
+            ) from None
         try:
-            return BatchResult.model_validate_json(proc.stdout)
+            return BatchResult.model_validate_json(answer)
         except ValidationError as exc:
             raise LaneUnavailable(
                 f"lane {self.lane}: the node as {self.user} answered something that is not a "
                 f"batch result ({exc.error_count()} problems)"
             ) from None
+
+    def close(self) -> None:
+        """End this lane's idle node sessions."""
+        try:
+            argv = self.argv()
+        except LaneUnavailable:
+            return
+        process.SESSIONS.close(argv)
 
 
 def _unreachable(pw: pwd.struct_passwd) -> str | None:

@@ -1,114 +1,328 @@
-"""One batch through a child process: the request on stdin, the answer on stdout — bounded.
+"""Batches through a child process: a long-lived node *session*, bounded.
 
-The far end (``reconciler node`` as a lane user, or ``ssh`` to a lane host) is the lane's, and a
-lane is not trusted beyond its own tasks: an answer of gigabytes, or a node that never stops
-talking, must not exhaust the reconciler's memory and with it every other lane. The answer is read
-up to ``limit`` bytes and the child killed past it or past the deadline. Used by the local-user
-and SSH transports alike.
+The far end (``reconciler node`` as a lane user, or ``ssh`` to a lane host) serves batch after
+batch over its stdin and stdout: the client opens with ``SESSION_OPEN``, then sends each batch as a
+length line and its JSON, and the node answers ``ok LENGTH`` and the ``BatchResult`` JSON, or
+``error LENGTH`` and the sentence of a batch it could not read at all. The node exits on EOF, so
+closing the client's end (or the client dying, even by SIGKILL) ends it.
+
+The far end is the lane's, and a lane is not trusted beyond its own tasks: an answer of
+gigabytes, or a node that never stops talking, must not exhaust the reconciler's memory and with
+it every other lane. An answer is read up to ``limit`` bytes, and the session killed past it or
+past the batch's deadline. ``SESSIONS`` keeps the idle sessions per command line, so that the
+batches of one lane reuse one node process (a second process only while the first is busy), and
+starts a fresh one for a session found dead: a batch that never reached a session that died is
+sent again on a fresh one, a batch that reached it and got no answer fails with what the node
+said. Used by the local-user and SSH transports alike.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import selectors
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-MAX_ANSWER = 256 << 20  # bytes of stdout: far above any real batch (100,000 runs ≈ 100 MiB)
+from reconciler.protocol import FRAME_HEADER_MAX, SESSION_OPEN
+
+MAX_ANSWER = 256 << 20  # bytes of an answer: far above any real batch (100,000 runs ≈ 100 MiB)
 MAX_STDERR = 64 << 10  # what a failing node says is read for its last line only
+IDLE_SECONDS = 300.0  # an idle session unused this long is closed (its lane may be gone)
+CLOSE_GRACE = 5.0  # seconds a closed session's node has to see EOF and exit before KILL
+KEEP_IDLE = 4  # idle sessions kept per command line; more are closed when they come back
 _CHUNK = 1 << 16
 
 
-class AnswerTooLarge(Exception):
-    """The child wrote more than the limit on stdout (it was killed)."""
+class BadAnswer(Exception):
+    """The node wrote something that is not an answer (its session was killed)."""
+
+
+class AnswerTooLarge(BadAnswer):
+    """The node wrote more than the limit (its session was killed)."""
+
+
+class SessionLost(Exception):
+    """The session ended without answering the batch. ``delivered`` False: the batch never
+    reached it whole (the node cannot have acted on it)."""
+
+    def __init__(self, returncode: int | None, stderr: bytes, delivered: bool) -> None:
+        super().__init__(f"the session ended (exit {returncode}) without an answer")
+        self.returncode = returncode
+        self.stderr = stderr
+        self.delivered = delivered
+
+
+class BatchRefused(Exception):
+    """The node could not read the batch at all (not JSON, another protocol version); the
+    message is its sentence."""
 
 
 @dataclass(frozen=True)
 class Answer:
-    returncode: int
-    stdout: bytes
-    stderr: bytes
+    """A complete answer frame: ``ok`` (a ``BatchResult``) or ``error`` (a sentence)."""
+
+    kind: str
+    body: bytes
 
 
-def exchange(
-    argv: Sequence[str],
-    data: bytes,
-    *,
-    timeout: float,
-    env: Mapping[str, str] | None = None,
-    limit: int = MAX_ANSWER,
-) -> Answer:
-    """Run ``argv`` with ``data`` on stdin; its exit status, stdout (at most ``limit`` bytes) and
-    the tail of its stderr. Raises ``FileNotFoundError`` (no such program),
-    ``subprocess.TimeoutExpired`` and ``AnswerTooLarge``; the child is killed on both."""
-    proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd="/",
-        env=dict(env) if env is not None else None,
-    )
-    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
-    assert stdin is not None
-    assert stdout is not None
-    assert stderr is not None
-    deadline = time.monotonic() + timeout
-    out: list[bytes] = []
-    err = bytearray()
-    size = 0
-    pending = memoryview(data)
-    selector = selectors.DefaultSelector()
-    try:
-        for stream in (stdout, stderr):
+class Session:
+    """One node process and the pipes to it; ``exchange`` sends one batch and reads its answer.
+    Not thread-safe: ``Sessions`` lends a session to one caller at a time."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None) -> None:
+        self.argv = list(argv)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd="/",
+            env=dict(env) if env is not None else None,
+        )
+        self.used = 0  # batches answered
+        self.idle_since = time.monotonic()
+        self._opened = False
+        self._err = bytearray()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            assert stream is not None
             os.set_blocking(stream.fileno(), False)
-            selector.register(stream, selectors.EVENT_READ)
-        if pending:
-            os.set_blocking(stdin.fileno(), False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Still running with nothing to say: an idle node writes nothing, so anything readable
+        on its stdout (EOF included) means it ended or broke the protocol."""
+        if self.proc.poll() is not None:
+            return False
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as probe:
+            probe.register(self.proc.stdout, selectors.EVENT_READ)
+            return not probe.select(0)
+
+    def exchange(self, data: bytes, *, timeout: float, limit: int = MAX_ANSWER) -> Answer:
+        """Send ``data`` as one batch and return the node's answer. Raises ``SessionLost``,
+        ``subprocess.TimeoutExpired`` and ``AnswerTooLarge`` (the session is killed on the last
+        two; after any of them it is not used again)."""
+        stdin, stdout, stderr = self.proc.stdin, self.proc.stdout, self.proc.stderr
+        assert stdin is not None
+        assert stdout is not None
+        assert stderr is not None
+        head = b"" if self._opened else SESSION_OPEN
+        self._opened = True
+        pending = memoryview(head + b"%d\n" % len(data) + data)
+        deadline = time.monotonic() + timeout
+        got = bytearray()
+        need: int | None = None  # the answer's length, once its header is in
+        kind = ""
+        delivered = True
+        selector = selectors.DefaultSelector()
+        try:
             selector.register(stdin, selectors.EVENT_WRITE)
-        else:
-            stdin.close()
-        while selector.get_map():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.TimeoutExpired(list(argv), timeout)
-            for key, _ in selector.select(left):
-                ready = key.fileobj
-                if ready is stdin:
-                    try:
-                        written = os.write(stdin.fileno(), pending[:_CHUNK])
-                    except BrokenPipeError:
-                        written = len(pending)  # the child stopped reading: its answer tells
-                    pending = pending[written:]
-                    if not pending:
-                        selector.unregister(stdin)
-                        stdin.close()
-                    continue
-                chunk = os.read(key.fd, _CHUNK)
-                if not chunk:
-                    selector.unregister(ready)
-                    continue
-                if ready is stdout:
-                    size += len(chunk)
-                    if size > limit:
-                        raise AnswerTooLarge(f"more than {limit >> 20} MiB")
-                    out.append(chunk)
-                else:
-                    err += chunk
-                    del err[: max(0, len(err) - MAX_STDERR)]
-        returncode = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except BaseException:
+            selector.register(stdout, selectors.EVENT_READ)
+            selector.register(stderr, selectors.EVENT_READ)
+            while need is None or len(got) < need:
+                if stdout not in _registered(selector):
+                    raise SessionLost(self._ended(), bytes(self._err), delivered)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(self.argv, timeout)
+                for key, _ in selector.select(left):
+                    if key.fileobj is stdin:
+                        try:
+                            written = os.write(stdin.fileno(), pending[:_CHUNK])
+                        except BrokenPipeError:  # the node is gone: it never read all of it
+                            delivered = False
+                            written = len(pending)
+                        pending = pending[written:]
+                        if not pending:
+                            selector.unregister(stdin)
+                        continue
+                    chunk = os.read(key.fd, _CHUNK)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                    elif key.fileobj is stderr:
+                        self._err += chunk
+                        del self._err[: max(0, len(self._err) - MAX_STDERR)]
+                    else:
+                        got += chunk
+                        if need is None:
+                            kind, need, got = _header(got, limit)
+                        if need is not None and len(got) > need:
+                            raise BadAnswer("more than the answer it announced")
+        except (BadAnswer, subprocess.TimeoutExpired):
+            self.kill()
+            raise
+        finally:
+            selector.close()
+        if pending:  # answered before reading the whole batch: out of step, never used again
+            self.kill()
+        self.used += 1
+        self.idle_since = time.monotonic()
+        return Answer(kind, bytes(got))
+
+    def _ended(self) -> int | None:
+        """The node's exit status once its stdout closed (stderr's tail read to its end)."""
+        try:
+            returncode = self.proc.wait(timeout=CLOSE_GRACE)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            returncode = self.proc.returncode
+        assert self.proc.stderr is not None
         with contextlib.suppress(OSError):
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-        raise
-    finally:
-        selector.close()
-        for stream in (stdin, stdout, stderr):
+            while chunk := os.read(self.proc.stderr.fileno(), _CHUNK):
+                self._err += chunk
+                del self._err[: max(0, len(self._err) - MAX_STDERR)]
+        return returncode
+
+    def end(self) -> None:
+        """Close the node's stdin: it finishes and exits (``reap`` waits for it)."""
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+
+    def reap(self, grace: float = CLOSE_GRACE) -> None:
+        """Wait for the ended node, kill it past ``grace``, and close the pipes."""
+        self.end()
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        for stream in (self.proc.stdout, self.proc.stderr):
             with contextlib.suppress(OSError):
+                assert stream is not None
                 stream.close()
-    return Answer(returncode, b"".join(out), bytes(err))
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=CLOSE_GRACE)
+
+    def close(self) -> None:
+        self.end()
+        self.reap()
+
+
+def _registered(selector: selectors.BaseSelector) -> set[object]:
+    return {key.fileobj for key in selector.get_map().values()}
+
+
+def _header(got: bytearray, limit: int) -> tuple[str, int | None, bytearray]:
+    """The answer's kind and length once its header line is complete, and the bytes after it."""
+    end = got.find(b"\n")
+    if end < 0:
+        if len(got) > FRAME_HEADER_MAX:
+            raise BadAnswer("an answer header longer than any the node writes")
+        return "", None, got
+    fields = bytes(got[:end]).split(b" ")
+    if len(fields) != 2 or fields[0] not in (b"ok", b"error") or not fields[1].isdigit():
+        raise BadAnswer("something that is not a node's answer")
+    size = int(fields[1])
+    if size > limit:
+        raise AnswerTooLarge(f"more than {limit >> 20} MiB")
+    return fields[0].decode(), size, got[end + 1 :]
+
+
+def _once(session: Session, data: bytes, timeout: float, limit: int) -> Answer:
+    try:
+        return session.exchange(data, timeout=timeout, limit=limit)
+    except BaseException:
+        session.reap()
+        raise
+
+
+class Sessions:
+    """The idle sessions of every command line, lent one caller at a time.
+
+    A batch takes an idle session of its command line (the same line is the same lane, node and
+    trust) or starts one, and gives it back when answered. A session found dead when taken is
+    reaped and replaced; one idle for ``IDLE_SECONDS`` is closed."""
+
+    def __init__(self, start: Callable[[Sequence[str], Mapping[str, str] | None], Session]) -> None:
+        self._start = start
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[str, ...], list[Session]] = {}
+
+    def exchange(
+        self,
+        argv: Sequence[str],
+        data: bytes,
+        *,
+        timeout: float,
+        env: Mapping[str, str] | None = None,
+        limit: int = MAX_ANSWER,
+    ) -> bytes:
+        """One batch through a session of ``argv``: the ``BatchResult`` JSON. Raises
+        ``SessionLost`` (delivered, or a fresh session that ended at once), ``BatchRefused``,
+        ``subprocess.TimeoutExpired``, ``AnswerTooLarge`` and ``FileNotFoundError``."""
+        key = tuple(argv)
+        session, reused = self._take(key, env)
+        try:
+            answer = session.exchange(data, timeout=timeout, limit=limit)
+        except SessionLost as lost:
+            session.reap()
+            if lost.delivered or not reused:
+                raise
+            session = self._start(argv, env)  # it died while idle: the batch goes to a new one
+            answer = _once(session, data, timeout, limit)
+        except BaseException:
+            session.reap()
+            raise
+        self._give(key, session)
+        if answer.kind == "error":
+            raise BatchRefused(answer.body.decode("utf-8", "replace"))
+        return answer.body
+
+    def _take(self, key: tuple[str, ...], env: Mapping[str, str] | None) -> tuple[Session, bool]:
+        now = time.monotonic()
+        stale: list[Session] = []
+        found: Session | None = None
+        with self._lock:
+            for line, idle in self._idle.items():
+                stale += [s for s in idle if now - s.idle_since >= IDLE_SECONDS]
+                idle[:] = [s for s in idle if now - s.idle_since < IDLE_SECONDS]
+                while line == key and idle and found is None:
+                    candidate = idle.pop()
+                    if candidate.alive():
+                        found = candidate
+                    else:
+                        stale.append(candidate)
+        for session in stale:
+            session.close()
+        if found is not None:
+            return found, True
+        return self._start(key, env), False
+
+    def _give(self, key: tuple[str, ...], session: Session) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < KEEP_IDLE:
+                idle.append(session)
+                return
+        session.close()
+
+    def idle(self, argv: Sequence[str]) -> list[int]:
+        """The pids of the idle sessions of ``argv``."""
+        with self._lock:
+            return [s.pid for s in self._idle.get(tuple(argv), [])]
+
+    def close(self, argv: Sequence[str] | None = None) -> None:
+        """Close the idle sessions of ``argv``, or all of them: each node sees EOF and exits."""
+        with self._lock:
+            keys = [tuple(argv)] if argv is not None else list(self._idle)
+            closing = [s for key in keys for s in self._idle.pop(key, [])]
+        for session in closing:  # every node told first, then each waited for
+            session.end()
+        for session in closing:
+            session.reap()
+
+
+SESSIONS = Sessions(Session)
+atexit.register(SESSIONS.close)

@@ -1,10 +1,13 @@
 """The SSH transport: a lane on another machine (``host: ssh://USER@HOST[:PORT]``), over OpenSSH.
 
-Each batch is one ``ssh`` invocation whose stdin carries the batch as JSON and whose stdout
-carries the ``BatchResult``. On the host, the lane user's ``authorized_keys`` line for the
-reconciler's key is ``restrict,command="reconciler node"`` (see ``authorized_keys_line``): sshd
-runs the node whatever command the client asks for, and the command line never carries any part
-of a request.
+A lane's batches go through a node session (``process``): one ``ssh`` invocation whose node
+serves batch after batch over its stdin and stdout, started on the lane's first batch and ended
+when the lanes are closed, the reconciler exits or the session idles (the node sees EOF and
+exits; a reconciler killed outright closes the connection, with the same effect). On the host,
+the lane user's ``authorized_keys`` line for the reconciler's key is
+``restrict,command="reconciler node --pin …"`` (see ``authorized_keys_line``): sshd runs the
+node whatever command the client asks for, the command line never carries any part of a
+request, and every batch of a session is checked against the pin as a batch alone would be.
 
 The client is pinned down so that nothing of this machine's ssh setup or environment changes what
 happens or travels: no ssh_config (``-F none``, so no ``SendEnv``), only the lane's key (no agent),
@@ -183,13 +186,13 @@ class SshTransport:
             )
         timeout = self.options.timeout
         try:
-            proc = process.exchange(
+            answer = process.SESSIONS.exchange(
                 self.argv(), batch.model_dump_json().encode(), timeout=timeout, env=_client_env()
             )
-        except process.AnswerTooLarge as exc:
+        except process.BadAnswer as exc:
             raise LaneUnavailable(
-                f"lane {self.name}: {self.target} answered {exc}, more than any batch needs; "
-                "the connection was closed and nothing of its answer was used"
+                f"lane {self.name}: {self.target} answered {exc}; the connection was closed and "
+                "nothing of its answer was used"
             ) from None
         except FileNotFoundError:
             raise LaneUnavailable(
@@ -201,31 +204,48 @@ class SshTransport:
                 f"lane {self.name}: {self.target} did not answer within {timeout:g}s; its "
                 "tasks stay unknown until it does (raise ssh.timeout if batches are slow there)"
             ) from None
-        stderr = proc.stderr.decode("utf-8", "replace")
-        if proc.returncode == 255:
-            raise LaneUnavailable(f"lane {self.name}: {self._ssh_failure(stderr)}")
-        if proc.returncode != 0:
-            said = _last_line(stderr)
-            hint = (
-                f"; the node did not start: check that the forced command of the "
-                f'authorized_keys line ("{self.options.command} node") runs for '
-                f"{self.target.user} on {self.target.host}"
-                if proc.returncode in (126, 127)
-                else ""
-            )
+        except process.BatchRefused as exc:
             raise LaneUnavailable(
-                f"lane {self.name}: the node on {self.target} exited {proc.returncode}"
-                + (f": {said}" if said else "")
-                + hint
-            )
+                f"lane {self.name}: the node on {self.target} said: {exc}"
+            ) from None
+        except process.SessionLost as lost:
+            raise LaneUnavailable(f"lane {self.name}: {self._lost(lost)}") from None
         try:
-            return BatchResult.model_validate_json(proc.stdout)
+            return BatchResult.model_validate_json(answer)
         except ValidationError as exc:
             raise LaneUnavailable(
                 f"lane {self.name}: {self.target} answered something that is not a batch result "
                 f"({exc.error_count()} problems); install the same reconciler version on both "
                 "sides and check that the forced command is `reconciler node`"
             ) from None
+
+    def close(self) -> None:
+        """End this lane's idle node sessions (the shared connection persists a while)."""
+        process.SESSIONS.close(self.argv())
+
+    def _lost(self, lost: process.SessionLost) -> str:
+        """Why the session ended without an answer: ssh gave up (255) or the node exited."""
+        stderr = lost.stderr.decode("utf-8", "replace")
+        if lost.returncode == 255 and not stderr.strip() and lost.delivered:
+            return (
+                f"the connection to {self.target} ended before the node answered the batch; "
+                "its tasks stay unknown until a pass gets an answer"
+            )
+        if lost.returncode == 255:
+            return self._ssh_failure(stderr)
+        said = _last_line(stderr)
+        hint = (
+            f"; the node did not start: check that the forced command of the "
+            f'authorized_keys line ("{self.options.command} node") runs for '
+            f"{self.target.user} on {self.target.host}"
+            if lost.returncode in (126, 127)
+            else ""
+        )
+        return (
+            f"the node on {self.target} exited {lost.returncode}"
+            + (f": {said}" if said else "")
+            + hint
+        )
 
     def _ssh_failure(self, stderr: str) -> str:
         """One sentence with the fix, from what the ssh client said when it gave up (255)."""

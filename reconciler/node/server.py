@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -35,8 +35,10 @@ from reconciler.node.pulls import Pulls, pulls_for
 from reconciler.node.runs import finish_run, read_log, start_run, stop_run
 from reconciler.node.survey import survey
 from reconciler.protocol import (
+    FRAME_HEADER_MAX,
     PROTOCOL_VERSION,
     RESULTS,
+    SESSION_OPEN,
     Batch,
     BatchResult,
     ChangesRequest,
@@ -74,6 +76,7 @@ from reconciler.protocol import (
     StateRef,
     StopRunRequest,
     WorkspaceResult,
+    frame,
     lane_pin,
 )
 
@@ -447,18 +450,81 @@ def handle_json(text: str, pin: str | None = None) -> str:
     return BatchResult(responses=responses).model_dump_json()
 
 
+MAX_BATCH = 256 << 20  # bytes of one batch in a session: far above any real one
+
+
 def main(pin: str | None = None) -> int:
-    """``reconciler node``: one Batch on stdin, its BatchResult on stdout."""
-    try:
-        text = sys.stdin.buffer.read().decode("utf-8")
-    except UnicodeDecodeError:
-        print("reconciler node: the batch on stdin is not UTF-8; send UTF-8 JSON", file=sys.stderr)
-        return 2
-    try:
-        out = handle_json(text, pin)
-    except BatchError as exc:
-        print(f"reconciler node: {exc}", file=sys.stderr)
-        return 2
-    sys.stdout.write(out + "\n")
-    sys.stdout.flush()
-    return 0
+    """``reconciler node``: one Batch on stdin and its BatchResult on stdout, or, when stdin opens
+    with the session line (``SESSION_OPEN``), a session: batch after batch
+    until EOF.
+
+    The protocol's streams are kept to this function: what the handlers start gets /dev/null
+    for stdin (nothing may read the next batch) and stderr for stdout (nothing may write into an
+    answer)."""
+    inp = os.fdopen(os.dup(0), "rb")
+    out = os.fdopen(os.dup(1), "wb")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    with inp, out:
+        start = inp.read(len(SESSION_OPEN))
+        if start == SESSION_OPEN:
+            return serve_session(inp, out, pin)
+        if start.startswith(SESSION_OPEN.split(b" ")[0] + b" "):
+            said = (start + inp.readline(FRAME_HEADER_MAX)).decode("utf-8", "replace").strip()
+            out.write(_frame_error(f"the reconciler opened {said!r}{_SAME_VERSION}"))
+            out.flush()
+            return 2
+        try:
+            text = (start + inp.read()).decode("utf-8")
+        except UnicodeDecodeError:
+            print(
+                "reconciler node: the batch on stdin is not UTF-8; send UTF-8 JSON", file=sys.stderr
+            )
+            return 2
+        try:
+            answer = handle_json(text, pin)
+        except BatchError as exc:
+            print(f"reconciler node: {exc}", file=sys.stderr)
+            return 2
+        out.write(answer.encode() + b"\n")
+        out.flush()
+        return 0
+
+
+_SAME_VERSION = (
+    f", but this node speaks session protocol {PROTOCOL_VERSION}; install the same reconciler "
+    "version on both sides"
+)
+
+
+def _frame_error(message: str) -> bytes:
+    return frame("error", f"reconciler node: {message}".encode())
+
+
+def serve_session(inp: BinaryIO, out: BinaryIO, pin: str | None) -> int:
+    """Serve ``LENGTH\\n`` + batch frames until EOF, each answered ``ok LENGTH\\n`` + its
+    BatchResult, or ``error LENGTH\\n`` + the sentence of a batch that could not be read at all
+    (the session goes on). A frame that is not one ends the session: the stream is out of step."""
+    while True:
+        header = inp.readline(FRAME_HEADER_MAX)
+        if not header:
+            return 0
+        size = header[:-1]
+        if not header.endswith(b"\n") or not size.isdigit() or int(size) > MAX_BATCH:
+            out.write(_frame_error(f"a session frame starts with a length, not {header[:20]!r}"))
+            out.flush()
+            return 2
+        data = inp.read(int(size))
+        if len(data) < int(size):
+            print("reconciler node: the session ended inside a batch", file=sys.stderr)
+            return 2
+        try:
+            answer = frame("ok", handle_json(data.decode("utf-8"), pin).encode())
+        except UnicodeDecodeError:
+            answer = _frame_error("the batch is not UTF-8; send UTF-8 JSON")
+        except BatchError as exc:
+            answer = _frame_error(str(exc))
+        out.write(answer)
+        out.flush()

@@ -3,7 +3,8 @@
 manifests) under the test's temporary directory, which is also HOME.
 
 The user and the server live for the test session (per worker under xdist) and are removed and
-stopped at its end; tests that need their own server (stopping it) start one and stop it.
+stopped at its end; tests that need their own server (stopping it) start one and stop it. The
+lanes' node sessions are closed after each test.
 Modules that need root and sshd call ``require_root_and_sshd()`` first, so they skip with the
 reason where those are missing.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.lanes import close_sessions
 from tests.ssh.ssh_support import (
     Installed,
     Side,
@@ -24,6 +26,13 @@ from tests.ssh.ssh_support import (
     make_remote_repo,
 )
 from tests.support.linux_users import User, remove_user
+
+
+@pytest.fixture(autouse=True)
+def sessions_closed() -> Iterator[None]:
+    """Each test's lane sessions end with it: the next test's nodes are its own."""
+    yield
+    close_sessions()
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,13 @@ from typing import Any
 
 import pytest
 
+from reconciler.lanes import process
+from reconciler.lanes.ssh import SshTransport
 from reconciler.manifests.models import LaneSpec
 from tests.support import linux_users
 from tests.support.git import commit_manifests
 from tests.support.linux_users import User
+from tests.support.waiting import wait_for
 
 SSHD = "/usr/sbin/sshd"
 LANE = "far"
@@ -155,12 +158,14 @@ def _descendants(pid: int) -> list[int]:
 
 @dataclass
 class Sshd:
-    """``/usr/sbin/sshd -D -e`` on 127.0.0.1:port, letting only ``user`` in, by key."""
+    """``/usr/sbin/sshd -D -e`` on 127.0.0.1:port, letting only ``user`` (and ``also``) in, by
+    key."""
 
     directory: Path
     user: User
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    also: list[User] = field(default_factory=list)
 
     @property
     def host_key(self) -> Path:
@@ -195,7 +200,7 @@ class Sshd:
                     "KbdInteractiveAuthentication no",
                     "PubkeyAuthentication yes",
                     "AuthorizedKeysFile %h/.ssh/authorized_keys",
-                    f"AllowUsers {self.user.name}",
+                    f"AllowUsers {' '.join(u.name for u in [self.user, *self.also])}",
                     "PermitRootLogin no",
                     "StrictModes yes",
                     "PermitUserEnvironment no",
@@ -445,3 +450,14 @@ def kill_lane_processes(under: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, 9)
         time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """The process runs (a zombie, ended and not yet reaped, has no open files)."""
+    return os.path.exists(f"/proc/{pid}/fd/0")
+
+
+def sessions_ended(transport: SshTransport) -> None:
+    """Wait until the lane's idle sessions have noticed that their connection is gone."""
+    pids = process.SESSIONS.idle(transport.argv())
+    wait_for(lambda: not any(running(pid) for pid in pids), f"the sessions {pids} to end")

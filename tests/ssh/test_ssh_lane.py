@@ -38,7 +38,14 @@ from reconciler.protocol import (
     WorkspaceResult,
     lane_pin,
 )
-from tests.ssh.ssh_support import LANE, Side, Sshd, install_authorized_keys, require_root_and_sshd
+from tests.ssh.ssh_support import (
+    LANE,
+    Side,
+    Sshd,
+    install_authorized_keys,
+    require_root_and_sshd,
+    sessions_ended,
+)
 from tests.support.waiting import wait_for
 
 require_root_and_sshd()
@@ -283,6 +290,7 @@ def test_a_stopped_sshd_makes_the_lane_unavailable_and_its_tasks_unknown(
         assert task["phase"] != "unknown", task
     finally:
         own.stop()
+    sessions_ended(transport)  # the idle session's connection went with sshd
     with pytest.raises(LaneUnavailable) as info:
         transport.exchange(batch)
     message = str(info.value)
