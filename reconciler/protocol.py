@@ -507,6 +507,15 @@ class RemoveWorkspaceRequest(Msg):
     task: TaskRef
 
 
+class PruneRunsRequest(Msg):
+    """Remove the directories of these ended runs (``task/attempt.iteration``), kept past the
+    retention period; a run that is not over is left alone. Idempotent."""
+
+    op: Literal["prune-runs"] = "prune-runs"
+    lane: LaneRef
+    runs: list[str] = Field(max_length=1000)
+
+
 class ReadLogRequest(Msg):
     """Bytes of one of a run's files from ``offset`` (for ``logs``, ``logs -f`` and the
     dashboard): the agent's ``output``, the ``prompt`` it was given, or its ``checks``' output."""
@@ -558,6 +567,7 @@ Request = Annotated[
     | ForgeShowRequest
     | ForgeMergeRequest
     | RemoveWorkspaceRequest
+    | PruneRunsRequest
     | ReadLogRequest
     | ChangesRequest
     | ClaimLaneRequest,
@@ -633,6 +643,11 @@ class RemovedResult(Msg):
     removed: bool
 
 
+class PrunedResult(Msg):
+    removed: list[str]  # the runs whose directories are gone (also those gone already)
+    kept: dict[str, str] = Field(default_factory=dict)  # run → why its directory stays
+
+
 class ClaimResult(Msg):
     owner: LaneOwner  # the lane's owner now
     previous: LaneOwner | None = None  # the other state it was taken from, if it was
@@ -686,6 +701,7 @@ RESULTS: dict[str, type[Msg]] = {
     "forge-show": ForgeShowResult,
     "forge-merge": PRResult,
     "remove-workspace": RemovedResult,
+    "prune-runs": PrunedResult,
     "read-log": LogResult,
     "changes": ChangesResult,
     "claim-lane": ClaimResult,

@@ -71,6 +71,11 @@ class Run:
         return self.outcome is not None or self.mark is not None
 
     @property
+    def pruned(self) -> bool:
+        """Settled, and its directory removed after the retention period."""
+        return self.settled and not self.run_dir
+
+    @property
     def never_started(self) -> bool:
         """Recorded as about to start (the intent) and nothing more: no process, no run
         directory, no end, no verdict. When its reachable lane does not report it either, the

@@ -45,6 +45,8 @@ from reconciler.protocol import (
     ForgeUpdateRequest,
     PrepareWorkspaceRequest,
     PRResult,
+    PrunedResult,
+    PruneRunsRequest,
     PullRequest,
     PushRequest,
     PushResult,
@@ -178,9 +180,41 @@ class Applier:
                     future.result()
         if fill:
             fill_pools(plan, self.lanes, self.log)
+        self.prune(plan)
         with self.store.transaction() as tx:
             tx.set_meta(LAST_REVISION, self.revision)
         return report
+
+    def prune(self, plan: Plan) -> None:
+        """Remove the directories of the expired runs the plan names (housekeeping after the
+        actions); their rows stay, without a directory. Failures are logged only: the runs are
+        named again on a later pass."""
+        for name, keys in plan.prunes:
+            lane = self.lanes.get(name)
+            if lane is None:
+                continue
+            try:
+                result = lane.one(PruneRunsRequest(lane=lane.ref, runs=list(keys)), PrunedResult)
+            except (RequestFailed, LaneUnavailable) as exc:
+                self.log(f"pruning runs of lane {name}: {exc}")
+                continue
+            per_task: dict[str, list[str]] = {}
+            with self.store.transaction() as tx:
+                for key in result.removed:
+                    task, _, run = key.partition("/")
+                    attempt, _, iteration = run.partition(".")
+                    tx.update_run(task, int(attempt), int(iteration), run_dir="")
+                    per_task.setdefault(task, []).append(run)
+                for task, runs in per_task.items():
+                    self.event(
+                        task,
+                        "pruned",
+                        f"removed the directories of runs {', '.join(runs)}, kept past the "
+                        "retention period (Config spec.runRetention)",
+                        tx,
+                    )
+            for key, why in result.kept.items():
+                self.log(f"pruning run {key} of lane {name}: kept, {why}")
 
     def run_actions(self, actions: list[Action], report: ApplyReport) -> None:
         for action in actions:

@@ -127,6 +127,13 @@ def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
         attempt, iteration = runs[-1].attempt, runs[-1].iteration
     else:
         raise UserError(f"task {args.task} has no runs yet")
+    pruned = [r for r in runs if (r.attempt, r.iteration) == (attempt, iteration) and r.pruned]
+    if pruned:
+        raise UserError(
+            f"run {attempt}.{iteration} of task {args.task} is settled and its directory was "
+            "removed after the retention period (Config spec.runRetention); `reconciler "
+            f"describe {args.task}` still shows what it did and spent"
+        )
     offset = 0
     while True:
         chunk = lane.one(

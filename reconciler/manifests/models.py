@@ -554,6 +554,12 @@ class ConfigSpec(Spec):
     max_concurrency: int | None = Field(None, ge=1, description="global cap on live runs")
     branch_prefix: str = Field("agent/", pattern=r"^[A-Za-z0-9._-]+/$")
     backoff: Backoff = Field(default_factory=Backoff)
+    run_retention: Duration | None = Field(
+        30 * 86400.0,
+        gt=0,
+        description="how long the directories of settled runs (over, of an earlier generation "
+        "of their task) are kept; null keeps them",
+    )
     notifications: list[Notification] = Field(
         default_factory=list,
         description="sinks told of task transitions and control repo problems (`reconciler "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from reconciler.node.agents import ADAPTERS, Adapter, Launch
 from reconciler.node.agents.meter import Spend, spend
 from reconciler.node.agents.render import render_line
 from reconciler.node.errors import NodeError
-from reconciler.node.lane import NAME, Lane, is_under
+from reconciler.node.lane import NAME, Lane, is_under, parse_run_key
 from reconciler.node.loginenv import login_env
 from reconciler.node.procs import (
     fingerprint,
@@ -45,6 +46,7 @@ from reconciler.protocol import (
     FinishRunRequest,
     Leftovers,
     LogResult,
+    PrunedResult,
     RunObs,
     StartRunRequest,
     StopResult,
@@ -635,6 +637,38 @@ def finish_run(lane: Lane, req: FinishRunRequest) -> RunObs:
             files.write_json_atomic(end_path, end.model_dump(mode="json"))
         spawn_supervisor(run_dir, workspace, finish=True)
         return read_run(lane, run_dir) or obs
+
+
+# ------------------------------------------------------------------------------- pruning runs
+
+
+def prune_runs(lane: Lane, keys: list[str]) -> PrunedResult:
+    """Remove the directories of these runs, each only when the run is over: it recorded its
+    end, and neither its supervisor nor any process carrying its marker lives. A task's
+    directory goes with its last run. What cannot be removed stays, with the reason."""
+    removed: list[str] = []
+    kept: dict[str, str] = {}
+    processes = RunProcesses()
+    for key in keys:
+        task, attempt, iteration = parse_run_key(key)
+        run_dir = lane.run_dir(task, attempt, iteration)
+        if not os.path.lexists(run_dir):
+            removed.append(key)
+            continue
+        if os.path.islink(run_dir) or not os.path.isdir(run_dir):
+            kept[key] = f"{run_dir} is not a run directory"
+            continue
+        ended = _ended_identity(run_dir) is not None
+        fp = _fingerprint(files.read_json(os.path.join(run_dir, files.PID_JSON)))
+        if not ended or _alive(fp, False, run_dir, processes):
+            kept[key] = "the run is not over"
+            continue
+        shutil.rmtree(run_dir)
+        _ENDED.pop(run_dir, None)
+        removed.append(key)
+        with contextlib.suppress(OSError):  # not empty: the task has other runs
+            os.rmdir(os.path.dirname(run_dir))
+    return PrunedResult(removed=removed, kept=kept)
 
 
 # ------------------------------------------------------------------------------ stopping runs

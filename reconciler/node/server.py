@@ -32,7 +32,7 @@ from reconciler.node.lane import Lane, check_branch, check_name
 from reconciler.node.owner import claim, guard, read_owner
 from reconciler.node.preflight import preflight
 from reconciler.node.pulls import Pulls, pulls_for
-from reconciler.node.runs import finish_run, read_log, start_run, stop_run
+from reconciler.node.runs import finish_run, prune_runs, read_log, start_run, stop_run
 from reconciler.node.survey import survey
 from reconciler.protocol import (
     FRAME_HEADER_MAX,
@@ -63,6 +63,7 @@ from reconciler.protocol import (
     PreflightResult,
     PrepareWorkspaceRequest,
     PRResult,
+    PruneRunsRequest,
     PushRequest,
     PushResult,
     ReadLogRequest,
@@ -288,6 +289,10 @@ def _changes(lane: Lane, req: ChangesRequest) -> BaseModel:
     return changes(lane, req)
 
 
+def _prune(lane: Lane, req: PruneRunsRequest) -> BaseModel:
+    return prune_runs(lane, req.runs)
+
+
 def _claim(lane: Lane, req: ClaimLaneRequest) -> BaseModel:
     owner, previous = claim(lane, take_over=req.take_over)
     return ClaimResult(owner=owner, previous=previous)
@@ -310,6 +315,7 @@ _HANDLERS: dict[str, Callable[[Lane, Any], BaseModel]] = {
     "forge-show": _forge_show,
     "forge-merge": _forge_merge,
     "remove-workspace": _remove,
+    "prune-runs": _prune,
     "read-log": _read_log,
     "changes": _changes,
     "claim-lane": _claim,

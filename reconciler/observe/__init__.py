@@ -32,6 +32,7 @@ from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, unwrap
 from reconciler.manifests.models import NAME_PATTERN, Desired
 from reconciler.observe.merge import Owners, merge_runs
 from reconciler.plan import (
+    Expired,
     FailedAction,
     Foreign,
     History,
@@ -60,6 +61,7 @@ from reconciler.record import Run
 from reconciler.state import HistoryRow, Store, TaskRow
 
 NAME = re.compile(NAME_PATTERN)
+PRUNED = 200  # expired run directories a pass removes at most: a backlog goes over a few passes
 
 
 def _needs_inspection(runs: list[Run]) -> str | None:
@@ -331,6 +333,8 @@ def observe(
         recorded = store.open_runs()
         histories = store.histories()
         spend = store.lane_spend(midnight)
+        retention = desired.config.run_retention
+        expired = [] if retention is None else store.expired_runs(clock() - retention, PRUNED)
         serial = store.serial()
     runs_by_task: dict[str, list[Run]] = {}
     for run in recorded:
@@ -393,6 +397,7 @@ def observe(
         unstarted=unstarted,
         history=history,
         settled_spend=tuple(HourSpend(r.lane, r.hour, r.cost_usd, r.tokens) for r in spend),
+        expired=tuple(Expired(r.lane, r.task, r.attempt, r.iteration) for r in expired),
     )
 
 

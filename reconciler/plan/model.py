@@ -170,6 +170,20 @@ class HourSpend:
 
 
 @dataclass(frozen=True)
+class Expired:
+    """A settled run whose directory its lane has kept past the retention period."""
+
+    lane: str
+    task: str
+    attempt: int
+    iteration: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.attempt}.{self.iteration}"
+
+
+@dataclass(frozen=True)
 class Observed:
     revision: str
     serial: int
@@ -182,6 +196,8 @@ class Observed:
     unstarted: tuple[RunView, ...] = ()
     history: dict[str, History] = field(default_factory=dict)  # task → its settled runs
     settled_spend: tuple[HourSpend, ...] = ()  # settled runs started today, per lane and hour
+    # settled runs kept past the retention period (``runRetention``), oldest first, a few a pass
+    expired: tuple[Expired, ...] = ()
 
 
 class ActionKind(StrEnum):
@@ -616,6 +632,8 @@ class Plan:
     requeue: Requeue | None = None  # None: nothing is due by time; a trigger or the interval
     lane_spend: tuple[LaneSpend, ...] = ()  # per lane, today (UTC), as the budget counts it
     pools: tuple[PoolFill, ...] = ()  # housekeeping after the actions: not part of ``empty``
+    # housekeeping too: per reachable lane, the expired runs whose directories go
+    prunes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def empty(self) -> bool:

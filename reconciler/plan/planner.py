@@ -356,6 +356,15 @@ class _Planner(RunSteps):
                 self.statuses[action.task] = replace(status, reason=why, why=Why.ACTION_HELD)
         self.actions = kept
 
+    def prunes(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Per reachable lane, the expired runs whose directories it removes after the pass
+        (a lane out of reach keeps them until it is back)."""
+        per_lane: dict[str, list[str]] = {}
+        for run in self.observed.expired:
+            if self.lane(run.lane) is not None:
+                per_lane.setdefault(run.lane, []).append(run.key)
+        return tuple((lane, tuple(keys)) for lane, keys in sorted(per_lane.items()))
+
     def run(self) -> Plan:
         done = self.done_tasks()
         for name in sorted(self.desired.tasks):
@@ -377,6 +386,7 @@ class _Planner(RunSteps):
             requeue=min(self.due, default=None),
             lane_spend=tuple(self.spend.today(name) for name in sorted(self.desired.lanes)),
             pools=tuple(pool_fills(self.desired, self.observed, granted)),
+            prunes=self.prunes(),
         )
 
 

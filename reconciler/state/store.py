@@ -237,6 +237,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN settled INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX runs_open ON runs (task, attempt, iteration) WHERE settled = 0;
+    CREATE INDEX runs_kept ON runs (started_at) WHERE settled = 1 AND run_dir != '';
     CREATE TABLE run_history (
         task      TEXT NOT NULL REFERENCES tasks(name) ON DELETE CASCADE,
         lane      TEXT NOT NULL,
@@ -509,6 +510,16 @@ class Store:
         """What settled runs started since ``since`` spent, per lane and hour."""
         rows = self._query(f"{_SPEND.select} WHERE hour >= ?", (since,))
         return [_SPEND.load(r) for r in rows]
+
+    def expired_runs(self, before: float, limit: int) -> list[Run]:
+        """Up to ``limit`` settled runs started before ``before`` whose directories are still
+        kept (``run_dir`` not emptied by a prune), oldest first."""
+        rows = self._query(
+            f"{_RUNS.select} WHERE settled = 1 AND run_dir != '' AND started_at < ?"
+            " ORDER BY started_at LIMIT ?",
+            (before, limit),
+        )
+        return [_RUNS.load(r) for r in rows]
 
     def events(
         self, task: str | None = None, limit: int = 100, after_id: int = 0

@@ -262,6 +262,38 @@ def test_earlier_generations_runs_are_settled_into_history_and_still_counted(
     assert [(a["action"], a["attempt"]) for a in world.plan_json()["actions"]] == [("start", 4)]
 
 
+def test_settled_runs_directories_go_after_the_retention_period(world: World) -> None:
+    world.lane("web")
+    world.task("t", "web", "succeed")
+    world.commit()
+    world.converge()
+    world.tasks["t"]["prompt"] = "Please do t, again."
+    world.commit("change t")
+    world.converge()
+    with Store.open_readonly(world.state) as store:
+        first, second = store.runs("t")
+    assert first.settled and Path(first.run_dir).is_dir()  # kept for 30 days by default
+    world.config["runRetention"] = "1s"
+    world.commit("keep runs for a second")
+
+    def pruned() -> bool:
+        world.cli("apply", "--yes")
+        return not Path(first.run_dir).exists()
+
+    wait_for(pruned, "the settled run's directory to be removed")
+    assert Path(second.run_dir).is_dir()  # the current generation's run stays
+    with Store.open_readonly(world.state) as store:
+        assert [(r.attempt, r.settled, r.run_dir) for r in store.runs("t")] == [
+            (1, True, ""),
+            (2, False, second.run_dir),
+        ]
+        assert [e.kind for e in store.events("t")].count("pruned") == 1
+    logs = world.cli("logs", "t", "--run", "1.1")
+    assert logs.returncode == 1 and "removed after the retention period" in logs.stderr
+    runs = json.loads(world.cli("describe", "t", "--json").stdout)["runs"]
+    assert [r["attempt"] for r in runs] == [1, 2]
+
+
 def test_a_pr_closed_by_hand_fails_the_task_until_its_manifest_changes(world: World) -> None:
     world.lane("web")
     world.task("t", "web", "succeed")

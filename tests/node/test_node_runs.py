@@ -23,6 +23,8 @@ from reconciler.protocol import (
     LogResult,
     ObserveRequest,
     ObserveResult,
+    PrunedResult,
+    PruneRunsRequest,
     ReadLogRequest,
     RunObs,
     StopResult,
@@ -529,3 +531,28 @@ def test_settled_runs_are_left_out_unread_and_not_kept(
     assert ended[1].run_dir not in node_runs._ENDED
     assert ended[2].run_dir in node_runs._ENDED
     assert all(os.path.isdir(r.run_dir) for r in ended)
+
+
+def test_prune_removes_only_ended_runs_directories(env: Env) -> None:
+    quick = AgentRef(kind="command", command=env.script("q.py", "print(1)"))
+    done = env.start("old", quick)
+    env.wait_exit(done)
+    supervisor = done.supervisor
+    assert supervisor is not None
+    wait_for(lambda: not procs.is_alive(supervisor), "the supervisor's exit")
+    live = env.start("busy", AgentRef(kind="command", command=env.script("s.py", SLEEP)))
+    wait_ready(live)
+    elsewhere = env.root / "precious"
+    elsewhere.mkdir()
+    req = PruneRunsRequest(lane=env.lane, runs=["old/1.1", "busy/1.1", "gone/3.1"])
+    result = PrunedResult.model_validate(env.call(req))
+    assert result.removed == ["old/1.1", "gone/3.1"]  # one gone already counts as removed
+    assert result.kept == {"busy/1.1": "the run is not over"}
+    assert not Path(done.run_dir).exists() and not Path(done.run_dir).parent.exists()
+    assert Path(live.run_dir).is_dir() and elsewhere.is_dir()
+    # a name that is no run is refused whole, and nothing outside the runs is touched
+    bad = env.respond(PruneRunsRequest(lane=env.lane, runs=["../precious/1.1"]))
+    assert not bad.ok and bad.failure is not None and "not of the form" in bad.failure.error
+    assert elsewhere.is_dir()
+    stop = StopRunRequest(lane=env.lane, task="busy", attempt=1, iteration=1, grace=2)
+    env.call(stop)
