@@ -744,6 +744,9 @@ def with_marker(body: str, task: str | None) -> str:
 # ``error LENGTH\n`` and the sentence of a batch it could not read at all. The node exits on EOF.
 
 SESSION_OPEN = b"reconciler-session %d\n" % PROTOCOL_VERSION
+# The node's first words in a session, before any answer: a node that does not say them (an
+# older one reads its stdin to the end as one batch) is told apart from a slow one.
+SESSION_READY = b"reconciler-session %d ready\n" % PROTOCOL_VERSION
 FRAME_HEADER_MAX = 32  # bytes of a header line, its newline included
 
 

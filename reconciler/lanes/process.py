@@ -28,13 +28,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from reconciler.protocol import FRAME_HEADER_MAX, SESSION_OPEN
+from reconciler.protocol import FRAME_HEADER_MAX, SESSION_OPEN, SESSION_READY
 
 MAX_ANSWER = 256 << 20  # bytes of an answer: far above any real batch (100,000 runs ≈ 100 MiB)
 MAX_STDERR = 64 << 10  # what a failing node says is read for its last line only
 IDLE_SECONDS = 300.0  # an idle session unused this long is closed (its lane may be gone)
 CLOSE_GRACE = 5.0  # seconds a closed session's node has to see EOF and exit before KILL
 KEEP_IDLE = 4  # idle sessions kept per command line; more are closed when they come back
+GREETING_SECONDS = 15.0  # a new session's node says SESSION_READY within this, or is no node
+GREETING_EXIT = 1.0  # seconds a node that did not greet has to exit once its stdin is closed
 _CHUNK = 1 << 16
 
 
@@ -114,23 +116,24 @@ class Session:
         assert stdin is not None
         assert stdout is not None
         assert stderr is not None
-        head = b"" if self._opened else SESSION_OPEN
+        answer = _Reading(greeting=not self._opened, limit=limit)  # a new session greets first
+        head = SESSION_OPEN if answer.greeting else b""
         self._opened = True
         pending = memoryview(head + b"%d\n" % len(data) + data)
         deadline = time.monotonic() + timeout
-        got = bytearray()
-        need: int | None = None  # the answer's length, once its header is in
-        kind = ""
+        greeted_by = time.monotonic() + min(timeout, GREETING_SECONDS)
         delivered = True
         selector = selectors.DefaultSelector()
         try:
             selector.register(stdin, selectors.EVENT_WRITE)
             selector.register(stdout, selectors.EVENT_READ)
             selector.register(stderr, selectors.EVENT_READ)
-            while need is None or len(got) < need:
+            while not answer.complete:
                 if stdout not in _registered(selector):
                     raise SessionLost(self._ended(), bytes(self._err), delivered)
-                left = deadline - time.monotonic()
+                left = (greeted_by if answer.greeting else deadline) - time.monotonic()
+                if left <= 0 and answer.greeting:
+                    self._no_greeting(timeout)
                 if left <= 0:
                     raise subprocess.TimeoutExpired(self.argv, timeout)
                 for key, _ in selector.select(left):
@@ -151,12 +154,8 @@ class Session:
                         self._err += chunk
                         del self._err[: max(0, len(self._err) - MAX_STDERR)]
                     else:
-                        got += chunk
-                        if need is None:
-                            kind, need, got = _header(got, limit)
-                        if need is not None and len(got) > need:
-                            raise BadAnswer("more than the answer it announced")
-        except (BadAnswer, subprocess.TimeoutExpired):
+                        answer.take(chunk)
+        except (BadAnswer, BatchRefused, SessionLost, subprocess.TimeoutExpired):
             self.kill()
             raise
         finally:
@@ -165,7 +164,27 @@ class Session:
             self.kill()
         self.used += 1
         self.idle_since = time.monotonic()
-        return Answer(kind, bytes(got))
+        return Answer(answer.kind, bytes(answer.got))
+
+    def _no_greeting(self, timeout: float) -> None:
+        """A new session's node that did not greet in time. An older node reads its stdin to
+        the end as one batch: closed, it says what it made of the stream and fails, which names
+        it (``BatchRefused``). One that stays silent (a host that never answers) is timed out."""
+        self.end()
+        try:
+            returncode = self.proc.wait(timeout=GREETING_EXIT)
+        except subprocess.TimeoutExpired:
+            raise subprocess.TimeoutExpired(self.argv, timeout) from None
+        if returncode == 0:
+            raise SessionLost(returncode, bytes(self._err), True)
+        self._ended()
+        said = self._err.decode("utf-8", "replace").strip().splitlines()
+        raise BatchRefused(
+            f"it opened no session within {GREETING_SECONDS:.0f} s and exited {returncode}, so "
+            "it is not a node of this reconciler's version (an older one serves one batch per "
+            "process); install the same reconciler version on both sides"
+            + (f" (it said: {said[-1][:300]})" if said else "")
+        )
 
     def _ended(self) -> int | None:
         """The node's exit status once its stdout closed (stderr's tail read to its end)."""
@@ -212,6 +231,45 @@ class Session:
 
 def _registered(selector: selectors.BaseSelector) -> set[object]:
     return {key.fileobj for key in selector.get_map().values()}
+
+
+class _Reading:
+    """An answer as its bytes come in: the greeting of a new session, the header, the body."""
+
+    def __init__(self, *, greeting: bool, limit: int) -> None:
+        self.greeting = greeting
+        self.limit = limit
+        self.got = bytearray()
+        self.need: int | None = None  # the answer's length, once its header is in
+        self.kind = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.need is not None and len(self.got) >= self.need
+
+    def take(self, chunk: bytes) -> None:
+        self.got += chunk
+        if self.greeting:
+            self.greeting, self.got = _greeting(self.got)
+        if self.need is None and not self.greeting:
+            self.kind, self.need, self.got = _header(self.got, self.limit)
+        if self.need is not None and len(self.got) > self.need:
+            raise BadAnswer("more than the answer it announced")
+
+
+def _greeting(got: bytearray) -> tuple[bool, bytearray]:
+    """Whether the greeting is still awaited, and the bytes after it. A node of another session
+    version answers an ``error`` frame at once instead: it is read as the answer."""
+    end = got.find(b"\n")
+    if end < 0:
+        if len(got) > FRAME_HEADER_MAX:
+            raise BadAnswer("a greeting longer than any node says")
+        return True, got
+    if got[: end + 1] == SESSION_READY:
+        return False, got[end + 1 :]
+    if got.startswith(b"error "):
+        return False, got
+    raise BadAnswer("a greeting of another protocol version")
 
 
 def _header(got: bytearray, limit: int) -> tuple[str, int | None, bytearray]:

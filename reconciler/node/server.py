@@ -39,6 +39,7 @@ from reconciler.protocol import (
     PROTOCOL_VERSION,
     RESULTS,
     SESSION_OPEN,
+    SESSION_READY,
     Batch,
     BatchResult,
     ChangesRequest,
@@ -513,6 +514,8 @@ def serve_session(inp: BinaryIO, out: BinaryIO, pin: str | None) -> int:
     """Serve ``LENGTH\\n`` + batch frames until EOF, each answered ``ok LENGTH\\n`` + its
     BatchResult, or ``error LENGTH\\n`` + the sentence of a batch that could not be read at all
     (the session goes on). A frame that is not one ends the session: the stream is out of step."""
+    out.write(SESSION_READY)
+    out.flush()
     while True:
         header = inp.readline(FRAME_HEADER_MAX)
         if not header:

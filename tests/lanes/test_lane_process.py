@@ -22,7 +22,7 @@ from reconciler.lanes.process import (
     SessionLost,
     Sessions,
 )
-from reconciler.protocol import SESSION_OPEN, Batch, BatchResult
+from reconciler.protocol import SESSION_OPEN, SESSION_READY, Batch, BatchResult
 from tests.support.waiting import wait_for
 
 NODE = [sys.executable, "-m", "reconciler", "node"]
@@ -137,25 +137,52 @@ ECHO = (
     "import sys\n"
     "i, o = sys.stdin.buffer, sys.stdout.buffer\n"
     "i.readline()\n"
+    f"o.write({SESSION_READY!r}); o.flush()\n"
     "while h := i.readline():\n"
     "    d = i.read(int(h)); o.write(b'ok %d\\n' % len(d) + d); o.flush()\n"
 )
 
 
 def test_an_endless_answer_is_cut_and_the_node_killed(sessions: Sessions) -> None:
-    with pytest.raises(BadAnswer, match="not a node's answer"):
+    with pytest.raises(BadAnswer, match="greeting of another protocol version"):
         sessions.exchange(["yes"], EMPTY, timeout=30)
     assert not children("yes")
-    big = [sys.executable, "-c", "print('ok 5000000'); print('x' * 5000000)"]
+    greets_then_yes = ["sh", "-c", f"printf '{SESSION_READY.decode().strip()}\\n'; exec yes"]
+    with pytest.raises(BadAnswer, match="not a node's answer"):
+        sessions.exchange(greets_then_yes, EMPTY, timeout=30)
+    assert not children("yes")
+    big = [
+        sys.executable,
+        "-c",
+        f"print({SESSION_READY.decode().strip()!r}); print('ok 5000000'); print('x' * 5000000)",
+    ]
     with pytest.raises(AnswerTooLarge, match="more than 1 MiB"):
         sessions.exchange(big, EMPTY, timeout=30, limit=1 << 20)
 
 
 def test_a_node_that_never_answers_times_out_and_is_killed(sessions: Sessions) -> None:
+    greets_then_sleeps = ["sh", "-c", f"printf '{SESSION_READY.decode().strip()}\\n'; sleep 300"]
     with pytest.raises(subprocess.TimeoutExpired):
-        sessions.exchange(["sleep", "300"], EMPTY, timeout=0.5)
+        sessions.exchange(greets_then_sleeps, EMPTY, timeout=0.5)
     assert not children("sleep")  # killed and reaped, not left behind
-    assert sessions.idle(["sleep", "300"]) == []
+    assert sessions.idle(greets_then_sleeps) == []
+
+
+def test_a_node_that_serves_one_batch_per_process_is_named_an_older_version(
+    sessions: Sessions,
+) -> None:
+    """An older node reads its stdin to the end as one batch: it never greets. Closed, it says
+    what it made of the stream, and the batch fails at once, naming the fix."""
+    older = [
+        "sh",
+        "-c",
+        "cat > /dev/null; echo 'reconciler node: the batch is not valid JSON' >&2; exit 2",
+    ]
+    with pytest.raises(BatchRefused) as refused:
+        sessions.exchange(older, EMPTY, timeout=1)
+    assert "install the same reconciler version on both sides" in str(refused.value)
+    assert "(it said: reconciler node: the batch is not valid JSON)" in str(refused.value)
+    assert not children("cat") and sessions.idle(older) == []
 
 
 def test_what_a_failing_node_says_is_kept_as_its_tail(sessions: Sessions) -> None:
