@@ -234,7 +234,9 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
     _catch_stops()
     pid_path = os.path.join(run_dir, files.PID_JSON)
     record = {**_identity(), "agent_pid": None}
-    if not safefile.create_exclusive(pid_path, files.dump_json(record)):
+    # Not durable: the record names processes, which a power cut ends with the machine (its boot
+    # id says so); one lost or empty after it reads as a run no longer alive, as the truth is.
+    if not safefile.create_exclusive(pid_path, files.dump_json(record), durable=False):
         _ready(ready_fd)
         return 0  # a concurrent start already owns this run; starting twice would duplicate it
 
