@@ -464,14 +464,13 @@ def settle_index(path: str) -> None:
     run(["update-index", "-q", "--refresh"], path, check=False)
 
 
-def claim(path: str, branch: str, sha: str) -> None:
-    """Put a clean pooled worktree whose HEAD is ``sha`` on a new ``branch`` there. No file is
-    touched and the index stays as it is: only the branch ref is created (never overwriting one
-    that exists) and HEAD pointed at it."""
-    run(
-        ["update-ref", "-m", "branch: created from the pool", f"refs/heads/{branch}", sha, ""], path
-    )
-    run(["symbolic-ref", "HEAD", f"refs/heads/{branch}"], path)
+def claim(path: str, branch: str) -> None:
+    """Put a clean pooled worktree on a new ``branch`` at its HEAD, in one git process. No file
+    is touched and the index stays as it is (a switch that creates a branch where HEAD already
+    is checks nothing out): only the branch ref is created (never overwriting one that exists)
+    and HEAD pointed at it. No hook runs, as none did for the refs written by hand before."""
+    args = ["switch", "--quiet", "--no-track", "--no-recurse-submodules", "--create", branch]
+    run(["-c", "core.hooksPath=/dev/null", *args], path)
 
 
 def reset_detached(path: str, start: str) -> None:

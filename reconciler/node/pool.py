@@ -193,8 +193,8 @@ def _branch_off(path: str, branch: str, sha: str, base: str) -> None:
     that commit's and nothing untracked. One already there and clean is only claimed: the
     branch is created at its HEAD, no file written and the index kept. One that is behind
     (its base moved since the last fill) or was changed is reset first."""
-    if gitops.clean_head(path) == sha:
-        gitops.claim(path, branch, sha)
+    if gitops.clean_head(path) == sha:  # this worktree is the task's now: HEAD stays there
+        gitops.claim(path, branch)
         return
     gitops.repoint(path, branch, sha)
     if gitops.resolve(path, "HEAD") != sha:
