@@ -189,6 +189,13 @@ def _ready(fd: int | None) -> None:
         os.close(fd)
 
 
+def _write_pid(path: str, record: dict[str, object]) -> None:
+    """``pid.json`` replaced. Never durable (no fsync, also when created): the record names
+    processes, which a power cut ends with the machine (its boot id says so), and one lost or
+    empty after it reads as a run no longer alive, as the truth is."""
+    safefile.write_atomic(path, files.dump_json(record), durable=False)
+
+
 class _Run:
     """What ``run.json`` asks for, checked before the run is claimed."""
 
@@ -234,8 +241,6 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
     _catch_stops()
     pid_path = os.path.join(run_dir, files.PID_JSON)
     record = {**_identity(), "agent_pid": None}
-    # Not durable: the record names processes, which a power cut ends with the machine (its boot
-    # id says so); one lost or empty after it reads as a run no longer alive, as the truth is.
     if not safefile.create_exclusive(pid_path, files.dump_json(record), durable=False):
         _ready(ready_fd)
         return 0  # a concurrent start already owns this run; starting twice would duplicate it
@@ -254,7 +259,7 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(agent, _state.stop_signal)
     record["agent_pid"] = agent
-    files.write_json_atomic(pid_path, record)
+    _write_pid(pid_path, record)
     _ready(ready_fd)  # the agent runs and its output files exist: start-run may return
 
     code = os.waitstatus_to_exitcode(os.waitpid(agent, 0)[1])
@@ -292,7 +297,7 @@ def finish(run_dir: str, ready_fd: int | None = None) -> int:
         "finishing_since": time.time(),
     }
     # The dead supervisor's record is replaced: the run is alive again while this one works.
-    files.write_json_atomic(pid_path, record)
+    _write_pid(pid_path, record)
     recovered = "presumed" if (end or {}).get("presumed") else "recorded"
     log_path = os.path.join(run_dir, files.CHECKS_LOG)
     with open(log_path, "ab") as log:
