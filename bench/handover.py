@@ -3,7 +3,10 @@
 One lane with one slot and a warm pool of worktrees; a queue of tasks whose agent notes when it
 started and ends at once. Each ``exit.json`` wakes ``run`` (inotify), whose pass completes the
 ended task and starts the next one in the freed slot, with a pooled worktree. The figure is the
-time from the ``exit.json`` being written to the next agent's own note of its start.
+time from the ``exit.json`` being written to the next agent's own note of its start. The first
+task's agent holds the chain until the pool has a worktree for each later task: a fill takes a
+second or more (it settles each new index), so a chain on a pool still filling would measure
+fresh worktrees, not pooled ones.
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ from bench.options import Options
 from bench.runs import present, wait_for
 from bench.sandbox import Sandbox
 from bench.table import Table, log, median
+from reconciler.node import pool
 
 HANDOVER_TARGET = 0.1  # seconds from exit.json to the slot's next agent running
 TASKS = 6  # the first starts the chain; each later one measures a handover
-POOL = 2
+POOL = TASKS - 1
 
 QUICK_AGENT = """#!/bin/sh
-# bench agent: note when it started, then end at once with a commit
+# bench agent: note when it started, then end at once with a commit (the first waits for GO)
 date +%s.%N > "$RECONCILER_RUN_DIR/agent-started.tmp"
+if [ "$RECONCILER_TASK" = next-1 ]; then
+    while [ ! -e "$(dirname "$0")/GO" ]; do sleep 0.05; done
+fi
 mv "$RECONCILER_RUN_DIR/agent-started.tmp" "$RECONCILER_RUN_DIR/agent-started"
 exec git commit --allow-empty --quiet -m "bench change"
 """
@@ -57,7 +64,11 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
     control, root, names = build(box)
     env = box.cli_env(control, control.parent / "state")
     gaps: list[float] = []
+    pooled = root / ".pool" / "app" / "main"
     with box.reconciler_run(env, "30s", output=control.parent / "run.log"):
+        if wait_for(lambda: len(pool.entries(str(pooled))) >= POOL or None, 120) is None:
+            raise SystemExit(f"handover: the pool did not reach {POOL} worktrees within 120 s")
+        (control.parent / "bin" / "GO").touch()
         for before, after in itertools.pairwise(names):
             noted = root / ".runs" / after / "1.1" / "agent-started"
             if wait_for(functools.partial(present, noted), 60) is None:

@@ -81,7 +81,9 @@ def locked(path: str, timeout: float, what: str) -> Iterator[None]:
                         f"{timeout:.0f}s; retry later, or remove a stuck process holding it"
                     ) from None
                 time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                # short: a waiter is late by up to this after the release, and the waiters are
+                # starts (a take behind a pool fill, a second start of one run)
+                delay = min(delay * 2, 0.01)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

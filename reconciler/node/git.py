@@ -103,8 +103,38 @@ def is_repo(path: str) -> bool:
 
 
 def common_dir(checkout: str) -> str:
+    """The repository's own git directory (a linked worktree's is its main one's)."""
+    found = _common_dir_on_disk(checkout)
+    if found is not None:
+        return found
     out = run(["rev-parse", "--git-common-dir"], checkout).stdout.strip()
     return os.path.normpath(os.path.join(checkout, out))
+
+
+def _common_dir_on_disk(top: str) -> str | None:
+    """``rev-parse --git-common-dir`` read from the files git itself reads (gitrepository-layout:
+    a ``.git`` directory, or a ``.git`` file naming a worktree's directory whose ``commondir``
+    names the repository's), without a git process: every worktree lock and start asks. None
+    when ``top`` is laid out any other way (a bare repository, a subdirectory): git answers."""
+    dot_git = os.path.join(top, ".git")
+    try:
+        gitdir = dot_git if os.path.isdir(dot_git) else _gitfile_target(top, dot_git)
+        if gitdir is None:
+            return None
+        try:
+            with open(os.path.join(gitdir, "commondir"), encoding="utf-8") as f:
+                common = os.path.join(gitdir, f.read().strip())
+        except FileNotFoundError:
+            common = gitdir  # no commondir: the directory is the repository's own
+    except (OSError, UnicodeDecodeError):
+        return None
+    return os.path.normpath(common) if os.path.isfile(os.path.join(common, "HEAD")) else None
+
+
+def _gitfile_target(top: str, dot_git: str) -> str | None:
+    with open(dot_git, encoding="utf-8") as f:
+        key, _, value = f.read().strip().partition(": ")
+    return os.path.join(top, value) if key == "gitdir" and value else None
 
 
 @contextlib.contextmanager
@@ -127,9 +157,21 @@ def resolve(checkout: str, ref: str) -> str | None:
 def base_ref(checkout: str, base: str, remote: str) -> str | None:
     """The ref a task's base names: the remote-tracking branch (what others merged), else the
     local one."""
+    found = _base(checkout, base, remote)
+    return found[0] if found is not None else None
+
+
+def base_commit(checkout: str, base: str, remote: str) -> str | None:
+    """The commit :func:`base_ref` names, in the same one git process."""
+    found = _base(checkout, base, remote)
+    return found[1] if found is not None else None
+
+
+def _base(checkout: str, base: str, remote: str) -> tuple[str, str] | None:
     for ref in (f"refs/remotes/{remote}/{base}", f"refs/heads/{base}"):
-        if resolve(checkout, ref) is not None:
-            return ref
+        sha = resolve(checkout, ref)
+        if sha is not None:
+            return ref, sha
     return None
 
 
@@ -392,13 +434,22 @@ def add_detached(checkout: str, path: str, start: str, sparse: list[str]) -> Non
         _sparse_checkout(path, sparse)
 
 
-def is_clean(path: str) -> bool:
-    """Whether a worktree's files are its HEAD's, with nothing untracked (ignored files may be
-    there). Reads only: no index refresh is written (``--no-optional-locks``), so a worktree
-    whose index was settled when it was made costs a stat of each file and directory."""
-    args = ["--no-optional-locks", "status", "--porcelain", "--untracked-files=normal"]
-    proc = run(args, path, check=False)  # untracked files shown whatever the user's config says
-    return proc.returncode == 0 and not proc.stdout
+def clean_head(path: str) -> str | None:
+    """The commit a worktree's HEAD is at when its files are that commit's, with nothing
+    untracked (ignored files may be there); None when anything differs. One ``status`` that
+    reads only: no index refresh is written (``--no-optional-locks``), so a worktree whose
+    index was settled when it was made costs a stat of each file and directory."""
+    args = ["--no-optional-locks", "status", "--porcelain=v2", "--branch", "--no-ahead-behind"]
+    # untracked files shown whatever the user's configuration says
+    proc = run([*args, "--untracked-files=normal"], path, check=False)
+    head: str | None = None
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else ["failed"]:
+        if not line.startswith("# "):
+            return None  # a changed, unmerged or untracked file
+        key, _, value = line[2:].partition(" ")
+        if key == "branch.oid" and value != "(initial)":
+            head = value
+    return head
 
 
 def settle_index(path: str) -> None:
@@ -413,14 +464,13 @@ def settle_index(path: str) -> None:
     run(["update-index", "-q", "--refresh"], path, check=False)
 
 
-def claim(path: str, branch: str, sha: str) -> None:
-    """Put a clean pooled worktree whose HEAD is ``sha`` on a new ``branch`` there. No file is
-    touched and the index stays as it is: only the branch ref is created (never overwriting one
-    that exists) and HEAD pointed at it."""
-    run(
-        ["update-ref", "-m", "branch: created from the pool", f"refs/heads/{branch}", sha, ""], path
-    )
-    run(["symbolic-ref", "HEAD", f"refs/heads/{branch}"], path)
+def claim(path: str, branch: str) -> None:
+    """Put a clean pooled worktree on a new ``branch`` at its HEAD, in one git process. No file
+    is touched and the index stays as it is (a switch that creates a branch where HEAD already
+    is checks nothing out): only the branch ref is created (never overwriting one that exists)
+    and HEAD pointed at it. No hook runs, as none did for the refs written by hand before."""
+    args = ["switch", "--quiet", "--no-track", "--no-recurse-submodules", "--create", branch]
+    run(["-c", "core.hooksPath=/dev/null", *args], path)
 
 
 def reset_detached(path: str, start: str) -> None:

@@ -104,22 +104,21 @@ def fill(
 def _refreshed(checkout: str, directory: str, base: str, remote: str) -> list[str]:
     """The pooled worktrees of ``directory`` still registered, each at the base (moved there
     when it was behind); leftovers are removed."""
-    start = gitops.base_ref(checkout, base, remote)
-    sha = gitops.resolve(checkout, start) if start is not None else None
+    sha = gitops.base_commit(checkout, base, remote)
     ready: list[str] = []
     _clear_unfinished(checkout, directory)
     for path in entries(directory):
         with gitops.repo_lock(checkout):
             if not _usable(checkout, path):
                 continue
-            if start is None or gitops.resolve(path, "HEAD") == sha:
+            if sha is None or gitops.resolve(path, "HEAD") == sha:
                 ready.append(path)
                 continue
             # behind the base: out of sight while it is brought there (a start may take meanwhile)
             hidden = os.path.join(directory, "." + os.path.basename(path))
             gitops.move_worktree(checkout, path, hidden)
             try:
-                gitops.reset_detached(hidden, start)
+                gitops.reset_detached(hidden, sha)
             except NodeError:
                 gitops.drop_worktree(checkout, hidden)
                 continue
@@ -164,16 +163,17 @@ def take(
     move into the task's place holds the repository's lock; what follows touches that worktree
     alone, so starts on one repository do not wait for each other's ``status``.
     """
-    start = gitops.base_ref(checkout, base, remote)
-    sha = gitops.resolve(checkout, start) if start is not None else None
+    sha = gitops.base_commit(checkout, base, remote)
     if sha is None or os.path.lexists(target):
         return None  # no base, or something in the way: the caller's worktree add says what
     for path in entries(directory):
         with gitops.repo_lock(checkout):
-            if not _usable(checkout, path):
+            if not os.path.isdir(path):  # taken meanwhile
                 continue
             os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
+                # git moves only a worktree it has registered: a leftover directory (or one
+                # whose record was pruned) fails here and is removed, as _usable would have
                 gitops.move_worktree(checkout, path, target)
             except NodeError:
                 gitops.drop_worktree(checkout, path)
@@ -193,8 +193,8 @@ def _branch_off(path: str, branch: str, sha: str, base: str) -> None:
     that commit's and nothing untracked. One already there and clean is only claimed: the
     branch is created at its HEAD, no file written and the index kept. One that is behind
     (its base moved since the last fill) or was changed is reset first."""
-    if gitops.resolve(path, "HEAD") == sha and gitops.is_clean(path):
-        gitops.claim(path, branch, sha)
+    if gitops.clean_head(path) == sha:  # this worktree is the task's now: HEAD stays there
+        gitops.claim(path, branch)
         return
     gitops.repoint(path, branch, sha)
     if gitops.resolve(path, "HEAD") != sha:

@@ -13,9 +13,9 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the supervisor imports this module and must not pay for pydantic
+TYPE_CHECKING = False  # typing's own, without importing typing: the supervisor imports this module
+if TYPE_CHECKING:  # ... and must not pay for pydantic
     from reconciler.protocol import Fingerprint
 
 _POLL = 0.02

@@ -511,7 +511,11 @@ def _spawn(
     )
     # The real values, for the supervisor only; run.json is 0600 in a 0700 directory.
     spec["agent_env"] = env
-    files.write_json_atomic(os.path.join(run_dir, files.ENV_JSON), redact(env))
+    # env.json is the redacted copy for display, the prompt what a start (again) writes anew:
+    # neither needs to outlive a power cut; run.json, the run's record, does.
+    safefile.write_atomic(
+        os.path.join(run_dir, files.ENV_JSON), files.dump_json(redact(env)), durable=False
+    )
     files.write_json_atomic(os.path.join(run_dir, files.RUN_JSON), spec)
     spawn_supervisor(run_dir, workspace)
 
@@ -525,7 +529,7 @@ def _write_prompt(req: StartRunRequest, run_dir: str) -> str:
             f"the prompt of task {req.task.name} is not valid Unicode (it holds a lone "
             "surrogate); fix the prompt text"
         ) from None
-    safefile.write_atomic(prompt_path, prompt, 0o600)
+    safefile.write_atomic(prompt_path, prompt, 0o600, durable=False)
     return prompt_path
 
 

@@ -55,6 +55,10 @@ def spawn_supervisor(run_dir: str, workspace: str, *, finish: bool = False) -> N
             proc = subprocess.Popen(
                 [
                     sys.executable,
+                    # No site: its .pth files (an editable install's finder among them) cost a
+                    # third of the start-up and are not needed, the import path being in
+                    # PYTHONPATH; none of them runs in the supervisor either.
+                    "-S",
                     "-m",
                     "reconciler.node.supervisor",
                     *(["--finish"] if finish else []),

@@ -17,24 +17,27 @@ talk to the control plane, or pass anything of its own environment on; git only 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import shlex
-import shutil
 import signal
-import subprocess
 import sys
 import time
-import traceback
-from types import FrameType
-from typing import IO, NamedTuple
 
 from reconciler import safefile
 from reconciler.node import files
 from reconciler.node.procs import boot_id, start_time
 
-# Standard library only (and these two stdlib-only modules): the supervisor starts for every
-# run, so its start-up time is dispatch latency. Records are plain dicts in the shapes of
-# protocol.ExitInfo and protocol.CheckResult, which the node validates when it reads them.
+TYPE_CHECKING = False  # typing's own, without importing typing (type checkers know the name)
+if TYPE_CHECKING:
+    import subprocess
+    from types import FrameType
+
+# Standard library only (and these stdlib-only modules): the supervisor starts for every run,
+# so its start-up time is dispatch latency. What it needs only once the agent runs (subprocess,
+# for the commit and the checks; shutil, shlex, traceback) is imported there: before the agent
+# starts, those would cost about half of the supervisor's start-up. The agent itself starts by
+# posix_spawn for that reason. Records are plain dicts in the shapes of protocol.ExitInfo and
+# protocol.CheckResult, which the node validates when it reads them.
 CheckResult = dict[str, object]
 
 CHECK_TAIL = 4096
@@ -43,9 +46,8 @@ FALLBACK_IDENTITY = ["-c", "user.name=reconciler", "-c", "user.email=reconciler@
 
 
 class _State:
-    """What the signal handler needs to reach: the live child and whether we were stopped."""
+    """What the signal handler needs to reach: the live check and whether we were stopped."""
 
-    agent: subprocess.Popen[bytes] | None = None
     check: subprocess.Popen[bytes] | None = None
     stop_signal: int | None = None
 
@@ -81,15 +83,24 @@ def _str_list(value: object) -> list[str]:
     return list(value)
 
 
+def _shown(argv: list[str]) -> str:
+    """``argv`` as a shell would read it, for the log only (never executed)."""
+    import shlex
+
+    return shlex.join(argv)
+
+
 def run_check(
     argv: list[str], workspace: str, env: dict[str, str], timeout: float, log_path: str
 ) -> CheckResult:
+    import subprocess
+
     started = time.monotonic()
     exit_code: int | None = None
     timed_out = False
     with open(log_path, "ab") as log:
         offset = log.tell()
-        log.write(f"$ {shlex.join(argv)}\n".encode())  # display only, never executed
+        log.write(f"$ {_shown(argv)}\n".encode())  # display only, never executed
         log.flush()
         try:
             if not argv:
@@ -144,6 +155,8 @@ def _write_exit(
 ) -> None:
     """``exit.json`` (protocol.ExitInfo), atomically: it is the run's record of its end. The
     run's private $TMPDIR goes first: what the agent and its checks left there is no record."""
+    import shutil
+
     shutil.rmtree(os.path.join(run_dir, files.RUN_TMP), ignore_errors=True)
     info = {
         "exit_code": exit_code,
@@ -176,14 +189,31 @@ def _ready(fd: int | None) -> None:
         os.close(fd)
 
 
-class _Run(NamedTuple):
+def _write_pid(path: str, record: dict[str, object]) -> None:
+    """``pid.json`` replaced. Never durable (no fsync, also when created): the record names
+    processes, which a power cut ends with the machine (its boot id says so), and one lost or
+    empty after it reads as a run no longer alive, as the truth is."""
+    safefile.write_atomic(path, files.dump_json(record), durable=False)
+
+
+class _Run:
     """What ``run.json`` asks for, checked before the run is claimed."""
 
-    workspace: str
-    argv: list[str]
-    env: dict[str, str]
-    checks: list[list[str]]
-    check_timeout: float
+    __slots__ = ("argv", "check_timeout", "checks", "env", "workspace")
+
+    def __init__(
+        self,
+        workspace: str,
+        argv: list[str],
+        env: dict[str, str],
+        checks: list[list[str]],
+        check_timeout: float,
+    ) -> None:
+        self.workspace = workspace
+        self.argv = argv
+        self.env = env
+        self.checks = checks
+        self.check_timeout = check_timeout
 
 
 def _read_spec(spec: dict[str, object]) -> _Run:
@@ -211,7 +241,7 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
     _catch_stops()
     pid_path = os.path.join(run_dir, files.PID_JSON)
     record = {**_identity(), "agent_pid": None}
-    if not safefile.create_exclusive(pid_path, files.dump_json(record)):
+    if not safefile.create_exclusive(pid_path, files.dump_json(record), durable=False):
         _ready(ready_fd)
         return 0  # a concurrent start already owns this run; starting twice would duplicate it
 
@@ -225,15 +255,14 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
         _write_exit(run_dir, 127)
         _ready(ready_fd)
         return 0
-    _state.agent = agent
     if _state.stop_signal is not None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(agent.pid, _state.stop_signal)
-    record["agent_pid"] = agent.pid
-    files.write_json_atomic(pid_path, record)
+            os.kill(agent, _state.stop_signal)
+    record["agent_pid"] = agent
+    _write_pid(pid_path, record)
     _ready(ready_fd)  # the agent runs and its output files exist: start-run may return
 
-    code = agent.wait()
+    code = os.waitstatus_to_exitcode(os.waitpid(agent, 0)[1])
     ended = time.time()
     if code < 0:
         _write_exit(run_dir, None, -code, ended)
@@ -268,7 +297,7 @@ def finish(run_dir: str, ready_fd: int | None = None) -> int:
         "finishing_since": time.time(),
     }
     # The dead supervisor's record is replaced: the run is alive again while this one works.
-    files.write_json_atomic(pid_path, record)
+    _write_pid(pid_path, record)
     recovered = "presumed" if (end or {}).get("presumed") else "recorded"
     log_path = os.path.join(run_dir, files.CHECKS_LOG)
     with open(log_path, "ab") as log:
@@ -285,38 +314,59 @@ def finish(run_dir: str, ready_fd: int | None = None) -> int:
     return 0
 
 
-def _start_agent(
-    run_dir: str, run: _Run, *, prompt_on_stdin: bool
-) -> subprocess.Popen[bytes] | None:
-    """The agent with exactly ``run.json``'s environment, writing to the run's logs; None when it
-    cannot be started (said in ``stderr.log``)."""
-    prompt_path = os.path.join(run_dir, files.PROMPT)
-    stdin: IO[bytes] | int = (
-        open(prompt_path, "rb") if prompt_on_stdin else subprocess.DEVNULL  # noqa: SIM115
+def _start_agent(run_dir: str, run: _Run, *, prompt_on_stdin: bool) -> int | None:
+    """The agent's pid: started with exactly ``run.json``'s environment, writing to the run's
+    logs, in the supervisor's process group (one killpg stops both); None when it cannot be
+    started (said in ``stderr.log``)."""
+    stdin_path = os.path.join(run_dir, files.PROMPT) if prompt_on_stdin else os.devnull
+    with (
+        open(stdin_path, "rb") as stdin,
+        open(os.path.join(run_dir, files.OUTPUT_LOG), "ab") as out,
+        open(os.path.join(run_dir, files.STDERR_LOG), "ab") as err,
+    ):
+        try:
+            stdio = (stdin.fileno(), out.fileno(), err.fileno())
+            return _spawn(run.argv, run.workspace, run.env, stdio)
+        except OSError as exc:
+            err.write(f"reconciler: could not start the agent {run.argv[:1]}: {exc}\n".encode())
+            err.flush()  # the message is on disk before exit.json says the run ended
+            return None
+
+
+def _spawn(argv: list[str], cwd: str, env: dict[str, str], stdio: tuple[int, int, int]) -> int:
+    """What ``subprocess.Popen(argv, cwd=cwd, env=env, stdin/stdout/stderr=stdio,
+    close_fds=True)`` does, by ``os.posix_spawn``: the program found on ``env``'s PATH, the
+    signals Python ignores back to their default, no descriptor but the three passed on."""
+    if not argv:
+        raise FileNotFoundError(errno.ENOENT, "the agent's command line is empty")
+    os.chdir(cwd)  # posix_spawn has no cwd (the node started the supervisor there already)
+    # close_fds: what the supervisor inherited (the ready pipe) is not the agent's
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            with contextlib.suppress(OSError):  # the listing's own, closed by now
+                os.set_inheritable(int(name), False)
+    actions = [(os.POSIX_SPAWN_DUP2, source, fd) for fd, source in enumerate(stdio)]
+    program = argv[0]
+    found: OSError = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    paths = (
+        [program]
+        if os.sep in program
+        else [os.path.join(d, program) for d in os.get_exec_path(env)]
     )
-    try:
-        with (
-            open(os.path.join(run_dir, files.OUTPUT_LOG), "ab") as out,
-            open(os.path.join(run_dir, files.STDERR_LOG), "ab") as err,
-        ):
-            try:
-                # Same process group as the supervisor: one killpg stops both.
-                return subprocess.Popen(
-                    run.argv,
-                    cwd=run.workspace,
-                    env=run.env,
-                    stdin=stdin,
-                    stdout=out,
-                    stderr=err,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                err.write(f"reconciler: could not start the agent {run.argv[:1]}: {exc}\n".encode())
-                err.flush()  # the message is on disk before exit.json says the run ended
-                return None
-    finally:
-        if not isinstance(stdin, int):
-            stdin.close()
+    for path in paths:
+        try:
+            return os.posix_spawn(
+                path,
+                argv,
+                env,
+                file_actions=actions,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # as execvp: the next directory of PATH
+        except OSError as exc:
+            found = type(exc)(exc.errno, exc.strerror, program)  # as execvp: kept, the next one
+    raise found
 
 
 def _after_agent(
@@ -361,6 +411,8 @@ def _after_run(run_dir: str, spec: dict[str, object], run: _Run) -> CheckResult:
 def _commit(workspace: str, env: dict[str, str], message: str, log_path: str) -> CheckResult | None:
     """The agent's changes as one commit (an Agent with ``commits: reconciler``); None when it
     left nothing to commit. Without a git identity in the lane, the commit is the reconciler's."""
+    import subprocess
+
     status = subprocess.run(
         ["git", "status", "--porcelain"], cwd=workspace, env=env, capture_output=True, check=False
     )
@@ -386,6 +438,8 @@ def _clear_index_lock(run: _Run, log_path: str) -> None:
     """Remove the worktree's index lock a git of the dead supervisor left (killed in its
     commit): every process of the run carried its marker and none is alive, so the lock is no
     one's, and with it every git command of the finish would fail."""
+    import subprocess
+
     where = subprocess.run(
         ["git", "rev-parse", "--git-path", "index.lock"],
         cwd=run.workspace,
@@ -430,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         return finish(run_dir, ready_fd) if finishing else supervise(run_dir, ready_fd)
     except Exception:
         # supervisor.log is for operators debugging the node itself; a traceback is right here.
+        import traceback
+
         traceback.print_exc()
         return 1
 

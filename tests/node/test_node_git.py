@@ -178,3 +178,34 @@ def test_branch_heads_come_from_one_for_each_ref(env: Env) -> None:
     git(env.checkout, "push", "-q", "origin", "agent/heads")
     found = gitops.refs(str(env.checkout), ["refs/heads/agent/*", "refs/remotes/origin/agent/*"])
     assert found == {"refs/heads/agent/heads": sha, "refs/remotes/origin/agent/heads": sha}
+
+
+def test_the_common_dir_read_from_disk_is_the_one_git_names(env: Env) -> None:
+    linked = env.tmp / "linked"
+    git(env.checkout, "worktree", "add", "-q", "--detach", str(linked))
+    (env.checkout / "sub").mkdir()
+    for where in (env.checkout, linked, env.checkout / "sub", env.origin):
+        said = git(where, "rev-parse", "--path-format=absolute", "--git-common-dir")
+        assert gitops.common_dir(str(where)) == str(Path(said))
+    assert gitops.common_dir(str(linked)) == str(env.checkout / ".git")
+
+
+def test_clean_head_is_the_commit_only_while_nothing_differs(env: Env) -> None:
+    linked = env.tmp / "linked"
+    git(env.checkout, "worktree", "add", "-q", "--detach", str(linked))
+    head = git(linked, "rev-parse", "HEAD")
+    assert gitops.clean_head(str(linked)) == head
+    Path(linked, ".gitignore").write_text("ignored.txt\n")
+    git(linked, "add", ".gitignore")
+    assert gitops.clean_head(str(linked)) is None  # staged
+    git(linked, "reset", "-q", "--hard")
+    Path(linked, "untracked.txt").write_text("new\n")
+    assert gitops.clean_head(str(linked)) is None
+    Path(linked, "untracked.txt").unlink()
+    Path(linked, "README.md").write_text("changed\n")
+    assert gitops.clean_head(str(linked)) is None
+    git(linked, "checkout", "-q", "--", "README.md")
+    git(linked, "config", "status.showUntrackedFiles", "no")  # shown all the same
+    Path(linked, "untracked.txt").write_text("new\n")
+    assert gitops.clean_head(str(linked)) is None
+    assert gitops.clean_head(str(env.tmp / "no-such-worktree")) is None

@@ -123,6 +123,20 @@ def push_new_base(env: Env) -> str:
     return newer
 
 
+def test_a_directory_in_the_pool_git_does_not_know_is_removed_not_handed_out(env: Env) -> None:
+    pooled(env, size=1)
+    fill(env)
+    real = the_one_pooled(env)
+    leftover = real.parent / "00000000"  # listed first
+    leftover.mkdir()
+    Path(leftover, "README.md").write_text("not a worktree\n")
+    assert prepare(env, "known").created
+    path = env.workspace("known")
+    assert not leftover.exists() and not real.exists()  # the real one was taken after it
+    assert git(path, "symbolic-ref", "HEAD") == "refs/heads/agent/known"
+    assert Path(path, "README.md").read_text() == "hello\n"
+
+
 def test_taking_a_clean_pooled_worktree_writes_no_file_and_keeps_its_index(env: Env) -> None:
     pooled(env, size=1)
     fill(env)

@@ -290,9 +290,37 @@ def test_files_in_the_workspace_cannot_hijack_the_supervisor(env: Env) -> None:
     for name in ("reconciler", "pydantic"):
         (ws / name).mkdir()
         (ws / name / "__init__.py").write_text("raise SystemExit('hijacked')\n")
-    run = env.start("hijack", env.agent("print('fine')"))
-    assert env.wait_exit(run).exit_code == 0
+    # modules the supervisor imports only once the agent runs, and site's own hook
+    for name in ("subprocess", "shlex", "shutil", "traceback", "sitecustomize"):
+        (ws / f"{name}.py").write_text("raise SystemExit('hijacked')\n")
+    check = [sys.executable, "-c", "print('checked')"]
+    run = env.start("hijack", env.agent("print('fine')"), checks=[check])
+    info = env.wait_exit(run)
+    assert info.exit_code == 0
+    assert [c.exit_code for c in info.checks] == [0]
     assert (Path(run.run_dir) / "output.log").read_text() == "fine\n"
+
+
+def test_the_agent_starts_as_a_fresh_process_would(env: Env) -> None:
+    """Found on its own PATH, in its workspace, with the signals Python ignores at their default
+    and no descriptor of the supervisor's (the pipe it tells the node through) but the three."""
+    env.prepare("fresh")
+    bindir = env.tmp / "agent-bin"
+    bindir.mkdir()
+    agent = bindir / "fresh-agent"
+    # its stdio are files, so any pipe it holds is the supervisor's
+    agent.write_text("#!/bin/sh\npwd; grep SigIgn /proc/self/status; ls -l /proc/self/fd\n")
+    agent.chmod(0o755)
+    ref = AgentRef(kind="command", command=["fresh-agent"], env={"PATH": f"{bindir}:/usr/bin:/bin"})
+    run = env.start("fresh", ref)
+    assert env.wait_exit(run).exit_code == 0
+    cwd, ignored, *fds = (Path(run.run_dir) / "output.log").read_text().splitlines()
+    assert cwd == str(env.workspace("fresh"))
+    mask = int(ignored.split()[1], 16)
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        assert not mask & (1 << (signum - 1)), f"{signum!r} is ignored in the agent"
+    assert [line for line in fds if "pipe:" in line] == []
+    assert len([line for line in fds if " -> " in line]) == 4, fds  # 0, 1, 2 and ls's listing
 
 
 def test_start_run_twice_starts_one_process(env: Env) -> None:
