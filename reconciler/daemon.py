@@ -120,6 +120,42 @@ class Wakeup:
         return reasons
 
 
+class SignalRelay:
+    """Signals carried out on a thread of their own. A Python signal handler runs in the main
+    thread between any two of its bytecodes, also while that thread holds a lock (the wake-up's,
+    an event's): a handler that took the same lock would wait for itself for ever. The handler
+    here only writes the signal's number to a pipe; the relay thread does what it asks."""
+
+    def __init__(self, actions: Mapping[signal.Signals, Callable[[], None]]) -> None:
+        self._actions = {int(sig): act for sig, act in actions.items()}
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous: dict[int, Any] = {}
+        self._thread = threading.Thread(target=self._relay, name="signals", daemon=True)
+
+    def install(self) -> None:
+        self._thread.start()
+        for number in self._actions:
+            self._previous[number] = signal.signal(number, self._on_signal)
+
+    def close(self) -> None:
+        """The handlers as they were; the relay ends once it has carried out what came."""
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        os.close(self._write)
+        self._thread.join(timeout=5)
+        os.close(self._read)
+
+    def _on_signal(self, number: int, _frame: object) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe has that signal pending already
+            os.write(self._write, bytes([number]))
+
+    def _relay(self) -> None:
+        while data := os.read(self._read, 64):
+            for number in data:
+                self._actions[number]()
+
+
 class PoolFiller:
     """Tops up the warm worktree pools each pass's plan names, on a thread of its own beside the
     passes: a start that an exit or a push asks for meanwhile never waits for a refill (a fill
@@ -362,14 +398,25 @@ class Daemon:
         self.problem: str | None = None  # the control repo's, as the state says it
         self.filler = PoolFiller(lambda m: self.log("action", m))
 
-    def _on_term(self, _sig: int, _frame: object) -> None:
+    def _on_term(self) -> None:
         self.stopping.set()
         self.wake.fire("stop")
 
     def run(self, lock_timeout: float) -> int:
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, self._on_term)
-        signal.signal(signal.SIGHUP, lambda _s, _f: self.wake.fire("poke"))
+        signals = SignalRelay(
+            {
+                signal.SIGTERM: self._on_term,
+                signal.SIGINT: self._on_term,
+                signal.SIGHUP: lambda: self.wake.fire("poke"),
+            }
+        )
+        signals.install()
+        try:
+            return self._run(lock_timeout)
+        finally:
+            signals.close()
+
+    def _run(self, lock_timeout: float) -> int:
         healthy = True
         watches = Watches(self.wake)
         with self.engine.locked(lock_timeout) as store:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reconciler.daemon import REQUEUE_FLOOR, Daemon, Log
+from reconciler.daemon import REQUEUE_FLOOR, Daemon, Log, SignalRelay, Wakeup
 from reconciler.engine import Context, Engine, PassResult
 from reconciler.plan import Due, Plan, Requeue
 
@@ -101,3 +103,19 @@ def test_a_pass_says_the_slots_in_use_after_it_and_an_idle_one_is_a_debug_line()
         PassResult(idle, None, observed), desired, Counter({"poke": 1}), "poke"
     )
     assert text.getvalue() == ""
+
+
+def test_a_signal_that_lands_while_the_wake_up_is_locked_is_carried_out_after() -> None:
+    """A handler runs in the main thread between any two bytecodes, also inside a lock the main
+    thread holds: it must not take that lock itself (it would wait for ever)."""
+    wake = Wakeup()
+    relay = SignalRelay({signal.SIGHUP: lambda: wake.fire("poke")})
+    relay.install()
+    try:
+        with wake._lock:  # the main thread inside the wake-up, as `wait` is
+            os.kill(os.getpid(), signal.SIGHUP)  # the handler runs here, before the next line
+            assert not wake._event.is_set()  # relayed: it waits for the lock, not the handler
+        assert wake.wait(timeout=10) == {"poke": 1}
+    finally:
+        relay.close()
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
