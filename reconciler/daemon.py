@@ -25,6 +25,9 @@ the state's ``control_problem`` says so until it is resolved.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import json
 import os
 import signal
@@ -60,6 +63,29 @@ PIDFILE = "run.pid"
 QUIET = 0.02
 COALESCE = 0.15
 REQUEUE_FLOOR = 0.05  # seconds: the least wait for a due pass, so a plan due "now" never spins
+IDLE_TRIM = 1.0  # seconds of wait ahead from which the heap's free pages go back to the system
+
+
+@functools.cache
+def _trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None (another C library)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    return trim
+
+
+def give_back_memory() -> None:
+    """Hand the free pages of the C heap back to the system. A pass over many tasks leaves its
+    high-water mark in the heap (the runs, statuses and actions it dropped); a loop that runs
+    for days would otherwise keep the largest pass it ever made, however idle it is."""
+    trim = _trim()
+    if trim is not None:
+        trim(0)
+
+
 TIMERS = frozenset({"interval", "requeue"})  # wake-ups by the clock: quiet unless they act
 CONTROL_PROBLEM = "control_problem"
 
@@ -457,6 +483,8 @@ class Daemon:
                         if os.path.lexists(os.path.join(path, EXIT_JSON)):
                             self.wake.fire("run-exit")  # it ended before the watch existed
                     wait, timer = self._next_wait(result)
+                    if wait >= IDLE_TRIM:
+                        give_back_memory()
                     reasons = self.wake.wait(wait)
                     if not reasons:
                         reasons = Counter({timer: 1})
