@@ -62,6 +62,9 @@ PIDFILE = "run.pid"
 # the pass waits until no event came for QUIET seconds, and at most COALESCE after the first.
 QUIET = 0.02
 COALESCE = 0.15
+# A run's end is one event (its exit.json appears whole, by a rename): a pass for run exits alone
+# waits only this long for others (runs ending together still make one pass).
+QUIET_EXITS = 0.005
 REQUEUE_FLOOR = 0.05  # seconds: the least wait for a due pass, so a plan due "now" never spins
 IDLE_TRIM = 1.0  # seconds of wait ahead from which the heap's free pages go back to the system
 
@@ -130,20 +133,27 @@ class Wakeup:
 
     def wait(self, timeout: float) -> Counter[str]:
         """Block until fired or ``timeout``; then absorb the rest of a burst (until it has been
-        quiet for ``QUIET``, at most ``COALESCE``); the reasons."""
+        quiet for ``QUIET``, or ``QUIET_EXITS`` while only runs ended, at most ``COALESCE``);
+        the reasons."""
         if self._event.wait(timeout):
             deadline = time.monotonic() + COALESCE
             while True:
                 now = time.monotonic()
                 with self._lock:
                     quiet = now - self._last
-                if quiet >= QUIET or now >= deadline:
+                    needed = quiet_needed(self._reasons)
+                if quiet >= needed or now >= deadline:
                     break
-                time.sleep(min(QUIET - quiet, deadline - now))
+                time.sleep(min(needed - quiet, deadline - now))
         with self._lock:
             reasons, self._reasons = self._reasons, Counter()
             self._event.clear()
         return reasons
+
+
+def quiet_needed(reasons: Counter[str]) -> float:
+    """How long a burst of ``reasons`` must have been quiet before its pass begins."""
+    return QUIET_EXITS if reasons.keys() <= {"run-exit"} else QUIET
 
 
 class SignalRelay:

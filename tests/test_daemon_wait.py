@@ -11,12 +11,22 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reconciler.daemon import REQUEUE_FLOOR, Daemon, Log, SignalRelay, Wakeup
+from reconciler.daemon import (
+    QUIET,
+    QUIET_EXITS,
+    REQUEUE_FLOOR,
+    Daemon,
+    Log,
+    SignalRelay,
+    Wakeup,
+    quiet_needed,
+)
 from reconciler.engine import Context, Engine, PassResult
 from reconciler.plan import Due, Plan, Requeue
 
@@ -142,3 +152,10 @@ def test_an_idle_loop_gives_the_heap_s_free_pages_back() -> None:
     ).stdout
     before, after = (int(x) for x in out.split())
     assert before > 150 << 20 and after < before // 2
+
+
+def test_a_pass_for_run_exits_alone_waits_less_for_the_rest_of_a_burst() -> None:
+    assert quiet_needed(Counter({"run-exit": 3})) == QUIET_EXITS < QUIET
+    # a push writes many files, one event each: its burst is waited out in full
+    assert quiet_needed(Counter({"run-exit": 1, "control": 4})) == QUIET
+    assert quiet_needed(Counter({"poke": 1})) == QUIET
