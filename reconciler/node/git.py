@@ -419,19 +419,25 @@ def _sparse_checkout(path: str, sparse: list[str]) -> None:
     run(["reset", "--hard", "--quiet"], path)
 
 
-def add_detached(checkout: str, path: str, start: str, sparse: list[str]) -> None:
-    """A new worktree at ``path`` with a detached HEAD at ``start`` (for the pool)."""
-    args = ["worktree", "add", "--detach", path, start]
-    if sparse:
-        args.insert(2, "--no-checkout")
-    proc = run(args, checkout, check=False)
+def add_detached(checkout: str, path: str, start: str) -> None:
+    """A new worktree at ``path`` with a detached HEAD at ``start`` and no file checked out yet
+    (for the pool): what needs the repository's lock, and quick on any repository."""
+    proc = run(["worktree", "add", "--no-checkout", "--detach", path, start], checkout, check=False)
     if proc.returncode != 0:
         run(["worktree", "prune"], checkout, check=False)
         if os.path.lexists(path):
             _clear_leftover(checkout, path)
         raise GitError(f"could not add pooled worktree {path}: {_reason(proc.stderr)}")
+
+
+def check_out(path: str, sparse: list[str]) -> None:
+    """The files of a worktree made by ``add_detached`` (only the ``sparse`` directories, when
+    named). It touches that worktree's own index and files alone, so it needs no lock; the
+    repository's post-checkout hook runs as a checkout runs it."""
     if sparse:
         _sparse_checkout(path, sparse)
+    else:
+        run(["checkout", "--force", "--quiet"], path)
 
 
 def clean_head(path: str) -> str | None:

@@ -87,8 +87,16 @@ def fill(
         name = secrets.token_hex(4)
         making = os.path.join(directory, f".new-{name}")
         with gitops.repo_lock(checkout):
-            gitops.add_detached(checkout, making, start, sparse)
-        ok, message = prepared(making)
+            gitops.add_detached(checkout, making, start)
+        # The checkout, the longest step on a large repository, runs outside the lock: a take
+        # from this repository's pool meanwhile does not wait for it.
+        try:
+            gitops.check_out(making, sparse)
+            ok, message = prepared(making)
+        except NodeError:
+            with gitops.repo_lock(checkout):
+                gitops.drop_worktree(checkout, making)
+            raise
         if not ok:
             with gitops.repo_lock(checkout):
                 gitops.drop_worktree(checkout, making)
@@ -117,11 +125,12 @@ def _refreshed(checkout: str, directory: str, base: str, remote: str) -> list[st
             # behind the base: out of sight while it is brought there (a start may take meanwhile)
             hidden = os.path.join(directory, "." + os.path.basename(path))
             gitops.move_worktree(checkout, path, hidden)
-            try:
-                gitops.reset_detached(hidden, sha)
-            except NodeError:
+        try:  # this worktree alone: no lock, so takes from the pool do not wait for it
+            gitops.reset_detached(hidden, sha)
+        except NodeError:
+            with gitops.repo_lock(checkout):
                 gitops.drop_worktree(checkout, hidden)
-                continue
+            continue
         gitops.settle_index(hidden)
         with gitops.repo_lock(checkout):
             gitops.move_worktree(checkout, hidden, path)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.node import git as gitops
 from reconciler.node import pool
 from reconciler.protocol import (
     FillPoolRequest,
@@ -349,3 +350,27 @@ def test_a_fill_stopped_half_way_leaves_nothing_a_start_could_take(env: Env) -> 
     made = pool.fill(str(env.checkout), directory, base="main", remote="origin", size=1, sparse=[])
     assert len(made) == 1
     assert [p.name for p in Path(directory).iterdir()] == [Path(made[0]).name]  # cleared
+
+
+def test_a_fill_checks_its_files_out_without_holding_the_repository(env: Env) -> None:
+    """The checkout of a new pooled worktree (seconds on a large repository) runs outside the
+    repository's worktree lock, so a take meanwhile does not wait for it; the repository's
+    post-checkout hook still runs, in the new worktree."""
+    lock = Path(gitops.common_dir(str(env.checkout))) / gitops.LOCK_NAME
+    seen = env.root / "hook-saw"
+    hook = env.checkout / ".git" / "hooks" / "post-checkout"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f"if flock -n {lock} true; then echo free; else echo held; fi >> {seen}\n"
+        f'echo "$PWD" >> {seen}\n'
+    )
+    hook.chmod(0o755)
+    directory = pool.pool_dir(str(env.root), "webapp", "main")
+    (made,) = pool.fill(
+        str(env.checkout), directory, base="main", remote="origin", size=1, sparse=[]
+    )
+    state, where = seen.read_text().splitlines()
+    assert state == "free"
+    assert Path(where).parent == Path(directory)  # the new worktree, under its hidden name
+    assert git(Path(made), "status", "--porcelain") == ""
+    assert [p.name for p in Path(made).iterdir() if p.name != ".git"]  # its files are there
