@@ -26,6 +26,7 @@ import concurrent.futures
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, unwrap
@@ -58,7 +59,7 @@ from reconciler.protocol import (
     owns,
 )
 from reconciler.record import Run
-from reconciler.state import HistoryRow, Store, TaskRow
+from reconciler.state import HistoryRow, SpendRow, Store, TaskRow
 
 NAME = re.compile(NAME_PATTERN)
 PRUNED = 200  # expired run directories a pass removes at most: a backlog goes over a few passes
@@ -327,15 +328,8 @@ def observe(
     plan saved with that serial is refused once anything was recorded after what it saw (an
     ``apply`` committing while the lanes answer included). Times are ``clock``'s, the engine's.
     """
-    midnight = clock() // DAY * DAY
-    with store.snapshot():
-        records = store.tasks()
-        recorded = store.open_runs()
-        histories = store.histories()
-        spend = store.lane_spend(midnight)
-        retention = desired.config.run_retention
-        expired = [] if retention is None else store.expired_runs(clock() - retention, PRUNED)
-        serial = store.serial()
+    seen = _recorded(desired, store, clock())
+    records, recorded, histories, spend = seen.tasks, seen.runs, seen.histories, seen.spend
     runs_by_task: dict[str, list[Run]] = {}
     for run in recorded:
         runs_by_task.setdefault(run.task, []).append(run)
@@ -389,7 +383,7 @@ def observe(
     )
     return Observed(
         revision=desired.revision,
-        serial=serial,
+        serial=seen.serial,
         lanes=views,
         records=task_records,
         runs=merged,
@@ -397,8 +391,33 @@ def observe(
         unstarted=unstarted,
         history=history,
         settled_spend=tuple(HourSpend(r.lane, r.hour, r.cost_usd, r.tokens) for r in spend),
-        expired=tuple(Expired(r.lane, r.task, r.attempt, r.iteration) for r in expired),
+        expired=tuple(Expired(r.lane, r.task, r.attempt, r.iteration) for r in seen.expired),
     )
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """What a pass reads of the state, in one snapshot."""
+
+    tasks: dict[str, TaskRow]
+    runs: list[Run]  # the open ones
+    histories: list[HistoryRow]
+    spend: list[SpendRow]  # settled runs' spend by hour, today's
+    expired: list[Run]  # settled runs kept past the retention period, a few
+    serial: int
+
+
+def _recorded(desired: Desired, store: Store, now: float) -> _Recorded:
+    retention = desired.config.run_retention
+    with store.snapshot():
+        return _Recorded(
+            tasks=store.tasks(),
+            runs=store.open_runs(),
+            histories=store.histories(),
+            spend=store.lane_spend(now // DAY * DAY),
+            expired=[] if retention is None else store.expired_runs(now - retention, PRUNED),
+            serial=store.serial(),
+        )
 
 
 def _history(
