@@ -23,7 +23,7 @@ from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed
 from reconciler.lanes.policy import load_policy
 from reconciler.manifests.errors import ManifestErrors
 from reconciler.manifests.loader import LaneCheck, gc_paused
-from reconciler.manifests.models import Desired
+from reconciler.manifests.models import Desired, LaneSpec
 from reconciler.manifests.policy import Policy
 from reconciler.observe import observe
 from reconciler.plan import Action, Blocked, Observed, Plan, PoolFill, Why, plan
@@ -102,7 +102,8 @@ class Engine:
         self.clock = clock
         self._control: ControlRepo | None = None
         self._state_trusted = False
-        self._lanes: tuple[Desired, Policy, StateRef, bool, dict[str, LaneClient]] | None = None
+        # the lanes' clients, for the lane specs (a desired state's dict) and _LaneBasis made of
+        self._lanes: tuple[dict[str, LaneSpec], _LaneBasis, dict[str, LaneClient]] | None = None
         self._identity: StateRef | None = None
         self._writer = False  # holding the state lock: its batches claim lanes no state owns
         self.fallback: Fallback | None = None  # set by load_for_reading
@@ -181,24 +182,22 @@ class Engine:
         return self._identity
 
     def lanes(self, desired: Desired) -> dict[str, LaneClient]:
-        """A client per lane; the policy decides which of them may be contacted at all. Made
-        once per desired state, policy and identity: a pass observes and applies through the
-        same ones."""
+        """A client per lane; the policy decides which of them may be contacted at all. A lane's
+        client lasts while its spec, the policy and the identity stay as they are, across passes
+        and revisions: what it remembers (a pre-flight that passed) outlives one pass."""
         policy = self.policy()
-        state = self.identity()
+        basis = (policy, self.identity(), self._writer)
         cached = self._lanes
-        if (
-            cached is not None
-            and cached[0] is desired
-            and cached[1] is policy
-            and cached[2:4] == (state, self._writer)
-        ):
-            return cached[4]
-        lanes = {
-            name: LaneClient(name, spec, policy=policy, state=state, claim=self._writer)
-            for name, spec in desired.lanes.items()
-        }
-        self._lanes = (desired, policy, state, self._writer, lanes)
+        if cached is not None and cached[0] is desired.lanes and _same_basis(cached[1], basis):
+            return cached[2]
+        known = cached[2] if cached is not None and _same_basis(cached[1], basis) else {}
+        lanes = {}
+        for name, spec in desired.lanes.items():
+            client = known.get(name)
+            if client is None or client.spec != spec:
+                client = LaneClient(name, spec, policy=policy, state=basis[1], claim=basis[2])
+            lanes[name] = client
+        self._lanes = (desired.lanes, basis, lanes)
         return lanes
 
     def observe_and_plan(
@@ -311,6 +310,12 @@ class Engine:
 
 
 ALL_LANES = "all"
+
+_LaneBasis = tuple[Policy, StateRef, bool]  # what every lane client is made with
+
+
+def _same_basis(a: _LaneBasis, b: _LaneBasis) -> bool:
+    return a[0] is b[0] and a[1:] == b[1:]
 
 
 def _state_ref(state_dir: Path, state_id: str | None) -> StateRef:
