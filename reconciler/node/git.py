@@ -15,8 +15,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -96,10 +97,32 @@ def version() -> tuple[int, ...]:
 
 
 def is_repo(path: str) -> bool:
+    """Whether git takes ``path`` for a repository (or a directory inside one). Asked before
+    every start, removal and observation: a checkout laid out as git lays it out, all of it
+    this user's own (git's safe.directory check passes), is one without a git process."""
     if not os.path.isdir(path):
         return False
+    if _own_repository(path):
+        return True
     proc = run(["rev-parse", "--git-dir"], path, check=False)
     return proc.returncode == 0
+
+
+def _own_repository(top: str) -> bool:
+    """``top`` holds a ``.git`` git would read (gitrepository-layout) and ``top``, its git
+    directory and the repository's are all owned by this user; anything else is for git to
+    judge (a subdirectory, a bare repository, another owner that safe.directory may allow)."""
+    common = _common_dir_on_disk(top)
+    if common is None:
+        return False
+    dot_git = os.path.join(top, ".git")
+    me = os.geteuid()
+    try:
+        gitdir = dot_git if os.path.isdir(dot_git) else _gitfile_target(top, dot_git)
+        places = (top, dot_git, gitdir, common)
+        return all(p is not None and os.stat(p).st_uid == me for p in places)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def common_dir(checkout: str) -> str:
@@ -168,8 +191,27 @@ def base_commit(checkout: str, base: str, remote: str) -> str | None:
 
 
 def _base(checkout: str, base: str, remote: str) -> tuple[str, str] | None:
+    return _base_in(_start_refs(checkout, base, remote), base, remote)
+
+
+def _start_refs(checkout: str, base: str, remote: str, branch: str | None = None) -> dict[str, str]:
+    """The refs a branch starts from (the base, remote-tracking and local) and, with
+    ``branch``, the branch itself: full name → commit, in one git process; none of them where
+    git cannot read the repository."""
+    names = [f"refs/remotes/{remote}/{base}", f"refs/heads/{base}"]
+    if branch is not None:
+        names.append(f"refs/heads/{branch}")
+    proc = run(
+        ["for-each-ref", "--format=%(objectname) %(refname)", "--", *names], checkout, check=False
+    )
+    found = (line.partition(" ") for line in proc.stdout.splitlines())
+    return {name: sha for sha, _, name in found if name in names}
+
+
+def _base_in(found: Mapping[str, str], base: str, remote: str) -> tuple[str, str] | None:
+    """The base's (ref, commit) among ``found``: remote-tracking first, else the local one."""
     for ref in (f"refs/remotes/{remote}/{base}", f"refs/heads/{base}"):
-        sha = resolve(checkout, ref)
+        sha = found.get(ref)
         if sha is not None:
             return ref, sha
     return None
@@ -256,11 +298,12 @@ def prepare_workspace(
         os.makedirs(os.path.dirname(path), exist_ok=True)
         reason = ""
         for _ in range(2):
-            branch_existed = resolve(checkout, f"refs/heads/{branch}") is not None
+            found = _start_refs(checkout, base, remote, branch)
+            branch_existed = f"refs/heads/{branch}" in found
             if branch_existed:
                 args = ["worktree", "add", path, branch]
             else:
-                start = base_ref(checkout, base, remote)
+                start = (_base_in(found, base, remote) or (None,))[0]
                 if start is None:
                     raise GitError(
                         f"base branch {base!r} exists neither as refs/heads/{base} nor as "
@@ -293,10 +336,49 @@ def prepare_workspace(
         )
 
 
+class _SharedFetches:
+    """Fetches of one base ref, shared by the starts that ask at once. A start needs the base
+    as the remote has it now: any fetch that began after it asked gives it that, so a burst of
+    starts on one repository makes one or two fetches instead of one each. One fetch of a ref
+    runs at a time; a caller that arrives while one runs waits for the next (the running one may
+    have read the remote before the caller's moment)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._begun: dict[tuple[str, str, str], int] = {}  # fetches begun, per ref
+        self._ended: dict[tuple[str, str, str], int] = {}  # the newest of them that ended
+
+    def fetch(self, checkout: str, remote: str, base: str) -> None:
+        key = (os.path.realpath(checkout), remote, base)
+        with self._cond:
+            needed = self._begun.get(key, 0) + 1  # the first fetch to begin from now on
+            while self._ended.get(key, 0) < needed:
+                if self._begun.get(key, 0) > self._ended.get(key, 0):
+                    self._cond.wait()  # one runs: wait for it, then see whether it was late
+                    continue
+                mine = self._begun[key] = self._begun.get(key, 0) + 1
+                break
+            else:
+                return
+        try:
+            _fetch(checkout, remote, base)
+        finally:
+            with self._cond:
+                self._ended[key] = mine
+                self._cond.notify_all()
+
+
+_FETCHES = _SharedFetches()
+
+
 def fetch_base(checkout: str, remote: str, base: str) -> None:
     """Start new branches from the base as the remote has it now, not as this clone last saw
-    it. Best effort: an unreachable remote is reported by pre-flight, and a concurrent fetch of
-    the same ref losing the race leaves the other's result."""
+    it: a fetch that began after this call, this one's or another start's (``_SharedFetches``).
+    Best effort: an unreachable remote is reported by pre-flight."""
+    _FETCHES.fetch(checkout, remote, base)
+
+
+def _fetch(checkout: str, remote: str, base: str) -> None:
     run(
         [
             "fetch",
@@ -353,12 +435,11 @@ def commits_ahead(checkout: str, base: str, branch: str) -> int:
 
 def ahead_of_base(checkout: str, branch: str, base: str, remote: str) -> int | None:
     """Commits ``branch`` has over the task's base; None when either does not exist."""
-    if resolve(checkout, f"refs/heads/{branch}") is None:
+    found = _start_refs(checkout, base, remote, branch)
+    start = _base_in(found, base, remote)
+    if f"refs/heads/{branch}" not in found or start is None:
         return None
-    ref = base_ref(checkout, base, remote)
-    if ref is None:
-        return None
-    return commits_ahead(checkout, ref, f"refs/heads/{branch}")
+    return commits_ahead(checkout, start[0], f"refs/heads/{branch}")
 
 
 def status(workspace: str, limit: int = 50) -> list[str]:
@@ -458,16 +539,20 @@ def clean_head(path: str) -> str | None:
     return head
 
 
-def settle_index(path: str) -> None:
-    """Record in a new worktree's index the files' stat data, once the clock is past the second
+def settle_index(*paths: str) -> None:
+    """Record in new worktrees' indexes the files' stat data, once the clock is past the second
     they were written in. Until then git cannot trust their times ("racily clean" entries) and
-    every status reads their content again; after it, a status is a stat of each file."""
-    index = run(["rev-parse", "--git-path", "index"], path).stdout.strip()
-    written = os.stat(os.path.join(path, index)).st_mtime
-    wait = math.floor(written) + 1 - time.time()
-    if wait > 0:
+    every status reads their content again; after it, a status is a stat of each file. The
+    worktrees wait for that second together, not one after another."""
+    newest = 0.0
+    for path in paths:
+        index = run(["rev-parse", "--git-path", "index"], path).stdout.strip()
+        newest = max(newest, os.stat(os.path.join(path, index)).st_mtime)
+    wait = math.floor(newest) + 1 - time.time()
+    if paths and wait > 0:
         time.sleep(wait + 0.01)
-    run(["update-index", "-q", "--refresh"], path, check=False)
+    for path in paths:
+        run(["update-index", "-q", "--refresh"], path, check=False)
 
 
 def claim(path: str, branch: str) -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from reconciler.node import git as gitops
 from reconciler.protocol import (
@@ -15,6 +20,7 @@ from reconciler.protocol import (
 )
 from tests.node.node_support import Env
 from tests.support.git import commit, git
+from tests.support.waiting import wait_for
 
 
 def test_prepare_creates_then_reuses(env: Env) -> None:
@@ -188,6 +194,103 @@ def test_the_common_dir_read_from_disk_is_the_one_git_names(env: Env) -> None:
         said = git(where, "rev-parse", "--path-format=absolute", "--git-common-dir")
         assert gitops.common_dir(str(where)) == str(Path(said))
     assert gitops.common_dir(str(linked)) == str(env.checkout / ".git")
+
+
+def test_a_repository_of_ones_own_is_known_without_git(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    linked = env.tmp / "linked"
+    git(env.checkout, "worktree", "add", "-q", "--detach", str(linked))
+    (env.checkout / "sub").mkdir()
+    (env.tmp / "plain").mkdir()
+    asked: list[str] = []
+    real_run = gitops.run
+
+    def counting(args: list[str], cwd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        asked.append(cwd)
+        return real_run(args, cwd, **kw)
+
+    monkeypatch.setattr(gitops, "run", counting)
+    assert gitops.is_repo(str(env.checkout)) and gitops.is_repo(str(linked))
+    assert asked == []  # laid out as git lays it out, all this user's: no git process
+    assert gitops.is_repo(str(env.checkout / "sub"))  # inside a repository: git says so
+    assert gitops.is_repo(str(env.origin))  # a bare repository: git says so
+    assert not gitops.is_repo(str(env.tmp / "plain"))
+    assert not gitops.is_repo(str(env.tmp / "missing"))
+    assert asked == [str(env.checkout / "sub"), str(env.origin), str(env.tmp / "plain")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a repository's owner needs root")
+def test_a_repository_of_another_owner_is_for_git_to_judge(env: Env) -> None:
+    # git refuses a repository another user owns (safe.directory): so does is_repo
+    os.chown(env.checkout, 65534, 65534)
+    assert not gitops.is_repo(str(env.checkout))
+    os.chown(env.checkout, 0, 0)
+    os.chown(env.checkout / ".git", 65534, 65534)
+    assert not gitops.is_repo(str(env.checkout))
+    os.chown(env.checkout / ".git", 0, 0)
+    assert gitops.is_repo(str(env.checkout))
+
+
+def test_ahead_of_base_counts_from_the_remote_base_else_the_local_one(env: Env) -> None:
+    ws = env.prepare("ahead")
+    commit(ws, "a.txt", "a\n")
+    commit(ws, "b.txt", "b\n")
+    where = str(env.checkout)
+    assert gitops.ahead_of_base(where, "agent/ahead", "main", "origin") == 2
+    git(env.checkout, "update-ref", "-d", "refs/remotes/origin/main")
+    assert gitops.ahead_of_base(where, "agent/ahead", "main", "origin") == 2  # local main
+    assert gitops.ahead_of_base(where, "agent/none", "main", "origin") is None
+    assert gitops.ahead_of_base(where, "agent/ahead", "nope", "origin") is None
+    assert gitops.ahead_of_base(str(env.tmp), "agent/ahead", "main", "origin") is None
+
+
+def test_starts_asking_at_once_share_a_fetch_begun_after_they_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fetches = gitops._SharedFetches()
+    begun: list[threading.Event] = []
+    release: list[threading.Event] = []
+    ended: list[str] = []
+
+    def slow_fetch(_checkout: str, _remote: str, _base: str) -> None:
+        go = threading.Event()
+        release.append(go)
+        begun.append(threading.Event())
+        begun[-1].set()
+        go.wait(10)
+        ended.append(f"fetch {len(release)}")
+
+    monkeypatch.setattr(gitops, "_fetch", slow_fetch)
+
+    def start(name: str) -> threading.Thread:
+        def body() -> None:
+            fetches.fetch("/repo", "origin", "main")
+            ended.append(name)
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        return thread
+
+    first = start("a")
+    wait_for(lambda: begun, "the first fetch to begin")
+    later = [start("b"), start("c")]
+    # the running fetch may have read the remote before b and c asked: they wait for the next
+    wait_for(lambda: len(fetches._cond._waiters) == 2, "b and c waiting")  # type: ignore[attr-defined]
+    release[0].set()
+    first.join()
+    wait_for(lambda: len(begun) == 2, "a second fetch to begin")
+    assert ended == ["fetch 1", "a"]
+    release[1].set()
+    for thread in later:
+        thread.join()
+    assert len(release) == 2  # one fetch for b and c together
+    assert ended[:3] == ["fetch 1", "a", "fetch 2"] and sorted(ended[3:]) == ["b", "c"]
+    done = start("d")  # nothing runs: a new caller fetches anew
+    wait_for(lambda: len(begun) == 3, "a third fetch")
+    release[2].set()
+    done.join()
+    assert ended[-2:] == ["fetch 3", "d"]
 
 
 def test_clean_head_is_the_commit_only_while_nothing_differs(env: Env) -> None:
