@@ -17,9 +17,11 @@ that the next take's ``status`` is a stat per file, not a read.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from urllib.parse import quote, unquote
 
@@ -80,33 +82,62 @@ def fill(
     if start is None:
         raise NodeError(f"base branch {base!r} does not exist in {checkout}; fix the task's base")
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    for _ in range(size - len(ready)):
-        # Made under a hidden name (``entries`` lists none) and shown only once ready, so that a
-        # start taking from the pool meanwhile (fills run beside the passes) never gets one
-        # whose afterCreate hook is still running or whose index is not settled.
-        name = secrets.token_hex(4)
-        making = os.path.join(directory, f".new-{name}")
-        with gitops.repo_lock(checkout):
-            gitops.add_detached(checkout, making, start)
-        # The checkout, the longest step on a large repository, runs outside the lock: a take
-        # from this repository's pool meanwhile does not wait for it.
-        try:
-            gitops.check_out(making, sparse)
-            ok, message = prepared(making)
-        except NodeError:
-            with gitops.repo_lock(checkout):
-                gitops.drop_worktree(checkout, making)
-            raise
-        if not ok:
-            with gitops.repo_lock(checkout):
-                gitops.drop_worktree(checkout, making)
-            raise NodeError(f"{message}; the pooled worktree was removed")
-        gitops.settle_index(making)
-        path = os.path.join(directory, name)
+    # New ones wait for their index's second to pass (settle_index) together, not one after
+    # another, unless the next would take longer to make than they have left to wait (a large
+    # repository's checkout): then they join the pool at once.
+    waiting: list[str] = []
+    try:
+        for _ in range(size - len(ready)):
+            began = time.monotonic()
+            waiting.append(_make(checkout, directory, start, sparse, prepared))
+            if math.floor(time.time()) + 1 - time.time() < time.monotonic() - began:
+                created += _show(checkout, directory, waiting)
+                waiting = []
+    finally:  # those made before a failure still join the pool
+        created += _show(checkout, directory, waiting)
+    return created
+
+
+def _show(checkout: str, directory: str, hidden: list[str]) -> list[str]:
+    """New pooled worktrees, their indexes settled, moved to where takes find them."""
+    gitops.settle_index(*hidden)
+    shown = []
+    for making in hidden:
+        path = os.path.join(directory, os.path.basename(making).removeprefix(".new-"))
         with gitops.repo_lock(checkout):
             gitops.move_worktree(checkout, making, path)
-        created.append(path)
-    return created
+        shown.append(path)
+    return shown
+
+
+def _make(
+    checkout: str,
+    directory: str,
+    start: str,
+    sparse: list[str],
+    prepared: Callable[[str], tuple[bool, str]],
+) -> str:
+    """A new pooled worktree at ``start``, checked out and prepared, under a hidden name: made
+    hidden (``entries`` lists none) and shown only once its index is settled, so that a start
+    taking from the pool meanwhile (fills run beside the passes) never gets one whose
+    afterCreate hook is still running or whose index is not settled."""
+    making = os.path.join(directory, f".new-{secrets.token_hex(4)}")
+    with gitops.repo_lock(checkout):
+        gitops.add_detached(checkout, making, start)
+    # The checkout, the longest step on a large repository, runs outside the lock: a take
+    # from this repository's pool meanwhile does not wait for it.
+    try:
+        gitops.check_out(making, sparse)
+        ok, message = prepared(making)
+    except NodeError:
+        with gitops.repo_lock(checkout):
+            gitops.drop_worktree(checkout, making)
+        raise
+    if not ok:
+        with gitops.repo_lock(checkout):
+            gitops.drop_worktree(checkout, making)
+        raise NodeError(f"{message}; the pooled worktree was removed")
+    return making
 
 
 def _refreshed(checkout: str, directory: str, base: str, remote: str) -> list[str]:
@@ -114,6 +145,7 @@ def _refreshed(checkout: str, directory: str, base: str, remote: str) -> list[st
     when it was behind); leftovers are removed."""
     sha = gitops.base_commit(checkout, base, remote)
     ready: list[str] = []
+    moved: list[tuple[str, str]] = []  # (hidden while brought to the base, its place)
     _clear_unfinished(checkout, directory)
     for path in entries(directory):
         with gitops.repo_lock(checkout):
@@ -131,7 +163,9 @@ def _refreshed(checkout: str, directory: str, base: str, remote: str) -> list[st
             with gitops.repo_lock(checkout):
                 gitops.drop_worktree(checkout, hidden)
             continue
-        gitops.settle_index(hidden)
+        moved.append((hidden, path))
+    gitops.settle_index(*(hidden for hidden, _ in moved))
+    for hidden, path in moved:
         with gitops.repo_lock(checkout):
             gitops.move_worktree(checkout, hidden, path)
         ready.append(path)

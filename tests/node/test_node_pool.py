@@ -6,12 +6,14 @@ import concurrent.futures
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from reconciler.node import git as gitops
 from reconciler.node import pool
+from reconciler.node.errors import NodeError
 from reconciler.protocol import (
     FillPoolRequest,
     FillPoolResult,
@@ -374,3 +376,59 @@ def test_a_fill_checks_its_files_out_without_holding_the_repository(env: Env) ->
     assert Path(where).parent == Path(directory)  # the new worktree, under its hidden name
     assert git(Path(made), "status", "--porcelain") == ""
     assert [p.name for p in Path(made).iterdir() if p.name != ".git"]  # its files are there
+
+
+class _Clock:
+    """``pool``'s view of time: each worktree made takes ``per_make`` monotonic seconds."""
+
+    def __init__(self, per_make: float) -> None:
+        self.per_make = per_make
+        self.now = 0.0
+        self.time = time.time
+
+    def monotonic(self) -> float:
+        self.now += self.per_make / 2  # asked once before and once after each make
+        return self.now
+
+
+@pytest.mark.parametrize(("per_make", "batches"), [(0.0, [3]), (5.0, [1, 1, 1])])
+def test_new_pooled_worktrees_wait_for_their_index_second_together(
+    env: Env, monkeypatch: pytest.MonkeyPatch, per_make: float, batches: list[int]
+) -> None:
+    """Quick to make: they wait for the clock to pass their index's second once, together.
+    Slow to make (a large checkout): each joins the pool as soon as it is settled."""
+    settled: list[int] = []
+    real = gitops.settle_index
+
+    def counting(*paths: str) -> None:
+        if paths:
+            settled.append(len(paths))
+        real(*paths)
+
+    monkeypatch.setattr(gitops, "settle_index", counting)
+    monkeypatch.setattr(pool, "time", _Clock(per_make))
+    directory = pool.pool_dir(str(env.root), "webapp", "main")
+    made = pool.fill(str(env.checkout), directory, base="main", remote="origin", size=3, sparse=[])
+    assert settled == batches
+    assert sorted(made) == pool.entries(directory) and len(made) == 3
+    for path in made:
+        assert git(Path(path), "status", "--porcelain") == ""
+
+
+def test_worktrees_made_before_a_failed_one_still_join_the_pool(env: Env) -> None:
+    directory = pool.pool_dir(str(env.root), "webapp", "main")
+    calls: list[str] = []
+
+    def third_fails(path: str) -> tuple[bool, str]:
+        calls.append(path)
+        return (len(calls) < 3, "npm ci failed")
+
+    with pytest.raises(NodeError, match="npm ci failed"):
+        pool.fill(
+            str(env.checkout), directory, base="main", remote="origin", size=3, sparse=[],
+            prepared=third_fails,
+        )  # fmt: skip
+    assert len(pool.entries(directory)) == 2
+    assert sorted(p.name for p in Path(directory).iterdir()) == sorted(
+        Path(p).name for p in pool.entries(directory)
+    )  # the failed one was removed, not left hidden
