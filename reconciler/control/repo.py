@@ -63,6 +63,10 @@ def _looks_like_url(spec: str) -> bool:
     return "://" in spec or spec.startswith("file:") or bool(re.match(r"^[\w.-]+@[\w.-]+:", spec))
 
 
+COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a full SHA-1 or SHA-256 object id
+TREES_KEPT = 64
+
+
 class ControlRepo:
     """Files of the control repo at a commit (or on disk), listed with their git blob ids."""
 
@@ -74,6 +78,7 @@ class ControlRepo:
         self.fetch_error: str | None = None
         self._disk: dict[str, bytes] = {}
         self._env: dict[str, str] = {}  # git's location variables this repo keeps
+        self._trees: dict[str, str] = {}  # commit id → its root tree (never changes)
 
     # ------------------------------------------------------------------------------- opening
 
@@ -190,14 +195,23 @@ class ControlRepo:
         if self.kind == "directory":
             return WORKTREE_REVISION
         out = self._git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False).strip()
-        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", out):
+        if not COMMIT_ID.fullmatch(out):
             raise ControlError(f"control repository {self.source} has no commits yet")
         return out
 
     def tree(self, rev: str) -> str | None:
-        """The root tree id of commit ``rev``: equal trees hold equal manifests and prompts."""
+        """The root tree id of commit ``rev``: equal trees hold equal manifests and prompts.
+        A commit id's tree is asked of git once (every pass of ``run`` asks)."""
+        known = self._trees.get(rev)
+        if known is not None:
+            return known
         out = self._git("rev-parse", "--verify", "--quiet", f"{rev}^{{tree}}", check=False)
-        return out.strip() or None
+        tree = out.strip() or None
+        if tree is not None and COMMIT_ID.fullmatch(rev):
+            if len(self._trees) >= TREES_KEPT:
+                self._trees.clear()
+            self._trees[rev] = tree
+        return tree
 
     def files(self, worktree: bool = False, *, rev: str | None = None) -> list[SourceFile]:
         """The manifest files (``manifests/**/*.yaml|yml``) at ``rev`` (default HEAD) or on disk."""

@@ -384,3 +384,25 @@ def test_an_unreachable_remote_keeps_the_last_fetched_revision(
     moved.rename(remote)
     again.refresh()
     assert again.fetch_error is None
+
+
+def test_a_commits_tree_is_asked_of_git_once(
+    work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = ControlRepo.open(work, tmp_path / "state")
+    head = repo.revision()
+    asked: list[tuple[str, ...]] = []
+    real = ControlRepo._git
+
+    def spying(self: ControlRepo, *args: str, **kw: object) -> str:
+        asked.append(args)
+        return real(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ControlRepo, "_git", spying)
+    tree = git(work, "rev-parse", f"{head}^{{tree}}")
+    assert repo.tree(head) == tree and repo.tree(head) == tree
+    assert len(asked) == 1  # a commit's tree never changes
+    assert repo.tree("HEAD") == tree and repo.tree("HEAD") == tree
+    assert len(asked) == 3  # a name may move: asked each time
+    assert repo.tree("0" * 40) is None and repo.tree("0" * 40) is None
+    assert len(asked) == 5  # nothing found is not kept
