@@ -8,6 +8,7 @@ one when its pid and start time in ``/proc`` match, the identity check the node 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,3 +69,11 @@ def wait_for(probe: Callable[[], T | None], timeout: float, interval: float = 0.
             return value
         time.sleep(interval)
     return None
+
+
+def busy_seconds() -> float:
+    """CPU seconds this machine has spent busy (all cores, from /proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")

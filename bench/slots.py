@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import statistics
 import subprocess
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.drive import DriveResult, drive
 from bench.manifests import CONFIG_DOC, agent_doc, lane_doc, short_agent, spread, task_doc
 from bench.options import Options
-from bench.runs import alive, read_fingerprint
+from bench.runs import alive, busy_seconds, read_fingerprint
 from bench.sandbox import Sandbox
 from bench.table import Table, log, median
 from reconciler.engine import Context, Engine
@@ -40,6 +42,7 @@ class SlotSampler:
         self.rescan = rescan
         self.max_live: Counter[str] = Counter()
         self.samples = 0
+        self.cpu = 0.0  # this sampler's own CPU seconds (its thread's)
         self._runs: dict[Path, dict[Path, bool]] = {root: {} for root in lanes.values()}
         self._listed: set[Path] = set()
         self._stop = threading.Event()
@@ -91,17 +94,20 @@ class SlotSampler:
             for lane, root in self.lanes.items():
                 self.max_live[lane] = max(self.max_live[lane], self.live(root, full))
             self.samples += 1
+        self.cpu = time.thread_time()
 
 
-def agent_duration(box: Sandbox, agent: Path, reps: int = 3) -> float:
-    """The agent's own wall time, run alone in a scratch repository (median)."""
+def agent_alone(box: Sandbox, agent: Path, reps: int = 3) -> tuple[float, float]:
+    """The agent's own wall time and CPU seconds, run alone in a scratch repository (medians)."""
     scratch = box.repo(box.root / "agent-alone")
-    times = []
+    times, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([str(agent)], cwd=scratch, env=box.env, check=True, capture_output=True)
         times.append(time.perf_counter() - t0)
-    return median(times)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return median(times), median(cpu)
 
 
 def build(box: Sandbox, n: int, agent: Path) -> tuple[Engine, dict[str, Path], list[int]]:
@@ -130,12 +136,14 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
     slots_label = f"{n} short tasks over {sum(s for _, s in SLOT_LANES)} slots"
     log(slots_label)
     agent = short_agent(box.root / "slots" / "bin" / "bench-agent", options.agent_seconds)
-    duration = agent_duration(box, agent)
+    duration, agent_cpu = agent_alone(box, agent)
     engine, lane_roots, counts = build(box, n, agent)
     ideal = max(math.ceil(c / s) for (_, s), c in zip(SLOT_LANES, counts, strict=True)) * duration
     log(f"  agent alone {duration:.3f}s; ideal schedule {ideal:.1f}s; driving apply passes")
+    machine, own = busy_seconds(), resource.getrusage(resource.RUSAGE_SELF)
     with SlotSampler(lane_roots) as sampler:
         result = drive(engine, n, limit)
+    cpu = Cpu(busy_seconds() - machine, _cpu_seconds(own) - sampler.cpu, agent_cpu, result.wall)
     done = result.phases[Phase.DONE.value]
     ratio = result.wall / ideal
     table.add(
@@ -153,6 +161,35 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
     )
     occupancy_rows(table, sampler, counts)
     time_rows(table, result, sampler, ideal, duration)
+    cpu_rows(table, cpu, n, ideal)
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds spent while the tasks ran: the whole machine's (the reconciler, the run
+    supervisors, the agents, git), and the reconciler's own (this process, less the sampler)."""
+
+    machine: float
+    reconciler: float
+    agent: float  # one agent's, run alone
+    wall: float
+
+
+def _cpu_seconds(before: resource.struct_rusage) -> float:
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    return (now.ru_utime - before.ru_utime) + (now.ru_stime - before.ru_stime)
+
+
+def cpu_rows(table: Table, cpu: Cpu, n: int, ideal: float) -> None:
+    """What bounds the schedule on this machine: the CPU a short task's whole life costs, and
+    how many cores the ideal pace would need for it."""
+    cores = os.cpu_count() or 1
+    table.add(
+        "  CPU per task: machine / reconciler / agent alone",
+        f"{cpu.machine / n * 1000:.0f} ms / {cpu.reconciler / n * 1000:.0f} ms / "
+        f"{cpu.agent * 1000:.0f} ms (the rest: run supervisors, git; {cpu.machine / cpu.wall:.1f} "
+        f"of {cores} cores busy, the ideal schedule would need {cpu.machine / ideal:.1f})",
+    )
 
 
 def occupancy_rows(table: Table, sampler: SlotSampler, counts: list[int]) -> None:

@@ -25,6 +25,7 @@ import pytest
 
 from bench.manifests import CONFIG_DOC, agent_doc, seed_task_rows, task_doc
 from bench.options import Options
+from bench.runs import busy_seconds
 from bench.sandbox import Sandbox
 from bench.table import Table, log, median
 from reconciler.engine import Context, Engine
@@ -400,11 +401,3 @@ def fleet_figures(table: Table, world: World) -> None:
             "lane's node, sshd and ssh share this machine; on hosts of their own only the "
             "waiting would remain)",
         )
-
-
-def busy_seconds() -> float:
-    """CPU seconds this machine has spent busy (all cores, from /proc/stat)."""
-    with open("/proc/stat", encoding="ascii") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle and iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
