@@ -481,13 +481,19 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(0)  # the node reaps this child at once; the grandchild carries on
     os.setsid()
     try:
-        return finish(run_dir, ready_fd) if finishing else supervise(run_dir, ready_fd)
+        code = finish(run_dir, ready_fd) if finishing else supervise(run_dir, ready_fd)
     except Exception:
         # supervisor.log is for operators debugging the node itself; a traceback is right here.
         import traceback
 
         traceback.print_exc()
-        return 1
+        code = 1
+    # The run's end is on disk (exit.json, written durably): be gone at once. The reconciler
+    # counts the slot as used while this process lives, and nothing on disk says when it is
+    # gone, so the interpreter's teardown would only hold the slot a few milliseconds longer.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

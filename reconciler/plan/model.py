@@ -551,6 +551,7 @@ class Due(StrEnum):
     TIMEOUT = "timeout"  # a live run reaches its timeout
     BUDGET_WINDOW = "budget-window"  # 00:00 UTC: a lane past its daily budget may start again
     HELD = "held"  # an action held back after a lasting failure may be tried again
+    EXITING = "exiting"  # a run's end is recorded and its supervisor is about to be gone
 
 
 _DUE_WHAT: dict[Due, str] = {
@@ -559,6 +560,7 @@ _DUE_WHAT: dict[Due, str] = {
     Due.TIMEOUT: "run {subject} reaches its timeout",
     Due.BUDGET_WINDOW: "lane {subject} starts a new budget day (00:00 UTC)",
     Due.HELD: "the held-back action of {subject} may be tried again",
+    Due.EXITING: "the supervisor of run {subject} has recorded its end and is exiting",
 }
 
 

@@ -35,6 +35,8 @@ from reconciler.protocol import PullRequest
 
 # Finishes of one run begun without one ending it: past these it is a crash after all.
 FINISH_TRIES = 3
+# Seconds until a run whose end is recorded while its supervisor still lives is looked at again.
+EXITING_POLL = 0.1
 
 
 def _attempts(n: int) -> str:
@@ -213,18 +215,26 @@ class RunSteps(PrSteps):
         self, task: Task, run: RunView, agent: AgentSpec, open_pr: PullRequest | None
     ) -> None:
         spec = task.spec
+
+        def running(why: Why, reason: str) -> None:
+            self.status(
+                task.name, Phase.RUNNING, spec.lane, spec.repo, why, pr=open_pr, reason=reason
+            )
+
+        run_name = f"run {run.attempt}.{run.iteration}"
+        if run.exit is not None:
+            # Its end is recorded (exit.json) and its supervisor is exiting: its slot frees in a
+            # moment, with no file event to say so. Look again shortly, not at the interval.
+            self.wake(self.now + EXITING_POLL, Due.EXITING, run.key)
+            running(Why.RUNNING, f"{run_name} ended; its supervisor is exiting")
+            return
         if run.finishing_since is not None and run.mark is None:
             # The agent's deadlines are over; the finisher's commit, hook and checks each have
             # their own timeout.
-            self.status(
-                task.name,
-                Phase.RUNNING,
-                spec.lane,
-                spec.repo,
+            running(
                 Why.FINISHING_RUN,
-                pr=open_pr,
-                reason=f"finishing run {run.attempt}.{run.iteration} after its supervisor died: "
-                "committing the agent's changes, running the checks",
+                f"finishing {run_name} after its supervisor died: committing the agent's "
+                "changes, running the checks",
             )
             return
         late = overdue(run, agent, self.now)
@@ -235,7 +245,6 @@ class RunSteps(PrSteps):
             return
         if run.mark == "stopped":
             # A stop that did not take yet: ask again rather than count it as running work.
-            why = f"run {run.attempt}.{run.iteration} still alive after a stop"
             self.act(
                 ActionKind.STOP,
                 task.name,
@@ -243,21 +252,13 @@ class RunSteps(PrSteps):
                 "run still alive after a stop",
                 RunKey(run.attempt, run.iteration),
             )
-            self.status(
-                task.name, Phase.RUNNING, spec.lane, spec.repo, Why.STOPPING, pr=open_pr, reason=why
-            )
+            running(Why.STOPPING, f"{run_name} still alive after a stop")
             return
         self.wake(last_progress(run) + agent.stall_timeout, Due.STALL, run.key)
         self.wake(run.started_at + agent.timeout, Due.TIMEOUT, run.key)
-        self.status(
-            task.name,
-            Phase.RUNNING,
-            spec.lane,
-            spec.repo,
+        running(
             Why.RUNNING,
-            pr=open_pr,
-            reason=f"run {run.attempt}.{run.iteration} started "
-            f"{format_duration(self.now - run.started_at)} ago"
+            f"{run_name} started {format_duration(self.now - run.started_at)} ago"
             + _so_far(run)
             + (f"; last: {run.last_event}" if run.last_event else ""),
         )

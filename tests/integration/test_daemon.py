@@ -11,6 +11,7 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -328,3 +329,39 @@ def test_pr_merge_pokes_run_so_the_task_is_done_at_once(
     assert daemon.stop() == 0
     after = world.cli("pr", "merge", "m")  # nothing open any more, and no `run` to poke
     assert after.returncode == 1 and "no open PR" in after.stderr
+
+
+def test_a_slot_frees_when_a_supervisor_outlives_its_exit_json_not_at_the_interval(
+    world: World, daemons: list[Daemon]
+) -> None:
+    """A supervisor writes exit.json, then exits. A pass that looks in between sees the run's
+    end and a live supervisor (its slot still used), and no file event comes when it is gone:
+    the plan looks again shortly (the `exiting` requeue), not at the 120 s interval."""
+    slow_world(world)
+    world.lanes["web"]["maxConcurrency"] = 1
+    world.commit()
+    daemon = start(world, daemons)
+    [agent] = daemon.wait_for(lambda: world.live_agents().get("slow"), "the agent", timeout=10)
+    world.task("next", "web", "succeed", priority=10)  # waits for the slot
+    world.commit("add next")
+    daemon.wait_for(lambda: "next" in world.status(), "next planned", timeout=30)
+    run_dir = world.home / "worktrees/web/.runs/slow/1.1"
+    supervisor = json.loads((run_dir / "pid.json").read_text())["pid"]
+    # Held between its exit.json and its exit: stopped, the agent gone, the end recorded.
+    os.kill(supervisor, signal.SIGSTOP)
+    os.kill(agent, signal.SIGKILL)
+    end: dict[str, Any] = {"exit_code": 0, "signal": None, "ended_at": time.time(), "checks": []}
+    (run_dir / "exit.json.new").write_text(json.dumps(end))
+    os.replace(run_dir / "exit.json.new", run_dir / "exit.json")
+
+    def exiting() -> list[dict[str, Any]]:
+        return [r for r in daemon.records if r.get("due") == "exiting"]
+
+    daemon.wait_for(exiting, "the exiting requeue", timeout=10)
+    assert exiting()[0]["subject"] == "slow/1.1"
+    os.kill(supervisor, signal.SIGKILL)
+    daemon.wait_for(
+        (world.home / "worktrees/web/.runs/next/1.1").is_dir, "next in the freed slot", timeout=20
+    )
+    assert not any("interval" in p["reasons"] for p in daemon.passes())
+    assert daemon.stop() == 0

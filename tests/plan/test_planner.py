@@ -36,6 +36,7 @@ from reconciler.plan import (
     backoff_delay,
     plan,
 )
+from reconciler.plan.run_steps import EXITING_POLL
 from reconciler.protocol import AgentResult, CheckResult, ExitInfo, PreflightCheck, PullRequest
 
 NOW = 1_000_000.0
@@ -958,6 +959,12 @@ REQUEUE_TABLE: list[tuple[str, Desired, Observed, tuple[float, str, str] | None]
         D,
         runs_of(D, "t", alive=True, started_at=NOW - 30, last_output_at=None),
         (270, "stall", "t/1.1"),
+    ),
+    (
+        "a run whose end is recorded while its supervisor exits: looked at again shortly",
+        D,
+        runs_of(D, "t", alive=True, exit=exited(0), result=ok_result(), last_output_at=NOW - 1),
+        (EXITING_POLL, "exiting", "t/1.1"),
     ),
     (
         "a live run close to its timeout is due at the timeout",
