@@ -349,17 +349,19 @@ def test_a_slot_frees_when_a_supervisor_outlives_its_exit_json_not_at_the_interv
     supervisor = json.loads((run_dir / "pid.json").read_text())["pid"]
     # Held between its exit.json and its exit: stopped, the agent gone, the end recorded.
     os.kill(supervisor, signal.SIGSTOP)
-    os.kill(agent, signal.SIGKILL)
-    end: dict[str, Any] = {"exit_code": 0, "signal": None, "ended_at": time.time(), "checks": []}
-    (run_dir / "exit.json.new").write_text(json.dumps(end))
-    os.replace(run_dir / "exit.json.new", run_dir / "exit.json")
+    try:
+        os.kill(agent, signal.SIGKILL)
+        end: dict[str, Any] = {"exit_code": 0, "ended_at": time.time(), "checks": []}
+        (run_dir / "exit.json.new").write_text(json.dumps(end))
+        os.replace(run_dir / "exit.json.new", run_dir / "exit.json")
 
-    def exiting() -> list[dict[str, Any]]:
-        return [r for r in daemon.records if r.get("due") == "exiting"]
+        def exiting() -> list[dict[str, Any]]:
+            return [r for r in daemon.records if r.get("due") == "exiting"]
 
-    daemon.wait_for(exiting, "the exiting requeue", timeout=10)
-    assert exiting()[0]["subject"] == "slow/1.1"
-    os.kill(supervisor, signal.SIGKILL)
+        daemon.wait_for(exiting, "the exiting requeue", timeout=10)
+        assert exiting()[0]["subject"] == "slow/1.1"
+    finally:
+        os.kill(supervisor, signal.SIGKILL)
     daemon.wait_for(
         (world.home / "worktrees/web/.runs/next/1.1").is_dir, "next in the freed slot", timeout=20
     )
