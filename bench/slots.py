@@ -188,7 +188,9 @@ def cpu_rows(table: Table, cpu: Cpu, n: int, ideal: float) -> None:
         "  CPU per task: machine / reconciler / agent alone",
         f"{cpu.machine / n * 1000:.0f} ms / {cpu.reconciler / n * 1000:.0f} ms / "
         f"{cpu.agent * 1000:.0f} ms (the rest: run supervisors, git; {cpu.machine / cpu.wall:.1f} "
-        f"of {cores} cores busy, the ideal schedule would need {cpu.machine / ideal:.1f})",
+        f"of {cores} cores busy, the ideal schedule would need {cpu.machine / ideal:.1f}: with "
+        f"every core busy and no wait, {max(1.0, cpu.machine / cores / ideal):.2f}x the ideal "
+        "at best here)",
     )
 
 

@@ -396,6 +396,10 @@ def _fetch(checkout: str, remote: str, base: str) -> None:
 def remove_workspace(checkout: str, path: str) -> bool:
     """Remove the worktree at ``path`` (even if dirty); the branch stays. Idempotent."""
     with repo_lock(checkout):
+        if os.path.isfile(os.path.join(path, ".git")):  # a linked worktree, as made: one process
+            gone = run(["worktree", "remove", "--force", path], checkout, check=False)
+            if gone.returncode == 0:
+                return True
         removed = False
         if registered(checkout, path) is not None:
             proc = run(["worktree", "remove", "--force", path], checkout, check=False)
@@ -434,7 +438,14 @@ def commits_ahead(checkout: str, base: str, branch: str) -> int:
 
 
 def ahead_of_base(checkout: str, branch: str, base: str, remote: str) -> int | None:
-    """Commits ``branch`` has over the task's base; None when either does not exist."""
+    """Commits ``branch`` has over the task's base; None when either does not exist. One git
+    process when both the branch and the remote-tracking base exist (every judged run asks)."""
+    tracking = f"refs/remotes/{remote}/{base}"
+    counted = run(
+        ["rev-list", "--count", f"{tracking}..refs/heads/{branch}", "--"], checkout, check=False
+    )
+    if counted.returncode == 0:
+        return int(counted.stdout.strip())
     found = _start_refs(checkout, base, remote, branch)
     start = _base_in(found, base, remote)
     if f"refs/heads/{branch}" not in found or start is None:

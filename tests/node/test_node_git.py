@@ -129,6 +129,32 @@ def test_remove_workspace_keeps_the_branch_and_is_idempotent(env: Env) -> None:
     assert not RemovedResult.model_validate(env.call(req)).removed
 
 
+def test_removing_a_worktree_as_made_is_one_git_process(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = env.prepare("quick")
+    other = env.tmp / "other"
+    git(env.tmp, "init", "-q", "-b", "main", str(other))
+    git(other, "commit", "-q", "--allow-empty", "-m", "x")
+    foreign = env.workspace("foreign")  # another repository's worktree in a task's place
+    git(other, "worktree", "add", "-q", "--detach", str(foreign))
+    asked: list[list[str]] = []
+    real_run = gitops.run
+
+    def counting(args: list[str], cwd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        asked.append(args)
+        return real_run(args, cwd, **kw)
+
+    monkeypatch.setattr(gitops, "run", counting)
+    assert gitops.remove_workspace(str(env.checkout), str(ws))
+    assert [a[:2] for a in asked] == [["worktree", "remove"]] and not ws.exists()
+    # git refuses what is not this repository's: the directory is removed as a leftover, and
+    # the other repository's own worktree record is left to it
+    assert gitops.remove_workspace(str(env.checkout), str(foreign))
+    assert not foreign.exists()
+    assert git(other, "worktree", "list", "--porcelain").count("worktree ") == 2
+
+
 def test_list_worktrees_parses_porcelain(env: Env) -> None:
     ws = env.prepare("listed")
     git(env.checkout, "worktree", "add", "-q", "--detach", str(env.tmp / "detached"))
