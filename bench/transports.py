@@ -369,6 +369,7 @@ def fleet_figures(table: Table, world: World) -> None:
         loaded = {name: e.load() for name, e in engines.items()}
         passes: dict[str, list[float]] = {name: [] for name in engines}
         busy: list[float] = []  # the machine's busy cores during each fleet pass
+        used: list[float] = []  # the machine's CPU seconds during each fleet pass
         first: dict[str, float] = {}
         for rep in range(PASS_REPS + 1):  # the first round starts the sessions
             for name, e in engines.items():
@@ -377,7 +378,8 @@ def fleet_figures(table: Table, world: World) -> None:
                     result, observed = e.observe_and_plan(loaded[name], store)
                 elapsed = time.perf_counter() - t
                 if name == "all" and rep:
-                    busy.append((busy_seconds() - cpu) / elapsed)
+                    used.append(busy_seconds() - cpu)
+                    busy.append(used[-1] / elapsed)
                 checked(observed, lanes[name])
                 if len(result.tasks) != lanes[name] * FLEET_TASKS:
                     raise SystemExit(f"the {name} fleet pass planned {len(result.tasks)} tasks")
@@ -399,5 +401,6 @@ def fleet_figures(table: Table, world: World) -> None:
             FLEET_CPU_ROW,
             f"{median(busy):.1f} of {cores} cores busy during the {FLEET}-lane pass (every "
             "lane's node, sshd and ssh share this machine; on hosts of their own only the "
-            "waiting would remain)",
+            f"waiting would remain): its CPU over all {cores} cores, none idle, is "
+            f"{median(used) / cores / single:.1f}x the one-lane pass at best here",
         )
