@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -41,6 +42,20 @@ def _permissive_policy() -> str:
 
 if "RECONCILER_POLICY" not in os.environ:
     os.environ["RECONCILER_POLICY"] = _permissive_policy()
+
+
+def _signals_as_in_a_terminal() -> None:
+    """SIGINT and SIGHUP as a terminal gives them, however the suite was started: `nohup`
+    ignores SIGHUP, and a job put in the background by a shell without job control ignores
+    SIGINT, and an ignored signal stays ignored in every child. Tests send both to the
+    commands they start (Ctrl-C to `status --watch`, a poke to `run`) and expect them heard."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+_signals_as_in_a_terminal()
 
 
 @pytest.fixture(autouse=True)

@@ -121,6 +121,7 @@ def test_a_signal_that_lands_while_the_wake_up_is_locked_is_carried_out_after() 
     """A handler runs in the main thread between any two bytecodes, also inside a lock the main
     thread holds: it must not take that lock itself (it would wait for ever)."""
     wake = Wakeup()
+    before = signal.getsignal(signal.SIGHUP)
     relay = SignalRelay({signal.SIGHUP: lambda: wake.fire("poke")})
     relay.install()
     try:
@@ -130,7 +131,7 @@ def test_a_signal_that_lands_while_the_wake_up_is_locked_is_carried_out_after() 
         assert wake.wait(timeout=10) == {"poke": 1}
     finally:
         relay.close()
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is before  # the handler as it was
 
 
 def test_an_idle_loop_gives_the_heap_s_free_pages_back() -> None:

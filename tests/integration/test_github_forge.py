@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import responses
 
+from reconciler import lanes
 from reconciler.daemon import Daemon, Log
 from reconciler.engine import Context, Engine
 from reconciler.node import forge_github, github_http
@@ -529,14 +530,17 @@ def test_a_pr_a_webhook_names_is_read_anew_on_the_next_pass_and_no_other(
 
 
 def test_the_rate_limit_comes_back_with_the_observation_at_no_cost(
-    world: World, github: FakeGitHub, clock: VirtualTime
+    world: World, github: FakeGitHub, clock: VirtualTime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The figure /metrics shows is what the lane's forge heard anyway (pre-flight's free
     /rate_limit, the headers of any answer): the observation carries it back, no request more."""
     github_world(world)
     engine = Engine(Context(control=str(world.control), state_dir=world.state))
     converge(engine)
-    clock.sleep(github_http.RATE_LIMIT_FRESH)  # pre-flight asks again on the next pass
+    # pre-flight asks again on the next pass (a passed one stands for PREFLIGHT_FRESH seconds of
+    # the engine's clock), and its /rate_limit is not fresh any more
+    monkeypatch.setattr(lanes, "PREFLIGHT_FRESH", 0.0)
+    clock.sleep(github_http.RATE_LIMIT_FRESH)
     github.requests.clear()
     desired = engine.load()
     with engine.locked(None) as store:
