@@ -645,8 +645,9 @@ def _failed_tasks(result: PassResult | None) -> frozenset[str]:
 
 
 def _live_runs(result: PassResult) -> set[tuple[str, str, int, int]]:
-    """(lane, task, attempt, iteration) of every run alive after the pass: observed running and
-    not stopped by it, or started (or taken over by a finisher) by it."""
+    """(lane, task, attempt, iteration) of every run alive after the pass: observed alive (also
+    one whose supervisor is exiting: it holds its slot until it is gone) and not stopped by it,
+    or started (or taken over by a finisher) by it."""
     assert result.observed is not None
     stopped = {
         (a.task, a.attempt, a.iteration)
@@ -657,7 +658,7 @@ def _live_runs(result: PassResult) -> set[tuple[str, str, int, int]]:
         (run.lane, run.task, run.attempt, run.iteration)
         for runs in result.observed.runs.values()
         for run in runs
-        if run.alive and run.exit is None and (run.task, run.attempt, run.iteration) not in stopped
+        if run.alive and (run.task, run.attempt, run.iteration) not in stopped
     }
     if result.report is not None:
         live |= {

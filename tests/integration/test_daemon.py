@@ -360,6 +360,7 @@ def test_a_slot_frees_when_a_supervisor_outlives_its_exit_json_not_at_the_interv
 
         daemon.wait_for(exiting, "the exiting requeue", timeout=10)
         assert exiting()[0]["subject"] == "slow/1.1"
+        assert daemon.passes()[-1]["slots"] == {"web": "1/1"}  # held until it is gone
     finally:
         os.kill(supervisor, signal.SIGKILL)
     daemon.wait_for(
