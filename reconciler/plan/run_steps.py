@@ -31,16 +31,24 @@ from reconciler.plan.pr_steps import PrSteps
 from reconciler.plan.reasons import Why
 from reconciler.plan.slots import Candidate
 from reconciler.plan.timing import backoff_delay, last_progress, next_midnight, overdue
-from reconciler.protocol import PullRequest
+from reconciler.protocol import ExitInfo, PullRequest
 
 # Finishes of one run begun without one ending it: past these it is a crash after all.
 FINISH_TRIES = 3
-# Seconds until a run whose end is recorded while its supervisor still lives is looked at again.
+# Seconds until a run whose end is recorded while its supervisor still lives is looked at again
+# (at least: half the time it has lingered since, when that is longer).
 EXITING_POLL = 0.1
 
 
 def _attempts(n: int) -> str:
     return "the only attempt" if n == 1 else f"all {n} attempts"
+
+
+def _recorded_at(end: ExitInfo) -> float:
+    """When ``exit.json`` was written: the agent's end, then the commit, the afterRun hook and
+    the checks the supervisor ran after it."""
+    steps = [*end.checks, *(s for s in (end.commit, end.after_run) if s is not None)]
+    return end.ended_at + sum(step.duration for step in steps)
 
 
 def _signal_name(num: int) -> str:
@@ -224,8 +232,10 @@ class RunSteps(PrSteps):
         run_name = f"run {run.attempt}.{run.iteration}"
         if run.exit is not None:
             # Its end is recorded (exit.json) and its supervisor is exiting: its slot frees in a
-            # moment, with no file event to say so. Look again shortly, not at the interval.
-            self.wake(self.now + EXITING_POLL, Due.EXITING, run.key)
+            # moment, with no file event to say so. Look again shortly, not at the interval; one
+            # that lingers (stopped, stuck) is looked at less and less often.
+            lingered = max(0.0, self.now - _recorded_at(run.exit))
+            self.wake(self.now + max(EXITING_POLL, lingered / 2), Due.EXITING, run.key)
             running(Why.RUNNING, f"{run_name} ended; its supervisor is exiting")
             return
         if run.finishing_since is not None and run.mark is None:

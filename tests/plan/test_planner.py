@@ -963,8 +963,20 @@ REQUEUE_TABLE: list[tuple[str, Desired, Observed, tuple[float, str, str] | None]
     (
         "a run whose end is recorded while its supervisor exits: looked at again shortly",
         D,
-        runs_of(D, "t", alive=True, exit=exited(0), result=ok_result(), last_output_at=NOW - 1),
+        runs_of(D, "t", alive=True, exit=exited(0, at=NOW), result=ok_result()),
         (EXITING_POLL, "exiting", "t/1.1"),
+    ),
+    (
+        "one that lingers is looked at less and less often (after its checks, from their end)",
+        D,
+        runs_of(
+            D,
+            "t",
+            alive=True,
+            exit=exited(0, [CheckResult(argv=["make"], exit_code=0, duration=40)], at=NOW - 60),
+            result=ok_result(),
+        ),
+        (10, "exiting", "t/1.1"),
     ),
     (
         "a live run close to its timeout is due at the timeout",
