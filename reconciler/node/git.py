@@ -112,16 +112,14 @@ def _own_repository(top: str) -> bool:
     """``top`` holds a ``.git`` git would read (gitrepository-layout) and ``top``, its git
     directory and the repository's are all owned by this user; anything else is for git to
     judge (a subdirectory, a bare repository, another owner that safe.directory may allow)."""
-    common = _common_dir_on_disk(top)
-    if common is None:
+    found = _git_dirs_on_disk(top)
+    if found is None:
         return False
-    dot_git = os.path.join(top, ".git")
     me = os.geteuid()
     try:
-        gitdir = dot_git if os.path.isdir(dot_git) else _gitfile_target(top, dot_git)
-        places = (top, dot_git, gitdir, common)
-        return all(p is not None and os.stat(p).st_uid == me for p in places)
-    except (OSError, UnicodeDecodeError):
+        places = (top, os.path.join(top, ".git"), *found)
+        return all(os.stat(p).st_uid == me for p in places)
+    except OSError:
         return False
 
 
@@ -135,10 +133,17 @@ def common_dir(checkout: str) -> str:
 
 
 def _common_dir_on_disk(top: str) -> str | None:
-    """``rev-parse --git-common-dir`` read from the files git itself reads (gitrepository-layout:
-    a ``.git`` directory, or a ``.git`` file naming a worktree's directory whose ``commondir``
-    names the repository's), without a git process: every worktree lock and start asks. None
-    when ``top`` is laid out any other way (a bare repository, a subdirectory): git answers."""
+    """``rev-parse --git-common-dir`` read from the files git itself reads, without a git
+    process: every worktree lock and start asks. None when ``top`` is laid out any other way
+    (a bare repository, a subdirectory): git answers."""
+    found = _git_dirs_on_disk(top)
+    return found[1] if found is not None else None
+
+
+def _git_dirs_on_disk(top: str) -> tuple[str, str] | None:
+    """``top``'s git directory and the repository's (gitrepository-layout: a ``.git``
+    directory, or a ``.git`` file naming a worktree's directory whose ``commondir`` names the
+    repository's); None when ``top`` is laid out any other way."""
     dot_git = os.path.join(top, ".git")
     try:
         gitdir = dot_git if os.path.isdir(dot_git) else _gitfile_target(top, dot_git)
@@ -151,7 +156,8 @@ def _common_dir_on_disk(top: str) -> str | None:
             common = gitdir  # no commondir: the directory is the repository's own
     except (OSError, UnicodeDecodeError):
         return None
-    return os.path.normpath(common) if os.path.isfile(os.path.join(common, "HEAD")) else None
+    common = os.path.normpath(common)
+    return (gitdir, common) if os.path.isfile(os.path.join(common, "HEAD")) else None
 
 
 def _gitfile_target(top: str, dot_git: str) -> str | None:
@@ -201,11 +207,8 @@ def _start_refs(checkout: str, base: str, remote: str, branch: str | None = None
     names = [f"refs/remotes/{remote}/{base}", f"refs/heads/{base}"]
     if branch is not None:
         names.append(f"refs/heads/{branch}")
-    proc = run(
-        ["for-each-ref", "--format=%(objectname) %(refname)", "--", *names], checkout, check=False
-    )
-    found = (line.partition(" ") for line in proc.stdout.splitlines())
-    return {name: sha for sha, _, name in found if name in names}
+    found = refs(checkout, names, check=False)
+    return {name: sha for name, sha in found.items() if name in names}  # not refs below them
 
 
 def _base_in(found: Mapping[str, str], base: str, remote: str) -> tuple[str, str] | None:
@@ -396,13 +399,15 @@ def _fetch(checkout: str, remote: str, base: str) -> None:
 def remove_workspace(checkout: str, path: str) -> bool:
     """Remove the worktree at ``path`` (even if dirty); the branch stays. Idempotent."""
     with repo_lock(checkout):
+        proc: subprocess.CompletedProcess[str] | None = None
         if os.path.isfile(os.path.join(path, ".git")):  # a linked worktree, as made: one process
-            gone = run(["worktree", "remove", "--force", path], checkout, check=False)
-            if gone.returncode == 0:
+            proc = run(["worktree", "remove", "--force", path], checkout, check=False)
+            if proc.returncode == 0:
                 return True
         removed = False
         if registered(checkout, path) is not None:
-            proc = run(["worktree", "remove", "--force", path], checkout, check=False)
+            if proc is None:  # git was not asked yet (it refuses the same way twice)
+                proc = run(["worktree", "remove", "--force", path], checkout, check=False)
             if proc.returncode != 0 and os.path.isdir(path):
                 raise GitError(
                     f"could not remove worktree {path} of {checkout}: {_reason(proc.stderr)}; "
@@ -416,12 +421,15 @@ def remove_workspace(checkout: str, path: str) -> bool:
         return removed
 
 
-def refs(checkout: str, patterns: list[str]) -> dict[str, str]:
-    """Full ref name → commit for refs matching the ``for-each-ref`` patterns, in one call."""
+def refs(checkout: str, patterns: list[str], *, check: bool = True) -> dict[str, str]:
+    """Full ref name → commit for refs matching the ``for-each-ref`` patterns, in one call;
+    without ``check``, none where git cannot read the repository."""
     if not patterns:
         return {}
     out = run(
-        ["for-each-ref", "--format=%(objectname) %(refname)", "--", *patterns], checkout
+        ["for-each-ref", "--format=%(objectname) %(refname)", "--", *patterns],
+        checkout,
+        check=check,
     ).stdout
     result: dict[str, str] = {}
     for line in out.splitlines():
@@ -570,7 +578,8 @@ def claim(path: str, branch: str) -> None:
     """Put a clean pooled worktree on a new ``branch`` at its HEAD, in one git process. No file
     is touched and the index stays as it is (a switch that creates a branch where HEAD already
     is checks nothing out): only the branch ref is created (never overwriting one that exists)
-    and HEAD pointed at it. No hook runs, as none did for the refs written by hand before."""
+    and HEAD pointed at it. No hook runs: the repository's post-checkout ran when the pool made
+    the worktree, and no file changes here."""
     args = ["switch", "--quiet", "--no-track", "--no-recurse-submodules", "--create", branch]
     run(["-c", "core.hooksPath=/dev/null", *args], path)
 

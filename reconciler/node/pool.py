@@ -90,7 +90,8 @@ def fill(
         for _ in range(size - len(ready)):
             began = time.monotonic()
             waiting.append(_make(checkout, directory, start, sparse, prepared))
-            if math.floor(time.time()) + 1 - time.time() < time.monotonic() - began:
+            now = time.time()
+            if math.floor(now) + 1 - now < time.monotonic() - began:
                 created += _show(checkout, directory, waiting)
                 waiting = []
     finally:  # those made before a failure still join the pool
