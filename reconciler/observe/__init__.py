@@ -23,6 +23,7 @@ gives the planner its views and, within each, the record apply writes back.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -173,6 +174,9 @@ def _exchange(
     return unwrap(answer, ObserveResult), checks
 
 
+LaneAnswer = tuple[LaneView, list[RunObs], list[Foreign]]  # a lane's view, its runs, the refused
+
+
 def _observe_lane(
     desired: Desired,
     lane: LaneClient,
@@ -184,7 +188,7 @@ def _observe_lane(
     recheck: Sequence[Recheck] = (),
     rates: dict[tuple[str, str], RateLimit] | None = None,
     settled: Mapping[str, tuple[int, int]] | None = None,
-) -> tuple[LaneView, list[RunObs], list[Foreign]]:
+) -> LaneAnswer:
     spec = lane.spec
     here = lane.name
     tasks = desired.tasks
@@ -335,41 +339,36 @@ def observe(
         runs_by_task.setdefault(run.task, []).append(run)
     owners = owners_of(desired, records)
     history, settled = _history(histories, owners)
+
+    def ask(lane: LaneClient) -> LaneAnswer:
+        return _observe_lane(
+            desired,
+            lane,
+            records,
+            runs_by_task,
+            owners,
+            clock=clock,
+            recheck=recheck,
+            rates=rates,
+            settled=settled.get(lane.name, {}),
+        )
+
     views: dict[str, LaneView] = {}
     world: list[tuple[str, RunObs]] = []
     foreign: list[Foreign] = []
-    workers = max(1, min(8, len(lanes)))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {
-            name: pool.submit(
-                _observe_lane,
-                desired,
-                lane,
-                records,
-                runs_by_task,
-                owners,
-                clock=clock,
-                recheck=recheck,
-                rates=rates,
-                settled=settled.get(name, {}),
-            )
-            for name, lane in sorted(lanes.items())
-        }
+    with _each_lane(lanes, ask) as answers:
         # the planner's records, made while the lanes answer (mostly waiting on git)
         task_records = {name: _record(row) for name, row in records.items()}
-        for name, future in futures.items():
-            view, runs, refused = future.result()
+        for name, (view, runs, refused) in answers():
             views[name] = view
             # a run's lane is the lane whose workspace holds its directory
             world.extend((name, run) for run in runs)
             foreign.extend(refused)
-    for record in records.values():
-        if record.lane not in views and record.lane not in lanes:
-            views[record.lane] = LaneView(
-                record.lane,
-                reachable=False,
-                error=f"lane {record.lane} is no longer in the manifests",
-            )
+    for gone in sorted({r.lane for r in records.values()} - views.keys() - lanes.keys()):
+        # a removed task's lane, itself gone from the manifests: nothing of it can be asked
+        views[gone] = LaneView(
+            gone, reachable=False, error=f"lane {gone} is no longer in the manifests"
+        )
     unreachable = {name for name, view in views.items() if not view.reachable}
     generations = {name: task.generation for name, task in desired.tasks.items()}
     merged, unstarted = merge_runs(
@@ -393,6 +392,18 @@ def observe(
         settled_spend=tuple(HourSpend(r.lane, r.hour, r.cost_usd, r.tokens) for r in spend),
         expired=tuple(Expired(r.lane, r.task, r.attempt, r.iteration) for r in seen.expired),
     )
+
+
+@contextlib.contextmanager
+def _each_lane(
+    lanes: Mapping[str, LaneClient], ask: Callable[[LaneClient], LaneAnswer]
+) -> Iterator[Callable[[], Iterator[tuple[str, LaneAnswer]]]]:
+    """Every lane asked at once (8 at a time), by name; the caller works meanwhile and then
+    takes the answers, in the lanes' name order."""
+    workers = max(1, min(8, len(lanes)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {name: pool.submit(ask, lane) for name, lane in sorted(lanes.items())}
+        yield lambda: ((name, future.result()) for name, future in futures.items())
 
 
 @dataclass(frozen=True)
