@@ -27,6 +27,7 @@ def test_lane_clients_last_across_passes_and_revisions(
 ) -> None:
     import reconciler.lanes as lanes
 
+    monkeypatch.setattr(Counting, "preflights", 0)  # counted over every lane's transport
     monkeypatch.setattr(lanes, "transport_for", lambda _n, _s, _p=None: Counting())
     world.lane("web")
     world.lane("api")
