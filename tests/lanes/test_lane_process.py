@@ -23,7 +23,7 @@ from reconciler.lanes.process import (
     Sessions,
 )
 from reconciler.protocol import SESSION_OPEN, SESSION_READY, Batch, BatchResult
-from tests.support.waiting import wait_for
+from tests.support.waiting import exited, wait_for
 
 NODE = [sys.executable, "-m", "reconciler", "node"]
 EMPTY = Batch(requests=[]).model_dump_json().encode()
@@ -88,7 +88,7 @@ def test_a_session_killed_while_idle_is_replaced_and_the_batch_served(sessions: 
     served(sessions)
     (pid,) = sessions.idle(NODE)
     os.kill(pid, 9)
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}/fd/0"), "the node to die")
+    wait_for(lambda: exited(pid), "the node to die")
     assert served(sessions).responses == []
     (fresh,) = sessions.idle(NODE)
     assert fresh != pid

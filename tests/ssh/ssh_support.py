@@ -30,7 +30,7 @@ from reconciler.manifests.models import LaneSpec
 from tests.support import linux_users
 from tests.support.git import commit_manifests
 from tests.support.linux_users import User
-from tests.support.waiting import wait_for
+from tests.support.waiting import exited, wait_for
 
 SSHD = "/usr/sbin/sshd"
 LANE = "far"
@@ -453,11 +453,12 @@ def kill_lane_processes(under: Path) -> None:
 
 
 def running(pid: int) -> bool:
-    """The process runs (a zombie, ended and not yet reaped, has no open files)."""
+    """The process runs: a zombie, ended and not yet reaped, has no open files. For a process
+    of another parent; a child of this one is ``exited`` once its pipes are closed too."""
     return os.path.exists(f"/proc/{pid}/fd/0")
 
 
 def sessions_ended(transport: SshTransport) -> None:
     """Wait until the lane's idle sessions have noticed that their connection is gone."""
     pids = process.SESSIONS.idle(transport.argv())
-    wait_for(lambda: not any(running(pid) for pid in pids), f"the sessions {pids} to end")
+    wait_for(lambda: all(exited(pid) for pid in pids), f"the sessions {pids} to end")

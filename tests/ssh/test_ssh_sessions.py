@@ -32,11 +32,12 @@ from tests.ssh.ssh_support import (
     Side,
     _descendants,
     install_authorized_keys,
+    make_remote_repo,
     require_root_and_sshd,
     running,
 )
 from tests.support.linux_users import User
-from tests.support.waiting import wait_for
+from tests.support.waiting import exited, wait_for
 
 require_root_and_sshd()
 
@@ -89,10 +90,13 @@ def lane(
     (a file named after the task) and then waits for its node to be killed."""
     wait_for(lambda: not nodes(side.user), "the nodes of earlier tests to exit")
     home = side.user.home
+    tag = f"sessions-{secrets.token_hex(3)}"  # its own checkout and worktrees: none left to others
+    make_remote_repo(side.user, tag)
     hooks = {"afterCreate": ["sh", "-c", f'touch {home}/started-"$RECONCILER_TASK"; sleep 300']}
-    repos = [{"name": "app", "checkout": f"{home}/src/app", "hooks": hooks}]
+    repos = [{"name": "app", "checkout": f"{home}/src/{tag}", "hooks": hooks}]
+    root = f"{home}/lanes/{tag}"
     if request.param == "ssh":
-        spec: dict[str, Any] = {**side.spec(), "repos": repos}
+        spec: dict[str, Any] = {**side.spec(), "workspaceRoot": root, "repos": repos}
         lane_spec = LaneSpec.model_validate(spec)
         key = ensure_key(str(side.identity)).public
         install_authorized_keys(side.user, authorized_keys_line(LANE, lane_spec, key))
@@ -100,7 +104,7 @@ def lane(
         transport: LocalUserTransport | SshTransport = SshTransport(LANE, lane_spec)
     else:
         monkeypatch.setattr(local_user, "PYTHON", side.installed.python)
-        spec = {"user": side.user.name, "workspaceRoot": f"{home}/worktrees", "repos": repos}
+        spec = {"user": side.user.name, "workspaceRoot": root, "repos": repos}
         lane_spec = LaneSpec.model_validate(spec)
         transport = LocalUserTransport(LANE, side.user.name)
     made = Lane(transport, lane_spec, side.user, home)
@@ -126,7 +130,7 @@ def test_a_node_killed_while_idle_is_replaced_and_the_next_batch_served(lane: La
     (node,) = nodes(lane.user)
     session = lane.session()
     os.kill(node, signal.SIGKILL)
-    wait_for(lambda: not running(session), "the session to notice its node is gone")
+    wait_for(lambda: exited(session), "the session to notice its node is gone")
     lane.served(lane.observe())
     (fresh,) = nodes(lane.user)
     assert fresh != node

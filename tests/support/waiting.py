@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -32,3 +33,13 @@ def wait_for(
             said = f"; {details()}" if details is not None else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}{said}")
         time.sleep(every)
+
+
+def exited(child: int) -> bool:
+    """The child process has exited and waits for its parent to reap it (not reaped here).
+
+    A killed process's ``/proc/PID/fd`` goes when its files are released, but the kernel
+    closes them (the pipes' far ends among them) a moment later: only ``waitid`` says the
+    process has ended whole, pipes closed.
+    """
+    return os.waitid(os.P_PID, child, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
