@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reconciler.gitenv import git_env
+from reconciler.node import procs
 from reconciler.node.errors import NodeError
-from reconciler.node.files import locked
-from reconciler.protocol import Worktree
+from reconciler.node.files import locked, read_json, write_json_atomic
+from reconciler.protocol import Fingerprint, Worktree
 
 LOCK_NAME = "reconciler-worktrees.lock"
 LOCK_TIMEOUT = 120.0
@@ -673,6 +674,73 @@ def merge_trees(repo: str, ours: str, theirs: str, *, keep: bool = False) -> Tri
     return TrialMerge(tree.strip(), sorted({p for p in paths if p}))
 
 
+REBASE_MARK = "reconciler-rebase.json"  # in a worktree's git directory while the node rebases it
+REBASE_ENV = "RECONCILER_REBASING"  # carried by that rebase's git processes: the worktree's path
+INTERRUPTED_WAIT = 60.0  # seconds an interrupted rebase's git processes have to end
+
+
+@contextlib.contextmanager
+def _rebasing(workspace: str) -> Iterator[dict[str, str]]:
+    """Mark ``workspace`` as being rebased by this process for the block; yields the environment
+    the rebase's git processes carry, so that they can be found by it.
+
+    A mark found on the way in was left by a node that died mid-rebase (the reconciler killed
+    during a pass). Its git process, orphaned, may still be rewriting the branch: that is waited
+    for, then what it left unfinished (a rebase or merge in progress, HEAD detached) is aborted,
+    which puts the branch and the uncommitted work back as they were. Only then does this
+    rebase look at the worktree."""
+    dirs = _git_dirs_on_disk(workspace)
+    if dirs is None:  # laid out otherwise: no mark, git alone judges
+        yield {}
+        return
+    mark = os.path.join(dirs[0], REBASE_MARK)
+    if os.path.lexists(mark):
+        _finish_interrupted(workspace, mark)
+    me = procs.fingerprint(os.getpid())
+    write_json_atomic(mark, me.model_dump() if me is not None else {})
+    try:
+        yield {REBASE_ENV: workspace}
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(mark)
+
+
+def _finish_interrupted(workspace: str, mark: str) -> None:
+    """Wait for the node that left ``mark`` and for the git processes of its rebase to end,
+    then abort the rebase or merge they left in progress and remove the mark."""
+    try:
+        node: Fingerprint | None = Fingerprint.model_validate(read_json(mark))
+    except ValueError:
+        node = None  # the mark is written whole or not at all: an empty one names no process
+
+    def ended() -> bool:
+        if node is not None and node.pid != os.getpid() and procs.is_alive(node):
+            return False
+        return not procs.pids_with_env(REBASE_ENV, workspace)
+
+    if not procs.wait_until(ended, INTERRUPTED_WAIT):
+        raise GitError(
+            f"the git processes of an interrupted rebase still run in {workspace} after "
+            f"{INTERRUPTED_WAIT:.0f}s; the next pass looks again",
+            temporary=True,
+        )
+    left = _in_progress(workspace)
+    if left:
+        run([left, "--abort"], workspace, check=False)
+    os.unlink(mark)
+
+
+def _in_progress(workspace: str) -> str:
+    """``rebase`` or ``merge`` when one is in progress in the worktree, else ''."""
+    dirs = _git_dirs_on_disk(workspace)
+    if dirs is None:
+        return ""
+    gitdir = dirs[0]
+    if any(os.path.isdir(os.path.join(gitdir, d)) for d in ("rebase-merge", "rebase-apply")):
+        return "rebase"
+    return "merge" if os.path.isfile(os.path.join(gitdir, "MERGE_HEAD")) else ""
+
+
 def diff(repo: str, base: str, head: str) -> str:
     """The changes of ``head`` since it left ``base``: ``git diff base...head``."""
     return run(["diff", "--no-color", "--no-ext-diff", f"{base}...{head}", "--"], repo).stdout
@@ -686,15 +754,26 @@ def rebase_on_base(
     a whole does not have, merge the base into it. Uncommitted changes are kept (stashed and
     put back). Returns (new head, base commit, how). A conflict leaves the worktree as it was and
     raises GitError naming the files: resolving it is the agent's work, not the reconciler's."""
+    with _rebasing(workspace) as marked:
+        return _rebase(checkout, workspace, branch, base, remote, marked=marked)
+
+
+def _rebase(
+    checkout: str, workspace: str, branch: str, base: str, remote: str, *, marked: dict[str, str]
+) -> tuple[str, str, Literal["rebased", "merged", "current"]]:
     tree = registered(checkout, workspace)
     if tree is None or tree.prunable:
         raise GitError(
             f"the worktree {workspace} of {branch} is missing; prepare the workspace again"
         )
     if tree.branch != branch:
+        left = _in_progress(workspace)
         raise GitError(
-            f"the worktree {workspace} is on {tree.branch or 'a detached HEAD'}, not {branch}; "
-            "nothing was rebased"
+            f"a {left} is in progress in the worktree {workspace}, not the reconciler's; finish "
+            f"or abort it (git -C {workspace} {left} --abort), then the next pass rebases"
+            if left
+            else f"the worktree {workspace} is on {tree.branch or 'a detached HEAD'}, not "
+            f"{branch}; nothing was rebased"
         )
     fetch_base(checkout, remote, base)
     ref = base_ref(checkout, base, remote)
@@ -716,20 +795,23 @@ def rebase_on_base(
     committer = {k: v for k, v in IDENTITY.items() if k.startswith("GIT_COMMITTER")}
     how: Literal["rebased", "merged"] = "rebased"
     proc = run(
-        ["rebase", "--autostash", "--no-autosquash", onto], workspace, check=False, env=committer
+        ["rebase", "--autostash", "--no-autosquash", onto],
+        workspace,
+        check=False,
+        env={**committer, **marked},
     )
     if proc.returncode != 0:
-        run(["rebase", "--abort"], workspace, check=False)
+        run(["rebase", "--abort"], workspace, check=False, env=marked)
         how = "merged"
         message = f"Merge {base} into {branch}"
         proc = run(
             ["merge", "--autostash", "--no-edit", "-m", message, onto],
             workspace,
             check=False,
-            env=IDENTITY,
+            env={**IDENTITY, **marked},
         )
         if proc.returncode != 0:
-            run(["merge", "--abort"], workspace, check=False)
+            run(["merge", "--abort"], workspace, check=False, env=marked)
             raise GitError(
                 f"could not bring {branch} up to date with {base} in {workspace}: "
                 f"{_reason(proc.stderr or proc.stdout)}; the worktree was left as it was"

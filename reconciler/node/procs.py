@@ -125,7 +125,7 @@ def pids_by_env(name: str) -> dict[str, list[int]]:
     return found
 
 
-def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         if predicate():
@@ -145,10 +145,10 @@ def kill_group(pgid: int, grace: float) -> bool:
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-    if not _wait_until(lambda: not group_members(pgid), grace):
+    if not wait_until(lambda: not group_members(pgid), grace):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        _wait_until(lambda: not group_members(pgid), 5.0)
+        wait_until(lambda: not group_members(pgid), 5.0)
     return True
 
 
@@ -164,9 +164,9 @@ def kill_processes(fingerprints: list[Fingerprint], grace: float) -> bool:
     for fp in targets:
         with contextlib.suppress(ProcessLookupError):
             os.kill(fp.pid, signal.SIGTERM)
-    if not _wait_until(lambda: not alive(), grace):
+    if not wait_until(lambda: not alive(), grace):
         for fp in alive():  # re-checked just now, so a reused pid is never hit
             with contextlib.suppress(ProcessLookupError):
                 os.kill(fp.pid, signal.SIGKILL)
-        _wait_until(lambda: not alive(), 5.0)
+        wait_until(lambda: not alive(), 5.0)
     return True

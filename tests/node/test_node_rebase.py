@@ -3,12 +3,19 @@ branch is checked out, so the lane's checkout cannot do it), through the node's 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from reconciler.node import git as gitops
+from reconciler.node import procs
 from reconciler.protocol import (
+    Fingerprint,
     PrepareWorkspaceRequest,
     PushRequest,
     RebaseRequest,
@@ -106,6 +113,101 @@ def test_no_rebase_without_the_task_worktree_on_its_branch(env: Env) -> None:
     assert response.failure is not None and "on a detached HEAD, not agent/elsewhere" in (
         response.failure.error
     )
+
+
+def interrupted(env: Env, task: str) -> Path:
+    """The task's worktree as a reconciler killed mid-rebase leaves it: a rebase (of the
+    branch, with uncommitted work stashed) stopped half-way, HEAD detached, and the node's mark
+    naming a process that is gone."""
+    ws = work(env, task, ("one.txt", "1\n"), ("two.txt", "2\n"))
+    (ws / "notes.txt").write_text("not committed\n")
+    move_main(env, "main.txt", "main moved\n")
+    git(env.checkout, "fetch", "-q", "origin", "main")
+    stopped = gitops.run(
+        ["rebase", "--autostash", "--exec", "false", "origin/main"], str(ws), check=False
+    )
+    assert stopped.returncode != 0 and git(ws, "branch", "--show-current") == ""
+    mark = Path(git(ws, "rev-parse", "--absolute-git-dir")) / gitops.REBASE_MARK
+    dead = Fingerprint(boot_id=procs.boot_id(), pid=2**22 + 1, start_time=1)  # above pid_max
+    mark.write_text(dead.model_dump_json())
+    return ws
+
+
+def test_a_rebase_interrupted_by_a_crash_is_waited_for_undone_and_done_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = interrupted(env, "crashed")
+    # The killed node's git process, orphaned, still runs in the worktree (a stand-in carrying
+    # its marker), until the test lets it end.
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        env={**os.environ, gitops.REBASE_ENV: str(ws)},
+    )
+    waiting = threading.Event()
+    real_wait = procs.wait_until
+
+    def watched(predicate: Callable[[], bool], timeout: float) -> bool:
+        def seen() -> bool:
+            done = predicate()
+            if not done:
+                waiting.set()
+            return done
+
+        return real_wait(seen, timeout)
+
+    monkeypatch.setattr(procs, "wait_until", watched)
+    answer: list[RebaseResult] = []
+    rebasing = threading.Thread(target=lambda: answer.append(rebase(env, "crashed")))
+    rebasing.start()
+    try:
+        assert waiting.wait(30), "the rebase did not wait for the orphaned git process"
+        assert rebasing.is_alive() and git(ws, "branch", "--show-current") == ""
+    finally:
+        assert orphan.stdin is not None
+        orphan.stdin.close()
+        orphan.wait()
+    rebasing.join(60)
+    (done,) = answer
+    assert done.how == "rebased"
+    assert git(ws, "branch", "--show-current") == "agent/crashed"
+    assert git(ws, "log", "--format=%s", "-3").splitlines() == [
+        "crashed changes two.txt",
+        "crashed changes one.txt",
+        "main changes main.txt",
+    ]
+    assert (ws / "notes.txt").read_text() == "not committed\n"  # the autostash came back
+    assert not (Path(git(ws, "rev-parse", "--absolute-git-dir")) / gitops.REBASE_MARK).exists()
+
+
+def test_an_interrupted_rebase_whose_git_still_runs_is_a_temporary_failure(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = interrupted(env, "busy")
+    monkeypatch.setattr(gitops, "INTERRUPTED_WAIT", 0.0)
+    with subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        env={**os.environ, gitops.REBASE_ENV: str(ws)},
+    ) as orphan:
+        response = env.respond(RebaseRequest(lane=env.lane, task=env.task("busy")))
+        assert orphan.stdin is not None
+        orphan.stdin.close()
+    assert response.failure is not None and response.failure.temporary
+    assert "interrupted rebase still run in" in response.failure.error
+    assert git(ws, "branch", "--show-current") == ""  # left for the next pass
+
+
+def test_a_rebase_in_progress_that_is_not_the_reconcilers_is_left_to_its_owner(env: Env) -> None:
+    ws = interrupted(env, "theirs")
+    (Path(git(ws, "rev-parse", "--absolute-git-dir")) / gitops.REBASE_MARK).unlink()
+    response = env.respond(RebaseRequest(lane=env.lane, task=env.task("theirs")))
+    assert response.failure is not None and not response.failure.temporary
+    assert f"a rebase is in progress in the worktree {ws}, not the reconciler's" in (
+        response.failure.error
+    )
+    assert f"git -C {ws} rebase --abort" in response.failure.error
+    assert git(ws, "branch", "--show-current") == ""
 
 
 def test_prepare_fetches_the_base_for_an_existing_branch_when_asked(env: Env) -> None:
