@@ -205,11 +205,14 @@ def take(
     Returns the path it came from, or None when the pool had none (the caller creates one).
     The branch must not exist yet (an existing branch keeps its own history: no pool). Only the
     move into the task's place holds the repository's lock; what follows touches that worktree
-    alone, so starts on one repository do not wait for each other's ``status``.
+    alone, so starts on one repository do not wait for each other's ``status``. A take that a
+    dead node left between the two (in the task's place, no branch yet) is finished here.
     """
     sha = gitops.base_commit(checkout, base, remote)
-    if sha is None or os.path.lexists(target):
-        return None  # no base, or something in the way: the caller's worktree add says what
+    if sha is None:
+        return None  # no base: the caller's worktree add says what
+    if os.path.lexists(target):
+        return _resume(checkout, target, branch=branch, sha=sha, base=base)
     for path in entries(directory):
         with gitops.repo_lock(checkout):
             if not os.path.isdir(path):  # taken meanwhile
@@ -230,6 +233,25 @@ def take(
             continue
         return path
     return None
+
+
+def _resume(checkout: str, target: str, *, branch: str, sha: str, base: str) -> str | None:
+    """Finish a take interrupted after its move (the node died before the branch): a clean
+    worktree registered in the task's place on a detached HEAD is put on ``branch`` at the
+    base, as the take would have. Anything else in the way is left for the caller's worktree
+    add to name (None)."""
+    with gitops.repo_lock(checkout):
+        found = gitops.registered(checkout, target)
+    if found is None or found.prunable or found.branch is not None:
+        return None
+    if gitops.clean_head(target) is None:
+        raise NodeError(
+            f"the worktree {target} is on a detached HEAD with changes, and {branch} does not "
+            f"exist; move what is worth keeping away and remove it (git -C {checkout} worktree "
+            f"remove --force {target}), then the task starts again"
+        )
+    _branch_off(target, branch, sha, base)
+    return target
 
 
 def _branch_off(path: str, branch: str, sha: str, base: str) -> None:

@@ -193,6 +193,35 @@ def test_something_in_the_tasks_place_leaves_the_pool_as_it_was(env: Env) -> Non
     assert the_one_pooled(env) == entry and Path(entry, "README.md").is_file()
 
 
+def half_taken(env: Env, task: str) -> Path:
+    """A take a node died in: the pooled worktree moved into the task's place, no branch yet."""
+    pooled(env, size=1)
+    fill(env)
+    target = env.workspace(task)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    git(env.checkout, "worktree", "move", str(the_one_pooled(env)), str(target))
+    assert git(target, "branch", "--show-current") == ""
+    return target
+
+
+def test_a_take_interrupted_after_its_move_is_finished_by_the_next_start(env: Env) -> None:
+    target = half_taken(env, "resumed")
+    newer = push_new_base(env)  # the base moved meanwhile: the start is on the base of now
+    assert prepare(env, "resumed").created
+    assert git(target, "branch", "--show-current") == "agent/resumed"
+    assert git(target, "rev-parse", "HEAD") == newer
+    assert git(target, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_a_detached_worktree_with_changes_in_the_tasks_place_is_refused(env: Env) -> None:
+    target = half_taken(env, "changed")
+    Path(target, "README.md").write_text("someone's edit\n")
+    response = env.respond(PrepareWorkspaceRequest(lane=env.lane, task=env.task("changed")))
+    assert response.failure is not None
+    assert f"the worktree {target} is on a detached HEAD with changes" in response.failure.error
+    assert Path(target, "README.md").read_text() == "someone's edit\n"
+
+
 def test_two_starts_at_once_take_two_pooled_worktrees(env: Env) -> None:
     pooled(env, size=2)
     fill(env)
