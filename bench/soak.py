@@ -289,6 +289,11 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
         f"≤ +{GROWTH_TARGET:g}%",
         rss <= GROWTH_TARGET,
     )
+    tenths = [
+        sampler.around(found.started + seconds * (k - 1) / 10, found.started + seconds * k / 10)
+        for k in range(1, 11)
+    ]
+    log("  RSS by tenth of the soak (MiB): " + " ".join(f"{t.rss / mib:.1f}" for t in tenths))
     quiet_from, quiet_to = found.quiet
     table.add(
         "  open fds after warm-up → end",
