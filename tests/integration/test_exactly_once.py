@@ -89,16 +89,20 @@ def test_crash_at_every_point_converges_without_duplicates(world: World, point: 
     world.task("b", "web", "needs-feedback", success={"checks": [["test", "-f", "fixed.txt"]]})
     world.task("d", "web", "succeed")
     world.task("m", "web", "succeed")
-    world.task("s", "web", "slow")
-    world.lanes["web"]["env"] = {"SLOW_STEPS": "6"}
+    world.task("s", "web", "until-respecified")
+    release = world.root / "release-s"
+    world.lanes["web"]["env"] = {"RELEASE_FILE": str(release)}
     world.commit()
     driver = CrashOnce(world, point)
 
-    # A spec change while `s` runs exercises stop; then converge everything.
+    # A spec change while `s` runs (its agent runs until then) exercises stop; then converge
+    # everything. A crash in the first pass leaves no run to stop: `s` is let go instead.
     driver.apply()
     if driver.crashed == 0:
         world.tasks["s"]["prompt"] = "Please do s, with the new spec."
         world.commit("change s")
+    else:
+        release.touch()
     driver.converge()
     assert world.cli("pr", "merge", "m").returncode == 0
     driver.converge()

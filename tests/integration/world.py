@@ -96,6 +96,19 @@ AGENTS: dict[str, str] = {
         subprocess.run(["git", *GIT_ID, "commit", "-qm", f"work on {task}"], check=True)
         print("DONE")
     """,
+    "until-respecified": """
+        import os, subprocess, sys, time
+        prompt = sys.stdin.read()
+        # runs until its task's spec changes (stopped), or until released
+        while "new spec" not in prompt and not os.path.exists(os.environ["RELEASE_FILE"]):
+            print("working", flush=True)
+            time.sleep(0.1)
+        task = os.environ["RECONCILER_TASK"]
+        open(f"{task}.txt", "a").write("respecified\\n")
+        subprocess.run(["git", *GIT_ID, "add", "-A"], check=True)
+        subprocess.run(["git", *GIT_ID, "commit", "-qm", f"work on {task}"], check=True)
+        print("DONE")
+    """,
     "hostile-until-released": """
         import os, subprocess, sys, time
         sys.stdin.read()
