@@ -23,6 +23,7 @@ from reconciler.protocol import (
 )
 from tests.node.node_support import Env
 from tests.support.git import commit, git
+from tests.support.waiting import wait_for
 
 
 def colleague(env: Env) -> Path:
@@ -133,17 +134,29 @@ def interrupted(env: Env, task: str) -> Path:
     return ws
 
 
+def stand_in(ws: Path) -> subprocess.Popen[bytes]:
+    """A process carrying the marker of a rebase of ``ws``, as its orphaned git would, until
+    its stdin is closed; returned once the marker can be seen in /proc."""
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        env={**os.environ, gitops.REBASE_ENV: str(ws)},
+    )
+    wait_for(
+        lambda: orphan.pid in procs.pids_with_env(gitops.REBASE_ENV, str(ws)),
+        "the stand-in to carry the rebase's marker",
+        details=orphan.poll,
+    )
+    return orphan
+
+
 def test_a_rebase_interrupted_by_a_crash_is_waited_for_undone_and_done_again(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws = interrupted(env, "crashed")
     # The killed node's git process, orphaned, still runs in the worktree (a stand-in carrying
     # its marker), until the test lets it end.
-    orphan = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"],
-        stdin=subprocess.PIPE,
-        env={**os.environ, gitops.REBASE_ENV: str(ws)},
-    )
+    orphan = stand_in(ws)
     waiting = threading.Event()
     real_wait = procs.wait_until
 
@@ -185,11 +198,7 @@ def test_an_interrupted_rebase_whose_git_still_runs_is_a_temporary_failure(
 ) -> None:
     ws = interrupted(env, "busy")
     monkeypatch.setattr(gitops, "INTERRUPTED_WAIT", 0.0)
-    with subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"],
-        stdin=subprocess.PIPE,
-        env={**os.environ, gitops.REBASE_ENV: str(ws)},
-    ) as orphan:
+    with stand_in(ws) as orphan:
         response = env.respond(RebaseRequest(lane=env.lane, task=env.task("busy")))
         assert orphan.stdin is not None
         orphan.stdin.close()
