@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +29,7 @@ from reconciler.protocol import Fingerprint, Worktree
 
 LOCK_NAME = "reconciler-worktrees.lock"
 LOCK_TIMEOUT = 120.0
+BASE_FRESH = 1.0  # seconds: how old the fetch a new branch starts from may be, at most
 
 
 class GitError(NodeError):
@@ -288,7 +289,9 @@ def prepare_workspace(
     every other start and cleanup on the same repository.
     """
     if fetch and resolve(checkout, f"refs/heads/{branch}") is None:
-        fetch_base(checkout, remote, base)
+        fetch_base(checkout, remote, base, fresh=BASE_FRESH)
+    # Reading the refs needs no lock: only what changes the worktrees waits for the others.
+    found = None if os.path.isdir(path) else _start_refs(checkout, base, remote, branch)
     with repo_lock(checkout):
         if os.path.isdir(path):
             existing = registered(checkout, path)
@@ -302,7 +305,7 @@ def prepare_workspace(
         os.makedirs(os.path.dirname(path), exist_ok=True)
         reason = ""
         for _ in range(2):
-            found = _start_refs(checkout, base, remote, branch)
+            found = found or _start_refs(checkout, base, remote, branch)
             branch_existed = f"refs/heads/{branch}" in found
             if branch_existed:
                 args = ["worktree", "add", path, branch]
@@ -322,7 +325,7 @@ def prepare_workspace(
                 if sparse:
                     _sparse_checkout(path, sparse)
                 return True
-            reason = _reason(proc.stderr)
+            reason, found = _reason(proc.stderr), None  # the retry reads the refs again
             # Undo what a failed add can leave behind (or a stale record of a deleted worktree
             # that made it refuse the path), so the retry starts clean.
             run(["worktree", "prune"], checkout, check=False)
@@ -341,26 +344,29 @@ def prepare_workspace(
 
 
 class _SharedFetches:
-    """Fetches of one base ref, shared by the starts that ask at once. A start needs the base
-    as the remote has it now: any fetch that began after it asked gives it that, so a burst of
-    starts on one repository makes one or two fetches instead of one each. One fetch of a ref
-    runs at a time; a caller that arrives while one runs waits for the next (the running one may
-    have read the remote before the caller's moment)."""
+    """Fetches of one base ref, shared by the callers that ask close together. A caller needs
+    the base as the remote had it at most ``fresh`` seconds before it asked: a fetch that began
+    since gives it that, whether it has ended or still runs. So a burst of starts on one
+    repository (a pass's, or the passes' of a busy second) makes one fetch, not one each, and a
+    rebase (``fresh`` 0) shares only a fetch that began after it asked. One fetch of a ref runs
+    at a time; a caller that arrives while an older one runs waits for it to end and then
+    fetches again."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._cond = threading.Condition()
-        self._begun: dict[tuple[str, str, str], int] = {}  # fetches begun, per ref
-        self._ended: dict[tuple[str, str, str], int] = {}  # the newest of them that ended
+        self._running: dict[tuple[str, str, str], float] = {}  # when the running fetch began
+        self._ended: dict[tuple[str, str, str], float] = {}  # when the newest ended one began
 
-    def fetch(self, checkout: str, remote: str, base: str) -> None:
+    def fetch(self, checkout: str, remote: str, base: str, fresh: float) -> None:
         key = (os.path.realpath(checkout), remote, base)
         with self._cond:
-            needed = self._begun.get(key, 0) + 1  # the first fetch to begin from now on
-            while self._ended.get(key, 0) < needed:
-                if self._begun.get(key, 0) > self._ended.get(key, 0):
-                    self._cond.wait()  # one runs: wait for it, then see whether it was late
+            fresh_from = self._clock() - fresh
+            while self._ended.get(key, -math.inf) < fresh_from:
+                if key in self._running:
+                    self._cond.wait()  # one runs: wait for it, then see whether it was fresh
                     continue
-                mine = self._begun[key] = self._begun.get(key, 0) + 1
+                began = self._running[key] = self._clock()
                 break
             else:
                 return
@@ -368,18 +374,20 @@ class _SharedFetches:
             _fetch(checkout, remote, base)
         finally:
             with self._cond:
-                self._ended[key] = mine
+                del self._running[key]
+                self._ended[key] = max(self._ended.get(key, -math.inf), began)
                 self._cond.notify_all()
 
 
 _FETCHES = _SharedFetches()
 
 
-def fetch_base(checkout: str, remote: str, base: str) -> None:
-    """Start new branches from the base as the remote has it now, not as this clone last saw
-    it: a fetch that began after this call, this one's or another start's (``_SharedFetches``).
-    Best effort: an unreachable remote is reported by pre-flight."""
-    _FETCHES.fetch(checkout, remote, base)
+def fetch_base(checkout: str, remote: str, base: str, *, fresh: float = 0.0) -> None:
+    """Bring the remote-tracking base up to the remote's, not as this clone last saw it: a
+    fetch that began at most ``fresh`` seconds before this call (by default after it), this
+    one's or another caller's (``_SharedFetches``). New branches start from a base
+    ``BASE_FRESH`` old at most. Best effort: an unreachable remote is reported by pre-flight."""
+    _FETCHES.fetch(checkout, remote, base, fresh)
 
 
 def _fetch(checkout: str, remote: str, base: str) -> None:

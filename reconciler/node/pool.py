@@ -77,7 +77,7 @@ def fill(
     created: list[str] = []
     if len(ready) >= size:
         return created
-    gitops.fetch_base(checkout, remote, base)
+    gitops.fetch_base(checkout, remote, base, fresh=gitops.BASE_FRESH)
     start = gitops.base_ref(checkout, base, remote)
     if start is None:
         raise NodeError(f"base branch {base!r} does not exist in {checkout}; fix the task's base")

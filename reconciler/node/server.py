@@ -117,7 +117,8 @@ def _prepare(lane: Lane, req: PrepareWorkspaceRequest) -> BaseModel:
     created = pooled = False
     new_branch = gitops.resolve(checkout, f"refs/heads/{task.branch}") is None
     if req.fetch_base or new_branch:  # once: a new branch starts at the base the remote has now
-        gitops.fetch_base(checkout, repo.remote, base)
+        fresh = 0.0 if req.fetch_base else gitops.BASE_FRESH  # asked for: the newest base
+        gitops.fetch_base(checkout, repo.remote, base, fresh=fresh)
     if repo.pool > 0 and new_branch:
         directory = pool.pool_dir(lane.root, repo.name, base)
         taken = pool.take(

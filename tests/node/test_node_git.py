@@ -271,38 +271,51 @@ def test_ahead_of_base_counts_from_the_remote_base_else_the_local_one(env: Env) 
     assert gitops.ahead_of_base(str(env.tmp), "agent/ahead", "main", "origin") is None
 
 
-def test_starts_asking_at_once_share_a_fetch_begun_after_they_asked(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    fetches = gitops._SharedFetches()
-    begun: list[threading.Event] = []
-    release: list[threading.Event] = []
-    ended: list[str] = []
+class Fetches:
+    """``_SharedFetches`` on a clock the test moves, over a fetch that runs until released."""
 
-    def slow_fetch(_checkout: str, _remote: str, _base: str) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 100.0
+        self.shared = gitops._SharedFetches(clock=lambda: self.now)
+        self.begun: list[threading.Event] = []
+        self.release: list[threading.Event] = []
+        self.ended: list[str] = []
+        monkeypatch.setattr(gitops, "_fetch", self.slow_fetch)
+
+    def slow_fetch(self, _checkout: str, _remote: str, _base: str) -> None:
         go = threading.Event()
-        release.append(go)
-        begun.append(threading.Event())
-        begun[-1].set()
+        self.release.append(go)
+        self.begun.append(threading.Event())
+        self.begun[-1].set()
         go.wait(10)
-        ended.append(f"fetch {len(release)}")
+        self.ended.append(f"fetch {len(self.release)}")
 
-    monkeypatch.setattr(gitops, "_fetch", slow_fetch)
-
-    def start(name: str) -> threading.Thread:
+    def start(self, name: str) -> threading.Thread:
         def body() -> None:
-            fetches.fetch("/repo", "origin", "main")
-            ended.append(name)
+            self.shared.fetch("/repo", "origin", "main", gitops.BASE_FRESH)
+            self.ended.append(name)
 
         thread = threading.Thread(target=body)
         thread.start()
         return thread
 
+    def waiting(self) -> int:
+        return len(self.shared._cond._waiters)  # type: ignore[attr-defined]
+
+
+def test_starts_asking_at_once_share_a_fetch_begun_after_they_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gitops, "BASE_FRESH", 0.0)  # strict: only a fetch begun after asking
+    fetches = Fetches(monkeypatch)
+    begun, release, ended, start = fetches.begun, fetches.release, fetches.ended, fetches.start
+
     first = start("a")
     wait_for(lambda: begun, "the first fetch to begin")
+    fetches.now += 0.001
     later = [start("b"), start("c")]
     # the running fetch may have read the remote before b and c asked: they wait for the next
-    wait_for(lambda: len(fetches._cond._waiters) == 2, "b and c waiting")  # type: ignore[attr-defined]
+    wait_for(lambda: fetches.waiting() == 2, "b and c waiting")
     release[0].set()
     first.join()
     wait_for(lambda: len(begun) == 2, "a second fetch to begin")
@@ -312,11 +325,36 @@ def test_starts_asking_at_once_share_a_fetch_begun_after_they_asked(
         thread.join()
     assert len(release) == 2  # one fetch for b and c together
     assert ended[:3] == ["fetch 1", "a", "fetch 2"] and sorted(ended[3:]) == ["b", "c"]
+    fetches.now += 0.001
     done = start("d")  # nothing runs: a new caller fetches anew
     wait_for(lambda: len(begun) == 3, "a third fetch")
     release[2].set()
     done.join()
     assert ended[-2:] == ["fetch 3", "d"]
+
+
+def test_starts_within_a_second_of_a_fetch_use_it_and_later_ones_fetch_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fetches = Fetches(monkeypatch)
+    first = fetches.start("a")
+    wait_for(lambda: fetches.begun, "the first fetch to begin")
+    fetches.now += 0.4  # b asks while a's fetch, begun 0.4 s ago, runs: it waits for that one
+    joined = fetches.start("b")
+    wait_for(lambda: fetches.waiting() == 1, "b waiting")
+    fetches.release[0].set()
+    first.join()
+    joined.join()
+    assert sorted(fetches.ended) == ["a", "b", "fetch 1"]
+    fetches.now += 0.5  # 0.9 s after fetch 1 began: c uses it as it is
+    fetches.start("c").join()
+    assert fetches.ended[-1] == "c" and len(fetches.release) == 1
+    fetches.now += 0.2  # 1.1 s: too old, d fetches again
+    late = fetches.start("d")
+    wait_for(lambda: len(fetches.begun) == 2, "a second fetch")
+    fetches.release[1].set()
+    late.join()
+    assert fetches.ended[-2:] == ["fetch 2", "d"]
 
 
 def test_clean_head_is_the_commit_only_while_nothing_differs(env: Env) -> None:

@@ -77,7 +77,10 @@ def test_a_pooled_start_is_the_same_tree_as_a_fresh_worktree(env: Env) -> None:
     assert observed.repos["webapp"].pool == {"main": 1}
 
 
-def test_a_pooled_worktree_is_never_handed_out_dirty_or_stale(env: Env) -> None:
+def test_a_pooled_worktree_is_never_handed_out_dirty_or_stale(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gitops, "BASE_FRESH", 0.0)  # the fill's fetch is too old for the start
     pooled(env, size=1)
     fill(env)
     [entry] = pool.entries(pool.pool_dir(str(env.root), "webapp", "main"))
@@ -204,7 +207,10 @@ def half_taken(env: Env, task: str) -> Path:
     return target
 
 
-def test_a_take_interrupted_after_its_move_is_finished_by_the_next_start(env: Env) -> None:
+def test_a_take_interrupted_after_its_move_is_finished_by_the_next_start(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gitops, "BASE_FRESH", 0.0)  # the fill's fetch is too old for the start
     target = half_taken(env, "resumed")
     newer = push_new_base(env)  # the base moved meanwhile: the start is on the base of now
     assert prepare(env, "resumed").created
