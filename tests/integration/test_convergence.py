@@ -497,7 +497,7 @@ def test_an_agent_that_only_prints_heartbeats_is_marked_stalled(world: World) ->
 
 
 SPENDING = """
-import json, sys, time
+import json, os, sys, time
 sys.stdin.read()
 print(json.dumps({"type": "system", "subtype": "init", "session_id": "s-1"}), flush=True)
 for n in range(300):  # each message: 1000 tokens in, 1000 out, on claude-sonnet-4-5 ($0.018)
@@ -508,27 +508,34 @@ for n in range(300):  # each message: 1000 tokens in, 1000 out, on claude-sonnet
         "usage": {"input_tokens": 1000, "output_tokens": 1000},
     }
     print(json.dumps({"type": "assistant", "message": message}), flush=True)
+    while not os.path.exists(RELEASE):  # one message's spend, until the test has seen it
+        time.sleep(0.05)
     time.sleep(0.6)
 """
 
 
 def test_an_agent_whose_spend_crosses_the_budget_mid_run_is_stopped(world: World) -> None:
-    claude_script_task(world, "spend", SPENDING, maxAttempts=3, budget={"maxCostUsd": 0.1})
+    release = world.root / "release-spend"  # the agent spends once, then waits for it
+    script = SPENDING.replace("RELEASE", repr(str(release)))
+    claude_script_task(world, "spend", script, maxAttempts=3, budget={"maxCostUsd": 0.1})
     assert world.cli("apply", "--yes").returncode == 0
-    seen_running = False
+
+    def spending() -> dict[str, Any] | None:
+        world.cli("apply", "--yes")
+        status: dict[str, Any] = world.status()["spend"]
+        return status if "so far" in (status["reason"] or "") else None
+
+    status = wait_for(spending, "status to show the spend so far", timeout=30, every=0.3)
+    assert status["phase"] == "running", status  # status shows its spend while it runs
+    release.touch()
 
     def failed() -> dict[str, Any] | None:
-        nonlocal seen_running
         world.cli("apply", "--yes")
-        status = world.status()["spend"]
-        seen_running = seen_running or (
-            status["phase"] == "running" and "so far" in (status["reason"] or "")
-        )
+        status: dict[str, Any] = world.status()["spend"]
         return status if status["phase"] == "failed" else None
 
     status = wait_for(failed, "spend to fail", timeout=30, every=0.3)
     assert "budget exhausted ($0.1" in status["reason"], status
-    assert seen_running  # status showed its spend while it ran
     assert world.cli("apply", "--yes").returncode == 0  # if status saw it first: apply stops it
     events = json.loads(world.cli("describe", "spend", "--json").stdout)["events"]
     [stopped] = [e["message"] for e in events if e["kind"] == "stopped"]
