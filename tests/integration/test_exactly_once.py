@@ -89,7 +89,7 @@ def test_crash_at_every_point_converges_without_duplicates(world: World, point: 
     world.task("b", "web", "needs-feedback", success={"checks": [["test", "-f", "fixed.txt"]]})
     world.task("d", "web", "succeed")
     world.task("m", "web", "succeed")
-    world.task("s", "web", "until-respecified")
+    world.task("s", "web", "until-released")
     release = world.root / "release-s"
     world.lanes["web"]["env"] = {"RELEASE_FILE": str(release)}
     world.commit()

@@ -86,25 +86,13 @@ AGENTS: dict[str, str] = {
     """,
     "until-released": """
         import os, subprocess, sys, time
-        sys.stdin.read()
-        while not os.path.exists(os.environ["RELEASE_FILE"]):  # set in the lane's env
-            print("working", flush=True)
-            time.sleep(0.1)
-        task = os.environ["RECONCILER_TASK"]
-        open(f"{task}.txt", "a").write("released\\n")
-        subprocess.run(["git", *GIT_ID, "add", "-A"], check=True)
-        subprocess.run(["git", *GIT_ID, "commit", "-qm", f"work on {task}"], check=True)
-        print("DONE")
-    """,
-    "until-respecified": """
-        import os, subprocess, sys, time
         prompt = sys.stdin.read()
-        # runs until its task's spec changes (stopped), or until released
+        # runs until released (RELEASE_FILE, set in the lane's env) or given a new spec
         while "new spec" not in prompt and not os.path.exists(os.environ["RELEASE_FILE"]):
             print("working", flush=True)
             time.sleep(0.1)
         task = os.environ["RECONCILER_TASK"]
-        open(f"{task}.txt", "a").write("respecified\\n")
+        open(f"{task}.txt", "a").write("released\\n")
         subprocess.run(["git", *GIT_ID, "add", "-A"], check=True)
         subprocess.run(["git", *GIT_ID, "commit", "-qm", f"work on {task}"], check=True)
         print("DONE")
