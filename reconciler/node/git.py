@@ -703,7 +703,7 @@ def _rebasing(workspace: str) -> Iterator[dict[str, str]]:
         return
     mark = os.path.join(dirs[0], REBASE_MARK)
     if os.path.lexists(mark):
-        _finish_interrupted(workspace, mark)
+        _finish_interrupted(workspace, dirs[0], mark)
     me = procs.fingerprint(os.getpid())
     write_json_atomic(mark, me.model_dump() if me is not None else {})
     try:
@@ -713,7 +713,7 @@ def _rebasing(workspace: str) -> Iterator[dict[str, str]]:
             os.unlink(mark)
 
 
-def _finish_interrupted(workspace: str, mark: str) -> None:
+def _finish_interrupted(workspace: str, gitdir: str, mark: str) -> None:
     """Wait for the node that left ``mark`` and for the git processes of its rebase to end,
     then abort the rebase or merge they left in progress and remove the mark."""
     try:
@@ -732,18 +732,17 @@ def _finish_interrupted(workspace: str, mark: str) -> None:
             f"{INTERRUPTED_WAIT:.0f}s; the next pass looks again",
             temporary=True,
         )
-    left = _in_progress(workspace)
+    left = _in_progress(gitdir)
     if left:
         run([left, "--abort"], workspace, check=False)
     os.unlink(mark)
 
 
-def _in_progress(workspace: str) -> str:
-    """``rebase`` or ``merge`` when one is in progress in the worktree, else ''."""
-    dirs = _git_dirs_on_disk(workspace)
-    if dirs is None:
+def _in_progress(gitdir: str | None) -> str:
+    """``rebase`` or ``merge`` when one is in progress in the worktree whose git directory is
+    ``gitdir``, else ''."""
+    if gitdir is None:
         return ""
-    gitdir = dirs[0]
     if any(os.path.isdir(os.path.join(gitdir, d)) for d in ("rebase-merge", "rebase-apply")):
         return "rebase"
     return "merge" if os.path.isfile(os.path.join(gitdir, "MERGE_HEAD")) else ""
@@ -775,7 +774,7 @@ def _rebase(
             f"the worktree {workspace} of {branch} is missing; prepare the workspace again"
         )
     if tree.branch != branch:
-        left = _in_progress(workspace)
+        left = _in_progress((_git_dirs_on_disk(workspace) or (None,))[0])
         raise GitError(
             f"a {left} is in progress in the worktree {workspace}, not the reconciler's; finish "
             f"or abort it (git -C {workspace} {left} --abort), then the next pass rebases"
