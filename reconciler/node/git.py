@@ -114,7 +114,7 @@ def _own_repository(top: str) -> bool:
     """``top`` holds a ``.git`` git would read (gitrepository-layout) and ``top``, its git
     directory and the repository's are all owned by this user; anything else is for git to
     judge (a subdirectory, a bare repository, another owner that safe.directory may allow)."""
-    found = _git_dirs_on_disk(top)
+    found = git_dirs_on_disk(top)
     if found is None:
         return False
     me = os.geteuid()
@@ -138,11 +138,11 @@ def _common_dir_on_disk(top: str) -> str | None:
     """``rev-parse --git-common-dir`` read from the files git itself reads, without a git
     process: every worktree lock and start asks. None when ``top`` is laid out any other way
     (a bare repository, a subdirectory): git answers."""
-    found = _git_dirs_on_disk(top)
+    found = git_dirs_on_disk(top)
     return found[1] if found is not None else None
 
 
-def _git_dirs_on_disk(top: str) -> tuple[str, str] | None:
+def git_dirs_on_disk(top: str) -> tuple[str, str] | None:
     """``top``'s git directory and the repository's (gitrepository-layout: a ``.git``
     directory, or a ``.git`` file naming a worktree's directory whose ``commondir`` names the
     repository's); None when ``top`` is laid out any other way."""
@@ -697,7 +697,7 @@ def _rebasing(workspace: str) -> Iterator[dict[str, str]]:
     for, then what it left unfinished (a rebase or merge in progress, HEAD detached) is aborted,
     which puts the branch and the uncommitted work back as they were. Only then does this
     rebase look at the worktree."""
-    dirs = _git_dirs_on_disk(workspace)
+    dirs = git_dirs_on_disk(workspace)
     if dirs is None:  # laid out otherwise: no mark, git alone judges
         yield {}
         return
@@ -774,7 +774,7 @@ def _rebase(
             f"the worktree {workspace} of {branch} is missing; prepare the workspace again"
         )
     if tree.branch != branch:
-        left = _in_progress((_git_dirs_on_disk(workspace) or (None,))[0])
+        left = _in_progress((git_dirs_on_disk(workspace) or (None,))[0])
         raise GitError(
             f"a {left} is in progress in the worktree {workspace}, not the reconciler's; finish "
             f"or abort it (git -C {workspace} {left} --abort), then the next pass rebases"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Collection, Mapping
 
 from reconciler.node import git as gitops
-from reconciler.node import pool
+from reconciler.node import gitcache, pool
 from reconciler.node.errors import NodeError
 from reconciler.node.lane import Lane, check_ref_name, is_under, parse_run_key
 from reconciler.node.procs import boot_id
@@ -72,11 +72,11 @@ def _read_repo(
     recheck: Collection[Recheck],
 ) -> RepoObs:
     repo_root = os.path.join(lane.root, repo.name)
-    worktrees = [wt for wt in gitops.list_worktrees(checkout) if is_under(repo_root, wt.path)]
+    worktrees = [wt for wt in gitcache.worktrees(checkout) if is_under(repo_root, wt.path)]
     local_prefix = "refs/heads/"
     remote_prefix = f"refs/remotes/{repo.remote}/"
     patterns = [f"{local_prefix}{prefix}*", f"{remote_prefix}{prefix}*"]
-    heads = gitops.refs(checkout, patterns)
+    heads = gitcache.refs(checkout, patterns)
     branches = {
         ref.removeprefix(local_prefix): sha
         for ref, sha in heads.items()

@@ -1,0 +1,244 @@
+"""A repository's refs and worktree list, read with git once per change.
+
+Every pass observes every lane, and an observation lists each checkout's worktrees and branch
+heads: two git processes per repository, the bulk of an unchanged lane's cost (twenty lanes
+every few seconds, most of them idle). Here the answer git gave is kept beside a digest of the
+files git read for it (gitrepository-layout, the files backend), and given again while those
+files read as they did.
+
+- The digest is of the files' contents and names, never their times: a ref rewritten twice
+  within the file system's timestamp granularity still reads differently.
+- An answer is kept only when the digest taken after git ran equals the one taken before it,
+  so it is git's answer for that state, not for one it passed through.
+- A repository laid out any other way (reftable, refs git would not read from these files,
+  a checkout with more than ``MAX_FILES`` refs or worktree files to read) is never kept: git
+  answers every time.
+
+Read-only: nothing here writes to a repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from reconciler.node import git as gitops
+from reconciler.protocol import Worktree
+
+__all__ = ["MAX_FILES", "refs", "worktrees"]
+
+MAX_FILES = 4096  # files one digest reads at most; past that git answers every time
+_KEPT = 512  # answers kept at most (a few per checkout); past that all are forgotten
+
+T = TypeVar("T")
+
+_answers: dict[tuple[str, ...], tuple[bytes, object]] = {}
+_lock = threading.Lock()
+
+
+class _Unkept(Exception):
+    """The repository is laid out in a way this digest does not cover: ask git."""
+
+
+def refs(checkout: str, patterns: list[str]) -> dict[str, str]:
+    """:func:`reconciler.node.git.refs`, from the last answer while the refs read the same."""
+    found = _remembered(
+        ("refs", checkout, *patterns),
+        lambda: _refs_digest(checkout, patterns),
+        lambda: gitops.refs(checkout, patterns),
+    )
+    return dict(found)
+
+
+def worktrees(checkout: str) -> list[Worktree]:
+    """:func:`reconciler.node.git.list_worktrees`, from the last answer while the worktree
+    list's files (and the refs its HEADs name) read the same."""
+    found = _remembered(
+        ("worktrees", checkout),
+        lambda: _worktrees_digest(checkout),
+        lambda: gitops.list_worktrees(checkout),
+    )
+    return [wt.model_copy() for wt in found]
+
+
+def forget() -> None:
+    """Drop every kept answer (tests; a process that knows the repositories changed wholesale)."""
+    with _lock:
+        _answers.clear()
+
+
+def _remembered(key: tuple[str, ...], digest: Callable[[], bytes], ask: Callable[[], T]) -> T:
+    try:
+        before = digest()
+    except _Unkept:
+        return ask()
+    with _lock:
+        kept = _answers.get(key)
+    if kept is not None and kept[0] == before:
+        return kept[1]  # type: ignore[return-value]  # stored by this key's own ``ask``
+    answer = ask()
+    try:
+        after = digest()
+    except _Unkept:
+        return answer
+    if after == before:
+        with _lock:
+            if len(_answers) >= _KEPT:
+                _answers.clear()
+            _answers[key] = (before, answer)
+    return answer
+
+
+# ---------------------------------------------------------------------------------- digests
+
+
+class _Digest:
+    """What a digest has read: names and contents, each length-prefixed, and a file budget."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.blake2b(digest_size=20)
+        self._files = 0
+
+    def add(self, label: str, data: bytes | None) -> None:
+        self._files += 1
+        if self._files > MAX_FILES:
+            raise _Unkept
+        name = label.encode("utf-8", "surrogateescape")
+        body = b"\xff" if data is None else b"%d:" % len(data) + data
+        self._hash.update(b"%d:" % len(name) + name + body)
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
+
+
+def _read(path: str) -> bytes | None:
+    """A file's bytes; None when there is none (or it is a directory: nothing git reads)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def _layout(checkout: str) -> tuple[str, str]:
+    """(git directory, common directory) of ``checkout`` as git would find them: a ``.git``
+    directory or file, or a bare repository; ``_Unkept`` for anything else."""
+    found = gitops.git_dirs_on_disk(checkout)
+    if found is None:
+        if os.path.lexists(os.path.join(checkout, ".git")):
+            raise _Unkept
+        if not all(
+            os.path.isdir(os.path.join(checkout, d)) for d in ("refs", "objects")
+        ) or not os.path.isfile(os.path.join(checkout, "HEAD")):
+            raise _Unkept
+        found = (checkout, checkout)
+    _git_dir, common = found
+    if os.path.lexists(os.path.join(common, "reftable")):
+        raise _Unkept  # the reftable backend: its tables are not files of refs
+    return found
+
+
+def _config(common: str, into: _Digest) -> None:
+    config = _read(os.path.join(common, "config"))
+    if config is not None and b"refstorage" in config.lower():
+        raise _Unkept  # extensions.refStorage names a backend other than these files
+    into.add("config", config)
+
+
+def _walk(root: str, rel: str, into: _Digest) -> Iterator[tuple[str, bytes]]:
+    """Every file under ``root/rel`` (sorted), each read into the digest; yields the files
+    that are symbolic refs, by name, with their contents."""
+    try:
+        entries = sorted(os.scandir(os.path.join(root, rel)), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        into.add(rel + "/", None)
+        return
+    into.add(rel + "/", b"\0".join(e.name.encode("utf-8", "surrogateescape") for e in entries))
+    for entry in entries:
+        name = f"{rel}/{entry.name}"
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(root, name, into)
+            continue
+        if entry.is_symlink():
+            raise _Unkept  # a symlinked ref: git follows it, the digest would not
+        data = _read(entry.path)
+        into.add(name, data)
+        if data is not None and data.startswith(b"ref:"):
+            yield name, data
+
+
+def _symbolic(common: str, data: bytes, into: _Digest) -> None:
+    """What a symbolic ref names, read into the digest (one level: deeper is for git)."""
+    target = data[4:].strip().decode("utf-8", "surrogateescape")
+    if not target.startswith("refs/") or ".." in target.split("/"):
+        raise _Unkept
+    content = _read(os.path.join(common, target))
+    if content is not None and content.startswith(b"ref:"):
+        raise _Unkept
+    into.add(target, content)
+
+
+def _scope(pattern: str) -> str:
+    """The directory under which every ref ``pattern`` matches lives: its part before the
+    first wildcard, up to the last slash (``refs/heads/agent/*`` → ``refs/heads/agent``; a
+    plain name matches itself and the refs below it: its parent's directory)."""
+    cut = min((i for i, c in enumerate(pattern) if c in "*?[\\"), default=len(pattern))
+    head = pattern[:cut]
+    scope = head.rsplit("/", 1)[0] if "/" in head else ""
+    if not scope.startswith("refs") or ".." in scope.split("/"):
+        raise _Unkept
+    return scope
+
+
+def _refs_digest(checkout: str, patterns: list[str]) -> bytes:
+    _git_dir, common = _layout(checkout)
+    into = _Digest()
+    _config(common, into)
+    into.add("packed-refs", _read(os.path.join(common, "packed-refs")))
+    for scope in sorted({_scope(p) for p in patterns}):
+        for name, data in _walk(common, scope, into):
+            if not name.endswith("/HEAD"):  # HEADs are left out of the answer
+                _symbolic(common, data, into)
+    return into.digest()
+
+
+def _worktrees_digest(checkout: str) -> bytes:
+    """The files ``git worktree list`` reads: the main HEAD, each linked worktree's admin
+    files (``gitdir``, ``HEAD``, ``locked``), whether the worktree it names is still there
+    (else it is prunable), and the refs every HEAD points to."""
+    _git_dir, common = _layout(checkout)
+    into = _Digest()
+    _config(common, into)
+    into.add("packed-refs", _read(os.path.join(common, "packed-refs")))
+    heads = [_read(os.path.join(common, "HEAD"))]
+    into.add("HEAD", heads[0])
+    admin_root = os.path.join(common, "worktrees")
+    try:
+        ids = sorted(os.listdir(admin_root))
+    except (FileNotFoundError, NotADirectoryError):
+        ids = []
+    into.add("worktrees/", "\0".join(ids).encode("utf-8", "surrogateescape"))
+    for wt_id in ids:
+        admin = os.path.join(admin_root, wt_id)
+        try:
+            names = sorted(os.listdir(admin))
+        except (FileNotFoundError, NotADirectoryError):
+            into.add(f"worktrees/{wt_id}/", None)
+            continue
+        into.add(f"worktrees/{wt_id}/", "\0".join(names).encode("utf-8", "surrogateescape"))
+        for name in ("gitdir", "HEAD", "locked"):
+            data = _read(os.path.join(admin, name))
+            into.add(f"worktrees/{wt_id}/{name}", data)
+            if name == "HEAD":
+                heads.append(data)
+            elif name == "gitdir" and data is not None:  # absolute, or relative to the admin
+                named = os.path.join(admin, data.strip().decode("utf-8", "surrogateescape"))
+                there = os.path.lexists(named)
+                into.add(f"worktrees/{wt_id}/gitdir exists", b"1" if there else b"0")
+    for head in heads:
+        if head is not None and head.startswith(b"ref:"):
+            _symbolic(common, head, into)
+    return into.digest()

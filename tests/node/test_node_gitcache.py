@@ -1,0 +1,212 @@
+"""Refs and worktree lists kept between observations: the same answer git gives, after any
+change git can make, and no git process while nothing changed."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.node import git as gitops
+from reconciler.node import gitcache
+from tests.node.node_support import Env
+from tests.support.git import commit, git
+
+PATTERNS = ["refs/heads/agent/*", "refs/remotes/origin/agent/*"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> Iterator[None]:
+    gitcache.forget()
+    yield
+    gitcache.forget()
+
+
+class GitCount:
+    """The git processes the node starts, counted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = gitops.run
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.calls += 1
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(gitops, "run", counted)
+
+    def since(self, action: Callable[[], object]) -> int:
+        before = self.calls
+        action()
+        return self.calls - before
+
+
+def observe(checkout: str) -> None:
+    gitcache.worktrees(checkout)
+    gitcache.refs(checkout, PATTERNS)
+
+
+def same_as_git(checkout: str) -> None:
+    assert gitcache.refs(checkout, PATTERNS) == gitops.refs(checkout, PATTERNS)
+    assert gitcache.worktrees(checkout) == gitops.list_worktrees(checkout)
+
+
+def test_an_unchanged_repository_is_observed_without_git(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkout = str(env.checkout)
+    git(checkout, "branch", "agent/one")
+    git(checkout, "worktree", "add", "-q", str(env.tmp / "wt-one"), "agent/one")
+    count = GitCount(monkeypatch)
+    assert count.since(lambda: observe(checkout)) == 2
+    assert count.since(lambda: observe(checkout)) == 0
+    commit(env.tmp / "wt-one", "x.txt", "x\n")  # the branch moves: both answers change
+    assert count.since(lambda: observe(checkout)) == 2
+    assert count.since(lambda: observe(checkout)) == 0
+
+
+def test_a_bare_repository_s_refs_are_kept(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    origin = str(env.origin)
+    count = GitCount(monkeypatch)
+    first = gitcache.refs(origin, ["refs/heads/"])
+    assert count.since(lambda: gitcache.refs(origin, ["refs/heads/"])) == 0
+    git(env.checkout, "push", "-q", "origin", "main:refs/heads/agent/pushed")
+    assert gitcache.refs(origin, ["refs/heads/"]) == {
+        **first,
+        "refs/heads/agent/pushed": first["refs/heads/main"],
+    }
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_change_git_makes_is_seen(env: Env, seed: int) -> None:
+    """A seeded random walk over what agents, the reconciler and people do to a checkout;
+    after each step the kept answers equal git's own."""
+    checkout = str(env.checkout)
+    rng = random.Random(seed)
+    places = env.tmp / "places"
+    places.mkdir()
+    names = [f"agent/t{i}" for i in range(4)]
+
+    def trees() -> list[Path]:
+        return [p for p in places.iterdir() if (p / ".git").exists()]
+
+    def unused() -> list[str]:
+        in_use = {wt.branch for wt in gitops.list_worktrees(checkout)}
+        return [n for n in names if n not in in_use]
+
+    def branch() -> None:
+        if free := unused():
+            git(checkout, "branch", "-f", rng.choice(free), rng.choice(["main", "HEAD~0"]))
+
+    def move() -> None:  # a ref moved to another commit and maybe straight back (same content)
+        name = f"refs/heads/{rng.choice(names)}"
+        old = gitops.resolve(checkout, name)
+        git(checkout, "update-ref", name, git(checkout, "commit-tree", "-m", "m", "main^{tree}"))
+        if old is not None and rng.random() < 0.5:
+            git(checkout, "update-ref", name, old)
+
+    def delete() -> None:
+        if free := [n for n in unused() if gitops.resolve(checkout, f"refs/heads/{n}")]:
+            git(checkout, "branch", "-D", rng.choice(free))
+
+    def add() -> None:
+        path = places / f"w{rng.randrange(1000)}"
+        if path.exists():
+            return
+        if (free := unused()) and rng.random() < 0.7:
+            git(checkout, "worktree", "add", "-q", "-B", rng.choice(free), str(path), "main")
+        else:
+            git(checkout, "worktree", "add", "-q", "--detach", str(path), "main")
+
+    def work() -> None:
+        if found := trees():
+            commit(rng.choice(found), "f.txt", f"{rng.random()}\n")
+
+    def detach() -> None:
+        if found := trees():
+            git(rng.choice(found), "switch", "-q", "--detach")
+
+    def remove() -> None:
+        if found := trees():
+            git(checkout, "worktree", "remove", "--force", str(rng.choice(found)))
+
+    def vanish() -> None:  # deleted by hand: git lists it as prunable
+        if found := trees():
+            shutil.rmtree(rng.choice(found))
+
+    def prune() -> None:
+        git(checkout, "worktree", "prune")
+
+    def lock() -> None:
+        if found := trees():
+            tree = rng.choice(found)
+            locked = any(
+                wt.path == str(tree) and "locked" in os.listdir(admin_of(tree))
+                for wt in gitops.list_worktrees(checkout)
+            )
+            git(checkout, "worktree", "unlock" if locked else "lock", str(tree))
+
+    def pack() -> None:
+        git(checkout, "pack-refs", "--all")
+
+    def push() -> None:
+        name = rng.choice(names)
+        if gitops.resolve(checkout, f"refs/heads/{name}"):
+            git(checkout, "push", "-q", "--force", "origin", f"{name}:{name}")
+
+    def fetch() -> None:
+        git(checkout, "fetch", "-q", "--prune", "origin")
+
+    def main_head() -> None:
+        if rng.random() < 0.5:
+            git(checkout, "switch", "-q", "--detach", "main")
+        else:
+            git(checkout, "switch", "-q", "main")
+
+    steps = [branch, move, delete, add, work, detach, remove, vanish, prune, lock, pack, push]
+    steps += [fetch, main_head]
+    same_as_git(checkout)
+    for _ in range(60):
+        rng.choice(steps)()
+        same_as_git(checkout)
+        same_as_git(checkout)  # the kept answer, now
+
+
+def admin_of(tree: Path) -> str:
+    return (tree / ".git").read_text().partition("gitdir: ")[2].strip()
+
+
+def test_an_answer_git_gave_while_the_refs_changed_is_not_kept(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkout = str(env.checkout)
+    real = gitops.refs
+
+    def racing(*args: object, **kwargs: object) -> dict[str, str]:
+        answer = real(*args, **kwargs)  # type: ignore[arg-type]
+        git(checkout, "branch", "-f", "agent/late", "main")  # lands after git read the refs
+        return answer
+
+    monkeypatch.setattr(gitops, "refs", racing)
+    assert "refs/heads/agent/late" not in gitcache.refs(checkout, PATTERNS)
+    monkeypatch.setattr(gitops, "refs", real)
+    assert "refs/heads/agent/late" in gitcache.refs(checkout, PATTERNS)
+
+
+def test_a_layout_the_digest_does_not_cover_is_always_asked(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A symlinked ref: git follows it, the digest would not see its target change."""
+    checkout = str(env.checkout)
+    heads = env.checkout / ".git" / "refs" / "heads"
+    (heads / "agent").mkdir()
+    target = env.tmp / "elsewhere"
+    target.write_text(git(checkout, "rev-parse", "main") + "\n")
+    (heads / "agent" / "linked").symlink_to(target)
+    count = GitCount(monkeypatch)
+    assert count.since(lambda: gitcache.refs(checkout, PATTERNS)) == 1
+    assert count.since(lambda: gitcache.refs(checkout, PATTERNS)) == 1
