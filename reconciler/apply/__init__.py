@@ -7,7 +7,6 @@ pass without duplicates. Every action is safe to repeat. Reasons in the plan are
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import sqlite3
@@ -17,6 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from reconciler import workers
 from reconciler.faults import crash_point
 from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, agent_ref
 from reconciler.manifests.models import Desired, Task
@@ -171,8 +171,7 @@ class Applier:
         for action in freeing:
             self.run_action(action, report)
         if per_task:
-            workers = min(PARALLEL_TASKS, len(per_task))
-            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            with workers.fanout("apply", PARALLEL_TASKS) as pool:
                 done = [
                     pool.submit(self.run_actions, actions, report) for actions in per_task.values()
                 ]

@@ -194,10 +194,9 @@ class LaneClient:
         tasks start from, and the agents they run. One request for every pass and ``doctor``."""
         bases: dict[str, set[str]] = {}
         agents: set[str] = set()
-        for task in desired.tasks.values():
-            if task.spec.lane == self.name:
-                bases.setdefault(task.spec.repo, set()).add(task.spec.base)
-                agents.add(task.spec.agent)
+        for task in desired.by_lane.get(self.name, {}).values():
+            bases.setdefault(task.spec.repo, set()).add(task.spec.base)
+            agents.add(task.spec.agent)
         return PreflightRequest(
             lane=self.ref,
             min_free_bytes=int(self.spec.min_free_disk),

@@ -5,6 +5,7 @@ Pure: no I/O. Field names are the camelCase names operators write; unknown field
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -649,6 +650,15 @@ class Desired:
     tasks: dict[str, Task] = field(default_factory=dict)
     # what is valid but probably not meant (a dependsOn naming no task): validate shows them
     warnings: tuple[ManifestError, ...] = ()
+
+    @functools.cached_property
+    def by_lane(self) -> dict[str, dict[str, Task]]:
+        """Each lane's tasks by name, indexed once: a pass asks for every lane's, and going
+        through all tasks for each lane would cost lanes times tasks."""
+        index: dict[str, dict[str, Task]] = {}
+        for name, task in self.tasks.items():
+            index.setdefault(task.spec.lane, {})[name] = task
+        return index
 
 
 def generation_of(spec: TaskSpec, prompt: str) -> str:

@@ -22,14 +22,14 @@ gives the planner its views and, within each, the record apply writes back.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from reconciler import workers
 from reconciler.lanes import LaneClient, LaneUnavailable, RequestFailed, unwrap
 from reconciler.manifests.models import NAME_PATTERN, Desired
 from reconciler.observe.merge import Owners, merge_runs
@@ -64,6 +64,7 @@ from reconciler.state import HistoryRow, SpendRow, Store, TaskRow
 
 NAME = re.compile(NAME_PATTERN)
 PRUNED = 200  # expired run directories a pass removes at most: a backlog goes over a few passes
+OBSERVE_WORKERS = 8  # lanes asked at once (each mostly waits on its node)
 
 
 def _needs_inspection(runs: list[Run]) -> str | None:
@@ -139,9 +140,7 @@ def _feedback(
     prefix = desired.config.branch_prefix
     feedback: dict[str, list[Literal["checks", "reviews"]]] = {}
     partial: dict[int, list[Literal["checks", "reviews"]] | None] = {}
-    for name, task in desired.tasks.items():
-        if task.spec.lane != here:
-            continue
+    for name, task in desired.by_lane.get(here, {}).items():
         pr = task.spec.pr
         key = id(pr)
         if key not in partial:
@@ -177,10 +176,39 @@ def _exchange(
 LaneAnswer = tuple[LaneView, list[RunObs], list[Foreign]]  # a lane's view, its runs, the refused
 
 
+@dataclass
+class _Share:
+    """What of a pass's records concerns one lane: its removed tasks (recorded on it, gone
+    from the manifests) and the runs it is to read in full."""
+
+    removed: list[str] = field(default_factory=list)
+    inspect: list[str] = field(default_factory=list)
+
+
+def _shares(
+    desired: Desired, records: Mapping[str, TaskRow], runs_by_task: Mapping[str, list[Run]]
+) -> dict[str, _Share]:
+    """Every lane's share, in one go over the records (one go per lane costs lanes times tasks)."""
+    shares: dict[str, _Share] = {}
+    lane_of: dict[str, str] = {}
+    for name, row in records.items():
+        if name not in desired.tasks:
+            shares.setdefault(row.lane, _Share()).removed.append(name)
+            lane_of[name] = row.lane
+    for name, runs in runs_by_task.items():
+        task = desired.tasks.get(name)
+        lane = task.spec.lane if task is not None else lane_of.get(name)
+        if lane is not None and (key := _needs_inspection(runs)):
+            shares.setdefault(lane, _Share()).inspect.append(key)
+    for share in shares.values():
+        share.inspect.sort()
+    return shares
+
+
 def _observe_lane(
     desired: Desired,
     lane: LaneClient,
-    records: Mapping[str, TaskRow],
+    share: _Share,
     runs_by_task: Mapping[str, list[Run]],
     owners: Owners,
     *,
@@ -191,15 +219,7 @@ def _observe_lane(
 ) -> LaneAnswer:
     spec = lane.spec
     here = lane.name
-    tasks = desired.tasks
-    removed = [n for n, r in records.items() if r.lane == here and n not in tasks]
-    gone = set(removed)
-    inspect = sorted(
-        k
-        for n, runs in runs_by_task.items()
-        if (k := _needs_inspection(runs))
-        and (((task := tasks.get(n)) is not None and task.spec.lane == here) or n in gone)
-    )
+    removed, inspect = share.removed, share.inspect
     preflight = lane.preflight_request(desired)
     prefix = desired.config.branch_prefix
     feedback = _feedback(desired, here, removed)
@@ -340,11 +360,13 @@ def observe(
     owners = owners_of(desired, records)
     history, settled = _history(histories, owners)
 
+    shares = _shares(desired, records, runs_by_task)
+
     def ask(lane: LaneClient) -> LaneAnswer:
         return _observe_lane(
             desired,
             lane,
-            records,
+            shares.get(lane.name, _Share()),
             runs_by_task,
             owners,
             clock=clock,
@@ -398,10 +420,9 @@ def observe(
 def _each_lane(
     lanes: Mapping[str, LaneClient], ask: Callable[[LaneClient], LaneAnswer]
 ) -> Iterator[Callable[[], Iterator[tuple[str, LaneAnswer]]]]:
-    """Every lane asked at once (8 at a time), by name; the caller works meanwhile and then
-    takes the answers, in the lanes' name order."""
-    workers = max(1, min(8, len(lanes)))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    """Every lane asked at once (``OBSERVE_WORKERS`` at a time), by name; the caller works
+    meanwhile and then takes the answers, in the lanes' name order."""
+    with workers.fanout("observe", OBSERVE_WORKERS) as pool:
         futures = {name: pool.submit(ask, lane) for name, lane in sorted(lanes.items())}
         yield lambda: ((name, future.result()) for name, future in futures.items())
 
