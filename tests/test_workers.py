@@ -26,9 +26,13 @@ def test_leaving_a_block_by_an_error_still_waits_for_its_work() -> None:
         release.wait(timeout=60)
         finished.append(n)
 
-    with pytest.raises(RuntimeError), workers.fanout("test-wait", 2) as pool:
-        for n in range(3):
-            pool.submit(slow, n)
-        threading.Timer(0.05, release.set).start()
-        raise RuntimeError("the caller failed while its work ran")
+    def fail_while_working() -> None:
+        with workers.fanout("test-wait", 2) as pool:
+            for n in range(3):
+                pool.submit(slow, n)
+            threading.Timer(0.05, release.set).start()
+            raise RuntimeError("the caller failed while its work ran")
+
+    with pytest.raises(RuntimeError):
+        fail_while_working()
     assert sorted(finished) == [0, 1, 2]

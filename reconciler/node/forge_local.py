@@ -25,7 +25,6 @@ from typing import Literal, TypeVar
 from urllib.parse import unquote, urlparse
 
 from reconciler.node import git as gitops
-from reconciler.node import gitcache
 from reconciler.node.errors import NodeError
 from reconciler.node.forges import Capabilities, PullExists
 from reconciler.protocol import PrComment, PullRequest
@@ -194,7 +193,7 @@ class LocalForge:
         ]
         if not any(r.get("state") == "open" for r in records):
             return [self._pr(r) for r in records]
-        branches = gitcache.refs(self.path, ["refs/heads/"])
+        branches = gitops.refs(self.path, ["refs/heads/"])
         return [
             self._pr(
                 r, branches.get(f"refs/heads/{r['head']}") if r.get("state") == "open" else None

@@ -6,22 +6,24 @@ every few seconds, most of them idle). Here the answer git gave is kept beside a
 files git read for it (gitrepository-layout, the files backend), and given again while those
 files read as they did.
 
-- The digest is of the files' contents and names, never their times: a ref rewritten twice
-  within the file system's timestamp granularity still reads differently.
+- The digest holds each file's identity (inode, size, times), as git's index does, and the
+  contents of the few small files that name others (``HEAD``s, ``gitdir``s, ``config``). Any
+  write to a file replaces or touches it; the one change identity cannot show is a second
+  write within the timestamp granularity of the first, so a digest that saw a change younger
+  than ``RACY_NS`` vouches for nothing, and git answers (git's own "racy" rule).
 - An answer is kept only when the digest taken after git ran equals the one taken before it,
   so it is git's answer for that state, not for one it passed through.
-- A repository laid out any other way (reftable, refs git would not read from these files,
-  a checkout with more than ``MAX_FILES`` refs or worktree files to read) is never kept: git
-  answers every time.
+- A repository laid out any other way (reftable, a symlinked ref, more than ``MAX_FILES``
+  files to look at) is never kept: git answers every time.
 
 Read-only: nothing here writes to a repository.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -31,11 +33,17 @@ from reconciler.protocol import Worktree
 __all__ = ["MAX_FILES", "refs", "worktrees"]
 
 MAX_FILES = 4096  # files one digest reads at most; past that git answers every time
+# A file changed this recently may change again within its timestamp's granularity without a
+# visible difference (git's own "racy" case): then git answers. Two seconds covers the
+# coarsest file systems' times and a little clock skew of a network file system.
+RACY_NS = 2_000_000_000
+_OBJECT_NAME_SIZES = (41, 65)  # a loose ref holding a SHA-1 or SHA-256 name and a newline
 _KEPT = 512  # answers kept at most (a few per checkout); past that all are forgotten
 
 T = TypeVar("T")
 
-_answers: dict[tuple[str, ...], tuple[bytes, object]] = {}
+_Seen = tuple[tuple[object, ...], ...]  # what a digest saw, in order
+_answers: dict[tuple[str, ...], tuple[_Seen, object]] = {}
 _lock = threading.Lock()
 
 
@@ -70,11 +78,15 @@ def forget() -> None:
         _answers.clear()
 
 
-def _remembered(key: tuple[str, ...], digest: Callable[[], bytes], ask: Callable[[], T]) -> T:
+def _remembered(
+    key: tuple[str, ...], digest: Callable[[], _Seen | None], ask: Callable[[], T]
+) -> T:
     try:
         before = digest()
     except _Unkept:
         return ask()
+    if before is None:
+        return ask()  # something changed a moment ago: git's answer alone is sure
     with _lock:
         kept = _answers.get(key)
     if kept is not None and kept[0] == before:
@@ -96,22 +108,44 @@ def _remembered(key: tuple[str, ...], digest: Callable[[], bytes], ask: Callable
 
 
 class _Digest:
-    """What a digest has read: names and contents, each length-prefixed, and a file budget."""
+    """What a digest has seen: names, file identities (inode, size, times, mode) and a few
+    contents; and whether any of it changed too recently to be told from a change to come
+    (``racy``). Kept as the plain values: comparing them costs less than hashing them."""
 
     def __init__(self) -> None:
-        self._hash = hashlib.blake2b(digest_size=20)
-        self._files = 0
+        self._parts: list[tuple[object, ...]] = []
+        self._recent = time.time_ns() - RACY_NS
+        self.racy = False
 
     def add(self, label: str, data: bytes | None) -> None:
-        self._files += 1
-        if self._files > MAX_FILES:
+        if len(self._parts) >= MAX_FILES:
             raise _Unkept
-        name = label.encode("utf-8", "surrogateescape")
-        body = b"\xff" if data is None else b"%d:" % len(data) + data
-        self._hash.update(b"%d:" % len(name) + name + body)
+        self._parts.append((label, data))
 
-    def digest(self) -> bytes:
-        return self._hash.digest()
+    def add_stat(self, label: str, st: os.stat_result | None) -> None:
+        """A file or directory by identity: any write replaces or touches it, which changes
+        its inode, size or times, unless it lands within the file system's timestamp
+        granularity of the one seen, hence ``racy``."""
+        if st is None:
+            self.add(label, None)
+            return
+        if len(self._parts) >= MAX_FILES:
+            raise _Unkept
+        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+        if mtime >= self._recent or ctime >= self._recent:
+            self.racy = True
+        self._parts.append((label, st.st_ino, st.st_size, mtime, ctime, st.st_mode))
+
+    def digest(self) -> tuple[tuple[object, ...], ...] | None:
+        """What was seen, or None when it is racy (it cannot vouch for an answer)."""
+        return None if self.racy else tuple(self._parts)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def _read(path: str) -> bytes | None:
@@ -142,43 +176,50 @@ def _layout(checkout: str) -> tuple[str, str]:
 
 
 def _config(common: str, into: _Digest) -> None:
+    """The repository's config (it names the refs backend), and its ``packed-refs``."""
     config = _read(os.path.join(common, "config"))
     if config is not None and b"refstorage" in config.lower():
         raise _Unkept  # extensions.refStorage names a backend other than these files
     into.add("config", config)
+    into.add_stat("packed-refs", _lstat(os.path.join(common, "packed-refs")))
 
 
 def _walk(root: str, rel: str, into: _Digest) -> Iterator[tuple[str, bytes]]:
-    """Every file under ``root/rel`` (sorted), each read into the digest; yields the files
-    that are symbolic refs, by name, with their contents."""
+    """Every directory and file under ``root/rel`` into the digest by identity;
+    yields the files that are symbolic refs, by name, with their contents (a loose ref of
+    another size than an object name's is read to know)."""
+    into.add_stat(rel + "/", _lstat(os.path.join(root, rel)))
     try:
-        entries = sorted(os.scandir(os.path.join(root, rel)), key=lambda e: e.name)
+        entries = list(os.scandir(os.path.join(root, rel)))  # unsorted: another order misses
     except (FileNotFoundError, NotADirectoryError):
-        into.add(rel + "/", None)
         return
-    into.add(rel + "/", b"\0".join(e.name.encode("utf-8", "surrogateescape") for e in entries))
     for entry in entries:
         name = f"{rel}/{entry.name}"
+        if entry.is_symlink():
+            raise _Unkept  # a symlinked ref: git follows it, the digest would not
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(root, name, into)
             continue
-        if entry.is_symlink():
-            raise _Unkept  # a symlinked ref: git follows it, the digest would not
-        data = _read(entry.path)
-        into.add(name, data)
-        if data is not None and data.startswith(b"ref:"):
-            yield name, data
+        st = entry.stat(follow_symlinks=False)
+        into.add_stat(name, st)
+        if st.st_size not in _OBJECT_NAME_SIZES:
+            data = _read(entry.path)
+            if data is not None and data.startswith(b"ref:"):
+                yield name, data
 
 
 def _symbolic(common: str, data: bytes, into: _Digest) -> None:
-    """What a symbolic ref names, read into the digest (one level: deeper is for git)."""
+    """What a symbolic ref names, into the digest (one level: deeper is for git)."""
     target = data[4:].strip().decode("utf-8", "surrogateescape")
     if not target.startswith("refs/") or ".." in target.split("/"):
         raise _Unkept
-    content = _read(os.path.join(common, target))
-    if content is not None and content.startswith(b"ref:"):
-        raise _Unkept
-    into.add(target, content)
+    path = os.path.join(common, target)
+    st = _lstat(path)
+    into.add_stat(target, st)
+    if st is not None and st.st_size not in _OBJECT_NAME_SIZES:
+        content = _read(path)
+        if content is not None and content.startswith(b"ref:"):
+            raise _Unkept
 
 
 def _scope(pattern: str) -> str:
@@ -193,11 +234,10 @@ def _scope(pattern: str) -> str:
     return scope
 
 
-def _refs_digest(checkout: str, patterns: list[str]) -> bytes:
+def _refs_digest(checkout: str, patterns: list[str]) -> _Seen | None:
     _git_dir, common = _layout(checkout)
     into = _Digest()
     _config(common, into)
-    into.add("packed-refs", _read(os.path.join(common, "packed-refs")))
     for scope in sorted({_scope(p) for p in patterns}):
         for name, data in _walk(common, scope, into):
             if not name.endswith("/HEAD"):  # HEADs are left out of the answer
@@ -205,14 +245,13 @@ def _refs_digest(checkout: str, patterns: list[str]) -> bytes:
     return into.digest()
 
 
-def _worktrees_digest(checkout: str) -> bytes:
+def _worktrees_digest(checkout: str) -> _Seen | None:
     """The files ``git worktree list`` reads: the main HEAD, each linked worktree's admin
     files (``gitdir``, ``HEAD``, ``locked``), whether the worktree it names is still there
     (else it is prunable), and the refs every HEAD points to."""
     _git_dir, common = _layout(checkout)
     into = _Digest()
     _config(common, into)
-    into.add("packed-refs", _read(os.path.join(common, "packed-refs")))
     heads = [_read(os.path.join(common, "HEAD"))]
     into.add("HEAD", heads[0])
     admin_root = os.path.join(common, "worktrees")

@@ -15,15 +15,29 @@ from reconciler.node import git as gitops
 from reconciler.node import gitcache
 from tests.node.node_support import Env
 from tests.support.git import commit, git
+from tests.support.waiting import wait_for
 
 PATTERNS = ["refs/heads/agent/*", "refs/remotes/origin/agent/*"]
+SETTLED_NS = 20_000_000  # the tests' racy window: short, so that their changes settle soon
 
 
 @pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
+def _fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     gitcache.forget()
+    monkeypatch.setattr(gitcache, "RACY_NS", SETTLED_NS)
     yield
     gitcache.forget()
+
+
+def settled(checkout: str, patterns: list[str] = PATTERNS) -> None:
+    """Wait until no file the digests look at changed within the racy window."""
+    wait_for(
+        lambda: (
+            gitcache._refs_digest(checkout, patterns) is not None
+            and gitcache._worktrees_digest(checkout) is not None
+        ),
+        "the repository's files to be older than the racy window",
+    )
 
 
 class GitCount:
@@ -62,16 +76,32 @@ def test_an_unchanged_repository_is_observed_without_git(
     git(checkout, "branch", "agent/one")
     git(checkout, "worktree", "add", "-q", str(env.tmp / "wt-one"), "agent/one")
     count = GitCount(monkeypatch)
+    settled(checkout)
     assert count.since(lambda: observe(checkout)) == 2
     assert count.since(lambda: observe(checkout)) == 0
     commit(env.tmp / "wt-one", "x.txt", "x\n")  # the branch moves: both answers change
+    settled(checkout)
     assert count.since(lambda: observe(checkout)) == 2
     assert count.since(lambda: observe(checkout)) == 0
+
+
+def test_a_change_younger_than_the_racy_window_is_always_asked(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within the file system's timestamp granularity a second write can leave a file's
+    identity as the first one left it: while a change is that young, git answers."""
+    checkout = str(env.checkout)
+    monkeypatch.setattr(gitcache, "RACY_NS", 3600 * 10**9)  # every change is young
+    git(checkout, "branch", "agent/one")
+    count = GitCount(monkeypatch)
+    assert count.since(lambda: observe(checkout)) == 2
+    assert count.since(lambda: observe(checkout)) == 2
 
 
 def test_a_bare_repository_s_refs_are_kept(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     origin = str(env.origin)
     count = GitCount(monkeypatch)
+    settled(origin, ["refs/heads/"])
     first = gitcache.refs(origin, ["refs/heads/"])
     assert count.since(lambda: gitcache.refs(origin, ["refs/heads/"])) == 0
     git(env.checkout, "push", "-q", "origin", "main:refs/heads/agent/pushed")
@@ -82,9 +112,12 @@ def test_a_bare_repository_s_refs_are_kept(env: Env, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_every_change_git_makes_is_seen(env: Env, seed: int) -> None:
+def test_every_change_git_makes_is_seen(
+    env: Env, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A seeded random walk over what agents, the reconciler and people do to a checkout;
-    after each step the kept answers equal git's own."""
+    after each step the answers equal git's own, at once and once the change settled, when
+    they are the kept ones."""
     checkout = str(env.checkout)
     rng = random.Random(seed)
     places = env.tmp / "places"
@@ -109,6 +142,13 @@ def test_every_change_git_makes_is_seen(env: Env, seed: int) -> None:
         if old is not None and rng.random() < 0.5:
             git(checkout, "update-ref", name, old)
 
+    def by_hand() -> None:  # a loose ref rewritten in place: its directory stays as it was
+        loose = [p for p in (env.checkout / ".git" / "refs" / "heads" / "agent").glob("*")]
+        if loose:
+            sha = git(checkout, "commit-tree", "-m", f"{rng.random()}", "main^{tree}")
+            with open(rng.choice(loose), "r+") as f:
+                f.write(sha + "\n")
+
     def delete() -> None:
         if free := [n for n in unused() if gitops.resolve(checkout, f"refs/heads/{n}")]:
             git(checkout, "branch", "-D", rng.choice(free))
@@ -132,7 +172,7 @@ def test_every_change_git_makes_is_seen(env: Env, seed: int) -> None:
 
     def remove() -> None:
         if found := trees():
-            git(checkout, "worktree", "remove", "--force", str(rng.choice(found)))
+            git(checkout, "worktree", "remove", "-f", "-f", str(rng.choice(found)))
 
     def vanish() -> None:  # deleted by hand: git lists it as prunable
         if found := trees():
@@ -167,13 +207,30 @@ def test_every_change_git_makes_is_seen(env: Env, seed: int) -> None:
         else:
             git(checkout, "switch", "-q", "main")
 
-    steps = [branch, move, delete, add, work, detach, remove, vanish, prune, lock, pack, push]
+    steps = [
+        branch,
+        move,
+        by_hand,
+        delete,
+        add,
+        work,
+        detach,
+        remove,
+        vanish,
+        prune,
+        lock,
+        pack,
+        push,
+    ]
     steps += [fetch, main_head]
+    count = GitCount(monkeypatch)
     same_as_git(checkout)
     for _ in range(60):
         rng.choice(steps)()
         same_as_git(checkout)
-        same_as_git(checkout)  # the kept answer, now
+        settled(checkout)
+        same_as_git(checkout)
+        assert count.since(lambda: observe(checkout)) == 0  # the kept answers, checked above
 
 
 def admin_of(tree: Path) -> str:
