@@ -286,61 +286,78 @@ def prepare_workspace(
     (freshly fetched remote-tracking branch, else the local one) without upstream tracking;
     ``fetch`` False: the caller fetched it just now.
     Only the worktree bookkeeping holds the repository's lock: every git call under it delays
-    every other start and cleanup on the same repository.
+    every other start and cleanup on the same repository. So the worktree is registered
+    without its files (``--no-checkout``) under the lock and checked out after it; a worktree
+    found registered but never checked out (its node died in between) is checked out now, and
+    counts as created.
     """
     if fetch and resolve(checkout, f"refs/heads/{branch}") is None:
         fetch_base(checkout, remote, base, fresh=BASE_FRESH)
     # Reading the refs needs no lock: only what changes the worktrees waits for the others.
     found = None if os.path.isdir(path) else _start_refs(checkout, base, remote, branch)
     with repo_lock(checkout):
-        if os.path.isdir(path):
-            existing = registered(checkout, path)
-            if existing is not None and not existing.prunable:
+        existing = registered(checkout, path) if os.path.isdir(path) else None
+        if existing is not None and not existing.prunable:
+            if _has_index(path):
                 return False
-            if os.listdir(path):
+        else:
+            if os.path.isdir(path) and os.listdir(path):
                 raise GitError(
                     f"{path} exists and is not a worktree of {checkout}; move it away or remove "
                     "it (remove-workspace does), then prepare the workspace again"
                 )
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        reason = ""
-        for _ in range(2):
-            found = found or _start_refs(checkout, base, remote, branch)
-            branch_existed = f"refs/heads/{branch}" in found
-            if branch_existed:
-                args = ["worktree", "add", path, branch]
-            else:
-                start = (_base_in(found, base, remote) or (None,))[0]
-                if start is None:
-                    raise GitError(
-                        f"base branch {base!r} exists neither as refs/heads/{base} nor as "
-                        f"refs/remotes/{remote}/{base} in {checkout}; fetch it "
-                        f"(git -C {checkout} fetch {remote}) or fix the task's base"
-                    )
-                args = ["worktree", "add", "--no-track", "-b", branch, path, start]
-            if sparse:
-                args.insert(2, "--no-checkout")
-            proc = run(args, checkout, check=False)
-            if proc.returncode == 0:
-                if sparse:
-                    _sparse_checkout(path, sparse)
-                return True
-            reason, found = _reason(proc.stderr), None  # the retry reads the refs again
-            # Undo what a failed add can leave behind (or a stale record of a deleted worktree
-            # that made it refuse the path), so the retry starts clean.
-            run(["worktree", "prune"], checkout, check=False)
-            if registered(checkout, path) is None and os.path.lexists(path):
-                _clear_leftover(checkout, path)
-            if (
-                not branch_existed
-                and resolve(checkout, f"refs/heads/{branch}") is not None
-                and not _checked_out(checkout, branch)
-            ):
-                run(["branch", "-D", branch], checkout, check=False)
-        raise GitError(
-            f"could not create worktree {path} on branch {branch} of {checkout}: {reason}; "
-            "fix the cause and retry"
-        )
+            _register(checkout, path, branch, base, remote, found=found)
+    check_out(path, sparse or [])
+    return True
+
+
+def _has_index(path: str) -> bool:
+    """Whether the worktree at ``path`` was ever checked out: ``worktree add --no-checkout``
+    leaves no index. One laid out otherwise is taken as checked out (as it was before)."""
+    dirs = git_dirs_on_disk(path)
+    return dirs is None or os.path.exists(os.path.join(dirs[0], "index"))
+
+
+def _register(
+    checkout: str, path: str, branch: str, base: str, remote: str, *, found: dict[str, str] | None
+) -> None:
+    """Register the worktree at ``path`` on ``branch`` (made at the base when new), without
+    its files; once more after cleaning up when the first try fails. Under the lock."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    reason = ""
+    for _ in range(2):
+        found = found or _start_refs(checkout, base, remote, branch)
+        branch_existed = f"refs/heads/{branch}" in found
+        if branch_existed:
+            args = ["worktree", "add", "--no-checkout", path, branch]
+        else:
+            start = (_base_in(found, base, remote) or (None,))[0]
+            if start is None:
+                raise GitError(
+                    f"base branch {base!r} exists neither as refs/heads/{base} nor as "
+                    f"refs/remotes/{remote}/{base} in {checkout}; fetch it "
+                    f"(git -C {checkout} fetch {remote}) or fix the task's base"
+                )
+            args = ["worktree", "add", "--no-checkout", "--no-track", "-b", branch, path, start]
+        proc = run(args, checkout, check=False)
+        if proc.returncode == 0:
+            return
+        reason, found = _reason(proc.stderr), None  # the retry reads the refs again
+        # Undo what a failed add can leave behind (or a stale record of a deleted worktree
+        # that made it refuse the path), so the retry starts clean.
+        run(["worktree", "prune"], checkout, check=False)
+        if registered(checkout, path) is None and os.path.lexists(path):
+            _clear_leftover(checkout, path)
+        if (
+            not branch_existed
+            and resolve(checkout, f"refs/heads/{branch}") is not None
+            and not _checked_out(checkout, branch)
+        ):
+            run(["branch", "-D", branch], checkout, check=False)
+    raise GitError(
+        f"could not create worktree {path} on branch {branch} of {checkout}: {reason}; "
+        "fix the cause and retry"
+    )
 
 
 class _SharedFetches:
@@ -540,9 +557,10 @@ def add_detached(checkout: str, path: str, start: str) -> None:
 
 
 def check_out(path: str, sparse: list[str]) -> None:
-    """The files of a worktree made by ``add_detached`` (only the ``sparse`` directories, when
-    named). It touches that worktree's own index and files alone, so it needs no lock; the
-    repository's post-checkout hook runs as a checkout runs it."""
+    """The files of a worktree registered without them (``add_detached``, a start's
+    ``_register``); only the ``sparse`` directories, when named. It touches that worktree's
+    own index and files alone, so it needs no lock; the repository's post-checkout hook runs as
+    a checkout runs it (its HEAD as both the old and the new one)."""
     if sparse:
         _sparse_checkout(path, sparse)
     else:

@@ -43,6 +43,44 @@ def test_prepare_creates_then_reuses(env: Env) -> None:
     assert Path(first.path, "scratch.txt").exists()
 
 
+def test_a_start_checks_its_files_out_without_holding_the_repository(env: Env) -> None:
+    """A new worktree is registered under the repository's worktree lock and checked out after
+    it, so a start or cleanup on the same repository waits only for the registration; the
+    repository's post-checkout hook still runs, in the new worktree."""
+    lock = Path(gitops.common_dir(str(env.checkout))) / gitops.LOCK_NAME
+    seen = env.tmp / "hook-saw"
+    hook = env.checkout / ".git" / "hooks" / "post-checkout"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f"if flock -n {lock} true; then echo free; else echo held; fi >> {seen}\n"
+        f'echo "$PWD" >> {seen}\n'
+    )
+    hook.chmod(0o755)
+    ws = env.prepare("checked-out")
+    assert seen.read_text().splitlines() == ["free", str(ws)]
+    assert (ws / "README.md").read_text() == "hello\n"
+    assert git(ws, "status", "--porcelain") == ""
+
+
+def test_a_worktree_registered_but_never_checked_out_is_finished(env: Env) -> None:
+    """A node that died between registering a start's worktree and checking it out left it
+    without files: the next prepare checks it out, and it counts as created (so afterCreate
+    runs), where it used to be reused empty."""
+    from reconciler.protocol import PrepareWorkspaceRequest
+
+    path = env.workspace("interrupted")
+    git(env.checkout, "worktree", "add", "-q", "--no-checkout", "-b", "agent/interrupted",
+        str(path), "main")  # fmt: skip
+    assert not (path / "README.md").exists()
+    req = PrepareWorkspaceRequest(lane=env.lane, task=env.task("interrupted"))
+    result = WorkspaceResult.model_validate(env.call(req))
+    assert result.created
+    assert (path / "README.md").read_text() == "hello\n"
+    assert git(path, "status", "--porcelain") == ""
+    again = WorkspaceResult.model_validate(env.call(req))
+    assert not again.created
+
+
 def test_prepare_checks_out_an_existing_branch(env: Env) -> None:
     git(env.checkout, "branch", "agent/resume", "main")
     ws = env.prepare("resume")
