@@ -104,3 +104,18 @@ def kill_leftover_runs(root: Path) -> None:
         fp = Fingerprint.model_validate({k: record[k] for k in ("boot_id", "pid", "start_time")})
         if procs.is_alive(fp):
             procs.kill_group(fp.pid, 0.0)
+
+
+def lock_probe_hook(checkout: Path, seen: Path) -> None:
+    """Install a post-checkout hook in ``checkout`` that appends to ``seen`` whether the
+    repository's worktree lock was free while it ran ("free" or "held"), then where it ran."""
+    from reconciler.node import git as gitops
+
+    lock = Path(gitops.common_dir(str(checkout))) / gitops.LOCK_NAME
+    hook = checkout / ".git" / "hooks" / "post-checkout"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f"if flock -n {lock} true; then echo free; else echo held; fi >> {seen}\n"
+        f'echo "$PWD" >> {seen}\n'
+    )
+    hook.chmod(0o755)

@@ -18,7 +18,7 @@ from reconciler.protocol import (
     RemoveWorkspaceRequest,
     WorkspaceResult,
 )
-from tests.node.node_support import Env
+from tests.node.node_support import Env, lock_probe_hook
 from tests.support.git import commit, git
 from tests.support.waiting import wait_for
 
@@ -47,15 +47,8 @@ def test_a_start_checks_its_files_out_without_holding_the_repository(env: Env) -
     """A new worktree is registered under the repository's worktree lock and checked out after
     it, so a start or cleanup on the same repository waits only for the registration; the
     repository's post-checkout hook still runs, in the new worktree."""
-    lock = Path(gitops.common_dir(str(env.checkout))) / gitops.LOCK_NAME
     seen = env.tmp / "hook-saw"
-    hook = env.checkout / ".git" / "hooks" / "post-checkout"
-    hook.write_text(
-        "#!/bin/sh\n"
-        f"if flock -n {lock} true; then echo free; else echo held; fi >> {seen}\n"
-        f'echo "$PWD" >> {seen}\n'
-    )
-    hook.chmod(0o755)
+    lock_probe_hook(env.checkout, seen)
     ws = env.prepare("checked-out")
     assert seen.read_text().splitlines() == ["free", str(ws)]
     assert (ws / "README.md").read_text() == "hello\n"

@@ -24,7 +24,7 @@ from reconciler.protocol import (
     RepoHooks,
     WorkspaceResult,
 )
-from tests.node.node_support import Env
+from tests.node.node_support import Env, lock_probe_hook
 from tests.support.git import commit, git
 
 
@@ -393,15 +393,8 @@ def test_a_fill_checks_its_files_out_without_holding_the_repository(env: Env) ->
     """The checkout of a new pooled worktree (seconds on a large repository) runs outside the
     repository's worktree lock, so a take meanwhile does not wait for it; the repository's
     post-checkout hook still runs, in the new worktree."""
-    lock = Path(gitops.common_dir(str(env.checkout))) / gitops.LOCK_NAME
     seen = env.root / "hook-saw"
-    hook = env.checkout / ".git" / "hooks" / "post-checkout"
-    hook.write_text(
-        "#!/bin/sh\n"
-        f"if flock -n {lock} true; then echo free; else echo held; fi >> {seen}\n"
-        f'echo "$PWD" >> {seen}\n'
-    )
-    hook.chmod(0o755)
+    lock_probe_hook(env.checkout, seen)
     directory = pool.pool_dir(str(env.root), "webapp", "main")
     (made,) = pool.fill(
         str(env.checkout), directory, base="main", remote="origin", size=1, sparse=[]
