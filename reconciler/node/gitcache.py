@@ -37,6 +37,10 @@ MAX_FILES = 4096  # files one digest reads at most; past that git answers every 
 # visible difference (git's own "racy" case): then git answers. Two seconds covers the
 # coarsest file systems' times and a little clock skew of a network file system.
 RACY_NS = 2_000_000_000
+# After a digest saw such a change, git answers alone for this long: a repository that busy
+# (a pass's starts and pushes) would change again before the next pass, and its digest (a stat
+# of every ref) would be paid on top of git's answer every time.
+BUSY_SECONDS = 5.0
 _OBJECT_NAME_SIZES = (41, 65)  # a loose ref holding a SHA-1 or SHA-256 name and a newline
 _KEPT = 512  # answers kept at most (a few per checkout); past that all are forgotten
 
@@ -44,6 +48,7 @@ T = TypeVar("T")
 
 _Seen = tuple[tuple[object, ...], ...]  # what a digest saw, in order
 _answers: dict[tuple[str, ...], tuple[_Seen, object]] = {}
+_busy: dict[tuple[str, ...], float] = {}  # when a digest last saw a racy change, by question
 _lock = threading.Lock()
 
 
@@ -76,17 +81,27 @@ def forget() -> None:
     """Drop every kept answer (tests; a process that knows the repositories changed wholesale)."""
     with _lock:
         _answers.clear()
+        _busy.clear()
 
 
 def _remembered(
     key: tuple[str, ...], digest: Callable[[], _Seen | None], ask: Callable[[], T]
 ) -> T:
+    now = time.monotonic()
+    with _lock:
+        busy = now - _busy.get(key, -BUSY_SECONDS) < BUSY_SECONDS
+    if busy:
+        return ask()  # it changes all the time: a digest would only add to git's cost
     try:
         before = digest()
     except _Unkept:
         return ask()
-    if before is None:
-        return ask()  # something changed a moment ago: git's answer alone is sure
+    if before is None:  # something changed a moment ago: git's answer alone is sure
+        with _lock:
+            if len(_busy) >= _KEPT:
+                _busy.clear()
+            _busy[key] = now
+        return ask()
     with _lock:
         kept = _answers.get(key)
     if kept is not None and kept[0] == before:

@@ -8,6 +8,7 @@ import random
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,7 @@ SETTLED_NS = 20_000_000  # the tests' racy window: short, so that their changes 
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     gitcache.forget()
     monkeypatch.setattr(gitcache, "RACY_NS", SETTLED_NS)
+    monkeypatch.setattr(gitcache, "BUSY_SECONDS", 0.0)
     yield
     gitcache.forget()
 
@@ -96,6 +98,28 @@ def test_a_change_younger_than_the_racy_window_is_always_asked(
     count = GitCount(monkeypatch)
     assert count.since(lambda: observe(checkout)) == 2
     assert count.since(lambda: observe(checkout)) == 2
+
+
+def test_a_repository_that_keeps_changing_is_asked_without_a_digest(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a digest saw a change too young to vouch for, git answers alone for a while: a
+    busy repository would pay the digest on top of git every pass."""
+    checkout = str(env.checkout)
+    monkeypatch.setattr(gitcache, "RACY_NS", 3600 * 10**9)  # every change is young
+    monkeypatch.setattr(gitcache, "BUSY_SECONDS", 3600.0)
+    digests: list[str] = []
+    real = gitcache._refs_digest
+
+    def counted(*args: Any) -> Any:
+        digests.append("refs")
+        return real(*args)
+
+    monkeypatch.setattr(gitcache, "_refs_digest", counted)
+    count = GitCount(monkeypatch)
+    for _ in range(3):
+        assert count.since(lambda: gitcache.refs(checkout, PATTERNS)) == 1
+    assert digests == ["refs"]  # the first call's, which found the change young
 
 
 def test_a_bare_repository_s_refs_are_kept(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
