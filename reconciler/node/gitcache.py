@@ -215,7 +215,11 @@ def _walk(root: str, rel: str, into: _Digest) -> Iterator[tuple[str, bytes]]:
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(root, name, into)
             continue
-        st = entry.stat(follow_symlinks=False)
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:  # deleted since the listing: it is changing right now
+            into.racy = True
+            continue
         into.add_stat(name, st)
         if st.st_size not in _OBJECT_NAME_SIZES:
             data = _read(entry.path)

@@ -291,3 +291,22 @@ def test_a_layout_the_digest_does_not_cover_is_always_asked(
     count = GitCount(monkeypatch)
     assert count.since(lambda: gitcache.refs(checkout, PATTERNS)) == 1
     assert count.since(lambda: gitcache.refs(checkout, PATTERNS)) == 1
+
+
+def test_a_ref_deleted_while_the_digest_lists_its_directory_is_a_change(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkout = str(env.checkout)
+    git(checkout, "branch", "agent/going")
+    going = env.checkout / ".git" / "refs" / "heads" / "agent" / "going"
+    real = os.scandir
+
+    def listed_then_deleted(path: str) -> list[os.DirEntry[str]]:
+        entries = list(real(path))
+        if going.exists() and any(e.path == str(going) for e in entries):
+            going.unlink()  # after the listing, before the digest looks at it
+        return entries
+
+    monkeypatch.setattr(os, "scandir", listed_then_deleted)
+    assert gitcache._refs_digest(checkout, PATTERNS) is None  # racy: it vouches for nothing
+    assert "refs/heads/agent/going" not in gitcache.refs(checkout, PATTERNS)
