@@ -94,7 +94,7 @@ def _remembered(
         return ask()  # it changes all the time: a digest would only add to git's cost
     try:
         before = digest()
-    except _Unkept:
+    except (_Unkept, OSError):  # laid out otherwise, or unreadable: git says what it is
         return ask()
     if before is None:  # something changed a moment ago: git's answer alone is sure
         with _lock:
@@ -109,7 +109,7 @@ def _remembered(
     answer = ask()
     try:
         after = digest()
-    except _Unkept:
+    except (_Unkept, OSError):
         return answer
     if after == before:
         with _lock:

@@ -310,3 +310,18 @@ def test_a_ref_deleted_while_the_digest_lists_its_directory_is_a_change(
     monkeypatch.setattr(os, "scandir", listed_then_deleted)
     assert gitcache._refs_digest(checkout, PATTERNS) is None  # racy: it vouches for nothing
     assert "refs/heads/agent/going" not in gitcache.refs(checkout, PATTERNS)
+
+
+def test_refs_the_digest_cannot_read_are_asked_of_git(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkout = str(env.checkout)
+    git(checkout, "branch", "agent/here")
+
+    def unreadable(path: str) -> list[os.DirEntry[str]]:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "scandir", unreadable)
+    count = GitCount(monkeypatch)
+    assert count.since(lambda: gitcache.refs(checkout, PATTERNS)) == 1
+    assert "refs/heads/agent/here" in gitcache.refs(checkout, PATTERNS)
