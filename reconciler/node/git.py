@@ -295,6 +295,8 @@ def prepare_workspace(
         fetch_base(checkout, remote, base, fresh=BASE_FRESH)
     # Reading the refs needs no lock: only what changes the worktrees waits for the others.
     found = None if os.path.isdir(path) else _start_refs(checkout, base, remote, branch)
+    if found is not None and f"refs/heads/{branch}" not in found:
+        found = _make_branch(checkout, branch, base, remote, found)
     with repo_lock(checkout):
         existing = registered(checkout, path) if os.path.isdir(path) else None
         if existing is not None and not existing.prunable:
@@ -309,6 +311,32 @@ def prepare_workspace(
             _register(checkout, path, branch, base, remote, found=found)
     check_out(path, sparse or [])
     return True
+
+
+def _make_branch(
+    checkout: str, branch: str, base: str, remote: str, found: dict[str, str]
+) -> dict[str, str] | None:
+    """Make the new ``branch`` at the base, outside the repository's worktree lock (a branch is
+    a ref: only the worktree's registration needs the lock, which is then one git process
+    shorter). The refs with it; None when git refused (made meanwhile): read them again. A
+    start that dies after this leaves the branch at the base, where the next one takes it up."""
+    start = _base_start(checkout, base, remote, found)
+    if run(["branch", "--no-track", branch, start], checkout, check=False).returncode != 0:
+        return None
+    return {**found, f"refs/heads/{branch}": found[start]}
+
+
+def _base_start(checkout: str, base: str, remote: str, found: Mapping[str, str]) -> str:
+    """The ref a new branch starts from, among ``found``; GitError naming the fix when the
+    base exists nowhere."""
+    start = (_base_in(found, base, remote) or (None,))[0]
+    if start is None:
+        raise GitError(
+            f"base branch {base!r} exists neither as refs/heads/{base} nor as "
+            f"refs/remotes/{remote}/{base} in {checkout}; fetch it "
+            f"(git -C {checkout} fetch {remote}) or fix the task's base"
+        )
+    return start
 
 
 def _has_index(path: str) -> bool:
@@ -331,13 +359,7 @@ def _register(
         if branch_existed:
             args = ["worktree", "add", "--no-checkout", path, branch]
         else:
-            start = (_base_in(found, base, remote) or (None,))[0]
-            if start is None:
-                raise GitError(
-                    f"base branch {base!r} exists neither as refs/heads/{base} nor as "
-                    f"refs/remotes/{remote}/{base} in {checkout}; fetch it "
-                    f"(git -C {checkout} fetch {remote}) or fix the task's base"
-                )
+            start = _base_start(checkout, base, remote, found)
             args = ["worktree", "add", "--no-checkout", "--no-track", "-b", branch, path, start]
         proc = run(args, checkout, check=False)
         if proc.returncode == 0:

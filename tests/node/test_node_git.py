@@ -55,6 +55,31 @@ def test_a_start_checks_its_files_out_without_holding_the_repository(env: Env) -
     assert git(ws, "status", "--porcelain") == ""
 
 
+def test_a_start_makes_its_branch_before_it_waits_for_the_repository(env: Env) -> None:
+    """A new branch is a ref: it is made before the repository's worktree lock is taken, so
+    the registration under the lock (which other starts queue for) is one git process."""
+    checkout = str(env.checkout)
+    done = threading.Event()
+
+    def start() -> None:
+        env.prepare("queued")
+        done.set()
+
+    with gitops.repo_lock(checkout):  # another start or cleanup holds the repository
+        worker = threading.Thread(target=start, name="queued-start")
+        worker.start()
+        wait_for(
+            lambda: gitops.resolve(checkout, "refs/heads/agent/queued"),
+            "the branch, made while the lock is held elsewhere",
+        )
+        assert not done.is_set()
+    worker.join(timeout=60)
+    assert done.is_set()
+    ws = env.workspace("queued")
+    assert git(ws, "rev-parse", "--abbrev-ref", "HEAD") == "agent/queued"
+    assert git(ws, "rev-parse", "HEAD") == git(checkout, "rev-parse", "origin/main")
+
+
 def test_a_worktree_registered_but_never_checked_out_is_finished(env: Env) -> None:
     """A node that died between registering a start's worktree and checking it out left it
     without files: the next prepare checks it out, and it counts as created (so afterCreate
