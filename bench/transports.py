@@ -33,6 +33,7 @@ from reconciler.lanes import InProcessTransport, Transport, close_sessions, loca
 from reconciler.lanes.local_user import LocalUserTransport
 from reconciler.lanes.ssh import SshTransport, authorized_keys_line, ensure_key
 from reconciler.manifests.models import LaneSpec
+from reconciler.node import gitcache
 from reconciler.observe import observe
 from reconciler.plan import Observed
 from reconciler.protocol import Batch, BatchResult
@@ -119,6 +120,16 @@ def lane_host(box: Sandbox) -> Iterator[ssh_support.Side]:
             linux_users.remove_user(user)
 
 
+def settle() -> None:
+    """Let the set-up's writes age past the node's racy window. The figures are of unchanged
+    passes, over repositories nothing wrote to for a while; a node keeps git's answers for a
+    repository only once its files are older than that window (``gitcache.RACY_NS``), so
+    passes over checkouts made a moment ago would measure a repository being changed."""
+    wait = gitcache.RACY_NS / 1e9 + 0.1
+    log(f"  waiting {wait:.1f}s for the checkouts' files to be older than the racy window")
+    time.sleep(wait)
+
+
 def checked(observed: Observed, lanes: int) -> None:
     """Every lane answered and every repository was observed (else the figures mean nothing)."""
     problems = [f"{v.name}: {v.error}" for v in observed.lanes.values() if not v.reachable]
@@ -148,6 +159,7 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
         with lane_host(box) as side:
             log(f"  user {side.user.name} and sshd ready in {time.perf_counter() - t0:.1f}s")
             world = World(box, side)
+            settle()
             ssh = batch_figures(table, world)
             pass_figures(table, world, n, ssh)
             fleet_figures(table, world)
@@ -359,6 +371,7 @@ def fleet_figures(table: Table, world: World) -> None:
     with fleet(world) as specs:
         made = time.perf_counter() - t0
         log(f"  {FLEET} lane users, their checkouts and keys ready in {made:.1f}s")
+        settle()
         root = world.side.root
         one = next(iter(specs))
         engines = {
