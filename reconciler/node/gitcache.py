@@ -30,7 +30,7 @@ from typing import TypeVar
 from reconciler.node import git as gitops
 from reconciler.protocol import Worktree
 
-__all__ = ["MAX_FILES", "refs", "worktrees"]
+__all__ = ["BUSY_SECONDS", "MAX_FILES", "RACY_NS", "forget", "refs", "worktrees"]
 
 MAX_FILES = 4096  # files one digest reads at most; past that git answers every time
 # A file changed this recently may change again within its timestamp's granularity without a
