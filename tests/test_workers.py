@@ -10,10 +10,10 @@ from reconciler import workers
 
 
 def test_a_pool_is_kept_from_one_fan_out_to_the_next() -> None:
-    seen: set[int] = set()
+    seen: set[threading.Thread] = set()  # the threads themselves, kept alive: never reused
     for _ in range(5):
         with workers.fanout("test-kept", 2) as pool:
-            for future in [pool.submit(threading.get_ident) for _ in range(4)]:
+            for future in [pool.submit(threading.current_thread) for _ in range(4)]:
                 seen.add(future.result())
     assert len(seen) <= 2  # the same two threads served every block
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -264,16 +265,20 @@ def admin_of(tree: Path) -> str:
 def test_an_answer_git_gave_while_the_refs_changed_is_not_kept(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The digest taken before git ran vouches only for the state git would have read then: a
+    branch made after it and before git answers is in the answer, not in that digest, so the
+    answer is not kept under it."""
     checkout = str(env.checkout)
+    settled(checkout)  # else the first digest is racy and nothing would be kept anyway
     real = gitops.refs
 
     def racing(*args: object, **kwargs: object) -> dict[str, str]:
-        answer = real(*args, **kwargs)  # type: ignore[arg-type]
-        git(checkout, "branch", "-f", "agent/late", "main")  # lands after git read the refs
-        return answer
+        git(checkout, "branch", "-f", "agent/late", "main")  # after the first digest
+        return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(gitops, "refs", racing)
-    assert "refs/heads/agent/late" not in gitcache.refs(checkout, PATTERNS)
+    assert "refs/heads/agent/late" in gitcache.refs(checkout, PATTERNS)
+    assert not gitcache._answers  # kept under the digest of a state without the branch: never
     monkeypatch.setattr(gitops, "refs", real)
     assert "refs/heads/agent/late" in gitcache.refs(checkout, PATTERNS)
 
@@ -288,9 +293,23 @@ def test_a_layout_the_digest_does_not_cover_is_always_asked(
     target = env.tmp / "elsewhere"
     target.write_text(git(checkout, "rev-parse", "main") + "\n")
     (heads / "agent" / "linked").symlink_to(target)
+    # Past the racy window, so that only the layout sends the question to git.
+    wait_for(lambda: older_than_window(env.checkout / ".git"), "the repository to settle")
     count = GitCount(monkeypatch)
     assert count.since(lambda: gitcache.refs(checkout, PATTERNS)) == 1
     assert count.since(lambda: gitcache.refs(checkout, PATTERNS)) == 1
+
+
+def older_than_window(root: Path) -> bool:
+    """Whether every file and directory under ``root`` was last changed before the racy
+    window began."""
+    recent = time.time_ns() - SETTLED_NS
+    for where, dirs, names in os.walk(root):
+        for name in [".", *dirs, *names]:
+            st = os.lstat(os.path.join(where, name))
+            if max(st.st_mtime_ns, st.st_ctime_ns) >= recent:
+                return False
+    return True
 
 
 def test_a_ref_deleted_while_the_digest_lists_its_directory_is_a_change(
