@@ -278,21 +278,18 @@ def prepare_workspace(
     remote: str,
     *,
     sparse: list[str] | None = None,
-    fetch: bool = True,
 ) -> bool:
     """Make ``path`` a worktree of ``checkout`` on ``branch``; True when it was created now.
 
-    An existing registered worktree is reused as it is. A new branch starts at ``base``
-    (freshly fetched remote-tracking branch, else the local one) without upstream tracking;
-    ``fetch`` False: the caller fetched it just now.
+    An existing registered worktree is reused as it is. A new branch starts at ``base`` (the
+    remote-tracking branch, which the caller fetched, else the local one) without upstream
+    tracking.
     Only the worktree bookkeeping holds the repository's lock: every git call under it delays
     every other start and cleanup on the same repository. So the worktree is registered
     without its files (``--no-checkout``) under the lock and checked out after it; a worktree
     found registered but never checked out (its node died in between) is checked out now, and
     counts as created.
     """
-    if fetch and resolve(checkout, f"refs/heads/{branch}") is None:
-        fetch_base(checkout, remote, base, fresh=BASE_FRESH)
     # Reading the refs needs no lock: only what changes the worktrees waits for the others.
     found = None if os.path.isdir(path) else _start_refs(checkout, base, remote, branch)
     if found is not None and f"refs/heads/{branch}" not in found:

@@ -127,7 +127,7 @@ def _prepare(lane: Lane, req: PrepareWorkspaceRequest) -> BaseModel:
         created = pooled = taken is not None
     if not created:
         created = gitops.prepare_workspace(
-            checkout, path, task.branch, base, repo.remote, sparse=repo.sparse, fetch=False
+            checkout, path, task.branch, base, repo.remote, sparse=repo.sparse
         )
     if created and not pooled:  # a pooled worktree ran afterCreate when it was made
         ok, message = run_hook(lane, repo, "after_create", task.name, path)
