@@ -26,6 +26,8 @@ EXIT_JSON = "exit.json"
 AGENT_EXIT = "agent-exit.json"  # the agent's own end, recorded before the commit and checks
 SUPERVISOR_LOG = "supervisor.log"  # the supervisor's own complaints, never the agent's output
 START_LOCK = ".start.lock"
+# flock'd by the node before it asks for a supervisor, held by the supervisor until it is gone
+SUPERVISOR_LOCK = ".supervisor.lock"
 RUN_TMP = "tmp"  # the run's own $TMPDIR, private like its directory; removed at its end
 
 

@@ -36,7 +36,13 @@ from reconciler.node.procs import (
     pids_by_env,
     pids_with_env,
 )
-from reconciler.node.spawn import RUN_MARKER, START_TIMEOUT, spawn_supervisor, wait_for_pid
+from reconciler.node.spawn import (
+    RUN_MARKER,
+    START_TIMEOUT,
+    spawn_supervisor,
+    supervising,
+    wait_for_pid,
+)
 from reconciler.protocol import (
     AgentEnd,
     AgentRef,
@@ -194,12 +200,15 @@ class RunProcesses:
 def _alive(
     fp: Fingerprint | None, ended: bool, run_dir: str, processes: RunProcesses | None
 ) -> bool:
-    """A run lives while its supervisor does, and, when it recorded no end, while any process
-    carrying its marker does: an agent whose supervisor was killed alone still works in the
-    worktree, and a new run beside it would be a second agent there."""
+    """A run lives while its supervisor does, and, when it recorded no end, while a supervisor
+    not yet recorded in ``pid.json`` does (one starting, or a finisher taking over) or any
+    process carrying its marker does: an agent whose supervisor was killed alone still works in
+    the worktree, and a new run beside it would be a second agent there."""
     if fp is not None and is_alive(fp):
         return True
-    return not ended and (processes or RunProcesses()).any_alive(run_dir)
+    if ended:
+        return False
+    return supervising(run_dir) or (processes or RunProcesses()).any_alive(run_dir)
 
 
 # Ended runs as last observed, by run directory, with the identity of their exit.json: a
@@ -474,7 +483,8 @@ def start_run(lane: Lane, req: StartRunRequest) -> RunObs:
     with files.locked(os.path.join(run_dir, files.START_LOCK), START_TIMEOUT * 3, f"run {run_dir}"):
         pid_path = os.path.join(run_dir, files.PID_JSON)
         if not os.path.exists(pid_path):
-            _spawn(lane, req, adapter, run_dir, workspace)
+            if not supervising(run_dir):  # else a start whose node died is still under way
+                _spawn(lane, req, adapter, run_dir, workspace)
             wait_for_pid(pid_path, run_dir)
         obs = read_run(lane, run_dir)
     if obs is None:
@@ -683,13 +693,14 @@ def stop_run(lane: Lane, task: str, attempt: int, iteration: int, grace: float) 
     run_dir = lane.run_dir(task, attempt, iteration)
     if not os.path.isdir(run_dir):
         return StopResult(was_alive=False)
-    fp = _fingerprint(files.read_json(os.path.join(run_dir, files.PID_JSON)))
+    fp = _recorded_supervisor(run_dir)
     was_alive = False
     if fp is not None and is_alive(fp):
         # The supervisor leads the group of itself and the agent; its fingerprint just matched,
         # so the group id is still this run's.
         was_alive = kill_group(fp.pid, grace)
-    # Processes that left the group (setsid) still carry the run marker in their environment.
+    # Processes that left the group (setsid) still carry the run marker in their environment
+    # (those the supervisor started: the supervisor itself, forked, carries none).
     strays = [f for f in (fingerprint(p) for p in pids_with_env(RUN_MARKER, run_dir)) if f]
     if strays and kill_processes(strays, grace):
         was_alive = True
@@ -700,6 +711,20 @@ def stop_run(lane: Lane, task: str, attempt: int, iteration: int, grace: float) 
         info = ExitInfo(exit_code=None, signal=int(signal.SIGKILL), ended_at=time.time())
         files.write_json_atomic(exit_path, info.model_dump(mode="json"))
     return StopResult(was_alive=was_alive)
+
+
+def _recorded_supervisor(run_dir: str) -> Fingerprint | None:
+    """The supervisor ``pid.json`` names, once a supervisor still starting (or a finisher
+    taking over) has recorded itself: a stop must reach it, and it carries no marker."""
+    pid_path = os.path.join(run_dir, files.PID_JSON)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        fp = _fingerprint(files.read_json(pid_path))
+        if (fp is not None and is_alive(fp)) or not supervising(run_dir):
+            return fp
+        if time.monotonic() >= deadline:
+            return fp
+        time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------------- log access

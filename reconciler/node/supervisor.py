@@ -1,13 +1,12 @@
 """The run supervisor: a small detached process that owns one agent run until ``exit.json``.
 
-Started as ``python -m reconciler.node.supervisor RUN_DIR``. It forks at once so the node can
-reap its direct child (no zombie in a long-running reconciler); the grandchild becomes a session
-and process-group leader, so the run survives the reconciler and is stopped as one group. It
-records its identity in ``pid.json``, runs the agent with exactly the environment in
+Forked by the node's fork server (:mod:`reconciler.node.forkserver`) as a session and
+process-group leader of its own, so the run survives the reconciler and is stopped as one group.
+It records its identity in ``pid.json``, runs the agent with exactly the environment in
 ``run.json``, records the agent's own end in ``agent-exit.json``, commits the agent's changes
 when asked, runs the success checks, and writes ``exit.json`` atomically.
 
-Started with ``--finish`` it is a *finisher*: the reconciler found the run's processes gone with
+Forked to :func:`finish` it is a *finisher*: the reconciler found the run's processes gone with
 no ``exit.json`` but with the agent's end recorded (or presumed from its final result), and the
 finisher does what the dead supervisor did not — the commit (of changes still uncommitted only),
 the afterRun hook, the checks and ``exit.json``, marked ``recovered``. Must not read requests,
@@ -19,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
 
@@ -29,15 +31,12 @@ from reconciler.node.procs import boot_id, start_time
 
 TYPE_CHECKING = False  # typing's own, without importing typing (type checkers know the name)
 if TYPE_CHECKING:
-    import subprocess
     from types import FrameType
 
-# Standard library only (and these stdlib-only modules): the supervisor starts for every run,
-# so its start-up time is dispatch latency. What it needs only once the agent runs (subprocess,
-# for the commit and the checks; shutil, shlex, traceback) is imported there: before the agent
-# starts, those would cost about half of the supervisor's start-up. The agent itself starts by
-# posix_spawn for that reason. Records are plain dicts in the shapes of protocol.ExitInfo and
-# protocol.CheckResult, which the node validates when it reads them.
+# Standard library only (and these stdlib-only modules): the fork server imports this module
+# once and forks every supervisor from it, and stays small beside the node. Records are plain
+# dicts in the shapes of protocol.ExitInfo and protocol.CheckResult, which the node validates
+# when it reads them.
 CheckResult = dict[str, object]
 
 CHECK_TAIL = 4096
@@ -85,16 +84,12 @@ def _str_list(value: object) -> list[str]:
 
 def _shown(argv: list[str]) -> str:
     """``argv`` as a shell would read it, for the log only (never executed)."""
-    import shlex
-
     return shlex.join(argv)
 
 
 def run_check(
     argv: list[str], workspace: str, env: dict[str, str], timeout: float, log_path: str
 ) -> CheckResult:
-    import subprocess
-
     started = time.monotonic()
     exit_code: int | None = None
     timed_out = False
@@ -155,8 +150,6 @@ def _write_exit(
 ) -> None:
     """``exit.json`` (protocol.ExitInfo), atomically: it is the run's record of its end. The
     run's private $TMPDIR goes first: what the agent and its checks left there is no record."""
-    import shutil
-
     shutil.rmtree(os.path.join(run_dir, files.RUN_TMP), ignore_errors=True)
     info = {
         "exit_code": exit_code,
@@ -411,8 +404,6 @@ def _after_run(run_dir: str, spec: dict[str, object], run: _Run) -> CheckResult:
 def _commit(workspace: str, env: dict[str, str], message: str, log_path: str) -> CheckResult | None:
     """The agent's changes as one commit (an Agent with ``commits: reconciler``); None when it
     left nothing to commit. Without a git identity in the lane, the commit is the reconciler's."""
-    import subprocess
-
     status = subprocess.run(
         ["git", "status", "--porcelain"], cwd=workspace, env=env, capture_output=True, check=False
     )
@@ -436,10 +427,8 @@ def _commit(workspace: str, env: dict[str, str], message: str, log_path: str) ->
 
 def _clear_index_lock(run: _Run, log_path: str) -> None:
     """Remove the worktree's index lock a git of the dead supervisor left (killed in its
-    commit): every process of the run carried its marker and none is alive, so the lock is no
-    one's, and with it every git command of the finish would fail."""
-    import subprocess
-
+    commit): no process of the run is alive (no supervisor holds the run's lock, none carries its
+    marker), so the lock is no one's, and with it every git command of the finish would fail."""
     where = subprocess.run(
         ["git", "rev-parse", "--git-path", "index.lock"],
         cwd=run.workspace,
@@ -460,41 +449,3 @@ def _str_list_of_lists(value: object) -> list[object]:
     if not isinstance(value, list):
         raise ValueError(f"checks in run.json must be a list, got {value!r}")
     return list(value)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    ready_fd: int | None = None
-    finishing = bool(args) and args[0] == "--finish"
-    if finishing:
-        args = args[1:]
-    if len(args) == 3 and args[0] == "--ready-fd" and args[1].isdigit():
-        ready_fd, args = int(args[1]), args[2:]
-    if len(args) != 1:
-        print(
-            "usage: python -m reconciler.node.supervisor [--finish] [--ready-fd N] RUN_DIR",
-            file=sys.stderr,
-        )
-        return 2
-    run_dir = os.path.abspath(args[0])
-    if os.fork() > 0:
-        os._exit(0)  # the node reaps this child at once; the grandchild carries on
-    os.setsid()
-    try:
-        code = finish(run_dir, ready_fd) if finishing else supervise(run_dir, ready_fd)
-    except Exception:
-        # supervisor.log is for operators debugging the node itself; a traceback is right here.
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    # The run's end is on disk (exit.json, written durably): be gone at once. The reconciler
-    # counts the slot as used while this process lives, and nothing on disk says when it is
-    # gone, so the interpreter's teardown would only hold the slot a few milliseconds longer.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

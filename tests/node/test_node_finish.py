@@ -62,9 +62,14 @@ def calls(path: Path) -> int:
 
 
 def kill_run(env: Env, key: str, run_dir: str) -> None:
-    """SIGKILL every process of the run (supervisor or finisher, and the check it waits on)."""
+    """SIGKILL every process of the run: the supervisor or finisher ``pid.json`` names, and the
+    check it waits on (which carries the run's marker)."""
+    record = read_json(str(Path(run_dir) / PID_JSON)) or {}
+    supervisor = procs.fingerprint(int(str(record["pid"])))
     for pid in procs.pids_with_env(RUN_MARKER, run_dir):
         os.kill(pid, signal.SIGKILL)
+    if supervisor is not None and supervisor.start_time == record["start_time"]:
+        os.kill(supervisor.pid, signal.SIGKILL)
     wait_for(lambda: not observe(env, key).alive, f"run {key} to be gone")
 
 

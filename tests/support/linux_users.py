@@ -143,7 +143,7 @@ NOBODY = 65534  # a uid and gid of no one's files and no groups: what any lane u
 # What lane users run (the node, its supervisors) and root's CLI: each needs its dependencies.
 PROBE = (
     "import os, reconciler.cli, reconciler.daemon, reconciler.node.server, "
-    "reconciler.node.supervisor, reconciler.node.forge_github; "
+    "reconciler.node.supervisor, reconciler.node.forkserver, reconciler.node.forge_github; "
     "print(os.path.realpath(os.path.dirname(reconciler.__file__)))"
 )
 FIRST = "reconciler_tests_copy"  # the module that makes ``import reconciler`` find the copy
