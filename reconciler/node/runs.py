@@ -108,14 +108,21 @@ def git_identity(workspace: str, env: dict[str, str]) -> dict[str, str]:
     An agent may run git with its own configuration hidden (Gemini CLI's shell tool sets
     ``GIT_CONFIG_GLOBAL=/dev/null``): the identity in the environment still reaches the commit.
     """
+    wanted = {key: names for key, names in _IDENTITY.items() if not all(n in env for n in names)}
+    if not wanted:
+        return {}
+    # Both keys in one git: ``key\nvalue\0`` per value, in the order git reads its files, so
+    # the last value of a key is what ``git config --get`` would answer.
+    pattern = "^(" + "|".join(re.escape(key) for key in wanted) + ")$"
+    proc = gitops.run(["config", "-z", "--get-regexp", pattern], workspace, check=False, env=env)
+    values: dict[str, str] = {}
+    for entry in proc.stdout.split("\0") if proc.returncode == 0 else []:
+        key, _, value = entry.partition("\n")
+        values[key] = value.strip()
     found: dict[str, str] = {}
-    for key, names in _IDENTITY.items():
-        if all(name in env for name in names):
-            continue
-        proc = gitops.run(["config", "--get", key], workspace, check=False, env=env)
-        value = proc.stdout.strip()
-        if proc.returncode == 0 and value:
-            found.update({name: value for name in names if name not in env})
+    for key, names in wanted.items():
+        if values.get(key):
+            found.update({name: values[key] for name in names if name not in env})
     return found
 
 

@@ -432,6 +432,25 @@ def test_claude_adapter_strips_its_nesting_variables() -> None:
     assert env["SOME_PASSWORD"] == "x"
 
 
+def test_the_agent_gets_the_lane_users_git_identity_where_its_env_sets_none(env: Env) -> None:
+    """As ``git config --get`` answers in its worktree (a key's last value), for each variable
+    the agent's own environment leaves unset."""
+    git(env.checkout, "config", "--add", "user.name", "Second Name")  # the last value counts
+    code = (
+        "import json, os; print(json.dumps({k: v for k, v in os.environ.items() if 'GIT_' in k}))"
+    )
+    agent = env.agent(code, env={"GIT_AUTHOR_EMAIL": "preset@example.invalid"})
+    run = env.start("ident", agent)
+    env.wait_exit(run)
+    seen = json.loads((Path(run.run_dir) / "output.log").read_text())
+    assert seen == {
+        "GIT_AUTHOR_NAME": "Second Name",
+        "GIT_COMMITTER_NAME": "Second Name",
+        "GIT_AUTHOR_EMAIL": "preset@example.invalid",
+        "GIT_COMMITTER_EMAIL": "lane@example.invalid",
+    }
+
+
 def test_missing_agent_binary_ends_with_127(env: Env) -> None:
     agent = AgentRef(kind="command", command=["no-such-agent-binary-xyz"])
     run = env.start("nobinary", agent)
