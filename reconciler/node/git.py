@@ -199,13 +199,14 @@ def base_commit(checkout: str, base: str, remote: str) -> str | None:
 
 
 def _base(checkout: str, base: str, remote: str) -> tuple[str, str] | None:
-    return _base_in(_start_refs(checkout, base, remote), base, remote)
+    return _base_in(start_refs(checkout, base, remote), base, remote)
 
 
-def _start_refs(checkout: str, base: str, remote: str, branch: str | None = None) -> dict[str, str]:
+def start_refs(checkout: str, base: str, remote: str, branch: str | None = None) -> dict[str, str]:
     """The refs a branch starts from (the base, remote-tracking and local) and, with
     ``branch``, the branch itself: full name → commit, in one git process; none of them where
-    git cannot read the repository."""
+    git cannot read the repository. What a start decides from them is which exist: a fetch of
+    the base since moves a commit, and makes no ref but the remote-tracking one."""
     names = [f"refs/remotes/{remote}/{base}", f"refs/heads/{base}"]
     if branch is not None:
         names.append(f"refs/heads/{branch}")
@@ -278,12 +279,14 @@ def prepare_workspace(
     remote: str,
     *,
     sparse: list[str] | None = None,
+    known: Mapping[str, str] | None = None,
 ) -> bool:
     """Make ``path`` a worktree of ``checkout`` on ``branch``; True when it was created now.
 
     An existing registered worktree is reused as it is. A new branch starts at ``base`` (the
     remote-tracking branch, which the caller fetched, else the local one) without upstream
-    tracking.
+    tracking. ``known``: :func:`start_refs` for ``branch`` as the caller read them, whose names
+    still hold (else they are read here).
     Only the worktree bookkeeping holds the repository's lock: every git call under it delays
     every other start and cleanup on the same repository. So the worktree is registered
     without its files (``--no-checkout``) under the lock and checked out after it; a worktree
@@ -291,7 +294,9 @@ def prepare_workspace(
     counts as created.
     """
     # Reading the refs needs no lock: only what changes the worktrees waits for the others.
-    found = None if os.path.isdir(path) else _start_refs(checkout, base, remote, branch)
+    found = None
+    if not os.path.isdir(path):
+        found = dict(known) if known is not None else start_refs(checkout, base, remote, branch)
     if found is not None and f"refs/heads/{branch}" not in found:
         found = _make_branch(checkout, branch, base, remote, found)
     with repo_lock(checkout):
@@ -318,6 +323,7 @@ def _make_branch(
     shorter). The refs with it; None when git refused (made meanwhile): read them again. A
     start that dies after this leaves the branch at the base, where the next one takes it up."""
     start = _base_start(checkout, base, remote, found)
+    # By name: git takes the commit the base has now, after the caller's fetch.
     if run(["branch", "--no-track", branch, start], checkout, check=False).returncode != 0:
         return None
     return {**found, f"refs/heads/{branch}": found[start]}
@@ -351,7 +357,7 @@ def _register(
     os.makedirs(os.path.dirname(path), exist_ok=True)
     reason = ""
     for _ in range(2):
-        found = found or _start_refs(checkout, base, remote, branch)
+        found = found or start_refs(checkout, base, remote, branch)
         branch_existed = f"refs/heads/{branch}" in found
         if branch_existed:
             args = ["worktree", "add", "--no-checkout", path, branch]
@@ -499,7 +505,7 @@ def ahead_of_base(checkout: str, branch: str, base: str, remote: str) -> int | N
     )
     if counted.returncode == 0:
         return int(counted.stdout.strip())
-    found = _start_refs(checkout, base, remote, branch)
+    found = start_refs(checkout, base, remote, branch)
     start = _base_in(found, base, remote)
     if f"refs/heads/{branch}" not in found or start is None:
         return None

@@ -115,10 +115,15 @@ def _prepare(lane: Lane, req: PrepareWorkspaceRequest) -> BaseModel:
     if base is None:
         raise NodeError(f"task {task.name}: a workspace is made from a base branch; none was given")
     created = pooled = False
-    new_branch = gitops.resolve(checkout, f"refs/heads/{task.branch}") is None
+    # Which of the branch and its base exist, read once for the whole start.
+    found = gitops.start_refs(checkout, base, repo.remote, task.branch)
+    known: dict[str, str] | None = found
+    new_branch = f"refs/heads/{task.branch}" not in found
     if req.fetch_base or new_branch:  # once: a new branch starts at the base the remote has now
         fresh = 0.0 if req.fetch_base else gitops.BASE_FRESH  # asked for: the newest base
         gitops.fetch_base(checkout, repo.remote, base, fresh=fresh)
+        if f"refs/remotes/{repo.remote}/{base}" not in found:
+            known = None  # a first fetch makes the remote-tracking base: read them again
     if repo.pool > 0 and new_branch:
         directory = pool.pool_dir(lane.root, repo.name, base)
         taken = pool.take(
@@ -127,7 +132,7 @@ def _prepare(lane: Lane, req: PrepareWorkspaceRequest) -> BaseModel:
         created = pooled = taken is not None
     if not created:
         created = gitops.prepare_workspace(
-            checkout, path, task.branch, base, repo.remote, sparse=repo.sparse
+            checkout, path, task.branch, base, repo.remote, sparse=repo.sparse, known=known
         )
     if created and not pooled:  # a pooled worktree ran afterCreate when it was made
         ok, message = run_hook(lane, repo, "after_create", task.name, path)

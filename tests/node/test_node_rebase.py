@@ -229,6 +229,18 @@ def test_prepare_fetches_the_base_for_an_existing_branch_when_asked(env: Env) ->
     assert git(env.checkout, *tracking) == moved  # the run sees the base as the remote has it
 
 
+@pytest.mark.parametrize("tracked", [True, False])
+def test_a_new_branch_starts_at_the_base_the_remote_has_now(env: Env, tracked: bool) -> None:
+    """Also in a clone that had no remote-tracking base yet (its fetch makes one): the branch
+    starts there, not at the older local base."""
+    if not tracked:
+        git(env.checkout, "update-ref", "-d", "refs/remotes/origin/main")
+    moved = move_main(env, "main.txt", "moved\n")
+    ws = env.prepare("fresh")
+    assert git(ws, "rev-parse", "HEAD") == moved
+    assert git(env.checkout, "rev-parse", "refs/heads/agent/fresh") == moved
+
+
 @pytest.mark.parametrize("keep", [False, True])
 def test_a_trial_merge_names_the_conflicts_and_keeps_objects_only_when_asked(
     env: Env, keep: bool
