@@ -21,6 +21,8 @@ from bench.runs import alive, busy_seconds, read_fingerprint
 from bench.sandbox import Sandbox
 from bench.table import Table, log, median
 from reconciler.engine import Context, Engine
+from reconciler.node import git as gitops
+from reconciler.node import gitcache
 from reconciler.plan import Phase
 
 SCHEDULE_TARGET = 1.15  # wall time of 500 short tasks over 11 slots against the ideal schedule
@@ -162,6 +164,7 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
     occupancy_rows(table, sampler, counts)
     time_rows(table, result, sampler, ideal, duration)
     cpu_rows(table, cpu, n, ideal)
+    observation_row(table, box.root / "slots" / "src" / SLOT_LANES[0][0])
 
 
 @dataclass(frozen=True)
@@ -224,3 +227,34 @@ def time_rows(
     )
     for failure in result.failures[:5]:
         log(f"  apply error: {failure}")
+
+
+def observation_row(table: Table, checkout: Path, reps: int = 50) -> None:
+    """What observing one of the figure's busy checkouts costs: the worktrees and task refs
+    read from the repository's files as the node reads them, against the two git processes
+    that answer the same (CPU of this process and its children, the same answers checked)."""
+    where, patterns = str(checkout), ["refs/heads/agent/*", "refs/remotes/origin/agent/*"]
+    read = (lambda: gitcache.refs(where, patterns), lambda: gitcache.worktrees(where))
+    asked = (lambda: gitops.refs(where, patterns), lambda: gitops.list_worktrees(where))
+    if [f() for f in read] != [f() for f in asked]:
+        table.add("  observing a checkout: files / git", "the answers differ", "equal", False)
+        return
+    costs = []
+    for calls in (read, asked):
+        before = _process_cpu()
+        for _ in range(reps):
+            for call in calls:
+                call()
+        costs.append((_process_cpu() - before) / reps)
+    table.add(
+        "  observing a checkout: files / git, CPU",
+        f"{costs[0] / costs[1]:.2f} ({costs[0] * 1000:.1f} ms / {costs[1] * 1000:.1f} ms; "
+        f"task refs: {len(read[0]())}, worktrees: {len(read[1]())})",
+    )
+
+
+def _process_cpu() -> float:
+    """CPU seconds of this process and its reaped children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

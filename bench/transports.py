@@ -122,9 +122,9 @@ def lane_host(box: Sandbox) -> Iterator[ssh_support.Side]:
 
 def settle() -> None:
     """Let the set-up's writes age past the node's racy window. The figures are of unchanged
-    passes, over repositories nothing wrote to for a while; a node keeps git's answers for a
-    repository only once its files are older than that window (``gitcache.RACY_NS``), so
-    passes over checkouts made a moment ago would measure a repository being changed."""
+    passes, over repositories nothing wrote to for a while; a node keeps what a ref file holds
+    only once the file is older than that window (``gitcache.RACY_NS``), so passes over
+    checkouts made a moment ago would measure a repository being changed."""
     wait = gitcache.RACY_NS / 1e9 + 0.1
     log(f"  waiting {wait:.1f}s for the checkouts' files to be older than the racy window")
     time.sleep(wait)

@@ -1,27 +1,33 @@
-"""A repository's refs and worktree list, read with git once per change.
+"""A repository's refs and worktree list, read from its files as git reads them.
 
 Every pass observes every lane, and an observation lists each checkout's worktrees and branch
-heads: two git processes per repository, the bulk of an unchanged lane's cost (twenty lanes
-every few seconds, most of them idle). Here the answer git gave is kept beside a digest of the
-files git read for it (gitrepository-layout, the files backend), and given again while those
-files read as they did.
+heads. As git processes that was two per repository and pass, the bulk of a lane's
+observation, and a busy repository (a pass's starts and pushes) changes between any two
+passes. Here the same answers are read from the files git itself reads for them
+(gitrepository-layout, the files backend), the way git reads them:
 
-- The digest holds each file's identity (inode, size, times), as git's index does, and the
-  contents of the few small files that name others (``HEAD``s, ``gitdir``s, ``config``). Any
-  write to a file replaces or touches it; the one change identity cannot show is a second
-  write within the timestamp granularity of the first, so a digest that saw a change younger
-  than ``RACY_NS`` vouches for nothing, and git answers (git's own "racy" rule).
-- An answer is kept only when the digest taken after git ran equals the one taken before it,
-  so it is git's answer for that state, not for one it passed through.
-- A repository laid out any other way (reftable, a symlinked ref, more than ``MAX_FILES``
-  files to look at) is never kept: git answers every time.
+- **Refs** (``git for-each-ref``): the loose refs first, then ``packed-refs`` (a ref packed
+  meanwhile is then still seen), a loose ref standing over a packed one; lock files skipped.
+  A loose ref's contents are kept by the file's identity (inode, size, times, mode), as git's
+  index keeps a file's: git replaces a ref by renaming a new file over it, and any other write
+  touches it. The one change identity cannot show is a second write within the timestamp
+  granularity of the first, so contents read while the file was younger than ``RACY_NS`` are
+  never trusted again (git's own "racy" rule): such a file is read every time.
+- **Worktrees** (``git worktree list``): the main worktree, then each linked one in path
+  order, from its administrative files (``gitdir``, ``HEAD``, ``locked``); prunable when not
+  locked and its ``gitdir`` names nothing that exists; its head read as a ref above.
 
-Read-only: nothing here writes to a repository.
+Whatever is laid out otherwise — reftable, a symbolic or symlinked ref, contents or names git
+would call broken, a bare or relative layout, a pattern with other wildcards than a trailing
+``*`` — is asked of git, which says what it is (``_Unkept``). Read-only: nothing here writes to
+a repository, and no lock is taken.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,151 +36,145 @@ from typing import TypeVar
 from reconciler.node import git as gitops
 from reconciler.protocol import Worktree
 
-__all__ = ["BUSY_SECONDS", "MAX_FILES", "RACY_NS", "forget", "refs", "worktrees"]
+__all__ = ["RACY_NS", "forget", "refs", "worktrees"]
 
-MAX_FILES = 4096  # files one digest reads at most; past that git answers every time
 # A file changed this recently may change again within its timestamp's granularity without a
-# visible difference (git's own "racy" case): then git answers. Two seconds covers the
-# coarsest file systems' times and a little clock skew of a network file system.
+# visible difference (git's own "racy" case): contents read then are not kept. Two seconds
+# covers the coarsest file systems' times and a little clock skew of a network file system.
 RACY_NS = 2_000_000_000
-# After a digest saw such a change, git answers alone for this long: a repository that busy
-# (a pass's starts and pushes) would change again before the next pass, and its digest (a stat
-# of every ref) would be paid on top of git's answer every time.
-BUSY_SECONDS = 5.0
-_OBJECT_NAME_SIZES = (41, 65)  # a loose ref holding a SHA-1 or SHA-256 name and a newline
-_KEPT = 512  # answers kept at most (a few per checkout); past that all are forgotten
+_KEPT = 65536  # ref files (and packed-refs files) whose contents are kept; past that, all go
 
-T = TypeVar("T")
+_OBJECT_NAME = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?\n")
+# What git's check_refname_format refuses, in one component: control characters, space and
+# ~^:?*[\, a leading dot, "..", "@{", and a ".lock" ending. Such a name is for git to judge.
+_BAD_COMPONENT = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|^\.|\.\.|@\{|\.lock$|^$")
+_WILDCARDS = "*?[\\"
 
-_Seen = tuple[tuple[object, ...], ...]  # what a digest saw, in order
-_answers: dict[tuple[str, ...], tuple[_Seen, object]] = {}
-_busy: dict[tuple[str, ...], float] = {}  # when a digest last saw a racy change, by question
+V = TypeVar("V")
+_Identity = tuple[int, int, int, int, int]
+_files: dict[str, tuple[_Identity, object]] = {}  # path → (identity, what it holds)
+_Matcher = tuple[str, str, bool]  # (directory to list, what a name starts with, below it too)
+# the packed refs some matchers match, beside the parsed packed-refs they were taken from
+_matched: dict[tuple[_Matcher, ...], tuple[dict[str, str], dict[str, str]]] = {}
 _lock = threading.Lock()
 
 
 class _Unkept(Exception):
-    """The repository is laid out in a way this digest does not cover: ask git."""
+    """The repository is laid out in a way this reader does not cover: ask git."""
 
 
 def refs(checkout: str, patterns: list[str]) -> dict[str, str]:
-    """:func:`reconciler.node.git.refs`, from the last answer while the refs read the same."""
-    found = _remembered(
-        ("refs", checkout, *patterns),
-        lambda: _refs_digest(checkout, patterns),
-        lambda: gitops.refs(checkout, patterns),
-    )
-    return dict(found)
+    """:func:`reconciler.node.git.refs`: full name → commit for the refs the ``for-each-ref``
+    patterns match (a name up to a slash, or one trailing ``*`` that matches no slash)."""
+    try:
+        return _refs(checkout, patterns)
+    except (_Unkept, OSError):
+        return gitops.refs(checkout, patterns)
 
 
 def worktrees(checkout: str) -> list[Worktree]:
-    """:func:`reconciler.node.git.list_worktrees`, from the last answer while the worktree
-    list's files (and the refs its HEADs name) read the same."""
-    found = _remembered(
-        ("worktrees", checkout),
-        lambda: _worktrees_digest(checkout),
-        lambda: gitops.list_worktrees(checkout),
-    )
-    return [wt.model_copy() for wt in found]
+    """:func:`reconciler.node.git.list_worktrees`: every worktree, the main one first."""
+    try:
+        return _worktrees(checkout)
+    except (_Unkept, OSError):
+        return gitops.list_worktrees(checkout)
 
 
 def forget() -> None:
-    """Drop every kept answer (tests; a process that knows the repositories changed wholesale)."""
+    """Drop every kept content (tests; a process that knows the repositories changed
+    wholesale)."""
     with _lock:
-        _answers.clear()
-        _busy.clear()
+        _files.clear()
+        _matched.clear()
 
 
-def _remembered(
-    key: tuple[str, ...], digest: Callable[[], _Seen | None], ask: Callable[[], T]
-) -> T:
-    now = time.monotonic()
+# --------------------------------------------------------------------------------- reading
+
+
+def _identity(st: os.stat_result) -> _Identity:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+def _kept(path: str, st: os.stat_result) -> object | None:
+    """What ``path`` held when it was last read, if it still is that file and that read was
+    older than the racy window's start."""
     with _lock:
-        busy = now - _busy.get(key, -BUSY_SECONDS) < BUSY_SECONDS
-    if busy:
-        return ask()  # it changes all the time: a digest would only add to git's cost
-    try:
-        before = digest()
-    except (_Unkept, OSError):  # laid out otherwise, or unreadable: git says what it is
-        return ask()
-    if before is None:  # something changed a moment ago: git's answer alone is sure
-        with _lock:
-            if len(_busy) >= _KEPT:
-                _busy.clear()
-            _busy[key] = now
-        return ask()
+        found = _files.get(path)
+    return found[1] if found is not None and found[0] == _identity(st) else None
+
+
+def _keep(path: str, st: os.stat_result, value: object, read_at: int) -> None:
+    """Keep what ``path`` holds, unless it changed within the racy window before it was read:
+    a write still to come could then leave its identity as it is."""
+    if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at - RACY_NS:
+        return
     with _lock:
-        kept = _answers.get(key)
-    if kept is not None and kept[0] == before:
-        return kept[1]  # type: ignore[return-value]  # stored by this key's own ``ask``
-    answer = ask()
+        if len(_files) >= _KEPT:
+            _files.clear()
+        _files[path] = (_identity(st), value)
+
+
+def _read(path: str) -> bytes | None:
     try:
-        after = digest()
-    except (_Unkept, OSError):
-        return answer
-    if after == before:
-        with _lock:
-            if len(_answers) >= _KEPT:
-                _answers.clear()
-            _answers[key] = (before, answer)
-    return answer
-
-
-# ---------------------------------------------------------------------------------- digests
-
-
-class _Digest:
-    """What a digest has seen: names, file identities (inode, size, times, mode) and a few
-    contents; and whether any of it changed too recently to be told from a change to come
-    (``racy``). Kept as the plain values: comparing them costs less than hashing them."""
-
-    def __init__(self) -> None:
-        self._parts: list[tuple[object, ...]] = []
-        self._recent = time.time_ns() - RACY_NS
-        self.racy = False
-
-    def add(self, label: str, data: bytes | None) -> None:
-        if len(self._parts) >= MAX_FILES:
-            raise _Unkept
-        self._parts.append((label, data))
-
-    def add_stat(self, label: str, st: os.stat_result | None) -> None:
-        """A file or directory by identity: any write replaces or touches it, which changes
-        its inode, size or times, unless it lands within the file system's timestamp
-        granularity of the one seen, hence ``racy``."""
-        if st is None:
-            self.add(label, None)
-            return
-        if len(self._parts) >= MAX_FILES:
-            raise _Unkept
-        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
-        if mtime >= self._recent or ctime >= self._recent:
-            self.racy = True
-        self._parts.append((label, st.st_ino, st.st_size, mtime, ctime, st.st_mode))
-
-    def digest(self) -> tuple[tuple[object, ...], ...] | None:
-        """What was seen, or None when it is racy (it cannot vouch for an answer)."""
-        return None if self.racy else tuple(self._parts)
-
-
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
+        with open(path, "rb") as f:
+            return f.read()
     except (FileNotFoundError, NotADirectoryError):
         return None
 
 
-def _read(path: str) -> bytes | None:
-    """A file's bytes; None when there is none (or it is a directory: nothing git reads)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+def _parsed(path: str, st: os.stat_result, kind: type[V], parse: Callable[[bytes], V]) -> V | None:
+    """What the file ``path`` (of identity ``st``) holds, parsed: as kept while it is the
+    same file, else read now; None when it is gone."""
+    known = _kept(path, st)
+    if isinstance(known, kind):
+        return known
+    read_at = time.time_ns()
+    data = _read(path)
+    if data is None:
         return None
+    value = parse(data)
+    _keep(path, st, value, read_at)
+    return value
+
+
+def _object_name(data: bytes) -> str:
+    if not _OBJECT_NAME.fullmatch(data):
+        raise _Unkept  # "ref: …", or what git would warn about and skip
+    return data[:-1].decode("ascii")
+
+
+def _loose(path: str, st: os.stat_result) -> str | None:
+    """The object name a loose ref file holds; None when it is gone (deleted since it was
+    listed, as though it had not been); ``_Unkept`` for a symbolic ref or broken contents."""
+    return _parsed(path, st, str, _object_name)
+
+
+def _packed(common: str) -> dict[str, str]:
+    """``packed-refs`` as full name → commit (peeled lines left out)."""
+    path = os.path.join(common, "packed-refs")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    return _parsed(path, st, dict, _packed_lines) or {}
+
+
+def _packed_lines(data: bytes) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for line in data.split(b"\n"):
+        if not line or line.startswith(b"^") or (line.startswith(b"#") and not found):
+            continue
+        sha, _, name = line.partition(b" ")
+        if not name.startswith(b"refs/"):
+            raise _Unkept
+        found[name.decode("utf-8", "surrogateescape")] = _object_name(sha + b"\n")
+    return found
 
 
 def _layout(checkout: str) -> tuple[str, str]:
     """(git directory, common directory) of ``checkout`` as git would find them: a ``.git``
-    directory or file, or a bare repository; ``_Unkept`` for anything else."""
+    directory or file, or a bare repository; ``_Unkept`` for anything else, and for a
+    repository whose config names another refs backend."""
     found = gitops.git_dirs_on_disk(checkout)
     if found is None:
         if os.path.lexists(os.path.join(checkout, ".git")):
@@ -184,119 +184,186 @@ def _layout(checkout: str) -> tuple[str, str]:
         ) or not os.path.isfile(os.path.join(checkout, "HEAD")):
             raise _Unkept
         found = (checkout, checkout)
-    _git_dir, common = found
+    common = found[1]
     if os.path.lexists(os.path.join(common, "reftable")):
         raise _Unkept  # the reftable backend: its tables are not files of refs
+    config = (_read(os.path.join(common, "config")) or b"").lower()
+    if b"refstorage" in config:
+        raise _Unkept  # extensions.refStorage names a backend other than these files
     return found
 
 
-def _config(common: str, into: _Digest) -> None:
-    """The repository's config (it names the refs backend), and its ``packed-refs``."""
-    config = _read(os.path.join(common, "config"))
-    if config is not None and b"refstorage" in config.lower():
-        raise _Unkept  # extensions.refStorage names a backend other than these files
-    into.add("config", config)
-    into.add_stat("packed-refs", _lstat(os.path.join(common, "packed-refs")))
+def _valid(name: str) -> str:
+    """``name`` if git would take every component of it as part of a ref name."""
+    if any(_BAD_COMPONENT.search(part) for part in name.split("/")):
+        raise _Unkept
+    return name
 
 
-def _walk(root: str, rel: str, into: _Digest) -> Iterator[tuple[str, bytes]]:
-    """Every directory and file under ``root/rel`` into the digest by identity;
-    yields the files that are symbolic refs, by name, with their contents (a loose ref of
-    another size than an object name's is read to know)."""
-    into.add_stat(rel + "/", _lstat(os.path.join(root, rel)))
+# ------------------------------------------------------------------------------------ refs
+
+
+def _refs(checkout: str, patterns: list[str]) -> dict[str, str]:
+    _git_dir, common = _layout(checkout)
+    matchers = [_matcher(p) for p in patterns]
+    found: dict[str, str] = {}
+    for scope, recursive in sorted({(m[0], m[2]) for m in matchers}):
+        group = [m for m in matchers if (m[0], m[2]) == (scope, recursive)]
+        for name, path, st in _listed(common, _valid(scope), recursive):
+            if any(_matches(m, name) for m in group):
+                sha = _loose(path, st)
+                if sha is not None:
+                    found[name] = sha
+    packed = _packed_matching(common, matchers)
+    return {**packed, **found}  # a loose ref stands over its packed line
+
+
+def _packed_matching(common: str, matchers: list[_Matcher]) -> dict[str, str]:
+    """The packed refs the matchers match; the match kept with the file's contents."""
+    every = _packed(common)
+    key = tuple(matchers)
+    with _lock:
+        known = _matched.get(key)
+    if known is not None and known[0] is every:
+        return known[1]
+    found = {n: s for n, s in every.items() if any(_matches(m, n) for m in matchers)}
+    with _lock:
+        if len(_matched) >= _KEPT:
+            _matched.clear()
+        _matched[key] = (every, found)
+    return found
+
+
+def _matcher(pattern: str) -> _Matcher:
+    """How git matches ``pattern`` (ref-filter's match_name_as_path): a name without wildcards
+    matches itself and the refs below it; ``prefix*`` matches the names that begin with
+    ``prefix`` and have no slash after it."""
+    if not pattern.startswith("refs/") or ".." in pattern.split("/"):
+        raise _Unkept
+    wild = [i for i, c in enumerate(pattern) if c in _WILDCARDS]
+    if not wild:
+        literal = pattern.rstrip("/")
+        return literal, literal, True
+    if wild != [len(pattern) - 1] or pattern[-1] != "*":
+        raise _Unkept
+    prefix = pattern[:-1]
+    return prefix.rsplit("/", 1)[0], prefix, False
+
+
+def _matches(matcher: _Matcher, name: str) -> bool:
+    _scope, prefix, below = matcher
+    if below:
+        return name == prefix or name.startswith(prefix + "/")
+    return name.startswith(prefix) and "/" not in name[len(prefix) :]
+
+
+def _listed(common: str, scope: str, recursive: bool) -> Iterator[tuple[str, str, os.stat_result]]:
+    """The loose ref files in ``scope`` (and below it when ``recursive``; a literal pattern's
+    scope may be a ref file itself): name, path and identity, lock files left out."""
+    path = os.path.join(common, scope)
     try:
-        entries = list(os.scandir(os.path.join(root, rel)))  # unsorted: another order misses
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise _Unkept  # a symlinked ref or directory: git follows it
+    if stat.S_ISREG(st.st_mode):
+        if recursive:
+            yield scope, path, st
+        return
+    try:
+        entries = list(os.scandir(path))
     except (FileNotFoundError, NotADirectoryError):
         return
     for entry in entries:
-        name = f"{rel}/{entry.name}"
+        if entry.name.endswith(".lock"):
+            continue  # a ref being written: git's iteration skips it too
+        if _BAD_COMPONENT.search(entry.name):
+            raise _Unkept  # ``scope`` is valid: the name is, with this
+        name = f"{scope}/{entry.name}"
         if entry.is_symlink():
-            raise _Unkept  # a symlinked ref: git follows it, the digest would not
+            raise _Unkept
         if entry.is_dir(follow_symlinks=False):
-            yield from _walk(root, name, into)
+            if recursive:
+                yield from _listed(common, name, True)
             continue
         try:
             st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:  # deleted since the listing: it is changing right now
-            into.racy = True
-            continue
-        into.add_stat(name, st)
-        if st.st_size not in _OBJECT_NAME_SIZES:
-            data = _read(entry.path)
-            if data is not None and data.startswith(b"ref:"):
-                yield name, data
+        except FileNotFoundError:
+            continue  # deleted since the listing: gone, as git would find it
+        yield name, entry.path, st
 
 
-def _symbolic(common: str, data: bytes, into: _Digest) -> None:
-    """What a symbolic ref names, into the digest (one level: deeper is for git)."""
-    target = data[4:].strip().decode("utf-8", "surrogateescape")
-    if not target.startswith("refs/") or ".." in target.split("/"):
-        raise _Unkept
-    path = os.path.join(common, target)
-    st = _lstat(path)
-    into.add_stat(target, st)
-    if st is not None and st.st_size not in _OBJECT_NAME_SIZES:
-        content = _read(path)
-        if content is not None and content.startswith(b"ref:"):
+def _resolve(common: str, ref: str) -> str | None:
+    """The commit a branch ``ref`` names (loose, else packed); None when it has none."""
+    path = os.path.join(common, _valid(ref))
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
             raise _Unkept
+        sha = _loose(path, st)
+        if sha is not None:
+            return sha
+    return _packed(common).get(ref)
 
 
-def _scope(pattern: str) -> str:
-    """The directory under which every ref ``pattern`` matches lives: its part before the
-    first wildcard, up to the last slash (``refs/heads/agent/*`` → ``refs/heads/agent``; a
-    plain name matches itself and the refs below it: its parent's directory)."""
-    cut = min((i for i, c in enumerate(pattern) if c in "*?[\\"), default=len(pattern))
-    head = pattern[:cut]
-    scope = head.rsplit("/", 1)[0] if "/" in head else ""
-    if not scope.startswith("refs") or ".." in scope.split("/"):
-        raise _Unkept
-    return scope
+# ------------------------------------------------------------------------------- worktrees
 
 
-def _refs_digest(checkout: str, patterns: list[str]) -> _Seen | None:
-    _git_dir, common = _layout(checkout)
-    into = _Digest()
-    _config(common, into)
-    for scope in sorted({_scope(p) for p in patterns}):
-        for name, data in _walk(common, scope, into):
-            if not name.endswith("/HEAD"):  # HEADs are left out of the answer
-                _symbolic(common, data, into)
-    return into.digest()
-
-
-def _worktrees_digest(checkout: str) -> _Seen | None:
-    """The files ``git worktree list`` reads: the main HEAD, each linked worktree's admin
-    files (``gitdir``, ``HEAD``, ``locked``), whether the worktree it names is still there
-    (else it is prunable), and the refs every HEAD points to."""
-    _git_dir, common = _layout(checkout)
-    into = _Digest()
-    _config(common, into)
-    heads = [_read(os.path.join(common, "HEAD"))]
-    into.add("HEAD", heads[0])
+def _worktrees(checkout: str) -> list[Worktree]:
+    git_dir, common = _layout(checkout)
+    real = os.path.realpath(common)
+    if git_dir != common or os.path.basename(real) != ".git":
+        raise _Unkept  # bare, or a repository kept apart from its worktree
+    config = (_read(os.path.join(common, "config")) or b"").lower()
+    if re.search(rb"(?m)^\s*(bare\s*=\s*true|worktree\s*=)", config):
+        raise _Unkept  # core.bare or core.worktree: git places the main worktree itself
+    main = _worktree(common, os.path.dirname(real), _read(os.path.join(common, "HEAD")))
+    linked: list[Worktree] = []
     admin_root = os.path.join(common, "worktrees")
     try:
-        ids = sorted(os.listdir(admin_root))
+        entries = list(os.scandir(admin_root))
     except (FileNotFoundError, NotADirectoryError):
-        ids = []
-    into.add("worktrees/", "\0".join(ids).encode("utf-8", "surrogateescape"))
-    for wt_id in ids:
-        admin = os.path.join(admin_root, wt_id)
-        try:
-            names = sorted(os.listdir(admin))
-        except (FileNotFoundError, NotADirectoryError):
-            into.add(f"worktrees/{wt_id}/", None)
-            continue
-        into.add(f"worktrees/{wt_id}/", "\0".join(names).encode("utf-8", "surrogateescape"))
-        for name in ("gitdir", "HEAD", "locked"):
-            data = _read(os.path.join(admin, name))
-            into.add(f"worktrees/{wt_id}/{name}", data)
-            if name == "HEAD":
-                heads.append(data)
-            elif name == "gitdir" and data is not None:  # absolute, or relative to the admin
-                named = os.path.join(admin, data.strip().decode("utf-8", "surrogateescape"))
-                there = os.path.lexists(named)
-                into.add(f"worktrees/{wt_id}/gitdir exists", b"1" if there else b"0")
-    for head in heads:
-        if head is not None and head.startswith(b"ref:"):
-            _symbolic(common, head, into)
-    return into.digest()
+        entries = []
+    for entry in entries:
+        if entry.is_symlink():
+            raise _Unkept
+        if not entry.is_dir(follow_symlinks=False):
+            continue  # git reads no worktree from it
+        found = _linked(common, entry.path)
+        if found is not None:
+            linked.append(found)
+    return [main, *sorted(linked, key=lambda wt: wt.path)]
+
+
+def _linked(common: str, admin: str) -> Worktree | None:
+    """A linked worktree from its administrative directory; None where git lists none (no
+    ``gitdir``, or an empty one)."""
+    gitdir = _read(os.path.join(admin, "gitdir"))
+    if gitdir is None:
+        return None
+    named = gitdir.rstrip().decode("utf-8", "surrogateescape")
+    if not named:
+        return None
+    if not os.path.isabs(named):
+        raise _Unkept  # a relative path: where git resolves it from depends on its version
+    path = named.removesuffix("/.git")
+    prunable = not os.path.exists(os.path.join(admin, "locked")) and not os.path.exists(named)
+    return _worktree(common, path, _read(os.path.join(admin, "HEAD")), prunable)
+
+
+def _worktree(common: str, path: str, head: bytes | None, prunable: bool = False) -> Worktree:
+    """A worktree at ``path`` whose ``HEAD`` file holds ``head``."""
+    if head is not None and head.startswith(b"ref: refs/heads/") and head.endswith(b"\n"):
+        ref = head[5:-1].decode("utf-8", "surrogateescape")
+        sha = _resolve(common, ref)
+        if sha is None:
+            raise _Unkept  # an unborn branch: git names it with a null commit
+        branch = ref.removeprefix("refs/heads/")
+        return Worktree(path=path, branch=branch, head=sha, prunable=prunable)
+    if head is not None and _OBJECT_NAME.fullmatch(head):
+        return Worktree(path=path, branch=None, head=head[:-1].decode("ascii"), prunable=prunable)
+    raise _Unkept

@@ -1,5 +1,6 @@
-"""Refs and worktree lists kept between observations: the same answer git gives, after any
-change git can make, and no git process while nothing changed."""
+"""Refs and worktree lists read from the repository's files: the same answer git gives, after
+any change git (or a person) can make, with no git process, and each ref file read again only
+once it changed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,20 +27,29 @@ SETTLED_NS = 20_000_000  # the tests' racy window: short, so that their changes 
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     gitcache.forget()
     monkeypatch.setattr(gitcache, "RACY_NS", SETTLED_NS)
-    monkeypatch.setattr(gitcache, "BUSY_SECONDS", 0.0)
     yield
     gitcache.forget()
 
 
-def settled(checkout: str, patterns: list[str] = PATTERNS) -> None:
-    """Wait until no file the digests look at changed within the racy window."""
-    wait_for(
-        lambda: (
-            gitcache._refs_digest(checkout, patterns) is not None
-            and gitcache._worktrees_digest(checkout) is not None
-        ),
-        "the repository's files to be older than the racy window",
-    )
+def older_than_window(root: Path) -> bool:
+    """Whether every file and directory under ``root`` was last changed before the racy
+    window began."""
+    recent = time.time_ns() - SETTLED_NS
+    for where, dirs, names in os.walk(root):
+        for name in [".", *dirs, *names]:
+            try:
+                st = os.lstat(os.path.join(where, name))
+            except FileNotFoundError:
+                return False  # changing right now
+            if max(st.st_mtime_ns, st.st_ctime_ns) >= recent:
+                return False
+    return True
+
+
+def settled(checkout: str) -> None:
+    """Wait until nothing in the repository's git directory changed within the racy window."""
+    git_dir = Path(gitops.common_dir(checkout))
+    wait_for(lambda: older_than_window(git_dir), "the repository to be older than the window")
 
 
 class GitCount:
@@ -62,6 +71,25 @@ class GitCount:
         return self.calls - before
 
 
+class Reads:
+    """The files the reader opens, counted by name."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.paths: list[str] = []
+        real = gitcache._read
+
+        def counted(path: str) -> bytes | None:
+            self.paths.append(path)
+            return real(path)
+
+        monkeypatch.setattr(gitcache, "_read", counted)
+
+    def of(self, name: str, action: Callable[[], object]) -> int:
+        before = len(self.paths)
+        action()
+        return sum(1 for p in self.paths[before:] if p.endswith(name))
+
+
 def observe(checkout: str) -> None:
     gitcache.worktrees(checkout)
     gitcache.refs(checkout, PATTERNS)
@@ -72,68 +100,60 @@ def same_as_git(checkout: str) -> None:
     assert gitcache.worktrees(checkout) == gitops.list_worktrees(checkout)
 
 
-def test_an_unchanged_repository_is_observed_without_git(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_repository_is_observed_without_git(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     checkout = str(env.checkout)
     git(checkout, "branch", "agent/one")
     git(checkout, "worktree", "add", "-q", str(env.tmp / "wt-one"), "agent/one")
     count = GitCount(monkeypatch)
-    settled(checkout)
-    assert count.since(lambda: observe(checkout)) == 2
     assert count.since(lambda: observe(checkout)) == 0
-    commit(env.tmp / "wt-one", "x.txt", "x\n")  # the branch moves: both answers change
-    settled(checkout)
-    assert count.since(lambda: observe(checkout)) == 2
+    commit(env.tmp / "wt-one", "x.txt", "x\n")  # the branch moves, a moment ago
     assert count.since(lambda: observe(checkout)) == 0
+    assert gitcache.refs(checkout, PATTERNS)["refs/heads/agent/one"] == git(
+        checkout, "rev-parse", "agent/one"
+    )
 
 
-def test_a_change_younger_than_the_racy_window_is_always_asked(
+def test_a_ref_file_is_read_again_only_once_it_changed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkout = str(env.checkout)
+    git(checkout, "branch", "agent/one")
+    reads = Reads(monkeypatch)
+    settled(checkout)
+    assert reads.of("/agent/one", lambda: gitcache.refs(checkout, PATTERNS)) == 1
+    assert reads.of("/agent/one", lambda: gitcache.refs(checkout, PATTERNS)) == 0
+    moved = git(checkout, "commit-tree", "-m", "moved", "main^{tree}")
+    git(checkout, "update-ref", "refs/heads/agent/one", moved)
+    assert reads.of("/agent/one", lambda: gitcache.refs(checkout, PATTERNS)) == 1
+    assert gitcache.refs(checkout, PATTERNS) == {"refs/heads/agent/one": moved}
+
+
+def test_a_ref_file_younger_than_the_racy_window_is_read_every_time(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Within the file system's timestamp granularity a second write can leave a file's
-    identity as the first one left it: while a change is that young, git answers."""
+    identity as the first one left it: what was read while a file was that young is not kept."""
     checkout = str(env.checkout)
     monkeypatch.setattr(gitcache, "RACY_NS", 3600 * 10**9)  # every change is young
     git(checkout, "branch", "agent/one")
-    count = GitCount(monkeypatch)
-    assert count.since(lambda: observe(checkout)) == 2
-    assert count.since(lambda: observe(checkout)) == 2
-
-
-def test_a_repository_that_keeps_changing_is_asked_without_a_digest(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Once a digest saw a change too young to vouch for, git answers alone for a while: a
-    busy repository would pay the digest on top of git every pass."""
-    checkout = str(env.checkout)
-    monkeypatch.setattr(gitcache, "RACY_NS", 3600 * 10**9)  # every change is young
-    monkeypatch.setattr(gitcache, "BUSY_SECONDS", 3600.0)
-    digests: list[str] = []
-    real = gitcache._refs_digest
-
-    def counted(*args: Any) -> Any:
-        digests.append("refs")
-        return real(*args)
-
-    monkeypatch.setattr(gitcache, "_refs_digest", counted)
-    count = GitCount(monkeypatch)
+    reads = Reads(monkeypatch)
     for _ in range(3):
-        assert count.since(lambda: gitcache.refs(checkout, PATTERNS)) == 1
-    assert digests == ["refs"]  # the first call's, which found the change young
+        assert reads.of("/agent/one", lambda: gitcache.refs(checkout, PATTERNS)) == 1
 
 
-def test_a_bare_repository_s_refs_are_kept(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bare_repository_s_refs_are_read(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     origin = str(env.origin)
     count = GitCount(monkeypatch)
-    settled(origin, ["refs/heads/"])
     first = gitcache.refs(origin, ["refs/heads/"])
-    assert count.since(lambda: gitcache.refs(origin, ["refs/heads/"])) == 0
     git(env.checkout, "push", "-q", "origin", "main:refs/heads/agent/pushed")
+    git(env.checkout, "push", "-q", "origin", "main:refs/heads/agent/deep/down")
+    assert count.since(lambda: gitcache.refs(origin, ["refs/heads/"])) == 0
     assert gitcache.refs(origin, ["refs/heads/"]) == {
         **first,
         "refs/heads/agent/pushed": first["refs/heads/main"],
+        "refs/heads/agent/deep/down": first["refs/heads/main"],
     }
+    assert gitcache.refs(origin, ["refs/heads/"]) == gitops.refs(origin, ["refs/heads/"])
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -141,13 +161,13 @@ def test_every_change_git_makes_is_seen(
     env: Env, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A seeded random walk over what agents, the reconciler and people do to a checkout;
-    after each step the answers equal git's own, at once and once the change settled, when
-    they are the kept ones."""
+    after each step the answers equal git's own, at once (the files just changed read anew,
+    the others as kept) and once the change settled, and no git process answered."""
     checkout = str(env.checkout)
     rng = random.Random(seed)
     places = env.tmp / "places"
     places.mkdir()
-    names = [f"agent/t{i}" for i in range(4)]
+    names = [*(f"agent/t{i}" for i in range(4)), "agent/deep/t4"]  # no pattern matches t4
 
     def trees() -> list[Path]:
         return [p for p in places.iterdir() if (p / ".git").exists()]
@@ -168,7 +188,7 @@ def test_every_change_git_makes_is_seen(
             git(checkout, "update-ref", name, old)
 
     def by_hand() -> None:  # a loose ref rewritten in place: its directory stays as it was
-        loose = [p for p in (env.checkout / ".git" / "refs" / "heads" / "agent").glob("*")]
+        loose = [p for p in (env.checkout / ".git" / "refs" / "heads" / "agent").glob("t*")]
         if loose:
             sha = git(checkout, "commit-tree", "-m", f"{rng.random()}", "main^{tree}")
             with open(rng.choice(loose), "r+") as f:
@@ -252,86 +272,55 @@ def test_every_change_git_makes_is_seen(
     same_as_git(checkout)
     for _ in range(60):
         rng.choice(steps)()
+        assert count.since(lambda: observe(checkout)) == 0
         same_as_git(checkout)
         settled(checkout)
         same_as_git(checkout)
-        assert count.since(lambda: observe(checkout)) == 0  # the kept answers, checked above
 
 
 def admin_of(tree: Path) -> str:
     return (tree / ".git").read_text().partition("gitdir: ")[2].strip()
 
 
-def test_an_answer_git_gave_while_the_refs_changed_is_not_kept(
+def test_a_layout_the_reader_does_not_cover_is_asked_of_git(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The digest taken before git ran vouches only for the state git would have read then: a
-    branch made after it and before git answers is in the answer, not in that digest, so the
-    answer is not kept under it."""
-    checkout = str(env.checkout)
-    settled(checkout)  # else the first digest is racy and nothing would be kept anyway
-    real = gitops.refs
-
-    def racing(*args: object, **kwargs: object) -> dict[str, str]:
-        git(checkout, "branch", "-f", "agent/late", "main")  # after the first digest
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(gitops, "refs", racing)
-    assert "refs/heads/agent/late" in gitcache.refs(checkout, PATTERNS)
-    assert not gitcache._answers  # kept under the digest of a state without the branch: never
-    monkeypatch.setattr(gitops, "refs", real)
-    assert "refs/heads/agent/late" in gitcache.refs(checkout, PATTERNS)
-
-
-def test_a_layout_the_digest_does_not_cover_is_always_asked(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A symlinked ref: git follows it, the digest would not see its target change."""
+    """A symlinked ref (git follows it) and a ref whose contents git would call broken."""
     checkout = str(env.checkout)
     heads = env.checkout / ".git" / "refs" / "heads"
     (heads / "agent").mkdir()
     target = env.tmp / "elsewhere"
     target.write_text(git(checkout, "rev-parse", "main") + "\n")
     (heads / "agent" / "linked").symlink_to(target)
-    # Past the racy window, so that only the layout sends the question to git.
-    wait_for(lambda: older_than_window(env.checkout / ".git"), "the repository to settle")
     count = GitCount(monkeypatch)
     assert count.since(lambda: gitcache.refs(checkout, PATTERNS)) == 1
+    assert gitcache.refs(checkout, PATTERNS) == gitops.refs(checkout, PATTERNS)
+    (heads / "agent" / "linked").unlink()
+    (heads / "agent" / "broken").write_text("not a commit\n")
     assert count.since(lambda: gitcache.refs(checkout, PATTERNS)) == 1
+    assert gitcache.refs(checkout, PATTERNS) == gitops.refs(checkout, PATTERNS)
 
 
-def older_than_window(root: Path) -> bool:
-    """Whether every file and directory under ``root`` was last changed before the racy
-    window began."""
-    recent = time.time_ns() - SETTLED_NS
-    for where, dirs, names in os.walk(root):
-        for name in [".", *dirs, *names]:
-            st = os.lstat(os.path.join(where, name))
-            if max(st.st_mtime_ns, st.st_ctime_ns) >= recent:
-                return False
-    return True
-
-
-def test_a_ref_deleted_while_the_digest_lists_its_directory_is_a_change(
+def test_a_ref_deleted_while_its_directory_is_listed_is_gone(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkout = str(env.checkout)
     git(checkout, "branch", "agent/going")
+    git(checkout, "branch", "agent/staying")
     going = env.checkout / ".git" / "refs" / "heads" / "agent" / "going"
     real = os.scandir
 
     def listed_then_deleted(path: str) -> list[os.DirEntry[str]]:
         entries = list(real(path))
         if going.exists() and any(e.path == str(going) for e in entries):
-            going.unlink()  # after the listing, before the digest looks at it
+            going.unlink()  # after the listing, before the reader looks at it
         return entries
 
     monkeypatch.setattr(os, "scandir", listed_then_deleted)
-    assert gitcache._refs_digest(checkout, PATTERNS) is None  # racy: it vouches for nothing
-    assert "refs/heads/agent/going" not in gitcache.refs(checkout, PATTERNS)
+    assert set(gitcache.refs(checkout, PATTERNS)) == {"refs/heads/agent/staying"}
 
 
-def test_refs_the_digest_cannot_read_are_asked_of_git(
+def test_refs_the_reader_cannot_read_are_asked_of_git(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkout = str(env.checkout)
