@@ -204,13 +204,16 @@ def _base(checkout: str, base: str, remote: str) -> tuple[str, str] | None:
 
 def start_refs(checkout: str, base: str, remote: str, branch: str | None = None) -> dict[str, str]:
     """The refs a branch starts from (the base, remote-tracking and local) and, with
-    ``branch``, the branch itself: full name → commit, in one git process; none of them where
-    git cannot read the repository. What a start decides from them is which exist: a fetch of
-    the base since moves a commit, and makes no ref but the remote-tracking one."""
+    ``branch``, the branch itself: full name → commit, read from the repository's files (else
+    in one git process); none of them where git cannot read the repository. What a start
+    decides from them is which exist: a fetch of the base since moves a commit, and makes no
+    ref but the remote-tracking one."""
+    from reconciler.node import gitcache  # it reads refs as this module's ``refs`` does
+
     names = [f"refs/remotes/{remote}/{base}", f"refs/heads/{base}"]
     if branch is not None:
         names.append(f"refs/heads/{branch}")
-    found = refs(checkout, names, check=False)
+    found = gitcache.refs(checkout, names, check=False)
     return {name: sha for name, sha in found.items() if name in names}  # not refs below them
 
 

@@ -63,13 +63,14 @@ class _Unkept(Exception):
     """The repository is laid out in a way this reader does not cover: ask git."""
 
 
-def refs(checkout: str, patterns: list[str]) -> dict[str, str]:
+def refs(checkout: str, patterns: list[str], *, check: bool = True) -> dict[str, str]:
     """:func:`reconciler.node.git.refs`: full name → commit for the refs the ``for-each-ref``
-    patterns match (a name up to a slash, or one trailing ``*`` that matches no slash)."""
+    patterns match (a name up to a slash, or one trailing ``*`` that matches no slash), but
+    the ``HEAD``s among them."""
     try:
         return _refs(checkout, patterns)
     except (_Unkept, OSError):
-        return gitops.refs(checkout, patterns)
+        return gitops.refs(checkout, patterns, check=check)
 
 
 def worktrees(checkout: str) -> list[Worktree]:
@@ -210,7 +211,7 @@ def _refs(checkout: str, patterns: list[str]) -> dict[str, str]:
     for scope, recursive in sorted({(m[0], m[2]) for m in matchers}):
         group = [m for m in matchers if (m[0], m[2]) == (scope, recursive)]
         for name, path, st in _listed(common, _valid(scope), recursive):
-            if any(_matches(m, name) for m in group):
+            if any(_matches(m, name) for m in group) and not name.endswith("/HEAD"):
                 sha = _loose(path, st)
                 if sha is not None:
                     found[name] = sha
@@ -226,7 +227,11 @@ def _packed_matching(common: str, matchers: list[_Matcher]) -> dict[str, str]:
         known = _matched.get(key)
     if known is not None and known[0] is every:
         return known[1]
-    found = {n: s for n, s in every.items() if any(_matches(m, n) for m in matchers)}
+    found = {
+        n: s
+        for n, s in every.items()
+        if any(_matches(m, n) for m in matchers) and not n.endswith("/HEAD")
+    }
     with _lock:
         if len(_matched) >= _KEPT:
             _matched.clear()

@@ -20,6 +20,12 @@ from tests.support.git import commit, git
 from tests.support.waiting import wait_for
 
 PATTERNS = ["refs/heads/agent/*", "refs/remotes/origin/agent/*"]
+NAMES = [
+    "refs/remotes/origin/main",
+    "refs/heads/main",
+    "refs/heads/agent/t0",
+    "refs/heads/agent/deep",
+]
 SETTLED_NS = 20_000_000  # the tests' racy window: short, so that their changes settle soon
 
 
@@ -97,6 +103,7 @@ def observe(checkout: str) -> None:
 
 def same_as_git(checkout: str) -> None:
     assert gitcache.refs(checkout, PATTERNS) == gitops.refs(checkout, PATTERNS)
+    assert gitcache.refs(checkout, NAMES) == gitops.refs(checkout, NAMES)  # a start's
     assert gitcache.worktrees(checkout) == gitops.list_worktrees(checkout)
 
 
