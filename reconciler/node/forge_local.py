@@ -25,6 +25,7 @@ from typing import Literal, TypeVar
 from urllib.parse import unquote, urlparse
 
 from reconciler.node import git as gitops
+from reconciler.node import gitcache
 from reconciler.node.errors import NodeError
 from reconciler.node.forges import Capabilities, PullExists
 from reconciler.protocol import PrComment, PullRequest
@@ -39,13 +40,39 @@ T = TypeVar("T")
 Doc = dict[str, object]
 Record = dict[str, object]
 
+# The pull requests' document last read, by remote: PULLS_REF's commit and its text. Every
+# pass lists them, and a commit's document is what it is for good.
+_DOCS: dict[str, tuple[str, str]] = {}
+# A checkout's remote's path by (checkout, remote), beside the identity of the config it was
+# read from.
+_PATHS: dict[tuple[str, str], tuple[tuple[int, int, int, int], str]] = {}
+
 
 class ForgeError(NodeError):
     """A local-forge request failed; the message names the PR or repository and the fix."""
 
 
 def remote_path(checkout: str, remote: str) -> str:
-    """The filesystem path of the checkout's remote; ForgeError unless it is local."""
+    """The filesystem path of the checkout's remote; ForgeError unless it is local. Kept while
+    the checkout's config is the file it was when git named the remote, and older than the
+    racy window then (every pass lists a local forge's PRs)."""
+    config = os.path.join(gitops.common_dir(checkout), "config")
+    try:
+        st = os.stat(config)
+    except OSError:
+        return _remote_path(checkout, remote)
+    identity = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    known = _PATHS.get((checkout, remote))
+    if known is not None and known[0] == identity:
+        return known[1]
+    settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - gitcache.RACY_NS
+    path = _remote_path(checkout, remote)
+    if settled:
+        _PATHS[(checkout, remote)] = (identity, path)
+    return path
+
+
+def _remote_path(checkout: str, remote: str) -> str:
     url = gitops.remote_url(checkout, remote)
     if url.startswith("file://"):
         parsed = urlparse(url)
@@ -97,10 +124,14 @@ class LocalForge:
         return gitops.run(args, self.path, check=check, stdin=stdin, env=IDENTITY).stdout.strip()
 
     def _load(self) -> tuple[str | None, Doc]:
-        old = gitops.resolve(self.path, PULLS_REF)
+        old = gitops.ref_commit(self.path, PULLS_REF)
         if old is None:
             return None, {"next": 1, "pulls": []}
-        raw = self._git(["cat-file", "blob", f"{old}:{PULLS_FILE}"])
+        known = _DOCS.get(self.path)
+        raw = known[1] if known is not None and known[0] == old else None
+        if raw is None:
+            raw = self._git(["cat-file", "blob", f"{old}:{PULLS_FILE}"])
+            _DOCS[self.path] = (old, raw)  # a commit's document never changes
         try:
             doc = json.loads(raw)
         except ValueError:
@@ -178,7 +209,7 @@ class LocalForge:
         raise ForgeError(f"pull request #{number} does not exist in {self.path}; list them first")
 
     def _branch(self, name: str) -> str | None:
-        return gitops.resolve(self.path, f"refs/heads/{name}")
+        return gitops.ref_commit(self.path, f"refs/heads/{name}")
 
     # ------------------------------------------------------------------------ operations
 
@@ -193,7 +224,7 @@ class LocalForge:
         ]
         if not any(r.get("state") == "open" for r in records):
             return [self._pr(r) for r in records]
-        branches = gitops.refs(self.path, ["refs/heads/"])
+        branches = gitcache.refs(self.path, ["refs/heads/"])
         return [
             self._pr(
                 r, branches.get(f"refs/heads/{r['head']}") if r.get("state") == "open" else None

@@ -208,13 +208,25 @@ def start_refs(checkout: str, base: str, remote: str, branch: str | None = None)
     in one git process); none of them where git cannot read the repository. What a start
     decides from them is which exist: a fetch of the base since moves a commit, and makes no
     ref but the remote-tracking one."""
-    from reconciler.node import gitcache  # it reads refs as this module's ``refs`` does
-
     names = [f"refs/remotes/{remote}/{base}", f"refs/heads/{base}"]
     if branch is not None:
         names.append(f"refs/heads/{branch}")
-    found = gitcache.refs(checkout, names, check=False)
+    found = _files_refs(checkout, names)
     return {name: sha for name, sha in found.items() if name in names}  # not refs below them
+
+
+def ref_commit(checkout: str, ref: str) -> str | None:
+    """The commit the full ref name ``ref`` names, read from the repository's files (else asked
+    of git); None when there is no such ref."""
+    return _files_refs(checkout, [ref]).get(ref)
+
+
+def _files_refs(checkout: str, patterns: list[str]) -> dict[str, str]:
+    """:func:`refs` without ``check``, read from the repository's files where git's files
+    backend laid them out (``gitcache``), else asked of git."""
+    from reconciler.node import gitcache  # which asks git through this module
+
+    return gitcache.refs(checkout, patterns, check=False)
 
 
 def _base_in(found: Mapping[str, str], base: str, remote: str) -> tuple[str, str] | None:
@@ -534,7 +546,7 @@ def remote_url(checkout: str, remote: str) -> str:
 
 def push(checkout: str, remote: str, branch: str, force_with_lease: bool = False) -> str:
     """Push the local branch to the same name on ``remote``; returns the pushed commit."""
-    sha = resolve(checkout, f"refs/heads/{branch}")
+    sha = ref_commit(checkout, f"refs/heads/{branch}")
     if sha is None:
         raise GitError(
             f"branch {branch} does not exist in {checkout}; nothing to push (did the run commit?)"

@@ -6,6 +6,9 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
+
+from reconciler.node import gitcache
 from reconciler.node.forge_local import PULLS_REF, LocalForge
 from reconciler.node.pulls import Pulls
 from reconciler.protocol import (
@@ -22,6 +25,7 @@ from reconciler.protocol import (
     RepoRef,
 )
 from tests.node.node_support import Env
+from tests.node.test_node_gitcache import SETTLED_NS, GitCount, settled
 from tests.support.git import commit, git
 
 
@@ -86,6 +90,43 @@ def test_numbers_increase_and_list_filters_by_head(env: Env) -> None:
         env.call(ForgeListRequest(lane=env.lane, repo="webapp", head="agent/two"))
     ).prs
     assert [p.number for p in only] == [2]
+
+
+def test_an_unchanged_listing_starts_no_git_and_sees_every_change(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pass lists the PRs: read from the remote's files and its document as last read
+    while neither changed; a PR opened, or a head pushed, by anyone is in the next listing."""
+    monkeypatch.setattr(gitcache, "RACY_NS", SETTLED_NS)
+    head = pushed_branch(env, "one")
+    env.call(open_req(env, "one"))
+    listing = ForgeListRequest(lane=env.lane, repo="webapp")
+    settled(str(env.checkout))  # the config git named the remote from
+    first = ForgeListResult.model_validate(env.call(listing)).prs
+    count = GitCount(monkeypatch)
+    assert count.since(lambda: env.call(listing)) == 0
+    pushed_branch(env, "two")
+    moved = commit(env.workspace("one"), "more.txt", "more\n")
+    git(env.workspace("one"), "push", "-q", "origin", "agent/one")  # not through the node
+    env.call(open_req(env, "two"))
+    prs = ForgeListResult.model_validate(env.call(listing)).prs
+    assert [(p.number, p.head_sha) for p in first] == [(1, head)]
+    assert [p.number for p in prs] == [1, 2] and prs[0].head_sha == moved
+
+
+def test_a_remote_moved_elsewhere_is_listed_there(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gitcache, "RACY_NS", SETTLED_NS)
+    pushed_branch(env, "one")
+    env.call(open_req(env, "one"))
+    other = env.tmp / "other.git"
+    git(env.tmp, "init", "-q", "--bare", str(other))
+    listing = ForgeListRequest(lane=env.lane, repo="webapp")
+    settled(str(env.checkout))
+    assert len(ForgeListResult.model_validate(env.call(listing)).prs) == 1
+    git(env.checkout, "remote", "set-url", "origin", str(other))
+    assert ForgeListResult.model_validate(env.call(listing)).prs == []
 
 
 def test_update_close_and_records_survive(env: Env) -> None:
