@@ -28,12 +28,12 @@ from bench.options import Options
 from bench.runs import busy_seconds
 from bench.sandbox import Sandbox
 from bench.table import Table, log, median
+from reconciler import gitfiles
 from reconciler.engine import Context, Engine
 from reconciler.lanes import InProcessTransport, Transport, close_sessions, local_user
 from reconciler.lanes.local_user import LocalUserTransport
 from reconciler.lanes.ssh import SshTransport, authorized_keys_line, ensure_key
 from reconciler.manifests.models import LaneSpec
-from reconciler.node import gitcache
 from reconciler.observe import observe
 from reconciler.plan import Observed
 from reconciler.protocol import Batch, BatchResult
@@ -123,9 +123,9 @@ def lane_host(box: Sandbox) -> Iterator[ssh_support.Side]:
 def settle() -> None:
     """Let the set-up's writes age past the node's racy window. The figures are of unchanged
     passes, over repositories nothing wrote to for a while; a node keeps what a ref file holds
-    only once the file is older than that window (``gitcache.RACY_NS``), so passes over
+    only once the file is older than that window (``gitfiles.RACY_NS``), so passes over
     checkouts made a moment ago would measure a repository being changed."""
-    wait = gitcache.RACY_NS / 1e9 + 0.1
+    wait = gitfiles.RACY_NS / 1e9 + 0.1
     log(f"  waiting {wait:.1f}s for the checkouts' files to be older than the racy window")
     time.sleep(wait)
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Literal
 
+from reconciler import gitfiles
 from reconciler.gitenv import git_env
 from reconciler.manifests.loader import MAX_FILE_SIZE, SourceFile, safe_relpath
 from reconciler.redact import redact
@@ -194,6 +195,11 @@ class ControlRepo:
         """The commit SHA of HEAD (a mirror's HEAD is the remote's default branch)."""
         if self.kind == "directory":
             return WORKTREE_REVISION
+        if self.kind != "incoming":  # a push being received: its refs are git's to say
+            try:
+                return gitfiles.head_commit(str(self.root))  # every pass asks
+            except (gitfiles.Unreadable, OSError):
+                pass
         out = self._git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False).strip()
         if not COMMIT_ID.fullmatch(out):
             raise ControlError(f"control repository {self.source} has no commits yet")

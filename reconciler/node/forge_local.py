@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import Literal, TypeVar
 from urllib.parse import unquote, urlparse
 
+from reconciler import gitfiles
 from reconciler.node import git as gitops
 from reconciler.node import gitcache
 from reconciler.node.errors import NodeError
@@ -65,7 +66,7 @@ def remote_path(checkout: str, remote: str) -> str:
     known = _PATHS.get((checkout, remote))
     if known is not None and known[0] == identity:
         return known[1]
-    settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - gitcache.RACY_NS
+    settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - gitfiles.RACY_NS
     path = _remote_path(checkout, remote)
     if settled:
         _PATHS[(checkout, remote)] = (identity, path)

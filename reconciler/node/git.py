@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reconciler.gitenv import git_env
+from reconciler.gitfiles import git_dirs_on_disk
 from reconciler.node import procs
 from reconciler.node.errors import NodeError
 from reconciler.node.files import locked, read_json, write_json_atomic
@@ -140,32 +141,6 @@ def _common_dir_on_disk(top: str) -> str | None:
     (a bare repository, a subdirectory): git answers."""
     found = git_dirs_on_disk(top)
     return found[1] if found is not None else None
-
-
-def git_dirs_on_disk(top: str) -> tuple[str, str] | None:
-    """``top``'s git directory and the repository's (gitrepository-layout: a ``.git``
-    directory, or a ``.git`` file naming a worktree's directory whose ``commondir`` names the
-    repository's); None when ``top`` is laid out any other way."""
-    dot_git = os.path.join(top, ".git")
-    try:
-        gitdir = dot_git if os.path.isdir(dot_git) else _gitfile_target(top, dot_git)
-        if gitdir is None:
-            return None
-        try:
-            with open(os.path.join(gitdir, "commondir"), encoding="utf-8") as f:
-                common = os.path.join(gitdir, f.read().strip())
-        except FileNotFoundError:
-            common = gitdir  # no commondir: the directory is the repository's own
-    except (OSError, UnicodeDecodeError):
-        return None
-    common = os.path.normpath(common)
-    return (gitdir, common) if os.path.isfile(os.path.join(common, "HEAD")) else None
-
-
-def _gitfile_target(top: str, dot_git: str) -> str | None:
-    with open(dot_git, encoding="utf-8") as f:
-        key, _, value = f.read().strip().partition(": ")
-    return os.path.join(top, value) if key == "gitdir" and value else None
 
 
 @contextlib.contextmanager

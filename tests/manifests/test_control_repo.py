@@ -7,10 +7,12 @@ import subprocess
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import reconciler.control.desired as desired_module
+import reconciler.control.repo as repo_module
 from reconciler.control import (
     WORKTREE_REVISION,
     ControlError,
@@ -245,6 +247,33 @@ def test_bare_repository_is_mirrored_and_refreshed(
     assert again.revision() == second
     with pytest.raises(ControlError, match="no working tree"):
         load_desired(again, state, worktree=True)
+
+
+def test_the_revision_is_read_from_the_files_as_git_would_answer(
+    work: Path, remote: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pass asks: no git process, whether HEAD's branch is loose or packed, HEAD is
+    detached, or the repository is the bare mirror."""
+    repo = ControlRepo.open(work, tmp_path / "state")
+    mirror = ControlRepo.open(remote, tmp_path / "mirror-state")
+    asked: list[list[str]] = []
+    real = repo_module._run
+
+    def counted(argv: list[str], **kwargs: Any) -> bytes:
+        asked.append(argv)
+        return real(argv, **kwargs)
+
+    monkeypatch.setattr(repo_module, "_run", counted)
+    assert repo.revision() == git(work, "rev-parse", "HEAD")
+    first = git(work, "rev-parse", "HEAD")
+    second = commit_all(work, "next")
+    assert repo.revision() == second
+    git(work, "pack-refs", "--all")
+    assert repo.revision() == second
+    git(work, "switch", "-q", "--detach", first)
+    assert repo.revision() == first
+    assert mirror.revision() == git(remote, "rev-parse", "HEAD")
+    assert asked == []
 
 
 def test_url_is_mirrored(remote: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.node import gitcache
+from reconciler import gitfiles
 from reconciler.node.forge_local import PULLS_REF, LocalForge
 from reconciler.node.pulls import Pulls
 from reconciler.protocol import (
@@ -97,7 +97,7 @@ def test_an_unchanged_listing_starts_no_git_and_sees_every_change(
 ) -> None:
     """Every pass lists the PRs: read from the remote's files and its document as last read
     while neither changed; a PR opened, or a head pushed, by anyone is in the next listing."""
-    monkeypatch.setattr(gitcache, "RACY_NS", SETTLED_NS)
+    monkeypatch.setattr(gitfiles, "RACY_NS", SETTLED_NS)
     head = pushed_branch(env, "one")
     env.call(open_req(env, "one"))
     listing = ForgeListRequest(lane=env.lane, repo="webapp")
@@ -117,7 +117,7 @@ def test_an_unchanged_listing_starts_no_git_and_sees_every_change(
 def test_a_remote_moved_elsewhere_is_listed_there(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gitcache, "RACY_NS", SETTLED_NS)
+    monkeypatch.setattr(gitfiles, "RACY_NS", SETTLED_NS)
     pushed_branch(env, "one")
     env.call(open_req(env, "one"))
     other = env.tmp / "other.git"

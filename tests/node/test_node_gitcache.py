@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import gitfiles
 from reconciler.node import git as gitops
 from reconciler.node import gitcache
 from tests.node.node_support import Env
@@ -31,10 +32,10 @@ SETTLED_NS = 20_000_000  # the tests' racy window: short, so that their changes 
 
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    gitcache.forget()
-    monkeypatch.setattr(gitcache, "RACY_NS", SETTLED_NS)
+    gitfiles.forget()
+    monkeypatch.setattr(gitfiles, "RACY_NS", SETTLED_NS)
     yield
-    gitcache.forget()
+    gitfiles.forget()
 
 
 def older_than_window(root: Path) -> bool:
@@ -82,13 +83,13 @@ class Reads:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paths: list[str] = []
-        real = gitcache._read
+        real = gitfiles._read
 
         def counted(path: str) -> bytes | None:
             self.paths.append(path)
             return real(path)
 
-        monkeypatch.setattr(gitcache, "_read", counted)
+        monkeypatch.setattr(gitfiles, "_read", counted)
 
     def of(self, name: str, action: Callable[[], object]) -> int:
         before = len(self.paths)
@@ -141,7 +142,7 @@ def test_a_ref_file_younger_than_the_racy_window_is_read_every_time(
     """Within the file system's timestamp granularity a second write can leave a file's
     identity as the first one left it: what was read while a file was that young is not kept."""
     checkout = str(env.checkout)
-    monkeypatch.setattr(gitcache, "RACY_NS", 3600 * 10**9)  # every change is young
+    monkeypatch.setattr(gitfiles, "RACY_NS", 3600 * 10**9)  # every change is young
     git(checkout, "branch", "agent/one")
     reads = Reads(monkeypatch)
     for _ in range(3):

@@ -1,0 +1,415 @@
+"""A repository's refs, worktree list and HEAD, read from its files as git reads them.
+
+The node observes each checkout every pass (its worktrees, its task branches and their
+remote-tracking twins) and the reconciler reads its control repository's HEAD every pass: as
+git processes, most of a lane's observation and a part of every pass. Here the same answers
+are read from the files git itself reads for them (gitrepository-layout, the files backend),
+the way git reads them:
+
+- **Refs** (``git for-each-ref``): the loose refs first, then ``packed-refs`` (a ref packed
+  meanwhile is then still seen), a loose ref standing over a packed one; lock files skipped.
+  A loose ref's contents are kept by the file's identity (inode, size, times, mode), as git's
+  index keeps a file's: git replaces a ref by renaming a new file over it, and any other write
+  touches it. The one change identity cannot show is a second write within the timestamp
+  granularity of the first, so contents read while the file was younger than ``RACY_NS`` are
+  never trusted again (git's own "racy" rule): such a file is read every time.
+- **Worktrees** (``git worktree list``): the main worktree, then each linked one in path
+  order, from its administrative files (``gitdir``, ``HEAD``, ``locked``); prunable when not
+  locked and its ``gitdir`` names nothing that exists; its head read as a ref above.
+- **HEAD** (``git rev-parse HEAD``): the branch it names, read as a ref above, or the commit
+  it holds.
+
+Whatever is laid out otherwise — reftable, a symbolic or symlinked ref, contents or names git
+would call broken, a bare or relative layout, a pattern with other wildcards than a trailing
+``*`` — raises :class:`Unreadable`: the caller asks git, which says what it is. Read-only:
+nothing here writes to a repository, and no lock is taken. Standard library only; knows
+nothing of lanes or the control plane.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from reconciler.protocol import Worktree
+
+__all__ = [
+    "RACY_NS",
+    "Unreadable",
+    "forget",
+    "git_dirs_on_disk",
+    "head_commit",
+    "read_refs",
+    "read_worktrees",
+]
+
+# A file changed this recently may change again within its timestamp's granularity without a
+# visible difference (git's own "racy" case): contents read then are not kept. Two seconds
+# covers the coarsest file systems' times and a little clock skew of a network file system.
+RACY_NS = 2_000_000_000
+_KEPT = 65536  # ref files (and packed-refs files) whose contents are kept; past that, all go
+
+_OBJECT_NAME = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?\n")
+# What git's check_refname_format refuses, in one component: control characters, space and
+# ~^:?*[\, a leading dot, "..", "@{", and a ".lock" ending. Such a name is for git to judge.
+_BAD_COMPONENT = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|^\.|\.\.|@\{|\.lock$|^$")
+_WILDCARDS = "*?[\\"
+
+V = TypeVar("V")
+_Identity = tuple[int, int, int, int, int]
+_files: dict[str, tuple[_Identity, object]] = {}  # path → (identity, what it holds)
+_Matcher = tuple[str, str, bool]  # (directory to list, what a name starts with, below it too)
+# the packed refs some matchers match, beside the parsed packed-refs they were taken from
+_matched: dict[tuple[_Matcher, ...], tuple[dict[str, str], dict[str, str]]] = {}
+_lock = threading.Lock()
+
+
+class Unreadable(Exception):
+    """The repository is laid out in a way this reader does not cover: ask git."""
+
+
+def read_refs(checkout: str, patterns: list[str]) -> dict[str, str]:
+    """What ``git for-each-ref PATTERNS`` answers in ``checkout``: full name → commit for the
+    refs the patterns match (a name up to a slash, or one trailing ``*`` that matches no
+    slash), but the ``HEAD``s among them."""
+    return _refs(checkout, patterns)
+
+
+def read_worktrees(checkout: str) -> list[Worktree]:
+    """What ``git worktree list`` answers in ``checkout``: every worktree, the main one first."""
+    return _worktrees(checkout)
+
+
+def head_commit(repository: str) -> str:
+    """The commit ``HEAD`` names in ``repository`` (a checkout or a bare repository)."""
+    _git_dir, common = _layout(repository)
+    return _head(common, _read(os.path.join(common, "HEAD")))[1]
+
+
+def forget() -> None:
+    """Drop every kept content (tests; a process that knows the repositories changed
+    wholesale)."""
+    with _lock:
+        _files.clear()
+        _matched.clear()
+
+
+def git_dirs_on_disk(top: str) -> tuple[str, str] | None:
+    """``top``'s git directory and the repository's (gitrepository-layout: a ``.git``
+    directory, or a ``.git`` file naming a worktree's directory whose ``commondir`` names the
+    repository's); None when ``top`` is laid out any other way."""
+    dot_git = os.path.join(top, ".git")
+    try:
+        gitdir = dot_git if os.path.isdir(dot_git) else _gitfile_target(top, dot_git)
+        if gitdir is None:
+            return None
+        try:
+            with open(os.path.join(gitdir, "commondir"), encoding="utf-8") as f:
+                common = os.path.join(gitdir, f.read().strip())
+        except FileNotFoundError:
+            common = gitdir  # no commondir: the directory is the repository's own
+    except (OSError, UnicodeDecodeError):
+        return None
+    common = os.path.normpath(common)
+    return (gitdir, common) if os.path.isfile(os.path.join(common, "HEAD")) else None
+
+
+def _gitfile_target(top: str, dot_git: str) -> str | None:
+    with open(dot_git, encoding="utf-8") as f:
+        key, _, value = f.read().strip().partition(": ")
+    return os.path.join(top, value) if key == "gitdir" and value else None
+
+
+# --------------------------------------------------------------------------------- reading
+
+
+def _identity(st: os.stat_result) -> _Identity:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+def _kept(path: str, st: os.stat_result) -> object | None:
+    """What ``path`` held when it was last read, if it still is that file and that read was
+    older than the racy window's start."""
+    with _lock:
+        found = _files.get(path)
+    return found[1] if found is not None and found[0] == _identity(st) else None
+
+
+def _keep(path: str, st: os.stat_result, value: object, read_at: int) -> None:
+    """Keep what ``path`` holds, unless it changed within the racy window before it was read:
+    a write still to come could then leave its identity as it is."""
+    if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at - RACY_NS:
+        return
+    with _lock:
+        if len(_files) >= _KEPT:
+            _files.clear()
+        _files[path] = (_identity(st), value)
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _parsed(path: str, st: os.stat_result, kind: type[V], parse: Callable[[bytes], V]) -> V | None:
+    """What the file ``path`` (of identity ``st``) holds, parsed: as kept while it is the
+    same file, else read now; None when it is gone."""
+    known = _kept(path, st)
+    if isinstance(known, kind):
+        return known
+    read_at = time.time_ns()
+    data = _read(path)
+    if data is None:
+        return None
+    value = parse(data)
+    _keep(path, st, value, read_at)
+    return value
+
+
+def _object_name(data: bytes) -> str:
+    if not _OBJECT_NAME.fullmatch(data):
+        raise Unreadable  # "ref: …", or what git would warn about and skip
+    return data[:-1].decode("ascii")
+
+
+def _loose(path: str, st: os.stat_result) -> str | None:
+    """The object name a loose ref file holds; None when it is gone (deleted since it was
+    listed, as though it had not been); ``Unreadable`` for a symbolic ref or broken contents."""
+    return _parsed(path, st, str, _object_name)
+
+
+def _packed(common: str) -> dict[str, str]:
+    """``packed-refs`` as full name → commit (peeled lines left out)."""
+    path = os.path.join(common, "packed-refs")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    return _parsed(path, st, dict, _packed_lines) or {}
+
+
+def _packed_lines(data: bytes) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for line in data.split(b"\n"):
+        if not line or line.startswith(b"^") or (line.startswith(b"#") and not found):
+            continue
+        sha, _, name = line.partition(b" ")
+        if not name.startswith(b"refs/"):
+            raise Unreadable
+        found[name.decode("utf-8", "surrogateescape")] = _object_name(sha + b"\n")
+    return found
+
+
+def _layout(checkout: str) -> tuple[str, str]:
+    """(git directory, common directory) of ``checkout`` as git would find them: a ``.git``
+    directory or file, or a bare repository; ``Unreadable`` for anything else, and for a
+    repository whose config names another refs backend."""
+    found = git_dirs_on_disk(checkout)
+    if found is None:
+        if os.path.lexists(os.path.join(checkout, ".git")):
+            raise Unreadable
+        if not all(
+            os.path.isdir(os.path.join(checkout, d)) for d in ("refs", "objects")
+        ) or not os.path.isfile(os.path.join(checkout, "HEAD")):
+            raise Unreadable
+        found = (checkout, checkout)
+    common = found[1]
+    if os.path.lexists(os.path.join(common, "reftable")):
+        raise Unreadable  # the reftable backend: its tables are not files of refs
+    config = (_read(os.path.join(common, "config")) or b"").lower()
+    if b"refstorage" in config:
+        raise Unreadable  # extensions.refStorage names a backend other than these files
+    return found
+
+
+def _valid(name: str) -> str:
+    """``name`` if git would take every component of it as part of a ref name."""
+    if any(_BAD_COMPONENT.search(part) for part in name.split("/")):
+        raise Unreadable
+    return name
+
+
+# ------------------------------------------------------------------------------------ refs
+
+
+def _refs(checkout: str, patterns: list[str]) -> dict[str, str]:
+    _git_dir, common = _layout(checkout)
+    matchers = [_matcher(p) for p in patterns]
+    found: dict[str, str] = {}
+    for scope, recursive in sorted({(m[0], m[2]) for m in matchers}):
+        group = [m for m in matchers if (m[0], m[2]) == (scope, recursive)]
+        for name, path, st in _listed(common, _valid(scope), recursive):
+            if any(_matches(m, name) for m in group) and not name.endswith("/HEAD"):
+                sha = _loose(path, st)
+                if sha is not None:
+                    found[name] = sha
+    packed = _packed_matching(common, matchers)
+    return {**packed, **found}  # a loose ref stands over its packed line
+
+
+def _packed_matching(common: str, matchers: list[_Matcher]) -> dict[str, str]:
+    """The packed refs the matchers match; the match kept with the file's contents."""
+    every = _packed(common)
+    key = tuple(matchers)
+    with _lock:
+        known = _matched.get(key)
+    if known is not None and known[0] is every:
+        return known[1]
+    found = {
+        n: s
+        for n, s in every.items()
+        if any(_matches(m, n) for m in matchers) and not n.endswith("/HEAD")
+    }
+    with _lock:
+        if len(_matched) >= _KEPT:
+            _matched.clear()
+        _matched[key] = (every, found)
+    return found
+
+
+def _matcher(pattern: str) -> _Matcher:
+    """How git matches ``pattern`` (ref-filter's match_name_as_path): a name without wildcards
+    matches itself and the refs below it; ``prefix*`` matches the names that begin with
+    ``prefix`` and have no slash after it."""
+    if not pattern.startswith("refs/") or ".." in pattern.split("/"):
+        raise Unreadable
+    wild = [i for i, c in enumerate(pattern) if c in _WILDCARDS]
+    if not wild:
+        literal = pattern.rstrip("/")
+        return literal, literal, True
+    if wild != [len(pattern) - 1] or pattern[-1] != "*":
+        raise Unreadable
+    prefix = pattern[:-1]
+    return prefix.rsplit("/", 1)[0], prefix, False
+
+
+def _matches(matcher: _Matcher, name: str) -> bool:
+    _scope, prefix, below = matcher
+    if below:
+        return name == prefix or name.startswith(prefix + "/")
+    return name.startswith(prefix) and "/" not in name[len(prefix) :]
+
+
+def _listed(common: str, scope: str, recursive: bool) -> Iterator[tuple[str, str, os.stat_result]]:
+    """The loose ref files in ``scope`` (and below it when ``recursive``; a literal pattern's
+    scope may be a ref file itself): name, path and identity, lock files left out."""
+    path = os.path.join(common, scope)
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise Unreadable  # a symlinked ref or directory: git follows it
+    if stat.S_ISREG(st.st_mode):
+        if recursive:
+            yield scope, path, st
+        return
+    try:
+        entries = list(os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.name.endswith(".lock"):
+            continue  # a ref being written: git's iteration skips it too
+        if _BAD_COMPONENT.search(entry.name):
+            raise Unreadable  # ``scope`` is valid: the name is, with this
+        name = f"{scope}/{entry.name}"
+        if entry.is_symlink():
+            raise Unreadable
+        if entry.is_dir(follow_symlinks=False):
+            if recursive:
+                yield from _listed(common, name, True)
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # deleted since the listing: gone, as git would find it
+        yield name, entry.path, st
+
+
+def _resolve(common: str, ref: str) -> str | None:
+    """The commit a branch ``ref`` names (loose, else packed); None when it has none."""
+    path = os.path.join(common, _valid(ref))
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            raise Unreadable
+        sha = _loose(path, st)
+        if sha is not None:
+            return sha
+    return _packed(common).get(ref)
+
+
+# ------------------------------------------------------------------------------- worktrees
+
+
+def _worktrees(checkout: str) -> list[Worktree]:
+    git_dir, common = _layout(checkout)
+    real = os.path.realpath(common)
+    if git_dir != common or os.path.basename(real) != ".git":
+        raise Unreadable  # bare, or a repository kept apart from its worktree
+    config = (_read(os.path.join(common, "config")) or b"").lower()
+    if re.search(rb"(?m)^\s*(bare\s*=\s*true|worktree\s*=)", config):
+        raise Unreadable  # core.bare or core.worktree: git places the main worktree itself
+    main = _worktree(common, os.path.dirname(real), _read(os.path.join(common, "HEAD")))
+    linked: list[Worktree] = []
+    admin_root = os.path.join(common, "worktrees")
+    try:
+        entries = list(os.scandir(admin_root))
+    except (FileNotFoundError, NotADirectoryError):
+        entries = []
+    for entry in entries:
+        if entry.is_symlink():
+            raise Unreadable
+        if not entry.is_dir(follow_symlinks=False):
+            continue  # git reads no worktree from it
+        found = _linked(common, entry.path)
+        if found is not None:
+            linked.append(found)
+    return [main, *sorted(linked, key=lambda wt: wt.path)]
+
+
+def _linked(common: str, admin: str) -> Worktree | None:
+    """A linked worktree from its administrative directory; None where git lists none (no
+    ``gitdir``, or an empty one)."""
+    gitdir = _read(os.path.join(admin, "gitdir"))
+    if gitdir is None:
+        return None
+    named = gitdir.rstrip().decode("utf-8", "surrogateescape")
+    if not named:
+        return None
+    if not os.path.isabs(named):
+        raise Unreadable  # a relative path: where git resolves it from depends on its version
+    path = named.removesuffix("/.git")
+    prunable = not os.path.exists(os.path.join(admin, "locked")) and not os.path.exists(named)
+    return _worktree(common, path, _read(os.path.join(admin, "HEAD")), prunable)
+
+
+def _worktree(common: str, path: str, head: bytes | None, prunable: bool = False) -> Worktree:
+    """A worktree at ``path`` whose ``HEAD`` file holds ``head``."""
+    branch, sha = _head(common, head)
+    return Worktree(path=path, branch=branch, head=sha, prunable=prunable)
+
+
+def _head(common: str, head: bytes | None) -> tuple[str | None, str]:
+    """The branch (short name; None when detached) and commit a ``HEAD`` file's contents name."""
+    if head is not None and head.startswith(b"ref: refs/heads/") and head.endswith(b"\n"):
+        ref = head[5:-1].decode("utf-8", "surrogateescape")
+        sha = _resolve(common, ref)
+        if sha is None:
+            raise Unreadable  # an unborn branch: git names it with a null commit
+        return ref.removeprefix("refs/heads/"), sha
+    if head is not None and _OBJECT_NAME.fullmatch(head):
+        return None, head[:-1].decode("ascii")
+    raise Unreadable
