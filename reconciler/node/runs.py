@@ -58,7 +58,9 @@ from reconciler.protocol import (
     StopResult,
     TaskRef,
 )
+from reconciler.workers import fanout
 
+INSPECT_WORKERS = 8  # git processes of inspections at once, across a node's lanes
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 REDACTED = "<redacted>"
 _RUN_NAME = re.compile(r"^(\d+)\.(\d+)$")
@@ -369,19 +371,24 @@ def _inspection(
         update["left"] = left.model_copy(update={"final_result": final})
     if task.repo in lane.repos:
         repo, checkout = lane.repo(task.repo)
-        try:
-            update["commits_ahead"] = (
-                gitops.ahead_of_base(checkout, task.branch, task.base, repo.remote)
-                if task.base is not None
-                else None
-            )
-        except gitops.GitError:
-            update["commits_ahead"] = None
         workspace = obs.workspace
-        if workspace and os.path.isdir(workspace) and is_under(lane.root, workspace):
-            with contextlib.suppress(gitops.GitError):
-                update["dirty"] = gitops.status(workspace)
+        # The two git processes at once: every run that ended waits for its inspection.
+        with fanout("inspect", INSPECT_WORKERS) as fan:
+            ahead = fan.submit(_ahead, checkout, task, repo.remote)
+            if workspace and os.path.isdir(workspace) and is_under(lane.root, workspace):
+                with contextlib.suppress(gitops.GitError):
+                    update["dirty"] = gitops.status(workspace)
+        update["commits_ahead"] = ahead.result()
     return update
+
+
+def _ahead(checkout: str, task: TaskRef, remote: str) -> int | None:
+    if task.base is None:
+        return None
+    try:
+        return gitops.ahead_of_base(checkout, task.branch, task.base, remote)
+    except gitops.GitError:
+        return None
 
 
 # A verdict names a subtype only when the output holds the agent's final result (a result
