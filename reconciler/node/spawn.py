@@ -76,7 +76,7 @@ class ForkServer:
                     socket.send_fds(sock, [payload], fds)
                     return
                 except OSError as exc:
-                    self.close_locked()
+                    self._close_locked()
                     if attempt == 2:
                         raise NodeError(
                             f"the supervisors' fork server did not take a request: {exc}"
@@ -86,7 +86,7 @@ class ForkServer:
         if self._owner == os.getpid() and self._sock is not None:
             if self._proc is not None and self._proc.poll() is None:
                 return self._sock
-            self.close_locked()
+            self._close_locked()
         self._proc = self._sock = None
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -111,16 +111,20 @@ class ForkServer:
         self._sock, self._owner = mine, os.getpid()
         return mine
 
-    def close_locked(self) -> None:
+    def _close_locked(self) -> None:
         if self._sock is not None and self._owner == os.getpid():
             self._sock.close()
             if self._proc is not None:
-                self._proc.wait()  # its input closed, it ends at once
+                try:
+                    self._proc.wait(timeout=START_TIMEOUT)  # its input closed, it ends at once
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()  # its supervisors are not its children: they go on
+                    self._proc.wait()
         self._sock = self._proc = None
 
     def close(self) -> None:
         with self._lock:
-            self.close_locked()
+            self._close_locked()
 
 
 FORK_SERVER = ForkServer()
