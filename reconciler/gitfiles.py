@@ -12,7 +12,9 @@ the way git reads them:
   index keeps a file's: git replaces a ref by renaming a new file over it, and any other write
   touches it. The one change identity cannot show is a second write within the timestamp
   granularity of the first, so contents read while the file was younger than ``RACY_NS`` are
-  never trusted again (git's own "racy" rule): such a file is read every time.
+  never trusted again (git's own "racy" rule): such a file is read every time. What is kept is
+  each listed directory's refs as last listed, so it is as large as what exists; a ref named
+  alone is read every time.
 - **Worktrees** (``git worktree list``): the main worktree, then each linked one in path
   order, from its administrative files (``gitdir``, ``HEAD``, ``locked``); prunable when not
   locked and its ``gitdir`` names nothing that exists; its head read as a ref above.
@@ -33,8 +35,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any
 
 from reconciler.protocol import Worktree
 
@@ -52,7 +53,7 @@ __all__ = [
 # visible difference (git's own "racy" case): contents read then are not kept. Two seconds
 # covers the coarsest file systems' times and a little clock skew of a network file system.
 RACY_NS = 2_000_000_000
-_KEPT = 65536  # ref files (and packed-refs files) whose contents are kept; past that, all go
+_KEPT = 4096  # directories, packed-refs files and pattern sets kept at most, each
 
 _OBJECT_NAME = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?\n")
 # What git's check_refname_format refuses, in one component: control characters, space and
@@ -60,12 +61,15 @@ _OBJECT_NAME = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?\n")
 _BAD_COMPONENT = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|^\.|\.\.|@\{|\.lock$|^$")
 _WILDCARDS = "*?[\\"
 
-V = TypeVar("V")
 _Identity = tuple[int, int, int, int, int]
-_files: dict[str, tuple[_Identity, object]] = {}  # path → (identity, what it holds)
+_Loose = dict[str, tuple[_Identity, str]]  # path → (identity, object name), as last listed
 _Matcher = tuple[str, str, bool]  # (directory to list, what a name starts with, below it too)
-# the packed refs some matchers match, beside the parsed packed-refs they were taken from
-_matched: dict[tuple[_Matcher, ...], tuple[dict[str, str], dict[str, str]]] = {}
+# What is kept is what exists: the loose refs of each directory listed (each listing replaces
+# its directory's), each repository's packed-refs, and which of those some wildcard patterns
+# match; never more than _KEPT of each kind (past that, all of that kind go).
+_dirs: dict[tuple[str, str], _Loose] = {}  # (common directory, ref directory) → its refs
+_packs: dict[str, tuple[_Identity, dict[str, str]]] = {}  # common directory → packed-refs
+_matched: dict[tuple[str, tuple[_Matcher, ...]], tuple[dict[str, str], dict[str, str]]] = {}
 _lock = threading.Lock()
 
 
@@ -95,7 +99,8 @@ def forget() -> None:
     """Drop every kept content (tests; a process that knows the repositories changed
     wholesale)."""
     with _lock:
-        _files.clear()
+        _dirs.clear()
+        _packs.clear()
         _matched.clear()
 
 
@@ -132,23 +137,17 @@ def _identity(st: os.stat_result) -> _Identity:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
-def _kept(path: str, st: os.stat_result) -> object | None:
-    """What ``path`` held when it was last read, if it still is that file and that read was
-    older than the racy window's start."""
-    with _lock:
-        found = _files.get(path)
-    return found[1] if found is not None and found[0] == _identity(st) else None
+def _settled(st: os.stat_result, read_at: int) -> bool:
+    """Whether the file was last changed before the racy window that ends at ``read_at``:
+    only then may what was read stand for the file while its identity stays."""
+    return max(st.st_mtime_ns, st.st_ctime_ns) < read_at - RACY_NS
 
 
-def _keep(path: str, st: os.stat_result, value: object, read_at: int) -> None:
-    """Keep what ``path`` holds, unless it changed within the racy window before it was read:
-    a write still to come could then leave its identity as it is."""
-    if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at - RACY_NS:
-        return
+def _keep(table: dict[Any, Any], key: object, value: object) -> None:
     with _lock:
-        if len(_files) >= _KEPT:
-            _files.clear()
-        _files[path] = (_identity(st), value)
+        if key not in table and len(table) >= _KEPT:
+            table.clear()
+        table[key] = value
 
 
 def _read(path: str) -> bytes | None:
@@ -159,41 +158,39 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def _parsed(path: str, st: os.stat_result, kind: type[V], parse: Callable[[bytes], V]) -> V | None:
-    """What the file ``path`` (of identity ``st``) holds, parsed: as kept while it is the
-    same file, else read now; None when it is gone."""
-    known = _kept(path, st)
-    if isinstance(known, kind):
-        return known
-    read_at = time.time_ns()
-    data = _read(path)
-    if data is None:
-        return None
-    value = parse(data)
-    _keep(path, st, value, read_at)
-    return value
-
-
 def _object_name(data: bytes) -> str:
     if not _OBJECT_NAME.fullmatch(data):
         raise Unreadable  # "ref: …", or what git would warn about and skip
     return data[:-1].decode("ascii")
 
 
-def _loose(path: str, st: os.stat_result) -> str | None:
-    """The object name a loose ref file holds; None when it is gone (deleted since it was
-    listed, as though it had not been); ``Unreadable`` for a symbolic ref or broken contents."""
-    return _parsed(path, st, str, _object_name)
+def _loose(path: str) -> str | None:
+    """The object name a loose ref file holds, read now; None when it is gone (deleted since
+    it was listed, as though it had not been); ``Unreadable`` for a symbolic ref or broken
+    contents."""
+    data = _read(path)
+    return None if data is None else _object_name(data)
 
 
 def _packed(common: str) -> dict[str, str]:
-    """``packed-refs`` as full name → commit (peeled lines left out)."""
+    """``packed-refs`` as full name → commit (peeled lines left out), kept by its identity."""
     path = os.path.join(common, "packed-refs")
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return {}
-    return _parsed(path, st, dict, _packed_lines) or {}
+    with _lock:
+        known = _packs.get(common)
+    if known is not None and known[0] == _identity(st):
+        return known[1]
+    read_at = time.time_ns()
+    data = _read(path)
+    if data is None:
+        return {}
+    found = _packed_lines(data)
+    if _settled(st, read_at):
+        _keep(_packs, common, (_identity(st), found))
+    return found
 
 
 def _packed_lines(data: bytes) -> dict[str, str]:
@@ -246,21 +243,53 @@ def _refs(checkout: str, patterns: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for scope, recursive in sorted({(m[0], m[2]) for m in matchers}):
         group = [m for m in matchers if (m[0], m[2]) == (scope, recursive)]
-        for name, path, st in _listed(common, _valid(scope), recursive):
-            if any(_matches(m, name) for m in group) and not name.endswith("/HEAD"):
-                sha = _loose(path, st)
-                if sha is not None:
-                    found[name] = sha
+        found.update(_loose_refs(common, _valid(scope), recursive, group))
     packed = _packed_matching(common, matchers)
     return {**packed, **found}  # a loose ref stands over its packed line
 
 
-def _packed_matching(common: str, matchers: list[_Matcher]) -> dict[str, str]:
-    """The packed refs the matchers match; the match kept with the file's contents."""
-    every = _packed(common)
-    key = tuple(matchers)
+def _loose_refs(
+    common: str, scope: str, recursive: bool, matchers: list[_Matcher]
+) -> dict[str, str]:
+    """The loose refs under ``scope`` the matchers match, each read again only when its file
+    is not the one last listed there, or was read while it was younger than the racy window."""
+    listing = _listed(common, scope, recursive)
+    if listing is None:
+        return {}
+    directory, entries = listing
     with _lock:
-        known = _matched.get(key)
+        known = _dirs.get((common, scope), {}) if directory else {}
+    kept: _Loose = {}
+    found: dict[str, str] = {}
+    for name, path, st in entries:
+        if name.endswith("/HEAD") or not any(_matches(m, name) for m in matchers):
+            continue
+        identity = _identity(st)
+        before = known.get(path)
+        if before is not None and before[0] == identity:
+            kept[path] = before
+            found[name] = before[1]
+            continue
+        read_at = time.time_ns()
+        sha = _loose(path)
+        if sha is None:
+            continue
+        if _settled(st, read_at):
+            kept[path] = (identity, sha)
+        found[name] = sha
+    if directory:  # a ref file named alone is read every time: no name is kept for good
+        _keep(_dirs, (common, scope), kept)
+    return found
+
+
+def _packed_matching(common: str, matchers: list[_Matcher]) -> dict[str, str]:
+    """The packed refs the matchers match; for wildcard patterns (an observation's), the match
+    is kept beside the packed-refs it was taken from."""
+    every = _packed(common)
+    key = (common, tuple(matchers))
+    wildcards = not any(below for _scope, _prefix, below in matchers)
+    with _lock:
+        known = _matched.get(key) if wildcards else None
     if known is not None and known[0] is every:
         return known[1]
     found = {
@@ -268,10 +297,8 @@ def _packed_matching(common: str, matchers: list[_Matcher]) -> dict[str, str]:
         for n, s in every.items()
         if any(_matches(m, n) for m in matchers) and not n.endswith("/HEAD")
     }
-    with _lock:
-        if len(_matched) >= _KEPT:
-            _matched.clear()
-        _matched[key] = (every, found)
+    if wildcards:
+        _keep(_matched, key, (every, found))
     return found
 
 
@@ -298,20 +325,29 @@ def _matches(matcher: _Matcher, name: str) -> bool:
     return name.startswith(prefix) and "/" not in name[len(prefix) :]
 
 
-def _listed(common: str, scope: str, recursive: bool) -> Iterator[tuple[str, str, os.stat_result]]:
+def _listed(
+    common: str, scope: str, recursive: bool
+) -> tuple[bool, list[tuple[str, str, os.stat_result]]] | None:
     """The loose ref files in ``scope`` (and below it when ``recursive``; a literal pattern's
-    scope may be a ref file itself): name, path and identity, lock files left out."""
+    scope may be a ref file itself): whether ``scope`` is a directory, and each file's name,
+    path and identity, lock files left out; None when there is nothing there."""
     path = os.path.join(common, scope)
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return
+        return None
     if stat.S_ISLNK(st.st_mode):
         raise Unreadable  # a symlinked ref or directory: git follows it
     if stat.S_ISREG(st.st_mode):
-        if recursive:
-            yield scope, path, st
-        return
+        return (False, [(scope, path, st)]) if recursive else None
+    found: list[tuple[str, str, os.stat_result]] = []
+    _walk(path, scope, recursive, found)
+    return True, found
+
+
+def _walk(
+    path: str, scope: str, recursive: bool, into: list[tuple[str, str, os.stat_result]]
+) -> None:
     try:
         entries = list(os.scandir(path))
     except (FileNotFoundError, NotADirectoryError):
@@ -326,13 +362,13 @@ def _listed(common: str, scope: str, recursive: bool) -> Iterator[tuple[str, str
             raise Unreadable
         if entry.is_dir(follow_symlinks=False):
             if recursive:
-                yield from _listed(common, name, True)
+                _walk(entry.path, name, True, into)
             continue
         try:
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue  # deleted since the listing: gone, as git would find it
-        yield name, entry.path, st
+        into.append((name, entry.path, st))
 
 
 def _resolve(common: str, ref: str) -> str | None:
@@ -345,7 +381,7 @@ def _resolve(common: str, ref: str) -> str | None:
     if st is not None:
         if not stat.S_ISREG(st.st_mode):
             raise Unreadable
-        sha = _loose(path, st)
+        sha = _loose(path)
         if sha is not None:
             return sha
     return _packed(common).get(ref)

@@ -136,6 +136,23 @@ def test_a_ref_file_is_read_again_only_once_it_changed(
     assert gitcache.refs(checkout, PATTERNS) == {"refs/heads/agent/one": moved}
 
 
+def test_what_is_kept_is_what_exists(env: Env) -> None:
+    """A long-lived reconciler sees branches come and go: what it keeps of a directory is its
+    refs as last listed, and a ref looked up alone (a start's) is not kept at all."""
+    checkout = str(env.checkout)
+    for name in ("a", "b", "c"):
+        git(checkout, "branch", f"agent/{name}")
+    settled(checkout)
+    gitcache.refs(checkout, PATTERNS)
+    gitcache.refs(checkout, ["refs/heads/agent/a"])
+    common = gitops.common_dir(checkout)
+    assert len(gitfiles._dirs[(common, "refs/heads/agent")]) == 3
+    git(checkout, "branch", "-D", "agent/a", "agent/b")
+    assert set(gitcache.refs(checkout, PATTERNS)) == {"refs/heads/agent/c"}
+    assert list(gitfiles._dirs) == [(common, "refs/heads/agent")]
+    assert len(gitfiles._dirs[(common, "refs/heads/agent")]) == 1
+
+
 def test_a_ref_file_younger_than_the_racy_window_is_read_every_time(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
