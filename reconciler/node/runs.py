@@ -496,9 +496,10 @@ def start_run(lane: Lane, req: StartRunRequest) -> RunObs:
     lane.contained(run_dir)
     with files.locked(os.path.join(run_dir, files.START_LOCK), START_TIMEOUT * 3, f"run {run_dir}"):
         pid_path = os.path.join(run_dir, files.PID_JSON)
+        if not os.path.exists(pid_path) and supervising(run_dir):
+            _recorded_supervisor(run_dir)  # a start whose node died: it records itself, or dies
         if not os.path.exists(pid_path):
-            if not supervising(run_dir):  # else a start whose node died is still under way
-                _spawn(lane, req, adapter, run_dir, workspace)
+            _spawn(lane, req, adapter, run_dir, workspace)
             wait_for_pid(pid_path, run_dir)
         obs = read_run(lane, run_dir)
     if obs is None:

@@ -160,6 +160,19 @@ def test_a_start_finds_a_supervisor_still_starting_and_starts_no_second(
     assert (Path(run.run_dir) / "output.log").read_text() == "once\n"  # no second agent
 
 
+def test_a_start_whose_starting_supervisor_dies_unrecorded_starts_its_own(
+    env: Env, unrecorded: RunObs, looked_at: tuple[subprocess.Popen[str], threading.Event]
+) -> None:
+    holder, looked = looked_at
+    answer = call_in_thread(env, env.start_request("begun", env.agent("print('again')")))
+    assert looked.wait(10)
+    holder.kill()  # it dies before it recorded itself: nothing runs the run
+    run = RunObs.model_validate(answer())
+    assert run.supervisor is not None and run.supervisor.pid != holder.pid
+    env.wait_exit(run)
+    assert (Path(run.run_dir) / "output.log").read_text() == "once\nagain\n"
+
+
 def test_a_stop_waits_for_a_starting_supervisor_and_stops_it(
     env: Env, looked_at: tuple[subprocess.Popen[str], threading.Event]
 ) -> None:
