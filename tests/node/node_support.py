@@ -3,10 +3,16 @@ point."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+from reconciler.node import git as gitops
 from reconciler.node import procs
 from reconciler.node.files import EXIT_JSON, PID_JSON, read_json
 from reconciler.node.server import handle
@@ -109,8 +115,6 @@ def kill_leftover_runs(root: Path) -> None:
 def lock_probe_hook(checkout: Path, seen: Path) -> None:
     """Install a post-checkout hook in ``checkout`` that appends to ``seen`` whether the
     repository's worktree lock was free while it ran ("free" or "held"), then where it ran."""
-    from reconciler.node import git as gitops
-
     lock = Path(gitops.common_dir(str(checkout))) / gitops.LOCK_NAME
     hook = checkout / ".git" / "hooks" / "post-checkout"
     hook.write_text(
@@ -119,3 +123,48 @@ def lock_probe_hook(checkout: Path, seen: Path) -> None:
         f'echo "$PWD" >> {seen}\n'
     )
     hook.chmod(0o755)
+
+
+# ------------------------------------------- git's files as the node reads them
+
+SETTLED_NS = 20_000_000  # the tests' racy window: short, so that their changes settle soon
+
+
+def older_than_window(root: Path) -> bool:
+    """Whether every file and directory under ``root`` was last changed before the racy
+    window began."""
+    recent = time.time_ns() - SETTLED_NS
+    for where, dirs, names in os.walk(root):
+        for name in [".", *dirs, *names]:
+            try:
+                st = os.lstat(os.path.join(where, name))
+            except FileNotFoundError:
+                return False  # changing right now
+            if max(st.st_mtime_ns, st.st_ctime_ns) >= recent:
+                return False
+    return True
+
+
+def settled(checkout: str) -> None:
+    """Wait until nothing in the repository's git directory changed within the racy window."""
+    git_dir = Path(gitops.common_dir(checkout))
+    wait_for(lambda: older_than_window(git_dir), "the repository to be older than the window")
+
+
+class GitCount:
+    """The git processes the node starts, counted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = gitops.run
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.calls += 1
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(gitops, "run", counted)
+
+    def since(self, action: Callable[[], object]) -> int:
+        before = self.calls
+        action()
+        return self.calls - before

@@ -24,8 +24,7 @@ from reconciler.protocol import (
     PushRequest,
     RepoRef,
 )
-from tests.node.node_support import Env
-from tests.node.test_node_gitcache import SETTLED_NS, GitCount, settled
+from tests.node.node_support import SETTLED_NS, Env, GitCount, settled
 from tests.support.git import commit, git
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import pytest
 from reconciler import gitfiles
 from reconciler.node import git as gitops
 from reconciler.node import gitcache
-from tests.node.node_support import Env
+from tests.node.node_support import SETTLED_NS, Env, GitCount, settled
 from tests.support.git import commit, git
-from tests.support.waiting import wait_for
 
 PATTERNS = ["refs/heads/agent/*", "refs/remotes/origin/agent/*"]
 NAMES = [
@@ -27,7 +25,6 @@ NAMES = [
     "refs/heads/agent/t0",
     "refs/heads/agent/deep",
 ]
-SETTLED_NS = 20_000_000  # the tests' racy window: short, so that their changes settle soon
 
 
 @pytest.fixture(autouse=True)
@@ -36,46 +33,6 @@ def _fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(gitfiles, "RACY_NS", SETTLED_NS)
     yield
     gitfiles.forget()
-
-
-def older_than_window(root: Path) -> bool:
-    """Whether every file and directory under ``root`` was last changed before the racy
-    window began."""
-    recent = time.time_ns() - SETTLED_NS
-    for where, dirs, names in os.walk(root):
-        for name in [".", *dirs, *names]:
-            try:
-                st = os.lstat(os.path.join(where, name))
-            except FileNotFoundError:
-                return False  # changing right now
-            if max(st.st_mtime_ns, st.st_ctime_ns) >= recent:
-                return False
-    return True
-
-
-def settled(checkout: str) -> None:
-    """Wait until nothing in the repository's git directory changed within the racy window."""
-    git_dir = Path(gitops.common_dir(checkout))
-    wait_for(lambda: older_than_window(git_dir), "the repository to be older than the window")
-
-
-class GitCount:
-    """The git processes the node starts, counted."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        real = gitops.run
-
-        def counted(*args: object, **kwargs: object) -> object:
-            self.calls += 1
-            return real(*args, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(gitops, "run", counted)
-
-    def since(self, action: Callable[[], object]) -> int:
-        before = self.calls
-        action()
-        return self.calls - before
 
 
 class Reads:
