@@ -8,11 +8,13 @@ session of its own, with ``/`` as its working directory; ``FD`` is its end of a
 ``SOCK_SEQPACKET`` socket pair. Each message on it asks for one supervisor: a JSON object
 (``run_dir``, ``workspace``, ``finish``) with three descriptors attached, the node's ready pipe,
 ``supervisor.log`` open for appending, and the run's supervisor lock (``files.SUPERVISOR_LOCK``),
-which the node has locked. The server forks; the child forks the supervisor and exits at once, so
-the server reaps it and the supervisor, a grandchild, leads a new session and process group
-(stopped as one, surviving the node). The supervisor keeps the lock's descriptor, so the lock is
-held from before it exists until it is gone: that is how a pass tells a starting supervisor from
-a dead one (see ``spawn.supervising``). The server ends when the node closes its end.
+which the node has locked. The server forks the supervisor and closes its own copies of the
+descriptors at once; the supervisor leads a new session and process group (stopped as one,
+surviving the node and the server), and the server reaps it when it ends (``SIGCHLD``). The
+supervisor alone keeps the lock's descriptor, so the lock is held from before it exists until
+it is gone, and no longer: that is how a pass tells a starting supervisor from a dead one (see
+``spawn.supervising``). The server ends when the node closes its end; supervisors still running
+then are reaped by whoever inherits them.
 
 Standard library only, like the supervisor; single-threaded, so that a fork copies no lock
 another thread holds. Must not read anything but its socket, or act on a request's paths beyond
@@ -25,9 +27,11 @@ import contextlib
 import gc
 import json
 import os
+import signal
 import socket
 import sys
 import traceback
+from types import FrameType
 
 from reconciler.node import supervisor
 
@@ -40,6 +44,7 @@ def serve(sock: socket.socket) -> int:
     # What is imported now is every supervisor's: out of the collector's sight, its pages stay
     # shared with the forks instead of being copied when a collection touches them.
     gc.freeze()
+    signal.signal(signal.SIGCHLD, _reap)
     while True:
         try:
             data, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, DESCRIPTORS)
@@ -70,17 +75,26 @@ def _fork_one(sock: socket.socket, data: bytes, fds: list[int]) -> None:
     ready_fd, log_fd, _lock_fd = fds
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
+    if os.fork() == 0:
         code = 1
         try:
+            # The supervisor waits for its own children: the server's reaper is not its.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             sock.close()  # the node's channel is the server's, not a run's
-            if os.fork() > 0:
-                os._exit(0)  # reaped by the server at once; the grandchild carries on
             code = _supervise(run_dir, workspace, finishing, ready_fd, log_fd)
         finally:
             os._exit(code)
-    os.waitpid(pid, 0)
+
+
+def _reap(signum: int, frame: FrameType | None) -> None:
+    """Reap every supervisor that has ended (none is ever waited for otherwise)."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _supervise(run_dir: str, workspace: str, finishing: bool, ready_fd: int, log_fd: int) -> int:
