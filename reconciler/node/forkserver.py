@@ -8,13 +8,14 @@ session of its own, with ``/`` as its working directory; ``FD`` is its end of a
 ``SOCK_SEQPACKET`` socket pair. Each message on it asks for one supervisor: a JSON object
 (``run_dir``, ``workspace``, ``finish``) with three descriptors attached, the node's ready pipe,
 ``supervisor.log`` open for appending, and the run's supervisor lock (``files.SUPERVISOR_LOCK``),
-which the node has locked. The server forks the supervisor and closes its own copies of the
-descriptors at once; the supervisor leads a new session and process group (stopped as one,
-surviving the node and the server), and the server reaps it when it ends (``SIGCHLD``). The
-supervisor alone keeps the lock's descriptor, so the lock is held from before it exists until
-it is gone, and no longer: that is how a pass tells a starting supervisor from a dead one (see
-``spawn.supervising``). The server ends when the node closes its end; supervisors still running
-then are reaped by whoever inherits them.
+which the node has locked. The server forks and closes its own copies of the descriptors at
+once; that child forks the supervisor and exits, and the server reaps it (``SIGCHLD``). So the
+supervisor is no descendant of the node: it leads a new session and process group, stopped as
+one, and what ends the node's process tree (an ssh connection's end, a tree kill) leaves it
+running. The supervisor keeps the lock's descriptor, so the lock is held from before it exists
+until it is gone (and, for the instant that child takes to exit, a moment longer): that is how a
+pass tells a starting supervisor from a dead one (see ``spawn.supervising``). The server ends
+when the node closes its end.
 
 Standard library only, like the supervisor; single-threaded, so that a fork copies no lock
 another thread holds. Must not read anything but its socket, or act on a request's paths beyond
@@ -81,13 +82,15 @@ def _fork_one(sock: socket.socket, data: bytes, fds: list[int]) -> None:
             # The supervisor waits for its own children: the server's reaper is not its.
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             sock.close()  # the node's channel is the server's, not a run's
+            if os.fork() > 0:
+                os._exit(0)  # reaped by the server; the supervisor leaves the node's tree
             code = _supervise(run_dir, workspace, finishing, ready_fd, log_fd)
         finally:
             os._exit(code)
 
 
 def _reap(signum: int, frame: FrameType | None) -> None:
-    """Reap every supervisor that has ended (none is ever waited for otherwise)."""
+    """Reap every child that has exited (each only forks a supervisor and exits)."""
     while True:
         try:
             pid, _status = os.waitpid(-1, os.WNOHANG)
