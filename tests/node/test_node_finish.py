@@ -66,10 +66,11 @@ def kill_run(env: Env, key: str, run_dir: str) -> None:
     check it waits on (which carries the run's marker)."""
     record = read_json(str(Path(run_dir) / PID_JSON)) or {}
     supervisor = procs.fingerprint(int(str(record["pid"])))
-    for pid in procs.pids_with_env(RUN_MARKER, run_dir):
-        os.kill(pid, signal.SIGKILL)
+    # The supervisor first: a check killed first would let it go on to write exit.json.
     if supervisor is not None and supervisor.start_time == record["start_time"]:
         os.kill(supervisor.pid, signal.SIGKILL)
+    for pid in procs.pids_with_env(RUN_MARKER, run_dir):
+        os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not observe(env, key).alive, f"run {key} to be gone")
 
 
