@@ -45,8 +45,10 @@ __all__ = [
     "forget",
     "git_dirs_on_disk",
     "head_commit",
+    "identity",
     "read_refs",
     "read_worktrees",
+    "settled",
 ]
 
 # A file changed this recently may change again within its timestamp's granularity without a
@@ -81,17 +83,19 @@ def read_refs(checkout: str, patterns: list[str]) -> dict[str, str]:
     """What ``git for-each-ref PATTERNS`` answers in ``checkout``: full name → commit for the
     refs the patterns match (a name up to a slash, or one trailing ``*`` that matches no
     slash), but the ``HEAD``s among them."""
-    return _refs(checkout, patterns)
-
-
-def read_worktrees(checkout: str) -> list[Worktree]:
-    """What ``git worktree list`` answers in ``checkout``: every worktree, the main one first."""
-    return _worktrees(checkout)
+    _git_dir, common, _config = _layout(checkout)
+    matchers = [_matcher(p) for p in patterns]
+    found: dict[str, str] = {}
+    for scope, recursive in sorted({(m[0], m[2]) for m in matchers}):
+        group = [m for m in matchers if (m[0], m[2]) == (scope, recursive)]
+        found.update(_loose_refs(common, _valid(scope), recursive, group))
+    packed = _packed_matching(common, matchers)
+    return {**packed, **found}  # a loose ref stands over its packed line
 
 
 def head_commit(repository: str) -> str:
     """The commit ``HEAD`` names in ``repository`` (a checkout or a bare repository)."""
-    _git_dir, common = _layout(repository)
+    _git_dir, common, _config = _layout(repository)
     return _head(common, _read(os.path.join(common, "HEAD")))[1]
 
 
@@ -133,11 +137,12 @@ def _gitfile_target(top: str, dot_git: str) -> str | None:
 # --------------------------------------------------------------------------------- reading
 
 
-def _identity(st: os.stat_result) -> _Identity:
+def identity(st: os.stat_result) -> _Identity:
+    """A file's identity as this module keeps it: inode, size, times, mode."""
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
-def _settled(st: os.stat_result, read_at: int) -> bool:
+def settled(st: os.stat_result, read_at: int) -> bool:
     """Whether the file was last changed before the racy window that ends at ``read_at``:
     only then may what was read stand for the file while its identity stays."""
     return max(st.st_mtime_ns, st.st_ctime_ns) < read_at - RACY_NS
@@ -181,15 +186,15 @@ def _packed(common: str) -> dict[str, str]:
         return {}
     with _lock:
         known = _packs.get(common)
-    if known is not None and known[0] == _identity(st):
+    if known is not None and known[0] == identity(st):
         return known[1]
     read_at = time.time_ns()
     data = _read(path)
     if data is None:
         return {}
     found = _packed_lines(data)
-    if _settled(st, read_at):
-        _keep(_packs, common, (_identity(st), found))
+    if settled(st, read_at):
+        _keep(_packs, common, (identity(st), found))
     return found
 
 
@@ -205,10 +210,10 @@ def _packed_lines(data: bytes) -> dict[str, str]:
     return found
 
 
-def _layout(checkout: str) -> tuple[str, str]:
-    """(git directory, common directory) of ``checkout`` as git would find them: a ``.git``
-    directory or file, or a bare repository; ``Unreadable`` for anything else, and for a
-    repository whose config names another refs backend."""
+def _layout(checkout: str) -> tuple[str, str, bytes]:
+    """(git directory, common directory, its config in lower case) of ``checkout`` as git would
+    find them: a ``.git`` directory or file, or a bare repository; ``Unreadable`` for anything
+    else, and for a repository whose config names another refs backend."""
     found = git_dirs_on_disk(checkout)
     if found is None:
         if os.path.lexists(os.path.join(checkout, ".git")):
@@ -224,7 +229,7 @@ def _layout(checkout: str) -> tuple[str, str]:
     config = (_read(os.path.join(common, "config")) or b"").lower()
     if b"refstorage" in config:
         raise Unreadable  # extensions.refStorage names a backend other than these files
-    return found
+    return found[0], common, config
 
 
 def _valid(name: str) -> str:
@@ -235,17 +240,6 @@ def _valid(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ refs
-
-
-def _refs(checkout: str, patterns: list[str]) -> dict[str, str]:
-    _git_dir, common = _layout(checkout)
-    matchers = [_matcher(p) for p in patterns]
-    found: dict[str, str] = {}
-    for scope, recursive in sorted({(m[0], m[2]) for m in matchers}):
-        group = [m for m in matchers if (m[0], m[2]) == (scope, recursive)]
-        found.update(_loose_refs(common, _valid(scope), recursive, group))
-    packed = _packed_matching(common, matchers)
-    return {**packed, **found}  # a loose ref stands over its packed line
 
 
 def _loose_refs(
@@ -264,9 +258,9 @@ def _loose_refs(
     for name, path, st in entries:
         if name.endswith("/HEAD") or not any(_matches(m, name) for m in matchers):
             continue
-        identity = _identity(st)
+        seen = identity(st)
         before = known.get(path)
-        if before is not None and before[0] == identity:
+        if before is not None and before[0] == seen:
             kept[path] = before
             found[name] = before[1]
             continue
@@ -274,8 +268,8 @@ def _loose_refs(
         sha = _loose(path)
         if sha is None:
             continue
-        if _settled(st, read_at):
-            kept[path] = (identity, sha)
+        if settled(st, read_at):
+            kept[path] = (seen, sha)
         found[name] = sha
     if directory:  # a ref file named alone is read every time: no name is kept for good
         _keep(_dirs, (common, scope), kept)
@@ -390,12 +384,12 @@ def _resolve(common: str, ref: str) -> str | None:
 # ------------------------------------------------------------------------------- worktrees
 
 
-def _worktrees(checkout: str) -> list[Worktree]:
-    git_dir, common = _layout(checkout)
+def read_worktrees(checkout: str) -> list[Worktree]:
+    """What ``git worktree list`` answers in ``checkout``: every worktree, the main one first."""
+    git_dir, common, config = _layout(checkout)
     real = os.path.realpath(common)
     if git_dir != common or os.path.basename(real) != ".git":
         raise Unreadable  # bare, or a repository kept apart from its worktree
-    config = (_read(os.path.join(common, "config")) or b"").lower()
     if re.search(rb"(?m)^\s*(bare\s*=\s*true|worktree\s*=)", config):
         raise Unreadable  # core.bare or core.worktree: git places the main worktree itself
     main = _worktree(common, os.path.dirname(real), _read(os.path.join(common, "HEAD")))

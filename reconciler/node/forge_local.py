@@ -46,7 +46,7 @@ Record = dict[str, object]
 _DOCS: dict[str, tuple[str, str]] = {}
 # A checkout's remote's path by (checkout, remote), beside the identity of the config it was
 # read from.
-_PATHS: dict[tuple[str, str], tuple[tuple[int, int, int, int], str]] = {}
+_PATHS: dict[tuple[str, str], tuple[tuple[int, int, int, int, int], str]] = {}
 
 
 class ForgeError(NodeError):
@@ -62,13 +62,13 @@ def remote_path(checkout: str, remote: str) -> str:
         st = os.stat(config)
     except OSError:
         return _remote_path(checkout, remote)
-    identity = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    identity = gitfiles.identity(st)
     known = _PATHS.get((checkout, remote))
     if known is not None and known[0] == identity:
         return known[1]
-    settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - gitfiles.RACY_NS
+    read_at = time.time_ns()
     path = _remote_path(checkout, remote)
-    if settled:
+    if gitfiles.settled(st, read_at):
         _PATHS[(checkout, remote)] = (identity, path)
     return path
 
