@@ -193,3 +193,22 @@ def test_the_daemons_log_writes_through_the_stream_of_the_moment(
         log("pass", f"lane web: {ATTACK} {GHP}")
     out = capsys.readouterr().out
     assert out.endswith(f"lane web: {ATTACK} ***\n")  # piped: redacted, otherwise as written
+
+
+def test_the_summary_line_counts_every_kind_of_action() -> None:
+    """Each kind of action has its words in the plan's summary: a kind left out would make a
+    plan of only that kind read `Plan: .`."""
+    from reconciler.cli.render import summary_line
+    from reconciler.plan import Action, ActionKind, Plan
+
+    def one(kind: ActionKind) -> Action:
+        every = {"attempt": 1, "iteration": 1, "generation": "g", "pr": 1}
+        return Action.from_json(
+            {"action": kind.value, "task": "t", "lane": "web", "reason": "why", **every}
+        )
+
+    for kind in ActionKind:
+        line = summary_line(Plan("r", 0, 0.0, actions=(one(kind), one(kind))))
+        assert line.startswith("Plan: 2 ") and line.endswith("."), (kind, line)
+    rebases = summary_line(Plan("r", 0, 0.0, actions=(one(ActionKind.REBASE),)))
+    assert rebases == "Plan: 1 to rebase."

@@ -49,6 +49,7 @@ _SUMMARY = [
     (ActionKind.OPEN_PR, "PR to open"),
     (ActionKind.ADOPT_PR, "PR to adopt"),
     (ActionKind.UPDATE_PR, "PR to update"),
+    (ActionKind.REBASE, "to rebase"),
     (ActionKind.STOP, "to stop"),
     (ActionKind.CLOSE_PR, "to close"),
     (ActionKind.CLEANUP, "to clean up"),
