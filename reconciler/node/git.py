@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from reconciler import gitfiles
 from reconciler.gitenv import git_env
 from reconciler.gitfiles import git_dirs_on_disk
 from reconciler.node import procs
@@ -237,16 +238,26 @@ def list_worktrees(checkout: str) -> list[Worktree]:
     return trees
 
 
+def worktrees(checkout: str) -> list[Worktree]:
+    """:func:`list_worktrees`, read from the files where git laid them out as it does
+    (:mod:`reconciler.gitfiles`), else asked of git: a start that finds its worktree made
+    ahead, or a pooled one, runs no git process to learn it is registered."""
+    try:
+        return gitfiles.read_worktrees(checkout)
+    except (gitfiles.Unreadable, OSError):
+        return list_worktrees(checkout)
+
+
 def registered(checkout: str, path: str) -> Worktree | None:
     real = os.path.realpath(path)
-    for wt in list_worktrees(checkout):
+    for wt in worktrees(checkout):
         if os.path.realpath(wt.path) == real:
             return wt
     return None
 
 
 def _checked_out(checkout: str, branch: str) -> bool:
-    return any(wt.branch == branch for wt in list_worktrees(checkout))
+    return any(wt.branch == branch for wt in worktrees(checkout))
 
 
 def _clear_leftover(checkout: str, path: str) -> None:
@@ -283,6 +294,13 @@ def prepare_workspace(
     found registered but never checked out (its node died in between) is checked out now, and
     counts as created.
     """
+    # A worktree made and checked out before (ahead of its start, or by a start that died
+    # after) is known without the lock: the list changes only under it, and nothing removes a
+    # task's worktree while the task starts. So its start does not queue behind the others'.
+    if os.path.isdir(path) and _has_index(path):
+        existing = registered(checkout, path)
+        if existing is not None and not existing.prunable:
+            return False
     # Reading the refs needs no lock: only what changes the worktrees waits for the others.
     found = None
     if not os.path.isdir(path):

@@ -27,7 +27,4 @@ def refs(checkout: str, patterns: list[str], *, check: bool = True) -> dict[str,
 def worktrees(checkout: str) -> list[Worktree]:
     """:func:`reconciler.node.git.list_worktrees`, read from the files where git laid them
     out."""
-    try:
-        return gitfiles.read_worktrees(checkout)
-    except (gitfiles.Unreadable, OSError):
-        return gitops.list_worktrees(checkout)
+    return gitops.worktrees(checkout)

@@ -18,7 +18,7 @@ from reconciler.protocol import (
     RemoveWorkspaceRequest,
     WorkspaceResult,
 )
-from tests.node.node_support import Env, lock_probe_hook
+from tests.node.node_support import Env, GitCount, lock_probe_hook
 from tests.support.git import commit, git
 from tests.support.waiting import wait_for
 
@@ -41,6 +41,30 @@ def test_prepare_creates_then_reuses(env: Env) -> None:
     second = WorkspaceResult.model_validate(env.call(req))
     assert not second.created
     assert Path(first.path, "scratch.txt").exists()
+
+
+def test_a_worktree_made_before_is_reused_without_git_or_the_repository_lock(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An iteration's start (or one after a start that died once its worktree was made) finds
+    the worktree registered and checked out from the repository's files: no git process, and
+    no wait for the repository's lock, which other starts and cleanups hold."""
+    from reconciler.protocol import PrepareWorkspaceRequest
+
+    req = PrepareWorkspaceRequest(lane=env.lane, task=env.task("again"))
+    assert WorkspaceResult.model_validate(env.call(req)).created
+    count = GitCount(monkeypatch)
+    monkeypatch.setattr(gitops, "LOCK_TIMEOUT", 2.0)  # a start that waits fails, not hangs
+    answers: list[Any] = []
+    with gitops.repo_lock(str(env.checkout)):  # another start holds the repository
+        assert count.since(lambda: answers.append(env.call(req))) == 0
+    assert not WorkspaceResult.model_validate(answers[0]).created
+    # registered but never checked out: that one still waits for the lock and is finished
+    path = env.workspace("half")
+    git(env.checkout, "worktree", "add", "-q", "--no-checkout", "-b", "agent/half", str(path),
+        "main")  # fmt: skip
+    half = PrepareWorkspaceRequest(lane=env.lane, task=env.task("half"))
+    assert WorkspaceResult.model_validate(env.call(half)).created
 
 
 def test_a_start_checks_its_files_out_without_holding_the_repository(env: Env) -> None:
