@@ -17,9 +17,9 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
-from reconciler import safefile
+from reconciler import gitfiles, safefile
 from reconciler.node import files
 from reconciler.node import git as gitops
 from reconciler.node.agents import ADAPTERS, Adapter, Launch
@@ -439,20 +439,18 @@ def observe_runs(
     settled = settled or {}
     runs: list[RunObs] = []
     read: set[str] = set()
+    listed: set[str] = set()
     processes = RunProcesses()
     for name in task_names:
         task_dir = os.path.join(root, name)
-        try:
-            entries = os.listdir(task_dir)
-        except (NotADirectoryError, FileNotFoundError):
+        keyed = _run_names(task_dir)
+        if keyed is None:
             continue
+        listed.add(task_dir)
         past = settled.get(name, (0, 0))
-        keyed = []
-        for entry in entries:
-            m = _RUN_NAME.match(entry)
-            if m and (key := (int(m.group(1)), int(m.group(2)))) > past:
-                keyed.append((*key, entry))
-        for attempt, iteration, entry in sorted(keyed):
+        for attempt, iteration, entry in keyed:
+            if (attempt, iteration) <= past:
+                continue
             run_dir = os.path.join(task_dir, entry)
             read.add(run_dir)
             obs = read_run(
@@ -463,17 +461,54 @@ def observe_runs(
             )
             if obs is not None:
                 runs.append(obs)
-    _forget_ended(root, read)
+    _forget(_ENDED, root, read)
+    _forget(_LISTED, root, listed)
     return runs
 
 
-def _forget_ended(root: str, read: set[str]) -> None:
-    """Drop what is kept of the ended runs under ``root`` that this observation did not read
+# Task directories as last listed, with their identity: their runs, in order. A run directory
+# comes and goes as an entry of its task's directory, which changes the directory's times; so
+# a directory whose identity is unchanged, and was last changed before the racy window (two
+# changes within one timestamp tick look like one), lists the same and is not listed again.
+_LISTED: dict[str, tuple[tuple[int, int, int, int, int], list[tuple[int, int, str]]]] = {}
+
+
+def _run_names(task_dir: str) -> list[tuple[int, int, str]] | None:
+    """The runs in ``task_dir`` as (attempt, iteration, name), oldest first; None when it is
+    not a directory (any more)."""
+    try:
+        st = os.stat(task_dir)
+    except (NotADirectoryError, FileNotFoundError):
+        return None
+    identity = gitfiles.identity(st)
+    kept = _LISTED.get(task_dir)
+    if kept is not None and kept[0] == identity:
+        return kept[1]
+    read_at = time.time_ns()
+    try:
+        entries = os.listdir(task_dir)
+    except (NotADirectoryError, FileNotFoundError):
+        return None
+    keyed = []
+    for entry in entries:
+        m = _RUN_NAME.match(entry)
+        if m:
+            keyed.append((int(m.group(1)), int(m.group(2)), entry))
+    keyed.sort()
+    if gitfiles.settled(st, read_at):
+        _LISTED[task_dir] = (identity, keyed)
+    else:
+        _LISTED.pop(task_dir, None)
+    return keyed
+
+
+def _forget(kept: dict[str, Any], root: str, seen: set[str]) -> None:
+    """Drop what is kept of the directories under ``root`` that this observation did not read
     (settled, or gone): what the node holds stays as large as what it reports."""
     prefix = root + os.sep
-    for run_dir in list(_ENDED):  # one copy: lanes served in-process observe from threads
-        if run_dir.startswith(prefix) and run_dir not in read:
-            _ENDED.pop(run_dir, None)
+    for path in list(kept):  # one copy: lanes served in-process observe from threads
+        if path.startswith(prefix) and path not in seen:
+            kept.pop(path, None)
 
 
 # ------------------------------------------------------------------------------ starting runs

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import gitfiles
 from reconciler.node import files, procs, spawn
 from reconciler.node import runs as node_runs
 from reconciler.node.files import EXIT_JSON, PID_JSON, read_json
@@ -30,7 +31,7 @@ from reconciler.protocol import (
     StopResult,
     StopRunRequest,
 )
-from tests.node.node_support import Env
+from tests.node.node_support import SETTLED_NS, Env, older_than_window
 from tests.support.git import commit, git
 from tests.support.waiting import wait_for
 
@@ -614,3 +615,44 @@ def test_prune_removes_only_ended_runs_directories(env: Env) -> None:
     assert elsewhere.is_dir()
     stop = StopRunRequest(lane=env.lane, task="busy", attempt=1, iteration=1, grace=2)
     env.call(stop)
+
+
+def test_an_unchanged_task_directory_is_read_from_what_was_listed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass lists each task's directory only when it changed: a settled one is known from
+    its last listing, and a run added or removed since is seen at once."""
+    monkeypatch.setattr(gitfiles, "RACY_NS", SETTLED_NS)
+    agent = env.agent("print('done')")
+    env.prepare("t")
+    first = env.start("t", agent)
+    env.wait_exit(first)
+    task_dir = str(Path(first.run_dir).parent)
+    wait_for(lambda: older_than_window(Path(task_dir)), "the task's directory to settle")
+    listed: list[str] = []
+    real = os.listdir
+
+    def counted(path: str) -> list[str]:
+        listed.append(os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", counted)
+    assert [r.iteration for r in observe(env).runs] == [1]  # listed once more, and kept
+    listed.clear()
+    assert [r.iteration for r in observe(env).runs] == [1]
+    assert task_dir not in listed
+    monkeypatch.setattr(gitfiles, "RACY_NS", 3600 * 10**9)  # every change is young
+    second = env.start("t", agent, iteration=2)
+    env.wait_exit(second)
+    for _ in range(2):  # changed within the racy window: listed every time until it settles
+        listed.clear()
+        assert [r.iteration for r in observe(env).runs] == [1, 2]
+        assert task_dir in listed
+    monkeypatch.setattr(gitfiles, "RACY_NS", SETTLED_NS)
+    wait_for(lambda: older_than_window(Path(task_dir)), "the task's directory to settle")
+    observe(env)
+    listed.clear()
+    assert [r.iteration for r in observe(env).runs] == [1, 2] and task_dir not in listed
+    pruned = env.call(PruneRunsRequest(lane=env.lane, runs=["t/1.1"]))
+    assert pruned["removed"] == ["t/1.1"]
+    assert [r.iteration for r in observe(env).runs] == [2]
