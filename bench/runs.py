@@ -17,16 +17,17 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def files_json(path: Path) -> dict[str, object] | None:
+def files_json(path: Path | str) -> dict[str, object] | None:
     """The JSON object in ``path``, or None while it is missing or not yet whole."""
     try:
-        data = json.loads(path.read_bytes())
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def read_fingerprint(pid_json: Path) -> tuple[int, int] | None:
+def read_fingerprint(pid_json: Path | str) -> tuple[int, int] | None:
     """The supervisor's (pid, start time) from its ``pid.json``, or None."""
     data = files_json(pid_json)
     if data is None:

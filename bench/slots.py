@@ -36,6 +36,8 @@ class SlotSampler:
     is gone, which is how the planner counts a slot as used. To stay cheap next to the runs, a
     sample re-reads only the runs not known to have ended and lists the task directories it has
     not seen yet; every ``rescan``-th sample lists everything (new attempts of known tasks).
+    It shares the reconciler's interpreter, so it works on plain strings: what it costs is
+    taken from the figure it samples.
     """
 
     def __init__(self, lanes: dict[str, Path], interval: float = 0.05, rescan: int = 10) -> None:
@@ -45,8 +47,8 @@ class SlotSampler:
         self.max_live: Counter[str] = Counter()
         self.samples = 0
         self.cpu = 0.0  # this sampler's own CPU seconds (its thread's)
-        self._runs: dict[Path, dict[Path, bool]] = {root: {} for root in lanes.values()}
-        self._listed: set[Path] = set()
+        self._runs: dict[Path, dict[str, bool]] = {root: {} for root in lanes.values()}
+        self._listed: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="slot-sampler", daemon=True)
 
@@ -58,15 +60,15 @@ class SlotSampler:
         self._stop.set()
         self._thread.join()
 
-    def _discover(self, lane_root: Path, full: bool) -> list[Path]:
-        runs = lane_root / ".runs"
+    def _discover(self, lane_root: Path, full: bool) -> list[str]:
+        runs = os.path.join(lane_root, ".runs")
         known = self._runs[lane_root]
         try:
             tasks = os.listdir(runs)
         except FileNotFoundError:
             return []
         for task in tasks:
-            task_dir = runs / task
+            task_dir = f"{runs}/{task}"
             if task_dir in self._listed and not full:
                 continue
             try:
@@ -75,18 +77,18 @@ class SlotSampler:
                 continue
             self._listed.add(task_dir)
             for entry in entries:
-                known.setdefault(task_dir / entry, False)
+                known.setdefault(f"{task_dir}/{entry}", False)
         return [d for d, ended in known.items() if not ended]
 
     def live(self, lane_root: Path, full: bool = True) -> int:
         count = 0
         for run_dir in self._discover(lane_root, full):
-            fp = read_fingerprint(run_dir / "pid.json")
+            fp = read_fingerprint(f"{run_dir}/pid.json")
             if fp is None:
                 continue  # starting: the supervisor has not recorded itself yet
             if alive(*fp):
                 count += 1
-            elif (run_dir / "exit.json").exists():
+            elif os.path.exists(f"{run_dir}/exit.json"):
                 self._runs[lane_root][run_dir] = True
         return count
 
