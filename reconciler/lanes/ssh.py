@@ -31,6 +31,7 @@ import os
 import socket
 import stat
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,11 +78,28 @@ def _private_dir(path: str) -> bool:
     """``path`` is a directory only this user can enter (made so when missing): a shared
     connection's socket lets whoever reaches it run batches as the lane user."""
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            st = os.lstat(path)
+        except OSError:
+            return False
     except OSError:
         return False
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+_RACY_NS = 2_000_000_000  # a file changed this recently may change again unseen (one tick)
+
+
+def _identity(path: str) -> tuple[int, int, int, int] | None:
+    """A file's inode, size and times; None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _last_line(text: str) -> str:
@@ -102,12 +120,21 @@ class SshTransport:
         self.identity = _control_path(self.options.identity_file)
         self.known_hosts = _control_path(self.options.known_hosts)
         self.shared = True  # batches ride one shared connection (OpenSSH's ControlMaster)
+        # the socket's path as last made, by the identity of the key and known-hosts files
+        self._socket: tuple[tuple[tuple[int, ...] | None, ...], str] | None = None
 
     def control_socket(self) -> str:
         """Where the lane's shared connection listens: a private directory beside the lane's key,
         and a name that changes with everything the connection was trusted with (the lane, its
         target, its key and its known host keys), so that a connection made for one lane, or
-        before its key or host keys changed, is never used by another."""
+        before its key or host keys changed, is never used by another.
+
+        Every batch asks; the files are read again only when one of them changed (its inode,
+        size or times), or was changed within the last seconds, when a change within one
+        timestamp tick could leave all of them as they were."""
+        identities = tuple(_identity(path) for path in (self.identity, self.known_hosts))
+        if self._socket is not None and self._socket[0] == identities:
+            return self._socket[1]
         t = self.target
         trusted = [self.name, t.user, t.host, str(t.port), self.identity, self.options.command]
         for path in (self.identity, self.known_hosts):
@@ -119,8 +146,13 @@ class SshTransport:
         digest = hashlib.sha256("\0".join(trusted).encode()).hexdigest()[:24]
         beside = os.path.join(os.path.dirname(self.identity), "mux")
         if len(beside) + 1 + len(digest) + _SOCKET_SUFFIX <= _SOCKET_MAX:
-            return os.path.join(beside, digest)
-        return os.path.join(f"/tmp/reconciler-ssh-{os.geteuid()}", digest)
+            path = os.path.join(beside, digest)
+        else:
+            path = os.path.join(f"/tmp/reconciler-ssh-{os.geteuid()}", digest)
+        settled = time.time_ns() - _RACY_NS
+        if all(i is not None and max(i[2], i[3]) < settled for i in identities):
+            self._socket = (identities, path)
+        return path
 
     def argv(self, remote: Sequence[str] | None = None) -> list[str]:
         """The ``ssh`` command line: options, destination, and the remote command.

@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
+import pytest
+
+from reconciler.lanes import ssh
 from reconciler.lanes.ssh import SshTransport
 from reconciler.manifests.models import LaneSpec
+from tests.support.waiting import wait_for
 
 
 def transport(keys: Path, name: str = "far", user: str = "agent") -> SshTransport:
@@ -67,3 +72,43 @@ def test_a_deep_key_directory_puts_the_socket_where_its_path_fits(tmp_path: Path
     socket = transport(keys).control_socket()
     assert len(socket) + 17 <= 104
     assert socket.startswith(f"/tmp/reconciler-ssh-{os.geteuid()}/")
+
+
+def test_the_socket_is_named_anew_only_when_the_key_or_host_keys_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every batch asks for its connection's socket: the key and known-hosts files are read
+    again only when one of them changed, and always while a change is recent (within one
+    timestamp tick a rewrite can leave a file's identity as it was)."""
+    keys = tmp_path / "k"
+    keys.mkdir(mode=0o700)
+    (keys / "id_far").write_text("key one\n")
+    (keys / "known_hosts").write_text("[build-2]:2222 ssh-ed25519 AAAA\n")
+    far = transport(keys)
+    reads: list[str] = []
+    real = open
+
+    def counted(path: object, *args: object, **kwargs: object) -> object:
+        reads.append(str(path))
+        return real(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", counted)
+    monkeypatch.setattr(ssh, "_RACY_NS", 3600 * 10**9)  # every change is recent
+    young = far.control_socket()
+    assert far.control_socket() == young and len(reads) == 4  # recent files: read each time
+    monkeypatch.setattr(ssh, "_RACY_NS", 20_000_000)
+    wait_for(
+        lambda: all(
+            time.time_ns() - os.stat(keys / name).st_ctime_ns > 20_000_000
+            for name in ("id_far", "known_hosts")
+        ),
+        "the files to be older than the window",
+    )
+    reads.clear()
+    socket = far.control_socket()
+    assert socket == young  # the same contents, the same connection
+    assert far.control_socket() == far.control_socket() == socket and len(reads) == 2
+    # a key rotated (a new file, as `keys authorize` writes it): read again, a new socket
+    (keys / "id_far.new").write_text("key two\n")
+    os.replace(keys / "id_far.new", keys / "id_far")
+    assert far.control_socket() != socket
