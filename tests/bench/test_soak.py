@@ -29,6 +29,17 @@ def test_a_sample_reads_rss_fds_and_cpu_of_a_process() -> None:
     assert more.cpu >= found.cpu > 0
 
 
+def test_a_samples_cpu_counts_the_children_it_waited_for() -> None:
+    """The git processes of in-process lanes are children of `run`: their CPU is its work."""
+    burn = "import time\nwhile time.process_time() < 0.3: pass\n"
+    before = sample(os.getpid())
+    assert before is not None
+    subprocess.run([sys.executable, "-c", burn], check=True)  # waited for
+    after = sample(os.getpid())
+    assert after is not None
+    assert after.cpu - before.cpu >= 0.25
+
+
 def test_a_gone_process_has_no_sample() -> None:
     child = subprocess.Popen(["true"])
     child.wait()
@@ -114,7 +125,7 @@ def test_a_short_soak_prints_its_figures_and_leaves_nothing_behind(tmp_path: Pat
         (
             "soak: `run` over 30 churning tasks, RSS after warm-up → end",
             "open fds after warm-up → end",
-            "idle CPU once converged (% of one core)",
+            "idle CPU once converged (% of one core, with the children run waited for)",
             "passes / agents started / churn commits / log errors",
         ),
     )
