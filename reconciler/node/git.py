@@ -240,8 +240,8 @@ def list_worktrees(checkout: str) -> list[Worktree]:
 
 def worktrees(checkout: str) -> list[Worktree]:
     """:func:`list_worktrees`, read from the files where git laid them out as it does
-    (:mod:`reconciler.gitfiles`), else asked of git: a start that finds its worktree made
-    ahead, or a pooled one, runs no git process to learn it is registered."""
+    (:mod:`reconciler.gitfiles`), else asked of git: an iteration's start, which finds its
+    worktree there, runs no git process to learn that it is registered."""
     try:
         return gitfiles.read_worktrees(checkout)
     except (gitfiles.Unreadable, OSError):
@@ -294,9 +294,10 @@ def prepare_workspace(
     found registered but never checked out (its node died in between) is checked out now, and
     counts as created.
     """
-    # A worktree made and checked out before (ahead of its start, or by a start that died
-    # after) is known without the lock: the list changes only under it, and nothing removes a
-    # task's worktree while the task starts. So its start does not queue behind the others'.
+    # A worktree made and checked out before (by the task's earlier runs, or by a start that
+    # died after making it) is known without the lock: the list changes only under it, and
+    # nothing removes a task's worktree while the task starts. So an iteration's start does not
+    # queue behind the other starts and cleanups of the repository.
     if os.path.isdir(path) and _has_index(path):
         existing = registered(checkout, path)
         if existing is not None and not existing.prunable:
