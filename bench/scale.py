@@ -2,9 +2,11 @@
 from the per-item costs the other sections measured in this run (nothing is run here).
 
 The model, from how a pass works: lanes are observed 8 at a time (``observe``'s pool), each one
-ssh batch on a shared connection; planning is linear in the tasks (the plan figures' linearity
-rows check that); an unchanged GitHub pass costs what the ``github`` section counted per
-repository. docs/scaling.md explains the figures and where one reconciler stops.
+ssh batch on a shared connection, and no faster than the reconciler's own CPU per lane allows
+(one interpreter asks every lane and reads every answer; the fleet figure measures it where
+sshd runs); planning is linear in the tasks (the plan figures' linearity rows check that); an
+unchanged GitHub pass costs what the ``github`` section counted per repository.
+docs/scaling.md explains the figures and where one reconciler stops.
 """
 
 from __future__ import annotations
@@ -31,13 +33,23 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
         table.add("scale: 100 hosts, 10k tasks", f"skipped: not measured: {', '.join(missing)}")
         return
     rounds = math.ceil(HOSTS / OBSERVE_WORKERS)
-    observe = rounds * batch
+    waiting = rounds * batch
+    own = m.get("reconciler CPU per ssh lane")  # with planning the lane's tasks: counted apart
+    planned = per_task * m.get("tasks per fleet lane", 0.0)
+    own_part = 0.0 if own is None else max(0.0, own - planned) * HOSTS
+    observe = max(waiting, own_part)
     plan = per_task * TASKS
     total = observe + plan
+    floor = (
+        ""
+        if own is None
+        else f", at least {own_part:.2f}s of the reconciler's own CPU ({own * 1000:.2f} ms a "
+        "lane less its planning)"
+    )
     table.add(
         f"scale: pass over {HOSTS} ssh hosts, {TASKS // 1000}k tasks",
         f"≈ {total:.2f}s = observe {observe:.2f}s ({rounds} rounds of {OBSERVE_WORKERS} lanes "
-        f"at {batch:.3f}s a batch) + plan {plan:.2f}s ({per_task * 1e6:.0f} µs a task); "
+        f"at {batch:.3f}s a batch{floor}) + plan {plan:.2f}s ({per_task * 1e6:.0f} µs a task); "
         f"{1 / total:.2f} passes/s",
     )
     requests = m.get("github unchanged requests per repo")

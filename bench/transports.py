@@ -421,6 +421,8 @@ def fleet_figures(table: Table, world: World) -> None:
             f"none idle, is {median(used) / cores / single:.1f}x the one-lane pass at best here",
         )
         mine_all, mine_one = median(own["all"]), median(own["one"])
+        table.measure("reconciler CPU per ssh lane", (mine_all - mine_one) / (FLEET - 1))
+        table.measure("tasks per fleet lane", FLEET_TASKS)
         table.add(
             FLEET_OWN_ROW,
             f"{mine_all / single:.1f}x the one-lane pass ({mine_all * 1000:.1f} ms of CPU over "

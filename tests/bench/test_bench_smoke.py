@@ -87,3 +87,27 @@ def test_the_opt_in_scale_section_prints_its_figures(tmp_path: Path) -> None:
         "`reconciler plan -o json` subprocess, 300 warm",
     ):
         assert name in names, proc.stdout
+
+
+def test_the_scale_model_takes_the_slower_of_waiting_and_the_reconcilers_own_cpu() -> None:
+    """Lanes are asked 8 at a time, but one interpreter asks and reads every one of them: the
+    observation of 100 hosts takes no less than 100 times the reconciler's own CPU per lane
+    (its planning counted with the plan, not twice)."""
+    from bench import scale
+    from bench.table import Table
+
+    def modelled(**measured: float) -> str:
+        table = Table()
+        for key, value in measured.items():
+            table.measure(key.replace("_", " "), value)
+        scale.run(None, table, None)  # type: ignore[arg-type]  # the model reads the table only
+        return table.rows[0].value
+
+    base = {"ssh_batch": 0.010, "plan_warm_per_task": 20e-6}
+    assert modelled(**base).startswith("≈ 0.33s = observe 0.13s (13 rounds of 8 lanes at 0.010s")
+    own = {"reconciler_CPU_per_ssh_lane": 0.0032, "tasks_per_fleet_lane": 10}
+    slow = modelled(**base, **own)  # (3.2 ms - 10 x 20 µs) x 100 hosts = 0.30 s > 0.13 s
+    assert slow.startswith("≈ 0.50s = observe 0.30s (13 rounds of 8 lanes at 0.010s a batch, ")
+    assert "at least 0.30s of the reconciler's own CPU (3.20 ms a lane" in slow
+    fast = modelled(**base, **{**own, "reconciler_CPU_per_ssh_lane": 0.0005})
+    assert fast.startswith("≈ 0.33s = observe 0.13s")
