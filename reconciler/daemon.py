@@ -157,39 +157,52 @@ def quiet_needed(reasons: Counter[str]) -> float:
 
 
 class SignalRelay:
-    """Signals carried out on a thread of their own. A Python signal handler runs in the main
-    thread between any two of its bytecodes, also while that thread holds a lock (the wake-up's,
-    an event's): a handler that took the same lock would wait for itself for ever. The handler
-    here only writes the signal's number to a pipe; the relay thread does what it asks."""
+    """Signals carried out on a thread of their own.
+
+    The kernel hands a signal sent to the process to any of its threads that does not block
+    it, and a Python handler runs only in the main thread, when that thread next runs
+    bytecode: a signal taken by another thread (the relay's own, a worker's) left the main
+    thread asleep in its wait, and the pass a SIGHUP asked for, or the stop a SIGTERM asked
+    for, came with the next timer, up to an interval later. And a handler that runs between
+    two bytecodes of the main thread, also while it holds a lock (the wake-up's), must not
+    take that lock. So the signal's number goes through ``signal.set_wakeup_fd``: the
+    interpreter's C handler writes it to a pipe at once, in whichever thread took the signal,
+    and the relay thread reads it and does what it asks. The Python handlers do nothing."""
 
     def __init__(self, actions: Mapping[signal.Signals, Callable[[], None]]) -> None:
         self._actions = {int(sig): act for sig, act in actions.items()}
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         self._previous: dict[int, Any] = {}
+        self._previous_fd = -1
         self._thread = threading.Thread(target=self._relay, name="signals", daemon=True)
 
     def install(self) -> None:
+        """From the main thread (the only one that may set handlers and the wake-up fd)."""
         self._thread.start()
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
         for number in self._actions:
-            self._previous[number] = signal.signal(number, self._on_signal)
+            self._previous[number] = signal.signal(number, _relayed)
 
     def close(self) -> None:
         """The handlers as they were; the relay ends once it has carried out what came."""
         for number, previous in self._previous.items():
             signal.signal(number, previous)
+        signal.set_wakeup_fd(self._previous_fd)
         os.close(self._write)
         self._thread.join(timeout=5)
         os.close(self._read)
 
-    def _on_signal(self, number: int, _frame: object) -> None:
-        with contextlib.suppress(BlockingIOError):  # a full pipe has that signal pending already
-            os.write(self._write, bytes([number]))
-
     def _relay(self) -> None:
         while data := os.read(self._read, 64):
             for number in data:
-                self._actions[number]()
+                action = self._actions.get(number)
+                if action is not None:  # another handler's signal wakes the fd too
+                    action()
+
+
+def _relayed(_number: int, _frame: object) -> None:
+    """The Python handler of a relayed signal: the wake-up fd has carried it already."""
 
 
 class PoolFiller:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from reconciler.daemon import (
 )
 from reconciler.engine import Context, Engine, PassResult
 from reconciler.plan import Due, Plan, Requeue
+from tests.support.waiting import wait_for
 
 NOW = 1_000_000.0
 INTERVAL = 30.0
@@ -133,6 +136,56 @@ def test_a_signal_that_lands_while_the_wake_up_is_locked_is_carried_out_after() 
     finally:
         relay.close()
     assert signal.getsignal(signal.SIGHUP) is before  # the handler as it was
+
+
+def _in_select(tid: int) -> bool:
+    """Whether the thread sleeps in select/poll (its kernel wait channel says so)."""
+    try:
+        with open(f"/proc/self/task/{tid}/wchan", encoding="ascii") as f:
+            wchan = f.read()
+    except OSError:
+        return False
+    return "poll" in wchan or "select" in wchan
+
+
+@pytest.mark.skipif(
+    not os.path.exists(f"/proc/self/task/{os.getpid()}/wchan"),
+    reason="needs /proc/<pid>/task/<tid>/wchan to see the main thread asleep",
+)
+def test_a_signal_another_thread_takes_is_carried_out_while_the_main_thread_sleeps() -> None:
+    """The kernel may hand a signal to any thread that does not block it. One taken by a
+    worker while the main thread sleeps in a system call is carried out at once, not when the
+    main thread next wakes (the loop's wait lasts up to its interval: a poke or a stop would
+    wait for it)."""
+    done_r, done_w = os.pipe()
+    main = threading.get_native_id()
+    other = threading.Event()
+    before = signal.getsignal(signal.SIGUSR1)
+    signal.signal(signal.SIGUSR1, lambda *_: other.set())  # another handler's signal
+
+    def carry() -> None:
+        os.write(done_w, b"x")
+
+    relay = SignalRelay({signal.SIGHUP: carry})
+    relay.install()
+    try:
+
+        def worker() -> None:
+            wait_for(lambda: _in_select(main), "the main thread asleep in select")
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+            signal.pthread_kill(threading.get_ident(), signal.SIGHUP)  # to this thread only
+
+        taker = threading.Thread(target=worker, name="taker")
+        taker.start()
+        readable, _, _ = select.select([done_r], [], [], 20)
+        assert readable, "the signal waited for the main thread to wake"
+        taker.join()
+    finally:
+        relay.close()
+        signal.signal(signal.SIGUSR1, before)
+        os.close(done_r)
+        os.close(done_w)
+    assert other.is_set()  # its own handler ran too, once the main thread woke
 
 
 @pytest.mark.skipif(_trim() is None, reason="malloc_trim is glibc's; this C library has none")
