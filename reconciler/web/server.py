@@ -11,7 +11,6 @@ connections are closed after a few seconds, and a request's head is bounded by h
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
 import threading
 
@@ -24,7 +23,6 @@ from reconciler.web.metrics import Metrics
 from reconciler.web.views import LoopState, Views
 
 CONNECTIONS = 64  # at once; more are answered 503 at once
-LOOP_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
 
 
 class Server:
@@ -60,10 +58,8 @@ class Server:
         self._thread.start()
 
     def _serve(self) -> None:
-        # The loop's signals (SIGHUP: a pass now; SIGTERM, SIGINT: stop) must reach the main
-        # thread: one the kernel hands to this thread (or to a worker it starts, which inherits
-        # the mask) would leave the loop asleep until its interval.
-        signal.pthread_sigmask(signal.SIG_BLOCK, LOOP_SIGNALS)
+        # The loop's signals may land on this thread: the daemon's relay carries them out from
+        # any thread (``reconciler.daemon.SignalRelay``).
         asyncio.run(self._server.serve(sockets=[self.socket]))
 
     def stop(self) -> None:
