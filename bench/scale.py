@@ -1,7 +1,7 @@
 """The scale simulation: a pass over 100 hosts, 10,000 tasks and 10,000 open PRs, extrapolated
 from the per-item costs the other sections measured in this run (nothing is run here).
 
-The model, from how a pass works: lanes are observed 8 at a time (``observe``'s pool), each one
+The model, from how a pass works: lanes are observed ``OBSERVE_WORKERS`` at a time, each one
 ssh batch on a shared connection, and no faster than the reconciler's own CPU per lane allows
 (one interpreter asks every lane and reads every answer; the fleet figure measures it where
 sshd runs); planning is linear in the tasks (the plan figures' linearity rows check that); an
@@ -16,12 +16,12 @@ import math
 from bench.options import Options
 from bench.sandbox import Sandbox
 from bench.table import Table
+from reconciler.observe import OBSERVE_WORKERS
 
 HOSTS = 100
 TASKS = 10_000
 OPEN_PRS = 10_000
 PRS_PER_REPO = 100  # so 100 repositories, each one PR list page
-OBSERVE_WORKERS = 8  # lanes observed at once (reconciler.observe)
 
 
 def run(box: Sandbox, table: Table, options: Options) -> None:

@@ -64,7 +64,7 @@ from reconciler.state import HistoryRow, SpendRow, Store, TaskRow
 
 NAME = re.compile(NAME_PATTERN)
 PRUNED = 200  # expired run directories a pass removes at most: a backlog goes over a few passes
-OBSERVE_WORKERS = 8  # lanes asked at once (each mostly waits on its node)
+OBSERVE_WORKERS = 32  # lanes asked at once (each mostly waits on its node, or the network)
 
 
 def _needs_inspection(runs: list[Run]) -> str | None:

@@ -89,10 +89,12 @@ def test_the_opt_in_scale_section_prints_its_figures(tmp_path: Path) -> None:
         assert name in names, proc.stdout
 
 
-def test_the_scale_model_takes_the_slower_of_waiting_and_the_reconcilers_own_cpu() -> None:
-    """Lanes are asked 8 at a time, but one interpreter asks and reads every one of them: the
-    observation of 100 hosts takes no less than 100 times the reconciler's own CPU per lane
-    (its planning counted with the plan, not twice)."""
+def test_the_scale_model_takes_the_slower_of_waiting_and_the_reconcilers_own_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lanes are asked OBSERVE_WORKERS at a time, but one interpreter asks and reads every one
+    of them: the observation of 100 hosts takes no less than 100 times the reconciler's own CPU
+    per lane (its planning counted with the plan, not twice)."""
     from bench import scale
     from bench.table import Table
 
@@ -103,6 +105,7 @@ def test_the_scale_model_takes_the_slower_of_waiting_and_the_reconcilers_own_cpu
         scale.run(None, table, None)  # type: ignore[arg-type]  # the model reads the table only
         return table.rows[0].value
 
+    monkeypatch.setattr(scale, "OBSERVE_WORKERS", 8)
     base = {"ssh_batch": 0.010, "plan_warm_per_task": 20e-6}
     assert modelled(**base).startswith("≈ 0.33s = observe 0.13s (13 rounds of 8 lanes at 0.010s")
     own = {"reconciler_CPU_per_ssh_lane": 0.0032, "tasks_per_fleet_lane": 10}
@@ -111,3 +114,5 @@ def test_the_scale_model_takes_the_slower_of_waiting_and_the_reconcilers_own_cpu
     assert "at least 0.30s of the reconciler's own CPU (3.20 ms a lane" in slow
     fast = modelled(**base, **{**own, "reconciler_CPU_per_ssh_lane": 0.0005})
     assert fast.startswith("≈ 0.33s = observe 0.13s")
+    monkeypatch.setattr(scale, "OBSERVE_WORKERS", 32)  # 100 hosts: 4 rounds of waiting
+    assert modelled(**base).startswith("≈ 0.24s = observe 0.04s (4 rounds of 32 lanes")
