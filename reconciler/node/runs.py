@@ -443,14 +443,11 @@ def observe_runs(
     processes = RunProcesses()
     for name in task_names:
         task_dir = os.path.join(root, name)
-        keyed = _run_names(task_dir)
+        keyed = _run_names(task_dir, settled.get(name, (0, 0)))
         if keyed is None:
             continue
         listed.add(task_dir)
-        past = settled.get(name, (0, 0))
         for attempt, iteration, entry in keyed:
-            if (attempt, iteration) <= past:
-                continue
             run_dir = os.path.join(task_dir, entry)
             read.add(run_dir)
             obs = read_run(
@@ -466,40 +463,48 @@ def observe_runs(
     return runs
 
 
-# Task directories as last listed, with their identity: their runs, in order. A run directory
-# comes and goes as an entry of its task's directory, which changes the directory's times; so
-# a directory whose identity is unchanged, and was last changed before the racy window (two
-# changes within one timestamp tick look like one), lists the same and is not listed again.
-_LISTED: dict[str, tuple[tuple[int, int, int, int, int], list[tuple[int, int, str]]]] = {}
+# Task directories as last listed, with their identity: their runs after the settled ones, in
+# order. A run directory comes and goes as an entry of its task's directory, which changes the
+# directory's times; so a directory whose identity is unchanged, and was last changed before
+# the racy window (two changes within one timestamp tick look like one), lists the same and is
+# not listed again. Only the runs after those settled then are kept: what the node holds grows
+# with the runs it reports, not with a task's history (its settled runs' directories stay for
+# the retention period). A reconciler that names fewer runs settled (its state was lost) has
+# the directory listed anew.
+_Names = list[tuple[int, int, str]]
+_LISTED: dict[str, tuple[tuple[int, int, int, int, int], tuple[int, int], _Names]] = {}
 
 
-def _run_names(task_dir: str) -> list[tuple[int, int, str]] | None:
-    """The runs in ``task_dir`` as (attempt, iteration, name), oldest first; None when it is
-    not a directory (any more)."""
+def _run_names(task_dir: str, past: tuple[int, int]) -> _Names | None:
+    """The runs in ``task_dir`` after ``past`` (the task's last settled run) as (attempt,
+    iteration, name), oldest first; None when it is not a directory (any more)."""
     try:
         st = os.stat(task_dir)
     except (NotADirectoryError, FileNotFoundError):
         return None
     identity = gitfiles.identity(st)
     kept = _LISTED.get(task_dir)
-    if kept is not None and kept[0] == identity:
-        return kept[1]
+    if kept is not None and kept[0] == identity and kept[1] <= past:
+        names = [n for n in kept[2] if (n[0], n[1]) > past]
+        if kept[1] != past:
+            _LISTED[task_dir] = (identity, past, names)
+        return names
     read_at = time.time_ns()
     try:
         entries = os.listdir(task_dir)
     except (NotADirectoryError, FileNotFoundError):
         return None
-    keyed = []
+    names = []
     for entry in entries:
         m = _RUN_NAME.match(entry)
-        if m:
-            keyed.append((int(m.group(1)), int(m.group(2)), entry))
-    keyed.sort()
+        if m and (key := (int(m.group(1)), int(m.group(2)))) > past:
+            names.append((*key, entry))
+    names.sort()
     if gitfiles.settled(st, read_at):
-        _LISTED[task_dir] = (identity, keyed)
+        _LISTED[task_dir] = (identity, past, names)
     else:
         _LISTED.pop(task_dir, None)
-    return keyed
+    return names
 
 
 def _forget(kept: dict[str, Any], root: str, seen: set[str]) -> None:

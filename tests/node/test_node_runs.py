@@ -653,6 +653,13 @@ def test_an_unchanged_task_directory_is_read_from_what_was_listed(
     observe(env)
     listed.clear()
     assert [r.iteration for r in observe(env).runs] == [1, 2] and task_dir not in listed
+    # run 1.1 settled: the listing kept holds what is reported, not the task's history
+    settled = ObserveRequest(lane=env.lane, settled={"t": (1, 1)})
+    assert [r.iteration for r in ObserveResult.model_validate(env.call(settled)).runs] == [2]
+    assert task_dir not in listed
+    assert [n[:2] for n in node_runs._LISTED[task_dir][2]] == [(1, 2)]
+    # a reconciler that lost its state names nothing settled: listed anew, 1.1 reported again
+    assert [r.iteration for r in observe(env).runs] == [1, 2] and task_dir in listed
     pruned = env.call(PruneRunsRequest(lane=env.lane, runs=["t/1.1"]))
     assert pruned["removed"] == ["t/1.1"]
     assert [r.iteration for r in observe(env).runs] == [2]
