@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from reconciler import safefile
+from reconciler import gitfiles, safefile
 from reconciler.lanes import LaneUnavailable, lane_ref, process
 from reconciler.manifests.models import LaneSpec, SshSpec, SshTarget
 from reconciler.protocol import Batch, BatchResult, lane_pin
@@ -90,16 +90,11 @@ def _private_dir(path: str) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
 
 
-_RACY_NS = 2_000_000_000  # a file changed this recently may change again unseen (one tick)
-
-
-def _identity(path: str) -> tuple[int, int, int, int] | None:
-    """A file's inode, size and times; None when it cannot be read."""
+def _stat(path: str) -> os.stat_result | None:
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _last_line(text: str) -> str:
@@ -121,7 +116,7 @@ class SshTransport:
         self.known_hosts = _control_path(self.options.known_hosts)
         self.shared = True  # batches ride one shared connection (OpenSSH's ControlMaster)
         # the socket's path as last made, by the identity of the key and known-hosts files
-        self._socket: tuple[tuple[tuple[int, ...] | None, ...], str] | None = None
+        self._socket: tuple[tuple[tuple[int, ...], ...], str] | None = None
 
     def control_socket(self) -> str:
         """Where the lane's shared connection listens: a private directory beside the lane's key,
@@ -132,7 +127,9 @@ class SshTransport:
         Every batch asks; the files are read again only when one of them changed (its inode,
         size or times), or was changed within the last seconds, when a change within one
         timestamp tick could leave all of them as they were."""
-        identities = tuple(_identity(path) for path in (self.identity, self.known_hosts))
+        read_at = time.time_ns()
+        found = [_stat(path) for path in (self.identity, self.known_hosts)]
+        identities = tuple(gitfiles.identity(st) for st in found if st is not None)
         if self._socket is not None and self._socket[0] == identities:
             return self._socket[1]
         t = self.target
@@ -149,8 +146,8 @@ class SshTransport:
             path = os.path.join(beside, digest)
         else:
             path = os.path.join(f"/tmp/reconciler-ssh-{os.geteuid()}", digest)
-        settled = time.time_ns() - _RACY_NS
-        if all(i is not None and max(i[2], i[3]) < settled for i in identities):
+        # as gitfiles keeps what it reads: by identity, once older than the racy window
+        if all(st is not None and gitfiles.settled(st, read_at) for st in found):
             self._socket = (identities, path)
         return path
 

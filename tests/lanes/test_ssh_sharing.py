@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from reconciler.lanes import ssh
+from reconciler import gitfiles
 from reconciler.lanes.ssh import SshTransport
 from reconciler.manifests.models import LaneSpec
+from tests.node.node_support import SETTLED_NS, older_than_window
 from tests.support.waiting import wait_for
 
 
@@ -93,17 +93,11 @@ def test_the_socket_is_named_anew_only_when_the_key_or_host_keys_change(
         return real(path, *args, **kwargs)  # type: ignore[call-overload]
 
     monkeypatch.setattr("builtins.open", counted)
-    monkeypatch.setattr(ssh, "_RACY_NS", 3600 * 10**9)  # every change is recent
+    monkeypatch.setattr(gitfiles, "RACY_NS", 3600 * 10**9)  # every change is recent
     young = far.control_socket()
     assert far.control_socket() == young and len(reads) == 4  # recent files: read each time
-    monkeypatch.setattr(ssh, "_RACY_NS", 20_000_000)
-    wait_for(
-        lambda: all(
-            time.time_ns() - os.stat(keys / name).st_ctime_ns > 20_000_000
-            for name in ("id_far", "known_hosts")
-        ),
-        "the files to be older than the window",
-    )
+    monkeypatch.setattr(gitfiles, "RACY_NS", SETTLED_NS)
+    wait_for(lambda: older_than_window(keys), "the files to be older than the window")
     reads.clear()
     socket = far.control_socket()
     assert socket == young  # the same contents, the same connection
