@@ -401,6 +401,11 @@ def observe(
         clock(),
         generations=generations,
         history=history,
+        done={
+            name
+            for name, record in task_records.items()
+            if record.done and record.done_generation == generations.get(name)
+        },
     )
     return Observed(
         revision=desired.revision,

@@ -10,7 +10,7 @@ timeout) is what state keeps of it, the input and output tokens apart.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
 from reconciler.plan import History, RunView
@@ -29,6 +29,7 @@ def merge_runs(
     *,
     generations: Mapping[str, str] | None = None,
     history: Mapping[str, History] | None = None,
+    done: Collection[str] = (),
 ) -> tuple[dict[str, tuple[RunView, ...]], tuple[RunView, ...]]:
     """The runs the lanes report (``(lane, report)``, each lane's own already), merged with
     their records, plus the runs only state remembers, by task and in order; and apart, the
@@ -40,7 +41,8 @@ def merge_runs(
 
     ``records`` are state's open runs; ``history`` each task's settled ones (a report of one of
     those is not a new run: it is dropped). Runs that are over for good and of an earlier
-    generation than ``generations`` gives their task are settled in their records (``settle``).
+    generation than ``generations`` gives their task are settled in their records, and every
+    run over of a task ``done`` for its generation (``settle``).
     """
     by_key: dict[RunId, Run] = {(r.task, r.attempt, r.iteration): r for r in records}
     seen: set[RunId] = set()
@@ -69,28 +71,36 @@ def merge_runs(
         (unstarted if run.never_started else merged.setdefault(run.task, [])).append(view)
     generations = generations or {}
     by_task = {
-        task: settle(sorted(views, key=lambda v: (v.attempt, v.iteration)), generations.get(task))
+        task: settle(
+            sorted(views, key=lambda v: (v.attempt, v.iteration)),
+            generations.get(task),
+            done=task in done,
+        )
         for task, views in merged.items()
     }
     return by_task, tuple(unstarted)
 
 
-def settle(views: list[RunView], generation: str | None) -> tuple[RunView, ...]:
+def settle(
+    views: list[RunView], generation: str | None, *, done: bool = False
+) -> tuple[RunView, ...]:
     """A task's runs in order, those over for good settled in their records: the oldest runs up
     to the first that is of the task's ``generation`` (None: the task left the manifests), still
     alive, being finished, or the newest (whose end may still be inspected). A settled run's
     figures no longer change, so state keeps them as its task's history; settling in order keeps
-    the settled runs a prefix, which is what a lane is told to leave out."""
+    the settled runs a prefix, which is what a lane is told to leave out.
+
+    A task ``done`` for its generation (its record says so) has had its last end inspected and
+    judged: every run of it that is over is settled, the newest and its own generation's too.
+    A pass then reads nothing of a done task's runs, and costs what the open tasks do, however
+    many tasks are done."""
     if generation is None:
         return tuple(views)
-    for i, view in enumerate(views[:-1]):
+    for i, view in enumerate(views if done else views[:-1]):
         run = view.record
-        if (
-            run is None
-            or view.generation == generation
-            or view.alive
-            or view.finishing_since is not None
-        ):
+        if run is None or view.alive or view.finishing_since is not None:
+            break
+        if view.generation == generation and not done:
             break
         if not run.settled:
             views[i] = dataclasses.replace(view, record=dataclasses.replace(run, settled=True))

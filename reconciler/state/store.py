@@ -513,9 +513,12 @@ class Store:
 
     def expired_runs(self, before: float, limit: int) -> list[Run]:
         """Up to ``limit`` settled runs started before ``before`` whose directories are still
-        kept (``run_dir`` not emptied by a prune), oldest first."""
+        kept (``run_dir`` not emptied by a prune), oldest first; never a run of the generation
+        its task is done for (a task's current generation keeps its runs' directories)."""
         rows = self._query(
-            f"{_RUNS.select} WHERE settled = 1 AND run_dir != '' AND started_at < ?"
+            f"{_RUNS.select} WHERE settled = 1 AND run_dir != '' AND started_at < ?"  # noqa: S608
+            " AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.name = runs.task AND tasks.done"
+            " AND tasks.done_generation = runs.generation)"
             " ORDER BY started_at LIMIT ?",
             (before, limit),
         )

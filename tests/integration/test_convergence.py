@@ -294,6 +294,35 @@ def test_settled_runs_directories_go_after_the_retention_period(world: World) ->
     assert [r["attempt"] for r in runs] == [1, 2]
 
 
+def test_a_done_task_s_runs_are_settled_and_its_generation_s_directories_stay(
+    world: World,
+) -> None:
+    world.lane("web", forge=False)  # success with no forge: done
+    world.task("t", "web", "succeed")
+    world.config["runRetention"] = "1s"
+    world.commit()
+    world.converge()
+    assert world.status()["t"]["phase"] == "done"
+    world.converge()  # the pass after `complete` settles what the task is done with
+    with Store.open_readonly(world.state) as store:
+        (only,) = store.runs("t")
+        assert only.settled and store.open_runs() == []
+        (history,) = store.histories()
+        assert (history.task, history.runs, history.attempt, history.iteration) == ("t", 1, 1, 1)
+        cost, tokens = store.totals("t")
+    status = world.status()["t"]
+    assert (status["phase"], status["attempt"], status["iteration"]) == ("done", 1, 1)
+    assert status["costUsd"] == round(cost, 6) and status["tokens"] == tokens
+    # past the retention period, a run of the generation the task is done for still stays
+    wait_for(lambda: time.time() > only.started_at + 1.5, "the retention period to pass")
+    assert world.plan_json()["actions"] == []
+    world.converge()
+    assert Path(only.run_dir).is_dir()
+    assert world.cli("logs", "t").returncode == 0
+    runs = json.loads(world.cli("describe", "t", "--json").stdout)["runs"]
+    assert [(r["attempt"], r["outcome"]) for r in runs] == [(1, "succeeded")]
+
+
 def test_a_pr_closed_by_hand_fails_the_task_until_its_manifest_changes(world: World) -> None:
     world.lane("web")
     world.task("t", "web", "succeed")

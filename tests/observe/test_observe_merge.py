@@ -233,6 +233,30 @@ def test_runs_over_for_good_of_earlier_generations_are_settled_oldest_first() ->
     assert settled_keys(merged["t"]) == []
 
 
+def test_every_run_over_of_a_task_done_for_its_generation_is_settled() -> None:
+    records = [ended(1, "g1"), ended(2, "g2", outcome="failed"), ended(3, "g2")]
+    merged, _ = merge_runs([], records, set(), {}, NOW, generations={"t": "g2"}, done={"t"})
+    # its own generation's runs and its newest too: its end was judged, the task is done
+    assert settled_keys(merged["t"]) == [(1, 1), (2, 1), (3, 1)]
+    # not done: its generation's runs and its newest stay open, as before
+    merged, _ = merge_runs([], records, set(), {}, NOW, generations={"t": "g2"})
+    assert settled_keys(merged["t"]) == [(1, 1)]
+    # a run still alive, or being finished, holds back itself and every later one
+    alive = [("web", reported(2, 1, generation="g2", alive=True))]
+    merged, _ = merge_runs(alive, records, set(), {}, NOW, generations={"t": "g2"}, done={"t"})
+    assert settled_keys(merged["t"]) == [(1, 1)]
+    finishing = [("web", reported(3, 1, generation="g2", finishing_since=90.0))]
+    merged, _ = merge_runs(finishing, records, set(), {}, NOW, generations={"t": "g2"}, done={"t"})
+    assert settled_keys(merged["t"]) == [(1, 1), (2, 1)]
+    # a run state never recorded (adopted this pass) is recorded first, then settled
+    unknown = [("web", reported(4, 1, generation="g2"))]
+    merged, _ = merge_runs(unknown, records, set(), {}, NOW, generations={"t": "g2"}, done={"t"})
+    assert settled_keys(merged["t"]) == [(1, 1), (2, 1), (3, 1), (4, 1)]
+    # a task that left the manifests has no generation: nothing of it is settled
+    merged, _ = merge_runs([], records, set(), {}, NOW, generations={}, done={"t"})
+    assert settled_keys(merged["t"]) == []
+
+
 def test_a_lane_s_report_of_a_settled_run_is_not_a_new_run() -> None:
     history = {"t": History(runs=2, attempt=2, iteration=1, cost_usd=1.5, tokens=10)}
     world = [("web", reported(2, 1, generation="g1")), ("web", reported(3, 1, generation="g2"))]

@@ -272,6 +272,31 @@ def test_a_task_s_history_goes_with_it(store: Store) -> None:
     assert store.histories() == [] and store.runs() == []
 
 
+def test_expired_runs_are_settled_and_old_and_never_of_the_generation_done(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.upsert_task(task("done", done=True, done_generation="g2"))
+        tx.upsert_task(task("open"))
+        tx.upsert_run(run("done", 1, generation="g1", started_at=100.0))
+        tx.upsert_run(run("done", 2, generation="g2", started_at=110.0))
+        tx.upsert_run(run("open", 1, started_at=120.0))
+        tx.upsert_run(run("open", 2, started_at=130.0))
+        tx.upsert_run(run("open", 3, started_at=500.0))
+        for name, attempt in [("done", 1), ("done", 2), ("open", 1), ("open", 3)]:
+            tx.settle_run(name, attempt, 1)
+
+    def expired(before: float, limit: int = 10) -> list[tuple[str, int]]:
+        return [(r.task, r.attempt) for r in store.expired_runs(before, limit)]
+
+    # oldest first; not the run of the generation its task is done for, not an open run
+    # (open 2), not one started since (open 3)
+    assert expired(400.0) == [("done", 1), ("open", 1)]
+    assert expired(400.0, limit=1) == [("done", 1)]
+    assert expired(115.0) == [("done", 1)]
+    with store.transaction() as tx:  # the task is done anew, for another generation
+        tx.update_task("done", done_generation="g3")
+    assert expired(400.0) == [("done", 1), ("done", 2), ("open", 1)]
+
+
 # -------------------------------------------------------------------------------- serial
 
 
