@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
-import selectors
+import select
 import subprocess
 import threading
 import time
@@ -33,6 +34,7 @@ from reconciler.protocol import FRAME_HEADER_MAX, SESSION_OPEN, SESSION_READY
 MAX_ANSWER = 256 << 20  # bytes of an answer: far above any real batch (100,000 runs ≈ 100 MiB)
 MAX_STDERR = 64 << 10  # what a failing node says is read for its last line only
 IDLE_SECONDS = 300.0  # an idle session unused this long is closed (its lane may be gone)
+SWEEP_SECONDS = 10.0  # how often the idle sessions of every command line are looked over
 CLOSE_GRACE = 5.0  # seconds a closed session's node has to see EOF and exit before KILL
 KEEP_IDLE = 4  # idle sessions kept per command line; more are closed when they come back
 GREETING_SECONDS = 15.0  # a new session's node says SESSION_READY within this, or is no node
@@ -104,9 +106,9 @@ class Session:
         if self.proc.poll() is not None:
             return False
         assert self.proc.stdout is not None
-        with selectors.PollSelector() as probe:  # no kernel object per look, unlike epoll
-            probe.register(self.proc.stdout, selectors.EVENT_READ)
-            return not probe.select(0)
+        probe = select.poll()  # no kernel object per look, unlike epoll
+        probe.register(self.proc.stdout.fileno(), select.POLLIN)
+        return not probe.poll(0)
 
     def exchange(self, data: bytes, *, timeout: float, limit: int = MAX_ANSWER) -> Answer:
         """Send ``data`` as one batch and return the node's answer. Raises ``SessionLost``,
@@ -124,35 +126,39 @@ class Session:
         greeted_by = time.monotonic() + min(timeout, GREETING_SECONDS)
         delivered = True
         # poll: three descriptors, one system call a wait, and nothing made and closed per
-        # batch (an epoll instance costs three more calls and a descriptor each time)
-        selector = selectors.PollSelector()
+        # batch (an epoll instance costs three more calls and a descriptor each time). Any
+        # event is readiness: a hang-up reads as EOF, an error on stdin as a broken pipe.
+        fd_in, fd_out, fd_err = stdin.fileno(), stdout.fileno(), stderr.fileno()
+        poller = select.poll()
+        poller.register(fd_in, select.POLLOUT)
+        poller.register(fd_out, select.POLLIN)
+        poller.register(fd_err, select.POLLIN)
+        reading = {fd_out, fd_err}
         try:
-            selector.register(stdin, selectors.EVENT_WRITE)
-            selector.register(stdout, selectors.EVENT_READ)
-            selector.register(stderr, selectors.EVENT_READ)
             while not answer.complete:
-                if stdout not in _registered(selector):
+                if fd_out not in reading:
                     raise SessionLost(self._ended(), bytes(self._err), delivered)
                 left = (greeted_by if answer.greeting else deadline) - time.monotonic()
                 if left <= 0 and answer.greeting:
                     self._no_greeting(timeout)
                 if left <= 0:
                     raise subprocess.TimeoutExpired(self.argv, timeout)
-                for key, _ in selector.select(left):
-                    if key.fileobj is stdin:
+                for fd, _event in poller.poll(math.ceil(left * 1000)):
+                    if fd == fd_in:
                         try:
-                            written = os.write(stdin.fileno(), pending[:_CHUNK])
+                            written = os.write(fd_in, pending[:_CHUNK])
                         except BrokenPipeError:  # the node is gone: it never read all of it
                             delivered = False
                             written = len(pending)
                         pending = pending[written:]
                         if not pending:
-                            selector.unregister(stdin)
+                            poller.unregister(fd_in)
                         continue
-                    chunk = os.read(key.fd, _CHUNK)
+                    chunk = os.read(fd, _CHUNK)
                     if not chunk:
-                        selector.unregister(key.fileobj)
-                    elif key.fileobj is stderr:
+                        poller.unregister(fd)
+                        reading.discard(fd)
+                    elif fd == fd_err:
                         self._err += chunk
                         del self._err[: max(0, len(self._err) - MAX_STDERR)]
                     else:
@@ -160,8 +166,6 @@ class Session:
         except (BadAnswer, BatchRefused, SessionLost, subprocess.TimeoutExpired):
             self.kill()
             raise
-        finally:
-            selector.close()
         if pending:  # answered before reading the whole batch: out of step, never used again
             self.kill()
         self.used += 1
@@ -229,10 +233,6 @@ class Session:
     def close(self) -> None:
         self.end()
         self.reap()
-
-
-def _registered(selector: selectors.BaseSelector) -> set[object]:
-    return {key.fileobj for key in selector.get_map().values()}
 
 
 class _Reading:
@@ -309,6 +309,7 @@ class Sessions:
         self._start = start
         self._lock = threading.Lock()
         self._idle: dict[tuple[str, ...], list[Session]] = {}
+        self._swept_at = -SWEEP_SECONDS
 
     def exchange(
         self,
@@ -345,7 +346,14 @@ class Sessions:
         stale: list[Session] = []
         found: Session | None = None
         with self._lock:
-            for line, idle in self._idle.items():
+            # Every line's idle sessions are looked over now and then, not at every batch: a
+            # pass over a fleet takes a session of each lane, and would look over all of them
+            # as many times.
+            sweep = now >= self._swept_at + SWEEP_SECONDS
+            if sweep:
+                self._swept_at = now
+            lines = self._idle.items() if sweep else [(key, self._idle.get(key, []))]
+            for line, idle in lines:
                 stale += [s for s in idle if now - s.idle_since >= IDLE_SECONDS]
                 idle[:] = [s for s in idle if now - s.idle_since < IDLE_SECONDS]
                 while line == key and idle and found is None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from reconciler.lanes import process
 from reconciler.lanes.process import (
     AnswerTooLarge,
     BadAnswer,
@@ -69,6 +70,32 @@ def test_two_batches_are_served_by_one_node_process(sessions: Sessions) -> None:
     (pid,) = sessions.idle(NODE)
     assert served(sessions).responses == []
     assert sessions.idle(NODE) == [pid]
+
+
+def test_sessions_idle_too_long_are_closed_their_own_line_at_once_the_others_by_sweeps(
+    sessions: Sessions,
+) -> None:
+    other = ["env", *NODE]  # another command line: another lane
+    served(sessions)
+    served(sessions, other)
+    (mine,), (theirs,) = sessions.idle(NODE), sessions.idle(other)
+
+    def age(argv: list[str]) -> None:
+        for session in sessions._idle[tuple(argv)]:
+            session.idle_since -= process.IDLE_SECONDS + 1
+
+    age(NODE)
+    served(sessions)  # the line's own stale session is closed when taken, and replaced
+    (fresh,) = sessions.idle(NODE)
+    assert fresh != mine
+    wait_for(lambda: gone(mine), "the stale session's node to exit")
+    age(other)
+    served(sessions)  # the other line is looked over only by a sweep: not yet
+    assert sessions.idle(other) == [theirs]
+    sessions._swept_at -= process.SWEEP_SECONDS
+    served(sessions)
+    assert sessions.idle(other) == [] and sessions.idle(NODE) == [fresh]
+    wait_for(lambda: gone(theirs), "the other line's stale session's node to exit")
 
 
 def test_a_batch_the_node_cannot_read_fails_alone_and_the_session_goes_on(
