@@ -144,6 +144,7 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
     engine, lane_roots, counts = build(box, n, agent)
     ideal = max(math.ceil(c / s) for (_, s), c in zip(SLOT_LANES, counts, strict=True)) * duration
     log(f"  agent alone {duration:.3f}s; ideal schedule {ideal:.1f}s; driving apply passes")
+    unstarted = pass_cost(engine)
     machine, own = busy_seconds(), resource.getrusage(resource.RUSAGE_SELF)
     with SlotSampler(lane_roots) as sampler:
         result = drive(engine, n, limit)
@@ -167,6 +168,8 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
     time_rows(table, result, sampler, ideal, duration)
     cpu_rows(table, cpu, n, ideal)
     observation_row(table, box.root / "slots" / "src" / SLOT_LANES[0][0])
+    if result.finished:
+        done_row(table, engine, n, unstarted)
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,34 @@ def time_rows(
     )
     for failure in result.failures[:5]:
         log(f"  apply error: {failure}")
+
+
+def pass_cost(engine: Engine, reps: int = 15) -> tuple[float, int]:
+    """An observe+plan pass over the figure's tasks as they are: the median CPU seconds of this
+    process (the lanes are in-process, so their reading is counted), and the runs it read."""
+    desired = engine.load()
+    costs, runs = [], 0
+    with engine.locked(None) as store:  # the first pass's state directory is made here
+        for _ in range(reps):
+            before = time.process_time()
+            _plan, observed = engine.observe_and_plan(desired, store)
+            costs.append(time.process_time() - before)
+            runs = sum(len(views) for views in observed.runs.values())
+    return median(costs), runs
+
+
+def done_row(table: Table, engine: Engine, n: int, unstarted: tuple[float, int]) -> None:
+    """A pass over the tasks once all are done against the same pass before any started: what
+    a task's done history costs every later pass (its runs are settled, not read; its branch,
+    its remote-tracking ref and its task directory stay, and are looked at)."""
+    with engine.locked(None) as store:  # the pass after the last `complete` settles its runs
+        engine.apply(engine.load(), store)
+    done = pass_cost(engine)
+    table.add(
+        f"  pass over the {n} tasks done / before any started, CPU",
+        f"{done[0] / unstarted[0]:.2f} ({done[0] * 1000:.1f} ms, {done[1]} runs read / "
+        f"{unstarted[0] * 1000:.1f} ms, {unstarted[1]} runs read; median of 15)",
+    )
 
 
 def observation_row(table: Table, checkout: Path, reps: int = 50) -> None:
