@@ -358,7 +358,7 @@ def observe(
     for run in recorded:
         runs_by_task.setdefault(run.task, []).append(run)
     owners = owners_of(desired, records)
-    history, settled = _history(histories, owners)
+    history, settled = _history_of(histories, desired, owners)
 
     shares = _shares(desired, records, runs_by_task)
 
@@ -438,7 +438,7 @@ class _Recorded:
 
     tasks: dict[str, TaskRow]
     runs: list[Run]  # the open ones
-    histories: list[HistoryRow]
+    histories: Sequence[HistoryRow]
     spend: list[SpendRow]  # settled runs' spend by hour, today's
     expired: list[Run]  # settled runs kept past the retention period, a few
     serial: int
@@ -457,9 +457,26 @@ def _recorded(desired: Desired, store: Store, now: float) -> _Recorded:
         )
 
 
-def _history(
-    rows: Sequence[HistoryRow], owners: Owners
-) -> tuple[dict[str, History], dict[str, dict[str, tuple[int, int]]]]:
+# The last pass's histories: the store's rows (the same tuple while the state is unchanged), the
+# manifests' tasks they were owned by, and what was made of them. A pass over 100,000 done tasks
+# would otherwise make 100,000 histories again each time.
+_Histories = tuple[dict[str, History], dict[str, dict[str, tuple[int, int]]]]
+_KEPT_HISTORY: list[tuple[object, object, _Histories]] = []
+
+
+def _history_of(rows: Sequence[HistoryRow], desired: Desired, owners: Owners) -> _Histories:
+    """``_history``, kept while its inputs are the same objects: the rows come from one state
+    as it was (the task records with them, which the owners read besides the manifests), and
+    the manifests' tasks from one revision."""
+    for kept_rows, kept_tasks, made in _KEPT_HISTORY:
+        if kept_rows is rows and kept_tasks is desired.tasks:
+            return made
+    made = _history(rows, owners)
+    _KEPT_HISTORY[:] = [(rows, desired.tasks, made)]
+    return made
+
+
+def _history(rows: Sequence[HistoryRow], owners: Owners) -> _Histories:
     """Each task's settled runs in its owning lane and repository (those of a lane the task
     left are that lane's history, as its runs were), and per lane, the last settled run of each
     task: the lane leaves out that run and every earlier one."""

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -367,7 +367,8 @@ class Store:
         self.readonly = readonly
         self._mutex = threading.RLock()
         self._tx: Transaction | None = None
-        self._tasks_cache: tuple[tuple[int, int], dict[str, TaskRow]] | None = None
+        # what tasks() and histories() read, with the key they were read at (see tasks())
+        self._kept: dict[str, tuple[tuple[int, int], Any]] = {}
 
     # ---------------------------------------------------------------------------- opening
 
@@ -471,14 +472,20 @@ class Store:
         connections' commits. The key is read before the rows, so a racing commit can only cause
         a needless re-read, never a stale answer.
         """
+        load = _TASKS.load
+        rows: dict[str, TaskRow] = self._read_kept(
+            "tasks", lambda: {r[0]: load(r) for r in self._query(_TASKS.select)}
+        )
+        return dict(rows)
+
+    def _read_kept(self, name: str, read: Callable[[], Any]) -> Any:
+        """What ``read`` answers, kept until the database changes (the key of ``tasks()``)."""
         with self._mutex:
             key = (self._conn.total_changes, self._data_version())
-            cached = self._tasks_cache
-            if cached is None or cached[0] != key:
-                load = _TASKS.load
-                rows = {r[0]: load(r) for r in self._query(_TASKS.select)}
-                cached = self._tasks_cache = (key, rows)
-            return dict(cached[1])
+            kept = self._kept.get(name)
+            if kept is None or kept[0] != key:
+                kept = self._kept[name] = (key, read())
+            return kept[1]
 
     def _data_version(self) -> int:
         return int(self._query("PRAGMA data_version")[0][0])
@@ -502,9 +509,15 @@ class Store:
         rows = self._query(f"{_RUNS.select} WHERE settled = 0 ORDER BY task, attempt, iteration")
         return [_RUNS.load(r) for r in rows]
 
-    def histories(self) -> list[HistoryRow]:
-        """Every task's settled runs, summed per lane and repository."""
-        return [_HISTORY.load(r) for r in self._query(_HISTORY.select)]
+    def histories(self) -> tuple[HistoryRow, ...]:
+        """Every task's settled runs, summed per lane and repository: the same tuple while the
+        database stays as it is (as ``tasks()`` keeps its rows), so that what is made of it can
+        be kept with it. A pass reads one for every task ever done."""
+        load = _HISTORY.load
+        rows: tuple[HistoryRow, ...] = self._read_kept(
+            "histories", lambda: tuple(load(r) for r in self._query(_HISTORY.select))
+        )
+        return rows
 
     def lane_spend(self, since: float) -> list[SpendRow]:
         """What settled runs started since ``since`` spent, per lane and hour."""
@@ -664,7 +677,7 @@ class Store:
                     conn.execute("UPDATE serial SET value = value + 1 WHERE id = 1")
                 conn.execute("COMMIT")
             except BaseException as exc:
-                self._tasks_cache = None  # may hold rows that the rollback just undid
+                self._kept.clear()  # may hold rows that the rollback just undid
                 if conn.in_transaction:
                     try:
                         conn.execute("ROLLBACK")

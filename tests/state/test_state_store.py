@@ -206,7 +206,7 @@ def test_schema_7_opens_every_run_of_an_older_database_and_settles_them_once(
     older_database(tmp_path, 6)
     with Store.open(tmp_path) as migrated:
         assert migrated.open_runs() == [run(cost_usd=0.5, run_dir="/runs/t/1.1")]
-        assert migrated.histories() == [] and migrated.lane_spend(0) == []
+        assert migrated.histories() == () and migrated.lane_spend(0) == []
         with migrated.transaction() as tx:
             assert tx.settle_run("t", 1, 1)
         assert migrated.open_runs() == []
@@ -269,7 +269,7 @@ def test_a_task_s_history_goes_with_it(store: Store) -> None:
         tx.settle_run("t", 1, 1)
     with store.transaction() as tx:
         tx.delete_task("t")
-    assert store.histories() == [] and store.runs() == []
+    assert store.histories() == () and store.runs() == []
 
 
 def test_expired_runs_are_settled_and_old_and_never_of_the_generation_done(store: Store) -> None:
@@ -605,6 +605,42 @@ def test_readonly_after_the_writer_closed(tmp_path: Path) -> None:
         tx.upsert_task(task("a"))
     with Store.open_readonly(tmp_path) as reader:
         assert set(reader.tasks()) == {"a"}
+
+
+def test_histories_are_one_tuple_while_nothing_changes(tmp_path: Path) -> None:
+    """What a pass makes of the histories is kept with them (observe), so the tuple must be
+    new whenever anything in the state changed: the task rows the owners come from included."""
+    store = Store.open(tmp_path)
+    try:
+        with store.transaction() as tx:
+            tx.upsert_task(task("a"))
+            tx.upsert_run(run("a", cost_usd=1.0))
+            tx.settle_run("a", 1, 1)
+        first = store.histories()
+        assert [(h.task, h.runs) for h in first] == [("a", 1)]
+        assert store.histories() is first
+        with store.transaction() as tx:  # a task row changes, no history does
+            tx.update_task("a", lane="elsewhere")
+        second = store.histories()
+        assert second is not first and second == first
+        with Store.open(tmp_path) as other, other.transaction() as tx:  # another connection
+            tx.upsert_task(task("b"))
+            tx.upsert_run(run("b"))
+            tx.settle_run("b", 1, 1)
+        assert [h.task for h in store.histories()] == ["a", "b"]
+
+        def fail() -> None:
+            with store.transaction() as tx:
+                tx.upsert_run(run("a", 2))
+                tx.settle_run("a", 2, 1)
+                assert [h.runs for h in store.histories() if h.task == "a"] == [2]
+                raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            fail()
+        assert [h.runs for h in store.histories() if h.task == "a"] == [1]
+    finally:
+        store.close()
 
 
 def test_tasks_cache_drops_rolled_back_rows(store: Store) -> None:
