@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -401,11 +401,9 @@ def observe(
         clock(),
         generations=generations,
         history=history,
-        done={
-            name
-            for name, record in task_records.items()
-            if record.done and record.done_generation == generations.get(name)
-        },
+        done=_done(
+            task_records, generations, {run.task for _lane, run in world} | runs_by_task.keys()
+        ),
     )
     return Observed(
         revision=desired.revision,
@@ -442,6 +440,19 @@ class _Recorded:
     spend: list[SpendRow]  # settled runs' spend by hour, today's
     expired: list[Run]  # settled runs kept past the retention period, a few
     serial: int
+
+
+def _done(
+    records: Mapping[str, TaskRecord], generations: Mapping[str, str], tasks: Iterable[str]
+) -> set[str]:
+    """Which of ``tasks`` (those with runs: of 100,000 tasks perhaps a few) are done for their
+    current generation."""
+    done = set()
+    for name in tasks:
+        record = records.get(name)
+        if record is not None and record.done and record.done_generation == generations.get(name):
+            done.add(name)
+    return done
 
 
 def _recorded(desired: Desired, store: Store, now: float) -> _Recorded:
