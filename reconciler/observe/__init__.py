@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,6 +42,7 @@ from reconciler.plan import (
     LaneView,
     Observed,
     RepoView,
+    RunView,
     TaskRecord,
 )
 from reconciler.plan.timing import DAY
@@ -386,24 +387,16 @@ def observe(
             # a run's lane is the lane whose workspace holds its directory
             world.extend((name, run) for run in runs)
             foreign.extend(refused)
-    for gone in sorted({r.lane for r in records.values()} - views.keys() - lanes.keys()):
-        # a removed task's lane, itself gone from the manifests: nothing of it can be asked
-        views[gone] = LaneView(
-            gone, reachable=False, error=f"lane {gone} is no longer in the manifests"
-        )
-    unreachable = {name for name, view in views.items() if not view.reachable}
-    generations = {name: task.generation for name, task in desired.tasks.items()}
-    merged, unstarted = merge_runs(
+    views.update(_gone_lanes(records, views.keys() | lanes.keys()))
+    merged, unstarted = _merge(
+        desired,
         world,
-        recorded,
-        unreachable,
-        owners,
-        clock(),
-        generations=generations,
+        views,
+        recorded=recorded,
+        owners=owners,
         history=history,
-        done=_done(
-            task_records, generations, {run.task for _lane, run in world} | runs_by_task.keys()
-        ),
+        records=task_records,
+        now=clock(),
     )
     return Observed(
         revision=desired.revision,
@@ -440,6 +433,43 @@ class _Recorded:
     spend: list[SpendRow]  # settled runs' spend by hour, today's
     expired: list[Run]  # settled runs kept past the retention period, a few
     serial: int
+
+
+def _gone_lanes(records: Mapping[str, TaskRow], asked: Set[str]) -> dict[str, LaneView]:
+    """The lanes of removed tasks, themselves gone from the manifests: nothing of them can be
+    asked."""
+    return {
+        gone: LaneView(gone, reachable=False, error=f"lane {gone} is no longer in the manifests")
+        for gone in sorted({r.lane for r in records.values()} - asked)
+    }
+
+
+def _merge(
+    desired: Desired,
+    world: list[tuple[str, RunObs]],
+    views: Mapping[str, LaneView],
+    *,
+    recorded: list[Run],
+    owners: Owners,
+    history: Mapping[str, History],
+    records: Mapping[str, TaskRecord],
+    now: float,
+) -> tuple[dict[str, tuple[RunView, ...]], tuple[RunView, ...]]:
+    """The runs the lanes reported merged with the open runs state recorded (``merge_runs``):
+    those of an earlier generation, and those of a task done, settled when over."""
+    unreachable = {name for name, view in views.items() if not view.reachable}
+    generations = {name: task.generation for name, task in desired.tasks.items()}
+    with_runs = {run.task for _lane, run in world} | {run.task for run in recorded}
+    return merge_runs(
+        world,
+        recorded,
+        unreachable,
+        owners,
+        now,
+        generations=generations,
+        history=history,
+        done=_done(records, generations, with_runs),
+    )
 
 
 def _done(
