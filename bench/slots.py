@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.drive import DriveResult, drive
 from bench.manifests import CONFIG_DOC, agent_doc, lane_doc, short_agent, spread, task_doc
 from bench.options import Options
-from bench.runs import alive, busy_seconds, read_fingerprint
+from bench.runs import alive, busy_seconds, files_json, read_fingerprint
 from bench.sandbox import Sandbox
 from bench.table import Table, log, median
 from reconciler.engine import Context, Engine
@@ -80,25 +80,43 @@ class SlotSampler:
                 known.setdefault(f"{task_dir}/{entry}", False)
         return [d for d, ended in known.items() if not ended]
 
-    def live(self, lane_root: Path, full: bool = True) -> int:
-        count = 0
+    def live(self, lane_root: Path, full: bool = True) -> list[tuple[int, int]]:
+        """The supervisors of the lane's runs found alive, as (pid, start time)."""
+        found = []
         for run_dir in self._discover(lane_root, full):
             fp = read_fingerprint(f"{run_dir}/pid.json")
             if fp is None:
                 continue  # starting: the supervisor has not recorded itself yet
             if alive(*fp):
-                count += 1
+                found.append(fp)
             elif os.path.exists(f"{run_dir}/exit.json"):
                 self._runs[lane_root][run_dir] = True
-        return count
+        return found
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             full = self.samples % self.rescan == 0
-            for lane, root in self.lanes.items():
-                self.max_live[lane] = max(self.max_live[lane], self.live(root, full))
+            seen = {lane: self.live(root, full) for lane, root in self.lanes.items()}
+            # One instant: the supervisors seen alive that still are once every lane is read.
+            # A run's supervisor that handed its slot to a standby run and went while the scan
+            # read on would otherwise count beside its successor (who starts only once it is
+            # gone), a moment that never was.
+            for lane, fps in seen.items():
+                now = sum(1 for fp in fps if alive(*fp))
+                self.max_live[lane] = max(self.max_live[lane], now)
             self.samples += 1
         self.cpu = time.thread_time()
+
+
+def handed_over(lanes: dict[str, Path]) -> int:
+    """Runs a supervisor started from the standby queue at its own run's end (their
+    ``pid.json`` names the run they followed), rather than a pass."""
+    count = 0
+    for root in lanes.values():
+        for pid_json in root.glob(".runs/*/*/pid.json"):
+            data = files_json(pid_json)
+            count += bool(data and data.get("claimed_from"))
+    return count
 
 
 def agent_alone(box: Sandbox, agent: Path, reps: int = 3) -> tuple[float, float]:
@@ -165,7 +183,7 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
         done == n and not result.failures,
     )
     occupancy_rows(table, sampler, counts)
-    time_rows(table, result, sampler, ideal, duration)
+    time_rows(table, result, sampler, ideal, duration, handed=handed_over(lane_roots))
     cpu_rows(table, cpu, n, ideal)
     observation_row(table, box.root / "slots" / "src" / SLOT_LANES[0][0])
     if result.finished:
@@ -218,14 +236,20 @@ def occupancy_rows(table: Table, sampler: SlotSampler, counts: list[int]) -> Non
 
 
 def time_rows(
-    table: Table, result: DriveResult, sampler: SlotSampler, ideal: float, duration: float
+    table: Table,
+    result: DriveResult,
+    sampler: SlotSampler,
+    ideal: float,
+    duration: float,
+    *,
+    handed: int,
 ) -> None:
     table.add(
-        "  passes / mean pass / starts",
-        f"{len(result.passes)} / {statistics.mean(result.passes):.3f}s / {result.starts} "
-        f"({sampler.samples} /proc samples)",
+        "  passes / mean pass / runs started by a pass / at a run's end",
+        f"{len(result.passes)} / {statistics.mean(result.passes):.3f}s / {result.starts} / "
+        f"{handed} ({sampler.samples} /proc samples)",
     )
-    per_start = (result.wall - ideal) / max(1, result.starts)
+    per_start = (result.wall - ideal) / max(1, result.starts + handed)
     table.add(
         "  wall beyond ideal per run started",
         f"{per_start:.3f}s = {per_start / duration:.2f}x agent",

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # 2: changes, read-log files, observe rechecks and rate limits
 # 3: node sessions, observe's settled runs, prune-runs
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class Msg(BaseModel):
@@ -237,6 +237,21 @@ class RunObs(Msg):
     dirty: list[str] = Field(default_factory=list)  # `git status --porcelain` lines, ≤ 50
     left: Leftovers | None = None  # processes gone, no exit record: what the run left
     finishing_since: float | None = None  # a finish-run's finisher took the run over then
+    # Its supervisor, at the agent's end, started this standby run of the lane (``task/a.i``)
+    handed_to: str | None = None
+    # It was a standby run, started by the supervisor of this run (``task/a.i``) at its end
+    claimed_from: str | None = None
+
+
+class StandbyObs(Msg):
+    """A standby run waiting in its lane's queue (``<root>/.runs/.standby/``): prepared in full,
+    started by the supervisor of the next run of the lane to end (or by a later pass)."""
+
+    task: str
+    attempt: int
+    iteration: int
+    generation: str
+    order: str  # its place in the queue: the lowest is taken first
 
 
 class Worktree(Msg):
@@ -389,6 +404,32 @@ class StartRunRequest(Msg):
     check_timeout: float = 600.0
     markers: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)  # run markers (RECONCILER_TASK, …)
+
+
+class QueueRunRequest(Msg):
+    """Prepare ``run`` in full (its directory, prompt, environment and ``run.json``) but start no
+    supervisor: put it in the lane's standby queue, in the place ``order`` says (lowest first),
+    for the supervisor of the next run of the lane to end to start. Idempotent: a run already
+    queued stays as it is; a run already started is reported so."""
+
+    op: Literal["queue-run"] = "queue-run"
+    run: StartRunRequest
+    order: str
+
+    @property
+    def lane(self) -> LaneRef:
+        return self.run.lane
+
+
+class WithdrawRunRequest(Msg):
+    """Take a standby run out of the queue unstarted. Exactly one of a withdrawal and a start
+    takes a queued run: ``WithdrawResult.started`` says the start did."""
+
+    op: Literal["withdraw-run"] = "withdraw-run"
+    lane: LaneRef
+    task: str
+    attempt: int
+    iteration: int
 
 
 class StopRunRequest(Msg):
@@ -556,6 +597,8 @@ Request = Annotated[
     | PrepareWorkspaceRequest
     | FillPoolRequest
     | StartRunRequest
+    | QueueRunRequest
+    | WithdrawRunRequest
     | StopRunRequest
     | FinishRunRequest
     | PushRequest
@@ -594,6 +637,7 @@ class ObserveResult(Msg):
     boot_id: str
     now: float  # the lane's clock
     runs_root: str = ""  # where the lane's run directories are, as the lane sees it
+    standby: list[StandbyObs] = Field(default_factory=list)  # the queue, lowest order first
     owner: LaneOwner | None = None  # the state directory that owns the lane (None: none yet)
 
 
@@ -608,6 +652,15 @@ class WorkspaceResult(Msg):
 
 class StopResult(Msg):
     was_alive: bool
+
+
+class QueuedResult(Msg):
+    queued: bool  # in the queue now (False: the run had started already)
+
+
+class WithdrawResult(Msg):
+    withdrawn: bool  # taken out of the queue by this request
+    started: bool  # the run had started (a supervisor or a start took it first)
 
 
 class PushResult(Msg):
@@ -690,6 +743,8 @@ RESULTS: dict[str, type[Msg]] = {
     "prepare-workspace": WorkspaceResult,
     "fill-pool": FillPoolResult,
     "start-run": RunObs,
+    "queue-run": QueuedResult,
+    "withdraw-run": WithdrawResult,
     "stop-run": StopResult,
     "finish-run": RunObs,
     "push": PushResult,

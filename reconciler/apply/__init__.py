@@ -50,6 +50,8 @@ from reconciler.protocol import (
     PullRequest,
     PushRequest,
     PushResult,
+    QueuedResult,
+    QueueRunRequest,
     RebaseRequest,
     RebaseResult,
     RemovedResult,
@@ -59,6 +61,8 @@ from reconciler.protocol import (
     StopResult,
     StopRunRequest,
     TaskRef,
+    WithdrawResult,
+    WithdrawRunRequest,
     WorkspaceResult,
 )
 from reconciler.record import Run, RunId
@@ -71,6 +75,11 @@ STOP_GRACE = 5.0
 PARALLEL_TASKS = 8  # tasks applied at once; their lane work is mostly waiting on processes
 _FREEING = frozenset({ActionKind.STOP, ActionKind.MARK_CRASHED, ActionKind.MARK_STALLED})
 _STARTS = frozenset({ActionKind.START, ActionKind.RETRY})
+
+
+class Superseded(Exception):
+    """The world moved first (a standby run started before it could be withdrawn): not a
+    failure, but the task's later actions of this pass no longer hold."""
 
 
 @dataclass
@@ -223,6 +232,9 @@ class Applier:
     def run_action(self, action: Action, report: ApplyReport) -> bool:
         try:
             self.dispatch(action)
+        except Superseded as exc:
+            self.log(f"{action.kind.value} {action.task}: {exc}; the next pass sees it")
+            return False
         except (RequestFailed, LaneUnavailable, StateError, sqlite3.Error) as exc:
             message = str(exc)
             if isinstance(exc, sqlite3.Error):  # not about the file: say where it happened
@@ -294,6 +306,8 @@ class Applier:
             ActionKind.CLEANUP: self.cleanup,
             ActionKind.COMPLETE: self.complete,
             ActionKind.FINISH_RUN: self.finish_run,
+            ActionKind.STANDBY: self.queue_run,
+            ActionKind.WITHDRAW: self.withdraw,
         }[action.kind]
         handler(action)
 
@@ -411,7 +425,7 @@ class Applier:
         before = known.get((run.task, run.attempt, run.iteration))
         if before is None:
             if view.seen_by_lane:
-                self.adopt(tx, run, alive=view.alive)
+                self.adopt(tx, run, alive=view.alive, claimed_from=view.claimed_from)
             return
         changes = run.changes(before)
         settled = changes.pop("settled", False)
@@ -420,21 +434,27 @@ class Applier:
         if settled:
             tx.settle_run(run.task, run.attempt, run.iteration)
 
-    def adopt(self, tx: Transaction, run: Run, *, alive: bool) -> None:
-        """A run its lane reports that state never recorded (a crash between spawn and record,
-        a lost state directory): recorded from now on."""
+    def adopt(
+        self, tx: Transaction, run: Run, *, alive: bool, claimed_from: str | None = None
+    ) -> None:
+        """A run its lane reports that state never recorded: a standby run a supervisor
+        started, or one of a crash between spawn and record or a lost state directory;
+        recorded from now on."""
         self.ensure_any_task_row(tx, run.task, run.lane, run.repo)
         tx.upsert_run(dataclasses.replace(run, settled=False))
         if run.settled:  # an earlier generation's run, over: recorded, then settled
             tx.settle_run(run.task, run.attempt, run.iteration)
-        tx.add_event(
-            run.task,
-            "adopted",
-            f"found run {run.attempt}.{run.iteration} in the lane "
-            f"({'alive' if alive else 'ended'}) and adopted it",
-            self.revision,
-            self.clock(),
-        )
+        key = f"{run.attempt}.{run.iteration}"
+        state = "alive" if alive else "ended"
+        if claimed_from is not None:
+            kind = "spawned"
+            message = (
+                f"standby run {key} started in lane {run.lane} as run {claimed_from} ended "
+                f"({state} now)"
+            )
+        else:
+            kind, message = "adopted", f"found run {key} in the lane ({state}) and adopted it"
+        tx.add_event(run.task, kind, message, self.revision, self.clock())
 
     def record_outcomes(self, tx: Transaction, plan: Plan, known: Mapping[RunId, Run]) -> None:
         """The planner's verdict on each run that ended, with its event."""
@@ -564,6 +584,12 @@ class Applier:
             self.event(action.task, kind, why, tx)
 
     def _spawn(self, action: Action, task: Task, lane: LaneClient, ref: TaskRef) -> RunObs:
+        return lane.one(self._run_request(action, task, lane, ref), RunObs)
+
+    def _run_request(
+        self, action: Action, task: Task, lane: LaneClient, ref: TaskRef
+    ) -> StartRunRequest:
+        """The task's worktree prepared, and the request that starts (or queues) the run."""
         prepare = PrepareWorkspaceRequest(lane=lane.ref, task=ref, fetch_base=action.fetch_base)
         workspace = lane.one(prepare, WorkspaceResult)
         if workspace.created:
@@ -573,7 +599,7 @@ class Applier:
         # is idempotent per run directory, so a repeated start keeps the first run's id.
         run = action.want(NewRun)
         session_id = None if run.resume_session else str(uuid.uuid4())
-        request = StartRunRequest(
+        return StartRunRequest(
             lane=lane.ref,
             task=ref,
             attempt=run.attempt,
@@ -590,7 +616,40 @@ class Applier:
             markers=list(task.spec.success.markers),
             env={"RECONCILER_REVISION": self.revision, "RECONCILER_GENERATION": run.generation},
         )
-        return lane.one(request, RunObs)
+
+    def queue_run(self, action: Action) -> None:
+        """standby: the run prepared as a start would prepare it, in its lane's standby queue.
+        Nothing is recorded of it but an event: it is not a run until it starts (by the
+        supervisor of the next run of the lane to end, or by a later pass), and the pass after
+        that adopts it as the run its lane reports."""
+        task = self.desired.tasks[action.task]
+        lane = self.lane(task.spec.lane)
+        request = self._run_request(action, task, lane, self.task_ref(task.name))
+        order = action.want(NewRun).order
+        queued = lane.one(QueueRunRequest(run=request, order=order), QueuedResult)
+        if queued.queued:
+            self.event(
+                task.name,
+                "standby",
+                f"run {action.attempt}.{action.iteration} prepared on standby in lane "
+                f"{lane.name}: it starts as a run there ends",
+            )
+            self.log(f"standby {task.name}: run {action.attempt}.{action.iteration} queued")
+
+    def withdraw(self, action: Action) -> None:
+        """withdraw: the standby run taken out of its lane's queue unstarted (it costs no
+        attempt). One a supervisor started first is a run: the task's later actions of this
+        pass wait for the next pass, which sees it (``Superseded``)."""
+        lane = self.lane(action.lane)
+        request = WithdrawRunRequest(
+            lane=lane.ref, task=action.task, attempt=action.attempt, iteration=action.iteration
+        )
+        result = lane.one(request, WithdrawResult)
+        key = f"{action.attempt}.{action.iteration}"
+        if result.started:
+            raise Superseded(f"standby run {key} started before it could be withdrawn")
+        if result.withdrawn:
+            self.event(action.task, "withdrawn", f"standby run {key} withdrawn: {action.reason}")
 
     def _stop_process(self, action: Action) -> bool:
         lane = self.lane(action.lane)

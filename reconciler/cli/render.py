@@ -41,6 +41,7 @@ _PHASE_COLOR = {
 # Summary wording, in display order: (kind, singular phrase).
 _SUMMARY = [
     (ActionKind.START, "to start"),
+    (ActionKind.STANDBY, "on standby"),
     (ActionKind.ITERATE, "to iterate"),
     (ActionKind.RETRY, "to retry"),
     (ActionKind.MARK_CRASHED, "to mark crashed"),
@@ -51,6 +52,7 @@ _SUMMARY = [
     (ActionKind.UPDATE_PR, "PR to update"),
     (ActionKind.REBASE, "to rebase"),
     (ActionKind.STOP, "to stop"),
+    (ActionKind.WITHDRAW, "to withdraw"),
     (ActionKind.CLOSE_PR, "to close"),
     (ActionKind.CLEANUP, "to clean up"),
     (ActionKind.COMPLETE, "to complete"),

@@ -29,6 +29,8 @@ START_LOCK = ".start.lock"
 # flock'd by the node before it asks for a supervisor, held by the supervisor until it is gone
 SUPERVISOR_LOCK = ".supervisor.lock"
 RUN_TMP = "tmp"  # the run's own $TMPDIR, private like its directory; removed at its end
+# The supervisor started the lane's first standby run at the agent's end: {"run": "task/a.i"}
+HANDOFF = "handoff.json"
 
 
 def dump_json(obj: object) -> bytes:

@@ -56,6 +56,17 @@ def _state(fields: list[str]) -> str:
     return fields[0] if fields else "?"
 
 
+def running(pid: int, started: int) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs (not a zombie)."""
+    fields = _stat_fields(pid)
+    return (
+        fields is not None
+        and len(fields) >= 20
+        and int(fields[19]) == started
+        and _state(fields) not in ("Z", "X", "x")
+    )
+
+
 def fingerprint(pid: int) -> Fingerprint | None:
     """The identity of a running process, or None when there is no such process."""
     from reconciler.protocol import Fingerprint
@@ -70,11 +81,8 @@ def is_alive(fp: Fingerprint) -> bool:
     """True when the fingerprinted process still runs: same boot, same start time, not a zombie."""
     if fp.boot_id != boot_id():
         return False
-    fields = _stat_fields(fp.pid)
-    if fields is None or len(fields) < 20:
-        return False
     # Z (zombie) and X (dead) have exited; only their parent has not reaped them yet.
-    return int(fields[19]) == fp.start_time and _state(fields) not in ("Z", "X", "x")
+    return running(fp.pid, fp.start_time)
 
 
 def _all_pids() -> list[int]:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from reconciler import gitfiles, safefile
-from reconciler.node import files
+from reconciler.node import files, standby
 from reconciler.node import git as gitops
 from reconciler.node.agents import ADAPTERS, Adapter, Launch
 from reconciler.node.agents.meter import Spend, spend
@@ -54,6 +54,7 @@ from reconciler.protocol import (
     LogResult,
     PrunedResult,
     RunObs,
+    StandbyObs,
     StartRunRequest,
     StopResult,
     TaskRef,
@@ -296,6 +297,10 @@ def _observe(
             agent_end=_agent_end(run_dir),
             finishes=finishes if isinstance(finishes, int) else 0,
         )
+    claimed = pid_record.get("claimed_from") if pid_record else None
+    started_at = _num(spec.get("started_at"))
+    if claimed is not None and pid_record is not None:
+        started_at = _num(pid_record.get("claimed_at"), started_at)  # it waited until then
     return RunObs(
         task=task.name,
         repo=task.repo,
@@ -304,7 +309,7 @@ def _observe(
         generation=str(spec.get("generation", "")),
         run_dir=run_dir,
         workspace=str(spec.get("workspace", "")),
-        started_at=_num(spec.get("started_at")),
+        started_at=started_at,
         supervisor=fp,
         agent_pid=agent_pid if isinstance(agent_pid, int) else None,
         session_id=_text(spec.get("resume_session")) or _text(spec.get("session_id")),
@@ -321,7 +326,16 @@ def _observe(
         last_event=spent.last_event,
         left=left,
         finishing_since=finishing,
+        handed_to=_handed_to(run_dir) if exit_info is not None else None,
+        claimed_from=claimed if isinstance(claimed, str) else None,
     )
+
+
+def _handed_to(run_dir: str) -> str | None:
+    """The standby run the supervisor started at this run's end (``task/a.i``), if any."""
+    record = files.read_json(os.path.join(run_dir, files.HANDOFF))
+    run = record.get("run") if record else None
+    return run if isinstance(run, str) else None
 
 
 def _finishing_since(pid_record: dict[str, object] | None) -> float | None:
@@ -520,17 +534,15 @@ def _forget(kept: dict[str, Any], root: str, seen: set[str]) -> None:
 
 
 def start_run(lane: Lane, req: StartRunRequest) -> RunObs:
-    """Start the run unless its directory already has one; return it as observed."""
-    _repo, _checkout, workspace = lane.task(req.task)
-    if not os.path.isdir(workspace):
-        raise NodeError(
-            f"workspace {workspace} of task {req.task.name} does not exist; "
-            "prepare the workspace before starting a run"
-        )
+    """Start the run unless its directory already has one; return it as observed. A run waiting
+    in the standby queue is withdrawn from it first (or, if a supervisor took it meanwhile,
+    found started)."""
+    workspace = _prepared(lane, req, "starting")
     adapter = adapter_for(req.agent)
     run_dir = lane.run_dir(req.task.name, req.attempt, req.iteration)
     lane.make_root()
     os.makedirs(lane.runs_root(), mode=0o700, exist_ok=True)
+    _withdraw_queued(lane, req.task.name, req.attempt, req.iteration)
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
     os.chmod(run_dir, 0o700)  # makedirs' mode is filtered by the umask
     lane.contained(run_dir)
@@ -539,12 +551,90 @@ def start_run(lane: Lane, req: StartRunRequest) -> RunObs:
         if not os.path.exists(pid_path) and supervising(run_dir):
             _recorded_supervisor(run_dir)  # a start whose node died: it records itself, or dies
         if not os.path.exists(pid_path):
-            _spawn(lane, req, adapter, run_dir, workspace)
+            _write_run(lane, req, adapter, run_dir, workspace, into=run_dir)
+            spawn_supervisor(run_dir, workspace)
             wait_for_pid(pid_path, run_dir)
         obs = read_run(lane, run_dir)
     if obs is None:
         raise NodeError(f"run directory {run_dir} lost its run.json; remove the directory")
     return obs
+
+
+def queue_run(lane: Lane, req: StartRunRequest, order: str) -> bool:
+    """Prepare the run in the lane's standby queue (``reconciler.node.standby``) at ``order``;
+    False when it has started already (its run directory exists). A run queued already stays
+    as it was prepared."""
+    workspace = _prepared(lane, req, "queueing")
+    adapter = adapter_for(req.agent)
+    run_dir = lane.run_dir(req.task.name, req.attempt, req.iteration)
+    if os.path.lexists(run_dir):
+        return False
+    try:
+        name = standby.entry_name(order, req.task.name, req.attempt, req.iteration, req.generation)
+    except ValueError as exc:
+        raise NodeError(f"{exc}; the reconciler sent a malformed standby order") from None
+    lane.make_root()
+    queue = standby.queue_dir(lane.runs_root())
+    os.makedirs(queue, mode=0o700, exist_ok=True)
+    lane.contained(queue)
+    if _entry(lane, req.task.name, req.attempt, req.iteration) is not None:
+        return True
+    # Made aside and moved in whole: a claim never finds an entry half written.
+    making = os.path.join(queue, f".making-{os.getpid()}-{name}")
+    shutil.rmtree(making, ignore_errors=True)
+    os.mkdir(making, 0o700)
+    try:
+        _write_run(lane, req, adapter, run_dir, workspace, into=making)
+        os.rename(making, os.path.join(queue, name))
+    except BaseException:
+        shutil.rmtree(making, ignore_errors=True)
+        raise
+    return True
+
+
+def withdraw_run(lane: Lane, task: str, attempt: int, iteration: int) -> tuple[bool, bool]:
+    """Take the run out of the standby queue: (withdrawn, started)."""
+    run_dir = lane.run_dir(task, attempt, iteration)
+    withdrawn = _withdraw_queued(lane, task, attempt, iteration)
+    return withdrawn, not withdrawn and os.path.isdir(run_dir)
+
+
+def _withdraw_queued(lane: Lane, task: str, attempt: int, iteration: int) -> bool:
+    entry = _entry(lane, task, attempt, iteration)
+    return entry is not None and standby.withdraw(lane.runs_root(), entry)
+
+
+def _entry(lane: Lane, task: str, attempt: int, iteration: int) -> standby.Entry | None:
+    """The run's entry in the standby queue, if it is queued."""
+    for entry in standby.entries(lane.runs_root()):
+        if (entry.task, entry.attempt, entry.iteration) == (task, attempt, iteration):
+            return entry
+    return None
+
+
+def _prepared(lane: Lane, req: StartRunRequest, doing: str) -> str:
+    """The task's worktree, which must exist before its run is started or queued."""
+    _repo, _checkout, workspace = lane.task(req.task)
+    if not os.path.isdir(workspace):
+        raise NodeError(
+            f"workspace {workspace} of task {req.task.name} does not exist; "
+            f"prepare the workspace before {doing} a run"
+        )
+    return workspace
+
+
+def queued_runs(lane: Lane) -> list[StandbyObs]:
+    """The standby queue as it is now, lowest order first."""
+    return [
+        StandbyObs(
+            task=e.task,
+            attempt=e.attempt,
+            iteration=e.iteration,
+            generation=e.generation,
+            order=e.order,
+        )
+        for e in standby.entries(lane.runs_root())
+    ]
 
 
 def _commit_message(req: StartRunRequest) -> str:
@@ -554,12 +644,19 @@ def _commit_message(req: StartRunRequest) -> str:
     )
 
 
-def _spawn(
-    lane: Lane, req: StartRunRequest, adapter: Adapter, run_dir: str, workspace: str
+def _write_run(
+    lane: Lane, req: StartRunRequest, adapter: Adapter, run_dir: str, workspace: str, *, into: str
 ) -> None:
-    """Write what the run is (prompt, environment, ``run.json``) and start its supervisor."""
-    prompt_path = _write_prompt(req, run_dir)
+    """Write what the run is (prompt, environment, ``run.json``) into the directory ``into``,
+    as the files of ``run_dir``: the run's own, or a standby entry that becomes it."""
+    prompt_path = os.path.join(run_dir, files.PROMPT)
+    _write_prompt(req, into)
     env = _run_env(lane, req, adapter, run_dir=run_dir, workspace=workspace, prompt=prompt_path)
+    if "TMPDIR" not in lane.ref.env and "TMPDIR" not in req.agent.env:
+        # Agents leave files in $TMPDIR (gemini writes the whole conversation there, mode
+        # 0644, on an API error): each run gets its own, private like its directory.
+        os.makedirs(os.path.join(into, files.RUN_TMP), mode=0o700, exist_ok=True)
+        env["TMPDIR"] = os.path.join(run_dir, files.RUN_TMP)
     launch = Launch(
         prompt_path,
         req.session_id,
@@ -579,10 +676,9 @@ def _spawn(
     # env.json is the redacted copy for display, the prompt what a start (again) writes anew:
     # neither needs to outlive a power cut; run.json, the run's record, does.
     safefile.write_atomic(
-        os.path.join(run_dir, files.ENV_JSON), files.dump_json(redact(env)), durable=False
+        os.path.join(into, files.ENV_JSON), files.dump_json(redact(env)), durable=False
     )
-    files.write_json_atomic(os.path.join(run_dir, files.RUN_JSON), spec)
-    spawn_supervisor(run_dir, workspace)
+    files.write_json_atomic(os.path.join(into, files.RUN_JSON), spec)
 
 
 def _write_prompt(req: StartRunRequest, run_dir: str) -> str:
@@ -626,12 +722,6 @@ def _run_env(
         defaults=adapter.env_defaults,
     )
     env.update(git_identity(workspace, env))
-    if "TMPDIR" not in lane.ref.env and "TMPDIR" not in req.agent.env:
-        # Agents leave files in $TMPDIR (gemini writes the whole conversation there, mode
-        # 0644, on an API error): each run gets its own, private like its directory.
-        tmp = os.path.join(run_dir, files.RUN_TMP)
-        os.makedirs(tmp, mode=0o700, exist_ok=True)
-        env["TMPDIR"] = tmp
     return env
 
 

@@ -32,7 +32,15 @@ from reconciler.node.lane import Lane, check_branch, check_name
 from reconciler.node.owner import claim, guard, read_owner
 from reconciler.node.preflight import preflight
 from reconciler.node.pulls import Pulls, pulls_for
-from reconciler.node.runs import finish_run, prune_runs, read_log, start_run, stop_run
+from reconciler.node.runs import (
+    finish_run,
+    prune_runs,
+    queue_run,
+    read_log,
+    start_run,
+    stop_run,
+    withdraw_run,
+)
 from reconciler.node.survey import survey
 from reconciler.protocol import (
     FRAME_HEADER_MAX,
@@ -67,6 +75,8 @@ from reconciler.protocol import (
     PruneRunsRequest,
     PushRequest,
     PushResult,
+    QueuedResult,
+    QueueRunRequest,
     ReadLogRequest,
     RebaseRequest,
     RebaseResult,
@@ -77,6 +87,8 @@ from reconciler.protocol import (
     StartRunRequest,
     StateRef,
     StopRunRequest,
+    WithdrawResult,
+    WithdrawRunRequest,
     WorkspaceResult,
     frame,
     lane_pin,
@@ -182,6 +194,17 @@ def _remove(lane: Lane, req: RemoveWorkspaceRequest) -> BaseModel:
 
 
 def _start(lane: Lane, req: StartRunRequest) -> BaseModel:
+    _check_start(req)
+    repo, _checkout, workspace = lane.task(req.task)
+    run_dir = lane.run_dir(req.task.name, req.attempt, req.iteration)
+    if repo.hooks.before_run and not os.path.exists(run_dir) and os.path.isdir(workspace):
+        ok, message = run_hook(lane, repo, "before_run", req.task.name, workspace)
+        if not ok:
+            raise NodeError(f"{message}; the run was not started")
+    return start_run(lane, req)
+
+
+def _check_start(req: StartRunRequest) -> None:
     for layer, what in ((req.env, "the run"), (req.agent.env, "the agent")):
         for key, value in layer.items():
             if not key or "=" in key or "\0" in key or "\0" in value:
@@ -191,13 +214,23 @@ def _start(lane: Lane, req: StartRunRequest) -> BaseModel:
         raise NodeError("an agent or check argument contains a NUL byte; remove it")
     if req.check_timeout <= 0:
         raise NodeError("check_timeout must be positive; give the seconds a check may take")
-    repo, _checkout, workspace = lane.task(req.task)
-    run_dir = lane.run_dir(req.task.name, req.attempt, req.iteration)
-    if repo.hooks.before_run and not os.path.exists(run_dir) and os.path.isdir(workspace):
-        ok, message = run_hook(lane, repo, "before_run", req.task.name, workspace)
-        if not ok:
-            raise NodeError(f"{message}; the run was not started")
-    return start_run(lane, req)
+
+
+def _queue(lane: Lane, req: QueueRunRequest) -> BaseModel:
+    run = req.run
+    _check_start(run)
+    repo, _checkout, _workspace = lane.task(run.task)
+    if repo.hooks.before_run:
+        raise NodeError(
+            f"repository {run.task.repo} has a beforeRun hook, which runs just before the "
+            "agent: its runs are started by a pass, not queued"
+        )
+    return QueuedResult(queued=queue_run(lane, run, req.order))
+
+
+def _withdraw(lane: Lane, req: WithdrawRunRequest) -> BaseModel:
+    withdrawn, started = withdraw_run(lane, req.task, req.attempt, req.iteration)
+    return WithdrawResult(withdrawn=withdrawn, started=started)
 
 
 def _stop(lane: Lane, req: StopRunRequest) -> BaseModel:
@@ -311,6 +344,8 @@ _HANDLERS: dict[str, Callable[[Lane, Any], BaseModel]] = {
     "prepare-workspace": _prepare,
     "fill-pool": _fill_pool,
     "start-run": _start,
+    "queue-run": _queue,
+    "withdraw-run": _withdraw,
     "stop-run": _stop,
     "finish-run": _finish,
     "push": _push,

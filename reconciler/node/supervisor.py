@@ -26,8 +26,8 @@ import sys
 import time
 
 from reconciler import safefile
-from reconciler.node import files
-from reconciler.node.procs import boot_id, start_time
+from reconciler.node import files, standby
+from reconciler.node.procs import boot_id, running, start_time
 
 TYPE_CHECKING = False  # typing's own, without importing typing (type checkers know the name)
 if TYPE_CHECKING:
@@ -224,8 +224,10 @@ def _seconds(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 600.0
 
 
-def supervise(run_dir: str, ready_fd: int | None = None) -> int:
-    """Run the agent described by ``run_dir/run.json`` to its end; 0 unless the run is broken."""
+def supervise(run_dir: str, ready_fd: int | None = None, claimed_from: str | None = None) -> int:
+    """Run the agent described by ``run_dir/run.json`` to its end; 0 unless the run is broken.
+    ``claimed_from``: a standby run, started by the supervisor of that run (``task/a.i``) at
+    its end. An agent that ended on its own hands its slot to the lane's first standby run."""
     spec = files.read_json(os.path.join(run_dir, files.RUN_JSON))
     if spec is None:
         print(f"{run_dir}/run.json is missing or not JSON; nothing to run", file=sys.stderr)
@@ -233,7 +235,9 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
     run = _read_spec(spec)
     _catch_stops()
     pid_path = os.path.join(run_dir, files.PID_JSON)
-    record = {**_identity(), "agent_pid": None}
+    record: dict[str, object] = {**_identity(), "agent_pid": None}
+    if claimed_from is not None:
+        record.update(claimed_from=claimed_from, claimed_at=time.time())
     if not safefile.create_exclusive(pid_path, files.dump_json(record), durable=False):
         _ready(ready_fd)
         return 0  # a concurrent start already owns this run; starting twice would duplicate it
@@ -264,7 +268,67 @@ def supervise(run_dir: str, ready_fd: int | None = None) -> int:
     else:
         _record_agent_end(run_dir, code, ended)
         _after_agent(run_dir, spec, run, code, ended)
+        if _state.stop_signal is None:
+            _hand_over(run_dir)
     return 0
+
+
+def _hand_over(run_dir: str) -> None:
+    """The agent ended on its own and the run's end is recorded: give the slot to the lane's
+    first standby run (``reconciler.node.standby``), started by a supervisor forked from this
+    one. It records where the slot went (``handoff.json``) before it goes, and the new one
+    starts its agent only once this process is gone, so the lane never has a live supervisor
+    more than it has slots. A stopped run hands nothing over: a stop frees its slot for the
+    pass that made it."""
+    task_dir = os.path.dirname(run_dir)
+    taken = standby.claim(os.path.dirname(task_dir))
+    if taken is None:
+        return
+    target, lock_fd = taken
+    key = f"{os.path.basename(os.path.dirname(target))}/{os.path.basename(target)}"
+    with contextlib.suppress(OSError):  # only a pass reading both runs mid-way needs it
+        record = files.dump_json({"run": key})
+        safefile.write_atomic(os.path.join(run_dir, files.HANDOFF), record, durable=False)
+    me = os.getpid()
+    started = start_time(me)
+    mine = f"{os.path.basename(task_dir)}/{os.path.basename(run_dir)}"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fork() == 0:
+        code = 1
+        try:
+            code = _take_over(target, lock_fd, (me, started or 0), mine)
+        finally:
+            os._exit(code)
+    os.close(lock_fd)
+
+
+def _take_over(run_dir: str, lock_fd: int, parent: tuple[int, int], claimed_from: str) -> int:
+    """In the fork of a supervisor whose run ended: become the supervisor of the standby run
+    in ``run_dir``, holding its lock (``lock_fd``), as the fork server makes one: a session of
+    its own, its output in the run's ``supervisor.log``, in the worktree."""
+    os.setsid()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != lock_fd:
+            with contextlib.suppress(OSError):  # the old run's lock, the listing's own
+                os.close(fd)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    log = os.open(os.path.join(run_dir, files.SUPERVISOR_LOG), flags, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    os.write(1, f"reconciler: started at the end of run {claimed_from}\n".encode())
+    while running(*parent):  # the slot is the old supervisor's until it is gone: a moment
+        time.sleep(0.0005)
+    spec = files.read_json(os.path.join(run_dir, files.RUN_JSON)) or {}
+    with contextlib.suppress(OSError, KeyError):
+        os.chdir(str(spec["workspace"]))  # as the fork server's; the agent's start says a failure
+    try:
+        return supervise(run_dir, None, claimed_from=claimed_from)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def finish(run_dir: str, ready_fd: int | None = None) -> int:

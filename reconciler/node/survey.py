@@ -20,7 +20,7 @@ from reconciler.node.errors import NodeError
 from reconciler.node.lane import Lane, check_ref_name, is_under, parse_run_key
 from reconciler.node.procs import boot_id
 from reconciler.node.pulls import pulls_for
-from reconciler.node.runs import observe_runs
+from reconciler.node.runs import observe_runs, queued_runs
 from reconciler.protocol import ObserveRequest, ObserveResult, Recheck, RepoObs, RepoRef
 
 
@@ -31,8 +31,12 @@ def survey(lane: Lane, req: ObserveRequest) -> ObserveResult:
         name: _observe_repo(lane, repo, req.branch_prefix, req.feedback, req.recheck)
         for name, repo in lane.repos.items()
     }
+    # The queue before the runs: an entry taken between the two reads is then seen twice (the
+    # planner counts the run), never missed; see reconciler.node.standby.
+    queued = queued_runs(lane)
     return ObserveResult(
         repos=repos,
+        standby=queued,
         runs=observe_runs(lane, inspect, req.settled),
         boot_id=boot_id(),
         runs_root=lane.runs_root(),

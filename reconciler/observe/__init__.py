@@ -264,6 +264,7 @@ def _observe_lane(
         reachable=True,
         repos=repos,
         preflight=tuple(checks),
+        standby=tuple(result.standby),
     )
     return view, on_our_clock(runs, skew), foreign
 

@@ -229,6 +229,8 @@ def view_of(run: Run, report: RunObs | None, lane: str) -> RunView:
         last_event=report.last_event,
         left=report.left,
         finishing_since=report.finishing_since,
+        handed_to=report.handed_to,
+        claimed_from=report.claimed_from,
     )
 
 

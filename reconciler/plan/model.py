@@ -11,7 +11,14 @@ from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
 from reconciler.plan.reasons import Condition, Why, conditions
-from reconciler.protocol import AgentResult, ExitInfo, Leftovers, PreflightCheck, PullRequest
+from reconciler.protocol import (
+    AgentResult,
+    ExitInfo,
+    Leftovers,
+    PreflightCheck,
+    PullRequest,
+    StandbyObs,
+)
 from reconciler.record import Mark, Run
 
 
@@ -50,6 +57,8 @@ class RunView:
     record: Run | None = None  # what state should hold of it now (observation's merge)
     left: Leftovers | None = None  # gone with no exit record: what it left (the agent's end)
     finishing_since: float | None = None  # a finish-run took it over then (on the lane)
+    handed_to: str | None = None  # its supervisor started this standby run at its end
+    claimed_from: str | None = None  # a standby run, started at the end of this run
 
     @property
     def key(self) -> str:
@@ -117,6 +126,7 @@ class LaneView:
     error: str | None = None
     repos: dict[str, RepoView] = field(default_factory=dict)
     preflight: tuple[PreflightCheck, ...] = ()
+    standby: tuple[StandbyObs, ...] = ()  # its queue of standby runs, lowest order first
 
 
 @dataclass(frozen=True)
@@ -215,6 +225,8 @@ class ActionKind(StrEnum):
     CLEANUP = "cleanup"
     COMPLETE = "complete"
     FINISH_RUN = "finish-run"
+    STANDBY = "standby"
+    WITHDRAW = "withdraw"
 
 
 SYMBOLS: dict[ActionKind, str] = {
@@ -232,6 +244,8 @@ SYMBOLS: dict[ActionKind, str] = {
     ActionKind.CLEANUP: "-",
     ActionKind.COMPLETE: "✓",
     ActionKind.FINISH_RUN: "~",
+    ActionKind.STANDBY: "+",
+    ActionKind.WITHDRAW: "-",
 }
 
 
@@ -252,7 +266,7 @@ class Phase(StrEnum):
 @dataclass(frozen=True)
 class RunKey:
     """The run an action is about: mark-crashed, mark-stalled, stop; open-pr (the run whose
-    success the PR carries)."""
+    success the PR carries); withdraw (the standby run to take out of its lane's queue)."""
 
     attempt: int
     iteration: int
@@ -260,7 +274,8 @@ class RunKey:
 
 @dataclass(frozen=True)
 class NewRun:
-    """start, retry, iterate: the run to create."""
+    """start, retry, iterate, standby: the run to create (standby: to queue, prepared, for the
+    next run of its full lane to end to start)."""
 
     attempt: int
     iteration: int
@@ -269,6 +284,7 @@ class NewRun:
     feedback: tuple[str, ...] = ()  # concrete failures fed back to the agent
     budget_usd: float | None = None  # what the run may still spend (task and lane budgets)
     fetch_base: bool = False  # fetch the base first: the run is to integrate it (a conflict)
+    order: str = ""  # standby: its place in the lane's queue (the lowest is started first)
 
 
 @dataclass(frozen=True)
@@ -333,6 +349,8 @@ PAYLOADS: dict[ActionKind, type[Payload]] = {
     ActionKind.CLEANUP: NoPayload,
     ActionKind.COMPLETE: Completion,
     ActionKind.FINISH_RUN: FinishRun,
+    ActionKind.STANDBY: NewRun,
+    ActionKind.WITHDRAW: RunKey,
 }
 
 P = TypeVar("P", RunKey, NewRun, PrOfRun, PrRef, Completion, FinishRun, NoPayload)
@@ -421,6 +439,8 @@ class Action:
             data["exitCode"] = self.payload.exit_code
         if self.fetch_base:
             data["fetchBase"] = True
+        if isinstance(self.payload, NewRun) and self.payload.order:
+            data["standbyOrder"] = self.payload.order
         return data
 
     @classmethod
@@ -439,6 +459,7 @@ class Action:
                 feedback=tuple(data.get("feedback", ())),
                 budget_usd=data.get("budgetUsd"),
                 fetch_base=bool(data.get("fetchBase", False)),
+                order=str(data.get("standbyOrder", "")),
             )
         elif wanted is RunKey:
             payload = RunKey(attempt, iteration)

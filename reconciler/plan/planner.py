@@ -32,6 +32,7 @@ from reconciler.plan.model import (
     Blocked,
     Completion,
     Due,
+    NewRun,
     Observed,
     Phase,
     Plan,
@@ -41,12 +42,13 @@ from reconciler.plan.model import (
 )
 from reconciler.plan.reasons import Why
 from reconciler.plan.run_steps import RunSteps
-from reconciler.plan.slots import allot, pool_fills
+from reconciler.plan.slots import Candidate, allot, pool_fills, standby_order
 
 # Order in which actions appear (and are applied): free slots first, then records and the forge,
 # then the slot-filling actions in slot order.
 _KIND_ORDER = {
     ActionKind.STOP: 0,
+    ActionKind.WITHDRAW: 0,
     ActionKind.MARK_CRASHED: 1,
     ActionKind.MARK_STALLED: 1,
     ActionKind.COMPLETE: 2,
@@ -58,6 +60,12 @@ _KIND_ORDER = {
     ActionKind.FINISH_RUN: 6,  # a slot-filler, unless held back (then hold_failed drops it)
     ActionKind.REBASE: 5,
 }
+
+
+@cache
+def _standby_reason(wait: str, lane: str) -> str:
+    """A standby run's status: the words of its wait, and what happens next."""
+    return f"on standby {wait.removeprefix('waiting ')}: starts as a run in lane {lane} ends"
 
 
 @cache
@@ -317,21 +325,52 @@ class _Planner(RunSteps):
     # ------------------------------------------------------------------ slots
 
     def fill_slots(self) -> list[Action]:
-        """Grant the waiting starts and iterations their slots; the rest are queued."""
+        """Grant the waiting starts and iterations their slots, and the full lanes' next ones
+        their standby starts; the rest are queued. Standby runs no longer wanted are
+        withdrawn."""
         granted: list[Action] = []
-        for cand, wait in allot(self.desired, self.observed, self.freed, self.candidates):
+        allotment = allot(self.desired, self.observed, self.freed, self.candidates)
+        for verdict in allotment.allotted:
+            cand = verdict.cand
             task = cand.task
             spec = task.spec
             view = self.repo_view(spec.lane, spec.repo)
             pr = self.pr_in(view, task.name) if view.prs else None
             open_pr = pr if pr is not None and pr.state == "open" else None
-            if wait is None:
+            if verdict.wait is None:
                 granted.append(cand.action(self.spend))
                 phase, why, reason = cand.phase_with_slot, cand.why, cand.reason
+            elif verdict.entry is not None or verdict.queue:
+                phase, why = Phase.QUEUED, Why.ON_STANDBY
+                reason = _standby_reason(verdict.wait, spec.lane)
+                if verdict.queue:
+                    granted.append(self.standby(cand, reason))
             else:
-                phase, why, reason = Phase.QUEUED, Why.WAITING_FOR_SLOT, wait
+                phase, why, reason = Phase.QUEUED, Why.WAITING_FOR_SLOT, verdict.wait
             self.status(task.name, phase, spec.lane, spec.repo, why, pr=open_pr, reason=reason)
+        for lane, entry in allotment.withdraw:
+            self.act(
+                ActionKind.WITHDRAW,
+                entry.task,
+                lane,
+                f"standby run {entry.attempt}.{entry.iteration} is no longer the next to start "
+                "(its task changed, was paused, removed or started otherwise); taking it out of "
+                f"lane {lane}'s queue",
+                RunKey(entry.attempt, entry.iteration),
+            )
         return granted
+
+    def standby(self, cand: Candidate, reason: str) -> Action:
+        """A standby start: the run the candidate would start, prepared now and queued in its
+        lane, in grant order, for the next run there to end to start."""
+        action = cand.action(self.spend)
+        payload = replace(action.want(NewRun), order=standby_order(cand))
+        return replace(
+            action,
+            kind=ActionKind.STANDBY,
+            reason=f"{cand.reason}; {reason}",
+            payload=payload,
+        )
 
     # ------------------------------------------------------------------ the whole plan
 

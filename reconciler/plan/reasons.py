@@ -34,6 +34,9 @@ class Why(StrEnum):
     PREFLIGHT_FAILED = "PreflightFailed"
     LANE_BUDGET_EXHAUSTED = "LaneBudgetExhausted"
     WAITING_FOR_SLOT = "WaitingForSlot"
+    ON_STANDBY = (
+        "OnStandby"  # queued in its full lane, prepared: the next run there to end starts it
+    )
     ACTION_HELD = "ActionHeld"  # an action failed for a lasting reason; it waits a backoff
     # being worked on
     STARTING = "Starting"
@@ -101,6 +104,7 @@ _WORKING = frozenset(
         Why.TIMED_OUT,
         Why.BACKING_OFF,
         Why.WAITING_FOR_SLOT,
+        Why.ON_STANDBY,
     }
 )
 

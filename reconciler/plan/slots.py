@@ -23,6 +23,7 @@ from reconciler.plan.model import (
     RepoView,
 )
 from reconciler.plan.reasons import Why
+from reconciler.protocol import StandbyObs
 
 # Starts that begin a new attempt; a task with no worktree yet takes a pooled one.
 _FIRST_STARTS = frozenset({ActionKind.START, ActionKind.RETRY})
@@ -82,22 +83,61 @@ def grant_order(candidates: Iterable[Candidate]) -> list[Candidate]:
     return ordered
 
 
+# Runs a standby start may be granted for: a new run (a finish-run takes its own run's slot back).
+_STANDBY_KINDS = frozenset({ActionKind.START, ActionKind.RETRY, ActionKind.ITERATE})
+
+
+@dataclass(slots=True)
+class Allotted:
+    """A candidate's verdict: a slot now (``wait`` None), or why it waits; a waiting one may be
+    on standby, with its queue entry (``entry``) or to be queued now (``queue``)."""
+
+    cand: Candidate
+    wait: str | None
+    entry: StandbyObs | None = None
+    queue: bool = False
+
+
+@dataclass(slots=True)
+class Allotment:
+    allotted: list[Allotted]
+    withdraw: list[tuple[str, StandbyObs]]  # (lane, entry): standby runs no longer wanted
+
+
 def allot(
     desired: Desired, observed: Observed, freed: set[str], candidates: Iterable[Candidate]
-) -> list[tuple[Candidate, str | None]]:
-    """Each candidate in grant order with None when it gets a slot, else why it waits."""
+) -> Allotment:
+    """Each candidate in grant order, with a slot or why it waits; standby starts for the full
+    lanes' next candidates, and the queued standby runs to withdraw.
+
+    A live run holds its slot. So does a run whose supervisor, at its end, started a standby
+    run that this observation still saw queued (the queue is read before the runs, so the
+    entry was taken in between): the slot is that run's now. A candidate with a standby run
+    queued for it gets a free slot first (its start takes the entry). Then each full lane keeps
+    one standby run per live run there, for its next candidates in that order: a standby run
+    keeps its place once queued (a newcomer of higher priority gets the next one). An entry no
+    candidate holds any more (its task changed, was paused, removed, or started otherwise) is
+    withdrawn."""
     used: dict[str, int] = {}
+    seen: set[str] = set()
     for runs in observed.runs.values():
         for run in runs:
+            seen.add(run.key)
             if run.alive and run.key not in freed:
                 used[run.lane] = used.get(run.lane, 0) + 1
+    held, withdraw = _queued(observed, seen, used)
+    ordered = grant_order(candidates)
+    if held:
+        holding = [c for c in ordered if _holds(c, held)]
+        ordered = holding + [c for c in ordered if not _holds(c, held)]
     total = sum(used.values())
     cap = desired.config.max_concurrency
-    allotted: list[tuple[Candidate, str | None]] = []
+    allotted: list[Allotted] = []
+    waiting: dict[str, list[Allotted]] = {}
     # once a lane is full, each of its waiting candidates waits for the same words: made once
     waits: dict[tuple[str, int], str] = {}
     slots = {name: lane.max_concurrency for name, lane in desired.lanes.items()}
-    for cand in grant_order(candidates):
+    for cand in ordered:
         lane = cand.task.spec.lane
         lane_slots = slots[lane]
         in_lane = used.get(lane, 0)
@@ -107,19 +147,97 @@ def allot(
             if wait is None:
                 wait = f"waiting for a slot in lane {lane} ({in_lane}/{lane_slots} in use)"
                 waits[key] = wait
-            allotted.append((cand, wait))
         elif cap is not None and total >= cap:
             key = ("", total)  # no lane is named ""
             wait = waits.get(key)
             if wait is None:
                 wait = f"waiting for a slot ({total}/{cap} in use across lanes)"
                 waits[key] = wait
-            allotted.append((cand, wait))
         else:
             used[lane] = in_lane + 1
             total += 1
-            allotted.append((cand, None))
-    return allotted
+            allotted.append(Allotted(cand, None))
+            held.pop((lane, cand.task.name), None)  # its start takes the entry
+            continue
+        verdict = Allotted(cand, wait)
+        allotted.append(verdict)
+        waiting.setdefault(lane, []).append(verdict)
+    for lane, verdicts in waiting.items():
+        live = used.get(lane, 0)
+        # a lane (or the whole) over its slots, after they were lowered, is let drain first
+        over = live > slots[lane] or (cap is not None and total > cap)
+        _stand_by(desired, lane, verdicts, 0 if over else live, held)
+    withdraw += sorted(held.items())
+    return Allotment(allotted, [(lane, entry) for (lane, _task), entry in withdraw])
+
+
+def _queued(
+    observed: Observed, seen: set[str], used: dict[str, int]
+) -> tuple[dict[tuple[str, str], StandbyObs], list[tuple[tuple[str, str], StandbyObs]]]:
+    """The standby runs queued, by (lane, task), and the extra entries of a task (to withdraw);
+    ``used`` counts the slots handed to entries taken after the queue was read."""
+    held: dict[tuple[str, str], StandbyObs] = {}
+    extra: list[tuple[tuple[str, str], StandbyObs]] = []
+    queued: dict[str, set[str]] = {}
+    for lane, view in observed.lanes.items():
+        if not view.reachable:
+            continue
+        for entry in view.standby:
+            key = f"{entry.task}/{entry.attempt}.{entry.iteration}"
+            if key in seen:
+                continue  # taken between the two reads: it is a run now, and counts as one
+            queued.setdefault(lane, set()).add(key)
+            if (lane, entry.task) in held:
+                extra.append(((lane, entry.task), entry))
+            else:
+                held[(lane, entry.task)] = entry
+    if queued:
+        for runs in observed.runs.values():
+            for run in runs:
+                if not run.alive and run.handed_to in queued.get(run.lane, ()):
+                    used[run.lane] = used.get(run.lane, 0) + 1
+    return held, extra
+
+
+def _holds(cand: Candidate, held: dict[tuple[str, str], StandbyObs]) -> bool:
+    entry = held.get((cand.task.spec.lane, cand.task.name))
+    return (
+        entry is not None
+        and cand.kind in _STANDBY_KINDS
+        and (entry.attempt, entry.iteration, entry.generation)
+        == (cand.attempt, cand.iteration, cand.task.generation)
+    )
+
+
+def _stand_by(
+    desired: Desired,
+    lane: str,
+    verdicts: list[Allotted],
+    live: int,
+    held: dict[tuple[str, str], StandbyObs],
+) -> None:
+    """One standby run per live run of the lane, for its first waiting candidates (those
+    holding one come first); what stays in ``held`` is withdrawn."""
+    hooked = {r.name for r in desired.lanes[lane].repos if r.hooks.before_run}
+    room = live
+    for verdict in verdicts:
+        if room == 0:
+            return
+        cand = verdict.cand
+        if cand.kind not in _STANDBY_KINDS or cand.task.spec.repo in hooked:
+            continue  # a beforeRun hook runs just before the agent: such runs start at a pass
+        room -= 1
+        if _holds(cand, held):
+            verdict.entry = held.pop((lane, cand.task.name))
+        else:
+            verdict.queue = True
+
+
+def standby_order(cand: Candidate) -> str:
+    """A standby run's place in its lane's queue, as text that sorts in grant order: priority
+    (highest first), then age; the queue entry's name adds the task's."""
+    priority = max(-(10**11), min(10**11, cand.priority))
+    return f"{10**12 - priority:013d}.{max(0.0, cand.first_seen):017.6f}"
 
 
 def _repo(observed: Observed, lane: str, repo: str) -> RepoView | None:
@@ -143,7 +261,9 @@ def pool_fills(desired: Desired, observed: Observed, granted: Sequence[Action]) 
     for action in granted:
         spec = desired.tasks[action.task].spec
         view = _repo(observed, action.lane, spec.repo)
-        if action.kind in _FIRST_STARTS and (view is None or action.task not in view.worktrees):
+        # a standby run is prepared now, in a pooled worktree too (an iteration's task has one)
+        first = action.kind in _FIRST_STARTS or action.kind is ActionKind.STANDBY
+        if first and (view is None or action.task not in view.worktrees):
             key = (action.lane, spec.repo, spec.base)
             taken[key] = taken.get(key, 0) + 1
     wanted: dict[tuple[str, str, str], int] = {}

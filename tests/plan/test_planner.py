@@ -209,9 +209,13 @@ def test_slots_per_lane_filled_by_priority_then_age_then_name() -> None:
         "d": TaskRecord("d", "web", "app", NOW - 50),
     }
     p = plan(d, observed(records=records), NOW)
-    assert kinds(p) == [("start", "b"), ("start", "c")]
+    # the two slots go in grant order; the lane is full then, and its next candidates, one per
+    # run there, are prepared on standby in the same order (their queue places sort so)
+    assert kinds(p) == [("start", "b"), ("start", "c"), ("standby", "d"), ("standby", "a")]
     assert phase(p, "a") is Phase.QUEUED and phase(p, "d") is Phase.QUEUED
     assert "2/2" in next(t.reason for t in p.tasks if t.name == "a")
+    orders = [a.want(NewRun).order for a in p.actions if a.kind is A.STANDBY]
+    assert orders == sorted(orders) and len(set(orders)) == 2
 
 
 def test_global_cap_across_lanes() -> None:
@@ -225,7 +229,8 @@ def test_global_cap_across_lanes() -> None:
     )
     views = {n: LaneView(n, True, repos={"app": RepoView(prs={})}) for n in lanes}
     p = plan(d, observed(lanes=views), NOW)
-    assert kinds(p) == [("start", "a"), ("start", "b")]
+    # c waits for the cap; a run of its own lane ending frees a slot of both: it is on standby
+    assert kinds(p) == [("start", "a"), ("start", "b"), ("standby", "c")]
     assert phase(p, "c") is Phase.QUEUED
     assert "2/2 in use across lanes" in next(t.reason for t in p.tasks if t.name == "c")
 
@@ -234,7 +239,7 @@ def test_live_runs_hold_slots() -> None:
     d = desired(("a", task_spec()), ("b", task_spec()), ("c", task_spec()))
     runs = {"a": [run(d, "a", alive=True)], "b": [run(d, "b", alive=True)]}
     p = plan(d, observed(runs=runs), NOW)
-    assert p.empty
+    assert kinds(p) == [("standby", "c")]  # no slot: prepared for the next run to end
     assert phase(p, "a") is Phase.RUNNING and phase(p, "c") is Phase.QUEUED
 
 
@@ -611,6 +616,8 @@ def test_every_action_kind_carries_its_own_payload_and_round_trips_through_json(
         Action(A.FINISH_RUN, "t", "web", "supervisor died", FinishRun(1, 2, exit_code=1)),
         Action(A.REBASE, "t", "web", "base moved", PrOfRun(4, 1, 2)),
         Action(A.ITERATE, "t", "web", "conflict", NewRun(1, 3, "g1", fetch_base=True)),
+        Action(A.STANDBY, "t", "web", "lane full", NewRun(1, 1, "g1", order="0.1")),
+        Action(A.WITHDRAW, "t", "web", "paused", RunKey(1, 1)),
     ]
     assert {a.kind for a in examples} == set(A)
     for action in examples:
@@ -1149,8 +1156,11 @@ def test_every_status_carries_a_reason_code_a_script_can_match() -> None:
         "nodep": Why.DEPENDENCY_MISSING,
     }
     # the slot a start waits for, a lane not observed, a held action: each its own code
-    two = desired(("a", task_spec()), ("b", task_spec()), lanes={"web": lane(slots=1)})
-    assert _why(plan(two, observed(), NOW), "b") == (Phase.QUEUED, Why.WAITING_FOR_SLOT)
+    three = desired(
+        ("a", task_spec()), ("b", task_spec()), ("c", task_spec()), lanes={"web": lane(slots=1)}
+    )
+    assert _why(plan(three, observed(), NOW), "b") == (Phase.QUEUED, Why.ON_STANDBY)
+    assert _why(plan(three, observed(), NOW), "c") == (Phase.QUEUED, Why.WAITING_FOR_SLOT)
     gone = {"web": LaneView("web", reachable=False, error="ssh: connection refused")}
     assert _why(plan(d, observed(lanes=gone), NOW), "new") == (Phase.UNKNOWN, Why.LANE_UNREACHABLE)
     held = TaskRecord(

@@ -152,6 +152,8 @@ def test_a_conflict_iteration_waits_for_a_slot_like_any_other() -> None:
     p = plan(
         one_slot, observed(runs={"t": [r], "busy": [live]}, repo=repo, records={"t": rec}), NOW
     )
-    assert kinds(p) == []
+    # the lane is full: the iteration is prepared on standby, fetching the base like a start
+    assert kinds(p) == [("standby", "t")]
+    assert p.actions[0].fetch_base and p.actions[0].iteration == 2
     status = next(s for s in p.tasks if s.name == "t")
-    assert (status.phase, status.why) == (Phase.QUEUED, Why.WAITING_FOR_SLOT)
+    assert (status.phase, status.why) == (Phase.QUEUED, Why.ON_STANDBY)

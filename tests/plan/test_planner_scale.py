@@ -73,16 +73,20 @@ def test_a_waiting_start_becomes_its_action_only_when_granted_with_its_budget_th
     records = {n: TaskRecord(n, "web", "app", at) for n, at in first_seen.items()}
     o = observed(runs={"b": [spent]}, records=records)
     p = plan(d, o, NOW)
-    (start,) = p.actions
+    start, standby = p.actions
     assert (start.kind, start.task, start.attempt, start.iteration) == (ActionKind.RETRY, "b", 2, 1)
+    # the lane's one live run gets one standby run: the next in grant order, with its budget
+    assert (standby.kind, standby.task, standby.budget_usd) == (ActionKind.STANDBY, "a", 2.0)
     assert start.reason == "its last run was stopped; starting a fresh attempt"
     assert start.budget_usd == 1.5 and start.generation == d.tasks["b"].generation
     statuses = {s.name: s for s in p.tasks}
     assert statuses["b"].phase is Phase.PENDING and statuses["b"].reason == start.reason
-    for name in "ac":
-        assert statuses[name].phase is Phase.QUEUED
-        assert statuses[name].why is Why.WAITING_FOR_SLOT
-        assert statuses[name].reason == "waiting for a slot in lane web (1/1 in use)"
+    assert (statuses["a"].phase, statuses["a"].why) == (Phase.QUEUED, Why.ON_STANDBY)
+    assert statuses["a"].reason == (
+        "on standby for a slot in lane web (1/1 in use): starts as a run in lane web ends"
+    )
+    assert (statuses["c"].phase, statuses["c"].why) == (Phase.QUEUED, Why.WAITING_FOR_SLOT)
+    assert statuses["c"].reason == "waiting for a slot in lane web (1/1 in use)"
     # the candidate builds the same action the planner granted
     task = make_task("b", spec)
     cand = Candidate(
