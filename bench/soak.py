@@ -145,7 +145,10 @@ class RunLog:
         if record.get("level") == "error":
             self.errors.append(str(record.get("msg", record))[:200])
         msg = str(record.get("msg", ""))
-        if record.get("event") == "action" and msg.startswith("start ") and "started" in msg:
+        # a start by a pass, or a standby run its lane started and a pass found ("standby t:
+        # run 1.1 started as run u/1.1 ended"; its queueing says "queued")
+        started = msg.startswith(("start ", "standby ")) and "started" in msg
+        if record.get("event") == "action" and started:
             self.starts += 1
         if record.get("event") != "pass" or "number" not in record:
             return

@@ -452,6 +452,7 @@ class Applier:
                 f"standby run {key} started in lane {run.lane} as run {claimed_from} ended "
                 f"({state} now)"
             )
+            self.log(f"standby {run.task}: run {key} started as run {claimed_from} ended")
         else:
             kind, message = "adopted", f"found run {key} in the lane ({state}) and adopted it"
         tx.add_event(run.task, kind, message, self.revision, self.clock())
