@@ -157,19 +157,23 @@ def manifests(control: Path, users: list[str], agent: Path, barrier: Path) -> No
                 },
             }
         )
-        docs.append(
-            {
-                "kind": "Task",
-                "metadata": {"name": f"task-{user}"},
-                "spec": {
-                    "lane": user,
-                    "repo": "app",
-                    "agent": "probe",
-                    "prompt": "Probe the neighbours.",
-                    "success": {"markers": ["DONE"]},
-                },
-            }
-        )
+        # the lane's one slot goes to task-; next- waits on standby, started by task-'s
+        # supervisor at its end, as the lane user
+        for name, priority in ((f"task-{user}", 1), (f"next-{user}", 0)):
+            docs.append(
+                {
+                    "kind": "Task",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "lane": user,
+                        "repo": "app",
+                        "agent": "probe",
+                        "prompt": "Probe the neighbours.",
+                        "success": {"markers": ["DONE"]},
+                        "priority": priority,
+                    },
+                }
+            )
     docs.append(
         {
             "kind": "Agent",
@@ -245,7 +249,8 @@ def test_each_lane_runs_as_its_user_and_cannot_reach_the_other(
             "show",
             "refs/reconciler/pulls:pulls.json",
         )
-        assert [p["head"] for p in json.loads(pulls)["pulls"]] == [f"agent/task-{user}"]
+        heads = sorted(p["head"] for p in json.loads(pulls)["pulls"])
+        assert heads == [f"agent/next-{user}", f"agent/task-{user}"]
         objects = [p for p in (home / "remotes/app.git/objects").rglob("*") if p.is_file()]
         assert objects and all(p.stat().st_uid == uid for p in objects)
         # the neighbour's token, worktrees and run directories are out of reach: refused
@@ -258,6 +263,18 @@ def test_each_lane_runs_as_its_user_and_cannot_reach_the_other(
         assert "sk-ant-reconciler-own-key" not in json.dumps(env)
         recorded = json.loads((run_dir / "env.json").read_text())
         assert "FROM_PROFILE" in json.dumps(recorded) and "ANTHROPIC_API_KEY" not in recorded
+        # the standby run: queued by the lane user's node in a queue private to them, started
+        # by the ending run's supervisor as the lane user, with the same environment
+        queue = home / "worktrees/.runs/.standby"
+        assert queue.stat().st_uid == uid and queue.stat().st_mode & 0o077 == 0
+        next_dir = home / "worktrees/.runs" / f"next-{user}" / "1.1"
+        started = json.loads((next_dir / "pid.json").read_text())
+        assert started["claimed_from"] == f"task-{user}/1.1"
+        assert next_dir.stat().st_uid == uid and next_dir.stat().st_mode & 0o077 == 0
+        record = json.loads((next_dir / "probe.json").read_text())
+        assert record["uid"] == uid and set(record["probe"].values()) == {"denied"}
+        assert record["env"]["FROM_PROFILE"] == f"profile-of-{user}"
+        assert "sk-ant-reconciler-own-key" not in json.dumps(record["env"])
 
 
 def test_an_installation_the_lane_user_cannot_reach_is_named_with_the_fix(
