@@ -28,11 +28,14 @@ from bench.sandbox import Sandbox
 from bench.spawns import SpawnCounter
 from bench.table import Table, log, median
 from reconciler import entry
-from reconciler.engine import Context
+from reconciler.engine import Context, Engine
+from reconciler.observe import observe
+from reconciler.plan import plan
 
 WARM_SECONDS = 2.0  # issue targets for 100,000 tasks
 PEAK_MIB = 500.0
-MODES = ("seed", "parse", "cold", "warm")
+MODES = ("seed", "parse", "cold", "warm", "busy")
+BUSY_REPS = 5
 
 
 def build(box: Sandbox, n: int, files: int) -> tuple[Path, Path, list[Path]]:
@@ -67,6 +70,8 @@ def child(mode: str, control: str, state: str, n: int) -> dict[str, float]:
     figures: dict[str, float] = {}
     if mode == "seed":  # state as after a first apply: a row for every task
         seed_task_rows(ctx)
+    elif mode == "busy":
+        figures.update(busy_passes(ctx, n))
     elif mode == "parse":
         manifests = Path(control) / "manifests"
         paths = sorted(manifests.rglob("*.yaml"))
@@ -80,6 +85,33 @@ def child(mode: str, control: str, state: str, n: int) -> dict[str, float]:
         figures.update({stage: getattr(timing, stage) for stage in ("total", *STAGES)})
     figures["peak_mib"] = peak_mib()
     return figures
+
+
+def busy_passes(ctx: Context, n: int) -> dict[str, float]:
+    """As ``reconciler run`` passes: one engine and one state connection for all of them; the
+    observe+plan pass after a write of one task's record against the pass after none (the
+    medians of ``BUSY_REPS`` each, alternately), a warm-up pass first."""
+    engine = Engine(ctx)
+    desired = engine.load()
+    idle, busy = [], []
+    with engine.locked(None) as store:
+        lanes = engine.lanes(desired)
+
+        def timed() -> float:
+            t0 = time.perf_counter()
+            result = plan(desired, observe(desired, store, lanes, engine.clock), engine.clock())
+            if len(result.tasks) != n:
+                raise SystemExit(f"busy pass planned {len(result.tasks)} tasks, not {n}")
+            return time.perf_counter() - t0
+
+        timed()
+        names = sorted(desired.tasks)
+        for k in range(BUSY_REPS):
+            idle.append(timed())
+            with store.transaction() as tx:
+                tx.update_task(names[k], pr_number=k + 1)
+            busy.append(timed())
+    return {"idle": median(idle), "busy": median(busy)}
 
 
 def peak_mib() -> float:
@@ -166,6 +198,12 @@ def run(box: Sandbox, table: Table, options: Options) -> None:
     table.add(
         f"  {label} peak RSS: parse / cold / warm",
         f"{med(parse, 'peak_mib'):.0f} / {med(cold, 'peak_mib'):.0f} / {peak:.0f} MiB",
+    )
+    passes = in_child(box, "busy", control, state, n)
+    table.add(
+        f"  {label}: `run`'s pass after a write / after none",
+        f"{passes['busy'] / passes['idle']:.2f} ({passes['busy']:.3f}s / {passes['idle']:.3f}s; "
+        f"one task's record changed; observe+plan, median of {BUSY_REPS})",
     )
     log(f"one `reconciler plan -o json` subprocess over {n} tasks (warm)")
     wall, rss = cli_plan(box, control, state)

@@ -61,7 +61,7 @@ from reconciler.protocol import (
     owns,
 )
 from reconciler.record import Run
-from reconciler.state import HistoryRow, SpendRow, Store, TaskRow
+from reconciler.state import HistoryRow, HistoryRows, SpendRow, Store, TaskRow, Version
 
 NAME = re.compile(NAME_PATTERN)
 PRUNED = 200  # expired run directories a pass removes at most: a backlog goes over a few passes
@@ -382,7 +382,7 @@ def observe(
     foreign: list[Foreign] = []
     with _each_lane(lanes, ask) as answers:
         # the planner's records, made while the lanes answer (mostly waiting on git)
-        task_records = {name: _record(row) for name, row in records.items()}
+        task_records = _records_of(records)
         for name, (view, runs, refused) in answers():
             views[name] = view
             # a run's lane is the lane whose workspace holds its directory
@@ -428,9 +428,9 @@ def _each_lane(
 class _Recorded:
     """What a pass reads of the state, in one snapshot."""
 
-    tasks: dict[str, TaskRow]
+    tasks: Mapping[str, TaskRow]  # one version of them (``Store.task_rows``)
     runs: list[Run]  # the open ones
-    histories: Sequence[HistoryRow]
+    histories: HistoryRows
     spend: list[SpendRow]  # settled runs' spend by hour, today's
     expired: list[Run]  # settled runs kept past the retention period, a few
     serial: int
@@ -490,7 +490,7 @@ def _recorded(desired: Desired, store: Store, now: float) -> _Recorded:
     retention = desired.config.run_retention
     with store.snapshot():
         return _Recorded(
-            tasks=store.tasks(),
+            tasks=store.task_rows(),
             runs=store.open_runs(),
             histories=store.histories(),
             spend=store.lane_spend(now // DAY * DAY),
@@ -499,40 +499,105 @@ def _recorded(desired: Desired, store: Store, now: float) -> _Recorded:
         )
 
 
-# The last pass's histories: the store's rows (the same tuple while the state is unchanged), the
+# The last pass's histories: the store's rows (one version of them: ``HistoryRows``), the
 # manifests' tasks they were owned by, and what was made of them. A pass over 100,000 done tasks
 # would otherwise make 100,000 histories again each time.
 _Histories = tuple[dict[str, History], dict[str, dict[str, tuple[int, int]]]]
-_KEPT_HISTORY: list[tuple[object, object, _Histories]] = []
+_KEPT_HISTORY: list[tuple[HistoryRows, object, _Histories]] = []
 
 
-def _history_of(rows: Sequence[HistoryRow], desired: Desired, owners: Owners) -> _Histories:
-    """``_history``, kept while its inputs are the same objects: the rows come from one state
-    as it was (the task records with them, which the owners read besides the manifests), and
-    the manifests' tasks from one revision."""
+def _history_of(rows: HistoryRows, desired: Desired, owners: Owners) -> _Histories:
+    """``_history``, kept while its inputs are the same objects, and brought up to date in the
+    tasks whose rows changed when the rows are the next version of the same manifests' (the
+    store's log also names a task whose record moved, which may change its owner; a task's
+    owner is otherwise its manifest's, the same while the manifests' tasks are)."""
     for kept_rows, kept_tasks, made in _KEPT_HISTORY:
-        if kept_rows is rows and kept_tasks is desired.tasks:
+        if kept_tasks is not desired.tasks:
+            continue
+        if kept_rows is rows:
             return made
-    made = _history(rows, owners)
+        if rows.base is kept_rows:
+            patched = _patched(made, kept_rows, rows, owners)
+            _KEPT_HISTORY[:] = [(rows, desired.tasks, patched)]
+            return patched
+    made = _history(rows.rows(), owners)
     _KEPT_HISTORY[:] = [(rows, desired.tasks, made)]
     return made
 
 
-def _history(rows: Sequence[HistoryRow], owners: Owners) -> _Histories:
+def _history(rows: Iterable[HistoryRow], owners: Owners) -> _Histories:
     """Each task's settled runs in its owning lane and repository (those of a lane the task
     left are that lane's history, as its runs were), and per lane, the last settled run of each
     task: the lane leaves out that run and every earlier one."""
     history: dict[str, History] = {}
     settled: dict[str, dict[str, tuple[int, int]]] = {}
     for row in rows:
-        last = (row.attempt, row.iteration)
-        per_lane = settled.setdefault(row.lane, {})
-        per_lane[row.task] = max(per_lane.get(row.task, last), last)
-        if owners.get(row.task) == (row.lane, row.repo):
-            history[row.task] = History(
-                row.runs, row.attempt, row.iteration, row.cost_usd, row.tokens
-            )
+        _add(row, owners, history, settled)
     return history, settled
+
+
+def _add(
+    row: HistoryRow,
+    owners: Owners,
+    history: dict[str, History],
+    settled: dict[str, dict[str, tuple[int, int]]],
+) -> None:
+    last = (row.attempt, row.iteration)
+    per_lane = settled.setdefault(row.lane, {})
+    per_lane[row.task] = max(per_lane.get(row.task, last), last)
+    if owners.get(row.task) == (row.lane, row.repo):
+        history[row.task] = History(row.runs, row.attempt, row.iteration, row.cost_usd, row.tokens)
+
+
+def _patched(
+    made: _Histories, before: HistoryRows, rows: HistoryRows, owners: Owners
+) -> _Histories:
+    """``made`` (of ``before``) brought up to date in the tasks that changed since: new dicts
+    (the last pass's observation keeps its own), the per-lane ones copied only where a changed
+    task was or is."""
+    history = dict(made[0])
+    settled = dict(made[1])
+    copied: set[str] = set()
+    for task in rows.changed:
+        history.pop(task, None)
+        for row in (*before.get(task, ()), *rows.get(task, ())):
+            if row.lane not in copied:
+                settled[row.lane] = dict(settled.get(row.lane, {}))
+                copied.add(row.lane)
+            settled[row.lane].pop(task, None)
+    for task in rows.changed:
+        for row in rows.get(task, ()):
+            _add(row, owners, history, settled)
+    for lane in copied:
+        if not settled[lane]:
+            del settled[lane]  # as made whole: a lane with no settled run has no entry
+    return history, settled
+
+
+# The last pass's task records: the store's rows (one version of them) and what was made of them.
+_KEPT_RECORDS: list[tuple[Mapping[str, TaskRow], dict[str, TaskRecord]]] = []
+
+
+def _records_of(rows: Mapping[str, TaskRow]) -> dict[str, TaskRecord]:
+    """The planner's record of each task row: the last pass's while the rows are the same
+    version, made anew only for the tasks that changed when they are the next version (a new
+    dict: the last pass's observation keeps its own)."""
+    for kept_rows, made in _KEPT_RECORDS:
+        if kept_rows is rows:
+            return made
+        if isinstance(rows, Version) and rows.base is kept_rows:
+            records = dict(made)
+            for name in rows.changed:
+                row = rows.get(name)
+                if row is None:
+                    records.pop(name, None)
+                else:
+                    records[name] = _record(row)
+            _KEPT_RECORDS[:] = [(rows, records)]
+            return records
+    made = {name: _record(row) for name, row in rows.items()}
+    _KEPT_RECORDS[:] = [(rows, made)]
+    return made
 
 
 _new_record = TaskRecord.__new__

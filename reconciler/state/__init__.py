@@ -15,6 +15,7 @@ from reconciler.state.damage import (
     state_dir_problem,
 )
 from reconciler.state.health import MIN_FREE, DirCheck, Health, check, check_dir
+from reconciler.state.histories import HistoryRows, Version
 from reconciler.state.lock import LockHeld, LockHolder, StateLock, argv_summary, read_holder
 from reconciler.state.store import (
     DB_FILE,
@@ -42,6 +43,7 @@ __all__ = [
     "EventRow",
     "Health",
     "HistoryRow",
+    "HistoryRows",
     "LockHeld",
     "LockHolder",
     "Run",
@@ -55,6 +57,7 @@ __all__ = [
     "Store",
     "TaskRow",
     "Transaction",
+    "Version",
     "argv_summary",
     "check",
     "check_dir",

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +42,7 @@ from reconciler import safefile
 from reconciler.record import Run
 from reconciler.redact import redact
 from reconciler.state.damage import StateError, damaged, raise_named
+from reconciler.state.histories import HistoryRow, HistoryRows, Version
 
 DB_FILE = "state.db"
 
@@ -75,21 +76,6 @@ class TaskRow:
     failed_message: str | None = None
     failed_at: float | None = None
     failed_count: int = 0
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    """A task's settled runs in one lane and repository: how many, the last of them, and what
-    they spent (``Transaction.settle_run`` adds each run once)."""
-
-    task: str
-    lane: str
-    repo: str
-    runs: int
-    attempt: int
-    iteration: int
-    cost_usd: float
-    tokens: int
 
 
 @dataclass(frozen=True)
@@ -324,6 +310,33 @@ _TASKS = _Table("tasks", TaskRow, ("name",))
 _RUNS = _Table("runs", Run, ("task", "attempt", "iteration"))
 _EVENTS = _Table("events", EventRow, ("id",))
 _HISTORY = _Table("run_history", HistoryRow, ("task", "lane", "repo"))
+# The writer's log of what changed, kept by triggers in the connection's own temporary database:
+# written in the same transaction as the change, undone with it. ``tasks``: a task row added,
+# changed or removed; ``history``: a task's history rows (also by the task's removal, or its
+# record moving, which may change the history's owner). ``Store.tasks`` and ``Store.histories``
+# read it to bring what they keep up to date row by row, instead of reading every row again.
+_CHANGE_LOG = (
+    "CREATE TEMP TABLE change_log"
+    " (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, name TEXT NOT NULL)",
+    "CREATE TEMP TRIGGER task_added AFTER INSERT ON main.tasks"
+    " BEGIN INSERT INTO change_log (kind, name) VALUES ('tasks', NEW.name); END",
+    "CREATE TEMP TRIGGER task_changed AFTER UPDATE ON main.tasks BEGIN"
+    " INSERT INTO change_log (kind, name) VALUES ('tasks', OLD.name), ('tasks', NEW.name);"
+    " INSERT INTO change_log (kind, name) SELECT 'history', NEW.name"
+    " WHERE OLD.lane IS NOT NEW.lane OR OLD.repo IS NOT NEW.repo; END",
+    "CREATE TEMP TRIGGER task_removed AFTER DELETE ON main.tasks"
+    " BEGIN INSERT INTO change_log (kind, name) VALUES ('tasks', OLD.name); END",
+    "CREATE TEMP TRIGGER history_added AFTER INSERT ON main.run_history"
+    " BEGIN INSERT INTO change_log (kind, name) VALUES ('history', NEW.task); END",
+    "CREATE TEMP TRIGGER history_changed AFTER UPDATE ON main.run_history BEGIN"
+    " INSERT INTO change_log (kind, name) VALUES ('history', OLD.task), ('history', NEW.task);"
+    " END",
+    "CREATE TEMP TRIGGER history_removed AFTER DELETE ON main.run_history"
+    " BEGIN INSERT INTO change_log (kind, name) VALUES ('history', OLD.task); END",
+)
+_LOGGED_SINCE = "SELECT id, kind, name FROM temp.change_log WHERE id > ? ORDER BY id"
+_LOG_END = "SELECT COALESCE(MAX(id), 0) FROM temp.change_log"
+_LOG_TAKEN = "DELETE FROM temp.change_log WHERE id <= ?"
 _SPEND = _Table("lane_spend", SpendRow, ("lane", "hour"))
 _RUN_FAILURES = _RUNS.columns.index("failures")
 
@@ -367,8 +380,13 @@ class Store:
         self.readonly = readonly
         self._mutex = threading.RLock()
         self._tx: Transaction | None = None
-        # what tasks() and histories() read, with the key they were read at (see tasks())
+        # what a read-only store's tasks() and histories() read, with the key it was read at
         self._kept: dict[str, tuple[tuple[int, int], Any]] = {}
+        # the writer's: the data_version and the last entry of the change log its rows include
+        # (see _logged), then its tasks and histories
+        self._logged_at: tuple[int, int] | None = None
+        self._tasks: Version[TaskRow] = Version({})
+        self._histories = HistoryRows({})
 
     # ---------------------------------------------------------------------------- opening
 
@@ -390,6 +408,8 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")
             _migrate(conn, path)
             _check_columns(conn, path)
+            for statement in _CHANGE_LOG:
+                conn.execute(statement)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -465,18 +485,76 @@ class Store:
         return int(self._query("SELECT value FROM serial WHERE id = 1")[0][0])
 
     def tasks(self) -> dict[str, TaskRow]:
-        """All tasks by name (a fresh dict each call; the rows are immutable).
+        """All tasks by name (a fresh dict each call; the rows are immutable)."""
+        return dict(self.task_rows())
 
-        The rows are cached until the database changes: this connection's ``total_changes``
-        tracks its own writes (a rollback drops the cache) and ``PRAGMA data_version`` other
-        connections' commits. The key is read before the rows, so a racing commit can only cause
-        a needless re-read, never a stale answer.
-        """
+    def task_rows(self) -> Mapping[str, TaskRow]:
+        """All tasks by name: the same object while they stay as they were, else the writer's
+        next version of it (``Version.patched``), so that what is made of them can be kept with
+        them. Kept between calls; see ``_logged``."""
+        if self.readonly:
+            rows: dict[str, TaskRow] = self._read_kept("tasks", self._all_tasks)
+            return rows
+        with self._mutex:
+            self._logged()
+            return self._tasks
+
+    def histories(self) -> HistoryRows:
+        """Every task's settled runs, summed per lane and repository, by task: the same object
+        while they stay as they were, else the next version of it (``HistoryRows.patched``), so
+        that what is made of them can be kept with them. A pass reads one for every task ever
+        done. Kept between calls; see ``_logged``."""
+        if self.readonly:
+            kept: HistoryRows = self._read_kept("histories", self._all_histories)
+            return kept
+        with self._mutex:
+            self._logged()
+            return self._histories
+
+    def _logged(self) -> None:
+        """Bring the writer's tasks and histories up to date: read whole the first time, after
+        another connection's commit (SQLite's ``data_version``) and after a rollback; else only
+        the rows of the tasks the change log (``_CHANGE_LOG``) names since the last call. A pass
+        over 100,000 tasks then reads the few that changed, not 100,000 rows after each write."""
+        version = self._data_version()
+        if self._logged_at is None or self._logged_at[0] != version:
+            end = int(self._query(_LOG_END)[0][0])
+            self._tasks = Version(self._all_tasks())
+            self._histories = self._all_histories()
+            self._logged_at = (version, end)
+            return
+        logged = self._query(_LOGGED_SINCE, (self._logged_at[1],))
+        if not logged:
+            return
+        self._logged_at = (version, int(logged[-1][0]))
+        names: dict[str, set[str]] = {"tasks": set(), "history": set()}
+        for _id, kind, name in logged:
+            names[str(kind)].add(str(name))
+        if names["tasks"]:
+            changed = sorted(names["tasks"])
+            fresh = {row.name: row for row in self._rows_of(_TASKS, "name", changed)}
+            self._tasks = self._tasks.patched(changed, fresh)
+        if names["history"]:
+            changed = sorted(names["history"])
+            rows = HistoryRows.by_task(self._rows_of(_HISTORY, "task", changed))
+            self._histories = self._histories.patched(changed, rows)
+
+    def _all_tasks(self) -> dict[str, TaskRow]:
         load = _TASKS.load
-        rows: dict[str, TaskRow] = self._read_kept(
-            "tasks", lambda: {r[0]: load(r) for r in self._query(_TASKS.select)}
-        )
-        return dict(rows)
+        return {r[0]: load(r) for r in self._query(_TASKS.select)}
+
+    def _all_histories(self) -> HistoryRows:
+        load = _HISTORY.load
+        return HistoryRows.of(load(r) for r in self._query(_HISTORY.select))
+
+    def _rows_of(self, table: _Table[R], column: str, names: Sequence[str]) -> list[R]:
+        """``table``'s rows whose ``column`` is one of ``names``."""
+        rows: list[R] = []
+        for start in range(0, len(names), 500):  # within SQLite's limit of bound values
+            chunk = names[start : start + 500]
+            where = f"{table.select} WHERE {column} IN ({', '.join('?' * len(chunk))})"
+            rows += (table.load(r) for r in self._query(where, tuple(chunk)))
+        return rows
 
     def _read_kept(self, name: str, read: Callable[[], Any]) -> Any:
         """What ``read`` answers, kept until the database changes (the key of ``tasks()``)."""
@@ -508,16 +586,6 @@ class Store:
         iteration): what a pass reads of the runs, however many were made before."""
         rows = self._query(f"{_RUNS.select} WHERE settled = 0 ORDER BY task, attempt, iteration")
         return [_RUNS.load(r) for r in rows]
-
-    def histories(self) -> tuple[HistoryRow, ...]:
-        """Every task's settled runs, summed per lane and repository: the same tuple while the
-        database stays as it is (as ``tasks()`` keeps its rows), so that what is made of it can
-        be kept with it. A pass reads one for every task ever done."""
-        load = _HISTORY.load
-        rows: tuple[HistoryRow, ...] = self._read_kept(
-            "histories", lambda: tuple(load(r) for r in self._query(_HISTORY.select))
-        )
-        return rows
 
     def lane_spend(self, since: float) -> list[SpendRow]:
         """What settled runs started since ``since`` spent, per lane and hour."""
@@ -675,9 +743,12 @@ class Store:
                 yield tx
                 if conn.total_changes != before:
                     conn.execute("UPDATE serial SET value = value + 1 WHERE id = 1")
+                    if self._logged_at is not None:  # what was taken in is no longer needed
+                        conn.execute(_LOG_TAKEN, (self._logged_at[1],))
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._kept.clear()  # may hold rows that the rollback just undid
+                self._logged_at = None  # the same: read them whole again
                 if conn.in_transaction:
                     try:
                         conn.execute("ROLLBACK")

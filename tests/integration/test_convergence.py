@@ -249,7 +249,7 @@ def test_earlier_generations_runs_are_settled_into_history_and_still_counted(
             (3, False),
         ]
         assert [(r.attempt, r.iteration) for r in store.open_runs()] == [(3, 1)]
-        (history,) = store.histories()
+        (history,) = store.histories().rows()
         assert (history.task, history.runs, history.attempt) == ("t", 2, 2)
         cost, tokens = store.totals("t")
     status = world.status()["t"]
@@ -307,7 +307,7 @@ def test_a_done_task_s_runs_are_settled_and_its_generation_s_directories_stay(
     with Store.open_readonly(world.state) as store:
         (only,) = store.runs("t")
         assert only.settled and store.open_runs() == []
-        (history,) = store.histories()
+        (history,) = store.histories().rows()
         assert (history.task, history.runs, history.attempt, history.iteration) == ("t", 1, 1, 1)
         cost, tokens = store.totals("t")
     status = world.status()["t"]

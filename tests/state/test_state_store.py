@@ -206,7 +206,7 @@ def test_schema_7_opens_every_run_of_an_older_database_and_settles_them_once(
     older_database(tmp_path, 6)
     with Store.open(tmp_path) as migrated:
         assert migrated.open_runs() == [run(cost_usd=0.5, run_dir="/runs/t/1.1")]
-        assert migrated.histories() == () and migrated.lane_spend(0) == []
+        assert len(migrated.histories()) == 0 and migrated.lane_spend(0) == []
         with migrated.transaction() as tx:
             assert tx.settle_run("t", 1, 1)
         assert migrated.open_runs() == []
@@ -240,7 +240,7 @@ def test_a_settled_run_stays_and_is_added_once_to_history_and_its_hour(store: St
         (2, True),
         (3, False),
     ]
-    (history,) = store.histories()
+    (history,) = store.histories().rows()
     assert (history.task, history.lane, history.repo) == ("t", "l", "r")
     assert (history.runs, history.attempt, history.iteration) == (3, 2, 2)
     assert (history.cost_usd, history.tokens) == (0.75, 7)
@@ -269,7 +269,7 @@ def test_a_task_s_history_goes_with_it(store: Store) -> None:
         tx.settle_run("t", 1, 1)
     with store.transaction() as tx:
         tx.delete_task("t")
-    assert store.histories() == () and store.runs() == []
+    assert len(store.histories()) == 0 and store.runs() == []
 
 
 def test_expired_runs_are_settled_and_old_and_never_of_the_generation_done(store: Store) -> None:
@@ -607,38 +607,66 @@ def test_readonly_after_the_writer_closed(tmp_path: Path) -> None:
         assert set(reader.tasks()) == {"a"}
 
 
-def test_histories_are_one_tuple_while_nothing_changes(tmp_path: Path) -> None:
-    """What a pass makes of the histories is kept with them (observe), so the tuple must be
-    new whenever anything in the state changed: the task rows the owners come from included."""
+def test_tasks_and_histories_are_kept_and_brought_up_to_date_task_by_task(
+    tmp_path: Path,
+) -> None:
+    """What a pass makes of the histories is kept with them (observe): the same object while
+    no history changed, else the next version, naming the tasks that changed since the last;
+    whole again after another connection's commit or a rollback."""
     store = Store.open(tmp_path)
     try:
         with store.transaction() as tx:
-            tx.upsert_task(task("a"))
-            tx.upsert_run(run("a", cost_usd=1.0))
-            tx.settle_run("a", 1, 1)
+            for name in ("a", "b"):
+                tx.upsert_task(task(name))
+                tx.upsert_run(run(name, cost_usd=1.0))
+                tx.settle_run(name, 1, 1)
         first = store.histories()
-        assert [(h.task, h.runs) for h in first] == [("a", 1)]
+        assert {t: [h.runs for h in rows] for t, rows in first.items()} == {"a": [1], "b": [1]}
+        assert first.base is None and store.histories() is first
+        with store.transaction() as tx:  # another table changes: the histories do not
+            tx.upsert_task(task("c"))
         assert store.histories() is first
-        with store.transaction() as tx:  # a task row changes, no history does
-            tx.update_task("a", lane="elsewhere")
+        with store.transaction() as tx:  # a run of b settled: b's rows read again, a's kept
+            tx.upsert_run(run("b", 2))
+            tx.settle_run("b", 2, 1)
         second = store.histories()
-        assert second is not first and second == first
+        assert second.base is first and second.changed == {"b"}
+        assert second["a"] is first["a"] and [h.runs for h in second["b"]] == [2]
+        rows = store.tasks()
+        with store.transaction() as tx:  # a task's record moves (its owner may): named
+            tx.update_task("a", lane="elsewhere")
+        moved = store.tasks()
+        assert moved["a"].lane == "elsewhere" and moved["b"] is rows["b"]  # read: a alone
+        third = store.histories()
+        assert third.base is second and third.changed == {"a"} and third == second
+        assert second.base is None  # a version lets go of its base once patched: no chain
+        with store.transaction() as tx:  # a task removed takes its history with it
+            tx.delete_task("b")
+        fourth = store.histories()
+        assert fourth.changed == {"b"} and set(fourth) == {"a"}
         with Store.open(tmp_path) as other, other.transaction() as tx:  # another connection
-            tx.upsert_task(task("b"))
-            tx.upsert_run(run("b"))
-            tx.settle_run("b", 1, 1)
-        assert [h.task for h in store.histories()] == ["a", "b"]
+            tx.upsert_task(task("d"))
+            tx.upsert_run(run("d"))
+            tx.settle_run("d", 1, 1)
+        whole = store.histories()
+        assert whole.base is None and set(whole) == {"a", "d"}
 
         def fail() -> None:
             with store.transaction() as tx:
                 tx.upsert_run(run("a", 2))
                 tx.settle_run("a", 2, 1)
-                assert [h.runs for h in store.histories() if h.task == "a"] == [2]
+                assert [h.runs for h in store.histories()["a"]] == [2]
                 raise RuntimeError
 
         with pytest.raises(RuntimeError):
             fail()
-        assert [h.runs for h in store.histories() if h.task == "a"] == [1]
+        assert [h.runs for h in store.histories()["a"]] == [1]
+        # the log keeps only what has not been taken in yet
+        store.histories()
+        with store.transaction() as tx:
+            tx.upsert_task(task("e"))
+        assert store._query("SELECT kind, name FROM temp.change_log") == [("tasks", "e")]
+        assert set(store.tasks()) == {"a", "c", "d", "e"}
     finally:
         store.close()
 
