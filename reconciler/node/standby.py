@@ -10,7 +10,7 @@ agent ended on its own takes the entry lowest in order (``claim``): it locks the
 supervisor lock, moves the entry to its place among the runs (``<root>/.runs/<task>/<attempt>.
 <iteration>``) by one ``rename``, records where its slot went (``handoff.json`` in its own run),
 and forks the new run's supervisor, which starts the agent once the old one is gone. A pass
-withdraws an entry it no longer wants (the task changed, paused, was outranked) by another
+withdraws an entry it no longer wants (its task changed, was paused or removed) by another
 ``rename`` of the same entry, so exactly one of a withdrawal and a start takes it; a pass that
 finds a free slot starts the entry itself the same way.
 

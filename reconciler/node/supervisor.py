@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 
 from reconciler import safefile
 from reconciler.node import files, standby
@@ -326,6 +327,9 @@ def _take_over(run_dir: str, lock_fd: int, parent: tuple[int, int], claimed_from
         os.chdir(str(spec["workspace"]))  # as the fork server's; the agent's start says a failure
     try:
         return supervise(run_dir, None, claimed_from=claimed_from)
+    except Exception:
+        traceback.print_exc()  # into the new run's supervisor.log, as the fork server's do
+        return 1
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
