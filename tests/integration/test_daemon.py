@@ -368,3 +368,32 @@ def test_a_slot_frees_when_a_supervisor_outlives_its_exit_json_not_at_the_interv
     )
     assert not any("interval" in p["reasons"] for p in daemon.passes())
     assert daemon.stop() == 0
+
+
+def test_a_standby_run_starts_at_its_predecessors_end_and_a_pass_adopts_it(
+    world: World, daemons: list[Daemon]
+) -> None:
+    """One slot: `second` waits on standby while `first` runs; `first`'s end starts it (its
+    supervisor does, not a pass), and the pass that its exit.json wakes adopts and logs it."""
+    world.lane("web", slots=1)
+    release = world.root / "release"
+    world.lanes["web"]["env"] = {"RELEASE_FILE": str(release)}
+    world.task("first", "web", "until-released", priority=1)
+    world.task("second", "web", "succeed")
+    world.commit()
+    daemon = start(world, daemons)
+    queue = world.home / "worktrees/web/.runs/.standby"
+    daemon.wait_for(lambda: queue.is_dir() and any(queue.iterdir()), "standby", timeout=30)
+    release.touch()
+
+    def adopted() -> list[dict[str, Any]]:
+        said = "standby second: run 1.1 started as run first/1.1 ended"
+        return [r for r in daemon.records if r.get("event") == "action" and r["msg"] == said]
+
+    daemon.wait_for(adopted, "a pass to find the standby run started", timeout=30)
+    pid = json.loads((world.home / "worktrees/web/.runs/second/1.1/pid.json").read_text())
+    assert pid["claimed_from"] == "first/1.1"
+    starts = [r for r in daemon.records if r.get("event") == "action"]
+    assert not any(r["msg"].startswith("start second") for r in starts)  # no pass started it
+    assert not any("interval" in p["reasons"] for p in daemon.passes())
+    assert daemon.stop() == 0
