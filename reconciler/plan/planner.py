@@ -340,7 +340,7 @@ class _Planner(RunSteps):
             if verdict.wait is None:
                 granted.append(cand.action(self.spend))
                 phase, why, reason = cand.phase_with_slot, cand.why, cand.reason
-            elif verdict.entry is not None or verdict.queue:
+            elif verdict.entry is not None or (verdict.queue and not self.standby_held(task)):
                 phase, why = Phase.QUEUED, Why.ON_STANDBY
                 reason = _standby_reason(verdict.wait, spec.lane)
                 if verdict.queue:
@@ -359,6 +359,14 @@ class _Planner(RunSteps):
                 RunKey(entry.attempt, entry.iteration),
             )
         return granted
+
+    def standby_held(self, task: Task) -> bool:
+        """Whether queueing the task's run failed for a lasting reason and waits its backoff
+        (then it waits for a slot as any task does, and a pass starts it)."""
+        held = self.held_until(task.name, ActionKind.STANDBY)
+        if held is not None:
+            self.wake(held[0], Due.HELD, task.name)
+        return held is not None
 
     def standby(self, cand: Candidate, reason: str) -> Action:
         """A standby start: the run the candidate would start, prepared now and queued in its

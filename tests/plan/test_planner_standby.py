@@ -7,7 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.manifests.models import Desired, LaneSpec
-from reconciler.plan import LaneView, NewRun, Phase, Plan, RepoView, TaskRecord, Why, plan
+from reconciler.plan import (
+    FailedAction,
+    LaneView,
+    NewRun,
+    Phase,
+    Plan,
+    RepoView,
+    TaskRecord,
+    Why,
+    plan,
+)
 from reconciler.protocol import StandbyObs
 from tests.plan.test_planner import (
     NOW,
@@ -170,3 +180,16 @@ def test_a_lane_over_its_slots_queues_nothing_and_withdraws_what_it_queued() -> 
     p = plan(d, observed(runs=live, lanes=web(queued(d, "c"))), NOW)
     assert kinds(p) == [("withdraw", "c")]
     assert why(p, "c") == (Phase.QUEUED, Why.WAITING_FOR_SLOT)
+
+
+def test_a_standby_that_failed_for_a_lasting_reason_waits_its_backoff() -> None:
+    d = one_slot("a", "b")
+    live = {"a": [run(d, "a", alive=True)]}
+    failed = FailedAction("standby", "prepare-workspace failed: a directory is in the way", NOW, 1)
+    records = {"b": TaskRecord("b", "web", "app", NOW - 9, failed=failed)}
+    p = plan(d, observed(runs=live, records=records), NOW)
+    assert kinds(p) == []  # not queued again every pass: it waits for a slot, as any task
+    assert why(p, "b") == (Phase.QUEUED, Why.WAITING_FOR_SLOT)
+    assert p.requeue is not None and p.requeue.subject == "b"
+    later = plan(d, observed(runs=live, records=records), p.requeue.at)  # its backoff ended
+    assert kinds(later) == [("standby", "b")]
