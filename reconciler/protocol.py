@@ -206,6 +206,11 @@ class Fingerprint(Msg):
     start_time: int  # field 22 of /proc/PID/stat, in clock ticks since boot
 
 
+# A run named by its task and number, ``task/attempt.iteration``: all a lane may say of one run
+# in another's record (it reaches events and logs).
+RUN_KEY = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?/[0-9]{1,9}\.[0-9]{1,9}$"
+
+
 class RunObs(Msg):
     """A run directory as the lane sees it: ``<root>/.runs/<task>/<attempt>.<iteration>/``."""
 
@@ -238,9 +243,9 @@ class RunObs(Msg):
     left: Leftovers | None = None  # processes gone, no exit record: what the run left
     finishing_since: float | None = None  # a finish-run's finisher took the run over then
     # Its supervisor, at the agent's end, started this standby run of the lane (``task/a.i``)
-    handed_to: str | None = None
+    handed_to: str | None = Field(None, pattern=RUN_KEY, max_length=128)
     # It was a standby run, started by the supervisor of this run (``task/a.i``) at its end
-    claimed_from: str | None = None
+    claimed_from: str | None = Field(None, pattern=RUN_KEY, max_length=128)
 
 
 class StandbyObs(Msg):

@@ -44,6 +44,7 @@ from reconciler.node.spawn import (
     wait_for_pid,
 )
 from reconciler.protocol import (
+    RUN_KEY,
     AgentEnd,
     AgentRef,
     AgentResult,
@@ -65,6 +66,7 @@ INSPECT_WORKERS = 8  # git processes of inspections at once, across a node's lan
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 REDACTED = "<redacted>"
 _RUN_NAME = re.compile(r"^(\d+)\.(\d+)$")
+RUN_KEY_SHAPE = re.compile(RUN_KEY)
 
 
 # ------------------------------------------------------------------------------ environment
@@ -297,7 +299,7 @@ def _observe(
             agent_end=_agent_end(run_dir),
             finishes=finishes if isinstance(finishes, int) else 0,
         )
-    claimed = pid_record.get("claimed_from") if pid_record else None
+    claimed = _run_key(pid_record.get("claimed_from") if pid_record else None)
     started_at = _num(spec.get("started_at"))
     if claimed is not None and pid_record is not None:
         started_at = _num(pid_record.get("claimed_at"), started_at)  # it waited until then
@@ -327,15 +329,20 @@ def _observe(
         left=left,
         finishing_since=finishing,
         handed_to=_handed_to(run_dir) if exit_info is not None else None,
-        claimed_from=claimed if isinstance(claimed, str) else None,
+        claimed_from=claimed,
     )
 
 
 def _handed_to(run_dir: str) -> str | None:
     """The standby run the supervisor started at this run's end (``task/a.i``), if any."""
     record = files.read_json(os.path.join(run_dir, files.HANDOFF))
-    run = record.get("run") if record else None
-    return run if isinstance(run, str) else None
+    return _run_key(record.get("run") if record else None)
+
+
+def _run_key(value: object) -> str | None:
+    """``value`` if it names a run (``task/attempt.iteration``), else None: what the run's own
+    files say of another run is reported only as such a name."""
+    return value if isinstance(value, str) and RUN_KEY_SHAPE.match(value) else None
 
 
 def _finishing_since(pid_record: dict[str, object] | None) -> float | None:

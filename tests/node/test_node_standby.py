@@ -216,3 +216,21 @@ def test_the_new_supervisor_starts_the_agent_only_once_the_old_one_is_gone(env: 
     finally:
         old.kill()
         old.wait()
+
+
+def test_what_a_run_says_of_another_run_is_reported_only_as_a_run_s_name(env: Env) -> None:
+    """A run's ``pid.json`` and ``handoff.json`` are the lane user's files: what they say of
+    another run reaches the reconciler's events and logs, so only a run's name passes."""
+    run = env.start("said", env.agent("print('hi')"))
+    env.wait_exit(run)
+    hostile = "\x1b[2J\x1b]0;pwned\x07other/1.1"
+    (Path(run.run_dir) / HANDOFF).write_text(json.dumps({"run": hostile}))
+    pid = Path(run.run_dir) / PID_JSON
+    pid.write_text(json.dumps({**json.loads(pid.read_text()), "claimed_from": hostile}))
+    os.utime(Path(run.run_dir) / EXIT_JSON)  # read anew, not as the ended run kept
+    [seen] = observe(env).runs
+    assert (seen.handed_to, seen.claimed_from) == (None, None)
+    (Path(run.run_dir) / HANDOFF).write_text(json.dumps({"run": "other/1.1"}))
+    os.utime(Path(run.run_dir) / EXIT_JSON, ns=(1, 1))
+    [seen] = observe(env).runs
+    assert seen.handed_to == "other/1.1"
