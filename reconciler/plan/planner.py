@@ -17,6 +17,7 @@ PR), ``run_steps.RunSteps`` (a task's latest run: alive, ended or gone), and ``_
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from functools import cache
 
@@ -64,8 +65,14 @@ _KIND_ORDER = {
 
 @cache
 def _standby_reason(wait: str, lane: str) -> str:
-    """A standby run's status: the words of its wait, and what happens next."""
-    return f"on standby {wait.removeprefix('waiting ')}: starts as a run in lane {lane} ends"
+    """A standby run's status: what happens next, and the slots in use its wait names."""
+    in_use = _IN_USE.search(wait)
+    return f"on standby in lane {lane}: starts as a run there ends" + (
+        f" ({in_use.group(1)})" if in_use else ""
+    )
+
+
+_IN_USE = re.compile(r"\((\d+/\d+ in use[^)]*)\)$")
 
 
 @cache

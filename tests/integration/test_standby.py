@@ -39,7 +39,7 @@ def one_slot_behind_a_held_run(world: World) -> Path:
     assert "Plan: 1 to start, 1 on standby." in proc.stdout
     second = world.status()["second"]
     assert (second["phase"], second["reasonCode"]) == ("queued", "OnStandby")
-    assert "starts as a run in lane web ends" in second["reason"]
+    assert second["reason"] == "on standby in lane web: starts as a run there ends (1/1 in use)"
     return release
 
 

@@ -82,9 +82,7 @@ def test_a_waiting_start_becomes_its_action_only_when_granted_with_its_budget_th
     statuses = {s.name: s for s in p.tasks}
     assert statuses["b"].phase is Phase.PENDING and statuses["b"].reason == start.reason
     assert (statuses["a"].phase, statuses["a"].why) == (Phase.QUEUED, Why.ON_STANDBY)
-    assert statuses["a"].reason == (
-        "on standby for a slot in lane web (1/1 in use): starts as a run in lane web ends"
-    )
+    assert statuses["a"].reason == "on standby in lane web: starts as a run there ends (1/1 in use)"
     assert (statuses["c"].phase, statuses["c"].why) == (Phase.QUEUED, Why.WAITING_FOR_SLOT)
     assert statuses["c"].reason == "waiting for a slot in lane web (1/1 in use)"
     # the candidate builds the same action the planner granted
