@@ -508,16 +508,18 @@ _KEPT_HISTORY: list[tuple[HistoryRows, object, _Histories]] = []
 
 def _history_of(rows: HistoryRows, desired: Desired, owners: Owners) -> _Histories:
     """``_history``, kept while its inputs are the same objects, and brought up to date in the
-    tasks whose rows changed when the rows are the next version of the same manifests' (the
-    store's log also names a task whose record moved, which may change its owner; a task's
-    owner is otherwise its manifest's, the same while the manifests' tasks are)."""
+    tasks whose rows changed when the rows are a later version of the same reading, for the
+    same manifests (the store's log also names a task whose record moved, which may change its
+    owner; a task's owner is otherwise its manifest's, the same while the manifests' tasks
+    are)."""
     for kept_rows, kept_tasks, made in _KEPT_HISTORY:
         if kept_tasks is not desired.tasks:
             continue
         if kept_rows is rows:
             return made
-        if rows.base is kept_rows:
-            patched = _patched(made, kept_rows, rows, owners)
+        changed = rows.changed_since(kept_rows)
+        if changed is not None:
+            patched = _patched(made, kept_rows, rows, changed, owners)
             _KEPT_HISTORY[:] = [(rows, desired.tasks, patched)]
             return patched
     made = _history(rows.rows(), owners)
@@ -550,7 +552,11 @@ def _add(
 
 
 def _patched(
-    made: _Histories, before: HistoryRows, rows: HistoryRows, owners: Owners
+    made: _Histories,
+    before: HistoryRows,
+    rows: HistoryRows,
+    changed: frozenset[str],
+    owners: Owners,
 ) -> _Histories:
     """``made`` (of ``before``) brought up to date in the tasks that changed since: new dicts
     (the last pass's observation keeps its own), the per-lane ones copied only where a changed
@@ -558,14 +564,14 @@ def _patched(
     history = dict(made[0])
     settled = dict(made[1])
     copied: set[str] = set()
-    for task in rows.changed:
+    for task in changed:
         history.pop(task, None)
         for row in (*before.get(task, ()), *rows.get(task, ())):
             if row.lane not in copied:
                 settled[row.lane] = dict(settled.get(row.lane, {}))
                 copied.add(row.lane)
             settled[row.lane].pop(task, None)
-    for task in rows.changed:
+    for task in changed:
         for row in rows.get(task, ()):
             _add(row, owners, history, settled)
     for lane in copied:
@@ -580,14 +586,19 @@ _KEPT_RECORDS: list[tuple[Mapping[str, TaskRow], dict[str, TaskRecord]]] = []
 
 def _records_of(rows: Mapping[str, TaskRow]) -> dict[str, TaskRecord]:
     """The planner's record of each task row: the last pass's while the rows are the same
-    version, made anew only for the tasks that changed when they are the next version (a new
-    dict: the last pass's observation keeps its own)."""
+    version, made anew only for the tasks that changed when they are a later version of the
+    same reading (a new dict: the last pass's observation keeps its own)."""
     for kept_rows, made in _KEPT_RECORDS:
         if kept_rows is rows:
             return made
-        if isinstance(rows, Version) and rows.base is kept_rows:
+        changed = (
+            rows.changed_since(kept_rows)
+            if isinstance(rows, Version) and isinstance(kept_rows, Version)
+            else None
+        )
+        if changed is not None:
             records = dict(made)
-            for name in rows.changed:
+            for name in changed:
                 row = rows.get(name)
                 if row is None:
                     records.pop(name, None)

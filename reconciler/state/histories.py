@@ -6,9 +6,9 @@ process.
 A pass over 100,000 tasks reads 100,000 task rows and, once they are done, 100,000 history rows:
 read whole, that is most of a second of SQLite and object making after every pass that changed
 anything at all, where a pass changes a few. ``Version.patched`` makes the next version from the
-last one and the changed tasks' rows alone, and says which tasks changed (``changed``) since
-which version (``base``), so that what is made of the rows can be brought up to date the same
-way (``reconciler.observe``).
+last one and the changed tasks' rows alone, and a journal shared by the versions of one reading
+says which tasks changed between any two of the last ones (``Version.changed_since``), so that
+what is made of the rows can be brought up to date the same way (``reconciler.observe``).
 """
 
 from __future__ import annotations
@@ -35,26 +35,35 @@ class HistoryRow:
     tokens: int
 
 
+JOURNAL = 64  # patches a journal remembers: a reader more versions behind reads whole
+
+
+class Journal:
+    """The names each patch of one kind of rows changed, the last ``JOURNAL`` of them, shared
+    by the versions of one reading (a read of every row starts another journal)."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, frozenset[str]]] = []  # (the version's seq, its names)
+
+
 class Version(Mapping[str, V]):
-    """Rows by task, and how this version came about: read whole (``base`` None), or patched
-    from ``base``, the version before, in the tasks ``changed``. Only the last step is kept: a
-    version lets go of its base once it is patched in turn, so versions never chain."""
+    """Rows by task, one version of them: read whole (``seq`` 0 of a new journal), or patched
+    from the one before in the tasks its journal names. ``changed_since`` tells a reader that
+    kept what it made of an earlier version which tasks to make anew; the versions keep no
+    reference to each other, so an old one is freed once no reader holds it."""
 
-    __slots__ = ("_items", "base", "changed")
+    __slots__ = ("_items", "journal", "seq")
 
-    def __init__(
-        self,
-        items: dict[str, V],
-        base: Version[V] | None = None,
-        changed: frozenset[str] = frozenset(),
-    ) -> None:
+    def __init__(self, items: dict[str, V], journal: Journal | None = None, seq: int = 0) -> None:
         self._items = items
-        self.base = base
-        self.changed = changed
+        self.journal = journal if journal is not None else Journal()
+        self.seq = seq
 
     def patched(self, changed: Iterable[str], fresh: Mapping[str, V]) -> Self:
         """The next version: the ``changed`` tasks' values are ``fresh``'s (a task it lacks has
-        none now). This version lets go of its own base."""
+        none now)."""
         tasks = frozenset(changed)
         items = dict(self._items)
         for task in tasks:
@@ -63,8 +72,22 @@ class Version(Mapping[str, V]):
                 items.pop(task, None)
             else:
                 items[task] = value
-        self.base = None
-        return type(self)(items, self, tasks)
+        seq = self.seq + 1
+        entries = self.journal.entries
+        entries.append((seq, tasks))
+        del entries[:-JOURNAL]
+        return type(self)(items, self.journal, seq)
+
+    def changed_since(self, older: Version[V]) -> frozenset[str] | None:
+        """The tasks whose values differ between ``older`` and this version, when both are of
+        one reading and the journal still holds every patch between them; else None (make
+        everything anew)."""
+        if older.journal is not self.journal or older.seq > self.seq:
+            return None
+        wanted = [names for seq, names in self.journal.entries if older.seq < seq <= self.seq]
+        if len(wanted) != self.seq - older.seq:
+            return None  # patches the journal no longer holds
+        return frozenset().union(*wanted)
 
     def __getitem__(self, task: str) -> V:
         return self._items[task]

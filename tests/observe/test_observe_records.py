@@ -113,10 +113,10 @@ def test_the_histories_are_brought_up_to_date_in_the_tasks_that_changed(tmp_path
         for name in ("a", "b"):
             settle(name, 1)
         settle("gone", 1, lane="m")  # a removed task, in another lane
-        first = made()
+        first, rows = made(), store.histories()
         settle("a", 2)
         second = made()
-        assert store.histories().changed == {"a"}
+        assert store.histories().changed_since(rows) == frozenset({"a"})
         assert second == whole()
         assert second[0]["a"] == History(2, 2, 1, 1.0, 0) and second[0]["b"] is first[0]["b"]
         assert second[1] == {"l": {"a": (2, 1), "b": (1, 1)}, "m": {"gone": (1, 1)}}
@@ -139,7 +139,10 @@ def test_the_task_records_are_made_anew_only_for_the_tasks_that_changed(tmp_path
         with store.transaction() as tx:
             tx.update_task("a", pr_number=7)
             tx.delete_task("c")
+        assert set(store.tasks()) == {"a", "b"}  # another reader (apply) makes a version
+        with store.transaction() as tx:
+            tx.update_task("a", pr_number=8)
         second = _records_of(store.task_rows())
         assert second == {name: _record(row) for name, row in store.tasks().items()}
-        assert second["a"].pr_number == 7 and second["b"] is first["b"] and "c" not in second
+        assert second["a"].pr_number == 8 and second["b"] is first["b"] and "c" not in second
         assert first["a"].pr_number is None and "c" in first  # the last pass's stays as it was

@@ -622,7 +622,7 @@ def test_tasks_and_histories_are_kept_and_brought_up_to_date_task_by_task(
                 tx.settle_run(name, 1, 1)
         first = store.histories()
         assert {t: [h.runs for h in rows] for t, rows in first.items()} == {"a": [1], "b": [1]}
-        assert first.base is None and store.histories() is first
+        assert store.histories() is first
         with store.transaction() as tx:  # another table changes: the histories do not
             tx.upsert_task(task("c"))
         assert store.histories() is first
@@ -630,7 +630,7 @@ def test_tasks_and_histories_are_kept_and_brought_up_to_date_task_by_task(
             tx.upsert_run(run("b", 2))
             tx.settle_run("b", 2, 1)
         second = store.histories()
-        assert second.base is first and second.changed == {"b"}
+        assert second.changed_since(first) == frozenset({"b"})
         assert second["a"] is first["a"] and [h.runs for h in second["b"]] == [2]
         rows = store.tasks()
         with store.transaction() as tx:  # a task's record moves (its owner may): named
@@ -638,18 +638,19 @@ def test_tasks_and_histories_are_kept_and_brought_up_to_date_task_by_task(
         moved = store.tasks()
         assert moved["a"].lane == "elsewhere" and moved["b"] is rows["b"]  # read: a alone
         third = store.histories()
-        assert third.base is second and third.changed == {"a"} and third == second
-        assert second.base is None  # a version lets go of its base once patched: no chain
+        assert third.changed_since(second) == frozenset({"a"}) and third == second
+        assert third.changed_since(first) == frozenset({"a", "b"})  # over two patches
+        assert first.changed_since(third) is None  # not a later version
         with store.transaction() as tx:  # a task removed takes its history with it
             tx.delete_task("b")
         fourth = store.histories()
-        assert fourth.changed == {"b"} and set(fourth) == {"a"}
+        assert fourth.changed_since(third) == frozenset({"b"}) and set(fourth) == {"a"}
         with Store.open(tmp_path) as other, other.transaction() as tx:  # another connection
             tx.upsert_task(task("d"))
             tx.upsert_run(run("d"))
             tx.settle_run("d", 1, 1)
         whole = store.histories()
-        assert whole.base is None and set(whole) == {"a", "d"}
+        assert whole.changed_since(fourth) is None and set(whole) == {"a", "d"}
 
         def fail() -> None:
             with store.transaction() as tx:
