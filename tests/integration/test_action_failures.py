@@ -3,7 +3,6 @@ and a start the lane could not carry out for now (a full disk), which costs no a
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from typing import Any
@@ -12,13 +11,6 @@ from reconciler.state import Store
 from tests.integration.world import World
 from tests.support.disks import fill, tmpfs
 from tests.support.waiting import wait_for
-
-
-def describe(world: World, task: str) -> dict[str, Any]:
-    proc = world.cli("describe", task, "--json")
-    assert proc.returncode == 0, proc.stderr
-    data: dict[str, Any] = json.loads(proc.stdout)
-    return data
 
 
 def test_an_action_the_state_refuses_fails_alone_and_is_listed(world: World) -> None:
@@ -44,8 +36,8 @@ def test_an_action_the_state_refuses_fails_alone_and_is_listed(world: World) -> 
     ), proc.stderr
     assert "Traceback" not in proc.stderr and "bug" not in proc.stderr
     # the other task's start went through; the refused one left an error event and nothing else
-    assert [r["attempt"] for r in describe(world, "a")["runs"]] == [1]
-    b = describe(world, "b")
+    assert [r["attempt"] for r in world.describe("a")["runs"]] == [1]
+    b = world.describe("b")
     assert b["runs"] == []
     assert any(e["kind"] == "error" and "refused by a trigger" in e["message"] for e in b["events"])
     assert set(world.live_agents()) <= {"a"}
@@ -84,7 +76,7 @@ def test_a_start_that_fails_for_good_is_charged_and_ends_failed_with_the_reason(
 
     status = wait_for(failed, "a to fail", timeout=60, every=0.1)
     assert "all 2 attempts failed" in status["reason"] and "could not start" in status["reason"]
-    runs = describe(world, "a")["runs"]
+    runs = world.describe("a")["runs"]
     assert [(r["attempt"], r["outcome"]) for r in runs] == [(1, "crashed"), (2, "crashed")]
 
 
@@ -102,7 +94,7 @@ def test_a_start_the_lane_could_not_carry_out_for_now_costs_no_attempt(world: Wo
                 proc.stderr
             ), proc.stderr
             assert str(runs / "a" / "1.1") in proc.stderr and " free on " in proc.stderr
-        a = describe(world, "a")
+        a = world.describe("a")
         assert a["runs"] == []
         deferred = [e for e in a["events"] if e["kind"] == "start-deferred"]
         assert len(deferred) == 2 and "costs no attempt" in deferred[0]["message"]
@@ -111,7 +103,7 @@ def test_a_start_the_lane_could_not_carry_out_for_now_costs_no_attempt(world: Wo
         world.converge()
         status = world.status()["a"]
         assert (status["phase"], status["attempt"], status["iteration"]) == ("pr-open", 1, 1)
-        assert [(r["attempt"], r["outcome"]) for r in describe(world, "a")["runs"]] == [
+        assert [(r["attempt"], r["outcome"]) for r in world.describe("a")["runs"]] == [
             (1, "succeeded")
         ]
 
@@ -137,10 +129,10 @@ def test_an_action_refused_for_good_backs_off_instead_of_failing_every_pass(worl
         time.sleep(0.1)
     assert "(pre-receive hook declined)" in reason, reason
     assert "tried again in " in reason
-    errors = [e for e in describe(world, "a")["events"] if e["kind"] == "error"]
+    errors = [e for e in world.describe("a")["events"] if e["kind"] == "error"]
     again = world.cli("apply", "--yes")  # held: not tried, not failed again
     assert "open-pr" not in again.stdout, again.stdout
-    assert [e for e in describe(world, "a")["events"] if e["kind"] == "error"] == errors
+    assert [e for e in world.describe("a")["events"] if e["kind"] == "error"] == errors
 
     hook.unlink()  # the remote is fixed; a short backoff lets the next pass try again
     world.config = {"backoff": {"base": "200ms", "max": "1s"}}

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from tests.integration.world import World
 from tests.support.git import git
@@ -26,13 +25,6 @@ HANGS_FIRST = (
     "if calls == 0:\n"
     "    time.sleep(300)\n"
 )
-
-
-def describe(world: World, task: str) -> dict[str, Any]:
-    proc = world.cli("describe", task, "--json")
-    assert proc.returncode == 0, proc.stderr
-    data: dict[str, Any] = json.loads(proc.stdout)
-    return data
 
 
 def calls(path: Path) -> int:
@@ -80,7 +72,7 @@ def test_a_run_whose_supervisor_died_after_its_agent_finished_is_finished_not_re
     exit_record = json.loads((run_dir / "exit.json").read_text())
     assert exit_record["recovered"] == "recorded" and exit_record["exit_code"] == 0
 
-    described = describe(world, "t")
+    described = world.describe("t")
     kinds = [e["kind"] for e in described["events"]]
     assert "finish-run" in kinds and "run-succeeded" in kinds
     assert "run-crashed" not in kinds and "retry" not in kinds

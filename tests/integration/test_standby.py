@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from reconciler.node.standby import STANDBY_DIR
 from tests.integration.world import World
 from tests.support.waiting import wait_for
-
-
-def describe(world: World, task: str) -> dict[str, Any]:
-    proc = world.cli("describe", task, "--json")
-    assert proc.returncode == 0, proc.stderr
-    data: dict[str, Any] = json.loads(proc.stdout)
-    return data
 
 
 def runs(world: World) -> Path:
@@ -48,7 +40,7 @@ def test_a_standby_run_starts_as_the_run_before_it_ends_with_no_pass_between(
 ) -> None:
     release = one_slot_behind_a_held_run(world)
     [entry] = [e.name for e in (runs(world) / STANDBY_DIR).iterdir()]
-    assert entry.endswith("~second~1.1~" + describe(world, "second")["generation"])
+    assert entry.endswith("~second~1.1~" + world.describe("second")["generation"])
     release.touch()
     # no pass runs from here on until the second run has ended: its start was the first's end
     ended = runs(world) / "second" / "1.1" / "exit.json"
@@ -62,7 +54,7 @@ def test_a_standby_run_starts_as_the_run_before_it_ends_with_no_pass_between(
         "first": ("pr-open", 1),
         "second": ("pr-open", 1),
     }
-    events = [(e["kind"], e["message"]) for e in describe(world, "second")["events"]]
+    events = [(e["kind"], e["message"]) for e in world.describe("second")["events"]]
     assert (
         "standby",
         "run 1.1 prepared on standby in lane web: it starts as a run there ends",
@@ -92,7 +84,7 @@ def test_a_standby_run_no_longer_wanted_is_withdrawn_and_costs_nothing(world: Wo
     assert (status["first"]["phase"], status["second"]["phase"]) == ("pr-open", "paused")
     assert status["second"]["attempt"] == 0
     assert not (runs(world) / "second").exists()
-    assert "withdrawn" in [e["kind"] for e in describe(world, "second")["events"]]
+    assert "withdrawn" in [e["kind"] for e in world.describe("second")["events"]]
     # resumed, it starts in the free slot as any task would
     world.tasks["second"]["paused"] = False
     world.commit("resume second")

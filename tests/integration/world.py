@@ -286,6 +286,12 @@ class World:
         assert proc.returncode == 0, proc.stderr
         return {t["name"]: t for t in json.loads(proc.stdout)["tasks"]}
 
+    def describe(self, task: str) -> dict[str, Any]:
+        proc = self.cli("describe", task, "--json")
+        assert proc.returncode == 0, proc.stderr
+        data: dict[str, Any] = json.loads(proc.stdout)
+        return data
+
     def plan_json(self) -> dict[str, Any]:
         proc = self.cli("plan", "--json")
         assert proc.returncode == 0, proc.stderr
