@@ -340,7 +340,10 @@ class World:
         return [p for p in paths if "/worktrees/" in p]
 
     def live_agents(self) -> dict[str, list[int]]:
-        """Agent processes alive now, by task, found in /proc by their run markers."""
+        """Agent processes alive now, by task, found in /proc by their run markers: those found
+        alive that still are once the scan is over, one instant. (A standby run's agent starts
+        a few milliseconds after the last agent of its slot ended: a scan that read the one
+        before it ended and the other after it started would see two at once, which never were.)"""
         found: dict[str, list[int]] = {}
         for pid in _pids():
             env = _environ(pid)
@@ -348,7 +351,10 @@ class World:
             if env.get("RECONCILER_TASK") and run_dir.startswith(str(self.home) + "/"):
                 if _state(pid) not in ("Z", "X"):
                     found.setdefault(env["RECONCILER_TASK"], []).append(pid)
-        return found
+        still = {
+            task: [p for p in pids if _state(p) not in ("Z", "X")] for task, pids in found.items()
+        }
+        return {task: pids for task, pids in still.items() if pids}
 
     def kill_agents(self) -> None:
         for pids in self.live_agents().values():
