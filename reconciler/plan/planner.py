@@ -17,7 +17,6 @@ PR), ``run_steps.RunSteps`` (a task's latest run: alive, ended or gone), and ``_
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from functools import cache
 
@@ -64,15 +63,9 @@ _KIND_ORDER = {
 
 
 @cache
-def _standby_reason(wait: str, lane: str) -> str:
+def _standby_reason(in_use: str, lane: str) -> str:
     """A standby run's status: what happens next, and the slots in use its wait names."""
-    in_use = _IN_USE.search(wait)
-    return f"on standby in lane {lane}: starts as a run there ends" + (
-        f" ({in_use.group(1)})" if in_use else ""
-    )
-
-
-_IN_USE = re.compile(r"\((\d+/\d+ in use[^)]*)\)$")
+    return f"on standby in lane {lane}: starts as a run there ends ({in_use})"
 
 
 @cache
@@ -349,7 +342,7 @@ class _Planner(RunSteps):
                 phase, why, reason = cand.phase_with_slot, cand.why, cand.reason
             elif verdict.entry is not None or (verdict.queue and not self.standby_held(task)):
                 phase, why = Phase.QUEUED, Why.ON_STANDBY
-                reason = _standby_reason(verdict.wait, spec.lane)
+                reason = _standby_reason(verdict.in_use, spec.lane)
                 if verdict.queue:
                     granted.append(self.standby(cand, reason))
             else:

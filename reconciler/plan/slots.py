@@ -94,6 +94,7 @@ class Allotted:
 
     cand: Candidate
     wait: str | None
+    in_use: str = ""  # what its wait names: "2/2 in use", "3/3 in use across lanes"
     entry: StandbyObs | None = None
     queue: bool = False
 
@@ -135,7 +136,7 @@ def allot(
     allotted: list[Allotted] = []
     waiting: dict[str, list[Allotted]] = {}
     # once a lane is full, each of its waiting candidates waits for the same words: made once
-    waits: dict[tuple[str, int], str] = {}
+    waits: dict[tuple[str, int], tuple[str, str]] = {}  # → (the wait, the slots in use)
     slots = {name: lane.max_concurrency for name, lane in desired.lanes.items()}
     for cand in ordered:
         lane = cand.task.spec.lane
@@ -143,23 +144,23 @@ def allot(
         in_lane = used.get(lane, 0)
         if in_lane >= lane_slots:
             key = (lane, in_lane)
-            wait = waits.get(key)
-            if wait is None:
-                wait = f"waiting for a slot in lane {lane} ({in_lane}/{lane_slots} in use)"
-                waits[key] = wait
+            words = waits.get(key)
+            if words is None:
+                in_use = f"{in_lane}/{lane_slots} in use"
+                words = waits[key] = (f"waiting for a slot in lane {lane} ({in_use})", in_use)
         elif cap is not None and total >= cap:
             key = ("", total)  # no lane is named ""
-            wait = waits.get(key)
-            if wait is None:
-                wait = f"waiting for a slot ({total}/{cap} in use across lanes)"
-                waits[key] = wait
+            words = waits.get(key)
+            if words is None:
+                in_use = f"{total}/{cap} in use across lanes"
+                words = waits[key] = (f"waiting for a slot ({in_use})", in_use)
         else:
             used[lane] = in_lane + 1
             total += 1
             allotted.append(Allotted(cand, None))
             held.pop((lane, cand.task.name), None)  # its start takes the entry
             continue
-        verdict = Allotted(cand, wait)
+        verdict = Allotted(cand, words[0], in_use=words[1])
         allotted.append(verdict)
         waiting.setdefault(lane, []).append(verdict)
     for lane, verdicts in waiting.items():

@@ -557,7 +557,10 @@ class Store:
         return rows
 
     def _read_kept(self, name: str, read: Callable[[], Any]) -> Any:
-        """What ``read`` answers, kept until the database changes (the key of ``tasks()``)."""
+        """What ``read`` answers, kept until the database changes (a read-only store's tasks
+        and histories): this connection's ``total_changes`` tracks its own writes (a rollback
+        drops what is kept) and ``PRAGMA data_version`` other connections' commits. The key is
+        read before the rows, so a racing commit can only cause a needless re-read."""
         with self._mutex:
             key = (self._conn.total_changes, self._data_version())
             kept = self._kept.get(name)
