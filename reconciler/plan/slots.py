@@ -121,12 +121,16 @@ def allot(
     withdrawn."""
     used: dict[str, int] = {}
     seen: set[str] = set()
+    handed: list[tuple[str, str]] = []  # (lane, run) an ended run's supervisor started
     for runs in observed.runs.values():
         for run in runs:
             seen.add(run.key)
-            if run.alive and run.key not in freed:
-                used[run.lane] = used.get(run.lane, 0) + 1
-    held, withdraw = _queued(observed, seen, used)
+            if run.alive:
+                if run.key not in freed:
+                    used[run.lane] = used.get(run.lane, 0) + 1
+            elif run.handed_to is not None:
+                handed.append((run.lane, run.handed_to))
+    held, withdraw = _queued(observed, seen, handed, used)
     ordered = grant_order(candidates)
     if held:
         holding = [c for c in ordered if _holds(c, held)]
@@ -173,10 +177,10 @@ def allot(
 
 
 def _queued(
-    observed: Observed, seen: set[str], used: dict[str, int]
+    observed: Observed, seen: set[str], handed: list[tuple[str, str]], used: dict[str, int]
 ) -> tuple[dict[tuple[str, str], StandbyObs], list[tuple[tuple[str, str], StandbyObs]]]:
     """The standby runs queued, by (lane, task), and the extra entries of a task (to withdraw);
-    ``used`` counts the slots handed to entries taken after the queue was read."""
+    ``used`` counts the slots ``handed`` to entries taken after the queue was read."""
     held: dict[tuple[str, str], StandbyObs] = {}
     extra: list[tuple[tuple[str, str], StandbyObs]] = []
     queued: dict[str, set[str]] = {}
@@ -192,11 +196,9 @@ def _queued(
                 extra.append(((lane, entry.task), entry))
             else:
                 held[(lane, entry.task)] = entry
-    if queued:
-        for runs in observed.runs.values():
-            for run in runs:
-                if not run.alive and run.handed_to in queued.get(run.lane, ()):
-                    used[run.lane] = used.get(run.lane, 0) + 1
+    for lane, run in handed:
+        if run in queued.get(lane, ()):
+            used[lane] = used.get(lane, 0) + 1
     return held, extra
 
 
