@@ -307,7 +307,7 @@ def _hand_over(run_dir: str) -> None:
 def _take_over(run_dir: str, lock_fd: int, parent: tuple[int, int], claimed_from: str) -> int:
     """In the fork of a supervisor whose run ended: become the supervisor of the standby run
     in ``run_dir``, holding its lock (``lock_fd``), as the fork server makes one: a session of
-    its own, its output in the run's ``supervisor.log``, in the worktree."""
+    its own, its output in the run's ``supervisor.log``."""
     os.setsid()
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -322,10 +322,7 @@ def _take_over(run_dir: str, lock_fd: int, parent: tuple[int, int], claimed_from
     os.write(1, f"reconciler: started at the end of run {claimed_from}\n".encode())
     while running(*parent):  # the slot is the old supervisor's until it is gone: a moment
         time.sleep(0.0005)
-    spec = files.read_json(os.path.join(run_dir, files.RUN_JSON)) or {}
-    with contextlib.suppress(OSError, KeyError):
-        os.chdir(str(spec["workspace"]))  # as the fork server's; the agent's start says a failure
-    try:
+    try:  # (the agent's start enters the worktree, and says so when it cannot)
         return supervise(run_dir, None, claimed_from=claimed_from)
     except Exception:
         traceback.print_exc()  # into the new run's supervisor.log, as the fork server's do
